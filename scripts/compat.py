@@ -1,0 +1,250 @@
+"""What works with what: the one place the CUDA / arch / GPU / container / driver facts live.
+
+Every other module reads these tables; nothing else hard-codes an arch list, an image tag or a
+driver version. Each row names its source. The CUDA -> arch rows are also checked against real
+compilers by ``nox -s compilers`` (ptxas ``--help`` lists the targets it accepts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _sm(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+# --- CUDA toolkit version -> SM targets nvcc/ptxas accept ----------------------------------------
+# Source: each release's `ptxas --help` ("Allowed values for this option") and the CUDA Toolkit
+# release notes ("CUDA Compiler" / "Deprecated or Dropped Architectures").
+_SM_LEGACY = _sm("sm_50", "sm_52", "sm_53", "sm_60", "sm_61", "sm_62", "sm_70", "sm_72")
+_SM_TURING_HOPPER = _sm("sm_75", "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a")
+
+CUDA_ARCHS: dict[str, frozenset[str]] = {
+    # CUDA 11.8 release notes: adds sm_89 (Ada) and sm_90 (Hopper); sm_90a does not exist yet.
+    "11.8": _sm("sm_35", "sm_37") | _SM_LEGACY | (_SM_TURING_HOPPER - {"sm_90a"}),
+    # CUDA 12.0 release notes: drops Kepler (sm_35/37), adds arch-specific sm_90a.
+    "12.1": _SM_LEGACY | _SM_TURING_HOPPER,
+    "12.4": _SM_LEGACY | _SM_TURING_HOPPER,
+    "12.6": _SM_LEGACY | _SM_TURING_HOPPER,
+    # CUDA 12.8 release notes: first toolkit with Blackwell, sm_100 (B200), sm_101 (Thor),
+    # sm_120 (RTX 50xx / RTX PRO 6000), each with its `a` variant.
+    "12.8": _SM_LEGACY | _SM_TURING_HOPPER
+    | _sm("sm_100", "sm_100a", "sm_101", "sm_101a", "sm_120", "sm_120a"),
+    # CUDA 12.9 release notes: adds sm_103 (B300) and sm_121 (DGX Spark GB10), and the
+    # family-specific `f` targets.
+    "12.9": _SM_LEGACY | _SM_TURING_HOPPER
+    | _sm("sm_100", "sm_100a", "sm_100f", "sm_101", "sm_101a", "sm_101f",
+          "sm_103", "sm_103a", "sm_103f",
+          "sm_120", "sm_120a", "sm_120f", "sm_121", "sm_121a", "sm_121f"),
+    # CUDA 13.0 release notes: drops everything below Turing (sm_75), renames Thor sm_101 -> sm_110,
+    # adds sm_88. Checked against nvcc 13.0.88 `ptxas --help` on this project's build machine.
+    "13.0": _SM_TURING_HOPPER | _sm("sm_88")
+    | _sm("sm_100", "sm_100a", "sm_100f", "sm_103", "sm_103a", "sm_103f",
+          "sm_110", "sm_110a", "sm_110f",
+          "sm_120", "sm_120a", "sm_120f", "sm_121", "sm_121a", "sm_121f"),
+}
+
+# vLLM-style default arch list per CUDA, used when a matrix session is given no --arch.
+# Source: vLLM docker/Dockerfile `torch_cuda_arch_list` defaults for the matching CUDA, restricted
+# to what that CUDA can compile.
+DEFAULT_ARCH_LIST: dict[str, str] = {
+    "11.8": "7.0 7.5 8.0 8.6 8.9 9.0",
+    "12.1": "7.0 7.5 8.0 8.6 8.9 9.0",
+    "12.4": "7.0 7.5 8.0 8.6 8.9 9.0",
+    "12.6": "7.0 7.5 8.0 8.6 8.9 9.0",
+    "12.8": "7.0 7.5 8.0 8.9 9.0 10.0 12.0",
+    "12.9": "7.0 7.5 8.0 8.9 9.0 10.0 12.0",
+    "13.0": "7.5 8.0 8.9 9.0 10.0 11.0 12.0",
+}
+
+
+# --- Minimum NVIDIA driver per CUDA toolkit ---------------------------------------------------------
+# Source: CUDA Toolkit release notes, Table 3 "CUDA Toolkit and Corresponding Driver Versions"
+# (Linux x86_64, GA releases), and the "minor version compatibility" minimums of the same page.
+@dataclass(frozen=True)
+class DriverRequirement:
+    full: str  # driver that runs everything the toolkit builds, PTX JIT included
+    minor_compat: str  # oldest driver of the same major that still runs it (no PTX JIT of newer PTX)
+
+
+MIN_DRIVER: dict[str, DriverRequirement] = {
+    "11.8": DriverRequirement(full="520.61.05", minor_compat="450.80.02"),
+    "12.1": DriverRequirement(full="530.30.02", minor_compat="525.60.13"),
+    "12.4": DriverRequirement(full="550.54.14", minor_compat="525.60.13"),
+    "12.6": DriverRequirement(full="560.28.03", minor_compat="525.60.13"),
+    "12.8": DriverRequirement(full="570.26", minor_compat="525.60.13"),
+    "12.9": DriverRequirement(full="575.51.03", minor_compat="525.60.13"),
+    "13.0": DriverRequirement(full="580.65.06", minor_compat="580.65.06"),
+}
+
+
+# --- GPU marketing names -> compute capability ---------------------------------------------------------
+# Source: https://developer.nvidia.com/cuda-gpus (NVIDIA's compute capability table) and, for
+# Blackwell parts, the CUDA 12.8/12.9/13.0 release notes naming sm_100/sm_103/sm_110/sm_120/sm_121.
+# Keys are normalised by `normalize_gpu_name` (lower case, no spaces, dashes, "nvidia"/"geforce").
+@dataclass(frozen=True)
+class GpuModel:
+    name: str
+    capability: str  # "12.0"
+
+
+_GPU_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
+    # (display name, capability, extra aliases)
+    ("RTX 5090", "12.0", ()),
+    ("RTX 5090 D", "12.0", ("rtx5090d",)),
+    ("RTX 5080", "12.0", ()),
+    ("RTX 5070 Ti", "12.0", ()),
+    ("RTX 5070", "12.0", ()),
+    ("RTX PRO 6000 Blackwell", "12.0", ("rtxpro6000", "rtxpro6000blackwellserver")),
+    ("DGX Spark", "12.1", ("gb10",)),
+    ("B200", "10.0", ("hgxb200", "dgxb200")),
+    ("GB200", "10.0", ()),
+    ("B300", "10.3", ("hgxb300", "blackwellultra")),
+    ("GB300", "10.3", ()),
+    ("Jetson Thor", "11.0", ("thor",)),
+    ("H100", "9.0", ("h100sxm", "h100pcie", "h100nvl")),
+    ("H200", "9.0", ("h200nvl",)),
+    ("H800", "9.0", ()),
+    ("H20", "9.0", ()),
+    ("GH200", "9.0", ()),
+    ("L40S", "8.9", ()),
+    ("L40", "8.9", ()),
+    ("L4", "8.9", ()),
+    ("RTX 4090", "8.9", ()),
+    ("RTX 4090 D", "8.9", ("rtx4090d",)),
+    ("RTX 4080", "8.9", ()),
+    ("RTX 6000 Ada", "8.9", ("rtx6000adageneration",)),
+    ("A100", "8.0", ("a100sxm4", "a100pcie")),
+    ("A800", "8.0", ()),
+    ("A30", "8.0", ()),
+    ("A10", "8.6", ()),
+    ("A40", "8.6", ()),
+    ("RTX A6000", "8.6", ("a6000",)),
+    ("RTX 3090", "8.6", ()),
+    ("RTX 3090 Ti", "8.6", ()),
+    ("RTX 3080", "8.6", ()),
+    ("Jetson AGX Orin", "8.7", ("orin", "jetsonorin")),
+    ("T4", "7.5", ("teslat4",)),
+    ("RTX 2080 Ti", "7.5", ()),
+    ("V100", "7.0", ("teslav100", "v100sxm2")),
+    ("P100", "6.0", ("teslap100",)),
+]
+
+
+def normalize_gpu_name(name: str) -> str:
+    text = name.lower()
+    for noise in ("nvidia", "geforce", "tesla "):
+        text = text.replace(noise, "")
+    return "".join(ch for ch in text if ch.isalnum())
+
+
+GPU_MODELS: dict[str, GpuModel] = {}
+for _display, _cap, _aliases in _GPU_ROWS:
+    _model = GpuModel(_display, _cap)
+    for _key in (normalize_gpu_name(_display), *_aliases):
+        GPU_MODELS[_key] = _model
+
+
+def lookup_gpu(name: str) -> GpuModel | None:
+    """The model for a marketing name as users type it ("rtx5090", "RTX 5090 D", "h100")."""
+    return GPU_MODELS.get(normalize_gpu_name(name))
+
+
+# --- NGC PyTorch container tags -> CUDA and torch -----------------------------------------------
+# Source: NVIDIA "PyTorch Release Notes" (docs.nvidia.com/deeplearning/frameworks/pytorch-release-notes),
+# the per-release "Container Version / CUDA / PyTorch" rows.
+@dataclass(frozen=True)
+class NgcPytorchTag:
+    tag: str
+    cuda: str  # full toolkit version in the container
+    torch: str
+    python: str
+
+    @property
+    def image(self) -> str:
+        return f"{NGC_PYTORCH_REPO}:{self.tag}"
+
+
+NGC_PYTORCH_REPO = "nvcr.io/nvidia/pytorch"
+
+NGC_PYTORCH_TAGS: list[NgcPytorchTag] = [
+    NgcPytorchTag("24.04-py3", "12.4.1", "2.3.0a0", "3.10"),
+    NgcPytorchTag("24.10-py3", "12.6.2", "2.5.0a0", "3.10"),
+    NgcPytorchTag("24.12-py3", "12.6.3", "2.6.0a0", "3.12"),
+    NgcPytorchTag("25.01-py3", "12.8.0", "2.6.0a0", "3.12"),
+    NgcPytorchTag("25.02-py3", "12.8.0", "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.03-py3", "12.8.1", "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.04-py3", "12.9.0", "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.06-py3", "12.9.1", "2.8.0a0", "3.12"),
+    NgcPytorchTag("25.08-py3", "13.0.0", "2.8.0a0", "3.12"),
+    NgcPytorchTag("25.10-py3", "13.0.2", "2.9.0a0", "3.12"),
+]
+
+# The tag `bake` uses for a CUDA when none is given: the field report's 25.02 for 12.8 (the first
+# tag whose torch builds sm_120 kernels), otherwise the newest tag of that CUDA minor.
+DEFAULT_NGC_TAG: dict[str, str] = {"12.8": "25.02-py3"}
+
+# Slim serving base per CUDA: NVIDIA's CUDA runtime images (no compiler), on which the runtime
+# stage installs torch from the PyTorch wheel index and the built vLLM wheel.
+# Source: hub.docker.com/r/nvidia/cuda tags / nvcr.io/nvidia/cuda.
+CUDA_RUNTIME_IMAGES: dict[str, str] = {
+    "12.4": "nvcr.io/nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+    "12.6": "nvcr.io/nvidia/cuda:12.6.3-runtime-ubuntu24.04",
+    "12.8": "nvcr.io/nvidia/cuda:12.8.1-runtime-ubuntu24.04",
+    "12.9": "nvcr.io/nvidia/cuda:12.9.1-runtime-ubuntu24.04",
+    "13.0": "nvcr.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04",
+}
+
+# PyTorch's wheel index per CUDA (download.pytorch.org/whl/cuXYZ); the runtime stage installs torch
+# from it. Source: pytorch.org "Start Locally" selector.
+PYTORCH_WHEEL_INDEX: dict[str, str] = {
+    "11.8": "https://download.pytorch.org/whl/cu118",
+    "12.4": "https://download.pytorch.org/whl/cu124",
+    "12.6": "https://download.pytorch.org/whl/cu126",
+    "12.8": "https://download.pytorch.org/whl/cu128",
+    "12.9": "https://download.pytorch.org/whl/cu129",
+    "13.0": "https://download.pytorch.org/whl/cu130",
+}
+
+
+def cuda_minor(version: str) -> str:
+    """"12.8.1" -> "12.8"."""
+    parts = version.strip().split(".")
+    return ".".join(parts[:2])
+
+
+def known_cudas() -> list[str]:
+    return sorted(CUDA_ARCHS, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def ngc_tags_for(cuda: str) -> list[NgcPytorchTag]:
+    minor = cuda_minor(cuda)
+    return [row for row in NGC_PYTORCH_TAGS if cuda_minor(row.cuda) == minor]
+
+
+def default_ngc_tag(cuda: str) -> NgcPytorchTag | None:
+    minor = cuda_minor(cuda)
+    rows = ngc_tags_for(minor)
+    wanted = DEFAULT_NGC_TAG.get(minor)
+    for row in rows:
+        if row.tag == wanted:
+            return row
+    return rows[-1] if rows else None
+
+
+def min_cuda_for(sm: str) -> str | None:
+    """The oldest known CUDA toolkit whose compiler accepts ``sm`` (e.g. "sm_120" -> "12.8")."""
+    for cuda in known_cudas():
+        if sm in CUDA_ARCHS[cuda]:
+            return cuda
+    return None
+
+
+def max_cuda_for(sm: str) -> str | None:
+    """The newest known CUDA toolkit that still accepts ``sm`` (e.g. "sm_70" -> "12.9")."""
+    found = None
+    for cuda in known_cudas():
+        if sm in CUDA_ARCHS[cuda]:
+            found = cuda
+    return found
