@@ -1,0 +1,196 @@
+"""BuildConfig: every knob of a build, resolved through invoke's own config layers.
+
+Order, lowest first: built-in defaults (``DEFAULTS``, installed as the collection's config) <
+system/user invoke files < ``invoke.yaml`` next to tasks.py < ``INVOKE_FORGE_*`` environment
+variables < a ``-f`` runtime file < command-line flags. ``resolve_config`` also records which layer
+each value came from, so ``invoke plan`` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from scripts.errors import ForgeError
+
+DEFAULT_VLLM_REPO = "https://github.com/vllm-project/vllm.git"
+
+DEFAULTS: dict[str, Any] = {
+    "vllm_repo": DEFAULT_VLLM_REPO,
+    "vllm_ref": "main",
+    "vllm_src": "",  # an existing checkout to use as is; empty: `clone` into checkout_dir
+    "checkout_dir": "build/vllm",
+    "arch": "12.0",
+    "cuda": "12.8",
+    "base_image": "",  # empty: the NGC PyTorch image for `cuda` (scripts/compat.py)
+    "runtime_image": "",  # empty: the CUDA runtime image for `cuda`
+    "max_jobs": 0,  # 0: from cores and free memory
+    "nvcc_threads": 0,  # 0: from the arch count and memory
+    "mem_per_job_gb": 4.0,  # what one compile job may take; vLLM's CUTLASS/FA units need 3-6 GiB
+    "build_type": "Release",
+    "compile_cache": "auto",  # auto | none | ccache | sccache
+    "cache_dir": "~/.cache/vllm-forge",
+    "dist_dir": "dist",
+    "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
+    "mirror": "global",
+}
+
+BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
+COMPILE_CACHES = ("auto", "none", "ccache", "sccache")
+
+# Layers as invoke stores them, highest precedence first, with the name `plan` shows.
+_INVOKE_LAYERS = (
+    ("_runtime", "runtime file (-f)"),
+    ("_env", "environment (INVOKE_FORGE_*)"),
+    ("_project", "invoke.yaml"),
+    ("_user", "user invoke file"),
+    ("_system", "system invoke file"),
+)
+
+
+@dataclass
+class BuildConfig:
+    vllm_repo: str
+    vllm_ref: str
+    vllm_src: str
+    checkout_dir: str
+    arch: str
+    cuda: str
+    base_image: str
+    runtime_image: str
+    max_jobs: int
+    nvcc_threads: int
+    mem_per_job_gb: float
+    build_type: str
+    compile_cache: str
+    cache_dir: str
+    dist_dir: str
+    wheel_limit_mb: int
+    mirror: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def source_dir(self) -> str:
+        """The checkout builds read: ``vllm_src`` when given, else where ``clone`` puts it."""
+        return os.path.expanduser(self.vllm_src or self.checkout_dir)
+
+
+@dataclass
+class ResolvedConfig:
+    config: BuildConfig
+    sources: dict[str, str] = field(default_factory=dict)  # field name -> layer it came from
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+    def is_default(self, name: str) -> bool:
+        return self.source(name) == "default"
+
+
+def _layer_values(invoke_config: Any, attr: str) -> Mapping[str, Any]:
+    layer = getattr(invoke_config, attr, None) or {}
+    forge = layer.get("forge") if isinstance(layer, Mapping) else None
+    return forge if isinstance(forge, Mapping) else {}
+
+
+def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """Merge the layers into one checked BuildConfig.
+
+    ``invoke_config`` is a task's ``ctx.config`` (None: defaults only); ``flags`` are the task's
+    command-line values, where None means "not given".
+    """
+    values = dict(DEFAULTS)
+    sources = {name: "default" for name in DEFAULTS}
+    if invoke_config is not None:
+        merged = invoke_config.get("forge", {}) if hasattr(invoke_config, "get") else {}
+        for name in DEFAULTS:
+            if name in merged:
+                values[name] = merged[name]
+        for name in DEFAULTS:
+            for attr, label in _INVOKE_LAYERS:
+                if name in _layer_values(invoke_config, attr):
+                    sources[name] = label
+                    break
+        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors"})
+        if unknown:
+            raise ForgeError(
+                f"invoke.yaml sets unknown forge key(s): {', '.join(unknown)}",
+                f"remove them or use one of: {', '.join(sorted(DEFAULTS))}",
+            )
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in DEFAULTS:
+            raise KeyError(name)  # a programming error in tasks.py, not a user error
+        values[name] = value
+        sources[name] = "command line"
+    config = BuildConfig(**{f.name: _coerce(f.name, values[f.name]) for f in fields(BuildConfig)})
+    validate_config(config)
+    return ResolvedConfig(config, sources)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = DEFAULTS[name]
+    try:
+        if isinstance(default, bool):
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ForgeError(
+            f"{name} must be a number, got {value!r}",
+            f"set {name} to a number (0 means automatic)",
+        ) from None
+    return "" if value is None else str(value)
+
+
+_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20~^:?*\[\\]|//|^/|/$|\.lock$|^-|\.$)")
+
+
+def check_git_ref(ref: str) -> None:
+    """Refuse refs git itself would refuse (the rules of ``git check-ref-format``)."""
+    if not ref or _REF_FORBIDDEN.search(ref) or ref == "@":
+        raise ForgeError(
+            f"'{ref}' is not a valid git ref",
+            "pass a tag (v0.11.0), a branch (main) or a commit hash with --ref",
+        )
+
+
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+$")
+
+
+def check_repo_url(url: str) -> None:
+    if re.match(r"^(https?|ssh|git|file)://[^\s]+$", url) or _SCP_LIKE.match(url):
+        return
+    if url and not re.search(r"\s", url) and (url.startswith(("/", "./", "../", "~"))):
+        return  # a local path to a repository
+    raise ForgeError(
+        f"'{url}' is not a git repository URL",
+        "pass --repo as https://host/org/repo.git, git@host:org/repo.git, file:///path or a local path",
+    )
+
+
+def validate_config(config: BuildConfig) -> None:
+    if config.build_type not in BUILD_TYPES:
+        raise ForgeError(
+            f"build type '{config.build_type}' is not one CMake knows",
+            f"use one of {', '.join(BUILD_TYPES)}",
+        )
+    if config.compile_cache not in COMPILE_CACHES:
+        raise ForgeError(
+            f"compile cache '{config.compile_cache}' is not supported",
+            f"use one of {', '.join(COMPILE_CACHES)}",
+        )
+    for name in ("max_jobs", "nvcc_threads", "wheel_limit_mb"):
+        if getattr(config, name) < 0:
+            raise ForgeError(f"{name} cannot be negative", f"set {name} to 0 (automatic) or a positive number")
+    if config.mem_per_job_gb <= 0:
+        raise ForgeError("mem_per_job_gb must be positive", "set it to the GiB one compile job needs, e.g. 4")
+    check_repo_url(config.vllm_repo)
+    check_git_ref(config.vllm_ref)
