@@ -5,7 +5,309 @@ Every task is thin: parse flags, resolve the BuildConfig, call a module in scrip
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from invoke import Collection, task
+from invoke.exceptions import Exit
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from scripts.errors import ForgeError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def _debugging() -> bool:
+    # `invoke --debug` turns on root DEBUG logging; VLLM_FORGE_DEBUG=1 works for nox and CI too.
+    return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def forge_task(*task_args, **task_kwargs):
+    """``@task`` whose user errors end as one line with the fix, and Ctrl-C as exit code 130."""
+
+    def decorate(body):
+        @functools.wraps(body)
+        def run(ctx, *args, **kwargs):
+            try:
+                return body(ctx, *args, **kwargs)
+            except ForgeError as err:
+                if _debugging():
+                    raise
+                err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+                raise Exit(code=err.exit_code) from None
+            except KeyboardInterrupt:
+                err_console.print("[yellow]interrupted[/]: child processes were stopped; outputs were left as they were")
+                raise Exit(code=130) from None
+
+        return task(*task_args, **task_kwargs)(run)
+
+    return decorate
+
+
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
+from scripts import archs as arch_tables  # noqa: E402
+from scripts import build_wheel as wheel_builder  # noqa: E402
+from scripts import checkout as checkouts  # noqa: E402
+from scripts import compat  # noqa: E402
+from scripts.config import DEFAULTS, ResolvedConfig, resolve_config  # noqa: E402
+from scripts.wheel_size import DEFAULT_LIMIT_MB, check_wheel_size  # noqa: E402
+
+FLAG_HELP = {
+    "repo": "vLLM git repository URL (https, ssh, file:// or a local path)",
+    "ref": "tag, branch or commit to check out, e.g. v0.11.0",
+    "vllm_src": "use this existing vLLM checkout as is (no clone)",
+    "checkout_dir": "where `clone` keeps its checkout (default build/vllm)",
+    "arch": "target GPUs: 12.0, sm_120, 9.0a, 12.0+PTX, rtx5090, 'RTX 5090 D', h100, auto; several with ; or ,",
+    "cuda": "CUDA toolkit version to build with, e.g. 12.8",
+    "max_jobs": "parallel compile jobs (0: from cores and free memory)",
+    "nvcc_threads": "nvcc --threads per job (0: automatic)",
+    "mem_per_job_gb": "GiB one compile job may use, for the automatic MAX_JOBS",
+    "build_type": "CMAKE_BUILD_TYPE: Release, RelWithDebInfo, Debug, MinSizeRel",
+    "compile_cache": "auto, none, ccache or sccache",
+    "dist_dir": "where wheels are published (default dist/)",
+    "mirror": "mirror profile: global, cn, or one defined in invoke.yaml",
+    "force": "stash local changes in the checkout instead of refusing",
+    "dry_run": "print the exact commands and environment, run nothing",
+    "limit_mb": "wheel size limit in MB (0: the checkout's vLLM limit, 400 when unknown)",
+    "no_audit": "do not audit the built wheel's kernels for the requested archs",
+    "skip_torch": "do not run use-existing-torch before building",
+}
+
+
+def _help(*names: str) -> dict[str, str]:
+    return {name: FLAG_HELP[name] for name in names}
+
+
+def _config(ctx, **flags) -> ResolvedConfig:
+    return resolve_config(ctx.config, flags)
+
+
+def _print_commands(title: str, commands) -> None:
+    console.print(f"[bold]{title}[/]")
+    for command in commands:
+        if command.why:
+            console.print(f"  [dim]# {escape(command.why)}[/]")
+        console.print(f"  {escape(command.shell())}", soft_wrap=True)
+
+
+def _source_dir(rc: ResolvedConfig) -> Path:
+    return Path(rc.config.source_dir)
+
+
+def _build_request(rc: ResolvedConfig, src: Path) -> wheel_builder.BuildRequest:
+    cfg = rc.config
+    return wheel_builder.BuildRequest(
+        src=src, dist_dir=Path(cfg.dist_dir), arch=cfg.arch,
+        # An explicit --cuda must match the local nvcc; the default one only names a bake target.
+        cuda=None if rc.is_default("cuda") else cfg.cuda,
+        max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
+        build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
+        log_dir=REPO_ROOT / "build" / "logs",
+    )
+
+
+def _run_streaming(label: str, fn, *args, **kwargs):
+    """Run a step with a live spinner showing its latest output line and the elapsed time."""
+    start = time.monotonic()
+    with console.status(f"{label}...") as status:
+        def on_line(line: str) -> None:
+            elapsed = time.monotonic() - start
+            status.update(f"{label} [dim]{elapsed:5.0f}s[/] {escape(line[-100:])}")
+
+        result = fn(*args, on_line=on_line, **kwargs)
+    return result, time.monotonic() - start
+
+
+def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool) -> Path:
+    cfg = rc.config
+    if cfg.vllm_src:
+        src = Path(cfg.source_dir)
+        if not src.is_dir():
+            raise ForgeError(f"--vllm-src {src} does not exist", "pass the path of an existing vLLM checkout")
+        console.print(f"using the existing checkout {src} as is")
+        return src
+    dest = Path(cfg.checkout_dir).expanduser()
+    commands = checkouts.plan_clone(cfg.vllm_repo, cfg.vllm_ref, dest, force=force)
+    if dry_run:
+        _print_commands(f"clone {cfg.vllm_repo} @ {cfg.vllm_ref}", commands)
+        return dest
+    sha, seconds = _run_streaming(f"cloning {cfg.vllm_ref}", checkouts.clone, cfg.vllm_repo, cfg.vllm_ref,
+                                  dest, force=force)
+    console.print(f"[green]checked out[/] {cfg.vllm_ref} ({sha[:12]}) in {dest} [dim]({seconds:.1f}s)[/]")
+    return dest
+
+
+def step_use_existing_torch(src: Path, *, dry_run: bool) -> None:
+    commands = checkouts.plan_use_existing_torch(src)
+    if dry_run:
+        _print_commands("use-existing-torch", commands)
+        return
+    checkouts.use_existing_torch(src, on_line=lambda line: console.print(f"  [dim]{escape(line)}[/]"))
+    console.print(f"[green]no torch pins left[/] in {src}")
+
+
+def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: bool = True) -> Path | None:
+    plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
+    archs = ", ".join(a.sm for a in plan.archs)
+    console.print(f"build for [bold]{archs}[/] with nvcc {plan.toolchain.full_version} "
+                  f"({'PyPI' if plan.toolchain.from_pypi else 'system'}), compile cache: {plan.compile_cache}")
+    for note in plan.notes:
+        console.print(f"  [dim]# {escape(note)}[/]")
+    if dry_run:
+        _print_commands("build-wheel", plan.commands)
+        return None
+    wheel, seconds = _run_streaming("building the wheel", wheel_builder.run_build, plan, audit=audit)
+    stats = wheel_builder.cache_stats(plan.compile_cache)
+    console.print(f"[green]built[/] {wheel} [dim]({seconds:.1f}s{', ' + stats if stats else ''})[/]")
+    return wheel
+
+
+def step_check_size(path: Path, limit_mb: float) -> bool:
+    report = check_wheel_size(path, limit_mb)
+    colour = "green" if report.ok else "red"
+    console.print(f"[{colour}]{report.wheel.name}: {report.size_mb:.1f} MB[/] (limit {report.limit_mb:g} MB)")
+    if not report.ok:
+        table = Table("member", "compressed MB", "MB", title="largest members")
+        for name, packed, size in report.largest:
+            table.add_row(name, f"{packed:.1f}", f"{size:.1f}")
+        console.print(table)
+    return report.ok
+
+
+@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "force", "dry_run"))
+def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False):
+    """Clone or update a vLLM checkout at a ref (partial clone; local changes are never lost)."""
+    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    step_clone(rc, force=force, dry_run=dry_run)
+
+
+@forge_task(name="use-existing-torch", help=_help("vllm_src", "checkout_dir", "dry_run"))
+def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
+    """Run the checkout's own use_existing_torch.py and verify no torch pin is left."""
+    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    step_use_existing_torch(_source_dir(rc), dry_run=dry_run)
+
+
+_BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
+                "mem_per_job_gb", "build_type", "compile_cache", "dry_run", "no_audit", "skip_torch")
+
+
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS))
+def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
+                nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dry_run=False,
+                no_audit=False, skip_torch=False):
+    """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
+    rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
+                 max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
+                 build_type=build_type, compile_cache=compile_cache)
+    src = _source_dir(rc)
+    # Preflight first: a wrong arch/CUDA/jobs value fails here, before any file is touched.
+    wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
+    if not skip_torch:
+        step_use_existing_torch(src, dry_run=dry_run)
+    step_build_wheel(rc, src, dry_run=dry_run, audit=not no_audit)
+
+
+@forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),
+                                     "wheel": "the wheel to check (default: the newest in dist/)"})
+def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0):
+    """Check the wheel against the size limit (vLLM's own default: 400 MB) and show what makes it big."""
+    rc = _config(ctx, dist_dir=dist_dir)
+    limit = limit_mb or rc.config.wheel_limit_mb or DEFAULT_LIMIT_MB
+    if not step_check_size(Path(wheel) if wheel else Path(rc.config.dist_dir), limit):
+        raise Exit(code=1)
+
+
+@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "max_jobs", "nvcc_threads",
+                       "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror"))
+def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, cuda=None, max_jobs=None,
+         nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dist_dir=None, mirror=None):
+    """Show the resolved configuration (and where each value came from) and every step's exact commands."""
+    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
+                 cuda=cuda, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
+                 build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
+    table = Table("setting", "value", "from", title="Resolved configuration")
+    for name, value in rc.config.as_dict().items():
+        table.add_row(name, escape(str(value)), rc.source(name))
+    console.print(table)
+    archs = arch_tables.resolve_arch(rc.config.arch, rc.config.cuda)
+    console.print(f"archs: {', '.join(a.sm for a in archs)}  TORCH_CUDA_ARCH_LIST="
+                  f"{arch_tables.torch_cuda_arch_list(archs)}  VLLM_FA_CMAKE_GPU_ARCHES="
+                  f"{arch_tables.fa_cmake_gpu_arches(archs)}")
+    ngc = compat.default_ngc_tag(rc.config.cuda)
+    console.print(f"CUDA {rc.config.cuda}: build base {rc.config.base_image or (ngc.image if ngc else '?')}, "
+                  f"minimum driver {compat.MIN_DRIVER[compat.cuda_minor(rc.config.cuda)].full}")
+    for title, make in (
+        ("clone", lambda: step_clone(rc, force=False, dry_run=True)),
+        ("use-existing-torch", lambda: step_use_existing_torch(_source_dir(rc), dry_run=True)),
+        ("build-wheel", lambda: step_build_wheel(rc, _source_dir(rc), dry_run=True)),
+    ):
+        console.rule(title)
+        try:
+            make()
+        except ForgeError as err:
+            console.print(f"[yellow]not ready:[/] {escape(str(err))}")
+
+
+@forge_task(help={"cuda": "show which archs this CUDA version can build"})
+def archs(ctx, cuda=None):
+    """List the GPU names this tool knows, their arch, and the CUDA versions that can build them."""
+    table = Table("GPU", "arch", "oldest CUDA", "newest CUDA", title="GPU names accepted by --arch")
+    seen = set()
+    for model in compat.GPU_MODELS.values():
+        if model.name in seen:
+            continue
+        seen.add(model.name)
+        sm = arch_tables.parse_arch_token(model.capability).sm
+        if cuda and sm not in compat.CUDA_ARCHS.get(compat.cuda_minor(cuda), ()):
+            continue
+        table.add_row(model.name, sm, compat.min_cuda_for(sm) or "-", compat.max_cuda_for(sm) or "-")
+    console.print(table)
+
+
+@forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test)",
+                  "arch": FLAG_HELP["arch"], "dist_dir": FLAG_HELP["dist_dir"]})
+def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
+    """The whole pipeline on the embedded miniature vLLM: clone, use-existing-torch, build-wheel, check-size."""
+    from scripts.minivllm import RELEASE_TAG, publish_minivllm
+
+    started = time.monotonic()
+    base = resolve_config(ctx.config, {"dist_dir": dist_dir})
+    repo_url = publish_minivllm(Path(base.config.cache_dir).expanduser())
+    console.print(f"embedded default project published at {repo_url}")
+    rc = resolve_config(ctx.config, {
+        "vllm_repo": repo_url, "vllm_ref": RELEASE_TAG, "vllm_src": "",
+        "checkout_dir": str(REPO_ROOT / "build" / "demo" / "vllm"), "arch": arch, "dist_dir": dist_dir,
+    })
+    src = step_clone(rc, force=False, dry_run=False)
+    step_use_existing_torch(src, dry_run=False)
+    wheel = step_build_wheel(rc, src, dry_run=False)
+    ok = step_check_size(wheel, rc.config.wheel_limit_mb or DEFAULT_LIMIT_MB)
+    summary = Table("wheel", "MB", "archs", "seconds", title="demo")
+    summary.add_row(str(wheel), f"{wheel.stat().st_size / 2**20:.2f}",
+                    ", ".join(a.sm for a in arch_tables.parse_arch_list(arch)), f"{time.monotonic() - started:.1f}")
+    console.print(summary)
+    if not no_docker:
+        _demo_image_steps(ctx, rc, src, wheel)
+    if not ok:
+        raise Exit(code=1)
+
+
+def _demo_image_steps(ctx, rc, src, wheel) -> None:
+    """Bake, serve and smoke-test the image when a Docker engine is reachable (image section)."""
+    runner = globals().get("demo_image")
+    if runner is None:
+        console.print("[dim]image steps: not available in this version[/]")
+        return
+    runner(ctx, rc, src, wheel)
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
@@ -19,3 +321,7 @@ from __future__ import annotations
 
 # ---- vLLM tree / offline deps (issue 10) ----
 # ---- end vLLM tree ----
+
+# ---- namespace ----
+ns = Collection.from_module(sys.modules[__name__])
+ns.configure({"forge": DEFAULTS})

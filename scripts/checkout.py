@@ -1,0 +1,239 @@
+"""Get a vLLM checkout at a ref, and make it build against the torch already installed.
+
+``clone`` never loses work: a checkout with local changes is refused unless ``force`` is given,
+and then the changes are stashed, never discarded. The one exception is the edit our own
+``use-existing-torch`` step makes (torch pins removed), which is reverted and redone.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/checkout.py`: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.errors import ForgeError, run_main
+from scripts.plan import Command, run_plan
+
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
+# A requirement line (or a quoted pyproject entry) naming a torch package with or without a pin.
+_TORCH_REQ = re.compile(r"^\s*[\"']?(torch|torchvision|torchaudio)\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@|;|[\"',]|$)",
+                        re.IGNORECASE)
+
+
+@dataclass
+class CheckoutState:
+    exists: bool
+    is_repo: bool = False
+    origin: str = ""
+    head: str = ""
+    dirty_files: list[str] = field(default_factory=list)
+    torch_edit_only: bool = False  # the only changes are use-existing-torch's removed pins
+
+
+def _git(args: list[str], cwd: Path | str | None = None, check: bool = True, strip: bool = True) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise ForgeError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}",
+                         "check the repository URL, the ref and the network")
+    return proc.stdout.strip() if strip else proc.stdout
+
+
+def inspect_checkout(dest: Path) -> CheckoutState:
+    if not dest.exists():
+        return CheckoutState(exists=False)
+    if not (dest / ".git").exists():
+        return CheckoutState(exists=True, is_repo=False)
+    origin = _git(["config", "--get", "remote.origin.url"], dest, check=False)
+    head = _git(["rev-parse", "HEAD"], dest, check=False)
+    status = _git(["status", "--porcelain", "--untracked-files=all"], dest, check=False, strip=False)
+    dirty = [line[3:] for line in status.splitlines() if line.strip()]
+    torch_only = bool(dirty) and all(line.startswith(" M ") for line in status.splitlines() if line.strip())
+    if torch_only:
+        diff = _git(["diff", "--unified=0", "--no-color"], dest, check=False)
+        torch_only = _only_torch_pins_removed(diff)
+    return CheckoutState(True, True, origin, head, dirty, torch_only)
+
+
+def _only_torch_pins_removed(diff: str) -> bool:
+    changed = [line for line in diff.splitlines()
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return bool(changed) and all(line.startswith("-") and _TORCH_REQ.match(line[1:]) for line in changed)
+
+
+def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[Command]:
+    """The git commands that bring ``dest`` to ``ref`` of ``repo``, decided from its current state."""
+    state = inspect_checkout(dest)
+    target = checkout_target(repo, ref)
+    if state.exists and not state.is_repo:
+        if any(dest.iterdir()):
+            raise ForgeError(f"{dest} exists and is not a git checkout",
+                             "move it away, or point --checkout-dir (or --vllm-src) elsewhere")
+        state = CheckoutState(exists=False)
+        dest.rmdir()
+    if not state.exists:
+        tmp = dest.with_name(f".{dest.name}.partial")
+        # Clone next to the destination and rename at the end: an interrupted clone leaves no
+        # half-made checkout where the next run would take it for a real one.
+        return [
+            Command(["rm", "-rf", str(tmp)], why="clear a clone an earlier run left unfinished"),
+            Command(["git", "clone", "--filter=blob:none", "--no-checkout", repo, str(tmp)],
+                    why="partial clone: history without old file contents"),
+            Command(["git", "-C", str(tmp), "checkout", "--detach", "--quiet", target],
+                    why=f"check out {ref}"),
+            Command(["mv", "-T", str(tmp), str(dest)], why="publish the finished checkout"),
+        ]
+    commands: list[Command] = []
+    if state.origin and _normalise_url(state.origin) != _normalise_url(repo):
+        raise ForgeError(
+            f"{dest} is a checkout of {state.origin}, not of {repo}",
+            "pass --checkout-dir for a separate checkout, or --repo to match it",
+        )
+    if state.dirty_files:
+        if state.torch_edit_only:
+            commands.append(Command(["git", "-C", str(dest), "checkout", "--", *state.dirty_files],
+                                    why="revert use-existing-torch's pin removal (redone after checkout)"))
+        elif force:
+            commands.append(Command(
+                ["git", "-C", str(dest), "stash", "push", "--include-untracked",
+                 "-m", f"vllm-forge: local changes before checking out {ref}"],
+                why="--force: keep your changes in `git stash list`, never discard them"))
+        else:
+            shown = ", ".join(state.dirty_files[:5]) + (" ..." if len(state.dirty_files) > 5 else "")
+            raise ForgeError(
+                f"{dest} has local changes ({shown})",
+                "commit or stash them, or pass --force to stash them automatically",
+            )
+    commands += [
+        Command(["git", "-C", str(dest), "fetch", "--tags", "--force", "origin"], why="update refs and tags"),
+        Command(["git", "-C", str(dest), "checkout", "--detach", "--quiet", target], why=f"check out {ref}"),
+    ]
+    return commands
+
+
+def _normalise_url(url: str) -> str:
+    return url.rstrip("/").removesuffix(".git")
+
+
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+
+def checkout_target(repo: str, ref: str) -> str:
+    """What `git checkout --detach` is given for ``ref``, asking the remote what the ref is.
+
+    A branch becomes ``origin/<branch>`` (an update then never needs a merge); a tag becomes
+    ``tags/<tag>``; a hex string is taken as a commit. Anything else is refused before any clone.
+    """
+    try:
+        proc = subprocess.run(["git", "ls-remote", repo], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise ForgeError(f"{repo} did not answer within 120 s", "check the URL and your network") from None
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "git ls-remote failed"
+        raise ForgeError(f"cannot read {repo}: {detail}",
+                         "check the URL and your network (or use a GitHub proxy with --mirror)")
+    refs = {line.split("\t", 1)[1] for line in proc.stdout.splitlines() if "\t" in line}
+    if f"refs/heads/{ref}" in refs:
+        return f"origin/{ref}"
+    if f"refs/tags/{ref}" in refs:
+        return f"tags/{ref}"
+    if _SHA.match(ref):
+        return ref
+    raise ForgeError(f"'{ref}' is neither a branch nor a tag of {repo}",
+                     f"check the spelling, or list them with `git ls-remote {repo}`")
+
+
+def clone(repo: str, ref: str, dest: Path, *, force: bool = False, on_line=None) -> str:
+    """Bring ``dest`` to ``ref``; returns the commit checked out."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    commands = plan_clone(repo, ref, dest, force=force)
+    try:
+        run_plan(commands, on_line=on_line)
+    except BaseException:
+        subprocess.run(["rm", "-rf", str(dest.with_name(f".{dest.name}.partial"))], check=False)
+        raise
+    return _git(["rev-parse", "HEAD"], dest)
+
+
+# --- use-existing-torch -------------------------------------------------------------------------
+
+def find_use_existing_torch(src: Path) -> tuple[str, bool]:
+    """Where this vLLM version keeps use_existing_torch.py and whether it takes --prefix."""
+    for rel in ("tools/use_existing_torch.py", "use_existing_torch.py"):
+        path = src / rel
+        if path.exists():
+            return rel, "--prefix" in path.read_text(errors="replace")
+    raise ForgeError(
+        f"{src} has no use_existing_torch.py (looked in tools/ and the root)",
+        "point --vllm-src at a vLLM checkout (0.8 or newer)",
+    )
+
+
+def plan_use_existing_torch(src: Path, python: str = sys.executable) -> list[Command]:
+    rel, takes_prefix = find_use_existing_torch(src)
+    argv = [python, rel] + (["--prefix"] if takes_prefix else [])
+    return [Command(argv, cwd=str(src), why="remove the checkout's torch pins; build against the installed torch")]
+
+
+def remaining_torch_pins(src: Path) -> list[str]:
+    """``file:line: text`` for every torch/torchvision/torchaudio requirement left in the checkout."""
+    files = sorted((src / "requirements").rglob("*.txt")) if (src / "requirements").is_dir() else []
+    files += sorted(src.glob("requirements*.txt"))
+    if (src / "pyproject.toml").exists():
+        files.append(src / "pyproject.toml")
+    left = []
+    for path in files:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if _TORCH_REQ.match(line) and not line.lstrip().startswith("#"):
+                left.append(f"{path.relative_to(src)}:{number}: {line.strip()}")
+    return left
+
+
+def use_existing_torch(src: Path, *, python: str = sys.executable, on_line=None) -> None:
+    run_plan(plan_use_existing_torch(src, python), on_line=on_line)
+    left = remaining_torch_pins(src)
+    if left:
+        raise ForgeError(
+            f"torch pins are still in the checkout after use_existing_torch: {'; '.join(left[:3])}",
+            "remove those lines by hand or report the vLLM version to vllm-forge",
+        )
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Clone vLLM or neutralise its torch pins.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_clone = sub.add_parser("clone", help="clone or update a checkout at a ref")
+    p_clone.add_argument("repo")
+    p_clone.add_argument("ref")
+    p_clone.add_argument("dest", type=Path)
+    p_clone.add_argument("--force", action="store_true", help="stash local changes instead of refusing")
+    p_clone.add_argument("--dry-run", action="store_true")
+    p_torch = sub.add_parser("use-existing-torch", help="run the checkout's use_existing_torch.py and verify")
+    p_torch.add_argument("src", type=Path)
+    p_torch.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    if args.cmd == "clone":
+        if args.dry_run:
+            for command in plan_clone(args.repo, args.ref, args.dest, force=args.force):
+                print(command.shell())
+            return 0
+        print(clone(args.repo, args.ref, args.dest, force=args.force, on_line=print))
+    else:
+        if args.dry_run:
+            for command in plan_use_existing_torch(args.src):
+                print(command.shell())
+            return 0
+        use_existing_torch(args.src, on_line=print)
+        print(f"no torch pins left in {args.src}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,84 @@
+"""The embedded default project: tests/fixtures/minivllm published as a git repo to clone from.
+
+`invoke demo` and the tests clone it by a file:// URL, so the whole pipeline runs with no GitHub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/minivllm.py`: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.errors import run_main
+
+FIXTURE_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "minivllm"
+RELEASE_TAG = "v0.1.0"
+# Fixed identity and dates: the same fixture always gives the same commit hashes.
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": "vllm-forge", "GIT_AUTHOR_EMAIL": "forge@localhost",
+    "GIT_COMMITTER_NAME": "vllm-forge", "GIT_COMMITTER_EMAIL": "forge@localhost",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+    "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def fixture_digest(root: Path = FIXTURE_DIR) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _git(args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env={**os.environ, **_GIT_ENV})
+
+
+def publish_minivllm(dest_dir: Path, *, source: Path = FIXTURE_DIR) -> str:
+    """A bare repo of the fixture at ``dest_dir/minivllm.git`` (rebuilt when the fixture changed):
+    a release commit tagged v0.1.0 and one commit after it on ``main``. Returns its file:// URL."""
+    dest_dir = Path(dest_dir).expanduser().resolve()
+    bare = dest_dir / "minivllm.git"
+    stamp = bare / "forge-fixture-digest"
+    digest = fixture_digest(source)
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return bare.as_uri()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        work = Path(tmp) / "work"
+        shutil.copytree(source, work, ignore=shutil.ignore_patterns("__pycache__", "build", "dist", "*.egg-info"))
+        _git(["init", "--quiet", "--initial-branch=main"], work)
+        _git(["add", "--all"], work)
+        _git(["commit", "--quiet", "-m", "minivllm 0.1.0"], work)
+        _git(["tag", "-a", RELEASE_TAG, "-m", "minivllm 0.1.0"], work)
+        (work / "CHANGELOG.md").write_text("# Unreleased\n\n- development after 0.1.0\n")
+        _git(["add", "CHANGELOG.md"], work)
+        _git(["commit", "--quiet", "-m", "Start 0.1.1 development"], work)
+        staged = Path(tmp) / "minivllm.git"
+        _git(["clone", "--quiet", "--bare", str(work), str(staged)], tmp)
+        (staged / "forge-fixture-digest").write_text(digest + "\n")
+        if bare.exists():
+            shutil.rmtree(bare)
+        staged.rename(bare)
+    return bare.as_uri()
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Publish the miniature vLLM as a bare git repo.")
+    parser.add_argument("dest_dir", type=Path, nargs="?", default=Path("~/.cache/vllm-forge"))
+    args = parser.parse_args(argv)
+    print(publish_minivllm(args.dest_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,131 @@
+"""Commands as data: what `--dry-run` prints is the very list that a real run executes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from scripts.errors import ForgeError
+
+SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "CREDENTIAL")
+
+
+def is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in SECRET_WORDS)
+
+
+def mask_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: ("****" if is_secret_name(k) and v else v) for k, v in env.items()}
+
+
+@dataclass
+class Command:
+    argv: list[str]
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to (or replacing in) os.environ
+    why: str = ""
+
+    def shell(self) -> str:
+        """The command as one copy-pasteable shell line (secrets masked)."""
+        parts = []
+        if self.cwd:
+            parts.append(f"cd {shlex.quote(str(self.cwd))} &&")
+        parts += [f"{k}={_shell_value(k, v)}" for k, v in mask_env(self.env).items()]
+        parts.append(shlex.join(self.argv))
+        return " ".join(parts)
+
+    def full_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        return env
+
+
+def _shell_value(name: str, value: str) -> str:
+    # PATH-like values that extend the current one are shown as `new:"$PATH"`, which is what
+    # they are, instead of spelling out this machine's whole PATH.
+    current = os.environ.get(name)
+    if current and value.endswith(os.pathsep + current):
+        return shlex.quote(value[: -len(current)]) + f'"${name}"'
+    return shlex.quote(value)
+
+
+def run_command(
+    command: Command,
+    *,
+    on_line: Callable[[str], None] | None = None,
+    log_path: Path | None = None,
+    check: bool = True,
+) -> int:
+    """Run one command; stream its output line by line to ``on_line`` and ``log_path``.
+
+    On Ctrl-C the child's process group is terminated before the interrupt propagates, so no
+    compiler keeps running behind the user's back.
+    """
+    stream = on_line is not None or log_path is not None
+    log = open(log_path, "a", encoding="utf-8") if log_path else None
+    try:
+        proc = subprocess.Popen(
+            command.argv,
+            cwd=command.cwd,
+            env=command.full_env(),
+            stdout=subprocess.PIPE if stream else None,
+            stderr=subprocess.STDOUT if stream else None,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        if log:
+            log.close()
+        raise ForgeError(
+            f"'{command.argv[0]}' was not found on this machine",
+            f"install it or put it on PATH, then run again",
+        ) from None
+    try:
+        if stream:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if log:
+                    log.write(line)
+                if on_line:
+                    on_line(line.rstrip("\n"))
+        code = proc.wait()
+    except KeyboardInterrupt:
+        _terminate(proc)
+        raise
+    finally:
+        if log:
+            log.close()
+    if check and code != 0:
+        where = f" (log: {log_path})" if log_path else ""
+        raise ForgeError(
+            f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` failed with exit code {code}{where}",
+            "read the output above for the first error",
+            exit_code=1,
+        )
+    return code
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_plan(commands: Iterable[Command], **kwargs) -> None:
+    for command in commands:
+        run_command(command, **kwargs)
