@@ -1,0 +1,165 @@
+"""The core pipeline for real: git clones from a local bare repo, nvcc builds, cuobjdump checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from scripts import checkout
+from scripts.build_wheel import BuildRequest, plan_build, run_build
+from scripts.errors import ForgeError
+from scripts.plan import Command, run_command
+
+pytestmark = pytest.mark.integration
+
+
+def git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_clone_tag_then_update_to_branch(minivllm_repo, tmp_path):
+    dest = tmp_path / "vllm"
+    sha = checkout.clone(minivllm_repo, "v0.1.0", dest)
+    assert git("describe", "--tags", cwd=dest) == "v0.1.0"
+    assert not (tmp_path / ".vllm.partial").exists()
+    sha_main = checkout.clone(minivllm_repo, "main", dest)
+    assert sha_main != sha and (dest / "CHANGELOG.md").exists()
+    # idempotent: the same ref again is a no-op fetch + checkout
+    assert checkout.clone(minivllm_repo, "main", dest) == sha_main
+
+
+def test_clone_by_commit(minivllm_repo, tmp_path):
+    sha = checkout.clone(minivllm_repo, "v0.1.0", tmp_path / "a")
+    assert checkout.clone(minivllm_repo, sha, tmp_path / "b") == sha
+
+
+def test_local_changes_are_refused_then_stashed_never_lost(minivllm_repo, tmp_path):
+    dest = tmp_path / "vllm"
+    checkout.clone(minivllm_repo, "v0.1.0", dest)
+    (dest / "setup.py").write_text((dest / "setup.py").read_text() + "\n# my edit\n")
+    (dest / "notes.txt").write_text("mine")
+    with pytest.raises(ForgeError, match="local changes"):
+        checkout.clone(minivllm_repo, "main", dest)
+    assert "# my edit" in (dest / "setup.py").read_text()
+    checkout.clone(minivllm_repo, "main", dest, force=True)
+    assert "# my edit" not in (dest / "setup.py").read_text()
+    git("stash", "pop", cwd=dest)
+    assert "# my edit" in (dest / "setup.py").read_text() and (dest / "notes.txt").read_text() == "mine"
+
+
+def test_use_existing_torch_edit_does_not_block_an_update(minivllm_repo, tmp_path):
+    dest = tmp_path / "vllm"
+    checkout.clone(minivllm_repo, "v0.1.0", dest)
+    checkout.use_existing_torch(dest)
+    assert checkout.remaining_torch_pins(dest) == []
+    assert checkout.inspect_checkout(dest).torch_edit_only
+    checkout.clone(minivllm_repo, "main", dest)
+    assert checkout.remaining_torch_pins(dest)  # pins back: the checkout is exactly origin/main
+
+
+def test_use_existing_torch_leaves_no_pin(minivllm_repo, tmp_path):
+    dest = tmp_path / "vllm"
+    checkout.clone(minivllm_repo, "v0.1.0", dest)
+    before = checkout.remaining_torch_pins(dest)
+    assert any("torch==2.6.0" in line for line in before)
+    assert any("pyproject.toml" in line for line in before)
+    checkout.use_existing_torch(dest)
+    assert checkout.remaining_torch_pins(dest) == []
+
+
+def test_unknown_ref_and_unreachable_repo_fail_before_cloning(minivllm_repo, tmp_path):
+    with pytest.raises(ForgeError, match="neither a branch nor a tag"):
+        checkout.clone(minivllm_repo, "v9.9.9", tmp_path / "x")
+    with pytest.raises(ForgeError, match="cannot read"):
+        checkout.clone((tmp_path / "missing.git").as_uri(), "main", tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_non_git_directory_is_not_clobbered(minivllm_repo, tmp_path):
+    dest = tmp_path / "vllm"
+    dest.mkdir()
+    (dest / "precious.txt").write_text("keep")
+    with pytest.raises(ForgeError, match="not a git checkout"):
+        checkout.clone(minivllm_repo, "main", dest)
+    assert (dest / "precious.txt").read_text() == "keep"
+
+
+@pytest.fixture(scope="module")
+def prepared_src(tmp_path_factory):
+    from scripts.minivllm import publish_minivllm
+
+    url = publish_minivllm(tmp_path_factory.mktemp("remote"))
+    src = tmp_path_factory.mktemp("co") / "vllm"
+    checkout.clone(url, "v0.1.0", src)
+    checkout.use_existing_torch(src)
+    return src
+
+
+def cuobjdump_elfs(cuobjdump, so: Path) -> set[str]:
+    out = subprocess.run([str(cuobjdump), "--list-elf", str(so)], capture_output=True, text=True).stdout
+    return {line.rsplit(".", 2)[-2] for line in out.splitlines() if line.startswith("ELF file")}
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("arch, expected", [("12.0", {"sm_120"}), ("9.0", {"sm_90"}), ("rtx5090;h100", {"sm_90", "sm_120"})])
+def test_build_wheel_compiles_exactly_the_requested_archs(prepared_src, tmp_path, nvcc_toolchain, cuobjdump, arch, expected):
+    dist = tmp_path / "dist"
+    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, arch=arch, compile_cache="none", max_jobs=2))
+    wheel = run_build(plan, audit=False)
+    assert wheel.parent == dist and wheel.name.endswith("-cp38-abi3-linux_x86_64.whl")
+    assert sorted(p.name for p in dist.iterdir()) == [wheel.name]  # no staging left behind
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        assert "vllm/_C.abi3.so" in names
+        assert "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so" in names
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+        assert "torch" not in metadata  # use-existing-torch removed the pins
+        extracted = tmp_path / "x"
+        archive.extractall(extracted)
+    assert cuobjdump_elfs(cuobjdump, extracted / "vllm/_C.abi3.so") == expected
+    assert cuobjdump_elfs(cuobjdump, extracted / "vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so") == expected
+
+
+@pytest.mark.nvcc
+def test_failed_build_leaves_dist_as_it_was(prepared_src, tmp_path, nvcc_toolchain):
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "vllm-0.0.9-cp38-abi3-linux_x86_64.whl").write_bytes(b"yesterday's wheel")
+    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, arch="12.0", compile_cache="none"))
+    plan.command.env["TORCH_CUDA_ARCH_LIST"] = "not-an-arch"  # make CMake fail
+    with pytest.raises(ForgeError, match="failed with exit code"):
+        run_build(plan, audit=False)
+    assert sorted(p.name for p in dist.iterdir()) == ["vllm-0.0.9-cp38-abi3-linux_x86_64.whl"]
+
+
+def test_interrupt_kills_the_child_process_group(tmp_path):
+    """Ctrl-C in the middle of a step stops the child and everything it started."""
+    marker = tmp_path / "still-running"
+    script = f"import time, pathlib\ntime.sleep(3)\npathlib.Path({str(marker)!r}).write_text('x')\n"
+    command = Command([sys.executable, "-c", script])
+    import signal
+    import threading
+
+    # What a terminal's Ctrl-C does: SIGINT to the main thread, blocked reading the child's output.
+    main_thread = threading.main_thread().ident
+    threading.Timer(0.5, lambda: signal.pthread_kill(main_thread, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        run_command(command, on_line=lambda line: None)
+    import time
+
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_build_wheel_cli_refuses_impossible_arch_before_anything(tmp_path, repo_root):
+    out = subprocess.run([sys.executable, "-m", "invoke", "build-wheel", "--arch", "12.0", "--cuda", "12.6",
+                          "--checkout-dir", str(tmp_path / "none")], cwd=repo_root, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "needs CUDA 12.8" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()
