@@ -150,7 +150,7 @@ def step_use_existing_torch(src: Path, *, dry_run: bool) -> None:
     if dry_run:
         _print_commands("use-existing-torch", commands)
         return
-    checkouts.use_existing_torch(src, on_line=lambda line: console.print(f"  [dim]{escape(line)}[/]"))
+    checkouts.use_existing_torch(src, on_line=lambda line: console.print(f"  [dim]{escape(line)}[/]", soft_wrap=True))
     console.print(f"[green]no torch pins left[/] in {src}")
 
 
@@ -160,7 +160,7 @@ def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: boo
     console.print(f"build for [bold]{archs}[/] with nvcc {plan.toolchain.full_version} "
                   f"({'PyPI' if plan.toolchain.from_pypi else 'system'}), compile cache: {plan.compile_cache}")
     for note in plan.notes:
-        console.print(f"  [dim]# {escape(note)}[/]")
+        console.print(f"  [dim]# {escape(note)}[/]", soft_wrap=True)
     if dry_run:
         _print_commands("build-wheel", plan.commands)
         return None

@@ -19,10 +19,15 @@ if __package__ in (None, ""):  # run as `python scripts/checkout.py`: make `scri
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, run_plan
 
-TORCH_FAMILY = ("torch", "torchvision", "torchaudio")
-# A requirement line (or a quoted pyproject entry) naming a torch package with or without a pin.
-_TORCH_REQ = re.compile(r"^\s*[\"']?(torch|torchvision|torchaudio)\s*(?:\[[^\]]*\])?\s*(==|>=|<=|~=|!=|<|>|@|;|[\"',]|$)",
-                        re.IGNORECASE)
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "torchcodec")
+# A requirement line (or a quoted pyproject entry) naming a torch-family package.
+_TORCH_LINE = re.compile(r"^\s*[\"']?(torch|torchvision|torchaudio|torchcodec)\b(?![-_.\w])", re.IGNORECASE)
+# A pin of torch itself (torch, torchvision, torchaudio: the packages built against one torch ABI):
+# a version specifier or a direct URL. An unpinned name takes whatever is installed.
+_TORCH_PIN = re.compile(
+    r"^\s*[\"']?(torch|torchvision|torchaudio)\s*(\[[^\]]*\])?\s*(===|==|>=|<=|~=|!=|<|>|@)",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -62,7 +67,7 @@ def inspect_checkout(dest: Path) -> CheckoutState:
 def _only_torch_pins_removed(diff: str) -> bool:
     changed = [line for line in diff.splitlines()
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    return bool(changed) and all(line.startswith("-") and _TORCH_REQ.match(line[1:]) for line in changed)
+    return bool(changed) and all(line.startswith("-") and _TORCH_LINE.match(line[1:]) for line in changed)
 
 
 def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[Command]:
@@ -181,15 +186,16 @@ def plan_use_existing_torch(src: Path, python: str = sys.executable) -> list[Com
 
 
 def remaining_torch_pins(src: Path) -> list[str]:
-    """``file:line: text`` for every torch/torchvision/torchaudio requirement left in the checkout."""
-    files = sorted((src / "requirements").rglob("*.txt")) if (src / "requirements").is_dir() else []
+    """``file:line: text`` for every torch-family pin (a version or URL) left in the checkout."""
+    requirements = src / "requirements"
+    files = sorted([*requirements.rglob("*.txt"), *requirements.rglob("*.in")]) if requirements.is_dir() else []
     files += sorted(src.glob("requirements*.txt"))
     if (src / "pyproject.toml").exists():
         files.append(src / "pyproject.toml")
     left = []
     for path in files:
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if _TORCH_REQ.match(line) and not line.lstrip().startswith("#"):
+            if _TORCH_PIN.match(line):
                 left.append(f"{path.relative_to(src)}:{number}: {line.strip()}")
     return left
 
