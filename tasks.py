@@ -157,8 +157,7 @@ def step_use_existing_torch(src: Path, *, dry_run: bool) -> None:
 def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: bool = True) -> Path | None:
     plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
     archs = ", ".join(a.sm for a in plan.archs)
-    console.print(f"build for [bold]{archs}[/] with nvcc {plan.toolchain.full_version} "
-                  f"({'PyPI' if plan.toolchain.from_pypi else 'system'}), compile cache: {plan.compile_cache}")
+    console.print(f"build for [bold]{archs}[/], compile cache: {plan.compile_cache}")
     for note in plan.notes:
         console.print(f"  [dim]# {escape(note)}[/]", soft_wrap=True)
     if dry_run:

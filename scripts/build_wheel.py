@@ -133,7 +133,10 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     )
     cache = resolve_compile_cache(request.compile_cache)
     cache_dir = Path(request.cache_dir).expanduser()
-    notes = [parallelism.reason]
+    notes = [
+        f"nvcc {toolchain.full_version} at {toolchain.nvcc} ({'PyPI' if toolchain.from_pypi else 'system'} toolkit)",
+        parallelism.reason,
+    ]
     env = {
         "TORCH_CUDA_ARCH_LIST": archs_mod.torch_cuda_arch_list(archs),
         "MAX_JOBS": str(parallelism.max_jobs),

@@ -163,3 +163,28 @@ def test_build_wheel_cli_refuses_impossible_arch_before_anything(tmp_path, repo_
     assert "needs CUDA 12.8" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.nvcc
+def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_path, cuobjdump):
+    """A machine with only Python and PyPI: the nvcc from `cuda-toolkit[nvcc]` wheels builds the kernels."""
+    from scripts.toolchain import _pypi_cuda_roots
+
+    from conftest import require_tool
+
+    require_tool("NVIDIA's nvcc from PyPI (requirements-build.txt)", bool(_pypi_cuda_roots()))
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX")}
+    env["PATH"] = f"{bin_dir}:/usr/bin:/bin"  # no /usr/local/bin/nvcc, no /usr/local/cuda*/bin
+    dist = tmp_path / "dist"
+    out = subprocess.run(
+        [sys.executable, "scripts/build_wheel.py", str(prepared_src), "--arch", "12.0", "--dist-dir", str(dist),
+         "--compile-cache", "none", "--no-audit"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "site-packages/nvidia/cu13/bin/nvcc" in out.stdout
+    (wheel,) = dist.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract("vllm/_C.abi3.so", tmp_path)
+    assert cuobjdump_elfs(cuobjdump, tmp_path / "vllm/_C.abi3.so") == {"sm_120"}
