@@ -27,6 +27,10 @@ class CudaToolchain:
     env: dict[str, str] = field(default_factory=dict)  # what a build needs to use this nvcc
 
 
+# Where a system toolkit lives when nothing names it (NGC images and NVIDIA's installers).
+SYSTEM_CUDA_ROOTS = (Path("/usr/local/cuda"),)
+
+
 def _pypi_cuda_roots() -> list[Path]:
     roots = []
     for base in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
@@ -47,7 +51,7 @@ def _candidates() -> list[tuple[Path, bool]]:
     on_path = shutil.which("nvcc")
     if on_path:
         found.append((Path(on_path), False))
-    found.append((Path("/usr/local/cuda/bin/nvcc"), False))
+    found += [(root / "bin" / "nvcc", False) for root in SYSTEM_CUDA_ROOTS]
     found += [(root / "bin" / "nvcc", True) for root in _pypi_cuda_roots()]
     return found
 

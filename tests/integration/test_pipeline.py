@@ -177,8 +177,10 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_HOME", "CUDA_PATH", "CUDACXX")}
     env["PATH"] = f"{bin_dir}:/usr/bin:/bin"  # no /usr/local/bin/nvcc, no /usr/local/cuda*/bin
     dist = tmp_path / "dist"
+    # The build machine has /usr/local/cuda; this run must not see it.
+    hide_system = "import sys, scripts.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); from scripts.build_wheel import main; sys.exit(main())"
     out = subprocess.run(
-        [sys.executable, "scripts/build_wheel.py", str(prepared_src), "--arch", "12.0", "--dist-dir", str(dist),
+        [sys.executable, "-c", hide_system, str(prepared_src), "--arch", "12.0", "--dist-dir", str(dist),
          "--compile-cache", "none", "--no-audit"],
         cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
     )
