@@ -113,6 +113,11 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     archs = archs_mod.parse_arch_list(request.arch)
     if request.cuda:
         archs_mod.check_archs_for_cuda(archs, request.cuda)
+    parallelism = choose_parallelism(
+        max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
+        mem_per_job_gb=request.mem_per_job_gb,
+    )
+    cache = resolve_compile_cache(request.compile_cache)
     if not (src / "setup.py").is_file():
         raise ForgeError(f"{src} is not a vLLM checkout (no setup.py)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
@@ -127,11 +132,6 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     if check_tools and tree_needs_torch(src) and importlib.util.find_spec("torch") is None:
         raise ForgeError("this vLLM checkout builds against torch, and torch is not installed in this Python",
                          "install the torch you want vLLM built against (pip install torch), or bake in Docker")
-    parallelism = choose_parallelism(
-        max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
-        mem_per_job_gb=request.mem_per_job_gb,
-    )
-    cache = resolve_compile_cache(request.compile_cache)
     cache_dir = Path(request.cache_dir).expanduser()
     notes = [
         f"nvcc {toolchain.full_version} at {toolchain.nvcc} ({'PyPI' if toolchain.from_pypi else 'system'} toolkit)",
