@@ -25,6 +25,32 @@ err_console = Console(stderr=True, highlight=False)
 REPO_ROOT = Path(__file__).resolve().parent
 
 
+def _check_project_config() -> None:
+    """invoke reads invoke.yaml after importing this file and dies with a YAML traceback on a
+    typo; read it first so a broken file costs one line instead."""
+    from invoke.vendor import yaml
+
+    path = Path(__file__).parent / "invoke.yaml"  # where invoke looks: next to tasks.py as found
+    if not path.exists():
+        return
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        err_console.print(f"[bold red]error:[/] {path} is not valid YAML{where}: {problem}. "
+                          "Fix: correct that line, or move the file away.", soft_wrap=True)
+        sys.exit(2)
+    if data is not None and not isinstance(data, dict) or not isinstance((data or {}).get("forge", {}), dict):
+        err_console.print(f"[bold red]error:[/] {path} must be a mapping with a `forge:` section. "
+                          "Fix: see the README's configuration example.", soft_wrap=True)
+        sys.exit(2)
+
+
+_check_project_config()
+
+
 def _debugging() -> bool:
     # `invoke --debug` turns on root DEBUG logging; VLLM_FORGE_DEBUG=1 works for nox and CI too.
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)

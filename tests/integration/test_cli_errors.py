@@ -62,3 +62,20 @@ def test_check_size_over_limit_lists_largest_members(tmp_path):
     assert out.returncode == 1
     assert "vllm/_C.abi3.so" in out.stdout and "largest members" in out.stdout
     assert invoke("check-size", "--wheel", str(wheel), "--limit-mb", "1").returncode == 0
+
+
+@pytest.mark.parametrize("content, words", [
+    ("forge:\n  arch: [unclosed\n", "is not valid YAML (line 3"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("forge:\n  ach: '9.0'\n", "unknown forge key"),
+    ("forge:\n  max_jobs: lots\n", "must be a number"),
+])
+def test_bad_invoke_yaml_is_one_line(tmp_path, content, words):
+    for name in ("tasks.py", "scripts"):
+        os.symlink(REPO / name, tmp_path / name)
+    (tmp_path / "invoke.yaml").write_text(content)
+    out = invoke("plan", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and "Fix:" in lines[0], out.stderr
