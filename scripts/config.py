@@ -32,6 +32,15 @@ DEFAULTS: dict[str, Any] = {
     "build_type": "Release",
     "compile_cache": "auto",  # auto | none | ccache | sccache
     "cache_dir": "~/.cache/vllm-forge",
+    # A team's shared compile cache (docs/build-speed.md); credentials come from the environment.
+    "sccache_redis": "",  # redis://host:6379 (no password here: export SCCACHE_REDIS_PASSWORD)
+    "sccache_bucket": "",  # S3: name or s3://name/prefix; GCS: gs://name/prefix
+    "sccache_region": "",  # S3 region
+    "sccache_endpoint": "",  # S3-compatible endpoint URL (MinIO, R2, Ceph)
+    "ccache_remote": "",  # ccache remote storage URL: redis://host:6379 or http://host/cache
+    # BuildKit for `bake`: a named buildx builder (remote or multi-node) and a registry layer cache.
+    "builder": "",  # docker buildx builder name; empty: the default builder
+    "registry_cache": "",  # image ref for --cache-to/--cache-from type=registry, e.g. ghcr.io/org/vllm-cache
     "dist_dir": "dist",
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
@@ -66,6 +75,13 @@ class BuildConfig:
     build_type: str
     compile_cache: str
     cache_dir: str
+    sccache_redis: str
+    sccache_bucket: str
+    sccache_region: str
+    sccache_endpoint: str
+    ccache_remote: str
+    builder: str
+    registry_cache: str
     dist_dir: str
     wheel_limit_mb: int
     mirror: str
@@ -194,3 +210,6 @@ def validate_config(config: BuildConfig) -> None:
         raise ForgeError("mem_per_job_gb must be positive", "set it to the GiB one compile job needs, e.g. 4")
     check_repo_url(config.vllm_repo)
     check_git_ref(config.vllm_ref)
+    from scripts.compile_cache import SharedCache
+
+    SharedCache.from_config(config).check()  # before `plan` shows them: no password in a URL

@@ -57,16 +57,24 @@ def choose_parallelism(
                 f"({mem_per_job_gb:g} GiB a job) but only {avail_gb:.1f} GiB is available",
                 f"pass --max-jobs {max(1, fit)} or lower (or --mem-per-job-gb if your build needs less)",
             )
-        return Parallelism(max_jobs, threads, f"MAX_JOBS={max_jobs} as given; NVCC_THREADS={threads}")
+        return Parallelism(max_jobs, threads, (
+            f"MAX_JOBS={max_jobs} as given, NVCC_THREADS={threads}: needs ~{need:.0f} GiB "
+            f"({max_jobs} job(s) x {threads} thread(s) x {mem_per_job_gb:g} GiB) of the {avail_gb:.1f} GiB available"
+        ))
     if fit < 1:
         raise ForgeError(
             f"one compile job needs about {mem_per_job_gb * threads:g} GiB but only {avail_gb:.1f} GiB is available",
             "free memory, lower --nvcc-threads, or lower --mem-per-job-gb if your build needs less",
         )
-    jobs = max(1, min(cores // threads or 1, fit))
-    limiter = "memory" if fit < (cores // threads or 1) else "cores"
+    by_cores = cores // threads or 1
+    jobs = max(1, min(by_cores, fit))
+    limiter = "memory" if fit < by_cores else "cores"
+    how_threads = "as given" if nvcc_threads else (
+        f"{n_archs} arch(s), at most {2 if cores >= 8 else 1} on {cores} cores")
     reason = (
-        f"{cores} cores, {avail_gb:.1f} GiB available, ~{mem_per_job_gb:g} GiB per job x {threads} nvcc "
-        f"thread(s) ({n_archs} arch(s)): MAX_JOBS={jobs}, bound by {limiter}"
+        f"MAX_JOBS={jobs} = min(cores {cores} / {threads} nvcc thread(s) = {by_cores}, "
+        f"memory {avail_gb:.1f} GiB available / ({mem_per_job_gb:g} GiB per job x {threads}) = {fit}): "
+        f"bound by {limiter}; NVCC_THREADS={threads} ({how_threads}). "
+        "Override with --max-jobs/--nvcc-threads, or --mem-per-job-gb if your compiles need more or less memory"
     )
     return Parallelism(jobs, threads, reason)
