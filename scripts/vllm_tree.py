@@ -709,6 +709,7 @@ class VllmTree:
     kind: str  # "vllm", or "minivllm" for vllm-forge's embedded miniature project
     use_existing_torch: str | None  # relative path, e.g. "tools/use_existing_torch.py"
     takes_prefix: bool  # use_existing_torch.py takes --prefix (strips only torch-family pins)
+    torch_pin_globs: tuple[str, ...]  # the files use_existing_torch.py cleans: ("requirements/*.txt", "pyproject.toml")
     build_requirements: str | None  # "requirements/build/cuda.txt", "requirements/build.txt"
     env_vars_read: set[str]
     env_var_sources: dict[str, list[str]]  # variable -> where it is read ("setup.py", "CMakeLists.txt", ...)
@@ -824,6 +825,7 @@ class VllmTree:
             "kind": self.kind,
             "use_existing_torch": self.use_existing_torch,
             "takes_prefix": self.takes_prefix,
+            "torch_pin_globs": list(self.torch_pin_globs),
             "build_requirements": self.build_requirements,
             "env_vars_read": sorted(self.env_vars_read),
             "build_knobs_read": sorted(v for v in BUILD_KNOBS if v in self.env_vars_read),
@@ -887,6 +889,13 @@ def _find_use_existing_torch(root: Path) -> tuple[str | None, bool]:
         if text:
             return rel, re.search(r"""add_argument\(\s*['"]--prefix['"]""", text) is not None
     return None, False
+
+
+def _use_existing_torch_globs(text: str) -> tuple[str, ...]:
+    """The file patterns a use_existing_torch.py cleans (quoted globs and file names it lists)."""
+    found = re.findall(r"""glob\.glob\(\s*['"]([^'"]+)['"]""", text)
+    found += [name for name in re.findall(r"""['"]([\w./-]+\.(?:toml|txt|in))['"]""", text) if name not in found]
+    return tuple(dict.fromkeys(found))
 
 
 def _find_build_requirements(root: Path) -> str | None:
@@ -1013,6 +1022,7 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
             notes.append("version unknown (no PKG-INFO, git tag or vllm/_version.py): "
                          "pin one with SETUPTOOLS_SCM_PRETEND_VERSION")
     uet, takes_prefix = _find_use_existing_torch(root)
+    torch_globs = _use_existing_torch_globs(_read(root / uet)) if uet else ()
     build_req = _find_build_requirements(root)
 
     cmake_dir = root / "cmake"
@@ -1053,7 +1063,7 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
 
     return VllmTree(
         root=root, version=version, version_source=version_source, kind="minivllm" if is_mini else "vllm",
-        use_existing_torch=uet, takes_prefix=takes_prefix, build_requirements=build_req,
+        use_existing_torch=uet, takes_prefix=takes_prefix, torch_pin_globs=torch_globs, build_requirements=build_req,
         env_vars_read=set(sources), env_var_sources=sources, version_env=version_env,
         arch_gate=gate, global_ptx_ignored=ptx_ignored, wheel_size_limit_mb=limit, wheel_size_source=limit_source,
         dockerfile=dockerfile_rel, dockerfile_args=_dockerfile_args(dockerfile_text), git_deps=git_deps,

@@ -162,8 +162,10 @@ def make_v033(root: Path) -> Path:
     """)
     write(root, "tools/use_existing_torch.py", """
         import argparse
+        import glob
         parser = argparse.ArgumentParser()
         parser.add_argument("--prefix", action="store_true")
+        files = [*glob.glob("requirements/**/*.txt", recursive=True), *glob.glob("pyproject.toml")]
     """)
     write(root, "requirements/build/cuda.txt", "cmake>=3.26\ntorch==2.11.0\n")
     write(root, "CMakeLists.txt", """
@@ -303,6 +305,7 @@ def test_v08_shape(tmp_path):
     tree = inspect_tree(make_v08(tmp_path))
     assert tree.version == "0.8.4" and tree.version_source == "PKG-INFO" and tree.kind == "vllm"
     assert (tree.use_existing_torch, tree.takes_prefix) == ("use_existing_torch.py", False)
+    assert tree.torch_pin_globs == ("requirements/*.txt",)
     assert tree.build_requirements == "requirements/build.txt"
     for knob in ("TORCH_CUDA_ARCH_LIST", "VLLM_FA_CMAKE_GPU_ARCHES", "MAX_JOBS", "NVCC_THREADS", "CMAKE_BUILD_TYPE",
                  "VLLM_TARGET_DEVICE", "SETUPTOOLS_SCM_PRETEND_VERSION", "FETCHCONTENT_BASE_DIR"):
@@ -352,6 +355,7 @@ def test_v033_shape(tmp_path):
     tree = inspect_tree(make_v033(tmp_path))
     assert tree.version == "0.33.0"
     assert (tree.use_existing_torch, tree.takes_prefix) == ("tools/use_existing_torch.py", True)
+    assert tree.torch_pin_globs == ("requirements/**/*.txt", "pyproject.toml")
     assert tree.build_requirements == "requirements/build/cuda.txt"
     assert not tree.reads("VLLM_FA_CMAKE_GPU_ARCHES")
     assert tree.reads("VLLM_VERSION_OVERRIDE") and tree.version_env == "VLLM_VERSION_OVERRIDE"
