@@ -345,6 +345,107 @@ def _demo_image_steps(ctx, rc, src, wheel) -> None:
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----
+from scripts import fetch_deps as dep_fetcher  # noqa: E402
+from scripts import vllm_tree  # noqa: E402
+
+TREE_FLAG_HELP = {
+    "vllm_src": "the vLLM checkout to read (default: the clone in --checkout-dir)",
+    "checkout_dir": "where `clone` keeps its checkout (default build/vllm)",
+    "cuda": "CUDA version(s) to show the checkout's arch gate for (default 12.6, 12.8, 12.9, 13.0)",
+    "arch": "also check these archs against the gate of --cuda (preflight)",
+    "json": "print every detected fact as JSON",
+    "cache_dir": "vllm-forge cache root; dependencies go to <cache-dir>/deps/<name>@<rev>",
+    "github_proxy": "URL prefix put before https://github.com/... (default: the mirror profile's github_proxy)",
+    "url_map": "OLD=NEW: fetch URLs starting with OLD from NEW instead (repeatable)",
+    "offline": "use the cache only; fail naming what is missing",
+    "dry_run": "list the dependencies, their pins and what is cached; fetch nothing",
+    "mirror": "mirror profile whose github_proxy to use (forge.mirrors.<name>.github_proxy in invoke.yaml)",
+}
+
+
+def _mirror_github_proxy(ctx, rc: ResolvedConfig) -> str | None:
+    """The github_proxy of the selected mirror profile in invoke.yaml (forge.mirrors.<profile>)."""
+    forge = ctx.config.get("forge", {}) if hasattr(ctx.config, "get") else {}
+    profiles = forge.get("mirrors", {}) or {}
+    profile = profiles.get(rc.config.mirror, {}) or {}
+    return profile.get("github_proxy") or None
+
+
+@forge_task(name="inspect-tree", help={k: TREE_FLAG_HELP[k] for k in ("vllm_src", "checkout_dir", "cuda", "arch",
+                                                                      "json")},
+            iterable=["cuda"])
+def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, json=False):
+    """Say what the checkout's vLLM version needs: script paths, env knobs, CUDA arch gate, wheel limit, git deps."""
+    import json as json_mod
+
+    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    tree = vllm_tree.inspect_tree(_source_dir(rc))
+    cudas = list(cuda) or ["12.6", "12.8", "12.9", "13.0"]
+    if json:
+        print(json_mod.dumps(tree.as_dict(cudas), indent=2))
+    else:
+        console.print(f"[bold]{escape(tree.summary())}[/]", soft_wrap=True)
+        console.print(f"  version from {escape(tree.version_source)}; wheel limit from "
+                      f"{escape(tree.wheel_size_source)}; Dockerfile {tree.dockerfile or '-'} "
+                      f"({len(tree.dockerfile_args)} ARGs)", soft_wrap=True)
+        console.print("  build knobs read: " + ", ".join(k for k in vllm_tree.BUILD_KNOBS if tree.reads(k)),
+                      soft_wrap=True)
+        table = Table("CUDA", "CUDA_SUPPORTED_ARCHS", title="arch gate (CMakeLists.txt)")
+        for version in cudas:
+            archs = tree.cuda_supported_archs(version)
+            table.add_row(version, ";".join(archs) if archs is not None else "no gate")
+        console.print(table)
+        console.print("[bold]git dependencies its CMake fetches[/] (name: repository @ pin, local-copy variable)")
+        for dep in tree.git_deps:
+            local = (dep.src_dir_env or "none") + (f" -> <clone>/{dep.source_subdir}" if dep.source_subdir else "")
+            console.print(f"  {dep.name}: {dep.repository} @ {dep.tag}  [dim]{local}[/]", soft_wrap=True)
+        for note in tree.notes:
+            console.print(f"  [yellow]note:[/] {escape(note)}", soft_wrap=True)
+    if arch:
+        archs = arch_tables.parse_arch_list(arch)
+        for version in cudas:
+            tree.check_archs(archs, version)
+        console.print(f"[green]{', '.join(a.sm for a in archs)} kept by this vLLM's gate for CUDA "
+                      f"{', '.join(cudas)}[/]")
+
+
+@forge_task(name="fetch-deps", help={k: TREE_FLAG_HELP[k] for k in (
+    "vllm_src", "checkout_dir", "cache_dir", "github_proxy", "url_map", "offline", "dry_run", "json", "mirror")},
+            iterable=["url_map"])
+def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_proxy=None, url_map=None,
+               offline=False, dry_run=False, json=False, mirror=None):
+    """Clone the git deps vLLM's CMake fetches (CUTLASS, flash-attention, ...) into the cache, for offline builds."""
+    import json as json_mod
+
+    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir, cache_dir=cache_dir, mirror=mirror)
+    proxy = github_proxy or _mirror_github_proxy(ctx, rc)
+    mapping = {}
+    for item in url_map or []:
+        if "=" not in item:
+            raise ForgeError(f"--url-map {item!r} is not OLD=NEW",
+                             "e.g. --url-map https://github.com/=https://git.example.com/github/")
+        old, new = item.split("=", 1)
+        mapping[old] = new
+    tree = vllm_tree.inspect_tree(_source_dir(rc))
+    cache = Path(rc.config.cache_dir).expanduser()
+    if dry_run:
+        console.print(f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git dependencies[/]"
+                      f" (cache {cache / 'deps'})")
+        for status in dep_fetcher.plan_fetch(tree, cache, proxy, mapping):
+            state = "[green]cached[/]" if status.cached else f"fetch from {escape(status.url)}"
+            how = dep_fetcher.override_for(tree, status.dep) or "[red]no local-copy override[/]"
+            console.print(f"  {status.dep.name} @ {status.dep.tag}: {state} -> {status.path.name}  [dim]{how}[/]",
+                          soft_wrap=True)
+        return
+    env, seconds = _run_streaming("fetching dependencies", dep_fetcher.fetch_deps, tree, cache, proxy,
+                                  url_map=mapping, offline=offline)
+    if json:
+        print(json_mod.dumps(env, indent=2))
+        return
+    console.print(f"[green]{len(tree.git_deps)} dependencies in {cache / 'deps'}[/] [dim]({seconds:.1f}s)[/]; "
+                  "the build reads them from:")
+    for name, value in env.items():
+        console.print(f"  {name}={escape(value)}", soft_wrap=True)
 # ---- end vLLM tree ----
 
 # ---- namespace ----
