@@ -715,7 +715,8 @@ class VllmTree:
     env_var_sources: dict[str, list[str]]  # variable -> where it is read ("setup.py", "CMakeLists.txt", ...)
     version_env: str | None  # what pins the wheel's version: VLLM_VERSION_OVERRIDE or SETUPTOOLS_SCM_PRETEND_VERSION
     arch_gate: tuple[GateBranch, ...]  # set(CUDA_SUPPORTED_ARCHS ...) branches, in file order
-    global_ptx_ignored: bool  # CMakeLists drops a top-level +PTX from TORCH_CUDA_ARCH_LIST (warns)
+    global_ptx_ignored: bool  # kernels take only arch numbers from TORCH_CUDA_ARCH_LIST: a top-level +PTX is lost
+    ptx_warning: bool  # ... and CMake says so (warn_if_ptx_arch_requested, 0.28+)
     wheel_size_limit_mb: int | None
     wheel_size_source: str
     dockerfile: str | None
@@ -811,7 +812,7 @@ class VllmTree:
         if self.arch_gate:
             parts.append(f"{len(self.arch_gate)}-branch CUDA arch gate")
         if self.global_ptx_ignored:
-            parts.append("top-level +PTX ignored")
+            parts.append("top-level +PTX ignored" + (" (warns)" if self.ptx_warning else ""))
         if self.git_deps:
             parts.append(f"{len(self.git_deps)} git deps ({', '.join(d.name for d in self.git_deps)})")
         label = "vLLM" if self.kind == "vllm" else self.kind
@@ -835,6 +836,7 @@ class VllmTree:
             "arch_gate_branches": [{"archs": list(b.archs), "when": b.describe(), "line": b.line}
                                    for b in self.arch_gate],
             "global_ptx_ignored": self.global_ptx_ignored,
+            "ptx_warning": self.ptx_warning,
             "wheel_size_limit_mb": self.wheel_size_limit_mb,
             "wheel_size_source": self.wheel_size_source,
             "dockerfile": self.dockerfile,
@@ -1054,8 +1056,10 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
     else:
         version_env = None
     cache_tools = tuple(t for t in ("sccache", "ccache") if re.search(rf"""which\(\s*['"]{t}['"]""", setup_text))
-    ptx_ignored = re.search(r"warn_if_ptx_arch_requested|\+PTX`? in TORCH_CUDA_ARCH_LIST is not preserved",
-                            cmake_text) is not None
+    # CMakeLists turns torch's gencode flags into bare arch numbers for its per-kernel lists
+    # (every release examined): a +PTX in TORCH_CUDA_ARCH_LIST never reaches vLLM's kernels.
+    ptx_ignored = re.search(r"\bextract_unique_cuda_archs_ascending\s*\(", cmake_text) is not None
+    ptx_warning = re.search(r"\bwarn_if_ptx_arch_requested\s*\(", cmake_text) is not None
 
     dockerfile_rel = next((rel for rel in ("docker/Dockerfile", "Dockerfile") if (root / rel).is_file()), None)
     dockerfile_text = _read(root / dockerfile_rel) if dockerfile_rel else ""
@@ -1065,7 +1069,8 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
         root=root, version=version, version_source=version_source, kind="minivllm" if is_mini else "vllm",
         use_existing_torch=uet, takes_prefix=takes_prefix, torch_pin_globs=torch_globs, build_requirements=build_req,
         env_vars_read=set(sources), env_var_sources=sources, version_env=version_env,
-        arch_gate=gate, global_ptx_ignored=ptx_ignored, wheel_size_limit_mb=limit, wheel_size_source=limit_source,
+        arch_gate=gate, global_ptx_ignored=ptx_ignored, ptx_warning=ptx_warning,
+        wheel_size_limit_mb=limit, wheel_size_source=limit_source,
         dockerfile=dockerfile_rel, dockerfile_args=_dockerfile_args(dockerfile_text), git_deps=git_deps,
         compile_cache_tools=cache_tools, notes=notes,
     )

@@ -113,6 +113,7 @@ def facts(tree) -> dict:
         "build_knobs_read": sorted(k for k in BUILD_KNOBS if tree.reads(k)),
         "version_env": tree.version_env,
         "global_ptx_ignored": tree.global_ptx_ignored,
+        "ptx_warning": tree.ptx_warning,
         "arch_gate": {c: tree.cuda_supported_archs(c) for c in ("12.6", "12.8", "12.9", "13.0")},
         "wheel_size_limit_mb": tree.wheel_size_limit_mb,
         "dockerfile": tree.dockerfile,
@@ -145,7 +146,8 @@ def test_what_changed_between_releases(release_repo):
     assert new.gate_arch_for("12.1", "12.9") == "12.1" and new.gate_arch_for("12.1", "13.0") == "12.0"
     with pytest.raises(ForgeError, match="--cuda 12.8"):
         mid.check_archs(["12.0"], "12.6")
-    assert new.global_ptx_ignored and not old.global_ptx_ignored
+    assert old.global_ptx_ignored and new.global_ptx_ignored  # +PTX never reached vLLM's own kernels
+    assert new.ptx_warning and not old.ptx_warning  # ... and from 0.28 CMake says so
 
 
 def test_newest_release_is_understood(release_repo, newest_version):

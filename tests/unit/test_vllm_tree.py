@@ -103,6 +103,10 @@ def make_v08(root: Path, version: str = "0.8.4") -> Path:
         cmake_minimum_required(VERSION 3.26)
         project(vllm_extensions LANGUAGES CXX)
         find_package(Torch REQUIRED)
+        if(VLLM_GPU_LANG STREQUAL "CUDA")
+          clear_cuda_arches(CUDA_ARCH_FLAGS)
+          extract_unique_cuda_archs_ascending(CUDA_ARCHS "${CUDA_ARCH_FLAGS}")
+        endif()
         # Supported NVIDIA architectures.
         set(CUDA_SUPPORTED_ARCHS "7.0;7.5;8.0;8.6;8.9;9.0;10.0;12.0")
     """ + CUTLASS_BLOCK.format(tag="v3.8.0") + """
@@ -187,6 +191,7 @@ def make_v033(root: Path) -> Path:
         if(VLLM_GPU_LANG STREQUAL "CUDA")
           clear_cuda_gencode_flags(CUDA_ARCH_FLAGS)
           warn_if_ptx_arch_requested("${CUDA_ARCH_FLAGS}")
+          extract_unique_cuda_archs_ascending(CUDA_ARCHS "${CUDA_ARCH_FLAGS}")
         endif()
     """ + CUTLASS_BLOCK.format(tag="v4.7.1") + """
         include(cmake/external_projects/triton_kernels.cmake)
@@ -320,7 +325,7 @@ def test_v08_shape(tmp_path):
     assert tree.dockerfile == "docker/Dockerfile"
     assert tree.dockerfile_args["torch_cuda_arch_list"] == "7.0 7.5 8.0 8.6 8.9 9.0+PTX"
     assert tree.dockerfile_args["USE_SCCACHE"] is None
-    assert not tree.global_ptx_ignored
+    assert tree.global_ptx_ignored and not tree.ptx_warning
     assert tree.compile_cache_tools == ("sccache", "ccache")
     deps = {d.name: d for d in tree.git_deps}
     assert set(deps) == {"cutlass", "vllm-flash-attn"}
@@ -360,7 +365,7 @@ def test_v033_shape(tmp_path):
     assert not tree.reads("VLLM_FA_CMAKE_GPU_ARCHES")
     assert tree.reads("VLLM_VERSION_OVERRIDE") and tree.version_env == "VLLM_VERSION_OVERRIDE"
     assert tree.reads("CMAKE_ARGS") and tree.reads("VLLM_DISABLE_SCCACHE")
-    assert tree.global_ptx_ignored
+    assert tree.global_ptx_ignored and tree.ptx_warning
     assert tree.wheel_size_limit_mb == 500
     assert "USE_SCCACHE" in tree.dockerfile_args and "vllm_fa_cmake_gpu_arches" not in tree.dockerfile_args
     assert tree.cuda_supported_archs("12.6") == ["7.0", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0"]
