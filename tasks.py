@@ -429,8 +429,8 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
     tree = vllm_tree.inspect_tree(_source_dir(rc))
     cache = Path(rc.config.cache_dir).expanduser()
     if dry_run:
-        console.print(f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git dependencies[/]"
-                      f" (cache {cache / 'deps'})")
+        console.print(f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git "
+                      f"dependenc{'y' if len(tree.git_deps) == 1 else 'ies'}[/] (cache {cache / 'deps'})")
         for status in dep_fetcher.plan_fetch(tree, cache, proxy, mapping):
             state = "[green]cached[/]" if status.cached else f"fetch from {escape(status.url)}"
             how = dep_fetcher.override_for(tree, status.dep) or "[red]no local-copy override[/]"
@@ -442,8 +442,9 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
     if json:
         print(json_mod.dumps(env, indent=2))
         return
-    console.print(f"[green]{len(tree.git_deps)} dependencies in {cache / 'deps'}[/] [dim]({seconds:.1f}s)[/]; "
-                  "the build reads them from:")
+    count = len(tree.git_deps)
+    console.print(f"[green]{count} dependenc{'y' if count == 1 else 'ies'} in {cache / 'deps'}[/] "
+                  f"[dim]({seconds:.1f}s)[/]; the build reads them from:")
     for name, value in env.items():
         console.print(f"  {name}={escape(value)}", soft_wrap=True)
 # ---- end vLLM tree ----
