@@ -224,19 +224,20 @@ def check_overridable(tree: VllmTree) -> None:
 
 
 def deps_env(tree: VllmTree, cache_dir: Path | str, deps: list[GitDep] | None = None,
-             cmake_args: str | None = None) -> dict[str, str]:
+             cmake_args: str | None = None, *, at: str | None = None) -> dict[str, str]:
     """The environment that points the build at the cached copies (only cached deps are named).
 
     Each dependency's own override variable where its CMake has one; otherwise CMake's
     ``-DFETCHCONTENT_SOURCE_DIR_<NAME>`` through ``CMAKE_ARGS`` (appended to ``cmake_args``, default
-    the current CMAKE_ARGS) when setup.py forwards CMAKE_ARGS.
+    the current CMAKE_ARGS) when setup.py forwards CMAKE_ARGS. ``at``: the path the cache root has
+    where the build runs (a Docker build that mounts or copies it elsewhere), default ``cache_dir``.
     """
     env: dict[str, str] = {}
     extra: list[str] = []
     for dep in deps if deps is not None else tree.git_deps:
         if not is_cached(cache_dir, dep):
             continue
-        value = dep_env_value(cache_dir, dep)
+        value = dep_env_value(at if at is not None else cache_dir, dep)
         how = override_for(tree, dep)
         if how is None:
             check_overridable(tree)

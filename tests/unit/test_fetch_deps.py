@@ -101,6 +101,15 @@ def test_env_names_each_cached_dep_by_its_override(tmp_path):
     assert fd.fetch_deps(tree, cache, offline=True) == {"VLLM_CUTLASS_SRC_DIR": str(path)}
 
 
+def test_env_for_a_build_that_sees_the_cache_elsewhere(tmp_path):
+    tree = inspect_tree(make_tree(tmp_path / "src", WITH_OVERRIDE))
+    [dep] = tree.git_deps
+    mark_cached(tmp_path / "cache", dep)
+    assert fd.deps_env(tree, tmp_path / "cache", at="/forge-cache") == \
+        {"VLLM_CUTLASS_SRC_DIR": "/forge-cache/deps/cutlass@v4.0.0"}
+    assert fd.deps_env(tree, tmp_path / "elsewhere", at="/forge-cache") == {}  # only what is cached
+
+
 def test_env_points_into_the_subdir_the_override_expects(tmp_path):
     tree = inspect_tree(make_tree(tmp_path / "src", """
         project(x)
