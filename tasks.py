@@ -342,6 +342,213 @@ def _demo_image_steps(ctx, rc, src, wheel) -> None:
 # ---- end doctor / nccl ----
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
+import subprocess  # noqa: E402
+
+from scripts import image as images  # noqa: E402
+from scripts import serve as serving  # noqa: E402
+
+IMAGE_HELP = {
+    "docker": "docker client to use (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
+    "base_image": "build base (default: the NGC PyTorch image for --cuda)",
+    "runtime_image": "serving base (default: the CUDA runtime image for --cuda)",
+    "target": "build (builder with sources), wheel (export the wheel to --dist-dir) or runtime (the serving image)",
+    "tag": "image tag (default: vllm-forge/vllm:REF-cuXY-smNN)",
+    "dockerfile": "forge (this repo's slim recipe), upstream (the checkout's own docker/Dockerfile) or a path",
+    "ca_bundle": "PEM bundle for pip/git inside the build (BuildKit secret; default: this host's pip cert)",
+    "netrc": "netrc file with private index logins (BuildKit secret, mounted as /root/.netrc)",
+    "index_url": "pip/uv index URL; one with credentials goes in as a secret, never as a build arg",
+    "extra_index_url": "extra pip/uv index URL (no credentials: use --netrc)",
+    "pytorch_index": "PyTorch wheel index base (PYTORCH_CUDA_INDEX_BASE_URL), default download.pytorch.org/whl",
+    "platform": "target platform, e.g. linux/amd64",
+    "push": "push the image (buildx --push, else docker push after the build)",
+    "builder": "buildx builder name",
+    "cache_from": "--cache-from source (buildx or registry inline cache)",
+    "cache_to": "--cache-to destination (buildx only)",
+    "no_cache": "build without the layer cache",
+    "build_arg": "extra build arg NAME=VALUE (may repeat)",
+}
+
+
+def _docker_client(docker=None) -> images.DockerClient:
+    client = images.find_docker(docker)
+    images.check_engine(client.path)
+    return client
+
+
+def _plain_docker(docker=None) -> str:
+    """For non-build commands any client talks to the engine; prefer the one bake would use."""
+    return docker or os.environ.get("VLLM_FORGE_DOCKER") or "docker"
+
+
+@forge_task(help={**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
+                          "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit"), **IMAGE_HELP},
+            iterable=["build_arg", "cache_from", "cache_to"], auto_shortflags=False)
+def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image=None, runtime_image=None,
+         target="runtime", tag="", dockerfile="forge", docker=None, max_jobs=None, nvcc_threads=None,
+         build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
+         extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
+         cache_to=None, no_cache=False, build_arg=None, limit_mb=0.0, no_audit=False, dry_run=False):
+    """Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."""
+    rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, base_image=base_image,
+                 runtime_image=runtime_image, max_jobs=max_jobs, nvcc_threads=nvcc_threads, build_type=build_type,
+                 compile_cache=compile_cache, dist_dir=dist_dir)
+    cfg = rc.config
+    client = images.find_docker(docker)
+    ca_path = Path(ca_bundle) if ca_bundle else None
+    if ca_path is None:
+        ca_path, origin = images.default_ca_bundle()
+        if ca_path:
+            console.print(f"[dim]# CA bundle {ca_path} (from {origin}) goes in as BuildKit secret ca_bundle[/]")
+    extra = {}
+    for item in build_arg or []:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise ForgeError(f"--build-arg {item} is not NAME=VALUE", "pass --build-arg NAME=VALUE")
+        extra[name] = value
+    audit = not no_audit and (REPO_ROOT / "scripts" / "audit.py").is_file()
+    if not no_audit and not audit:
+        console.print("[yellow]scripts/audit.py is not in this vllm-forge yet: the kernel audit step is skipped[/]")
+    request = images.BakeRequest(
+        src=Path(cfg.source_dir), arch=cfg.arch, cuda=cfg.cuda, cuda_explicit=not rc.is_default("cuda"),
+        base_image=cfg.base_image, runtime_image=cfg.runtime_image, target=target, tag=tag, dockerfile=dockerfile,
+        max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, build_type=cfg.build_type,
+        compile_cache=cfg.compile_cache, wheel_limit_mb=limit_mb or cfg.wheel_limit_mb, audit=audit,
+        index_url=index_url, extra_index_url=extra_index_url, pytorch_index_base_url=pytorch_index,
+        ca_bundle=ca_path, netrc=Path(netrc) if netrc else None, dist_dir=Path(cfg.dist_dir),
+        context_dir=REPO_ROOT / "build" / "bake", vllm_repo="" if cfg.vllm_src else cfg.vllm_repo,
+        vllm_ref="" if cfg.vllm_src else cfg.vllm_ref, platform=platform, push=push, builder=builder,
+        cache_from=list(cache_from or []), cache_to=list(cache_to or []), no_cache=no_cache, build_args=extra,
+    )
+    plan = images.plan_bake(request, client)
+    console.print("[bold]bake[/]")
+    for line in plan.lines():
+        console.print(f"  [dim]{escape(line)}[/]" if line.startswith("#") else f"  {escape(line)}", soft_wrap=True)
+    if dry_run:
+        return
+    images.check_engine(client.path)
+    log_path = REPO_ROOT / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    result, seconds = _run_streaming(f"baking {target}", images.run_bake, plan, log_path=log_path)
+    cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
+    if result.image:
+        console.print(f"[green]baked[/] {result.image} ({result.image_id[7:19]}) [dim]({seconds:.1f}s{cached}; log {log_path})[/]")
+        if target == "runtime":
+            console.print(f"next: invoke check-size --image {result.image}; invoke serve --image {result.image} --model MODEL")
+    for wheel in result.wheels:
+        console.print(f"[green]wheel[/] {wheel}")
+
+
+@forge_task(help={"image": "image tag or id", "docker": IMAGE_HELP["docker"]}, auto_shortflags=False)
+def inspect(ctx, image, docker=None):
+    """Show an image's build labels (vLLM ref/commit, archs, CUDA, bases, date, vllm-forge version) and size."""
+    info = images.inspect_image(_plain_docker(docker), image)
+    table = Table("label", "value", title=f"{image} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})")
+    for name, value in sorted(info["labels"].items()):
+        table.add_row(name, escape(value))
+    console.print(table)
+    if not info["labels"]:
+        console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
+
+
+def image_check_size(image: str, budget_gb: float = 0.0, docker: str | None = None, base: str = "") -> bool:
+    """`invoke check-size --image TAG [--budget GB]`: size, size over the runtime base, largest layers."""
+    report = images.image_size_report(_plain_docker(docker), image, budget_gb, base=base)
+    colour = "green" if report.ok else "red"
+    over = (f", {report.over_base / images.GB:.2f} GB over its base {report.base}" if report.over_base is not None
+            else (f" (base {report.base} is not present locally)" if report.base else ""))
+    budget = f" (budget {budget_gb:g} GB)" if budget_gb else ""
+    console.print(f"[{colour}]{image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    table = Table("MB", "instruction", title="largest layers")
+    for layer in report.layers:
+        table.add_row(f"{layer.size / 1e6:.1f}", escape(layer.instruction[:140]))
+    console.print(table)
+    return report.ok
+
+
+SERVE_HELP = {
+    "image": "image to serve (e.g. the tag `invoke bake` printed)",
+    "local": "serve the vLLM installed in this Python instead of a container",
+    "model": "model to serve (a Hugging Face id or a path)",
+    "tp": "tensor-parallel size (GPUs per replica)",
+    "port": "port published on the host",
+    "host": "host address to publish on (default 127.0.0.1; 0.0.0.0 needs --api-key or --insecure)",
+    "gpus": "all, none (CPU-only stand-ins) or indexes like 0,1",
+    "api_key": "API key the server requires (default: $VLLM_API_KEY)",
+    "insecure": "allow --host 0.0.0.0 without an API key",
+    "name": "container name (default vllm-forge-serve)",
+    "timeout": "seconds to wait for /health",
+    "shm_size": "use --shm-size SIZE instead of --ipc=host",
+    "compose": "write the equivalent docker compose file instead of starting anything",
+    "compose_file": "where --compose writes (default build/serve/compose.yaml)",
+    "no_smoke": "do not call /v1/models and a chat completion after /health",
+    "docker": "docker client (default: $VLLM_FORGE_DOCKER or docker)",
+    "dry_run": "print the docker run command, start nothing",
+}
+
+
+@forge_task(help=SERVE_HELP, auto_shortflags=False)
+def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", gpus="all", api_key=None,
+          insecure=False, name=serving.DEFAULT_NAME, timeout=600.0, shm_size="", compose=False,
+          compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
+    """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
+    request = serving.ServeRequest(model=model, image=image, local=local, tp=int(tp), port=int(port), host=host,
+                                   gpus=gpus, api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
+                                   insecure=insecure, name=name, shm_size=shm_size)
+    docker_path = _plain_docker(docker)
+    if compose:
+        path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(serving.compose_file(request))
+        console.print(f"[green]wrote[/] {path}: docker compose -f {path} up -d")
+        return
+    command = serving.plan_serve(request, docker_path)
+    console.print(f"  {escape(serving.shell_line(command, request))}", soft_wrap=True)
+    if dry_run:
+        return
+    started_at = time.monotonic()
+    with console.status("starting the server...") as status:
+        def tick(elapsed: float) -> None:
+            status.update(f"waiting for {request.name} /health [dim]{elapsed:4.0f}s[/]")
+
+        started, healthy, result = serving.serve(request, docker=docker_path, timeout_s=float(timeout),
+                                                 on_tick=tick, smoke=not no_smoke)
+    console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url} [dim]({time.monotonic() - started_at:.1f}s)[/]")
+    if result:
+        console.print(f"  /v1/models: {', '.join(result.models)}; chat: {escape(result.reply[:80])!s}")
+    console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")
+
+
+@forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
+def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
+    """Stop and remove what `invoke serve` started."""
+    console.print(serving.stop(name, _plain_docker(docker)))
+
+
+def demo_image(ctx, rc, src, wheel) -> None:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down."""
+    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
+
+    docker = _plain_docker()
+    if not images.engine_reachable(docker):
+        console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
+        return
+    cfg = rc.config
+    base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
+    present = lambda ref: subprocess.run([docker, "image", "inspect", ref], capture_output=True).returncode == 0  # noqa: E731
+    if not (present(base) and present(runtime)):
+        if present(BUILD_STANDIN) and present(RUNTIME_STANDIN):
+            console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]")
+            base, runtime = BUILD_STANDIN, RUNTIME_STANDIN
+        else:
+            console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
+                          "stand-ins with `python scripts/standin_images.py`[/]")
+            return
+    cuda = cfg.cuda if base != BUILD_STANDIN else "13.0"
+    result, seconds = _run_streaming(
+        "bake, serve, smoke-test", serving.bake_serve_smoke, src, arch=cfg.arch, cuda=cuda, base_image=base,
+        runtime_image=runtime, vllm_repo=cfg.vllm_repo, vllm_ref=cfg.vllm_ref)
+    console.print(f"[green]image[/] {result.image}: {result.image_size / images.GB:.2f} GB, baked in "
+                  f"{result.bake_seconds:.1f}s, healthy in {result.healthy_seconds:.1f}s, "
+                  f"chat replied {escape(result.smoke.reply[:60])!r}")
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----

@@ -1,0 +1,963 @@
+"""Bake vLLM into a slim serving image: pick the docker client, resolve Dockerfile ARGs, build, inspect.
+
+``plan_bake`` decides everything first (which docker client and mode, which Dockerfile, every
+build-arg, secret and label) and returns the exact commands; ``--dry-run`` prints them and
+``run_bake`` runs that same list. Two recipes share one resolved configuration:
+
+- ``forge`` (default): ``docker/Dockerfile`` of this repo, NGC PyTorch build base, CUDA runtime base.
+  Its build context is staged under ``build/bake/context`` (``vllm/`` = the checkout, ``forge/`` =
+  this repo's scripts), because the build stage runs vllm-forge's own scripts.
+- ``upstream``: the checkout's own ``docker/Dockerfile`` with the checkout as context, given the
+  same knobs under vLLM's ARG names (only the ARGs that Dockerfile declares).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/image.py`: make the `scripts` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import archs as archs_mod
+from scripts import compat
+from scripts.errors import ForgeError, run_main
+from scripts.plan import Command, run_command
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+TARGETS = ("build", "wheel", "runtime")
+# Our target name -> the stage of vLLM's own Dockerfile that plays that part.
+UPSTREAM_TARGETS = {"build": "build", "wheel": "build", "runtime": "vllm-openai"}
+UPSTREAM_DIST_DIR = "/workspace/dist"  # where vLLM's build stage leaves its wheel
+LABEL_PREFIX = "org.vllm-forge"
+DEFAULT_REPOSITORY = "vllm-forge/vllm"
+SECRET_IDS = ("ca_bundle", "pip_index_url", "netrc")
+GB = 1000**3  # docker reports sizes in SI units
+
+# Files of a checkout that never go into the build context (build outputs, caches, venvs).
+_CONTEXT_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".deps"}
+_CONTEXT_SKIP_TOP = {"build", "dist", ".deps", ".venv", "wheel-export"}
+_CONTEXT_SKIP_SUFFIX = (".pyc", ".pyo", ".so", ".egg-info")
+
+
+# --- which docker -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DockerClient:
+    path: str
+    mode: str  # "buildx" (docker buildx build) | "buildkit" (DOCKER_BUILDKIT=1 docker build)
+    version: str = ""
+    why: str = ""
+
+    @property
+    def build_argv(self) -> list[str]:
+        return [self.path, "buildx", "build"] if self.mode == "buildx" else [self.path, "build"]
+
+    @property
+    def build_env(self) -> dict[str, str]:
+        return {} if self.mode == "buildx" else {"DOCKER_BUILDKIT": "1"}
+
+    def describe(self) -> str:
+        how = "docker buildx build" if self.mode == "buildx" else "built-in BuildKit (DOCKER_BUILDKIT=1 docker build)"
+        return f"{self.path} {self.version} ({how}){': ' + self.why if self.why else ''}"
+
+
+def _candidate_clients(explicit: str | None) -> list[str]:
+    if explicit:
+        return [explicit]
+    seen: dict[str, str] = {}
+    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        path = Path(directory or ".") / "docker"
+        if path.is_file() and os.access(path, os.X_OK):
+            seen.setdefault(str(path.resolve()), str(path))
+    return list(seen.values())
+
+
+def _client_version(path: str, runner) -> str:
+    proc = runner([path, "version", "--format", "{{.Client.Version}}"], capture_output=True, text=True)
+    return proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else "?"
+
+
+def _has_buildx(path: str, runner) -> bool:
+    proc = runner([path, "buildx", "version"], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _has_builtin_buildkit(path: str, runner) -> bool:
+    """A one-line build to a throwaway local output: works only where the client has BuildKit."""
+    with tempfile.TemporaryDirectory(prefix="forge-buildkit-probe-") as tmp:
+        proc = runner(
+            [path, "build", "-q", "-o", f"type=local,dest={tmp}", "-"],
+            input="FROM scratch\nLABEL probe=1\n",
+            capture_output=True,
+            text=True,
+            env={**os.environ, "DOCKER_BUILDKIT": "1"},
+        )
+    return proc.returncode == 0
+
+
+def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> DockerClient:
+    """The docker client to bake with: ``explicit`` (--docker / VLLM_FORGE_DOCKER), else the first
+    with a working ``buildx``, else the first whose built-in BuildKit builds."""
+    explicit = explicit or os.environ.get("VLLM_FORGE_DOCKER") or None
+    candidates = _candidate_clients(explicit)
+    if not candidates:
+        raise ForgeError(
+            "no docker client was found on PATH", "install Docker (docker.io or docker-ce), or pass --docker PATH"
+        )
+    try:
+        for path in candidates:
+            if _has_buildx(path, runner):
+                why = "as asked" if explicit else "buildx plugin present"
+                return DockerClient(path, "buildx", _client_version(path, runner), why)
+        for path in candidates:
+            if _has_builtin_buildkit(path, runner):
+                why = "as asked" if explicit else "no buildx; its built-in BuildKit works"
+                return DockerClient(path, "buildkit", _client_version(path, runner), why)
+    except FileNotFoundError:
+        raise ForgeError(
+            f"docker client {candidates[0]} does not exist", "pass --docker PATH to a docker client"
+        ) from None
+    check_engine(candidates[0], runner=runner)
+    raise ForgeError(
+        f"none of the docker clients here can build with BuildKit ({', '.join(candidates)})",
+        "install the buildx plugin (docker-buildx-plugin), or use a Docker 20.10-23 client with built-in BuildKit, "
+        "e.g. --docker /usr/bin/docker",
+    )
+
+
+def check_engine(docker: str, *, runner=subprocess.run) -> None:
+    proc = runner([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ForgeError(
+            f"no Docker engine answers ({(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['?']})",
+            "start it (`sudo systemctl start docker`, or `dockerd &` in a container), or set DOCKER_HOST",
+        )
+
+
+def engine_reachable(docker: str = "docker") -> bool:
+    try:
+        return subprocess.run([docker, "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+# --- Dockerfile ARGs ------------------------------------------------------------------------------
+
+
+_ARG_LINE = re.compile(r"^\s*ARG\s+(.+)$", re.IGNORECASE)
+_FROM_LINE = re.compile(r"^\s*FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+
+
+def _logical_lines(text: str) -> Iterable[str]:
+    current = ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not current and line.lstrip().startswith("#"):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        yield current + line
+        current = ""
+    if current:
+        yield current
+
+
+def dockerfile_args(path: Path) -> dict[str, str | None]:
+    """Every ARG a Dockerfile declares, with its first default (None: declared without one)."""
+    args: dict[str, str | None] = {}
+    for line in _logical_lines(Path(path).read_text()):
+        match = _ARG_LINE.match(line)
+        if not match:
+            continue
+        for token in shlex.split(match.group(1), posix=True):  # `ARG A B=1` declares two
+            name, eq, value = token.partition("=")
+            if name and (name not in args or args[name] is None):
+                args[name] = value if eq else args.get(name)
+    return args
+
+
+def dockerfile_stages(path: Path) -> list[str]:
+    return [
+        m.group(2) for line in _logical_lines(Path(path).read_text()) if (m := _FROM_LINE.match(line)) and m.group(2)
+    ]
+
+
+def dockerfile_secret_ids(path: Path) -> set[str]:
+    return set(re.findall(r"type=secret,(?:[^\s]*,)?id=([\w.-]+)", Path(path).read_text()))
+
+
+def find_upstream_dockerfile(src: Path) -> Path:
+    for candidate in (src / "docker" / "Dockerfile", src / "Dockerfile"):
+        if candidate.is_file():
+            return candidate
+    raise ForgeError(
+        f"the checkout {src} has no Dockerfile of its own (docker/Dockerfile)",
+        "use this repo's recipe (--dockerfile forge), or a vLLM version that ships docker/Dockerfile",
+    )
+
+
+def default_ca_bundle(env: dict[str, str] | None = None) -> tuple[Path | None, str]:
+    """The CA bundle this host's pip uses (PIP_CERT, pip's `cert` setting, REQUESTS_CA_BUNDLE), and
+    where it came from: builds behind a TLS-intercepting proxy need the same one inside."""
+    env = os.environ if env is None else env
+    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+        value = env.get(name, "")
+        if value and Path(value).is_file():
+            return Path(value), name
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.cert"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None, ""
+    value = proc.stdout.strip()
+    if proc.returncode == 0 and value and Path(value).is_file():
+        return Path(value), "pip config global.cert"
+    return None, ""
+
+
+# --- the request and its plan ---------------------------------------------------------------------
+
+
+@dataclass
+class BakeRequest:
+    """What to bake, in BuildConfig's terms (``tasks.py`` fills it from the resolved config)."""
+
+    src: Path
+    arch: str = "12.0"
+    cuda: str = "12.8"
+    cuda_explicit: bool = False  # --cuda given: upstream mode then passes CUDA_VERSION too
+    base_image: str = ""  # "" : the NGC PyTorch image for `cuda` (scripts/compat.py)
+    runtime_image: str = ""  # "" : the CUDA runtime image for `cuda`
+    target: str = "runtime"
+    tag: str = ""
+    dockerfile: str = "forge"  # forge | upstream | a path to a Dockerfile
+    max_jobs: int = 0
+    nvcc_threads: int = 0
+    build_type: str = "Release"
+    compile_cache: str = "auto"
+    wheel_limit_mb: float = 0  # 0: the recipe's own default
+    wheel_check: bool = True
+    audit: bool = True
+    index_url: str = ""  # may carry credentials: then it travels as a secret, never as an ARG
+    extra_index_url: str = ""
+    pytorch_index_base_url: str = ""
+    ca_bundle: Path | None = None
+    netrc: Path | None = None
+    dist_dir: Path = Path("dist")
+    context_dir: Path = REPO_ROOT / "build" / "bake"
+    vllm_repo: str = ""
+    vllm_ref: str = ""
+    platform: str = ""
+    push: bool = False
+    builder: str = ""
+    cache_from: list[str] = field(default_factory=list)
+    cache_to: list[str] = field(default_factory=list)
+    no_cache: bool = False
+    build_args: dict[str, str] = field(default_factory=dict)  # raw extra --build-arg NAME=VALUE
+
+
+@dataclass
+class BakePlan:
+    request: BakeRequest
+    client: DockerClient
+    recipe: str  # forge | upstream | custom
+    dockerfile: Path
+    context: Path
+    target_stage: str
+    image: str  # the tag the image gets ("" for a wheel export)
+    build_args: dict[str, str]
+    secrets: dict[str, str]  # id -> file
+    labels: dict[str, str]
+    commands: list[Command]
+    stage_context: bool  # forge recipe: sync the checkout + scripts into `context` first
+    secret_values: dict[str, str] = field(default_factory=dict)  # id -> value written at run time
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The plan as printable lines: comments, then each exact command."""
+        out = [f"# docker client: {self.client.describe()}"]
+        out += [f"# {note}" for note in self.notes]
+        if self.stage_context:
+            out.append(
+                f"# stage the build context {self.context}: vllm/ <- {self.request.src} "
+                f"(without build outputs), forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+            )
+        for secret_id in self.secret_values:
+            out.append(f"# write secret {secret_id} to {self.secrets[secret_id]} (mode 0600, removed afterwards)")
+        out += [command.shell() for command in self.commands]
+        return out
+
+
+def _safe_tag_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:60] or "dev"
+
+
+def default_tag(ref: str, cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+    sms = "-".join(a.sm.replace("_", "") for a in archs)
+    suffix = "-build" if target == "build" else ""
+    return f"{DEFAULT_REPOSITORY}:{_safe_tag_part(ref)}-cu{compat.cuda_minor(cuda).replace('.', '')}-{sms}{suffix}"
+
+
+def strip_credentials(url: str) -> str:
+    """``https://user:pw@host/x`` -> ``https://host/x`` (labels and plans never carry a password)."""
+    return re.sub(r"^([a-z][\w+.-]*://)[^/@\s]+@", r"\1", url or "")
+
+
+def has_credentials(url: str) -> bool:
+    return strip_credentials(url) != (url or "")
+
+
+def _git_out(src: Path, *args: str) -> str:
+    try:
+        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def source_identity(src: Path, repo: str = "", ref: str = "") -> dict[str, str]:
+    """repo URL (no credentials), ref and commit of a checkout, for labels."""
+    commit = _git_out(src, "rev-parse", "HEAD")
+    repo = repo or _git_out(src, "remote", "get-url", "origin") or str(src)
+    ref = ref or _git_out(src, "describe", "--tags", "--always") or (commit[:12] if commit else "unknown")
+    return {"repo": strip_credentials(repo), "ref": ref, "commit": commit or "unknown"}
+
+
+def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
+    """(build base, runtime base): the explicit ones, else compat's NGC PyTorch / CUDA runtime rows."""
+    minor = compat.cuda_minor(cuda)
+    if not base_image:
+        row = compat.default_ngc_tag(minor)
+        if row is None:
+            raise ForgeError(
+                f"no NGC PyTorch image is known for CUDA {cuda}",
+                f"pass --base-image, or use one of CUDA {', '.join(sorted({compat.cuda_minor(r.cuda) for r in compat.NGC_PYTORCH_TAGS}))}",
+            )
+        base_image = row.image
+    if not runtime_image:
+        runtime_image = compat.CUDA_RUNTIME_IMAGES.get(minor, "")
+        if not runtime_image:
+            raise ForgeError(
+                f"no CUDA runtime image is known for CUDA {cuda}",
+                f"pass --runtime-image, or use one of CUDA {', '.join(sorted(compat.CUDA_RUNTIME_IMAGES))}",
+            )
+    return base_image, runtime_image
+
+
+def full_cuda_version(cuda: str) -> str:
+    """ "12.8" -> "12.8.1" (the version in the CUDA runtime image tag), as vLLM's CUDA_VERSION wants."""
+    if cuda.count(".") >= 2:
+        return cuda
+    image = compat.CUDA_RUNTIME_IMAGES.get(compat.cuda_minor(cuda), "")
+    match = re.search(r":(\d+\.\d+\.\d+)-", image)
+    return match.group(1) if match else cuda
+
+
+def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str) -> dict[str, str]:
+    """Every knob under each name a vLLM-style Dockerfile may call it; filtered by what it declares."""
+    arch_list = archs_mod.torch_cuda_arch_list(archs)
+    values: dict[str, str] = {
+        "torch_cuda_arch_list": arch_list,
+        "TORCH_CUDA_ARCH_LIST": arch_list,
+        "vllm_fa_cmake_gpu_arches": archs_mod.fa_cmake_gpu_arches(archs),
+        "CMAKE_BUILD_TYPE": request.build_type,
+        "RUN_WHEEL_CHECK": "true" if request.wheel_check else "false",
+        "RUN_WHEEL_AUDIT": "true" if request.audit else "false",
+    }
+    jobs, threads = request.max_jobs, request.nvcc_threads
+    if recipe != "forge" and not (jobs and threads):
+        # vLLM's Dockerfile has no "automatic": choose for this host (where the engine runs).
+        from scripts.parallelism import choose_parallelism
+
+        auto = choose_parallelism(max_jobs=jobs, nvcc_threads=threads, n_archs=len(archs))
+        jobs, threads = auto.max_jobs, auto.nvcc_threads
+    values["max_jobs"] = str(jobs)
+    values["nvcc_threads"] = str(threads)
+    if request.compile_cache == "sccache":
+        values["USE_SCCACHE"] = "1"
+    if recipe == "forge":
+        values["COMPILE_CACHE"] = request.compile_cache
+    if request.wheel_limit_mb:
+        values["VLLM_MAX_SIZE_MB"] = f"{request.wheel_limit_mb:g}"
+    if recipe == "forge" or request.base_image:
+        values["BUILD_BASE_IMAGE"] = base
+    if recipe == "forge" or request.runtime_image:
+        values["FINAL_BASE_IMAGE"] = runtime
+    if recipe == "forge":
+        values["CUDA_VERSION"] = compat.cuda_minor(request.cuda)
+    elif request.cuda_explicit:
+        values["CUDA_VERSION"] = full_cuda_version(request.cuda)
+    if request.index_url and not has_credentials(request.index_url):
+        for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX"):
+            values[name] = request.index_url
+    if request.extra_index_url:
+        if has_credentials(request.extra_index_url):
+            raise ForgeError(
+                "--extra-index-url carries credentials, and build args are kept in the image history",
+                "pass the credentials with --netrc FILE (machine HOST login USER password TOKEN) instead",
+            )
+        for name in ("PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL"):
+            values[name] = request.extra_index_url
+    if request.pytorch_index_base_url:
+        values["PYTORCH_CUDA_INDEX_BASE_URL"] = request.pytorch_index_base_url.rstrip("/")
+    return values
+
+
+def _check_secret_file(path: Path | None, flag: str) -> None:
+    if path is not None and not Path(path).expanduser().is_file():
+        raise ForgeError(f"{flag} {path} is not a file", f"pass {flag} the path of an existing file")
+
+
+def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime | None = None) -> BakePlan:
+    """Everything decided and checked before docker runs: the exact commands a bake will run."""
+    if request.target not in TARGETS:
+        raise ForgeError(f"--target {request.target} is not a stage of this recipe", f"use one of {', '.join(TARGETS)}")
+    src = Path(request.src).expanduser().resolve()
+    if not (src / "setup.py").is_file():
+        raise ForgeError(
+            f"{src} is not a vLLM checkout (no setup.py)",
+            "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout",
+        )
+    archs = archs_mod.resolve_arch(request.arch, request.cuda)
+    _check_secret_file(request.ca_bundle, "--ca-bundle")
+    _check_secret_file(request.netrc, "--netrc")
+    if request.push and not request.tag:
+        raise ForgeError("--push needs a registry tag", "pass --tag registry.example.com/team/vllm:TAG")
+    if client.mode != "buildx" and request.cache_to:
+        raise ForgeError(
+            "--cache-to needs docker buildx; this client builds with Docker's built-in BuildKit",
+            "install the buildx plugin, or drop --cache-to (the local layer cache still works)",
+        )
+
+    if request.dockerfile == "forge":
+        recipe, dockerfile, context, stage = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context", True
+    elif request.dockerfile == "upstream":
+        recipe, dockerfile, context, stage = "upstream", find_upstream_dockerfile(src), src, False
+    else:
+        dockerfile = Path(request.dockerfile).expanduser().resolve()
+        if not dockerfile.is_file():
+            raise ForgeError(
+                f"--dockerfile {request.dockerfile} is not a file", "pass forge, upstream or a Dockerfile path"
+            )
+        recipe, context, stage = "custom", src, False
+    base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
+    declared = dockerfile_args(dockerfile)
+    stages = dockerfile_stages(dockerfile)
+    target_stage = request.target if recipe == "forge" else UPSTREAM_TARGETS[request.target]
+    if recipe != "forge" and target_stage not in stages:
+        raise ForgeError(
+            f"{dockerfile} has no stage '{target_stage}' (stages: {', '.join(stages) or 'none'})",
+            "use --dockerfile forge, or a vLLM Dockerfile with build and vllm-openai stages",
+        )
+
+    notes: list[str] = []
+    knobs = _knob_values(request, archs, base, runtime, recipe)
+    build_args = {name: value for name, value in knobs.items() if name in declared}
+    skipped = sorted(set(knobs) - set(declared) - {"TORCH_CUDA_ARCH_LIST"} - {"UV_DEFAULT_INDEX", "UV_INDEX_URL"})
+    if skipped and recipe != "forge":
+        notes.append(f"{dockerfile.name} declares no ARG {', '.join(skipped)}: its own defaults apply there")
+    if recipe != "forge":
+        for knob, name in (("build base", "BUILD_BASE_IMAGE"), ("runtime base", "FINAL_BASE_IMAGE")):
+            if name not in build_args:
+                notes.append(f"{knob}: the Dockerfile's own default ({declared.get(name) or 'none'})")
+    for name, value in request.build_args.items():
+        if has_credentials(value):
+            raise ForgeError(
+                f"--build-arg {name} carries credentials, and build args are kept in the image history",
+                "pass them as a secret (--netrc, --index-url with credentials)",
+            )
+        build_args[name] = value
+
+    secrets: dict[str, str] = {}
+    secret_values: dict[str, str] = {}
+    secrets_dir = Path(request.context_dir) / "secrets"
+    if request.ca_bundle:
+        secrets["ca_bundle"] = str(Path(request.ca_bundle).expanduser().resolve())
+    if request.netrc:
+        secrets["netrc"] = str(Path(request.netrc).expanduser().resolve())
+    if request.index_url and has_credentials(request.index_url):
+        secrets["pip_index_url"] = str(secrets_dir / "pip_index_url")
+        secret_values["pip_index_url"] = request.index_url
+        notes.append(
+            f"the index URL carries credentials: it goes in as secret pip_index_url "
+            f"({strip_credentials(request.index_url)}), never as a build arg"
+        )
+    used = dockerfile_secret_ids(dockerfile)
+    for secret_id in secrets:
+        if secret_id not in used:
+            notes.append(f"{dockerfile.name} mounts no secret '{secret_id}': it will not see it")
+
+    identity = source_identity(src, request.vllm_repo, request.vllm_ref)
+    from scripts import __version__ as forge_version
+
+    created = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    labels = {
+        "org.opencontainers.image.title": "vllm",
+        "org.opencontainers.image.source": identity["repo"],
+        "org.opencontainers.image.revision": identity["commit"],
+        "org.opencontainers.image.version": identity["ref"],
+        "org.opencontainers.image.created": created,
+        "org.opencontainers.image.base.name": runtime
+        if "FINAL_BASE_IMAGE" in build_args
+        else (declared.get("FINAL_BASE_IMAGE") or ""),
+        f"{LABEL_PREFIX}.vllm.repo": identity["repo"],
+        f"{LABEL_PREFIX}.vllm.ref": identity["ref"],
+        f"{LABEL_PREFIX}.vllm.commit": identity["commit"],
+        f"{LABEL_PREFIX}.arch-list": archs_mod.torch_cuda_arch_list(archs),
+        f"{LABEL_PREFIX}.sm": ",".join(a.sm for a in archs),
+        f"{LABEL_PREFIX}.cuda": compat.cuda_minor(request.cuda),
+        f"{LABEL_PREFIX}.build-base": build_args.get("BUILD_BASE_IMAGE") or declared.get("BUILD_BASE_IMAGE") or "",
+        f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
+        f"{LABEL_PREFIX}.recipe": recipe,
+        f"{LABEL_PREFIX}.version": forge_version,
+    }
+
+    export_wheel = request.target == "wheel"
+    image = (
+        ""
+        if (export_wheel and recipe == "forge")
+        else (
+            request.tag
+            or default_tag(identity["ref"], request.cuda, archs, "build" if export_wheel else request.target)
+        )
+    )
+    dist_dir = Path(request.dist_dir).expanduser().resolve()
+    argv = list(client.build_argv)
+    argv += ["--progress=plain", "-f", str(dockerfile), "--target", target_stage]
+    if client.mode == "buildx" and request.builder:
+        argv += ["--builder", request.builder]
+    if request.platform:
+        argv += ["--platform", request.platform]
+    if request.no_cache:
+        argv.append("--no-cache")
+    for source in request.cache_from:
+        argv += ["--cache-from", source]
+    for dest in request.cache_to:
+        argv += ["--cache-to", dest]
+    for name, value in build_args.items():
+        argv += ["--build-arg", f"{name}={value}"]
+    for secret_id, path in secrets.items():
+        argv += ["--secret", f"id={secret_id},src={path}"]
+    if image:
+        for name, value in labels.items():
+            argv += ["--label", f"{name}={value}"]
+        argv += ["-t", image]
+    if export_wheel and recipe == "forge":
+        argv += ["--output", f"type=local,dest={dist_dir}"]
+    elif client.mode == "buildx":
+        argv.append("--push" if request.push else "--load")
+    argv.append(str(context))
+    commands = [Command(argv, env=client.build_env, why=f"build target {target_stage} ({recipe} recipe)")]
+    if request.push and client.mode != "buildx":
+        commands.append(Command([client.path, "push", image], why="push (this client has no buildx --push)"))
+    if export_wheel and recipe != "forge":
+        box = f"vllm-forge-wheel-{os.getpid()}"
+        commands += [
+            Command([client.path, "create", "--name", box, image], why="copy the wheel out of vLLM's build stage"),
+            Command([client.path, "cp", f"{box}:{UPSTREAM_DIST_DIR}/.", str(dist_dir)]),
+            Command([client.path, "rm", box]),
+        ]
+    notes.insert(
+        0,
+        f"recipe {recipe}: {dockerfile} (target {target_stage}); build base {build_args.get('BUILD_BASE_IMAGE', '(its default)')}, "
+        f"runtime base {build_args.get('FINAL_BASE_IMAGE', '(its default)')}",
+    )
+    return BakePlan(
+        request,
+        client,
+        recipe,
+        dockerfile,
+        context,
+        target_stage,
+        image,
+        build_args,
+        secrets,
+        labels,
+        commands,
+        stage,
+        secret_values,
+        notes,
+    )
+
+
+# --- staging the build context ----------------------------------------------------------------------
+
+
+def _skip(rel: Path, is_dir: bool) -> bool:
+    parts = rel.parts
+    if not parts:
+        return False
+    if len(parts) == 1 and parts[0] in _CONTEXT_SKIP_TOP and is_dir:
+        return True
+    if is_dir and parts[-1] in _CONTEXT_SKIP_DIRS:
+        return True
+    return parts[-1].endswith(_CONTEXT_SKIP_SUFFIX)
+
+
+def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip) -> int:
+    """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many."""
+    src, dest = Path(src), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    wanted: set[Path] = set()
+    for root, dirs, files in os.walk(src):
+        rel_root = Path(root).relative_to(src)
+        dirs[:] = [d for d in dirs if not skip(rel_root / d, True)]
+        for name in dirs:
+            wanted.add(rel_root / name)
+            target = dest / rel_root / name
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            target.mkdir(exist_ok=True)
+        for name in files:
+            rel = rel_root / name
+            if skip(rel, False):
+                continue
+            wanted.add(rel)
+            source, target = src / rel, dest / rel
+            if source.is_symlink():
+                link = os.readlink(source)
+                if not (target.is_symlink() and os.readlink(target) == link):
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)
+                    elif target.exists() or target.is_symlink():
+                        target.unlink()
+                    os.symlink(link, target)
+                    copied += 1
+                continue
+            st = source.stat()
+            try:
+                tt = target.stat()
+                same = tt.st_size == st.st_size and int(tt.st_mtime) == int(st.st_mtime) and tt.st_mode == st.st_mode
+            except FileNotFoundError:
+                same = False
+            if not same:
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                shutil.copy2(source, target)
+                copied += 1
+    for root, dirs, files in os.walk(dest, topdown=False):
+        rel_root = Path(root).relative_to(dest)
+        for name in files + dirs:
+            rel = rel_root / name
+            if rel not in wanted:
+                path = dest / rel
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+    return copied
+
+
+# The scripts docker/Dockerfile runs inside the build; only these and what they import are staged,
+# so a change elsewhere in vllm-forge does not invalidate the compile layer.
+BUILD_STAGE_SCRIPTS = ("checkout", "build_wheel", "wheel_size", "audit")
+
+
+def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Path | None = None) -> set[str]:
+    """Module names under scripts/ that ``entries`` need, following ``scripts.x`` imports (also lazy ones)."""
+    import ast
+
+    scripts_dir = scripts_dir or REPO_ROOT / "scripts"
+    needed: set[str] = {"__init__"}
+    todo = [name for name in entries if (scripts_dir / f"{name}.py").is_file()]
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        tree = ast.parse((scripts_dir / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            found: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module == "scripts":
+                found = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("scripts."):
+                found = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                found = [a.name.split(".")[1] for a in node.names if a.name.startswith("scripts.")]
+            todo += [f for f in found if (scripts_dir / f"{f}.py").is_file() and f not in needed]
+    return needed
+
+
+def stage_context(plan: BakePlan) -> int:
+    """Lay out the forge recipe's context: vllm/ (the checkout) and forge/ (the scripts the build runs)."""
+    context = plan.context
+    copied = sync_tree(Path(plan.request.src).expanduser().resolve(), context / "vllm")
+    keep = {f"{name}.py" for name in script_closure()}
+    copied += sync_tree(
+        REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
+    )
+    # image.py runs only after the compile (runtime-requirements), bind-mounted from here.
+    copied += sync_tree(
+        REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name != "image.py"
+    )
+    env_script = context / "forge" / "docker"
+    env_script.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO_ROOT / "docker" / "forge-env.sh", env_script / "forge-env.sh")
+    return copied
+
+
+# --- running it ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BakeResult:
+    image: str
+    image_id: str
+    seconds: float
+    wheels: list[Path]
+    cached_steps: int
+    total_steps: int
+
+
+def run_bake(
+    plan: BakePlan, *, on_line: Callable[[str], None] | None = None, log_path: Path | None = None
+) -> BakeResult:
+    started = time.monotonic()
+    if plan.stage_context:
+        stage_context(plan)
+    written: list[Path] = []
+    steps: set[str] = set()
+    cached: set[str] = set()
+
+    def watch(line: str) -> None:
+        match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ))", line)
+        if match:
+            (cached if match.group(2) == "CACHED" else steps).add(match.group(1))
+        if on_line:
+            on_line(line)
+
+    try:
+        for secret_id, value in plan.secret_values.items():
+            path = Path(plan.secrets[secret_id])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+            written.append(path)
+        if log_path:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        for command in plan.commands:
+            run_command(command, on_line=watch, log_path=log_path)
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
+    image_id = ""
+    if plan.image:
+        proc = subprocess.run(
+            [plan.client.path, "image", "inspect", "--format", "{{.Id}}", plan.image], capture_output=True, text=True
+        )
+        image_id = proc.stdout.strip()
+    wheels = []
+    if plan.request.target == "wheel":
+        wheels = sorted(
+            Path(plan.request.dist_dir).expanduser().resolve().glob("*.whl"), key=lambda p: p.stat().st_mtime
+        )
+    return BakeResult(plan.image, image_id, time.monotonic() - started, wheels, len(cached & steps), len(steps))
+
+
+# --- looking at images ---------------------------------------------------------------------------------------
+
+
+def _docker_json(docker: str, *args: str) -> object:
+    proc = subprocess.run([docker, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ForgeError(
+            f"`docker {' '.join(args[:3])}` failed: {proc.stderr.strip()[-300:]}",
+            "check the image name (`docker images`) and that the Docker engine runs",
+        )
+    return json.loads(proc.stdout or "null")
+
+
+def inspect_image(docker: str, image: str) -> dict:
+    """The image's labels, size, creation time, entrypoint and id."""
+    data = _docker_json(docker, "image", "inspect", image)
+    if not data:
+        raise ForgeError(f"no image {image}", "bake one with `invoke bake`, or check `docker images`")
+    info = data[0]
+    config = info.get("Config") or {}
+    return {
+        "id": info.get("Id", ""),
+        "tags": info.get("RepoTags") or [],
+        "created": info.get("Created", ""),
+        "size": int(info.get("Size") or 0),
+        "labels": config.get("Labels") or {},
+        "entrypoint": config.get("Entrypoint") or [],
+        "env": config.get("Env") or [],
+    }
+
+
+@dataclass
+class LayerInfo:
+    size: int
+    instruction: str
+
+
+@dataclass
+class ImageSizeReport:
+    image: str
+    size: int
+    base: str
+    base_size: int | None
+    budget_gb: float
+    layers: list[LayerInfo]  # largest first
+
+    @property
+    def over_base(self) -> int | None:
+        return None if self.base_size is None else self.size - self.base_size
+
+    @property
+    def ok(self) -> bool:
+        return not self.budget_gb or self.size <= self.budget_gb * GB
+
+
+def clean_instruction(created_by: str) -> str:
+    """A history entry as the Dockerfile line that made it: ``/bin/sh -c #(nop)  ENV A=1`` -> ``ENV A=1``,
+    ``RUN |2 X=1 Y=2 /bin/sh -c cmd # buildkit`` -> ``RUN cmd``; an empty entry is the base image's."""
+    text = created_by.strip()
+    if text.endswith("# buildkit"):
+        text = text[: -len("# buildkit")].rstrip()
+    if not text:
+        return "(a layer of the base image)"
+    nop = text.find("/bin/sh -c #(nop)")
+    if nop >= 0:
+        return text[nop + len("/bin/sh -c #(nop)") :].strip()
+    shell = text.find("/bin/sh -c ")
+    if shell >= 0 and (text.startswith(("RUN ", "|", "/bin/sh"))):
+        return "RUN " + text[shell + len("/bin/sh -c ") :].strip()
+    return text
+
+
+def image_history(docker: str, image: str) -> list[LayerInfo]:
+    proc = subprocess.run(
+        [docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise ForgeError(
+            f"cannot read the history of {image}: {proc.stderr.strip()[-200:]}",
+            "check the image name (`docker images`)",
+        )
+    layers = []
+    for line in proc.stdout.splitlines():
+        size, _, created_by = line.partition("\t")
+        try:
+            layers.append(LayerInfo(int(size), clean_instruction(created_by)))
+        except ValueError:
+            continue
+    return layers
+
+
+def image_size_report(
+    docker: str, image: str, budget_gb: float = 0, *, base: str = "", top: int = 8
+) -> ImageSizeReport:
+    """Size of ``image``, its size over the runtime base (the label, or ``base``), largest layers."""
+    info = inspect_image(docker, image)
+    base = base or info["labels"].get("org.opencontainers.image.base.name", "")
+    base_size = None
+    if base:
+        proc = subprocess.run(
+            [docker, "image", "inspect", "--format", "{{.Size}}", base], capture_output=True, text=True
+        )
+        if proc.returncode == 0 and proc.stdout.strip().isdigit():
+            base_size = int(proc.stdout.strip())
+    layers = sorted(image_history(docker, image), key=lambda layer: layer.size, reverse=True)
+    return ImageSizeReport(image, info["size"], base, base_size, budget_gb, [l for l in layers if l.size][:top])
+
+
+# --- used inside the build stage -------------------------------------------------------------------------------
+
+
+def runtime_requirements() -> list[str]:
+    """Pins for the serving stage: torch (and friends) at the major.minor the wheel was built against."""
+    import importlib.metadata as metadata
+
+    pins = []
+    for name in ("torch", "torchvision", "torchaudio"):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        major_minor = ".".join(re.split(r"[.+]", version)[:2])
+        pins.append(f"{name}=={major_minor}.*")
+    return pins
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="vllm-forge image helpers (plan a bake, inspect, size).")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("runtime-requirements", help="print torch pins for the serving stage (used in docker/Dockerfile)")
+    p_plan = sub.add_parser("plan", help="print the docker commands a bake would run")
+    p_plan.add_argument("src", type=Path)
+    p_plan.add_argument("--arch", default="12.0")
+    p_plan.add_argument("--cuda", default="12.8")
+    p_plan.add_argument("--target", default="runtime", choices=TARGETS)
+    p_plan.add_argument("--dockerfile", default="forge")
+    p_plan.add_argument("--base-image", default="")
+    p_plan.add_argument("--runtime-image", default="")
+    p_plan.add_argument("--docker", default=None)
+    p_inspect = sub.add_parser("inspect", help="show an image's labels")
+    p_inspect.add_argument("image")
+    p_inspect.add_argument("--docker", default="docker")
+    p_size = sub.add_parser("check-size", help="image size, size over its base, largest layers")
+    p_size.add_argument("image")
+    p_size.add_argument("--budget-gb", type=float, default=0)
+    p_size.add_argument("--docker", default="docker")
+    args = parser.parse_args(argv)
+    if args.cmd == "runtime-requirements":
+        for pin in runtime_requirements():
+            print(pin)
+        return 0
+    if args.cmd == "plan":
+        plan = plan_bake(
+            BakeRequest(
+                src=args.src,
+                arch=args.arch,
+                cuda=args.cuda,
+                target=args.target,
+                dockerfile=args.dockerfile,
+                base_image=args.base_image,
+                runtime_image=args.runtime_image,
+            ),
+            find_docker(args.docker),
+        )
+        print("\n".join(plan.lines()))
+        return 0
+    if args.cmd == "inspect":
+        info = inspect_image(args.docker, args.image)
+        print(json.dumps(info["labels"], indent=2, sort_keys=True))
+        return 0
+    report = image_size_report(args.docker, args.image, args.budget_gb)
+    print(
+        f"{report.image}: {report.size / GB:.2f} GB"
+        + (f", {report.over_base / GB:.2f} GB over {report.base}" if report.over_base is not None else "")
+    )
+    for layer in report.layers:
+        print(f"  {layer.size / 1e6:10.1f} MB  {layer.instruction[:120]}")
+    if not report.ok:
+        print(f"over the budget of {report.budget_gb:g} GB")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

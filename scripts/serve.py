@@ -1,0 +1,506 @@
+"""Serve a baked image (or the local vLLM) with the OpenAI server, wait for it, smoke-test it, stop it.
+
+``plan_serve`` returns the exact ``docker run`` command; ``start`` runs it detached, ``wait_healthy``
+polls ``/health`` (failing early when the container exits), ``smoke_test`` calls ``/v1/models`` and
+one chat completion, ``stop`` removes what was started. ``compose_file`` writes the same service as a
+docker compose file.
+
+Secrets: ``HF_TOKEN`` is passed by name only (``-e HF_TOKEN``: docker reads the value from this
+process's environment, so it is neither on a command line nor in the image), and only at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scripts` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.errors import ForgeError, run_main
+from scripts.plan import Command
+
+DEFAULT_NAME = "vllm-forge-serve"
+SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+CONTAINER_PORT = 8000
+LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / "build" / "serve"
+# Passed through to the container when set here (by name: values never appear on a command line).
+PASSTHROUGH_PREFIXES = ("NCCL_", "VLLM_", "CUDA_VISIBLE_DEVICES", "HF_HUB_", "TORCH_")
+PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDIA_VISIBLE_DEVICES")
+_NEVER_PASS = ("VLLM_FORGE_DOCKER", "VLLM_FORGE_DEBUG", "VLLM_FORGE_CACHE")
+
+
+@dataclass
+class ServeRequest:
+    model: str
+    image: str = ""  # "" with local=True: run this Python's vLLM instead of a container
+    local: bool = False
+    tp: int = 1
+    port: int = 8000
+    host: str = "127.0.0.1"
+    gpus: str = "all"  # all | none | 0,1
+    api_key: str = ""
+    insecure: bool = False
+    name: str = DEFAULT_NAME
+    hf_cache: Path = Path("~/.cache/huggingface")
+    shm_size: str = ""  # "" : --ipc=host
+    served_model_name: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None  # the environment to pass through from (default os.environ)
+
+
+def check_request(request: ServeRequest) -> None:
+    if not request.local and not request.image:
+        raise ForgeError(
+            "serve needs --image TAG (a baked image) or --local", "pass --image, e.g. the tag `invoke bake` printed"
+        )
+    if request.tp < 1:
+        raise ForgeError("--tp must be 1 or more", "pass the number of GPUs to shard the model over")
+    if not 0 < request.port < 65536:
+        raise ForgeError(f"--port {request.port} is not a TCP port", "pass a port between 1 and 65535")
+    if request.host not in ("127.0.0.1", "localhost", "::1") and not request.api_key and not request.insecure:
+        raise ForgeError(
+            f"serving on {request.host} without --api-key would let anyone on the network use the model",
+            "pass --api-key KEY (clients send `Authorization: Bearer KEY`), or --insecure if that is what you want",
+        )
+    gpus = request.gpus.strip()
+    if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
+        raise ForgeError(
+            f"--gpus {request.gpus} is not all, none or a list of GPU indexes", "pass all, none or e.g. 0,1"
+        )
+    if gpus not in ("all", "none") and len(gpus.split(",")) < request.tp:
+        raise ForgeError(
+            f"--tp {request.tp} needs {request.tp} GPUs but --gpus names {len(gpus.split(','))}",
+            "give as many GPUs as --tp, or lower --tp",
+        )
+
+
+def passthrough_env(env: dict[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES) and n not in _NEVER_PASS]
+    return sorted(names)
+
+
+def server_args(request: ServeRequest, *, bind_host: str, port: int) -> list[str]:
+    args = [
+        "--host",
+        bind_host,
+        "--port",
+        str(port),
+        "--model",
+        request.model,
+        "--tensor-parallel-size",
+        str(request.tp),
+    ]
+    if request.served_model_name:
+        args += ["--served-model-name", request.served_model_name]
+    if request.api_key:
+        args += ["--api-key", request.api_key]
+    return args + list(request.extra_args)
+
+
+def _gpus_flag(gpus: str) -> list[str]:
+    gpus = gpus.strip()
+    if gpus == "none":
+        return []
+    if gpus == "all":
+        return ["--gpus", "all"]
+    return ["--gpus", f'"device={gpus}"']
+
+
+def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
+    """The exact `docker run` (or local python) command that starts the server detached."""
+    check_request(request)
+    if request.local:
+        return Command(
+            [sys.executable, "-m", SERVER_MODULE, *server_args(request, bind_host=request.host, port=request.port)],
+            why="the vLLM installed in this Python, in the background",
+        )
+    hf_cache = Path(request.hf_cache).expanduser()
+    argv = [docker, "run", "-d", "--name", request.name, "--label", "org.vllm-forge.serve=1"]
+    argv += _gpus_flag(request.gpus)
+    argv += ["--shm-size", request.shm_size] if request.shm_size else ["--ipc=host"]
+    argv += ["-p", f"{request.host}:{request.port}:{CONTAINER_PORT}"]
+    argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
+    for name in passthrough_env(request.env):
+        argv += ["-e", name]
+    argv.append(request.image)
+    argv += server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT)
+    return Command(argv, why="start the OpenAI server container, detached")
+
+
+def shell_line(command: Command, request: ServeRequest) -> str:
+    """The command for printing: the API key masked."""
+    line = command.shell()
+    return line.replace(request.api_key, "****") if request.api_key else line
+
+
+@dataclass
+class Started:
+    kind: str  # container | process
+    ident: str  # container id or pid
+    name: str
+    url: str
+
+
+def base_url(request: ServeRequest) -> str:
+    host = "127.0.0.1" if request.host in ("0.0.0.0", "::") else request.host
+    return f"http://{host}:{request.port}"
+
+
+def start(request: ServeRequest, docker: str = "docker") -> Started:
+    command = plan_serve(request, docker)
+    if request.local:
+        LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
+        log = open(LOCAL_STATE_DIR / f"{request.name}.log", "w")
+        proc = subprocess.Popen(
+            command.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **command.env},
+        )
+        (LOCAL_STATE_DIR / f"{request.name}.pid").write_text(str(proc.pid))
+        return Started("process", str(proc.pid), request.name, base_url(request))
+    existing = subprocess.run([docker, "container", "inspect", request.name], capture_output=True, text=True)
+    if existing.returncode == 0:
+        raise ForgeError(
+            f"a container named {request.name} already exists",
+            f"stop it with `invoke stop --name {request.name}`, or pass --name",
+        )
+    proc = subprocess.run(command.argv, capture_output=True, text=True, env={**os.environ, **(request.env or {})})
+    if proc.returncode != 0:
+        subprocess.run([docker, "rm", "-f", request.name], capture_output=True)
+        raise ForgeError(
+            f"docker run failed: {proc.stderr.strip()[-400:]}",
+            "read docker's message; GPU errors: check the NVIDIA container toolkit (`docker info | grep -i nvidia`), or --gpus none for CPU-only stand-ins",
+        )
+    return Started("container", proc.stdout.strip(), request.name, base_url(request))
+
+
+def _http(method: str, url: str, *, api_key: str = "", body: dict | None = None, timeout: float = 10):
+    import requests
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return requests.request(method, url, json=body, headers=headers, timeout=timeout)
+
+
+def is_running(started: Started, docker: str = "docker") -> bool:
+    if started.kind == "process":
+        try:
+            os.kill(int(started.ident), 0)
+        except (ProcessLookupError, ValueError):
+            return False
+        try:  # a zombie (exited, not yet reaped) is not running
+            return Path(f"/proc/{started.ident}/stat").read_text().split()[2] != "Z"
+        except OSError:
+            return True
+    proc = subprocess.run(
+        [docker, "inspect", "--format", "{{.State.Running}}", started.ident], capture_output=True, text=True
+    )
+    return proc.stdout.strip() == "true"
+
+
+def logs(started: Started, docker: str = "docker", tail: int = 40) -> str:
+    if started.kind == "process":
+        path = LOCAL_STATE_DIR / f"{started.name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) if path.exists() else ""
+    proc = subprocess.run([docker, "logs", "--tail", str(tail), started.ident], capture_output=True, text=True)
+    return (proc.stdout + proc.stderr).strip()
+
+
+def wait_healthy(
+    started: Started,
+    *,
+    timeout_s: float = 600,
+    docker: str = "docker",
+    on_tick: Callable[[float], None] | None = None,
+    interval_s: float = 0.5,
+) -> float:
+    """Poll ``/health`` until 200; fail at once when the server exits. Returns the seconds it took."""
+    import requests
+
+    began = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - began
+        try:
+            if _http("GET", f"{started.url}/health", timeout=5).status_code == 200:
+                return time.monotonic() - began
+        except requests.RequestException:
+            pass
+        if not is_running(started, docker):
+            raise ForgeError(
+                f"the server exited before it became healthy; its last lines:\n{logs(started, docker)}",
+                "read the log above (model name, GPU visibility, memory)",
+                exit_code=1,
+            )
+        if elapsed > timeout_s:
+            raise ForgeError(
+                f"{started.url}/health did not answer within {timeout_s:g}s; last lines:\n{logs(started, docker)}",
+                "raise --timeout for large models, or read the log above",
+                exit_code=1,
+            )
+        if on_tick:
+            on_tick(elapsed)
+        time.sleep(interval_s)
+
+
+@dataclass
+class SmokeResult:
+    models: list[str]
+    reply: str
+    seconds: float
+
+
+def smoke_test(url: str, *, model: str = "", api_key: str = "", prompt: str = "Say hello.") -> SmokeResult:
+    """GET /v1/models and POST one chat completion; ForgeError unless both answer sensibly."""
+    began = time.monotonic()
+    response = _http("GET", f"{url}/v1/models", api_key=api_key)
+    if response.status_code != 200:
+        raise ForgeError(
+            f"GET /v1/models answered {response.status_code}: {response.text[:200]}",
+            "check --api-key and the server log (`docker logs`)",
+            exit_code=1,
+        )
+    models = [m.get("id", "") for m in response.json().get("data", [])]
+    if not models:
+        raise ForgeError("GET /v1/models lists no model", "check --model and the server log", exit_code=1)
+    use = model if model in models else models[0]
+    body = {"model": use, "messages": [{"role": "user", "content": prompt}], "max_tokens": 16}
+    response = _http("POST", f"{url}/v1/chat/completions", api_key=api_key, body=body, timeout=120)
+    if response.status_code != 200:
+        raise ForgeError(
+            f"POST /v1/chat/completions answered {response.status_code}: {response.text[:200]}",
+            "read the server log (`docker logs`)",
+            exit_code=1,
+        )
+    try:
+        reply = response.json()["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ForgeError(
+            f"the chat completion has no message: {response.text[:200]}", "read the server log", exit_code=1
+        ) from None
+    return SmokeResult(models, reply, time.monotonic() - began)
+
+
+def stop(name: str = DEFAULT_NAME, docker: str = "docker") -> str:
+    """Remove the container (or end the local server) named ``name``; says what it did."""
+    pid_file = LOCAL_STATE_DIR / f"{name}.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().strip() or 0)
+        pid_file.unlink()
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            return f"stopped local server (pid {pid})"
+        except ProcessLookupError:
+            return f"local server (pid {pid}) had already exited"
+    proc = subprocess.run([docker, "rm", "-f", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "No such container" in proc.stderr:
+            return f"no container named {name} is running"
+        raise ForgeError(f"could not remove {name}: {proc.stderr.strip()[-200:]}", "check `docker ps -a`")
+    return f"removed container {name}"
+
+
+def serve(
+    request: ServeRequest,
+    *,
+    docker: str = "docker",
+    timeout_s: float = 600,
+    on_tick: Callable[[float], None] | None = None,
+    smoke: bool = True,
+) -> tuple[Started, float, SmokeResult | None]:
+    """Start, wait for /health, smoke-test; on any failure remove what was started and re-raise."""
+    started = start(request, docker)
+    try:
+        seconds = wait_healthy(started, timeout_s=timeout_s, docker=docker, on_tick=on_tick)
+        result = (
+            smoke_test(started.url, model=request.served_model_name or request.model, api_key=request.api_key)
+            if smoke
+            else None
+        )
+    except BaseException as err:
+        last = logs(started, docker) if isinstance(err, ForgeError) and "last lines" not in str(err) else ""
+        stop(request.name, docker)
+        if last:
+            raise ForgeError(
+                f"{err.problem}; the server's last lines:\n{last}", err.fix, exit_code=err.exit_code
+            ) from None
+        raise
+    return started, seconds, result
+
+
+def compose_file(request: ServeRequest) -> str:
+    """The same service as a docker compose file (YAML written by hand: JSON strings are valid YAML)."""
+    check_request(request)
+    if request.local:
+        raise ForgeError("--compose writes a container service; --local has none", "pass --image TAG with --compose")
+    q = json.dumps
+    lines = [
+        "# Written by `invoke serve --compose` (vllm-forge). Start: docker compose up -d; stop: docker compose down",
+        "services:",
+        f"  {request.name}:",
+        f"    image: {q(request.image)}",
+        f"    container_name: {q(request.name)}",
+        "    command: ["
+        + ", ".join(q(a) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
+        + "]",
+        "    ports:",
+        f"      - {q(f'{request.host}:{request.port}:{CONTAINER_PORT}')}",
+        "    volumes:",
+        f"      - {q(str(Path(request.hf_cache).expanduser()) + ':/root/.cache/huggingface')}",
+    ]
+    lines += [f"    shm_size: {q(request.shm_size)}"] if request.shm_size else ["    ipc: host"]
+    names = passthrough_env(request.env)
+    if names:
+        lines.append("    environment:")
+        lines += [f"      - {name}" for name in names]  # by name: compose takes the value from the shell
+    if request.gpus != "none":
+        lines += [
+            "    deploy:",
+            "      resources:",
+            "        reservations:",
+            "          devices:",
+            "            - driver: nvidia",
+        ]
+        if request.gpus == "all":
+            lines.append("              count: all")
+        else:
+            lines.append("              device_ids: [" + ", ".join(q(g.strip()) for g in request.gpus.split(",")) + "]")
+        lines.append("              capabilities: [gpu]")
+    lines += [
+        "    healthcheck:",
+        '      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen(\'http://127.0.0.1:8000/health\')"]',
+        "      interval: 10s",
+        "      timeout: 5s",
+        "      retries: 60",
+        "    restart: unless-stopped",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BakeServeSmoke:
+    image: str
+    bake_seconds: float
+    healthy_seconds: float
+    smoke: SmokeResult
+    image_size: int
+    notes: list[str]
+
+
+def bake_serve_smoke(
+    src: Path,
+    *,
+    arch: str,
+    cuda: str = "12.8",
+    base_image: str = "",
+    runtime_image: str = "",
+    docker: str | None = None,
+    ca_bundle: Path | None = None,
+    tag: str = "",
+    vllm_repo: str = "",
+    vllm_ref: str = "",
+    port: int = 18000,
+    model: str = "minivllm/echo",
+    gpus: str = "none",
+    name: str = "vllm-forge-demo",
+    context_dir: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    keep: bool = False,
+) -> BakeServeSmoke:
+    """For `invoke demo`: bake ``src`` into an image, serve it, smoke-test it, tear it down.
+
+    ``base_image``/``runtime_image`` empty: the NGC/CUDA defaults for ``cuda``. ``gpus`` defaults to
+    none because the embedded miniature serves on CPU. The image is kept; the container is removed
+    unless ``keep``.
+    """
+    from scripts import image as image_mod
+
+    client = image_mod.find_docker(docker)
+    image_mod.check_engine(client.path)
+    notes = [f"docker: {client.describe()}"]
+    if ca_bundle is None:
+        ca_bundle, origin = image_mod.default_ca_bundle()
+        if ca_bundle:
+            notes.append(f"CA bundle {ca_bundle} (from {origin}) passed as BuildKit secret ca_bundle")
+    request = image_mod.BakeRequest(
+        src=Path(src),
+        arch=arch,
+        cuda=cuda,
+        base_image=base_image,
+        runtime_image=runtime_image,
+        tag=tag,
+        ca_bundle=ca_bundle,
+        vllm_repo=vllm_repo,
+        vllm_ref=vllm_ref,
+    )
+    if context_dir:
+        request.context_dir = Path(context_dir)
+    plan = image_mod.plan_bake(request, client)
+    baked = image_mod.run_bake(plan, on_line=on_line)
+    serve_request = ServeRequest(model=model, image=plan.image, port=port, gpus=gpus, name=name)
+    stop(name, client.path)  # a container left by an interrupted demo
+    started, healthy, result = serve(serve_request, docker=client.path, timeout_s=120)
+    if not keep:
+        stop(started.name, client.path)
+    size = image_mod.inspect_image(client.path, plan.image)["size"]
+    return BakeServeSmoke(plan.image, baked.seconds, healthy, result, size, notes)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a vLLM image and smoke-test it.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("--image", default="")
+    p_run.add_argument("--local", action="store_true")
+    p_run.add_argument("--model", required=True)
+    p_run.add_argument("--tp", type=int, default=1)
+    p_run.add_argument("--port", type=int, default=8000)
+    p_run.add_argument("--host", default="127.0.0.1")
+    p_run.add_argument("--gpus", default="all")
+    p_run.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY", ""))
+    p_run.add_argument("--insecure", action="store_true")
+    p_run.add_argument("--name", default=DEFAULT_NAME)
+    p_run.add_argument("--timeout", type=float, default=600)
+    p_run.add_argument("--docker", default=os.environ.get("VLLM_FORGE_DOCKER", "docker"))
+    p_run.add_argument("--dry-run", action="store_true")
+    p_stop = sub.add_parser("stop")
+    p_stop.add_argument("--name", default=DEFAULT_NAME)
+    p_stop.add_argument("--docker", default=os.environ.get("VLLM_FORGE_DOCKER", "docker"))
+    args = parser.parse_args(argv)
+    if args.cmd == "stop":
+        print(stop(args.name, args.docker))
+        return 0
+    request = ServeRequest(
+        model=args.model,
+        image=args.image,
+        local=args.local,
+        tp=args.tp,
+        port=args.port,
+        host=args.host,
+        gpus=args.gpus,
+        api_key=args.api_key,
+        insecure=args.insecure,
+        name=args.name,
+    )
+    if args.dry_run:
+        print(shell_line(plan_serve(request, args.docker), request))
+        return 0
+    started, seconds, result = serve(request, docker=args.docker, timeout_s=args.timeout)
+    print(f"healthy after {seconds:.1f}s at {started.url}; models {result.models}; reply {result.reply!r}")
+    print(f"stop it with: python scripts/serve.py stop --name {started.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
