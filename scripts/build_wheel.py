@@ -34,9 +34,11 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
     resolve_compile_cache,
 )
 from scripts.errors import ForgeError, run_main
+from scripts.fetch_deps import deps_env
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
 from scripts.toolchain import CudaToolchain, find_cuda_toolchain
+from scripts.vllm_tree import VllmTree, inspect_tree
 
 
 @dataclass
@@ -71,17 +73,11 @@ class BuildPlan:
     staging: Path
     notes: list[str] = field(default_factory=list)
     cache_report: CacheReport | None = None  # this build's hits and misses, set by run_build
+    tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
 
     @property
     def commands(self) -> list[Command]:
         return [self.command]
-
-
-def tree_reads(src: Path, variable: str) -> bool:
-    """Whether this checkout's build (setup.py, CMake files) reads ``variable``."""
-    candidates = [src / "setup.py", src / "CMakeLists.txt", src / "vllm" / "envs.py"]
-    candidates += sorted((src / "cmake").rglob("*.cmake")) if (src / "cmake").is_dir() else []
-    return any(p.is_file() and variable in p.read_text(errors="replace") for p in candidates)
 
 
 def tree_needs_torch(src: Path) -> bool:
@@ -105,9 +101,10 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         mem_per_job_gb=request.mem_per_job_gb,
     )
     cache = resolve_compile_cache(request.compile_cache, request.shared_cache)
-    if not (src / "setup.py").is_file():
-        raise ForgeError(f"{src} is not a vLLM checkout (no setup.py)",
+    if not src.exists():
+        raise ForgeError(f"{src} is not a vLLM checkout (it does not exist)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
+    tree = inspect_tree(src)
     toolchain = find_cuda_toolchain()
     if request.cuda and archs_mod.compat.cuda_minor(request.cuda) != toolchain.version:
         raise ForgeError(
@@ -116,11 +113,13 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
             f"(`invoke bake --cuda {request.cuda}`)",
         )
     archs_mod.check_archs_for_cuda(archs, toolchain.version)
+    tree.check_archs(archs, toolchain.version)  # what this vLLM's CMake gate would silently drop
     if check_tools and tree_needs_torch(src) and importlib.util.find_spec("torch") is None:
         raise ForgeError("this vLLM checkout builds against torch, and torch is not installed in this Python",
                          "install the torch you want vLLM built against (pip install torch), or bake in Docker")
     cache_dir = Path(request.cache_dir).expanduser()
     notes = [
+        tree.summary(),
         f"nvcc {toolchain.full_version} at {toolchain.nvcc} ({'PyPI' if toolchain.from_pypi else 'system'} toolkit)",
         parallelism.reason,
     ]
@@ -131,16 +130,20 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         "CMAKE_BUILD_TYPE": request.build_type,
         "VLLM_TARGET_DEVICE": "cuda",
     }
-    if tree_reads(src, "VLLM_FA_CMAKE_GPU_ARCHES"):
+    if tree.reads("VLLM_FA_CMAKE_GPU_ARCHES"):
         env["VLLM_FA_CMAKE_GPU_ARCHES"] = archs_mod.fa_cmake_gpu_arches(archs)
     else:
         notes.append("VLLM_FA_CMAKE_GPU_ARCHES not set: this checkout's build does not read it")
     if not has_git_tags(src):
-        version = "0.0.0+forge"
-        for variable in ("VLLM_VERSION_OVERRIDE", "SETUPTOOLS_SCM_PRETEND_VERSION"):
-            if variable == "SETUPTOOLS_SCM_PRETEND_VERSION" or tree_reads(src, variable):
-                env[variable] = version
-        notes.append(f"checkout has no git tags: version pinned to {version}")
+        version = tree.version or "0.0.0"
+        variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
+        env[variable] = version
+        notes.append(f"checkout has no git tags: version pinned with {variable}={version}")
+    deps = deps_env(tree, Path(request.cache_dir).expanduser())
+    if deps:
+        env.update(deps)
+        notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
+                     "(`invoke fetch-deps`): the build needs no network for them")
     env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
     notes += plan_notes(cache, request.shared_cache, env)
     env.update(toolchain.env)
@@ -152,7 +155,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
         cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
     )
-    return BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes)
+    return BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
 
 
 def _prepare_dist(dist_dir: Path) -> None:

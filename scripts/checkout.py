@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as `python scripts/checkout.py`: make `scri
 
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, run_plan
+from scripts.vllm_tree import inspect_tree
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "torchcodec")
 # A requirement line (or a quoted pyproject entry) naming a torch-family package.
@@ -167,31 +168,24 @@ def clone(repo: str, ref: str, dest: Path, *, force: bool = False, on_line=None)
 
 # --- use-existing-torch -------------------------------------------------------------------------
 
-def find_use_existing_torch(src: Path) -> tuple[str, bool]:
-    """Where this vLLM version keeps use_existing_torch.py and whether it takes --prefix."""
-    for rel in ("tools/use_existing_torch.py", "use_existing_torch.py"):
-        path = src / rel
-        if path.exists():
-            return rel, "--prefix" in path.read_text(errors="replace")
-    raise ForgeError(
-        f"{src} has no use_existing_torch.py (looked in tools/ and the root)",
-        "point --vllm-src at a vLLM checkout (0.8 or newer)",
-    )
-
-
 def plan_use_existing_torch(src: Path, python: str = sys.executable) -> list[Command]:
-    rel, takes_prefix = find_use_existing_torch(src)
-    argv = [python, rel] + (["--prefix"] if takes_prefix else [])
+    """The checkout's own use_existing_torch.py, where its vLLM version keeps it, with --prefix
+    where it takes it (then only torch-family pins are stripped, not every line naming torch)."""
+    tree = inspect_tree(src)
+    if not tree.use_existing_torch:
+        raise ForgeError(f"{src} has no use_existing_torch.py (looked in tools/ and the root)",
+                         "point --vllm-src at a vLLM checkout (0.8 or newer)")
+    argv = [python, tree.use_existing_torch] + (["--prefix"] if tree.takes_prefix else [])
     return [Command(argv, cwd=str(src), why="remove the checkout's torch pins; build against the installed torch")]
 
 
-def remaining_torch_pins(src: Path) -> list[str]:
-    """``file:line: text`` for every torch-family pin (a version or URL) left in the checkout."""
-    requirements = src / "requirements"
-    files = sorted([*requirements.rglob("*.txt"), *requirements.rglob("*.in")]) if requirements.is_dir() else []
-    files += sorted(src.glob("requirements*.txt"))
-    if (src / "pyproject.toml").exists():
-        files.append(src / "pyproject.toml")
+def remaining_torch_pins(src: Path, globs: tuple[str, ...] | None = None) -> list[str]:
+    """``file:line: text`` for every torch pin (a version or URL) left in the files that this vLLM
+    version's use_existing_torch.py cleans (``globs``; default: every requirements file)."""
+    if globs is None:
+        globs = ("requirements/**/*.txt", "requirements/**/*.in", "requirements*.txt", "pyproject.toml")
+    files = sorted({path for pattern in globs for path in src.glob(pattern) if path.is_file()},
+                   key=lambda path: (path.name == "pyproject.toml", str(path)))
     left = []
     for path in files:
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
@@ -202,7 +196,7 @@ def remaining_torch_pins(src: Path) -> list[str]:
 
 def use_existing_torch(src: Path, *, python: str = sys.executable, on_line=None) -> None:
     run_plan(plan_use_existing_torch(src, python), on_line=on_line)
-    left = remaining_torch_pins(src)
+    left = remaining_torch_pins(src, inspect_tree(src).torch_pin_globs)
     if left:
         raise ForgeError(
             f"torch pins are still in the checkout after use_existing_torch: {'; '.join(left[:3])}",

@@ -31,7 +31,7 @@ CASES = [
     (["clone", "--ref", "bad..ref"], "not a valid git ref"),
     (["clone", "--repo", "not a url"], "not a git repository URL"),
     (["clone", "--repo", "file:///nonexistent/repo.git", "--checkout-dir", "/tmp/forge-never"], "cannot read"),
-    (["use-existing-torch", "--vllm-src", "/tmp"], "no use_existing_torch.py"),
+    (["use-existing-torch", "--vllm-src", "/tmp"], "not a vLLM source tree"),
     (["check-size", "--wheel", "/nonexistent.whl"], "no wheel found"),
 ]
 

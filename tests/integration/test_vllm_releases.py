@@ -180,15 +180,7 @@ def _dry_run(dest: Path, tmp_path: Path):
                       check_tools=False)
 
 
-_PIN_CHECK_TOO_WIDE = pytest.mark.xfail(
-    strict=True, raises=ForgeError,
-    reason="checkout.remaining_torch_pins also checks requirements/*.in, which this version's "
-    "use_existing_torch.py never cleans (VllmTree.torch_pin_globs: requirements/*.txt, pyproject.toml); "
-    "requirements/test.in is not read by the build. Lead: check only tree.torch_pin_globs (issue 10)")
-
-
-@pytest.mark.parametrize("version", [pytest.param("0.8.4", marks=_PIN_CHECK_TOO_WIDE),
-                                     pytest.param("0.10.0", marks=_PIN_CHECK_TOO_WIDE), "newest"])
+@pytest.mark.parametrize("version", ["0.8.4", "0.10.0", "newest"])
 def test_clone_use_existing_torch_and_dry_run(release_repo, newest_version, nvcc_toolchain, tmp_path, version):
     version = newest_version if version == "newest" else version
     tree, dest = _clone(release_repo, version, tmp_path)
@@ -196,7 +188,7 @@ def test_clone_use_existing_torch_and_dry_run(release_repo, newest_version, nvcc
     assert command.argv[1] == tree.use_existing_torch
     assert ("--prefix" in command.argv) == tree.takes_prefix
     checkout.use_existing_torch(dest)
-    assert checkout.remaining_torch_pins(dest) == []
+    assert checkout.remaining_torch_pins(dest, tree.torch_pin_globs) == []
     plan = _dry_run(dest, tmp_path)
     assert plan.env["TORCH_CUDA_ARCH_LIST"] == "12.0"
     assert plan.command.argv[1] == "setup.py" and plan.command.cwd == str(dest.resolve())
@@ -218,14 +210,7 @@ def test_use_existing_torch_strips_the_build_pins(release_repo, newest_version, 
     assert not re.search(r"^torch\s*==", build_reqs, re.M)
 
 
-_FA_NOT_WIRED = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="build_wheel.tree_reads looks only in setup.py/CMake, not at the Dockerfile ENV that feeds "
-    "vllm-flash-attn: wire VllmTree.reads() into plan_build (issue 10)")
-
-
-@pytest.mark.parametrize("version", [pytest.param("0.8.4", marks=_FA_NOT_WIRED),
-                                     pytest.param("0.10.0", marks=_FA_NOT_WIRED), "newest"])
+@pytest.mark.parametrize("version", ["0.8.4", "0.10.0", "newest"])
 def test_dry_run_sets_fa_arches_only_where_read(release_repo, newest_version, nvcc_toolchain, tmp_path, version):
     version = newest_version if version == "newest" else version
     tree, dest = _clone(release_repo, version, tmp_path)
