@@ -195,6 +195,18 @@ def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: boo
     return wheel
 
 
+def _wheel_limit(rc: ResolvedConfig) -> float:
+    """The configured limit, else the one the checkout's vLLM version enforces, else vLLM's 400 MB."""
+    if rc.config.wheel_limit_mb:
+        return rc.config.wheel_limit_mb
+    from scripts.vllm_tree import inspect_tree
+
+    try:
+        return inspect_tree(_source_dir(rc)).wheel_limit_mb(DEFAULT_LIMIT_MB)
+    except ForgeError:
+        return DEFAULT_LIMIT_MB
+
+
 def step_check_size(path: Path, limit_mb: float) -> bool:
     report = check_wheel_size(path, limit_mb)
     colour = "green" if report.ok else "red"
@@ -246,7 +258,7 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
 def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0):
     """Check the wheel against the size limit (vLLM's own default: 400 MB) and show what makes it big."""
     rc = _config(ctx, dist_dir=dist_dir)
-    limit = limit_mb or rc.config.wheel_limit_mb or DEFAULT_LIMIT_MB
+    limit = limit_mb or _wheel_limit(rc)
     if not step_check_size(Path(wheel) if wheel else Path(rc.config.dist_dir), limit):
         raise Exit(code=1)
 
@@ -315,7 +327,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     src = step_clone(rc, force=False, dry_run=False)
     step_use_existing_torch(src, dry_run=False)
     wheel = step_build_wheel(rc, src, dry_run=False)
-    ok = step_check_size(wheel, rc.config.wheel_limit_mb or DEFAULT_LIMIT_MB)
+    ok = step_check_size(wheel, _wheel_limit(rc))
     summary = Table("wheel", "MB", "archs", "seconds", title="demo")
     summary.add_row(str(wheel), f"{wheel.stat().st_size / 2**20:.2f}",
                     ", ".join(a.sm for a in arch_tables.parse_arch_list(arch)), f"{time.monotonic() - started:.1f}")
