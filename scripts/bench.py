@@ -42,6 +42,7 @@ def _prepare_checkout(workdir: Path) -> Path:
 
     url = publish_minivllm(workdir / "remote")
     src = workdir / "vllm"
+    shutil.rmtree(src, ignore_errors=True)  # the bench's own checkout: always a fresh clone
     checkout.clone(url, RELEASE_TAG, src)
     checkout.use_existing_torch(src)
     return src
@@ -210,7 +211,9 @@ def format_table(report: dict) -> str:
                  f"<= {100 * TARGETS['single_vs_multi']:.0f}%"))
     rows.append(("7 archs (no cache)", f"{report['multi_arch_s']:.1f}", "", ""))
     rebake = report["rebake_s"]
-    rows.append(("no-change re-bake", "null" if rebake is None else f"{rebake:.1f}", report.get("rebake_note", ""),
+    note = report.get("rebake_note", "")
+    rows.append(("no-change re-bake", "null" if rebake is None else f"{rebake:.1f}",
+                 note if len(note) <= 60 else note[:57] + "...",
                  f"< {TARGETS['rebake_s']:g}s"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
