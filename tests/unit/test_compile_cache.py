@@ -231,6 +231,8 @@ def test_build_plan_carries_cache_env_and_notes(tmp_path, monkeypatch):
     src = tmp_path / "vllm"
     src.mkdir()
     (src / "setup.py").write_text("print('x')\n")
+    (src / "CMakeLists.txt").write_text("project(x)\n")
+    (src / "vllm").mkdir()
     monkeypatch.setattr(cc.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), "13.0", "13.0.88", Path("/usr/local/cuda"),
                                      False, {})
