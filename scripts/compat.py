@@ -248,3 +248,71 @@ def max_cuda_for(sm: str) -> str | None:
         if sm in CUDA_ARCHS[cuda]:
             found = cuda
     return found
+
+
+# =====================================================================================================
+# NCCL and interconnect tables (added by the doctor / NCCL diagnostics, issue 5)
+# =====================================================================================================
+
+# --- Oldest NCCL release that works on a GPU generation -------------------------------------------
+# Key: compute capability; a GPU uses the row of its own capability, else the highest row of the
+# same major that is not above it (SASS of X.y runs on X.z, z >= y). Value: (version, why).
+# Sources: NVIDIA/nccl release commits ("NCCL x.y.z-1" messages) and makefiles/common.mk gencodes.
+NCCL_MIN_FOR_ARCH: dict[str, tuple[str, str]] = {
+    # 2.7.3-1 (2020-05-12): "Add support for A100 GPU and related platforms"; first sm_80 gencode.
+    "8.0": ("2.7.3", "NCCL 2.7.3 added A100 (sm_80); older releases carry no sm_80 kernels"),
+    # Volta sm_70 is compiled by every NCCL 2.x release still in use; 2.4.x is the oldest we consider.
+    "7.0": ("2.4.8", "NCCL 2.4 is the oldest release these diagnostics know"),
+    # 2.15.1-1 (2022-09-27): "Add support for H100 (sm90)".
+    "9.0": ("2.15.1", "NCCL 2.15.1 added H100/H200 (sm_90)"),
+    # 2.25.1-1 (2025-01-27): "Add Blackwell/SM100 support" (sm_100 gencode).
+    "10.0": ("2.25.1", "NCCL 2.25.1 added Blackwell sm_100 (B200/GB200)"),
+    # 2.27.5-1: first release whose makefile builds sm_110 (Thor, CUDA 13).
+    "11.0": ("2.27.5", "NCCL 2.27.5 is the first release built for sm_110 (CUDA 13)"),
+    # 2.25.1 compiled sm_120 but its kernels asked for more shared memory than RTX 50xx parts have:
+    # `ncclMaxSharedMem 82240 exceeds device/fn maxSharedMem 79856`, then the first collective fails
+    # with `enqueue.cc:1500 NCCL WARN Cuda failure 1 'invalid argument'`. Fixed in 2.26.2-1
+    # (2025-03-12): "Fix shared memory usage on recent Blackwell GPUs" (NVIDIA/nccl-tests#287,
+    # NVIDIA/nccl-tests#291, NVIDIA/nccl#1637).
+    "12.0": ("2.26.2", "NCCL 2.26.2 fixed shared memory sizing on RTX 50xx / RTX PRO (sm_120): "
+                       "NVIDIA/nccl-tests#287, NVIDIA/nccl-tests#291, NVIDIA/nccl#1637"),
+}
+
+
+def nccl_min_for_capability(capability: str) -> tuple[str, str] | None:
+    """The (oldest NCCL version, reason) row for a compute capability such as "12.0", or None."""
+    try:
+        major, minor = (int(p) for p in capability.split(".")[:2])
+    except ValueError:
+        return None
+    best = None
+    for key, row in NCCL_MIN_FOR_ARCH.items():
+        k_major, k_minor = (int(p) for p in key.split("."))
+        if k_major == major and k_minor <= minor and (best is None or k_minor > best[0]):
+            best = (k_minor, row)
+    return best[1] if best else None
+
+
+# --- Peak one-direction bandwidth of a GPU-to-GPU link, GB/s (what all-reduce busbw is judged by) ---
+# NVLink: per link and direction, by compute capability (the NV# of `nvidia-smi topo -m` is the
+# link count). Sources: NVIDIA datasheets: V100 SXM2 300 GB/s over 6 NVLink2 links; A100 SXM
+# 600 GB/s over 12 NVLink3 links; A40 / RTX 3090 bridge 112.5 GB/s over 4 links; H100/H200 SXM
+# 900 GB/s over 18 NVLink4 links; B200/B300 1.8 TB/s over 18 NVLink5 links (all bidirectional).
+NVLINK_GBPS_PER_LINK: dict[str, float] = {
+    "7.0": 25.0,
+    "8.0": 25.0,
+    "8.6": 14.0625,
+    "9.0": 25.0,
+    "10.0": 50.0,
+    "10.3": 50.0,
+}
+
+# PCIe x16, one direction, after line coding. Source: PCI-SIG base specifications: 8 GT/s (gen3),
+# 16 GT/s (gen4), 32 GT/s (gen5) per lane with 128b/130b encoding; gen6 64 GT/s PAM4 with FLIT.
+PCIE_X16_GBPS: dict[int, float] = {3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
+
+# Share of the link peak a healthy NCCL all-reduce reaches at large sizes (busbw >= 64 MiB):
+# at or above `good` passes, below `poor` fails, in between warns. Source: this project's H200 NV18
+# pair (312 GB/s of 450 at 512 MiB through torch.distributed, tests/fixtures/h200x2/allreduce.txt)
+# and nccl-tests' doc/PERFORMANCE.md (busbw is meant to be compared with the hardware peak).
+BUSBW_SHARE = {"good": 0.6, "poor": 0.25}
