@@ -136,7 +136,7 @@ def _build_request(rc: ResolvedConfig, src: Path) -> wheel_builder.BuildRequest:
         cuda=None if rc.is_default("cuda") else cfg.cuda,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
         build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
-        log_dir=REPO_ROOT / "build" / "logs",
+        log_dir=REPO_ROOT / "build" / "logs", shared_cache=wheel_builder.SharedCache.from_config(cfg),
     )
 
 
@@ -282,6 +282,10 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     ngc = compat.default_ngc_tag(rc.config.cuda)
     console.print(f"CUDA {rc.config.cuda}: build base {rc.config.base_image or (ngc.image if ngc else '?')}, "
                   f"minimum driver {compat.MIN_DRIVER[compat.cuda_minor(rc.config.cuda)].full}")
+    from scripts import remote_build
+
+    for line in remote_build.plan_lines(rc.config.builder, rc.config.registry_cache):
+        console.print(f"[dim]# {escape(line)}[/]", soft_wrap=True)
     for title, make in (
         ("clone", lambda: step_clone(rc, force=False, dry_run=True)),
         ("use-existing-torch", lambda: step_use_existing_torch(_source_dir(rc), dry_run=True)),

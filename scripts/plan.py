@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Mapping
 
 from scripts.errors import ForgeError
 
-SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "CREDENTIAL")
+SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
 
 
 def is_secret_name(name: str) -> bool:
