@@ -364,7 +364,7 @@ from scripts import image as images  # noqa: E402
 from scripts import serve as serving  # noqa: E402
 
 IMAGE_HELP = {
-    "docker": "docker client to use (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
+    "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
     "base_image": "build base (default: the NGC PyTorch image for --cuda)",
     "runtime_image": "serving base (default: the CUDA runtime image for --cuda)",
     "target": "build (builder with sources), wheel (export the wheel to --dist-dir) or runtime (the serving image)",
@@ -446,9 +446,11 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
     result, seconds = _run_streaming(f"baking {target}", images.run_bake, plan, log_path=log_path)
     cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
     if result.image:
-        console.print(f"[green]baked[/] {result.image} ({result.image_id[7:19]}) [dim]({seconds:.1f}s{cached}; log {log_path})[/]")
+        console.print(f"[green]baked[/] {result.image} ({result.image_id[7:19]}) "
+                      f"[dim]({seconds:.1f}s{cached}; log {log_path})[/]")
         if target == "runtime":
-            console.print(f"next: invoke check-size --image {result.image}; invoke serve --image {result.image} --model MODEL")
+            console.print(f"next: invoke check-size --image {result.image}; "
+                          f"invoke serve --image {result.image} --model MODEL")
     for wheel in result.wheels:
         console.print(f"[green]wheel[/] {wheel}")
 
@@ -507,7 +509,8 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
     """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
     request = serving.ServeRequest(model=model, image=image, local=local, tp=int(tp), port=int(port), host=host,
-                                   gpus=gpus, api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
+                                   gpus=gpus,
+                                   api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
                                    insecure=insecure, name=name, shm_size=shm_size)
     docker_path = _plain_docker(docker)
     if compose:
@@ -527,7 +530,8 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
 
         started, healthy, result = serving.serve(request, docker=docker_path, timeout_s=float(timeout),
                                                  on_tick=tick, smoke=not no_smoke)
-    console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url} [dim]({time.monotonic() - started_at:.1f}s)[/]")
+    total = time.monotonic() - started_at
+    console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url} [dim]({total:.1f}s)[/]")
     if result:
         console.print(f"  /v1/models: {', '.join(result.models)}; chat: {escape(result.reply[:80])!s}")
     console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")

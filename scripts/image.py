@@ -347,7 +347,8 @@ def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = ""
         if row is None:
             raise ForgeError(
                 f"no NGC PyTorch image is known for CUDA {cuda}",
-                f"pass --base-image, or use one of CUDA {', '.join(sorted({compat.cuda_minor(r.cuda) for r in compat.NGC_PYTORCH_TAGS}))}",
+                "pass --base-image, or use one of CUDA "
+                + ", ".join(sorted({compat.cuda_minor(r.cuda) for r in compat.NGC_PYTORCH_TAGS})),
             )
         base_image = row.image
     if not runtime_image:
@@ -575,7 +576,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         ]
     notes.insert(
         0,
-        f"recipe {recipe}: {dockerfile} (target {target_stage}); build base {build_args.get('BUILD_BASE_IMAGE', '(its default)')}, "
+        f"recipe {recipe}: {dockerfile} (target {target_stage}); "
+        f"build base {build_args.get('BUILD_BASE_IMAGE', '(its default)')}, "
         f"runtime base {build_args.get('FINAL_BASE_IMAGE', '(its default)')}",
     )
     return BakePlan(
@@ -724,6 +726,7 @@ class BakeResult:
     wheels: list[Path]
     cached_steps: int
     total_steps: int
+    executed: list[str] = field(default_factory=list)  # titles of the steps that ran (not cached)
 
 
 def run_bake(
@@ -733,13 +736,16 @@ def run_bake(
     if plan.stage_context:
         stage_context(plan)
     written: list[Path] = []
-    steps: set[str] = set()
+    steps: dict[str, str] = {}  # BuildKit step number -> its title
     cached: set[str] = set()
 
     def watch(line: str) -> None:
-        match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ))", line)
+        match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ).*)", line)
         if match:
-            (cached if match.group(2) == "CACHED" else steps).add(match.group(1))
+            if match.group(2) == "CACHED":
+                cached.add(match.group(1))
+            else:
+                steps.setdefault(match.group(1), match.group(2))
         if on_line:
             on_line(line)
 
@@ -769,7 +775,9 @@ def run_bake(
         wheels = sorted(
             Path(plan.request.dist_dir).expanduser().resolve().glob("*.whl"), key=lambda p: p.stat().st_mtime
         )
-    return BakeResult(plan.image, image_id, time.monotonic() - started, wheels, len(cached & steps), len(steps))
+    return BakeResult(plan.image, image_id, time.monotonic() - started, wheels, len(cached & set(steps)), len(steps),
+        [title for number, title in steps.items() if number not in cached],
+    )
 
 
 # --- looking at images ---------------------------------------------------------------------------------------
@@ -879,7 +887,8 @@ def image_size_report(
         if proc.returncode == 0 and proc.stdout.strip().isdigit():
             base_size = int(proc.stdout.strip())
     layers = sorted(image_history(docker, image), key=lambda layer: layer.size, reverse=True)
-    return ImageSizeReport(image, info["size"], base, base_size, budget_gb, [l for l in layers if l.size][:top])
+    biggest = [layer for layer in layers if layer.size][:top]
+    return ImageSizeReport(image, info["size"], base, base_size, budget_gb, biggest)
 
 
 # --- used inside the build stage -------------------------------------------------------------------------------

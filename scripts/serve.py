@@ -180,7 +180,8 @@ def start(request: ServeRequest, docker: str = "docker") -> Started:
         subprocess.run([docker, "rm", "-f", request.name], capture_output=True)
         raise ForgeError(
             f"docker run failed: {proc.stderr.strip()[-400:]}",
-            "read docker's message; GPU errors: check the NVIDIA container toolkit (`docker info | grep -i nvidia`), or --gpus none for CPU-only stand-ins",
+            "read docker's message; for GPU errors check the NVIDIA container toolkit "
+            "(`docker info | grep -i nvidia`), or pass --gpus none for CPU-only stand-ins",
         )
     return Started("container", proc.stdout.strip(), request.name, base_url(request))
 

@@ -1,0 +1,307 @@
+"""Bake, serve and inspect on a real Docker engine, with the TEST-ONLY stand-in base images.
+
+No registry is reachable in CI, so the bases are `scripts/standin_images.py`'s debootstrapped Debian
+images (build: nvcc 13 from PyPI; runtime: python only). The recipe is the real docker/Dockerfile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, require_tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+REPO = Path(__file__).resolve().parents[2]
+UPSTREAM_FIXTURE = REPO / "tests" / "fixtures" / "upstream_dockerfile" / "Dockerfile"
+
+
+@pytest.fixture(scope="module")
+def client():
+    from scripts import image
+    from scripts.errors import ForgeError
+
+    try:
+        found = image.find_docker()
+        image.check_engine(found.path)
+    except ForgeError as err:
+        require_tool(f"a Docker engine with BuildKit ({err})", False)
+    return found
+
+
+@pytest.fixture(scope="module")
+def standins(client):
+    from scripts.errors import ForgeError
+    from scripts.standin_images import ensure_standin_images
+
+    try:
+        return ensure_standin_images(client.path, log=lambda line: None)
+    except ForgeError as err:
+        if IN_CI:
+            raise
+        pytest.skip(f"stand-in base images cannot be built here: {err}")
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory, minivllm_repo) -> Path:
+    dest = tmp_path_factory.mktemp("bake") / "vllm"
+    subprocess.run(["git", "clone", "-q", minivllm_repo, str(dest)], check=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def ca_bundle():
+    from scripts.image import default_ca_bundle
+
+    return default_ca_bundle()[0]
+
+
+def bake_request(checkout, standins, tmp_path, ca_bundle, **kw):
+    from scripts.image import BakeRequest
+
+    return BakeRequest(
+        src=checkout,
+        arch="12.0",
+        cuda="13.0",
+        base_image=standins["build"],
+        runtime_image=standins["runtime"],
+        ca_bundle=ca_bundle,
+        context_dir=tmp_path / "bake",
+        dist_dir=tmp_path / "dist",
+        audit=(REPO / "scripts" / "audit.py").is_file(),
+        **kw,
+    )
+
+
+def docker_out(client, *args) -> str:
+    return subprocess.run([client.path, *args], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def baked(client, standins, checkout, tmp_path_factory, ca_bundle):
+    """One cold-ish bake of the miniature (the layer cache may be warm from earlier runs)."""
+    from scripts.image import plan_bake, run_bake
+
+    tmp = tmp_path_factory.mktemp("baked")
+    tag = f"vllm-forge-test/mini:{uuid.uuid4().hex[:8]}"
+    plan = plan_bake(bake_request(checkout, standins, tmp, ca_bundle, tag=tag), client)
+    result = run_bake(plan)
+    yield plan, result, tmp
+    subprocess.run([client.path, "rmi", "-f", tag], capture_output=True)
+
+
+def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
+    from scripts.image import inspect_image
+
+    plan, result, _ = baked
+    labels = inspect_image(client.path, plan.image)["labels"]
+    assert labels["org.vllm-forge.arch-list"] == "12.0" and labels["org.vllm-forge.cuda"] == "13.0"
+    assert labels["org.vllm-forge.build-base"] == standins["build"]
+    assert labels["org.opencontainers.image.base.name"] == standins["runtime"]
+    assert len(labels["org.vllm-forge.vllm.commit"]) == 40 and labels["org.vllm-forge.version"]
+    probe = (
+        "test ! -e /workspace && test ! -e /opt/vllm-forge/scripts && ! command -v nvcc && ! command -v g++ "
+        '&& test ! -e /usr/local/cuda && test -z "$(find /root/.cache -type f)" '
+        "&& python3 -c 'import vllm, os; print(os.path.dirname(vllm.__file__))'"
+    )
+    out = subprocess.run(
+        [client.path, "run", "--rm", "--entrypoint", "sh", plan.image, "-c", probe], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "/opt/venv/" in out.stdout  # installed from the wheel, into the venv
+
+
+def test_image_size_over_runtime_base_is_the_wheel_only(client, baked):
+    from scripts.image import image_size_report
+
+    plan, _, _ = baked
+    report = image_size_report(client.path, plan.image, budget_gb=5)
+    assert report.ok and report.base_size is not None
+    assert 0 <= report.over_base < 10 * 10**6, report.over_base  # the miniature wheel: ~2 MB
+    assert any(layer.instruction.startswith("RUN ") and "pip install" in layer.instruction for layer in report.layers)
+    assert not image_size_report(client.path, plan.image, budget_gb=0.01).ok
+
+
+def test_rebake_is_cached_and_final_stage_change_does_not_recompile(client, baked, standins, checkout, ca_bundle):
+    from scripts.image import plan_bake, run_bake
+
+    plan, _, tmp = baked
+    again = run_bake(plan_bake(bake_request(checkout, standins, tmp, ca_bundle, tag=plan.image), client))
+    assert again.executed == [] and again.seconds < 30, again.executed
+    changed = run_bake(
+        plan_bake(
+            bake_request(
+                checkout,
+                standins,
+                tmp,
+                ca_bundle,
+                tag=plan.image,
+                pytorch_index_base_url="https://pytorch-mirror.invalid/whl",
+            ),
+            client,
+        )
+    )
+    assert changed.executed and all(step.startswith("[runtime") for step in changed.executed), changed.executed
+
+
+def test_serve_smoke_and_stop(client, baked):
+    from scripts import serve
+
+    plan, _, _ = baked
+    name = f"vllm-forge-test-{uuid.uuid4().hex[:6]}"
+    request = serve.ServeRequest(
+        model="minivllm/echo", image=plan.image, gpus="none", port=18931, name=name, api_key="test-key", env={}
+    )
+    started, healthy, result = serve.serve(request, docker=client.path, timeout_s=60)
+    try:
+        assert result.models == ["minivllm/echo"] and "Say hello" in result.reply
+        ports = docker_out(client, "port", name)
+        assert "127.0.0.1:18931" in ports and "0.0.0.0" not in ports
+        import requests
+
+        assert requests.get(f"{started.url}/v1/models", timeout=5).status_code == 401  # the key is required
+    finally:
+        assert "removed" in serve.stop(name, client.path)
+    assert subprocess.run([client.path, "container", "inspect", name], capture_output=True).returncode != 0
+
+
+def test_serve_failure_shows_logs_and_cleans_up(client, standins):
+    from scripts import serve
+    from scripts.errors import ForgeError
+
+    # The server's entrypoint on the runtime stand-in, which has no vLLM: it starts, then dies.
+    broken = "vllm-forge-test/broken:latest"
+    dockerfile = f'FROM {standins["runtime"]}\nENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]\n'
+    subprocess.run(
+        client.build_argv + ["-q", "-t", broken, "-"],
+        input=dockerfile,
+        text=True,
+        check=True,
+        capture_output=True,
+        env={**os.environ, **client.build_env},
+    )
+    name = f"vllm-forge-test-{uuid.uuid4().hex[:6]}"
+    request = serve.ServeRequest(model="x", image=broken, gpus="none", port=18932, name=name, env={})
+    try:
+        with pytest.raises(ForgeError, match="No module named 'vllm'"):  # the container's own last log lines
+            serve.serve(request, docker=client.path, timeout_s=30)
+    finally:
+        subprocess.run([client.path, "rmi", "-f", broken], capture_output=True)
+    assert subprocess.run([client.path, "container", "inspect", name], capture_output=True).returncode != 0
+
+
+def test_wheel_target_exports_only_the_wheel(client, standins, checkout, tmp_path, ca_bundle):
+    from scripts.image import plan_bake, run_bake
+
+    result = run_bake(plan_bake(bake_request(checkout, standins, tmp_path, ca_bundle, target="wheel"), client))
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == [result.wheels[0].name]
+    assert result.wheels[0].name.endswith("-cp38-abi3-linux_x86_64.whl")
+
+
+def test_upstream_recipe_from_the_same_config(client, standins, checkout, tmp_path, ca_bundle):
+    from scripts.image import image_size_report, plan_bake, run_bake
+
+    up = tmp_path / "up"
+    shutil.copytree(checkout, up, symlinks=True)
+    (up / "docker").mkdir()
+    shutil.copy(UPSTREAM_FIXTURE, up / "docker" / "Dockerfile")
+    tag = f"vllm-forge-test/upstream:{uuid.uuid4().hex[:8]}"
+    try:
+        wheel = run_bake(
+            plan_bake(
+                bake_request(
+                    up,
+                    standins,
+                    tmp_path,
+                    ca_bundle,
+                    dockerfile="upstream",
+                    target="wheel",
+                    tag=tag,
+                    max_jobs=2,
+                    nvcc_threads=1,
+                ),
+                client,
+            )
+        )
+        received = (tmp_path / "dist" / "received-args.txt").read_text()
+        assert "torch_cuda_arch_list=12.0\n" in received and "vllm_fa_cmake_gpu_arches=120-real\n" in received
+        assert "max_jobs=2\n" in received and wheel.wheels
+        served = plan_bake(bake_request(up, standins, tmp_path, ca_bundle, dockerfile="upstream", tag=tag), client)
+        run_bake(served)
+        assert image_size_report(client.path, tag).over_base is not None
+        out = docker_out(client, "run", "--rm", "--entrypoint", "python3", tag, "-c", "import vllm; print('ok')")
+        assert out.strip() == "ok"
+    finally:
+        subprocess.run([client.path, "rmi", "-f", tag, f"{tag}-build"], capture_output=True)
+
+
+def test_secrets_appear_nowhere_in_the_image(client, standins, checkout, tmp_path, ca_bundle):
+    """CA bundle, netrc and an index URL with credentials go in as BuildKit secrets: none of their
+    values may show up in `docker history`, `docker inspect` or any layer of the image."""
+    from scripts.image import plan_bake, run_bake
+
+    if ca_bundle is None:
+        pytest.skip("no CA bundle on this host to extend")
+    marker = f"forge-secret-{uuid.uuid4().hex}"
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(Path(ca_bundle).read_text() + f"\n# {marker}-ca\n")
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine private-index.invalid login forge password {marker}-netrc\n")
+    index = f"https://forge:{marker}-index@pypi.org/simple"
+    tag = f"vllm-forge-test/secrets:{uuid.uuid4().hex[:8]}"
+    try:
+        request = bake_request(
+            checkout, standins, tmp_path, bundle, tag=tag, no_cache=True, netrc=netrc, index_url=index
+        )
+        plan = plan_bake(request, client)
+        assert marker not in "\n".join(plan.lines())
+        run_bake(plan)  # pip reached PyPI through the secret CA bundle, with the secret index URL
+        build_tag = f"{tag}-build"
+        run_bake(
+            plan_bake(
+                bake_request(
+                    checkout, standins, tmp_path, bundle, tag=build_tag, target="build", netrc=netrc, index_url=index
+                ),
+                client,
+            )
+        )
+        assert not (tmp_path / "bake" / "secrets" / "pip_index_url").exists()  # removed after the run
+        for ref in (tag, build_tag):
+            history = docker_out(client, "history", "--no-trunc", ref)
+            inspect = docker_out(client, "inspect", ref)
+            assert marker not in history and marker not in inspect
+            archive = tmp_path / "image.tar"
+            subprocess.run([client.path, "save", "-o", str(archive), ref], check=True)
+            scanned = 0
+            with tarfile.open(archive) as outer:
+                manifest = json.load(outer.extractfile("manifest.json"))
+                for layer in manifest[0]["Layers"]:
+                    with tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+                        for member in inner:
+                            if member.isfile():
+                                data = inner.extractfile(member).read()
+                                assert marker.encode() not in data, f"{ref}: {member.name} holds a secret"
+                                scanned += 1
+                config = outer.extractfile(manifest[0]["Config"]).read()
+                assert marker.encode() not in config
+            assert scanned > 100  # the layers were really read
+            archive.unlink()
+    finally:
+        subprocess.run([client.path, "rmi", "-f", tag, f"{tag}-build"], capture_output=True)
+
+
+def test_cli_bake_dry_run_names_the_client(client, checkout):
+    env = {**os.environ, "VLLM_FORGE_DOCKER": client.path}
+    out = subprocess.run(
+        ["invoke", "bake", "--vllm-src", str(checkout), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"# docker client: {client.path}" in out.stdout and "--target runtime" in out.stdout
