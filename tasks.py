@@ -421,14 +421,11 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
         if not eq:
             raise ForgeError(f"--build-arg {item} is not NAME=VALUE", "pass --build-arg NAME=VALUE")
         extra[name] = value
-    audit = not no_audit and (REPO_ROOT / "scripts" / "audit.py").is_file()
-    if not no_audit and not audit:
-        console.print("[yellow]scripts/audit.py is not in this vllm-forge yet: the kernel audit step is skipped[/]")
     request = images.BakeRequest(
         src=Path(cfg.source_dir), arch=cfg.arch, cuda=cfg.cuda, cuda_explicit=not rc.is_default("cuda"),
         base_image=cfg.base_image, runtime_image=cfg.runtime_image, target=target, tag=tag, dockerfile=dockerfile,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, build_type=cfg.build_type,
-        compile_cache=cfg.compile_cache, wheel_limit_mb=limit_mb or cfg.wheel_limit_mb, audit=audit,
+        compile_cache=cfg.compile_cache, wheel_limit_mb=limit_mb or cfg.wheel_limit_mb, audit=not no_audit,
         index_url=index_url, extra_index_url=extra_index_url, pytorch_index_base_url=pytorch_index,
         ca_bundle=ca_path, netrc=Path(netrc) if netrc else None, dist_dir=Path(cfg.dist_dir),
         context_dir=REPO_ROOT / "build" / "bake", vllm_repo="" if cfg.vllm_src else cfg.vllm_repo,

@@ -379,7 +379,7 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         "vllm_fa_cmake_gpu_arches": archs_mod.fa_cmake_gpu_arches(archs),
         "CMAKE_BUILD_TYPE": request.build_type,
         "RUN_WHEEL_CHECK": "true" if request.wheel_check else "false",
-        "RUN_WHEEL_AUDIT": "true" if request.audit else "false",
+        "RUN_WHEEL_AUDIT": "true" if request.audit and (REPO_ROOT / "scripts" / "audit.py").is_file() else "false",
     }
     jobs, threads = request.max_jobs, request.nvcc_threads
     if recipe != "forge" and not (jobs and threads):
@@ -468,6 +468,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
 
     notes: list[str] = []
+    if request.audit and not (REPO_ROOT / "scripts" / "audit.py").is_file():
+        notes.append("scripts/audit.py is not in this vllm-forge: the kernel audit step is skipped")
     knobs = _knob_values(request, archs, base, runtime, recipe)
     build_args = {name: value for name, value in knobs.items() if name in declared}
     skipped = sorted(set(knobs) - set(declared) - {"TORCH_CUDA_ARCH_LIST"} - {"UV_DEFAULT_INDEX", "UV_INDEX_URL"})

@@ -446,7 +446,9 @@ def bake_serve_smoke(
     if context_dir:
         request.context_dir = Path(context_dir)
     plan = image_mod.plan_bake(request, client)
-    baked = image_mod.run_bake(plan, on_line=on_line)
+    log_path = image_mod.REPO_ROOT / "build" / "logs" / f"demo-bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    notes.append(f"bake log: {log_path}")
+    baked = image_mod.run_bake(plan, on_line=on_line, log_path=log_path)
     serve_request = ServeRequest(model=model, image=plan.image, port=port, gpus=gpus, name=name)
     stop(name, client.path)  # a container left by an interrupted demo
     started, healthy, result = serve(serve_request, docker=client.path, timeout_s=120)

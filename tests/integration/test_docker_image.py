@@ -76,7 +76,6 @@ def bake_request(checkout, standins, tmp_path, ca_bundle, **kw):
         ca_bundle=ca_bundle,
         context_dir=tmp_path / "bake",
         dist_dir=tmp_path / "dist",
-        audit=(REPO / "scripts" / "audit.py").is_file(),
         **kw,
     )
 
