@@ -254,9 +254,16 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
 
 
 @forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),
-                                     "wheel": "the wheel to check (default: the newest in dist/)"})
-def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0):
-    """Check the wheel against the size limit (vLLM's own default: 400 MB) and show what makes it big."""
+                                     "wheel": "the wheel to check (default: the newest in dist/)",
+                                     "image": "check this image instead: total, size over its runtime base, largest layers",
+                                     "budget": "with --image: fail when the image is larger than this many GB",
+                                     "docker": "with --image: the docker client to use"})
+def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0, image=None, budget=0.0, docker=None):
+    """Check the wheel against its size limit (vLLM's own, 400 MB by default), or an image with --image."""
+    if image:
+        if not image_check_size(image, budget, docker):
+            raise Exit(code=1)
+        return
     rc = _config(ctx, dist_dir=dist_dir)
     limit = limit_mb or _wheel_limit(rc)
     if not step_check_size(Path(wheel) if wheel else Path(rc.config.dist_dir), limit):
