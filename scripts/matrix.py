@@ -1,0 +1,233 @@
+"""The CUDA x arch x mirror matrix the nox sessions run (``noxfile.py``), derived from compat's tables.
+
+- image sessions: one per CUDA that compat knows an NGC build base, a CUDA runtime image, a torch
+  wheel index and a default arch list for (``image-cu128``), baking that CUDA's default arch list;
+- wheel sessions: every (CUDA, arch) pair of those CUDAs and the archs of ``WHEEL_GPUS``; the pairs a
+  CUDA cannot compile stay in the list and are skipped with the reason, never attempted;
+- mirror: a profile (``scripts/mirrors.py``) applied to whatever a session runs.
+
+Nothing here builds: it computes names, verdicts and the task command lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python scripts/matrix.py`: make the `scripts` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import archs as archs_mod
+from scripts import compat, mirrors
+from scripts.errors import ForgeError, run_main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The GPUs a lab typically builds wheels for, one per arch family; their archs come from compat.
+WHEEL_GPUS = ("A100", "L40S", "H100", "B200", "RTX 5090", "DGX Spark")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def image_cudas() -> list[str]:
+    """CUDA versions an image can be baked for: those with every table row a bake reads."""
+    return [cuda for cuda in compat.known_cudas()
+            if compat.default_ngc_tag(cuda) and cuda in compat.CUDA_RUNTIME_IMAGES
+            and cuda in compat.PYTORCH_WHEEL_INDEX and cuda in compat.DEFAULT_ARCH_LIST]
+
+
+def image_session_name(cuda: str) -> str:
+    return "image-cu" + compat.cuda_minor(cuda).replace(".", "")
+
+
+def wheel_archs() -> list[str]:
+    caps = []
+    for gpu in WHEEL_GPUS:
+        model = compat.lookup_gpu(gpu)
+        if model is None:  # a table edit removed it: drop it rather than fail `nox -l`
+            continue
+        if model.capability not in caps:
+            caps.append(model.capability)
+    return sorted(caps, key=_version_key)
+
+
+def wheel_pairs() -> list[tuple[str, str]]:
+    return [(cuda, arch) for cuda in image_cudas() for arch in wheel_archs()]
+
+
+def wheel_session_name(cuda: str, arch: str) -> str:
+    """The id nox gives the parametrized session (``wheel(cuda='12.8', arch='12.0')``)."""
+    return f"wheel(cuda={cuda!r}, arch={arch!r})"
+
+
+def arch_verdict(cuda: str, arch_spec: str) -> str | None:
+    """None when CUDA ``cuda`` can compile every arch of ``arch_spec``, else the reason it cannot.
+
+    A spec that is not an arch at all raises ForgeError (a user error, not a skip).
+    """
+    parsed = archs_mod.parse_arch_list(arch_spec)
+    try:
+        archs_mod.check_archs_for_cuda(parsed, cuda)
+    except ForgeError as err:
+        return err.problem
+    return None
+
+
+# --- session arguments (what follows `--` on the nox command line) -----------------------------------
+
+
+@dataclass
+class SessionArgs:
+    arch: str | None
+    mirror: str | None
+    base_image: str
+    runtime_image: str
+    rest: list[str]  # passed on to the task unchanged (--dry-run, --ref, --vllm-src, ...)
+
+
+def parse_session_args(posargs: list[str]) -> SessionArgs:
+    """Take out the flags a session itself reads; the rest goes to the invoke task as given."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--arch")
+    parser.add_argument("--mirror")
+    parser.add_argument("--base-image", default="")
+    parser.add_argument("--runtime-image", default="")
+    parser.add_argument("--cuda")
+    known, rest = parser.parse_known_args(list(posargs))
+    if known.cuda:
+        raise ForgeError("--cuda is fixed by the session name", "run the session of that CUDA, e.g. nox -s image-cu128")
+    return SessionArgs(known.arch, known.mirror, known.base_image, known.runtime_image, rest)
+
+
+# --- the project's configuration, as the tasks see it --------------------------------------------------
+
+
+def project_invoke_config(root: Path = REPO_ROOT) -> Any:
+    """invoke's Config with invoke.yaml next to tasks.py and the INVOKE_* environment loaded."""
+    import logging
+
+    from invoke import Config
+
+    log = logging.getLogger("invoke")
+    level = log.level
+    log.setLevel(logging.WARNING)  # nox logs at DEBUG: keep invoke's config tracing out of the output
+    try:
+        config = Config(project_location=str(root))
+        config.load_project()
+        config.load_shell_env()
+    finally:
+        log.setLevel(level)
+    return config
+
+
+def configured_mirror(invoke_config: Any = None) -> str:
+    """``forge.mirror`` of the project (global by default)."""
+    forge = invoke_config.get("forge", {}) if invoke_config is not None else {}
+    return str((forge or {}).get("mirror") or "global")
+
+
+def select_mirror(name: str | None, invoke_config: Any = None) -> mirrors.MirrorProfile:
+    return mirrors.load_mirror(name or configured_mirror(invoke_config), mirrors.user_mirrors_from(invoke_config))
+
+
+# --- task command lines ------------------------------------------------------------------------------
+
+
+def bake_argv(cuda: str, args: SessionArgs, profile: mirrors.MirrorProfile) -> list[str]:
+    """``invoke bake`` for one image session: the CUDA, the arch list, the mirror's flags, the rest."""
+    arch = args.arch or compat.DEFAULT_ARCH_LIST[compat.cuda_minor(cuda)]
+    flags = mirrors.bake_flags(profile, cuda, args.base_image, args.runtime_image)
+    return ["invoke", "bake", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *flags, *args.rest]
+
+
+def build_wheel_argv(cuda: str, arch: str, args: SessionArgs) -> list[str]:
+    return ["invoke", "build-wheel", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
+
+
+# --- the whole matrix, for `nox -s matrix` ---------------------------------------------------------------
+
+
+@dataclass
+class MatrixEntry:
+    session: str
+    kind: str  # image | wheel
+    cuda: str
+    arch: str
+    mirror: str
+    base_image: str
+    runtime_image: str
+    skip: str | None = None  # why this combination cannot work
+
+    def as_json(self) -> dict[str, str]:
+        return {"session": self.session, "cuda": self.cuda, "arch": self.arch, "mirror": self.mirror,
+                "base_image": self.base_image}
+
+
+def build_matrix(profiles: list[mirrors.MirrorProfile], arch: str | None = None,
+                 kinds: tuple[str, ...] = ("image", "wheel")) -> list[MatrixEntry]:
+    """Every session x mirror; ``arch`` replaces the image sessions' default arch lists."""
+    entries: list[MatrixEntry] = []
+    for profile in profiles:
+        for cuda in image_cudas():
+            base, runtime = mirrors.default_images(cuda)
+            base, runtime = mirrors.rewrite_image(base, profile), mirrors.rewrite_image(runtime, profile)
+            if "image" in kinds:
+                spec = arch or compat.DEFAULT_ARCH_LIST[cuda]
+                entries.append(MatrixEntry(image_session_name(cuda), "image", cuda, spec, profile.name, base,
+                                           runtime, arch_verdict(cuda, spec)))
+            if "wheel" in kinds:
+                for wheel_arch in wheel_archs():
+                    entries.append(MatrixEntry(wheel_session_name(cuda, wheel_arch), "wheel", cuda, wheel_arch,
+                                               profile.name, base, runtime, arch_verdict(cuda, wheel_arch)))
+    return entries
+
+
+def matrix_profiles(names: list[str] | None, invoke_config: Any = None) -> list[mirrors.MirrorProfile]:
+    """The named profiles, or every one known (built-in and invoke.yaml's)."""
+    user: Mapping[str, Any] = mirrors.user_mirrors_from(invoke_config)
+    return [mirrors.load_mirror(name, user) for name in (names or mirrors.known_mirror_names(user))]
+
+
+def matrix_main(argv: list[str], invoke_config: Any = None, out=None) -> int:
+    """`nox -s matrix -- [--json] [--mirror NAME ...] [--arch SPEC] [--kind image|wheel]`."""
+    import json
+
+    out = out or sys.stdout
+    parser = argparse.ArgumentParser(prog="nox -s matrix --", description="Print the CUDA x arch x mirror matrix.")
+    parser.add_argument("--json", action="store_true", help="a CI-ready JSON list of runnable sessions")
+    parser.add_argument("--mirror", action="append", help="only this mirror profile (repeatable; default: all)")
+    parser.add_argument("--arch", help="arch spec for the image sessions instead of each CUDA's default list")
+    parser.add_argument("--kind", choices=("image", "wheel"), action="append", help="only image or wheel sessions")
+    args = parser.parse_args(argv)
+    entries = build_matrix(matrix_profiles(args.mirror, invoke_config), args.arch,
+                           tuple(args.kind or ("image", "wheel")))
+    runnable = [entry for entry in entries if entry.skip is None]
+    if args.json:
+        print(json.dumps([entry.as_json() for entry in runnable], indent=2), file=out)
+        return 0
+    for entry in runnable:
+        print(f"{entry.session:36} mirror={entry.mirror:10} arch={entry.arch!r:34} base={entry.base_image}", file=out)
+    skipped = [entry for entry in entries if entry.skip]
+    reasons: dict[str, tuple[str, list[str]]] = {}
+    for entry in skipped:
+        reasons.setdefault(entry.session, (entry.skip, []))[1].append(entry.mirror)
+    for session, (reason, names) in reasons.items():
+        print(f"skip {session} (mirror {', '.join(names)}): {reason}", file=out)
+    print(f"{len(runnable)} runnable, {len(skipped)} skipped "
+          f"({len(image_cudas())} CUDA versions: {', '.join(image_cudas())}; wheel archs {', '.join(wheel_archs())})",
+          file=out)
+    return 0
+
+
+def main(argv=None) -> int:
+    return matrix_main(list(sys.argv[1:] if argv is None else argv), project_invoke_config())
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

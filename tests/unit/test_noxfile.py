@@ -1,0 +1,158 @@
+"""noxfile.py and scripts/matrix.py: session list, matrix JSON, skips, argument hand-over to the tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import subprocess
+import sys
+
+import nox.registry
+import pytest
+
+from scripts import compat, matrix, mirrors
+from scripts.errors import ForgeError
+
+
+def run_nox(repo_root, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "nox", *args], cwd=repo_root, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def listing(repo_root):
+    proc = run_nox(repo_root, "-l")
+    assert proc.returncode == 0, proc.stderr
+    sessions = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"^[*-] (.+?) -> (.+)$", line)
+        if m:
+            sessions[m.group(1)] = m.group(2)
+    return sessions
+
+
+def test_nox_lists_every_session_with_a_description(listing):
+    expected = {"tests", "lint", "matrix"} | {matrix.image_session_name(c) for c in matrix.image_cudas()}
+    assert expected <= set(listing)
+    assert {"image-cu126", "image-cu128", "image-cu129", "image-cu130"} <= set(listing)
+    for cuda, arch in matrix.wheel_pairs():
+        assert f"wheel(cuda='{cuda}', arch='{arch}')" in listing
+    for cuda in compat.known_cudas():
+        assert f"compilers(cuda='{cuda}')" in listing
+    assert all(description.strip() and "\n" not in description for description in listing.values())
+    assert compat.default_ngc_tag("12.8").image in listing["image-cu128"]
+
+
+def test_default_sessions_are_lint_and_tests(repo_root):
+    proc = run_nox(repo_root, "-l")
+    selected = [line[2:].split(" -> ")[0] for line in proc.stdout.splitlines() if line.startswith("* ")]
+    assert selected == ["tests", "lint"]
+
+
+def test_image_sessions_follow_the_tables(repo_root, monkeypatch):
+    """A new CUDA row in compat gives a new image session without touching noxfile.py."""
+    monkeypatch.setitem(compat.CUDA_ARCHS, "13.1", compat.CUDA_ARCHS["13.0"])
+    monkeypatch.setitem(compat.DEFAULT_ARCH_LIST, "13.1", "8.0 9.0 12.0")
+    monkeypatch.setitem(compat.CUDA_RUNTIME_IMAGES, "13.1", "nvcr.io/nvidia/cuda:13.1.0-runtime-ubuntu24.04")
+    monkeypatch.setitem(compat.PYTORCH_WHEEL_INDEX, "13.1", "https://download.pytorch.org/whl/cu131")
+    monkeypatch.setattr(compat, "NGC_PYTORCH_TAGS",
+                        [*compat.NGC_PYTORCH_TAGS, compat.NgcPytorchTag("26.01-py3", "13.1.0", "2.10.0a0", "3.12")])
+    assert matrix.image_cudas()[-1] == "13.1"
+    monkeypatch.setattr(nox.registry, "_REGISTRY", {})
+    runpy.run_path(str(repo_root / "noxfile.py"))
+    sessions = nox.registry.get()
+    assert "image-cu131" in sessions and "nvcr.io/nvidia/pytorch:26.01-py3" in sessions["image-cu131"].__doc__
+    assert any(name.startswith("wheel") for name in sessions)
+
+
+def test_matrix_json_is_ci_ready_and_skips_impossible_combos(repo_root):
+    proc = run_nox(repo_root, "-s", "matrix", "--", "--json")
+    assert proc.returncode == 0, proc.stderr
+    entries = json.loads(proc.stdout)
+    assert entries and all(set(e) == {"session", "cuda", "arch", "mirror", "base_image"} for e in entries)
+    pairs = {(e["cuda"], e["arch"]) for e in entries if e["session"].startswith("wheel")}
+    assert ("12.6", "12.0") not in pairs and ("12.8", "12.1") not in pairs
+    assert {("12.8", "12.0"), ("12.9", "12.1"), ("13.0", "12.1"), ("12.6", "9.0")} <= pairs
+    assert {e["mirror"] for e in entries} == set(mirrors.known_mirror_names())
+    for e in entries:
+        upstream = compat.default_ngc_tag(e["cuda"]).image
+        expected = mirrors.rewrite_image(upstream, mirrors.load_mirror(e["mirror"]))
+        assert e["base_image"] == expected
+    images = [e for e in entries if e["session"] == "image-cu130" and e["mirror"] == "global"]
+    assert images == [{"session": "image-cu130", "cuda": "13.0", "arch": compat.DEFAULT_ARCH_LIST["13.0"],
+                       "mirror": "global", "base_image": compat.default_ngc_tag("13.0").image}]
+
+
+def test_matrix_filters(repo_root):
+    proc = run_nox(repo_root, "-s", "matrix", "--", "--json", "--mirror", "cn", "--arch", "12.0", "--kind", "image")
+    entries = json.loads(proc.stdout)
+    assert [e["session"] for e in entries] == ["image-cu128", "image-cu129", "image-cu130"]
+    assert all(e["base_image"].startswith("m.daocloud.io/nvcr.io/") for e in entries)
+    text = run_nox(repo_root, "-s", "matrix", "--", "--mirror", "global", "--arch", "12.0", "--kind", "image")
+    assert "skip image-cu126 (mirror global): CUDA 12.6 cannot compile sm_120 (needs CUDA 12.8 or newer)" in text.stdout
+    bad = run_nox(repo_root, "-s", "matrix", "--", "--mirror", "moon")
+    assert bad.returncode != 0 and "mirror profile 'moon' is not defined" in bad.stderr + bad.stdout
+
+
+def test_impossible_combinations_are_skipped_not_attempted(repo_root):
+    proc = run_nox(repo_root, "-s", "image-cu126", "--", "--arch", "12.0", "--dry-run")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0
+    assert "skipped: CUDA 12.6 cannot compile sm_120 (needs CUDA 12.8 or newer)" in out
+    assert "invoke bake" not in out
+    proc = run_nox(repo_root, "-s", "wheel(cuda='12.8', arch='12.1')", "--", "--dry-run")
+    assert proc.returncode == 0 and "cannot compile sm_121 (needs CUDA 12.9 or newer)" in proc.stderr
+    assert "invoke build-wheel" not in proc.stderr
+
+
+def test_user_errors_end_the_session_with_one_line(repo_root):
+    proc = run_nox(repo_root, "-s", "image-cu128", "--", "--arch", "rtx9999", "--dry-run")
+    assert proc.returncode != 0 and "'rtx9999' is neither a CUDA arch nor a GPU name" in proc.stderr
+    assert "Traceback" not in proc.stderr and "invoke bake" not in proc.stderr
+    proc = run_nox(repo_root, "-s", "image-cu128", "--", "--cuda", "12.6")
+    assert proc.returncode != 0 and "--cuda is fixed by the session name" in proc.stderr
+    proc = run_nox(repo_root, "-s", "image-cu128", "--", "--mirror", "moon", "--dry-run")
+    assert proc.returncode != 0 and "use one of cn, cn-aliyun, global" in proc.stderr
+
+
+def test_parse_session_args_keeps_the_rest_for_the_task():
+    args = matrix.parse_session_args(["--arch", "12.0", "--mirror", "cn", "--dry-run", "--ref", "v0.11.0",
+                                      "--base-image", "nvcr.io/nvidia/pytorch:25.03-py3"])
+    assert (args.arch, args.mirror, args.base_image) == ("12.0", "cn", "nvcr.io/nvidia/pytorch:25.03-py3")
+    assert args.rest == ["--dry-run", "--ref", "v0.11.0"]
+    with pytest.raises(ForgeError):
+        matrix.parse_session_args(["--cuda", "12.8"])
+
+
+def test_bake_argv():
+    cn = mirrors.load_mirror("cn")
+    argv = matrix.bake_argv("12.8", matrix.parse_session_args(["--dry-run"]), cn)
+    assert argv[:6] == ["invoke", "bake", "--cuda", "12.8", "--arch", compat.DEFAULT_ARCH_LIST["12.8"]]
+    assert argv[argv.index("--base-image") + 1] == "m.daocloud.io/nvcr.io/nvidia/pytorch:25.02-py3"
+    assert argv[-1] == "--dry-run"
+    plain = matrix.bake_argv("13.0", matrix.parse_session_args(["--arch", "12.0"]), mirrors.load_mirror("global"))
+    assert plain == ["invoke", "bake", "--cuda", "13.0", "--arch", "12.0"]
+    assert matrix.build_wheel_argv("12.9", "12.1", matrix.parse_session_args(["--dry-run"])) == [
+        "invoke", "build-wheel", "--cuda", "12.9", "--arch", "12.1", "--dry-run"]
+
+
+def test_arch_verdict():
+    assert matrix.arch_verdict("12.8", "12.0") is None
+    assert matrix.arch_verdict("13.0", "7.0") == "CUDA 13.0 can no longer compile sm_70; the last CUDA that can is 12.9"
+    with pytest.raises(ForgeError):
+        matrix.arch_verdict("12.8", "not-an-arch")
+    for cuda in matrix.image_cudas():  # every default list builds with its own CUDA
+        assert matrix.arch_verdict(cuda, compat.DEFAULT_ARCH_LIST[cuda]) is None
+
+
+def test_mirror_comes_from_invoke_yaml_when_not_given(tmp_path):
+    (tmp_path / "invoke.yaml").write_text(
+        "forge:\n  mirror: lab\n  mirrors:\n    lab:\n      extends: cn\n      pypi_index: https://pypi.lab/simple\n")
+    config = matrix.project_invoke_config(tmp_path)
+    profile = matrix.select_mirror(None, config)
+    assert (profile.name, profile.pypi_index, profile.apt_mirror) == ("lab", "https://pypi.lab/simple",
+                                                                      mirrors.load_mirror("cn").apt_mirror)
+    assert matrix.select_mirror("global", config).name == "global"
+    assert [p.name for p in matrix.matrix_profiles(None, config)] == ["cn", "cn-aliyun", "global", "lab"]
