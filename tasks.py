@@ -289,6 +289,14 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     ngc = compat.default_ngc_tag(rc.config.cuda)
     console.print(f"CUDA {rc.config.cuda}: build base {rc.config.base_image or (ngc.image if ngc else '?')}, "
                   f"minimum driver {compat.MIN_DRIVER[compat.cuda_minor(rc.config.cuda)].full}")
+    from scripts import mirrors
+
+    profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(ctx.config))
+    rows = [row for row in mirrors.describe_mirror(profile, rc.config) if row[1] != row[2]]
+    console.print(f"mirror {profile.name}: {escape(profile.description)}" + ("" if rows else ", nothing rewritten"),
+                  soft_wrap=True)
+    for what, old, new in rows:
+        console.print(f"  {what}: {escape(old)} [dim]->[/] {escape(new)}", soft_wrap=True)
     from scripts import remote_build
 
     for line in remote_build.plan_lines(rc.config.builder, rc.config.registry_cache):

@@ -75,7 +75,7 @@ _DAOCLOUD = {
 }
 
 BUILTIN_MIRRORS: dict[str, MirrorProfile] = {
-    "global": MirrorProfile("global", "upstream registries and indexes, nothing rewritten"),
+    "global": MirrorProfile("global", "upstream registries and indexes"),
     "cn": MirrorProfile(
         "cn",
         "mainland China: DaoCloud registry mirror, Tsinghua PyPI and apt, NJU PyTorch wheels",
@@ -149,7 +149,8 @@ def _resolve(name: str, user: dict[str, Any], chain: tuple[str, ...]) -> MirrorP
     else:
         base = MirrorProfile(name)
     profile = replace(base, name=name, extends=parent_name, registries=dict(base.registries),
-                      description=str(spec.get("description") or f"{name} (invoke.yaml)"))
+                      description=str(spec.get("description") or f"{name} from invoke.yaml"
+                                      + (f", extends {parent_name}" if parent_name else "")))
     for key in _URL_KEYS:
         if key in spec:
             value = "" if spec[key] is None else str(spec[key]).strip()
@@ -286,7 +287,7 @@ def describe_mirror(profile: MirrorProfile, config: Any) -> list[tuple[str, str,
     runtime = config.runtime_image or default_runtime
     none = f"(none known for CUDA {cuda})"
     torch_index = compat.PYTORCH_WHEEL_INDEX.get(compat.cuda_minor(cuda), "")
-    apt_upstream = ", ".join(f"http://{host}" for host in APT_HOSTS)
+    apt_upstream = "http://{archive,security,ports}.ubuntu.com, http://{deb,security}.debian.org"
     return [
         ("build base image", base or none, rewrite_image(base, profile) if base else none),
         ("runtime base image", runtime or none, rewrite_image(runtime, profile) if runtime else none),

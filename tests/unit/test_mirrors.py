@@ -162,3 +162,25 @@ def test_standalone_cli(repo_root):
     assert data["rewrites"][-1]["rewritten"] == "docker.m.daocloud.io/library/ubuntu:24.04"
     bad = subprocess.run([sys.executable, "scripts/mirrors.py", "nope"], cwd=repo_root, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not defined" in bad.stderr
+
+
+def test_invoke_plan_shows_what_the_profile_rewrites(repo_root, tmp_path):
+    runtime = tmp_path / "lab.yaml"
+    runtime.write_text("forge:\n  mirrors:\n    lab:\n      extends: cn\n"
+                       "      registries: {nvcr.io: harbor.lab.example/nvcr}\n"
+                       "      github_proxy: https://ghproxy.lab.example/\n")
+    proc = subprocess.run([sys.executable, "-m", "invoke", "-f", str(runtime), "plan", "--mirror", "lab",
+                           "--cuda", "13.0", "--arch", "12.0"], cwd=repo_root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "mirror lab: lab from invoke.yaml, extends cn" in proc.stdout
+    assert ("build base image: nvcr.io/nvidia/pytorch:25.10-py3 -> harbor.lab.example/nvcr/nvidia/pytorch:25.10-py3"
+            in proc.stdout)
+    torch_row = f"PyTorch wheel index: https://download.pytorch.org/whl/cu130 -> {CN.pytorch_index}/cu130"
+    assert torch_row in proc.stdout
+    assert "-> https://ghproxy.lab.example/https://github.com/vllm-project/vllm.git" in proc.stdout
+    plain = subprocess.run([sys.executable, "-m", "invoke", "plan"], cwd=repo_root, capture_output=True, text=True)
+    assert "mirror global: upstream registries and indexes, nothing rewritten" in plain.stdout
+    bad = subprocess.run([sys.executable, "-m", "invoke", "plan", "--mirror", "moon"], cwd=repo_root,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "mirror profile 'moon' is not defined" in bad.stderr
+    assert "Traceback" not in bad.stderr
