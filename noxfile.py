@@ -32,7 +32,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 
-ORCHESTRATION = {"venv_backend": "none", "default": False}
+ORCHESTRATION = {"venv_backend": "none"}  # nox.options.sessions keeps them out of a bare `nox`
 
 
 def _install_requirements(session: nox.Session, *files: str) -> None:
@@ -146,7 +146,7 @@ def matrix_session(session: nox.Session) -> None:
 
 
 
-@nox.session(default=False)
+@nox.session
 @nox.parametrize("cuda", compat.known_cudas())
 def compilers(session: nox.Session, cuda: str) -> None:
     """Check compat's arch row for this CUDA against its real ptxas from PyPI (own venv per CUDA)."""
