@@ -370,6 +370,126 @@ def _demo_image_steps(ctx, rc, src, wheel) -> None:
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----
+_LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
+
+
+def _print_findings(title: str, findings) -> None:
+    table = Table("", "check", "finding", "fix", title=escape(title), show_lines=False)
+    for f in findings:
+        style = _LEVEL_STYLE.get(f.level, "")
+        fix = f.fix if f.level in ("warn", "fail") else ""
+        if f.source and f.level in ("warn", "fail"):
+            fix += f" [dim](see {escape(f.source)})[/]"
+        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix if not fix else
+                      (escape(f.fix) + fix[len(f.fix):]))
+    console.print(table)
+
+
+def _diagnose_paths(spec: str) -> list[Path]:
+    paths: list[Path] = []
+    for word in spec.replace(",", " ").split():
+        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
+        for path in found:
+            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
+                paths.extend(p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096])
+            else:
+                paths.append(path)
+    if not paths:
+        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
+    return paths
+
+
+@forge_task(help={"image": "check this image's Python, torch, NCCL and vLLM (docker run) instead of this Python",
+                  "arch": "GPUs to judge for when none is visible: rtx5090, 12.0, h100 ...",
+                  "json": "print the report as JSON",
+                  "host_file": "judge a recorded host bundle (== query / == topo sections) instead of this machine"})
+def doctor(ctx, image="", arch="", json=False, host_file=""):
+    """Name what will break vLLM on these GPUs (driver, torch archs, audit, NCCL, topology) and the fix."""
+    import json as json_mod
+
+    from scripts import doctor as doctor_mod
+
+    host_text = Path(host_file).read_text(errors="replace") if host_file else None
+    report = doctor_mod.run_doctor(image=image, arch=arch, host_text=host_text)
+    if json:
+        print(json_mod.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        _print_findings(f"doctor{' ' + image if image else ''}: {report.level.upper()}", report.findings)
+    if report.level == "fail":
+        raise Exit(code=1)
+
+
+@forge_task(name="nccl-test", help={
+    "image": "run inside this image (docker run --gpus all --ipc=host)",
+    "gpus": "GPUs (ranks) to use; 0: all that nvidia-smi lists",
+    "sizes": "MIN:MAX message sizes, doubling (default 8:128M)",
+    "out": "directory for the output table and NCCL_DEBUG_FILE logs (default build/nccl-test)",
+    "runner": "auto (all_reduce_perf when found, else torch.distributed), nccl-tests or torch",
+    "binary": "the all_reduce_perf to run",
+    "build_nccl_tests": "build nccl-tests (make MPI=0 NCCL_HOME=...) from this NVIDIA/nccl-tests checkout first",
+    "nccl_home": "NCCL to build nccl-tests against (default: pip's nvidia-nccl, else /usr)",
+    "gpu_cap": "compute capabilities to build nccl-tests for, e.g. 9.0,12.0 (default: nvcc's defaults)",
+    "dry_run": "print the commands only",
+    "json": "print the parsed result and verdicts as JSON"})
+def nccl_test(ctx, image="", gpus=0, sizes="8:128M", out="build/nccl-test", runner="auto", binary="",
+              build_nccl_tests="", nccl_home="", gpu_cap="", dry_run=False, json=False):
+    """All-reduce across the GPUs with NCCL_DEBUG=INFO captured, parsed and judged against the link."""
+    import json as json_mod
+
+    from scripts import nccl_logs
+    from scripts import nccl_test as nccl_test_mod
+
+    if build_nccl_tests:
+        home = Path(nccl_home) if nccl_home else nccl_test_mod.find_nccl_home()
+        caps = [c for c in gpu_cap.replace(",", " ").split() if c]
+        commands = nccl_test_mod.plan_nccl_tests_build(Path(build_nccl_tests), home, capabilities=caps or None)
+        for command in commands:
+            console.print(f"  [dim]# {escape(command.why)}[/]\n  {escape(command.shell())}", soft_wrap=True)
+        if not dry_run:
+            binary = str(nccl_test_mod.build_nccl_tests(commands))
+            console.print(f"[green]built[/] {binary}")
+    count = gpus or nccl_test_mod.count_gpus() or 1
+    plan = nccl_test_mod.plan_run(gpus=count, sizes=sizes, out_dir=Path(out), runner=runner,
+                                  binary=binary or None, image=image)
+    for note in plan.notes:
+        console.print(f"[dim]# {escape(note)}[/]", soft_wrap=True)
+    console.print(f"[bold]{plan.runner}[/]: {escape(plan.command.shell())}", soft_wrap=True)
+    if dry_run:
+        return
+    outcome, seconds = _run_streaming(f"all-reduce on {count} GPU(s)", lambda on_line: nccl_test_mod.run_plan(
+        plan, on_line=on_line))
+    if json:
+        print(json_mod.dumps(outcome.to_dict(), indent=2, default=str))
+    else:
+        console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
+        for report in outcome.reports:
+            _print_findings(f"{report.path} [{report.kind}]", report.findings)
+        console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
+    if nccl_logs.worst_level([f for r in outcome.reports for f in r.findings]) == "fail":
+        raise Exit(code=1)
+
+
+@forge_task(name="nccl-diagnose", positional=["files"], help={
+    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi topo outputs, or directories (several: quote them, "
+             "separated by spaces or commas; globs work)",
+    "json": "print the reports as JSON",
+    "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)"})
+def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
+    """Read NCCL logs / nccl-tests outputs / topo files, name each failure with its cause and fix."""
+    import json as json_mod
+
+    from scripts import nccl_logs
+
+    paths = _diagnose_paths(files or "")
+    reports = nccl_logs.diagnose_files(paths, nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else []))
+    if json:
+        print(json_mod.dumps({"level": nccl_logs.worst_level([f for r in reports for f in r.findings]),
+                              "files": [r.to_dict() for r in reports]}, indent=2, default=str))
+    else:
+        for report in reports:
+            _print_findings(f"{report.path} [{report.kind}]: {report.level.upper()}", report.findings)
+    if any(r.level == "fail" for r in reports):
+        raise Exit(code=1)
 # ---- end doctor / nccl ----
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
