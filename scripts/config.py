@@ -146,6 +146,9 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
         sources[name] = "command line"
     config = BuildConfig(**{f.name: _coerce(f.name, values[f.name]) for f in fields(BuildConfig)})
     validate_config(config)
+    from scripts.mirrors import load_mirror, user_mirrors_from  # late: mirrors imports the tree reader
+
+    load_mirror(config.mirror, user_mirrors_from(invoke_config))  # an unknown profile fails here, first
     return ResolvedConfig(config, sources)
 
 

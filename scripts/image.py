@@ -270,6 +270,7 @@ class BakeRequest:
     cache_to: list[str] = field(default_factory=list)
     no_cache: bool = False
     build_args: dict[str, str] = field(default_factory=dict)  # raw extra --build-arg NAME=VALUE
+    apt_mirror: str = ""  # scheme://host put in place of the Ubuntu/Debian apt hosts (mirror profile)
 
 
 @dataclass
@@ -394,8 +395,19 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["USE_SCCACHE"] = "1"
     if recipe == "forge":
         values["COMPILE_CACHE"] = request.compile_cache
+    if recipe == "forge":
+        # What this checkout's vLLM version builds with and enforces (scripts/vllm_tree.py).
+        from scripts.vllm_tree import inspect_tree
+
+        tree = inspect_tree(Path(request.src).expanduser())
+        if tree.build_requirements:
+            values["BUILD_REQUIREMENTS"] = tree.build_requirements
+        if not request.wheel_limit_mb:
+            values["VLLM_MAX_SIZE_MB"] = str(tree.wheel_limit_mb())
     if request.wheel_limit_mb:
         values["VLLM_MAX_SIZE_MB"] = f"{request.wheel_limit_mb:g}"
+    if request.apt_mirror:
+        values["APT_MIRROR"] = request.apt_mirror
     if recipe == "forge" or request.base_image:
         values["BUILD_BASE_IMAGE"] = base
     if recipe == "forge" or request.runtime_image:
