@@ -367,6 +367,77 @@ def _demo_image_steps(ctx, rc, src, wheel) -> None:
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
+from scripts import audit as kernel_audit  # noqa: E402
+
+AUDIT_HELP = {
+    "path": "a .so, executable, directory (wheels in it too), wheel, or `docker save`/`docker export` tar",
+    "image": "a local Docker image to audit instead of PATH (its torch is checked too)",
+    "arch": "target GPUs: 12.0, sm_120, 9.0a, rtx5090, h100, auto; several with , or ; (repeatable)",
+    "require": "glob of files that must run, e.g. '*/_C*.so' (repeatable; default: every file with device code)",
+    "json": "print the report as JSON (stable schema, see docs/audit.md)",
+    "all": "list every file without device code too",
+    "via": "how to read --image: save (layers, no container) or export (a created, never started container)",
+    "docker": "docker client (default: $VLLM_FORGE_DOCKER or docker)",
+    "no_torch": "do not check torch's own arch list (the image's, or this Python's)",
+}
+
+
+def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
+    table = Table(title=f"device code in {escape(report.source)}")
+    for column in ("file", "SASS", "PTX", *[f"on {t}" for t in report.target_names]):
+        table.add_column(column, overflow="fold")
+    body, hidden = kernel_audit.rows(report, show_all)
+    colours = {"native": "green", "PTX JIT": "yellow", "NO KERNEL": "bold red", "unreadable": "bold red"}
+    for row in body:
+        cells = [escape(c) for c in row[:3]]
+        for cell in row[3:]:
+            colour = next((c for word, c in colours.items() if cell.startswith(word)), "dim")
+            cells.append(f"[{colour}]{escape(cell)}[/]")
+        table.add_row(*cells)
+    if hidden:
+        table.add_row(f"[dim]... {hidden} more files without device code (--all lists them)[/]", "", "",
+                      *[""] * len(report.target_names))
+    return table
+
+
+@forge_task(help=AUDIT_HELP, iterable=["arch", "require"], positional=["path"], auto_shortflags=False)
+def audit(ctx, path="", image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
+          no_torch=False):
+    """Prove every CUDA extension runs on the target GPU: SASS, PTX JIT or no kernel, per file."""
+    if bool(path) == bool(image):
+        raise ForgeError("give either PATH or --image IMAGE", "e.g. invoke audit dist/ --arch 12.0")
+    archs = list(arch or [])
+    if not archs:
+        archs = [resolve_config(ctx.config, {}).config.arch]
+    with console.status("reading device code..."):
+        if image:
+            report = kernel_audit.audit_image(image, archs, require=require or [], docker=docker, via=via,
+                                              torch=not no_torch)
+        else:
+            report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch)
+    if json:
+        print(report.to_json())
+    else:
+        console.print(_audit_table(report, all))
+        torch = report.torch
+        if torch:
+            if torch.error:
+                console.print(f"torch ({escape(torch.where)}): [dim]{escape(torch.error)}[/]", soft_wrap=True)
+            else:
+                verdicts = ", ".join(f"{t}: {v}" for t, v in torch.verdict.items())
+                colour = "green" if _torch_runs_everywhere(torch) else "red"
+                console.print(f"torch {escape(torch.version)} (CUDA {torch.cuda}, {escape(torch.where)}) built for "
+                              f"{' '.join(torch.arch_list)}: [{colour}]{verdicts}[/]", soft_wrap=True)
+        for note in report.notes():
+            console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        colour = "green" if report.ok else "bold red"
+        console.print(f"[{colour}]{escape(report.summary())}[/]", soft_wrap=True)
+    if not report.ok:
+        raise Exit(code=1)
+
+
+def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
+    return all(v != kernel_audit.NONE for v in torch.verdict.values())
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----

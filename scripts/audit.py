@@ -1,0 +1,801 @@
+"""Prove a wheel, a directory, a .so or a Docker image will run on the target GPU before it ships.
+
+For every extension file (``*.so``, ``*.so.N``) it lists the SASS and PTX archs its fat binaries
+carry (``scripts/fatbin.py``: no CUDA toolkit, nothing run) and decides, per target GPU:
+
+- ``sass``: a cubin the GPU runs natively: same major, and minor >= the cubin's (``sm_80`` runs
+  on 8.6); an arch-specific ``a`` cubin only on its own arch (``sm_90a``: 9.0 only); a family
+  ``f`` cubin within its family (``sm_100f``: 10.0 and 10.3; ``sm_120f``: 12.0 and 12.1).
+- ``ptx``: no such cubin, but PTX the driver JIT-compiles on first load: PTX of an older or equal
+  virtual arch (any major), except ``a`` PTX (its own arch only) and ``f`` PTX (its family only).
+- ``none``: no kernel: the seed's ``no kernel image is available for execution on the device``.
+
+For an image it also runs ``python3 -c 'import torch ...'`` inside it, because torch's own arch
+list failing the GPU is the same failure one layer down (``sm_120 is not compatible with the
+current PyTorch installation``).
+
+Standalone (stdlib + scripts/): ``python scripts/audit.py PATH --arch sm_120 [--json]``,
+``python scripts/audit.py --image IMAGE --arch 12.0``. Exit code 0 only when every required file
+can run on every target.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+if __package__ in (None, ""):  # run as `python scripts/audit.py`: make the `scripts` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.errors import ForgeError, run_main
+from scripts.fatbin import (
+    STREAM_CHUNK,
+    BinaryFormatError,
+    DeviceCode,
+    NotDeviceBinary,
+    list_device_code,
+    looks_like_binary,
+    scan_stream,
+)
+
+SASS = "sass"
+PTX = "ptx"
+NONE = "none"
+JIT_NOTE = ("PTX JIT: the driver compiles the PTX on the first load of each process (seconds to minutes "
+            "for a large library; cached in ~/.nv/ComputeCache, size set by CUDA_CACHE_MAXSIZE)")
+
+
+# ---- targets and compatibility ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A GPU to run on: its compute capability, and the name the user gave it (``sm_120``)."""
+
+    name: str
+    major: int
+    minor: int
+
+
+def resolve_targets(specs: Iterable[str]) -> list[Target]:
+    """``["sm_120"]``, ``["12.0", "9.0a"]``, ``["9.0a;12.0+PTX"]``, ``["rtx5090"]`` -> targets."""
+    from scripts.archs import resolve_arch
+
+    targets: dict[str, Target] = {}
+    for spec in specs:
+        for arch in resolve_arch(str(spec)):
+            targets.setdefault(arch.sm, Target(arch.sm, arch.major, arch.minor))
+    if not targets:
+        raise ForgeError("no target GPU arch was given", "pass --arch, e.g. --arch 12.0 or --arch rtx5090")
+    return list(targets.values())
+
+
+def parse_code_arch(name: str) -> tuple[int, int, str]:
+    """``sm_90a`` / ``compute_100f`` -> (9, 0, "a") / (10, 0, "f")."""
+    number = name.split("_", 1)[1]
+    variant = number[-1] if number[-1] in "af" else ""
+    digits = number[:-1] if variant else number
+    return int(digits[:-1]), int(digits[-1]), variant
+
+
+def sass_runs_on(sass: str, target: Target) -> bool:
+    major, minor, variant = parse_code_arch(sass)
+    if variant == "a":
+        return (target.major, target.minor) == (major, minor)
+    # Plain and family cubins: same major, newer-or-equal minor (NVIDIA: cubins run on X.z for z >= y;
+    # family targets on the later members of their family: sm_100f on 10.0/10.3, sm_120f on 12.0/12.1).
+    return target.major == major and target.minor >= minor
+
+
+def ptx_runs_on(ptx: str, target: Target) -> bool:
+    major, minor, variant = parse_code_arch(ptx)
+    if variant == "a":
+        return (target.major, target.minor) == (major, minor)
+    if variant == "f":
+        return target.major == major and target.minor >= minor
+    return (target.major, target.minor) >= (major, minor)
+
+
+def decide(sass: Iterable[str], ptx: Iterable[str], target: Target) -> tuple[str, str]:
+    """(verdict, the arch that decides it): ("sass", "sm_120"), ("ptx", "compute_90"), ("none", "")."""
+    runs = sorted((s for s in sass if sass_runs_on(s, target)), key=_arch_key, reverse=True)
+    if runs:
+        return SASS, runs[0]
+    jit = sorted((p for p in ptx if ptx_runs_on(p, target)), key=_arch_key, reverse=True)
+    if jit:
+        return PTX, jit[0]
+    return NONE, ""
+
+
+def _arch_key(name: str) -> tuple[int, int, str]:
+    return parse_code_arch(name)
+
+
+def sort_archs(names: Iterable[str]) -> list[str]:
+    """Natural order: sm_75 before sm_100."""
+    return sorted(names, key=_arch_key)
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileAudit:
+    path: str
+    sass: list[str]
+    ptx: list[str]
+    verdict: dict[str, str]
+    required: bool = False
+    error: str = ""
+    via: dict[str, str] = field(default_factory=dict)  # target -> the arch that decides the verdict
+
+    @property
+    def has_device_code(self) -> bool:
+        return bool(self.sass or self.ptx)
+
+    @property
+    def ok(self) -> bool:
+        return not self.required or (not self.error and all(v != NONE for v in self.verdict.values()))
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "sass": sorted(self.sass), "ptx": sorted(self.ptx),
+                "verdict": dict(self.verdict), "required": self.required, "error": self.error or None}
+
+
+@dataclass
+class TorchArchs:
+    """torch's own compiled arch list, from the Python that would import it (an image's or this one)."""
+
+    where: str  # "image IMAGE" or "this Python"
+    version: str = ""
+    cuda: str = ""
+    arch_list: list[str] = field(default_factory=list)
+    error: str = ""  # why there is no list (no python3, no torch, a CPU-only build)
+    verdict: dict[str, str] = field(default_factory=dict)
+    counts: bool = False  # whether it decides ``ok`` (it does for an image: that torch is what ships)
+
+    @property
+    def ok(self) -> bool:
+        return not self.counts or not self.version or all(v != NONE for v in self.verdict.values())
+
+    def to_dict(self) -> dict:
+        return {"where": self.where, "version": self.version or None, "cuda": self.cuda or None,
+                "arch_list": self.arch_list, "verdict": dict(self.verdict), "counts": self.counts,
+                "error": self.error or None}
+
+
+@dataclass
+class AuditReport:
+    source: str
+    targets: list[Target]
+    files: list[FileAudit]
+    torch: TorchArchs | None = None
+    missing: list[str] = field(default_factory=list)  # --require globs that matched no file
+
+    @property
+    def ok(self) -> bool:
+        return (all(f.ok for f in self.files) and not self.missing
+                and (self.torch is None or self.torch.ok))
+
+    @property
+    def target_names(self) -> list[str]:
+        return [t.name for t in self.targets]
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "target": self.target_names,
+                "files": [f.to_dict() for f in self.files], "ok": self.ok,
+                "missing": list(self.missing), "torch": self.torch.to_dict() if self.torch else None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def summary(self) -> str:
+        """One line: per target, how many files run natively, via JIT, or not at all."""
+        device = [f for f in self.files if f.has_device_code]
+        required = [f for f in self.files if f.required]
+        parts = []
+        for target in self.targets:
+            counts = {SASS: 0, PTX: 0, NONE: 0}
+            for f in required:
+                counts[f.verdict.get(target.name, NONE)] += 1
+            part = f"{target.name}: {counts[SASS]} native"
+            if counts[PTX]:
+                part += f", {counts[PTX]} via PTX JIT"
+            if counts[NONE]:
+                part += f", {counts[NONE]} with NO kernel"
+            others = sum(1 for f in device if not f.required and f.verdict.get(target.name) == NONE)
+            if others:
+                part += f" (and {others} not required without one)"
+            parts.append(part)
+        errors = sum(1 for f in self.files if f.error)
+        line = (f"{'OK' if self.ok else 'FAIL'}: {len(required)} required, {len(device)} of "
+                f"{len(self.files)} files carry device code; " + "; ".join(parts))
+        if errors:
+            line += f"; {errors} unreadable"
+        if self.missing:
+            line += f"; --require matched nothing: {', '.join(self.missing)}"
+        if self.torch and self.torch.version:
+            bad = [t for t, v in self.torch.verdict.items() if v == NONE]
+            line += (f"; torch {self.torch.version} ({self.torch.where}): "
+                     + (f"no kernels for {', '.join(bad)}" if bad else "ok"))
+        return line
+
+    def notes(self) -> list[str]:
+        """Sentences worth printing under the table: JIT cost, what to do about a missing kernel."""
+        out = []
+        if any(v == PTX for f in self.files for v in f.verdict.values()):
+            out.append(JIT_NOTE)
+        failing = [f for f in self.files if not f.ok]
+        for f in failing[:10]:
+            if f.error:
+                out.append(f"{f.path}: {f.error}")
+            else:
+                bad = [t for t, v in f.verdict.items() if v == NONE]
+                have = ", ".join(sort_archs(f.sass) + sort_archs(f.ptx)) or "no device code"
+                out.append(f"{f.path} has no kernel for {', '.join(bad)} (it carries {have}): rebuild it "
+                           f"with --arch {','.join(bad)}, or with PTX of an older arch for JIT")
+        if self.torch and self.torch.error:
+            out.append(f"torch arch list ({self.torch.where}): {self.torch.error}")
+        elif self.torch and self.torch.version and not self.torch.ok:
+            out.append(f"torch {self.torch.version} in {self.torch.where} was built for "
+                       f"{' '.join(self.torch.arch_list) or 'no CUDA arch'}: it fails with `sm_XX is not compatible "
+                       "with the current PyTorch installation`; use a torch built for the target (e.g. a cu128+ wheel "
+                       "for sm_120)")
+        return out
+
+
+# ---- what to scan ----------------------------------------------------------------------------------
+
+
+def is_candidate(name: str) -> bool:
+    """Extension files and shared libraries: ``x.so``, ``libx.so.12``, ``.cubin``/``.fatbin`` blobs."""
+    base = PurePosixPath(name).name
+    return (base.endswith(".so") or ".so." in base or base.endswith(".fatbin")) and not base.startswith(".wh.")
+
+
+@dataclass
+class _Scanned:
+    path: str
+    code: DeviceCode | None
+    error: str = ""
+
+
+def _scan_file(path: Path, shown: str) -> _Scanned | None:
+    """A file on disk; None when it is not a binary at all (a linker script named libc.so)."""
+    try:
+        return _Scanned(shown, list_device_code(path, where=shown))
+    except NotDeviceBinary:
+        return None
+    except BinaryFormatError as err:
+        return _Scanned(shown, None, err.problem)
+    except ForgeError as err:
+        return _Scanned(shown, None, err.problem)
+
+
+def _scan_chunks(chunks: Iterator[bytes], size: int, shown: str) -> _Scanned | None:
+    try:
+        return _Scanned(shown, scan_stream(chunks, size, shown))
+    except NotDeviceBinary:
+        return None
+    except BinaryFormatError as err:
+        return _Scanned(shown, None, err.problem)
+    except (zlib.error, OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as err:
+        return _Scanned(shown, None, f"{shown} could not be read: {err}")
+
+
+def scan_directory(root: Path, prefix: str = "") -> list[_Scanned]:
+    found: list[_Scanned] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            rel = prefix + path.relative_to(root).as_posix()
+            if name.endswith(".whl"):
+                found += scan_wheel(path, prefix=rel + "/")
+            elif is_candidate(name):
+                scanned = _scan_file(path, rel)
+                if scanned:
+                    found.append(scanned)
+    return found
+
+
+def _zip_member_chunks(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    """The member's bytes, inflated in bounded chunks with zlib directly (no CRC pass, no temp file)."""
+    with open(archive, "rb") as fp:
+        fp.seek(info.header_offset)
+        local = fp.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+        name_len, extra_len = struct.unpack_from("<HH", local, 26)
+        fp.seek(info.header_offset + 30 + name_len + extra_len)
+        remaining = info.compress_size
+        if info.compress_type == zipfile.ZIP_STORED:
+            while remaining > 0:
+                block = fp.read(min(STREAM_CHUNK, remaining))
+                if not block:
+                    return
+                remaining -= len(block)
+                yield block
+            return
+        inflate = zlib.decompressobj(-15)
+        while remaining > 0 and not inflate.eof:
+            block = fp.read(min(STREAM_CHUNK, remaining))
+            if not block:
+                return
+            remaining -= len(block)
+            data = inflate.decompress(block, STREAM_CHUNK)
+            while True:
+                if data:
+                    yield data
+                if not inflate.unconsumed_tail:
+                    break
+                data = inflate.decompress(inflate.unconsumed_tail, STREAM_CHUNK)
+
+
+def _zip_chunks_any(zf: zipfile.ZipFile, archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
+    if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        yield from _zip_member_chunks(archive, info)
+        return
+    with zf.open(info) as member:  # bzip2/lzma members: rare in wheels, zipfile's own reader
+        while block := member.read(STREAM_CHUNK):
+            yield block
+
+
+def scan_wheel(path: Path, prefix: str = "", workers: int | None = None) -> list[_Scanned]:
+    """Every candidate member of a wheel (a zip), read from the archive without unpacking it."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
+    with zf:
+        members = [i for i in zf.infolist() if not i.is_dir() and is_candidate(i.filename)]
+
+        def one(info: zipfile.ZipInfo) -> _Scanned | None:
+            return _scan_chunks(_zip_chunks_any(zf, path, info), info.file_size, prefix + info.filename)
+
+        # zlib lets go of the GIL while it inflates: big members inflate side by side on several cores.
+        workers = workers or min(4, os.cpu_count() or 1)
+        members.sort(key=lambda i: -i.file_size)
+        if workers > 1 and len(members) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, members))
+        else:
+            results = [one(i) for i in members]
+    return [r for r in results if r]
+
+
+# ---- images ----------------------------------------------------------------------------------------
+
+
+def _tar_member_chunks(fileobj) -> Iterator[bytes]:
+    while block := fileobj.read(STREAM_CHUNK):
+        yield block
+
+
+def _absolute(name: str) -> str:
+    """A tar member name as an absolute path in the image: ``./usr/lib/x.so`` -> ``/usr/lib/x.so``."""
+    while name.startswith("./"):
+        name = name[2:]
+    return "/" + name.lstrip("/")
+
+
+def _scan_filesystem_tar(tf: tarfile.TarFile, on_member: Callable | None = None) -> tuple[dict, set, set]:
+    """(path -> _Scanned, whiteouts, opaque dirs) of one filesystem tar (a layer or an export), streamed."""
+    results: dict[str, _Scanned] = {}
+    whiteouts: set[str] = set()
+    opaque: set[str] = set()
+    for member in tf:
+        name = _absolute(member.name)
+        base = PurePosixPath(name).name
+        if base == ".wh..wh..opq":
+            opaque.add(str(PurePosixPath(name).parent))
+            continue
+        if base.startswith(".wh."):
+            whiteouts.add(str(PurePosixPath(name).parent / base[4:]))
+            continue
+        if not member.isfile() or not is_candidate(name):
+            continue
+        fileobj = tf.extractfile(member)
+        if fileobj is None:
+            continue
+        scanned = _scan_chunks(_tar_member_chunks(fileobj), member.size, name)
+        if scanned:
+            results[name] = scanned
+        if on_member:
+            on_member(name)
+    return results, whiteouts, opaque
+
+
+class _Peeked:
+    """A read-only stream with its first bytes already read (to tell a tar from JSON or gzip)."""
+
+    def __init__(self, raw, head: bytes):
+        self._raw, self._head = raw, head
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._raw.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            if len(data) < n:
+                data += self._raw.read(n - len(data))
+            return data
+        return self._raw.read(n)
+
+
+def _merge_layers(layers: list[tuple[dict, set, set]]) -> list[_Scanned]:
+    """The final filesystem's files: later layers replace earlier ones, whiteouts delete."""
+    final: dict[str, _Scanned] = {}
+    for results, whiteouts, opaque in layers:
+        for gone in whiteouts:
+            for path in [p for p in final if p == gone or p.startswith(gone.rstrip("/") + "/")]:
+                del final[path]
+        for directory in opaque:
+            for path in [p for p in final if p.startswith(directory.rstrip("/") + "/")]:
+                del final[path]
+        final.update(results)
+    return [final[p] for p in sorted(final)]
+
+
+def scan_image_tar(stream, what: str) -> list[_Scanned]:
+    """A ``docker save`` tar (legacy ``<id>/layer.tar`` or OCI ``blobs/sha256/...``) or a ``docker export``
+    tar, read as a stream: layers are scanned as they pass, then stacked in manifest order."""
+    layers: dict[str, tuple[dict, set, set]] = {}
+    flat_results: dict[str, _Scanned] = {}
+    manifest = None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as outer:
+            for member in outer:
+                if not member.isfile():
+                    continue
+                name = _absolute(member.name)[1:]
+                if name == "manifest.json":
+                    fileobj = outer.extractfile(member)
+                    manifest = json.loads(fileobj.read(min(member.size, 16 << 20)) or b"null")
+                    continue
+                fileobj = outer.extractfile(member)
+                if fileobj is None:
+                    continue
+                if name.endswith("/layer.tar") or name.startswith("blobs/"):
+                    head = fileobj.read(512)
+                    is_tar = len(head) >= 262 and head[257:262] == b"ustar"
+                    is_gzip = head[:2] == b"\x1f\x8b"
+                    if is_tar or is_gzip:
+                        with tarfile.open(fileobj=_Peeked(fileobj, head), mode="r|*") as layer:
+                            layers[name] = _scan_filesystem_tar(layer)
+                        continue
+                    if name.startswith("blobs/"):
+                        continue
+                # a `docker export` tar: the filesystem itself
+                path = "/" + name
+                if is_candidate(path):
+                    scanned = _scan_chunks(_tar_member_chunks(fileobj), member.size, path)
+                    if scanned:
+                        flat_results[path] = scanned
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as err:
+        raise ForgeError(f"{what} is not a readable image tar ({err})",
+                         "pass an image name with --image, or a `docker save` / `docker export` tar") from None
+    if not layers:
+        return [flat_results[p] for p in sorted(flat_results)]
+    order = list(layers)
+    if isinstance(manifest, list) and manifest and isinstance(manifest[0], dict):
+        listed = [_absolute(str(x))[1:] for x in manifest[0].get("Layers") or []]
+        if all(x in layers for x in listed):
+            order = listed
+    return _merge_layers([layers[name] for name in order])
+
+
+def _docker(docker: str | None) -> str:
+    docker = docker or os.environ.get("VLLM_FORGE_DOCKER") or "docker"
+    found = shutil.which(docker)
+    if not found:
+        raise ForgeError(f"`{docker}` is not installed", "install Docker, or audit a wheel or directory instead")
+    return found
+
+
+def _check_image(docker: str, image: str) -> None:
+    try:
+        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                              timeout=60)
+    except subprocess.TimeoutExpired:
+        raise ForgeError("the Docker engine does not answer (`docker info` timed out)", "start dockerd") from None
+    if info.returncode != 0:
+        raise ForgeError("no Docker engine answers (`docker info` failed)", "start dockerd, or check DOCKER_HOST")
+    inspect = subprocess.run([docker, "image", "inspect", image], capture_output=True, text=True, timeout=60)
+    if inspect.returncode != 0:
+        raise ForgeError(f"image {image} is not present locally", f"`docker pull {image}` or build it first")
+
+
+def scan_image(image: str, *, docker: str | None = None, via: str = "save") -> list[_Scanned]:
+    """Stream ``docker save IMAGE`` (layers, whiteouts applied) or ``docker export`` of a created,
+    never started container, and scan every candidate file on the way. Nothing is written to disk."""
+    docker = _docker(docker)
+    _check_image(docker, image)
+    container = None
+    if via == "export":
+        created = subprocess.run([docker, "create", image, "true"], capture_output=True, text=True, timeout=120)
+        if created.returncode != 0:
+            raise ForgeError(f"`docker create {image}` failed: {created.stderr.strip()[:300]}",
+                             "use --via save")
+        container = created.stdout.strip()
+        command = [docker, "export", container]
+    elif via == "save":
+        command = [docker, "save", image]
+    else:
+        raise ForgeError(f"--via {via!r} is not a way to read an image", "use --via save or --via export")
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            found = scan_image_tar(proc.stdout, f"`{' '.join(command[1:])}`")
+        finally:
+            proc.stdout.close()
+            stderr = proc.stderr.read().decode(errors="replace")
+            proc.stderr.close()
+            code = proc.wait()
+        if code != 0:
+            raise ForgeError(f"`docker {' '.join(command[1:])}` failed: {stderr.strip()[:300]}",
+                             "check the image name and the Docker engine")
+        return found
+    finally:
+        if container:
+            subprocess.run([docker, "rm", "-f", container], capture_output=True, timeout=120)
+
+
+# ---- torch's own arch list ---------------------------------------------------------------------------
+
+# torch.cuda.get_arch_list() answers [] where no GPU is visible (a build host, `docker run` without
+# --gpus); torch._C._cuda_getArchFlags() is the compiled list itself, GPU or not.
+TORCH_PROBE = r"""
+import json
+try:
+    import torch
+except Exception as err:
+    print(json.dumps({"error": "torch is not importable: %s: %s" % (type(err).__name__, err)}))
+    raise SystemExit(0)
+flags = ""
+try:
+    flags = torch._C._cuda_getArchFlags() or ""
+except Exception:
+    pass
+archs = flags.split() if flags else []
+if not archs:
+    try:
+        archs = list(torch.cuda.get_arch_list())
+    except Exception:
+        archs = []
+print(json.dumps({"version": torch.__version__, "cuda": torch.version.cuda or "", "arch_list": archs}))
+"""
+
+
+def parse_torch_probe(where: str, returncode: int, stdout: str, stderr: str) -> TorchArchs:
+    result = TorchArchs(where=where)
+    line = next((ln for ln in reversed(stdout.strip().splitlines()) if ln.startswith("{")), "")
+    if returncode != 0 or not line:
+        text = (stderr or stdout).strip()
+        if "executable file not found" in text or "No such file" in text or returncode in (126, 127):
+            result.error = "no python3 in it, so no torch to check"
+        else:
+            result.error = f"python3 failed (exit {returncode}): {text.splitlines()[-1][:200] if text else ''}"
+        return result
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        result.error = f"unexpected output from python3: {line[:200]}"
+        return result
+    if data.get("error"):
+        result.error = str(data["error"])
+        return result
+    result.version = str(data.get("version", ""))
+    result.cuda = str(data.get("cuda") or "")
+    result.arch_list = [str(a) for a in data.get("arch_list") or []]
+    if not result.cuda:
+        result.error = f"torch {result.version} is a CPU-only build: it runs no CUDA kernel at all"
+    elif not result.arch_list:
+        result.error = f"torch {result.version} reported no compiled CUDA archs"
+    return result
+
+
+def probe_torch(where: str, command: list[str], *, timeout: float = 300, runner=subprocess.run) -> TorchArchs:
+    try:
+        done = runner(command + [TORCH_PROBE], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return TorchArchs(where=where, error=f"python3 did not answer within {timeout:.0f}s")
+    except OSError as err:
+        return TorchArchs(where=where, error=f"python3 could not be started ({err.strerror})")
+    return parse_torch_probe(where, done.returncode, done.stdout, done.stderr)
+
+
+def torch_of_image(image: str, docker: str | None = None, runner=subprocess.run) -> TorchArchs:
+    docker = _docker(docker) if runner is subprocess.run else (docker or "docker")
+    command = [docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c"]
+    found = probe_torch(f"image {image}", command, runner=runner)
+    found.counts = True
+    return found
+
+
+def torch_of_this_python() -> TorchArchs | None:
+    """This Python's torch, when it has one (informational: the deployed torch may differ)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return None
+    return probe_torch("this Python", [sys.executable, "-c"])
+
+
+def _torch_verdicts(torch: TorchArchs, targets: list[Target]) -> None:
+    sass = [a for a in torch.arch_list if a.startswith("sm_")]
+    ptx = [a for a in torch.arch_list if a.startswith("compute_")]
+    for target in targets:
+        torch.verdict[target.name] = decide(sass, ptx, target)[0] if torch.version and torch.cuda else NONE
+
+
+# ---- the audit -------------------------------------------------------------------------------------
+
+
+def _classify(path: Path) -> str:
+    try:
+        with open(path, "rb") as fp:
+            head = fp.read(512)
+    except OSError as err:
+        raise ForgeError(f"cannot read {path} ({err.strerror})", "check the path and its permissions") from None
+    if looks_like_binary(head):
+        return "binary"
+    if head[:4] == b"PK\x03\x04":
+        return "wheel"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    raise ForgeError(f"{path} is not an ELF file, a wheel or an image tar",
+                     "name a .so, an executable, a wheel, a directory, a `docker save` tar, or use --image")
+
+
+def scan(path: Path | str) -> list[_Scanned]:
+    path = Path(path)
+    if not path.exists():
+        raise ForgeError(f"{path} does not exist", "check the path")
+    if path.is_dir():
+        return scan_directory(path)
+    kind = _classify(path)
+    if kind == "binary":
+        return [_Scanned(str(path), list_device_code(path))]
+    if kind == "wheel":
+        return scan_wheel(path)
+    with open(path, "rb") as fp:
+        return scan_image_tar(fp, str(path))
+
+
+def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *, require: Iterable[str] = (),
+                 torch: TorchArchs | None = None) -> AuditReport:
+    require = list(require or [])
+    files: list[FileAudit] = []
+    matched: set[str] = set()
+    for item in sorted(scanned, key=lambda s: s.path):
+        sass = sorted(item.code.sass) if item.code else []
+        ptx = sorted(item.code.ptx) if item.code else []
+        verdict, via = {}, {}
+        for target in targets:
+            verdict[target.name], via[target.name] = decide(sass, ptx, target)
+        name = PurePosixPath(item.path).name
+        hits = [g for g in require if fnmatch.fnmatch(item.path, g) or fnmatch.fnmatch(name, g)]
+        matched.update(hits)
+        required = bool(hits) if require else (bool(sass or ptx) or bool(item.error))
+        files.append(FileAudit(item.path, sass, ptx, verdict, required=required, error=item.error, via=via))
+    if torch is not None:
+        _torch_verdicts(torch, targets)
+    return AuditReport(source=source, targets=targets, files=files, torch=torch,
+                       missing=[g for g in require if g not in matched])
+
+
+def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: bool = False) -> AuditReport:
+    """Audit a .so, an executable, a directory (wheels in it included), a wheel or an image tar.
+
+    ``targets`` are arch names or specs (``"sm_120"``, ``"sm_90a"``, ``"12.0"``, ``"rtx5090"``).
+    ``torch=True`` adds this Python's torch arch list (informational: it does not decide ``ok``).
+    """
+    resolved = resolve_targets(targets)
+    found = scan(path)
+    return build_report(str(path), found, resolved, require=require,
+                        torch=torch_of_this_python() if torch else None)
+
+
+def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), docker: str | None = None,
+                via: str = "save", torch: bool = True) -> AuditReport:
+    """Audit every extension file in a local Docker image, and the torch inside it."""
+    resolved = resolve_targets(targets)
+    found = scan_image(image, docker=docker, via=via)
+    torch_found = torch_of_image(image, docker) if torch else None
+    return build_report(f"image {image}", found, resolved, require=require, torch=torch_found)
+
+
+# ---- plain-text output (the rich table lives in tasks.py) ---------------------------------------------
+
+TABLE_LIMIT_NO_CODE = 20
+
+
+def verdict_text(f: FileAudit, target: str) -> str:
+    verdict = f.verdict.get(target, NONE)
+    if f.error:
+        return "unreadable"
+    if not f.has_device_code:
+        return "no device code" if not f.required else "NO KERNEL"
+    if verdict == SASS:
+        return f"native ({f.via.get(target)})"
+    if verdict == PTX:
+        return f"PTX JIT ({f.via.get(target)})"
+    return "NO KERNEL"
+
+
+def rows(report: AuditReport, show_all: bool = False) -> tuple[list[list[str]], int]:
+    """Table rows (file, SASS, PTX, one verdict per target) and how many no-device-code files were folded."""
+    out, hidden = [], 0
+    quiet = [f for f in report.files if not f.has_device_code and not f.required and not f.error]
+    fold = not show_all and len(quiet) > TABLE_LIMIT_NO_CODE
+    for f in report.files:
+        if fold and f in quiet:
+            hidden += 1
+            continue
+        out.append([f.path, " ".join(sort_archs(f.sass)) or "-", " ".join(sort_archs(f.ptx)) or "-"]
+                   + [verdict_text(f, t) for t in report.target_names])
+    return out, hidden
+
+
+def format_text(report: AuditReport, show_all: bool = False) -> str:
+    header = ["file", "SASS", "PTX"] + [f"on {t}" for t in report.target_names]
+    body, hidden = rows(report, show_all)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header] + body]
+    if hidden:
+        lines.append(f"... and {hidden} more files without device code (--all lists them)")
+    if report.torch:
+        t = report.torch
+        lines.append(f"torch ({t.where}): " + (t.error or f"{t.version} (CUDA {t.cuda}) built for "
+                                                 f"{' '.join(t.arch_list)}; " + ", ".join(
+                                                     f"{k}: {v}" for k, v in t.verdict.items())))
+    lines += [f"note: {n}" for n in report.notes()]
+    lines.append(report.summary())
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Check that every CUDA extension can run on the target GPU(s).")
+    parser.add_argument("path", nargs="?", help="a .so, executable, directory, wheel, or `docker save`/`export` tar")
+    parser.add_argument("--image", help="a local Docker image to audit instead of PATH")
+    parser.add_argument("--arch", action="append", required=True,
+                        help="target GPU(s): sm_120, 12.0, 9.0a, '9.0a;12.0+PTX', rtx5090 (repeatable)")
+    parser.add_argument("--require", action="append", default=[], metavar="GLOB",
+                        help="files that must run (default: every file that carries device code)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--all", action="store_true", help="list every file without device code too")
+    parser.add_argument("--via", default="save", choices=["save", "export"], help="how to read --image")
+    parser.add_argument("--docker", help="docker client (default: $VLLM_FORGE_DOCKER or docker)")
+    parser.add_argument("--no-torch", action="store_true", help="do not check torch's own arch list")
+    args = parser.parse_args(argv)
+    if bool(args.path) == bool(args.image):
+        raise ForgeError("give either a PATH or --image IMAGE", "e.g. scripts/audit.py dist/ --arch 12.0")
+    if args.image:
+        report = audit_image(args.image, args.arch, require=args.require, docker=args.docker, via=args.via,
+                             torch=not args.no_torch)
+    else:
+        report = audit_path(args.path, args.arch, require=args.require, torch=not args.no_torch)
+    print(report.to_json() if args.json else format_text(report, show_all=args.all))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
