@@ -246,9 +246,7 @@ class AuditReport:
                 have = ", ".join(sort_archs(f.sass) + sort_archs(f.ptx)) or "no device code"
                 out.append(f"{f.path} has no kernel for {', '.join(bad)} (it carries {have}): rebuild it "
                            f"with --arch {','.join(bad)}, or with PTX of an older arch for JIT")
-        if self.torch and self.torch.error:
-            out.append(f"torch arch list ({self.torch.where}): {self.torch.error}")
-        elif self.torch and self.torch.version and not self.torch.ok:
+        if self.torch and self.torch.version and not self.torch.ok:
             out.append(f"torch {self.torch.version} in {self.torch.where} was built for "
                        f"{' '.join(self.torch.arch_list) or 'no CUDA arch'}: it fails with `sm_XX is not compatible "
                        "with the current PyTorch installation`; use a torch built for the target (e.g. a cu128+ wheel "

@@ -300,3 +300,18 @@ def test_gpu_record_matches_the_audit():
         assert entry["audit"]["ok"] is (expected != "none")
         assert (entry["exit"] == 0) is (expected != "none"), entry["run"]
     assert "no kernel image is available" in record["k12"]["run"]
+
+
+def test_gpu_record_parser_reads_the_script_format():
+    sample = "\n".join([
+        "# audit_on_gpu.sh 2026-01-01T00:00:00Z", "host: NVIDIA H200, 9.0, 580.159.04",
+        "== k12", "flags: -gencode arch=compute_120,code=sm_120", "audit_exit: 1",
+        'audit_json: {"target": ["sm_90"], "files": [{"path": "k12", "sass": ["sm_120"], "ptx": [], '
+        '"verdict": {"sm_90": "none"}}], "ok": false}',
+        "launch: no error", "last: no kernel image is available for execution on the device", "run_exit: 1",
+        "== k90", 'audit_json: {"target": ["sm_90"], "files": [{"verdict": {"sm_90": "sass"}}], "ok": true}',
+        "launch: no error", "last: no error", "run_exit: 0"])
+    record = parse_gpu_record(sample)
+    assert record["k12"]["exit"] == 1 and record["k90"]["exit"] == 0
+    assert record["k12"]["audit"]["files"][0]["verdict"] == {"sm_90": "none"}
+    assert "no kernel image is available" in record["k12"]["run"]
