@@ -83,6 +83,7 @@ from scripts import archs as arch_tables  # noqa: E402
 from scripts import build_wheel as wheel_builder  # noqa: E402
 from scripts import checkout as checkouts  # noqa: E402
 from scripts import compat  # noqa: E402
+from scripts import mirrors  # noqa: E402
 from scripts.config import DEFAULTS, ResolvedConfig, resolve_config  # noqa: E402
 from scripts.wheel_size import DEFAULT_LIMIT_MB, check_wheel_size  # noqa: E402
 
@@ -124,6 +125,11 @@ def _print_commands(title: str, commands) -> None:
         console.print(f"  {escape(command.shell())}", soft_wrap=True)
 
 
+def _mirror_profile(ctx, rc: ResolvedConfig) -> mirrors.MirrorProfile:
+    """The mirror profile --mirror / forge.mirror names (built in, or from invoke.yaml's forge.mirrors)."""
+    return mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(ctx.config))
+
+
 def _source_dir(rc: ResolvedConfig) -> Path:
     return Path(rc.config.source_dir)
 
@@ -152,8 +158,10 @@ def _run_streaming(label: str, fn, *args, **kwargs):
     return result, time.monotonic() - start
 
 
-def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool) -> Path:
+def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool,
+               profile: mirrors.MirrorProfile | None = None) -> Path:
     cfg = rc.config
+    repo = mirrors.rewrite_git_url(cfg.vllm_repo, profile) if profile else cfg.vllm_repo
     if cfg.vllm_src:
         src = Path(cfg.source_dir)
         if not src.is_dir():
@@ -161,11 +169,11 @@ def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool) -> Path:
         console.print(f"using the existing checkout {src} as is")
         return src
     dest = Path(cfg.checkout_dir).expanduser()
-    commands = checkouts.plan_clone(cfg.vllm_repo, cfg.vllm_ref, dest, force=force)
+    commands = checkouts.plan_clone(repo, cfg.vllm_ref, dest, force=force)
     if dry_run:
-        _print_commands(f"clone {cfg.vllm_repo} @ {cfg.vllm_ref}", commands)
+        _print_commands(f"clone {repo} @ {cfg.vllm_ref}", commands)
         return dest
-    sha, seconds = _run_streaming(f"cloning {cfg.vllm_ref}", checkouts.clone, cfg.vllm_repo, cfg.vllm_ref,
+    sha, seconds = _run_streaming(f"cloning {cfg.vllm_ref}", checkouts.clone, repo, cfg.vllm_ref,
                                   dest, force=force)
     console.print(f"[green]checked out[/] {cfg.vllm_ref} ({sha[:12]}) in {dest} [dim]({seconds:.1f}s)[/]")
     return dest
@@ -219,11 +227,11 @@ def step_check_size(path: Path, limit_mb: float) -> bool:
     return report.ok
 
 
-@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "force", "dry_run"))
-def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False):
+@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "force", "dry_run", "mirror"))
+def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False, mirror=None):
     """Clone or update a vLLM checkout at a ref (partial clone; local changes are never lost)."""
-    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir)
-    step_clone(rc, force=force, dry_run=dry_run)
+    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, mirror=mirror)
+    step_clone(rc, force=force, dry_run=dry_run, profile=_mirror_profile(ctx, rc))
 
 
 @forge_task(name="use-existing-torch", help=_help("vllm_src", "checkout_dir", "dry_run"))
@@ -289,9 +297,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     ngc = compat.default_ngc_tag(rc.config.cuda)
     console.print(f"CUDA {rc.config.cuda}: build base {rc.config.base_image or (ngc.image if ngc else '?')}, "
                   f"minimum driver {compat.MIN_DRIVER[compat.cuda_minor(rc.config.cuda)].full}")
-    from scripts import mirrors
-
-    profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(ctx.config))
+    profile = _mirror_profile(ctx, rc)
     rows = [row for row in mirrors.describe_mirror(profile, rc.config) if row[1] != row[2]]
     console.print(f"mirror {profile.name}: {escape(profile.description)}" + ("" if rows else ", nothing rewritten"),
                   soft_wrap=True)
@@ -302,7 +308,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     for line in remote_build.plan_lines(rc.config.builder, rc.config.registry_cache):
         console.print(f"[dim]# {escape(line)}[/]", soft_wrap=True)
     for title, make in (
-        ("clone", lambda: step_clone(rc, force=False, dry_run=True)),
+        ("clone", lambda: step_clone(rc, force=False, dry_run=True, profile=profile)),
         ("use-existing-torch", lambda: step_use_existing_torch(_source_dir(rc), dry_run=True)),
         ("build-wheel", lambda: step_build_wheel(rc, _source_dir(rc), dry_run=True)),
     ):
@@ -347,9 +353,15 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     step_use_existing_torch(src, dry_run=False)
     wheel = step_build_wheel(rc, src, dry_run=False)
     ok = step_check_size(wheel, _wheel_limit(rc))
-    summary = Table("wheel", "MB", "archs", "seconds", title="demo")
-    summary.add_row(str(wheel), f"{wheel.stat().st_size / 2**20:.2f}",
-                    ", ".join(a.sm for a in arch_tables.parse_arch_list(arch)), f"{time.monotonic() - started:.1f}")
+    from scripts.audit import audit_path
+
+    # The archs column is what the wheel's kernels really are (its audit), not what was asked for.
+    report = audit_path(wheel, [arch])
+    sass = sorted({sm for f in report.files for sm in f.sass})
+    verdicts = ", ".join(f"{name}: {'runs' if report.ok else 'NO KERNEL'}" for name in report.target_names)
+    summary = Table("wheel", "MB", "SASS in the wheel", "verdict", "seconds", title="demo")
+    summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
+                    f"{time.monotonic() - started:.1f}")
     console.print(summary)
     if not no_docker:
         _demo_image_steps(ctx, rc, src, wheel)
@@ -359,11 +371,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 
 def _demo_image_steps(ctx, rc, src, wheel) -> None:
     """Bake, serve and smoke-test the image when a Docker engine is reachable (image section)."""
-    runner = globals().get("demo_image")
-    if runner is None:
-        console.print("[dim]image steps: not available in this version[/]")
-        return
-    runner(ctx, rc, src, wheel)
+    demo_image(ctx, rc, src, wheel)
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
@@ -603,18 +611,25 @@ def _plain_docker(docker=None) -> str:
 
 
 @forge_task(help={**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
-                          "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit"), **IMAGE_HELP},
+                          "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror"), **IMAGE_HELP},
             iterable=["build_arg", "cache_from", "cache_to"], auto_shortflags=False)
 def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image=None, runtime_image=None,
          target="runtime", tag="", dockerfile="forge", docker=None, max_jobs=None, nvcc_threads=None,
          build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
          extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
-         cache_to=None, no_cache=False, build_arg=None, limit_mb=0.0, no_audit=False, dry_run=False):
+         cache_to=None, no_cache=False, build_arg=None, limit_mb=0.0, no_audit=False, dry_run=False, mirror=None):
     """Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."""
     rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, base_image=base_image,
                  runtime_image=runtime_image, max_jobs=max_jobs, nvcc_threads=nvcc_threads, build_type=build_type,
-                 compile_cache=compile_cache, dist_dir=dist_dir)
+                 compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
     cfg = rc.config
+    profile = _mirror_profile(ctx, rc)
+    base_image, runtime_image = (images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
+                                 if profile.name != "global" else (cfg.base_image, cfg.runtime_image))
+    base_image, runtime_image = (mirrors.rewrite_image(base_image, profile) if base_image else "",
+                                 mirrors.rewrite_image(runtime_image, profile) if runtime_image else "")
+    index_url = index_url or profile.pypi_index
+    pytorch_index = pytorch_index or profile.pytorch_index.rstrip("/")
     client = images.find_docker(docker)
     ca_path = Path(ca_bundle) if ca_bundle else None
     if ca_path is None:
@@ -629,7 +644,7 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
         extra[name] = value
     request = images.BakeRequest(
         src=Path(cfg.source_dir), arch=cfg.arch, cuda=cfg.cuda, cuda_explicit=not rc.is_default("cuda"),
-        base_image=cfg.base_image, runtime_image=cfg.runtime_image, target=target, tag=tag, dockerfile=dockerfile,
+        base_image=base_image, runtime_image=runtime_image, target=target, tag=tag, dockerfile=dockerfile,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, build_type=cfg.build_type,
         compile_cache=cfg.compile_cache, wheel_limit_mb=limit_mb or cfg.wheel_limit_mb, audit=not no_audit,
         index_url=index_url, extra_index_url=extra_index_url, pytorch_index_base_url=pytorch_index,
@@ -637,6 +652,7 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
         context_dir=REPO_ROOT / "build" / "bake", vllm_repo="" if cfg.vllm_src else cfg.vllm_repo,
         vllm_ref="" if cfg.vllm_src else cfg.vllm_ref, platform=platform, push=push, builder=builder,
         cache_from=list(cache_from or []), cache_to=list(cache_to or []), no_cache=no_cache, build_args=extra,
+        apt_mirror=profile.apt_mirror.rstrip("/"),
     )
     plan = images.plan_bake(request, client)
     console.print("[bold]bake[/]")
@@ -795,10 +811,7 @@ TREE_FLAG_HELP = {
 
 def _mirror_github_proxy(ctx, rc: ResolvedConfig) -> str | None:
     """The github_proxy of the selected mirror profile in invoke.yaml (forge.mirrors.<profile>)."""
-    forge = ctx.config.get("forge", {}) if hasattr(ctx.config, "get") else {}
-    profiles = forge.get("mirrors", {}) or {}
-    profile = profiles.get(rc.config.mirror, {}) or {}
-    return profile.get("github_proxy") or None
+    return _mirror_profile(ctx, rc).github_proxy or None
 
 
 @forge_task(name="inspect-tree", help={k: TREE_FLAG_HELP[k] for k in ("vllm_src", "checkout_dir", "cuda", "arch",

@@ -205,7 +205,7 @@ def audit_built_wheel(wheel: Path, archs: list[archs_mod.CudaArch]) -> None:
 
     report = audit_path(wheel, [a.sm for a in archs])
     if not report.ok:
-        bad = [f.path for f in report.files if not all(v != "none" for v in f.verdict.values())]
+        bad = [f.path for f in report.files if not f.ok]
         raise ForgeError(
             f"the built wheel has no kernels for {', '.join(a.sm for a in archs)} in: {', '.join(bad[:5])}",
             "check that this vLLM version's CMake accepts those archs for this CUDA (see `invoke plan`); "
