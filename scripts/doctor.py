@@ -289,10 +289,10 @@ def arch_support(capability: str, arch_list: list[str]) -> tuple[str, str]:
     for e_major, e_minor, variant, ptx in entries:
         if not ptx and (e_major, e_minor) == (major, minor):
             return "sass", f"sm_{e_major}{e_minor}{variant}"
-    for e_major, e_minor, variant, ptx in entries:
+    for e_major, e_minor, variant, ptx in sorted(entries, reverse=True):  # the closest older minor first
         if not ptx and e_major == major and e_minor <= minor and variant in ("", "f"):
             return "sass-compatible", f"sm_{e_major}{e_minor}{variant}"
-    for e_major, e_minor, variant, ptx in entries:
+    for e_major, e_minor, variant, ptx in sorted(entries, reverse=True):
         if ptx and (e_major, e_minor) <= (major, minor) and variant == "":
             return "ptx", f"compute_{e_major}{e_minor}"
     return "none", ""

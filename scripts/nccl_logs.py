@@ -280,7 +280,7 @@ class TopoMatrix:
         return asdict(self)
 
 
-_DEVICE_NAME_RE = re.compile(r"^(GPU\d+|NIC\d+|mlx\d+_\d+|CPU\d*|NVSwitch\d*)$")
+_DEVICE_NAME_RE = re.compile(r"^(GPU\d+|NIC\d+|mlx\d+_\d+)$")
 P2P_CODES = {"OK": "supported", "CNS": "chipset not supported", "GNS": "GPU not supported",
              "TNS": "topology not supported", "NS": "not supported", "U": "unknown"}
 
@@ -292,10 +292,9 @@ def parse_topo_matrix(text: str) -> TopoMatrix | None:
     devices: list[str] = []
     for i, line in enumerate(lines):
         tokens = line.split()
-        if tokens and tokens[0] == "GPU0" and len(tokens) >= 1 and not line[:1].strip() == "G":
-            header_at, devices = i, [t for t in tokens if _DEVICE_NAME_RE.match(t)]
-            break
-        if tokens and tokens[0] == "GPU0" and line.startswith(("\t", " ")):
+        # the header starts with whitespace, or (pasted without it) lists only names: "GPU0 GPU1 CPU Affinity"
+        if tokens and tokens[0] == "GPU0" and (line[:1] in ("\t", " ") or len(tokens) == 1
+                                                or _DEVICE_NAME_RE.match(tokens[1]) or tokens[1] == "CPU"):
             header_at, devices = i, [t for t in tokens if _DEVICE_NAME_RE.match(t)]
             break
     if header_at is None or not devices:
@@ -464,7 +463,7 @@ _APP_ERROR_RE = re.compile(
     r"with CUDA capability sm_\d+ is not compatible with the current PyTorch installation|"
     r"CUDA driver version is insufficient for CUDA runtime version|"
     r"Mul\w*procExecutor got fatal signal[^\n]*|Got fatal signal from worker processes[^\n]*|Cuda failure \d+ '[^']*'|"
-    r"Test (?:NCCL|CUDA) failure[^\n]*)", re.IGNORECASE)
+    r"Test (?:NCCL|CUDA) failure[^\n]*|error while loading shared libraries: [^\n]*)", re.IGNORECASE)
 
 
 def parse_nccl_log(text: str) -> NcclLog:
@@ -573,13 +572,20 @@ SIGNATURES: list[Signature] = [
         "for sm_120) and rebuild vLLM with --arch naming the GPU"),
     Signature(
         "driver-too-old", "fail", r"CUDA driver version is insufficient|cudaErrorInsufficientDriver",
-        "the NVIDIA driver is older than the CUDA runtime inside the image needs",
-        "upgrade the driver (see `invoke doctor` for the minimum) or use an image built for an older CUDA"),
+        "the NVIDIA driver is older than the CUDA runtime needs, or no driver is loaded at all (no GPU, or a "
+        "container started without --gpus)",
+        "run nvidia-smi: if it fails, install the driver / add --gpus all; else upgrade the driver (`invoke "
+        "doctor` names the minimum) or use an image built for an older CUDA"),
     Signature(
         "remote-peer-closed", "fail", r"Connection closed by remote peer|remote process exited|"
         r"socketProgress.*Connection reset",
         "another rank died first; this rank only saw its socket close",
         "read the log of the rank that failed first (its WARN lines come earlier)"),
+    Signature(
+        "missing-library", "fail", r"error while loading shared libraries: \S+|libnccl\.so[.\d]*: cannot open",
+        "the program could not load a shared library (libnccl.so.2 / libcudart.so.*) at start",
+        "put the library's directory on LD_LIBRARY_PATH (pip wheels keep them in site-packages/nvidia/*/lib) "
+        "or install it (libnccl2 from NVIDIA's apt repository)"),
     Signature(
         "vllm-worker-died", "fail", r"Mul\w*procExecutor got fatal signal|Got fatal signal from worker processes",
         "a vLLM worker process died during start-up; vLLM only reports that it went away",
@@ -915,11 +921,14 @@ def split_sections(text: str) -> list[tuple[str, str]]:
             parts.append(("", [line]))
     if len([p for p in parts if p[0]]) < 2:
         return [("", text)]
-    return [(name, "\n".join(lines)) for name, lines in parts if "\n".join(lines).strip()]
+    sections = [(name, "\n".join(lines)) for name, lines in parts if "\n".join(lines).strip()]
+    return sections or [("", text)]
 
 
 def detect_kind(text: str) -> str:
     clean = strip_ansi(text)
+    if not clean.strip():
+        return "empty"
     if re.search(r"^== .+$", clean, re.M) and len(split_sections(clean)) > 1:
         return "bundle"
     if re.search(r"#\s*nThread \d+ nGpus|#\s+size\s+count\s+type|Test NCCL failure|#\s*Avg bus bandwidth", clean):
@@ -931,7 +940,8 @@ def detect_kind(text: str) -> str:
     matrix = parse_topo_matrix(clean)
     if matrix is not None:
         return "p2p" if matrix.kind == "p2p" else "topo"
-    if re.search(r"NCCL (INFO|WARN|TRACE|ABORT)|nccl==|NCCL error|ncclUnhandled|unhandled cuda error", clean):
+    if re.search(r"NCCL (INFO|WARN|TRACE|ABORT)|nccl==|NCCL error|ncclUnhandled|unhandled cuda error|"
+                 r"error while loading shared libraries", clean):
         return "nccl-log"
     if re.search(r"^index, name, compute_cap", clean, re.M):
         return "smi-csv"
@@ -1001,6 +1011,9 @@ def _learn(ctx: Context, kind: str, parsed: object) -> None:
             cap = row.get("compute_cap", "")
             if re.match(r"^\d+\.\d+$", cap) and cap not in ctx.gpu_caps:
                 ctx.gpu_caps.append(cap)
+            gen, width = row.get("pcie.link.gen.max", ""), row.get("pcie.link.width.max", "")
+            if gen.isdigit() and ctx.pcie_gen is None:
+                ctx.pcie_gen, ctx.pcie_width = int(gen), int(width) if width.isdigit() else 16
     elif kind == "smi-query" and isinstance(parsed, dict):
         for gpu in parsed.get("gpus", []):
             model = compat.lookup_gpu(gpu.get("name", ""))
@@ -1042,6 +1055,9 @@ def _judge(kind: str, parsed: object, ctx: Context) -> tuple[list[Finding], dict
         return [Finding("info", "gpus", f"{len(parsed)} GPU(s): {names}")], {"gpus": parsed}
     if kind == "smi":
         return [Finding("info", "smi", "nvidia-smi summary table (nothing to judge)")], {}
+    if kind == "empty":
+        return [Finding("info", "empty", "empty file (NCCL writes its debug file only when NCCL_DEBUG is set and "
+                        "a communicator starts)")], {}
     return [Finding("warn", "unrecognised-file", "not an NCCL log, nccl-tests output or nvidia-smi topology",
                     "pass NCCL_DEBUG=INFO logs (NCCL_DEBUG_FILE), all_reduce_perf output, or "
                     "`nvidia-smi topo -m` / `topo -p2p r` output")], {}

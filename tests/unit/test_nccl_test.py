@@ -1,0 +1,155 @@
+"""nccl_test: sizes, runner choice, the commands (nccl-tests build, docker, torch), and a run whose
+tool is faked with the field report's real outputs."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from scripts import nccl_allreduce, nccl_logs, nccl_test
+from scripts.errors import ForgeError
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("8:128M", (8, 128 << 20)), ("1K:1G", (1024, 1 << 30)), ("64m", (64 << 20, 64 << 20)), ("8:8", (8, 8)),
+])
+def test_parse_sizes(spec, expected):
+    assert nccl_test.parse_sizes(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["128M:8", "a:b", "1:2:3", ""])
+def test_bad_sizes_are_user_errors(spec):
+    with pytest.raises(ForgeError):
+        nccl_test.parse_sizes(spec)
+
+
+def test_allreduce_script_sizes_agree():
+    assert nccl_allreduce.parse_size("128M") == nccl_test.parse_size("128M")
+    assert nccl_allreduce.sizes_between(8, 64, 2, 4) == [8, 16, 32, 64]
+    assert nccl_allreduce.sizes_between(1, 16, 2, 4) == [4, 8, 16]
+
+
+def test_torch_runner_when_no_all_reduce_perf(tmp_path):
+    plan = nccl_test.plan_run(gpus=2, sizes="8:128M", out_dir=tmp_path, env={"PATH": str(tmp_path)})
+    assert plan.runner == "torch"
+    argv = plan.command.argv
+    assert argv[1].endswith("scripts/nccl_allreduce.py")
+    assert argv[2:] == ["--nproc", "2", "-b", "8", "-e", str(128 << 20), "-f", "2", "-n", "20"]
+    assert plan.command.env == {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_FILE": f"{tmp_path}/nccl_debug.%h.%p.log",
+                                "NCCL_NVLS_ENABLE": "0"}
+    assert plan.notes and "all_reduce_perf not found" in plan.notes[0]
+
+
+def test_nccl_tests_runner_when_found(tmp_path):
+    binary = tmp_path / "all_reduce_perf"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    plan = nccl_test.plan_run(gpus=4, sizes="1M:1G", out_dir=tmp_path / "out",
+                              env={"PATH": str(tmp_path), "NCCL_NVLS_ENABLE": "1"})
+    assert plan.runner == "nccl-tests"
+    assert plan.command.argv == [str(binary), "-b", str(1 << 20), "-e", str(1 << 30), "-f", "2", "-n", "20",
+                                 "-g", "4"]
+    assert "NCCL_NVLS_ENABLE" not in plan.command.env  # the caller's own setting wins
+    with pytest.raises(ForgeError, match="all_reduce_perf was not found"):
+        nccl_test.plan_run(gpus=1, out_dir=tmp_path, runner="nccl-tests", env={"PATH": "/nonexistent"})
+
+
+def test_image_runner_mounts_the_script_and_the_output(tmp_path):
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, image="lab/vllm:5090", env={})
+    argv = plan.command.argv
+    assert argv[:8] == ["docker", "run", "--rm", "--gpus", "all", "--ipc=host", "--ulimit", "memlock=-1"]
+    assert f"{tmp_path}:/forge-out" in argv
+    assert "NCCL_DEBUG_FILE=/forge-out/nccl_debug.%h.%p.log" in argv and "NCCL_NVLS_ENABLE=0" in argv
+    assert argv[argv.index("--entrypoint") + 1:][:3] == ["python3", "lab/vllm:5090", "/forge-scripts/nccl_allreduce.py"]
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, image="img", runner="nccl-tests",
+                              binary="/opt/nccl-tests/build/all_reduce_perf", env={})
+    assert plan.command.argv[-12:-10] == ["/opt/nccl-tests/build/all_reduce_perf", "img"]
+    assert plan.command.argv[-2:] == ["-g", "2"]
+
+
+def test_plan_nccl_tests_build(tmp_path):
+    src = tmp_path / "nccl-tests"
+    (src / "src").mkdir(parents=True)
+    (src / "src" / "Makefile").write_text("all:\n")
+    home = tmp_path / "nvidia" / "nccl"
+    (home / "lib").mkdir(parents=True)
+    (home / "lib" / "libnccl.so.2").write_text("")
+    commands = nccl_test.plan_nccl_tests_build(src, home, cuda_home="/usr/local/cuda-12.8",
+                                               capabilities=["12.0", "9.0"], jobs=4)
+    assert commands[0].argv == ["ln", "-sf", "libnccl.so.2", str(home / "lib" / "libnccl.so")]
+    assert commands[1].argv == [
+        "make", "-C", str(src / "src"), "-j4", "MPI=0", f"NCCL_HOME={home}", f"BUILDDIR={src / 'build'}",
+        "CUDA_HOME=/usr/local/cuda-12.8",
+        "NVCC_GENCODE=-gencode=arch=compute_90,code=sm_90 -gencode=arch=compute_120,code=sm_120 "
+        "-gencode=arch=compute_120,code=compute_120"]
+    with pytest.raises(ForgeError, match="not an nccl-tests checkout"):
+        nccl_test.plan_nccl_tests_build(tmp_path, home)
+    with pytest.raises(ForgeError, match="--nccl-home"):
+        nccl_test.plan_nccl_tests_build(src, None)
+
+
+def test_dockerfile_snippet_builds_against_torchs_nccl():
+    snippet = nccl_test.NCCL_TESTS_DOCKERFILE_SNIPPET
+    assert "make -C /opt/nccl-tests/src" in snippet and "MPI=0" in snippet and 'NCCL_HOME="$NCCL_HOME"' in snippet
+    assert "import nvidia.nccl" in snippet and "<<" not in snippet
+
+
+def _fake_run(output_file: Path, debug_files: dict[str, Path], code: int):
+    """A runner that behaves like all_reduce_perf: table on stdout, NCCL log where NCCL_DEBUG_FILE says."""
+
+    def runner(argv, env=None, **kwargs):
+        pattern = env["NCCL_DEBUG_FILE"]
+        for pid, source in debug_files.items():
+            Path(pattern.replace("%h", "host").replace("%p", pid)).write_text(source.read_text())
+        return subprocess.CompletedProcess(argv, code, output_file.read_text(), "")
+
+    return runner
+
+
+def test_run_reproduces_the_field_report(tmp_path):
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    runner = _fake_run(FIX / "seed_5090" / "all_reduce_perf_2gpu.txt",
+                       {"188": FIX / "seed_5090" / "nccl_debug.log"}, code=1)
+    outcome = nccl_test.run_plan(plan, runner=runner)
+    assert outcome.returncode == 1 and outcome.level == "fail"
+    assert (tmp_path / "all_reduce.txt").read_text().startswith("# nThread 1 nGpus 2")
+    assert (tmp_path / "nccl_debug.host.188.log").is_file()
+    checks = {f.check for r in outcome.reports for f in r.findings if f.level == "fail"}
+    assert {"nccl-tests-failed", "nccl-too-old-for-blackwell"} <= checks
+    assert outcome.to_dict()["result"]["failures"][0].startswith("Test NCCL failure common.cu:409")
+
+
+def test_run_healthy_h200(tmp_path):
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    runner = _fake_run(FIX / "h200x2" / "allreduce.txt", {"889": FIX / "h200x2" / "nccl_debug_rank0.log",
+                                                          "890": FIX / "h200x2" / "nccl_debug_rank1.log"}, 0)
+    outcome = nccl_test.run_plan(plan, runner=runner)
+    assert outcome.level == "pass", nccl_logs.render_text(outcome.reports)
+    assert len(outcome.reports) == 3
+
+
+def test_hung_run_is_a_failure(tmp_path):
+    def runner(argv, **kwargs):
+        raise subprocess.TimeoutExpired(argv, 5, output=b"# nThread 1 nGpus 2\n")
+
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    outcome = nccl_test.run_plan(plan, runner=runner, timeout=5)
+    assert outcome.returncode == 124 and outcome.level == "fail"
+    assert any("Test timeout" in f for f in outcome.result.failures)
+
+
+def test_allreduce_script_without_torch_reports_like_nccl_tests():
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed here; this checks the no-torch path")
+    except ImportError:
+        pass
+    out = subprocess.run(["python3", str(nccl_test.ALLREDUCE_SCRIPT), "--nproc", "1"], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 1
+    run = nccl_logs.parse_nccl_tests(out.stdout)
+    assert run.failures and "PyTorch is not installed" in run.failures[0]
