@@ -14,6 +14,12 @@ from scripts.errors import ForgeError
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def no_local_nccl_tests_build(tmp_path, monkeypatch):
+    """A developer's build/nccl-tests must not change which runner these tests see."""
+    monkeypatch.setattr(nccl_test, "DEFAULT_BUILD_DIR", tmp_path / "no-nccl-tests")
+
+
 @pytest.mark.parametrize("spec,expected", [
     ("8:128M", (8, 128 << 20)), ("1K:1G", (1024, 1 << 30)), ("64m", (64 << 20, 64 << 20)), ("8:8", (8, 8)),
 ])
