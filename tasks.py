@@ -347,7 +347,9 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     console.print(f"embedded default project published at {repo_url}")
     rc = resolve_config(ctx.config, {
         "vllm_repo": repo_url, "vllm_ref": RELEASE_TAG, "vllm_src": "",
-        "checkout_dir": str(REPO_ROOT / "build" / "demo" / "vllm"), "arch": arch, "dist_dir": dist_dir,
+        # Next to the published repo: a checkout always belongs to the repo in the same cache.
+        "checkout_dir": str(Path(base.config.cache_dir).expanduser() / "demo" / "vllm"), "arch": arch,
+        "dist_dir": dist_dir,
     })
     src = step_clone(rc, force=False, dry_run=False)
     step_use_existing_torch(src, dry_run=False)
@@ -409,7 +411,7 @@ def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
 
 
 @forge_task(help=AUDIT_HELP, iterable=["arch", "require"], positional=["path"], auto_shortflags=False)
-def audit(ctx, path="", image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
+def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
           no_torch=False):
     """Prove every CUDA extension runs on the target GPU: SASS, PTX JIT or no kernel, per file."""
     if bool(path) == bool(image):

@@ -31,7 +31,8 @@ _GIT_ENV = {
 
 def fixture_digest(root: Path = FIXTURE_DIR) -> str:
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    skip = {"__pycache__", "build", "dist"}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not skip & set(p.relative_to(root).parts)):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

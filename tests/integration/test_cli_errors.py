@@ -79,3 +79,10 @@ def test_bad_invoke_yaml_is_one_line(tmp_path, content, words):
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and "Fix:" in lines[0], out.stderr
+
+
+def test_audit_takes_a_positional_path():
+    binary = REPO / "tests/fixtures/h200x2/k_sm_90"
+    assert invoke("audit", str(binary), "--arch", "9.0").returncode == 0
+    out = invoke("audit", str(binary), "--arch", "12.0")
+    assert out.returncode == 1 and "NO KERNEL" in out.stdout

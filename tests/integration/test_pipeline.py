@@ -190,3 +190,14 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
     with zipfile.ZipFile(wheel) as archive:
         archive.extract("vllm/_C.abi3.so", tmp_path)
     assert cuobjdump_elfs(cuobjdump, tmp_path / "vllm/_C.abi3.so") == {"sm_120"}
+
+
+def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_toolchain):
+    """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored)."""
+    env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    for attempt in (1, 2):
+        out = subprocess.run([sys.executable, "-m", "invoke", "demo", "--no-docker", "--dist-dir", str(tmp_path / "dist")],
+                             cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, f"run {attempt}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
+        assert "sm_120: runs" in out.stdout
+    assert len(list((tmp_path / "dist").glob("*.whl"))) == 1
