@@ -42,6 +42,9 @@ def checkout(tmp_path) -> Path:
     src = tmp_path / "vllm"
     (src / "requirements").mkdir(parents=True)
     (src / "setup.py").write_text("print('setup')\n")
+    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.26)\n")
+    (src / "vllm").mkdir()
+    (src / "vllm" / "__init__.py").write_text("")
     (src / "requirements" / "build.txt").write_text("cmake\n")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(src)]
     subprocess.run(["git", "init", "-q", str(src)], check=True)
