@@ -27,11 +27,12 @@ int main() {
   cudaError_t err = cudaMalloc(&a, 32 * sizeof(int));
   if (err != cudaSuccess) { printf("malloc: %s\n", cudaGetErrorString(err)); return 2; }
   add_one<<<1, 32>>>(a);
-  printf("launch: %s\n", cudaGetErrorString(cudaGetLastError()));
+  cudaError_t launch = cudaGetLastError();  // reading it clears it: keep it for the exit code
+  printf("launch: %s\n", cudaGetErrorString(launch));
   err = cudaDeviceSynchronize();
   if (err == cudaSuccess) err = cudaGetLastError();
   printf("last: %s\n", cudaGetErrorString(err));
-  return err == cudaSuccess ? 0 : 1;
+  return launch == cudaSuccess && err == cudaSuccess ? 0 : 1;
 }
 EOF
 
