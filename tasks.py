@@ -56,12 +56,26 @@ def _debugging() -> bool:
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+def _print_task_help(name: str, body, flag_help: dict, positional: list[str]) -> None:
+    args = " ".join(p.upper() for p in positional)
+    console.print(f"Usage: invoke {name} [--options] {args}\n\n  {escape(body.__doc__ or '')}\n\nOptions:")
+    for flag, text in flag_help.items():
+        shown = flag.upper() if flag in positional else "--" + flag.replace("_", "-")
+        console.print(f"  {shown:<24} {escape(text)}", soft_wrap=True)
+
+
 def forge_task(*task_args, **task_kwargs):
     """``@task`` whose user errors end as one line with the fix, and Ctrl-C as exit code 130."""
 
     def decorate(body):
         @functools.wraps(body)
         def run(ctx, *args, **kwargs):
+            positional = task_kwargs.get("positional") or []
+            if any(kwargs.get(name) in ("-h", "--help") for name in positional):
+                # invoke hands `--help` after a task to its positional argument: answer it here.
+                _print_task_help(task_kwargs.get("name") or body.__name__.replace("_", "-"), body,
+                                 task_kwargs.get("help") or {}, positional)
+                return None
             try:
                 return body(ctx, *args, **kwargs)
             except ForgeError as err:
