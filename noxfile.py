@@ -153,3 +153,9 @@ def compilers(session: nox.Session, cuda: str) -> None:
     session.install(*compiler_check.compiler_packages(cuda))
     out = REPO_ROOT / "build" / "compilers" / f"cu{cuda.replace('.', '')}.json"
     session.run("python", "scripts/compiler_check.py", "--cuda", cuda, "--out", str(out), *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def bench(session: nox.Session) -> None:
+    """Time cold/warm/single-arch/7-arch builds of the miniature and a no-change re-bake (reports/bench.json)."""
+    session.run(sys.executable, "scripts/bench.py", *session.posargs)

@@ -352,7 +352,7 @@ def archs(ctx, cuda=None):
 @forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test)",
                   "arch": FLAG_HELP["arch"], "dist_dir": FLAG_HELP["dist_dir"]})
 def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
-    """The whole pipeline on the embedded miniature vLLM: clone, use-existing-torch, build-wheel, check-size."""
+    """The whole pipeline on the embedded miniature vLLM: clone, build, audit, check-size, then bake/serve/smoke."""
     from scripts.minivllm import RELEASE_TAG, publish_minivllm
 
     started = time.monotonic()
