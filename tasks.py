@@ -84,7 +84,8 @@ def forge_task(*task_args, **task_kwargs):
                 err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
                 raise Exit(code=err.exit_code) from None
             except KeyboardInterrupt:
-                err_console.print("[yellow]interrupted[/]: child processes were stopped; outputs were left as they were")
+                err_console.print("[yellow]interrupted[/]: child processes were stopped; "
+                                  "outputs were left as they were")
                 raise Exit(code=130) from None
 
         return task(*task_args, **task_kwargs)(run)
@@ -96,8 +97,7 @@ def forge_task(*task_args, **task_kwargs):
 from scripts import archs as arch_tables  # noqa: E402
 from scripts import build_wheel as wheel_builder  # noqa: E402
 from scripts import checkout as checkouts  # noqa: E402
-from scripts import compat  # noqa: E402
-from scripts import mirrors  # noqa: E402
+from scripts import compat, mirrors  # noqa: E402
 from scripts.config import DEFAULTS, ResolvedConfig, resolve_config  # noqa: E402
 from scripts.wheel_size import DEFAULT_LIMIT_MB, check_wheel_size  # noqa: E402
 
@@ -277,7 +277,8 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
 
 @forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),
                                      "wheel": "the wheel to check (default: the newest in dist/)",
-                                     "image": "check this image instead: total, size over its runtime base, largest layers",
+                                     "image": "check this image instead: total, size over its runtime base, "
+                                              "largest layers",
                                      "budget": "with --image: fail when the image is larger than this many GB",
                                      "docker": "with --image: the docker client to use"})
 def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0, image=None, budget=0.0, docker=None):

@@ -82,7 +82,9 @@ class BuildPlan:
 
 def tree_needs_torch(src: Path) -> bool:
     setup = src / "setup.py"
-    return setup.is_file() and re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
+    if not setup.is_file():
+        return False
+    return re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
 
 
 def has_git_tags(src: Path) -> bool:

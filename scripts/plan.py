@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from scripts.errors import ForgeError
 
@@ -84,7 +84,7 @@ def run_command(
             log.close()
         raise ForgeError(
             f"'{command.argv[0]}' was not found on this machine",
-            f"install it or put it on PATH, then run again",
+            "install it or put it on PATH, then run again",
         ) from None
     try:
         if stream:
@@ -104,7 +104,8 @@ def run_command(
     if check and code != 0:
         where = f" (log: {log_path})" if log_path else ""
         raise ForgeError(
-            f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` failed with exit code {code}{where}",
+            f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` "
+            f"failed with exit code {code}{where}",
             "read the output above for the first error",
             exit_code=1,
         )

@@ -106,8 +106,10 @@ def cuobjdump_elfs(cuobjdump, so: Path) -> set[str]:
 
 
 @pytest.mark.nvcc
-@pytest.mark.parametrize("arch, expected", [("12.0", {"sm_120"}), ("9.0", {"sm_90"}), ("rtx5090;h100", {"sm_90", "sm_120"})])
-def test_build_wheel_compiles_exactly_the_requested_archs(prepared_src, tmp_path, nvcc_toolchain, cuobjdump, arch, expected):
+@pytest.mark.parametrize("arch, expected", [
+    ("12.0", {"sm_120"}), ("9.0", {"sm_90"}), ("rtx5090;h100", {"sm_90", "sm_120"})])
+def test_build_wheel_compiles_exactly_the_requested_archs(prepared_src, tmp_path, nvcc_toolchain, cuobjdump,
+                                                          arch, expected):
     dist = tmp_path / "dist"
     plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, arch=arch, compile_cache="none", max_jobs=2))
     wheel = run_build(plan, audit=False)
@@ -168,9 +170,9 @@ def test_build_wheel_cli_refuses_impossible_arch_before_anything(tmp_path, repo_
 @pytest.mark.nvcc
 def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_path, cuobjdump):
     """A machine with only Python and PyPI: the nvcc from `cuda-toolkit[nvcc]` wheels builds the kernels."""
-    from scripts.toolchain import _pypi_cuda_roots
-
     from conftest import require_tool
+
+    from scripts.toolchain import _pypi_cuda_roots
 
     require_tool("NVIDIA's nvcc from PyPI (requirements-build.txt)", bool(_pypi_cuda_roots()))
     bin_dir = Path(sys.executable).parent
@@ -178,7 +180,8 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
     env["PATH"] = f"{bin_dir}:/usr/bin:/bin"  # no /usr/local/bin/nvcc, no /usr/local/cuda*/bin
     dist = tmp_path / "dist"
     # The build machine has /usr/local/cuda; this run must not see it.
-    hide_system = "import sys, scripts.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); from scripts.build_wheel import main; sys.exit(main())"
+    hide_system = ("import sys, scripts.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); "
+                   "from scripts.build_wheel import main; sys.exit(main())")
     out = subprocess.run(
         [sys.executable, "-c", hide_system, str(prepared_src), "--arch", "12.0", "--dist-dir", str(dist),
          "--compile-cache", "none", "--no-audit"],
@@ -196,8 +199,8 @@ def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_too
     """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored)."""
     env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
     for attempt in (1, 2):
-        out = subprocess.run([sys.executable, "-m", "invoke", "demo", "--no-docker", "--dist-dir", str(tmp_path / "dist")],
-                             cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        argv = [sys.executable, "-m", "invoke", "demo", "--no-docker", "--dist-dir", str(tmp_path / "dist")]
+        out = subprocess.run(argv, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"run {attempt}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
         assert "sm_120: runs" in out.stdout
     assert len(list((tmp_path / "dist").glob("*.whl"))) == 1

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.gpu
 
 def sections(text: str) -> dict[str, str]:
     parts = re.split(r"^== (.+)$", text, flags=re.M)
-    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2])}
+    return {title.strip(): body for title, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
 @pytest.fixture(scope="module")
