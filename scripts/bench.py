@@ -92,9 +92,12 @@ def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str
         if missing:
             return None, (f"stand-in base images missing ({', '.join(missing)}): run "
                           "`python scripts/standin_images.py` first (NGC images are not reachable here)")
+        # The same CA `invoke bake` passes by default: builds here reach PyPI only through a TLS proxy.
+        ca_bundle, _origin = image.default_ca_bundle()
         request = image.BakeRequest(src=src, arch=SINGLE_ARCH, cuda="13.0", base_image=standins["build"],
                                     runtime_image=standins["runtime"], context_dir=workdir / "bake",
-                                    dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest")
+                                    dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest",
+                                    ca_bundle=ca_bundle)
         tail: list[str] = []
 
         def keep(line: str) -> None:
