@@ -5,10 +5,13 @@ Every task is thin: parse flags, resolve the BuildConfig, call a module in scrip
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +54,75 @@ def _check_project_config() -> None:
 _check_project_config()
 
 
+def _one_line_flag_errors() -> None:
+    """invoke casts a flag to its default's type and lets a ValueError (`--port abc`) escape as a
+    traceback; turn it into invoke's own ParseError, which it prints as one line and exits 1."""
+    from invoke.exceptions import ParseError
+    from invoke.parser import Argument
+
+    original = Argument.set_value
+    if getattr(original, "forge_wrapped", False):
+        return
+
+    def set_value(self, value, cast=True, _set=original):
+        try:
+            return _set(self, value, cast=cast)
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(self.kind, getattr(self.kind, "__name__", "?"))
+            flag = "--" + self.name.replace("_", "-")
+            raise ParseError(f"error: {flag} needs {kind}, got {value!r}. Fix: pass e.g. {flag} "
+                             f"{self.default if self.default not in (None, '') else 1}.") from None
+
+    set_value.forge_wrapped = True
+    Argument.set_value = set_value
+
+    # `invoke audit --image IMG` has no PATH: invoke would refuse it for the missing positional
+    # argument before the task could say "give either PATH or --image". Such a task gets "" instead.
+    from invoke.parser.parser import ParseMachine
+
+    complete = ParseMachine.complete_context
+
+    def complete_context(self, _complete=complete):
+        for arg in (self.context.positional_args if self.context else []):
+            if arg.value is None and arg.name in _OPTIONAL_POSITIONAL.get(self.context.name, ()):
+                arg.set_value("", cast=False)
+        return _complete(self)
+
+    ParseMachine.complete_context = complete_context
+
+
+_OPTIONAL_POSITIONAL = {"audit": ("path",), "nccl-diagnose": ("files",)}
+
+
+_one_line_flag_errors()
+
+
+_DISK_ERRORS = {
+    errno.ENOSPC: "free space there, or point the output (--dist-dir, --checkout-dir) at a disk with room",
+    errno.EDQUOT: "free space within your quota, or point the output at another disk",
+    errno.EROFS: "point the output (--dist-dir, --checkout-dir) at a writable disk",
+    errno.EACCES: "fix the permissions, or point the output (--dist-dir, --checkout-dir) at a directory you own",
+}
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr, always: a multi-line message (a log tail) is folded into it."""
+    line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_termination() -> dict:
+    """SIGTERM/SIGHUP (a closed terminal, a job scheduler) clean up like Ctrl-C: children started
+    in their own sessions would otherwise outlive this process."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def _debugging() -> bool:
     # `invoke --debug` turns on root DEBUG logging; VLLM_FORGE_DEBUG=1 works for nox and CI too.
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
@@ -76,17 +148,27 @@ def forge_task(*task_args, **task_kwargs):
                 _print_task_help(task_kwargs.get("name") or body.__name__.replace("_", "-"), body,
                                  task_kwargs.get("help") or {}, positional)
                 return None
+            previous = _interrupt_on_termination()
             try:
                 return body(ctx, *args, **kwargs)
             except ForgeError as err:
                 if _debugging():
                     raise
-                err_console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+                _print_error(str(err))
                 raise Exit(code=err.exit_code) from None
+            except OSError as err:  # a full or read-only disk anywhere: one line, not a traceback
+                if _debugging() or err.errno not in _DISK_ERRORS:
+                    raise
+                where = f": {err.filename}" if err.filename else ""
+                _print_error(f"{err.strerror}{where}. Fix: {_DISK_ERRORS[err.errno]}.")
+                raise Exit(code=1) from None
             except KeyboardInterrupt:
                 err_console.print("[yellow]interrupted[/]: child processes were stopped; "
                                   "outputs were left as they were")
                 raise Exit(code=130) from None
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
         return task(*task_args, **task_kwargs)(run)
 
@@ -505,8 +587,12 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
 
     from scripts import doctor as doctor_mod
 
+    if host_file and not Path(host_file).is_file():
+        raise ForgeError(f"--host-file {host_file} is not a file",
+                         "pass a host bundle written on the GPU host (see docs/nccl.md)")
     host_text = Path(host_file).read_text(errors="replace") if host_file else None
-    report = doctor_mod.run_doctor(image=image, arch=arch, host_text=host_text)
+    docker = _engine_docker() if image else _plain_docker()  # a down engine: one line, not "no image"
+    report = doctor_mod.run_doctor(image=image, arch=arch, host_text=host_text, docker=docker)
     if json:
         print(json_mod.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -627,6 +713,13 @@ def _plain_docker(docker=None) -> str:
     return docker or os.environ.get("VLLM_FORGE_DOCKER") or "docker"
 
 
+def _engine_docker(docker=None) -> str:
+    """``_plain_docker``, after checking that it exists and its engine answers (one clear line if not)."""
+    path = _plain_docker(docker)
+    images.check_engine(path)
+    return path
+
+
 @forge_task(help={**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
                           "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror"), **IMAGE_HELP},
             iterable=["build_arg", "cache_from", "cache_to"], auto_shortflags=False)
@@ -678,7 +771,7 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
     if dry_run:
         return
     images.check_engine(client.path)
-    log_path = REPO_ROOT / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log_path = REPO_ROOT / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     result, seconds = _run_streaming(f"baking {target}", images.run_bake, plan, log_path=log_path)
     cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
     if result.image:
@@ -694,7 +787,7 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
 @forge_task(help={"image": "image tag or id", "docker": IMAGE_HELP["docker"]}, auto_shortflags=False)
 def inspect(ctx, image, docker=None):
     """Show an image's build labels (vLLM ref/commit, archs, CUDA, bases, date, vllm-forge version) and size."""
-    info = images.inspect_image(_plain_docker(docker), image)
+    info = images.inspect_image(_engine_docker(docker), image)
     table = Table("label", "value", title=f"{image} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})")
     for name, value in sorted(info["labels"].items()):
         table.add_row(name, escape(value))
@@ -705,7 +798,7 @@ def inspect(ctx, image, docker=None):
 
 def image_check_size(image: str, budget_gb: float = 0.0, docker: str | None = None, base: str = "") -> bool:
     """`invoke check-size --image TAG [--budget GB]`: size, size over the runtime base, largest layers."""
-    report = images.image_size_report(_plain_docker(docker), image, budget_gb, base=base)
+    report = images.image_size_report(_engine_docker(docker), image, budget_gb, base=base)
     colour = "green" if report.ok else "red"
     over = (f", {report.over_base / images.GB:.2f} GB over its base {report.base}" if report.over_base is not None
             else (f" (base {report.base} is not present locally)" if report.base else ""))
@@ -751,14 +844,22 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
     docker_path = _plain_docker(docker)
     if compose:
         path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
+        text = serving.compose_file(request)  # checked first: a refused request writes nothing
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(serving.compose_file(request))
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            partial.write_text(text)
+            os.replace(partial, path)  # whole or not at all
+        finally:
+            partial.unlink(missing_ok=True)
         console.print(f"[green]wrote[/] {path}: docker compose -f {path} up -d")
         return
     command = serving.plan_serve(request, docker_path)
     console.print(f"  {escape(serving.shell_line(command, request))}", soft_wrap=True)
     if dry_run:
         return
+    if not local:
+        images.check_engine(docker_path)
     started_at = time.monotonic()
     with console.status("starting the server...") as status:
         def tick(elapsed: float) -> None:
@@ -776,7 +877,10 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
 def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
     """Stop and remove what `invoke serve` started."""
-    console.print(serving.stop(name, _plain_docker(docker)))
+    if (serving.LOCAL_STATE_DIR / f"{name}.pid").exists():  # a --local server: no Docker needed
+        console.print(serving.stop(name, _plain_docker(docker)))
+        return
+    console.print(serving.stop(name, _engine_docker(docker)))
 
 
 def demo_image(ctx, rc, src, wheel) -> None:

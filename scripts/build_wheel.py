@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,8 +152,10 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     env.update(toolchain.env)
     env.update(request.extra_env)
     dist_dir = Path(request.dist_dir).expanduser().resolve()
+    if check_tools:  # a read-only or full output dir fails here, before the checkout is touched
+        _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
     # A private staging dir per run, so two builds into one dist/ never mix files.
-    staging = dist_dir / f".staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = dist_dir / f"{_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     command = Command(
         [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
         cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
@@ -160,7 +163,12 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     return BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
 
 
-def _prepare_dist(dist_dir: Path) -> None:
+_STAGING_PREFIX = ".staging-"
+
+
+def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
+    """The output dir exists, is writable and has room for a wheel of up to ``need_mb`` MB;
+    staging dirs that killed (SIGKILL) runs on this host left behind are removed."""
     try:
         dist_dir.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=dist_dir, prefix=".forge-write-probe-")
@@ -168,19 +176,76 @@ def _prepare_dist(dist_dir: Path) -> None:
     except OSError as err:
         raise ForgeError(f"cannot write to the output dir {dist_dir} ({err.strerror})",
                          "pass --dist-dir to a writable directory with free space") from None
+    _remove_dead_staging(dist_dir)
+    free_mb = shutil.disk_usage(dist_dir).free / 2**20
+    if free_mb < need_mb:
+        raise ForgeError(
+            f"the output dir {dist_dir} has {free_mb:.0f} MB free, and this vLLM's wheel may take up to {need_mb:g} MB",
+            "free space there, or pass --dist-dir on a disk with room",
+        )
+
+
+def _remove_dead_staging(dist_dir: Path) -> None:
+    mine = f"{_STAGING_PREFIX}{socket.gethostname()}-"
+    for path in dist_dir.glob(f"{mine}*"):
+        pid = path.name[len(mine):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_checkout(src: Path):
+    """An exclusive lock on ``src`` for one build at a time: two builds in one checkout would share its
+    CMake build dir (``build/``, where the lock file lives; vLLM's .gitignore has it), so another build
+    of it fails at once instead of corrupting this one."""
+    import fcntl
+
+    build_dir = Path(src).expanduser() / "build"
+    build_dir.mkdir(exist_ok=True)
+    handle = open(build_dir / ".vllm-forge-build.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ForgeError(f"another build-wheel (pid {holder}) is building {src} right now",
+                         "wait for it to finish, or build from a separate checkout (--vllm-src)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def run_build(plan: BuildPlan, *, on_line=None, audit: bool = True) -> Path:
     """Run the plan; returns the published wheel's path."""
     dist_dir = Path(plan.request.dist_dir).expanduser().resolve()
+    lock = _lock_checkout(plan.request.src)
+    try:
+        return _run_locked(plan, dist_dir, on_line=on_line, audit=audit)
+    finally:
+        lock.close()
+
+
+def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = True) -> Path:
     _prepare_dist(dist_dir)
     staging = plan.staging
-    staging.mkdir()
     log_path = None
     if plan.request.log_dir:
         log_dir = Path(plan.request.log_dir).expanduser()
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"build-wheel-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log_path = log_dir / f"build-wheel-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    staging.mkdir()
     cache_session = CacheSession(plan.compile_cache, plan.env)
     try:
         cache_session.start()  # counters before, so the figures are this build's

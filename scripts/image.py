@@ -19,10 +19,12 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +142,21 @@ def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> Docker
 
 
 def check_engine(docker: str, *, runner=subprocess.run) -> None:
-    proc = runner([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
-    if proc.returncode != 0:
+    """ForgeError unless ``docker`` exists and its engine answers (a down daemon costs one line)."""
+    try:
+        proc = runner([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                      timeout=60)
+    except FileNotFoundError:
         raise ForgeError(
-            f"no Docker engine answers ({(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['?']})",
+            f"docker client {docker} does not exist", "install Docker, or pass --docker PATH (or VLLM_FORGE_DOCKER)"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise ForgeError(f"the Docker engine did not answer `{docker} info` within 60 s",
+                         "check that dockerd is healthy (`sudo systemctl status docker`), or set DOCKER_HOST") from None
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise ForgeError(
+            f"no Docker engine answers `{docker} info` ({said[-1].rstrip('.') if said else 'no output'})",
             "start it (`sudo systemctl start docker`, or `dockerd &` in a container), or set DOCKER_HOST",
         )
 
@@ -289,6 +302,10 @@ class BakePlan:
     stage_context: bool  # forge recipe: sync the checkout + scripts into `context` first
     secret_values: dict[str, str] = field(default_factory=dict)  # id -> value written at run time
     notes: list[str] = field(default_factory=list)
+    # A wheel export lands here first (private to this run, inside dist/), then moves into dist/ file
+    # by file with a rename: an interrupted or concurrent export never leaves half a wheel in dist/.
+    export_dir: Path | None = None
+    cleanup: list[list[str]] = field(default_factory=list)  # run (errors ignored) however the bake ends
 
     def lines(self) -> list[str]:
         """The plan as printable lines: comments, then each exact command."""
@@ -553,6 +570,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
+    export_dir = (dist_dir / f".staging-{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
+                  if export_wheel else None)
     argv = list(client.build_argv)
     argv += ["--progress=plain", "-f", str(dockerfile), "--target", target_stage]
     if client.mode == "buildx" and request.builder:
@@ -574,20 +593,22 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             argv += ["--label", f"{name}={value}"]
         argv += ["-t", image]
     if export_wheel and recipe == "forge":
-        argv += ["--output", f"type=local,dest={dist_dir}"]
+        argv += ["--output", f"type=local,dest={export_dir}"]
     elif client.mode == "buildx":
         argv.append("--push" if request.push else "--load")
     argv.append(str(context))
     commands = [Command(argv, env=client.build_env, why=f"build target {target_stage} ({recipe} recipe)")]
     if request.push and client.mode != "buildx":
         commands.append(Command([client.path, "push", image], why="push (this client has no buildx --push)"))
+    cleanup: list[list[str]] = []
     if export_wheel and recipe != "forge":
-        box = f"vllm-forge-wheel-{os.getpid()}"
+        box = f"vllm-forge-wheel-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         commands += [
             Command([client.path, "create", "--name", box, image], why="copy the wheel out of vLLM's build stage"),
-            Command([client.path, "cp", f"{box}:{UPSTREAM_DIST_DIR}/.", str(dist_dir)]),
+            Command([client.path, "cp", f"{box}:{UPSTREAM_DIST_DIR}/.", str(export_dir)]),
             Command([client.path, "rm", box]),
         ]
+        cleanup.append([client.path, "rm", "-f", box])
     notes.insert(
         0,
         f"recipe {recipe}: {dockerfile} (target {target_stage}); "
@@ -609,6 +630,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         stage,
         secret_values,
         notes,
+        export_dir,
+        cleanup,
     )
 
 
@@ -773,25 +796,39 @@ def run_bake(
             written.append(path)
         if log_path:
             log_path.parent.mkdir(parents=True, exist_ok=True)
+        if plan.export_dir:
+            plan.export_dir.mkdir(parents=True)
         for command in plan.commands:
             run_command(command, on_line=watch, log_path=log_path)
+        exported = _publish_export(plan.export_dir) if plan.export_dir else []
     finally:
         for path in written:
             path.unlink(missing_ok=True)
+        for argv in plan.cleanup:
+            subprocess.run(argv, capture_output=True)
+        if plan.export_dir:
+            shutil.rmtree(plan.export_dir, ignore_errors=True)
     image_id = ""
     if plan.image:
         proc = subprocess.run(
             [plan.client.path, "image", "inspect", "--format", "{{.Id}}", plan.image], capture_output=True, text=True
         )
         image_id = proc.stdout.strip()
-    wheels = []
-    if plan.request.target == "wheel":
-        wheels = sorted(
-            Path(plan.request.dist_dir).expanduser().resolve().glob("*.whl"), key=lambda p: p.stat().st_mtime
-        )
+    wheels = [path for path in exported if path.suffix == ".whl"]
     return BakeResult(plan.image, image_id, time.monotonic() - started, wheels, len(cached & set(steps)), len(steps),
         [title for number, title in steps.items() if number not in cached],
     )
+
+
+def _publish_export(export_dir: Path) -> list[Path]:
+    """Move what the export wrote into dist/ (its parent), one rename per file; returns the new paths."""
+    published = []
+    for path in sorted(export_dir.iterdir()):
+        if path.is_file():
+            final = export_dir.parent / path.name
+            os.replace(path, final)
+            published.append(final)
+    return published
 
 
 # --- looking at images ---------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ docker compose file.
 
 Secrets: ``HF_TOKEN`` is passed by name only (``-e HF_TOKEN``: docker reads the value from this
 process's environment, so it is neither on a command line nor in the image), and only at run time.
+The API key travels the same way, as ``VLLM_API_KEY`` (vLLM reads it from its environment): never as
+``--api-key`` on a command line, where every user of a shared host sees it in ``ps``. A compose file
+names ``${VLLM_API_KEY}``, never the key.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / "build" / "serve"
 PASSTHROUGH_PREFIXES = ("NCCL_", "VLLM_", "CUDA_VISIBLE_DEVICES", "HF_HUB_", "TORCH_")
 PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDIA_VISIBLE_DEVICES")
 _NEVER_PASS = ("VLLM_FORGE_DOCKER", "VLLM_FORGE_DEBUG", "VLLM_FORGE_CACHE")
+API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own: its server takes the key from here when --api-key is absent
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -65,7 +70,7 @@ def check_request(request: ServeRequest) -> None:
         raise ForgeError("--tp must be 1 or more", "pass the number of GPUs to shard the model over")
     if not 0 < request.port < 65536:
         raise ForgeError(f"--port {request.port} is not a TCP port", "pass a port between 1 and 65535")
-    if request.host not in ("127.0.0.1", "localhost", "::1") and not request.api_key and not request.insecure:
+    if request.host not in _LOCAL_HOSTS and not request.api_key and not request.insecure:
         raise ForgeError(
             f"serving on {request.host} without --api-key would let anyone on the network use the model",
             "pass --api-key KEY (clients send `Authorization: Bearer KEY`), or --insecure if that is what you want",
@@ -80,6 +85,37 @@ def check_request(request: ServeRequest) -> None:
             f"--tp {request.tp} needs {request.tp} GPUs but --gpus names {len(gpus.split(','))}",
             "give as many GPUs as --tp, or lower --tp",
         )
+    path = model_path(request.model)
+    if path is not None and not path.exists():
+        raise ForgeError(
+            f"--model {request.model} looks like a path, and {path} does not exist",
+            "pass the directory holding the model's config.json, or a Hugging Face id (Qwen/Qwen2.5-0.5B-Instruct)",
+        )
+
+
+def model_path(model: str) -> Path | None:
+    """The local directory ``model`` names, or None for a Hugging Face id (org/name)."""
+    if model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists():
+        return Path(model).expanduser().resolve()
+    return None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """ForgeError when something already listens on host:port (before a container or server is started)."""
+    import socket
+
+    bind = "" if host in ("0.0.0.0", "::", "") else host
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((bind, port))
+        except PermissionError:
+            raise ForgeError(f"port {port} needs root to listen on", "pass --port 1024 or higher") from None
+        except OSError as err:
+            raise ForgeError(
+                f"port {port} on {host} is already in use ({err.strerror})",
+                f"pass another --port, or stop what listens there (`invoke stop`, or `ss -ltnp 'sport = :{port}'`)",
+            ) from None
 
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:
@@ -101,9 +137,7 @@ def server_args(request: ServeRequest, *, bind_host: str, port: int) -> list[str
     ]
     if request.served_model_name:
         args += ["--served-model-name", request.served_model_name]
-    if request.api_key:
-        args += ["--api-key", request.api_key]
-    return args + list(request.extra_args)
+    return args + list(request.extra_args)  # the API key goes by environment (API_KEY_ENV), never here
 
 
 def _gpus_flag(gpus: str) -> list[str]:
@@ -118,10 +152,11 @@ def _gpus_flag(gpus: str) -> list[str]:
 def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
     """The exact `docker run` (or local python) command that starts the server detached."""
     check_request(request)
+    key_env = {API_KEY_ENV: request.api_key} if request.api_key else {}  # masked wherever printed
     if request.local:
         return Command(
             [sys.executable, "-m", SERVER_MODULE, *server_args(request, bind_host=request.host, port=request.port)],
-            why="the vLLM installed in this Python, in the background",
+            env=key_env, why="the vLLM installed in this Python, in the background",
         )
     hf_cache = Path(request.hf_cache).expanduser()
     argv = [docker, "run", "-d", "--name", request.name, "--label", "org.vllm-forge.serve=1"]
@@ -129,11 +164,16 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
     argv += ["--shm-size", request.shm_size] if request.shm_size else ["--ipc=host"]
     argv += ["-p", f"{request.host}:{request.port}:{CONTAINER_PORT}"]
     argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
-    for name in passthrough_env(request.env):
-        argv += ["-e", name]
+    local_model = model_path(request.model)
+    if local_model is not None:  # the container sees the model at the same path, read-only
+        argv += ["-v", f"{local_model}:{local_model}:ro"]
+    for name in sorted(set(passthrough_env(request.env)) | set(key_env)):
+        argv += ["-e", name]  # by name: docker takes the value from its own environment
     argv.append(request.image)
     argv += server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT)
-    return Command(argv, why="start the OpenAI server container, detached")
+    if local_model is not None:
+        argv[argv.index("--model") + 1] = str(local_model)
+    return Command(argv, env=key_env, why="start the OpenAI server container, detached")
 
 
 def shell_line(command: Command, request: ServeRequest) -> str:
@@ -157,29 +197,39 @@ def base_url(request: ServeRequest) -> str:
 
 def start(request: ServeRequest, docker: str = "docker") -> Started:
     command = plan_serve(request, docker)
+    check_port_free(request.host, request.port)
     if request.local:
         LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
-        log = open(LOCAL_STATE_DIR / f"{request.name}.log", "w")
-        proc = subprocess.Popen(
-            command.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, **command.env},
-        )
+        with open(LOCAL_STATE_DIR / f"{request.name}.log", "w") as log:
+            proc = subprocess.Popen(
+                command.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **command.env},
+            )
         (LOCAL_STATE_DIR / f"{request.name}.pid").write_text(str(proc.pid))
         return Started("process", str(proc.pid), request.name, base_url(request))
-    existing = subprocess.run([docker, "container", "inspect", request.name], capture_output=True, text=True)
+    try:
+        existing = subprocess.run([docker, "container", "inspect", request.name], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ForgeError(f"docker client {docker} does not exist", "install Docker, or pass --docker PATH") from None
     if existing.returncode == 0:
         raise ForgeError(
             f"a container named {request.name} already exists",
             f"stop it with `invoke stop --name {request.name}`, or pass --name",
         )
-    proc = subprocess.run(command.argv, capture_output=True, text=True, env={**os.environ, **(request.env or {})})
+    env = {**os.environ, **(request.env or {}), **command.env}
+    try:
+        proc = subprocess.run(command.argv, capture_output=True, text=True, env=env)
+    except BaseException:  # Ctrl-C while docker creates it: remove what may have been created
+        subprocess.run([docker, "rm", "-f", request.name], capture_output=True)
+        raise
     if proc.returncode != 0:
         subprocess.run([docker, "rm", "-f", request.name], capture_output=True)
+        said = " ".join(proc.stderr.split())[-400:]
         raise ForgeError(
-            f"docker run failed: {proc.stderr.strip()[-400:]}",
+            f"docker run failed: {said}",
             "read docker's message; for GPU errors check the NVIDIA container toolkit "
             "(`docker info | grep -i nvidia`), or pass --gpus none for CPU-only stand-ins",
         )
@@ -207,6 +257,30 @@ def is_running(started: Started, docker: str = "docker") -> bool:
         [docker, "inspect", "--format", "{{.State.Running}}", started.ident], capture_output=True, text=True
     )
     return proc.stdout.strip() == "true"
+
+
+def save_logs(started: Started, docker: str = "docker") -> Path | None:
+    """The server's whole log in build/serve/<name>.log (a container's is copied out before it is removed)."""
+    path = LOCAL_STATE_DIR / f"{started.name}.log"
+    if started.kind == "container":
+        try:
+            proc = subprocess.run([docker, "logs", started.ident], capture_output=True, text=True, timeout=60)
+            LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
+            path.write_text(proc.stdout + proc.stderr)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return path if path.exists() else None
+
+
+def last_words(started: Started, docker: str = "docker") -> str:
+    """'last line: ...; full log: PATH', for a one-line error about a server that went wrong."""
+    try:
+        lines = [line.strip() for line in logs(started, docker).splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        lines = []
+    path = save_logs(started, docker)
+    last = lines[-1][-300:] if lines else "no output"
+    return f"last line: {last}" + (f"; full log: {path}" if path else "")
 
 
 def logs(started: Started, docker: str = "docker", tail: int = 40) -> str:
@@ -238,14 +312,14 @@ def wait_healthy(
             pass
         if not is_running(started, docker):
             raise ForgeError(
-                f"the server exited before it became healthy; its last lines:\n{logs(started, docker)}",
-                "read the log above (model name, GPU visibility, memory)",
+                f"the server exited before it became healthy ({last_words(started, docker)})",
+                "read that log (model name, GPU visibility, memory)",
                 exit_code=1,
             )
         if elapsed > timeout_s:
             raise ForgeError(
-                f"{started.url}/health did not answer within {timeout_s:g}s; last lines:\n{logs(started, docker)}",
-                "raise --timeout for large models, or read the log above",
+                f"{started.url}/health did not answer within {timeout_s:g}s ({last_words(started, docker)})",
+                "raise --timeout for large models, or read that log; the server was stopped",
                 exit_code=1,
             )
         if on_tick:
@@ -302,7 +376,10 @@ def stop(name: str = DEFAULT_NAME, docker: str = "docker") -> str:
             return f"stopped local server (pid {pid})"
         except ProcessLookupError:
             return f"local server (pid {pid}) had already exited"
-    proc = subprocess.run([docker, "rm", "-f", name], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([docker, "rm", "-f", name], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ForgeError(f"docker client {docker} does not exist", "install Docker, or pass --docker PATH") from None
     if proc.returncode != 0:
         if "No such container" in proc.stderr:
             return f"no container named {name} is running"
@@ -328,12 +405,10 @@ def serve(
             else None
         )
     except BaseException as err:
-        last = logs(started, docker) if isinstance(err, ForgeError) and "last lines" not in str(err) else ""
+        words = last_words(started, docker) if isinstance(err, ForgeError) and "last line" not in str(err) else ""
         stop(request.name, docker)
-        if last:
-            raise ForgeError(
-                f"{err.problem}; the server's last lines:\n{last}", err.fix, exit_code=err.exit_code
-            ) from None
+        if words:
+            raise ForgeError(f"{err.problem} ({words})", err.fix, exit_code=err.exit_code) from None
         raise
     return started, seconds, result
 
@@ -359,10 +434,12 @@ def compose_file(request: ServeRequest) -> str:
         f"      - {q(str(Path(request.hf_cache).expanduser()) + ':/root/.cache/huggingface')}",
     ]
     lines += [f"    shm_size: {q(request.shm_size)}"] if request.shm_size else ["    ipc: host"]
-    names = passthrough_env(request.env)
-    if names:
+    names = [name for name in passthrough_env(request.env) if name != API_KEY_ENV]
+    if names or request.api_key:
         lines.append("    environment:")
         lines += [f"      - {name}" for name in names]  # by name: compose takes the value from the shell
+        if request.api_key:  # the key itself is never written: compose reads it from the shell that runs it
+            lines.append(f"      - {q(API_KEY_ENV + '=${' + API_KEY_ENV + ':?export ' + API_KEY_ENV + ' first}')}")
     if request.gpus != "none":
         lines += [
             "    deploy:",

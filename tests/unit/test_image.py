@@ -258,7 +258,9 @@ def test_builtin_buildkit_pushes_after_and_refuses_cache_to(checkout, tmp_path):
 def test_wheel_target_exports_only_the_wheel(checkout, tmp_path):
     plan = image.plan_bake(request(checkout, tmp_path, target="wheel"), BUILDKIT)
     argv = plan.commands[0].argv
-    assert flag_values(argv, "--output") == [f"type=local,dest={tmp_path / 'dist'}"]
+    # into a private staging dir in dist/, moved into dist/ by rename after the export
+    assert flag_values(argv, "--output") == [f"type=local,dest={plan.export_dir}"]
+    assert plan.export_dir.parent == tmp_path / "dist" and plan.export_dir.name.startswith(".staging-")
     assert "-t" not in argv and "--label" not in argv and plan.image == ""
     with pytest.raises(ForgeError, match="--target"):
         image.plan_bake(request(checkout, tmp_path, target="dev"), BUILDKIT)
@@ -292,8 +294,9 @@ def test_upstream_plan_passes_only_declared_args(checkout, tmp_path):
     kinds = [c.argv[1] for c in wheel.commands]
     assert kinds == ["build", "create", "cp", "rm"]
     assert wheel.commands[2].argv[2].endswith(":/workspace/dist/.") and wheel.commands[2].argv[3] == str(
-        tmp_path / "dist"
+        wheel.export_dir
     )
+    assert wheel.export_dir.parent == tmp_path / "dist" and wheel.cleanup[0][1:3] == ["rm", "-f"]
 
 
 def test_upstream_without_a_dockerfile_says_so(checkout, tmp_path):

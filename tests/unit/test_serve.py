@@ -55,8 +55,9 @@ def test_docker_run_command():
     assert argv[argv.index("-p") + 1] == "127.0.0.1:8100:8000"
     assert argv[argv.index("-v") + 1].endswith(".cache/huggingface:/root/.cache/huggingface")
     passed = [argv[i + 1] for i, a in enumerate(argv) if a == "-e"]
-    assert passed == ["HF_TOKEN", "NCCL_DEBUG", "NCCL_P2P_DISABLE"]  # by name only
+    assert passed == ["HF_TOKEN", "NCCL_DEBUG", "NCCL_P2P_DISABLE", "VLLM_API_KEY"]  # by name only
     assert "hf_secret" not in " ".join(argv) and "INFO" not in argv
+    assert "key-123" not in " ".join(argv) and "--api-key" not in argv  # the key goes by environment
     tail = argv[argv.index("vllm-forge/vllm:test") + 1 :]
     assert tail[:8] == ["--host", "0.0.0.0", "--port", "8000", "--model", r.model, "--tensor-parallel-size", "2"]
     line = serve.shell_line(serve.plan_serve(r, "/usr/bin/docker"), r)
