@@ -12,6 +12,9 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 COLUMNS=160
 W="$(mktemp -d)"
 inv() { python3 -m invoke "$@"; }
+# Two ranks on a 2-GPU host; where fewer GPUs are lent, as many as there are (and the record says so).
+NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | grep -c .)
+GPUS=$(( NGPU < 2 ? NGPU : 2 ))
 
 {
   echo "== nvidia-smi"; nvidia-smi
@@ -19,22 +22,23 @@ inv() { python3 -m invoke "$@"; }
   nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total,pci.bus_id,pcie.link.gen.max,pcie.link.width.max --format=csv
   echo "== topo"; nvidia-smi topo -m
   echo "== topo -p2p r"; nvidia-smi topo -p2p r
+  echo "== ranks"; echo "gpus: $GPUS of $NGPU"
 } > "$OUT/host.txt" 2>&1
 
 inv doctor > "$OUT/doctor.txt" 2>&1; echo "invoke doctor: exit $?" | tee -a "$OUT/doctor.txt"
 inv doctor --json > "$OUT/doctor.json" 2>&1; echo "invoke doctor --json: exit $?"
 
-inv nccl-test --gpus 2 --runner torch --sizes 1M:512M --out "$W/torch" > "$W/torch.out" 2>&1
-echo "invoke nccl-test --gpus 2 --runner torch: exit $?" >> "$W/torch.out"
+inv nccl-test --gpus "$GPUS" --runner torch --sizes 1M:512M --out "$W/torch" > "$W/torch.out" 2>&1
+echo "invoke nccl-test --gpus $GPUS --runner torch: exit $?" >> "$W/torch.out"
 { cat "$W/torch.out"; echo "== all_reduce.txt"; cat "$W/torch/all_reduce.txt"; } > "$OUT/nccl_test_torch.txt" 2>&1
 cat "$W"/torch/nccl_debug*.log > "$OUT/nccl_debug_torch.log" 2>/dev/null
 
 BIN="$PWD/build/nccl-tests/build/all_reduce_perf"
 if [ -x "$BIN" ]; then
   LIBS=$(python3 -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/*/lib/lib*.so*')})))")
-  LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" inv nccl-test --gpus 2 --runner nccl-tests \
+  LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" inv nccl-test --gpus "$GPUS" --runner nccl-tests \
       --binary "$BIN" --sizes 8:512M --out "$W/nt" > "$W/nt.out" 2>&1
-  echo "invoke nccl-test --gpus 2 --runner nccl-tests: exit $?" >> "$W/nt.out"
+  echo "invoke nccl-test --gpus $GPUS --runner nccl-tests: exit $?" >> "$W/nt.out"
   { cat "$W/nt.out"; echo "== all_reduce.txt"; cat "$W/nt/all_reduce.txt"; echo "== nccl debug";
     cat "$W"/nt/nccl_debug*.log; } > "$OUT/nccl_tests.txt" 2>&1
 fi
