@@ -90,6 +90,22 @@ def _one_line_flag_errors() -> None:
 
     ParseMachine.complete_context = complete_context
 
+    # INVOKE_FORGE_MAX_JOBS=lots: invoke casts it to the default's type and raises a bare ValueError.
+    from invoke.env import Environment
+    from invoke.exceptions import Exit as InvokeExit
+
+    path_set = Environment._path_set
+
+    def env_path_set(self, key_path, value, _set=path_set):
+        try:
+            return _set(self, key_path, value)
+        except ValueError:
+            name = "_".join([self._prefix.rstrip("_"), *key_path]).upper()
+            raise InvokeExit(f"error: {name} must be a number, got {value!r}. Fix: set it to a number "
+                             f"(0 means automatic), or unset it.", code=2) from None
+
+    Environment._path_set = env_path_set
+
 
 _OPTIONAL_POSITIONAL = {"audit": ("path",), "nccl-diagnose": ("files",)}
 
@@ -102,12 +118,16 @@ _DISK_ERRORS = {
     errno.EDQUOT: "free space within your quota, or point the output at another disk",
     errno.EROFS: "point the output (--dist-dir, --checkout-dir) at a writable disk",
     errno.EACCES: "fix the permissions, or point the output (--dist-dir, --checkout-dir) at a directory you own",
+    errno.ENOTDIR: "a part of that path is a file: point the output at a directory path",
+    errno.EEXIST: "a file is in the way: point the output at a directory path, or move the file",
 }
 
 
 def _print_error(message: str) -> None:
     """One line on stderr, always: a multi-line message (a log tail) is folded into it."""
-    line = " | ".join(part.strip() for part in message.splitlines() if part.strip())
+    from scripts.plan import mask_urls  # a repo URL with a token in it never reaches the terminal
+
+    line = mask_urls(" | ".join(part.strip() for part in message.splitlines() if part.strip()))
     err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
 
 
@@ -181,6 +201,7 @@ from scripts import build_wheel as wheel_builder  # noqa: E402
 from scripts import checkout as checkouts  # noqa: E402
 from scripts import compat, mirrors  # noqa: E402
 from scripts.config import DEFAULTS, ResolvedConfig, resolve_config  # noqa: E402
+from scripts.plan import mask_urls  # noqa: E402
 from scripts.wheel_size import DEFAULT_LIMIT_MB, check_wheel_size  # noqa: E402
 
 FLAG_HELP = {
@@ -267,7 +288,7 @@ def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool,
     dest = Path(cfg.checkout_dir).expanduser()
     commands = checkouts.plan_clone(repo, cfg.vllm_ref, dest, force=force)
     if dry_run:
-        _print_commands(f"clone {repo} @ {cfg.vllm_ref}", commands)
+        _print_commands(f"clone {mask_urls(repo)} @ {cfg.vllm_ref}", commands)
         return dest
     sha, seconds = _run_streaming(f"cloning {cfg.vllm_ref}", checkouts.clone, repo, cfg.vllm_ref,
                                   dest, force=force)
@@ -385,7 +406,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
                  build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
     table = Table("setting", "value", "from", title="Resolved configuration")
     for name, value in rc.config.as_dict().items():
-        table.add_row(name, escape(str(value)), rc.source(name))
+        table.add_row(name, escape(mask_urls(str(value))), rc.source(name))
     console.print(table)
     archs = arch_tables.resolve_arch(rc.config.arch, rc.config.cuda)
     console.print(f"archs: {', '.join(a.sm for a in archs)}  TORCH_CUDA_ARCH_LIST="
@@ -413,12 +434,14 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
         try:
             make()
         except ForgeError as err:
-            console.print(f"[yellow]not ready:[/] {escape(str(err))}")
+            console.print(f"[yellow]not ready:[/] {escape(mask_urls(str(err)))}")
 
 
 @forge_task(help={"cuda": "show which archs this CUDA version can build"})
 def archs(ctx, cuda=None):
     """List the GPU names this tool knows, their arch, and the CUDA versions that can build them."""
+    if cuda:
+        arch_tables.check_archs_for_cuda([], cuda)  # an unknown CUDA version: one line, not an empty table
     table = Table("GPU", "arch", "oldest CUDA", "newest CUDA", title="GPU names accepted by --arch")
     seen = set()
     for model in compat.GPU_MODELS.values():
@@ -439,6 +462,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     from scripts.minivllm import RELEASE_TAG, publish_minivllm
 
     started = time.monotonic()
+    arch_tables.parse_arch_list(arch)  # a typo fails now, not after the clone
     base = resolve_config(ctx.config, {"dist_dir": dist_dir})
     repo_url = publish_minivllm(Path(base.config.cache_dir).expanduser())
     console.print(f"embedded default project published at {repo_url}")

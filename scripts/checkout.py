@@ -42,7 +42,8 @@ class CheckoutState:
 
 
 def _git(args: list[str], cwd: Path | str | None = None, check: bool = True, strip: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    # --no-optional-locks: looking (status, diff) never rewrites the checkout's index behind its owner.
+    proc = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise ForgeError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}",
                          "check the repository URL, the ref and the network")

@@ -13,6 +13,7 @@ build-arg, secret and label) and returns the exact commands; ``--dry-run`` print
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -767,6 +768,35 @@ class BakeResult:
 
 
 def run_bake(
+    plan: BakePlan, *, on_line: Callable[[str], None] | None = None, log_path: Path | None = None
+) -> BakeResult:
+    # Bakes from one vllm-forge share its staged context and secrets dir (build/bake): one at a time.
+    # A second waits here instead of re-staging the context under the first one's running build.
+    with _context_lock(Path(plan.request.context_dir), on_line):
+        return _run_bake(plan, on_line=on_line, log_path=log_path)
+
+
+@contextlib.contextmanager
+def _context_lock(context_dir: Path, on_line: Callable[[str], None] | None = None):
+    import fcntl
+
+    context_dir.mkdir(parents=True, exist_ok=True)
+    with open(context_dir / ".bake.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            if on_line:
+                on_line(f"waiting for another bake (pid {handle.read().strip() or '?'}) that uses {context_dir}")
+            fcntl.flock(handle, fcntl.LOCK_EX)  # Ctrl-C while waiting still interrupts
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def _run_bake(
     plan: BakePlan, *, on_line: Callable[[str], None] | None = None, log_path: Path | None = None
 ) -> BakeResult:
     started = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,23 @@ def mask_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: ("****" if is_secret_name(k) and v else v) for k, v in env.items()}
 
 
+_URL_USERINFO = re.compile(r"\b([a-z][\w+.-]*://)([^/@\s'\"]+)@", re.IGNORECASE)
+
+
+def _mask_userinfo(match: re.Match) -> str:
+    scheme, userinfo = match.group(1), match.group(2)
+    if ":" in userinfo:  # user:password
+        return f"{scheme}{userinfo.split(':', 1)[0]}:****@"
+    if scheme.lower().startswith("http"):  # https://TOKEN@host: the user name is the secret
+        return f"{scheme}****@"
+    return match.group(0)  # ssh://git@host: a user name, nothing secret
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the password (or bare token) of every ``scheme://user:password@host`` masked as ****."""
+    return _URL_USERINFO.sub(_mask_userinfo, text)
+
+
 @dataclass
 class Command:
     argv: list[str]
@@ -37,7 +55,7 @@ class Command:
             parts.append(f"cd {shlex.quote(str(self.cwd))} &&")
         parts += [f"{k}={_shell_value(k, v)}" for k, v in mask_env(self.env).items()]
         parts.append(shlex.join(self.argv))
-        return " ".join(parts)
+        return mask_urls(" ".join(parts))  # a repo or index URL with credentials in it
 
     def full_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -177,9 +177,8 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
 
 
 def shell_line(command: Command, request: ServeRequest) -> str:
-    """The command for printing: the API key masked."""
-    line = command.shell()
-    return line.replace(request.api_key, "****") if request.api_key else line
+    """The command for printing: the key is only in its environment, which ``Command.shell`` masks."""
+    return command.shell()
 
 
 @dataclass
