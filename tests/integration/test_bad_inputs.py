@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -493,11 +492,14 @@ def test_debug_shows_the_traceback_of_a_disk_error(tmp_path, clean_checkout, min
 
 def test_every_case_is_a_row_of_docs_errors_md():
     """The table in docs/errors.md and these cases are the same list."""
-    text = DOCS.read_text()
+    text = DOCS.read_text().split("## Interrupts")[0]  # the first table is the bad-input one
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     ids = [row.split("`")[1] for row in rows]
     assert sorted(ids) == sorted(c.id for c in CASES)
     assert len(ids) >= 30
+    for row, case in zip(sorted(rows, key=lambda r: r.split("`")[1]), sorted(CASES, key=lambda c: c.id), strict=True):
+        message = row.split(" | ")[2]
+        assert message.startswith("error: ") and "Fix:" in message and case.words in message, row
 
 
 def test_cases_need_only_what_ci_installs():
@@ -507,10 +509,43 @@ def test_cases_need_only_what_ci_installs():
     _check_needs(("nvcc", "docker"))
 
 
-def _row(case: Case, line: str, code: int) -> str:  # pragma: no cover - used to regenerate the table
-    shown = " ".join(case.args)
-    return f"| `{case.id}` | `invoke {shown}` | {line} | {code} | {case.keeps} |"
+def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's table from real runs
+    """`python -m tests.integration.test_bad_inputs`: run every case, print its table row."""
+    import re
+    import tempfile
+
+    from scripts.minivllm import publish_minivllm
+
+    base = Path(tempfile.mkdtemp(prefix="forge-errors-"))
+    remote = publish_minivllm(base / "remote")
+    checkout = base / "clean" / "vllm"
+    subprocess.run(["git", "clone", "-q", "--branch", "v0.1.0", remote, str(checkout)], check=True,
+                   capture_output=True)
+    rows = []
+    for number, case in enumerate(CASES):
+        tmp = base / f"case{number}"
+        tmp.mkdir()
+        out, _, _ = run_case(case, tmp, checkout, remote)
+        line = next((line for line in out.stderr.splitlines() if line.strip()), "(nothing)")
+
+        def shown(text: str, tmp: Path = tmp) -> str:
+            text = text.replace(str(tmp), "/tmp/x").replace(remote, "file:///srv/vllm.git")
+            text = text.replace(sys.executable, "python3")
+            text = re.sub(r"port \d+ on", "port 8123 on", text)
+            text = re.sub(r"sport = :\d+", "sport = :8123", text)
+            text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:8123", text)
+            text = re.sub(r"only \d+\.\d GiB", "only N GiB", text)
+            text = re.sub(r"about \d+ GiB", "about N GiB", text)
+            return re.sub(r"--max-jobs \d+ or lower", "--max-jobs N or lower", text).replace("|", "\\|")
+
+        args = " ".join(a.format(tmp="/tmp/x", co="/tmp/x/co", remote=remote, port="8123") for a in case.args)
+        env = ("VLLM_FORGE_DOCKER=<client of a stopped daemon> " if case.prepare in (
+            with_fake_docker, with_fake_docker_and_checkout) or case.id == "no-docker-engine-serve" else "")
+        env += "INVOKE_FORGE_MAX_JOBS=lots " if case.id == "max-jobs-env-not-a-number" else ""
+        env += "(no nvcc anywhere) " if case.hide_nvcc else ""
+        rows.append(f"| `{case.id}` | `{env}invoke {shown(args)}` | {shown(line)} | {out.returncode} | {case.keeps} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(textwrap.dedent(__doc__ or ""))
+    print(table_rows())
