@@ -104,16 +104,19 @@ def run_command(
             f"'{command.argv[0]}' was not found on this machine",
             "install it or put it on PATH, then run again",
         ) from None
+    last = ""  # the child's last words, for the one-line error when it fails
     try:
         if stream:
             assert proc.stdout is not None
             for line in proc.stdout:
+                if line.strip():
+                    last = line.strip()
                 if log:
                     log.write(line)
                 if on_line:
                     on_line(line.rstrip("\n"))
         code = proc.wait()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or this side failing (a full disk under the log): stop the child too
         _terminate(proc)
         raise
     finally:
@@ -121,10 +124,11 @@ def run_command(
             log.close()
     if check and code != 0:
         where = f" (log: {log_path})" if log_path else ""
+        said = f"; its last line: {last[-300:]}" if last else ""
         raise ForgeError(
             f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` "
-            f"failed with exit code {code}{where}",
-            "read the output above for the first error",
+            f"failed with exit code {code}{where}{said}",
+            "read the log for the first error" if log_path else "read its output for the first error",
             exit_code=1,
         )
     return code
