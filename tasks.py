@@ -876,7 +876,8 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
             os.replace(partial, path)  # whole or not at all
         finally:
             partial.unlink(missing_ok=True)
-        console.print(f"[green]wrote[/] {path}: docker compose -f {path} up -d")
+        key = "export VLLM_API_KEY=...; " if request.api_key else ""  # the file names it, never holds it
+        console.print(f"[green]wrote[/] {path}: {key}docker compose -f {path} up -d")
         return
     command = serving.plan_serve(request, docker_path)
     console.print(f"  {escape(serving.shell_line(command, request))}", soft_wrap=True)
