@@ -20,6 +20,10 @@ from scripts.errors import run_main
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "minivllm"
 RELEASE_TAG = "v0.1.0"
+# Its one git dependency, which the miniature's CMake fetches from GitHub (opt-in, see its CMakeLists).
+MINIDEP_DIR = FIXTURE_DIR.parent / "minidep"
+MINIDEP_TAG = "v1.0.0"
+MINIDEP_GITHUB_PREFIX = "https://github.com/vllm-forge/"
 # Fixed identity and dates: the same fixture always gives the same commit hashes.
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "vllm-forge", "GIT_AUTHOR_EMAIL": "forge@localhost",
@@ -45,8 +49,18 @@ def _git(args, cwd):
 def publish_minivllm(dest_dir: Path, *, source: Path = FIXTURE_DIR) -> str:
     """A bare repo of the fixture at ``dest_dir/minivllm.git`` (rebuilt when the fixture changed):
     a release commit tagged v0.1.0 and one commit after it on ``main``. Returns its file:// URL."""
-    dest_dir = Path(dest_dir).expanduser().resolve()
-    bare = dest_dir / "minivllm.git"
+    return _publish(source, Path(dest_dir), "minivllm", RELEASE_TAG, after_release={
+        "CHANGELOG.md": "# Unreleased\n\n- development after 0.1.0\n"})
+
+
+def publish_minidep(dest_dir: Path, *, source: Path = MINIDEP_DIR) -> str:
+    """A bare repo of the miniature's git dependency at ``dest_dir/minidep.git``, tagged v1.0.0."""
+    return _publish(source, Path(dest_dir), "minidep", MINIDEP_TAG)
+
+
+def _publish(source: Path, dest_dir: Path, name: str, tag: str, after_release: dict[str, str] | None = None) -> str:
+    dest_dir = dest_dir.expanduser().resolve()
+    bare = dest_dir / f"{name}.git"
     stamp = bare / "forge-fixture-digest"
     digest = fixture_digest(source)
     if stamp.exists() and stamp.read_text().strip() == digest:
@@ -57,12 +71,14 @@ def publish_minivllm(dest_dir: Path, *, source: Path = FIXTURE_DIR) -> str:
         shutil.copytree(source, work, ignore=shutil.ignore_patterns("__pycache__", "build", "dist", "*.egg-info"))
         _git(["init", "--quiet", "--initial-branch=main"], work)
         _git(["add", "--all"], work)
-        _git(["commit", "--quiet", "-m", "minivllm 0.1.0"], work)
-        _git(["tag", "-a", RELEASE_TAG, "-m", "minivllm 0.1.0"], work)
-        (work / "CHANGELOG.md").write_text("# Unreleased\n\n- development after 0.1.0\n")
-        _git(["add", "CHANGELOG.md"], work)
-        _git(["commit", "--quiet", "-m", "Start 0.1.1 development"], work)
-        staged = Path(tmp) / "minivllm.git"
+        _git(["commit", "--quiet", "-m", f"{name} {tag.lstrip('v')}"], work)
+        _git(["tag", "-a", tag, "-m", f"{name} {tag.lstrip('v')}"], work)
+        for path, text in (after_release or {}).items():
+            (work / path).write_text(text)
+            _git(["add", path], work)
+        if after_release:
+            _git(["commit", "--quiet", "-m", "Start the next development cycle"], work)
+        staged = Path(tmp) / f"{name}.git"
         _git(["clone", "--quiet", "--bare", str(work), str(staged)], tmp)
         (staged / "forge-fixture-digest").write_text(digest + "\n")
         if bare.exists():

@@ -1,0 +1,87 @@
+"""The miniature's FetchContent dependency: the build fails when its GitHub URL can't be reached, and
+succeeds with the network path still unreachable once `fetch-deps` cached it (MINIDEP_SRC_DIR)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from scripts import checkout
+from scripts.build_wheel import BuildRequest, plan_build, run_build
+from scripts.errors import ForgeError
+from scripts.fetch_deps import fetch_deps
+from scripts.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
+from scripts.vllm_tree import inspect_tree
+
+pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
+
+REPO = Path(__file__).resolve().parents[2]
+# Whatever network this machine has, nothing answers on port 9: the GitHub path is unreachable.
+NO_NETWORK = {"MINIVLLM_FETCH_DEPS": "1", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "GIT_TERMINAL_PROMPT": "0"}
+
+
+@pytest.fixture
+def offline_src(tmp_path, nvcc_toolchain):
+    remote = tmp_path / "remote"
+    src = tmp_path / "vllm"
+    checkout.clone(publish_minivllm(remote), "v0.1.0", src)
+    checkout.use_existing_torch(src)
+    publish_minidep(remote)
+    return src, remote
+
+
+def request(src, tmp_path, cache) -> BuildRequest:
+    return BuildRequest(src=src, dist_dir=tmp_path / "dist", arch="12.0", compile_cache="none",
+                        cache_dir=cache, extra_env=dict(NO_NETWORK))
+
+
+def test_tree_names_the_dependency_and_its_override():
+    (dep,) = inspect_tree(REPO / "tests/fixtures/minivllm").git_deps
+    assert (dep.name, dep.repository, dep.tag, dep.src_dir_env) == (
+        "minidep", MINIDEP_GITHUB_PREFIX + "minidep.git", "v1.0.0", "MINIDEP_SRC_DIR")
+
+
+def test_without_the_cache_the_build_needs_the_network(offline_src, tmp_path):
+    src, _remote = offline_src
+    plan = plan_build(request(src, tmp_path, tmp_path / "empty-cache"))
+    assert "MINIDEP_SRC_DIR" not in plan.env
+    with pytest.raises(ForgeError, match="failed with exit code"):
+        run_build(plan, audit=False)
+    assert not list((tmp_path / "dist").glob("*.whl"))
+
+
+def test_fetch_deps_then_build_offline(offline_src, tmp_path, cuobjdump):
+    src, remote = offline_src
+    cache = tmp_path / "cache"
+    env = fetch_deps(inspect_tree(src), cache, url_map={MINIDEP_GITHUB_PREFIX: remote.as_uri() + "/"})
+    assert Path(env["MINIDEP_SRC_DIR"], "include", "minidep.h").is_file()
+    plan = plan_build(request(src, tmp_path, cache))
+    assert plan.env["MINIDEP_SRC_DIR"] == env["MINIDEP_SRC_DIR"]
+    assert any("git dependencies from the local cache" in note for note in plan.notes)
+    wheel = run_build(plan, audit=False)
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract("vllm/_C.abi3.so", tmp_path)
+    out = subprocess.run([str(cuobjdump), "--list-elf", str(tmp_path / "vllm/_C.abi3.so")],
+                         capture_output=True, text=True).stdout
+    assert "sm_120" in out
+
+
+def test_the_cli_does_the_same(offline_src, tmp_path):
+    src, remote = offline_src
+    env = {**os.environ, **NO_NETWORK, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
+    invoke = [sys.executable, "-m", "invoke"]
+    fetched = subprocess.run([*invoke, "fetch-deps", "--vllm-src", str(src), "--url-map",
+                              f"{MINIDEP_GITHUB_PREFIX}={remote.as_uri()}/"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    built = subprocess.run([*invoke, "build-wheel", "--vllm-src", str(src), "--arch", "12.0", "--compile-cache", "none",
+                            "--dist-dir", str(tmp_path / "dist")], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert "1 git dependencies from the local cache" in built.stdout
