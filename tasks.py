@@ -786,7 +786,7 @@ def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image
         context_dir=REPO_ROOT / "build" / "bake", vllm_repo="" if cfg.vllm_src else cfg.vllm_repo,
         vllm_ref="" if cfg.vllm_src else cfg.vllm_ref, platform=platform, push=push, builder=builder,
         cache_from=list(cache_from or []), cache_to=list(cache_to or []), no_cache=no_cache, build_args=extra,
-        apt_mirror=profile.apt_mirror.rstrip("/"),
+        apt_mirror=profile.apt_mirror.rstrip("/"), deps_cache=Path(cfg.cache_dir).expanduser(),
     )
     plan = images.plan_bake(request, client)
     console.print("[bold]bake[/]")

@@ -59,6 +59,7 @@ class BuildRequest:
     log_dir: Path | None = None
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    deps_cache: Path | None = None  # where `fetch-deps` left <root>/deps (default: cache_dir)
     shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
 
 
@@ -142,7 +143,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
         env[variable] = version
         notes.append(f"checkout has no git tags: version pinned with {variable}={version}")
-    deps = deps_env(tree, Path(request.cache_dir).expanduser())
+    deps = deps_env(tree, Path(request.deps_cache or request.cache_dir).expanduser())
     if deps:
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
@@ -295,13 +296,15 @@ def main(argv=None) -> int:
     parser.add_argument("--build-type", default="Release")
     parser.add_argument("--compile-cache", default="auto", choices=["auto", "none", "ccache", "sccache"])
     parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/vllm-forge"))
+    parser.add_argument("--deps-cache", type=Path,
+                        help="root of a `fetch-deps` cache (<root>/deps); default --cache-dir")
     parser.add_argument("--no-audit", action="store_true", help="skip the arch audit of the built wheel")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
     args = parser.parse_args(argv)
     plan = plan_build(BuildRequest(
         src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
         nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
-        compile_cache=args.compile_cache, cache_dir=args.cache_dir,
+        compile_cache=args.compile_cache, cache_dir=args.cache_dir, deps_cache=args.deps_cache,
     ), check_tools=not args.dry_run)
     for note in plan.notes:
         print(f"# {note}")

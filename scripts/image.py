@@ -285,6 +285,7 @@ class BakeRequest:
     no_cache: bool = False
     build_args: dict[str, str] = field(default_factory=dict)  # raw extra --build-arg NAME=VALUE
     apt_mirror: str = ""  # scheme://host put in place of the Ubuntu/Debian apt hosts (mirror profile)
+    deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
 
 
 @dataclass
@@ -498,6 +499,11 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
 
     notes: list[str] = []
+    if recipe == "forge" and request.deps_cache:
+        deps = cached_git_deps(request)
+        if deps:
+            notes.append(f"{len(deps)} cached git dependencies ({', '.join(d.name for d in deps)}) go into the build "
+                         "context's deps/: CMake takes them from there, not from the network")
     if request.audit and not (REPO_ROOT / "scripts" / "audit.py").is_file():
         notes.append("scripts/audit.py is not in this vllm-forge: the kernel audit step is skipped")
     knobs = _knob_values(request, archs, base, runtime, recipe)
@@ -735,6 +741,36 @@ def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Pa
     return needed
 
 
+def cached_git_deps(request: BakeRequest) -> list:
+    """The checkout's git dependencies that `fetch-deps` has cached (the build then needs no network)."""
+    if not request.deps_cache:
+        return []
+    from scripts.fetch_deps import is_cached
+    from scripts.vllm_tree import inspect_tree
+
+    tree = inspect_tree(Path(request.src).expanduser())
+    return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
+
+
+def stage_git_deps(plan: BakePlan, dest: Path) -> int:
+    """Copy the cached dependencies (and their markers) to the context's deps/, bind-mounted into the
+    wheel build as a fetch-deps cache; an empty deps/ when there are none."""
+    from scripts.fetch_deps import dep_dir
+
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    wanted = set()
+    for dep in cached_git_deps(plan.request):
+        source = dep_dir(plan.request.deps_cache, dep)
+        wanted |= {source.name, source.name + ".forge-dep.json"}
+        copied += sync_tree(source, dest / source.name)
+        shutil.copy2(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
+    for stale in dest.iterdir():
+        if stale.name not in wanted:
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    return copied
+
+
 def stage_context(plan: BakePlan) -> int:
     """Lay out the forge recipe's context: vllm/ (the checkout) and forge/ (the scripts the build runs)."""
     context = plan.context
@@ -747,6 +783,7 @@ def stage_context(plan: BakePlan) -> int:
     copied += sync_tree(
         REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name != "image.py"
     )
+    copied += stage_git_deps(plan, context / "deps")
     env_script = context / "forge" / "docker"
     env_script.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO_ROOT / "docker" / "forge-env.sh", env_script / "forge-env.sh")

@@ -85,3 +85,35 @@ def test_the_cli_does_the_same(offline_src, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
     assert "1 git dependencies from the local cache" in built.stdout
+
+
+@pytest.mark.docker
+def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
+    """Inside the Docker build GitHub is unreachable too: the bake succeeds only with the staged cache."""
+    from conftest import docker_available, require_tool
+
+    from scripts import image, standin_images
+
+    require_tool("docker engine", docker_available())
+    client = image.find_docker()
+    standins = {kind: spec.image for kind, spec in standin_images.STANDINS.items()}
+    require_tool("stand-in base images (python scripts/standin_images.py)",
+                 all(standin_images.image_exists(client.path, name) for name in standins.values()))
+    src, remote = offline_src
+    cache = tmp_path / "cache"
+    fetch_deps(inspect_tree(src), cache, url_map={MINIDEP_GITHUB_PREFIX: remote.as_uri() + "/"})
+    ca_bundle, _ = image.default_ca_bundle()
+
+    def bake(deps_cache):
+        request = image.BakeRequest(
+            src=src, arch="12.0", cuda="13.0", base_image=standins["build"], runtime_image=standins["runtime"],
+            target="wheel", context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", ca_bundle=ca_bundle,
+            deps_cache=deps_cache, compile_cache="none", build_args={"CMAKE_ARGS": "-DMINIVLLM_FETCH_DEPS=ON"})
+        plan = image.plan_bake(request, client)
+        return plan, image.run_bake(plan, log_path=tmp_path / "bake.log")
+
+    with pytest.raises(ForgeError):
+        bake(None)  # no cache staged: CMake tries GitHub from inside the build and fails
+    plan, result = bake(cache)
+    assert any("cached git dependencies (minidep)" in note for note in plan.notes)
+    assert [w.name for w in result.wheels] == ["vllm-0.1.0-cp38-abi3-linux_x86_64.whl"]
