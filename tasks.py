@@ -305,8 +305,9 @@ def step_use_existing_torch(src: Path, *, dry_run: bool) -> None:
     console.print(f"[green]no torch pins left[/] in {src}")
 
 
-def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: bool = True) -> Path | None:
-    plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
+def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: bool = True,
+                     plan: wheel_builder.BuildPlan | None = None) -> Path | None:
+    plan = plan or wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
     archs = ", ".join(a.sm for a in plan.archs)
     console.print(f"build for [bold]{archs}[/], compile cache: {plan.compile_cache}")
     for note in plan.notes:
@@ -371,11 +372,12 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
                  max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                  build_type=build_type, compile_cache=compile_cache)
     src = _source_dir(rc)
-    # Preflight first: a wrong arch/CUDA/jobs value fails here, before any file is touched.
-    wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
+    # Preflight first: a wrong arch/CUDA/jobs value fails here, before any file is touched. The same
+    # plan then runs (use-existing-torch changes only pins, nothing the plan read).
+    plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
     if not skip_torch:
         step_use_existing_torch(src, dry_run=dry_run)
-    step_build_wheel(rc, src, dry_run=dry_run, audit=not no_audit)
+    step_build_wheel(rc, src, dry_run=dry_run, audit=not no_audit, plan=plan)
 
 
 @forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),

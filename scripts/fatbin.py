@@ -473,19 +473,26 @@ def _read_region(r, end: int, where: str, images: list[DeviceImage]) -> None:
 # ---- entry points --------------------------------------------------------------------------------
 
 
-def _scan_random(read_at: Callable[[int, int], bytes], size: int, where: str) -> DeviceCode:
-    r = _RandomReader(read_at, size)
+def _open(r, size: int, where: str):
+    """(finished DeviceCode, None) for a bare fat binary or an ELF file without sections, else
+    (None, its ELF header); refuses anything else. Shared by the random-access and streaming readers."""
     head = r.peek(64)
     if head[:4] == FATBIN_MAGIC_BYTES:
         code = DeviceCode(is_elf=False)
         _read_region(r, size, where, code.images)
-        return code
+        return code, None
     if head[:4] != ELF_MAGIC:
         raise NotDeviceBinary(f"{where} is not an ELF file or CUDA fat binary",
                               "name a .so, an executable, a wheel, a directory or an image")
     hdr = _parse_elf_header(head, size, where)
-    if hdr.shoff == 0:
-        return DeviceCode()
+    return (DeviceCode(), None) if hdr.shoff == 0 else (None, hdr)
+
+
+def _scan_random(read_at: Callable[[int, int], bytes], size: int, where: str) -> DeviceCode:
+    r = _RandomReader(read_at, size)
+    done, hdr = _open(r, size, where)
+    if done is not None:
+        return done
     shnum, shstrndx = _first_section(hdr, read_at(hdr.shoff, hdr.shentsize))
     _check_table(hdr, shnum, size, where)
     sections = _parse_sections(hdr, read_at(hdr.shoff, shnum * hdr.shentsize), shnum)
@@ -518,17 +525,9 @@ def scan_stream(chunks: Iterator[bytes], size: int, where: str) -> DeviceCode:
     (where linkers put the section names) are copied aside on the way.
     """
     r = _ChunkReader(iter(chunks), size)
-    head = r.peek(64)
-    if head[:4] == FATBIN_MAGIC_BYTES:
-        code = DeviceCode(is_elf=False)
-        _read_region(r, size, where, code.images)
-        return code
-    if head[:4] != ELF_MAGIC:
-        raise NotDeviceBinary(f"{where} is not an ELF file or CUDA fat binary",
-                              "name a .so, an executable, a wheel, a directory or an image")
-    hdr = _parse_elf_header(head, size, where)
-    if hdr.shoff == 0:
-        return DeviceCode()
+    done, hdr = _open(r, size, where)
+    if done is not None:
+        return done
     r.set_capture(hdr.shoff - SHSTRTAB_WINDOW, min(size, hdr.shoff + MAX_SECTIONS * hdr.shentsize))
     found: list[tuple[int, int, list[DeviceImage]]] = []  # (start, end, images) of each fat binary seen
     corrupt: list[tuple[int, str]] = []  # magics that did not start a readable fat binary (first 10000)
