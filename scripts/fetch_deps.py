@@ -24,6 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the `scripts` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
@@ -65,10 +66,67 @@ def rewrite_url(url: str, rewrites: Mapping[str, str]) -> str:
     return url if best is None else rewrites[best] + url[len(best):]
 
 
+# GIT_TAG as CMake passes it to git: a tag, a branch or a commit. Nothing that git could read as an
+# option (a leading -), a revision expression (.., @{, ^, ~, :) or a path outside refs/.
+_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$")
+_SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!/)[^\s]+$")  # git@github.com:org/repo.git (ssh)
+BUILTIN_PROTOCOLS = ("https", "ssh")  # what a checkout's own URLs may use; anything else only via a URL you name
+
+
+def check_ref(dep: GitDep) -> None:
+    """ForgeError unless ``dep.tag`` is a plain tag, branch or commit name (never an option for git)."""
+    tag = dep.tag
+    if not _REF.match(tag) or ".." in tag or "//" in tag or tag.endswith((".", "/", ".lock")) or "/." in tag:
+        where = f" ({dep.file}:{dep.line})" if dep.file else ""
+        raise ForgeError(
+            f"the checkout pins {dep.name}{where} to GIT_TAG {tag!r}, which is not a git tag, branch or commit name",
+            "check where this checkout comes from: a GIT_TAG is letters, digits and . _ / + - and never starts "
+            "with -; fix it, or set the dependency's *_SRC_DIR to a copy you trust",
+        )
+
+
+def user_targets(rewrites: Mapping[str, str]) -> list[str]:
+    """The URL prefixes the user named (--github-proxy, --url-map): the only place a local or plain
+    http/git URL may come from."""
+    return [new for new in rewrites.values() if new]
+
+
+def allowed_protocols(rewrites: Mapping[str, str]) -> list[str]:
+    """https and ssh, plus each protocol a URL the user named uses (file only that way)."""
+    protocols = list(BUILTIN_PROTOCOLS)
+    for target in user_targets(rewrites):
+        scheme = target.split("://", 1)[0].lower() if "://" in target else ""
+        if scheme in ("http", "git", "file") and scheme not in protocols:
+            protocols.append(scheme)
+    return protocols
+
+
+def check_fetch_url(url: str, rewrites: Mapping[str, str], what: str) -> str:
+    """The URL git will fetch for ``url`` (a repository or submodule URL from a checkout), refused
+    unless it is https/ssh or lies under a prefix the user named."""
+    final = rewrite_url(url, rewrites)
+    if not final.startswith("-") and not any(c in final for c in "\n\r\0"):
+        if any(final.startswith(target) for target in user_targets(rewrites)):
+            return final
+        scheme = final.split("://", 1)[0].lower() if "://" in final else ""
+        if (scheme in BUILTIN_PROTOCOLS and re.match(r"^[a-z]+://[A-Za-z0-9\[]", final, re.IGNORECASE)) \
+                or _SCP_LIKE.match(final):
+            return final
+    raise ForgeError(
+        f"{what} {mask_urls(url)!r} would be fetched from {mask_urls(final)!r}, which is neither https:// nor ssh "
+        "nor under a --github-proxy / --url-map prefix you named",
+        "check where this checkout comes from; to fetch from a local or plain-http mirror, name it with "
+        "--url-map OLD=NEW",
+    )
+
+
 def _git_config_args(rewrites: Mapping[str, str]) -> list[str]:
-    # Given as -c, the rewrites reach every git process a command starts (submodule clones too).
-    args = ["-c", "advice.detachedHead=false", "-c", "protocol.file.allow=always",
+    # Given as -c, the rewrites and the protocol list reach every git process a command starts
+    # (submodule clones too). protocol.allow=never first: ext::, fd:: and anything unnamed stay off.
+    args = ["-c", "advice.detachedHead=false", "-c", "protocol.allow=never",
             "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60"]
+    for protocol in allowed_protocols(rewrites):
+        args += ["-c", f"protocol.{protocol}.allow=always"]
     for old, new in rewrites.items():
         args += ["-c", f"url.{new}.insteadOf={old}"]
     return args
@@ -109,23 +167,31 @@ class DepStatus:
     dep: GitDep
     path: Path
     cached: bool
-    url: str  # what is (or would be) fetched, after the proxy / URL map
+    url: str  # what is (or would be) fetched, after the proxy / URL map; credentials masked
 
 
 def plan_fetch(tree: VllmTree | Path | str, cache_dir: Path | str, github_proxy: str | None = None,
                url_map: Mapping[str, str] | None = None) -> list[DepStatus]:
     """What ``fetch_deps`` would do: each dependency, its cache path, and whether it is there."""
     rewrites = url_rewrites(github_proxy, url_map)
-    return [DepStatus(dep, dep_dir(cache_dir, dep), is_cached(cache_dir, dep), rewrite_url(dep.repository, rewrites))
-            for dep in find_git_deps(tree)]
+    statuses = []
+    for dep in find_git_deps(tree):
+        cached = is_cached(cache_dir, dep)
+        if not cached:  # what a real run would refuse, the dry run refuses too
+            check_ref(dep)
+            check_fetch_url(dep.repository, rewrites, f"the repository of {dep.name}")
+        shown = mask_urls(rewrite_url(dep.repository, rewrites))  # for showing; fetch_one uses the real URL
+        statuses.append(DepStatus(dep, dep_dir(cache_dir, dep), cached, shown))
+    return statuses
 
 
 def _run_git(args: list[str], cwd: Path | None, rewrites: Mapping[str, str],
              on_line=None) -> subprocess.CompletedProcess:
     argv = ["git", *_git_config_args(rewrites), *args]
     if on_line:
-        on_line(" ".join(["git", *args]))
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+        on_line(mask_urls(" ".join(["git", *args])))
+    # GIT_PROTOCOL_FROM_USER=0: a protocol left at "user" is never taken from a URL in a repository.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_PROTOCOL_FROM_USER": "0"}
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
@@ -134,56 +200,101 @@ def _run_git(args: list[str], cwd: Path | None, rewrites: Mapping[str, str],
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"git exited with {proc.returncode}"
+    return mask_urls(lines[-1].strip()) if lines else f"git exited with {proc.returncode}"
+
+
+def _submodule_urls(repo: Path, rewrites: Mapping[str, str]) -> dict[str, str]:
+    """submodule name -> URL, as `git submodule init` resolved them (relative URLs made absolute)."""
+    proc = _run_git(["config", "-z", "--get-regexp", r"^submodule\..*\.url$"], repo, rewrites)
+    urls = {}
+    for entry in proc.stdout.split("\0"):
+        key, _, url = entry.partition("\n")
+        if key:
+            urls[key[len("submodule."):-len(".url")]] = url
+    return urls
+
+
+def _gitlinks(repo: Path, rewrites: Mapping[str, str]) -> list[str]:
+    proc = _run_git(["ls-files", "-z", "--stage"], repo, rewrites)
+    return [entry.split("\t", 1)[1] for entry in proc.stdout.split("\0") if entry.startswith("160000 ")]
+
+
+def update_submodules(repo: Path, rewrites: Mapping[str, str], only: tuple[str, ...] | None = None, *,
+                      on_line=None, level: int = 0) -> subprocess.CompletedProcess | None:
+    """Fetch ``repo``'s submodules (``only`` those paths; None: all), one level at a time, each URL
+    checked by ``check_fetch_url`` before git sees it. Returns the failed git call, or None."""
+    if not (repo / ".gitmodules").is_file() or level > 8:
+        return None
+    paths = list(only) if only else []
+    proc = _run_git(["submodule", "init", "--", *paths], repo, rewrites)
+    if proc.returncode != 0:
+        return proc
+    for name, url in _submodule_urls(repo, rewrites).items():
+        check_fetch_url(url, rewrites, f"submodule {name} of {repo.name}")
+    args = ["submodule", "update", "--depth", "1", "--", *paths]
+    proc = _run_git(args, repo, rewrites, on_line)
+    if proc.returncode != 0:  # a server that cannot serve the pinned commit shallowly
+        proc = _run_git([a for a in args if a not in ("--depth", "1")], repo, rewrites, on_line)
+        if proc.returncode != 0:
+            return proc
+    for path in _gitlinks(repo, rewrites):
+        if (not only or path in only) and (repo / path / ".git").exists():
+            failed = update_submodules(repo / path, rewrites, on_line=on_line, level=level + 1)
+            if failed is not None:
+                return failed
+    return None
 
 
 def fetch_one(dep: GitDep, cache_dir: Path | str, rewrites: Mapping[str, str], *, on_line=None) -> Path:
     """Clone ``dep`` at its pinned revision (with the submodules its CMake would fetch) into the cache."""
     final = dep_dir(cache_dir, dep)
     final.parent.mkdir(parents=True, exist_ok=True)
+    check_ref(dep)
+    url = check_fetch_url(dep.repository, rewrites, f"the repository of {dep.name}")
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    url = rewrite_url(dep.repository, rewrites)
 
     def fail(proc: subprocess.CompletedProcess, what: str) -> ForgeError:
         shutil.rmtree(tmp, ignore_errors=True)
         return ForgeError(
-            f"dependency {dep.name} ({dep.repository} @ {dep.tag}) is not in the cache ({final}) and {what} "
-            f"from {url} failed: {_last_line(proc)}",
+            f"dependency {dep.name} ({mask_urls(dep.repository)} @ {dep.tag}) is not in the cache ({final}) and "
+            f"{what} from {mask_urls(url)} failed: {_last_line(proc)}",
             "run `invoke fetch-deps` where GitHub is reachable (or pass --github-proxy URL) and copy "
             f"{final.parent} to this machine; or set {dep.src_dir_env or dep.cmake_source_dir_var} to a local copy",
         )
 
     tmp.mkdir(parents=True)
     try:
-        for args in (["init", "--quiet"], ["remote", "add", "origin", dep.repository]):
+        # --end-of-options before every value from the checkout: git never reads one as an option.
+        for args in (["init", "--quiet"], ["remote", "add", "--end-of-options", "origin", dep.repository]):
             proc = _run_git(args, tmp, rewrites)
             if proc.returncode != 0:
                 raise fail(proc, "setting up the clone")
         # One revision, no history: what FetchContent itself needs. A server that refuses to serve a
         # bare commit (not a ref) gets a full fetch instead.
-        proc = _run_git(["fetch", "--quiet", "--depth", "1", "origin", dep.tag], tmp, rewrites, on_line)
+        proc = _run_git(["fetch", "--quiet", "--depth", "1", "--end-of-options", "origin", dep.tag], tmp, rewrites,
+                        on_line)
         target = "FETCH_HEAD"
         if proc.returncode != 0:
-            proc = _run_git(["fetch", "--quiet", "--tags", "origin", "+refs/heads/*:refs/remotes/origin/*"],
-                            tmp, rewrites, on_line)
+            proc = _run_git(["fetch", "--quiet", "--tags", "--end-of-options", "origin",
+                             "+refs/heads/*:refs/remotes/origin/*"], tmp, rewrites, on_line)
             if proc.returncode != 0:
                 raise fail(proc, "fetching")
             target = dep.tag
-            if _run_git(["rev-parse", "--verify", "--quiet", f"{dep.tag}^{{commit}}"], tmp, rewrites).returncode != 0:
+            if _run_git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{dep.tag}^{{commit}}"], tmp,
+                        rewrites).returncode != 0:
                 target = f"origin/{dep.tag}"
-        proc = _run_git(["checkout", "--quiet", "--detach", target], tmp, rewrites)
+        # checkout takes no --end-of-options: give it the commit id, which cannot look like an option.
+        resolved = _run_git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{target}^{{commit}}"], tmp,
+                            rewrites)
+        proc = resolved if resolved.returncode != 0 else \
+            _run_git(["checkout", "--quiet", "--detach", resolved.stdout.strip()], tmp, rewrites)
         if proc.returncode != 0:
             raise fail(proc, f"checking out {dep.tag}")
         if dep.submodules is None or dep.submodules:
-            args = ["submodule", "update", "--init", "--recursive", "--depth", "1"]
-            if dep.submodules:
-                args += ["--", *dep.submodules]
-            proc = _run_git(args, tmp, rewrites, on_line)
-            if proc.returncode != 0:
-                proc = _run_git([a for a in args if a not in ("--depth", "1")], tmp, rewrites, on_line)
-                if proc.returncode != 0:
-                    raise fail(proc, "fetching its submodules")
+            failed = update_submodules(tmp, rewrites, dep.submodules or None, on_line=on_line)
+            if failed is not None:
+                raise fail(failed, "fetching its submodules")
         commit = _run_git(["rev-parse", "HEAD"], tmp, rewrites).stdout.strip()
         if re.fullmatch(r"[0-9a-f]{40}", dep.tag) and commit != dep.tag:
             raise ForgeError(f"{url} gave commit {commit} for {dep.name}, not the pinned {dep.tag}",
@@ -195,7 +306,9 @@ def fetch_one(dep: GitDep, cache_dir: Path | str, rewrites: Mapping[str, str], *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _marker(final).write_text(json.dumps({
-        "name": dep.name, "repository": dep.repository, "tag": dep.tag, "commit": commit, "fetched_from": url,
+        # Never a credential of a --url-map / --github-proxy URL: bake copies this file into its context.
+        "name": dep.name, "repository": dep.repository, "tag": dep.tag, "commit": commit,
+        "fetched_from": strip_credentials(url),
         "submodules": list(dep.submodules) if dep.submodules is not None else "all",
     }, indent=2) + "\n")
     return final
@@ -264,6 +377,9 @@ def fetch_deps(tree: VllmTree | Path | str, cache_dir: Path | str, github_proxy:
     rewrites = url_rewrites(github_proxy, url_map)
     check_overridable(tree)
     missing = [dep for dep in tree.git_deps if not is_cached(cache_dir, dep)]
+    for dep in missing:  # every refusal before the first download
+        check_ref(dep)
+        check_fetch_url(dep.repository, rewrites, f"the repository of {dep.name}")
     if offline and missing:
         names = ", ".join(f"{d.name}@{d.tag}" for d in missing)
         raise ForgeError(
@@ -274,7 +390,7 @@ def fetch_deps(tree: VllmTree | Path | str, cache_dir: Path | str, github_proxy:
         )
     for dep in missing:
         if on_line:
-            on_line(f"fetching {dep.name} @ {dep.tag} from {rewrite_url(dep.repository, rewrites)}")
+            on_line(f"fetching {dep.name} @ {dep.tag} from {mask_urls(rewrite_url(dep.repository, rewrites))}")
         fetch_one(dep, cache_dir, rewrites, on_line=on_line)
     return deps_env(tree, cache_dir)
 
@@ -303,7 +419,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         for status in plan_fetch(tree, args.cache_dir, args.github_proxy, url_map):
             state = "cached" if status.cached else f"fetch from {status.url}"
-            print(f"{status.dep.name} @ {status.dep.tag}: {state} -> {status.path} "
+            print(f"{status.dep.name} @ {status.dep.tag}: {mask_urls(state)} -> {status.path} "
                   f"({override_for(tree, status.dep) or 'no local-copy override'})")
         return 0
     env = fetch_deps(tree, args.cache_dir, args.github_proxy, url_map=url_map, offline=args.offline,

@@ -34,9 +34,9 @@ if __package__ in (None, ""):  # run as `python scripts/image.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
-from scripts import compat
+from scripts import compat, credentials
 from scripts.errors import ForgeError, run_main
-from scripts.plan import Command, run_command
+from scripts.plan import Command, mask_urls, run_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
@@ -335,12 +335,12 @@ def default_tag(ref: str, cuda: str, archs: list[archs_mod.CudaArch], target: st
 
 
 def strip_credentials(url: str) -> str:
-    """``https://user:pw@host/x`` -> ``https://host/x`` (labels and plans never carry a password)."""
-    return re.sub(r"^([a-z][\w+.-]*://)[^/@\s]+@", r"\1", url or "")
+    """``https://user:pw@host/x?token=t`` -> ``https://host/x`` (labels and plans never carry a credential)."""
+    return credentials.strip_credentials(url)
 
 
 def has_credentials(url: str) -> bool:
-    return strip_credentials(url) != (url or "")
+    return credentials.has_credentials(url)
 
 
 def _git_out(src: Path, *args: str) -> str:
@@ -426,7 +426,7 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
     if request.wheel_limit_mb:
         values["VLLM_MAX_SIZE_MB"] = f"{request.wheel_limit_mb:g}"
     if request.apt_mirror:
-        values["APT_MIRROR"] = request.apt_mirror
+        values["APT_MIRROR"] = check_apt_mirror(request.apt_mirror)
     if recipe == "forge" or request.base_image:
         values["BUILD_BASE_IMAGE"] = base
     if recipe == "forge" or request.runtime_image:
@@ -447,8 +447,32 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         for name in ("PIP_EXTRA_INDEX_URL", "UV_EXTRA_INDEX_URL"):
             values[name] = request.extra_index_url
     if request.pytorch_index_base_url:
+        if has_credentials(request.pytorch_index_base_url):
+            raise ForgeError(
+                "the PyTorch index (--pytorch-index, or the mirror profile's pytorch_index) carries credentials, "
+                "and build args are kept in the image history",
+                "give the index URL without them and pass the login with --netrc FILE (machine HOST login USER "
+                "password TOKEN)",
+            )
         values["PYTORCH_CUDA_INDEX_BASE_URL"] = request.pytorch_index_base_url.rstrip("/")
     return values
+
+
+# scheme://host[:port] and nothing else: the Dockerfile puts it into a sed replacement, where `#`, `;`,
+# `&`, a quote or a space would change the script (and a user-info part would land in the image).
+_APT_MIRROR = re.compile(r"^https?://[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?$")
+
+
+def check_apt_mirror(value: str, where: str = "the mirror profile's apt_mirror") -> str:
+    """``value`` without a trailing slash, when it is a plain http(s)://host[:port]; ForgeError otherwise."""
+    value = (value or "").strip().rstrip("/")
+    if not _APT_MIRROR.match(value):
+        raise ForgeError(
+            f"{where} {mask_urls(value)!r} is not scheme://host[:port]",
+            "give the apt mirror as http(s)://host or http(s)://host:port, with no path, user, `#`, `;`, quotes or "
+            "spaces",
+        )
+    return value
 
 
 def _check_secret_file(path: Path | None, flag: str) -> None:
@@ -516,6 +540,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             if name not in build_args:
                 notes.append(f"{knob}: the Dockerfile's own default ({declared.get(name) or 'none'})")
     for name, value in request.build_args.items():
+        if name == "APT_MIRROR" and value:
+            value = check_apt_mirror(value, "--build-arg APT_MIRROR")
         if has_credentials(value):
             raise ForgeError(
                 f"--build-arg {name} carries credentials, and build args are kept in the image history",
@@ -656,58 +682,95 @@ def _skip(rel: Path, is_dir: bool) -> bool:
     return parts[-1].endswith(_CONTEXT_SKIP_SUFFIX)
 
 
+def _real_dir(path: Path) -> Path:
+    """``path`` as a real directory: a symlink (or file) there is removed first, never followed."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.is_symlink() or path.exists():
+        path.unlink()
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` without ever writing through what is at ``target``: the copy goes
+    to a new file next to it, which then replaces (a rename: never followed) whatever was there."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    partial = target.with_name(f".{target.name}.forge-partial")
+    _remove(partial)
+    shutil.copy2(source, partial, follow_symlinks=False)
+    os.replace(partial, target)
+
+
+def _link_inside(source: Path, root: Path) -> bool:
+    """Whether the symlink ``source`` points at a path inside ``root`` (judged on the link text)."""
+    link = os.readlink(source)
+    if os.path.isabs(link):
+        return False
+    resolved = os.path.normpath(os.path.join(os.path.dirname(source), link))
+    return resolved == str(root) or resolved.startswith(str(root) + os.sep)
+
+
 def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip) -> int:
-    """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many."""
-    src, dest = Path(src), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many.
+
+    Nothing is ever written through a symlink already in ``dest`` (one planted there, or left by an
+    earlier tree): it is replaced. Symlinks in ``src`` are copied as symlinks when they point inside
+    ``src``; one that points outside is refused.
+    """
+    src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
+    _real_dir(dest)
     copied = 0
     wanted: set[Path] = set()
     for root, dirs, files in os.walk(src):
         rel_root = Path(root).relative_to(src)
         dirs[:] = [d for d in dirs if not skip(rel_root / d, True)]
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # os.walk does not follow them: copy the link
+        dirs[:] = [d for d in dirs if d not in links]
         for name in dirs:
             wanted.add(rel_root / name)
-            target = dest / rel_root / name
-            if target.is_symlink() or (target.exists() and not target.is_dir()):
-                target.unlink()
-            target.mkdir(exist_ok=True)
-        for name in files:
+            _real_dir(dest / rel_root / name)
+        for name in links + files:
             rel = rel_root / name
-            if skip(rel, False):
+            if name in files and skip(rel, False):
                 continue
             wanted.add(rel)
             source, target = src / rel, dest / rel
             if source.is_symlink():
+                if not _link_inside(source, src):
+                    raise ForgeError(
+                        f"{source} is a symlink to {os.readlink(source)}, outside {src}: the build context would "
+                        "not hold what it points at",
+                        "replace the link with the file it points at, or remove it from the tree",
+                    )
                 link = os.readlink(source)
                 if not (target.is_symlink() and os.readlink(target) == link):
-                    if target.is_dir() and not target.is_symlink():
-                        shutil.rmtree(target)
-                    elif target.exists() or target.is_symlink():
-                        target.unlink()
+                    _remove(target)
                     os.symlink(link, target)
                     copied += 1
                 continue
             st = source.stat()
             try:
-                tt = target.stat()
-                same = tt.st_size == st.st_size and int(tt.st_mtime) == int(st.st_mtime) and tt.st_mode == st.st_mode
+                tt = target.lstat()  # a symlink at the target is never "the same file"
+                same = (not target.is_symlink() and tt.st_size == st.st_size and int(tt.st_mtime) == int(st.st_mtime)
+                        and tt.st_mode == st.st_mode)
             except FileNotFoundError:
                 same = False
             if not same:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                shutil.copy2(source, target)
+                _copy_file(source, target)
                 copied += 1
     for root, dirs, files in os.walk(dest, topdown=False):
         rel_root = Path(root).relative_to(dest)
         for name in files + dirs:
             rel = rel_root / name
             if rel not in wanted:
-                path = dest / rel
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+                _remove(dest / rel)
     return copied
 
 
@@ -757,23 +820,26 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     wheel build as a fetch-deps cache; an empty deps/ when there are none."""
     from scripts.fetch_deps import dep_dir
 
-    dest.mkdir(parents=True, exist_ok=True)
+    _real_dir(dest)
     copied = 0
     wanted = set()
     for dep in cached_git_deps(plan.request):
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
         copied += sync_tree(source, dest / source.name)
-        shutil.copy2(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
+        _copy_file(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
     for stale in dest.iterdir():
         if stale.name not in wanted:
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+            _remove(stale)
     return copied
 
 
 def stage_context(plan: BakePlan) -> int:
     """Lay out the forge recipe's context: vllm/ (the checkout) and forge/ (the scripts the build runs)."""
     context = plan.context
+    context.parent.mkdir(parents=True, exist_ok=True)
+    for part in (context, context / "forge", context / "forge" / "docker"):  # never a planted symlink
+        _real_dir(part)
     copied = sync_tree(Path(plan.request.src).expanduser().resolve(), context / "vllm")
     keep = {f"{name}.py" for name in script_closure()}
     copied += sync_tree(
@@ -784,9 +850,7 @@ def stage_context(plan: BakePlan) -> int:
         REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name != "image.py"
     )
     copied += stage_git_deps(plan, context / "deps")
-    env_script = context / "forge" / "docker"
-    env_script.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO_ROOT / "docker" / "forge-env.sh", env_script / "forge-env.sh")
+    _copy_file(REPO_ROOT / "docker" / "forge-env.sh", _real_dir(context / "forge" / "docker") / "forge-env.sh")
     return copied
 
 

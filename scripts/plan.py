@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts import credentials
 from scripts.errors import ForgeError
 
 SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
@@ -24,21 +24,9 @@ def mask_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: ("****" if is_secret_name(k) and v else v) for k, v in env.items()}
 
 
-_URL_USERINFO = re.compile(r"\b([a-z][\w+.-]*://)([^/@\s'\"]+)@", re.IGNORECASE)
-
-
-def _mask_userinfo(match: re.Match) -> str:
-    scheme, userinfo = match.group(1), match.group(2)
-    if ":" in userinfo:  # user:password
-        return f"{scheme}{userinfo.split(':', 1)[0]}:****@"
-    if scheme.lower().startswith("http"):  # https://TOKEN@host: the user name is the secret
-        return f"{scheme}****@"
-    return match.group(0)  # ssh://git@host: a user name, nothing secret
-
-
 def mask_urls(text: str) -> str:
-    """``text`` with the password (or bare token) of every ``scheme://user:password@host`` masked as ****."""
-    return _URL_USERINFO.sub(_mask_userinfo, text)
+    """``text`` with every URL's credentials masked as **** (one rule: scripts/credentials.py)."""
+    return credentials.mask_urls(text)
 
 
 @dataclass

@@ -1,0 +1,215 @@
+"""Hostile inputs to bake: planted symlinks in the build context, links out of a source tree,
+credentials in any URL setting (any case, user-info or query token), an apt mirror that is a sed script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from scripts import credentials, image
+from scripts.errors import ForgeError
+from scripts.plan import Command, mask_urls
+
+BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
+SECRET = f"tok{uuid.uuid4().hex}"
+
+
+# --- staging never writes through a symlink -----------------------------------------------------------------------
+
+
+def test_a_planted_link_in_the_context_cannot_redirect_a_write(tmp_path):
+    outside = tmp_path / "victim.txt"
+    outside.write_text("host file\n")
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("print('tree')\n")
+    dest = tmp_path / "context"
+    (dest / "pkg").mkdir(parents=True)
+    (dest / "pkg" / "mod.py").symlink_to(outside)  # left by an earlier tree, or planted
+    image.sync_tree(src, dest)
+    assert outside.read_text() == "host file\n"
+    assert not (dest / "pkg" / "mod.py").is_symlink()
+    assert (dest / "pkg" / "mod.py").read_text() == "print('tree')\n"
+
+
+def test_a_planted_directory_link_cannot_redirect_a_write(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("x = 1\n")
+    dest = tmp_path / "context"
+    dest.mkdir()
+    (dest / "pkg").symlink_to(elsewhere, target_is_directory=True)
+    image.sync_tree(src, dest)
+    assert list(elsewhere.iterdir()) == []
+    assert (dest / "pkg").is_dir() and not (dest / "pkg").is_symlink()
+
+
+def test_a_link_left_by_one_tree_is_replaced_by_the_next_trees_file(tmp_path):
+    """The finding: bake 1 stages a symlink, bake 2 has a regular file at that path."""
+    outside = tmp_path / "victim.txt"
+    outside.write_text("host file\n")
+    src1, src2, dest = tmp_path / "one", tmp_path / "two", tmp_path / "context"
+    src1.mkdir()
+    (src1 / "inside.txt").write_text("a\n")
+    (src1 / "setup.cfg").symlink_to("inside.txt")
+    image.sync_tree(src1, dest)
+    assert (dest / "setup.cfg").is_symlink()
+    os.remove(dest / "setup.cfg")
+    (dest / "setup.cfg").symlink_to(outside)  # what a link pointing out would have become
+    src2.mkdir()
+    (src2 / "setup.cfg").write_text("[metadata]\n")
+    image.sync_tree(src2, dest)
+    assert outside.read_text() == "host file\n" and (dest / "setup.cfg").read_text() == "[metadata]\n"
+
+
+def test_links_in_the_source_tree_stay_links_or_are_refused(tmp_path):
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "f.txt").write_text("f\n")
+    (src / "alias").symlink_to("real", target_is_directory=True)
+    (src / "f-link").symlink_to("real/f.txt")
+    dest = tmp_path / "context"
+    image.sync_tree(src, dest)
+    assert os.readlink(dest / "alias") == "real" and os.readlink(dest / "f-link") == "real/f.txt"
+    (src / "escape").symlink_to("/etc/passwd")
+    with pytest.raises(ForgeError, match="outside"):
+        image.sync_tree(src, dest)
+    os.remove(src / "escape")
+    (src / "escape").symlink_to("../../..", target_is_directory=True)
+    with pytest.raises(ForgeError, match="outside"):
+        image.sync_tree(src, dest)
+
+
+def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist")
+    plan = image.plan_bake(req, BUILDKIT)
+    context = plan.context
+    context.mkdir(parents=True)
+    (context / "forge").symlink_to(victim, target_is_directory=True)
+    image.stage_context(plan)
+    assert list(victim.iterdir()) == []
+    assert (context / "forge" / "docker" / "forge-env.sh").is_file()
+
+
+@pytest.fixture
+def checkout_for_bake(tmp_path) -> Path:
+    src = tmp_path / "vllm"
+    (src / "requirements").mkdir(parents=True)
+    (src / "setup.py").write_text("print('setup')\n")
+    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.26)\n")
+    (src / "requirements" / "build.txt").write_text("cmake\n")
+    (src / "vllm").mkdir()
+    (src / "vllm" / "__init__.py").write_text("")
+    subprocess.run(["git", "init", "-q", str(src)], check=True)
+    return src
+
+
+# --- one credential rule ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    f"https://user:{SECRET}@pypi.example.com/simple",
+    f"HTTPS://{SECRET}@pypi.example.com/simple",
+    f"Https://forge:{SECRET}@pypi.example.com/simple",
+    f"https://pypi.example.com/simple?access_token={SECRET}",
+    f"https://pypi.example.com/simple/?a=1&token={SECRET}",
+    f"https://gitlab.example.com/api/v4/projects/1/packages/pypi/simple?private_token={SECRET}",
+    f"https://bucket.s3.example.com/whl?X-Amz-Signature={SECRET}&X-Amz-Credential=k",
+])
+def test_every_credential_form_is_found_and_masked(url):
+    assert credentials.has_credentials(url) and image.has_credentials(url)
+    assert SECRET not in mask_urls(f"pip install --index-url {url} x")
+    assert SECRET not in image.strip_credentials(url)
+    assert SECRET not in Command(["pip", "--index-url", url]).shell()
+
+
+@pytest.mark.parametrize("url", ["https://pypi.example.com/simple", "ssh://git@github.com/o/r.git",
+                                 "git@github.com:o/r.git", "https://h.example/x?page=2&keyword="])
+def test_urls_without_credentials_pass(url):
+    assert not credentials.has_credentials(url)
+    assert mask_urls(url) == url
+
+
+@pytest.mark.parametrize("index", [f"HTTPS://forge:{SECRET}@pypi.example.com/simple",
+                                   f"https://pypi.example.com/simple?access_token={SECRET}"])
+def test_index_credentials_in_any_form_go_in_as_a_secret(tmp_path, checkout_for_bake, index):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            index_url=index)
+    plan = image.plan_bake(req, BUILDKIT)
+    assert "pip_index_url" in plan.secrets and plan.secret_values["pip_index_url"] == index
+    assert SECRET not in "\n".join(plan.lines()) and SECRET not in str(plan.build_args)
+    assert SECRET not in str(plan.labels)
+
+
+@pytest.mark.parametrize("field", ["pytorch_index_base_url", "extra_index_url"])
+@pytest.mark.parametrize("url", [f"https://u:{SECRET}@download.example.com/whl",
+                                 f"HTTPS://{SECRET}@download.example.com/whl",
+                                 f"https://download.example.com/whl?token={SECRET}"])
+def test_a_credential_that_would_become_a_build_arg_is_refused(tmp_path, checkout_for_bake, field, url):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            **{field: url})
+    with pytest.raises(ForgeError, match="carries credentials") as err:
+        image.plan_bake(req, BUILDKIT)
+    assert "--netrc" in str(err.value) and SECRET not in str(err.value)
+
+
+def test_a_build_arg_with_a_query_token_is_refused(tmp_path, checkout_for_bake):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            build_args={"X": f"https://h.example/x?access_token={SECRET}"})
+    with pytest.raises(ForgeError, match="carries credentials"):
+        image.plan_bake(req, BUILDKIT)
+
+
+def test_the_source_label_carries_no_credential(tmp_path, checkout_for_bake):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            vllm_repo=f"HTTPS://{SECRET}@git.example.com/vllm.git?private_token={SECRET}")
+    plan = image.plan_bake(req, BUILDKIT)
+    assert plan.labels["org.opencontainers.image.source"] == "HTTPS://git.example.com/vllm.git"
+
+
+# --- apt mirror -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mirror", ["http://m.example#g; 1e id > /tmp/x #", "http://m.example;rm -rf /",
+                                    "http://m.example/ubuntu' x", "http://u:p@m.example", "ftp://m.example",
+                                    "http://m.example/path&"])
+def test_a_hostile_apt_mirror_never_reaches_the_dockerfile(tmp_path, checkout_for_bake, mirror):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            apt_mirror=mirror)
+    with pytest.raises(ForgeError, match="is not scheme://host"):
+        image.plan_bake(req, BUILDKIT)
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            build_args={"APT_MIRROR": mirror})
+    with pytest.raises(ForgeError, match="is not scheme://host"):
+        image.plan_bake(req, BUILDKIT)
+
+
+def test_a_plain_apt_mirror_passes(tmp_path, checkout_for_bake):
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            apt_mirror="http://mirrors.example.cn:8080/")
+    assert image.plan_bake(req, BUILDKIT).build_args["APT_MIRROR"] == "http://mirrors.example.cn:8080"
+
+
+def _dockerfile_apt_guard() -> str:
+    """The shell the runtime stage runs before its sed, cut out of docker/Dockerfile."""
+    text = (Path(image.FORGE_DOCKERFILE)).read_text()
+    start = text.index('            case "$APT_MIRROR" in')
+    end = text.index("            for f in /etc/apt/sources.list")
+    return text[start:end].replace("\\\n", "\n")
+
+
+@pytest.mark.parametrize("mirror,ok", [("http://mirrors.example.cn", True), ("https://m.example:8443", True),
+                                       ("http://m.example#g; 1e id #", False), ("http://m.example;x", False),
+                                       ("file:///etc", False), ("http://", False)])
+def test_the_dockerfile_refuses_a_hostile_apt_mirror_itself(mirror, ok):
+    proc = subprocess.run(["sh", "-c", _dockerfile_apt_guard() + "echo passed"], capture_output=True, text=True,
+                          env={"APT_MIRROR": mirror, "PATH": os.environ["PATH"]})
+    assert (proc.returncode == 0 and "passed" in proc.stdout) == ok, proc.stderr
