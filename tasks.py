@@ -845,7 +845,8 @@ SERVE_HELP = {
     "port": "port published on the host",
     "host": "host address to publish on (default 127.0.0.1; 0.0.0.0 needs --api-key or --insecure)",
     "gpus": "all, none (CPU-only stand-ins) or indexes like 0,1",
-    "api_key": "API key the server requires (default: $VLLM_API_KEY)",
+    "api_key": "refused: a key on the command line is visible in ps; use $VLLM_API_KEY or --api-key-file",
+    "api_key_file": "file whose first line is the API key the server requires (default: $VLLM_API_KEY)",
     "insecure": "allow --host 0.0.0.0 without an API key",
     "name": "container name (default vllm-forge-serve)",
     "timeout": "seconds to wait for /health",
@@ -860,12 +861,13 @@ SERVE_HELP = {
 
 @forge_task(help=SERVE_HELP, auto_shortflags=False)
 def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", gpus="all", api_key=None,
-          insecure=False, name=serving.DEFAULT_NAME, timeout=600.0, shm_size="", compose=False,
+          api_key_file=None, insecure=False, name=serving.DEFAULT_NAME, timeout=600.0, shm_size="", compose=False,
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
     """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
+    if api_key is not None:
+        raise serving.refuse_key_on_command_line()
     request = serving.ServeRequest(model=model, image=image, local=local, tp=int(tp), port=int(port), host=host,
-                                   gpus=gpus,
-                                   api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
+                                   gpus=gpus, api_key=serving.read_api_key(api_key_file),
                                    insecure=insecure, name=name, shm_size=shm_size)
     docker_path = _plain_docker(docker)
     if compose:
@@ -904,7 +906,7 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
 def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
     """Stop and remove what `invoke serve` started."""
-    if (serving.LOCAL_STATE_DIR / f"{name}.pid").exists():  # a --local server: no Docker needed
+    if (serving.LOCAL_STATE_DIR / f"{serving.check_name(name)}.pid").exists():  # a --local server: no Docker
         console.print(serving.stop(name, _plain_docker(docker)))
         return
     console.print(serving.stop(name, _engine_docker(docker)))

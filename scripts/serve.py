@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,43 @@ PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDI
 _NEVER_PASS = ("VLLM_FORGE_DOCKER", "VLLM_FORGE_DEBUG", "VLLM_FORGE_CACHE")
 API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own: its server takes the key from here when --api-key is absent
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Docker's own rule for container names; also what keeps a name a plain file name under build/serve/.
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is a valid Docker container name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); ForgeError otherwise."""
+    if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
+        raise ForgeError(
+            f"--name {name!r} is not a container name",
+            "use letters, digits and _ . - (starting with a letter or digit), e.g. --name vllm-forge-serve",
+        )
+    return name
+
+
+def refuse_key_on_command_line(flag: str = "--api-key") -> ForgeError:
+    """The error for an API key given as a flag value: it would sit in `ps` for as long as serve runs."""
+    return ForgeError(
+        f"{flag} KEY puts the API key on this command line, where every user of the host can read it (ps) "
+        "while serve runs",
+        f"export {API_KEY_ENV}=KEY, or write it to a file (mode 0600) and pass --api-key-file FILE",
+    )
+
+
+def read_api_key(api_key_file: str | Path | None = None, env: dict[str, str] | None = None) -> str:
+    """The API key: from ``api_key_file`` (its first line) when given, else from $VLLM_API_KEY; "" for none."""
+    if api_key_file:
+        path = Path(api_key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ForgeError(f"--api-key-file {path} cannot be read ({getattr(err, 'strerror', None) or err})",
+                             "pass a readable file whose first line is the key") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ForgeError(f"--api-key-file {path} is empty", "write the key on its first line")
+        return key
+    return (os.environ if env is None else env).get(API_KEY_ENV, "")
 
 
 @dataclass
@@ -62,6 +100,7 @@ class ServeRequest:
 
 
 def check_request(request: ServeRequest) -> None:
+    check_name(request.name)
     if not request.local and not request.image:
         raise ForgeError(
             "serve needs --image TAG (a baked image) or --local", "pass --image, e.g. the tag `invoke bake` printed"
@@ -72,8 +111,10 @@ def check_request(request: ServeRequest) -> None:
         raise ForgeError(f"--port {request.port} is not a TCP port", "pass a port between 1 and 65535")
     if request.host not in _LOCAL_HOSTS and not request.api_key and not request.insecure:
         raise ForgeError(
-            f"serving on {request.host} without --api-key would let anyone on the network use the model",
-            "pass --api-key KEY (clients send `Authorization: Bearer KEY`), or --insecure if that is what you want",
+            f"serving on {request.host} without --api-key-file or {API_KEY_ENV} would let anyone on the network "
+            "use the model",
+            f"export {API_KEY_ENV}=KEY or pass --api-key-file FILE (clients send `Authorization: Bearer KEY`), "
+            "or --insecure if that is what you want",
         )
     gpus = request.gpus.strip()
     if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
@@ -207,7 +248,7 @@ def start(request: ServeRequest, docker: str = "docker") -> Started:
                 start_new_session=True,
                 env={**os.environ, **command.env},
             )
-        (LOCAL_STATE_DIR / f"{request.name}.pid").write_text(str(proc.pid))
+        write_pid_record(LOCAL_STATE_DIR / f"{request.name}.pid", proc.pid)
         return Started("process", str(proc.pid), request.name, base_url(request))
     try:
         existing = subprocess.run([docker, "container", "inspect", request.name], capture_output=True, text=True)
@@ -364,14 +405,58 @@ def smoke_test(url: str, *, model: str = "", api_key: str = "", prompt: str = "S
     return SmokeResult(models, reply, time.monotonic() - began)
 
 
+def _process_identity(pid: int) -> tuple[str, str] | None:
+    """(start time in clock ticks since boot, executable) of a live process; None when there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the name may hold spaces
+    return fields[19], exe  # field 22 of proc(5): starttime
+
+
+def write_pid_record(path: Path, pid: int) -> None:
+    """Record the local server: pid, start time and executable, so `stop` signals only that process."""
+    identity = _process_identity(pid)
+    record = {"pid": pid, "start_time": identity[0] if identity else "", "exe": identity[1] if identity else ""}
+    path.write_text(json.dumps(record) + "\n")
+
+
+def _recorded_process(path: Path) -> tuple[int | None, str]:
+    """The pid in ``path`` when that very process still runs (same start time and executable), else
+    (None, why). An empty, bogus or stale record never names a process to signal."""
+    try:
+        record = json.loads(path.read_text())
+        pid = record["pid"]
+        start_time, exe = str(record["start_time"]), str(record["exe"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{path} is not a record vllm-forge wrote"
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+        return None, f"{path} names pid {pid!r}, which is no server vllm-forge started"
+    identity = _process_identity(pid)
+    if identity is None:
+        return None, f"local server (pid {pid}) had already exited"
+    if not start_time or identity != (start_time, exe):
+        return None, f"pid {pid} is now another process (not the server started at that time)"
+    return pid, ""
+
+
 def stop(name: str = DEFAULT_NAME, docker: str = "docker") -> str:
     """Remove the container (or end the local server) named ``name``; says what it did."""
+    check_name(name)
     pid_file = LOCAL_STATE_DIR / f"{name}.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text().strip() or 0)
+    if pid_file.exists() or pid_file.is_symlink():
+        pid, why = _recorded_process(pid_file)
         pid_file.unlink()
+        if pid is None:
+            return f"{why}: nothing was signalled"
         try:
-            os.killpg(pid, signal.SIGTERM)
+            # start() made the server a session (and group) leader: end its workers with it.
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
             return f"stopped local server (pid {pid})"
         except ProcessLookupError:
             return f"local server (pid {pid}) had already exited"
@@ -413,54 +498,48 @@ def serve(
 
 
 def compose_file(request: ServeRequest) -> str:
-    """The same service as a docker compose file (YAML written by hand: JSON strings are valid YAML)."""
+    """The same service as a docker compose file, written by a YAML dumper (no value can add a key)."""
+    import yaml
+
     check_request(request)
     if request.local:
         raise ForgeError("--compose writes a container service; --local has none", "pass --image TAG with --compose")
-    q = json.dumps
-    lines = [
-        "# Written by `invoke serve --compose` (vllm-forge). Start: docker compose up -d; stop: docker compose down",
-        "services:",
-        f"  {request.name}:",
-        f"    image: {q(request.image)}",
-        f"    container_name: {q(request.name)}",
-        "    command: ["
-        + ", ".join(q(a) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
-        + "]",
-        "    ports:",
-        f"      - {q(f'{request.host}:{request.port}:{CONTAINER_PORT}')}",
-        "    volumes:",
-        f"      - {q(str(Path(request.hf_cache).expanduser()) + ':/root/.cache/huggingface')}",
-    ]
-    lines += [f"    shm_size: {q(request.shm_size)}"] if request.shm_size else ["    ipc: host"]
+    service: dict = {
+        "image": request.image,
+        "container_name": request.name,
+        "command": server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT),
+        "ports": [f"{request.host}:{request.port}:{CONTAINER_PORT}"],
+        "volumes": [str(Path(request.hf_cache).expanduser()) + ":/root/.cache/huggingface"],
+    }
+    if request.shm_size:
+        service["shm_size"] = request.shm_size
+    else:
+        service["ipc"] = "host"
     names = [name for name in passthrough_env(request.env) if name != API_KEY_ENV]
-    if names or request.api_key:
-        lines.append("    environment:")
-        lines += [f"      - {name}" for name in names]  # by name: compose takes the value from the shell
-        if request.api_key:  # the key itself is never written: compose reads it from the shell that runs it
-            lines.append(f"      - {q(API_KEY_ENV + '=${' + API_KEY_ENV + ':?export ' + API_KEY_ENV + ' first}')}")
+    environment = list(names)  # by name: compose takes the value from the shell
+    if request.api_key:  # the key itself is never written: compose reads it from the shell that runs it
+        environment.append(API_KEY_ENV + "=${" + API_KEY_ENV + ":?export " + API_KEY_ENV + " first}")
+    if environment:
+        service["environment"] = environment
     if request.gpus != "none":
-        lines += [
-            "    deploy:",
-            "      resources:",
-            "        reservations:",
-            "          devices:",
-            "            - driver: nvidia",
-        ]
+        device: dict = {"driver": "nvidia"}
         if request.gpus == "all":
-            lines.append("              count: all")
+            device["count"] = "all"
         else:
-            lines.append("              device_ids: [" + ", ".join(q(g.strip()) for g in request.gpus.split(",")) + "]")
-        lines.append("              capabilities: [gpu]")
-    lines += [
-        "    healthcheck:",
-        '      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen(\'http://127.0.0.1:8000/health\')"]',
-        "      interval: 10s",
-        "      timeout: 5s",
-        "      retries: 60",
-        "    restart: unless-stopped",
-    ]
-    return "\n".join(lines) + "\n"
+            device["device_ids"] = [g.strip() for g in request.gpus.split(",")]
+        device["capabilities"] = ["gpu"]
+        service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    service["healthcheck"] = {
+        "test": ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health')"],
+        "interval": "10s",
+        "timeout": "5s",
+        "retries": 60,
+    }
+    service["restart"] = "unless-stopped"
+    header = ("# Written by `invoke serve --compose` (vllm-forge). "
+              "Start: docker compose up -d; stop: docker compose down\n")
+    return header + yaml.safe_dump({"services": {request.name: service}}, sort_keys=False, default_flow_style=False,
+                                   width=1000)
 
 
 @dataclass
@@ -547,7 +626,8 @@ def main(argv=None) -> int:
     p_run.add_argument("--port", type=int, default=8000)
     p_run.add_argument("--host", default="127.0.0.1")
     p_run.add_argument("--gpus", default="all")
-    p_run.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY", ""))
+    p_run.add_argument("--api-key", default=None, help=argparse.SUPPRESS)  # refused: see refuse_key_on_command_line
+    p_run.add_argument("--api-key-file", default=None, help=f"file holding the API key (default: ${API_KEY_ENV})")
     p_run.add_argument("--insecure", action="store_true")
     p_run.add_argument("--name", default=DEFAULT_NAME)
     p_run.add_argument("--timeout", type=float, default=600)
@@ -560,6 +640,8 @@ def main(argv=None) -> int:
     if args.cmd == "stop":
         print(stop(args.name, args.docker))
         return 0
+    if args.api_key is not None:
+        raise refuse_key_on_command_line()
     request = ServeRequest(
         model=args.model,
         image=args.image,
@@ -568,7 +650,7 @@ def main(argv=None) -> int:
         port=args.port,
         host=args.host,
         gpus=args.gpus,
-        api_key=args.api_key,
+        api_key=read_api_key(args.api_key_file),
         insecure=args.insecure,
         name=args.name,
     )

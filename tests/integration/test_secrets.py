@@ -57,15 +57,17 @@ def free_port() -> int:
     ["clone", "--repo", "https://forge:{marker}-url@127.0.0.1:9/vllm.git", "--dry-run"],
     ["plan", "--repo", "https://{marker}-token@127.0.0.1:9/vllm.git"],
     ["serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--host", "0.0.0.0", "--dry-run"],
-    ["serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--api-key", "{marker}-flag", "--dry-run"],
-    ["serve", "--local", "--model", "m", "--api-key", "{marker}-flag", "--dry-run"],
+    ["serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--api-key-file", "{keyfile}", "--dry-run"],
+    ["serve", "--local", "--model", "m", "--api-key-file", "{keyfile}", "--dry-run"],
     ["inspect-tree", "--vllm-src", "{co}", "--json"],
     ["doctor", "--arch", "12.0", "--json"],
     ["nccl-test", "--dry-run"],
     ["fetch-deps", "--vllm-src", "{co}", "--dry-run"],
 ], ids=lambda a: " ".join(a[:2]) + (" " + a[-1] if a[-1].startswith("--") else ""))
-def test_nothing_printed_shows_a_secret(args, checkout):
-    out = run_cli(*[a.format(co=checkout, marker=MARKER) for a in args])
+def test_nothing_printed_shows_a_secret(args, checkout, tmp_path):
+    keyfile = tmp_path / "api-key"
+    keyfile.write_text(f"{MARKER}-file\n")
+    out = run_cli(*[a.format(co=checkout, marker=MARKER, keyfile=keyfile) for a in args])
     assert "Traceback" not in out.stderr
     assert MARKER not in out.stdout + out.stderr
     if args[0] == "serve":
@@ -85,11 +87,19 @@ def test_bake_dry_run_masks_index_credentials(checkout):
     assert "pip_index_url" in out.stdout  # it goes in as a BuildKit secret
 
 
+def test_an_api_key_on_the_command_line_is_refused():
+    out = run_cli("serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--api-key", f"{MARKER}-flag",
+                  "--dry-run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--api-key-file" in out.stderr and "VLLM_API_KEY" in out.stderr
+    assert MARKER not in out.stdout + out.stderr
+
+
 def test_compose_file_names_the_key_never_holds_it(tmp_path):
     yaml = pytest.importorskip("yaml")
     path = tmp_path / "compose.yaml"
-    out = run_cli("serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--host", "0.0.0.0", "--api-key",
-                  f"{MARKER}-flag", "--compose", "--compose-file", str(path))
+    out = run_cli("serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--host", "0.0.0.0",
+                  "--compose", "--compose-file", str(path))  # the key: $VLLM_API_KEY
     assert out.returncode == 0, out.stderr
     text = path.read_text()
     assert MARKER not in text and MARKER not in out.stdout + out.stderr
@@ -138,8 +148,13 @@ def test_serve_binds_localhost_unless_asked():
     insecure = run_cli("serve", "--image", "x", "--model", "m", "--host", "0.0.0.0", "--insecure", "--dry-run",
                        env={"VLLM_API_KEY": ""})
     assert insecure.returncode == 0 and "-p 0.0.0.0:8000:8000" in insecure.stdout
-    keyed = run_cli("serve", "--image", "x", "--model", "m", "--host", "0.0.0.0", "--api-key", "k", "--dry-run",
-                    env={"VLLM_API_KEY": ""})
+    keyfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"forge-key-{uuid.uuid4().hex}"
+    keyfile.write_text("k\n")
+    try:
+        keyed = run_cli("serve", "--image", "x", "--model", "m", "--host", "0.0.0.0", "--api-key-file", str(keyfile),
+                        "--dry-run", env={"VLLM_API_KEY": ""})
+    finally:
+        keyfile.unlink()
     assert keyed.returncode == 0 and "VLLM_API_KEY='****' " in keyed.stdout and "docker run" in keyed.stdout
     from_env = run_cli("serve", "--image", "x", "--model", "m", "--host", "0.0.0.0", "--dry-run")  # key from env
     assert from_env.returncode == 0
@@ -168,15 +183,17 @@ def server_image():
 
 
 @pytest.mark.docker
-def test_served_api_key_is_in_no_command_line_and_no_image(server_image):
+def test_served_api_key_is_in_no_command_line_and_no_image(server_image, tmp_path):
     import requests
 
     client, tag = server_image
     name = f"vllm-forge-test-{uuid.uuid4().hex[:6]}"
     port = free_port()
     key = f"{MARKER}-served"
+    keyfile = tmp_path / "api-key"
+    keyfile.write_text(key + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "invoke", "serve", "--image", tag, "--model", "minivllm/echo",
-                             "--gpus", "none", "--port", str(port), "--name", name, "--api-key", key,
+                             "--gpus", "none", "--port", str(port), "--name", name, "--api-key-file", str(keyfile),
                              "--timeout", "60"],
                             cwd=REPO, env={**os.environ, "COLUMNS": "400", "VLLM_FORGE_DOCKER": client.path},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
