@@ -166,11 +166,40 @@ def _install_fix(tool: str) -> str:
         "install it (`apt-get install ccache`)"
 
 
+def sccache_socket_dir(base: Path | str | None = None) -> Path:
+    """This user's private directory for sccache sockets: ``<tmp>/vllm-forge-<uid>``, mode 0700.
+
+    A socket straight in /tmp could be bound first by another local user, and the sccache client
+    sends its whole environment (credentials included) to whatever listens there. The directory is
+    made 0700 by us, or, when it already exists, must be a real directory (not a symlink) that this
+    user owns and nobody else can enter.
+    """
+    import stat
+
+    uid = os.getuid()
+    path = Path(base if base is not None else tempfile.gettempdir()) / f"vllm-forge-{uid}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+        what = ("is not a directory" if not stat.S_ISDIR(info.st_mode)
+                else f"belongs to uid {info.st_uid}" if info.st_uid != uid
+                else f"is open to other users (mode {stat.S_IMODE(info.st_mode):o})")
+        raise ForgeError(
+            f"the sccache socket directory {path} {what}: another user could listen where sccache connects",
+            f"remove {path} (it is made again, mode 0700), or set TMPDIR to a directory only you can write",
+        )
+    return path
+
+
 def sccache_server_socket(server_env: Mapping[str, str]) -> str:
     """A Unix socket per sccache configuration: the server reads its settings once, when it starts,
-    so builds with different settings must not share one (and a user's own server is left alone)."""
+    so builds with different settings must not share one (and a user's own server is left alone).
+    It lives in this user's 0700 directory (``sccache_socket_dir``)."""
     digest = hashlib.sha256(json.dumps(sorted(server_env.items())).encode()).hexdigest()[:12]
-    return str(Path(tempfile.gettempdir()) / f"vllm-forge-sccache-{os.getuid()}-{digest}.sock")
+    return str(sccache_socket_dir() / f"sccache-{digest}.sock")
 
 
 def compile_cache_env(cache: str, cache_dir: Path, *, shared: SharedCache | None = None,
