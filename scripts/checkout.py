@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as `python scripts/checkout.py`: make `scri
 
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, run_plan
+from scripts.validate import check_clone_url, check_git_ref
 from scripts.vllm_tree import inspect_tree
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "torchcodec")
@@ -74,6 +75,8 @@ def _only_torch_pins_removed(diff: str) -> bool:
 
 def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[Command]:
     """The git commands that bring ``dest`` to ``ref`` of ``repo``, decided from its current state."""
+    check_clone_url(repo, "--repo")  # both may come from a shared invoke.yaml: never options for git
+    check_git_ref(ref, "--ref")
     state = inspect_checkout(dest)
     target = checkout_target(repo, ref)
     if state.exists and not state.is_repo:
@@ -88,7 +91,7 @@ def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[
         # half-made checkout where the next run would take it for a real one.
         return [
             Command(["rm", "-rf", str(tmp)], why="clear a clone an earlier run left unfinished"),
-            Command(["git", "clone", "--filter=blob:none", "--no-checkout", repo, str(tmp)],
+            Command(["git", "clone", "--filter=blob:none", "--no-checkout", "--", repo, str(tmp)],
                     why="partial clone: history without old file contents"),
             Command(["git", "-C", str(tmp), "checkout", "--detach", "--quiet", target],
                     why=f"check out {ref}"),
@@ -136,7 +139,8 @@ def checkout_target(repo: str, ref: str) -> str:
     ``tags/<tag>``; a hex string is taken as a commit. Anything else is refused before any clone.
     """
     try:
-        proc = subprocess.run(["git", "ls-remote", repo], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(["git", "ls-remote", "--end-of-options", repo], capture_output=True, text=True,
+                              timeout=120)
     except subprocess.TimeoutExpired:
         raise ForgeError(f"{repo} did not answer within 120 s", "check the URL and your network") from None
     if proc.returncode != 0:

@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the
 
 from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
+from scripts.validate import is_git_ref
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
 GITHUB = "https://github.com/"
@@ -66,9 +67,6 @@ def rewrite_url(url: str, rewrites: Mapping[str, str]) -> str:
     return url if best is None else rewrites[best] + url[len(best):]
 
 
-# GIT_TAG as CMake passes it to git: a tag, a branch or a commit. Nothing that git could read as an
-# option (a leading -), a revision expression (.., @{, ^, ~, :) or a path outside refs/.
-_REF = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/+-]{0,254}$")
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:(?!/)[^\s]+$")  # git@github.com:org/repo.git (ssh)
 BUILTIN_PROTOCOLS = ("https", "ssh")  # what a checkout's own URLs may use; anything else only via a URL you name
 
@@ -76,12 +74,12 @@ BUILTIN_PROTOCOLS = ("https", "ssh")  # what a checkout's own URLs may use; anyt
 def check_ref(dep: GitDep) -> None:
     """ForgeError unless ``dep.tag`` is a plain tag, branch or commit name (never an option for git)."""
     tag = dep.tag
-    if not _REF.match(tag) or ".." in tag or "//" in tag or tag.endswith((".", "/", ".lock")) or "/." in tag:
+    if not is_git_ref(tag):  # GIT_TAG as CMake passes it to git: never an option or a revision expression
         where = f" ({dep.file}:{dep.line})" if dep.file else ""
         raise ForgeError(
             f"the checkout pins {dep.name}{where} to GIT_TAG {tag!r}, which is not a git tag, branch or commit name",
-            "check where this checkout comes from: a GIT_TAG is letters, digits and . _ / + - and never starts "
-            "with -; fix it, or set the dependency's *_SRC_DIR to a copy you trust",
+            "check where this checkout comes from: a GIT_TAG never starts with - or holds spaces, .., ~, ^ or :; "
+            "fix it, or set the dependency's *_SRC_DIR to a copy you trust",
         )
 
 

@@ -37,6 +37,7 @@ from scripts import archs as archs_mod
 from scripts import compat, credentials
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, mask_urls, run_command
+from scripts.validate import check_image_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
@@ -513,6 +514,9 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             )
         recipe, context, stage = "custom", src, False
     base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
+    for flag, value in (("--base-image", base), ("--runtime-image", runtime), ("--tag", request.tag)):
+        if value:  # they may come from a shared invoke.yaml or mirror profile: never a docker option
+            check_image_ref(value, flag)
     declared = dockerfile_args(dockerfile)
     stages = dockerfile_stages(dockerfile)
     target_stage = request.target if recipe == "forge" else UPSTREAM_TARGETS[request.target]

@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
 
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command
+from scripts.validate import check_image_ref
 
 DEFAULT_NAME = "vllm-forge-serve"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -105,6 +106,10 @@ def check_request(request: ServeRequest) -> None:
         raise ForgeError(
             "serve needs --image TAG (a baked image) or --local", "pass --image, e.g. the tag `invoke bake` printed"
         )
+    if not request.local:
+        check_image_ref(request.image, "--image")  # docker reads it after its options: never one itself
+    if request.shm_size and not re.fullmatch(r"[0-9]+(\.[0-9]+)?[bkmgBKMG]?", request.shm_size):
+        raise ForgeError(f"--shm-size {request.shm_size!r} is not a size", "pass e.g. --shm-size 16g")
     if request.tp < 1:
         raise ForgeError("--tp must be 1 or more", "pass the number of GPUs to shard the model over")
     if not 0 < request.port < 65536:

@@ -88,12 +88,18 @@ def test_the_compose_file_is_a_yaml_dump_no_value_adds_a_key(monkeypatch):
     yaml = pytest.importorskip("yaml")
     monkeypatch.setattr(serve, "check_name", lambda name: name)  # past the name check: the dump itself holds
     evil = "x\n    privileged: true\n    volumes: ['/:/host']"
-    text = serve.compose_file(req(name=evil, served_model_name=evil, image=evil, shm_size=evil))
+    text = serve.compose_file(req(name=evil, served_model_name=evil, model=evil))
     services = yaml.safe_load(text)["services"]
     (service,) = services.values()
-    assert list(services) == [evil]
-    assert "privileged" not in service and service["image"] == evil and service["shm_size"] == evil
+    assert list(services) == [evil] and service["container_name"] == evil
+    assert "privileged" not in service and service["command"][-1] == evil
     assert service["volumes"] == [os.path.expanduser("~/.cache/huggingface") + ":/root/.cache/huggingface"]
+
+
+@pytest.mark.parametrize("field,value", [("image", "--privileged"), ("image", "x y"), ("shm_size", "1g --privileged")])
+def test_values_docker_would_read_as_options_are_refused(field, value):
+    with pytest.raises(ForgeError, match="is not a"):
+        serve.plan_serve(req(**{field: value}))
 
 
 def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
