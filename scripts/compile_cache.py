@@ -184,7 +184,8 @@ def sccache_socket_dir(base: Path | str | None = None) -> Path:
         pass
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
-        what = ("is not a directory" if not stat.S_ISDIR(info.st_mode)
+        what = ("is a symlink" if stat.S_ISLNK(info.st_mode)
+                else "is not a directory" if not stat.S_ISDIR(info.st_mode)
                 else f"belongs to uid {info.st_uid}" if info.st_uid != uid
                 else f"is open to other users (mode {stat.S_IMODE(info.st_mode):o})")
         raise ForgeError(

@@ -40,7 +40,7 @@ def test_a_planted_symlink_is_refused(tmpdir_env):
     elsewhere = tmpdir_env / "attacker"
     elsewhere.mkdir(mode=0o700)
     (tmpdir_env / f"vllm-forge-{os.getuid()}").symlink_to(elsewhere, target_is_directory=True)
-    with pytest.raises(ForgeError, match="is not a directory"):
+    with pytest.raises(ForgeError, match="is a symlink"):
         cc.compile_cache_env("sccache", tmpdir_env / "cache")
 
 
