@@ -819,6 +819,22 @@ def cached_git_deps(request: BakeRequest) -> list:
     return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
 
 
+def _stage_marker(source: Path, target: Path) -> None:
+    """The deps marker, with no URL credential in it (a cache made by an older vllm-forge may hold one)."""
+    try:
+        info = json.loads(source.read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict):
+        _copy_file(source, target)
+        return
+    clean = {k: credentials.strip_credentials(v) if isinstance(v, str) else v for k, v in info.items()}
+    partial = target.with_name(f".{target.name}.forge-partial")
+    _remove(partial)
+    partial.write_text(json.dumps(clean, indent=2) + "\n")
+    os.replace(partial, target)
+
+
 def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     """Copy the cached dependencies (and their markers) to the context's deps/, bind-mounted into the
     wheel build as a fetch-deps cache; an empty deps/ when there are none."""
@@ -831,7 +847,7 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
         copied += sync_tree(source, dest / source.name)
-        _copy_file(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
+        _stage_marker(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
     for stale in dest.iterdir():
         if stale.name not in wanted:
             _remove(stale)
@@ -981,6 +997,7 @@ def _docker_json(docker: str, *args: str) -> object:
 
 def inspect_image(docker: str, image: str) -> dict:
     """The image's labels, size, creation time, entrypoint and id."""
+    check_image_ref(image, "the image")
     data = _docker_json(docker, "image", "inspect", image)
     if not data:
         raise ForgeError(f"no image {image}", "bake one with `invoke bake`, or check `docker images`")
@@ -1039,6 +1056,7 @@ def clean_instruction(created_by: str) -> str:
 
 
 def image_history(docker: str, image: str) -> list[LayerInfo]:
+    check_image_ref(image, "the image")
     proc = subprocess.run(
         [docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", image],
         capture_output=True,
@@ -1066,6 +1084,10 @@ def image_size_report(
     info = inspect_image(docker, image)
     base = base or info["labels"].get("org.opencontainers.image.base.name", "")
     base_size = None
+    try:  # the label is the image's own word: never a docker option
+        check_image_ref(base, "the base image")
+    except ForgeError:
+        base = ""
     if base:
         proc = subprocess.run(
             [docker, "image", "inspect", "--format", "{{.Size}}", base], capture_output=True, text=True

@@ -117,9 +117,7 @@ def http_github(github):  # noqa: F811
 def test_url_map_credentials_are_in_nothing_printed_or_cached(tmp_path, http_github, capsys):
     secret = f"tok-{uuid.uuid4().hex}"
     target = f"http://forge:{secret}@127.0.0.1:{http_github['port']}/https:/github.com/"
-    src = make_tree(tmp_path / "src", "v1.0")
-    cmake = src / "CMakeLists.txt"
-    cmake.write_text(cmake.read_text().replace("GIT_TAG v1.0", 'GIT_TAG v1.0 GIT_SUBMODULES ""'))
+    src = make_tree(tmp_path / "src", "v1.0")  # with its submodule, fetched through the same URL
     cache = tmp_path / "cache"
     args = [str(src), "--cache-dir", str(cache), "--url-map", f"https://github.com/={target}"]
     assert fd.main([*args, "--dry-run"]) == 0
@@ -129,6 +127,7 @@ def test_url_map_credentials_are_in_nothing_printed_or_cached(tmp_path, http_git
     assert "forge:****@127.0.0.1" in out.out  # the dry run shows where, masked
     path = cache / "deps" / "kernels@v1.0"
     assert (path / "kernel.cu").read_text() == "// v1\n"
+    assert (path / "third" / "sub" / "sub.txt").read_text() == "submodule\n"
     marker = json.loads((path.parent / (path.name + fd.MARKER_SUFFIX)).read_text())
     assert marker["fetched_from"] == f"http://127.0.0.1:{http_github['port']}/https:/github.com/org/kernels.git"
     stored = [p for p in cache.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -213,3 +213,33 @@ def test_the_dockerfile_refuses_a_hostile_apt_mirror_itself(mirror, ok):
     proc = subprocess.run(["sh", "-c", _dockerfile_apt_guard() + "echo passed"], capture_output=True, text=True,
                           env={"APT_MIRROR": mirror, "PATH": os.environ["PATH"]})
     assert (proc.returncode == 0 and "passed" in proc.stdout) == ok, proc.stderr
+
+
+def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout_for_bake):
+    """A cache made before the fix holds the --url-map credential in its marker: bake's copy does not."""
+    import json
+
+    from scripts import fetch_deps
+    from scripts.vllm_tree import inspect_tree
+
+    (checkout_for_bake / "CMakeLists.txt").write_text(
+        "project(x)\nif(DEFINED ENV{VLLM_CUTLASS_SRC_DIR})\n  set(VLLM_CUTLASS_SRC_DIR $ENV{VLLM_CUTLASS_SRC_DIR})\n"
+        "endif()\nif(VLLM_CUTLASS_SRC_DIR)\n  FetchContent_Declare(cutlass SOURCE_DIR ${VLLM_CUTLASS_SRC_DIR})\n"
+        "else()\n  FetchContent_Declare(cutlass GIT_REPOSITORY https://github.com/nvidia/cutlass.git GIT_TAG v4.0.0)\n"
+        "endif()\n")
+    (dep,) = inspect_tree(checkout_for_bake).git_deps
+    cache = tmp_path / "cache"
+    clone = fetch_deps.dep_dir(cache, dep)
+    clone.mkdir(parents=True)
+    (clone / "README").write_text("cutlass\n")
+    (clone.parent / (clone.name + fetch_deps.MARKER_SUFFIX)).write_text(json.dumps({
+        "name": dep.name, "repository": dep.repository, "tag": dep.tag,
+        "fetched_from": f"https://forge:{SECRET}@mirror.example/github/nvidia/cutlass.git?private_token={SECRET}"}))
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            deps_cache=cache)
+    plan = image.plan_bake(req, BUILDKIT)
+    image.stage_git_deps(plan, tmp_path / "deps")
+    staged = json.loads((tmp_path / "deps" / (clone.name + fetch_deps.MARKER_SUFFIX)).read_text())
+    assert staged["fetched_from"] == "https://mirror.example/github/nvidia/cutlass.git"
+    assert staged["repository"] == dep.repository and staged["tag"] == dep.tag  # still a cache hit inside
+    assert not [p for p in (tmp_path / "deps").rglob("*") if p.is_file() and SECRET in p.read_text()]
