@@ -422,7 +422,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     console.print(f"mirror {profile.name}: {escape(profile.description)}" + ("" if rows else ", nothing rewritten"),
                   soft_wrap=True)
     for what, old, new in rows:
-        console.print(f"  {what}: {escape(old)} [dim]->[/] {escape(new)}", soft_wrap=True)
+        console.print(f"  {what}: {escape(mask_urls(old))} [dim]->[/] {escape(mask_urls(new))}", soft_wrap=True)
     from scripts import remote_build
 
     for line in remote_build.plan_lines(rc.config.builder, rc.config.registry_cache):

@@ -217,3 +217,32 @@ def test_served_api_key_is_in_no_command_line_and_no_image(server_image, tmp_pat
         assert requests.get(f"http://127.0.0.1:{port}/v1/models", headers=auth, timeout=5).status_code == 200
     finally:
         subprocess.run([client.path, "rm", "-f", name], capture_output=True)
+
+
+def mirror_config(tmp_path: Path, **urls: str) -> Path:
+    path = tmp_path / "invoke.yaml"
+    lines = ["forge:", "  mirrors:", "    corp:"] + [f'      {key}: "{value}"' for key, value in urls.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_mirror_profile_credentials_are_masked_in_the_plan(tmp_path, checkout):
+    config = mirror_config(tmp_path, pypi_index=f"https://forge:{MARKER}-pypi@pypi.corp.example/simple",
+                           pytorch_index=f"https://torch.corp.example/whl?access_token={MARKER}-torch")
+    out = run_cli("-f", str(config), "plan", "--mirror", "corp", "--vllm-src", str(checkout))
+    assert "Traceback" not in out.stderr and "forge:****@pypi.corp.example" in out.stdout
+    assert MARKER not in out.stdout + out.stderr
+
+
+def test_mirror_profile_credentials_never_become_build_args(tmp_path, checkout):
+    from tests.conftest import docker_available
+
+    require_tool("a Docker engine", docker_available())
+    config = mirror_config(tmp_path, pypi_index=f"https://{MARKER}-pypi@pypi.corp.example/simple")
+    out = run_cli("-f", str(config), "bake", "--mirror", "corp", "--vllm-src", str(checkout), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "pip_index_url" in out.stdout and MARKER not in out.stdout + out.stderr
+    config = mirror_config(tmp_path, pytorch_index=f"https://torch.corp.example/whl?access_token={MARKER}-torch")
+    out = run_cli("-f", str(config), "bake", "--mirror", "corp", "--vllm-src", str(checkout), "--dry-run")
+    assert out.returncode == 2 and "carries credentials" in out.stderr and "--netrc" in out.stderr
+    assert MARKER not in out.stdout + out.stderr
