@@ -63,6 +63,10 @@ def free_port() -> int:
     ["doctor", "--arch", "12.0", "--json"],
     ["nccl-test", "--dry-run"],
     ["fetch-deps", "--vllm-src", "{co}", "--dry-run"],
+    ["fetch-deps", "--vllm-src", "{co}", "--url-map", "https://github.com/=https://forge:{marker}-map@git.example.com/",
+     "--dry-run"],
+    ["fetch-deps", "--vllm-src", "{co}", "--github-proxy", "https://proxy.example.com/?access_token={marker}-proxy",
+     "--dry-run"],
 ], ids=lambda a: " ".join(a[:2]) + (" " + a[-1] if a[-1].startswith("--") else ""))
 def test_nothing_printed_shows_a_secret(args, checkout, tmp_path):
     keyfile = tmp_path / "api-key"
