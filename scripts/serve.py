@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
-from scripts.plan import Command
+from scripts.plan import Command, record_command
 
 DEFAULT_NAME = "vllm-forge-serve"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -194,8 +194,10 @@ def base_url(request: ServeRequest) -> str:
     return f"http://{host}:{request.port}"
 
 
-def start(request: ServeRequest, docker: str = "docker") -> Started:
-    command = plan_serve(request, docker)
+def start(request: ServeRequest, docker: str = "docker", command: Command | None = None) -> Started:
+    """Run ``command`` (default: ``plan_serve``'s) detached; the pipeline passes the one it printed."""
+    command = command or plan_serve(request, docker)
+    record_command(command)
     check_port_free(request.host, request.port)
     if request.local:
         LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -393,9 +395,10 @@ def serve(
     timeout_s: float = 600,
     on_tick: Callable[[float], None] | None = None,
     smoke: bool = True,
+    command: Command | None = None,
 ) -> tuple[Started, float, SmokeResult | None]:
     """Start, wait for /health, smoke-test; on any failure remove what was started and re-raise."""
-    started = start(request, docker)
+    started = start(request, docker, command)
     try:
         seconds = wait_healthy(started, timeout_s=timeout_s, docker=docker, on_tick=on_tick)
         result = (
