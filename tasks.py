@@ -367,15 +367,16 @@ def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=
                                      "image": "check this image instead: total, size over its runtime base, "
                                               "largest layers",
                                      "budget": "with --image: fail when the image is larger than this many GB",
-                                     "docker": "with --image: the docker client to use"})
-def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget=None, docker=None):
+                                     "docker": "with --image: the docker client to use",
+                                     "dry_run": FLAG_HELP["dry_run"]})
+def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget=None, docker=None, dry_run=False):
     """Check the wheel against its size limit (vLLM's own, 400 MB by default), or an image with --image."""
     settings = _settings(ctx, dist_dir=dist_dir)
     options = pipelines.Options(wheel=Path(wheel) if wheel else None, limit_mb=_number("limit-mb", limit_mb, float),
-                                image=image or "", budget_gb=_number("budget", budget, float))
+                                image=image or "", budget_gb=_number("budget", budget, float), dry_run=dry_run)
     options.bake.docker = docker
     state = _run(pipelines.build_pipeline(settings, ["check-size-image" if image else "check-size"], options))
-    if not next(iter(state.results.values())).ok:
+    if not dry_run and not next(iter(state.results.values())).ok:
         raise Exit(code=1)
 
 
@@ -835,24 +836,12 @@ def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1
         key = "export VLLM_API_KEY=...; " if request.api_key else ""  # the file names it, never holds it
         console.print(f"[green]wrote[/] {path}: {key}docker compose -f {path} up -d")
         return
-    command = serving.plan_serve(request, docker_path)
-    console.print(f"  {escape(serving.shell_line(command, request))}", soft_wrap=True)
+    options = pipelines.Options(dry_run=dry_run, serve=request, smoke=not no_smoke,
+                                serve_timeout_s=_number("timeout", timeout, float, 600.0))
+    options.bake.docker = docker_path
+    _run(pipelines.build_pipeline(_settings(ctx), ["serve"], options))
     if dry_run:
         return
-    if not local:
-        images.check_engine(docker_path)
-    started_at = time.monotonic()
-    with console.status("starting the server...") as status:
-        def tick(elapsed: float) -> None:
-            status.update(f"waiting for {request.name} /health [dim]{elapsed:4.0f}s[/]")
-
-        started, healthy, result = serving.serve(request, docker=docker_path,
-                                                 timeout_s=_number("timeout", timeout, float, 600.0),
-                                                 on_tick=tick, smoke=not no_smoke, command=command)
-    total = time.monotonic() - started_at
-    console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url} [dim]({total:.1f}s)[/]")
-    if result:
-        console.print(f"  /v1/models: {', '.join(result.models)}; chat: {escape(result.reply[:80])!s}")
     console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")
 
 

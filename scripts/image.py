@@ -121,8 +121,8 @@ def find_docker(explicit: str | None = None, *, runner=subprocess.run, dry_run: 
     """The docker client to bake with: ``explicit`` (--docker / VLLM_FORGE_DOCKER), else the first
     with a working ``buildx``, else the first whose built-in BuildKit builds.
 
-    ``dry_run``: nothing will be built, so no engine is needed; a client without buildx is taken as
-    built-in BuildKit without the test build (the real run probes it)."""
+    ``dry_run``: nothing will be built, so no engine is needed; where none answers, a client without buildx
+    is taken as built-in BuildKit without the test build (the real run probes it)."""
     explicit = explicit or os.environ.get("VLLM_FORGE_DOCKER") or None
     candidates = _candidate_clients(explicit)
     if not candidates and dry_run:
@@ -137,9 +137,10 @@ def find_docker(explicit: str | None = None, *, runner=subprocess.run, dry_run: 
             if _has_buildx(path, runner):
                 why = "as asked" if explicit else "buildx plugin present"
                 return DockerClient(path, "buildx", _client_version(path, runner), why)
-        if dry_run:
+        if dry_run and not engine_reachable(candidates[0]):
             return DockerClient(candidates[0], "buildkit", _client_version(candidates[0], runner),
-                                "no buildx; built-in BuildKit assumed for this dry run (probed when it runs)")
+                                "no buildx, no engine answers: built-in BuildKit assumed for this dry run "
+                                "(probed when it runs)")
         for path in candidates:
             if _has_builtin_buildkit(path, runner):
                 why = "as asked" if explicit else "no buildx; its built-in BuildKit works"

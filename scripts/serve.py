@@ -120,7 +120,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES) and n not in _NEVER_PASS]
+    # VLLM_FORGE_* are this tool's own settings (docker client, debug, command log), not the server's.
+    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES)
+             and n not in _NEVER_PASS and not n.startswith("VLLM_FORGE_")]
     return sorted(names)
 
 
