@@ -1,8 +1,8 @@
 """nox sessions: the same invoke tasks over CUDA x arch x mirror, plus tests, lint and compiler checks.
 
     nox -l                                                   # every session, one line each
-    nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # bake for CUDA 12.8 (args go to `invoke bake`)
-    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # `invoke build-wheel --cuda 12.8 --arch 12.0`
+    nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # the image chain for CUDA 12.8 (`invoke image`)
+    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # the wheel chain (`invoke wheel --cuda 12.8 ...`)
     nox -s matrix -- --json                                  # the runnable matrix for a CI job list
     nox -s tests -- -k mirrors                               # pytest, posargs passed on
     nox -s compilers                                         # compat's CUDA -> arch table vs real ptxas
@@ -100,18 +100,18 @@ def _image_session(cuda: str) -> None:
 
     def image(session: nox.Session) -> None:
         args = _session_args(session)
-        config = _project_config()
         try:
             reason = matrix.arch_verdict(cuda, args.arch or default_archs)
-            profile = matrix.select_mirror(args.mirror, config)
         except ForgeError as err:
             session.error(str(err))
         if reason:
             session.skip(reason)
-        session.run(*matrix.bake_argv(cuda, args, profile), external=True)
+        session.log(f"# image chain for CUDA {cuda}: clone (or reuse) -> use-existing-torch -> bake "
+                    "(build, audit, wheel size inside) -> check-size --image -> inspect")
+        session.run(*matrix.image_argv(cuda, args), external=True)
 
-    image.__doc__ = (f"Bake the CUDA {cuda} image on {base} for {default_archs!r} "
-                     "(-- --arch SPEC --mirror NAME --dry-run ... go to `invoke bake`).")
+    image.__doc__ = (f"The image chain for CUDA {cuda} on {base} for {default_archs!r}: clone, use-existing-torch, "
+                     "bake, size check, inspect (-- --arch SPEC --mirror NAME --dry-run ... go to `invoke image`).")
     nox.session(name=matrix.image_session_name(cuda), **ORCHESTRATION)(image)
 
 
@@ -122,18 +122,19 @@ for _cuda in matrix.image_cudas():
 @nox.session(**ORCHESTRATION)
 @nox.parametrize(("cuda", "arch"), matrix.wheel_pairs())
 def wheel(session: nox.Session, cuda: str, arch: str) -> None:
-    """Build the vLLM wheel for one (CUDA, arch) with `invoke build-wheel` (-- --dry-run ... pass through)."""
+    """The wheel chain for one (CUDA, arch): clone, use-existing-torch, build-wheel, check-size (`invoke wheel`)."""
     args = _session_args(session)
     if args.arch:
         session.error(f"wheel(cuda={cuda!r}, arch={arch!r}) fixes the arch; use an image session for --arch")
     try:
         reason = matrix.arch_verdict(cuda, arch)
-        profile = matrix.select_mirror(args.mirror, _project_config())
     except ForgeError as err:
         session.error(str(err))
     if reason:
         session.skip(reason)
-    session.run(*matrix.build_wheel_argv(cuda, arch, args), env=matrix.mirrors.mirror_env(profile), external=True)
+    session.log(f"# wheel chain for CUDA {cuda}, {arch}: clone (or reuse) -> use-existing-torch -> build-wheel "
+                "-> check-size")
+    session.run(*matrix.wheel_argv(cuda, arch, args), external=True)
 
 
 @nox.session(name="matrix", **ORCHESTRATION)

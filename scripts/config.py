@@ -125,7 +125,7 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
     if invoke_config is not None:
         merged = invoke_config.get("forge", {}) if hasattr(invoke_config, "get") else {}
         for name in DEFAULTS:
-            if name in merged:
+            if name in merged and merged[name] is not None:  # None: invoke's placeholder for a number
                 values[name] = merged[name]
         for name in DEFAULTS:
             for attr, label in _INVOKE_LAYERS:
@@ -145,15 +145,19 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
             raise KeyError(name)  # a programming error in tasks.py, not a user error
         values[name] = value
         sources[name] = "command line"
-    config = BuildConfig(**{f.name: _coerce(f.name, values[f.name]) for f in fields(BuildConfig)})
+    config = BuildConfig(**{f.name: _coerce(f.name, values[f.name], sources[f.name]) for f in fields(BuildConfig)})
     validate_config(config)
-    from scripts.mirrors import load_mirror, user_mirrors_from  # late: mirrors imports the tree reader
-
-    load_mirror(config.mirror, user_mirrors_from(invoke_config))  # an unknown profile fails here, first
     return ResolvedConfig(config, sources)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def invoke_defaults() -> dict[str, Any]:
+    """DEFAULTS as the collection's config: numbers as None, so that invoke hands an INVOKE_FORGE_*
+    value over as the string it is and ``_coerce`` (not invoke's bare int()) judges it."""
+    return {name: None if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+            for name, value in DEFAULTS.items()}
+
+
+def _coerce(name: str, value: Any, source: str = "default") -> Any:
     default = DEFAULTS[name]
     try:
         if isinstance(default, bool):
@@ -163,9 +167,10 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except (TypeError, ValueError):
+        shown = f"INVOKE_FORGE_{name.upper()}" if source.startswith("environment") else name
         raise ForgeError(
-            f"{name} must be a number, got {value!r}",
-            f"set {name} to a number (0 means automatic)",
+            f"{shown} must be a number, got {value!r}",
+            f"set {shown} to a number (0 means automatic), or unset it",
         ) from None
     return "" if value is None else str(value)
 

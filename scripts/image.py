@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as `python scripts/image.py`: make the `scripts` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +39,10 @@ from scripts import compat, credentials
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, mask_urls, run_command
 from scripts.validate import check_image_ref
+
+if TYPE_CHECKING:  # image.py also runs inside the build stage, where only its own imports are staged
+    from scripts.checkout import CheckoutFacts
+    from scripts.vllm_tree import VllmTree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
@@ -113,11 +118,17 @@ def _has_builtin_buildkit(path: str, runner) -> bool:
     return proc.returncode == 0
 
 
-def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> DockerClient:
+def find_docker(explicit: str | None = None, *, runner=subprocess.run, dry_run: bool = False) -> DockerClient:
     """The docker client to bake with: ``explicit`` (--docker / VLLM_FORGE_DOCKER), else the first
-    with a working ``buildx``, else the first whose built-in BuildKit builds."""
+    with a working ``buildx``, else the first whose built-in BuildKit builds.
+
+    ``dry_run``: nothing will be built, so no engine is needed; where none answers, a client without buildx
+    is taken as built-in BuildKit without the test build (the real run probes it)."""
     explicit = explicit or os.environ.get("VLLM_FORGE_DOCKER") or None
     candidates = _candidate_clients(explicit)
+    if not candidates and dry_run:
+        return DockerClient(explicit or "docker", "buildkit", "", "no docker client found here: install Docker "
+                            "before running this for real")
     if not candidates:
         raise ForgeError(
             "no docker client was found on PATH", "install Docker (docker.io or docker-ce), or pass --docker PATH"
@@ -127,6 +138,10 @@ def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> Docker
             if _has_buildx(path, runner):
                 why = "as asked" if explicit else "buildx plugin present"
                 return DockerClient(path, "buildx", _client_version(path, runner), why)
+        if dry_run and not engine_reachable(candidates[0]):
+            return DockerClient(candidates[0], "buildkit", _client_version(candidates[0], runner),
+                                "no buildx, no engine answers: built-in BuildKit assumed for this dry run "
+                                "(probed when it runs)")
         for path in candidates:
             if _has_builtin_buildkit(path, runner):
                 why = "as asked" if explicit else "no buildx; its built-in BuildKit works"
@@ -161,6 +176,26 @@ def check_engine(docker: str, *, runner=subprocess.run) -> None:
             f"no Docker engine answers `{docker} info` ({said[-1].rstrip('.') if said else 'no output'})",
             "start it (`sudo systemctl start docker`, or `dockerd &` in a container), or set DOCKER_HOST",
         )
+
+
+def default_docker() -> str:
+    """The client for commands other than builds: $VLLM_FORGE_DOCKER, else ``docker`` on PATH."""
+    return os.environ.get("VLLM_FORGE_DOCKER") or "docker"
+
+
+def image_present(docker: str, ref: str) -> bool:
+    return subprocess.run([docker, "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def parse_build_args(items: Iterable[str]) -> dict[str, str]:
+    """``--build-arg NAME=VALUE`` flags as a mapping (one line for one without ``=``)."""
+    extra = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise ForgeError(f"--build-arg {item} is not NAME=VALUE", "pass --build-arg NAME=VALUE")
+        extra[name] = value
+    return extra
 
 
 def engine_reachable(docker: str = "docker") -> bool:
@@ -276,8 +311,13 @@ class BakeRequest:
     netrc: Path | None = None
     dist_dir: Path = Path("dist")
     context_dir: Path = REPO_ROOT / "build" / "bake"
-    vllm_repo: str = ""
-    vllm_ref: str = ""
+    # What the checkout is (labels, default tag); None: read from ``src`` as a local checkout. A checkout
+    # that does not exist yet (the pipeline clones it first) is planned from ``planned_repo``/``_ref``.
+    checkout: CheckoutFacts | None = None
+    planned_repo: str = ""
+    planned_ref: str = ""
+    mirror: str = "global"  # the applied mirror profile's name (a label)
+    registry_cache: str = ""  # image ref of a registry layer cache (buildx only)
     platform: str = ""
     push: bool = False
     builder: str = ""
@@ -309,6 +349,8 @@ class BakePlan:
     # by file with a rename: an interrupted or concurrent export never leaves half a wheel in dist/.
     export_dir: Path | None = None
     cleanup: list[list[str]] = field(default_factory=list)  # run (errors ignored) however the bake ends
+    tree: VllmTree | None = None  # what the checkout's vLLM version reads (None: not cloned yet)
+    identity: dict[str, str] = field(default_factory=dict)  # the checkout built: repo, ref, commit, dirty
 
     def lines(self) -> list[str]:
         """The plan as printable lines: comments, then each exact command."""
@@ -329,7 +371,14 @@ def _safe_tag_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:60] or "dev"
 
 
-def default_tag(ref: str, cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+def default_tag(identity: dict[str, str], cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+    """``vllm-forge/vllm:v0.11.0-cu128-sm120``: the ref built (a local checkout: ``local-<commit>``,
+    ``-dirty`` when it has changes of its own), the CUDA, the archs."""
+    ref = identity["ref"]
+    if ref == "local" and identity["commit"] not in ("", "unknown", PENDING):
+        ref = f"local-{identity['commit'][:12]}"
+    if identity.get("dirty") == "true":
+        ref += "-dirty"
     sms = "-".join(a.sm.replace("_", "") for a in archs)
     suffix = "-build" if target == "build" else ""
     return f"{DEFAULT_REPOSITORY}:{_safe_tag_part(ref)}-cu{compat.cuda_minor(cuda).replace('.', '')}-{sms}{suffix}"
@@ -352,12 +401,18 @@ def _git_out(src: Path, *args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def source_identity(src: Path, repo: str = "", ref: str = "") -> dict[str, str]:
-    """repo URL (no credentials), ref and commit of a checkout, for labels."""
-    commit = _git_out(src, "rev-parse", "HEAD")
-    repo = repo or _git_out(src, "remote", "get-url", "origin") or str(src)
-    ref = ref or _git_out(src, "describe", "--tags", "--always") or (commit[:12] if commit else "unknown")
-    return {"repo": strip_credentials(repo), "ref": ref, "commit": commit or "unknown"}
+PENDING = "(after clone)"
+
+
+def source_identity(facts: CheckoutFacts, planned_repo: str = "", planned_ref: str = "") -> dict[str, str]:
+    """Repo URL (no credentials), ref (the one cloned, or ``local``), commit and dirty flag of the checkout
+    that is built; for a checkout still to be cloned, the planned repo and ref."""
+    if not facts.exists:
+        return {"repo": strip_credentials(planned_repo), "ref": planned_ref or "local", "commit": PENDING,
+                "dirty": PENDING}
+    repo = facts.repo or str(facts.path)
+    return {"repo": strip_credentials(repo), "ref": facts.ref or "local", "commit": facts.commit or "unknown",
+            "dirty": "true" if facts.dirty else "false"}
 
 
 def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
@@ -391,7 +446,8 @@ def full_cuda_version(cuda: str) -> str:
     return match.group(1) if match else cuda
 
 
-def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str) -> dict[str, str]:
+def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str,
+                 tree: VllmTree | None) -> dict[str, str]:
     """Every knob under each name a vLLM-style Dockerfile may call it; filtered by what it declares."""
     arch_list = archs_mod.torch_cuda_arch_list(archs)
     values: dict[str, str] = {
@@ -415,11 +471,8 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["USE_SCCACHE"] = "1"
     if recipe == "forge":
         values["COMPILE_CACHE"] = request.compile_cache
-    if recipe == "forge":
+    if recipe == "forge" and tree is not None:
         # What this checkout's vLLM version builds with and enforces (scripts/vllm_tree.py).
-        from scripts.vllm_tree import inspect_tree
-
-        tree = inspect_tree(Path(request.src).expanduser())
         if tree.build_requirements:
             values["BUILD_REQUIREMENTS"] = tree.build_requirements
         if not request.wheel_limit_mb:
@@ -486,11 +539,24 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
     if request.target not in TARGETS:
         raise ForgeError(f"--target {request.target} is not a stage of this recipe", f"use one of {', '.join(TARGETS)}")
     src = Path(request.src).expanduser().resolve()
-    if not (src / "setup.py").is_file():
+    facts = request.checkout
+    if facts is None:
+        from scripts.checkout import read_checkout
+
+        facts = read_checkout(src, managed=False)
+    if facts.exists and not (src / "setup.py").is_file():
         raise ForgeError(
             f"{src} is not a vLLM checkout (no setup.py)",
             "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout",
         )
+    if not facts.exists and request.dockerfile != "forge":
+        raise ForgeError(f"{src} does not exist yet, and --dockerfile {request.dockerfile} is read from it",
+                         "run `invoke clone` first (a real bake clones first by itself)")
+    tree = None
+    if facts.exists:
+        from scripts.vllm_tree import inspect_tree
+
+        tree = inspect_tree(src)
     archs = archs_mod.resolve_arch(request.arch, request.cuda)
     _check_secret_file(request.ca_bundle, "--ca-bundle")
     _check_secret_file(request.netrc, "--netrc")
@@ -501,6 +567,11 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             "--cache-to needs docker buildx; this client builds with Docker's built-in BuildKit",
             "install the buildx plugin, or drop --cache-to (the local layer cache still works)",
         )
+    from scripts import remote_build
+
+    # A builder or registry cache this client cannot use is refused, never silently dropped.
+    remote_build.require_buildx(request.builder, request.registry_cache, docker=client.path,
+                                available=client.mode == "buildx")
 
     if request.dockerfile == "forge":
         recipe, dockerfile, context, stage = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context", True
@@ -527,14 +598,17 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
 
     notes: list[str] = []
-    if recipe == "forge" and request.deps_cache:
-        deps = cached_git_deps(request)
+    if not facts.exists:
+        notes.append(f"planned before the clone: commit, build requirements and wheel limit are read from {src} "
+                     "once it exists, and the bake is planned again then")
+    if recipe == "forge" and request.deps_cache and tree is not None:
+        deps = cached_git_deps(request, tree)
         if deps:
             notes.append(f"{len(deps)} cached git dependencies ({', '.join(d.name for d in deps)}) go into the build "
                          "context's deps/: CMake takes them from there, not from the network")
     if request.audit and not (REPO_ROOT / "scripts" / "audit.py").is_file():
         notes.append("scripts/audit.py is not in this vllm-forge: the kernel audit step is skipped")
-    knobs = _knob_values(request, archs, base, runtime, recipe)
+    knobs = _knob_values(request, archs, base, runtime, recipe, tree)
     build_args = {name: value for name, value in knobs.items() if name in declared}
     skipped = sorted(set(knobs) - set(declared) - {"TORCH_CUDA_ARCH_LIST"} - {"UV_DEFAULT_INDEX", "UV_INDEX_URL"})
     if skipped and recipe != "forge":
@@ -572,7 +646,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         if secret_id not in used:
             notes.append(f"{dockerfile.name} mounts no secret '{secret_id}': it will not see it")
 
-    identity = source_identity(src, request.vllm_repo, request.vllm_ref)
+    identity = source_identity(facts, request.planned_repo, request.planned_ref)
     from scripts import __version__ as forge_version
 
     created = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -588,12 +662,14 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         f"{LABEL_PREFIX}.vllm.repo": identity["repo"],
         f"{LABEL_PREFIX}.vllm.ref": identity["ref"],
         f"{LABEL_PREFIX}.vllm.commit": identity["commit"],
+        f"{LABEL_PREFIX}.vllm.dirty": identity["dirty"],
         f"{LABEL_PREFIX}.arch-list": archs_mod.torch_cuda_arch_list(archs),
         f"{LABEL_PREFIX}.sm": ",".join(a.sm for a in archs),
         f"{LABEL_PREFIX}.cuda": compat.cuda_minor(request.cuda),
         f"{LABEL_PREFIX}.build-base": build_args.get("BUILD_BASE_IMAGE") or declared.get("BUILD_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.recipe": recipe,
+        f"{LABEL_PREFIX}.mirror": request.mirror,
         f"{LABEL_PREFIX}.version": forge_version,
     }
 
@@ -603,7 +679,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         if (export_wheel and recipe == "forge")
         else (
             request.tag
-            or default_tag(identity["ref"], request.cuda, archs, "build" if export_wheel else request.target)
+            or default_tag(identity, request.cuda, archs, "build" if export_wheel else request.target)
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
@@ -611,8 +687,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
                   if export_wheel else None)
     argv = list(client.build_argv)
     argv += ["--progress=plain", "-f", str(dockerfile), "--target", target_stage]
-    if client.mode == "buildx" and request.builder:
-        argv += ["--builder", request.builder]
+    if client.mode == "buildx":
+        argv += remote_build.buildx_build_args(request.builder, request.registry_cache)
     if request.platform:
         argv += ["--platform", request.platform]
     if request.no_cache:
@@ -669,6 +745,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         notes,
         export_dir,
         cleanup,
+        tree,
+        identity,
     )
 
 
@@ -808,14 +886,14 @@ def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Pa
     return needed
 
 
-def cached_git_deps(request: BakeRequest) -> list:
+def cached_git_deps(request: BakeRequest, tree: VllmTree | None = None) -> list:
     """The checkout's git dependencies that `fetch-deps` has cached (the build then needs no network)."""
     if not request.deps_cache:
         return []
     from scripts.fetch_deps import is_cached
     from scripts.vllm_tree import inspect_tree
 
-    tree = inspect_tree(Path(request.src).expanduser())
+    tree = tree or inspect_tree(Path(request.src).expanduser())
     return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
 
 
@@ -843,7 +921,7 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     _real_dir(dest)
     copied = 0
     wanted = set()
-    for dep in cached_git_deps(plan.request):
+    for dep in cached_git_deps(plan.request, plan.tree):
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
         copied += sync_tree(source, dest / source.name)
@@ -886,6 +964,7 @@ class BakeResult:
     cached_steps: int
     total_steps: int
     executed: list[str] = field(default_factory=list)  # titles of the steps that ran (not cached)
+    log_path: Path | None = None
 
 
 def run_bake(

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
-from scripts.plan import Command
+from scripts.plan import Command, record_command
 from scripts.validate import check_image_ref
 
 DEFAULT_NAME = "vllm-forge-serve"
@@ -166,7 +166,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES) and n not in _NEVER_PASS]
+    # VLLM_FORGE_* are this tool's own settings (docker client, debug, command log), not the server's.
+    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES)
+             and n not in _NEVER_PASS and not n.startswith("VLLM_FORGE_")]
     return sorted(names)
 
 
@@ -240,8 +242,10 @@ def base_url(request: ServeRequest) -> str:
     return f"http://{host}:{request.port}"
 
 
-def start(request: ServeRequest, docker: str = "docker") -> Started:
-    command = plan_serve(request, docker)
+def start(request: ServeRequest, docker: str = "docker", command: Command | None = None) -> Started:
+    """Run ``command`` (default: ``plan_serve``'s) detached; the pipeline passes the one it printed."""
+    command = command or plan_serve(request, docker)
+    record_command(command)
     check_port_free(request.host, request.port)
     if request.local:
         LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -483,9 +487,10 @@ def serve(
     timeout_s: float = 600,
     on_tick: Callable[[float], None] | None = None,
     smoke: bool = True,
+    command: Command | None = None,
 ) -> tuple[Started, float, SmokeResult | None]:
     """Start, wait for /health, smoke-test; on any failure remove what was started and re-raise."""
-    started = start(request, docker)
+    started = start(request, docker, command)
     try:
         seconds = wait_healthy(started, timeout_s=timeout_s, docker=docker, on_tick=on_tick)
         result = (

@@ -165,19 +165,19 @@ def flag_values(argv, flag):
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
+def cloned(src: Path, origin: str, ref: str):
+    """``src`` as `invoke clone` leaves it: an origin remote and the ref it checked out recorded."""
+    from scripts.checkout import read_checkout
+
+    subprocess.run(["git", "-C", str(src), "remote", "add", "origin", origin], check=True)
+    subprocess.run(["git", "-C", str(src), "config", "vllm-forge.ref", ref], check=True)
+    return read_checkout(src, managed=True)
+
+
 def test_forge_plan_is_the_exact_command(checkout, tmp_path):
-    plan = image.plan_bake(
-        request(
-            checkout,
-            tmp_path,
-            arch="9.0a;12.0+PTX",
-            cuda="12.8",
-            vllm_repo="https://u:pw@git.example/vllm.git",
-            vllm_ref="v1.2.3",
-        ),
-        BUILDKIT,
-        now=NOW,
-    )
+    facts = cloned(checkout, "https://u:pw@git.example/vllm.git", "v1.2.3")
+    plan = image.plan_bake(request(checkout, tmp_path, arch="9.0a;12.0+PTX", cuda="12.8", checkout=facts),
+                           BUILDKIT, now=NOW)
     (command,) = plan.commands
     argv = command.argv
     assert argv[:3] == ["/usr/bin/docker", "build", "--progress=plain"] and command.env == {"DOCKER_BUILDKIT": "1"}
@@ -193,11 +193,41 @@ def test_forge_plan_is_the_exact_command(checkout, tmp_path):
     assert labels["org.vllm-forge.vllm.ref"] == "v1.2.3" and len(labels["org.vllm-forge.vllm.commit"]) == 40
     assert labels["org.vllm-forge.sm"] == "sm_90a,sm_120" and labels["org.vllm-forge.cuda"] == "12.8"
     assert labels["org.vllm-forge.version"]
+    assert labels["org.vllm-forge.vllm.dirty"] == "false" and labels["org.vllm-forge.mirror"] == "global"
     assert flag_values(argv, "-t") == ["vllm-forge/vllm:v1.2.3-cu128-sm90a-sm120"]
     assert argv[-1] == str(tmp_path / "bake" / "context") and plan.stage_context
     assert flag_values(argv, "--target") == ["runtime"]
     assert any(line.startswith("# stage the build context") for line in plan.lines())
     assert plan.lines()[-1] == command.shell()
+
+
+def test_labels_and_tag_describe_the_checkout_that_is_built(checkout, tmp_path):
+    """Not the configuration's defaults: a checkout of another repository at another ref, a local
+    checkout (--vllm-src: ref `local`), and one with changes of its own (dirty)."""
+    facts = cloned(checkout, "file:///srv/forks/vllm.git", "v0.1.0")
+    labels = image.plan_bake(request(checkout, tmp_path, checkout=facts), BUILDKIT).labels
+    assert labels["org.vllm-forge.vllm.repo"] == "file:///srv/forks/vllm.git"
+    assert labels["org.vllm-forge.vllm.ref"] == "v0.1.0"
+    local = image.plan_bake(request(checkout, tmp_path), BUILDKIT)  # no facts given: a local checkout
+    commit = local.labels["org.vllm-forge.vllm.commit"]
+    assert local.labels["org.vllm-forge.vllm.ref"] == "local" and len(commit) == 40
+    assert local.image == f"vllm-forge/vllm:local-{commit[:12]}-cu128-sm120"
+    (checkout / "setup.py").write_text("print('my change')\n")
+    dirty = image.plan_bake(request(checkout, tmp_path), BUILDKIT)
+    assert dirty.labels["org.vllm-forge.vllm.dirty"] == "true" and dirty.image.endswith(
+        f"local-{commit[:12]}-dirty-cu128-sm120")
+
+
+def test_builder_and_registry_cache_are_applied_or_refused(checkout, tmp_path):
+    plan = image.plan_bake(request(checkout, tmp_path, builder="gpu-builders",
+                                   registry_cache="reg.example/team/cache"), BUILDX)
+    argv = plan.commands[0].argv
+    assert flag_values(argv, "--builder") == ["gpu-builders"]
+    assert flag_values(argv, "--cache-from") == ["type=registry,ref=reg.example/team/cache:buildcache"]
+    assert flag_values(argv, "--cache-to")[0].startswith("type=registry,ref=reg.example/team/cache:buildcache")
+    for settings in ({"builder": "gpu-builders"}, {"registry_cache": "reg.example/team/cache"}):
+        with pytest.raises(ForgeError, match="buildx"):  # Docker 20.10 without buildx: refused, not dropped
+            image.plan_bake(request(checkout, tmp_path, **settings), BUILDKIT)
 
 
 def test_index_url_with_credentials_travels_as_secret(checkout, tmp_path):
@@ -334,7 +364,8 @@ def test_clean_instruction(created_by, expected):
 def test_default_tag_is_a_valid_docker_tag():
     from scripts.archs import parse_arch_list
 
-    tag = image.default_tag("feature/x@y", "12.8", parse_arch_list("12.0"), "build")
+    identity = {"ref": "feature/x@y", "commit": "0" * 40, "dirty": "false"}
+    tag = image.default_tag(identity, "12.8", parse_arch_list("12.0"), "build")
     assert tag == "vllm-forge/vllm:feature-x-y-cu128-sm120-build"
 
 
