@@ -168,11 +168,14 @@ def test_a_build_arg_with_a_query_token_is_refused(tmp_path, checkout_for_bake):
         image.plan_bake(req, BUILDKIT)
 
 
-def test_the_source_label_carries_no_credential(tmp_path, checkout_for_bake):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
-                            vllm_repo=f"HTTPS://{SECRET}@git.example.com/vllm.git?private_token={SECRET}")
-    plan = image.plan_bake(req, BUILDKIT)
-    assert plan.labels["org.opencontainers.image.source"] == "HTTPS://git.example.com/vllm.git"
+def test_the_source_label_carries_no_credential(tmp_path):
+    from scripts.checkout import CheckoutFacts
+
+    url = f"HTTPS://{SECRET}@git.example.com/vllm.git?private_token={SECRET}"
+    cloned = CheckoutFacts(tmp_path, exists=True, managed=True, repo=url, ref="main", commit="a" * 40)
+    assert image.source_identity(cloned)["repo"] == "HTTPS://git.example.com/vllm.git"
+    planned = CheckoutFacts(tmp_path / "later", exists=False, managed=True)
+    assert image.source_identity(planned, planned_repo=url)["repo"] == "HTTPS://git.example.com/vllm.git"
 
 
 # --- apt mirror -------------------------------------------------------------------------------------------------------
