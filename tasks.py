@@ -15,13 +15,28 @@ import threading
 import time
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Task, task
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from scripts.errors import ForgeError
+
+
+def _lazy(name: str):
+    """The module ``name``, loaded on first use (importlib's LazyLoader): `invoke --list` imports this file,
+    and no task needs every module of scripts/."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -175,9 +190,9 @@ def forge_task(*task_args, **task_kwargs):
 
 
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
-from scripts import archs as arch_tables  # noqa: E402
-from scripts import compat  # noqa: E402
-from scripts import pipeline as pipelines  # noqa: E402
+arch_tables = _lazy("scripts.archs")
+compat = _lazy("scripts.compat")
+pipelines = _lazy("scripts.pipeline")
 from scripts.config import invoke_defaults, resolve_config  # noqa: E402
 from scripts.plan import mask_urls  # noqa: E402
 
@@ -467,7 +482,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
-from scripts import audit as kernel_audit  # noqa: E402
+kernel_audit = _lazy("scripts.audit")
 
 AUDIT_HELP = {
     "path": "a .so, executable, directory (wheels in it too), wheel, or `docker save`/`docker export` tar",
@@ -669,8 +684,8 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
 
-from scripts import image as images  # noqa: E402
-from scripts import serve as serving  # noqa: E402
+images = _lazy("scripts.image")
+serving = _lazy("scripts.serve")
 
 IMAGE_HELP = {
     "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
@@ -791,6 +806,7 @@ def _print_image_size(report) -> None:
     console.print(table)
 
 
+SERVE_NAME = "vllm-forge-serve"  # scripts/serve.py DEFAULT_NAME (kept literal: signatures load no module)
 SERVE_HELP = {
     "image": "image to serve (e.g. the tag `invoke bake` printed)",
     "local": "serve the vLLM installed in this Python instead of a container",
@@ -814,7 +830,7 @@ SERVE_HELP = {
 
 @forge_task(help=SERVE_HELP, auto_shortflags=False)
 def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1", gpus="all", api_key=None,
-          insecure=False, name=serving.DEFAULT_NAME, timeout=None, shm_size="", compose=False,
+          insecure=False, name=SERVE_NAME, timeout=None, shm_size="", compose=False,
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
     """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
     request = serving.ServeRequest(model=model, image=image, local=local, tp=_number("tp", tp, default=1),
@@ -842,11 +858,11 @@ def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1
     _run(pipelines.build_pipeline(_settings(ctx), ["serve"], options))
     if dry_run:
         return
-    console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")
+    console.print(f"stop it with: invoke stop{'' if name == SERVE_NAME else ' --name ' + name}")
 
 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
-def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
+def stop(ctx, name=SERVE_NAME, docker=None):
     """Stop and remove what `invoke serve` started."""
     if (serving.LOCAL_STATE_DIR / f"{name}.pid").exists():  # a --local server: no Docker needed
         console.print(serving.stop(name, _plain_docker(docker)))
@@ -884,8 +900,8 @@ def demo_image(ctx, flags: dict) -> None:
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----
-from scripts import fetch_deps as dep_fetcher  # noqa: E402
-from scripts import vllm_tree  # noqa: E402
+dep_fetcher = _lazy("scripts.fetch_deps")
+vllm_tree = _lazy("scripts.vllm_tree")
 
 TREE_FLAG_HELP = {
     "vllm_src": "the vLLM checkout to read (default: the clone in --checkout-dir)",
@@ -980,5 +996,6 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
 # ---- end vLLM tree ----
 
 # ---- namespace ----
-ns = Collection.from_module(sys.modules[__name__])
+# Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.
+ns = Collection(*(value for value in list(globals().values()) if issubclass(type(value), Task)))
 ns.configure({"forge": invoke_defaults()})
