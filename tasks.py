@@ -9,6 +9,7 @@ import errno
 import functools
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -475,8 +476,17 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
                     f"{time.monotonic() - started:.1f}")
     console.print(summary)
-    if not no_docker:
-        demo_image(ctx, flags)
+    image = demo_image(ctx, flags) if not no_docker else ""
+    # What to do next, each working as printed: the demo's checkout is named, so the everyday tasks find it.
+    where = f"--vllm-src {shlex.quote(str(settings.src))}"
+    nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
+    if image:
+        nexts.append(f"invoke serve minivllm/echo --image {image} --gpus none --port 18000")
+    else:
+        ptx_dist = shlex.quote(str(Path(settings.config.dist_dir) / "ptx"))
+        nexts.append(f"invoke build-wheel {where} --arch 12.0+PTX --dist-dir {ptx_dist}")
+    for line in nexts:
+        console.print(f"next: {escape(line)}", soft_wrap=True)
     if not state.results["check-size"].ok:
         raise Exit(code=1)
 # ---- end core pipeline ----
@@ -870,14 +880,15 @@ def stop(ctx, name=SERVE_NAME, docker=None):
     console.print(serving.stop(name, _engine_docker(docker)))
 
 
-def demo_image(ctx, flags: dict) -> None:
-    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down."""
+def demo_image(ctx, flags: dict) -> str:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down; the image's tag
+    ("" when the steps were skipped)."""
     from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     docker = images.default_docker()
     if not images.engine_reachable(docker):
         console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
-        return
+        return ""
     settings = _settings(ctx, **flags)
     cfg = settings.config
     base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
@@ -888,13 +899,13 @@ def demo_image(ctx, flags: dict) -> None:
         else:
             console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
                           "stand-ins with `python scripts/standin_images.py`[/]")
-            return
+            return ""
     name = "vllm-forge-demo"
     options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
                                 serve_timeout_s=120)
     serving.stop(name, docker)  # a container left by an interrupted demo
     try:
-        _run(pipelines.build_pipeline(settings, ("bake", "serve"), options))
+        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image
     finally:
         serving.stop(name, docker)
 # ---- end image ----

@@ -204,3 +204,9 @@ def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_too
         assert out.returncode == 0, f"run {attempt}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
         assert "sm_120: runs" in out.stdout
     assert len(list((tmp_path / "dist").glob("*.whl"))) == 1
+    # it ends with what to do next, and each command works as printed (COLUMNS=200: one line each)
+    nexts = [line[len("next: "):] for line in out.stdout.splitlines() if line.startswith("next: ")]
+    assert len(nexts) == 3, out.stdout[-1500:]
+    for line in nexts:
+        ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
