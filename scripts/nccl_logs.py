@@ -1001,7 +1001,7 @@ def is_single_node(log: NcclLog | None, ctx: Context) -> bool:
     return True
 
 
-def _p2p_expected(ctx: Context) -> list[str]:
+def p2p_expected(ctx: Context) -> list[str]:
     """The links (NV#, PIX, PXB) or P2P statuses (OK) on which NCCL should use P2P."""
     links = sorted({lk for lk in ctx.links if lk.startswith("NV") or lk in ("PIX", "PXB")})
     if ctx.p2p and all(status == "OK" for status in ctx.p2p) and not links:
@@ -1039,7 +1039,7 @@ def _transport_findings(log: NcclLog, ctx: Context) -> list[Finding]:
     kinds = {name.split("/")[0] for name in log.transports}
     summary = ", ".join(f"{k} ({v} channels)" for k, v in sorted(log.transports.items()))
     env = {**ctx.env, **log.env}
-    expected = _p2p_expected(ctx)
+    expected = p2p_expected(ctx)
     single = is_single_node(log, ctx)
     if "P2P" not in kinds and kinds & {"SHM", "NET"} and single and (expected or not ctx.links):
         uses_net = "NET" in kinds
@@ -1245,7 +1245,7 @@ def detect_kind(text: str) -> str:
     if matrix is not None:
         return "p2p" if matrix.kind == "p2p" else "topo"
     if re.search(r"NCCL (INFO|WARN|TRACE|ABORT)|nccl==|NCCL error|ncclUnhandled|unhandled cuda error|"
-                 r"error while loading shared libraries", clean):
+                 r"error while loading shared libraries", clean) or _APP_ERROR_RE.search(clean):
         return "nccl-log"
     if re.search(r"^index, name, compute_cap", clean, re.M):
         return "smi-csv"
@@ -1542,8 +1542,8 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
                 names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in env
                          and SETTINGS[r].harmful(env[r])]
                 via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
-                links = ", ".join(_p2p_expected(ctx)) or "one host"
-                gpus = f"the GPUs are {links}-connected" if _p2p_expected(ctx) else "the ranks share one host"
+                links = ", ".join(p2p_expected(ctx)) or "one host"
+                gpus = f"the GPUs are {links}-connected" if p2p_expected(ctx) else "the ranks share one host"
                 cause = (f"{gpus} but NCCL sent the traffic through {via}"
                          + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
                             if names else f": {finding.message.split('why: ', 1)[-1]}"))

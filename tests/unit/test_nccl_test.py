@@ -117,7 +117,7 @@ def _fake_run(output_file: Path, debug_files: dict[str, Path], code: int):
 
 
 def test_run_reproduces_the_field_report(tmp_path):
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     runner = _fake_run(FIX / "seed_5090" / "all_reduce_perf_2gpu.txt",
                        {"188": FIX / "seed_5090" / "nccl_debug.log"}, code=1)
     outcome = nccl_test.run_plan(plan, runner=runner)
@@ -130,7 +130,7 @@ def test_run_reproduces_the_field_report(tmp_path):
 
 
 def test_run_healthy_h200(tmp_path):
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     runner = _fake_run(FIX / "h200x2" / "allreduce.txt", {"889": FIX / "h200x2" / "nccl_debug_rank0.log",
                                                           "890": FIX / "h200x2" / "nccl_debug_rank1.log"}, 0)
     outcome = nccl_test.run_plan(plan, runner=runner)
@@ -142,7 +142,7 @@ def test_hung_run_is_a_failure(tmp_path):
     def runner(argv, **kwargs):
         raise subprocess.TimeoutExpired(argv, 5, output=b"# nThread 1 nGpus 2\n")
 
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     outcome = nccl_test.run_plan(plan, runner=runner, timeout=5)
     assert outcome.returncode == 124 and outcome.level == "fail"
     assert any("Test timeout" in f for f in outcome.result.failures)
