@@ -1478,8 +1478,13 @@ _NOT_CAUSES = {"busbw", "transport", "nccl-tests-failed", "exit-status", "unreco
 
 def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
     """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
-    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth."""
-    ctx = ctx or Context()
+    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
+    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+    if ctx is None:
+        ctx = Context()
+        for report in reports:
+            for _, kind, parsed in report.sections:
+                _learn(ctx, kind, parsed)
     logs = _parsed(reports, ("nccl-log",))
     runs = [(r, run) for r, run in _parsed(reports, ("nccl-tests", "allreduce-kv")) if isinstance(run, NcclTestsRun)]
     env = dict(ctx.env)
