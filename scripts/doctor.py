@@ -476,7 +476,8 @@ class DoctorReport:
                 "gpus": [g.__dict__ for g in self.host.gpus], "errors": self.host.errors,
                 "topo": self.host.topo.to_dict() if self.host.topo else None,
                 "p2p": self.host.p2p.to_dict() if self.host.p2p else None}
-        return {"level": self.level, "targets": [{"name": n, "capability": c} for n, c in self.targets],
+        return {"level": self.level, "root_cause": root_cause(self).to_dict(),
+                "targets": [{"name": n, "capability": c} for n, c in self.targets],
                 "host": host, "inside": self.inside, "findings": [f.to_dict() for f in self.findings]}
 
 

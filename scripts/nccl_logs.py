@@ -733,6 +733,11 @@ SIGNATURES: list[Signature] = [
         "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=/tmp/nccl.%h.%p.log and run `invoke nccl-diagnose` on "
         "those files", "NVIDIA/nccl-tests#287"),
     Signature(
+        "torch-missing", "fail", r"PyTorch is not installed|No module named 'torch'",
+        "the torch.distributed runner found no PyTorch in this Python (or image)",
+        "install torch there, or use NCCL's own benchmark: --runner nccl-tests --binary PATH/TO/all_reduce_perf "
+        "(build it with --build-nccl-tests PATH/TO/nccl-tests)"),
+    Signature(
         "collective-timeout", "fail", r"Test timeout|Watchdog caught collective operation timeout",
         "a collective never finished: a rank never joined or hung (its log is missing or stops before "
         "Init COMPLETE), or P2P over PCIe hangs behind ACS/IOMMU",
@@ -1507,8 +1512,10 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     for report in reports:
         for finding in report.findings:
             if finding.level == "fail" and finding.check not in _NOT_CAUSES:
-                evidence = [e for hit in finding.evidence[:1] for e in _evidence(report, hit[:120])] or \
-                    [f"{report.path}: {hit}" for hit in finding.evidence[:1]]
+                evidence = []
+                for hit in finding.evidence[:1]:  # a WARN's text is "src.cc:N message": find the message
+                    evidence = _evidence(report, hit[:120]) or _evidence(report, hit.split(" ", 1)[-1][:120]) \
+                        or [f"{report.path}: {hit}"]
                 return RootCause("fail", finding.message, finding.fix + (f" (see {finding.source})"
                                                                          if finding.source else ""),
                                  evidence, **base)

@@ -188,7 +188,7 @@ def test_signature(name, check, fix_words):
     assert all(word in hits[0].fix for word in fix_words), hits[0].fix
     cause = find_root_cause([report])
     assert cause.level == "fail" and cause.cause == hits[0].message
-    assert cause.evidence and cause.evidence[0].startswith(f"{SIGS / name}:")
+    assert cause.evidence and re.match(rf"{re.escape(str(SIGS / name))}:\d+: ", cause.evidence[0]), cause.evidence
 
 
 def test_shm_failure_is_not_blamed_on_sockets():
@@ -241,6 +241,13 @@ def test_doctor_fails_p2p_disabled_on_an_nvlink_host():
     cause = doctor.root_cause(report)
     assert cause.level == "fail" and "NCCL_P2P_DISABLE=1" in cause.cause
     assert doctor.render_text(report).startswith("ROOT CAUSE [FAIL]")
+
+
+def test_torch_missing_in_an_image_says_how_to_get_a_runner():
+    text = "host: Test NCCL failure import 'PyTorch is not installed'\n"
+    [report] = diagnose_texts([("all_reduce.txt", "# nThread 1 nGpus 2 minBytes 8 maxBytes 8\n" + text)])
+    [failed] = [f for f in report.findings if f.level == "fail"]
+    assert "install torch" in failed.fix and "--binary" in failed.fix
 
 
 def test_nccl_test_without_torch_or_binary_says_how_to_get_either(tmp_path):
