@@ -293,12 +293,18 @@ class RunOutcome:
                 "reports": [r.to_dict() for r in self.reports]}
 
 
+TOPOLOGY_FILES = (("topo.txt", ["topo", "-m"]), ("topo_p2p.txt", ["topo", "-p2p", "r"]),
+                  ("gpus.csv", ["--query-gpu=index,name,compute_cap,pcie.link.gen.max,pcie.link.width.max",
+                                "--format=csv"]))
+
+
 def record_topology(out_dir: Path, runner=subprocess.run) -> list[Path]:
-    """Save ``nvidia-smi topo -m`` and ``topo -p2p r`` next to the logs (when nvidia-smi exists)."""
+    """Save ``nvidia-smi topo -m``, ``topo -p2p r`` and the GPUs' capability and PCIe generation/width next to
+    the logs (when nvidia-smi exists): the link model needs all three to say what the link should carry."""
     if not shutil.which("nvidia-smi"):
         return []
     saved = []
-    for name, args in (("topo.txt", ["topo", "-m"]), ("topo_p2p.txt", ["topo", "-p2p", "r"])):
+    for name, args in TOPOLOGY_FILES:
         try:
             result = runner(["nvidia-smi", *args], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
@@ -312,7 +318,7 @@ def record_topology(out_dir: Path, runner=subprocess.run) -> list[Path]:
 def analyse_outputs(out_dir: Path, output_file: Path, ctx: nccl_logs.Context | None = None,
                     ) -> tuple[nccl_logs.NcclTestsRun, list[nccl_logs.FileReport], list[Path]]:
     files = [output_file] + sorted(p for p in out_dir.glob("nccl_debug*.log")) + [
-        p for p in (out_dir / "topo.txt", out_dir / "topo_p2p.txt") if p.is_file()]
+        out_dir / name for name, _ in TOPOLOGY_FILES if (out_dir / name).is_file()]
     files = [f for f in files if f.is_file()]
     reports = nccl_logs.diagnose_files(files, ctx) if files else []
     text = output_file.read_text(errors="replace") if output_file.is_file() else ""
