@@ -1598,6 +1598,9 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
         ranks = max(run.ranks for _, run in runs)
         return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {share:.0%} of the link model", "", [],
                          **base)
+    if runs and all(run.ranks <= 1 for _, run in runs):
+        return RootCause("pass", "one rank: NCCL initialised and ran on the GPU; bus bandwidth needs two or more "
+                         "GPUs (nothing crosses a link)", "", [], **base)
     return RootCause("pass", "no failure found", "", [], **base)
 
 

@@ -157,6 +157,12 @@ def test_slow_p2p_behind_a_pcie_switch_points_at_acs_iommu():
     assert cause.expected == 48.0 and "width*speed/80" in cause.expected_source
 
 
+def test_one_rank_says_what_it_proves():
+    seed = FIX / "seed_5090"
+    cause = find_root_cause(diagnose_files([seed / "all_reduce_perf_1gpu.txt"]))
+    assert cause.level == "pass" and cause.cause.startswith("one rank:")
+
+
 def test_shm_on_phb_is_judged_against_the_pcie_path_not_nvlink():
     seed = FIX / "seed_5090"
     ctx = Context(pcie_gen=5, pcie_width=16)
