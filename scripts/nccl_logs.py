@@ -765,6 +765,8 @@ class Context:
     pcie_gen: int | None = None
     pcie_width: int | None = None
     hosts: set[str] = field(default_factory=set)  # host names the NCCL logs and nccl-tests devices show
+    ranks_seen: set[int] = field(default_factory=set)  # ranks whose NCCL logs are among the files
+    nranks: int | None = None  # the communicator's size, as the logs say
     env: dict[str, str] = field(default_factory=dict)  # NCCL_* of the run (the caller's environment)
 
 
@@ -997,12 +999,15 @@ def weigh_settings(env: dict[str, str]) -> list[tuple[int, str, str]]:
 
 
 def is_single_node(log: NcclLog | None, ctx: Context) -> bool:
-    """One host: all logs and nccl-tests devices name the same host, or NCCL itself says nNodes 1."""
+    """One host: every log and nccl-tests device line names the same host. NCCL's own ``nNodes`` is not
+    trusted alone: with P2P and SHM disabled it counts two ranks of one host as two nodes (the live H200
+    fault run). It decides only when some ranks' logs are missing (one node's logs of a multi-node job)."""
     hosts = set(ctx.hosts) | (log.hosts if log else set())
     if len(hosts) > 1:
         return False
-    if log and log.nnodes and log.nnodes > 1 and not hosts:
-        return False
+    if log and log.nnodes and log.nnodes > 1:
+        every_rank = bool(ctx.nranks) and len(ctx.ranks_seen | set(log.ranks)) >= ctx.nranks
+        return bool(hosts) and every_rank
     return True
 
 
@@ -1335,6 +1340,8 @@ def _learn(ctx: Context, kind: str, parsed: object) -> None:
                 ctx.pcie_width = gpu.get("pcie_width_max") or 16
     elif kind == "nccl-log" and isinstance(parsed, NcclLog):
         ctx.hosts |= parsed.hosts
+        ctx.ranks_seen |= set(parsed.ranks)
+        ctx.nranks = max(ctx.nranks or 0, parsed.nranks or 0) or None
     elif kind in ("nccl-tests", "allreduce-kv") and isinstance(parsed, NcclTestsRun):
         ctx.hosts |= {device.host for device in parsed.devices}
         for device in parsed.devices:

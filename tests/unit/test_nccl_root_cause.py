@@ -13,7 +13,7 @@ import pytest
 
 from scripts import compat, doctor, nccl_logs, nccl_test
 from scripts.errors import ForgeError
-from scripts.nccl_logs import Context, diagnose_files, diagnose_texts, find_root_cause
+from scripts.nccl_logs import Context, diagnose_files, diagnose_nccl_log, diagnose_texts, find_root_cause
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 LIVE = FIX / "h200x2_live"
@@ -58,6 +58,18 @@ def test_fault_run_replays_as_one_root_cause_naming_the_variables():
             assert "RDMA" not in finding.fix and "infiniband" not in finding.fix.lower()
     recorded = (LIVE / "fault.txt").read_text()
     assert "│ PASS │ transport" in recorded and "install the RDMA stack" in recorded  # what was wrong before
+
+
+def test_one_node_is_told_by_host_names_not_by_nccls_node_count():
+    fault = [nccl_logs.parse_nccl_log((FAULT / name).read_text())
+             for name in ("nccl_debug.vm.1705.log", "nccl_debug.vm.1706.log")]
+    assert all(log.nnodes == 2 and log.hosts == {"vm"} for log in fault)  # NCCL: two "nodes" on one host
+    both = Context(hosts={"vm"}, ranks_seen={0, 1}, nranks=2)
+    assert nccl_logs.is_single_node(fault[0], both)
+    # the logs of one node of a real two-node job: NCCL's count decides
+    assert not nccl_logs.is_single_node(fault[0], Context(hosts={"vm"}, ranks_seen={0}, nranks=2))
+    no_ib = [f for f in diagnose_nccl_log(fault[0], both) if f.check == "no-ib"]
+    assert [f.level for f in no_ib] == ["info"]
 
 
 def test_fault_report_json_has_the_root_cause_first(capsys):
