@@ -566,33 +566,55 @@ def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----
+from invoke import Argument, Task  # noqa: E402
+
 _LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
 
 
 def _print_findings(title: str, findings) -> None:
-    table = Table("", "check", "finding", "fix", title=escape(title), show_lines=False)
+    # long fixes and messages fold inside their column at any terminal width instead of ending in "…"
+    table = Table(title=escape(title), show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("finding", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=3)
     for f in findings:
         style = _LEVEL_STYLE.get(f.level, "")
-        fix = f.fix if f.level in ("warn", "fail") else ""
+        fix = escape(f.fix) if f.level in ("warn", "fail") else ""
         if f.source and f.level in ("warn", "fail"):
             fix += f" [dim](see {escape(f.source)})[/]"
-        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix if not fix else
-                      (escape(f.fix) + fix[len(f.fix):]))
+        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix)
     console.print(table)
 
 
-def _diagnose_paths(spec: str) -> list[Path]:
+def _print_root_cause(cause) -> None:
+    """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
+    style = _LEVEL_STYLE.get(cause.level, "")
+    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}", soft_wrap=False)
+    if line := cause.bandwidth_line():
+        console.print(f"  [bold]bandwidth[/]: {escape(line)}")
+    for evidence in cause.evidence:
+        console.print(f"  [bold]evidence[/]: {escape(evidence)}", overflow="fold")
+    if cause.fix:
+        console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
+
+
+def _diagnose_paths(spec: str) -> tuple[list[Path], set[str]]:
+    """The files to read, and those found inside a named directory (an unrecognised one there is skipped)."""
     paths: list[Path] = []
+    in_dirs: set[str] = set()
     for word in spec.replace(",", " ").split():
         found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
         for path in found:
             if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
-                paths.extend(p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096])
+                inside = [p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096]]
+                paths.extend(inside)
+                in_dirs.update(str(p) for p in inside)
             else:
                 paths.append(path)
     if not paths:
         raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
-    return paths
+    return paths, in_dirs
 
 
 @forge_task(help={"image": "check this image's Python, torch, NCCL and vLLM (docker run) instead of this Python",
@@ -614,6 +636,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     if json:
         print(json_mod.dumps(report.to_dict(), indent=2, default=str))
     else:
+        _print_root_cause(doctor_mod.root_cause(report))
         _print_findings(f"doctor{' ' + image if image else ''}: {report.level.upper()}", report.findings)
     if report.level == "fail":
         raise Exit(code=1)
@@ -662,6 +685,7 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
         print(json_mod.dumps(outcome.to_dict(), indent=2, default=str))
     else:
         console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
+        _print_root_cause(outcome.root_cause)
         for report in outcome.reports:
             _print_findings(f"{report.path} [{report.kind}]", report.findings)
         console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
@@ -669,23 +693,68 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
         raise Exit(code=1)
 
 
-@forge_task(name="nccl-diagnose", positional=["files"], help={
-    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi topo outputs, or directories (several: quote them, "
-             "separated by spaces or commas; globs work)",
-    "json": "print the reports as JSON",
+def _positional_count(argv: list[str], names: set[str], value_flags: set[str]) -> int:
+    """How many positional words follow the task name in ``argv`` (flags and their values left out; a
+    ``--`` ends the task's words, as it ends invoke's parsing)."""
+    start = next((i for i, token in enumerate(argv) if token in names), None)
+    if start is None:
+        return 0
+    count, skip = 0, False
+    for token in argv[start + 1:]:
+        if skip:
+            skip = False
+        elif token == "--":
+            break
+        elif token.startswith("-"):
+            skip = "=" not in token and token in value_flags
+        else:
+            count += 1
+    return count
+
+
+class FilesTask(Task):
+    """A task whose first positional argument takes every file on the command line.
+
+    invoke gives a task a fixed number of positional arguments, so `invoke nccl-diagnose a.log b.log`
+    (what a shell glob expands to) would stop at b.log with "No idea what 'b.log' is!". Through invoke's
+    public Task API (``@task(klass=...)``, ``get_arguments``) this task declares one more positional
+    argument per extra word the command line holds; the body receives them as ``files_2``, ``files_3``...
+    Words after a standalone ``--`` reach the body as ``ctx.remainder`` (invoke's documented remainder)."""
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = [a for a in super().get_arguments(ignore_unknown_help) if a.name != "more_files"]
+        argv = sys.argv if Path(sys.argv[0]).name in ("invoke", "inv") or Path(sys.argv[0]).parent.name == "invoke" \
+            else []
+        names = {self.name, *self.aliases}
+        flags = {("--" if len(n) > 1 else "-") + n for a in args if a.takes_value and not a.positional for n in a.names}
+        extra = max(0, _positional_count(argv, names, flags) - 1)
+        positional = [a for a in args if a.positional]
+        more = [Argument(name=f"files_{i}", positional=True) for i in range(2, extra + 2)]
+        return positional + more + [a for a in args if not a.positional]
+
+
+@forge_task(name="nccl-diagnose", positional=["files"], klass=FilesTask, help={
+    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi outputs, or directories: several as separate "
+             "arguments (logs/*.log), quoted and separated by spaces or commas, or after --",
+    "json": "print the root cause and the reports as JSON",
     "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)"})
-def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
-    """Read NCCL logs / nccl-tests outputs / topo files, name each failure with its cause and fix."""
+def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
+    """Read NCCL logs / nccl-tests outputs / topo files: one root cause first, then each file's findings."""
     import json as json_mod
 
     from scripts import nccl_logs
 
-    paths = _diagnose_paths(files or "")
-    reports = nccl_logs.diagnose_files(paths, nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else []))
+    words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
+    words.append(getattr(ctx, "remainder", "") or "")
+    paths, in_dirs = _diagnose_paths(" ".join(w for w in words if w))
+    # the files may come from another host: only their own "set by environment" lines count, not this shell's
+    context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
+    reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
+    cause = nccl_logs.find_root_cause(reports, context)
     if json:
-        print(json_mod.dumps({"level": nccl_logs.worst_level([f for r in reports for f in r.findings]),
-                              "files": [r.to_dict() for r in reports]}, indent=2, default=str))
+        print(json_mod.dumps(nccl_logs.report_dict(reports, cause), indent=2, default=str))
     else:
+        _print_root_cause(cause)
         for report in reports:
             _print_findings(f"{report.path} [{report.kind}]: {report.level.upper()}", report.findings)
     if any(r.level == "fail" for r in reports):

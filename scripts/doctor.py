@@ -386,13 +386,34 @@ def check_topology(host: HostFacts) -> list[Finding]:
     return findings
 
 
-def check_env(env: dict[str, str], where: str) -> list[Finding]:
+def check_env(env: dict[str, str], where: str, host: HostFacts | None = None) -> list[Finding]:
+    """NCCL_* settings judged against the topology: one that keeps NCCL off a link the GPUs have fails."""
     findings = []
-    if env.get("NCCL_P2P_DISABLE", "0") not in ("0", ""):
-        findings.append(Finding("warn", "env", f"NCCL_P2P_DISABLE={env['NCCL_P2P_DISABLE']} in {where}: NCCL "
-                                "avoids NVLink/PCIe P2P", "unset it unless P2P is known broken on this host"))
-    if env.get("NCCL_SHM_DISABLE", "0") not in ("0", ""):
-        findings.append(Finding("warn", "env", f"NCCL_SHM_DISABLE=1 in {where}", "unset it"))
+    ctx = nccl_logs.Context(links=[link for _, _, link in host.topo.gpu_pairs()] if host and host.topo else [],
+                            p2p=[status for _, _, status in host.p2p.gpu_pairs()] if host and host.p2p else [])
+    links = nccl_logs.p2p_expected(ctx)
+    p2p_off = next((f"{name}={env[name]}" for name in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL")
+                    if name in env and nccl_logs.SETTINGS[name].harmful(env[name])), "")
+    shm_off = nccl_logs.SETTINGS["NCCL_SHM_DISABLE"].harmful(env.get("NCCL_SHM_DISABLE", "0"))
+    if p2p_off:
+        via = "TCP sockets (NCCL_SHM_DISABLE is set too)" if shm_off else "host memory (SHM)"
+        if links:
+            findings.append(Finding("fail", "env", f"{p2p_off} in {where}: the GPUs are {', '.join(links)}-connected "
+                                    f"but NCCL will send the traffic through {via}, a fraction of the link",
+                                    "unset NCCL_P2P_DISABLE / NCCL_P2P_LEVEL" + (" and NCCL_SHM_DISABLE" if shm_off
+                                                                                  else ""),
+                                    evidence=[f"{where}: {k}={env[k]}" for k in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL",
+                                                                                  "NCCL_SHM_DISABLE") if k in env]))
+        else:
+            findings.append(Finding("warn", "env", f"{p2p_off} in {where}: NCCL avoids NVLink/PCIe P2P",
+                                    "unset it unless P2P is known broken on this host"))
+    elif shm_off:
+        findings.append(Finding("warn", "env", f"NCCL_SHM_DISABLE=1 in {where}: where P2P is unavailable NCCL falls "
+                                "back to TCP sockets", "unset it"))
+    for weight, setting, why in nccl_logs.weigh_settings(env):
+        if setting.split("=")[0] not in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL", "NCCL_SHM_DISABLE"):
+            findings.append(Finding("warn" if weight >= 2 else "info", "env", f"{why} (in {where})",
+                                    f"unset {setting.split('=')[0]} unless you measured that it helps"))
     if env.get("NCCL_IB_DISABLE", "0") not in ("0", ""):
         findings.append(Finding("info", "env", f"NCCL_IB_DISABLE=1 in {where}: no InfiniBand between nodes"))
     return findings
@@ -455,7 +476,8 @@ class DoctorReport:
                 "gpus": [g.__dict__ for g in self.host.gpus], "errors": self.host.errors,
                 "topo": self.host.topo.to_dict() if self.host.topo else None,
                 "p2p": self.host.p2p.to_dict() if self.host.p2p else None}
-        return {"level": self.level, "targets": [{"name": n, "capability": c} for n, c in self.targets],
+        return {"level": self.level, "root_cause": root_cause(self).to_dict(),
+                "targets": [{"name": n, "capability": c} for n, c in self.targets],
                 "host": host, "inside": self.inside, "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -493,8 +515,8 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
                             targets, audit)
     findings += check_nccl(targets, inside)
     findings += check_topology(host)
-    findings += check_env(host.env, "the host environment")
-    findings += check_env(inside.get("env") or {}, where)
+    findings += check_env(host.env, "the host environment", host)
+    findings += check_env(inside.get("env") or {}, where, host)
     return DoctorReport(host, inside, findings, targets)
 
 
@@ -538,8 +560,19 @@ def run_doctor(*, image: str = "", arch: str = "", docker: str = "docker", host_
     return diagnose(host, inside, arch=arch, audit=audit, where=where)
 
 
+def root_cause(report: DoctorReport) -> nccl_logs.RootCause:
+    """The doctor's headline: its worst finding (failures before warnings), with its evidence and fix."""
+    for level in ("fail", "warn"):
+        for f in report.findings:
+            if f.level == level:
+                return nccl_logs.RootCause(level, f.message, f.fix + (f" (see {f.source})" if f.source else ""),
+                                           f.evidence[:3] or [f"doctor {f.check}: {f.message[:200]}"])
+    gpus = len(report.host.gpus)
+    return nccl_logs.RootCause("pass", f"nothing found that breaks vLLM here ({gpus} GPU(s) checked)")
+
+
 def render_text(report: DoctorReport) -> str:
-    lines = [f"doctor: {report.level.upper()}"]
+    lines = [*nccl_logs.render_root_cause(root_cause(report)), f"doctor: {report.level.upper()}"]
     for f in report.findings:
         lines.append(f"  {f.level.upper():4} {f.check}: {f.message}")
         if f.fix and f.level in ("warn", "fail"):
