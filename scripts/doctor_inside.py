@@ -236,7 +236,8 @@ def collect_jit(errors=None):
             if os.path.isfile(os.path.join(base, "include", "cuda_runtime.h")):
                 out["cuda_headers"] = True
     out["host_compiler"] = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++") or ""
-    libdirs = [os.path.join(out["cuda_home"], "lib64"), os.path.join(out["cuda_home"], "lib")] if out["cuda_home"] else []
+    home = out["cuda_home"]
+    libdirs = [os.path.join(home, "lib64"), os.path.join(home, "lib")] if home else []
     libdirs += [os.path.join(base, "nvidia", sub, "lib") for base in sys.path for sub in ("cuda_nvrtc", "cu13", "cu12")]
     for directory in libdirs + ["/usr/local/cuda/lib64"]:
         found = sorted(glob.glob(os.path.join(directory, "libnvrtc.so*")))

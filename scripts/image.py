@@ -466,14 +466,16 @@ class JitToolchain:
 
 
 def checkout_needs_flashinfer(src: Path) -> bool:
-    """Whether the checkout's requirements name FlashInfer (vLLM's requirements/cuda.txt does from 0.9)."""
+    """Whether the checkout's wheel asks for FlashInfer: its requirements files, or setup.py's extras
+    (vLLM 0.11 has `flashinfer-python` as the `flashinfer` extra, which vLLM's own image installs)."""
     root = Path(src).expanduser()
-    for path in list((root / "requirements").rglob("*.txt")) + [root / "requirements-cuda.txt"]:
+    for path in list((root / "requirements").rglob("*.txt")) + [root / "requirements-cuda.txt", root / "setup.py"]:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        if re.search(r"^\s*flashinfer", text, re.IGNORECASE | re.MULTILINE):
+        if re.search(r"^\s*flashinfer" if path.suffix == ".txt" else r"[\"']flashinfer-python", text,
+                     re.IGNORECASE | re.MULTILINE):
             return True
     return False
 
@@ -1207,6 +1209,46 @@ def image_size_report(
     return ImageSizeReport(image, info["size"], base, base_size, budget_gb, biggest)
 
 
+# --- JIT readiness of a baked image (`invoke inspect`, `invoke doctor --image`) -------------------------------
+
+
+def image_jit_facts(docker: str, image: str) -> dict:
+    """scripts/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    script = (REPO_ROOT / "scripts" / "doctor_inside.py").read_text()
+    try:
+        proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
+                               "--jit"], input=script, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"error": str(err)}
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": said[-1] if said else f"exit {proc.returncode}"}
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return {"error": f"no JSON from the in-image probe: {proc.stdout[-200:]!r}"}
+
+
+def jit_summary(facts: dict, targets: Iterable[str] = ()) -> tuple[bool, str]:
+    """(ready, one line): nvcc version, the SM targets it can compile (those asked for first), FlashInfer."""
+    if facts.get("error"):
+        return False, f"JIT readiness unknown: {facts['error']}"
+    flashinfer = facts.get("flashinfer") or {}
+    packages = flashinfer.get("packages") or {}
+    fi = ("FlashInfer " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items()))
+          + f"; {flashinfer.get('cubins', 0)} precompiled kernels (cubins)") if packages else "FlashInfer not installed"
+    if not facts.get("nvcc"):
+        return False, f"no JIT toolchain (no nvcc); {fi}"
+    listed = facts.get("archs") or []
+    wanted = [sm for sm in targets if sm]
+    missing = [sm for sm in wanted if sm.rstrip("af") not in listed]
+    host = facts.get("host_compiler") or "no host C++ compiler"
+    ready = not missing and bool(facts.get("host_compiler"))
+    archs = " ".join(listed) or "?"
+    return ready, (f"nvcc {facts.get('nvcc_version') or '?'} ({facts['nvcc']}), targets {archs}"
+                   + (f"; cannot target {', '.join(missing)}" if missing else "") + f"; {host}; {fi}")
+
+
 # --- where the size goes -------------------------------------------------------------------------------------
 
 # Python distributions that are the JIT toolchain (the pip route of JIT_TOOLCHAINS) and those that are torch
@@ -1268,7 +1310,7 @@ def jit_layer_bytes(docker: str, image: str) -> int:
     total = 0
     for line in proc.stdout.splitlines():
         size, _, created_by = line.partition("\t")
-        if "JIT_TOOLCHAIN" in created_by and "RUN" in created_by.upper() and size.isdigit():
+        if 'case "$JIT_TOOLCHAIN"' in created_by and size.isdigit():  # the RUN that reads it, not its ARG
             total += int(size)
     return total
 
@@ -1279,10 +1321,12 @@ def classify_sizes(image_dists: dict[str, int], base_dists: dict[str, int], jit_
     layer (apt packages and g++ included) or, without one, its distributions; "the rest" is what is left
     (python itself when the base has none, the venv, metadata)."""
     new = {key: size for key, size in image_dists.items() if key not in base_dists}
+    has_torch = any(key.split("==")[0] == "torch" for key in new)
     jit_dists = torch = vllm = 0
     for key, size in new.items():
         name = key.split("==")[0]
-        if JIT_DISTS.match(name):
+        # Without torch, NVIDIA's CUDA wheels (the cudart headers of cuda-toolkit[cudart]) are the toolchain's.
+        if JIT_DISTS.match(name) or (not has_torch and name.startswith("nvidia-")):
             jit_dists += size
         elif TORCH_DISTS.match(name):
             torch += size
