@@ -155,3 +155,24 @@ def test_jit_check_compiles_with_the_real_nvcc():
     broken = {**facts, "archs": []}  # nvcc that lists nothing: the compile itself must fail for a bogus arch
     ok, line = doctor_inside.jit_check("sm_99", broken)
     assert not ok and "failed to compile for sm_99" in line
+
+
+def test_flashinfer_as_a_setup_extra_counts(checkout, tmp_path):
+    (checkout / "setup.py").write_text('extras_require={"flashinfer": ["flashinfer-python==0.3.1"]}\n')
+    assert image.checkout_needs_flashinfer(checkout)  # vLLM 0.11's layout
+    assert jit_for(checkout, tmp_path, "12.8").cuda == "12.9"
+
+
+def test_doctor_reports_jit_readiness():
+    from scripts import doctor
+
+    inside = {"vllm": {"installed": True}, "jit": {**FACTS, "flashinfer": {"installed": True, "packages": {
+        "flashinfer-python": "0.5.3"}, "cubins": 12}}}
+    [finding] = doctor.check_jit([("GPU0 RTX 5090", "12.0")], inside)
+    assert finding.level == "pass" and "nvcc 12.8.93" in finding.message and "sm_120" in finding.message
+    assert "flashinfer-python 0.5.3; 12 precompiled kernels" in finding.message
+    [finding] = doctor.check_jit([("B200", "10.0")], inside)
+    assert finding.level == "warn" and "cannot target sm_100" in finding.message
+    [finding] = doctor.check_jit([], {"vllm": {"installed": True}, "jit": {**FACTS, "nvcc": ""}})
+    assert finding.level == "warn" and "no JIT toolchain" in finding.message and finding.fix
+    assert doctor.check_jit([], {"vllm": {"installed": False}, "jit": FACTS}) == []
