@@ -871,6 +871,10 @@ def _print_labels(info: dict) -> None:
     console.print(table)
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
+    # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).
+    ready, line = images.jit_summary(images.image_jit_facts(images.default_docker(), info["id"]),
+                                     info["labels"].get("org.vllm-forge.sm", "").split(","))
+    console.print(f"[{'green' if ready else 'yellow'}]JIT[/] {escape(line)}")
 
 
 def _print_image_size(report) -> None:
@@ -879,6 +883,11 @@ def _print_image_size(report) -> None:
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
     console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    split = images.image_size_breakdown(images.default_docker(), report.image, base=report.base)  # scripts/image.py
+    parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
+    for name, size in split.parts.items():
+        parts.add_row(f"{size / 1e6:.1f}", name)
+    console.print(parts)
     table = Table("MB", "instruction", title="largest layers")
     for layer in report.layers:
         table.add_row(f"{layer.size / 1e6:.1f}", escape(layer.instruction[:140]))

@@ -185,16 +185,41 @@ NGC_PYTORCH_TAGS: list[NgcPytorchTag] = [
 # tag whose torch builds sm_120 kernels), otherwise the newest tag of that CUDA minor.
 DEFAULT_NGC_TAG: dict[str, str] = {"12.8": "25.02-py3"}
 
-# Slim serving base per CUDA: NVIDIA's CUDA runtime images (no compiler), on which the runtime
-# stage installs torch from the PyTorch wheel index and the built vLLM wheel.
+# Slim serving base per CUDA: NVIDIA's CUDA `-base` images (cudart and the apt repo only, as vLLM's
+# own final stage uses), on which the runtime stage installs the JIT toolchain (JIT_TOOLCHAINS), torch
+# with its own nvidia-* wheels, and the built vLLM wheel: no CUDA library is shipped twice.
 # Source: hub.docker.com/r/nvidia/cuda tags / nvcr.io/nvidia/cuda.
 CUDA_RUNTIME_IMAGES: dict[str, str] = {
-    "12.4": "nvcr.io/nvidia/cuda:12.4.1-runtime-ubuntu22.04",
-    "12.6": "nvcr.io/nvidia/cuda:12.6.3-runtime-ubuntu24.04",
-    "12.8": "nvcr.io/nvidia/cuda:12.8.1-runtime-ubuntu24.04",
-    "12.9": "nvcr.io/nvidia/cuda:12.9.1-runtime-ubuntu24.04",
-    "13.0": "nvcr.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04",
+    "12.4": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
+    "12.6": "nvcr.io/nvidia/cuda:12.6.3-base-ubuntu24.04",
+    "12.8": "nvcr.io/nvidia/cuda:12.8.1-base-ubuntu24.04",
+    "12.9": "nvcr.io/nvidia/cuda:12.9.1-base-ubuntu24.04",
+    "13.0": "nvcr.io/nvidia/cuda:13.0.2-base-ubuntu24.04",
 }
+
+# What the runtime stage installs so vLLM can compile kernels at run time (FlashInfer, DeepGEMM), per
+# CUDA minor of the JIT toolchain: "pip:<requirements>" or "apt:<packages>". Chosen by size
+# (docs/image.md "JIT toolchain"): NVIDIA's CUDA 13 wheels carry nvcc, cicc and ptxas (nvidia-cuda-nvcc,
+# nvidia-nvvm, nvidia-cuda-crt), pinned as one release through the cuda-toolkit meta package; the CUDA
+# 12 wheels (nvidia-cuda-nvcc-cu12) carry only ptxas and libnvvm, no nvcc driver, so CUDA 12 takes
+# NVIDIA's apt packages, the set vLLM's own final stage installs. nvrtc and the cudart library are not
+# listed for pip: torch's own nvidia-* wheels bring them at torch's pins.
+JIT_TOOLCHAINS: dict[str, str] = {
+    "12.4": "apt:cuda-nvcc-12-4 cuda-cudart-dev-12-4 cuda-nvrtc-dev-12-4 cuda-cuobjdump-12-4 "
+            "libcurand-dev-12-4 libcublas-dev-12-4",
+    "12.6": "apt:cuda-nvcc-12-6 cuda-cudart-dev-12-6 cuda-nvrtc-dev-12-6 cuda-cuobjdump-12-6 "
+            "libcurand-dev-12-6 libcublas-dev-12-6",
+    "12.8": "apt:cuda-nvcc-12-8 cuda-cudart-dev-12-8 cuda-nvrtc-dev-12-8 cuda-cuobjdump-12-8 "
+            "libcurand-dev-12-8 libcublas-dev-12-8",
+    "12.9": "apt:cuda-nvcc-12-9 cuda-cudart-dev-12-9 cuda-nvrtc-dev-12-9 cuda-cuobjdump-12-9 "
+            "libcurand-dev-12-9 libcublas-dev-12-9",
+    "13.0": "pip:cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2",
+}
+
+# FlashInfer JIT-compiles its sm_12x kernels only with CUDA >= 12.9 (flashinfer#1781, #1919): the JIT
+# toolchain of an image that targets sm_12x and ships FlashInfer is at least this CUDA.
+FLASHINFER_SM12X_MIN_CUDA = "12.9"
+
 
 # PyTorch's wheel index per CUDA (download.pytorch.org/whl/cuXYZ); the runtime stage installs torch
 # from it. Source: pytorch.org "Start Locally" selector.

@@ -419,6 +419,22 @@ def check_env(env: dict[str, str], where: str, host: HostFacts | None = None) ->
     return findings
 
 
+def check_jit(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
+    """JIT readiness (doctor_inside.collect_jit): can vLLM compile FlashInfer/DeepGEMM kernels at run time?"""
+    facts = inside.get("jit")
+    if not facts or not (inside.get("vllm") or {}).get("installed"):
+        return []
+    from scripts import archs as arch_mod
+    from scripts.image import jit_summary
+
+    targets = [arch_mod.parse_arch_list(cap)[0].sm for _, cap in caps if arch_mod.parse_arch_list(cap)]
+    ready, line = jit_summary(facts, targets)
+    if ready:
+        return [Finding("pass", "jit", line)]
+    return [Finding("warn", "jit", line + ": kernels compiled at run time (FlashInfer, DeepGEMM) will fail",
+                    "bake with the JIT toolchain (the default of `invoke bake`), or install CUDA's nvcc and g++")]
+
+
 def load_audit(name: str = "audit_path"):
     """``scripts.audit.audit_path`` (or ``audit_image``) when that module exists, else None."""
     try:
@@ -514,6 +530,7 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
     findings += check_audit(audit_path if audit_path is not None else (inside.get("vllm") or {}).get("path"),
                             targets, audit)
     findings += check_nccl(targets, inside)
+    findings += check_jit(targets, inside)
     findings += check_topology(host)
     findings += check_env(host.env, "the host environment", host)
     findings += check_env(inside.get("env") or {}, where, host)

@@ -3,6 +3,11 @@
 Self-contained on purpose: stdlib plus (optionally) torch, no ``scripts`` imports, so it runs as
 ``docker run --rm -i --entrypoint python3 IMAGE - < scripts/doctor_inside.py`` or as
 ``python scripts/doctor.py --inside``. It never raises: whatever fails is reported under "errors".
+
+JIT readiness (``collect_jit``, ``jit_check``): vLLM's FlashInfer/DeepGEMM kernels compile at run time with
+nvcc, so the serving image needs nvcc, CUDA headers and a host C++ compiler for its target archs.
+``--jit-check ARCHS`` (run by docker/Dockerfile's runtime stage) compiles a tiny kernel for each arch and
+prints one line; ``--jit`` prints only the JIT facts as JSON.
 """
 
 import ctypes
@@ -12,7 +17,10 @@ import json
 import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 
 ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "TORCH_CUDA_ARCH_LIST", "VLLM_NCCL_SO_PATH",
              "LD_LIBRARY_PATH", "CUDA_HOME")
@@ -138,6 +146,143 @@ def collect_vllm():
                                                                                 recursive=True))[:200]}
 
 
+JIT_MARKER = "forge-jit-check"
+# FlashInfer's JIT on sm_12x needs CUDA >= 12.9 (flashinfer#1781, #1919).
+FLASHINFER_MIN_CUDA_SM12X = (12, 9)
+_JIT_PROBE = "__global__ void forge_jit_probe(float *x) { x[threadIdx.x] += 1.0f; }\n"
+
+
+def _run_text(argv, timeout=120):
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as err:
+        return 127, str(err)
+    return proc.returncode, (proc.stdout + proc.stderr)
+
+
+def find_nvcc():
+    """nvcc as a JIT compiler finds it: $CUDA_HOME/bin, PATH, /usr/local/cuda/bin."""
+    candidates = []
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
+    candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return ""
+
+
+def _version_tuple(text):
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:2]) if text else ()
+
+
+def parse_arch_list(text):
+    """TORCH_CUDA_ARCH_LIST ("12.0", "9.0a;12.0+PTX", "sm_120") -> ["sm_120", ...] (PTX adds nothing here)."""
+    out = []
+    for item in re.split(r"[;,\s]+", text or ""):
+        item = item.strip().replace("+PTX", "")
+        if not item:
+            continue
+        m = re.fullmatch(r"(?:sm_)?(\d+)\.?(\d)?([af]?)", item)
+        if not m:
+            continue
+        sm = "sm_" + (m.group(1) + (m.group(2) or "") if m.group(2) is not None else m.group(1)) + m.group(3)
+        if sm not in out:
+            out.append(sm)
+    return out
+
+
+def _flashinfer():
+    names = ("flashinfer-python", "flashinfer", "flashinfer-cubin", "flashinfer-jit-cache")
+    out = {name: _package_version(name) for name in names}
+    out = {name: version for name, version in out.items() if version}
+    cubins = os.environ.get("FLASHINFER_CUBIN_DIR") or ""
+    dirs = [cubins] if cubins else []
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("flashinfer_cubin")
+        if spec and spec.submodule_search_locations:
+            dirs += list(spec.submodule_search_locations)
+    except Exception:
+        pass
+    dirs.append(os.path.expanduser("~/.cache/flashinfer/cubins"))
+    kernels = 0
+    for root in dirs:
+        for _, _, files in os.walk(root):
+            kernels += sum(1 for f in files if f.endswith(".cubin"))
+    return {"packages": out, "installed": bool(out.get("flashinfer-python") or out.get("flashinfer")),
+            "cubins": kernels}
+
+
+def collect_jit(errors=None):
+    """What a run-time kernel compile would find: nvcc (version, the SM targets it lists), a host C++
+    compiler, CUDA headers, NVRTC, and FlashInfer with its precompiled kernels."""
+    errors = [] if errors is None else errors
+    out = {"nvcc": find_nvcc(), "nvcc_version": "", "archs": [], "host_compiler": "", "cuda_home": "",
+           "cuda_headers": False, "nvrtc": "", "flashinfer": _flashinfer()}
+    nvcc = out["nvcc"]
+    if nvcc:
+        out["cuda_home"] = os.environ.get("CUDA_HOME") or os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        code, text = _run_text([nvcc, "--version"])
+        m = re.search(r"release (\d+\.\d+), V([\d.]+)", text)
+        out["nvcc_version"] = m.group(2) if m else ""
+        if code != 0 or not m:
+            errors.append(f"nvcc --version: {text.strip()[-200:]}")
+        code, text = _run_text([nvcc, "--list-gpu-code"])
+        out["archs"] = sorted(set(re.findall(r"\bsm_\d+[af]?\b", text)) if code == 0 else [],
+                              key=lambda s: (int(re.sub(r"\D", "", s)), s))
+        for base in {out["cuda_home"], "/usr/local/cuda"}:
+            if os.path.isfile(os.path.join(base, "include", "cuda_runtime.h")):
+                out["cuda_headers"] = True
+    out["host_compiler"] = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++") or ""
+    home = out["cuda_home"]
+    libdirs = [os.path.join(home, "lib64"), os.path.join(home, "lib")] if home else []
+    libdirs += [os.path.join(base, "nvidia", sub, "lib") for base in sys.path for sub in ("cuda_nvrtc", "cu13", "cu12")]
+    for directory in libdirs + ["/usr/local/cuda/lib64"]:
+        found = sorted(glob.glob(os.path.join(directory, "libnvrtc.so*")))
+        if found:
+            out["nvrtc"] = found[0]
+            break
+    return out
+
+
+def jit_check(arch_list, facts=None):
+    """(ok, one line): can this environment JIT-compile kernels for every arch of ``arch_list``?"""
+    facts = facts or collect_jit()
+    targets = parse_arch_list(arch_list)
+    if not targets:
+        return False, f"no CUDA arch in {arch_list!r} to check"
+    if not facts["nvcc"]:
+        return False, ("no nvcc (looked in $CUDA_HOME/bin, PATH, /usr/local/cuda/bin): the runtime image has no "
+                       "JIT toolchain for " + ", ".join(targets))
+    version = facts["nvcc_version"] or "?"
+    missing = [sm for sm in targets if facts["archs"] and sm.rstrip("af") not in facts["archs"]]
+    if missing:
+        return False, f"nvcc {version} cannot target {', '.join(missing)} (it lists {' '.join(facts['archs'])})"
+    if not facts["host_compiler"]:
+        return False, f"no host C++ compiler (c++/g++) for nvcc {version}: JIT builds compile host code too"
+    if facts["flashinfer"]["installed"] and _version_tuple(version) < FLASHINFER_MIN_CUDA_SM12X:
+        sm12 = [sm for sm in targets if sm.startswith("sm_12")]
+        if sm12:
+            return False, (f"FlashInfer JIT for {', '.join(sm12)} needs CUDA >= 12.9, the JIT toolchain is nvcc "
+                           f"{version}")
+    with tempfile.TemporaryDirectory(prefix="forge-jit-") as tmp:
+        source = os.path.join(tmp, "probe.cu")
+        with open(source, "w") as handle:
+            handle.write(_JIT_PROBE)
+        for sm in targets:
+            digits = sm[len("sm_"):]
+            code, text = _run_text([facts["nvcc"], "-c", source, "-o", os.path.join(tmp, f"{sm}.o"),
+                                    "-gencode", f"arch=compute_{digits},code={sm}"], timeout=300)
+            if code != 0:
+                if "cuda_runtime.h" in text:
+                    return False, f"nvcc {version} finds no CUDA headers (cuda_runtime.h) to compile for {sm}"
+                said = [line for line in text.strip().splitlines() if line.strip()]
+                return False, f"nvcc {version} failed to compile for {sm}: {said[-1][-200:] if said else code}"
+    return True, f"nvcc {version} compiled a kernel for {', '.join(targets)} (host compiler {facts['host_compiler']})"
+
+
 def collect():
     errors = []
     facts = {
@@ -147,11 +292,24 @@ def collect():
         "nccl": collect_nccl(errors),
         "cuda": collect_cuda_runtime(),
         "vllm": collect_vllm(),
+        "jit": collect_jit(errors),
         "env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_") or k in ENV_NAMES},
     }
     facts["errors"] = errors
     return facts
 
 
-if __name__ == "__main__":
+def main(argv):
+    if len(argv) >= 2 and argv[0] == "--jit-check":
+        ok, line = jit_check(argv[1])
+        print(f"{JIT_MARKER}: {'ok' if ok else 'FAIL'}: {line}", flush=True)
+        return 0 if ok else 1
+    if argv[:1] == ["--jit"]:
+        print(json.dumps(collect_jit(), indent=2, sort_keys=True))
+        return 0
     print(json.dumps(collect(), indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
