@@ -566,7 +566,7 @@ def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----
-from invoke import Argument, Task  # noqa: E402
+from invoke import Argument  # noqa: E402
 
 _LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
 
