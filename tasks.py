@@ -808,11 +808,12 @@ def _bake_task(chain: bool, doc: str):
              build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
-             mirror=None, repo=None, ref=None, force=False, budget=None):
+             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False):
         settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
-                             dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref)
+                             dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
+                             standin=True if standin else None)
         bake_options = pipelines.BakeOptions(
             target=target, tag=tag, dockerfile=dockerfile, docker=docker,
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
@@ -847,7 +848,9 @@ _BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "n
                       "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
-              "budget": "image chain: fail when the image is larger than this many GB", **IMAGE_HELP}
+              "budget": "image chain: fail when the image is larger than this many GB",
+              "standin": "bake on the TEST-ONLY stand-in bases (built locally when missing; CUDA 13.0): for "
+                         "iterating on the Dockerfile without NGC, not for serving real models", **IMAGE_HELP}
 bake = forge_task(name="bake", help=_BAKE_HELP, iterable=["build_arg", "cache_from", "cache_to"],
                   auto_shortflags=False)(_bake_task(
     False, "Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."))

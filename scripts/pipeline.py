@@ -59,10 +59,31 @@ class Settings:
 def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result."""
     rc = resolve_config(invoke_config, flags)
+    if rc.config.standin:
+        rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
     applied = mirrors.apply_mirror(profile, rc.config)
+    if rc.config.standin:  # local images: no registry mirror applies to them
+        applied = replace(applied, base_image=rc.config.base_image, runtime_image=rc.config.runtime_image)
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
     return Settings(rc, applied, facts, repo_root)
+
+
+def _on_standins(rc: ResolvedConfig) -> ResolvedConfig:
+    """``standin``: the bases become the TEST-ONLY stand-ins and CUDA the one their compiler has."""
+    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN, STANDIN_CUDA
+
+    cfg = rc.config
+    for name in ("base_image", "runtime_image"):
+        if getattr(cfg, name) and not rc.is_default(name):
+            raise ForgeError(f"--standin and {name} ({getattr(cfg, name)}) both name the bases",
+                             f"drop one of them (the stand-ins are {BUILD_STANDIN} and {RUNTIME_STANDIN})")
+    if not rc.is_default("cuda") and compat.cuda_minor(cfg.cuda) != STANDIN_CUDA:
+        raise ForgeError(f"the stand-in bases build with CUDA {STANDIN_CUDA}, not {cfg.cuda}",
+                         f"drop --cuda (or pass --cuda {STANDIN_CUDA}) with --standin")
+    config = replace(cfg, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda=STANDIN_CUDA)
+    sources = {**rc.sources, "base_image": "standin", "runtime_image": "standin", "cuda": "standin"}
+    return ResolvedConfig(config, sources)
 
 
 # --- options a task adds to the configuration -------------------------------------------------------------
@@ -319,9 +340,24 @@ def _plan_bake(settings: Settings, options: Options) -> Step:
                      f"(`invoke clone --ref {cfg.vllm_ref}` moves it)")
     lines = plan.lines()
     notes += [line[2:] for line in lines if line.startswith("# ")]
+    standin = settings.config.standin
+    if standin:
+        notes.insert(0, images.STANDIN_NOTE + " (built by scripts/standin_images.py when missing)")
+    bases = [b for b in (plan.labels.get(f"{images.LABEL_PREFIX}.build-base", ""),
+                         plan.labels.get(f"{images.LABEL_PREFIX}.runtime-base", "")) if b and "$" not in b]
+    if bases and not standin:
+        notes.append(f"first check that {' and '.join(bases)} are here or in their registry")
 
     def execute(state: RunState, on_line):
         images.check_engine(client.path)
+        if standin:
+            from scripts.standin_images import ensure_standins
+
+            ensure_standins(client.path, log=on_line or (lambda line: None))
+        else:
+            missing = images.check_base_images(client.path, *(bases + ["", ""])[:2])
+            if missing:
+                raise images.missing_bases_error(missing, mirror=settings.mirror.profile.name)
         log_path = settings.repo_root / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
         result = images.run_bake(plan, on_line=on_line, log_path=log_path)
         result.log_path = log_path
