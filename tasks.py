@@ -808,7 +808,7 @@ def _bake_task(chain: bool, doc: str):
              build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
-             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False):
+             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False):
         settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
@@ -820,7 +820,7 @@ def _bake_task(chain: bool, doc: str):
             index_url=index_url, extra_index_url=extra_index_url, pytorch_index=pytorch_index, platform=platform,
             push=push, builder=builder, cache_from=list(cache_from or []), cache_to=list(cache_to or []),
             no_cache=no_cache, build_args=images.parse_build_args(build_arg or []),
-            limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit)
+            limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit, jit=not no_jit)
         options = pipelines.Options(dry_run=dry_run, force=force, reuse_checkout=chain, bake=bake_options,
                                     budget_gb=_number("budget", budget, float))
         if chain:
@@ -849,6 +849,8 @@ _BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "n
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
               "budget": "image chain: fail when the image is larger than this many GB",
+              "no_jit": "no JIT toolchain (nvcc, g++) in the runtime image and no JIT check: only for models "
+                        "that need no run-time kernel compile (the label org.vllm-forge.jit records it)",
               "standin": "bake on the TEST-ONLY stand-in bases (built locally when missing; CUDA 13.0): for "
                          "iterating on the Dockerfile without NGC, not for serving real models", **IMAGE_HELP}
 bake = forge_task(name="bake", help=_BAKE_HELP, iterable=["build_arg", "cache_from", "cache_to"],

@@ -109,6 +109,7 @@ class BakeOptions:
     build_args: dict[str, str] = field(default_factory=dict)
     limit_mb: float = 0.0
     audit: bool = True
+    jit: bool = True  # False: --no-jit
     context_dir: Path | None = None  # None: build/bake of this repo
 
 
@@ -311,7 +312,7 @@ def bake_request(settings: Settings, options: Options):
         registry_cache=cfg.registry_cache, platform=bake.platform, push=bake.push,
         builder=bake.builder or cfg.builder, cache_from=list(bake.cache_from), cache_to=list(bake.cache_to),
         no_cache=bake.no_cache, build_args=dict(bake.build_args), apt_mirror=applied.apt_mirror,
-        deps_cache=Path(cfg.cache_dir).expanduser(),
+        deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit,
     )
 
 
@@ -415,6 +416,8 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
         request = replace(request, image=_image_for(options, steps))
     docker = options.bake.docker or images.default_docker()
     command = serving.plan_serve(request, docker)
+    if not options.dry_run:  # refused before anything is printed as if it would run
+        serving.check_port_free(request.host, request.port)
     notes = [f"then wait up to {options.serve_timeout_s:g} s for {serving.base_url(request)}/health"
              + (", and smoke-test /v1/models and a chat completion" if options.smoke else "")]
 
