@@ -81,9 +81,36 @@ def collect_nccl(errors):
     return info
 
 
-def collect_cuda_runtime():
-    out = {"toolkit": "", "nvcc": ""}
-    for path in ("/usr/local/cuda/version.json", "/usr/local/cuda/version.txt"):
+def find_nvcc(env=None, which=None):
+    """(path, where it was found) of the first nvcc on PATH, in $CUDA_HOME (or $CUDA_PATH), in /usr/local/cuda."""
+    import shutil
+
+    env = os.environ if env is None else env
+    which = which or shutil.which
+    found = which("nvcc", path=env.get("PATH", os.defpath))
+    if found:
+        return found, "PATH"
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(name):
+            path = os.path.join(env[name], "bin", "nvcc")
+            if os.access(path, os.X_OK):
+                return path, name
+    if os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
+        return "/usr/local/cuda/bin/nvcc", "/usr/local/cuda"
+    return "", ""
+
+
+def nvcc_version(text):
+    """``release 13.0, V13.0.88`` -> ``13.0.88`` (``13.0`` when only the release is printed)."""
+    m = re.search(r"\bV(\d+\.\d+(?:\.\d+)?)", text) or re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else ""
+
+
+def collect_cuda_runtime(errors=None, env=None):
+    out = {"toolkit": "", "nvcc": "", "nvcc_version": "", "nvcc_found_by": ""}
+    env = os.environ if env is None else env
+    roots = [env[n] for n in ("CUDA_HOME", "CUDA_PATH") if env.get(n)] + ["/usr/local/cuda"]
+    for path in [os.path.join(r, n) for r in roots for n in ("version.json", "version.txt")]:
         try:
             with open(path) as handle:
                 text = handle.read()
@@ -94,6 +121,19 @@ def collect_cuda_runtime():
         if m:
             out["toolkit"] = m.group(1)
             break
+    nvcc, found_by = find_nvcc(env)
+    if nvcc:
+        import subprocess
+
+        out["nvcc"], out["nvcc_found_by"] = nvcc, found_by
+        try:
+            run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+            out["nvcc_version"] = nvcc_version(run.stdout + run.stderr)
+            if not out["nvcc_version"] and errors is not None:
+                errors.append(f"{nvcc} --version printed no version: {(run.stdout + run.stderr).strip()[-200:]}")
+        except (OSError, subprocess.SubprocessError) as err:
+            if errors is not None:
+                errors.append(f"{nvcc} --version: {err}")
     return out
 
 
@@ -290,7 +330,7 @@ def collect():
         "platform": platform.platform(),
         "torch": collect_torch(errors),
         "nccl": collect_nccl(errors),
-        "cuda": collect_cuda_runtime(),
+        "cuda": collect_cuda_runtime(errors),
         "vllm": collect_vllm(),
         "jit": collect_jit(errors),
         "env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_") or k in ENV_NAMES},
