@@ -265,7 +265,7 @@ class _Found:
     guard: str
     lazy: str
     says: list[str]
-    guard_line: int  # the try/with/if that guards it (0: none), for the comments above it
+    guard_lines: tuple[int, ...]  # the try/with/if statements that guard it, for the comments above them
 
 
 class _ModuleWalker:
@@ -277,14 +277,14 @@ class _ModuleWalker:
         self.tree = tree
 
     def run(self) -> list[_Found]:
-        self._body(self.tree.body, [], "", [], 0)
+        self._body(self.tree.body, [], "", [], ())
         return self.found
 
-    def _body(self, body: list[ast.stmt], guard: list[str], lazy: str, says: list[str], at: int) -> None:
+    def _body(self, body: list[ast.stmt], guard: list[str], lazy: str, says: list[str], at: tuple[int, ...]) -> None:
         for stmt in body:
             self._stmt(stmt, guard, lazy, says, at)
 
-    def _stmt(self, stmt: ast.stmt, guard: list[str], lazy: str, says: list[str], at: int) -> None:
+    def _stmt(self, stmt: ast.stmt, guard: list[str], lazy: str, says: list[str], at: tuple[int, ...]) -> None:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             doc = ast.get_docstring(stmt)
             said = [f"{stmt.name}(): {doc.strip().splitlines()[0]}"] if doc else []
@@ -296,7 +296,7 @@ class _ModuleWalker:
             if catching:
                 kinds = ", ".join(_call_name(h.type) if h.type else "everything" for h in catching)
                 said = [s for h in catching for s in _handler_says(h)]
-                self._body(stmt.body, guard + [f"try/except {kinds}"], lazy, says + said, stmt.lineno)
+                self._body(stmt.body, guard + [f"try/except {kinds}"], lazy, says + said, at + (stmt.lineno,))
             else:
                 self._body(stmt.body, guard, lazy, says, at)
             for handler in stmt.handlers:
@@ -305,15 +305,15 @@ class _ModuleWalker:
             self._body(stmt.finalbody, guard, lazy, says, at)
         elif isinstance(stmt, (ast.With, ast.AsyncWith)):
             if any(_suppresses_import_error(i) for i in stmt.items):
-                self._body(stmt.body, guard + [_call_name(stmt.items[0].context_expr)], lazy, says, stmt.lineno)
+                self._body(stmt.body, guard + [_call_name(stmt.items[0].context_expr)], lazy, says, at + (stmt.lineno,))
             else:
                 self._body(stmt.body, guard, lazy, says, at)
         elif isinstance(stmt, ast.If):
             test = _call_name(stmt.test)
             if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
                 return  # never runs
-            self._body(stmt.body, guard + [f"if {_short(test)}"], lazy, says, stmt.lineno)
-            self._body(stmt.orelse, guard + [f"if not ({_short(test)})"], lazy, says, stmt.lineno)
+            self._body(stmt.body, guard + [f"if {_short(test)}"], lazy, says, at + (stmt.lineno,))
+            self._body(stmt.orelse, guard + [f"if not ({_short(test)})"], lazy, says, at + (stmt.lineno,))
         elif isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
             self._body(stmt.body, guard + ["in a loop"] if isinstance(stmt, ast.While) else guard, lazy, says, at)
             self._body(stmt.orelse, guard, lazy, says, at)
@@ -333,17 +333,19 @@ class _ModuleWalker:
         self.found.append(_Found(names, line, "; ".join(guard), lazy, list(says), at))
 
 
-def _comments_at(source: str, line: int, guard_line: int) -> list[str]:
-    """The comment on the import's own line, and the comment block right above its guard (or itself)."""
+def _comments_at(source: str, line: int, guard_lines: tuple[int, ...]) -> list[str]:
+    """The comment blocks right above each guard of the import, and the comment on its own line (above an
+    unguarded import a comment is a section header more often than not)."""
     lines = source.splitlines()
     out = []
-    index = guard_line - 2  # unguarded: the comment above is a section header more often than not
-    block: list[str] = []
-    while guard_line and index >= 0 and len(block) < 4 and lines[index].strip().startswith("#"):
-        block.insert(0, _clean_comment(lines[index]))
-        index -= 1
-    if any(block):
-        out.append(" ".join(b for b in block if b))
+    for guard_line in guard_lines:
+        index = guard_line - 2
+        block: list[str] = []
+        while index >= 0 and len(block) < 4 and lines[index].strip().startswith("#"):
+            block.insert(0, _clean_comment(lines[index]))
+            index -= 1
+        if any(block):
+            out.append(" ".join(b for b in block if b))
     trailing = _comment_of(lines[line - 1]) if 0 < line <= len(lines) else ""
     if _clean_comment(trailing):
         out.append(_clean_comment(trailing))
@@ -480,7 +482,7 @@ class _Package:
                 continue
             for found in self.walk(module):
                 if ext_module in found.names:
-                    says = found.says + _comments_at(text, found.line, found.guard_line)
+                    says = found.says + _comments_at(text, found.line, found.guard_lines)
                     out.append(ImportSite(module, name, found.line, found.guard, found.lazy, _dedupe(says)))
         self._sites[ext_module] = out
         return [dataclasses.replace(s) for s in out]
