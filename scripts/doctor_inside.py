@@ -81,7 +81,7 @@ def collect_nccl(errors):
     return info
 
 
-def find_nvcc(env=None, which=None):
+def find_nvcc(env=None, which=None, cuda_root="/usr/local/cuda"):
     """(path, where it was found) of the first nvcc on PATH, in $CUDA_HOME (or $CUDA_PATH), in /usr/local/cuda."""
     import shutil
 
@@ -95,8 +95,9 @@ def find_nvcc(env=None, which=None):
             path = os.path.join(env[name], "bin", "nvcc")
             if os.access(path, os.X_OK):
                 return path, name
-    if os.access("/usr/local/cuda/bin/nvcc", os.X_OK):
-        return "/usr/local/cuda/bin/nvcc", "/usr/local/cuda"
+    path = os.path.join(cuda_root, "bin", "nvcc")
+    if os.access(path, os.X_OK):
+        return path, cuda_root
     return "", ""
 
 
@@ -106,10 +107,10 @@ def nvcc_version(text):
     return m.group(1) if m else ""
 
 
-def collect_cuda_runtime(errors=None, env=None):
+def collect_cuda_runtime(errors=None, env=None, cuda_root="/usr/local/cuda"):
     out = {"toolkit": "", "nvcc": "", "nvcc_version": "", "nvcc_found_by": ""}
     env = os.environ if env is None else env
-    roots = [env[n] for n in ("CUDA_HOME", "CUDA_PATH") if env.get(n)] + ["/usr/local/cuda"]
+    roots = [env[n] for n in ("CUDA_HOME", "CUDA_PATH") if env.get(n)] + [cuda_root]
     for path in [os.path.join(r, n) for r in roots for n in ("version.json", "version.txt")]:
         try:
             with open(path) as handle:
@@ -121,7 +122,7 @@ def collect_cuda_runtime(errors=None, env=None):
         if m:
             out["toolkit"] = m.group(1)
             break
-    nvcc, found_by = find_nvcc(env)
+    nvcc, found_by = find_nvcc(env, cuda_root=cuda_root)
     if nvcc:
         import subprocess
 
