@@ -426,6 +426,9 @@ def first_error(text: str) -> str:
 def failure_fix(error: str) -> str:
     """The fix to print for a server's first error, where the error says what it is."""
     missing = re.search(r"No module named '([\w.]+)'", error)
+    if missing and missing.group(1).split(".")[0] == "vllm":
+        return ("install vLLM in the Python that serves (pip install vllm, or the wheel `invoke build-wheel` made), "
+                "or serve an image with --image")
     if missing:
         return (f"install what provides the module {missing.group(1)} in the Python that serves (or the image), "
                 "or turn off the vLLM feature that imports it; the log has the whole traceback")

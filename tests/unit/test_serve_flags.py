@@ -174,3 +174,9 @@ def test_no_traceback_falls_back_to_an_error_line_then_the_last_line():
         "RuntimeError: CUDA error: out of memory"
     assert serve.describe_log("INFO starting\nKilled\n", None) == "last line: Killed"
     assert "--gpu-memory-utilization" in serve.failure_fix("torch.OutOfMemoryError: CUDA out of memory.")
+
+
+def test_a_python_without_vllm_is_told_to_install_vllm():
+    said = ("last line: python3: Error while finding module specification for 'vllm.entrypoints.openai.api_server' "
+            "(ModuleNotFoundError: No module named 'vllm')")
+    assert serve.failure_fix(said).startswith("install vLLM in the Python that serves")
