@@ -606,7 +606,8 @@ def compose_file(request: ServeRequest) -> str:
         f"    image: {q(request.image)}",
         f"    container_name: {q(request.name)}",
         "    command: ["
-        + ", ".join(q(a) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
+        # `$$`: compose would substitute `$NAME` in a passed-through value (a chat template) from the shell
+        + ", ".join(q(a.replace("$", "$$")) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
         + "]",
         "    ports:",
         f"      - {q(f'{request.host}:{request.port}:{CONTAINER_PORT}')}",

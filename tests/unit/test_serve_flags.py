@@ -180,3 +180,8 @@ def test_a_python_without_vllm_is_told_to_install_vllm():
     said = ("last line: python3: Error while finding module specification for 'vllm.entrypoints.openai.api_server' "
             "(ModuleNotFoundError: No module named 'vllm')")
     assert serve.failure_fix(said).startswith("install vLLM in the Python that serves")
+
+
+def test_compose_keeps_a_dollar_in_a_passed_flag_literal():
+    compose = serve.compose_file(req(extra_args=["--chat-template", "{{ '$HOME' }}"]))
+    assert "\"{{ '$$HOME' }}\"" in compose  # compose turns $$ back into $, and substitutes a lone $HOME
