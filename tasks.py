@@ -930,7 +930,11 @@ def _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, inse
     remainder = serving.split_vllm_args(getattr(ctx, "remainder", "") or "", "the words after --")
 
     def pick(flag, key, kind, default):  # the command line, else invoke.yaml, else vLLM's own default
-        return _number(key.replace("_", "-"), flag if flag not in (None, "") else settings.get(key), kind, default)
+        try:
+            return _number(key.replace("_", "-"), flag if flag not in (None, "") else settings.get(key), kind, default)
+        except ForgeError as err:
+            raise ForgeError(err.problem, f"pass e.g. --{key.replace('_', '-')} "
+                             f"{4096 if kind is int else 0.5}") from None
 
     return serving.ServeRequest(
         model=model, image=image, local=local, tp=_number("tp", tp, default=1),

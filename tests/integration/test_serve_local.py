@@ -155,3 +155,15 @@ def test_stop_with_nothing_running_and_no_docker(name, tmp_path):
     proc = invoke("stop", "--name", name, "--docker", "docker-nowhere", env=bare)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to stop" in proc.stdout and "no docker client" in proc.stdout
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--max-model-len", "abc", "--max-model-len needs a whole number, got 'abc'. Fix: pass e.g. --max-model-len 4096"),
+    ("--gpu-memory-utilization", "x", "needs a number, got 'x'. Fix: pass e.g. --gpu-memory-utilization 0.5"),
+    ("--gpu-memory-utilization", "1.5", "is not a fraction of the GPU's memory"),
+    ("--vllm-args", "--port 9", "--port, which invoke serve manages"),
+])
+def test_bad_vllm_flag_values_are_one_line(model, flag, value, words):
+    proc = invoke("serve", "--local", "--model", str(model), flag, value, "--dry-run")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and words in lines[0], proc.stderr
