@@ -717,13 +717,16 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
 NOT_USABLE = "optional, not usable on this GPU"
 
 
-def mark_optional(report: AuditReport, path) -> AuditReport:
+def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
     """Judge only the extensions vLLM imports unconditionally at start-up as required (``--require``
-    overrides): one it imports guarded or lazily (``scripts/vllm_extensions.py``) is never a failure."""
+    overrides): one it imports guarded or lazily (``scripts/vllm_extensions.py``) is never a failure.
+    ``docker``: ``path`` is an image."""
     try:
-        from scripts.vllm_extensions import optional_extensions
+        from scripts import vllm_extensions
 
-        optional = optional_extensions(path, [f.path for f in report.files if f.has_device_code])
+        paths = [f.path for f in report.files if f.has_device_code]
+        optional = (vllm_extensions.optional_extensions_in_image(path, paths, docker) if docker
+                    else vllm_extensions.optional_extensions(path, paths))
     except (ImportError, ForgeError):
         return report
     for f in report.files:
@@ -750,7 +753,8 @@ def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), 
     resolved = resolve_targets(targets)
     found = scan_image(image, docker=docker, via=via)
     torch_found = torch_of_image(image, docker) if torch else None
-    return build_report(f"image {image}", found, resolved, require=require, torch=torch_found)
+    report = build_report(f"image {image}", found, resolved, require=require, torch=torch_found)
+    return report if require else mark_optional(report, image, docker=_docker(docker))
 
 
 # ---- plain-text output (the rich table lives in tasks.py) ---------------------------------------------

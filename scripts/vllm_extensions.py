@@ -591,14 +591,18 @@ def analyze(path: Path | str, *, cache: bool = True) -> PackageReport:
     else:
         report = analyze_sources(_dir_sources(root), str(path), _dir_version(root))
     if cached:
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_name(f".{cached.name}.{os.getpid()}")
-            partial.write_text(json.dumps(report.to_dict()))
-            os.replace(partial, cached)
-        except OSError:
-            pass  # a read-only cache costs time, not correctness
+        _write_cache(cached, report)
     return report
+
+
+def _write_cache(cached: Path, report: PackageReport) -> None:
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}")
+        partial.write_text(json.dumps(report.to_dict()))
+        os.replace(partial, cached)
+    except OSError:
+        pass  # a read-only cache costs time, not correctness
 
 
 def _cache_file(key: str) -> Path:
@@ -647,6 +651,81 @@ def optional_extensions(path: Path | str, audit_paths: list[str]) -> dict[str, E
             ext = report.by_path().get(member)
             if ext is not None and not ext.required:
                 out[audit_path] = ext
+    return out
+
+
+# ---- a vLLM inside a Docker image -------------------------------------------------------------------
+
+
+def image_roots(audit_paths: list[str]) -> list[str]:
+    """The directories holding ``vllm/`` in an image, from the audit's absolute paths of its files."""
+    roots = {p.split(f"/{PACKAGE}/", 1)[0] for p in audit_paths if p.startswith("/") and f"/{PACKAGE}/" in p}
+    return sorted(roots)
+
+
+def _image_sources(image: str, root: str, docker: str) -> _Sources:
+    """``root/vllm``'s Python files, out of a created, never started container (``docker cp`` streams a tar;
+    only the .py members are kept)."""
+    import subprocess
+    import tarfile
+
+    created = subprocess.run([docker, "create", image, "true"], capture_output=True, text=True, timeout=120)
+    if created.returncode != 0:
+        raise ForgeError(f"`docker create {image}` failed: {created.stderr.strip()[:300]}", "check the image")
+    container = created.stdout.strip()
+    texts: dict[str, str] = {}
+    names: list[str] = []
+    try:
+        proc = subprocess.Popen([docker, "cp", f"{container}:{root}/{PACKAGE}", "-"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    names.append(member.name)
+                    if member.name.endswith(".py"):
+                        handle = tar.extractfile(member)
+                        texts[member.name] = handle.read().decode("utf-8", errors="replace") if handle else ""
+        except tarfile.TarError as err:
+            raise ForgeError(f"`docker cp {root}/{PACKAGE}` out of {image} gave no readable tar ({err})",
+                             "check the image") from None
+        finally:
+            proc.stdout.close()
+            proc.wait()
+    finally:
+        subprocess.run([docker, "rm", "-f", container], capture_output=True, timeout=120)
+    return _Sources(names, lambda n: texts.get(n, ""))
+
+
+def analyze_image(image: str, root: str, *, docker: str = "docker", cache: bool = True) -> PackageReport:
+    """As ``analyze``, for the vLLM at ``root/vllm`` inside a local Docker image (cached by image id)."""
+    import subprocess
+
+    ident = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                           text=True, timeout=60).stdout.strip()
+    cached = _cache_file(f"image|{ident}|{root}") if cache and ident else None
+    if cached and cached.is_file():
+        try:
+            return _report_from_dict(json.loads(cached.read_text()), f"{image}:{root}/{PACKAGE}")
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+    report = analyze_sources(_image_sources(image, root, docker), f"{image}:{root}/{PACKAGE}")
+    if cached:
+        _write_cache(cached, report)
+    return report
+
+
+def optional_extensions_in_image(image: str, audit_paths: list[str], docker: str = "docker") -> dict[str, Extension]:
+    """``optional_extensions`` for ``audit_image``'s absolute paths."""
+    out: dict[str, Extension] = {}
+    for root in image_roots(audit_paths):
+        found = analyze_image(image, root, docker=docker).by_path()
+        for audit_path in audit_paths:
+            if audit_path.startswith(root + "/"):
+                ext = found.get(audit_path[len(root) + 1:])
+                if ext is not None and not ext.required:
+                    out[audit_path] = ext
     return out
 
 
