@@ -727,7 +727,7 @@ def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
         paths = [f.path for f in report.files if f.has_device_code]
         optional = (vllm_extensions.optional_extensions_in_image(path, paths, docker) if docker
                     else vllm_extensions.optional_extensions(path, paths))
-    except (ImportError, ForgeError):
+    except (ImportError, ForgeError, OSError, RecursionError):  # unreadable: every file stays required
         return report
     for f in report.files:
         ext = optional.get(f.path)

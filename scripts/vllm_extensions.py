@@ -311,7 +311,8 @@ class _ModuleWalker:
         elif isinstance(stmt, ast.If):
             test = _call_name(stmt.test)
             if test in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
-                return  # never runs
+                self._body(stmt.orelse, guard, lazy, says, at)  # the body never runs, the else always does
+                return
             self._body(stmt.body, guard + [f"if {_short(test)}"], lazy, says, at + (stmt.lineno,))
             self._body(stmt.orelse, guard + [f"if not ({_short(test)})"], lazy, says, at + (stmt.lineno,))
         elif isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):

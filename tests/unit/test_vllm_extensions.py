@@ -28,6 +28,8 @@ PYTHON = {
         "    import vllm._qutlass_C  # noqa\n"
         "if TYPE_CHECKING:\n"
         "    import vllm._never_C\n"
+        "else:\n"
+        "    import vllm._always_C\n"
         "\n"
         "class CudaPlatform:\n"
         "    @classmethod\n"
@@ -87,6 +89,7 @@ EXTENSIONS = {
     "vllm/_strict_C.abi3.so": ["sm_80", "compute_80"],
     "vllm/dg/_C_extension.abi3.so": ["sm_90a"],
     "vllm/_orphan_C.abi3.so": ["sm_100f"],
+    "vllm/_always_C.abi3.so": ["sm_80", "sm_90"],
 }
 
 
@@ -138,9 +141,10 @@ def test_an_extension_nothing_imports_stays_required(install):
     assert orphan.required and "no import of it found" in orphan.reason
 
 
-def test_type_checking_imports_are_no_sites(install):
+def test_type_checking_imports_are_no_sites_but_its_else_runs(install):
     report = ext.analyze(install)
     assert all(s.line != 10 for e in report.extensions for s in e.sites if s.path == "vllm/platforms/cuda.py")
+    assert by_module(report)["vllm._always_C"].required
 
 
 def test_a_start_up_module_makes_an_unconditional_import_required(tmp_path):
