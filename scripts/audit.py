@@ -733,7 +733,8 @@ def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
         ext = optional.get(f.path)
         if ext is not None and not f.error:
             f.required = False
-            f.optional = ext.reason + (f"; without it: {'; '.join(ext.loses[:3])}" if ext.loses else "")
+            lost = "; ".join(item.rstrip(".") for item in ext.loses[:3])
+            f.optional = ext.reason + (f"; without it: {lost}" if lost else "")
     return report
 
 
