@@ -37,6 +37,8 @@ def test_flags_reach_the_container_the_local_server_and_compose():
     compose = serve.compose_file(req(**FLAGS))
     command = next(line for line in compose.splitlines() if line.strip().startswith("command:"))
     assert command.endswith(", ".join(f'"{w}"' for w in EXPECTED_TAIL) + "]")
+    yaml = pytest.importorskip("yaml")
+    assert yaml.safe_load(compose)["services"]["vllm-forge-serve"]["command"][-len(EXPECTED_TAIL):] == EXPECTED_TAIL
 
 
 def test_no_flag_means_vllms_own_default():
