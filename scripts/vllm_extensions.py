@@ -380,16 +380,17 @@ def _clean_comment(text: str) -> str:
 def _handler_says(handler: ast.ExceptHandler) -> list[str]:
     """What an except branch tells: the flag it sets to False/None, the message it logs or warns."""
     out = []
+    flags: dict[str, list[str]] = {}
     for node in ast.walk(handler):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in (False, None):
             for target in node.targets:
                 if isinstance(target, ast.Name):
-                    out.append(f"sets {target.id} = {node.value.value}")
+                    flags.setdefault(str(node.value.value), []).append(target.id)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr.startswith(
                 ("warning", "info", "debug", "warn", "error")):
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 out.append(f"logs {node.args[0].value.strip()!r}")
-    return out
+    return [f"sets {', '.join(names)} = {value}" for value, names in flags.items()] + out
 
 
 def _short(text: str, limit: int = 90) -> str:
