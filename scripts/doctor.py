@@ -489,12 +489,12 @@ def optional_findings(result) -> list[Finding]:
 
 
 def check_nvcc(inside: dict) -> list[Finding]:
-    """nvcc (PATH, CUDA_HOME, /usr/local/cuda) and its version against torch's CUDA: building vLLM needs both
-    to share a major version (torch.utils.cpp_extension refuses a mismatch)."""
+    """nvcc ($CUDA_HOME, PATH, /usr/local/cuda: doctor_inside.locate_nvcc) and its version against torch's CUDA:
+    building vLLM needs both to share a major version (torch.utils.cpp_extension refuses a mismatch)."""
     cuda = inside.get("cuda") or {}
     nvcc, version = cuda.get("nvcc") or "", cuda.get("nvcc_version") or ""
     if not nvcc:
-        return [Finding("info", "nvcc", "no nvcc on PATH, in $CUDA_HOME or /usr/local/cuda: serving needs none; "
+        return [Finding("info", "nvcc", "no nvcc in $CUDA_HOME, on PATH or in /usr/local/cuda: serving needs none; "
                         "building vLLM (invoke build-wheel) does", "install the CUDA toolkit, or set CUDA_HOME")]
     found_by = cuda.get("nvcc_found_by") or ""
     where = f"{nvcc}" + (f" (via {found_by}" + ("; not on PATH)" if found_by != "PATH" else ")") if found_by else "")

@@ -81,22 +81,20 @@ def collect_nccl(errors):
     return info
 
 
-def find_nvcc(env=None, which=None, cuda_root="/usr/local/cuda"):
-    """(path, where it was found) of the first nvcc on PATH, in $CUDA_HOME (or $CUDA_PATH), in /usr/local/cuda."""
-    import shutil
-
+def locate_nvcc(env=None, which=None, cuda_root="/usr/local/cuda"):
+    """(path, where it was found) of the nvcc a build or a run-time kernel compile uses, in torch's order
+    (torch.utils.cpp_extension): $CUDA_HOME (or $CUDA_PATH), then PATH, then /usr/local/cuda."""
     env = os.environ if env is None else env
-    which = which or shutil.which
-    found = which("nvcc", path=env.get("PATH", os.defpath))
-    if found:
-        return found, "PATH"
     for name in ("CUDA_HOME", "CUDA_PATH"):
         if env.get(name):
             path = os.path.join(env[name], "bin", "nvcc")
-            if os.access(path, os.X_OK):
+            if os.path.isfile(path) and os.access(path, os.X_OK):
                 return path, name
+    found = (which or shutil.which)("nvcc", path=env.get("PATH", os.defpath))
+    if found:
+        return found, "PATH"
     path = os.path.join(cuda_root, "bin", "nvcc")
-    if os.access(path, os.X_OK):
+    if os.path.isfile(path) and os.access(path, os.X_OK):
         return path, cuda_root
     return "", ""
 
@@ -122,10 +120,8 @@ def collect_cuda_runtime(errors=None, env=None, cuda_root="/usr/local/cuda"):
         if m:
             out["toolkit"] = m.group(1)
             break
-    nvcc, found_by = find_nvcc(env, cuda_root=cuda_root)
+    nvcc, found_by = locate_nvcc(env, cuda_root=cuda_root)
     if nvcc:
-        import subprocess
-
         out["nvcc"], out["nvcc_found_by"] = nvcc, found_by
         try:
             run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
@@ -202,15 +198,8 @@ def _run_text(argv, timeout=120):
 
 
 def find_nvcc():
-    """nvcc as a JIT compiler finds it: $CUDA_HOME/bin, PATH, /usr/local/cuda/bin."""
-    candidates = []
-    if os.environ.get("CUDA_HOME"):
-        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
-    candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return ""
+    """nvcc as a JIT compiler finds it ($CUDA_HOME/bin, PATH, /usr/local/cuda/bin): ``locate_nvcc``'s path."""
+    return locate_nvcc()[0]
 
 
 def _version_tuple(text):

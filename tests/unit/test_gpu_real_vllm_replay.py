@@ -17,7 +17,7 @@ from fake_vllm import device_so
 
 from scripts import audit, doctor, serve
 from scripts.doctor import HostFacts, gpus_from_csv
-from scripts.doctor_inside import collect_cuda_runtime, find_nvcc, nvcc_version
+from scripts.doctor_inside import collect_cuda_runtime, find_nvcc, locate_nvcc, nvcc_version
 
 pytestmark = pytest.mark.gpu
 
@@ -143,20 +143,25 @@ def fake_nvcc(root: Path, release: str = "13.0", build: str = "13.0.88") -> Path
     return nvcc
 
 
-def test_nvcc_is_found_on_path_then_cuda_home_then_usr_local_cuda(tmp_path):
+def test_nvcc_is_found_in_cuda_home_then_on_path_then_in_usr_local_cuda(tmp_path, monkeypatch):
+    """torch's order (a build and a run-time compile use that nvcc); the GPU host had only /usr/local/cuda."""
     assert "/usr/local/cuda/bin/nvcc" in (RECORD / "env.txt").read_text()
     on_path = fake_nvcc(tmp_path / "path-cuda", "12.8", "12.8.93")
     home = fake_nvcc(tmp_path / "home-cuda", "12.9", "12.9.41")
     default = fake_nvcc(tmp_path / "usr-local-cuda")
     root = str(tmp_path / "usr-local-cuda")
     empty = str(tmp_path / "empty")
-    assert find_nvcc({"PATH": str(on_path.parent), "CUDA_HOME": str(home.parent.parent)}, cuda_root=root) == (
-        str(on_path), "PATH")
-    assert find_nvcc({"PATH": empty, "CUDA_HOME": str(home.parent.parent)}, cuda_root=root) == (str(home), "CUDA_HOME")
-    assert find_nvcc({"PATH": empty}, cuda_root=root) == (str(default), root)
-    assert find_nvcc({"PATH": empty}, cuda_root=empty) == ("", "")
+    assert locate_nvcc({"PATH": str(on_path.parent), "CUDA_HOME": str(home.parent.parent)}, cuda_root=root) == (
+        str(home), "CUDA_HOME")
+    assert locate_nvcc({"PATH": str(on_path.parent), "CUDA_PATH": str(home.parent.parent)}, cuda_root=root) == (
+        str(home), "CUDA_PATH")
+    assert locate_nvcc({"PATH": str(on_path.parent), "CUDA_HOME": empty}, cuda_root=root) == (str(on_path), "PATH")
+    assert locate_nvcc({"PATH": empty}, cuda_root=root) == (str(default), root)
+    assert locate_nvcc({"PATH": empty}, cuda_root=empty) == ("", "")
     facts = collect_cuda_runtime([], env={"PATH": empty}, cuda_root=root)
     assert facts["nvcc"] == str(default) and facts["nvcc_version"] == "13.0.88"
+    monkeypatch.setenv("CUDA_HOME", str(home.parent.parent))
+    assert find_nvcc() == str(home)  # the JIT check searches the same way
 
 
 def test_nvcc_findings(tmp_path):
