@@ -908,11 +908,17 @@ SERVE_HELP = {
     "port": "port published on the host (default 8000)",
     "host": "host address to publish on (default 127.0.0.1; 0.0.0.0 needs --api-key or --insecure)",
     "gpus": "all, none (CPU-only stand-ins) or indexes like 0,1",
-    "api_key": "API key the server requires (default: $VLLM_API_KEY)",
+    "api_key": "API key the server requires (default: $VLLM_API_KEY; passed by environment, never on argv)",
     "insecure": "allow --host 0.0.0.0 without an API key",
     "name": "container name (default vllm-forge-serve)",
     "timeout": "seconds to wait for /health (default 600)",
     "shm_size": "use --shm-size SIZE instead of --ipc=host",
+    "max_model_len": "vLLM --max-model-len: context length in tokens (default: the model's own; less KV cache)",
+    "gpu_memory_utilization": "vLLM --gpu-memory-utilization: fraction of each GPU's memory vLLM takes, weights "
+                              "and KV cache (vLLM's default 0.92 takes nearly the whole GPU, whatever the model)",
+    "served_model_name": "vLLM --served-model-name: the model name clients send (default: --model)",
+    "vllm_args": "more vLLM server flags, one quoted string: --vllm-args \"--enforce-eager --dtype bfloat16\" "
+                 "(also: words after `--`, and invoke.yaml forge.serve.vllm_args)",
     "compose": "write the equivalent docker compose file instead of starting anything",
     "compose_file": "where --compose writes (default build/serve/compose.yaml)",
     "no_smoke": "do not call /v1/models and a chat completion after /health",
@@ -921,16 +927,38 @@ SERVE_HELP = {
 }
 
 
-@forge_task(help=SERVE_HELP, auto_shortflags=False)
+def _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, insecure, name, shm_size,
+                   max_model_len, gpu_memory_utilization, served_model_name, vllm_args) -> serving.ServeRequest:
+    """Flags over invoke.yaml's forge.serve over vLLM's defaults; pass-through flags: invoke.yaml's,
+    then --vllm-args, then the words after `--` (vLLM takes the last of a repeated flag)."""
+    settings = serving.serve_settings(ctx.config)
+    remainder = serving.split_vllm_args(getattr(ctx, "remainder", "") or "", "the words after --")
+
+    def pick(flag, key, kind, default):  # the command line, else invoke.yaml, else vLLM's own default
+        try:
+            return _number(key.replace("_", "-"), flag if flag not in (None, "") else settings.get(key), kind, default)
+        except ForgeError as err:
+            raise ForgeError(err.problem, f"pass e.g. --{key.replace('_', '-')} "
+                             f"{4096 if kind is int else 0.5}") from None
+
+    return serving.ServeRequest(
+        model=model, image=image, local=local, tp=_number("tp", tp, default=1),
+        port=_number("port", port, default=8000), host=host, gpus=gpus,
+        api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""), insecure=insecure,
+        name=name, shm_size=shm_size, max_model_len=pick(max_model_len, "max_model_len", int, 0),
+        gpu_memory_utilization=pick(gpu_memory_utilization, "gpu_memory_utilization", float, 0.0),
+        served_model_name=served_model_name or settings.get("served_model_name") or "",
+        extra_args=settings.get("vllm_args", []) + serving.split_vllm_args(vllm_args) + remainder)
+
+
+@forge_task(help=SERVE_HELP, positional=["model"], auto_shortflags=False)
 def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1", gpus="all", api_key=None,
-          insecure=False, name=SERVE_NAME, timeout=None, shm_size="", compose=False,
+          insecure=False, name=SERVE_NAME, timeout=None, shm_size="", max_model_len=None,
+          gpu_memory_utilization=None, served_model_name=None, vllm_args="", compose=False,
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
-    """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
-    request = serving.ServeRequest(model=model, image=image, local=local, tp=_number("tp", tp, default=1),
-                                   port=_number("port", port, default=8000), host=host,
-                                   gpus=gpus,
-                                   api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
-                                   insecure=insecure, name=name, shm_size=shm_size)
+    """Start the OpenAI server (container or --local) with vLLM's flags, wait for /health, smoke-test it."""
+    request = _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, insecure, name, shm_size,
+                             max_model_len, gpu_memory_utilization, served_model_name, vllm_args)
     docker_path = _plain_docker(docker)
     if compose:
         path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
@@ -956,9 +984,16 @@ def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1
 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
 def stop(ctx, name=SERVE_NAME, docker=None):
-    """Stop and remove what `invoke serve` started."""
+    """Stop and remove what `invoke serve` started (a --local server, else the container)."""
     if (serving.LOCAL_STATE_DIR / f"{name}.pid").exists():  # a --local server: no Docker needed
         console.print(serving.stop(name, _plain_docker(docker)))
+        return
+    import shutil
+
+    client = _plain_docker(docker)
+    if not shutil.which(client):  # no Docker here: nothing of ours can be running in it
+        console.print(f"nothing to stop: no local server named {name} ({serving.LOCAL_STATE_DIR / (name + '.pid')} "
+                      f"does not exist) and no docker client ({client}) on this host")
         return
     console.print(serving.stop(name, _engine_docker(docker)))
 

@@ -134,7 +134,7 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
                 if name in _layer_values(invoke_config, attr):
                     sources[name] = label
                     break
-        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors"})
+        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors", "serve"})
         if unknown:
             raise ForgeError(
                 f"invoke.yaml sets unknown forge key(s): {', '.join(unknown)}",

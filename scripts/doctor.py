@@ -473,7 +473,39 @@ def check_audit(path: str | None, caps: list[tuple[str, str]], audit=None) -> li
     level, text = _audit_level(result)
     return [Finding(level, "audit", f"vLLM extensions in {path} for {', '.join(targets)}: {text}",
                     "" if level != "fail" else f"rebuild vLLM for these GPUs: invoke build-wheel --arch "
-                    f"{','.join(targets)}")]
+                    f"{','.join(targets)}")] + optional_findings(result)
+
+
+def optional_findings(result) -> list[Finding]:
+    """An optional extension (vLLM imports it guarded) without kernels for these GPUs: said, never a
+    reason to rebuild; the message names what vLLM does without it, where its code says so."""
+    out = []
+    for f in getattr(result, "files", None) or []:
+        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v == "none"]
+        if getattr(f, "optional", "") and bad and not getattr(f, "required", False):
+            out.append(Finding("info", "audit", f"{f.path}: optional, not usable on this GPU ({', '.join(bad)}); "
+                               f"vLLM runs without it: {f.optional}"))
+    return out
+
+
+def check_nvcc(inside: dict) -> list[Finding]:
+    """nvcc ($CUDA_HOME, PATH, /usr/local/cuda: doctor_inside.locate_nvcc) and its version against torch's CUDA:
+    building vLLM needs both to share a major version (torch.utils.cpp_extension refuses a mismatch)."""
+    cuda = inside.get("cuda") or {}
+    nvcc, version = cuda.get("nvcc") or "", cuda.get("nvcc_version") or ""
+    if not nvcc:
+        return [Finding("info", "nvcc", "no nvcc in $CUDA_HOME, on PATH or in /usr/local/cuda: serving needs none; "
+                        "building vLLM (invoke build-wheel) does", "install the CUDA toolkit, or set CUDA_HOME")]
+    found_by = cuda.get("nvcc_found_by") or ""
+    where = f"{nvcc}" + (f" (via {found_by}" + ("; not on PATH)" if found_by != "PATH" else ")") if found_by else "")
+    torch_cuda = (inside.get("torch") or {}).get("cuda") or ""
+    if version and torch_cuda and _vkey(version)[:1] != _vkey(torch_cuda)[:1]:
+        return [Finding("warn", "nvcc", f"nvcc {version} at {where}, but torch is built with CUDA {torch_cuda}: "
+                        "building vLLM against this torch fails (CUDA major versions differ)",
+                        f"use a CUDA {torch_cuda.split('.')[0]}.x toolkit (CUDA_HOME=...), or a torch built for "
+                        f"CUDA {version.split('.')[0]}")]
+    return [Finding("pass" if version else "info", "nvcc", f"nvcc {version or '(version unknown)'} at {where}"
+                    + (f"; torch CUDA {torch_cuda}" if torch_cuda else ""))]
 
 
 @dataclass
@@ -527,6 +559,7 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
                                 "on a GPU host install the NVIDIA driver; in a container add --gpus all"))
     findings += check_driver(host, inside)
     findings += check_torch_archs(targets, inside)
+    findings += check_nvcc(inside)
     findings += check_audit(audit_path if audit_path is not None else (inside.get("vllm") or {}).get("path"),
                             targets, audit)
     findings += check_nccl(targets, inside)

@@ -81,9 +81,35 @@ def collect_nccl(errors):
     return info
 
 
-def collect_cuda_runtime():
-    out = {"toolkit": "", "nvcc": ""}
-    for path in ("/usr/local/cuda/version.json", "/usr/local/cuda/version.txt"):
+def locate_nvcc(env=None, which=None, cuda_root="/usr/local/cuda"):
+    """(path, where it was found) of the nvcc a build or a run-time kernel compile uses, in torch's order
+    (torch.utils.cpp_extension): $CUDA_HOME (or $CUDA_PATH), then PATH, then /usr/local/cuda."""
+    env = os.environ if env is None else env
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        if env.get(name):
+            path = os.path.join(env[name], "bin", "nvcc")
+            if os.path.isfile(path) and os.access(path, os.X_OK):
+                return path, name
+    found = (which or shutil.which)("nvcc", path=env.get("PATH", os.defpath))
+    if found:
+        return found, "PATH"
+    path = os.path.join(cuda_root, "bin", "nvcc")
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return path, cuda_root
+    return "", ""
+
+
+def nvcc_version(text):
+    """``release 13.0, V13.0.88`` -> ``13.0.88`` (``13.0`` when only the release is printed)."""
+    m = re.search(r"\bV(\d+\.\d+(?:\.\d+)?)", text) or re.search(r"release (\d+\.\d+)", text)
+    return m.group(1) if m else ""
+
+
+def collect_cuda_runtime(errors=None, env=None, cuda_root="/usr/local/cuda"):
+    out = {"toolkit": "", "nvcc": "", "nvcc_version": "", "nvcc_found_by": ""}
+    env = os.environ if env is None else env
+    roots = [env[n] for n in ("CUDA_HOME", "CUDA_PATH") if env.get(n)] + [cuda_root]
+    for path in [os.path.join(r, n) for r in roots for n in ("version.json", "version.txt")]:
         try:
             with open(path) as handle:
                 text = handle.read()
@@ -94,6 +120,17 @@ def collect_cuda_runtime():
         if m:
             out["toolkit"] = m.group(1)
             break
+    nvcc, found_by = locate_nvcc(env, cuda_root=cuda_root)
+    if nvcc:
+        out["nvcc"], out["nvcc_found_by"] = nvcc, found_by
+        try:
+            run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+            out["nvcc_version"] = nvcc_version(run.stdout + run.stderr)
+            if not out["nvcc_version"] and errors is not None:
+                errors.append(f"{nvcc} --version printed no version: {(run.stdout + run.stderr).strip()[-200:]}")
+        except (OSError, subprocess.SubprocessError) as err:
+            if errors is not None:
+                errors.append(f"{nvcc} --version: {err}")
     return out
 
 
@@ -161,15 +198,8 @@ def _run_text(argv, timeout=120):
 
 
 def find_nvcc():
-    """nvcc as a JIT compiler finds it: $CUDA_HOME/bin, PATH, /usr/local/cuda/bin."""
-    candidates = []
-    if os.environ.get("CUDA_HOME"):
-        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
-    candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return ""
+    """nvcc as a JIT compiler finds it ($CUDA_HOME/bin, PATH, /usr/local/cuda/bin): ``locate_nvcc``'s path."""
+    return locate_nvcc()[0]
 
 
 def _version_tuple(text):
@@ -290,7 +320,7 @@ def collect():
         "platform": platform.platform(),
         "torch": collect_torch(errors),
         "nccl": collect_nccl(errors),
-        "cuda": collect_cuda_runtime(),
+        "cuda": collect_cuda_runtime(errors),
         "vllm": collect_vllm(),
         "jit": collect_jit(errors),
         "env": {k: v for k, v in os.environ.items() if k.startswith("NCCL_") or k in ENV_NAMES},
