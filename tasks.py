@@ -143,25 +143,42 @@ def _debugging() -> bool:
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def _print_task_help(name: str, body, flag_help: dict, positional: list[str]) -> None:
-    args = " ".join(p.upper() for p in positional)
-    console.print(f"Usage: invoke {name} [--options] {args}\n\n  {escape(body.__doc__ or '')}\n\nOptions:")
-    for flag, text in flag_help.items():
-        shown = flag.upper() if flag in positional else "--" + flag.replace("_", "-")
-        console.print(f"  {shown:<24} {escape(text)}", soft_wrap=True)
+def _print_task_help(name: str, made: Task) -> None:
+    """invoke's own task help, printed the way `Program.print_task_help` does (for tasks whose positional
+    argument invoke hands `--help` to, so every task's help reads the same)."""
+    import inspect
+
+    from invoke import Program
+    from invoke.parser import ParserContext
+
+    tuples = ParserContext(name=name, args=made.get_arguments()).help_tuples()
+    program = Program(binary="inv[oke]")
+    print(f"Usage: {program.binary} [--core-opts] {name} {'[--options] ' if tuples else ''}[other tasks here ...]")
+    print("\nDocstring:")
+    for line in (inspect.getdoc(made) or "none").splitlines():
+        print(program.leading_indent + line if line.strip() else "")
+    print("\nOptions:")
+    program.print_columns(tuples)
 
 
 def forge_task(*task_args, **task_kwargs):
     """``@task`` whose user errors end as one line with the fix, and Ctrl-C as exit code 130."""
 
+    task_kwargs.setdefault("auto_shortflags", False)  # `-h` stays help, never a task's flag
+
     def decorate(body):
+        import inspect
+
+        made: list[Task] = []
+        params = list(inspect.signature(body).parameters.values())[1:]
+        positional = task_kwargs.get("positional") or [
+            p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+
         @functools.wraps(body)
         def run(ctx, *args, **kwargs):
-            positional = task_kwargs.get("positional") or []
-            if any(kwargs.get(name) in ("-h", "--help") for name in positional):
+            if any(value in ("-h", "--help") for value in (*args, *(kwargs.get(name) for name in positional))):
                 # invoke hands `--help` after a task to its positional argument: answer it here.
-                _print_task_help(task_kwargs.get("name") or body.__name__.replace("_", "-"), body,
-                                 task_kwargs.get("help") or {}, positional)
+                _print_task_help(made[0].name, made[0])
                 return None
             previous = _interrupt_on_termination()
             try:
@@ -185,7 +202,8 @@ def forge_task(*task_args, **task_kwargs):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-        return task(*task_args, **task_kwargs)(run)
+        made.append(task(*task_args, **task_kwargs)(run))
+        return made[0]
 
     return decorate
 
