@@ -9,6 +9,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -1146,3 +1147,55 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
 # Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.
 ns = Collection(*(value for value in list(globals().values()) if issubclass(type(value), Task)))
 ns.configure({"forge": invoke_defaults()})
+
+
+def _check_command_line(namespace: Collection) -> None:
+    """A mistyped task or flag ends in one line with the closest match and exit 2, instead of invoke's bare
+    "No idea what 'build-weel' is!": the command line is parsed here first with invoke's public parser (the
+    same contexts invoke builds from this namespace); what it accepts, invoke then runs as usual."""
+    import difflib
+
+    from invoke import Program
+    from invoke.exceptions import ParseError
+    from invoke.parser import Parser, ParserContext
+
+    argv = sys.argv[1:]
+    if Path(sys.argv[0]).name not in ("invoke", "inv", "__main__.py") or not argv:
+        return
+    program = Program()
+    contexts = namespace.to_contexts()
+    core = ParserContext(args=program.core_args() + program.task_args())
+    try:
+        Parser(initial=core, contexts=contexts).parse_argv(argv)
+        return
+    except ParseError as err:
+        message = str(err)
+    tasks = sorted(c.name for c in contexts)
+    current = next((word for word in reversed(argv) if word in tasks), None)
+    word = re.search(r"No idea what '(.+)' is", message)
+    if word:
+        unknown = word.group(1)
+        if unknown.startswith("-") and current:
+            flags = sorted({name for c in contexts if c.name == current for name in c.flags})
+            close = difflib.get_close_matches(unknown, flags, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else f"`invoke {current} --help` lists its flags"
+            problem = f"{current} has no flag {unknown}"
+        else:
+            close = difflib.get_close_matches(unknown, tasks, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else "`invoke --list` lists the tasks"
+            problem = f"there is no task or flag {unknown!r}" if current is None else \
+                f"{current} takes no argument {unknown!r} (or there is no such task)"
+        _print_error(f"{problem}. Fix: {hint}")
+        sys.exit(2)
+    missing = re.search(r"'(.+)' did not receive required positional arguments: (.+)$", message)
+    if missing:
+        name, what = missing.group(1), missing.group(2).replace("'", "")
+        example = {"serve": "invoke serve Qwen/Qwen3-0.6B --image vllm-forge/vllm:TAG",
+                   "inspect": "invoke inspect vllm-forge/vllm:TAG"}.get(name, f"invoke {name} --help")
+        _print_error(f"{name} needs {what.upper()}. Fix: e.g. {example}")
+        sys.exit(2)
+    _print_error(f"{message.rstrip('!.')}. Fix: see `invoke {current or ''} --help`".replace("  ", " "))
+    sys.exit(2)
+
+
+_check_command_line(ns)
