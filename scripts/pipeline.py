@@ -59,6 +59,8 @@ class Settings:
 def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result."""
     rc = resolve_config(invoke_config, flags)
+    if rc.config.vllm_src:
+        rc = _private_copy_if_ours(rc, repo_root)
     if rc.config.standin:
         rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
@@ -67,6 +69,21 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
         applied = replace(applied, base_image=rc.config.base_image, runtime_image=rc.config.runtime_image)
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
     return Settings(rc, applied, facts, repo_root)
+
+
+def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+    """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
+    build/, so use-existing-torch and the build never edit this repository's tracked files."""
+    src = Path(rc.config.vllm_src).expanduser().resolve()
+    root = repo_root.resolve()
+    if root not in src.parents or (root / "build") in (src, *src.parents):
+        return rc
+    from scripts.image import sync_tree
+
+    copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
+    sync_tree(src, copy)
+    sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}"}
+    return ResolvedConfig(replace(rc.config, vllm_src=str(copy)), sources)
 
 
 def _on_standins(rc: ResolvedConfig) -> ResolvedConfig:
