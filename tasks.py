@@ -265,7 +265,7 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
         from scripts.compile_cache import cache_stats
 
         stats = cache_stats(step.plan.compile_cache)
-        console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + stats if stats else ''})[/]")
+        console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
     elif step.name == "check-size":
         _print_wheel_size(result)
     elif step.name == "bake":
@@ -1079,8 +1079,10 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
         print(json_mod.dumps(tree.as_dict(cudas), indent=2))
     else:
         console.print(f"[bold]{escape(tree.summary())}[/]", soft_wrap=True)
-        console.print(f"  version from {escape(tree.version_source)}; wheel limit from "
-                      f"{escape(tree.wheel_size_source)}; Dockerfile {tree.dockerfile or '-'} "
+        limit = (f"wheel limit {tree.wheel_size_limit_mb} MB from {escape(tree.wheel_size_source)}"
+                 if tree.wheel_size_limit_mb else f"no wheel limit in the checkout (vLLM's {tree.wheel_limit_mb()} MB "
+                                                   "applies)")
+        console.print(f"  version from {escape(tree.version_source)}; {limit}; Dockerfile {tree.dockerfile or '-'} "
                       f"({len(tree.dockerfile_args)} ARGs)", soft_wrap=True)
         console.print("  build knobs read: " + ", ".join(k for k in vllm_tree.BUILD_KNOBS if tree.reads(k)),
                       soft_wrap=True)
