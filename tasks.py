@@ -618,24 +618,6 @@ def _print_root_cause(cause) -> None:
         console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
 
 
-def _diagnose_paths(spec: str) -> tuple[list[Path], set[str]]:
-    """The files to read, and those found inside a named directory (an unrecognised one there is skipped)."""
-    paths: list[Path] = []
-    in_dirs: set[str] = set()
-    for word in spec.replace(",", " ").split():
-        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
-        for path in found:
-            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
-                inside = [p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096]]
-                paths.extend(inside)
-                in_dirs.update(str(p) for p in inside)
-            else:
-                paths.append(path)
-    if not paths:
-        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
-    return paths, in_dirs
-
-
 @forge_task(help={"image": "check this image's Python, torch, NCCL and vLLM (docker run) instead of this Python",
                   "arch": "GPUs to judge for when none is visible: rtx5090, 12.0, h100 ...",
                   "json": "print the report as JSON",
@@ -765,7 +747,7 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
 
     words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
     words.append(getattr(ctx, "remainder", "") or "")
-    paths, in_dirs = _diagnose_paths(" ".join(w for w in words if w))
+    paths, in_dirs = nccl_logs.input_paths(" ".join(w for w in words if w))
     # the files may come from another host: only their own "set by environment" lines count, not this shell's
     context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
     reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)

@@ -1642,6 +1642,24 @@ def report_dict(reports: list[FileReport], cause: RootCause) -> dict:
             "files": [r.to_dict() for r in reports]}
 
 
+def input_paths(spec: str) -> tuple[list[Path], set[str]]:
+    """The files to read, and those found inside a named directory (an unrecognised one there is skipped)."""
+    paths: list[Path] = []
+    in_dirs: set[str] = set()
+    for word in spec.replace(",", " ").split():
+        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
+        for path in found:
+            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
+                inside = [p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096]]
+                paths.extend(inside)
+                in_dirs.update(str(p) for p in inside)
+            else:
+                paths.append(path)
+    if not paths:
+        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
+    return paths, in_dirs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nccl_logs.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
