@@ -15,6 +15,8 @@ default arch lists, base images and mirror rewrites all come from scripts/ (comp
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +30,10 @@ from scripts import compat, compiler_check, matrix  # noqa: E402
 from scripts.errors import ForgeError  # noqa: E402
 
 nox.needs_version = ">=2024.4.15"
-nox.options.default_venv_backend = "uv|virtualenv"
+# uv when it is installed (faster venvs), else virtualenv.
+nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
+# nox probes for uv for every session and logs "uv binary not found." even where no venv is made: not news.
+logging.getLogger("nox").addFilter(lambda record: record.getMessage() != "uv binary not found.")
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 

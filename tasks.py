@@ -9,19 +9,36 @@ import errno
 import functools
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Task, task
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from scripts.errors import ForgeError
+
+
+def _lazy(name: str):
+    """The module ``name``, loaded on first use (importlib's LazyLoader): `invoke --list` imports this file,
+    and no task needs every module of scripts/."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -127,25 +144,42 @@ def _debugging() -> bool:
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def _print_task_help(name: str, body, flag_help: dict, positional: list[str]) -> None:
-    args = " ".join(p.upper() for p in positional)
-    console.print(f"Usage: invoke {name} [--options] {args}\n\n  {escape(body.__doc__ or '')}\n\nOptions:")
-    for flag, text in flag_help.items():
-        shown = flag.upper() if flag in positional else "--" + flag.replace("_", "-")
-        console.print(f"  {shown:<24} {escape(text)}", soft_wrap=True)
+def _print_task_help(name: str, made: Task) -> None:
+    """invoke's own task help, printed the way `Program.print_task_help` does (for tasks whose positional
+    argument invoke hands `--help` to, so every task's help reads the same)."""
+    import inspect
+
+    from invoke import Program
+    from invoke.parser import ParserContext
+
+    tuples = ParserContext(name=name, args=made.get_arguments()).help_tuples()
+    program = Program(binary="inv[oke]")
+    print(f"Usage: {program.binary} [--core-opts] {name} {'[--options] ' if tuples else ''}[other tasks here ...]")
+    print("\nDocstring:")
+    for line in (inspect.getdoc(made) or "none").splitlines():
+        print(program.leading_indent + line if line.strip() else "")
+    print("\nOptions:")
+    program.print_columns(tuples)
 
 
 def forge_task(*task_args, **task_kwargs):
     """``@task`` whose user errors end as one line with the fix, and Ctrl-C as exit code 130."""
 
+    task_kwargs.setdefault("auto_shortflags", False)  # `-h` stays help, never a task's flag
+
     def decorate(body):
+        import inspect
+
+        made: list[Task] = []
+        params = list(inspect.signature(body).parameters.values())[1:]
+        positional = task_kwargs.get("positional") or [
+            p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+
         @functools.wraps(body)
         def run(ctx, *args, **kwargs):
-            positional = task_kwargs.get("positional") or []
-            if any(kwargs.get(name) in ("-h", "--help") for name in positional):
+            if any(value in ("-h", "--help") for value in (*args, *(kwargs.get(name) for name in positional))):
                 # invoke hands `--help` after a task to its positional argument: answer it here.
-                _print_task_help(task_kwargs.get("name") or body.__name__.replace("_", "-"), body,
-                                 task_kwargs.get("help") or {}, positional)
+                _print_task_help(made[0].name, made[0])
                 return None
             previous = _interrupt_on_termination()
             try:
@@ -169,15 +203,16 @@ def forge_task(*task_args, **task_kwargs):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-        return task(*task_args, **task_kwargs)(run)
+        made.append(task(*task_args, **task_kwargs)(run))
+        return made[0]
 
     return decorate
 
 
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
-from scripts import archs as arch_tables  # noqa: E402
-from scripts import compat  # noqa: E402
-from scripts import pipeline as pipelines  # noqa: E402
+arch_tables = _lazy("scripts.archs")
+compat = _lazy("scripts.compat")
+pipelines = _lazy("scripts.pipeline")
 from scripts.config import invoke_defaults, resolve_config  # noqa: E402
 from scripts.plan import mask_urls  # noqa: E402
 
@@ -230,7 +265,7 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
         from scripts.compile_cache import cache_stats
 
         stats = cache_stats(step.plan.compile_cache)
-        console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + stats if stats else ''})[/]")
+        console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
     elif step.name == "check-size":
         _print_wheel_size(result)
     elif step.name == "bake":
@@ -460,14 +495,23 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
                     f"{time.monotonic() - started:.1f}")
     console.print(summary)
-    if not no_docker:
-        demo_image(ctx, flags)
+    image = demo_image(ctx, flags) if not no_docker else ""
+    # What to do next, each working as printed: the demo's checkout is named, so the everyday tasks find it.
+    where = f"--vllm-src {shlex.quote(str(settings.src))}"
+    nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
+    if image:
+        nexts.append(f"invoke serve minivllm/echo --image {image} --gpus none --port 18000")
+    else:
+        ptx_dist = shlex.quote(str(Path(settings.config.dist_dir) / "ptx"))
+        nexts.append(f"invoke build-wheel {where} --arch 12.0+PTX --dist-dir {ptx_dist}")
+    for line in nexts:
+        console.print(f"next: {escape(line)}", soft_wrap=True)
     if not state.results["check-size"].ok:
         raise Exit(code=1)
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
-from scripts import audit as kernel_audit  # noqa: E402
+kernel_audit = _lazy("scripts.audit")
 
 AUDIT_HELP = {
     "path": "a .so, executable, directory (wheels in it too), wheel, or `docker save`/`docker export` tar",
@@ -541,33 +585,37 @@ def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----
+from invoke import Argument  # noqa: E402
+
 _LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
 
 
 def _print_findings(title: str, findings) -> None:
-    table = Table("", "check", "finding", "fix", title=escape(title), show_lines=False)
+    # long fixes and messages fold inside their column at any terminal width instead of ending in "…"
+    table = Table(title=escape(title), show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("finding", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=3)
     for f in findings:
         style = _LEVEL_STYLE.get(f.level, "")
-        fix = f.fix if f.level in ("warn", "fail") else ""
+        fix = escape(f.fix) if f.level in ("warn", "fail") else ""
         if f.source and f.level in ("warn", "fail"):
             fix += f" [dim](see {escape(f.source)})[/]"
-        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix if not fix else
-                      (escape(f.fix) + fix[len(f.fix):]))
+        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix)
     console.print(table)
 
 
-def _diagnose_paths(spec: str) -> list[Path]:
-    paths: list[Path] = []
-    for word in spec.replace(",", " ").split():
-        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
-        for path in found:
-            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
-                paths.extend(p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096])
-            else:
-                paths.append(path)
-    if not paths:
-        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
-    return paths
+def _print_root_cause(cause) -> None:
+    """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
+    style = _LEVEL_STYLE.get(cause.level, "")
+    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}", soft_wrap=False)
+    if line := cause.bandwidth_line():
+        console.print(f"  [bold]bandwidth[/]: {escape(line)}")
+    for evidence in cause.evidence:
+        console.print(f"  [bold]evidence[/]: {escape(evidence)}", overflow="fold")
+    if cause.fix:
+        console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
 
 
 @forge_task(help={"image": "check this image's Python, torch, NCCL and vLLM (docker run) instead of this Python",
@@ -589,6 +637,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     if json:
         print(json_mod.dumps(report.to_dict(), indent=2, default=str))
     else:
+        _print_root_cause(doctor_mod.root_cause(report))
         _print_findings(f"doctor{' ' + image if image else ''}: {report.level.upper()}", report.findings)
     if report.level == "fail":
         raise Exit(code=1)
@@ -637,6 +686,7 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
         print(json_mod.dumps(outcome.to_dict(), indent=2, default=str))
     else:
         console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
+        _print_root_cause(outcome.root_cause)
         for report in outcome.reports:
             _print_findings(f"{report.path} [{report.kind}]", report.findings)
         console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
@@ -644,23 +694,68 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
         raise Exit(code=1)
 
 
-@forge_task(name="nccl-diagnose", positional=["files"], help={
-    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi topo outputs, or directories (several: quote them, "
-             "separated by spaces or commas; globs work)",
-    "json": "print the reports as JSON",
+def _positional_count(argv: list[str], names: set[str], value_flags: set[str]) -> int:
+    """How many positional words follow the task name in ``argv`` (flags and their values left out; a
+    ``--`` ends the task's words, as it ends invoke's parsing)."""
+    start = next((i for i, token in enumerate(argv) if token in names), None)
+    if start is None:
+        return 0
+    count, skip = 0, False
+    for token in argv[start + 1:]:
+        if skip:
+            skip = False
+        elif token == "--":
+            break
+        elif token.startswith("-"):
+            skip = "=" not in token and token in value_flags
+        else:
+            count += 1
+    return count
+
+
+class FilesTask(Task):
+    """A task whose first positional argument takes every file on the command line.
+
+    invoke gives a task a fixed number of positional arguments, so `invoke nccl-diagnose a.log b.log`
+    (what a shell glob expands to) would stop at b.log with "No idea what 'b.log' is!". Through invoke's
+    public Task API (``@task(klass=...)``, ``get_arguments``) this task declares one more positional
+    argument per extra word the command line holds; the body receives them as ``files_2``, ``files_3``...
+    Words after a standalone ``--`` reach the body as ``ctx.remainder`` (invoke's documented remainder)."""
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = [a for a in super().get_arguments(ignore_unknown_help) if a.name != "more_files"]
+        argv = sys.argv if Path(sys.argv[0]).name in ("invoke", "inv") or Path(sys.argv[0]).parent.name == "invoke" \
+            else []
+        names = {self.name, *self.aliases}
+        flags = {("--" if len(n) > 1 else "-") + n for a in args if a.takes_value and not a.positional for n in a.names}
+        extra = max(0, _positional_count(argv, names, flags) - 1)
+        positional = [a for a in args if a.positional]
+        more = [Argument(name=f"files_{i}", positional=True) for i in range(2, extra + 2)]
+        return positional + more + [a for a in args if not a.positional]
+
+
+@forge_task(name="nccl-diagnose", positional=["files"], klass=FilesTask, help={
+    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi outputs, or directories: several as separate "
+             "arguments (logs/*.log), quoted and separated by spaces or commas, or after --",
+    "json": "print the root cause and the reports as JSON",
     "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)"})
-def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
-    """Read NCCL logs / nccl-tests outputs / topo files, name each failure with its cause and fix."""
+def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
+    """Read NCCL logs / nccl-tests outputs / topo files: one root cause first, then each file's findings."""
     import json as json_mod
 
     from scripts import nccl_logs
 
-    paths = _diagnose_paths(files or "")
-    reports = nccl_logs.diagnose_files(paths, nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else []))
+    words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
+    words.append(getattr(ctx, "remainder", "") or "")
+    paths, in_dirs = nccl_logs.input_paths(" ".join(w for w in words if w))
+    # the files may come from another host: only their own "set by environment" lines count, not this shell's
+    context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
+    reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
+    cause = nccl_logs.find_root_cause(reports, context)
     if json:
-        print(json_mod.dumps({"level": nccl_logs.worst_level([f for r in reports for f in r.findings]),
-                              "files": [r.to_dict() for r in reports]}, indent=2, default=str))
+        print(json_mod.dumps(nccl_logs.report_dict(reports, cause), indent=2, default=str))
     else:
+        _print_root_cause(cause)
         for report in reports:
             _print_findings(f"{report.path} [{report.kind}]: {report.level.upper()}", report.findings)
     if any(r.level == "fail" for r in reports):
@@ -669,8 +764,8 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
 
-from scripts import image as images  # noqa: E402
-from scripts import serve as serving  # noqa: E402
+images = _lazy("scripts.image")
+serving = _lazy("scripts.serve")
 
 IMAGE_HELP = {
     "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
@@ -714,18 +809,19 @@ def _bake_task(chain: bool, doc: str):
              build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
-             mirror=None, repo=None, ref=None, force=False, budget=None):
+             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False):
         settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
-                             dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref)
+                             dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
+                             standin=True if standin else None)
         bake_options = pipelines.BakeOptions(
             target=target, tag=tag, dockerfile=dockerfile, docker=docker,
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
             index_url=index_url, extra_index_url=extra_index_url, pytorch_index=pytorch_index, platform=platform,
             push=push, builder=builder, cache_from=list(cache_from or []), cache_to=list(cache_to or []),
             no_cache=no_cache, build_args=images.parse_build_args(build_arg or []),
-            limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit)
+            limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit, jit=not no_jit)
         options = pipelines.Options(dry_run=dry_run, force=force, reuse_checkout=chain, bake=bake_options,
                                     budget_gb=_number("budget", budget, float))
         if chain:
@@ -753,7 +849,11 @@ _BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "n
                       "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
-              "budget": "image chain: fail when the image is larger than this many GB", **IMAGE_HELP}
+              "budget": "image chain: fail when the image is larger than this many GB",
+              "no_jit": "no JIT toolchain (nvcc, g++) in the runtime image and no JIT check: only for models "
+                        "that need no run-time kernel compile (the label org.vllm-forge.jit records it)",
+              "standin": "bake on the TEST-ONLY stand-in bases (built locally when missing; CUDA 13.0): for "
+                         "iterating on the Dockerfile without NGC, not for serving real models", **IMAGE_HELP}
 bake = forge_task(name="bake", help=_BAKE_HELP, iterable=["build_arg", "cache_from", "cache_to"],
                   auto_shortflags=False)(_bake_task(
     False, "Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."))
@@ -777,6 +877,10 @@ def _print_labels(info: dict) -> None:
     console.print(table)
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
+    # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).
+    ready, line = images.jit_summary(images.image_jit_facts(images.default_docker(), info["id"]),
+                                     info["labels"].get("org.vllm-forge.sm", "").split(","))
+    console.print(f"[{'green' if ready else 'yellow'}]JIT[/] {escape(line)}")
 
 
 def _print_image_size(report) -> None:
@@ -785,12 +889,18 @@ def _print_image_size(report) -> None:
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
     console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    split = images.image_size_breakdown(images.default_docker(), report.image, base=report.base)  # scripts/image.py
+    parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
+    for name, size in split.parts.items():
+        parts.add_row(f"{size / 1e6:.1f}", name)
+    console.print(parts)
     table = Table("MB", "instruction", title="largest layers")
     for layer in report.layers:
         table.add_row(f"{layer.size / 1e6:.1f}", escape(layer.instruction[:140]))
     console.print(table)
 
 
+SERVE_NAME = "vllm-forge-serve"  # scripts/serve.py DEFAULT_NAME (kept literal: signatures load no module)
 SERVE_HELP = {
     "image": "image to serve (e.g. the tag `invoke bake` printed)",
     "local": "serve the vLLM installed in this Python instead of a container",
@@ -805,6 +915,12 @@ SERVE_HELP = {
     "name": "container name (default vllm-forge-serve)",
     "timeout": "seconds to wait for /health (default 600)",
     "shm_size": "use --shm-size SIZE instead of --ipc=host",
+    "max_model_len": "vLLM --max-model-len: context length in tokens (default: the model's own; less KV cache)",
+    "gpu_memory_utilization": "vLLM --gpu-memory-utilization: fraction of each GPU's memory vLLM takes, weights "
+                              "and KV cache (vLLM's default 0.92 takes nearly the whole GPU, whatever the model)",
+    "served_model_name": "vLLM --served-model-name: the model name clients send (default: --model)",
+    "vllm_args": "more vLLM server flags, one quoted string: --vllm-args \"--enforce-eager --dtype bfloat16\" "
+                 "(also: words after `--`, and invoke.yaml forge.serve.vllm_args)",
     "compose": "write the equivalent docker compose file instead of starting anything",
     "compose_file": "where --compose writes (default build/serve/compose.yaml)",
     "no_smoke": "do not call /v1/models and a chat completion after /health",
@@ -813,17 +929,41 @@ SERVE_HELP = {
 }
 
 
-@forge_task(help=SERVE_HELP, auto_shortflags=False)
+def _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, insecure, name, shm_size,
+                   max_model_len, gpu_memory_utilization, served_model_name, vllm_args) -> serving.ServeRequest:
+    """Flags over invoke.yaml's forge.serve over vLLM's defaults; pass-through flags: invoke.yaml's,
+    then --vllm-args, then the words after `--` (vLLM takes the last of a repeated flag)."""
+    settings = serving.serve_settings(ctx.config)
+    remainder = serving.split_vllm_args(getattr(ctx, "remainder", "") or "", "the words after --")
+
+    def pick(flag, key, kind, default):  # the command line, else invoke.yaml, else vLLM's own default
+        try:
+            return _number(key.replace("_", "-"), flag if flag not in (None, "") else settings.get(key), kind, default)
+        except ForgeError as err:
+            raise ForgeError(err.problem, f"pass e.g. --{key.replace('_', '-')} "
+                             f"{4096 if kind is int else 0.5}") from None
+
+    return serving.ServeRequest(
+        model=model, image=image, local=local, tp=_number("tp", tp, default=1),
+        port=_number("port", port, default=8000), host=host, gpus=gpus,
+        api_key=api_key, insecure=insecure,
+        name=name, shm_size=shm_size, max_model_len=pick(max_model_len, "max_model_len", int, 0),
+        gpu_memory_utilization=pick(gpu_memory_utilization, "gpu_memory_utilization", float, 0.0),
+        served_model_name=served_model_name or settings.get("served_model_name") or "",
+        extra_args=settings.get("vllm_args", []) + serving.split_vllm_args(vllm_args) + remainder)
+
+
+@forge_task(help=SERVE_HELP, positional=["model"], auto_shortflags=False)
 def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1", gpus="all", api_key=None,
-          api_key_file=None, insecure=False, name=serving.DEFAULT_NAME, timeout=None, shm_size="", compose=False,
+          api_key_file=None, insecure=False, name=SERVE_NAME, timeout=None, shm_size="", max_model_len=None,
+          gpu_memory_utilization=None, served_model_name=None, vllm_args="", compose=False,
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
-    """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
+    """Start the OpenAI server (container or --local) with vLLM's flags, wait for /health, smoke-test it."""
     if api_key is not None:
         raise serving.refuse_key_on_command_line()
-    request = serving.ServeRequest(model=model, image=image, local=local, tp=_number("tp", tp, default=1),
-                                   port=_number("port", port, default=8000), host=host,
-                                   gpus=gpus, api_key=serving.read_api_key(api_key_file),
-                                   insecure=insecure, name=name, shm_size=shm_size)
+    request = _serve_request(ctx, model, image, local, tp, port, host, gpus, serving.read_api_key(api_key_file),
+                             insecure, name, shm_size, max_model_len, gpu_memory_utilization, served_model_name,
+                             vllm_args)
     docker_path = _plain_docker(docker)
     if compose:
         path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
@@ -844,26 +984,34 @@ def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1
     _run(pipelines.build_pipeline(_settings(ctx), ["serve"], options))
     if dry_run:
         return
-    console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")
+    console.print(f"stop it with: invoke stop{'' if name == SERVE_NAME else ' --name ' + name}")
 
 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
-def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
-    """Stop and remove what `invoke serve` started."""
+def stop(ctx, name=SERVE_NAME, docker=None):
+    """Stop and remove what `invoke serve` started (a --local server, else the container)."""
     if (serving.LOCAL_STATE_DIR / f"{serving.check_name(name)}.pid").exists():  # a --local server: no Docker
         console.print(serving.stop(name, _plain_docker(docker)))
+        return
+    import shutil
+
+    client = _plain_docker(docker)
+    if not shutil.which(client):  # no Docker here: nothing of ours can be running in it
+        console.print(f"nothing to stop: no local server named {name} ({serving.LOCAL_STATE_DIR / (name + '.pid')} "
+                      f"does not exist) and no docker client ({client}) on this host")
         return
     console.print(serving.stop(name, _engine_docker(docker)))
 
 
-def demo_image(ctx, flags: dict) -> None:
-    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down."""
+def demo_image(ctx, flags: dict) -> str:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down; the image's tag
+    ("" when the steps were skipped)."""
     from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     docker = images.default_docker()
     if not images.engine_reachable(docker):
         console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
-        return
+        return ""
     settings = _settings(ctx, **flags)
     cfg = settings.config
     base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
@@ -874,20 +1022,20 @@ def demo_image(ctx, flags: dict) -> None:
         else:
             console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
                           "stand-ins with `python scripts/standin_images.py`[/]")
-            return
+            return ""
     name = "vllm-forge-demo"
     options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
                                 serve_timeout_s=120)
     serving.stop(name, docker)  # a container left by an interrupted demo
     try:
-        _run(pipelines.build_pipeline(settings, ("bake", "serve"), options))
+        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image
     finally:
         serving.stop(name, docker)
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----
-from scripts import fetch_deps as dep_fetcher  # noqa: E402
-from scripts import vllm_tree  # noqa: E402
+dep_fetcher = _lazy("scripts.fetch_deps")
+vllm_tree = _lazy("scripts.vllm_tree")
 
 TREE_FLAG_HELP = {
     "vllm_src": "the vLLM checkout to read (default: the clone in --checkout-dir)",
@@ -917,8 +1065,10 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
         print(json_mod.dumps(tree.as_dict(cudas), indent=2))
     else:
         console.print(f"[bold]{escape(tree.summary())}[/]", soft_wrap=True)
-        console.print(f"  version from {escape(tree.version_source)}; wheel limit from "
-                      f"{escape(tree.wheel_size_source)}; Dockerfile {tree.dockerfile or '-'} "
+        limit = (f"wheel limit {tree.wheel_size_limit_mb} MB from {escape(tree.wheel_size_source)}"
+                 if tree.wheel_size_limit_mb else f"no wheel limit in the checkout (vLLM's {tree.wheel_limit_mb()} MB "
+                                                   "applies)")
+        console.print(f"  version from {escape(tree.version_source)}; {limit}; Dockerfile {tree.dockerfile or '-'} "
                       f"({len(tree.dockerfile_args)} ARGs)", soft_wrap=True)
         console.print("  build knobs read: " + ", ".join(k for k in vllm_tree.BUILD_KNOBS if tree.reads(k)),
                       soft_wrap=True)
@@ -982,5 +1132,58 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
 # ---- end vLLM tree ----
 
 # ---- namespace ----
-ns = Collection.from_module(sys.modules[__name__])
+# Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.
+ns = Collection(*(value for value in list(globals().values()) if issubclass(type(value), Task)))
 ns.configure({"forge": invoke_defaults()})
+
+
+def _check_command_line(namespace: Collection) -> None:
+    """A mistyped task or flag ends in one line with the closest match and exit 2, instead of invoke's bare
+    "No idea what 'build-weel' is!": the command line is parsed here first with invoke's public parser (the
+    same contexts invoke builds from this namespace); what it accepts, invoke then runs as usual."""
+    import difflib
+
+    from invoke import Program
+    from invoke.exceptions import ParseError
+    from invoke.parser import Parser, ParserContext
+
+    argv = sys.argv[1:]
+    if Path(sys.argv[0]).name not in ("invoke", "inv", "__main__.py") or not argv:
+        return
+    program = Program()
+    contexts = namespace.to_contexts()
+    core = ParserContext(args=program.core_args() + program.task_args())
+    try:
+        Parser(initial=core, contexts=contexts).parse_argv(argv)
+        return
+    except ParseError as err:
+        message = str(err)
+    tasks = sorted(c.name for c in contexts)
+    current = next((word for word in reversed(argv) if word in tasks), None)
+    word = re.search(r"No idea what '(.+)' is", message)
+    if word:
+        unknown = word.group(1)
+        if unknown.startswith("-") and current:
+            flags = sorted({name for c in contexts if c.name == current for name in c.flags})
+            close = difflib.get_close_matches(unknown, flags, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else f"`invoke {current} --help` lists its flags"
+            problem = f"{current} has no flag {unknown}"
+        else:
+            close = difflib.get_close_matches(unknown, tasks, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else "`invoke --list` lists the tasks"
+            problem = f"there is no task or flag {unknown!r}" if current is None else \
+                f"{current} takes no argument {unknown!r} (or there is no such task)"
+        _print_error(f"{problem}. Fix: {hint}")
+        sys.exit(2)
+    missing = re.search(r"'(.+)' did not receive required positional arguments: (.+)$", message)
+    if missing:
+        name, what = missing.group(1), missing.group(2).replace("'", "")
+        example = {"serve": "invoke serve Qwen/Qwen3-0.6B --image vllm-forge/vllm:TAG",
+                   "inspect": "invoke inspect vllm-forge/vllm:TAG"}.get(name, f"invoke {name} --help")
+        _print_error(f"{name} needs {what.upper()}. Fix: e.g. {example}")
+        sys.exit(2)
+    _print_error(f"{message.rstrip('!.')}. Fix: see `invoke {current or ''} --help`".replace("  ", " "))
+    sys.exit(2)
+
+
+_check_command_line(ns)

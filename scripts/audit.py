@@ -140,6 +140,7 @@ class FileAudit:
     required: bool = False
     error: str = ""
     via: dict[str, str] = field(default_factory=dict)  # target -> the arch that decides the verdict
+    optional: str = ""  # why the package runs without it (scripts/vllm_extensions.py), when it does
 
     @property
     def has_device_code(self) -> bool:
@@ -151,7 +152,8 @@ class FileAudit:
 
     def to_dict(self) -> dict:
         return {"path": self.path, "sass": sorted(self.sass), "ptx": sorted(self.ptx),
-                "verdict": dict(self.verdict), "required": self.required, "error": self.error or None}
+                "verdict": dict(self.verdict), "required": self.required, "error": self.error or None,
+                "optional": self.optional or None}
 
 
 @dataclass
@@ -251,7 +253,7 @@ class AuditReport:
                        f"{' '.join(self.torch.arch_list) or 'no CUDA arch'}: it fails with `sm_XX is not compatible "
                        "with the current PyTorch installation`; use a torch built for the target (e.g. a cu128+ wheel "
                        "for sm_120)")
-        return out
+        return out + optional_notes(self)
 
 
 # ---- what to scan ----------------------------------------------------------------------------------
@@ -706,8 +708,44 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
     """
     resolved = resolve_targets(targets)
     found = scan(path)
-    return build_report(str(path), found, resolved, require=require,
-                        torch=torch_of_this_python() if torch else None)
+    report = build_report(str(path), found, resolved, require=require,
+                          torch=torch_of_this_python() if torch else None)
+    return report if require else mark_optional(report, path)
+
+
+# ---- optional extensions (issue 19): what a vLLM's own Python says it runs without --------------------
+NOT_USABLE = "optional, not usable on this GPU"
+
+
+def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
+    """Judge only the extensions vLLM imports unconditionally at start-up as required (``--require``
+    overrides): one it imports guarded or lazily (``scripts/vllm_extensions.py``) is never a failure.
+    ``docker``: ``path`` is an image."""
+    try:
+        from scripts import vllm_extensions
+
+        paths = [f.path for f in report.files if f.has_device_code]
+        optional = (vllm_extensions.optional_extensions_in_image(path, paths, docker) if docker
+                    else vllm_extensions.optional_extensions(path, paths))
+    except (ImportError, ForgeError, OSError, RecursionError):  # unreadable: every file stays required
+        return report
+    for f in report.files:
+        ext = optional.get(f.path)
+        if ext is not None and not f.error:
+            f.required = False
+            lost = "; ".join(item.rstrip(".") for item in ext.loses[:3])
+            f.optional = ext.reason + (f"; without it: {lost}" if lost else "")
+    return report
+
+
+def optional_notes(report: AuditReport) -> list[str]:
+    out = []
+    for f in report.files:
+        bad = [t for t, v in f.verdict.items() if v == NONE]
+        if f.optional and bad and f.has_device_code:
+            out.append(f"{f.path}: {NOT_USABLE} ({', '.join(bad)}; it carries "
+                       f"{', '.join(sort_archs(f.sass) + sort_archs(f.ptx))}); vLLM runs without it: {f.optional}")
+    return out
 
 
 def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), docker: str | None = None,
@@ -716,7 +754,8 @@ def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), 
     resolved = resolve_targets(targets)
     found = scan_image(image, docker=docker, via=via)
     torch_found = torch_of_image(image, docker) if torch else None
-    return build_report(f"image {image}", found, resolved, require=require, torch=torch_found)
+    report = build_report(f"image {image}", found, resolved, require=require, torch=torch_found)
+    return report if require else mark_optional(report, image, docker=_docker(docker))
 
 
 # ---- plain-text output (the rich table lives in tasks.py) ---------------------------------------------
@@ -730,6 +769,8 @@ def verdict_text(f: FileAudit, target: str) -> str:
         return "unreadable"
     if not f.has_device_code:
         return "no device code" if not f.required else "NO KERNEL"
+    if f.optional and verdict == NONE:
+        return NOT_USABLE
     if verdict == SASS:
         return f"native ({f.via.get(target)})"
     if verdict == PTX:

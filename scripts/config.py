@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "dist_dir": "dist",
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
+    "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
@@ -86,6 +87,7 @@ class BuildConfig:
     dist_dir: str
     wheel_limit_mb: int
     mirror: str
+    standin: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,7 +134,7 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
                 if name in _layer_values(invoke_config, attr):
                     sources[name] = label
                     break
-        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors"})
+        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors", "serve"})
         if unknown:
             raise ForgeError(
                 f"invoke.yaml sets unknown forge key(s): {', '.join(unknown)}",

@@ -327,6 +327,7 @@ class BakeRequest:
     build_args: dict[str, str] = field(default_factory=dict)  # raw extra --build-arg NAME=VALUE
     apt_mirror: str = ""  # scheme://host put in place of the Ubuntu/Debian apt hosts (mirror profile)
     deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
+    jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
 
 
 @dataclass
@@ -446,6 +447,110 @@ def full_cuda_version(cuda: str) -> str:
     return match.group(1) if match else cuda
 
 
+# --- the JIT toolchain of the runtime stage ---------------------------------------------------------------
+
+JIT_FAIL_LINE = r"forge-jit-check: FAIL: (.+)$"  # what scripts/doctor_inside.py --jit-check prints
+JIT_FIX = (
+    "bake with a JIT toolchain for these archs (the default; --runtime-image with nvcc also works), "
+    "or pass --no-jit if your models need no run-time kernel compile"
+)
+
+
+@dataclass(frozen=True)
+class JitToolchain:
+    cuda: str  # CUDA minor of the toolchain ("" when none)
+    spec: str  # the JIT_TOOLCHAIN build arg: pip:<reqs> | apt:<packages> | none
+    why: str
+
+    @property
+    def label(self) -> str:
+        return "none (--no-jit)" if self.spec == "none" else f"nvcc {self.cuda} ({self.spec})"
+
+
+def checkout_needs_flashinfer(src: Path) -> bool:
+    """Whether the checkout's wheel asks for FlashInfer: its requirements files, or setup.py's extras
+    (vLLM 0.11 has `flashinfer-python` as the `flashinfer` extra, which vLLM's own image installs)."""
+    root = Path(src).expanduser()
+    for path in list((root / "requirements").rglob("*.txt")) + [root / "requirements-cuda.txt", root / "setup.py"]:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if re.search(r"^\s*flashinfer" if path.suffix == ".txt" else r"[\"']flashinfer-python", text,
+                     re.IGNORECASE | re.MULTILINE):
+            return True
+    return False
+
+
+def _cuda_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in compat.cuda_minor(version).split("."))
+
+
+def plan_jit_toolchain(request: BakeRequest, archs) -> JitToolchain:
+    """The JIT toolchain the runtime stage gets: the build's CUDA, raised to 12.9 when an sm_12x arch is
+    targeted and the checkout ships FlashInfer; ``none`` with --no-jit."""
+    if not request.jit:
+        return JitToolchain("", "none", "--no-jit: no run-time kernel compile")
+    cuda = compat.cuda_minor(request.cuda)
+    why = f"the build's CUDA {cuda}"
+    if any(a.sm.startswith("sm_12") for a in archs) and _cuda_key(cuda) < _cuda_key(compat.FLASHINFER_SM12X_MIN_CUDA):
+        if checkout_needs_flashinfer(request.src):
+            cuda = compat.FLASHINFER_SM12X_MIN_CUDA
+            why = f"FlashInfer JIT on sm_12x needs CUDA >= {cuda}"
+    spec = compat.JIT_TOOLCHAINS.get(cuda)
+    if not spec:
+        raise ForgeError(
+            f"no JIT toolchain is known for CUDA {cuda}",
+            f"use --cuda {' or '.join(sorted(compat.JIT_TOOLCHAINS))}, or pass --no-jit",
+        )
+    return JitToolchain(cuda, spec, why)
+
+
+# --- do the base images exist? -----------------------------------------------------------------------------
+
+STANDIN_NOTE = "TEST-ONLY stand-in bases: this image is for iterating on the Dockerfile, not for serving real models"
+
+
+def base_image_available(docker: str, image: str, *, timeout_s: int = 20, runner=subprocess.run) -> bool:
+    """True when ``image`` is present locally or its registry answers for it (``docker manifest inspect``)."""
+    try:
+        local = runner([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True,
+                       timeout=60)
+        if local.returncode == 0:
+            return True
+        remote = runner([docker, "manifest", "inspect", image], capture_output=True, text=True, timeout=timeout_s)
+        return remote.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def check_base_images(docker: str, base: str, runtime: str, *, runner=subprocess.run) -> list[str]:
+    """The base images of a bake that are neither local nor resolvable (empty: all can be used)."""
+    missing = []
+    for image in dict.fromkeys(i for i in (base, runtime) if i):
+        if not base_image_available(docker, image, runner=runner):
+            missing.append(image)
+    return missing
+
+
+def missing_bases_error(missing: list[str], *, mirror: str = "") -> ForgeError:
+    """The one-line error for bases that cannot be had, with the fixes that apply to them."""
+    from scripts import mirrors
+
+    fixes = []
+    through_cn = [i for i in missing if mirrors.rewrite_image(i, mirrors.BUILTIN_MIRRORS["cn"]) != i]
+    if through_cn and mirror != "cn":
+        fixes.append("--mirror cn (pulls " + ", ".join(sorted({mirrors.split_image(i)[0] for i in through_cn}))
+                     + " through m.daocloud.io)")
+    fixes.append("--base-image/--runtime-image with images you have (`docker images`)")
+    fixes.append("--standin to iterate on the Dockerfile with local TEST-ONLY bases (not for serving real models)")
+    return ForgeError(
+        f"base image{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+        f"{'are' if len(missing) > 1 else 'is'} not present locally and the registry cannot be reached",
+        "pass " + ", or ".join(fixes),
+    )
+
+
 def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str,
                  tree: VllmTree | None) -> dict[str, str]:
     """Every knob under each name a vLLM-style Dockerfile may call it; filtered by what it declares."""
@@ -481,6 +586,10 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["VLLM_MAX_SIZE_MB"] = f"{request.wheel_limit_mb:g}"
     if request.apt_mirror:
         values["APT_MIRROR"] = check_apt_mirror(request.apt_mirror)
+    if recipe == "forge":
+        jit = plan_jit_toolchain(request, archs)
+        values["JIT_TOOLCHAIN"] = jit.spec
+        values["JIT_CHECK"] = "true" if request.jit else "false"
     if recipe == "forge" or request.base_image:
         values["BUILD_BASE_IMAGE"] = base
     if recipe == "forge" or request.runtime_image:
@@ -670,6 +779,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.recipe": recipe,
         f"{LABEL_PREFIX}.mirror": request.mirror,
+        **({f"{LABEL_PREFIX}.jit": plan_jit_toolchain(request, archs).label} if recipe == "forge" else {}),
         f"{LABEL_PREFIX}.version": forge_version,
     }
 
@@ -943,9 +1053,11 @@ def stage_context(plan: BakePlan) -> int:
     copied += sync_tree(
         REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
     )
-    # image.py runs only after the compile (runtime-requirements), bind-mounted from here.
+    # image.py runs only after the compile (runtime-requirements), doctor_inside.py in the runtime stage (the
+    # JIT check); both bind-mounted from here.
+    late = {"image.py", "doctor_inside.py"}
     copied += sync_tree(
-        REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name != "image.py"
+        REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name not in late
     )
     copied += stage_git_deps(plan, context / "deps")
     _copy_file(REPO_ROOT / "docker" / "forge-env.sh", _real_dir(context / "forge" / "docker") / "forge-env.sh")
@@ -1005,8 +1117,12 @@ def _run_bake(
     written: list[Path] = []
     steps: dict[str, str] = {}  # BuildKit step number -> its title
     cached: set[str] = set()
+    jit_failure: list[str] = []
 
     def watch(line: str) -> None:
+        failed = re.search(JIT_FAIL_LINE, line)
+        if failed:
+            jit_failure.append(failed.group(1).strip())
         match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ).*)", line)
         if match:
             if match.group(2) == "CACHED":
@@ -1029,7 +1145,13 @@ def _run_bake(
         if plan.export_dir:
             plan.export_dir.mkdir(parents=True)
         for command in plan.commands:
-            run_command(command, on_line=watch, log_path=log_path)
+            try:
+                run_command(command, on_line=watch, log_path=log_path)
+            except ForgeError:
+                if jit_failure:
+                    raise ForgeError(f"the runtime image cannot JIT-compile kernels: {jit_failure[-1]}",
+                                     JIT_FIX) from None
+                raise
         exported = _publish_export(plan.export_dir) if plan.export_dir else []
     finally:
         for path in written:
@@ -1178,6 +1300,159 @@ def image_size_report(
     return ImageSizeReport(image, info["size"], base, base_size, budget_gb, biggest)
 
 
+# --- JIT readiness of a baked image (`invoke inspect`, `invoke doctor --image`) -------------------------------
+
+
+def image_jit_facts(docker: str, image: str) -> dict:
+    """scripts/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    script = (REPO_ROOT / "scripts" / "doctor_inside.py").read_text()
+    try:
+        proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
+                               "--jit"], input=script, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"error": str(err)}
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": said[-1] if said else f"exit {proc.returncode}"}
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return {"error": f"no JSON from the in-image probe: {proc.stdout[-200:]!r}"}
+
+
+def jit_summary(facts: dict, targets: Iterable[str] = ()) -> tuple[bool, str]:
+    """(ready, one line): nvcc version, the SM targets it can compile (those asked for first), FlashInfer."""
+    if facts.get("error"):
+        return False, f"JIT readiness unknown: {facts['error']}"
+    flashinfer = facts.get("flashinfer") or {}
+    packages = flashinfer.get("packages") or {}
+    fi = ("FlashInfer " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items()))
+          + f"; {flashinfer.get('cubins', 0)} precompiled kernels (cubins)") if packages else "FlashInfer not installed"
+    if not facts.get("nvcc"):
+        return False, f"no JIT toolchain (no nvcc); {fi}"
+    listed = facts.get("archs") or []
+    wanted = [sm for sm in targets if sm]
+    missing = [sm for sm in wanted if sm.rstrip("af") not in listed]
+    host = facts.get("host_compiler") or "no host C++ compiler"
+    ready = not missing and bool(facts.get("host_compiler"))
+    archs = " ".join(listed) or "?"
+    return ready, (f"nvcc {facts.get('nvcc_version') or '?'} ({facts['nvcc']}), targets {archs}"
+                   + (f"; cannot target {', '.join(missing)}" if missing else "") + f"; {host}; {fi}")
+
+
+# --- where the size goes -------------------------------------------------------------------------------------
+
+# Python distributions that are the JIT toolchain (the pip route of JIT_TOOLCHAINS) and those that are torch
+# and its CUDA wheels; every other distribution new over the base is vLLM and its other requirements.
+JIT_DISTS = re.compile(r"^(cuda-toolkit|nvidia-cuda-nvcc(-cu\d+)?|nvidia-nvvm|nvidia-cuda-crt|nvidia-cuda-cuobjdump"
+                       r"(-cu\d+)?)$")
+TORCH_DISTS = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton|nvidia-.*|cuda-bindings|cuda-python"
+                         r"|cuda-pathfinder)$")
+SIZE_PARTS = ("JIT toolchain", "torch and its CUDA wheels", "vLLM and its other requirements", "the rest")
+
+# Run inside an image with its python3: every installed distribution with the bytes of its files.
+_DIST_PROBE = """
+import json, os
+from importlib import metadata
+out = {}
+for dist in metadata.distributions():
+    name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+    size = 0
+    for f in dist.files or []:
+        try:
+            size += os.lstat(dist.locate_file(f)).st_size
+        except OSError:
+            pass
+    out[name + "==" + (dist.version or "")] = size
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class SizeBreakdown:
+    image: str
+    size: int
+    base: str
+    base_size: int | None
+    parts: dict[str, int]  # SIZE_PARTS -> bytes over the base
+    layers: list[LayerInfo]  # largest first
+    dists: dict[str, int] = field(default_factory=dict)  # name==version -> bytes, new over the base
+
+    @property
+    def over_base(self) -> int | None:
+        return None if self.base_size is None else self.size - self.base_size
+
+
+def _dist_sizes(docker: str, image: str) -> dict[str, int]:
+    proc = subprocess.run([docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
+                           _DIST_PROBE], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        return {}  # no python3 (a CUDA -base image): nothing of the base counts as a distribution
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
+def jit_layer_bytes(docker: str, image: str) -> int:
+    """Bytes of the runtime stage's JIT toolchain layer (the RUN that reads JIT_TOOLCHAIN)."""
+    proc = subprocess.run([docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}",
+                           image], capture_output=True, text=True)
+    total = 0
+    for line in proc.stdout.splitlines():
+        size, _, created_by = line.partition("\t")
+        if 'case "$JIT_TOOLCHAIN"' in created_by and size.isdigit():  # the RUN that reads it, not its ARG
+            total += int(size)
+    return total
+
+
+def classify_sizes(image_dists: dict[str, int], base_dists: dict[str, int], jit_layer: int,
+                   over_base: int | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(parts, new distributions): the size over the base split into SIZE_PARTS. The JIT toolchain is its
+    layer (apt packages and g++ included) or, without one, its distributions; "the rest" is what is left
+    (python itself when the base has none, the venv, metadata)."""
+    new = {key: size for key, size in image_dists.items() if key not in base_dists}
+    has_torch = any(key.split("==")[0] == "torch" for key in new)
+    jit_dists = torch = vllm = 0
+    for key, size in new.items():
+        name = key.split("==")[0]
+        # Without torch, NVIDIA's CUDA wheels (the cudart headers of cuda-toolkit[cudart]) are the toolchain's.
+        if JIT_DISTS.match(name) or (not has_torch and name.startswith("nvidia-")):
+            jit_dists += size
+        elif TORCH_DISTS.match(name):
+            torch += size
+        else:
+            vllm += size
+    jit = jit_layer or jit_dists
+    parts = {SIZE_PARTS[0]: jit, SIZE_PARTS[1]: torch, SIZE_PARTS[2]: vllm}
+    parts[SIZE_PARTS[3]] = max(0, (over_base or 0) - sum(parts.values())) if over_base is not None else 0
+    return parts, new
+
+
+def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 8) -> SizeBreakdown:
+    """`check-size --image`: the image over its runtime base, split into the JIT toolchain, torch and its
+    CUDA wheels, vLLM and its other requirements, and the rest, with the largest layers."""
+    report = image_size_report(docker, image, 0, base=base, top=top)
+    base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
+    parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),
+                                report.over_base)
+    return SizeBreakdown(image, report.size, report.base, report.base_size, parts, report.layers, new)
+
+
+def format_size_breakdown(result: SizeBreakdown) -> list[str]:
+    over = result.over_base
+    lines = [f"{result.image}: {result.size / GB:.2f} GB"
+             + (f", {over / GB:.2f} GB over its base {result.base}" if over is not None
+                else (f" (base {result.base} is not present locally: parts are what the image adds)" if result.base
+                      else ""))]
+    for name, size in result.parts.items():
+        share = f" ({100 * size / over:.0f}%)" if over else ""
+        lines.append(f"  {size / 1e6:10.1f} MB  {name}{share}")
+    lines.append("largest layers:")
+    lines += [f"  {layer.size / 1e6:10.1f} MB  {layer.instruction[:120]}" for layer in result.layers]
+    return lines
+
+
 # --- used inside the build stage -------------------------------------------------------------------------------
 
 
@@ -1243,12 +1518,7 @@ def main(argv=None) -> int:
         print(json.dumps(info["labels"], indent=2, sort_keys=True))
         return 0
     report = image_size_report(args.docker, args.image, args.budget_gb)
-    print(
-        f"{report.image}: {report.size / GB:.2f} GB"
-        + (f", {report.over_base / GB:.2f} GB over {report.base}" if report.over_base is not None else "")
-    )
-    for layer in report.layers:
-        print(f"  {layer.size / 1e6:10.1f} MB  {layer.instruction[:120]}")
+    print("\n".join(format_size_breakdown(image_size_breakdown(args.docker, args.image))))
     if not report.ok:
         print(f"over the budget of {report.budget_gb:g} GB")
         return 1

@@ -59,10 +59,48 @@ class Settings:
 def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result."""
     rc = resolve_config(invoke_config, flags)
+    if rc.config.vllm_src:
+        rc = _private_copy_if_ours(rc, repo_root)
+    if rc.config.standin:
+        rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
     applied = mirrors.apply_mirror(profile, rc.config)
+    if rc.config.standin:  # local images: no registry mirror applies to them
+        applied = replace(applied, base_image=rc.config.base_image, runtime_image=rc.config.runtime_image)
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
     return Settings(rc, applied, facts, repo_root)
+
+
+def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+    """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
+    build/, so use-existing-torch and the build never edit this repository's tracked files."""
+    src = Path(rc.config.vllm_src).expanduser().resolve()
+    root = repo_root.resolve()
+    if root not in src.parents or (root / "build") in (src, *src.parents):
+        return rc
+    from scripts.image import sync_tree
+
+    copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
+    sync_tree(src, copy)
+    sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}"}
+    return ResolvedConfig(replace(rc.config, vllm_src=str(copy)), sources)
+
+
+def _on_standins(rc: ResolvedConfig) -> ResolvedConfig:
+    """``standin``: the bases become the TEST-ONLY stand-ins and CUDA the one their compiler has."""
+    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN, STANDIN_CUDA
+
+    cfg = rc.config
+    for name in ("base_image", "runtime_image"):
+        if getattr(cfg, name) and not rc.is_default(name):
+            raise ForgeError(f"--standin and {name} ({getattr(cfg, name)}) both name the bases",
+                             f"drop one of them (the stand-ins are {BUILD_STANDIN} and {RUNTIME_STANDIN})")
+    if not rc.is_default("cuda") and compat.cuda_minor(cfg.cuda) != STANDIN_CUDA:
+        raise ForgeError(f"the stand-in bases build with CUDA {STANDIN_CUDA}, not {cfg.cuda}",
+                         f"drop --cuda (or pass --cuda {STANDIN_CUDA}) with --standin")
+    config = replace(cfg, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda=STANDIN_CUDA)
+    sources = {**rc.sources, "base_image": "standin", "runtime_image": "standin", "cuda": "standin"}
+    return ResolvedConfig(config, sources)
 
 
 # --- options a task adds to the configuration -------------------------------------------------------------
@@ -88,6 +126,7 @@ class BakeOptions:
     build_args: dict[str, str] = field(default_factory=dict)
     limit_mb: float = 0.0
     audit: bool = True
+    jit: bool = True  # False: --no-jit
     context_dir: Path | None = None  # None: build/bake of this repo
 
 
@@ -290,7 +329,7 @@ def bake_request(settings: Settings, options: Options):
         registry_cache=cfg.registry_cache, platform=bake.platform, push=bake.push,
         builder=bake.builder or cfg.builder, cache_from=list(bake.cache_from), cache_to=list(bake.cache_to),
         no_cache=bake.no_cache, build_args=dict(bake.build_args), apt_mirror=applied.apt_mirror,
-        deps_cache=Path(cfg.cache_dir).expanduser(),
+        deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit,
     )
 
 
@@ -319,9 +358,24 @@ def _plan_bake(settings: Settings, options: Options) -> Step:
                      f"(`invoke clone --ref {cfg.vllm_ref}` moves it)")
     lines = plan.lines()
     notes += [line[2:] for line in lines if line.startswith("# ")]
+    standin = settings.config.standin
+    if standin:
+        notes.insert(0, images.STANDIN_NOTE + " (built by scripts/standin_images.py when missing)")
+    bases = [b for b in (plan.labels.get(f"{images.LABEL_PREFIX}.build-base", ""),
+                         plan.labels.get(f"{images.LABEL_PREFIX}.runtime-base", "")) if b and "$" not in b]
+    if bases and not standin:
+        notes.append(f"first check that {' and '.join(bases)} are here or in their registry")
 
     def execute(state: RunState, on_line):
         images.check_engine(client.path)
+        if standin:
+            from scripts.standin_images import ensure_standins
+
+            ensure_standins(client.path, log=on_line or (lambda line: None))
+        else:
+            missing = images.check_base_images(client.path, *(bases + ["", ""])[:2])
+            if missing:
+                raise images.missing_bases_error(missing, mirror=settings.mirror.profile.name)
         log_path = settings.repo_root / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
         result = images.run_bake(plan, on_line=on_line, log_path=log_path)
         result.log_path = log_path
@@ -379,6 +433,8 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
         request = replace(request, image=_image_for(options, steps))
     docker = options.bake.docker or images.default_docker()
     command = serving.plan_serve(request, docker)
+    if not options.dry_run:  # refused before anything is printed as if it would run
+        serving.check_port_free(request.host, request.port)
     notes = [f"then wait up to {options.serve_timeout_s:g} s for {serving.base_url(request)}/health"
              + (", and smoke-test /v1/models and a chat completion" if options.smoke else "")]
 

@@ -136,11 +136,12 @@ def test_json_schema_is_stable(wheel):
     assert data["target"] == ["sm_120", "sm_90a"]
     assert data["ok"] is False
     first = data["files"][0]
-    assert list(first) == ["path", "sass", "ptx", "verdict", "required", "error"]
+    assert list(first) == ["path", "sass", "ptx", "verdict", "required", "error", "optional"]
     assert [f["path"] for f in data["files"]] == sorted(f["path"] for f in data["files"])
     fa3 = next(f for f in data["files"] if f["path"].endswith("_fa3_C.abi3.so"))
     assert fa3 == {"path": "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "sass": ["sm_90a"], "ptx": [],
-                   "verdict": {"sm_120": "none", "sm_90a": "sass"}, "required": True, "error": None}
+                   "verdict": {"sm_120": "none", "sm_90a": "sass"}, "required": True, "error": None,
+                   "optional": None}  # the wheel has no Python saying FA3 is optional: judged required
 
 
 def test_directory_with_a_wheel_in_it(wheel, tmp_path):

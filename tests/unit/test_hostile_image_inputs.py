@@ -204,8 +204,8 @@ def test_a_plain_apt_mirror_passes(tmp_path, checkout_for_bake):
 def _dockerfile_apt_guard() -> str:
     """The shell the runtime stage runs before its sed, cut out of docker/Dockerfile."""
     text = (Path(image.FORGE_DOCKERFILE)).read_text()
-    start = text.index('            case "$APT_MIRROR" in')
-    end = text.index("            for f in /etc/apt/sources.list")
+    start = text.index('case "$APT_MIRROR" in')
+    end = text.index("for f in /etc/apt/sources.list")
     return text[start:end].replace("\\\n", "\n")
 
 
