@@ -917,6 +917,7 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
     ``src``; one that points outside is refused.
     """
     src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     _real_dir(dest)
     copied = 0
     wanted: set[Path] = set()

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts import credentials
 from scripts.errors import ForgeError
 
 SECRET_WORDS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "ACCESS_KEY", "CREDENTIAL")
@@ -26,6 +25,8 @@ def mask_env(env: Mapping[str, str]) -> dict[str, str]:
 
 def mask_urls(text: str) -> str:
     """``text`` with every URL's credentials masked as **** (one rule: scripts/credentials.py)."""
+    from scripts import credentials  # late: `invoke --list` imports this module, and loads no other
+
     return credentials.mask_urls(text)
 
 

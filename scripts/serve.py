@@ -564,7 +564,7 @@ def smoke_test(url: str, *, model: str = "", api_key: str = "", prompt: str = "S
     if response.status_code != 200:
         raise ForgeError(
             f"GET /v1/models answered {response.status_code}: {response.text[:200]}",
-            "check --api-key and the server log (`docker logs`)",
+            "check the API key ($VLLM_API_KEY or --api-key-file) and the server log (`docker logs`)",
             exit_code=1,
         )
     models = [m.get("id", "") for m in response.json().get("data", [])]

@@ -64,7 +64,7 @@ def test_the_recorded_server_is_stopped(tmp_path, monkeypatch):
     server = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         serve.write_pid_record(tmp_path / "srv.pid", server.pid)
-        assert serve.stop("srv") == f"stopped local server (pid {server.pid})"
+        assert serve.stop("srv") == f"stopped local server (pid {server.pid}, its whole process group)"
         assert server.wait(timeout=10) == -signal.SIGTERM
     finally:
         if server.poll() is None:

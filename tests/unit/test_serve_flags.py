@@ -35,8 +35,6 @@ def test_flags_reach_the_container_the_local_server_and_compose():
     local = serve.plan_serve(req(local=True, image="", **FLAGS)).argv
     assert local[-len(EXPECTED_TAIL):] == EXPECTED_TAIL
     compose = serve.compose_file(req(**FLAGS))
-    command = next(line for line in compose.splitlines() if line.strip().startswith("command:"))
-    assert command.endswith(", ".join(f'"{w}"' for w in EXPECTED_TAIL) + "]")
     yaml = pytest.importorskip("yaml")
     assert yaml.safe_load(compose)["services"]["vllm-forge-serve"]["command"][-len(EXPECTED_TAIL):] == EXPECTED_TAIL
 
@@ -186,4 +184,5 @@ def test_a_python_without_vllm_is_told_to_install_vllm():
 
 def test_compose_keeps_a_dollar_in_a_passed_flag_literal():
     compose = serve.compose_file(req(extra_args=["--chat-template", "{{ '$HOME' }}"]))
-    assert "\"{{ '$$HOME' }}\"" in compose  # compose turns $$ back into $, and substitutes a lone $HOME
+    command = pytest.importorskip("yaml").safe_load(compose)["services"]["vllm-forge-serve"]["command"]
+    assert command[-1] == "{{ '$$HOME' }}"  # compose turns $$ back into $, and substitutes a lone $HOME
