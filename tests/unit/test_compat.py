@@ -132,3 +132,9 @@ def test_nccl_minimum_picks_the_closest_row_below(monkeypatch):
     assert compat.nccl_min_for_capability("8.0")[0] == "2.7.3"
     monkeypatch.delitem(compat.NCCL_MIN_FOR_ARCH, "8.0")
     assert compat.nccl_min_for_capability("8.0") is None
+
+
+def test_known_cudas_sort_as_numbers_not_text(monkeypatch):
+    monkeypatch.setitem(compat.CUDA_ARCHS, "12.10", frozenset({"sm_120"}))
+    assert compat.known_cudas()[-3:] == ["12.9", "12.10", "13.0"]
+    assert compat.min_cuda_for("sm_120") == "12.8" and compat.max_cuda_for("sm_120") == "13.0"

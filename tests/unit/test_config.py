@@ -245,3 +245,24 @@ def test_source_dir_is_the_given_checkout_else_the_clone(monkeypatch):
     assert resolve_config(None, {"checkout_dir": "build/v"}).config.source_dir == "build/v"
     assert resolve_config(None, {"vllm_src": "~/vllm", "checkout_dir": "build/v"}).config.source_dir == "/home/u/vllm"
     assert resolve_config(None, {"checkout_dir": "~/c"}).config.source_dir == "/home/u/c"
+
+
+def test_any_object_without_layers_gives_the_defaults():
+    from types import SimpleNamespace
+
+    assert resolve_config(SimpleNamespace(), {}).config == resolve_config(None, {}).config
+    assert resolve_config(Layers.__new__(Layers), {}).config.arch == DEFAULTS["arch"]  # no "forge" key at all
+
+
+def test_small_jobs_are_fine():
+    assert resolve_config(None, {"mem_per_job_gb": 0.5}).config.mem_per_job_gb == 0.5
+
+
+def test_the_mirror_profile_is_checked_with_the_users_profiles():
+    with pytest.raises(ForgeError, match="moon"):
+        resolve_config(None, {"mirror": "moon"})
+    mirrors = {"lab": {"extends": "cn"}}
+    config = Layers({"mirror": "lab", "mirrors": mirrors}, _project={"mirror": "lab", "mirrors": mirrors})
+    assert resolve_config(config, {}).config.mirror == "lab"
+    with pytest.raises(ForgeError, match="lab"):
+        resolve_config(Layers({"mirror": "lab"}), {})

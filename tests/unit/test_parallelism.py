@@ -43,7 +43,8 @@ def test_no_memory_at_all_is_refused():
 @pytest.mark.parametrize("cores, threads", [(7, 1), (8, 2), (9, 2)])
 def test_two_nvcc_threads_from_eight_cores(cores, threads):
     """Several archs get a second nvcc thread only on 8 cores or more."""
-    assert choose_parallelism(cores=cores, avail_gb=1024, n_archs=3).nvcc_threads == threads
+    p = choose_parallelism(cores=cores, avail_gb=1024, n_archs=3)
+    assert p.nvcc_threads == threads and f"(3 arch(s), at most {threads} on {cores} cores)" in p.reason
 
 
 def test_one_arch_never_gets_a_second_thread():
@@ -111,6 +112,10 @@ def test_reason_shows_the_arithmetic():
         "Override with --max-jobs/--nvcc-threads, or --mem-per-job-gb if your compiles need more or less memory")
     small = choose_parallelism(cores=4, avail_gb=1024, n_archs=3)
     assert "NVCC_THREADS=1 (3 arch(s), at most 1 on 4 cores)" in small.reason
+
+
+def test_jobs_smaller_than_a_gib_are_fine():
+    assert choose_parallelism(cores=4, avail_gb=1, mem_per_job_gb=0.5).max_jobs == 2
 
 
 @pytest.mark.parametrize("mem", [0, -4])
