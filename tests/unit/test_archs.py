@@ -178,6 +178,11 @@ def test_variants_are_separate_archs_in_order():
     assert fa_cmake_gpu_arches(archs) == "80-real;80-virtual;90-real;90a-real;100f-real;120-real"
 
 
+def test_merging_keeps_the_variant():
+    assert parse_arch_list("9.0a 9.0a+PTX", detect=no_gpu) == [CudaArch(9, 0, "a", ptx=True)]
+    assert parse_arch_list("compute_100f sm_100f", detect=no_gpu) == [CudaArch(10, 0, "f", ptx=True)]
+
+
 def test_repeated_sass_keeps_no_ptx():
     assert parse_arch_list("sm_120 12.0", detect=no_gpu) == [CudaArch(12, 0)]
 
@@ -367,11 +372,11 @@ def test_main_prints_every_variable(capsys):
     from scripts.archs import main
 
     assert main(["9.0a;rtx5090", "--cuda", "12.8"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
+    assert capsys.readouterr().out == json.dumps({
         "sm": ["sm_90a", "sm_120"],
         "TORCH_CUDA_ARCH_LIST": "9.0a;12.0",
         "VLLM_FA_CMAKE_GPU_ARCHES": "90a-real;120-real",
-    }
+    }, indent=2) + "\n"
 
 
 def test_main_refuses_what_the_cuda_cannot_build():

@@ -29,6 +29,7 @@ def func(source: str) -> ast.FunctionDef:
     ('f"pass --jobs {max(1, jobs)}"', 'f"pass --jobs {max(2, jobs)}"'),
     ('f"x is {x}", f"pass --jobs {max(1, jobs)}", ', 'f"x is {x}", '),
     ('help="the x"', 'help="XXthe xXX"'),
+    (', help="the x"', ""),
 ])
 def test_text_of_an_exception_or_help_is_message_only(old, new):
     assert old in ORIGINAL
