@@ -65,3 +65,8 @@ def test_score_leaves_out_message_only_and_equivalent(tmp_path, monkeypatch):
     monkeypatch.setattr(mutation_score, "EQUIVALENT", {"scripts.m.x_check__mutmut_3": ("if x > 7:", "test")})
     score = mutation_score.score_module(tmp_path, "scripts/m.py", stale)
     assert score.equivalent == 0 and stale == ["scripts.m.x_check__mutmut_3"]
+    # a mutant listed as equivalent that a test kills was not equivalent: it counts
+    monkeypatch.setattr(mutation_score, "EQUIVALENT", {"scripts.m.x_check__mutmut_1": ("if x <= 0:", "test")})
+    stale.clear()
+    score = mutation_score.score_module(tmp_path, "scripts/m.py", stale)
+    assert score.equivalent == 0 and score.counted_killed == 1 and stale == ["scripts.m.x_check__mutmut_1"]
