@@ -50,8 +50,6 @@ EQUIVALENT: dict[str, tuple[str, str]] = {
     "scripts.compat.x_nccl_min_for_capability__mutmut_17": (
         "k_minor >= best[0]",
         "the rows are distinct capabilities, so within one major k_minor never equals best[0]"),
-    "scripts.config.x__coerce__mutmut_2": (
-        "return bool(None)", "no DEFAULTS value is a bool, so the bool branch never runs"),
     "scripts.archs.x_parse_arch_token__mutmut_72": (
         'or "XXXX").lower() == "virtual"', 'the default only has to differ from "virtual"; "xxxx" does'),
 }

@@ -256,13 +256,3 @@ def test_any_object_without_layers_gives_the_defaults():
 
 def test_small_jobs_are_fine():
     assert resolve_config(None, {"mem_per_job_gb": 0.5}).config.mem_per_job_gb == 0.5
-
-
-def test_the_mirror_profile_is_checked_with_the_users_profiles():
-    with pytest.raises(ForgeError, match="moon"):
-        resolve_config(None, {"mirror": "moon"})
-    mirrors = {"lab": {"extends": "cn"}}
-    config = Layers({"mirror": "lab", "mirrors": mirrors}, _project={"mirror": "lab", "mirrors": mirrors})
-    assert resolve_config(config, {}).config.mirror == "lab"
-    with pytest.raises(ForgeError, match="lab"):
-        resolve_config(Layers({"mirror": "lab"}), {})
