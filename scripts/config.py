@@ -177,7 +177,7 @@ def _coerce(name: str, value: Any, source: str = "default") -> Any:
     return "" if value is None else str(value)
 
 
-_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20~^:?*\[\\]|//|^/|/$|\.lock$|^-|\.$)")
+_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.lock(/|$)|^-|\.$|(^|/)\.)")
 
 
 def check_git_ref(ref: str) -> None:
@@ -189,11 +189,11 @@ def check_git_ref(ref: str) -> None:
         )
 
 
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+\Z")
 
 
 def check_repo_url(url: str) -> None:
-    if re.match(r"^(https?|ssh|git|file)://[^\s]+$", url) or _SCP_LIKE.match(url):
+    if re.match(r"^(https?|ssh|git|file)://[^\s]+\Z", url) or _SCP_LIKE.match(url):
         return
     if url and not re.search(r"\s", url) and (url.startswith(("/", "./", "../", "~"))):
         return  # a local path to a repository

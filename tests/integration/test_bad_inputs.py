@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, docker_available, require_tool
+from tests.conftest import docker_available, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -506,10 +506,16 @@ def test_every_case_is_a_row_of_docs_errors_md():
 
 
 def test_cases_need_only_what_ci_installs():
-    """In CI every `needs` is met (nogpu/notorch by the runner having neither), so no case is skipped there."""
-    if not IN_CI:
-        pytest.skip("only meaningful in CI")
+    """Every `needs` is one _check_needs knows, and its tools (nvcc, docker) are here: in CI they must be
+    (nogpu/notorch hold by the runner having neither), so no case is skipped there; elsewhere this runs
+    when both tools are present and is skipped, naming the missing one, when not."""
+    needs = {need for case in CASES for need in case.needs}
+    assert needs <= {"nvcc", "nvcc13", "docker", "nogpu", "notorch"}, needs
+    assert {"nvcc", "docker"} <= needs  # the tools this test checks are the ones cases rely on
     _check_needs(("nvcc", "docker"))
+    from scripts.toolchain import find_cuda_toolchain
+
+    assert Path(find_cuda_toolchain().nvcc).is_file() and docker_available()
 
 
 def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's table from real runs
