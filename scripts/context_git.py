@@ -129,45 +129,72 @@ def write_config(path: Path, entries: list[tuple[str, str]]) -> None:
     os.replace(partial, path)
 
 
+_SMALL = 1 << 20  # git rewrites refs, HEAD, index, commit-graph in place, often at the same size
+
+
 def _copy_file(source: Path, target: Path) -> int:
-    """Copy one file if it differs (size, mtime); 1 if copied."""
+    """Copy one file unless ``target`` already is a copy of it; 1 if copied. Size and mtime to the
+    nanosecond decide, and the bytes too for small files: a ref moved within the same second keeps
+    its size."""
     try:
         st, tt = source.stat(), target.stat()
-        if st.st_size == tt.st_size and int(st.st_mtime) == int(tt.st_mtime):
+        if st.st_size == tt.st_size and st.st_mtime_ns == tt.st_mtime_ns and (
+            st.st_size > _SMALL or source.read_bytes() == target.read_bytes()
+        ):
             return 0
     except FileNotFoundError:
         pass
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    target.unlink(missing_ok=True)  # a new inode: a context hard-linked to the old one stays as it was
     shutil.copy2(source, target)
     return 1
 
 
-SyncTree = Callable[..., int]  # scripts.image.sync_tree(src, dest, *, skip)
+def _sync_dir(src: Path, dest: Path, skip: Callable[[Path], bool] = lambda rel: False) -> int:
+    """Make ``dest`` a copy of the git-internal tree ``src`` (files only, no links to follow)."""
+    copied = 0
+    wanted: set[Path] = set()
+    for root, _dirs, files in os.walk(src):
+        rel_root = Path(root).relative_to(src)
+        for name in files:
+            rel = rel_root / name
+            if not skip(rel) and not (Path(root) / name).is_symlink():
+                wanted.add(rel)
+                copied += _copy_file(src / rel, dest / rel)
+    for root, dirs, files in os.walk(dest, topdown=False):
+        rel_root = Path(root).relative_to(dest)
+        for name in files:
+            if rel_root / name not in wanted:
+                (Path(root) / name).unlink()
+        for name in dirs:
+            path = Path(root) / name
+            if not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+    dest.mkdir(parents=True, exist_ok=True)
+    return copied
 
 
-def sanitize_git_dir(checkout: Path, dest: Path, sync: SyncTree) -> int:
-    """Make ``dest`` a credential-free git dir for ``checkout`` (see the module docstring); returns
-    how many files were copied. ``sync`` copies a directory tree incrementally (image.sync_tree)."""
+def sanitize_git_dir(checkout: Path, dest: Path) -> int:
+    """Make ``dest`` a credential-free git dir for ``checkout`` (see the module docstring),
+    incrementally; returns how many files were copied."""
     found = git_dirs(checkout)
     if found is None:
         shutil.rmtree(dest, ignore_errors=True)
         return 0
     git_dir, common = found
-    return _sanitize(git_dir, common, Path(dest), sync)
+    return _sanitize(git_dir, common, Path(dest))
 
 
-def _sanitize(git_dir: Path, common: Path, dest: Path, sync: SyncTree,
-              extra_config: list[tuple[str, str]] | None = None) -> int:
+def _sanitize(git_dir: Path, common: Path, dest: Path, extra_config: list[tuple[str, str]] | None = None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
-    never = lambda rel, is_dir: False  # noqa: E731 - copy these trees whole
     copied = 0
     kept = {"objects", "refs", "config", "HEAD"}
-    copied += sync(common / "objects", dest / "objects",
-                   skip=lambda rel, is_dir: rel.as_posix() == "info/alternates")
-    copied += sync(common / "refs", dest / "refs", skip=never) if (common / "refs").is_dir() else 0
-    (dest / "refs").mkdir(exist_ok=True)  # git wants it even when every ref is packed
+    copied += _sync_dir(common / "objects", dest / "objects", skip=lambda rel: rel.as_posix() == "info/alternates")
+    copied += _sync_dir(common / "refs", dest / "refs")  # an empty refs/ too: git wants it
     if (common / "reftable").is_dir():
-        copied += sync(common / "reftable", dest / "reftable", skip=never)
+        copied += _sync_dir(common / "reftable", dest / "reftable")
         kept.add("reftable")
     # Objects borrowed from another repository (clone --reference / --shared): copied in, since the
     # other repository is not in the context.
@@ -177,7 +204,7 @@ def _sanitize(git_dir: Path, common: Path, dest: Path, sync: SyncTree,
         for i, line in enumerate(x.strip() for x in alternates.read_text().splitlines()):
             source = (common / "objects" / line).resolve()
             if line and not line.startswith("#") and source.is_dir():
-                copied += sync(source, dest / "alternates" / str(i), skip=never)
+                copied += _sync_dir(source, dest / "alternates" / str(i))
                 lines.append(f"../alternates/{i}")
         kept.add("alternates")
     if lines:
@@ -206,7 +233,7 @@ def _sanitize(git_dir: Path, common: Path, dest: Path, sync: SyncTree,
                 continue  # not a git dir (refs/.../HEAD), or a nested module its parent's copy covers
             done.append(rel)
             worktree = _module_worktree(module)
-            copied += _sanitize(module, module, dest / "modules" / rel, sync,
+            copied += _sanitize(module, module, dest / "modules" / rel,
                                 [("core.worktree", worktree)] if worktree else [])
         for entry in (dest / "modules").iterdir():  # submodules an earlier copy had
             if not any(rel.parts[0] == entry.name for rel in done):

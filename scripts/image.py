@@ -999,7 +999,7 @@ def stage_checkout(src: Path, dest: Path, git_mirror: Path) -> int:
     from scripts import context_git
 
     copied = sync_tree(src, dest, skip=_checkout_skip)
-    copied += context_git.sanitize_git_dir(src, git_mirror, sync_tree)
+    copied += context_git.sanitize_git_dir(src, git_mirror)
     if git_mirror.is_dir():
         context_git.link_tree(git_mirror, dest / ".git")
     return copied
