@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
     "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
+    "non_root": False,  # bake: the runtime image runs vLLM as uid 2000 (docs/image.md)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
@@ -88,6 +89,7 @@ class BuildConfig:
     wheel_limit_mb: int
     mirror: str
     standin: bool
+    non_root: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
