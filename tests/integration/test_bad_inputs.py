@@ -121,6 +121,11 @@ def with_local_changes(s: Scratch) -> None:
     (co / "notes.txt").write_text("my notes")
 
 
+def with_builder_without_buildx(s: Scratch) -> None:
+    s.copy_checkout()
+    s.env.update(INVOKE_FORGE_BUILDER="gpu-builders", VLLM_FORGE_DOCKER="/usr/bin/docker")
+
+
 def with_foreign_dir(s: Scratch) -> None:
     (s.tmp / "co").mkdir()
     (s.tmp / "co" / "precious.txt").write_text("keep me")
@@ -386,6 +391,15 @@ CASES = [
          "is not OLD=NEW", "the checkout and the cache", with_checkout),
     Case("inspect-tree-not-vllm", ["inspect-tree", "--vllm-src", "{tmp}/empty"], "not a vLLM source tree",
          "the directory named", with_empty_dir),
+    # --- what a new user types: typos, missing arguments, settings that cannot go together (issue 18) ---
+    Case("task-typo", ["build-weel", "--arch", "12.0"], "did you mean build-wheel?", UNTOUCHED),
+    Case("flag-typo", ["build-wheel", "--archs", "12.0"], "did you mean --arch?", UNTOUCHED),
+    Case("serve-without-model", ["serve", "--image", "vllm-forge/vllm:x"], "serve needs MODEL", UNTOUCHED),
+    Case("stray-argument", ["clone", "--dry-run", "v0.11.0"], "clone takes no argument 'v0.11.0'", UNTOUCHED),
+    Case("standin-and-base-image", ["bake", "--standin", "--base-image", "my.reg/pytorch:1", "--dry-run",
+                                    "--vllm-src", "{co}"], "both name the bases", "the checkout", with_checkout),
+    Case("plan-with-a-step-not-ready", ["plan", "--vllm-src", "{co}"], "step(s) cannot run as configured",
+         "the checkout", with_builder_without_buildx),
 ]
 
 
