@@ -165,3 +165,53 @@ def compilers(session: nox.Session, cuda: str) -> None:
 def bench(session: nox.Session) -> None:
     """Time cold/warm/single-arch/7-arch builds of the miniature and a no-change re-bake (reports/bench.json)."""
     session.run(sys.executable, "scripts/bench.py", *session.posargs)
+
+
+# The modules whose mutation score issue 22 tracks; `nox -s mutants -- archs` scores one.
+MUTATION_CORE = ("archs", "compat", "fatbin", "audit", "nccl_logs", "parallelism", "config")
+
+
+def _mutation_paths(session: nox.Session, names: list[str]) -> list[str]:
+    paths = []
+    for name in names or MUTATION_CORE:
+        stem = name.removesuffix(".py").replace(".", "/").removeprefix("scripts/")
+        if not (REPO_ROOT / "scripts" / f"{stem}.py").is_file():
+            session.error(f"no module scripts/{stem}.py; name one of scripts/ (e.g. archs, scripts/compat.py)")
+        paths.append(f"scripts/{stem}.py")
+    return paths
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation score per module with mutmut over tests/unit (-- archs config: those only; slow, not in CI)."""
+    import re
+    import shutil
+    import subprocess
+
+    _install_requirements(session, "requirements-dev.txt")
+    session.install("mutmut==3.8.1")
+    options, names, args = [], [], list(session.posargs)
+    while args:  # module names, and mutmut run's own options (--max-children N)
+        arg = args.pop(0)
+        if arg.startswith("-"):
+            options += [arg] + ([args.pop(0)] if args and "=" not in arg else [])
+        else:
+            names.append(arg)
+    paths = _mutation_paths(session, names)
+    # A fresh copy of the working tree, so mutmut's mutants/ and the only_mutate this run needs stay out of the
+    # checkout. Fresh each run: mutmut's cached test-to-function map goes stale when only_mutate changes.
+    work = REPO_ROOT / "build" / "mutation"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    shutil.rmtree(work, ignore_errors=True)
+    for name in files:
+        if (REPO_ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, work / name)
+    pyproject = work / "pyproject.toml"
+    pyproject.write_text(re.sub(r"(?m)^only_mutate = .*$", "only_mutate = " + repr(paths).replace("'", '"'),
+                                pyproject.read_text()))
+    globs = [path.removesuffix(".py").replace("/", ".") + ".*" for path in paths]
+    with session.chdir(work):
+        session.run("mutmut", "run", *options, *globs)
+        session.run("python", "tests/mutation_score.py", str(work), *paths)

@@ -786,6 +786,7 @@ IMAGE_HELP = {
     "cache_to": "--cache-to destination (buildx only)",
     "no_cache": "build without the layer cache",
     "build_arg": "extra build arg NAME=VALUE (may repeat)",
+    "non_root": "runtime image runs vLLM as an unprivileged user, uid 2000 (invoke.yaml: non_root: true)",
 }
 
 
@@ -809,12 +810,13 @@ def _bake_task(chain: bool, doc: str):
              build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
-             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False):
+             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
+             non_root=False):
         settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
-                             standin=True if standin else None)
+                             standin=True if standin else None, non_root=non_root or None)
         bake_options = pipelines.BakeOptions(
             target=target, tag=tag, dockerfile=dockerfile, docker=docker,
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
@@ -875,6 +877,7 @@ def _print_labels(info: dict) -> None:
     for name, value in sorted(info["labels"].items()):
         table.add_row(name, escape(value))
     console.print(table)
+    console.print(f"runs as: {escape(info['user'] or 'root')} (image USER)")
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
     # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
     "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
+    "non_root": False,  # bake: the runtime image runs vLLM as uid 2000 (docs/image.md)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
@@ -88,6 +89,7 @@ class BuildConfig:
     wheel_limit_mb: int
     mirror: str
     standin: bool
+    non_root: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,7 +179,7 @@ def _coerce(name: str, value: Any, source: str = "default") -> Any:
     return "" if value is None else str(value)
 
 
-_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20~^:?*\[\\]|//|^/|/$|\.lock$|^-|\.$)")
+_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.lock(/|$)|^-|\.$|(^|/)\.)")
 
 
 def check_git_ref(ref: str) -> None:
@@ -189,11 +191,11 @@ def check_git_ref(ref: str) -> None:
         )
 
 
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+\Z")
 
 
 def check_repo_url(url: str) -> None:
-    if re.match(r"^(https?|ssh|git|file)://[^\s]+$", url) or _SCP_LIKE.match(url):
+    if re.match(r"^(https?|ssh|git|file)://[^\s]+\Z", url) or _SCP_LIKE.match(url):
         return
     if url and not re.search(r"\s", url) and (url.startswith(("/", "./", "../", "~"))):
         return  # a local path to a repository

@@ -7,8 +7,12 @@ build-arg, secret and label) and returns the exact commands; ``--dry-run`` print
 - ``forge`` (default): ``docker/Dockerfile`` of this repo, NGC PyTorch build base, CUDA runtime base.
   Its build context is staged under ``build/bake/context`` (``vllm/`` = the checkout, ``forge/`` =
   this repo's scripts), because the build stage runs vllm-forge's own scripts.
-- ``upstream``: the checkout's own ``docker/Dockerfile`` with the checkout as context, given the
-  same knobs under vLLM's ARG names (only the ARGs that Dockerfile declares).
+- ``upstream``: the checkout's own ``docker/Dockerfile`` with a staged copy of the checkout as
+  context (``build/bake/checkout``), given the same knobs under vLLM's ARG names (only the ARGs that
+  Dockerfile declares).
+
+Either way the checkout's git metadata goes in through ``scripts/context_git.py``: history and
+tags, no credentials (a context lands in layers and in BuildKit's cache).
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 TARGETS = ("build", "wheel", "runtime")
 # Our target name -> the stage of vLLM's own Dockerfile that plays that part.
 UPSTREAM_TARGETS = {"build": "build", "wheel": "build", "runtime": "vllm-openai"}
+# --non-root: the runtime target's unprivileged variant (vLLM's own is vllm-openai-nonroot).
+NON_ROOT_STAGES = {"forge": "runtime-nonroot", "upstream": "vllm-openai-nonroot"}
 UPSTREAM_DIST_DIR = "/workspace/dist"  # where vLLM's build stage leaves its wheel
 LABEL_PREFIX = "org.vllm-forge"
 DEFAULT_REPOSITORY = "vllm-forge/vllm"
@@ -328,6 +334,7 @@ class BakeRequest:
     apt_mirror: str = ""  # scheme://host put in place of the Ubuntu/Debian apt hosts (mirror profile)
     deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
     jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
+    non_root: bool = False  # runtime target: serve as an unprivileged user (NON_ROOT_STAGES)
 
 
 @dataclass
@@ -343,7 +350,7 @@ class BakePlan:
     secrets: dict[str, str]  # id -> file
     labels: dict[str, str]
     commands: list[Command]
-    stage_context: bool  # forge recipe: sync the checkout + scripts into `context` first
+    stage_context: bool  # sync the checkout (forge: + scripts) into `context` first
     secret_values: dict[str, str] = field(default_factory=dict)  # id -> value written at run time
     notes: list[str] = field(default_factory=list)
     # A wheel export lands here first (private to this run, inside dist/), then moves into dist/ file
@@ -357,10 +364,16 @@ class BakePlan:
         """The plan as printable lines: comments, then each exact command."""
         out = [f"# docker client: {self.client.describe()}"]
         out += [f"# {note}" for note in self.notes]
-        if self.stage_context:
+        if self.stage_context and self.recipe == "forge":
             out.append(
                 f"# stage the build context {self.context}: vllm/ <- {self.request.src} "
-                f"(without build outputs), forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+                f"(without build outputs, credential files or git credentials), "
+                f"forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+            )
+        elif self.stage_context:
+            out.append(
+                f"# stage the build context {self.context} <- {self.request.src} "
+                f"(without build outputs, credential files or git credentials)"
             )
         for secret_id in self.secret_values:
             out.append(f"# write secret {secret_id} to {self.secrets[secret_id]} (mode 0600, removed afterwards)")
@@ -638,6 +651,15 @@ def check_apt_mirror(value: str, where: str = "the mirror profile's apt_mirror")
     return value
 
 
+def _runtime_user(recipe: str, target_stage: str, declared: dict[str, str | None]) -> str:
+    """Who the image's processes run as, for the org.vllm-forge.user label (`invoke inspect`)."""
+    if target_stage == NON_ROOT_STAGES["forge"] and recipe == "forge":
+        return f"vllm (uid {declared.get('VLLM_UID') or '?'}, gid 0)"
+    if target_stage == NON_ROOT_STAGES["upstream"]:
+        return f"non-root ({target_stage}'s USER)"
+    return "root"
+
+
 def _check_secret_file(path: Path | None, flag: str) -> None:
     if path is not None and not Path(path).expanduser().is_file():
         raise ForgeError(f"{flag} {path} is not a file", f"pass {flag} the path of an existing file")
@@ -682,17 +704,20 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
     remote_build.require_buildx(request.builder, request.registry_cache, docker=client.path,
                                 available=client.mode == "buildx")
 
+    # Every recipe builds from a staged copy, never from the checkout itself: its .git holds
+    # credentials a context would carry into layers and BuildKit's cache (scripts/context_git.py).
     if request.dockerfile == "forge":
-        recipe, dockerfile, context, stage = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context", True
+        recipe, dockerfile, context = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context"
     elif request.dockerfile == "upstream":
-        recipe, dockerfile, context, stage = "upstream", find_upstream_dockerfile(src), src, False
+        recipe, dockerfile, context = "upstream", find_upstream_dockerfile(src), Path(request.context_dir) / "checkout"
     else:
         dockerfile = Path(request.dockerfile).expanduser().resolve()
         if not dockerfile.is_file():
             raise ForgeError(
                 f"--dockerfile {request.dockerfile} is not a file", "pass forge, upstream or a Dockerfile path"
             )
-        recipe, context, stage = "custom", src, False
+        recipe, context = "custom", Path(request.context_dir) / "checkout"
+    stage = True
     base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
     for flag, value in (("--base-image", base), ("--runtime-image", runtime), ("--tag", request.tag)):
         if value:  # they may come from a shared invoke.yaml or mirror profile: never a docker option
@@ -700,6 +725,16 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
     declared = dockerfile_args(dockerfile)
     stages = dockerfile_stages(dockerfile)
     target_stage = request.target if recipe == "forge" else UPSTREAM_TARGETS[request.target]
+    if request.non_root:
+        if request.target != "runtime":
+            raise ForgeError(f"--non-root is about the serving image, not --target {request.target}",
+                             "drop --non-root, or bake --target runtime")
+        target_stage = NON_ROOT_STAGES.get(recipe, NON_ROOT_STAGES["upstream"])
+        if target_stage not in stages and recipe != "forge":
+            raise ForgeError(
+                f"{dockerfile} has no stage '{target_stage}' for --non-root (vLLM added it in its own Dockerfile)",
+                "use --dockerfile forge --non-root, or a vLLM version whose Dockerfile has vllm-openai-nonroot",
+            )
     if recipe != "forge" and target_stage not in stages:
         raise ForgeError(
             f"{dockerfile} has no stage '{target_stage}' (stages: {', '.join(stages) or 'none'})",
@@ -780,6 +815,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         f"{LABEL_PREFIX}.recipe": recipe,
         f"{LABEL_PREFIX}.mirror": request.mirror,
         **({f"{LABEL_PREFIX}.jit": plan_jit_toolchain(request, archs).label} if recipe == "forge" else {}),
+        f"{LABEL_PREFIX}.user": _runtime_user(recipe, target_stage, declared),
         f"{LABEL_PREFIX}.version": forge_version,
     }
 
@@ -790,13 +826,17 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         else (
             request.tag
             or default_tag(identity, request.cuda, archs, "build" if export_wheel else request.target)
+            + ("-nonroot" if request.non_root else "")
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
     export_dir = (dist_dir / f".staging-{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
                   if export_wheel else None)
     argv = list(client.build_argv)
-    argv += ["--progress=plain", "-f", str(dockerfile), "--target", target_stage]
+    # A Dockerfile inside the checkout is read from the staged copy (its .dockerignore sits there too).
+    staged_dockerfile = (context / dockerfile.relative_to(src)
+                         if recipe != "forge" and dockerfile.is_relative_to(src) else dockerfile)
+    argv += ["--progress=plain", "-f", str(staged_dockerfile), "--target", target_stage]
     if client.mode == "buildx":
         argv += remote_build.buildx_build_args(request.builder, request.registry_cache)
     if request.platform:
@@ -1008,25 +1048,34 @@ def cached_git_deps(request: BakeRequest, tree: VllmTree | None = None) -> list:
     return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
 
 
-def _stage_marker(source: Path, target: Path) -> None:
-    """The deps marker, with no URL credential in it (a cache made by an older vllm-forge may hold one)."""
-    try:
-        info = json.loads(source.read_text())
-    except (OSError, ValueError):
-        info = None
-    if not isinstance(info, dict):
-        _copy_file(source, target)
-        return
-    clean = {k: credentials.strip_credentials(v) if isinstance(v, str) else v for k, v in info.items()}
-    partial = target.with_name(f".{target.name}.forge-partial")
-    _remove(partial)
-    partial.write_text(json.dumps(clean, indent=2) + "\n")
-    os.replace(partial, target)
+def _checkout_skip(rel: Path, is_dir: bool) -> bool:
+    """What a checkout's copy leaves out: build outputs (``_skip``), files holding logins, and git
+    dirs (the top one goes in sanitized; a nested repository is not part of the source). A nested
+    ``.git`` *file* (a submodule's pointer into the top git dir's modules/) is kept."""
+    from scripts.context_git import is_credential_file
+
+    if rel.name == ".git" and (is_dir or len(rel.parts) == 1):
+        return True
+    return (not is_dir and is_credential_file(rel.name)) or _skip(rel, is_dir)
+
+
+def stage_checkout(src: Path, dest: Path, git_mirror: Path) -> int:
+    """Copy a checkout to ``dest`` with its git metadata made credential-free: kept incrementally in
+    ``git_mirror`` (outside any context) and linked in as ``dest/.git``."""
+    from scripts import context_git
+
+    copied = sync_tree(src, dest, skip=_checkout_skip)
+    copied += context_git.sanitize_git_dir(src, git_mirror)
+    if git_mirror.is_dir():
+        context_git.link_tree(git_mirror, dest / ".git")
+    return copied
 
 
 def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     """Copy the cached dependencies (and their markers) to the context's deps/, bind-mounted into the
-    wheel build as a fetch-deps cache; an empty deps/ when there are none."""
+    wheel build as a fetch-deps cache; an empty deps/ when there are none. A dependency's clone and
+    marker go in without credentials (a --github-proxy or --url-map URL may carry them)."""
+    from scripts.context_git import public_url
     from scripts.fetch_deps import dep_dir
 
     _real_dir(dest)
@@ -1035,8 +1084,18 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     for dep in cached_git_deps(plan.request, plan.tree):
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
-        copied += sync_tree(source, dest / source.name)
-        _stage_marker(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
+        mirror = Path(plan.request.context_dir) / "git" / "deps" / source.name
+        copied += stage_checkout(source, dest / source.name, mirror)
+        marker = json.loads(source.with_name(source.name + ".forge-dep.json").read_text())
+        # `repository` is the checkout's own CMake string (in the context anyway; is_cached compares it).
+        marker["fetched_from"] = public_url(str(marker.get("fetched_from", "")))
+        text = json.dumps(marker, indent=2) + "\n"
+        target = dest / (source.name + ".forge-dep.json")
+        if target.is_symlink() or not target.is_file() or target.read_text() != text:
+            partial = target.with_name(f".{target.name}.forge-partial")  # never written through a planted link
+            _remove(partial)
+            partial.write_text(text)
+            os.replace(partial, target)
     for stale in dest.iterdir():
         if stale.name not in wanted:
             _remove(stale)
@@ -1044,12 +1103,18 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
 
 
 def stage_context(plan: BakePlan) -> int:
-    """Lay out the forge recipe's context: vllm/ (the checkout) and forge/ (the scripts the build runs)."""
+    """Lay out the build context: for the forge recipe vllm/ (the checkout) and forge/ (the scripts
+    the build runs); for the others a copy of the checkout. No credentials either way."""
     context = plan.context
     context.parent.mkdir(parents=True, exist_ok=True)
-    for part in (context, context / "forge", context / "forge" / "docker"):  # never a planted symlink
+    _real_dir(context)  # never a planted symlink
+    src = Path(plan.request.src).expanduser().resolve()
+    git_mirror = Path(plan.request.context_dir) / "git" / "vllm"
+    if plan.recipe != "forge":
+        return stage_checkout(src, context, git_mirror)
+    for part in (context / "forge", context / "forge" / "docker"):
         _real_dir(part)
-    copied = sync_tree(Path(plan.request.src).expanduser().resolve(), context / "vllm")
+    copied = stage_checkout(src, context / "vllm", git_mirror)
     keep = {f"{name}.py" for name in script_closure()}
     copied += sync_tree(
         REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
@@ -1213,6 +1278,7 @@ def inspect_image(docker: str, image: str) -> dict:
         "labels": config.get("Labels") or {},
         "entrypoint": config.get("Entrypoint") or [],
         "env": config.get("Env") or [],
+        "user": config.get("User") or "",  # "" : root
     }
 
 
@@ -1517,6 +1583,7 @@ def main(argv=None) -> int:
     if args.cmd == "inspect":
         info = inspect_image(args.docker, args.image)
         print(json.dumps(info["labels"], indent=2, sort_keys=True))
+        print(f"runs as: {info['user'] or 'root'} (image USER)")
         return 0
     report = image_size_report(args.docker, args.image, args.budget_gb)
     print("\n".join(format_size_breakdown(image_size_breakdown(args.docker, args.image))))

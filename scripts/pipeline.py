@@ -329,7 +329,7 @@ def bake_request(settings: Settings, options: Options):
         registry_cache=cfg.registry_cache, platform=bake.platform, push=bake.push,
         builder=bake.builder or cfg.builder, cache_from=list(bake.cache_from), cache_to=list(bake.cache_to),
         no_cache=bake.no_cache, build_args=dict(bake.build_args), apt_mirror=applied.apt_mirror,
-        deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit,
+        deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit, non_root=cfg.non_root,
     )
 
 

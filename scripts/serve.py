@@ -52,6 +52,7 @@ PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDI
 _NEVER_PASS = ("VLLM_FORGE_DOCKER", "VLLM_FORGE_DEBUG", "VLLM_FORGE_CACHE")
 API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own: its server takes the key from here when --api-key is absent
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+ROOT_HF_CACHE = "/root/.cache/huggingface"  # where a root image (vLLM's own, ours by default) keeps it
 # Docker's own rule for container names; also what keeps a name a plain file name under build/serve/.
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 
@@ -317,11 +318,13 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
             env=key_env, why="the vLLM installed in this Python, in the background",
         )
     hf_cache = Path(request.hf_cache).expanduser()
+    user, hf_target = image_runtime(docker, request.image)
     argv = [docker, "run", "-d", "--name", request.name, "--label", "org.vllm-forge.serve=1"]
     argv += _gpus_flag(request.gpus)
     argv += ["--shm-size", request.shm_size] if request.shm_size else ["--ipc=host"]
     argv += ["-p", f"{request.host}:{request.port}:{CONTAINER_PORT}"]
-    argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
+    argv += ["-v", f"{hf_cache}:{hf_target}"]
+    argv += run_as(user)
     local_model = model_path(request.model)
     if local_model is not None:  # the container sees the model at the same path, read-only
         argv += ["-v", f"{local_model}:{local_model}:ro"]
@@ -332,6 +335,30 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
     if local_model is not None:
         argv[argv.index("--model") + 1] = str(local_model)
     return Command(argv, env=key_env, why="start the OpenAI server container, detached")
+
+
+def image_runtime(docker: str, image: str) -> tuple[str, str]:
+    """(USER, HF cache dir) a local image runs with: its USER and HF_HOME; ("", ROOT_HF_CACHE) when it
+    sets neither or is not here (a pull happens at `docker run`)."""
+    try:
+        proc = subprocess.run([docker, "image", "inspect", "--format", "{{json .Config}}", image],
+                              capture_output=True, text=True, timeout=60)
+        config = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        config = None
+    config = config if isinstance(config, dict) else {}
+    env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+    return config.get("User") or "", env.get("HF_HOME") or ROOT_HF_CACHE
+
+
+def run_as(image_user: str, uid: int | None = None) -> list[str]:
+    """``--user UID:0`` for a non-root image (`bake --non-root`) started by a non-root caller: files it
+    writes into the mounted HF cache then belong to the caller, and group 0 opens the image's home
+    and caches. A root caller keeps the image's own user."""
+    uid = os.getuid() if uid is None else uid
+    if image_user.split(":")[0] in ("", "root", "0") or uid == 0:
+        return []
+    return ["--user", f"{uid}:0"]
 
 
 def shell_line(command: Command, request: ServeRequest) -> str:
@@ -378,6 +405,7 @@ def start(request: ServeRequest, docker: str = "docker", command: Command | None
             f"a container named {request.name} already exists",
             f"stop it with `invoke stop --name {request.name}`, or pass --name",
         )
+    Path(request.hf_cache).expanduser().mkdir(parents=True, exist_ok=True)  # else docker makes it, root-owned
     env = {**os.environ, **(request.env or {}), **command.env}
     try:
         proc = subprocess.run(command.argv, capture_output=True, text=True, env=env)
@@ -689,14 +717,18 @@ def compose_file(request: ServeRequest) -> str:
     check_request(request)
     if request.local:
         raise ForgeError("--compose writes a container service; --local has none", "pass --image TAG with --compose")
+    user, hf_target = image_runtime(os.environ.get("VLLM_FORGE_DOCKER") or "docker", request.image)
     service: dict = {
         "image": request.image,
         "container_name": request.name,
         # `$$`: compose would substitute `$NAME` in a passed-through value (a chat template) from the shell
         "command": [a.replace("$", "$$") for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT)],
         "ports": [f"{request.host}:{request.port}:{CONTAINER_PORT}"],
-        "volumes": [str(Path(request.hf_cache).expanduser()) + ":/root/.cache/huggingface"],
+        "volumes": [str(Path(request.hf_cache).expanduser()) + ":" + hf_target],
     }
+    flag = run_as(user)
+    if flag:
+        service["user"] = flag[1]
     if request.shm_size:
         service["shm_size"] = request.shm_size
     else:

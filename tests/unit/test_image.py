@@ -67,7 +67,7 @@ def test_forge_dockerfile_uses_upstream_names_and_has_the_three_stages():
     assert {"UV_DEFAULT_INDEX", "COMPILE_CACHE", "CMAKE_BUILD_TYPE", "RUN_WHEEL_AUDIT"} <= set(declared)
     assert declared["BUILD_BASE_IMAGE"] == "nvcr.io/nvidia/pytorch:25.02-py3"  # the real default, not a stand-in
     assert "standin" not in FORGE_DOCKERFILE.read_text()
-    assert image.dockerfile_stages(FORGE_DOCKERFILE) == ["build", "wheel", "runtime"]
+    assert image.dockerfile_stages(FORGE_DOCKERFILE) == ["build", "wheel", "runtime", "runtime-nonroot"]
 
 
 def test_forge_dockerfile_runs_on_docker_20_10_buildkit():
@@ -317,9 +317,11 @@ def test_upstream_plan_passes_only_declared_args(checkout, tmp_path):
     assert args["USE_SCCACHE"] == "1" and args["CUDA_VERSION"].startswith("12.8.")
     assert int(args["max_jobs"]) >= 1 and int(args["nvcc_threads"]) >= 1  # upstream has no "automatic"
     assert "BUILD_BASE_IMAGE" not in args and "COMPILE_CACHE" not in args  # its own default base; not its knob
-    assert flag_values(argv, "--target") == ["vllm-openai"] and argv[-1] == str(checkout.resolve())
-    assert flag_values(argv, "-f") == [str((checkout / "docker" / "Dockerfile").resolve())]
-    assert not plan.stage_context and any("own default" in n for n in plan.notes)
+    # The context is a staged copy of the checkout (its .git without credentials), never the checkout.
+    staged = tmp_path / "bake" / "checkout"
+    assert flag_values(argv, "--target") == ["vllm-openai"] and argv[-1] == str(staged)
+    assert flag_values(argv, "-f") == [str(staged / "docker" / "Dockerfile")]
+    assert plan.stage_context and any("own default" in n for n in plan.notes)
     wheel = image.plan_bake(request(checkout, tmp_path, dockerfile="upstream", target="wheel"), BUILDKIT)
     kinds = [c.argv[1] for c in wheel.commands]
     assert kinds == ["build", "create", "cp", "rm"]
