@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from invoke.config import Config
 
 from scripts import image, serve
@@ -97,8 +98,8 @@ def test_serve_mounts_the_hf_cache_where_the_image_keeps_it(monkeypatch):
     argv = serve.plan_serve(request).argv
     assert flag(argv, "-v")[0].endswith(".cache/huggingface:/home/vllm/.cache/huggingface")
     assert flag(argv, "--user") == ["1000:0"]  # files in the host's HF cache belong to the caller
-    compose = serve.compose_file(request)
-    assert ':/home/vllm/.cache/huggingface"' in compose and 'user: "1000:0"' in compose
+    service = yaml.safe_load(serve.compose_file(request))["services"]["vllm-forge-serve"]
+    assert service["volumes"][0].endswith(":/home/vllm/.cache/huggingface") and service["user"] == "1000:0"
 
 
 def test_run_as():
