@@ -4,6 +4,7 @@ that dies with the recorded H200 failure, and stop on a host without Docker."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -41,8 +42,8 @@ def name(request):
     pid_file = STATE / f"{unique}.pid"
     if pid_file.exists():  # a failed test leaves nothing running
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
+            os.killpg(int(json.loads(pid_file.read_text())["pid"]), signal.SIGKILL)
+        except (ProcessLookupError, ValueError, KeyError, TypeError):
             pass
         pid_file.unlink()
     (STATE / f"{unique}.log").unlink(missing_ok=True)
@@ -106,7 +107,7 @@ def test_local_server_gets_the_flags_and_stop_ends_it(name, model):
     assert "healthy after" in proc.stdout
     log = (STATE / f"{name}.log").read_text()
     assert "ignoring flags --max-model-len 512 --gpu-memory-utilization 0.2 --enforce-eager" in log
-    pid = int((STATE / f"{name}.pid").read_text())
+    pid = json.loads((STATE / f"{name}.pid").read_text())["pid"]  # with its start time: stop checks both
     stopped = invoke("stop", "--name", name)
     assert stopped.returncode == 0 and f"stopped local server (pid {pid}" in stopped.stdout
     deadline = time.monotonic() + 20
