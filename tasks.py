@@ -223,6 +223,8 @@ FLAG_HELP = {
     "limit_mb": "wheel size limit in MB (0: the checkout's vLLM limit, 400 when unknown)",
     "no_audit": "do not audit the built wheel's kernels for the requested archs",
     "skip_torch": "do not run use-existing-torch before building",
+    "patch": "apply this unified diff to the checkout before use-existing-torch (repeatable; see forge.patches)",
+    "no_reuse": "compile the kernels even when a wheel in dist/ was built from the same kernel inputs",
 }
 
 
@@ -251,7 +253,8 @@ def _source_dir(rc: ResolvedConfig) -> Path:
     return Path(rc.config.source_dir)
 
 
-def _build_request(rc: ResolvedConfig, src: Path) -> wheel_builder.BuildRequest:
+def _build_request(rc: ResolvedConfig, src: Path, *, reuse: bool = True,
+                   patches: tuple = ()) -> wheel_builder.BuildRequest:
     cfg = rc.config
     return wheel_builder.BuildRequest(
         src=src, dist_dir=Path(cfg.dist_dir), arch=cfg.arch,
@@ -260,6 +263,7 @@ def _build_request(rc: ResolvedConfig, src: Path) -> wheel_builder.BuildRequest:
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
         build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
         log_dir=REPO_ROOT / "build" / "logs", shared_cache=wheel_builder.SharedCache.from_config(cfg),
+        reuse=reuse, patches=list(patches),
     )
 
 
@@ -318,6 +322,8 @@ def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: boo
     wheel, seconds = _run_streaming("building the wheel", wheel_builder.run_build, plan, audit=audit)
     stats = wheel_builder.cache_stats(plan.compile_cache)
     console.print(f"[green]built[/] {wheel} [dim]({seconds:.1f}s{', ' + stats if stats else ''})[/]")
+    if plan.reuse:
+        console.print(f"  {escape(plan.reuse.line())}", soft_wrap=True)
     return wheel
 
 
@@ -360,13 +366,14 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
-                "mem_per_job_gb", "build_type", "compile_cache", "dry_run", "no_audit", "skip_torch")
+                "mem_per_job_gb", "build_type", "compile_cache", "dry_run", "no_audit", "skip_torch", "patch",
+                "no_reuse")
 
 
-@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS))
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS), iterable=["patch"])
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dry_run=False,
-                no_audit=False, skip_torch=False):
+                no_audit=False, skip_torch=False, patch=None, no_reuse=False):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                  max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
@@ -374,7 +381,19 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
     src = _source_dir(rc)
     # Preflight first: a wrong arch/CUDA/jobs value fails here, before any file is touched. The same
     # plan then runs (use-existing-torch changes only pins, nothing the plan read).
-    plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
+    from scripts import patches as local_patches
+
+    # forge.patches (paths relative to invoke.yaml's directory) first, then --patch, in order.
+    patch_files = [REPO_ROOT / p for p in local_patches.patches_from_config(ctx.config.get("forge", {}).get(
+        "patches"))] + [Path(p) for p in patch or []]
+    plan = wheel_builder.plan_build(_build_request(rc, src, reuse=not no_reuse, patches=patch_files),
+                                    check_tools=not dry_run)
+    if patch_files and dry_run:
+        _print_commands("patches", [])
+        for line in local_patches.plan_lines(src, patch_files):
+            console.print(f"  {escape(line)}", soft_wrap=True)
+    elif patch_files:
+        local_patches.apply_patches(src, patch_files, on_line=lambda line: console.print(f"  [dim]{escape(line)}[/]"))
     if not skip_torch:
         step_use_existing_torch(src, dry_run=dry_run)
     step_build_wheel(rc, src, dry_run=dry_run, audit=not no_audit, plan=plan)

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "dist_dir": "dist",
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
+    "patches": "",  # patch files for build-wheel: a YAML list, or "a.patch,b.patch" (INVOKE_FORGE_PATCHES)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
