@@ -329,11 +329,14 @@ KERNEL_INPUT_PATHS = ("csrc", "cmake", "CMakeLists.txt", "setup.py")  # hashed, 
 NOT_KERNEL_ENV = frozenset({
     "MAX_JOBS", "NVCC_THREADS", "VERBOSE", "CMAKE_BUILD_PARALLEL_LEVEL", "VLLM_VERSION_OVERRIDE",
     "SETUPTOOLS_SCM_PRETEND_VERSION", "VLLM_MAIN_CUDA_VERSION", "VLLM_USE_PRECOMPILED",
-    "VLLM_PRECOMPILED_WHEEL_LOCATION", "VLLM_PRECOMPILED_WHEEL_COMMIT", "VLLM_DISABLE_SCCACHE", "USE_SCCACHE",
+    "VLLM_PRECOMPILED_WHEEL_LOCATION", "VLLM_PRECOMPILED_WHEEL_COMMIT", "VLLM_SKIP_PRECOMPILED_VERSION_SUFFIX",
+    "VLLM_DISABLE_SCCACHE", "USE_SCCACHE",
     "SCCACHE_DIR", "CCACHE_DIR", "CMAKE_C_COMPILER_LAUNCHER", "CMAKE_CXX_COMPILER_LAUNCHER",
     "CMAKE_CUDA_COMPILER_LAUNCHER", "FETCHCONTENT_BASE_DIR", "CUDACXX", "CUDAHOSTCXX", "CUDA_HOME", "CUDA_PATH",
 })
 PRECOMPILED_ENV = ("VLLM_USE_PRECOMPILED", "VLLM_PRECOMPILED_WHEEL_LOCATION")
+# Newer vLLM appends "+precompiled" to the version of such a build unless this is set.
+SKIP_SUFFIX_ENV = "VLLM_SKIP_PRECOMPILED_VERSION_SUFFIX"
 _FETCHCONTENT_ARG = re.compile(r"^-DFETCHCONTENT_SOURCE_DIR_\w+=")
 
 
@@ -412,8 +415,11 @@ def _dep_pins(tree: VllmTree, env: dict[str, str]) -> list[dict]:
         if local:
             path = Path(local)
             pin["commit"] = _first_line(["git", "-C", str(path), "rev-parse", "HEAD"]) or "not a git checkout"
-            diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"], capture_output=True)
-            if diff.returncode == 0 and diff.stdout:
+            try:
+                diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"], capture_output=True)
+            except OSError:
+                diff = None
+            if diff is not None and diff.returncode == 0 and diff.stdout:
                 pin["local_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()
         pins.append(pin)
     return pins
@@ -547,10 +553,12 @@ def apply_reuse(plan: BuildPlan, decision: ReuseDecision) -> None:
     """Point the plan's command at the decision's path (the precompiled env set, or removed)."""
     if decision.source:
         switch = {"VLLM_USE_PRECOMPILED": "1", "VLLM_PRECOMPILED_WHEEL_LOCATION": str(decision.source)}
+        if plan.tree is not None and plan.tree.reads(SKIP_SUFFIX_ENV):
+            switch[SKIP_SUFFIX_ENV] = "1"  # the same version (and wheel name) as a compiled build
     else:  # one left in the user's shell would make setup.py fetch upstream's kernels: switch it off
         switch = {name: "" for name in PRECOMPILED_ENV if os.environ.get(name)}
     for env in {id(plan.env): plan.env, id(plan.command.env): plan.command.env}.values():
-        for name in PRECOMPILED_ENV:
+        for name in (*PRECOMPILED_ENV, SKIP_SUFFIX_ENV):
             env.pop(name, None)
         env.update(switch)
     plan.command.why = ("rebuild the Python part, kernels from " + decision.source.name if decision.source

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -114,10 +115,14 @@ def _is_applied(src: Path, patch_path: str) -> bool:
 
 
 def _state_dir(src: Path) -> Path:
-    proc = subprocess.run(["git", "rev-parse", "--absolute-git-dir"], cwd=src, capture_output=True, text=True)
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=src, capture_output=True, text=True)
-    if proc.returncode == 0 and top.returncode == 0 and Path(top.stdout.strip()).resolve() == src.resolve():
-        return Path(proc.stdout.strip()) / "vllm-forge" / "patches"
+    try:
+        proc = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--show-toplevel"], cwd=src,
+                              capture_output=True, text=True)
+    except OSError:  # no git at all (a minimal build image): nothing can have been applied by us
+        proc = None
+    lines = proc.stdout.split("\n") if proc is not None and proc.returncode == 0 else []
+    if len(lines) >= 2 and Path(lines[1].strip()).resolve() == src.resolve():
+        return Path(lines[0].strip()) / "vllm-forge" / "patches"
     return src / ".vllm-forge" / "patches"  # not a git checkout of its own (an unpacked sdist)
 
 
@@ -194,7 +199,11 @@ def applied_patches(src: Path | str) -> list[Patch]:
         return []
     state = _state_dir(src)
     found = []
-    for record in _load_state(state):
+    records = _load_state(state)
+    if records and shutil.which("git") is None:
+        raise ForgeError(f"{src} has patches recorded by vllm-forge, and git is not installed to check them",
+                         "install git")
+    for record in records:
         copy = state / f"{record.get('sha256')}.patch"
         if copy.is_file() and _is_applied(src, str(copy)):
             found.append(Patch(record["name"], record["sha256"], tuple(record.get("files", ())), str(copy)))

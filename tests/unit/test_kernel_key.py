@@ -165,3 +165,27 @@ def test_build_info_labels():
     assert labels == {"org.vllm-forge.patches": "a.patch@sha256:11", "org.vllm-forge.kernel-key": "abc",
                       "org.vllm-forge.kernels-from": "vllm-1.whl"}
     assert bw.build_info_labels(None)["org.vllm-forge.patches"] == ""
+
+
+def test_apply_reuse_sets_and_clears_the_precompiled_switches(mini, tmp_path, monkeypatch):
+    import types
+
+    from scripts.plan import Command
+
+    for name in (*bw.PRECOMPILED_ENV, bw.SKIP_SUFFIX_ENV):
+        monkeypatch.delenv(name, raising=False)
+    tree = inspect_tree(mini)
+    tree.env_vars_read.add(bw.SKIP_SUFFIX_ENV)  # as vLLM releases that have the knob
+    env = dict(ENV)
+    plan = types.SimpleNamespace(env=env, command=Command(["python", "setup.py"], env=env), tree=tree, reuse=None)
+    key = bw.KernelKey("a" * 64, {})
+    wheel = tmp_path / "vllm-0.1.0-cp38-abi3-linux_x86_64.whl"
+    bw.apply_reuse(plan, bw.ReuseDecision(key, wheel, "same key"))
+    assert env == {**ENV, "VLLM_USE_PRECOMPILED": "1", "VLLM_PRECOMPILED_WHEEL_LOCATION": str(wheel),
+                   bw.SKIP_SUFFIX_ENV: "1"}
+    assert "VLLM_PRECOMPILED_WHEEL_LOCATION=" in plan.command.shell()
+    bw.apply_reuse(plan, bw.ReuseDecision(key, None, "inputs differ"))
+    assert env == ENV
+    monkeypatch.setenv("VLLM_USE_PRECOMPILED", "1")  # left in the user's shell: switched off for a compile
+    bw.apply_reuse(plan, bw.ReuseDecision(key, None, "inputs differ"))
+    assert env == {**ENV, "VLLM_USE_PRECOMPILED": ""}
