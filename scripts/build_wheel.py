@@ -607,7 +607,8 @@ def reuse_kernels(wheel: Path, source_wheel: Path | None, build_info: dict, src:
         take.pop(info_name, None)
         records = []
         out = stack.enter_context(zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED))
-        for name, origin in take.items():
+        # .dist-info last, as the wheel spec recommends (carried members were added after it)
+        for name, origin in sorted(take.items(), key=lambda item: item[0].startswith(f"{dist_info}/")):
             zinfo = origin.getinfo(name)
             digest = hashlib.sha256()
             with origin.open(zinfo) as reader, out.open(zinfo, "w") as writer:
