@@ -141,3 +141,23 @@ def test_cli_prints_where_the_kernels_came_from(src, tmp_path, nvcc_toolchain, n
     wheel = next(dist.glob("*.whl"))
     assert f"kernels reused from {wheel.name} (kernel key " in out.stdout
     assert "Extracting and including vllm/_C.abi3.so" in out.stdout  # the checkout's own precompiled path
+
+
+def test_cli_refuses_a_patch_that_does_not_apply_in_one_line(src, tmp_path, nvcc_toolchain):
+    good = write_patch(tmp_path, src, "vllm/__init__.py", '"0.0.0.dev0"', '"0.0.0.dev0+good"')
+    bad = tmp_path / "bad.patch"
+    bad.write_text(good.read_text().replace('"0.0.0.dev0"', '"not in the file"', 1).replace("+good", "+bad"))
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True).stdout
+    argv = [sys.executable, "-m", "invoke", "build-wheel", "--arch", "12.0", "--vllm-src", str(src), "--dist-dir",
+            str(tmp_path / "dist"), "--patch", str(good), "--patch", str(bad)]
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 2, out.stdout[-1000:] + out.stderr[-1000:]
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "bad.patch does not apply" in errors[0] and "Fix:" in errors[0], out.stderr
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True).stdout == before
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").glob("*.whl"))
+    dry = subprocess.run(argv[:-2] + ["--dry-run"], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "300"})
+    assert dry.returncode == 0, dry.stderr
+    assert f"git apply --check && git apply {good}" in dry.stdout and "Python only" in dry.stdout
+    assert "# kernel reuse (key " in dry.stdout

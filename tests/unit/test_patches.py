@@ -126,3 +126,12 @@ def test_labels_and_config_forms(tmp_path):
     assert patches.patches_from_config("") == []
     with pytest.raises(ForgeError):
         patches.patches_from_config({"a": 1})
+
+
+def test_plan_lines_say_what_each_patch_is(tmp_path, checkout):
+    py, cu = _write(tmp_path, "py.patch", DIFF_PY), _write(tmp_path, "cu.patch", DIFF_CU)
+    lines = patches.plan_lines(checkout, [py, cu])
+    assert lines[0].startswith(f"git apply --check && git apply {py}")
+    assert patches.read_patch(py).sha256[:12] in lines[0] and lines[0].endswith("Python only")
+    assert lines[1].endswith("touches kernel inputs: part of the kernel-reuse key")
+    assert (checkout / "vllm" / "engine.py").read_text() == "def step():\n    return 1\n"  # nothing applied
