@@ -4,6 +4,10 @@ The plan (environment + commands) is computed first and printed as is by ``--dry
 run executes that same plan. The wheel is built into a private directory next to the output dir
 and moved in with one rename after the arch audit passed, so an interrupted or failed build never
 leaves a partial wheel in dist/ and never touches older wheels.
+
+Kernel reuse (docs/build-speed.md): every wheel records a kernel key in its .dist-info; a build
+whose key matches a wheel in dist/ rebuilds only the Python part and carries that wheel's compiled
+files over byte for byte, then is audited like any other.
 """
 
 from __future__ import annotations
