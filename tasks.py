@@ -235,6 +235,8 @@ FLAG_HELP = {
     "limit_mb": "wheel size limit in MB (0: the checkout's vLLM limit, 400 when unknown)",
     "no_audit": "do not audit the built wheel's kernels for the requested archs",
     "skip_torch": "do not run use-existing-torch before building",
+    "patch": "apply this unified diff to the checkout before use-existing-torch (repeatable; see forge.patches)",
+    "no_reuse": "compile the kernels even when a wheel in dist/ was built from the same kernel inputs",
 }
 
 
@@ -266,6 +268,10 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
 
         stats = cache_stats(step.plan.compile_cache)
         console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
+        if step.plan.reuse:
+            console.print(f"  {escape(step.plan.reuse.line())}", soft_wrap=True)
+    elif step.name == "patch":
+        console.print(f"[green]patches[/]: {', '.join(f'{r.patch.name} {r.status}' for r in result) or 'none'}")
     elif step.name == "check-size":
         _print_wheel_size(result)
     elif step.name == "bake":
@@ -357,14 +363,24 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
-                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit")
+                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse")
 
 
-def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False,
-                     **flags) -> None:
+def _patch_files(ctx, patch) -> list[Path]:
+    """forge.patches (paths relative to invoke.yaml's directory) first, then each --patch, in order."""
+    from scripts import patches
+
+    configured = patches.patches_from_config((ctx.config.get("forge", {}) or {}).get("patches"))
+    return [REPO_ROOT / p for p in configured] + [Path(p) for p in patch or []]
+
+
+def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
+                     no_reuse: bool = False, **flags) -> None:
     settings = _settings(ctx, **flags)
     chain = "check-size" in names
-    options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain)
+    options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
+                                reuse=not no_reuse, patches=_patch_files(ctx, patch))
+    names = pipelines.with_patches(names, options)
     # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
     pipeline = pipelines.build_pipeline(settings, names, options)
     state = _run(pipeline)
@@ -374,23 +390,25 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
             raise Exit(code=1)
 
 
-@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"))
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"), iterable=["patch"])
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
-                dry_run=False, no_audit=False, skip_torch=False):
+                dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
-                     no_audit=no_audit, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+                     no_audit=no_audit, patch=patch, no_reuse=no_reuse, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                     checkout_dir=checkout_dir,
                      dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror)
 
 
-@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"))
+@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"), iterable=["patch"])
 def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
           nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
-          no_audit=False, repo=None, ref=None, force=False, limit_mb=None):
-    """The wheel chain: clone (or reuse) → use-existing-torch → build-wheel → check-size, with a summary."""
+          no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False):
+    """The wheel chain: clone (or reuse) → patch → use-existing-torch → build-wheel → check-size, with a summary."""
     _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
+                     patch=patch, no_reuse=no_reuse,
                      arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                      max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,

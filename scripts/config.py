@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "mirror": "global",
     "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
     "non_root": False,  # bake: the runtime image runs vLLM as uid 2000 (docs/image.md)
+    "patches": "",  # patch files for build-wheel: a YAML list, or "a.patch,b.patch" (INVOKE_FORGE_PATCHES)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
