@@ -366,12 +366,12 @@ _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_job
                 "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse")
 
 
-def _patch_files(ctx, patch) -> list[Path]:
+def _patch_files(settings, patch) -> list[Path]:
     """forge.patches (paths relative to invoke.yaml's directory) first, then each --patch, in order."""
     from scripts import patches
 
-    configured = patches.patches_from_config((ctx.config.get("forge", {}) or {}).get("patches"))
-    return [REPO_ROOT / p for p in configured] + [Path(p) for p in patch or []]
+    return [REPO_ROOT / p for p in patches.patches_from_config(settings.config.patches)] + [
+        Path(p) for p in patch or []]
 
 
 def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
@@ -379,7 +379,7 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
     settings = _settings(ctx, **flags)
     chain = "check-size" in names
     options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
-                                reuse=not no_reuse, patches=_patch_files(ctx, patch))
+                                reuse=not no_reuse, patches=_patch_files(settings, patch))
     names = pipelines.with_patches(names, options)
     # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
     pipeline = pipelines.build_pipeline(settings, names, options)
