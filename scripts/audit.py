@@ -229,19 +229,21 @@ VLLM_PACKAGES = {"vllm", "vllm_flash_attn"}
 _VARIANT_RE = re.compile(r"^(?P<stem>.+?)_cuda(?P<cuda>\d{2,3})(?P<rest>(?:_[A-Za-z0-9]+)*)\.so$")
 
 
-def owner_of(path: str) -> str:
+def owner_of(path: str, member: bool = True) -> str:
     """The Python package a file belongs to (``torch``, ``vllm``, ``bitsandbytes``), or "" when unknown.
 
-    Wheel members start with their package; installed files sit under ``site-packages/PKG`` or
-    ``dist-packages/PKG``; a wheel inside a directory is ``NAME.whl/PKG/...``.
+    Installed files sit under ``site-packages/PKG`` or ``dist-packages/PKG``; a wheel inside a
+    directory is ``NAME.whl/PKG/...``; a wheel member (or a file under an audited directory,
+    ``member``) starts with its package. A file named on the command line has no package.
     """
     parts = PurePosixPath(path).parts
     for i, part in enumerate(parts):
         if part in ("site-packages", "dist-packages") or part.endswith(".whl"):
             return parts[i + 1] if i + 1 < len(parts) - 1 else ""
-    if len(parts) > 1 and not path.startswith("/") and parts[0] not in ("lib", "lib64", "usr", "opt", "build"):
+    if member and len(parts) > 1 and not path.startswith("/") and parts[0] not in ("lib", "lib64", "build"):
         return parts[0]
-    return ""
+    # A build tree or a copied package: the innermost directory named like torch's or vLLM's package.
+    return next((p for p in reversed(parts[:-1]) if p in TORCH_PACKAGES | VLLM_PACKAGES), "")
 
 
 def owner_kind(package: str) -> str:
@@ -533,6 +535,8 @@ class _Scanned:
     path: str
     code: DeviceCode | None
     error: str = ""
+    member: bool = True  # a member of a wheel, image or directory (False: the file named on the command line)
+    location: str = ""  # where a file of an audited directory really is (its package may be in the path)
 
 
 def _scan_file(path: Path, shown: str) -> _Scanned | None:
@@ -572,6 +576,7 @@ def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = 
             elif is_candidate(name):
                 scanned = _scan_file(path, rel)
                 if scanned:
+                    scanned.location = str(path.resolve())
                     found.append(scanned)
     return found
 
@@ -939,7 +944,7 @@ def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE) -> list[_Scan
         return scan_directory(path, budget=budget)
     kind = _classify(path)
     if kind == "binary":
-        return [_Scanned(str(path), list_device_code(path))]
+        return [_Scanned(str(path), list_device_code(path), member=False)]
     if kind == "wheel":
         return scan_wheel(path, budget=budget)
     with open(path, "rb") as fp:
@@ -959,7 +964,8 @@ def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *,
         groups = item.code.groups if item.code else []
         sass = sort_archs(item.code.sass) if item.code else []
         ptx = sort_archs(item.code.ptx) if item.code else []
-        f = FileAudit(item.path, sass, ptx, {}, error=item.error, package=owner_of(item.path))
+        f = FileAudit(item.path, sass, ptx, {}, error=item.error,
+                      package=owner_of(item.location, False) or owner_of(item.path, item.member))
         for target in targets:
             f.verdict[target.name], f.groups[target.name], f.via[target.name] = judge(groups, target)
         name = PurePosixPath(item.path).name

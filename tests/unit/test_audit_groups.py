@@ -245,3 +245,20 @@ def test_unknown_arch_lists_nearest_known():
 @pytest.mark.parametrize("spec", ["8.8", "sm_121a", "11.0", "10.3", "sm_35", "h100", "rtx5090"])
 def test_archs_the_compat_table_lists_are_accepted(spec):
     assert audit.resolve_targets([spec])
+
+
+# ---- doctor uses the per-group verdicts -----------------------------------------------------------------
+
+
+def test_doctor_reports_partial_extensions_with_the_vllm_fix(tmp_path):
+    import shutil
+
+    from scripts import doctor
+
+    site = tmp_path / "site-packages"
+    (site / "vllm").mkdir(parents=True)
+    shutil.copy(TU_PARTIAL / "libab.so", site / "vllm" / "_C.abi3.so")
+    [finding] = doctor.check_audit(str(site / "vllm"), [("GPU0", "9.0")], doctor.load_audit())
+    assert finding.level == "fail"
+    assert "1 PARTIAL" in finding.message and "1 of 2 kernel groups have no code for sm_90" in finding.message
+    assert finding.fix == "rebuild vLLM for it: `invoke build-wheel --arch 9.0`"
