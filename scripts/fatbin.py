@@ -69,10 +69,11 @@ SHSTRTAB_WINDOW = 4 << 20  # a stream keeps this much before the section headers
 MAX_CAPTURE = SHSTRTAB_WINDOW + MAX_SECTIONS * 64
 # The ELF spec fixes e_shentsize at sizeof(Elf32_Shdr) / sizeof(Elf64_Shdr); anything else is hostile.
 SHDR_SIZE = {False: 40, True: 64}
-# Kernel names come from one cubin per fat binary: read when stored plain and at most this big, or
-# LZ4-compressed and small (a pure-Python LZ4 decoder: only worth it for small cubins, which is
-# what the kernel-less cubins nvlink adds are).
-MAX_CUBIN_READ = 8 << 20
+# Kernel names come from one cubin per fat binary: read when stored plain and at most 1 MiB, or
+# LZ4-compressed and at most 16 KiB (a pure-Python LZ4 decoder). Small enough to cost little next to
+# inflating the library, big enough for the kernel-less cubins nvlink adds (1-2 KiB) and most
+# translation units; a bigger group's kernels are "unknown", which only means no names are shown.
+MAX_CUBIN_READ = 1 << 20
 MAX_LZ4_CUBIN_READ = 16 << 10
 STO_CUDA_ENTRY = 0x10  # st_other bit of a kernel (an entry point) in a cubin's symbol table
 STT_FUNC = 2
@@ -260,9 +261,21 @@ class _ChunkReader:
         return self._buf[self._i:self._i + n]
 
     def read(self, n: int) -> bytes:
-        data = self.peek(n)
-        self._i += len(data)
-        return data
+        if len(self._buf) - self._i >= n:
+            data = self._buf[self._i:self._i + n]
+            self._i += n
+            return data
+        # Longer than the buffer: gather whole chunks and join once (growing the buffer chunk by
+        # chunk would copy it again for every chunk).
+        parts = [self._buf[self._i:]]
+        got = len(parts[0])
+        self._i = len(self._buf)
+        while got < n and self._pull():
+            take = min(n - got, len(self._buf))
+            parts.append(self._buf[:take])
+            self._i = take
+            got += take
+        return b"".join(parts)
 
     def skip(self, n: int) -> int:
         done = 0
@@ -285,16 +298,29 @@ class _ChunkReader:
             self._buf, self._i = b"", 0
 
     def find(self, needle: bytes) -> int | None:
-        """Advance to the next ``needle``; its absolute offset, or None at the end of the stream."""
+        """Advance to the next ``needle``; its absolute offset, or None at the end of the stream.
+
+        Chunks are searched where they lie: only the last ``len(needle) - 1`` bytes of one are
+        kept to catch a needle across two, so nothing is copied on the way (this loop sees every
+        byte of every library in a wheel).
+        """
+        keep = len(needle) - 1
+        tail = b""  # the last bytes seen that may start a needle ending in the next chunk(s)
         while True:
+            if tail:
+                at = (tail + self._buf[self._i:self._i + keep]).find(needle)
+                if 0 <= at < len(tail):  # it starts in earlier chunks: put those bytes back in front
+                    start = self._buf_start + self._i - len(tail) + at
+                    self._buf = tail[at:] + self._buf[self._i:]
+                    self._buf_start, self._i = start, 0
+                    return start
             at = self._buf.find(needle, self._i)
             if at >= 0:
                 self._i = at
                 return self.tell()
-            keep = len(needle) - 1
-            self._i = max(self._i, len(self._buf) - keep)
+            tail = (tail + self._buf[max(self._i, len(self._buf) - keep):])[-keep:]
+            self._i = len(self._buf)
             if not self._pull():
-                self._i = len(self._buf)
                 return None
 
 
