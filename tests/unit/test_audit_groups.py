@@ -262,3 +262,46 @@ def test_doctor_reports_partial_extensions_with_the_vllm_fix(tmp_path):
     assert finding.level == "fail"
     assert "1 PARTIAL" in finding.message and "1 of 2 kernel groups have no code for sm_90" in finding.message
     assert finding.fix == "rebuild vLLM for it: `invoke build-wheel --arch 9.0`"
+
+
+# ---- inflaters: ISA-L (default when installed), zlib, zlib-ng give the same audit -----------------------
+
+
+def installed_inflaters() -> list[str]:
+    found = []
+    for name in ("zlib", "isal", "zlib-ng"):
+        try:
+            audit.raw_inflater(name)
+        except ForgeError:
+            continue
+        found.append(name)
+    return found
+
+
+def test_every_inflater_gives_the_same_report(tmp_path, monkeypatch):
+    wheel = seed_torch_wheel(tmp_path)
+    outputs = {}
+    for name in installed_inflaters():
+        monkeypatch.setenv("VLLM_FORGE_INFLATER", name)
+        outputs[name] = audit.audit_path(wheel, ["12.0", "9.0"]).to_json()
+    assert len(set(outputs.values())) == 1, list(outputs)
+
+
+def test_a_corrupt_deflate_stream_is_unreadable_with_every_inflater(tmp_path, monkeypatch):
+    wheel = tmp_path / "bad-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(H200 / "k_sm_120", "pkg/_C.so")
+    data = bytearray(wheel.read_bytes())
+    start = data.index(b"pkg/_C.so") + len("pkg/_C.so")  # the member's data follows its local header
+    data[start + 40:start + 4000] = bytes(range(256)) * 15 + bytes(range(120))
+    wheel.write_bytes(bytes(data))
+    for name in installed_inflaters():
+        monkeypatch.setenv("VLLM_FORGE_INFLATER", name)
+        (f,) = audit.audit_path(wheel, ["12.0"]).files
+        assert f.error and f.required, name
+
+
+def test_unknown_inflater_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("VLLM_FORGE_INFLATER", "brotli")
+    assert run_main(audit.main, [str(seed_torch_wheel(tmp_path)), "--arch", "12.0", "--no-torch"]) == 2
+    assert "VLLM_FORGE_INFLATER=brotli is not an inflater this tool knows" in capsys.readouterr().err
