@@ -500,6 +500,8 @@ def _demo_image_steps(ctx, rc, src, wheel) -> None:
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
+import contextlib  # noqa: E402
+
 from scripts import audit as kernel_audit  # noqa: E402
 
 AUDIT_HELP = {
@@ -545,7 +547,8 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
     archs = list(arch or [])
     if not archs:
         archs = [resolve_config(ctx.config, {}).config.arch]
-    with console.status("reading device code..."):
+    # --json is read by programs: no spinner thread next to the scan.
+    with contextlib.nullcontext() if json else console.status("reading device code..."):
         if image:
             report = kernel_audit.audit_image(image, archs, require=require or [], docker=docker, via=via,
                                               torch=not no_torch, torch_cuda=torch_cuda)
