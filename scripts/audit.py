@@ -1,7 +1,8 @@
 """Prove a wheel, a directory, a .so or a Docker image will run on the target GPU before it ships.
 
-For every extension file (``*.so``, ``*.so.N``) it lists the SASS and PTX archs its fat binaries
-carry (``scripts/fatbin.py``: no CUDA toolkit, nothing run) and decides, per target GPU:
+For every extension file (``*.so``, ``*.so.N``) it lists the SASS and PTX archs of each of its fat
+binaries (``scripts/fatbin.py``: no CUDA toolkit, nothing run). A fat binary is one translation
+unit's kernels (a *kernel group*); per target GPU each group is:
 
 - ``sass``: a cubin the GPU runs natively: same major, and minor >= the cubin's (``sm_80`` runs
   on 8.6); an arch-specific ``a`` cubin only on its own arch (``sm_90a``: 9.0 only); a family
@@ -9,6 +10,10 @@ carry (``scripts/fatbin.py``: no CUDA toolkit, nothing run) and decides, per tar
 - ``ptx``: no such cubin, but PTX the driver JIT-compiles on first load: PTX of an older or equal
   virtual arch (any major), except ``a`` PTX (its own arch only) and ``f`` PTX (its family only).
 - ``none``: no kernel: the seed's ``no kernel image is available for execution on the device``.
+
+and the file is the worst of its groups: ``native``, ``ptx-jit``, ``partial`` (some groups cannot
+run), ``none``, or ``no-device-code``. A file that cannot run names that error and its fix, which
+depends on whose file it is (torch, vLLM, another package).
 
 For an image it also runs ``python3 -c 'import torch ...'`` inside it, because torch's own arch
 list failing the GPU is the same failure one layer down (``sm_120 is not compatible with the
@@ -114,9 +119,10 @@ def resolve_targets(specs: Iterable[str]) -> list[Target]:
             if not chunk.strip():
                 continue
             model = compat.lookup_gpu(chunk.strip())
-            for arch in resolve_arch(chunk):
+            resolved = resolve_arch(chunk)
+            for arch in resolved:
                 _check_known(arch, chunk.strip())
-                gpu = model.name if model and len(resolve_arch(chunk)) == 1 else ""
+                gpu = model.name if model and len(resolved) == 1 else ""
                 spec_text = chunk.strip().replace(" ", "").lower() if gpu else ""
                 targets.setdefault(arch.sm, Target(arch.sm, arch.major, arch.minor, gpu, spec_text))
     if not targets:
@@ -667,13 +673,90 @@ def _zip_member_chunks(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
                 data = inflate.decompress(inflate.unconsumed_tail, STREAM_CHUNK)
 
 
-def _zip_chunks_any(zf: zipfile.ZipFile, archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
+def _zip_chunks_any(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
     if info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         yield from _zip_member_chunks(archive, info)
         return
-    with zf.open(info) as member:  # bzip2/lzma members: rare in wheels, zipfile's own reader
+    with zipfile.ZipFile(archive) as zf, zf.open(info) as member:  # bzip2/lzma: rare in wheels, zipfile's reader
         while block := member.read(STREAM_CHUNK):
             yield block
+
+
+_EOCD = struct.Struct("<4sHHHHIIH")
+_EOCD64 = struct.Struct("<4sQHHIIQQQQ")
+_CDH = struct.Struct("<4sHHHHHHIIIHHHHHII")
+
+
+def _zip_candidates(path: Path) -> list[zipfile.ZipInfo] | None:
+    """The candidate members of a zip, from its central directory, without a ZipInfo per member.
+
+    torch's wheel has 12,000 members and 13 libraries: zipfile decodes every entry (a third of a
+    second); this reads the directory in one piece and decodes only the libraries' entries. None
+    for anything unusual (data before the archive, a disk-spanning or damaged directory): then
+    zipfile's own reader decides.
+    """
+    with open(path, "rb") as fp:
+        size = fp.seek(0, os.SEEK_END)
+        tail_len = min(size, _EOCD.size + 0xFFFF)
+        fp.seek(size - tail_len)
+        tail = fp.read(tail_len)
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _EOCD.size > len(tail):
+            return None
+        _sig, disk, cd_disk, _here, count, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, at)
+        if disk or cd_disk:
+            return None
+        if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):  # ZIP64: the locator precedes it
+            locator = at - 20
+            if locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
+                return None
+            eocd64_offset, = struct.unpack_from("<Q", tail, locator + 8)
+            fp.seek(eocd64_offset)
+            record = fp.read(_EOCD64.size)
+            if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+                return None
+            count, cd_size, cd_offset = _EOCD64.unpack(record)[7:10]
+        if cd_offset + cd_size > size or cd_size > 256 << 20:
+            return None
+        fp.seek(cd_offset)
+        directory = fp.read(cd_size)
+    found, pos, seen = [], 0, 0
+    while pos + _CDH.size <= len(directory):
+        (sig, _made, _need, flags, method, _time, _date, crc, csize, usize, name_len, extra_len, comment_len,
+         _disk, _iattr, _eattr, offset) = _CDH.unpack_from(directory, pos)
+        if sig != b"PK\x01\x02":
+            return None
+        start = pos + _CDH.size
+        raw = directory[start:start + name_len]
+        pos = start + name_len + extra_len + comment_len
+        seen += 1
+        if b".so" not in raw and not raw.endswith(b".fatbin"):
+            continue
+        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
+        if name.endswith("/") or not is_candidate(name):
+            continue
+        if 0xFFFFFFFF in (csize, usize, offset):  # ZIP64 sizes live in the extra field, in this order
+            extra = directory[start + name_len:start + name_len + extra_len]
+            values, i = [], 0
+            while i + 4 <= len(extra):
+                tag, length = struct.unpack_from("<HH", extra, i)
+                if tag == 1:
+                    values = [v for (v,) in struct.iter_unpack("<Q", extra[i + 4:i + 4 + length - length % 8])]
+                    break
+                i += 4 + length
+            if usize == 0xFFFFFFFF:
+                usize = values.pop(0) if values else None
+            if csize == 0xFFFFFFFF:
+                csize = values.pop(0) if values else None
+            if offset == 0xFFFFFFFF:
+                offset = values.pop(0) if values else None
+            if None in (usize, csize, offset):
+                return None
+        info = zipfile.ZipInfo(name)
+        info.flag_bits, info.compress_type, info.CRC = flags, method, crc
+        info.compress_size, info.file_size, info.header_offset = csize, usize, offset
+        found.append(info)
+    return found if seen == count else None
 
 
 def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
@@ -681,24 +764,25 @@ def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
     """Every candidate member of a wheel (a zip), read from the archive without unpacking it."""
     budget = budget if budget is not None else InflateBudget()
     try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
+        members = _zip_candidates(path)
+        if members is None:
+            with zipfile.ZipFile(path) as zf:
+                members = [i for i in zf.infolist() if not i.is_dir() and is_candidate(i.filename)]
+    except (zipfile.BadZipFile, OSError, struct.error, UnicodeDecodeError) as err:
         raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
-    with zf:
-        members = [i for i in zf.infolist() if not i.is_dir() and is_candidate(i.filename)]
-        budget.take(sum(i.file_size for i in members), str(path))
+    budget.take(sum(i.file_size for i in members), str(path))
 
-        def one(info: zipfile.ZipInfo) -> _Scanned | None:
-            return _scan_chunks(_zip_chunks_any(zf, path, info), info.file_size, prefix + info.filename)
+    def one(info: zipfile.ZipInfo) -> _Scanned | None:
+        return _scan_chunks(_zip_chunks_any(path, info), info.file_size, prefix + info.filename)
 
-        # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side.
-        workers = workers or min(4, os.cpu_count() or 1)
-        members.sort(key=lambda i: -i.file_size)
-        if workers > 1 and len(members) > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one, members))
-        else:
-            results = [one(i) for i in members]
+    # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side.
+    workers = workers or min(4, os.cpu_count() or 1)
+    members.sort(key=lambda i: -i.file_size)
+    if workers > 1 and len(members) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(one, members))
+    else:
+        results = [one(i) for i in members]
     return [r for r in results if r]
 
 

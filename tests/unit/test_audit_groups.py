@@ -305,3 +305,33 @@ def test_unknown_inflater_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("VLLM_FORGE_INFLATER", "brotli")
     assert run_main(audit.main, [str(seed_torch_wheel(tmp_path)), "--arch", "12.0", "--no-torch"]) == 2
     assert "VLLM_FORGE_INFLATER=brotli is not an inflater this tool knows" in capsys.readouterr().err
+
+
+# ---- the wheel's directory, read without a ZipInfo per member ---------------------------------------------
+
+
+def zipfile_candidates(path: Path) -> list[tuple]:
+    with zipfile.ZipFile(path) as zf:
+        return sorted((i.filename, i.file_size, i.compress_size, i.header_offset, i.compress_type)
+                      for i in zf.infolist() if not i.is_dir() and audit.is_candidate(i.filename))
+
+
+def test_fast_directory_reader_agrees_with_zipfile(tmp_path):
+    wheel = tmp_path / "many-1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = b"a comment"
+        for i in range(300):
+            zf.writestr(f"pkg/mod{i}.py", f"x = {i}\n")
+        zf.write(H200 / "k_sm_120", "pkg/_C.abi3.so")
+        zf.writestr("pkg/libx.so.1", b"\x7fELF" + bytes(60), compress_type=zipfile.ZIP_STORED)
+        zf.writestr("pkg/ünïcode/_y.so", b"\x7fELF" + bytes(60))
+        zf.writestr("pkg/sub/", b"")
+    fast = audit._zip_candidates(wheel)
+    assert fast is not None
+    assert sorted((i.filename, i.file_size, i.compress_size, i.header_offset, i.compress_type) for i in fast) == \
+        zipfile_candidates(wheel)
+    # Bytes before the archive (a self-extracting zip): left to zipfile, same members audited.
+    prefixed = tmp_path / "prefixed-1-py3-none-any.whl"
+    prefixed.write_bytes(b"#!/bin/sh\n" * 100 + wheel.read_bytes())
+    assert audit._zip_candidates(prefixed) is None
+    assert sorted(s.path for s in audit.scan_wheel(prefixed)) == sorted(s.path for s in audit.scan_wheel(wheel))
