@@ -18,12 +18,15 @@ offset   size  field
 56       8     uncompressed size (compressed entries)
 =======  ====  =====================================================================
 
-Like ``cuobjdump``, only the executable fat binaries (``.nv_fatbin``) count when the file has
-them, else the relocatable ones. A file on disk is read with a few small seeks (section headers,
-then each entry header, skipping payloads); a stream (a wheel member being inflated, a tar member
-of ``docker save``) is read once, front to back, in bounded chunks. Every size read from a header
-is checked against the file size, so a truncated or hostile file ends in ``BinaryFormatError``,
-never in a traceback or an unbounded read.
+Each fat binary is one translation unit's device code (``FatBinary``, a kernel group: a kernel
+runs only if its own group has code for the GPU); the names of its kernels come from the symbol
+table of one small cubin in it. Like ``cuobjdump``, only the executable fat binaries
+(``.nv_fatbin``) count when the file has them, else the relocatable ones. A file on disk is read
+with a few small seeks (section headers, then each entry header, skipping payloads); a stream (a
+wheel member being inflated, a tar member of ``docker save``) is read once, front to back, in
+bounded chunks. Every size read from a header is checked against the file size (and
+``e_shentsize`` against the ELF spec), and a stream keeps at most ``MAX_CAPTURE`` bytes aside, so a
+truncated or hostile file ends in ``BinaryFormatError``, never in a traceback or an unbounded read.
 
 Standalone: ``python scripts/fatbin.py FILE...`` prints what each file carries.
 """
