@@ -77,15 +77,17 @@ def bomb(tmp_path_factory) -> Path:
     return zip64_wheel(path, "bomb/_C.abi3.so", deflate_bomb(head, size), size)
 
 
-def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120) -> tuple[int, str, float, int]:
-    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python scripts/audit.py ARGS` run
-    under an address-space limit; killed after ``timeout`` seconds."""
+def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120,
+                command: list[str] | None = None) -> tuple[int, str, float, int]:
+    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python scripts/audit.py ARGS` (or
+    ``command`` + ARGS) run under an address-space limit; killed after ``timeout`` seconds."""
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     with tempfile.TemporaryFile() as out:
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "audit.py"), *args], stdout=out,
+        command = command or [sys.executable, str(REPO / "scripts" / "audit.py")]
+        proc = subprocess.Popen([*command, *args], stdout=out,
                                 stderr=subprocess.STDOUT, preexec_fn=limit_memory, cwd=REPO)
         timer = threading.Timer(timeout, proc.kill)
         timer.start()
@@ -116,6 +118,17 @@ def test_bomb_is_refused_in_one_line_before_inflating(bomb):
     assert lines[0].startswith("error: ") and "more than the audit's cap of 8.0 GiB" in lines[0]
     assert "Fix: if you trust it, pass --max-inflate 10G" in lines[0]
     assert seconds < 30
+
+
+def test_invoke_audit_refuses_the_bomb_and_takes_the_flag(bomb):
+    invoke = [sys.executable, "-m", "invoke", "audit"]
+    code, output, _seconds, _peak = run_limited([str(bomb), "--arch", "12.0", "--no-torch"], command=invoke)
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert "more than the audit's cap of 8.0 GiB" in output
+    code, output, _seconds, peak = run_limited([str(bomb), "--arch", "12.0", "--no-torch", "--max-inflate", "16G",
+                                                "--json"], command=invoke)
+    assert code == 1 and '"error": "bomb/_C.abi3.so has an invalid ELF section header size' in output, output
+    assert peak < 200 << 20
 
 
 def test_bomb_with_the_cap_raised_is_audited_in_bounded_memory(bomb):
