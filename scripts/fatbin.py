@@ -619,7 +619,7 @@ def cubin_kernels(cubin: bytes) -> tuple[str, ...] | None:
             if info & 0xF == STT_FUNC and other & STO_CUDA_ENTRY:
                 names.append(_section_name(strtab, st_name))
         return tuple(names)
-    return ()
+    return None  # no symbol table: nothing says it has no kernel
 
 
 def _skip_padding(r, end: int) -> bool:
