@@ -1,8 +1,8 @@
 """nox sessions: the same invoke tasks over CUDA x arch x mirror, plus tests, lint and compiler checks.
 
     nox -l                                                   # every session, one line each
-    nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # bake for CUDA 12.8 (args go to `invoke bake`)
-    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # `invoke build-wheel --cuda 12.8 --arch 12.0`
+    nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # the image chain for CUDA 12.8 (`invoke image`)
+    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # the wheel chain (`invoke wheel --cuda 12.8 ...`)
     nox -s matrix -- --json                                  # the runnable matrix for a CI job list
     nox -s tests -- -k mirrors                               # pytest, posargs passed on
     nox -s compilers                                         # compat's CUDA -> arch table vs real ptxas
@@ -15,6 +15,8 @@ default arch lists, base images and mirror rewrites all come from scripts/ (comp
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +30,10 @@ from scripts import compat, compiler_check, matrix  # noqa: E402
 from scripts.errors import ForgeError  # noqa: E402
 
 nox.needs_version = ">=2024.4.15"
-nox.options.default_venv_backend = "uv|virtualenv"
+# uv when it is installed (faster venvs), else virtualenv.
+nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
+# nox probes for uv for every session and logs "uv binary not found." even where no venv is made: not news.
+logging.getLogger("nox").addFilter(lambda record: record.getMessage() != "uv binary not found.")
 nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ["lint", "tests"]
 
@@ -100,18 +105,18 @@ def _image_session(cuda: str) -> None:
 
     def image(session: nox.Session) -> None:
         args = _session_args(session)
-        config = _project_config()
         try:
             reason = matrix.arch_verdict(cuda, args.arch or default_archs)
-            profile = matrix.select_mirror(args.mirror, config)
         except ForgeError as err:
             session.error(str(err))
         if reason:
             session.skip(reason)
-        session.run(*matrix.bake_argv(cuda, args, profile), external=True)
+        session.log(f"# image chain for CUDA {cuda}: clone (or reuse) -> use-existing-torch -> bake "
+                    "(build, audit, wheel size inside) -> check-size --image -> inspect")
+        session.run(*matrix.image_argv(cuda, args), external=True)
 
-    image.__doc__ = (f"Bake the CUDA {cuda} image on {base} for {default_archs!r} "
-                     "(-- --arch SPEC --mirror NAME --dry-run ... go to `invoke bake`).")
+    image.__doc__ = (f"The image chain for CUDA {cuda} on {base} for {default_archs!r}: clone, use-existing-torch, "
+                     "bake, size check, inspect (-- --arch SPEC --mirror NAME --dry-run ... go to `invoke image`).")
     nox.session(name=matrix.image_session_name(cuda), **ORCHESTRATION)(image)
 
 
@@ -122,18 +127,19 @@ for _cuda in matrix.image_cudas():
 @nox.session(**ORCHESTRATION)
 @nox.parametrize(("cuda", "arch"), matrix.wheel_pairs())
 def wheel(session: nox.Session, cuda: str, arch: str) -> None:
-    """Build the vLLM wheel for one (CUDA, arch) with `invoke build-wheel` (-- --dry-run ... pass through)."""
+    """The wheel chain for one (CUDA, arch): clone, use-existing-torch, build-wheel, check-size (`invoke wheel`)."""
     args = _session_args(session)
     if args.arch:
         session.error(f"wheel(cuda={cuda!r}, arch={arch!r}) fixes the arch; use an image session for --arch")
     try:
         reason = matrix.arch_verdict(cuda, arch)
-        profile = matrix.select_mirror(args.mirror, _project_config())
     except ForgeError as err:
         session.error(str(err))
     if reason:
         session.skip(reason)
-    session.run(*matrix.build_wheel_argv(cuda, arch, args), env=matrix.mirrors.mirror_env(profile), external=True)
+    session.log(f"# wheel chain for CUDA {cuda}, {arch}: clone (or reuse) -> use-existing-torch -> build-wheel "
+                "-> check-size")
+    session.run(*matrix.wheel_argv(cuda, arch, args), external=True)
 
 
 @nox.session(name="matrix", **ORCHESTRATION)
@@ -159,3 +165,53 @@ def compilers(session: nox.Session, cuda: str) -> None:
 def bench(session: nox.Session) -> None:
     """Time cold/warm/single-arch/7-arch builds of the miniature and a no-change re-bake (reports/bench.json)."""
     session.run(sys.executable, "scripts/bench.py", *session.posargs)
+
+
+# The modules whose mutation score issue 22 tracks; `nox -s mutants -- archs` scores one.
+MUTATION_CORE = ("archs", "compat", "fatbin", "audit", "nccl_logs", "parallelism", "config")
+
+
+def _mutation_paths(session: nox.Session, names: list[str]) -> list[str]:
+    paths = []
+    for name in names or MUTATION_CORE:
+        stem = name.removesuffix(".py").replace(".", "/").removeprefix("scripts/")
+        if not (REPO_ROOT / "scripts" / f"{stem}.py").is_file():
+            session.error(f"no module scripts/{stem}.py; name one of scripts/ (e.g. archs, scripts/compat.py)")
+        paths.append(f"scripts/{stem}.py")
+    return paths
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation score per module with mutmut over tests/unit (-- archs config: those only; slow, not in CI)."""
+    import re
+    import shutil
+    import subprocess
+
+    _install_requirements(session, "requirements-dev.txt")
+    session.install("mutmut==3.8.1")
+    options, names, args = [], [], list(session.posargs)
+    while args:  # module names, and mutmut run's own options (--max-children N)
+        arg = args.pop(0)
+        if arg.startswith("-"):
+            options += [arg] + ([args.pop(0)] if args and "=" not in arg else [])
+        else:
+            names.append(arg)
+    paths = _mutation_paths(session, names)
+    # A fresh copy of the working tree, so mutmut's mutants/ and the only_mutate this run needs stay out of the
+    # checkout. Fresh each run: mutmut's cached test-to-function map goes stale when only_mutate changes.
+    work = REPO_ROOT / "build" / "mutation"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    shutil.rmtree(work, ignore_errors=True)
+    for name in files:
+        if (REPO_ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, work / name)
+    pyproject = work / "pyproject.toml"
+    pyproject.write_text(re.sub(r"(?m)^only_mutate = .*$", "only_mutate = " + repr(paths).replace("'", '"'),
+                                pyproject.read_text()))
+    globs = [path.removesuffix(".py").replace("/", ".") + ".*" for path in paths]
+    with session.chdir(work):
+        session.run("mutmut", "run", *options, *globs)
+        session.run("python", "tests/mutation_score.py", str(work), *paths)

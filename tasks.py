@@ -9,19 +9,36 @@ import errno
 import functools
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from invoke import Collection, task
+from invoke import Collection, Task, task
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from scripts.errors import ForgeError
+
+
+def _lazy(name: str):
+    """The module ``name``, loaded on first use (importlib's LazyLoader): `invoke --list` imports this file,
+    and no task needs every module of scripts/."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -54,63 +71,42 @@ def _check_project_config() -> None:
 _check_project_config()
 
 
-def _one_line_flag_errors() -> None:
-    """invoke casts a flag to its default's type and lets a ValueError (`--port abc`) escape as a
-    traceback; turn it into invoke's own ParseError, which it prints as one line and exits 1."""
-    from invoke.exceptions import ParseError
-    from invoke.parser import Argument
+def _number(flag: str, value, kind=int, default=0):
+    """A numeric flag: invoke would cast it with a bare int() (a traceback on `--port abc`), so numeric
+    flags are declared without a typed default and read here."""
+    if value in (None, ""):
+        return default
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise ForgeError(f"--{flag} needs {what}, got {value!r}", f"pass e.g. --{flag} {default or 1}") from None
 
-    original = Argument.set_value
-    if getattr(original, "forge_wrapped", False):
-        return
 
-    def set_value(self, value, cast=True, _set=original):
-        try:
-            return _set(self, value, cast=cast)
-        except ValueError:
-            kind = {int: "a whole number", float: "a number"}.get(self.kind, getattr(self.kind, "__name__", "?"))
-            flag = "--" + self.name.replace("_", "-")
-            raise ParseError(f"error: {flag} needs {kind}, got {value!r}. Fix: pass e.g. {flag} "
-                             f"{self.default if self.default not in (None, '') else 1}.") from None
-
-    set_value.forge_wrapped = True
-    Argument.set_value = set_value
-
-    # `invoke audit --image IMG` has no PATH: invoke would refuse it for the missing positional
-    # argument before the task could say "give either PATH or --image". Such a task gets "" instead.
+def _optional_positionals() -> None:
+    """`invoke audit --image IMG` has no PATH, `invoke nccl-diagnose` may get its files from a directory
+    flag: invoke refuses a missing positional argument before the task could say which one is needed, and it
+    has no public way to declare one optional (a positional with a default is never filled). This wraps the
+    one method that refuses, ParseMachine.complete_context: invoke is pinned to the version this was checked
+    against (requirements.txt), and tests/unit/test_invoke_pin.py fails when that method changes."""
     from invoke.parser.parser import ParseMachine
 
     complete = ParseMachine.complete_context
+    if getattr(complete, "forge_wrapped", False):
+        return
 
     def complete_context(self, _complete=complete):
         for arg in (self.context.positional_args if self.context else []):
-            if arg.value is None and arg.name in _OPTIONAL_POSITIONAL.get(self.context.name, ()):
+            if arg.value is None and arg.name in OPTIONAL_POSITIONAL.get(self.context.name, ()):
                 arg.set_value("", cast=False)
         return _complete(self)
 
+    complete_context.forge_wrapped = True
     ParseMachine.complete_context = complete_context
 
-    # INVOKE_FORGE_MAX_JOBS=lots: invoke casts it to the default's type and raises a bare ValueError.
-    from invoke.env import Environment
-    from invoke.exceptions import Exit as InvokeExit
 
-    path_set = Environment._path_set
-
-    def env_path_set(self, key_path, value, _set=path_set):
-        try:
-            return _set(self, key_path, value)
-        except ValueError:
-            name = "_".join([self._prefix.rstrip("_"), *key_path]).upper()
-            raise InvokeExit(f"error: {name} must be a number, got {value!r}. Fix: set it to a number "
-                             f"(0 means automatic), or unset it.", code=2) from None
-
-    Environment._path_set = env_path_set
-
-
-_OPTIONAL_POSITIONAL = {"audit": ("path",), "nccl-diagnose": ("files",)}
-
-
-_one_line_flag_errors()
+OPTIONAL_POSITIONAL = {"audit": ("path",), "nccl-diagnose": ("files",)}
+_optional_positionals()
 
 
 _DISK_ERRORS = {
@@ -148,25 +144,42 @@ def _debugging() -> bool:
     return bool(os.environ.get("VLLM_FORGE_DEBUG")) or logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
-def _print_task_help(name: str, body, flag_help: dict, positional: list[str]) -> None:
-    args = " ".join(p.upper() for p in positional)
-    console.print(f"Usage: invoke {name} [--options] {args}\n\n  {escape(body.__doc__ or '')}\n\nOptions:")
-    for flag, text in flag_help.items():
-        shown = flag.upper() if flag in positional else "--" + flag.replace("_", "-")
-        console.print(f"  {shown:<24} {escape(text)}", soft_wrap=True)
+def _print_task_help(name: str, made: Task) -> None:
+    """invoke's own task help, printed the way `Program.print_task_help` does (for tasks whose positional
+    argument invoke hands `--help` to, so every task's help reads the same)."""
+    import inspect
+
+    from invoke import Program
+    from invoke.parser import ParserContext
+
+    tuples = ParserContext(name=name, args=made.get_arguments()).help_tuples()
+    program = Program(binary="inv[oke]")
+    print(f"Usage: {program.binary} [--core-opts] {name} {'[--options] ' if tuples else ''}[other tasks here ...]")
+    print("\nDocstring:")
+    for line in (inspect.getdoc(made) or "none").splitlines():
+        print(program.leading_indent + line if line.strip() else "")
+    print("\nOptions:")
+    program.print_columns(tuples)
 
 
 def forge_task(*task_args, **task_kwargs):
     """``@task`` whose user errors end as one line with the fix, and Ctrl-C as exit code 130."""
 
+    task_kwargs.setdefault("auto_shortflags", False)  # `-h` stays help, never a task's flag
+
     def decorate(body):
+        import inspect
+
+        made: list[Task] = []
+        params = list(inspect.signature(body).parameters.values())[1:]
+        positional = task_kwargs.get("positional") or [
+            p.name for p in params if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+
         @functools.wraps(body)
         def run(ctx, *args, **kwargs):
-            positional = task_kwargs.get("positional") or []
-            if any(kwargs.get(name) in ("-h", "--help") for name in positional):
+            if any(value in ("-h", "--help") for value in (*args, *(kwargs.get(name) for name in positional))):
                 # invoke hands `--help` after a task to its positional argument: answer it here.
-                _print_task_help(task_kwargs.get("name") or body.__name__.replace("_", "-"), body,
-                                 task_kwargs.get("help") or {}, positional)
+                _print_task_help(made[0].name, made[0])
                 return None
             previous = _interrupt_on_termination()
             try:
@@ -190,19 +203,18 @@ def forge_task(*task_args, **task_kwargs):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
-        return task(*task_args, **task_kwargs)(run)
+        made.append(task(*task_args, **task_kwargs)(run))
+        return made[0]
 
     return decorate
 
 
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
-from scripts import archs as arch_tables  # noqa: E402
-from scripts import build_wheel as wheel_builder  # noqa: E402
-from scripts import checkout as checkouts  # noqa: E402
-from scripts import compat, mirrors  # noqa: E402
-from scripts.config import DEFAULTS, ResolvedConfig, resolve_config  # noqa: E402
+arch_tables = _lazy("scripts.archs")
+compat = _lazy("scripts.compat")
+pipelines = _lazy("scripts.pipeline")
+from scripts.config import invoke_defaults, resolve_config  # noqa: E402
 from scripts.plan import mask_urls  # noqa: E402
-from scripts.wheel_size import DEFAULT_LIMIT_MB, check_wheel_size  # noqa: E402
 
 FLAG_HELP = {
     "repo": "vLLM git repository URL (https, ssh, file:// or a local path)",
@@ -230,37 +242,71 @@ def _help(*names: str) -> dict[str, str]:
     return {name: FLAG_HELP[name] for name in names}
 
 
-def _config(ctx, **flags) -> ResolvedConfig:
-    return resolve_config(ctx.config, flags)
+def _settings(ctx, **flags) -> pipelines.Settings:
+    """Config layers + mirror profile + the checkout's facts, resolved once for this command line."""
+    return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT)
 
 
-def _print_commands(title: str, commands) -> None:
-    console.print(f"[bold]{title}[/]")
-    for command in commands:
-        if command.why:
-            console.print(f"  [dim]# {escape(command.why)}[/]")
-        console.print(f"  {escape(command.shell())}", soft_wrap=True)
+def _print_step(step: pipelines.Step) -> None:
+    console.rule(f"[bold]{escape(step.title)}[/]", align="left")
+    for line in step.lines():
+        console.print(f"  [dim]{escape(line)}[/]" if line.startswith("#") else f"  {escape(line)}", soft_wrap=True)
+    if step.error is not None:
+        console.print(f"  [yellow]not ready:[/] {escape(mask_urls(str(step.error)))}", soft_wrap=True)
 
 
-def _mirror_profile(ctx, rc: ResolvedConfig) -> mirrors.MirrorProfile:
-    """The mirror profile --mirror / forge.mirror names (built in, or from invoke.yaml's forge.mirrors)."""
-    return mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(ctx.config))
+def _print_result(step: pipelines.Step, result, seconds: float) -> None:
+    """One line (or table) per finished step, from what the step returned."""
+    if step.name == "clone" and result:
+        console.print(f"[green]checked out[/] {escape(result[:12])} [dim]({seconds:.1f}s)[/]")
+    elif step.name == "use-existing-torch":
+        console.print("[green]no torch pins left[/]")
+    elif step.name == "build-wheel":
+        from scripts.compile_cache import cache_stats
+
+        stats = cache_stats(step.plan.compile_cache)
+        console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
+    elif step.name == "check-size":
+        _print_wheel_size(result)
+    elif step.name == "bake":
+        cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
+        if result.image:
+            console.print(f"[green]baked[/] {result.image} ({result.image_id[7:19]}) "
+                          f"[dim]({seconds:.1f}s{cached}; log {result.log_path})[/]")
+        for wheel in result.wheels:
+            console.print(f"[green]wheel[/] {wheel}")
+    elif step.name == "check-size-image":
+        _print_image_size(result)
+    elif step.name == "inspect":
+        _print_labels(result)
+    elif step.name == "serve":
+        started, healthy, smoke = result
+        console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url}")
+        if smoke:
+            console.print(f"  /v1/models: {', '.join(smoke.models)}; chat: {escape(smoke.reply[:80])!s}")
 
 
-def _source_dir(rc: ResolvedConfig) -> Path:
-    return Path(rc.config.source_dir)
+def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
+    """Print each step as it is about to run (the very commands it runs), run it, say what it made."""
+    if pipeline.options.dry_run:
+        for step in pipeline.steps:
+            _print_step(step)
+        if not pipeline.ready:
+            raise Exit(code=1)
+        return pipelines.RunState()
+    started = time.monotonic()
+    with console.status("starting...") as status:
+        current = {"title": ""}
 
+        def on_step(step):
+            current["title"] = step.title
+            status.update(f"{step.title}...")
+            _print_step(step)
 
-def _build_request(rc: ResolvedConfig, src: Path) -> wheel_builder.BuildRequest:
-    cfg = rc.config
-    return wheel_builder.BuildRequest(
-        src=src, dist_dir=Path(cfg.dist_dir), arch=cfg.arch,
-        # An explicit --cuda must match the local nvcc; the default one only names a bake target.
-        cuda=None if rc.is_default("cuda") else cfg.cuda,
-        max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
-        build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
-        log_dir=REPO_ROOT / "build" / "logs", shared_cache=wheel_builder.SharedCache.from_config(cfg),
-    )
+        def on_line(line: str) -> None:
+            status.update(f"{current['title']} [dim]{time.monotonic() - started:5.0f}s[/] {escape(line[-100:])}")
+
+        return pipeline.run(on_step=on_step, on_line=on_line, on_done=_print_result)
 
 
 def _run_streaming(label: str, fn, *args, **kwargs):
@@ -275,66 +321,14 @@ def _run_streaming(label: str, fn, *args, **kwargs):
     return result, time.monotonic() - start
 
 
-def step_clone(rc: ResolvedConfig, *, force: bool, dry_run: bool,
-               profile: mirrors.MirrorProfile | None = None) -> Path:
-    cfg = rc.config
-    repo = mirrors.rewrite_git_url(cfg.vllm_repo, profile) if profile else cfg.vllm_repo
-    if cfg.vllm_src:
-        src = Path(cfg.source_dir)
-        if not src.is_dir():
-            raise ForgeError(f"--vllm-src {src} does not exist", "pass the path of an existing vLLM checkout")
-        console.print(f"using the existing checkout {src} as is")
-        return src
-    dest = Path(cfg.checkout_dir).expanduser()
-    commands = checkouts.plan_clone(repo, cfg.vllm_ref, dest, force=force)
-    if dry_run:
-        _print_commands(f"clone {mask_urls(repo)} @ {cfg.vllm_ref}", commands)
-        return dest
-    sha, seconds = _run_streaming(f"cloning {cfg.vllm_ref}", checkouts.clone, repo, cfg.vllm_ref,
-                                  dest, force=force)
-    console.print(f"[green]checked out[/] {cfg.vllm_ref} ({sha[:12]}) in {dest} [dim]({seconds:.1f}s)[/]")
-    return dest
+def _summary(pipeline: pipelines.Pipeline, state: pipelines.RunState) -> None:
+    table = Table("", "", title="summary", show_header=False)
+    for what, value in pipelines.summary_rows(pipeline, state):
+        table.add_row(what, escape(value))
+    console.print(table)
 
 
-def step_use_existing_torch(src: Path, *, dry_run: bool) -> None:
-    commands = checkouts.plan_use_existing_torch(src)
-    if dry_run:
-        _print_commands("use-existing-torch", commands)
-        return
-    checkouts.use_existing_torch(src, on_line=lambda line: console.print(f"  [dim]{escape(line)}[/]", soft_wrap=True))
-    console.print(f"[green]no torch pins left[/] in {src}")
-
-
-def step_build_wheel(rc: ResolvedConfig, src: Path, *, dry_run: bool, audit: bool = True,
-                     plan: wheel_builder.BuildPlan | None = None) -> Path | None:
-    plan = plan or wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
-    archs = ", ".join(a.sm for a in plan.archs)
-    console.print(f"build for [bold]{archs}[/], compile cache: {plan.compile_cache}")
-    for note in plan.notes:
-        console.print(f"  [dim]# {escape(note)}[/]", soft_wrap=True)
-    if dry_run:
-        _print_commands("build-wheel", plan.commands)
-        return None
-    wheel, seconds = _run_streaming("building the wheel", wheel_builder.run_build, plan, audit=audit)
-    stats = wheel_builder.cache_stats(plan.compile_cache)
-    console.print(f"[green]built[/] {wheel} [dim]({seconds:.1f}s{', ' + stats if stats else ''})[/]")
-    return wheel
-
-
-def _wheel_limit(rc: ResolvedConfig) -> float:
-    """The configured limit, else the one the checkout's vLLM version enforces, else vLLM's 400 MB."""
-    if rc.config.wheel_limit_mb:
-        return rc.config.wheel_limit_mb
-    from scripts.vllm_tree import inspect_tree
-
-    try:
-        return inspect_tree(_source_dir(rc)).wheel_limit_mb(DEFAULT_LIMIT_MB)
-    except ForgeError:
-        return DEFAULT_LIMIT_MB
-
-
-def step_check_size(path: Path, limit_mb: float) -> bool:
-    report = check_wheel_size(path, limit_mb)
+def _print_wheel_size(report) -> None:
     colour = "green" if report.ok else "red"
     console.print(f"[{colour}]{report.wheel.name}: {report.size_mb:.1f} MB[/] (limit {report.limit_mb:g} MB)")
     if not report.ok:
@@ -342,42 +336,65 @@ def step_check_size(path: Path, limit_mb: float) -> bool:
         for name, packed, size in report.largest:
             table.add_row(name, f"{packed:.1f}", f"{size:.1f}")
         console.print(table)
-    return report.ok
 
 
-@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "force", "dry_run", "mirror"))
+_CLONE_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "mirror")
+
+
+@forge_task(help=_help(*_CLONE_FLAGS, "force", "dry_run"))
 def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False, mirror=None):
     """Clone or update a vLLM checkout at a ref (partial clone; local changes are never lost)."""
-    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, mirror=mirror)
-    step_clone(rc, force=force, dry_run=dry_run, profile=_mirror_profile(ctx, rc))
+    settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir,
+                         mirror=mirror)
+    _run(pipelines.build_pipeline(settings, ["clone"], pipelines.Options(dry_run=dry_run, force=force)))
 
 
 @forge_task(name="use-existing-torch", help=_help("vllm_src", "checkout_dir", "dry_run"))
 def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
     """Run the checkout's own use_existing_torch.py and verify no torch pin is left."""
-    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
-    step_use_existing_torch(_source_dir(rc), dry_run=dry_run)
+    settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    _run(pipelines.build_pipeline(settings, ["use-existing-torch"], pipelines.Options(dry_run=dry_run)))
 
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
-                "mem_per_job_gb", "build_type", "compile_cache", "dry_run", "no_audit", "skip_torch")
+                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit")
 
 
-@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS))
+def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False,
+                     **flags) -> None:
+    settings = _settings(ctx, **flags)
+    chain = "check-size" in names
+    options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain)
+    # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
+    pipeline = pipelines.build_pipeline(settings, names, options)
+    state = _run(pipeline)
+    if chain and not dry_run:
+        _summary(pipeline, state)
+        if not state.results["check-size"].ok:
+            raise Exit(code=1)
+
+
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"))
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
-                nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dry_run=False,
-                no_audit=False, skip_torch=False):
+                nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
+                dry_run=False, no_audit=False, skip_torch=False):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
-    rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
-                 max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
-                 build_type=build_type, compile_cache=compile_cache)
-    src = _source_dir(rc)
-    # Preflight first: a wrong arch/CUDA/jobs value fails here, before any file is touched. The same
-    # plan then runs (use-existing-torch changes only pins, nothing the plan read).
-    plan = wheel_builder.plan_build(_build_request(rc, src), check_tools=not dry_run)
-    if not skip_torch:
-        step_use_existing_torch(src, dry_run=dry_run)
-    step_build_wheel(rc, src, dry_run=dry_run, audit=not no_audit, plan=plan)
+    _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
+                     no_audit=no_audit, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+                     dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
+                     build_type=build_type, compile_cache=compile_cache, mirror=mirror)
+
+
+@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"))
+def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
+          nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
+          no_audit=False, repo=None, ref=None, force=False, limit_mb=None):
+    """The wheel chain: clone (or reuse) → use-existing-torch → build-wheel → check-size, with a summary."""
+    _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
+                     arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
+                     max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
+                     build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,
+                     vllm_ref=ref, wheel_limit_mb=_number("limit-mb", limit_mb, float) or None)
 
 
 @forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),
@@ -385,58 +402,51 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
                                      "image": "check this image instead: total, size over its runtime base, "
                                               "largest layers",
                                      "budget": "with --image: fail when the image is larger than this many GB",
-                                     "docker": "with --image: the docker client to use"})
-def check_size(ctx, wheel=None, dist_dir=None, limit_mb=0.0, image=None, budget=0.0, docker=None):
+                                     "docker": "with --image: the docker client to use",
+                                     "dry_run": FLAG_HELP["dry_run"]})
+def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget=None, docker=None, dry_run=False):
     """Check the wheel against its size limit (vLLM's own, 400 MB by default), or an image with --image."""
-    if image:
-        if not image_check_size(image, budget, docker):
-            raise Exit(code=1)
-        return
-    rc = _config(ctx, dist_dir=dist_dir)
-    limit = limit_mb or _wheel_limit(rc)
-    if not step_check_size(Path(wheel) if wheel else Path(rc.config.dist_dir), limit):
+    settings = _settings(ctx, dist_dir=dist_dir)
+    options = pipelines.Options(wheel=Path(wheel) if wheel else None, limit_mb=_number("limit-mb", limit_mb, float),
+                                image=image or "", budget_gb=_number("budget", budget, float), dry_run=dry_run)
+    options.bake.docker = docker
+    state = _run(pipelines.build_pipeline(settings, ["check-size-image" if image else "check-size"], options))
+    if not dry_run and not next(iter(state.results.values())).ok:
         raise Exit(code=1)
 
 
-@forge_task(help=_help("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "max_jobs", "nvcc_threads",
-                       "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror"))
+_PLAN_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "max_jobs", "nvcc_threads",
+               "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror")
+
+
+@forge_task(help=_help(*_PLAN_FLAGS))
 def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, cuda=None, max_jobs=None,
          nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dist_dir=None, mirror=None):
     """Show the resolved configuration (and where each value came from) and every step's exact commands."""
-    rc = _config(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
-                 cuda=cuda, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
-                 build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
+    settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
+                         cuda=cuda, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
+                         build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
     table = Table("setting", "value", "from", title="Resolved configuration")
-    for name, value in rc.config.as_dict().items():
-        table.add_row(name, escape(mask_urls(str(value))), rc.source(name))
+    for name, value in settings.config.as_dict().items():
+        table.add_row(name, escape(mask_urls(str(value))), settings.rc.source(name))
     console.print(table)
-    archs = arch_tables.resolve_arch(rc.config.arch, rc.config.cuda)
-    console.print(f"archs: {', '.join(a.sm for a in archs)}  TORCH_CUDA_ARCH_LIST="
-                  f"{arch_tables.torch_cuda_arch_list(archs)}  VLLM_FA_CMAKE_GPU_ARCHES="
-                  f"{arch_tables.fa_cmake_gpu_arches(archs)}")
-    ngc = compat.default_ngc_tag(rc.config.cuda)
-    console.print(f"CUDA {rc.config.cuda}: build base {rc.config.base_image or (ngc.image if ngc else '?')}, "
-                  f"minimum driver {compat.MIN_DRIVER[compat.cuda_minor(rc.config.cuda)].full}")
-    profile = _mirror_profile(ctx, rc)
-    rows = [row for row in mirrors.describe_mirror(profile, rc.config) if row[1] != row[2]]
-    console.print(f"mirror {profile.name}: {escape(profile.description)}" + ("" if rows else ", nothing rewritten"),
-                  soft_wrap=True)
+    cfg = settings.config
+    console.print(f"CUDA {cfg.cuda}: minimum driver {compat.MIN_DRIVER[compat.cuda_minor(cfg.cuda)].full}")
+    applied = settings.mirror
+    rows = [row for row in applied.rows() if row[1] != row[2]]
+    console.print(f"mirror {applied.profile.name}: {escape(applied.profile.description)}"
+                  + ("" if rows else ", nothing rewritten"), soft_wrap=True)
     for what, old, new in rows:
-        console.print(f"  {what}: {escape(old)} [dim]->[/] {escape(new)}", soft_wrap=True)
-    from scripts import remote_build
-
-    for line in remote_build.plan_lines(rc.config.builder, rc.config.registry_cache):
-        console.print(f"[dim]# {escape(line)}[/]", soft_wrap=True)
-    for title, make in (
-        ("clone", lambda: step_clone(rc, force=False, dry_run=True, profile=profile)),
-        ("use-existing-torch", lambda: step_use_existing_torch(_source_dir(rc), dry_run=True)),
-        ("build-wheel", lambda: step_build_wheel(rc, _source_dir(rc), dry_run=True)),
-    ):
-        console.rule(title)
-        try:
-            make()
-        except ForgeError as err:
-            console.print(f"[yellow]not ready:[/] {escape(mask_urls(str(err)))}")
+        console.print(f"  {what}: {escape(mask_urls(old))} [dim]->[/] {escape(mask_urls(new))}", soft_wrap=True)
+    names = ("clone", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect")
+    pipeline = pipelines.build_pipeline(settings, names, pipelines.Options(dry_run=True, reuse_checkout=True),
+                                        lenient=True)
+    for step in pipeline.steps:
+        _print_step(step)
+    if not pipeline.ready:
+        blocked = [step.title for step in pipeline.steps if step.error is not None]
+        raise ForgeError(f"{len(blocked)} step(s) cannot run as configured: {', '.join(blocked)} (see above)",
+                         "fix what each `not ready` line says")
 
 
 @forge_task(help={"cuda": "show which archs this CUDA version can build"})
@@ -465,19 +475,16 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 
     started = time.monotonic()
     arch_tables.parse_arch_list(arch)  # a typo fails now, not after the clone
-    base = resolve_config(ctx.config, {"dist_dir": dist_dir})
-    repo_url = publish_minivllm(Path(base.config.cache_dir).expanduser())
+    cache = Path(resolve_config(ctx.config, {"dist_dir": dist_dir}).config.cache_dir).expanduser()
+    repo_url = publish_minivllm(cache)
     console.print(f"embedded default project published at {repo_url}")
-    rc = resolve_config(ctx.config, {
-        "vllm_repo": repo_url, "vllm_ref": RELEASE_TAG, "vllm_src": "",
-        # Next to the published repo: a checkout always belongs to the repo in the same cache.
-        "checkout_dir": str(Path(base.config.cache_dir).expanduser() / "demo" / "vllm"), "arch": arch,
-        "dist_dir": dist_dir,
-    })
-    src = step_clone(rc, force=False, dry_run=False)
-    step_use_existing_torch(src, dry_run=False)
-    wheel = step_build_wheel(rc, src, dry_run=False)
-    ok = step_check_size(wheel, _wheel_limit(rc))
+    # Next to the published repo: a checkout always belongs to the repo in the same cache.
+    flags = dict(vllm_repo=repo_url, vllm_ref=RELEASE_TAG, vllm_src="", checkout_dir=str(cache / "demo" / "vllm"),
+                 arch=arch, dist_dir=dist_dir)
+    settings = _settings(ctx, **flags)
+    pipeline = pipelines.build_pipeline(settings, pipelines.WHEEL_CHAIN, pipelines.Options(reuse_checkout=True))
+    state = _run(pipeline)
+    wheel = state.wheel
     from scripts.audit import audit_path
 
     # The archs column is what the wheel's kernels really are (its audit), not what was asked for.
@@ -488,21 +495,25 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
                     f"{time.monotonic() - started:.1f}")
     console.print(summary)
-    if not no_docker:
-        _demo_image_steps(ctx, rc, src, wheel)
-    if not ok:
+    image = demo_image(ctx, flags) if not no_docker else ""
+    # What to do next, each working as printed: the demo's checkout is named, so the everyday tasks find it.
+    where = f"--vllm-src {shlex.quote(str(settings.src))}"
+    nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
+    if image:
+        nexts.append(f"invoke serve minivllm/echo --image {image} --gpus none --port 18000")
+    else:
+        ptx_dist = shlex.quote(str(Path(settings.config.dist_dir) / "ptx"))
+        nexts.append(f"invoke build-wheel {where} --arch 12.0+PTX --dist-dir {ptx_dist}")
+    for line in nexts:
+        console.print(f"next: {escape(line)}", soft_wrap=True)
+    if not state.results["check-size"].ok:
         raise Exit(code=1)
-
-
-def _demo_image_steps(ctx, rc, src, wheel) -> None:
-    """Bake, serve and smoke-test the image when a Docker engine is reachable (image section)."""
-    demo_image(ctx, rc, src, wheel)
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
 import contextlib  # noqa: E402
 
-from scripts import audit as kernel_audit  # noqa: E402
+kernel_audit = _lazy("scripts.audit")
 
 AUDIT_HELP = {
     "path": "a .so, executable, directory (wheels in it too), wheel, or `docker save`/`docker export` tar",
@@ -581,33 +592,37 @@ def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----
+from invoke import Argument  # noqa: E402
+
 _LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
 
 
 def _print_findings(title: str, findings) -> None:
-    table = Table("", "check", "finding", "fix", title=escape(title), show_lines=False)
+    # long fixes and messages fold inside their column at any terminal width instead of ending in "…"
+    table = Table(title=escape(title), show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", overflow="fold")
+    table.add_column("finding", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=3)
     for f in findings:
         style = _LEVEL_STYLE.get(f.level, "")
-        fix = f.fix if f.level in ("warn", "fail") else ""
+        fix = escape(f.fix) if f.level in ("warn", "fail") else ""
         if f.source and f.level in ("warn", "fail"):
             fix += f" [dim](see {escape(f.source)})[/]"
-        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix if not fix else
-                      (escape(f.fix) + fix[len(f.fix):]))
+        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix)
     console.print(table)
 
 
-def _diagnose_paths(spec: str) -> list[Path]:
-    paths: list[Path] = []
-    for word in spec.replace(",", " ").split():
-        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
-        for path in found:
-            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
-                paths.extend(p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096])
-            else:
-                paths.append(path)
-    if not paths:
-        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
-    return paths
+def _print_root_cause(cause) -> None:
+    """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
+    style = _LEVEL_STYLE.get(cause.level, "")
+    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}", soft_wrap=False)
+    if line := cause.bandwidth_line():
+        console.print(f"  [bold]bandwidth[/]: {escape(line)}")
+    for evidence in cause.evidence:
+        console.print(f"  [bold]evidence[/]: {escape(evidence)}", overflow="fold")
+    if cause.fix:
+        console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
 
 
 @forge_task(help={"image": "check this image's Python, torch, NCCL and vLLM (docker run) instead of this Python",
@@ -629,6 +644,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     if json:
         print(json_mod.dumps(report.to_dict(), indent=2, default=str))
     else:
+        _print_root_cause(doctor_mod.root_cause(report))
         _print_findings(f"doctor{' ' + image if image else ''}: {report.level.upper()}", report.findings)
     if report.level == "fail":
         raise Exit(code=1)
@@ -636,7 +652,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
 
 @forge_task(name="nccl-test", help={
     "image": "run inside this image (docker run --gpus all --ipc=host)",
-    "gpus": "GPUs (ranks) to use; 0: all that nvidia-smi lists",
+    "gpus": "GPUs (ranks) to use; default (or 0): all that nvidia-smi lists",
     "sizes": "MIN:MAX message sizes, doubling (default 8:128M)",
     "out": "directory for the output table and NCCL_DEBUG_FILE logs (default build/nccl-test)",
     "runner": "auto (all_reduce_perf when found, else torch.distributed), nccl-tests or torch",
@@ -646,7 +662,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     "gpu_cap": "compute capabilities to build nccl-tests for, e.g. 9.0,12.0 (default: nvcc's defaults)",
     "dry_run": "print the commands only",
     "json": "print the parsed result and verdicts as JSON"})
-def nccl_test(ctx, image="", gpus=0, sizes="8:128M", out="build/nccl-test", runner="auto", binary="",
+def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", runner="auto", binary="",
               build_nccl_tests="", nccl_home="", gpu_cap="", dry_run=False, json=False):
     """All-reduce across the GPUs with NCCL_DEBUG=INFO captured, parsed and judged against the link."""
     import json as json_mod
@@ -663,7 +679,7 @@ def nccl_test(ctx, image="", gpus=0, sizes="8:128M", out="build/nccl-test", runn
         if not dry_run:
             binary = str(nccl_test_mod.build_nccl_tests(commands))
             console.print(f"[green]built[/] {binary}")
-    count = gpus or nccl_test_mod.count_gpus() or 1
+    count = _number("gpus", gpus) or nccl_test_mod.count_gpus() or 1
     plan = nccl_test_mod.plan_run(gpus=count, sizes=sizes, out_dir=Path(out), runner=runner,
                                   binary=binary or None, image=image)
     for note in plan.notes:
@@ -677,6 +693,7 @@ def nccl_test(ctx, image="", gpus=0, sizes="8:128M", out="build/nccl-test", runn
         print(json_mod.dumps(outcome.to_dict(), indent=2, default=str))
     else:
         console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
+        _print_root_cause(outcome.root_cause)
         for report in outcome.reports:
             _print_findings(f"{report.path} [{report.kind}]", report.findings)
         console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
@@ -684,23 +701,68 @@ def nccl_test(ctx, image="", gpus=0, sizes="8:128M", out="build/nccl-test", runn
         raise Exit(code=1)
 
 
-@forge_task(name="nccl-diagnose", positional=["files"], help={
-    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi topo outputs, or directories (several: quote them, "
-             "separated by spaces or commas; globs work)",
-    "json": "print the reports as JSON",
+def _positional_count(argv: list[str], names: set[str], value_flags: set[str]) -> int:
+    """How many positional words follow the task name in ``argv`` (flags and their values left out; a
+    ``--`` ends the task's words, as it ends invoke's parsing)."""
+    start = next((i for i, token in enumerate(argv) if token in names), None)
+    if start is None:
+        return 0
+    count, skip = 0, False
+    for token in argv[start + 1:]:
+        if skip:
+            skip = False
+        elif token == "--":
+            break
+        elif token.startswith("-"):
+            skip = "=" not in token and token in value_flags
+        else:
+            count += 1
+    return count
+
+
+class FilesTask(Task):
+    """A task whose first positional argument takes every file on the command line.
+
+    invoke gives a task a fixed number of positional arguments, so `invoke nccl-diagnose a.log b.log`
+    (what a shell glob expands to) would stop at b.log with "No idea what 'b.log' is!". Through invoke's
+    public Task API (``@task(klass=...)``, ``get_arguments``) this task declares one more positional
+    argument per extra word the command line holds; the body receives them as ``files_2``, ``files_3``...
+    Words after a standalone ``--`` reach the body as ``ctx.remainder`` (invoke's documented remainder)."""
+
+    def get_arguments(self, ignore_unknown_help=None):
+        args = [a for a in super().get_arguments(ignore_unknown_help) if a.name != "more_files"]
+        argv = sys.argv if Path(sys.argv[0]).name in ("invoke", "inv") or Path(sys.argv[0]).parent.name == "invoke" \
+            else []
+        names = {self.name, *self.aliases}
+        flags = {("--" if len(n) > 1 else "-") + n for a in args if a.takes_value and not a.positional for n in a.names}
+        extra = max(0, _positional_count(argv, names, flags) - 1)
+        positional = [a for a in args if a.positional]
+        more = [Argument(name=f"files_{i}", positional=True) for i in range(2, extra + 2)]
+        return positional + more + [a for a in args if not a.positional]
+
+
+@forge_task(name="nccl-diagnose", positional=["files"], klass=FilesTask, help={
+    "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi outputs, or directories: several as separate "
+             "arguments (logs/*.log), quoted and separated by spaces or commas, or after --",
+    "json": "print the root cause and the reports as JSON",
     "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)"})
-def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
-    """Read NCCL logs / nccl-tests outputs / topo files, name each failure with its cause and fix."""
+def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
+    """Read NCCL logs / nccl-tests outputs / topo files: one root cause first, then each file's findings."""
     import json as json_mod
 
     from scripts import nccl_logs
 
-    paths = _diagnose_paths(files or "")
-    reports = nccl_logs.diagnose_files(paths, nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else []))
+    words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
+    words.append(getattr(ctx, "remainder", "") or "")
+    paths, in_dirs = nccl_logs.input_paths(" ".join(w for w in words if w))
+    # the files may come from another host: only their own "set by environment" lines count, not this shell's
+    context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
+    reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
+    cause = nccl_logs.find_root_cause(reports, context)
     if json:
-        print(json_mod.dumps({"level": nccl_logs.worst_level([f for r in reports for f in r.findings]),
-                              "files": [r.to_dict() for r in reports]}, indent=2, default=str))
+        print(json_mod.dumps(nccl_logs.report_dict(reports, cause), indent=2, default=str))
     else:
+        _print_root_cause(cause)
         for report in reports:
             _print_findings(f"{report.path} [{report.kind}]: {report.level.upper()}", report.findings)
     if any(r.level == "fail" for r in reports):
@@ -708,10 +770,9 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap=""):
 # ---- end doctor / nccl ----
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
-import subprocess  # noqa: E402
 
-from scripts import image as images  # noqa: E402
-from scripts import serve as serving  # noqa: E402
+images = _lazy("scripts.image")
+serving = _lazy("scripts.serve")
 
 IMAGE_HELP = {
     "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
@@ -732,13 +793,8 @@ IMAGE_HELP = {
     "cache_to": "--cache-to destination (buildx only)",
     "no_cache": "build without the layer cache",
     "build_arg": "extra build arg NAME=VALUE (may repeat)",
+    "non_root": "runtime image runs vLLM as an unprivileged user, uid 2000 (invoke.yaml: non_root: true)",
 }
-
-
-def _docker_client(docker=None) -> images.DockerClient:
-    client = images.find_docker(docker)
-    images.check_engine(client.path)
-    return client
 
 
 def _plain_docker(docker=None) -> str:
@@ -753,110 +809,127 @@ def _engine_docker(docker=None) -> str:
     return path
 
 
-@forge_task(help={**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
-                          "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror"), **IMAGE_HELP},
-            iterable=["build_arg", "cache_from", "cache_to"], auto_shortflags=False)
-def bake(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image=None, runtime_image=None,
-         target="runtime", tag="", dockerfile="forge", docker=None, max_jobs=None, nvcc_threads=None,
-         build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
-         extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
-         cache_to=None, no_cache=False, build_arg=None, limit_mb=0.0, no_audit=False, dry_run=False, mirror=None):
-    """Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."""
-    rc = _config(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, base_image=base_image,
-                 runtime_image=runtime_image, max_jobs=max_jobs, nvcc_threads=nvcc_threads, build_type=build_type,
-                 compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
-    cfg = rc.config
-    profile = _mirror_profile(ctx, rc)
-    base_image, runtime_image = (images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
-                                 if profile.name != "global" else (cfg.base_image, cfg.runtime_image))
-    base_image, runtime_image = (mirrors.rewrite_image(base_image, profile) if base_image else "",
-                                 mirrors.rewrite_image(runtime_image, profile) if runtime_image else "")
-    index_url = index_url or profile.pypi_index
-    pytorch_index = pytorch_index or profile.pytorch_index.rstrip("/")
-    client = images.find_docker(docker)
-    ca_path = Path(ca_bundle) if ca_bundle else None
-    if ca_path is None:
-        ca_path, origin = images.default_ca_bundle()
-        if ca_path:
-            console.print(f"[dim]# CA bundle {ca_path} (from {origin}) goes in as BuildKit secret ca_bundle[/]")
-    extra = {}
-    for item in build_arg or []:
-        name, eq, value = item.partition("=")
-        if not eq:
-            raise ForgeError(f"--build-arg {item} is not NAME=VALUE", "pass --build-arg NAME=VALUE")
-        extra[name] = value
-    request = images.BakeRequest(
-        src=Path(cfg.source_dir), arch=cfg.arch, cuda=cfg.cuda, cuda_explicit=not rc.is_default("cuda"),
-        base_image=base_image, runtime_image=runtime_image, target=target, tag=tag, dockerfile=dockerfile,
-        max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, build_type=cfg.build_type,
-        compile_cache=cfg.compile_cache, wheel_limit_mb=limit_mb or cfg.wheel_limit_mb, audit=not no_audit,
-        index_url=index_url, extra_index_url=extra_index_url, pytorch_index_base_url=pytorch_index,
-        ca_bundle=ca_path, netrc=Path(netrc) if netrc else None, dist_dir=Path(cfg.dist_dir),
-        context_dir=REPO_ROOT / "build" / "bake", vllm_repo="" if cfg.vllm_src else cfg.vllm_repo,
-        vllm_ref="" if cfg.vllm_src else cfg.vllm_ref, platform=platform, push=push, builder=builder,
-        cache_from=list(cache_from or []), cache_to=list(cache_to or []), no_cache=no_cache, build_args=extra,
-        apt_mirror=profile.apt_mirror.rstrip("/"), deps_cache=Path(cfg.cache_dir).expanduser(),
-    )
-    plan = images.plan_bake(request, client)
-    console.print("[bold]bake[/]")
-    for line in plan.lines():
-        console.print(f"  [dim]{escape(line)}[/]" if line.startswith("#") else f"  {escape(line)}", soft_wrap=True)
-    if dry_run:
-        return
-    images.check_engine(client.path)
-    log_path = REPO_ROOT / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    result, seconds = _run_streaming(f"baking {target}", images.run_bake, plan, log_path=log_path)
-    cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
-    if result.image:
-        console.print(f"[green]baked[/] {result.image} ({result.image_id[7:19]}) "
-                      f"[dim]({seconds:.1f}s{cached}; log {log_path})[/]")
-        if target == "runtime":
-            console.print(f"next: invoke check-size --image {result.image}; "
-                          f"invoke serve --image {result.image} --model MODEL")
-    for wheel in result.wheels:
-        console.print(f"[green]wheel[/] {wheel}")
+def _bake_task(chain: bool, doc: str):
+    """`bake` (clone first when there is no checkout) and `image` (the whole chain) share one flag set."""
+
+    def body(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image=None, runtime_image=None,
+             target="runtime", tag="", dockerfile="forge", docker=None, max_jobs=None, nvcc_threads=None,
+             build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
+             extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
+             cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
+             mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
+             non_root=False):
+        settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+                             base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
+                             nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
+                             dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
+                             standin=True if standin else None, non_root=non_root or None)
+        bake_options = pipelines.BakeOptions(
+            target=target, tag=tag, dockerfile=dockerfile, docker=docker,
+            ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
+            index_url=index_url, extra_index_url=extra_index_url, pytorch_index=pytorch_index, platform=platform,
+            push=push, builder=builder, cache_from=list(cache_from or []), cache_to=list(cache_to or []),
+            no_cache=no_cache, build_args=images.parse_build_args(build_arg or []),
+            limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit, jit=not no_jit)
+        options = pipelines.Options(dry_run=dry_run, force=force, reuse_checkout=chain, bake=bake_options,
+                                    budget_gb=_number("budget", budget, float))
+        if chain:
+            names = pipelines.IMAGE_CHAIN if target == "runtime" else ("clone", "use-existing-torch", "bake")
+        else:
+            names = ("clone", "bake") if pipelines.needs_clone(settings) else ("bake",)
+        pipeline = pipelines.build_pipeline(settings, names, options)
+        state = _run(pipeline)
+        if dry_run:
+            return
+        if chain:
+            _summary(pipeline, state)
+            size = state.results.get("check-size-image")
+            if size is not None and not size.ok:
+                raise Exit(code=1)
+        elif state.image and target == "runtime":
+            console.print(f"next: invoke check-size --image {state.image}; "
+                          f"invoke serve --image {state.image} --model MODEL")
+
+    body.__doc__ = doc
+    return body
+
+
+_BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
+                      "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
+              "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
+              "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
+              "budget": "image chain: fail when the image is larger than this many GB",
+              "no_jit": "no JIT toolchain (nvcc, g++) in the runtime image and no JIT check: only for models "
+                        "that need no run-time kernel compile (the label org.vllm-forge.jit records it)",
+              "standin": "bake on the TEST-ONLY stand-in bases (built locally when missing; CUDA 13.0): for "
+                         "iterating on the Dockerfile without NGC, not for serving real models", **IMAGE_HELP}
+bake = forge_task(name="bake", help=_BAKE_HELP, iterable=["build_arg", "cache_from", "cache_to"],
+                  auto_shortflags=False)(_bake_task(
+    False, "Bake vLLM into an image: multi-stage, layer- and compile-cached, checked and audited inside the build."))
+image = forge_task(name="image", help=_BAKE_HELP, iterable=["build_arg", "cache_from", "cache_to"],
+                   auto_shortflags=False)(_bake_task(
+    True, "The image chain: clone (or reuse) → use-existing-torch → bake → check-size --image → inspect, "
+          "with a summary."))
 
 
 @forge_task(help={"image": "image tag or id", "docker": IMAGE_HELP["docker"]}, auto_shortflags=False)
 def inspect(ctx, image, docker=None):
     """Show an image's build labels (vLLM ref/commit, archs, CUDA, bases, date, vllm-forge version) and size."""
-    info = images.inspect_image(_engine_docker(docker), image)
-    table = Table("label", "value", title=f"{image} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})")
+    _print_labels(images.inspect_image(_engine_docker(docker), image))
+
+
+def _print_labels(info: dict) -> None:
+    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})"
+    table = Table("label", "value", title=escape(title))
     for name, value in sorted(info["labels"].items()):
         table.add_row(name, escape(value))
     console.print(table)
+    console.print(f"runs as: {escape(info['user'] or 'root')} (image USER)")
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
+    # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).
+    ready, line = images.jit_summary(images.image_jit_facts(images.default_docker(), info["id"]),
+                                     info["labels"].get("org.vllm-forge.sm", "").split(","))
+    console.print(f"[{'green' if ready else 'yellow'}]JIT[/] {escape(line)}")
 
 
-def image_check_size(image: str, budget_gb: float = 0.0, docker: str | None = None, base: str = "") -> bool:
-    """`invoke check-size --image TAG [--budget GB]`: size, size over the runtime base, largest layers."""
-    report = images.image_size_report(_engine_docker(docker), image, budget_gb, base=base)
+def _print_image_size(report) -> None:
     colour = "green" if report.ok else "red"
     over = (f", {report.over_base / images.GB:.2f} GB over its base {report.base}" if report.over_base is not None
             else (f" (base {report.base} is not present locally)" if report.base else ""))
-    budget = f" (budget {budget_gb:g} GB)" if budget_gb else ""
-    console.print(f"[{colour}]{image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
+    console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    split = images.image_size_breakdown(images.default_docker(), report.image, base=report.base)  # scripts/image.py
+    parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
+    for name, size in split.parts.items():
+        parts.add_row(f"{size / 1e6:.1f}", name)
+    console.print(parts)
     table = Table("MB", "instruction", title="largest layers")
     for layer in report.layers:
         table.add_row(f"{layer.size / 1e6:.1f}", escape(layer.instruction[:140]))
     console.print(table)
-    return report.ok
 
 
+SERVE_NAME = "vllm-forge-serve"  # scripts/serve.py DEFAULT_NAME (kept literal: signatures load no module)
 SERVE_HELP = {
     "image": "image to serve (e.g. the tag `invoke bake` printed)",
     "local": "serve the vLLM installed in this Python instead of a container",
     "model": "model to serve (a Hugging Face id or a path)",
-    "tp": "tensor-parallel size (GPUs per replica)",
-    "port": "port published on the host",
+    "tp": "tensor-parallel size (GPUs per replica; default 1)",
+    "port": "port published on the host (default 8000)",
     "host": "host address to publish on (default 127.0.0.1; 0.0.0.0 needs --api-key or --insecure)",
     "gpus": "all, none (CPU-only stand-ins) or indexes like 0,1",
-    "api_key": "API key the server requires (default: $VLLM_API_KEY)",
+    "api_key": "API key the server requires (default: $VLLM_API_KEY; passed by environment, never on argv)",
     "insecure": "allow --host 0.0.0.0 without an API key",
     "name": "container name (default vllm-forge-serve)",
-    "timeout": "seconds to wait for /health",
+    "timeout": "seconds to wait for /health (default 600)",
     "shm_size": "use --shm-size SIZE instead of --ipc=host",
+    "max_model_len": "vLLM --max-model-len: context length in tokens (default: the model's own; less KV cache)",
+    "gpu_memory_utilization": "vLLM --gpu-memory-utilization: fraction of each GPU's memory vLLM takes, weights "
+                              "and KV cache (vLLM's default 0.92 takes nearly the whole GPU, whatever the model)",
+    "served_model_name": "vLLM --served-model-name: the model name clients send (default: --model)",
+    "vllm_args": "more vLLM server flags, one quoted string: --vllm-args \"--enforce-eager --dtype bfloat16\" "
+                 "(also: words after `--`, and invoke.yaml forge.serve.vllm_args)",
     "compose": "write the equivalent docker compose file instead of starting anything",
     "compose_file": "where --compose writes (default build/serve/compose.yaml)",
     "no_smoke": "do not call /v1/models and a chat completion after /health",
@@ -865,15 +938,38 @@ SERVE_HELP = {
 }
 
 
-@forge_task(help=SERVE_HELP, auto_shortflags=False)
-def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", gpus="all", api_key=None,
-          insecure=False, name=serving.DEFAULT_NAME, timeout=600.0, shm_size="", compose=False,
+def _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, insecure, name, shm_size,
+                   max_model_len, gpu_memory_utilization, served_model_name, vllm_args) -> serving.ServeRequest:
+    """Flags over invoke.yaml's forge.serve over vLLM's defaults; pass-through flags: invoke.yaml's,
+    then --vllm-args, then the words after `--` (vLLM takes the last of a repeated flag)."""
+    settings = serving.serve_settings(ctx.config)
+    remainder = serving.split_vllm_args(getattr(ctx, "remainder", "") or "", "the words after --")
+
+    def pick(flag, key, kind, default):  # the command line, else invoke.yaml, else vLLM's own default
+        try:
+            return _number(key.replace("_", "-"), flag if flag not in (None, "") else settings.get(key), kind, default)
+        except ForgeError as err:
+            raise ForgeError(err.problem, f"pass e.g. --{key.replace('_', '-')} "
+                             f"{4096 if kind is int else 0.5}") from None
+
+    return serving.ServeRequest(
+        model=model, image=image, local=local, tp=_number("tp", tp, default=1),
+        port=_number("port", port, default=8000), host=host, gpus=gpus,
+        api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""), insecure=insecure,
+        name=name, shm_size=shm_size, max_model_len=pick(max_model_len, "max_model_len", int, 0),
+        gpu_memory_utilization=pick(gpu_memory_utilization, "gpu_memory_utilization", float, 0.0),
+        served_model_name=served_model_name or settings.get("served_model_name") or "",
+        extra_args=settings.get("vllm_args", []) + serving.split_vllm_args(vllm_args) + remainder)
+
+
+@forge_task(help=SERVE_HELP, positional=["model"], auto_shortflags=False)
+def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1", gpus="all", api_key=None,
+          insecure=False, name=SERVE_NAME, timeout=None, shm_size="", max_model_len=None,
+          gpu_memory_utilization=None, served_model_name=None, vllm_args="", compose=False,
           compose_file="build/serve/compose.yaml", no_smoke=False, docker=None, dry_run=False):
-    """Start the OpenAI server (container or --local), wait for /health, smoke-test it, print the URL."""
-    request = serving.ServeRequest(model=model, image=image, local=local, tp=int(tp), port=int(port), host=host,
-                                   gpus=gpus,
-                                   api_key=api_key if api_key is not None else os.environ.get("VLLM_API_KEY", ""),
-                                   insecure=insecure, name=name, shm_size=shm_size)
+    """Start the OpenAI server (container or --local) with vLLM's flags, wait for /health, smoke-test it."""
+    request = _serve_request(ctx, model, image, local, tp, port, host, gpus, api_key, insecure, name, shm_size,
+                             max_model_len, gpu_memory_utilization, served_model_name, vllm_args)
     docker_path = _plain_docker(docker)
     if compose:
         path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
@@ -888,66 +984,64 @@ def serve(ctx, model, image="", local=False, tp=1, port=8000, host="127.0.0.1", 
         key = "export VLLM_API_KEY=...; " if request.api_key else ""  # the file names it, never holds it
         console.print(f"[green]wrote[/] {path}: {key}docker compose -f {path} up -d")
         return
-    command = serving.plan_serve(request, docker_path)
-    console.print(f"  {escape(serving.shell_line(command, request))}", soft_wrap=True)
+    options = pipelines.Options(dry_run=dry_run, serve=request, smoke=not no_smoke,
+                                serve_timeout_s=_number("timeout", timeout, float, 600.0))
+    options.bake.docker = docker_path
+    _run(pipelines.build_pipeline(_settings(ctx), ["serve"], options))
     if dry_run:
         return
-    if not local:
-        images.check_engine(docker_path)
-    started_at = time.monotonic()
-    with console.status("starting the server...") as status:
-        def tick(elapsed: float) -> None:
-            status.update(f"waiting for {request.name} /health [dim]{elapsed:4.0f}s[/]")
-
-        started, healthy, result = serving.serve(request, docker=docker_path, timeout_s=float(timeout),
-                                                 on_tick=tick, smoke=not no_smoke)
-    total = time.monotonic() - started_at
-    console.print(f"[green]healthy[/] after {healthy:.1f}s: {started.url} [dim]({total:.1f}s)[/]")
-    if result:
-        console.print(f"  /v1/models: {', '.join(result.models)}; chat: {escape(result.reply[:80])!s}")
-    console.print(f"stop it with: invoke stop{'' if name == serving.DEFAULT_NAME else ' --name ' + name}")
+    console.print(f"stop it with: invoke stop{'' if name == SERVE_NAME else ' --name ' + name}")
 
 
 @forge_task(help={"name": SERVE_HELP["name"], "docker": SERVE_HELP["docker"]}, auto_shortflags=False)
-def stop(ctx, name=serving.DEFAULT_NAME, docker=None):
-    """Stop and remove what `invoke serve` started."""
+def stop(ctx, name=SERVE_NAME, docker=None):
+    """Stop and remove what `invoke serve` started (a --local server, else the container)."""
     if (serving.LOCAL_STATE_DIR / f"{name}.pid").exists():  # a --local server: no Docker needed
         console.print(serving.stop(name, _plain_docker(docker)))
+        return
+    import shutil
+
+    client = _plain_docker(docker)
+    if not shutil.which(client):  # no Docker here: nothing of ours can be running in it
+        console.print(f"nothing to stop: no local server named {name} ({serving.LOCAL_STATE_DIR / (name + '.pid')} "
+                      f"does not exist) and no docker client ({client}) on this host")
         return
     console.print(serving.stop(name, _engine_docker(docker)))
 
 
-def demo_image(ctx, rc, src, wheel) -> None:
-    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down."""
+def demo_image(ctx, flags: dict) -> str:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down; the image's tag
+    ("" when the steps were skipped)."""
     from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
-    docker = _plain_docker()
+    docker = images.default_docker()
     if not images.engine_reachable(docker):
         console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
-        return
-    cfg = rc.config
+        return ""
+    settings = _settings(ctx, **flags)
+    cfg = settings.config
     base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
-    present = lambda ref: subprocess.run([docker, "image", "inspect", ref], capture_output=True).returncode == 0  # noqa: E731
-    if not (present(base) and present(runtime)):
-        if present(BUILD_STANDIN) and present(RUNTIME_STANDIN):
+    if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
+        if images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN):
             console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]")
-            base, runtime = BUILD_STANDIN, RUNTIME_STANDIN
+            settings = _settings(ctx, **flags, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda="13.0")
         else:
             console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
                           "stand-ins with `python scripts/standin_images.py`[/]")
-            return
-    cuda = cfg.cuda if base != BUILD_STANDIN else "13.0"
-    result, seconds = _run_streaming(
-        "bake, serve, smoke-test", serving.bake_serve_smoke, src, arch=cfg.arch, cuda=cuda, base_image=base,
-        runtime_image=runtime, vllm_repo=cfg.vllm_repo, vllm_ref=cfg.vllm_ref)
-    console.print(f"[green]image[/] {result.image}: {result.image_size / images.GB:.2f} GB, baked in "
-                  f"{result.bake_seconds:.1f}s, healthy in {result.healthy_seconds:.1f}s, "
-                  f"chat replied {escape(result.smoke.reply[:60])!r}")
+            return ""
+    name = "vllm-forge-demo"
+    options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
+                                serve_timeout_s=120)
+    serving.stop(name, docker)  # a container left by an interrupted demo
+    try:
+        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image
+    finally:
+        serving.stop(name, docker)
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----
-from scripts import fetch_deps as dep_fetcher  # noqa: E402
-from scripts import vllm_tree  # noqa: E402
+dep_fetcher = _lazy("scripts.fetch_deps")
+vllm_tree = _lazy("scripts.vllm_tree")
 
 TREE_FLAG_HELP = {
     "vllm_src": "the vLLM checkout to read (default: the clone in --checkout-dir)",
@@ -964,11 +1058,6 @@ TREE_FLAG_HELP = {
 }
 
 
-def _mirror_github_proxy(ctx, rc: ResolvedConfig) -> str | None:
-    """The github_proxy of the selected mirror profile in invoke.yaml (forge.mirrors.<profile>)."""
-    return _mirror_profile(ctx, rc).github_proxy or None
-
-
 @forge_task(name="inspect-tree", help={k: TREE_FLAG_HELP[k] for k in ("vllm_src", "checkout_dir", "cuda", "arch",
                                                                       "json")},
             iterable=["cuda"])
@@ -976,15 +1065,16 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
     """Say what the checkout's vLLM version needs: script paths, env knobs, CUDA arch gate, wheel limit, git deps."""
     import json as json_mod
 
-    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
-    tree = vllm_tree.inspect_tree(_source_dir(rc))
+    tree = vllm_tree.inspect_tree(_settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir).src)
     cudas = list(cuda) or ["12.6", "12.8", "12.9", "13.0"]
     if json:
         print(json_mod.dumps(tree.as_dict(cudas), indent=2))
     else:
         console.print(f"[bold]{escape(tree.summary())}[/]", soft_wrap=True)
-        console.print(f"  version from {escape(tree.version_source)}; wheel limit from "
-                      f"{escape(tree.wheel_size_source)}; Dockerfile {tree.dockerfile or '-'} "
+        limit = (f"wheel limit {tree.wheel_size_limit_mb} MB from {escape(tree.wheel_size_source)}"
+                 if tree.wheel_size_limit_mb else f"no wheel limit in the checkout (vLLM's {tree.wheel_limit_mb()} MB "
+                                                   "applies)")
+        console.print(f"  version from {escape(tree.version_source)}; {limit}; Dockerfile {tree.dockerfile or '-'} "
                       f"({len(tree.dockerfile_args)} ARGs)", soft_wrap=True)
         console.print("  build knobs read: " + ", ".join(k for k in vllm_tree.BUILD_KNOBS if tree.reads(k)),
                       soft_wrap=True)
@@ -1015,8 +1105,8 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
     """Clone the git deps vLLM's CMake fetches (CUTLASS, flash-attention, ...) into the cache, for offline builds."""
     import json as json_mod
 
-    rc = _config(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir, cache_dir=cache_dir, mirror=mirror)
-    proxy = github_proxy or _mirror_github_proxy(ctx, rc)
+    settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir, cache_dir=cache_dir, mirror=mirror)
+    proxy = github_proxy or settings.mirror.github_proxy or None
     mapping = {}
     for item in url_map or []:
         if "=" not in item:
@@ -1024,8 +1114,8 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
                              "e.g. --url-map https://github.com/=https://git.example.com/github/")
         old, new = item.split("=", 1)
         mapping[old] = new
-    tree = vllm_tree.inspect_tree(_source_dir(rc))
-    cache = Path(rc.config.cache_dir).expanduser()
+    tree = vllm_tree.inspect_tree(settings.src)
+    cache = Path(settings.config.cache_dir).expanduser()
     if dry_run:
         console.print(f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git "
                       f"dependenc{'y' if len(tree.git_deps) == 1 else 'ies'}[/] (cache {cache / 'deps'})")
@@ -1048,5 +1138,58 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
 # ---- end vLLM tree ----
 
 # ---- namespace ----
-ns = Collection.from_module(sys.modules[__name__])
-ns.configure({"forge": DEFAULTS})
+# Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.
+ns = Collection(*(value for value in list(globals().values()) if issubclass(type(value), Task)))
+ns.configure({"forge": invoke_defaults()})
+
+
+def _check_command_line(namespace: Collection) -> None:
+    """A mistyped task or flag ends in one line with the closest match and exit 2, instead of invoke's bare
+    "No idea what 'build-weel' is!": the command line is parsed here first with invoke's public parser (the
+    same contexts invoke builds from this namespace); what it accepts, invoke then runs as usual."""
+    import difflib
+
+    from invoke import Program
+    from invoke.exceptions import ParseError
+    from invoke.parser import Parser, ParserContext
+
+    argv = sys.argv[1:]
+    if Path(sys.argv[0]).name not in ("invoke", "inv", "__main__.py") or not argv:
+        return
+    program = Program()
+    contexts = namespace.to_contexts()
+    core = ParserContext(args=program.core_args() + program.task_args())
+    try:
+        Parser(initial=core, contexts=contexts).parse_argv(argv)
+        return
+    except ParseError as err:
+        message = str(err)
+    tasks = sorted(c.name for c in contexts)
+    current = next((word for word in reversed(argv) if word in tasks), None)
+    word = re.search(r"No idea what '(.+)' is", message)
+    if word:
+        unknown = word.group(1)
+        if unknown.startswith("-") and current:
+            flags = sorted({name for c in contexts if c.name == current for name in c.flags})
+            close = difflib.get_close_matches(unknown, flags, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else f"`invoke {current} --help` lists its flags"
+            problem = f"{current} has no flag {unknown}"
+        else:
+            close = difflib.get_close_matches(unknown, tasks, n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]}?" if close else "`invoke --list` lists the tasks"
+            problem = f"there is no task or flag {unknown!r}" if current is None else \
+                f"{current} takes no argument {unknown!r} (or there is no such task)"
+        _print_error(f"{problem}. Fix: {hint}")
+        sys.exit(2)
+    missing = re.search(r"'(.+)' did not receive required positional arguments: (.+)$", message)
+    if missing:
+        name, what = missing.group(1), missing.group(2).replace("'", "")
+        example = {"serve": "invoke serve Qwen/Qwen3-0.6B --image vllm-forge/vllm:TAG",
+                   "inspect": "invoke inspect vllm-forge/vllm:TAG"}.get(name, f"invoke {name} --help")
+        _print_error(f"{name} needs {what.upper()}. Fix: e.g. {example}")
+        sys.exit(2)
+    _print_error(f"{message.rstrip('!.')}. Fix: see `invoke {current or ''} --help`".replace("  ", " "))
+    sys.exit(2)
+
+
+_check_command_line(ns)

@@ -175,6 +175,8 @@ def parse_arch_list(spec: str, *, detect=detect_local_archs) -> list[CudaArch]:
                 archs.append(arch)
                 j = i + 1
             i = j
+    if not archs:  # only separators: ";" or " , "
+        raise ForgeError("no GPU arch was given", "pass --arch, e.g. --arch 12.0 or --arch rtx5090")
     return _merge(archs)
 
 

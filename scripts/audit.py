@@ -314,6 +314,7 @@ class FileAudit:
     package: str = ""  # the Python package it belongs to ("torch", "vllm", "bitsandbytes"), "" if unknown
     variant: dict | None = None  # {"family", "cuda", "role": "selected"|"alternative"} for per-CUDA builds
     fix: str = ""
+    optional: str = ""  # why the package runs without it (scripts/vllm_extensions.py), when it does
 
     @property
     def has_device_code(self) -> bool:
@@ -349,7 +350,7 @@ class FileAudit:
     def to_dict(self) -> dict:
         return {"path": self.path, "sass": sort_archs(self.sass), "ptx": sort_archs(self.ptx),
                 "verdict": dict(self.verdict), "required": self.required, "error": self.error or None,
-                "groups": {t: c.to_dict() for t, c in self.groups.items()},
+                "optional": self.optional or None, "groups": {t: c.to_dict() for t, c in self.groups.items()},
                 "predicted_error": {t: self.predicted_error(t) for t in self.verdict},
                 "package": self.package or None, "variant": self.variant, "fix": self.fix or None}
 
@@ -428,7 +429,7 @@ class AuditReport:
             others = sum(1 for f in device if not f.required and not f.runs_on(target.name)
                          and f.verdict.get(target.name) != NO_DEVICE_CODE)
             if others:
-                part += f" (and {others} not required that cannot run)"
+                part += f" (and {others} not required without one)"
             parts.append(part)
         errors = sum(1 for f in self.files if f.error)
         line = (f"{'OK' if self.ok else 'FAIL'}: {len(required)} required, {len(device)} of "
@@ -487,7 +488,7 @@ class AuditReport:
                        f"{' '.join(self.torch.arch_list) or 'no CUDA arch'}: expect `{first} is not "
                        f"compatible with the current PyTorch installation` and `{NO_KERNEL_IMAGE}`. Fix: "
                        + fix_for("torch", "torch", [t for t in self.targets if t.name in bad] or self.targets))
-        return out
+        return out + optional_notes(self)
 
 
 # ---- what to scan ----------------------------------------------------------------------------------
@@ -1156,8 +1157,47 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
     """
     resolved = resolve_targets(targets)
     found = scan(path, parse_size(max_inflate))
-    return build_report(str(path), found, resolved, require=require,
-                        torch=torch_of_this_python() if torch else None, torch_cuda=torch_cuda)
+    report = build_report(str(path), found, resolved, require=require,
+                          torch=torch_of_this_python() if torch else None, torch_cuda=torch_cuda)
+    return report if require else mark_optional(report, path)
+
+
+# ---- optional extensions (issue 19): what a vLLM's own Python says it runs without --------------------
+NOT_USABLE = "optional, not usable on this GPU"
+
+
+def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
+    """Judge only the extensions vLLM imports unconditionally at start-up as required (``--require``
+    overrides): one it imports guarded or lazily (``scripts/vllm_extensions.py``) is never a failure.
+    ``docker``: ``path`` is an image."""
+    try:
+        from scripts import vllm_extensions
+
+        paths = [f.path for f in report.files if f.has_device_code]
+        optional = (vllm_extensions.optional_extensions_in_image(path, paths, docker) if docker
+                    else vllm_extensions.optional_extensions(path, paths))
+    except (ImportError, ForgeError, OSError, RecursionError):  # unreadable: every file stays required
+        return report
+    for f in report.files:
+        ext = optional.get(f.path)
+        if ext is not None and not f.error:
+            f.required = False
+            lost = "; ".join(item.rstrip(".") for item in ext.loses[:3])
+            f.optional = ext.reason + (f"; without it: {lost}" if lost else "")
+    return report
+
+
+def optional_notes(report: AuditReport) -> list[str]:
+    out = []
+    for f in report.files:
+        bad = [t for t, v in f.verdict.items() if v in (NONE, PARTIAL)]
+        partial = [f"{f.groups[t].none} of {f.groups[t].count} kernel groups without code for {t}" for t in bad
+                   if f.verdict[t] == PARTIAL and t in f.groups]
+        what = f"optional, partly usable on this GPU ({'; '.join(partial)})" if partial else NOT_USABLE
+        if f.optional and bad and f.has_device_code:
+            out.append(f"{f.path}: {what} ({', '.join(bad)}; it carries "
+                       f"{', '.join(sort_archs(f.sass) + sort_archs(f.ptx))}); vLLM runs without it: {f.optional}")
+    return out
 
 
 def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), docker: str | None = None,
@@ -1166,7 +1206,9 @@ def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), 
     resolved = resolve_targets(targets)
     found = scan_image(image, docker=docker, via=via)
     torch_found = torch_of_image(image, docker) if torch else None
-    return build_report(f"image {image}", found, resolved, require=require, torch=torch_found, torch_cuda=torch_cuda)
+    report = build_report(f"image {image}", found, resolved, require=require, torch=torch_found,
+                          torch_cuda=torch_cuda)
+    return report if require else mark_optional(report, image, docker=_docker(docker))
 
 
 # ---- plain-text output (the rich table lives in tasks.py) ---------------------------------------------
@@ -1187,6 +1229,10 @@ def verdict_text(f: FileAudit, target: str) -> str:
     if verdict == NO_DEVICE_CODE:
         return ("no device code" if not f.required else "NO KERNEL") + suffix
     counts = f.groups.get(target)
+    if f.optional and verdict == NONE:
+        return NOT_USABLE
+    if f.optional and verdict == PARTIAL and counts:
+        return f"optional, partial: {counts.none} of {counts.count} groups have no code"
     if verdict == NATIVE:
         return f"native ({_via(f, target)})" + suffix
     if verdict == PTX_JIT:

@@ -90,6 +90,8 @@ def tree_needs_torch(src: Path) -> bool:
 
 
 def has_git_tags(src: Path) -> bool:
+    if not (Path(src) / ".git").exists():  # a copy inside another repository must not take that one's tags
+        return False
     proc = subprocess.run(["git", "describe", "--tags", "--abbrev=0"], cwd=src, capture_output=True, text=True)
     return proc.returncode == 0
 

@@ -31,6 +31,10 @@ _TORCH_PIN = re.compile(
 )
 
 
+class RemoteUnreachable(ForgeError):
+    """The remote could not be asked (network, URL): a dry run can still show what would run."""
+
+
 @dataclass
 class CheckoutState:
     exists: bool
@@ -72,10 +76,12 @@ def _only_torch_pins_removed(diff: str) -> bool:
     return bool(changed) and all(line.startswith("-") and _TORCH_LINE.match(line[1:]) for line in changed)
 
 
-def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[Command]:
-    """The git commands that bring ``dest`` to ``ref`` of ``repo``, decided from its current state."""
+def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False, target: str | None = None) -> list[Command]:
+    """The git commands that bring ``dest`` to ``ref`` of ``repo``, decided from its current state.
+
+    ``target``: what ``git checkout`` is given (default: the remote is asked, see ``checkout_target``)."""
     state = inspect_checkout(dest)
-    target = checkout_target(repo, ref)
+    target = target or checkout_target(repo, ref)
     if state.exists and not state.is_repo:
         if any(dest.iterdir()):
             raise ForgeError(f"{dest} exists and is not a git checkout",
@@ -92,6 +98,7 @@ def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[
                     why="partial clone: history without old file contents"),
             Command(["git", "-C", str(tmp), "checkout", "--detach", "--quiet", target],
                     why=f"check out {ref}"),
+            _record_ref(tmp, ref),
             Command(["mv", "-T", str(tmp), str(dest)], why="publish the finished checkout"),
         ]
     commands: list[Command] = []
@@ -118,12 +125,52 @@ def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False) -> list[
     commands += [
         Command(["git", "-C", str(dest), "fetch", "--tags", "--force", "origin"], why="update refs and tags"),
         Command(["git", "-C", str(dest), "checkout", "--detach", "--quiet", target], why=f"check out {ref}"),
+        _record_ref(dest, ref),
     ]
     return commands
 
 
+REF_KEY = "vllm-forge.ref"  # in the checkout's own .git/config: the ref `clone` checked out
+
+
+def _record_ref(dest: Path, ref: str) -> Command:
+    return Command(["git", "-C", str(dest), "config", REF_KEY, ref],
+                   why="remember the ref, so labels and tags name what was built")
+
+
+@dataclass
+class CheckoutFacts:
+    """What a checkout is, read from git: the labels and the default tag of an image describe it."""
+
+    path: Path
+    exists: bool
+    managed: bool  # cloned by `invoke clone` (False: --vllm-src, used as is)
+    repo: str = ""  # origin URL as configured (may carry credentials: mask before showing)
+    ref: str = ""  # the ref `clone` checked out, or "local"
+    commit: str = ""
+    dirty: bool = False  # changes beyond use-existing-torch's pin removal
+
+    @property
+    def short(self) -> str:
+        return self.commit[:12] if self.commit else "unknown"
+
+
+def read_checkout(path: Path, *, managed: bool) -> CheckoutFacts:
+    path = Path(path).expanduser()
+    state = inspect_checkout(path)
+    if not state.is_repo:
+        return CheckoutFacts(path, state.exists, managed)
+    ref = _git(["config", "--get", REF_KEY], path, check=False) if managed else ""
+    dirty = bool(state.dirty_files) and not state.torch_edit_only
+    return CheckoutFacts(path, True, managed, state.origin, ref or "local", state.head, dirty)
+
+
 def _normalise_url(url: str) -> str:
     return url.rstrip("/").removesuffix(".git")
+
+
+def same_repo(a: str, b: str) -> bool:
+    return _normalise_url(a) == _normalise_url(b)
 
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
@@ -138,10 +185,10 @@ def checkout_target(repo: str, ref: str) -> str:
     try:
         proc = subprocess.run(["git", "ls-remote", repo], capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
-        raise ForgeError(f"{repo} did not answer within 120 s", "check the URL and your network") from None
+        raise RemoteUnreachable(f"{repo} did not answer within 120 s", "check the URL and your network") from None
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "git ls-remote failed"
-        raise ForgeError(f"cannot read {repo}: {detail}",
+        raise RemoteUnreachable(f"cannot read {repo}: {detail}",
                          "check the URL and your network (or use a GitHub proxy with --mirror)")
     refs = {line.split("\t", 1)[1] for line in proc.stdout.splitlines() if "\t" in line}
     if f"refs/heads/{ref}" in refs:
@@ -156,9 +203,12 @@ def checkout_target(repo: str, ref: str) -> str:
 
 def clone(repo: str, ref: str, dest: Path, *, force: bool = False, on_line=None) -> str:
     """Bring ``dest`` to ``ref``; returns the commit checked out."""
-    dest = Path(dest)
+    return run_clone(plan_clone(repo, ref, Path(dest), force=force), Path(dest), on_line=on_line)
+
+
+def run_clone(commands: list[Command], dest: Path, *, on_line=None) -> str:
+    """Run the commands ``plan_clone`` decided (no second look at the remote); returns the commit."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    commands = plan_clone(repo, ref, dest, force=force)
     try:
         run_plan(commands, on_line=on_line)
     except BaseException:
@@ -196,7 +246,12 @@ def remaining_torch_pins(src: Path, globs: tuple[str, ...] | None = None) -> lis
 
 
 def use_existing_torch(src: Path, *, python: str = sys.executable, on_line=None) -> None:
-    run_plan(plan_use_existing_torch(src, python), on_line=on_line)
+    run_use_existing_torch(plan_use_existing_torch(src, python), src, on_line=on_line)
+
+
+def run_use_existing_torch(commands: list[Command], src: Path, *, on_line=None) -> None:
+    """Run the planned script, then check that no torch pin is left."""
+    run_plan(commands, on_line=on_line)
     left = remaining_torch_pins(src, inspect_tree(src).torch_pin_globs)
     if left:
         raise ForgeError(

@@ -185,16 +185,41 @@ NGC_PYTORCH_TAGS: list[NgcPytorchTag] = [
 # tag whose torch builds sm_120 kernels), otherwise the newest tag of that CUDA minor.
 DEFAULT_NGC_TAG: dict[str, str] = {"12.8": "25.02-py3"}
 
-# Slim serving base per CUDA: NVIDIA's CUDA runtime images (no compiler), on which the runtime
-# stage installs torch from the PyTorch wheel index and the built vLLM wheel.
+# Slim serving base per CUDA: NVIDIA's CUDA `-base` images (cudart and the apt repo only, as vLLM's
+# own final stage uses), on which the runtime stage installs the JIT toolchain (JIT_TOOLCHAINS), torch
+# with its own nvidia-* wheels, and the built vLLM wheel: no CUDA library is shipped twice.
 # Source: hub.docker.com/r/nvidia/cuda tags / nvcr.io/nvidia/cuda.
 CUDA_RUNTIME_IMAGES: dict[str, str] = {
-    "12.4": "nvcr.io/nvidia/cuda:12.4.1-runtime-ubuntu22.04",
-    "12.6": "nvcr.io/nvidia/cuda:12.6.3-runtime-ubuntu24.04",
-    "12.8": "nvcr.io/nvidia/cuda:12.8.1-runtime-ubuntu24.04",
-    "12.9": "nvcr.io/nvidia/cuda:12.9.1-runtime-ubuntu24.04",
-    "13.0": "nvcr.io/nvidia/cuda:13.0.2-runtime-ubuntu24.04",
+    "12.4": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
+    "12.6": "nvcr.io/nvidia/cuda:12.6.3-base-ubuntu24.04",
+    "12.8": "nvcr.io/nvidia/cuda:12.8.1-base-ubuntu24.04",
+    "12.9": "nvcr.io/nvidia/cuda:12.9.1-base-ubuntu24.04",
+    "13.0": "nvcr.io/nvidia/cuda:13.0.2-base-ubuntu24.04",
 }
+
+# What the runtime stage installs so vLLM can compile kernels at run time (FlashInfer, DeepGEMM), per
+# CUDA minor of the JIT toolchain: "pip:<requirements>" or "apt:<packages>". Chosen by size
+# (docs/image.md "JIT toolchain"): NVIDIA's CUDA 13 wheels carry nvcc, cicc and ptxas (nvidia-cuda-nvcc,
+# nvidia-nvvm, nvidia-cuda-crt), pinned as one release through the cuda-toolkit meta package; the CUDA
+# 12 wheels (nvidia-cuda-nvcc-cu12) carry only ptxas and libnvvm, no nvcc driver, so CUDA 12 takes
+# NVIDIA's apt packages, the set vLLM's own final stage installs. nvrtc and the cudart library are not
+# listed for pip: torch's own nvidia-* wheels bring them at torch's pins.
+JIT_TOOLCHAINS: dict[str, str] = {
+    "12.4": "apt:cuda-nvcc-12-4 cuda-cudart-dev-12-4 cuda-nvrtc-dev-12-4 cuda-cuobjdump-12-4 "
+            "libcurand-dev-12-4 libcublas-dev-12-4",
+    "12.6": "apt:cuda-nvcc-12-6 cuda-cudart-dev-12-6 cuda-nvrtc-dev-12-6 cuda-cuobjdump-12-6 "
+            "libcurand-dev-12-6 libcublas-dev-12-6",
+    "12.8": "apt:cuda-nvcc-12-8 cuda-cudart-dev-12-8 cuda-nvrtc-dev-12-8 cuda-cuobjdump-12-8 "
+            "libcurand-dev-12-8 libcublas-dev-12-8",
+    "12.9": "apt:cuda-nvcc-12-9 cuda-cudart-dev-12-9 cuda-nvrtc-dev-12-9 cuda-cuobjdump-12-9 "
+            "libcurand-dev-12-9 libcublas-dev-12-9",
+    "13.0": "pip:cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2",
+}
+
+# FlashInfer JIT-compiles its sm_12x kernels only with CUDA >= 12.9 (flashinfer#1781, #1919): the JIT
+# toolchain of an image that targets sm_12x and ships FlashInfer is at least this CUDA.
+FLASHINFER_SM12X_MIN_CUDA = "12.9"
+
 
 # PyTorch's wheel index per CUDA (download.pytorch.org/whl/cuXYZ); the runtime stage installs torch
 # from it. Source: pytorch.org "Start Locally" selector.
@@ -293,23 +318,50 @@ def nccl_min_for_capability(capability: str) -> tuple[str, str] | None:
     return best[1] if best else None
 
 
-# --- Peak one-direction bandwidth of a GPU-to-GPU link, GB/s (what all-reduce busbw is judged by) ---
-# NVLink: per link and direction, by compute capability (the NV# of `nvidia-smi topo -m` is the
-# link count). Sources: NVIDIA datasheets: V100 SXM2 300 GB/s over 6 NVLink2 links; A100 SXM
-# 600 GB/s over 12 NVLink3 links; A40 / RTX 3090 bridge 112.5 GB/s over 4 links; H100/H200 SXM
-# 900 GB/s over 18 NVLink4 links; B200/B300 1.8 TB/s over 18 NVLink5 links (all bidirectional).
-NVLINK_GBPS_PER_LINK: dict[str, float] = {
-    "7.0": 25.0,
-    "8.0": 25.0,
-    "8.6": 14.0625,
-    "9.0": 25.0,
-    "10.0": 50.0,
-    "10.3": 50.0,
-}
+# --- Link model: what one GPU pair's path can carry, GB/s one direction --------------------------
+# The one table the bus-bandwidth verdicts are judged against; every row names its source. NVLink
+# rows are per link (the NV# of `nvidia-smi topo -m` is the link count) and per generation, from
+# NVIDIA's datasheets (bidirectional totals halved). PCIe rows follow NCCL's own topology model:
+# NCCL sizes a PCIe link as width * per-lane-speed / 80 (src/graph/topo.cc, speeds from the
+# kvDictPciGen table of src/graph/xml.h: 60/120/240/480 for 8/16/32/64 GT/s; src/graph/topo.h
+# `PCI_BW 12.0 // PCI Gen3 x16`), so x16 is 12/24/48/96 GB/s for Gen3/4/5/6: lower than PCI-SIG's
+# raw 15.75/31.5/63 because it is what NCCL itself plans with. SHM across a host bridge (PHB, or
+# NODE/SYS) copies through host memory: each GPU's PCIe link carries the data once per direction,
+# and NCCL's path model gives a path the bandwidth of its narrowest link (src/graph/paths.cc), so
+# the SHM path is judged against the GPUs' PCIe figure.
+@dataclass(frozen=True)
+class LinkModelRow:
+    kind: str  # "nvlink" (per link), "pcie" (x16), "shm" (path through host memory)
+    generation: str  # "sm_90", "gen4", "PHB"
+    gbps: float
+    source: str
 
-# PCIe x16, one direction, after line coding. Source: PCI-SIG base specifications: 8 GT/s (gen3),
-# 16 GT/s (gen4), 32 GT/s (gen5) per lane with 128b/130b encoding; gen6 64 GT/s PAM4 with FLIT.
-PCIE_X16_GBPS: dict[int, float] = {3: 15.75, 4: 31.5, 5: 63.0, 6: 121.0}
+
+LINK_MODEL: list[LinkModelRow] = [
+    LinkModelRow("nvlink", "sm_70", 25.0, "V100 SXM2 datasheet: 300 GB/s over 6 NVLink2 links"),
+    LinkModelRow("nvlink", "sm_80", 25.0, "A100 SXM datasheet: 600 GB/s over 12 NVLink3 links"),
+    LinkModelRow("nvlink", "sm_86", 14.0625, "A40 / RTX 3090 NVLink bridge: 112.5 GB/s over 4 links"),
+    LinkModelRow("nvlink", "sm_90", 25.0, "H100/H200 SXM datasheet: 900 GB/s over 18 NVLink4 links"),
+    LinkModelRow("nvlink", "sm_100", 50.0, "B200 datasheet: 1.8 TB/s over 18 NVLink5 links"),
+    LinkModelRow("nvlink", "sm_103", 50.0, "B300 datasheet: 1.8 TB/s over 18 NVLink5 links"),
+    LinkModelRow("pcie", "gen3", 12.0, "NCCL src/graph/topo.h PCI_BW 12.0 (Gen3 x16); topo.cc width*speed/80"),
+    LinkModelRow("pcie", "gen4", 24.0, "NCCL topo.cc width*speed/80 with xml.h 16 GT/s = 120: x16 = 24"),
+    LinkModelRow("pcie", "gen5", 48.0, "NCCL topo.cc width*speed/80 with xml.h 32 GT/s = 240: x16 = 48"),
+    LinkModelRow("pcie", "gen6", 96.0, "NCCL topo.cc width*speed/80 with xml.h 64 GT/s = 480: x16 = 96"),
+    LinkModelRow("shm", "PHB", 1.0, "SHM through host memory across the PCIe host bridge: NCCL's path model "
+                 "(src/graph/paths.cc) bounds it by the GPUs' PCIe link; gbps is a factor of that figure"),
+]
+
+
+def link_model(kind: str, generation: str) -> LinkModelRow | None:
+    return next((r for r in LINK_MODEL if r.kind == kind and r.generation == generation), None)
+
+
+# Derived views (the link model above is the source): NVLink GB/s per link by compute capability,
+# PCIe x16 GB/s by generation.
+NVLINK_GBPS_PER_LINK: dict[str, float] = {
+    f"{int(r.generation[3:]) // 10}.{int(r.generation[3:]) % 10}": r.gbps for r in LINK_MODEL if r.kind == "nvlink"}
+PCIE_X16_GBPS: dict[int, float] = {int(r.generation[3:]): r.gbps for r in LINK_MODEL if r.kind == "pcie"}
 
 # Share of the link peak a healthy NCCL all-reduce reaches at large sizes (busbw >= 64 MiB):
 # at or above `good` passes, below `poor` fails, in between warns. Source: this project's H200 NV18

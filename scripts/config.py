@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "dist_dir": "dist",
     "wheel_limit_mb": 0,  # 0: the limit the checkout's vLLM version enforces (400 when unknown)
     "mirror": "global",
+    "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
+    "non_root": False,  # bake: the runtime image runs vLLM as uid 2000 (docs/image.md)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
@@ -86,6 +88,8 @@ class BuildConfig:
     dist_dir: str
     wheel_limit_mb: int
     mirror: str
+    standin: bool
+    non_root: bool
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,14 +129,14 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
     if invoke_config is not None:
         merged = invoke_config.get("forge", {}) if hasattr(invoke_config, "get") else {}
         for name in DEFAULTS:
-            if name in merged:
+            if name in merged and merged[name] is not None:  # None: invoke's placeholder for a number
                 values[name] = merged[name]
         for name in DEFAULTS:
             for attr, label in _INVOKE_LAYERS:
                 if name in _layer_values(invoke_config, attr):
                     sources[name] = label
                     break
-        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors"})
+        unknown = sorted(set(_layer_values(invoke_config, "_project")) - set(DEFAULTS) - {"mirrors", "serve"})
         if unknown:
             raise ForgeError(
                 f"invoke.yaml sets unknown forge key(s): {', '.join(unknown)}",
@@ -145,15 +149,19 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
             raise KeyError(name)  # a programming error in tasks.py, not a user error
         values[name] = value
         sources[name] = "command line"
-    config = BuildConfig(**{f.name: _coerce(f.name, values[f.name]) for f in fields(BuildConfig)})
+    config = BuildConfig(**{f.name: _coerce(f.name, values[f.name], sources[f.name]) for f in fields(BuildConfig)})
     validate_config(config)
-    from scripts.mirrors import load_mirror, user_mirrors_from  # late: mirrors imports the tree reader
-
-    load_mirror(config.mirror, user_mirrors_from(invoke_config))  # an unknown profile fails here, first
     return ResolvedConfig(config, sources)
 
 
-def _coerce(name: str, value: Any) -> Any:
+def invoke_defaults() -> dict[str, Any]:
+    """DEFAULTS as the collection's config: numbers as None, so that invoke hands an INVOKE_FORGE_*
+    value over as the string it is and ``_coerce`` (not invoke's bare int()) judges it."""
+    return {name: None if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+            for name, value in DEFAULTS.items()}
+
+
+def _coerce(name: str, value: Any, source: str = "default") -> Any:
     default = DEFAULTS[name]
     try:
         if isinstance(default, bool):
@@ -163,14 +171,15 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(default, float):
             return float(value)
     except (TypeError, ValueError):
+        shown = f"INVOKE_FORGE_{name.upper()}" if source.startswith("environment") else name
         raise ForgeError(
-            f"{name} must be a number, got {value!r}",
-            f"set {name} to a number (0 means automatic)",
+            f"{shown} must be a number, got {value!r}",
+            f"set {shown} to a number (0 means automatic), or unset it",
         ) from None
     return "" if value is None else str(value)
 
 
-_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20~^:?*\[\\]|//|^/|/$|\.lock$|^-|\.$)")
+_REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.lock(/|$)|^-|\.$|(^|/)\.)")
 
 
 def check_git_ref(ref: str) -> None:
@@ -182,11 +191,11 @@ def check_git_ref(ref: str) -> None:
         )
 
 
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[\w./~-]+\Z")
 
 
 def check_repo_url(url: str) -> None:
-    if re.match(r"^(https?|ssh|git|file)://[^\s]+$", url) or _SCP_LIKE.match(url):
+    if re.match(r"^(https?|ssh|git|file)://[^\s]+\Z", url) or _SCP_LIKE.match(url):
         return
     if url and not re.search(r"\s", url) and (url.startswith(("/", "./", "../", "~"))):
         return  # a local path to a repository

@@ -386,16 +386,53 @@ def check_topology(host: HostFacts) -> list[Finding]:
     return findings
 
 
-def check_env(env: dict[str, str], where: str) -> list[Finding]:
+def check_env(env: dict[str, str], where: str, host: HostFacts | None = None) -> list[Finding]:
+    """NCCL_* settings judged against the topology: one that keeps NCCL off a link the GPUs have fails."""
     findings = []
-    if env.get("NCCL_P2P_DISABLE", "0") not in ("0", ""):
-        findings.append(Finding("warn", "env", f"NCCL_P2P_DISABLE={env['NCCL_P2P_DISABLE']} in {where}: NCCL "
-                                "avoids NVLink/PCIe P2P", "unset it unless P2P is known broken on this host"))
-    if env.get("NCCL_SHM_DISABLE", "0") not in ("0", ""):
-        findings.append(Finding("warn", "env", f"NCCL_SHM_DISABLE=1 in {where}", "unset it"))
+    ctx = nccl_logs.Context(links=[link for _, _, link in host.topo.gpu_pairs()] if host and host.topo else [],
+                            p2p=[status for _, _, status in host.p2p.gpu_pairs()] if host and host.p2p else [])
+    links = nccl_logs.p2p_expected(ctx)
+    p2p_off = next((f"{name}={env[name]}" for name in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL")
+                    if name in env and nccl_logs.SETTINGS[name].harmful(env[name])), "")
+    shm_off = nccl_logs.SETTINGS["NCCL_SHM_DISABLE"].harmful(env.get("NCCL_SHM_DISABLE", "0"))
+    if p2p_off:
+        via = "TCP sockets (NCCL_SHM_DISABLE is set too)" if shm_off else "host memory (SHM)"
+        if links:
+            findings.append(Finding("fail", "env", f"{p2p_off} in {where}: the GPUs are {', '.join(links)}-connected "
+                                    f"but NCCL will send the traffic through {via}, a fraction of the link",
+                                    "unset NCCL_P2P_DISABLE / NCCL_P2P_LEVEL" + (" and NCCL_SHM_DISABLE" if shm_off
+                                                                                  else ""),
+                                    evidence=[f"{where}: {k}={env[k]}" for k in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL",
+                                                                                  "NCCL_SHM_DISABLE") if k in env]))
+        else:
+            findings.append(Finding("warn", "env", f"{p2p_off} in {where}: NCCL avoids NVLink/PCIe P2P",
+                                    "unset it unless P2P is known broken on this host"))
+    elif shm_off:
+        findings.append(Finding("warn", "env", f"NCCL_SHM_DISABLE=1 in {where}: where P2P is unavailable NCCL falls "
+                                "back to TCP sockets", "unset it"))
+    for weight, setting, why in nccl_logs.weigh_settings(env):
+        if setting.split("=")[0] not in ("NCCL_P2P_DISABLE", "NCCL_P2P_LEVEL", "NCCL_SHM_DISABLE"):
+            findings.append(Finding("warn" if weight >= 2 else "info", "env", f"{why} (in {where})",
+                                    f"unset {setting.split('=')[0]} unless you measured that it helps"))
     if env.get("NCCL_IB_DISABLE", "0") not in ("0", ""):
         findings.append(Finding("info", "env", f"NCCL_IB_DISABLE=1 in {where}: no InfiniBand between nodes"))
     return findings
+
+
+def check_jit(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
+    """JIT readiness (doctor_inside.collect_jit): can vLLM compile FlashInfer/DeepGEMM kernels at run time?"""
+    facts = inside.get("jit")
+    if not facts or not (inside.get("vllm") or {}).get("installed"):
+        return []
+    from scripts import archs as arch_mod
+    from scripts.image import jit_summary
+
+    targets = [arch_mod.parse_arch_list(cap)[0].sm for _, cap in caps if arch_mod.parse_arch_list(cap)]
+    ready, line = jit_summary(facts, targets)
+    if ready:
+        return [Finding("pass", "jit", line)]
+    return [Finding("warn", "jit", line + ": kernels compiled at run time (FlashInfer, DeepGEMM) will fail",
+                    "bake with the JIT toolchain (the default of `invoke bake`), or install CUDA's nvcc and g++")]
 
 
 def load_audit(name: str = "audit_path"):
@@ -443,7 +480,39 @@ def check_audit(path: str | None, caps: list[tuple[str, str]], audit=None) -> li
     fixes = list(dict.fromkeys(f.fix for f in failing if getattr(f, "fix", "")))
     return [Finding(level, "audit", f"vLLM extensions in {path} for {', '.join(targets)}: {text}",
                     "" if level != "fail" else "; ".join(fixes) or f"rebuild vLLM for these GPUs: invoke build-wheel "
-                    f"--arch {','.join(targets)}")]
+                    f"--arch {','.join(targets)}")] + optional_findings(result)
+
+
+def optional_findings(result) -> list[Finding]:
+    """An optional extension (vLLM imports it guarded) without kernels for these GPUs: said, never a
+    reason to rebuild; the message names what vLLM does without it, where its code says so."""
+    out = []
+    for f in getattr(result, "files", None) or []:
+        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v in ("none", "partial")]
+        if getattr(f, "optional", "") and bad and not getattr(f, "required", False):
+            out.append(Finding("info", "audit", f"{f.path}: optional, not usable on this GPU ({', '.join(bad)}); "
+                               f"vLLM runs without it: {f.optional}"))
+    return out
+
+
+def check_nvcc(inside: dict) -> list[Finding]:
+    """nvcc ($CUDA_HOME, PATH, /usr/local/cuda: doctor_inside.locate_nvcc) and its version against torch's CUDA:
+    building vLLM needs both to share a major version (torch.utils.cpp_extension refuses a mismatch)."""
+    cuda = inside.get("cuda") or {}
+    nvcc, version = cuda.get("nvcc") or "", cuda.get("nvcc_version") or ""
+    if not nvcc:
+        return [Finding("info", "nvcc", "no nvcc in $CUDA_HOME, on PATH or in /usr/local/cuda: serving needs none; "
+                        "building vLLM (invoke build-wheel) does", "install the CUDA toolkit, or set CUDA_HOME")]
+    found_by = cuda.get("nvcc_found_by") or ""
+    where = f"{nvcc}" + (f" (via {found_by}" + ("; not on PATH)" if found_by != "PATH" else ")") if found_by else "")
+    torch_cuda = (inside.get("torch") or {}).get("cuda") or ""
+    if version and torch_cuda and _vkey(version)[:1] != _vkey(torch_cuda)[:1]:
+        return [Finding("warn", "nvcc", f"nvcc {version} at {where}, but torch is built with CUDA {torch_cuda}: "
+                        "building vLLM against this torch fails (CUDA major versions differ)",
+                        f"use a CUDA {torch_cuda.split('.')[0]}.x toolkit (CUDA_HOME=...), or a torch built for "
+                        f"CUDA {version.split('.')[0]}")]
+    return [Finding("pass" if version else "info", "nvcc", f"nvcc {version or '(version unknown)'} at {where}"
+                    + (f"; torch CUDA {torch_cuda}" if torch_cuda else ""))]
 
 
 @dataclass
@@ -462,7 +531,8 @@ class DoctorReport:
                 "gpus": [g.__dict__ for g in self.host.gpus], "errors": self.host.errors,
                 "topo": self.host.topo.to_dict() if self.host.topo else None,
                 "p2p": self.host.p2p.to_dict() if self.host.p2p else None}
-        return {"level": self.level, "targets": [{"name": n, "capability": c} for n, c in self.targets],
+        return {"level": self.level, "root_cause": root_cause(self).to_dict(),
+                "targets": [{"name": n, "capability": c} for n, c in self.targets],
                 "host": host, "inside": self.inside, "findings": [f.to_dict() for f in self.findings]}
 
 
@@ -496,12 +566,14 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
                                 "on a GPU host install the NVIDIA driver; in a container add --gpus all"))
     findings += check_driver(host, inside)
     findings += check_torch_archs(targets, inside)
+    findings += check_nvcc(inside)
     findings += check_audit(audit_path if audit_path is not None else (inside.get("vllm") or {}).get("path"),
                             targets, audit)
     findings += check_nccl(targets, inside)
+    findings += check_jit(targets, inside)
     findings += check_topology(host)
-    findings += check_env(host.env, "the host environment")
-    findings += check_env(inside.get("env") or {}, where)
+    findings += check_env(host.env, "the host environment", host)
+    findings += check_env(inside.get("env") or {}, where, host)
     return DoctorReport(host, inside, findings, targets)
 
 
@@ -545,8 +617,19 @@ def run_doctor(*, image: str = "", arch: str = "", docker: str = "docker", host_
     return diagnose(host, inside, arch=arch, audit=audit, where=where)
 
 
+def root_cause(report: DoctorReport) -> nccl_logs.RootCause:
+    """The doctor's headline: its worst finding (failures before warnings), with its evidence and fix."""
+    for level in ("fail", "warn"):
+        for f in report.findings:
+            if f.level == level:
+                return nccl_logs.RootCause(level, f.message, f.fix + (f" (see {f.source})" if f.source else ""),
+                                           f.evidence[:3] or [f"doctor {f.check}: {f.message[:200]}"])
+    gpus = len(report.host.gpus)
+    return nccl_logs.RootCause("pass", f"nothing found that breaks vLLM here ({gpus} GPU(s) checked)")
+
+
 def render_text(report: DoctorReport) -> str:
-    lines = [f"doctor: {report.level.upper()}"]
+    lines = [*nccl_logs.render_root_cause(root_cause(report)), f"doctor: {report.level.upper()}"]
     for f in report.findings:
         lines.append(f"  {f.level.upper():4} {f.check}: {f.message}")
         if f.fix and f.level in ("warn", "fail"):

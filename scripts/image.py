@@ -7,8 +7,12 @@ build-arg, secret and label) and returns the exact commands; ``--dry-run`` print
 - ``forge`` (default): ``docker/Dockerfile`` of this repo, NGC PyTorch build base, CUDA runtime base.
   Its build context is staged under ``build/bake/context`` (``vllm/`` = the checkout, ``forge/`` =
   this repo's scripts), because the build stage runs vllm-forge's own scripts.
-- ``upstream``: the checkout's own ``docker/Dockerfile`` with the checkout as context, given the
-  same knobs under vLLM's ARG names (only the ARGs that Dockerfile declares).
+- ``upstream``: the checkout's own ``docker/Dockerfile`` with a staged copy of the checkout as
+  context (``build/bake/checkout``), given the same knobs under vLLM's ARG names (only the ARGs that
+  Dockerfile declares).
+
+Either way the checkout's git metadata goes in through ``scripts/context_git.py``: history and
+tags, no credentials (a context lands in layers and in BuildKit's cache).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as `python scripts/image.py`: make the `scripts` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,11 +43,17 @@ from scripts import compat
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, run_command
 
+if TYPE_CHECKING:  # image.py also runs inside the build stage, where only its own imports are staged
+    from scripts.checkout import CheckoutFacts
+    from scripts.vllm_tree import VllmTree
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FORGE_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 TARGETS = ("build", "wheel", "runtime")
 # Our target name -> the stage of vLLM's own Dockerfile that plays that part.
 UPSTREAM_TARGETS = {"build": "build", "wheel": "build", "runtime": "vllm-openai"}
+# --non-root: the runtime target's unprivileged variant (vLLM's own is vllm-openai-nonroot).
+NON_ROOT_STAGES = {"forge": "runtime-nonroot", "upstream": "vllm-openai-nonroot"}
 UPSTREAM_DIST_DIR = "/workspace/dist"  # where vLLM's build stage leaves its wheel
 LABEL_PREFIX = "org.vllm-forge"
 DEFAULT_REPOSITORY = "vllm-forge/vllm"
@@ -112,11 +123,17 @@ def _has_builtin_buildkit(path: str, runner) -> bool:
     return proc.returncode == 0
 
 
-def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> DockerClient:
+def find_docker(explicit: str | None = None, *, runner=subprocess.run, dry_run: bool = False) -> DockerClient:
     """The docker client to bake with: ``explicit`` (--docker / VLLM_FORGE_DOCKER), else the first
-    with a working ``buildx``, else the first whose built-in BuildKit builds."""
+    with a working ``buildx``, else the first whose built-in BuildKit builds.
+
+    ``dry_run``: nothing will be built, so no engine is needed; where none answers, a client without buildx
+    is taken as built-in BuildKit without the test build (the real run probes it)."""
     explicit = explicit or os.environ.get("VLLM_FORGE_DOCKER") or None
     candidates = _candidate_clients(explicit)
+    if not candidates and dry_run:
+        return DockerClient(explicit or "docker", "buildkit", "", "no docker client found here: install Docker "
+                            "before running this for real")
     if not candidates:
         raise ForgeError(
             "no docker client was found on PATH", "install Docker (docker.io or docker-ce), or pass --docker PATH"
@@ -126,6 +143,10 @@ def find_docker(explicit: str | None = None, *, runner=subprocess.run) -> Docker
             if _has_buildx(path, runner):
                 why = "as asked" if explicit else "buildx plugin present"
                 return DockerClient(path, "buildx", _client_version(path, runner), why)
+        if dry_run and not engine_reachable(candidates[0]):
+            return DockerClient(candidates[0], "buildkit", _client_version(candidates[0], runner),
+                                "no buildx, no engine answers: built-in BuildKit assumed for this dry run "
+                                "(probed when it runs)")
         for path in candidates:
             if _has_builtin_buildkit(path, runner):
                 why = "as asked" if explicit else "no buildx; its built-in BuildKit works"
@@ -160,6 +181,26 @@ def check_engine(docker: str, *, runner=subprocess.run) -> None:
             f"no Docker engine answers `{docker} info` ({said[-1].rstrip('.') if said else 'no output'})",
             "start it (`sudo systemctl start docker`, or `dockerd &` in a container), or set DOCKER_HOST",
         )
+
+
+def default_docker() -> str:
+    """The client for commands other than builds: $VLLM_FORGE_DOCKER, else ``docker`` on PATH."""
+    return os.environ.get("VLLM_FORGE_DOCKER") or "docker"
+
+
+def image_present(docker: str, ref: str) -> bool:
+    return subprocess.run([docker, "image", "inspect", ref], capture_output=True).returncode == 0
+
+
+def parse_build_args(items: Iterable[str]) -> dict[str, str]:
+    """``--build-arg NAME=VALUE`` flags as a mapping (one line for one without ``=``)."""
+    extra = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq:
+            raise ForgeError(f"--build-arg {item} is not NAME=VALUE", "pass --build-arg NAME=VALUE")
+        extra[name] = value
+    return extra
 
 
 def engine_reachable(docker: str = "docker") -> bool:
@@ -275,8 +316,13 @@ class BakeRequest:
     netrc: Path | None = None
     dist_dir: Path = Path("dist")
     context_dir: Path = REPO_ROOT / "build" / "bake"
-    vllm_repo: str = ""
-    vllm_ref: str = ""
+    # What the checkout is (labels, default tag); None: read from ``src`` as a local checkout. A checkout
+    # that does not exist yet (the pipeline clones it first) is planned from ``planned_repo``/``_ref``.
+    checkout: CheckoutFacts | None = None
+    planned_repo: str = ""
+    planned_ref: str = ""
+    mirror: str = "global"  # the applied mirror profile's name (a label)
+    registry_cache: str = ""  # image ref of a registry layer cache (buildx only)
     platform: str = ""
     push: bool = False
     builder: str = ""
@@ -286,6 +332,8 @@ class BakeRequest:
     build_args: dict[str, str] = field(default_factory=dict)  # raw extra --build-arg NAME=VALUE
     apt_mirror: str = ""  # scheme://host put in place of the Ubuntu/Debian apt hosts (mirror profile)
     deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
+    jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
+    non_root: bool = False  # runtime target: serve as an unprivileged user (NON_ROOT_STAGES)
 
 
 @dataclass
@@ -301,22 +349,30 @@ class BakePlan:
     secrets: dict[str, str]  # id -> file
     labels: dict[str, str]
     commands: list[Command]
-    stage_context: bool  # forge recipe: sync the checkout + scripts into `context` first
+    stage_context: bool  # sync the checkout (forge: + scripts) into `context` first
     secret_values: dict[str, str] = field(default_factory=dict)  # id -> value written at run time
     notes: list[str] = field(default_factory=list)
     # A wheel export lands here first (private to this run, inside dist/), then moves into dist/ file
     # by file with a rename: an interrupted or concurrent export never leaves half a wheel in dist/.
     export_dir: Path | None = None
     cleanup: list[list[str]] = field(default_factory=list)  # run (errors ignored) however the bake ends
+    tree: VllmTree | None = None  # what the checkout's vLLM version reads (None: not cloned yet)
+    identity: dict[str, str] = field(default_factory=dict)  # the checkout built: repo, ref, commit, dirty
 
     def lines(self) -> list[str]:
         """The plan as printable lines: comments, then each exact command."""
         out = [f"# docker client: {self.client.describe()}"]
         out += [f"# {note}" for note in self.notes]
-        if self.stage_context:
+        if self.stage_context and self.recipe == "forge":
             out.append(
                 f"# stage the build context {self.context}: vllm/ <- {self.request.src} "
-                f"(without build outputs), forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+                f"(without build outputs, credential files or git credentials), "
+                f"forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+            )
+        elif self.stage_context:
+            out.append(
+                f"# stage the build context {self.context} <- {self.request.src} "
+                f"(without build outputs, credential files or git credentials)"
             )
         for secret_id in self.secret_values:
             out.append(f"# write secret {secret_id} to {self.secrets[secret_id]} (mode 0600, removed afterwards)")
@@ -328,7 +384,14 @@ def _safe_tag_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:60] or "dev"
 
 
-def default_tag(ref: str, cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+def default_tag(identity: dict[str, str], cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+    """``vllm-forge/vllm:v0.11.0-cu128-sm120``: the ref built (a local checkout: ``local-<commit>``,
+    ``-dirty`` when it has changes of its own), the CUDA, the archs."""
+    ref = identity["ref"]
+    if ref == "local" and identity["commit"] not in ("", "unknown", PENDING):
+        ref = f"local-{identity['commit'][:12]}"
+    if identity.get("dirty") == "true":
+        ref += "-dirty"
     sms = "-".join(a.sm.replace("_", "") for a in archs)
     suffix = "-build" if target == "build" else ""
     return f"{DEFAULT_REPOSITORY}:{_safe_tag_part(ref)}-cu{compat.cuda_minor(cuda).replace('.', '')}-{sms}{suffix}"
@@ -336,7 +399,9 @@ def default_tag(ref: str, cuda: str, archs: list[archs_mod.CudaArch], target: st
 
 def strip_credentials(url: str) -> str:
     """``https://user:pw@host/x`` -> ``https://host/x`` (labels and plans never carry a password)."""
-    return re.sub(r"^([a-z][\w+.-]*://)[^/@\s]+@", r"\1", url or "")
+    from scripts.context_git import strip_userinfo  # late: the build stage runs this file without it
+
+    return strip_userinfo(url)
 
 
 def has_credentials(url: str) -> bool:
@@ -351,12 +416,18 @@ def _git_out(src: Path, *args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def source_identity(src: Path, repo: str = "", ref: str = "") -> dict[str, str]:
-    """repo URL (no credentials), ref and commit of a checkout, for labels."""
-    commit = _git_out(src, "rev-parse", "HEAD")
-    repo = repo or _git_out(src, "remote", "get-url", "origin") or str(src)
-    ref = ref or _git_out(src, "describe", "--tags", "--always") or (commit[:12] if commit else "unknown")
-    return {"repo": strip_credentials(repo), "ref": ref, "commit": commit or "unknown"}
+PENDING = "(after clone)"
+
+
+def source_identity(facts: CheckoutFacts, planned_repo: str = "", planned_ref: str = "") -> dict[str, str]:
+    """Repo URL (no credentials), ref (the one cloned, or ``local``), commit and dirty flag of the checkout
+    that is built; for a checkout still to be cloned, the planned repo and ref."""
+    if not facts.exists:
+        return {"repo": strip_credentials(planned_repo), "ref": planned_ref or "local", "commit": PENDING,
+                "dirty": PENDING}
+    repo = facts.repo or str(facts.path)
+    return {"repo": strip_credentials(repo), "ref": facts.ref or "local", "commit": facts.commit or "unknown",
+            "dirty": "true" if facts.dirty else "false"}
 
 
 def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
@@ -390,7 +461,112 @@ def full_cuda_version(cuda: str) -> str:
     return match.group(1) if match else cuda
 
 
-def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str) -> dict[str, str]:
+# --- the JIT toolchain of the runtime stage ---------------------------------------------------------------
+
+JIT_FAIL_LINE = r"forge-jit-check: FAIL: (.+)$"  # what scripts/doctor_inside.py --jit-check prints
+JIT_FIX = (
+    "bake with a JIT toolchain for these archs (the default; --runtime-image with nvcc also works), "
+    "or pass --no-jit if your models need no run-time kernel compile"
+)
+
+
+@dataclass(frozen=True)
+class JitToolchain:
+    cuda: str  # CUDA minor of the toolchain ("" when none)
+    spec: str  # the JIT_TOOLCHAIN build arg: pip:<reqs> | apt:<packages> | none
+    why: str
+
+    @property
+    def label(self) -> str:
+        return "none (--no-jit)" if self.spec == "none" else f"nvcc {self.cuda} ({self.spec})"
+
+
+def checkout_needs_flashinfer(src: Path) -> bool:
+    """Whether the checkout's wheel asks for FlashInfer: its requirements files, or setup.py's extras
+    (vLLM 0.11 has `flashinfer-python` as the `flashinfer` extra, which vLLM's own image installs)."""
+    root = Path(src).expanduser()
+    for path in list((root / "requirements").rglob("*.txt")) + [root / "requirements-cuda.txt", root / "setup.py"]:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        if re.search(r"^\s*flashinfer" if path.suffix == ".txt" else r"[\"']flashinfer-python", text,
+                     re.IGNORECASE | re.MULTILINE):
+            return True
+    return False
+
+
+def _cuda_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in compat.cuda_minor(version).split("."))
+
+
+def plan_jit_toolchain(request: BakeRequest, archs) -> JitToolchain:
+    """The JIT toolchain the runtime stage gets: the build's CUDA, raised to 12.9 when an sm_12x arch is
+    targeted and the checkout ships FlashInfer; ``none`` with --no-jit."""
+    if not request.jit:
+        return JitToolchain("", "none", "--no-jit: no run-time kernel compile")
+    cuda = compat.cuda_minor(request.cuda)
+    why = f"the build's CUDA {cuda}"
+    if any(a.sm.startswith("sm_12") for a in archs) and _cuda_key(cuda) < _cuda_key(compat.FLASHINFER_SM12X_MIN_CUDA):
+        if checkout_needs_flashinfer(request.src):
+            cuda = compat.FLASHINFER_SM12X_MIN_CUDA
+            why = f"FlashInfer JIT on sm_12x needs CUDA >= {cuda}"
+    spec = compat.JIT_TOOLCHAINS.get(cuda)
+    if not spec:
+        raise ForgeError(
+            f"no JIT toolchain is known for CUDA {cuda}",
+            f"use --cuda {' or '.join(sorted(compat.JIT_TOOLCHAINS))}, or pass --no-jit",
+        )
+    return JitToolchain(cuda, spec, why)
+
+
+# --- do the base images exist? -----------------------------------------------------------------------------
+
+STANDIN_NOTE = "TEST-ONLY stand-in bases: this image is for iterating on the Dockerfile, not for serving real models"
+
+
+def base_image_available(docker: str, image: str, *, timeout_s: int = 20, runner=subprocess.run) -> bool:
+    """True when ``image`` is present locally or its registry answers for it (``docker manifest inspect``)."""
+    try:
+        local = runner([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True,
+                       timeout=60)
+        if local.returncode == 0:
+            return True
+        remote = runner([docker, "manifest", "inspect", image], capture_output=True, text=True, timeout=timeout_s)
+        return remote.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def check_base_images(docker: str, base: str, runtime: str, *, runner=subprocess.run) -> list[str]:
+    """The base images of a bake that are neither local nor resolvable (empty: all can be used)."""
+    missing = []
+    for image in dict.fromkeys(i for i in (base, runtime) if i):
+        if not base_image_available(docker, image, runner=runner):
+            missing.append(image)
+    return missing
+
+
+def missing_bases_error(missing: list[str], *, mirror: str = "") -> ForgeError:
+    """The one-line error for bases that cannot be had, with the fixes that apply to them."""
+    from scripts import mirrors
+
+    fixes = []
+    through_cn = [i for i in missing if mirrors.rewrite_image(i, mirrors.BUILTIN_MIRRORS["cn"]) != i]
+    if through_cn and mirror != "cn":
+        fixes.append("--mirror cn (pulls " + ", ".join(sorted({mirrors.split_image(i)[0] for i in through_cn}))
+                     + " through m.daocloud.io)")
+    fixes.append("--base-image/--runtime-image with images you have (`docker images`)")
+    fixes.append("--standin to iterate on the Dockerfile with local TEST-ONLY bases (not for serving real models)")
+    return ForgeError(
+        f"base image{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+        f"{'are' if len(missing) > 1 else 'is'} not present locally and the registry cannot be reached",
+        "pass " + ", or ".join(fixes),
+    )
+
+
+def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: str,
+                 tree: VllmTree | None) -> dict[str, str]:
     """Every knob under each name a vLLM-style Dockerfile may call it; filtered by what it declares."""
     arch_list = archs_mod.torch_cuda_arch_list(archs)
     values: dict[str, str] = {
@@ -414,11 +590,8 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["USE_SCCACHE"] = "1"
     if recipe == "forge":
         values["COMPILE_CACHE"] = request.compile_cache
-    if recipe == "forge":
+    if recipe == "forge" and tree is not None:
         # What this checkout's vLLM version builds with and enforces (scripts/vllm_tree.py).
-        from scripts.vllm_tree import inspect_tree
-
-        tree = inspect_tree(Path(request.src).expanduser())
         if tree.build_requirements:
             values["BUILD_REQUIREMENTS"] = tree.build_requirements
         if not request.wheel_limit_mb:
@@ -427,6 +600,10 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["VLLM_MAX_SIZE_MB"] = f"{request.wheel_limit_mb:g}"
     if request.apt_mirror:
         values["APT_MIRROR"] = request.apt_mirror
+    if recipe == "forge":
+        jit = plan_jit_toolchain(request, archs)
+        values["JIT_TOOLCHAIN"] = jit.spec
+        values["JIT_CHECK"] = "true" if request.jit else "false"
     if recipe == "forge" or request.base_image:
         values["BUILD_BASE_IMAGE"] = base
     if recipe == "forge" or request.runtime_image:
@@ -451,6 +628,15 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
     return values
 
 
+def _runtime_user(recipe: str, target_stage: str, declared: dict[str, str | None]) -> str:
+    """Who the image's processes run as, for the org.vllm-forge.user label (`invoke inspect`)."""
+    if target_stage == NON_ROOT_STAGES["forge"] and recipe == "forge":
+        return f"vllm (uid {declared.get('VLLM_UID') or '?'}, gid 0)"
+    if target_stage == NON_ROOT_STAGES["upstream"]:
+        return f"non-root ({target_stage}'s USER)"
+    return "root"
+
+
 def _check_secret_file(path: Path | None, flag: str) -> None:
     if path is not None and not Path(path).expanduser().is_file():
         raise ForgeError(f"{flag} {path} is not a file", f"pass {flag} the path of an existing file")
@@ -461,11 +647,24 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
     if request.target not in TARGETS:
         raise ForgeError(f"--target {request.target} is not a stage of this recipe", f"use one of {', '.join(TARGETS)}")
     src = Path(request.src).expanduser().resolve()
-    if not (src / "setup.py").is_file():
+    facts = request.checkout
+    if facts is None:
+        from scripts.checkout import read_checkout
+
+        facts = read_checkout(src, managed=False)
+    if facts.exists and not (src / "setup.py").is_file():
         raise ForgeError(
             f"{src} is not a vLLM checkout (no setup.py)",
             "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout",
         )
+    if not facts.exists and request.dockerfile != "forge":
+        raise ForgeError(f"{src} does not exist yet, and --dockerfile {request.dockerfile} is read from it",
+                         "run `invoke clone` first (a real bake clones first by itself)")
+    tree = None
+    if facts.exists:
+        from scripts.vllm_tree import inspect_tree
+
+        tree = inspect_tree(src)
     archs = archs_mod.resolve_arch(request.arch, request.cuda)
     _check_secret_file(request.ca_bundle, "--ca-bundle")
     _check_secret_file(request.netrc, "--netrc")
@@ -476,22 +675,40 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             "--cache-to needs docker buildx; this client builds with Docker's built-in BuildKit",
             "install the buildx plugin, or drop --cache-to (the local layer cache still works)",
         )
+    from scripts import remote_build
 
+    # A builder or registry cache this client cannot use is refused, never silently dropped.
+    remote_build.require_buildx(request.builder, request.registry_cache, docker=client.path,
+                                available=client.mode == "buildx")
+
+    # Every recipe builds from a staged copy, never from the checkout itself: its .git holds
+    # credentials a context would carry into layers and BuildKit's cache (scripts/context_git.py).
     if request.dockerfile == "forge":
-        recipe, dockerfile, context, stage = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context", True
+        recipe, dockerfile, context = "forge", FORGE_DOCKERFILE, Path(request.context_dir) / "context"
     elif request.dockerfile == "upstream":
-        recipe, dockerfile, context, stage = "upstream", find_upstream_dockerfile(src), src, False
+        recipe, dockerfile, context = "upstream", find_upstream_dockerfile(src), Path(request.context_dir) / "checkout"
     else:
         dockerfile = Path(request.dockerfile).expanduser().resolve()
         if not dockerfile.is_file():
             raise ForgeError(
                 f"--dockerfile {request.dockerfile} is not a file", "pass forge, upstream or a Dockerfile path"
             )
-        recipe, context, stage = "custom", src, False
+        recipe, context = "custom", Path(request.context_dir) / "checkout"
+    stage = True
     base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
     declared = dockerfile_args(dockerfile)
     stages = dockerfile_stages(dockerfile)
     target_stage = request.target if recipe == "forge" else UPSTREAM_TARGETS[request.target]
+    if request.non_root:
+        if request.target != "runtime":
+            raise ForgeError(f"--non-root is about the serving image, not --target {request.target}",
+                             "drop --non-root, or bake --target runtime")
+        target_stage = NON_ROOT_STAGES.get(recipe, NON_ROOT_STAGES["upstream"])
+        if target_stage not in stages and recipe != "forge":
+            raise ForgeError(
+                f"{dockerfile} has no stage '{target_stage}' for --non-root (vLLM added it in its own Dockerfile)",
+                "use --dockerfile forge --non-root, or a vLLM version whose Dockerfile has vllm-openai-nonroot",
+            )
     if recipe != "forge" and target_stage not in stages:
         raise ForgeError(
             f"{dockerfile} has no stage '{target_stage}' (stages: {', '.join(stages) or 'none'})",
@@ -499,14 +716,17 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
 
     notes: list[str] = []
-    if recipe == "forge" and request.deps_cache:
-        deps = cached_git_deps(request)
+    if not facts.exists:
+        notes.append(f"planned before the clone: commit, build requirements and wheel limit are read from {src} "
+                     "once it exists, and the bake is planned again then")
+    if recipe == "forge" and request.deps_cache and tree is not None:
+        deps = cached_git_deps(request, tree)
         if deps:
             notes.append(f"{len(deps)} cached git dependencies ({', '.join(d.name for d in deps)}) go into the build "
                          "context's deps/: CMake takes them from there, not from the network")
     if request.audit and not (REPO_ROOT / "scripts" / "audit.py").is_file():
         notes.append("scripts/audit.py is not in this vllm-forge: the kernel audit step is skipped")
-    knobs = _knob_values(request, archs, base, runtime, recipe)
+    knobs = _knob_values(request, archs, base, runtime, recipe, tree)
     build_args = {name: value for name, value in knobs.items() if name in declared}
     skipped = sorted(set(knobs) - set(declared) - {"TORCH_CUDA_ARCH_LIST"} - {"UV_DEFAULT_INDEX", "UV_INDEX_URL"})
     if skipped and recipe != "forge":
@@ -542,7 +762,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         if secret_id not in used:
             notes.append(f"{dockerfile.name} mounts no secret '{secret_id}': it will not see it")
 
-    identity = source_identity(src, request.vllm_repo, request.vllm_ref)
+    identity = source_identity(facts, request.planned_repo, request.planned_ref)
     from scripts import __version__ as forge_version
 
     created = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -558,12 +778,16 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         f"{LABEL_PREFIX}.vllm.repo": identity["repo"],
         f"{LABEL_PREFIX}.vllm.ref": identity["ref"],
         f"{LABEL_PREFIX}.vllm.commit": identity["commit"],
+        f"{LABEL_PREFIX}.vllm.dirty": identity["dirty"],
         f"{LABEL_PREFIX}.arch-list": archs_mod.torch_cuda_arch_list(archs),
         f"{LABEL_PREFIX}.sm": ",".join(a.sm for a in archs),
         f"{LABEL_PREFIX}.cuda": compat.cuda_minor(request.cuda),
         f"{LABEL_PREFIX}.build-base": build_args.get("BUILD_BASE_IMAGE") or declared.get("BUILD_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.recipe": recipe,
+        f"{LABEL_PREFIX}.mirror": request.mirror,
+        **({f"{LABEL_PREFIX}.jit": plan_jit_toolchain(request, archs).label} if recipe == "forge" else {}),
+        f"{LABEL_PREFIX}.user": _runtime_user(recipe, target_stage, declared),
         f"{LABEL_PREFIX}.version": forge_version,
     }
 
@@ -573,16 +797,20 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         if (export_wheel and recipe == "forge")
         else (
             request.tag
-            or default_tag(identity["ref"], request.cuda, archs, "build" if export_wheel else request.target)
+            or default_tag(identity, request.cuda, archs, "build" if export_wheel else request.target)
+            + ("-nonroot" if request.non_root else "")
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
     export_dir = (dist_dir / f".staging-{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
                   if export_wheel else None)
     argv = list(client.build_argv)
-    argv += ["--progress=plain", "-f", str(dockerfile), "--target", target_stage]
-    if client.mode == "buildx" and request.builder:
-        argv += ["--builder", request.builder]
+    # A Dockerfile inside the checkout is read from the staged copy (its .dockerignore sits there too).
+    staged_dockerfile = (context / dockerfile.relative_to(src)
+                         if recipe != "forge" and dockerfile.is_relative_to(src) else dockerfile)
+    argv += ["--progress=plain", "-f", str(staged_dockerfile), "--target", target_stage]
+    if client.mode == "buildx":
+        argv += remote_build.buildx_build_args(request.builder, request.registry_cache)
     if request.platform:
         argv += ["--platform", request.platform]
     if request.no_cache:
@@ -639,6 +867,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         notes,
         export_dir,
         cleanup,
+        tree,
+        identity,
     )
 
 
@@ -741,30 +971,62 @@ def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Pa
     return needed
 
 
-def cached_git_deps(request: BakeRequest) -> list:
+def cached_git_deps(request: BakeRequest, tree: VllmTree | None = None) -> list:
     """The checkout's git dependencies that `fetch-deps` has cached (the build then needs no network)."""
     if not request.deps_cache:
         return []
     from scripts.fetch_deps import is_cached
     from scripts.vllm_tree import inspect_tree
 
-    tree = inspect_tree(Path(request.src).expanduser())
+    tree = tree or inspect_tree(Path(request.src).expanduser())
     return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
+
+
+def _checkout_skip(rel: Path, is_dir: bool) -> bool:
+    """What a checkout's copy leaves out: build outputs (``_skip``), files holding logins, and git
+    dirs (the top one goes in sanitized; a nested repository is not part of the source). A nested
+    ``.git`` *file* (a submodule's pointer into the top git dir's modules/) is kept."""
+    from scripts.context_git import is_credential_file
+
+    if rel.name == ".git" and (is_dir or len(rel.parts) == 1):
+        return True
+    return (not is_dir and is_credential_file(rel.name)) or _skip(rel, is_dir)
+
+
+def stage_checkout(src: Path, dest: Path, git_mirror: Path) -> int:
+    """Copy a checkout to ``dest`` with its git metadata made credential-free: kept incrementally in
+    ``git_mirror`` (outside any context) and linked in as ``dest/.git``."""
+    from scripts import context_git
+
+    copied = sync_tree(src, dest, skip=_checkout_skip)
+    copied += context_git.sanitize_git_dir(src, git_mirror)
+    if git_mirror.is_dir():
+        context_git.link_tree(git_mirror, dest / ".git")
+    return copied
 
 
 def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     """Copy the cached dependencies (and their markers) to the context's deps/, bind-mounted into the
-    wheel build as a fetch-deps cache; an empty deps/ when there are none."""
+    wheel build as a fetch-deps cache; an empty deps/ when there are none. A dependency's clone and
+    marker go in without credentials (a --github-proxy or --url-map URL may carry them)."""
+    from scripts.context_git import public_url
     from scripts.fetch_deps import dep_dir
 
     dest.mkdir(parents=True, exist_ok=True)
     copied = 0
     wanted = set()
-    for dep in cached_git_deps(plan.request):
+    for dep in cached_git_deps(plan.request, plan.tree):
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
-        copied += sync_tree(source, dest / source.name)
-        shutil.copy2(source.with_name(source.name + ".forge-dep.json"), dest / (source.name + ".forge-dep.json"))
+        mirror = Path(plan.request.context_dir) / "git" / "deps" / source.name
+        copied += stage_checkout(source, dest / source.name, mirror)
+        marker = json.loads(source.with_name(source.name + ".forge-dep.json").read_text())
+        # `repository` is the checkout's own CMake string (in the context anyway; is_cached compares it).
+        marker["fetched_from"] = public_url(str(marker.get("fetched_from", "")))
+        text = json.dumps(marker, indent=2) + "\n"
+        target = dest / (source.name + ".forge-dep.json")
+        if not target.is_file() or target.read_text() != text:
+            target.write_text(text)
     for stale in dest.iterdir():
         if stale.name not in wanted:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -772,16 +1034,23 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
 
 
 def stage_context(plan: BakePlan) -> int:
-    """Lay out the forge recipe's context: vllm/ (the checkout) and forge/ (the scripts the build runs)."""
+    """Lay out the build context: for the forge recipe vllm/ (the checkout) and forge/ (the scripts
+    the build runs); for the others a copy of the checkout. No credentials either way."""
     context = plan.context
-    copied = sync_tree(Path(plan.request.src).expanduser().resolve(), context / "vllm")
+    src = Path(plan.request.src).expanduser().resolve()
+    git_mirror = Path(plan.request.context_dir) / "git" / "vllm"
+    if plan.recipe != "forge":
+        return stage_checkout(src, context, git_mirror)
+    copied = stage_checkout(src, context / "vllm", git_mirror)
     keep = {f"{name}.py" for name in script_closure()}
     copied += sync_tree(
         REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
     )
-    # image.py runs only after the compile (runtime-requirements), bind-mounted from here.
+    # image.py runs only after the compile (runtime-requirements), doctor_inside.py in the runtime stage (the
+    # JIT check); both bind-mounted from here.
+    late = {"image.py", "doctor_inside.py"}
     copied += sync_tree(
-        REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name != "image.py"
+        REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name not in late
     )
     copied += stage_git_deps(plan, context / "deps")
     env_script = context / "forge" / "docker"
@@ -802,6 +1071,7 @@ class BakeResult:
     cached_steps: int
     total_steps: int
     executed: list[str] = field(default_factory=list)  # titles of the steps that ran (not cached)
+    log_path: Path | None = None
 
 
 def run_bake(
@@ -842,8 +1112,12 @@ def _run_bake(
     written: list[Path] = []
     steps: dict[str, str] = {}  # BuildKit step number -> its title
     cached: set[str] = set()
+    jit_failure: list[str] = []
 
     def watch(line: str) -> None:
+        failed = re.search(JIT_FAIL_LINE, line)
+        if failed:
+            jit_failure.append(failed.group(1).strip())
         match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ).*)", line)
         if match:
             if match.group(2) == "CACHED":
@@ -866,7 +1140,13 @@ def _run_bake(
         if plan.export_dir:
             plan.export_dir.mkdir(parents=True)
         for command in plan.commands:
-            run_command(command, on_line=watch, log_path=log_path)
+            try:
+                run_command(command, on_line=watch, log_path=log_path)
+            except ForgeError:
+                if jit_failure:
+                    raise ForgeError(f"the runtime image cannot JIT-compile kernels: {jit_failure[-1]}",
+                                     JIT_FIX) from None
+                raise
         exported = _publish_export(plan.export_dir) if plan.export_dir else []
     finally:
         for path in written:
@@ -926,6 +1206,7 @@ def inspect_image(docker: str, image: str) -> dict:
         "labels": config.get("Labels") or {},
         "entrypoint": config.get("Entrypoint") or [],
         "env": config.get("Env") or [],
+        "user": config.get("User") or "",  # "" : root
     }
 
 
@@ -1009,6 +1290,159 @@ def image_size_report(
     return ImageSizeReport(image, info["size"], base, base_size, budget_gb, biggest)
 
 
+# --- JIT readiness of a baked image (`invoke inspect`, `invoke doctor --image`) -------------------------------
+
+
+def image_jit_facts(docker: str, image: str) -> dict:
+    """scripts/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    script = (REPO_ROOT / "scripts" / "doctor_inside.py").read_text()
+    try:
+        proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
+                               "--jit"], input=script, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as err:
+        return {"error": str(err)}
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        return {"error": said[-1] if said else f"exit {proc.returncode}"}
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        return {"error": f"no JSON from the in-image probe: {proc.stdout[-200:]!r}"}
+
+
+def jit_summary(facts: dict, targets: Iterable[str] = ()) -> tuple[bool, str]:
+    """(ready, one line): nvcc version, the SM targets it can compile (those asked for first), FlashInfer."""
+    if facts.get("error"):
+        return False, f"JIT readiness unknown: {facts['error']}"
+    flashinfer = facts.get("flashinfer") or {}
+    packages = flashinfer.get("packages") or {}
+    fi = ("FlashInfer " + ", ".join(f"{k} {v}" for k, v in sorted(packages.items()))
+          + f"; {flashinfer.get('cubins', 0)} precompiled kernels (cubins)") if packages else "FlashInfer not installed"
+    if not facts.get("nvcc"):
+        return False, f"no JIT toolchain (no nvcc); {fi}"
+    listed = facts.get("archs") or []
+    wanted = [sm for sm in targets if sm]
+    missing = [sm for sm in wanted if sm.rstrip("af") not in listed]
+    host = facts.get("host_compiler") or "no host C++ compiler"
+    ready = not missing and bool(facts.get("host_compiler"))
+    archs = " ".join(listed) or "?"
+    return ready, (f"nvcc {facts.get('nvcc_version') or '?'} ({facts['nvcc']}), targets {archs}"
+                   + (f"; cannot target {', '.join(missing)}" if missing else "") + f"; {host}; {fi}")
+
+
+# --- where the size goes -------------------------------------------------------------------------------------
+
+# Python distributions that are the JIT toolchain (the pip route of JIT_TOOLCHAINS) and those that are torch
+# and its CUDA wheels; every other distribution new over the base is vLLM and its other requirements.
+JIT_DISTS = re.compile(r"^(cuda-toolkit|nvidia-cuda-nvcc(-cu\d+)?|nvidia-nvvm|nvidia-cuda-crt|nvidia-cuda-cuobjdump"
+                       r"(-cu\d+)?)$")
+TORCH_DISTS = re.compile(r"^(torch|torchvision|torchaudio|triton|pytorch-triton|nvidia-.*|cuda-bindings|cuda-python"
+                         r"|cuda-pathfinder)$")
+SIZE_PARTS = ("JIT toolchain", "torch and its CUDA wheels", "vLLM and its other requirements", "the rest")
+
+# Run inside an image with its python3: every installed distribution with the bytes of its files.
+_DIST_PROBE = """
+import json, os
+from importlib import metadata
+out = {}
+for dist in metadata.distributions():
+    name = (dist.metadata.get("Name") or "").lower().replace("_", "-")
+    size = 0
+    for f in dist.files or []:
+        try:
+            size += os.lstat(dist.locate_file(f)).st_size
+        except OSError:
+            pass
+    out[name + "==" + (dist.version or "")] = size
+print(json.dumps(out))
+"""
+
+
+@dataclass
+class SizeBreakdown:
+    image: str
+    size: int
+    base: str
+    base_size: int | None
+    parts: dict[str, int]  # SIZE_PARTS -> bytes over the base
+    layers: list[LayerInfo]  # largest first
+    dists: dict[str, int] = field(default_factory=dict)  # name==version -> bytes, new over the base
+
+    @property
+    def over_base(self) -> int | None:
+        return None if self.base_size is None else self.size - self.base_size
+
+
+def _dist_sizes(docker: str, image: str) -> dict[str, int]:
+    proc = subprocess.run([docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c",
+                           _DIST_PROBE], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        return {}  # no python3 (a CUDA -base image): nothing of the base counts as a distribution
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
+def jit_layer_bytes(docker: str, image: str) -> int:
+    """Bytes of the runtime stage's JIT toolchain layer (the RUN that reads JIT_TOOLCHAIN)."""
+    proc = subprocess.run([docker, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}",
+                           image], capture_output=True, text=True)
+    total = 0
+    for line in proc.stdout.splitlines():
+        size, _, created_by = line.partition("\t")
+        if 'case "$JIT_TOOLCHAIN"' in created_by and size.isdigit():  # the RUN that reads it, not its ARG
+            total += int(size)
+    return total
+
+
+def classify_sizes(image_dists: dict[str, int], base_dists: dict[str, int], jit_layer: int,
+                   over_base: int | None) -> tuple[dict[str, int], dict[str, int]]:
+    """(parts, new distributions): the size over the base split into SIZE_PARTS. The JIT toolchain is its
+    layer (apt packages and g++ included) or, without one, its distributions; "the rest" is what is left
+    (python itself when the base has none, the venv, metadata)."""
+    new = {key: size for key, size in image_dists.items() if key not in base_dists}
+    has_torch = any(key.split("==")[0] == "torch" for key in new)
+    jit_dists = torch = vllm = 0
+    for key, size in new.items():
+        name = key.split("==")[0]
+        # Without torch, NVIDIA's CUDA wheels (the cudart headers of cuda-toolkit[cudart]) are the toolchain's.
+        if JIT_DISTS.match(name) or (not has_torch and name.startswith("nvidia-")):
+            jit_dists += size
+        elif TORCH_DISTS.match(name):
+            torch += size
+        else:
+            vllm += size
+    jit = jit_layer or jit_dists
+    parts = {SIZE_PARTS[0]: jit, SIZE_PARTS[1]: torch, SIZE_PARTS[2]: vllm}
+    parts[SIZE_PARTS[3]] = max(0, (over_base or 0) - sum(parts.values())) if over_base is not None else 0
+    return parts, new
+
+
+def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 8) -> SizeBreakdown:
+    """`check-size --image`: the image over its runtime base, split into the JIT toolchain, torch and its
+    CUDA wheels, vLLM and its other requirements, and the rest, with the largest layers."""
+    report = image_size_report(docker, image, 0, base=base, top=top)
+    base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
+    parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),
+                                report.over_base)
+    return SizeBreakdown(image, report.size, report.base, report.base_size, parts, report.layers, new)
+
+
+def format_size_breakdown(result: SizeBreakdown) -> list[str]:
+    over = result.over_base
+    lines = [f"{result.image}: {result.size / GB:.2f} GB"
+             + (f", {over / GB:.2f} GB over its base {result.base}" if over is not None
+                else (f" (base {result.base} is not present locally: parts are what the image adds)" if result.base
+                      else ""))]
+    for name, size in result.parts.items():
+        share = f" ({100 * size / over:.0f}%)" if over else ""
+        lines.append(f"  {size / 1e6:10.1f} MB  {name}{share}")
+    lines.append("largest layers:")
+    lines += [f"  {layer.size / 1e6:10.1f} MB  {layer.instruction[:120]}" for layer in result.layers]
+    return lines
+
+
 # --- used inside the build stage -------------------------------------------------------------------------------
 
 
@@ -1072,14 +1506,10 @@ def main(argv=None) -> int:
     if args.cmd == "inspect":
         info = inspect_image(args.docker, args.image)
         print(json.dumps(info["labels"], indent=2, sort_keys=True))
+        print(f"runs as: {info['user'] or 'root'} (image USER)")
         return 0
     report = image_size_report(args.docker, args.image, args.budget_gb)
-    print(
-        f"{report.image}: {report.size / GB:.2f} GB"
-        + (f", {report.over_base / GB:.2f} GB over {report.base}" if report.over_base is not None else "")
-    )
-    for layer in report.layers:
-        print(f"  {layer.size / 1e6:10.1f} MB  {layer.instruction[:120]}")
+    print("\n".join(format_size_breakdown(image_size_breakdown(args.docker, args.image))))
     if not report.ok:
         print(f"over the budget of {report.budget_gb:g} GB")
         return 1

@@ -85,24 +85,19 @@ def arch_verdict(cuda: str, arch_spec: str) -> str | None:
 @dataclass
 class SessionArgs:
     arch: str | None
-    mirror: str | None
-    base_image: str
-    runtime_image: str
-    rest: list[str]  # passed on to the task unchanged (--dry-run, --ref, --vllm-src, ...)
+    rest: list[str]  # passed on to the task unchanged (--mirror, --dry-run, --ref, --vllm-src, ...)
 
 
 def parse_session_args(posargs: list[str]) -> SessionArgs:
-    """Take out the flags a session itself reads; the rest goes to the invoke task as given."""
+    """Take out the flags a session itself reads (its arch list, to skip combinations its CUDA cannot
+    build); everything else, the mirror included, goes to the invoke task, which resolves it once."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--arch")
-    parser.add_argument("--mirror")
-    parser.add_argument("--base-image", default="")
-    parser.add_argument("--runtime-image", default="")
     parser.add_argument("--cuda")
     known, rest = parser.parse_known_args(list(posargs))
     if known.cuda:
         raise ForgeError("--cuda is fixed by the session name", "run the session of that CUDA, e.g. nox -s image-cu128")
-    return SessionArgs(known.arch, known.mirror, known.base_image, known.runtime_image, rest)
+    return SessionArgs(known.arch, rest)
 
 
 # --- the project's configuration, as the tasks see it --------------------------------------------------
@@ -139,15 +134,15 @@ def select_mirror(name: str | None, invoke_config: Any = None) -> mirrors.Mirror
 # --- task command lines ------------------------------------------------------------------------------
 
 
-def bake_argv(cuda: str, args: SessionArgs, profile: mirrors.MirrorProfile) -> list[str]:
-    """``invoke bake`` for one image session: the CUDA, the arch list, the mirror's flags, the rest."""
+def image_argv(cuda: str, args: SessionArgs) -> list[str]:
+    """``invoke image`` for one image session: the whole chain for this CUDA and its default arch list."""
     arch = args.arch or compat.DEFAULT_ARCH_LIST[compat.cuda_minor(cuda)]
-    flags = mirrors.bake_flags(profile, cuda, args.base_image, args.runtime_image)
-    return ["invoke", "bake", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *flags, *args.rest]
+    return ["invoke", "image", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
 
 
-def build_wheel_argv(cuda: str, arch: str, args: SessionArgs) -> list[str]:
-    return ["invoke", "build-wheel", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
+def wheel_argv(cuda: str, arch: str, args: SessionArgs) -> list[str]:
+    """``invoke wheel``: clone (or reuse) → use-existing-torch → build-wheel → check-size for one pair."""
+    return ["invoke", "wheel", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
 
 
 # --- the whole matrix, for `nox -s matrix` ---------------------------------------------------------------

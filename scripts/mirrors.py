@@ -253,49 +253,70 @@ def default_images(cuda: str) -> tuple[str, str]:
     return (row.image if row else "", compat.CUDA_RUNTIME_IMAGES.get(compat.cuda_minor(cuda), ""))
 
 
-def bake_flags(profile: MirrorProfile, cuda: str, base_image: str = "", runtime_image: str = "") -> list[str]:
-    """`invoke bake` flags that apply the profile: rewritten bases, index URLs, APT_MIRROR build arg.
+@dataclass
+class AppliedMirror:
+    """A profile applied to one configuration: every URL and image a command will really use.
 
-    Explicit ``base_image``/``runtime_image`` are rewritten too and always passed on.
+    Computed once per command line (``apply_mirror``); clone, build-wheel, bake, fetch-deps and
+    ``invoke plan`` all read this one result instead of re-applying the profile themselves.
     """
-    default_base, default_runtime = default_images(cuda)
-    flags: list[str] = []
-    for flag, explicit, default in (("--base-image", base_image, default_base),
-                                    ("--runtime-image", runtime_image, default_runtime)):
+
+    profile: MirrorProfile
+    cuda: str
+    base_image: str  # "" : the recipe's default, not rewritten (an upstream Dockerfile keeps its own)
+    runtime_image: str
+    requested_base: str  # what the configuration asks for (its default for ``cuda`` when unset)
+    requested_runtime: str
+    clone_url: str
+    vllm_repo: str
+    pypi_index: str  # "" : the tools' default (pypi.org)
+    pytorch_index: str  # base, without the /cuXYZ suffix; "" : download.pytorch.org/whl
+    apt_mirror: str  # scheme://host; "" : the image's own apt sources
+    github_proxy: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for pip/uv and the build (build-wheel, fetch-deps): empty for ``global``."""
+        return mirror_env(self.profile)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """``(what, upstream, used)`` for every URL the profile may rewrite, for ``invoke plan``."""
+        none = f"(none known for CUDA {self.cuda})"
+        torch_index = compat.PYTORCH_WHEEL_INDEX.get(compat.cuda_minor(self.cuda), "")
+        apt_upstream = "http://{archive,security,ports}.ubuntu.com, http://{deb,security}.debian.org"
+        return [
+            ("build base image", self.requested_base or none, self.base_image or self.requested_base or none),
+            ("runtime base image", self.requested_runtime or none,
+             self.runtime_image or self.requested_runtime or none),
+            ("PyPI index (pip, uv)", PYPI_INDEX, self.pypi_index or PYPI_INDEX),
+            ("PyTorch wheel index", torch_index or none, pytorch_index_url(self.cuda, self.profile) or none),
+            ("vLLM clone URL", self.vllm_repo, self.clone_url),
+            ("apt sources (image)", apt_upstream, self.apt_mirror or apt_upstream),
+        ]
+
+
+def apply_mirror(profile: MirrorProfile, config: Any) -> AppliedMirror:
+    """The profile applied to ``config`` (a BuildConfig: ``cuda``, ``base_image``, ``runtime_image``,
+    ``vllm_repo``). An explicit base image is rewritten through the registry mirror too; a default one
+    is named only when the mirror changes it, so a recipe's own default stays in charge otherwise."""
+    default_base, default_runtime = default_images(config.cuda)
+    chosen = []
+    for explicit, default in ((config.base_image, default_base), (config.runtime_image, default_runtime)):
         image = explicit or default
         rewritten = rewrite_image(image, profile) if image else ""
-        if explicit or (rewritten and rewritten != image):
-            flags += [flag, rewritten]
-    if profile.pypi_index:
-        flags += ["--index-url", profile.pypi_index]
-    if profile.pytorch_index:
-        flags += ["--pytorch-index", profile.pytorch_index.rstrip("/")]
-    if profile.apt_mirror:
-        flags += ["--build-arg", f"APT_MIRROR={profile.apt_mirror.rstrip('/')}"]
-    return flags
+        chosen.append(rewritten if explicit or (rewritten and rewritten != image) else "")
+    return AppliedMirror(
+        profile=profile, cuda=config.cuda, base_image=chosen[0], runtime_image=chosen[1],
+        requested_base=config.base_image or default_base, requested_runtime=config.runtime_image or default_runtime,
+        clone_url=rewrite_git_url(config.vllm_repo, profile), vllm_repo=config.vllm_repo,
+        pypi_index=profile.pypi_index, pytorch_index=profile.pytorch_index.rstrip("/"),
+        apt_mirror=profile.apt_mirror.rstrip("/"), github_proxy=profile.github_proxy,
+    )
 
 
 def describe_mirror(profile: MirrorProfile, config: Any) -> list[tuple[str, str, str]]:
-    """Rows ``(what, original, rewritten)`` for every URL the profile may rewrite, for ``invoke plan``.
-
-    ``config`` is a BuildConfig (``cuda``, ``base_image``, ``runtime_image``, ``vllm_repo``). A row whose
-    rewritten value equals the original is left upstream by this profile.
-    """
-    cuda = config.cuda
-    default_base, default_runtime = default_images(cuda)
-    base = config.base_image or default_base
-    runtime = config.runtime_image or default_runtime
-    none = f"(none known for CUDA {cuda})"
-    torch_index = compat.PYTORCH_WHEEL_INDEX.get(compat.cuda_minor(cuda), "")
-    apt_upstream = "http://{archive,security,ports}.ubuntu.com, http://{deb,security}.debian.org"
-    return [
-        ("build base image", base or none, rewrite_image(base, profile) if base else none),
-        ("runtime base image", runtime or none, rewrite_image(runtime, profile) if runtime else none),
-        ("PyPI index (pip, uv)", PYPI_INDEX, profile.pypi_index or PYPI_INDEX),
-        ("PyTorch wheel index", torch_index or none, pytorch_index_url(cuda, profile) or none),
-        ("vLLM clone URL", config.vllm_repo, rewrite_git_url(config.vllm_repo, profile)),
-        ("apt sources (image)", apt_upstream, profile.apt_mirror.rstrip("/") or apt_upstream),
-    ]
+    """Rows ``(what, original, rewritten)`` (see ``AppliedMirror.rows``)."""
+    return apply_mirror(profile, config).rows()
 
 
 def profile_as_dict(profile: MirrorProfile) -> dict[str, Any]:

@@ -27,6 +27,13 @@ from scripts.errors import ForgeError, run_main
 
 LEVELS = ("pass", "info", "warn", "fail")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# Every per-line pattern sees at most this much of a line: the parsers stay linear in the input
+# however hostile a pasted log is (NCCL, nccl-tests and nvidia-smi lines that matter are far shorter).
+MAX_LINE = 2048
+
+
+def _lines(text: str) -> list[str]:
+    return [line[:MAX_LINE] for line in strip_ansi(text).splitlines()]
 
 
 def strip_ansi(text: str) -> str:
@@ -146,7 +153,7 @@ _HEADER_RE = re.compile(
     r"#\s*nThread\s+(?P<nthreads>\d+)\s+nGpus\s+(?P<ngpus>\d+)\s+minBytes\s+(?P<min>\d+)\s+maxBytes\s+(?P<max>\d+)")
 _DEVICE_RE = re.compile(
     r"#\s+Rank\s+(?P<rank>\d+)\s+Group\s+\d+\s+Pid\s+(?P<pid>\d+)\s+on\s+(?P<host>\S+)\s+device\s+(?P<dev>\d+)\s+"
-    r"\[(?P<bus>[^\]]*)\]\s+(?P<name>.+?)\s*$")
+    r"\[(?P<bus>[^\]]*)\]\s+(?P<name>.*)$")
 _FAILURE_RE = re.compile(r"(Test (?:NCCL|CUDA) failure .*|Test failure \S+|Invalid number of GPUs.*|"
                          r"Incompatible NCCL versions.*|Test timeout.*)")
 _NUM_RE = re.compile(r"^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$")
@@ -167,6 +174,15 @@ def _measure(tokens: list[str]) -> Measure | None:
     return Measure(time_us, algbw, busbw, int(wrong) if wrong is not None else None)
 
 
+def _is_table_header(line: str) -> bool:
+    """``#  size  count  type ...``: the column header of an nccl-tests table (token test, linear)."""
+    tokens = line.lstrip("#").split()
+    try:
+        return tokens.index("size") < tokens.index("count") < tokens.index("type")
+    except ValueError:
+        return False
+
+
 def _parse_row(line: str, group: int) -> CollRow | None:
     tokens = line.split()
     if len(tokens) < 9 or not tokens[0].isdigit() or not tokens[1].isdigit():
@@ -185,15 +201,19 @@ def parse_nccl_tests(text: str) -> NcclTestsRun:
     """Parse an nccl-tests ``*_perf`` output (old and new column layouts) or its torch stand-in."""
     run = NcclTestsRun()
     group = 4
-    for raw in strip_ansi(text).splitlines():
+    header, copy = "", False  # a table printed twice (stdout, then its file in a bundle) counts once
+    for raw in _lines(text):
         line = raw.rstrip()
         if m := _HEADER_RE.search(line):
+            copy = copy or (line == header and bool(run.rows))
+            header = line
             run.nthreads, run.ngpus = int(m["nthreads"]), int(m["ngpus"])
             run.min_bytes, run.max_bytes = int(m["min"]), int(m["max"])
-        elif m := _DEVICE_RE.match(line):
+        elif (m := _DEVICE_RE.match(line)) and not any(
+                (d.rank, d.pid, d.host) == (int(m["rank"]), int(m["pid"]), m["host"]) for d in run.devices):
             run.devices.append(TestDevice(int(m["rank"]), int(m["pid"]), m["host"], int(m["dev"]), m["bus"],
-                                          m["name"]))
-        elif line.startswith("#") and re.search(r"\bsize\b.*\bcount\b.*\btype\b", line):
+                                          m["name"].strip()))
+        elif line.startswith("#") and _is_table_header(line):
             group = 8 if "i_min" in line else 4
         elif m := re.match(r"#\s*Avg bus bandwidth\s*:\s*(\S+)\s*(FAILED)?", line):
             run.avg_busbw = _num(m.group(1))
@@ -214,7 +234,7 @@ def parse_nccl_tests(text: str) -> NcclTestsRun:
             run.failures.append(m.group(1).strip())
         elif not line.startswith("#"):
             row = _parse_row(line, group)
-            if row is not None:
+            if row is not None and not copy:
                 run.rows.append(row)
     if run.devices:
         run.nranks = len(run.devices)
@@ -243,7 +263,7 @@ _KV_ROW_RE = re.compile(r"size=(\d+)\s+time_us=([\d.]+)\s+algbw=([\d.]+)\s+busbw
 def parse_allreduce_kv(text: str) -> NcclTestsRun:
     """The ``size=... time_us=... algbw=... busbw=... ok=...`` lines of a quick torch all-reduce."""
     run = NcclTestsRun(runner="torch.distributed (key=value)")
-    for line in strip_ansi(text).splitlines():
+    for line in _lines(text):
         if m := _KV_ROW_RE.search(line):
             size = int(m.group(1))
             ok = (m.group(5) or "True").lower() == "true"
@@ -287,7 +307,7 @@ P2P_CODES = {"OK": "supported", "CNS": "chipset not supported", "GNS": "GPU not 
 
 def parse_topo_matrix(text: str) -> TopoMatrix | None:
     """``nvidia-smi topo -m`` (link types) or ``topo -p2p r|w|...`` (P2P status), ANSI codes or not."""
-    lines = [line.rstrip() for line in strip_ansi(text).splitlines()]
+    lines = [line.rstrip() for line in _lines(text)]
     header_at = None
     devices: list[str] = []
     for i, line in enumerate(lines):
@@ -362,7 +382,7 @@ def parse_smi_query(text: str) -> dict:
     facts: dict = {"driver": "", "cuda": "", "gpus": []}
     gpu: SmiGpu | None = None
     section = ""
-    for line in strip_ansi(text).splitlines():
+    for line in _lines(text):
         stripped = line.strip()
         if re.match(r"^GPU [0-9A-Fa-f]{4,}:", stripped):
             gpu = SmiGpu(bus_id=stripped[4:].rstrip(":"))
@@ -401,13 +421,36 @@ def parse_smi_query(text: str) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # NCCL debug logs
 # ---------------------------------------------------------------------------------------------------
-_NCCL_LINE_RE = re.compile(
+_NCCL_MARK_RE = re.compile(r"NCCL (INFO|WARN|TRACE|ABORT)\b ?")
+# what may stand before the mark: "host:pid:tid [dev] " and "src/file.cc:123 " (anchored on a bounded tail)
+_NCCL_PREFIX_RE = re.compile(
     r"(?:(?P<host>[\w.\-]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] )?"
-    r"(?:(?P<src>[\w/.\-]+\.(?:cc|cu|h|c|cpp):\d+) )?NCCL (?P<level>INFO|WARN|TRACE|ABORT) ?(?P<msg>.*)")
+    r"(?:(?P<src>[\w/.\-]+\.(?:cc|cu|h|c|cpp):\d+) )?$")
 _TRANSPORT_RE = re.compile(r"Channel (\d+)(?:/\d+)? : (\d+)\[(\d+)\] -> (\d+)\[(\d+)\] (?:\[\w+\] )?via (\S+)")
-_ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]+) set by environment to ([^\s.]*(?:\.[^\s.]+)*)\.?")
+_ENV_RE = re.compile(r"(NCCL_[A-Z0-9_]{1,64}) set by environment to ([^\s.]*(?:\.[^\s.]+)*)\.?")
 _INIT_RE = re.compile(r"ncclCommInitRank\w* comm (\S+) rank (\d+) nranks (\d+) cudaDev (\d+)(?: nvmlDev \d+)? "
-                      r"busId (\w+).*- Init (START|COMPLETE)")
+                      r"busId (\w+)")
+_LOCAL_RE = re.compile(r"nRanks (\d+) nNodes (\d+) localRanks (\d+)")
+
+
+@dataclass
+class NcclLine:
+    host: str
+    pid: str
+    src: str
+    level: str
+    msg: str
+
+
+def split_nccl_line(line: str) -> NcclLine | None:
+    """``host:pid:tid [dev] src.cc:12 NCCL WARN msg`` (any part before NCCL optional), or None."""
+    mark = _NCCL_MARK_RE.search(line)
+    if not mark:
+        return None
+    prefix = _NCCL_PREFIX_RE.search(line[max(0, mark.start() - 200):mark.start()])
+    groups = prefix.groupdict() if prefix else {}
+    return NcclLine(groups.get("host") or "", groups.get("pid") or "", groups.get("src") or "", mark.group(1),
+                    line[mark.end():].strip())
 
 
 @dataclass
@@ -426,16 +469,22 @@ class NcclLog:
     hosts: set[str] = field(default_factory=set)
     pids: set[str] = field(default_factory=set)
     ranks: dict[int, dict] = field(default_factory=dict)  # rank -> {nranks, cudaDev, busId}
+    init_started: int = 0
     init_complete: int = 0
     transports: dict[str, int] = field(default_factory=dict)  # "P2P/CUMEM" -> channel count
     env: dict[str, str] = field(default_factory=dict)
     no_ib: bool = False
     net: str = ""  # "Socket", "IB"
     nnodes: int | None = None
+    local_ranks: int | None = None
+    nranks: int | None = None
+    coll_channels: int | None = None
     smem: tuple[int, int] | None = None  # ncclMaxSharedMem N exceeds device/fn maxSharedMem M
     warns: list[LogLine] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # error lines outside NCCL's own prefix
+    notes: list[LogLine] = field(default_factory=list)  # INFO lines that a signature reads (harmless notices)
     gpu_names: list[str] = field(default_factory=list)
+    where: dict[str, int] = field(default_factory=dict)  # "env:NCCL_X" / "transport:NET/Socket/0" -> first line
     lines: int = 0
 
     @property
@@ -453,6 +502,7 @@ class NcclLog:
         data = asdict(self)
         data["hosts"], data["pids"] = sorted(self.hosts), sorted(self.pids)
         data["warns"] = [asdict(w) for w in self.warns[:20]]
+        data["notes"] = [asdict(w) for w in self.notes[:20]]
         data["version"] = version_str(self.version) if self.version else ""
         return data
 
@@ -463,12 +513,18 @@ _APP_ERROR_RE = re.compile(
     r"with CUDA capability sm_\d+ is not compatible with the current PyTorch installation|"
     r"CUDA driver version is insufficient for CUDA runtime version|"
     r"Mul\w*procExecutor got fatal signal[^\n]*|Got fatal signal from worker processes[^\n]*|Cuda failure \d+ '[^']*'|"
-    r"Test (?:NCCL|CUDA) failure[^\n]*|error while loading shared libraries: [^\n]*)", re.IGNORECASE)
+    r"Test (?:NCCL|CUDA) failure[^\n]*|error while loading shared libraries: [^\n]*|"
+    r"custom_all_reduce\.cuh:\d+ '[^']*'|peer access is not supported between these two devices|"
+    r"Insufficient space in /dev/shm[^\n]*|Fatal Python error: Bus error|\bBus error\b[^\n]*|"
+    r"ncclSystemError[^\n]*|Bootstrap : no socket interface found|Test timeout[^\n]*|"
+    r"Watchdog caught collective operation timeout[^\n]*|IO_PAGE_FAULT[^\n]*|DMAR: \[DMA \w+\][^\n]*)",
+    re.IGNORECASE)
+_NOTE_RE = re.compile(r"P2P is disabled between (?:NVLINK )?connected GPUs")
 
 
 def parse_nccl_log(text: str) -> NcclLog:
     log = NcclLog()
-    for number, raw in enumerate(strip_ansi(text).splitlines(), 1):
+    for number, raw in enumerate(_lines(text), 1):
         log.lines += 1
         line = raw.strip()
         if not line:
@@ -479,39 +535,51 @@ def parse_nccl_log(text: str) -> NcclLog:
         if m := re.search(r"NCCL version (\d+\.\d+\.\d+\S*)", line):
             if m.group(1).rstrip(",") not in log.versions:
                 log.versions.append(m.group(1).rstrip(","))
-        m = _NCCL_LINE_RE.search(line)
-        if not m:
+        parsed = split_nccl_line(line)
+        if parsed is None:
             if e := _APP_ERROR_RE.search(line):
                 log.errors.append(e.group(1).strip())
+                log.where.setdefault("error:" + e.group(1).strip(), number)
             continue
-        if m["host"]:
-            log.hosts.add(m["host"])
-            log.pids.add(m["pid"])
-        msg = m["msg"].strip()
-        level = m["level"]
+        if parsed.host:
+            log.hosts.add(parsed.host)
+            log.pids.add(parsed.pid)
+        msg, level = parsed.msg, parsed.level
         if level in ("WARN", "ABORT"):
-            log.warns.append(LogLine(number, level, m["src"] or "", msg, line))
+            log.warns.append(LogLine(number, level, parsed.src, msg, line))
+        elif _NOTE_RE.search(msg):
+            log.notes.append(LogLine(number, level, parsed.src, msg, line))
         if d := re.match(r"cudaDriverVersion (\d+)", msg):
             code = int(d.group(1))
             log.driver_cuda = f"{code // 1000}.{code % 1000 // 10}"
         elif t := _TRANSPORT_RE.search(msg):
             log.transports[t.group(6)] = log.transports.get(t.group(6), 0) + 1
+            log.where.setdefault("transport:" + t.group(6), number)
         elif e := _ENV_RE.search(msg):
             log.env[e.group(1)] = e.group(2)
+            log.where.setdefault("env:" + e.group(1), number)
         elif i := _INIT_RE.search(msg):
             rank = int(i.group(2))
             log.ranks.setdefault(rank, {"nranks": int(i.group(3)), "cudaDev": int(i.group(4)),
                                         "busId": i.group(5)})
-            if i.group(6) == "COMPLETE":
+            log.nranks = int(i.group(3))
+            if msg.endswith("Init COMPLETE"):
                 log.init_complete += 1
+            elif msg.endswith("Init START"):
+                log.init_started += 1
+                log.where.setdefault(f"init:{rank}", number)
         elif s := re.search(r"ncclMaxSharedMem (\d+) exceeds device/fn maxSharedMem (\d+)", msg):
             log.smem = (int(s.group(1)), int(s.group(2)))
         elif "NET/IB : No device found" in msg:
             log.no_ib = True
         elif n := re.match(r"Using network (\w+)", msg):
             log.net = n.group(1)
+        elif n := _LOCAL_RE.search(msg):
+            log.nranks, log.nnodes, log.local_ranks = int(n.group(1)), int(n.group(2)), int(n.group(3))
         elif n := re.search(r"nNodes (\d+)", msg):
             log.nnodes = int(n.group(1))
+        elif c := re.match(r"(\d+) coll channels", msg):
+            log.coll_channels = int(c.group(1))
         if e := _APP_ERROR_RE.search(msg) if level not in ("WARN", "ABORT") else None:
             log.errors.append(e.group(1).strip())
     return log
@@ -545,12 +613,79 @@ SIGNATURES: list[Signature] = [
         "NVIDIA/nccl-tests#287, NVIDIA/nccl-tests#291; fixed in NCCL 2.26.2-1 (2025-03-12, 'Fix shared memory "
         "usage on recent Blackwell GPUs', NVIDIA/nccl#1637)"),
     Signature(
-        "nvls-invalid-argument", "fail", r"nvls\.cc:\d+.*Cuda failure 1 'invalid argument'|"
-        r"Cuda failure 1 'invalid argument'.*nvls",
-        "NVLink SHARP (NVLS) multicast set-up failed: the container lacks the fabric manager / IMEX "
-        "channel, or the driver does not expose multicast",
-        "set NCCL_NVLS_ENABLE=0 (costs a little all-reduce bandwidth on NVSwitch systems)",
-        "NVIDIA/nccl#1672, vllm-project/vllm#6732"),
+        "nvls-invalid-argument", "fail", r"nvls\.cc:\d+[^\n]*Cuda failure (?:1 )?'invalid argument'|"
+        r"Cuda failure (?:1 )?'invalid argument'[^\n]*nvls",
+        "NVLink SHARP (NVLS, multicast) set-up failed in transport/nvls.cc: typically nv-fabricmanager was "
+        "restarted without resetting the GPUs, or the container/driver does not expose multicast",
+        "set NCCL_NVLS_ENABLE=0 to run without NVLS now (a little all-reduce bandwidth on NVSwitch systems); "
+        "to fix the host, stop GPU processes, reset the GPUs (or reboot) and start nv-fabricmanager after",
+        "NVIDIA/nccl#976, NVIDIA/nccl#1338, NVIDIA/nccl#1672"),
+    Signature(
+        "shm-segment", "fail", r"Error while (?:creating|attaching to) shared memory segment /dev/shm/nccl-|"
+        r"failed to extend /dev/shm/nccl-",
+        "NCCL could not create its shared-memory segment in /dev/shm: the container's /dev/shm is too small "
+        "(Docker gives 64 MB) or is not shared between the ranks",
+        "run the container with --ipc=host, or give it --shm-size=16g (or more); outside containers free "
+        "/dev/shm (df -h /dev/shm)",
+        "NVIDIA/nccl#1518; NCCL troubleshooting guide, 'Shared memory'"),
+    Signature(
+        "vllm-shm-space", "fail", r"Insufficient space in /dev/shm",
+        "vLLM's shared-memory message queue (tensor parallelism >= 2) does not fit in /dev/shm",
+        "run the container with --ipc=host, or --shm-size at least what the message asks for",
+        "vllm-project/vllm#48879"),
+    Signature(
+        "bus-error", "fail", r"\bBus error\b",
+        "a process was killed by SIGBUS: it touched shared memory past what /dev/shm (tmpfs) holds; "
+        "shared-memory allocations succeed lazily and fail only when written",
+        "run the container with --ipc=host or --shm-size=16g; check df -h /dev/shm",
+        "vllm-project/vllm#1771, pytorch/pytorch#5247"),
+    Signature(
+        "vllm-custom-allreduce-peer", "fail",
+        r"custom_all_reduce\.cuh:\d+ 'peer access is not supported between these two devices'|"
+        r"peer access is not supported between these two devices",
+        "vLLM's custom all-reduce needs CUDA peer access between every GPU pair and these GPUs have none "
+        "(consumer GPUs, PHB/SYS paths, P2P blocked by ACS/IOMMU or a VM)",
+        "start vLLM with --disable-custom-all-reduce (NCCL then does the all-reduce)",
+        "vllm-project/vllm#5613, NVIDIA/TensorRT-LLM#1499"),
+    Signature(
+        "vllm-custom-allreduce-invalid", "fail", r"custom_all_reduce\.cuh:\d+ 'invalid argument'",
+        "vLLM's custom all-reduce could not open the other GPUs' IPC buffers (no P2P between the pair, a "
+        "container without --ipc=host, or a driver that refuses the IPC handle)",
+        "start vLLM with --disable-custom-all-reduce (or --enforce-eager); run containers with --ipc=host",
+        "vllm-project/vllm#5613, vllm-project/vllm#9046"),
+    Signature(
+        "p2p-disabled-nvlink", "fail", r"P2P is disabled between NVLINK connected GPUs",
+        "NCCL sees NVLink between these GPUs but the driver reports P2P unavailable: a hardware or driver "
+        "fault (an NVLink down, nv-fabricmanager not running on an NVSwitch host, a GPU that needs a reset), "
+        "unlike the harmless 'P2P is disabled between connected GPUs' notice on PCIe",
+        "check `nvidia-smi nvlink -s` and `nvidia-smi topo -p2p r`; reset the GPUs or reboot, start "
+        "nv-fabricmanager on NVSwitch hosts; NCCL_IGNORE_DISABLED_P2P=1 only lets the job run, slowly",
+        "NCCL src/graph/paths.cc (this WARN); NVIDIA/nccl#2329"),
+    Signature(
+        "ib-completion-error-12", "fail",
+        r"NET/IB : Got completion (?:from peer [^\n]*? )?with (?:error |status=)12\b",
+        "InfiniBand/RoCE transport retry timeout (IBV_WC_RETRY_EXC_ERR = 12): the two NICs cannot reach each "
+        "other (port down, wrong RoCE GID or routing) or the fabric drops packets long enough to time out",
+        "check both ports (ibstat: State Active), the RoCE GID index (NCCL_IB_GID_INDEX) and routing; run "
+        "ib_write_bw between the nodes; raise NCCL_IB_TIMEOUT only when the link is merely congested",
+        "NVIDIA/nccl#902"),
+    Signature(
+        "socket-system-error", "fail",
+        r"no socket interface found|NET/Socket : no interface found|ncclSystemError[^\n]*socket|"
+        r"Call to connect failed",
+        "NCCL's socket bootstrap failed: NCCL_SOCKET_IFNAME names an interface this host lacks, or NCCL picked "
+        "one (docker0, a VPN, IPv6 link-local) the other ranks cannot reach",
+        "set NCCL_SOCKET_IFNAME to the interface that connects the ranks (`ip -br addr`; e.g. eth0, or "
+        "^docker,lo to exclude some) and check the value for typos",
+        "NVIDIA/nccl#697, NVIDIA/nccl#1837"),
+    Signature(
+        "iommu-fault", "fail", r"IO_PAGE_FAULT|DMAR: \[DMA (?:Read|Write)\]",
+        "the IOMMU blocked a GPU's peer-to-peer DMA: with ACS or the IOMMU on, PCIe P2P is redirected "
+        "through the root complex and hangs or crawls",
+        "disable ACS on the PCIe switches (setpci) or run the IOMMU in passthrough (iommu=pt, or VT-d/AMD-Vi "
+        "off in the BIOS); confirm with `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; "
+        "NCCL_P2P_DISABLE=1 is the slow workaround",
+        "NCCL troubleshooting guide, 'PCI Access Control Services (ACS)'; NVIDIA/nccl#631"),
     Signature(
         "cuda-invalid-argument", "fail", r"Cuda failure 1 'invalid argument'",
         "a CUDA call inside NCCL was rejected; the source file in the WARN line says which step "
@@ -597,7 +732,19 @@ SIGNATURES: list[Signature] = [
         "NCCL_DEBUG=INFO log of the failing rank",
         "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=/tmp/nccl.%h.%p.log and run `invoke nccl-diagnose` on "
         "those files", "NVIDIA/nccl-tests#287"),
+    Signature(
+        "torch-missing", "fail", r"PyTorch is not installed|No module named 'torch'",
+        "the torch.distributed runner found no PyTorch in this Python (or image)",
+        "install torch there, or use NCCL's own benchmark: --runner nccl-tests --binary PATH/TO/all_reduce_perf "
+        "(build it with --build-nccl-tests PATH/TO/nccl-tests)"),
+    Signature(
+        "collective-timeout", "fail", r"Test timeout|Watchdog caught collective operation timeout",
+        "a collective never finished: a rank never joined or hung (its log is missing or stops before "
+        "Init COMPLETE), or P2P over PCIe hangs behind ACS/IOMMU",
+        "read the logs of the ranks that never reached Init COMPLETE; check every rank started (same world "
+        "size, reachable MASTER_ADDR/MASTER_PORT, all GPUs visible); `nvidia-smi topo -p2p r` for PCIe hosts"),
 ]
+_SHM_FAILURES = {"shm-segment", "bus-error", "vllm-shm-space"}
 
 
 def _first_match(pattern: str, texts: list[str]) -> str | None:
@@ -617,6 +764,10 @@ class Context:
     p2p: list[str] = field(default_factory=list)  # p2p matrix statuses between GPU pairs
     pcie_gen: int | None = None
     pcie_width: int | None = None
+    hosts: set[str] = field(default_factory=set)  # host names the NCCL logs and nccl-tests devices show
+    ranks_seen: set[int] = field(default_factory=set)  # ranks whose NCCL logs are among the files
+    nranks: int | None = None  # the communicator's size, as the logs say
+    env: dict[str, str] = field(default_factory=dict)  # NCCL_* of the run (the caller's environment)
 
 
 def _blackwell_consumer(ctx: Context, log: NcclLog) -> bool:
@@ -634,6 +785,7 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
     findings: list[Finding] = []
     version = log.version
     texts = [w.message if not w.source else f"{w.source} {w.message}" for w in log.warns] + log.errors
+    texts += [n.message for n in log.notes if "NVLINK" in n.message]
     if version:
         info = f"NCCL {version_str(version)}" + (f" built for CUDA {log.built_cuda}" if log.built_cuda else "")
         if log.driver_cuda:
@@ -668,8 +820,10 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
             continue
         if sig.id == "nvls-invalid-argument" and "nccl-too-old-for-blackwell" in matched:
             continue
-        if sig.id in ("unhandled-cuda-error", "vllm-worker-died") and matched - {"nccl-too-old"}:
+        if sig.id in ("unhandled-cuda-error", "vllm-worker-died", "collective-timeout") and matched - {"nccl-too-old"}:
             continue  # the specific cause is already named
+        if sig.id == "socket-system-error" and matched & _SHM_FAILURES:
+            continue  # ncclSystemError's text names sockets, but /dev/shm was the call that failed
         matched.add(sig.id)
         message = sig.cause
         if sig.id == "vllm-worker-died" and too_old and blackwell:
@@ -690,13 +844,19 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
     findings.extend(_transport_findings(log, ctx))
 
     if log.no_ib:
-        multi = (log.nnodes or 1) > 1
+        if is_single_node(log, ctx):
+            findings.append(Finding("info", "no-ib", "no InfiniBand/RoCE device (one node: nothing needs it)"))
+        else:
+            findings.append(Finding(
+                "warn", "no-ib", "no InfiniBand/RoCE device: NCCL uses TCP sockets between nodes",
+                "install the RDMA stack (rdma-core, the HCA driver) or pass the devices into the container "
+                "(--device /dev/infiniband, --cap-add IPC_LOCK)"))
+    pcie_notes = [n for n in log.notes if "NVLINK" not in n.message]
+    if pcie_notes:
         findings.append(Finding(
-            "warn" if multi else "info", "no-ib",
-            "no InfiniBand/RoCE device: NCCL uses TCP sockets between nodes" + ("" if multi else
-                                                                                 " (fine on one node)"),
-            "for several nodes install the RDMA stack (rdma-core, the HCA driver) or pass the devices into "
-            "the container (--device /dev/infiniband, --cap-add IPC_LOCK)" if multi else ""))
+            "info", "p2p-disabled-notice", "NCCL notes 'P2P is disabled between connected GPUs': the driver "
+            "offers no P2P on this PCIe path, so NCCL uses SHM (expected on consumer GPUs; harmless)",
+            evidence=[pcie_notes[0].text]))
     if any("falling back to simple order" in w.message for w in log.warns) and not matched:
         findings.append(Finding(
             "info", "graph-search-fallback",
@@ -731,7 +891,8 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
 def _env_findings(env: dict[str, str]) -> list[Finding]:
     out = []
     for name, value in sorted(env.items()):
-        if name == "NCCL_P2P_DISABLE" and value not in ("0", ""):
+        setting = SETTINGS.get(name)
+        if name == "NCCL_P2P_DISABLE" and _truthy(value):
             out.append(Finding(
                 "warn", "env-p2p-disable", "NCCL_P2P_DISABLE=1 is set: GPUs exchange data through host memory "
                 "(SHM) even where NVLink or PCIe P2P works",
@@ -740,13 +901,146 @@ def _env_findings(env: dict[str, str]) -> list[Finding]:
             out.append(Finding(
                 "info", "env-cumem", "NCCL_CUMEM_ENABLE=0 set by environment (vLLM sets it itself); NCCL "
                 "uses legacy cudaMalloc buffers and IPC handles instead of cuMem", ""))
-        elif name == "NCCL_SHM_DISABLE" and value not in ("0", ""):
+        elif name == "NCCL_SHM_DISABLE" and _truthy(value):
             out.append(Finding("warn", "env-shm-disable", "NCCL_SHM_DISABLE=1: without P2P, traffic goes through "
                                "sockets", "unset NCCL_SHM_DISABLE"))
-        elif name in ("NCCL_IB_DISABLE", "NCCL_NET_GDR_LEVEL", "NCCL_P2P_LEVEL", "NCCL_NVLS_ENABLE",
-                      "NCCL_ALGO", "NCCL_PROTO"):
-            out.append(Finding("info", "env", f"{name}={value} set by environment"))
+        elif setting is not None:
+            out.append(Finding("info", "env", f"{name}={value} set by environment: {setting.effect}"))
     return out
+
+
+def _truthy(value: str) -> bool:
+    return value.strip() not in ("0", "", "false", "False")
+
+
+# --- NCCL settings that can change the transport or the bandwidth, weighed when busbw falls short ---
+# Source: NCCL user guide, "Environment Variables" (docs.nvidia.com/deeplearning/nccl/user-guide/docs/env.html).
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    effect: str  # what it does to the transport or bandwidth
+    harmful: object  # value -> why it lowers bandwidth here, or "" when this value does not
+    weight: int  # how much it can take away: 3 transport, 2 a large share, 1 a little
+
+
+def _p2p_level_harm(value: str) -> str:
+    if value.upper() in ("LOC", "0"):
+        return "NCCL_P2P_LEVEL=LOC forbids P2P between any two GPUs"
+    return ""
+
+
+def _proto_harm(value: str) -> str:
+    protos = {p.strip().lstrip("^").lower() for p in value.split(",")}
+    if value.startswith("^") and "simple" in protos or not value.startswith("^") and "simple" not in protos:
+        return (f"NCCL_PROTO={value} leaves out the Simple protocol, the only one that reaches full bandwidth "
+                "on large messages (LL moves 4 data bytes per 8, LL128 120 per 128)")
+    return ""
+
+
+def _algo_harm(value: str) -> str:
+    return f"NCCL_ALGO={value} forces the algorithm NCCL's tuner would otherwise choose per size"
+
+
+def _small_int_harm(name: str, default: int, what: str):
+    def harm(value: str) -> str:
+        try:
+            number = int(value)
+        except ValueError:
+            return ""
+        return f"{name}={value} is below the default {default}: {what}" if number < default else ""
+    return harm
+
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in [
+    Setting("NCCL_P2P_DISABLE", "no P2P (NVLink/PCIe) between GPUs: SHM or sockets instead",
+            lambda v: "NCCL_P2P_DISABLE=1 turns off P2P, so NVLink/PCIe peer copies are not used" if _truthy(v)
+            else "", 3),
+    Setting("NCCL_SHM_DISABLE", "no shared-memory transport: without P2P, TCP sockets carry the traffic",
+            lambda v: "NCCL_SHM_DISABLE=1 turns off SHM, so without P2P the traffic goes through TCP sockets"
+            if _truthy(v) else "", 3),
+    Setting("NCCL_P2P_LEVEL", "the farthest path on which P2P is used (LOC: never)", _p2p_level_harm, 3),
+    Setting("NCCL_PROTO", "the protocols allowed (LL, LL128, Simple)", _proto_harm, 2),
+    Setting("NCCL_ALGO", "the algorithms allowed (Ring, Tree, NVLS, CollNet)", _algo_harm, 1),
+    Setting("NCCL_MAX_NCHANNELS", "caps the channels (each drives one SM's share of the link)",
+            _small_int_harm("NCCL_MAX_NCHANNELS", 16, "fewer channels than the link needs"), 2),
+    Setting("NCCL_MAX_CTAS", "caps the CTAs (channels) per collective",
+            _small_int_harm("NCCL_MAX_CTAS", 16, "fewer channels than the link needs"), 2),
+    Setting("NCCL_MIN_NCHANNELS", "the least channels NCCL uses", lambda v: "", 0),
+    Setting("NCCL_BUFFSIZE", "the staging buffer per channel and peer (default 4 MiB)",
+            _small_int_harm("NCCL_BUFFSIZE", 4 << 20, "fewer bytes in flight per step"), 2),
+    Setting("NCCL_NTHREADS", "threads per CTA (default 512)",
+            _small_int_harm("NCCL_NTHREADS", 256, "fewer threads move the data"), 1),
+    Setting("NCCL_NVLS_ENABLE", "NVLink SHARP (multicast) on NVSwitch systems",
+            lambda v: "", 0),  # 0 costs a little only on NVSwitch hosts; never the cause of a large shortfall
+    Setting("NCCL_CUMEM_ENABLE", "cuMem buffers instead of cudaMalloc + IPC (no bandwidth effect)",
+            lambda v: "", 0),
+    Setting("NCCL_NET_GDR_LEVEL", "GPUDirect RDMA distance between NIC and GPU (multi-node)", lambda v: "", 0),
+    Setting("NCCL_IB_DISABLE", "no InfiniBand/RoCE: sockets between nodes", lambda v: "", 0),
+    Setting("NCCL_SOCKET_IFNAME", "the interface sockets use (bootstrap; traffic when NET is the transport)",
+            lambda v: "", 0),
+    Setting("NCCL_SOCKET_NTHREADS", "socket threads per connection (NET/Socket only)", lambda v: "", 0),
+    Setting("NCCL_NSOCKS_PERTHREAD", "sockets per thread (NET/Socket only)", lambda v: "", 0),
+    Setting("NCCL_NET", "the network plugin (IB, Socket)", lambda v: "", 0),
+]}
+
+
+def weigh_settings(env: dict[str, str]) -> list[tuple[int, str, str]]:
+    """(weight, name=value, why it lowers bandwidth) for every NCCL_* setting that can explain a shortfall,
+    heaviest first; settings that cannot (or not with this value) are left out."""
+    out = []
+    for name, value in env.items():
+        setting = SETTINGS.get(name)
+        if setting is None or setting.weight == 0:
+            continue
+        why = setting.harmful(value)
+        if why:
+            out.append((setting.weight, f"{name}={value}", why))
+    return sorted(out, key=lambda item: -item[0])
+
+
+def is_single_node(log: NcclLog | None, ctx: Context) -> bool:
+    """One host: every log and nccl-tests device line names the same host. NCCL's own ``nNodes`` is not
+    trusted alone: with P2P and SHM disabled it counts two ranks of one host as two nodes (the live H200
+    fault run). It decides only when some ranks' logs are missing (one node's logs of a multi-node job)."""
+    hosts = set(ctx.hosts) | (log.hosts if log else set())
+    if len(hosts) > 1:
+        return False
+    if log and log.nnodes and log.nnodes > 1:
+        every_rank = bool(ctx.nranks) and len(ctx.ranks_seen | set(log.ranks)) >= ctx.nranks
+        return bool(hosts) and every_rank
+    return True
+
+
+def p2p_expected(ctx: Context) -> list[str]:
+    """The links (NV#, PIX, PXB) or P2P statuses (OK) on which NCCL should use P2P."""
+    links = sorted({lk for lk in ctx.links if lk.startswith("NV") or lk in ("PIX", "PXB")})
+    if ctx.p2p and all(status == "OK" for status in ctx.p2p) and not links:
+        links = ["P2P OK"]
+    return links
+
+
+def transport_reasons(env: dict[str, str], ctx: Context, uses_net: bool) -> list[tuple[str, str]]:
+    """Why P2P (and, for sockets, SHM) was not used where the topology allows it: (reason, fix) pairs."""
+    reasons = []
+    if _truthy(env.get("NCCL_P2P_DISABLE", "0")):
+        reasons.append(("NCCL_P2P_DISABLE=1 is set", "unset NCCL_P2P_DISABLE"))
+    if harm := _p2p_level_harm(env.get("NCCL_P2P_LEVEL", "")):
+        reasons.append((harm, "unset NCCL_P2P_LEVEL (or set it to SYS)"))
+    if uses_net and _truthy(env.get("NCCL_SHM_DISABLE", "0")):
+        reasons.append(("NCCL_SHM_DISABLE=1 is set", "unset NCCL_SHM_DISABLE"))
+    bad = sorted({status for status in ctx.p2p if status != "OK"})
+    if not reasons and bad:
+        reasons.append((f"the driver reports P2P {', '.join(f'{b} ({P2P_CODES.get(b, b)})' for b in bad)} "
+                        "(`nvidia-smi topo -p2p r`): P2P unsupported by the driver/chipset, or blocked by "
+                        "ACS/IOMMU", "disable ACS on the PCIe switches or run the IOMMU in passthrough "
+                        "(iommu=pt); check with cuda-samples p2pBandwidthLatencyTest"))
+    if not reasons:
+        reasons.append(("no NCCL setting disables P2P: typically the ranks run in a container without "
+                        "--ipc=host (CUDA IPC and /dev/shm not shared), or ACS/IOMMU blocks peer access, or the "
+                        "driver does not support P2P here",
+                        "run the container with --ipc=host (one container for all ranks); check "
+                        "`nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest"))
+    return reasons
 
 
 def _transport_findings(log: NcclLog, ctx: Context) -> list[Finding]:
@@ -754,16 +1048,26 @@ def _transport_findings(log: NcclLog, ctx: Context) -> list[Finding]:
         return []
     kinds = {name.split("/")[0] for name in log.transports}
     summary = ", ".join(f"{k} ({v} channels)" for k, v in sorted(log.transports.items()))
-    if "SHM" in kinds:
-        p2p_expected = [lk for lk in ctx.links if lk.startswith("NV") or lk in ("PIX", "PXB")]
-        p2p_ok = any(status == "OK" for status in ctx.p2p)
-        if log.env.get("NCCL_P2P_DISABLE", "0") not in ("0", "") or p2p_expected or p2p_ok:
-            why = ("NCCL_P2P_DISABLE is set" if log.env.get("NCCL_P2P_DISABLE", "0") not in ("0", "") else
-                   f"the topology shows {', '.join(sorted(set(p2p_expected)) or ['P2P OK'])}")
-            return [Finding(
-                "warn", "shm-instead-of-p2p", f"transport via SHM (host memory) although {why}: {summary}",
-                "unset NCCL_P2P_DISABLE; in containers add --ipc=host (or a large --shm-size); check "
-                "`nvidia-smi topo -p2p r` says OK", evidence=[summary])]
+    env = {**ctx.env, **log.env}
+    expected = p2p_expected(ctx)
+    single = is_single_node(log, ctx)
+    if "P2P" not in kinds and kinds & {"SHM", "NET"} and single and (expected or not ctx.links):
+        uses_net = "NET" in kinds
+        reasons = transport_reasons(env, ctx, uses_net)
+        via = "TCP sockets (NET)" if uses_net else "host memory (SHM)"
+        if expected:
+            topology = f"the topology shows {', '.join(expected)} between the GPUs, so P2P should carry it"
+            level = "fail"
+        elif uses_net:
+            topology = "all ranks are on one host, so P2P or at least SHM should carry it"
+            level = "fail" if any("DISABLE" in r for r, _ in reasons) else "warn"
+        else:
+            return [Finding("info", "transport", f"transport via SHM (host memory): {summary}; no topology given "
+                            "to judge it against (pass `nvidia-smi topo -m` output too)")]
+        return [Finding(level, "transport", f"transport {summary}: traffic goes through {via} on one host, "
+                        f"though {topology}; why: {'; '.join(r for r, _ in reasons)}",
+                        "; ".join(f for _, f in reasons), evidence=[summary])]
+    if kinds == {"SHM"}:
         return [Finding(
             "info", "transport", f"transport via SHM (host memory): {summary}; expected when P2P is not "
             "supported (consumer GPUs, PHB/SYS paths); bandwidth is bounded by PCIe and host memory")]
@@ -774,24 +1078,34 @@ def _transport_findings(log: NcclLog, ctx: Context) -> list[Finding]:
 # Bus bandwidth against the link
 # ---------------------------------------------------------------------------------------------------
 def link_peak_gbps(link: str, capability: str | None = None, pcie_gen: int | None = None,
-                   pcie_width: int | None = 16) -> tuple[float | None, str]:
-    """Peak one-direction GB/s of a GPU pair's link and how it was worked out."""
+                   pcie_width: int | None = 16) -> tuple[float | None, str, str]:
+    """Peak one-direction GB/s of a GPU pair's path, how it was worked out, and the link model row's source."""
     if m := re.match(r"NV(\d+)$", link or ""):
         count = int(m.group(1))
-        per = compat.NVLINK_GBPS_PER_LINK.get(capability or "")
-        if per is None and capability:
-            major = capability.split(".")[0]
-            per = next((v for k, v in compat.NVLINK_GBPS_PER_LINK.items() if k.split(".")[0] == major), None)
-        if per is None:
-            return None, f"{count} NVLinks of an unknown generation (no capability known)"
-        return count * per, f"{count} NVLinks x {per:g} GB/s (compute capability {capability})"
+        row = None
+        if capability:
+            sm = "sm_" + capability.replace(".", "")
+            row = compat.link_model("nvlink", sm)
+            if row is None:  # the closest row of the same major (sm_89 has no NVLink; sm_87 uses sm_80's)
+                major = capability.split(".")[0]
+                row = next((r for r in compat.LINK_MODEL if r.kind == "nvlink"
+                            and r.generation[3:-1] == major), None)
+        if row is None:
+            return None, f"{count} NVLinks of an unknown generation (no capability known)", ""
+        return count * row.gbps, f"{count} NVLinks x {row.gbps:g} GB/s (compute capability {capability})", row.source
     if link in LINK_WORDS or link == "PCIe":
-        if pcie_gen is None or pcie_gen not in compat.PCIE_X16_GBPS:
-            return None, f"PCIe ({link}) of unknown generation"
+        row = compat.link_model("pcie", f"gen{pcie_gen}") if pcie_gen else None
+        if row is None:
+            return None, f"PCIe ({link}) of unknown generation", ""
         width = pcie_width or 16
-        peak = compat.PCIE_X16_GBPS[pcie_gen] * width / 16
-        return peak, f"PCIe gen{pcie_gen} x{width} ({link}): {peak:g} GB/s"
-    return None, f"unknown link {link!r}"
+        peak = row.gbps * width / 16
+        if link in ("PHB", "NODE", "SYS"):
+            shm = compat.link_model("shm", "PHB")
+            peak *= shm.gbps
+            return peak, f"SHM through host memory over PCIe gen{pcie_gen} x{width} ({link}): {peak:g} GB/s", \
+                f"{shm.source}; {row.source}"
+        return peak, f"PCIe gen{pcie_gen} x{width} ({link}): {peak:g} GB/s", row.source
+    return None, f"unknown link {link!r}", ""
 
 
 def judge_busbw(run: NcclTestsRun, link: str | None, capability: str | None = None,
@@ -805,17 +1119,17 @@ def judge_busbw(run: NcclTestsRun, link: str | None, capability: str | None = No
     if not link:
         return Finding("info", "busbw", f"{peak_seen:g} GB/s bus bandwidth at large sizes (no topology given to "
                        "judge it against; pass `nvidia-smi topo -m` output too)")
-    peak, how = link_peak_gbps(link, capability, pcie_gen, pcie_width)
+    peak, how, source = link_peak_gbps(link, capability, pcie_gen, pcie_width)
     if not peak:
         return Finding("info", "busbw", f"{peak_seen:g} GB/s bus bandwidth; link peak unknown: {how}")
     share = peak_seen / peak
     text = f"{peak_seen:g} GB/s bus bandwidth at large sizes = {share:.0%} of {how}"
     if share >= compat.BUSBW_SHARE["good"]:
-        return Finding("pass", "busbw", text)
+        return Finding("pass", "busbw", text, source=source)
     fix = ("check `nvidia-smi topo -p2p r` (P2P OK?), NCCL_P2P_DISABLE/NCCL_SHM_DISABLE, the PCIe link "
            "running below its max generation/width (nvidia-smi -q, GPU Link Info), and other jobs on the GPUs")
     level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
-    return Finding(level, "busbw", text + f" (expected >= {compat.BUSBW_SHARE['good']:.0%})", fix)
+    return Finding(level, "busbw", text + f" (expected >= {compat.BUSBW_SHARE['good']:.0%})", fix, source)
 
 
 def diagnose_nccl_tests(run: NcclTestsRun, ctx: Context | None = None) -> list[Finding]:
@@ -913,8 +1227,8 @@ def split_sections(text: str) -> list[tuple[str, str]]:
     """``== name`` blocks (the recorded host bundles); one unnamed section when there are none."""
     parts: list[tuple[str, list[str]]] = []
     for line in text.splitlines():
-        if m := re.match(r"^== (.+?)\s*$", line):
-            parts.append((m.group(1), []))
+        if line.startswith("== ") and line[3:MAX_LINE].strip():
+            parts.append((line[3:MAX_LINE].strip(), []))
         elif parts:
             parts[-1][1].append(line)
         else:
@@ -941,7 +1255,7 @@ def detect_kind(text: str) -> str:
     if matrix is not None:
         return "p2p" if matrix.kind == "p2p" else "topo"
     if re.search(r"NCCL (INFO|WARN|TRACE|ABORT)|nccl==|NCCL error|ncclUnhandled|unhandled cuda error|"
-                 r"error while loading shared libraries", clean):
+                 r"error while loading shared libraries", clean) or _APP_ERROR_RE.search(clean):
         return "nccl-log"
     if re.search(r"^index, name, compute_cap", clean, re.M):
         return "smi-csv"
@@ -952,7 +1266,7 @@ def detect_kind(text: str) -> str:
 
 def parse_smi_csv(text: str) -> list[dict]:
     """``nvidia-smi --query-gpu=index,name,compute_cap,... --format=csv`` (with its header line)."""
-    lines = [line for line in strip_ansi(text).splitlines() if line.strip()]
+    lines = [line for line in _lines(text) if line.strip()]
     if not lines:
         return []
     header = [h.strip().split(" [")[0] for h in lines[0].split(",")]
@@ -970,6 +1284,8 @@ class FileReport:
     kind: str
     findings: list[Finding] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
+    sections: list = field(default_factory=list, repr=False)  # (name, kind, parsed) for the root cause
+    lines: list[str] = field(default_factory=list, repr=False)  # the file's lines, for evidence
 
     @property
     def level(self) -> str:
@@ -1022,7 +1338,12 @@ def _learn(ctx: Context, kind: str, parsed: object) -> None:
             if gpu.get("pcie_gen_max") and ctx.pcie_gen is None:
                 ctx.pcie_gen = gpu["pcie_gen_max"]
                 ctx.pcie_width = gpu.get("pcie_width_max") or 16
+    elif kind == "nccl-log" and isinstance(parsed, NcclLog):
+        ctx.hosts |= parsed.hosts
+        ctx.ranks_seen |= set(parsed.ranks)
+        ctx.nranks = max(ctx.nranks or 0, parsed.nranks or 0) or None
     elif kind in ("nccl-tests", "allreduce-kv") and isinstance(parsed, NcclTestsRun):
+        ctx.hosts |= {device.host for device in parsed.devices}
         for device in parsed.devices:
             model = compat.lookup_gpu(device.name)
             if model and model.capability not in ctx.gpu_caps:
@@ -1058,13 +1379,15 @@ def _judge(kind: str, parsed: object, ctx: Context) -> tuple[list[Finding], dict
     if kind == "empty":
         return [Finding("info", "empty", "empty file (NCCL writes its debug file only when NCCL_DEBUG is set and "
                         "a communicator starts)")], {}
-    return [Finding("warn", "unrecognised-file", "not an NCCL log, nccl-tests output or nvidia-smi topology",
-                    "pass NCCL_DEBUG=INFO logs (NCCL_DEBUG_FILE), all_reduce_perf output, or "
+    return [Finding("fail", "unrecognised-file", "not recognised: not an NCCL log, nccl-tests output or "
+                    "nvidia-smi output", "pass NCCL_DEBUG=INFO logs (NCCL_DEBUG_FILE), all_reduce_perf output, or "
                     "`nvidia-smi topo -m` / `topo -p2p r` output")], {}
 
 
-def diagnose_texts(named_texts: list[tuple[str, str]], ctx: Context | None = None) -> list[FileReport]:
-    """Diagnose several files together: a topology in one informs the verdicts on the others."""
+def diagnose_texts(named_texts: list[tuple[str, str]], ctx: Context | None = None,
+                   optional: set[str] | frozenset = frozenset()) -> list[FileReport]:
+    """Diagnose several files together: a topology in one informs the verdicts on the others. A file in
+    ``optional`` (found in a directory rather than named) that is not recognised is skipped, not failed."""
     ctx = ctx or Context()
     parsed_files = []
     for path, text in named_texts:
@@ -1075,7 +1398,12 @@ def diagnose_texts(named_texts: list[tuple[str, str]], ctx: Context | None = Non
     reports = []
     for path, sections in parsed_files:
         kinds = [kind for _, kind, _ in sections]
-        report = FileReport(path, "bundle" if len(sections) > 1 else kinds[0])
+        report = FileReport(path, "bundle" if len(sections) > 1 else kinds[0], sections=sections)
+        if report.kind == "unknown" and path in optional:
+            report.findings.append(Finding("info", "unrecognised-file", "not recognised (found in a directory; "
+                                           "skipped)"))
+            reports.append(report)
+            continue
         for name, kind, parsed in sections:
             findings, facts = _judge(kind, parsed, ctx)
             if len(sections) > 1:
@@ -1090,21 +1418,212 @@ def diagnose_texts(named_texts: list[tuple[str, str]], ctx: Context | None = Non
         if not report.findings:
             report.findings.append(Finding("info", "no-verdict", "nothing to judge in this file"))
         reports.append(report)
+    texts = dict(named_texts)
+    for report in reports:
+        report.lines = _lines(texts.get(report.path, ""))
     return reports
 
 
-def diagnose_files(paths: list[Path | str], ctx: Context | None = None) -> list[FileReport]:
+def diagnose_files(paths: list[Path | str], ctx: Context | None = None,
+                   optional: set[str] | frozenset = frozenset()) -> list[FileReport]:
     named = []
     for path in paths:
         p = Path(path)
         if not p.is_file():
             raise ForgeError(f"{p} is not a file", "pass NCCL logs, nccl-tests outputs or nvidia-smi topo outputs")
         named.append((str(p), p.read_text(errors="replace")))
-    return diagnose_texts(named, ctx)
+    return diagnose_texts(named, ctx, {str(o) for o in optional})
 
 
-def render_text(reports: list[FileReport]) -> str:
-    lines = []
+# ---------------------------------------------------------------------------------------------------
+# One root cause from all the evidence
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class RootCause:
+    level: str  # pass / warn / fail
+    cause: str
+    fix: str = ""
+    evidence: list[str] = field(default_factory=list)  # "file:line: text"
+    measured: float | None = None  # busbw at large sizes, GB/s
+    expected: float | None = None  # the link model's figure, GB/s
+    expected_how: str = ""
+    expected_source: str = ""
+    weighed: list[str] = field(default_factory=list)  # every NCCL_* setting considered, and what it does
+
+    @property
+    def share(self) -> float | None:
+        return self.measured / self.expected if self.measured is not None and self.expected else None
+
+    def bandwidth_line(self) -> str:
+        if self.measured is None:
+            return ""
+        if not self.expected:
+            return f"measured {self.measured:g} GB/s busbw (no link model figure to compare with)"
+        return (f"measured {self.measured:g} GB/s busbw = {self.share:.0%} of expected {self.expected:g} GB/s "
+                f"({self.expected_how}; source: {self.expected_source})")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["share"] = self.share
+        return data
+
+
+def _evidence(report: FileReport, needle: str | re.Pattern, limit: int = 1) -> list[str]:
+    """``file:line: text`` for the first lines of a report's file that contain ``needle``."""
+    out = []
+    for number, line in enumerate(report.lines, 1):
+        hit = needle.search(line) if isinstance(needle, re.Pattern) else needle in line
+        if hit:
+            out.append(f"{report.path}:{number}: {line.strip()[:240]}")
+            if len(out) >= limit:
+                break
+    return out
+
+
+def _parsed(reports: list[FileReport], kinds: tuple[str, ...]) -> list[tuple[FileReport, object]]:
+    return [(r, parsed) for r in reports for _, kind, parsed in r.sections if kind in kinds and parsed is not None]
+
+
+_NOT_CAUSES = {"busbw", "transport", "nccl-tests-failed", "exit-status", "unrecognised-file", "nccl-tests-empty",
+               "unrecognised-warn", "unrecognised-error"}
+
+
+def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
+    """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
+    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
+    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+    if ctx is None:
+        ctx = Context()
+        for report in reports:
+            for _, kind, parsed in report.sections:
+                _learn(ctx, kind, parsed)
+    logs = _parsed(reports, ("nccl-log",))
+    runs = [(r, run) for r, run in _parsed(reports, ("nccl-tests", "allreduce-kv")) if isinstance(run, NcclTestsRun)]
+    env = dict(ctx.env)
+    for _, log in logs:
+        env.update(log.env)
+    weighed = [f"{name}={value}: {SETTINGS[name].effect}" for name, value in sorted(env.items()) if name in SETTINGS]
+
+    measured = None
+    for _, run in runs:
+        peak = run.peak_busbw() if run.ranks > 1 else None
+        if peak is not None and (measured is None or peak > measured):
+            measured = peak
+    capability = ctx.gpu_caps[0] if ctx.gpu_caps else None
+    link = _slowest_link(ctx.links)
+    expected, how, source = link_peak_gbps(link, capability, ctx.pcie_gen, ctx.pcie_width) if link else (None, "", "")
+    base = {"measured": measured, "expected": expected, "expected_how": how, "expected_source": source,
+            "weighed": weighed}
+
+    # 1. a failure a signature names: the most specific evidence there is
+    for report in reports:
+        for finding in report.findings:
+            if finding.level == "fail" and finding.check not in _NOT_CAUSES:
+                evidence = []
+                for hit in finding.evidence[:1]:  # a WARN's text is "src.cc:N message": find the message
+                    evidence = _evidence(report, hit[:120]) or _evidence(report, hit.split(" ", 1)[-1][:120]) \
+                        or [f"{report.path}: {hit}"]
+                return RootCause("fail", finding.message, finding.fix + (f" (see {finding.source})"
+                                                                         if finding.source else ""),
+                                 evidence, **base)
+
+    # 2. a rank that never joined
+    seen: set[int] = set()
+    nranks = 0
+    for _, log in logs:
+        seen |= set(log.ranks)
+        nranks = max(nranks, log.nranks or 0)
+    timed_out = [(r, f) for r in reports for f in r.findings if f.level == "fail"
+                 and re.search(r"timeout|did not finish", f.message + " ".join(f.evidence), re.IGNORECASE)]
+    if logs and nranks > len(seen) and (timed_out or not any(log.init_complete for _, log in logs)):
+        missing = sorted(set(range(nranks)) - seen)
+        evidence = [e for r, _ in logs for e in _evidence(r, "Init START")][:2]
+        evidence += [e for r, _ in timed_out for e in _evidence(r, re.compile("timeout", re.IGNORECASE))][:1]
+        return RootCause("fail", f"rank(s) {', '.join(map(str, missing))} of {nranks} never joined the "
+                         f"communicator: rank(s) {', '.join(map(str, sorted(seen)))} started it (Init START) and "
+                         "waited", "start every rank (same world size, reachable MASTER_ADDR/MASTER_PORT, every "
+                         "GPU visible: CUDA_VISIBLE_DEVICES) and read the missing rank's own output", evidence, **base)
+
+    # 3. the transport judged against the topology
+    for report, log in logs:
+        for finding in _transport_findings(log, ctx):
+            if finding.level in ("fail", "warn"):
+                evidence = []
+                for name in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL"):
+                    if name in log.env:
+                        evidence += _evidence(report, f"{name} set by environment")
+                evidence += _evidence(report, f"via {sorted(log.transports)[0]}")
+                for topo_report, matrix in _parsed(reports, ("topo", "p2p")):
+                    pairs = matrix.gpu_pairs() if isinstance(matrix, TopoMatrix) else []
+                    if pairs:
+                        evidence += _evidence(topo_report, re.compile(rf"^\s*{pairs[0][0]}\s+X\b"))
+                kinds = {name.split("/")[0] for name in log.transports}
+                names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in env
+                         and SETTINGS[r].harmful(env[r])]
+                via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
+                links = ", ".join(p2p_expected(ctx)) or "one host"
+                gpus = f"the GPUs are {links}-connected" if p2p_expected(ctx) else "the ranks share one host"
+                cause = (f"{gpus} but NCCL sent the traffic through {via}"
+                         + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
+                            if names else f": {finding.message.split('why: ', 1)[-1]}"))
+                return RootCause(finding.level, cause, finding.fix, evidence, **base)
+
+    # 4. bandwidth short of the link model: weigh every setting that can explain it
+    share = measured / expected if measured is not None and expected else None
+    if share is not None and share < compat.BUSBW_SHARE["good"]:
+        level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
+        candidates = weigh_settings(env)
+        table = next(r for r, run in runs if run.peak_busbw() == measured)
+        evidence = _evidence(table, re.compile(rf"^\s*{max(run.large_rows()[-1].size for _, run in runs)}\s"))
+        if candidates:
+            _, setting, why = candidates[0]
+            name = setting.split("=")[0]
+            for report, log in logs:
+                if name in log.env:
+                    evidence = _evidence(report, f"{name} set by environment") + evidence
+                    break
+            return RootCause(level, f"{why}: bus bandwidth fell short of the link", f"unset {name}", evidence,
+                             **base)
+        if link in ("PIX", "PXB"):
+            return RootCause(level, "P2P over the PCIe switch runs far below the PCIe model and no NCCL setting "
+                             "explains it: ACS or the IOMMU redirects peer traffic through the root complex",
+                             "check `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; disable ACS "
+                             "on the switches (setpci) or run the IOMMU in passthrough (iommu=pt)", evidence, **base)
+        return RootCause(level, "bus bandwidth fell short of the link and no NCCL setting explains it",
+                         "check the PCIe link under load (nvidia-smi -q: GPU Link Info, generation and width), "
+                         "other jobs on the GPUs, and `nvidia-smi topo -p2p r`", evidence, **base)
+
+    # 5. a warning is the worst there is
+    for report in reports:
+        for finding in report.findings:
+            if finding.level in ("warn", "fail"):
+                return RootCause(finding.level, f"{report.path}: {finding.message}", finding.fix,
+                                 [f"{report.path}: {e}" for e in finding.evidence[:1]], **base)
+    if measured is not None and expected:
+        transports = sorted({name for _, log in logs for name in log.transports})
+        carried = f"{link} carried {', '.join(transports)}; " if transports else ""
+        ranks = max(run.ranks for _, run in runs)
+        return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {share:.0%} of the link model", "", [],
+                         **base)
+    if runs and all(run.ranks <= 1 for _, run in runs):
+        return RootCause("pass", "one rank: NCCL initialised and ran on the GPU; bus bandwidth needs two or more "
+                         "GPUs (nothing crosses a link)", "", [], **base)
+    return RootCause("pass", "no failure found", "", [], **base)
+
+
+def render_root_cause(cause: RootCause) -> list[str]:
+    lines = [f"ROOT CAUSE [{cause.level.upper()}]: {cause.cause}"]
+    if bandwidth := cause.bandwidth_line():
+        lines.append(f"  bandwidth: {bandwidth}")
+    for line in cause.evidence:
+        lines.append(f"  evidence: {line}")
+    if cause.fix:
+        lines.append(f"  fix: {cause.fix}")
+    return lines
+
+
+def render_text(reports: list[FileReport], cause: RootCause | None = None) -> str:
+    lines = render_root_cause(cause) + [""] if cause else []
     for report in reports:
         lines.append(f"{report.path} [{report.kind}]: {report.level.upper()}")
         for f in report.findings:
@@ -1118,6 +1637,29 @@ def render_text(reports: list[FileReport]) -> str:
     return "\n".join(lines)
 
 
+def report_dict(reports: list[FileReport], cause: RootCause) -> dict:
+    return {"level": worst_level([f for r in reports for f in r.findings]), "root_cause": cause.to_dict(),
+            "files": [r.to_dict() for r in reports]}
+
+
+def input_paths(spec: str) -> tuple[list[Path], set[str]]:
+    """The files to read, and those found inside a named directory (an unrecognised one there is skipped)."""
+    paths: list[Path] = []
+    in_dirs: set[str] = set()
+    for word in spec.replace(",", " ").split():
+        found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
+        for path in found:
+            if path.is_dir():  # every text file in it (binaries beside the logs are skipped)
+                inside = [p for p in sorted(path.iterdir()) if p.is_file() and b"\0" not in p.read_bytes()[:4096]]
+                paths.extend(inside)
+                in_dirs.update(str(p) for p in inside)
+            else:
+                paths.append(path)
+    if not paths:
+        raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
+    return paths, in_dirs
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nccl_logs.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1129,11 +1671,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ctx = Context(gpu_caps=[args.gpu_cap] if args.gpu_cap else [])
     reports = diagnose_files(args.files, ctx)
+    cause = find_root_cause(reports, ctx)
     if args.json:
-        print(json.dumps({"level": worst_level([f for r in reports for f in r.findings]),
-                          "files": [r.to_dict() for r in reports]}, indent=2, default=str))
+        print(json.dumps(report_dict(reports, cause), indent=2, default=str))
     else:
-        print(render_text(reports))
+        print(render_text(reports, cause))
     return 1 if any(r.level == "fail" for r in reports) else 0
 
 

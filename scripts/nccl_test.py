@@ -194,6 +194,7 @@ class RunPlan:
     gpus: int
     image: str = ""
     notes: list[str] = field(default_factory=list)
+    blocker: str = ""  # why this plan cannot run here (a dry run still prints it)
 
 
 def _nccl_env(debug_file: str, base: dict | None = None) -> dict[str, str]:
@@ -205,9 +206,25 @@ def _nccl_env(debug_file: str, base: dict | None = None) -> dict[str, str]:
     return env
 
 
+def torch_importable(python: str = sys.executable, runner=subprocess.run) -> bool:
+    """Whether ``python`` can import torch (the torch runner's one requirement)."""
+    if python == sys.executable:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    try:
+        return runner([python, "-c", "import torch"], capture_output=True, timeout=120, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+NO_RUNNER_FIX = ("install torch for this Python (pip install torch, CUDA wheels from download.pytorch.org), or pass "
+                 "--binary PATH/TO/all_reduce_perf (build it with --build-nccl-tests PATH/TO/nccl-tests)")
+
+
 def plan_run(*, gpus: int, sizes: str = "8:128M", out_dir: Path, runner: str = "auto", binary: str | None = None,
              image: str = "", python: str = sys.executable, docker: str = "docker", iters: int = 20,
-             env: dict | None = None) -> RunPlan:
+             env: dict | None = None, has_torch=None) -> RunPlan:
     if gpus < 1:
         raise ForgeError(f"--gpus {gpus}: need at least one GPU", "pass --gpus 1 or more")
     if runner not in ("auto", "nccl-tests", "torch"):
@@ -248,6 +265,10 @@ def plan_run(*, gpus: int, sizes: str = "8:128M", out_dir: Path, runner: str = "
             chosen = "torch"
             notes.append("all_reduce_perf not found: using torch.distributed (build nccl-tests with "
                          "--build-nccl-tests for NCCL's own benchmark)")
+            if not (has_torch if has_torch is not None else torch_importable(python)):
+                blocker = f"{python} cannot import torch and no all_reduce_perf was found"
+                notes.append(f"{blocker}: {NO_RUNNER_FIX}")
+                return RunPlan(chosen, command, out_dir, out_dir / "all_reduce.txt", gpus, image, notes, blocker)
     return RunPlan(chosen, command, out_dir, out_dir / "all_reduce.txt", gpus, image, notes)
 
 
@@ -258,6 +279,7 @@ class RunOutcome:
     result: nccl_logs.NcclTestsRun
     reports: list[nccl_logs.FileReport]
     files: list[Path]
+    root_cause: nccl_logs.RootCause | None = None
 
     @property
     def level(self) -> str:
@@ -266,15 +288,23 @@ class RunOutcome:
     def to_dict(self) -> dict:
         return {"runner": self.plan.runner, "command": self.plan.command.shell(), "returncode": self.returncode,
                 "level": self.level, "out_dir": str(self.plan.out_dir), "files": [str(f) for f in self.files],
-                "result": self.result.to_dict(), "reports": [r.to_dict() for r in self.reports]}
+                "result": self.result.to_dict(),
+                "root_cause": self.root_cause.to_dict() if self.root_cause else None,
+                "reports": [r.to_dict() for r in self.reports]}
+
+
+TOPOLOGY_FILES = (("topo.txt", ["topo", "-m"]), ("topo_p2p.txt", ["topo", "-p2p", "r"]),
+                  ("gpus.csv", ["--query-gpu=index,name,compute_cap,pcie.link.gen.max,pcie.link.width.max",
+                                "--format=csv"]))
 
 
 def record_topology(out_dir: Path, runner=subprocess.run) -> list[Path]:
-    """Save ``nvidia-smi topo -m`` and ``topo -p2p r`` next to the logs (when nvidia-smi exists)."""
+    """Save ``nvidia-smi topo -m``, ``topo -p2p r`` and the GPUs' capability and PCIe generation/width next to
+    the logs (when nvidia-smi exists): the link model needs all three to say what the link should carry."""
     if not shutil.which("nvidia-smi"):
         return []
     saved = []
-    for name, args in (("topo.txt", ["topo", "-m"]), ("topo_p2p.txt", ["topo", "-p2p", "r"])):
+    for name, args in TOPOLOGY_FILES:
         try:
             result = runner(["nvidia-smi", *args], capture_output=True, text=True, timeout=30, check=False)
         except (OSError, subprocess.SubprocessError):
@@ -288,14 +318,23 @@ def record_topology(out_dir: Path, runner=subprocess.run) -> list[Path]:
 def analyse_outputs(out_dir: Path, output_file: Path, ctx: nccl_logs.Context | None = None,
                     ) -> tuple[nccl_logs.NcclTestsRun, list[nccl_logs.FileReport], list[Path]]:
     files = [output_file] + sorted(p for p in out_dir.glob("nccl_debug*.log")) + [
-        p for p in (out_dir / "topo.txt", out_dir / "topo_p2p.txt") if p.is_file()]
+        out_dir / name for name, _ in TOPOLOGY_FILES if (out_dir / name).is_file()]
     files = [f for f in files if f.is_file()]
     reports = nccl_logs.diagnose_files(files, ctx) if files else []
     text = output_file.read_text(errors="replace") if output_file.is_file() else ""
     return nccl_logs.parse_nccl_tests(text), reports, files
 
 
+def run_env(plan: RunPlan, base: dict | None = None) -> dict[str, str]:
+    """The NCCL_* settings the run sees: the caller's environment, then the plan's own."""
+    base = os.environ if base is None else base
+    return {k: v for k, v in {**base, **plan.command.env}.items() if k.startswith("NCCL_")
+            and k not in ("NCCL_DEBUG", "NCCL_DEBUG_FILE")}
+
+
 def run_plan(plan: RunPlan, *, runner=subprocess.run, timeout: int = 1800, on_line=None) -> RunOutcome:
+    if plan.blocker:
+        raise ForgeError(plan.blocker, NO_RUNNER_FIX)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     for old in plan.out_dir.glob("nccl_debug*.log"):
         old.unlink()
@@ -315,13 +354,15 @@ def run_plan(plan: RunPlan, *, runner=subprocess.run, timeout: int = 1800, on_li
     if on_line:
         for line in output.splitlines():
             on_line(line)
-    parsed, reports, files = analyse_outputs(plan.out_dir, plan.output_file)
+    ctx = nccl_logs.Context(env=run_env(plan))
+    parsed, reports, files = analyse_outputs(plan.out_dir, plan.output_file, ctx)
     if code != 0 and not parsed.failures:
         parsed.failures.append(f"exit status {code}")
         reports[0].findings.insert(0, nccl_logs.Finding(
             "fail", "exit-status", f"{plan.command.argv[0]} exited with status {code}",
             f"read {plan.output_file} and the nccl_debug logs next to it"))
-    return RunOutcome(plan, code, parsed, reports, files + [f for f in topo_files if f not in files])
+    cause = nccl_logs.find_root_cause(reports, ctx)
+    return RunOutcome(plan, code, parsed, reports, files + [f for f in topo_files if f not in files], cause)
 
 
 def main(argv=None) -> int:
@@ -351,6 +392,8 @@ def main(argv=None) -> int:
     plan = plan_run(gpus=gpus, sizes=args.sizes, out_dir=Path(args.out), runner=args.runner, binary=args.binary,
                     image=args.image, iters=args.iters)
     if args.dry_run:
+        for note in plan.notes:
+            print(f"# {note}")
         print(plan.command.shell())
         return 0
     outcome = run_plan(plan)
@@ -358,7 +401,7 @@ def main(argv=None) -> int:
         print(json.dumps(outcome.to_dict(), indent=2, default=str))
     else:
         print(plan.output_file.read_text(errors="replace"))
-        print(nccl_logs.render_text(outcome.reports))
+        print(nccl_logs.render_text(outcome.reports, outcome.root_cause))
     return 1 if outcome.level == "fail" else 0
 
 

@@ -45,6 +45,9 @@ def choose_parallelism(
 ) -> Parallelism:
     """Jobs x threads bounded by cores and by memory (each nvcc thread of a job holds one arch's
     compile in memory); an explicit value that cannot fit in memory is refused, not trimmed."""
+    if mem_per_job_gb <= 0:  # would divide by zero below
+        raise ForgeError(f"--mem-per-job-gb must be positive, got {mem_per_job_gb:g}",
+                         "pass the GiB one compile job needs, e.g. --mem-per-job-gb 4")
     cores = cores or cpu_count()
     avail_gb = available_memory_gb() if avail_gb is None else avail_gb
     threads = nvcc_threads or max(1, min(n_archs, 2 if cores >= 8 else 1))

@@ -72,6 +72,38 @@ def _shell_value(name: str, value: str) -> str:
     return shlex.quote(value)
 
 
+COMMAND_LOG_ENV = "VLLM_FORGE_COMMAND_LOG"  # a file: every command run is appended to it as one JSON line
+_recorders: list[Callable[[Command], None]] = []
+
+
+def record_command(command: Command) -> None:
+    """Tell the recorders (tests, ``$VLLM_FORGE_COMMAND_LOG``) that ``command`` is about to run.
+
+    Every external command a task runs goes through here, so a test can hold what ran against what
+    ``--dry-run`` printed.
+    """
+    for recorder in _recorders:
+        recorder(command)
+    log = os.environ.get(COMMAND_LOG_ENV)
+    if log:
+        import json
+
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"shell": command.shell(), "cwd": command.cwd}) + "\n")
+
+
+class recording:  # noqa: N801  (used as a context manager: `with recording() as ran:`)
+    """Collect every command run inside the block: ``with recording() as ran: ...; ran[0].shell()``."""
+
+    def __enter__(self) -> list[Command]:
+        self.ran: list[Command] = []
+        _recorders.append(self.ran.append)
+        return self.ran
+
+    def __exit__(self, *exc) -> None:
+        _recorders.remove(self.ran.append)
+
+
 def run_command(
     command: Command,
     *,
@@ -84,6 +116,7 @@ def run_command(
     On Ctrl-C the child's process group is terminated before the interrupt propagates, so no
     compiler keeps running behind the user's back.
     """
+    record_command(command)
     stream = on_line is not None or log_path is not None
     log = open(log_path, "a", encoding="utf-8") if log_path else None
     try:

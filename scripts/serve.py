@@ -10,12 +10,23 @@ process's environment, so it is neither on a command line nor in the image), and
 The API key travels the same way, as ``VLLM_API_KEY`` (vLLM reads it from its environment): never as
 ``--api-key`` on a command line, where every user of a shared host sees it in ``ps``. A compose file
 names ``${VLLM_API_KEY}``, never the key.
+
+vLLM's own server flags: the common ones are fields (``max_model_len``, ``gpu_memory_utilization``,
+``served_model_name``); any other goes through ``extra_args`` (``invoke serve --vllm-args "..."``,
+the words after ``--``, or ``forge.serve.vllm_args`` in invoke.yaml), after the ones this module
+manages (host, port, model, tensor-parallel size), which ``extra_args`` may not repeat.
+
+When the server dies or never becomes healthy, the error names the first real error in its log
+(``first_error``: the exception line of the first traceback, which Python prints root cause first),
+not vLLM's last words ("Engine core initialization failed. See root cause above.").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,7 +39,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
-from scripts.plan import Command
+from scripts.plan import Command, record_command
 
 DEFAULT_NAME = "vllm-forge-serve"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -40,6 +51,7 @@ PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDI
 _NEVER_PASS = ("VLLM_FORGE_DOCKER", "VLLM_FORGE_DEBUG", "VLLM_FORGE_CACHE")
 API_KEY_ENV = "VLLM_API_KEY"  # vLLM's own: its server takes the key from here when --api-key is absent
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+ROOT_HF_CACHE = "/root/.cache/huggingface"  # where a root image (vLLM's own, ours by default) keeps it
 
 
 @dataclass
@@ -57,8 +69,97 @@ class ServeRequest:
     hf_cache: Path = Path("~/.cache/huggingface")
     shm_size: str = ""  # "" : --ipc=host
     served_model_name: str = ""
-    extra_args: list[str] = field(default_factory=list)
+    max_model_len: int = 0  # 0: vLLM's default (the model's own context length)
+    gpu_memory_utilization: float = 0.0  # 0: vLLM's default (0.92 of the GPU's memory, whatever the model needs)
+    extra_args: list[str] = field(default_factory=list)  # more vLLM server flags, passed as they are
     env: dict[str, str] | None = None  # the environment to pass through from (default os.environ)
+
+
+# Flags this module sets itself: repeating them in extra_args would contradict the port mapping, the
+# model mount or the key's way in (the environment).
+_MANAGED_FLAGS = {
+    "--host": "pass `invoke serve --host`",
+    "--port": "pass `invoke serve --port`",
+    "--model": "pass `invoke serve --model`",
+    "--tensor-parallel-size": "pass `invoke serve --tp`",
+    "-tp": "pass `invoke serve --tp`",
+    "--api-key": "pass `invoke serve --api-key` or export VLLM_API_KEY: the key goes by environment, never argv",
+}
+# First-class fields: a value both there and in extra_args is refused rather than guessed at.
+_FIELD_FLAGS = {
+    "--served-model-name": "served_model_name",
+    "--max-model-len": "max_model_len",
+    "--gpu-memory-utilization": "gpu_memory_utilization",
+}
+
+
+def split_vllm_args(text: str | list | tuple | None, where: str = "--vllm-args") -> list[str]:
+    """``"--enforce-eager --dtype bfloat16"`` (shell quoting kept) or a list -> argv words."""
+    if text is None or text == "":
+        return []
+    if isinstance(text, (list, tuple)):
+        return [str(word) for word in text]
+    try:
+        return shlex.split(str(text))
+    except ValueError as err:
+        raise ForgeError(f"{where} {text!r} cannot be split into words ({err})",
+                         "balance the quotes, e.g. --vllm-args \"--chat-template '{{...}}'\"") from None
+
+
+def _flag_name(word: str) -> str:
+    """``--max_model_len=512`` -> ``--max-model-len`` (vLLM's parser takes either spelling)."""
+    name = word.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def check_extra_args(request: ServeRequest) -> None:
+    words = list(request.extra_args)
+    for word in words:
+        name = _flag_name(word)
+        if name in _MANAGED_FLAGS:
+            raise ForgeError(f"the vLLM flags passed through set {name}, which invoke serve manages",
+                             f"drop it from the pass-through flags and {_MANAGED_FLAGS[name]}")
+        if name in _FIELD_FLAGS and getattr(request, _FIELD_FLAGS[name]):
+            raise ForgeError(f"{name} is given twice (as invoke serve's own flag and among the vLLM flags passed "
+                             "through)", f"give {name} once")
+    if words and not words[0].startswith("-"):
+        raise ForgeError(f"the vLLM flags passed through start with {words[0]!r}, not a flag",
+                         "pass flags only (e.g. --enforce-eager --dtype bfloat16); the model goes in --model")
+
+
+# invoke.yaml `forge.serve:` keys (the project's defaults for `invoke serve`; command-line flags win).
+SERVE_SETTINGS = {
+    "vllm_args": "more vLLM server flags, a string (shell quoting) or a list; the command line's come after",
+    "max_model_len": "vLLM --max-model-len",
+    "gpu_memory_utilization": "vLLM --gpu-memory-utilization",
+    "served_model_name": "vLLM --served-model-name",
+}
+
+
+def serve_settings(invoke_config) -> dict:
+    """``forge.serve`` of a task's ``ctx.config`` (or a plain mapping), checked: {} when absent."""
+    forge = invoke_config.get("forge", {}) if invoke_config is not None and hasattr(invoke_config, "get") else {}
+    section = (forge or {}).get("serve") if hasattr(forge or {}, "get") else None
+    if section is None:
+        return {}
+    if not hasattr(section, "items"):
+        raise ForgeError("forge.serve in invoke.yaml must be a mapping",
+                         "write forge: {serve: {max_model_len: 4096, vllm_args: '--enforce-eager'}}")
+    settings = dict(section.items())
+    unknown = sorted(set(settings) - set(SERVE_SETTINGS))
+    if unknown:
+        raise ForgeError(f"invoke.yaml forge.serve has unknown key(s): {', '.join(unknown)}",
+                         f"use {', '.join(SERVE_SETTINGS)}; any other vLLM flag goes in vllm_args")
+    try:
+        if settings.get("max_model_len") not in (None, ""):
+            settings["max_model_len"] = int(settings["max_model_len"])
+        if settings.get("gpu_memory_utilization") not in (None, ""):
+            settings["gpu_memory_utilization"] = float(settings["gpu_memory_utilization"])
+    except (TypeError, ValueError):
+        raise ForgeError("forge.serve.max_model_len and gpu_memory_utilization in invoke.yaml must be numbers",
+                         "e.g. max_model_len: 4096, gpu_memory_utilization: 0.5") from None
+    settings["vllm_args"] = split_vllm_args(settings.get("vllm_args"), "forge.serve.vllm_args")
+    return settings
 
 
 def check_request(request: ServeRequest) -> None:
@@ -85,6 +186,13 @@ def check_request(request: ServeRequest) -> None:
             f"--tp {request.tp} needs {request.tp} GPUs but --gpus names {len(gpus.split(','))}",
             "give as many GPUs as --tp, or lower --tp",
         )
+    if request.max_model_len < 0:
+        raise ForgeError(f"--max-model-len {request.max_model_len} is negative",
+                         "pass the context length in tokens, e.g. --max-model-len 4096 (0: the model's own)")
+    if not 0 <= request.gpu_memory_utilization <= 1:
+        raise ForgeError(f"--gpu-memory-utilization {request.gpu_memory_utilization:g} is not a fraction of the "
+                         "GPU's memory", "pass a number above 0 and at most 1, e.g. 0.5")
+    check_extra_args(request)
     path = model_path(request.model)
     if path is not None and not path.exists():
         raise ForgeError(
@@ -120,7 +228,9 @@ def check_port_free(host: str, port: int) -> None:
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES) and n not in _NEVER_PASS]
+    # VLLM_FORGE_* are this tool's own settings (docker client, debug, command log), not the server's.
+    names = [n for n in env if (n.startswith(PASSTHROUGH_PREFIXES) or n in PASSTHROUGH_NAMES)
+             and n not in _NEVER_PASS and not n.startswith("VLLM_FORGE_")]
     return sorted(names)
 
 
@@ -137,6 +247,10 @@ def server_args(request: ServeRequest, *, bind_host: str, port: int) -> list[str
     ]
     if request.served_model_name:
         args += ["--served-model-name", request.served_model_name]
+    if request.max_model_len:
+        args += ["--max-model-len", str(request.max_model_len)]
+    if request.gpu_memory_utilization:
+        args += ["--gpu-memory-utilization", f"{request.gpu_memory_utilization:g}"]
     return args + list(request.extra_args)  # the API key goes by environment (API_KEY_ENV), never here
 
 
@@ -159,11 +273,13 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
             env=key_env, why="the vLLM installed in this Python, in the background",
         )
     hf_cache = Path(request.hf_cache).expanduser()
+    user, hf_target = image_runtime(docker, request.image)
     argv = [docker, "run", "-d", "--name", request.name, "--label", "org.vllm-forge.serve=1"]
     argv += _gpus_flag(request.gpus)
     argv += ["--shm-size", request.shm_size] if request.shm_size else ["--ipc=host"]
     argv += ["-p", f"{request.host}:{request.port}:{CONTAINER_PORT}"]
-    argv += ["-v", f"{hf_cache}:/root/.cache/huggingface"]
+    argv += ["-v", f"{hf_cache}:{hf_target}"]
+    argv += run_as(user)
     local_model = model_path(request.model)
     if local_model is not None:  # the container sees the model at the same path, read-only
         argv += ["-v", f"{local_model}:{local_model}:ro"]
@@ -174,6 +290,30 @@ def plan_serve(request: ServeRequest, docker: str = "docker") -> Command:
     if local_model is not None:
         argv[argv.index("--model") + 1] = str(local_model)
     return Command(argv, env=key_env, why="start the OpenAI server container, detached")
+
+
+def image_runtime(docker: str, image: str) -> tuple[str, str]:
+    """(USER, HF cache dir) a local image runs with: its USER and HF_HOME; ("", ROOT_HF_CACHE) when it
+    sets neither or is not here (a pull happens at `docker run`)."""
+    try:
+        proc = subprocess.run([docker, "image", "inspect", "--format", "{{json .Config}}", image],
+                              capture_output=True, text=True, timeout=60)
+        config = json.loads(proc.stdout or "null") if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        config = None
+    config = config if isinstance(config, dict) else {}
+    env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+    return config.get("User") or "", env.get("HF_HOME") or ROOT_HF_CACHE
+
+
+def run_as(image_user: str, uid: int | None = None) -> list[str]:
+    """``--user UID:0`` for a non-root image (`bake --non-root`) started by a non-root caller: files it
+    writes into the mounted HF cache then belong to the caller, and group 0 opens the image's home
+    and caches. A root caller keeps the image's own user."""
+    uid = os.getuid() if uid is None else uid
+    if image_user.split(":")[0] in ("", "root", "0") or uid == 0:
+        return []
+    return ["--user", f"{uid}:0"]
 
 
 def shell_line(command: Command, request: ServeRequest) -> str:
@@ -194,8 +334,10 @@ def base_url(request: ServeRequest) -> str:
     return f"http://{host}:{request.port}"
 
 
-def start(request: ServeRequest, docker: str = "docker") -> Started:
-    command = plan_serve(request, docker)
+def start(request: ServeRequest, docker: str = "docker", command: Command | None = None) -> Started:
+    """Run ``command`` (default: ``plan_serve``'s) detached; the pipeline passes the one it printed."""
+    command = command or plan_serve(request, docker)
+    record_command(command)
     check_port_free(request.host, request.port)
     if request.local:
         LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
@@ -218,6 +360,7 @@ def start(request: ServeRequest, docker: str = "docker") -> Started:
             f"a container named {request.name} already exists",
             f"stop it with `invoke stop --name {request.name}`, or pass --name",
         )
+    Path(request.hf_cache).expanduser().mkdir(parents=True, exist_ok=True)  # else docker makes it, root-owned
     env = {**os.environ, **(request.env or {}), **command.env}
     try:
         proc = subprocess.run(command.argv, capture_output=True, text=True, env=env)
@@ -264,6 +407,8 @@ def save_logs(started: Started, docker: str = "docker") -> Path | None:
     if started.kind == "container":
         try:
             proc = subprocess.run([docker, "logs", started.ident], capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:  # the container is gone: docker's complaint is not the server's log
+                return None
             LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
             path.write_text(proc.stdout + proc.stderr)
         except (OSError, subprocess.SubprocessError):
@@ -271,15 +416,77 @@ def save_logs(started: Started, docker: str = "docker") -> Path | None:
     return path if path.exists() else None
 
 
+# `(EngineCore pid=2024) ` and `ERROR 11-27 13:48:11 [core.py:1330] ` in front of vLLM's log lines.
+_PROCESS_PREFIX = re.compile(r"^\s*\([\w:. -]+ pid=\d+\)\s?")
+_LEVEL_PREFIX = re.compile(r"^(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+"
+                           r"(?:\[[^\]]*\]\s?)?")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure|Interrupt)\b(?::|$)")
+
+
+def _log_body(line: str) -> str:
+    return _LEVEL_PREFIX.sub("", _PROCESS_PREFIX.sub("", line.rstrip("\n")), count=1)
+
+
+def first_error(text: str) -> str:
+    """The first real error in a server log: the exception line of its first traceback (chained
+    exceptions print the root cause first); else the first line that starts with an Error/Exception
+    name; else ''. Warnings that merely mention an error (`OSError: [Errno 24]` inside a ulimit
+    warning) are neither."""
+    lines = [_log_body(line) for line in text.splitlines()]
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last)"):
+            in_traceback = True
+            continue
+        if not in_traceback or not line.strip():
+            continue
+        if line.startswith((" ", "\t")):  # frames, source lines, ^^^^ markers
+            continue
+        if _EXCEPTION_LINE.match(line):
+            return line.strip()[:300]
+        in_traceback = False  # a traceback that ends in something else (a bare raise of a non-error)
+    for line in lines:
+        if _EXCEPTION_LINE.match(line.strip()) and not line.startswith((" ", "\t")):
+            return line.strip()[:300]
+    return ""
+
+
+def failure_fix(error: str) -> str:
+    """The fix to print for a server's first error, where the error says what it is."""
+    missing = re.search(r"No module named '([\w.]+)'", error)
+    if missing and missing.group(1).split(".")[0] == "vllm":
+        return ("install vLLM in the Python that serves (pip install vllm, or the wheel `invoke build-wheel` made), "
+                "or serve an image with --image")
+    if missing:
+        return (f"install what provides the module {missing.group(1)} in the Python that serves (or the image), "
+                "or turn off the vLLM feature that imports it; the log has the whole traceback")
+    if "out of memory" in error.lower() or "OutOfMemoryError" in error:
+        return ("lower --gpu-memory-utilization or --max-model-len, free the GPU (nvidia-smi), or shard over more "
+                "GPUs with --tp")
+    if "no kernel image is available" in error:
+        return "the GPU has no kernels in this build: `invoke audit` it and rebuild for this GPU's arch"
+    return "read that log (model name, GPU visibility, memory)"
+
+
 def last_words(started: Started, docker: str = "docker") -> str:
-    """'last line: ...; full log: PATH', for a one-line error about a server that went wrong."""
-    try:
-        lines = [line.strip() for line in logs(started, docker).splitlines() if line.strip()]
-    except (OSError, subprocess.SubprocessError):
-        lines = []
+    """'first error: ...; full log: PATH' (or 'last line: ...'), for a one-line error about a server
+    that went wrong."""
     path = save_logs(started, docker)
-    last = lines[-1][-300:] if lines else "no output"
-    return f"last line: {last}" + (f"; full log: {path}" if path else "")
+    try:
+        text = path.read_text(errors="replace") if path else logs(started, docker, tail=400)
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    return describe_log(text, path)
+
+
+def describe_log(text: str, path: Path | None) -> str:
+    error = first_error(text)
+    if error:
+        said = f"first error: {error}"
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        said = f"last line: {lines[-1][-300:] if lines else 'no output'}"
+    return said + (f"; full log: {path}" if path else "")
 
 
 def logs(started: Started, docker: str = "docker", tail: int = 40) -> str:
@@ -310,15 +517,15 @@ def wait_healthy(
         except requests.RequestException:
             pass
         if not is_running(started, docker):
-            raise ForgeError(
-                f"the server exited before it became healthy ({last_words(started, docker)})",
-                "read that log (model name, GPU visibility, memory)",
-                exit_code=1,
-            )
+            words = last_words(started, docker)
+            raise ForgeError(f"the server exited before it became healthy ({words})",
+                             failure_fix(words), exit_code=1)
         if elapsed > timeout_s:
+            words = last_words(started, docker)
             raise ForgeError(
-                f"{started.url}/health did not answer within {timeout_s:g}s ({last_words(started, docker)})",
-                "raise --timeout for large models, or read that log; the server was stopped",
+                f"{started.url}/health did not answer within {timeout_s:g}s ({words})",
+                ("raise --timeout for large models, or read that log; the server was stopped"
+                 if not words.startswith("first error") else failure_fix(words) + "; the server was stopped"),
                 exit_code=1,
             )
         if on_tick:
@@ -372,16 +579,16 @@ def stop(name: str = DEFAULT_NAME, docker: str = "docker") -> str:
         pid_file.unlink()
         try:
             os.killpg(pid, signal.SIGTERM)
-            return f"stopped local server (pid {pid})"
+            return f"stopped local server (pid {pid}, its whole process group)"
         except ProcessLookupError:
-            return f"local server (pid {pid}) had already exited"
+            return f"nothing to stop: the local server (pid {pid}) had already exited"
     try:
         proc = subprocess.run([docker, "rm", "-f", name], capture_output=True, text=True)
     except FileNotFoundError:
         raise ForgeError(f"docker client {docker} does not exist", "install Docker, or pass --docker PATH") from None
+    if "No such container" in proc.stderr:  # docker 23+ says so and exits 0 for `rm -f`
+        return f"nothing to stop: no container named {name}"
     if proc.returncode != 0:
-        if "No such container" in proc.stderr:
-            return f"no container named {name} is running"
         raise ForgeError(f"could not remove {name}: {proc.stderr.strip()[-200:]}", "check `docker ps -a`")
     return f"removed container {name}"
 
@@ -393,9 +600,10 @@ def serve(
     timeout_s: float = 600,
     on_tick: Callable[[float], None] | None = None,
     smoke: bool = True,
+    command: Command | None = None,
 ) -> tuple[Started, float, SmokeResult | None]:
     """Start, wait for /health, smoke-test; on any failure remove what was started and re-raise."""
-    started = start(request, docker)
+    started = start(request, docker, command)
     try:
         seconds = wait_healthy(started, timeout_s=timeout_s, docker=docker, on_tick=on_tick)
         result = (
@@ -404,7 +612,8 @@ def serve(
             else None
         )
     except BaseException as err:
-        words = last_words(started, docker) if isinstance(err, ForgeError) and "last line" not in str(err) else ""
+        words = (last_words(started, docker) if isinstance(err, ForgeError) and "full log: " not in str(err)
+                 and "last line" not in str(err) else "")
         stop(request.name, docker)
         if words:
             raise ForgeError(f"{err.problem} ({words})", err.fix, exit_code=err.exit_code) from None
@@ -418,6 +627,7 @@ def compose_file(request: ServeRequest) -> str:
     if request.local:
         raise ForgeError("--compose writes a container service; --local has none", "pass --image TAG with --compose")
     q = json.dumps
+    user, hf_target = image_runtime(os.environ.get("VLLM_FORGE_DOCKER") or "docker", request.image)
     lines = [
         "# Written by `invoke serve --compose` (vllm-forge). Start: docker compose up -d; stop: docker compose down",
         "services:",
@@ -425,13 +635,15 @@ def compose_file(request: ServeRequest) -> str:
         f"    image: {q(request.image)}",
         f"    container_name: {q(request.name)}",
         "    command: ["
-        + ", ".join(q(a) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
+        # `$$`: compose would substitute `$NAME` in a passed-through value (a chat template) from the shell
+        + ", ".join(q(a.replace("$", "$$")) for a in server_args(request, bind_host="0.0.0.0", port=CONTAINER_PORT))
         + "]",
         "    ports:",
         f"      - {q(f'{request.host}:{request.port}:{CONTAINER_PORT}')}",
         "    volumes:",
-        f"      - {q(str(Path(request.hf_cache).expanduser()) + ':/root/.cache/huggingface')}",
+        f"      - {q(str(Path(request.hf_cache).expanduser()) + ':' + hf_target)}",
     ]
+    lines += [f"    user: {q(flag[1])}" for flag in [run_as(user)] if flag]
     lines += [f"    shm_size: {q(request.shm_size)}"] if request.shm_size else ["    ipc: host"]
     names = [name for name in passthrough_env(request.env) if name != API_KEY_ENV]
     if names or request.api_key:
@@ -463,77 +675,6 @@ def compose_file(request: ServeRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class BakeServeSmoke:
-    image: str
-    bake_seconds: float
-    healthy_seconds: float
-    smoke: SmokeResult
-    image_size: int
-    notes: list[str]
-
-
-def bake_serve_smoke(
-    src: Path,
-    *,
-    arch: str,
-    cuda: str = "12.8",
-    base_image: str = "",
-    runtime_image: str = "",
-    docker: str | None = None,
-    ca_bundle: Path | None = None,
-    tag: str = "",
-    vllm_repo: str = "",
-    vllm_ref: str = "",
-    port: int = 18000,
-    model: str = "minivllm/echo",
-    gpus: str = "none",
-    name: str = "vllm-forge-demo",
-    context_dir: Path | None = None,
-    on_line: Callable[[str], None] | None = None,
-    keep: bool = False,
-) -> BakeServeSmoke:
-    """For `invoke demo`: bake ``src`` into an image, serve it, smoke-test it, tear it down.
-
-    ``base_image``/``runtime_image`` empty: the NGC/CUDA defaults for ``cuda``. ``gpus`` defaults to
-    none because the embedded miniature serves on CPU. The image is kept; the container is removed
-    unless ``keep``.
-    """
-    from scripts import image as image_mod
-
-    client = image_mod.find_docker(docker)
-    image_mod.check_engine(client.path)
-    notes = [f"docker: {client.describe()}"]
-    if ca_bundle is None:
-        ca_bundle, origin = image_mod.default_ca_bundle()
-        if ca_bundle:
-            notes.append(f"CA bundle {ca_bundle} (from {origin}) passed as BuildKit secret ca_bundle")
-    request = image_mod.BakeRequest(
-        src=Path(src),
-        arch=arch,
-        cuda=cuda,
-        base_image=base_image,
-        runtime_image=runtime_image,
-        tag=tag,
-        ca_bundle=ca_bundle,
-        vllm_repo=vllm_repo,
-        vllm_ref=vllm_ref,
-    )
-    if context_dir:
-        request.context_dir = Path(context_dir)
-    plan = image_mod.plan_bake(request, client)
-    log_path = image_mod.REPO_ROOT / "build" / "logs" / f"demo-bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    notes.append(f"bake log: {log_path}")
-    baked = image_mod.run_bake(plan, on_line=on_line, log_path=log_path)
-    serve_request = ServeRequest(model=model, image=plan.image, port=port, gpus=gpus, name=name)
-    stop(name, client.path)  # a container left by an interrupted demo
-    started, healthy, result = serve(serve_request, docker=client.path, timeout_s=120)
-    if not keep:
-        stop(started.name, client.path)
-    size = image_mod.inspect_image(client.path, plan.image)["size"]
-    return BakeServeSmoke(plan.image, baked.seconds, healthy, result, size, notes)
-
-
 def main(argv=None) -> int:
     import argparse
 
@@ -552,6 +693,10 @@ def main(argv=None) -> int:
     p_run.add_argument("--name", default=DEFAULT_NAME)
     p_run.add_argument("--timeout", type=float, default=600)
     p_run.add_argument("--docker", default=os.environ.get("VLLM_FORGE_DOCKER", "docker"))
+    p_run.add_argument("--max-model-len", type=int, default=0)
+    p_run.add_argument("--gpu-memory-utilization", type=float, default=0.0)
+    p_run.add_argument("--served-model-name", default="")
+    p_run.add_argument("--vllm-args", default="", help="more vLLM server flags, one quoted string")
     p_run.add_argument("--dry-run", action="store_true")
     p_stop = sub.add_parser("stop")
     p_stop.add_argument("--name", default=DEFAULT_NAME)
@@ -571,6 +716,10 @@ def main(argv=None) -> int:
         api_key=args.api_key,
         insecure=args.insecure,
         name=args.name,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        served_model_name=args.served_model_name,
+        extra_args=split_vllm_args(args.vllm_args),
     )
     if args.dry_run:
         print(shell_line(plan_serve(request, args.docker), request))

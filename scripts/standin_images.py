@@ -234,6 +234,17 @@ def ensure_standin_images(
     return {kind: spec.image for kind, spec in STANDINS.items()}
 
 
+# The CUDA the stand-ins stand for (their nvcc): a bake on them uses --cuda 13.0, whose JIT toolchain
+# (NVIDIA's CUDA 13 wheels from PyPI, scripts/compat.py JIT_TOOLCHAINS) installs on Debian too.
+STANDIN_CUDA = "13.0"
+
+
+def ensure_standins(docker: str = "docker", *, log=print) -> dict[str, str]:
+    """``bake --standin``: build the stand-in bases, or reuse them when this recipe made them; returns
+    ``{"build": image, "runtime": image}``. They are TEST-ONLY: images baked on them serve the miniature."""
+    return ensure_standin_images(docker, log=log)
+
+
 def main(argv=None) -> int:
     import argparse
 

@@ -67,3 +67,68 @@ def minivllm_repo(tmp_path_factory) -> str:
     from scripts.minivllm import publish_minivllm
 
     return publish_minivllm(tmp_path_factory.mktemp("minivllm-remote"))
+
+
+# --- the run leaves nothing behind ---------------------------------------------------------------------------
+# Whatever the tests started (compile-cache servers, containers, images) and did not remove is removed at the
+# end of the session, then checked: anything still there fails the run (`nox -s tests` exits non-zero).
+
+_LEFTOVER_PROCESSES = ("sccache", "redis-server")
+_baseline: dict[str, set[str]] = {}
+
+
+def _docker_ids(*args: str) -> set[str]:
+    docker = os.environ.get("VLLM_FORGE_DOCKER") or shutil.which("docker")
+    if not docker:
+        return set()
+    try:
+        proc = subprocess.run([docker, *args], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(proc.stdout.split()) if proc.returncode == 0 else set()
+
+
+def _snapshot() -> dict[str, set[str]]:
+    pids = set()
+    for name in _LEFTOVER_PROCESSES:
+        out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+        pids |= set(out.stdout.split())
+    return {
+        "pids": pids,
+        "containers": _docker_ids("ps", "-aq", "--no-trunc"),
+        "dangling": _docker_ids("images", "-q", "--no-trunc", "--filter", "dangling=true"),
+    }
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("VLLM_FORGE_TEST_KEEP_LEFTOVERS"):  # other work shares this engine: touch nothing
+        return
+    _baseline.update(_snapshot())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _baseline:
+        return
+    import signal
+
+    docker = os.environ.get("VLLM_FORGE_DOCKER") or shutil.which("docker")
+    now = _snapshot()
+    for pid in now["pids"] - _baseline["pids"]:
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+    if docker:
+        for container in now["containers"] - _baseline["containers"]:
+            subprocess.run([docker, "rm", "-f", container], capture_output=True)
+        for image in now["dangling"] - _baseline["dangling"]:
+            subprocess.run([docker, "rmi", "-f", image], capture_output=True)
+    import time
+
+    time.sleep(1)
+    after = _snapshot()
+    left = {kind: sorted(after[kind] - _baseline[kind]) for kind in after}
+    left = {kind: ids for kind, ids in left.items() if ids}
+    if left:
+        print(f"\nthe tests left these behind, even after cleanup: {left}")
+        session.exitstatus = 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, docker_available, require_tool
+from tests.conftest import docker_available, require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +119,11 @@ def with_local_changes(s: Scratch) -> None:
     co = s.copy_checkout()
     (co / "setup.py").write_text((co / "setup.py").read_text() + "\n# my edit, not committed\n")
     (co / "notes.txt").write_text("my notes")
+
+
+def with_builder_without_buildx(s: Scratch) -> None:
+    s.copy_checkout()
+    s.env.update(INVOKE_FORGE_BUILDER="gpu-builders", VLLM_FORGE_DOCKER="/usr/bin/docker")
 
 
 def with_foreign_dir(s: Scratch) -> None:
@@ -362,7 +367,7 @@ CASES = [
     Case("port-not-a-port", ["serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--port", "70000"],
          "is not a TCP port", "nothing is started"),
     Case("port-not-a-number", ["serve", "--image", "vllm-forge/vllm:x", "--model", "m", "--port", "abc"],
-         "--port needs a whole number", "nothing is started", code=1),
+         "--port needs a whole number", "nothing is started"),
     Case("model-path-missing", ["serve", "--image", "vllm-forge/vllm:x", "--model", "{tmp}/models/qwen"],
          "looks like a path", "nothing is started"),
     Case("serve-without-image", ["serve", "--model", "m"], "--image TAG", "nothing is started"),
@@ -386,6 +391,15 @@ CASES = [
          "is not OLD=NEW", "the checkout and the cache", with_checkout),
     Case("inspect-tree-not-vllm", ["inspect-tree", "--vllm-src", "{tmp}/empty"], "not a vLLM source tree",
          "the directory named", with_empty_dir),
+    # --- what a new user types: typos, missing arguments, settings that cannot go together (issue 18) ---
+    Case("task-typo", ["build-weel", "--arch", "12.0"], "did you mean build-wheel?", UNTOUCHED),
+    Case("flag-typo", ["build-wheel", "--archs", "12.0"], "did you mean --arch?", UNTOUCHED),
+    Case("serve-without-model", ["serve", "--image", "vllm-forge/vllm:x"], "serve needs MODEL", UNTOUCHED),
+    Case("stray-argument", ["clone", "--dry-run", "v0.11.0"], "clone takes no argument 'v0.11.0'", UNTOUCHED),
+    Case("standin-and-base-image", ["bake", "--standin", "--base-image", "my.reg/pytorch:1", "--dry-run",
+                                    "--vllm-src", "{co}"], "both name the bases", "the checkout", with_checkout),
+    Case("plan-with-a-step-not-ready", ["plan", "--vllm-src", "{co}"], "step(s) cannot run as configured",
+         "the checkout", with_builder_without_buildx),
 ]
 
 
@@ -506,10 +520,16 @@ def test_every_case_is_a_row_of_docs_errors_md():
 
 
 def test_cases_need_only_what_ci_installs():
-    """In CI every `needs` is met (nogpu/notorch by the runner having neither), so no case is skipped there."""
-    if not IN_CI:
-        pytest.skip("only meaningful in CI")
+    """Every `needs` is one _check_needs knows, and its tools (nvcc, docker) are here: in CI they must be
+    (nogpu/notorch hold by the runner having neither), so no case is skipped there; elsewhere this runs
+    when both tools are present and is skipped, naming the missing one, when not."""
+    needs = {need for case in CASES for need in case.needs}
+    assert needs <= {"nvcc", "nvcc13", "docker", "nogpu", "notorch"}, needs
+    assert {"nvcc", "docker"} <= needs  # the tools this test checks are the ones cases rely on
     _check_needs(("nvcc", "docker"))
+    from scripts.toolchain import find_cuda_toolchain
+
+    assert Path(find_cuda_toolchain().nvcc).is_file() and docker_available()
 
 
 def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's table from real runs

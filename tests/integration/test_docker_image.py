@@ -106,9 +106,12 @@ def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
     assert labels["org.vllm-forge.build-base"] == standins["build"]
     assert labels["org.opencontainers.image.base.name"] == standins["runtime"]
     assert len(labels["org.vllm-forge.vllm.commit"]) == 40 and labels["org.vllm-forge.version"]
+    assert labels["org.vllm-forge.jit"].startswith("nvcc 13.0 (pip:cuda-toolkit[")
+    # No build leftovers; the JIT toolchain (nvcc from NVIDIA's CUDA 13 wheels, a host compiler) is there.
     probe = (
-        "test ! -e /workspace && test ! -e /opt/vllm-forge/scripts && ! command -v nvcc && ! command -v g++ "
-        '&& test ! -e /usr/local/cuda && test -z "$(find /root/.cache -type f)" '
+        "test ! -e /workspace && test ! -e /opt/vllm-forge/scripts && test ! -e /opt/vllm-forge/doctor_inside.py "
+        '&& test -z "$(find /root/.cache -type f)" && test -z "$(find /var/cache/apt -name "*.deb")" '
+        "&& nvcc --version | grep -q 'release 13.0' && command -v c++ >/dev/null "
         "&& python3 -c 'import vllm, os; print(os.path.dirname(vllm.__file__))'"
     )
     out = subprocess.run(
@@ -118,15 +121,46 @@ def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
     assert "/opt/venv/" in out.stdout  # installed from the wheel, into the venv
 
 
-def test_image_size_over_runtime_base_is_the_wheel_only(client, baked):
-    from scripts.image import image_size_report
+def test_image_size_over_runtime_base_is_the_jit_toolchain_and_the_wheel(client, baked):
+    from scripts.image import SIZE_PARTS, image_size_breakdown, image_size_report
 
     plan, _, _ = baked
     report = image_size_report(client.path, plan.image, budget_gb=5)
     assert report.ok and report.base_size is not None
-    assert 0 <= report.over_base < 10 * 10**6, report.over_base  # the miniature wheel: ~2 MB
     assert any(layer.instruction.startswith("RUN ") and "pip install" in layer.instruction for layer in report.layers)
     assert not image_size_report(client.path, plan.image, budget_gb=0.01).ok
+    split = image_size_breakdown(client.path, plan.image)
+    jit, torch, vllm, rest = (split.parts[name] for name in SIZE_PARTS)
+    assert 150e6 < jit < 900e6, split.parts  # nvcc/nvvm/crt/cudart wheels and g++
+    assert torch == 0 and 0 < vllm < 10e6, split.parts  # no torch in the miniature; its wheel is ~2 MB
+    assert abs(sum(split.parts.values()) - split.over_base) < 5e6 and rest < 50e6, split.parts
+    assert any(key.startswith("nvidia-cuda-nvcc==13.0") for key in split.dists)
+
+
+def test_runtime_without_jit_toolchain_fails_the_bake_and_no_jit_passes(client, standins, checkout, tmp_path,
+                                                                        ca_bundle):
+    from scripts.errors import ForgeError
+    from scripts.image import inspect_image, plan_bake, run_bake
+
+    tag = f"vllm-forge-test/nojit:{uuid.uuid4().hex[:8]}"
+    try:
+        no_toolchain = bake_request(checkout, standins, tmp_path, ca_bundle, tag=tag,
+                                    build_args={"JIT_TOOLCHAIN": "none"})
+        with pytest.raises(ForgeError) as failed:
+            run_bake(plan_bake(no_toolchain, client))
+        message = str(failed.value)
+        assert "\n" not in message and "cannot JIT-compile kernels: no nvcc" in message and "sm_120" in message
+        assert "--no-jit" in message
+        assert subprocess.run([client.path, "image", "inspect", tag], capture_output=True).returncode != 0
+        plan = plan_bake(bake_request(checkout, standins, tmp_path, ca_bundle, tag=tag, jit=False), client)
+        assert plan.build_args["JIT_TOOLCHAIN"] == "none" and plan.build_args["JIT_CHECK"] == "false"
+        run_bake(plan)
+        assert inspect_image(client.path, tag)["labels"]["org.vllm-forge.jit"] == "none (--no-jit)"
+        probe = subprocess.run([client.path, "run", "--rm", "--entrypoint", "sh", tag, "-c", "command -v nvcc"],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0
+    finally:
+        subprocess.run([client.path, "rmi", "-f", tag], capture_output=True)
 
 
 def test_rebake_is_cached_and_final_stage_change_does_not_recompile(client, baked, standins, checkout, ca_bundle):

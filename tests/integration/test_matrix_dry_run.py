@@ -55,3 +55,59 @@ def test_the_cn_mirror_rewrites_bases_and_indexes(repo_root):
         assert build_arg(line, "UV_DEFAULT_INDEX") == cn.pypi_index
         assert build_arg(line, "PYTORCH_CUDA_INDEX_BASE_URL") == cn.pytorch_index
         assert build_arg(line, "APT_MIRROR") == cn.apt_mirror
+
+
+def project_copy(repo_root, dest):
+    """This repo's tasks, sessions and scripts without any checkout, cache or build output: a fresh clone."""
+    for name in ("tasks.py", "noxfile.py", "pyproject.toml", "requirements.txt"):
+        shutil.copy2(repo_root / name, dest / name)
+    for name in ("scripts", "docker"):
+        shutil.copytree(repo_root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def offline_env(tmp_path):
+    """No network (every proxy at a closed port), no Docker engine (a socket nobody listens on)."""
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "COLUMNS": "400"}
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY"):
+        env[name] = "http://127.0.0.1:9"
+    env.pop("NO_PROXY", None)
+    env.pop("no_proxy", None)
+    return env
+
+
+def test_fresh_clone_dry_run_prints_the_whole_chain_offline(repo_root, tmp_path):
+    """`nox -s image-cu128 -- --arch 12.0 --dry-run` with no checkout, no engine and no network."""
+    (tmp_path / "project").mkdir()
+    project = project_copy(repo_root, tmp_path / "project")
+    proc = subprocess.run([sys.executable, "-m", "nox", "-s", "image-cu128", "--", "--arch", "12.0", "--dry-run"],
+                          cwd=project, capture_output=True, text=True, timeout=300, env=offline_env(tmp_path))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for step in ("clone", "use-existing-torch", "bake", "check-size --image", "inspect"):
+        assert re.search(rf"^{re.escape(step)} ─+$", out, re.M), step
+    assert "git clone --filter=blob:none" in out and "planned after clone" in out
+    assert re.search(r"docker build .*--build-arg torch_cuda_arch_list=12\.0 .*-t vllm-forge/vllm:main-cu128-sm120",
+                     out)
+    assert not (project / "build" / "vllm").exists()
+
+
+def test_mirror_precedence_through_nox(repo_root, tmp_path):
+    """invoke.yaml says cn; `-- --mirror global` on the nox line wins (flag > env > invoke.yaml > default)."""
+    (tmp_path / "project").mkdir()
+    project = project_copy(repo_root, tmp_path / "project")
+    (project / "invoke.yaml").write_text("forge:\n  mirror: cn\n")
+    run = [sys.executable, "-m", "nox", "-s", "image-cu128", "--", "--arch", "12.0", "--dry-run"]
+    env = offline_env(tmp_path)
+    from_yaml = subprocess.run(run, cwd=project, capture_output=True, text=True, timeout=300, env=env)
+    flag = subprocess.run([*run, "--mirror", "global"], cwd=project, capture_output=True, text=True, timeout=300,
+                          env=env)
+    env_var = subprocess.run(run, cwd=project, capture_output=True, text=True, timeout=300,
+                             env={**env, "INVOKE_FORGE_MIRROR": "global"})
+    cn = mirrors.load_mirror("cn")
+    assert from_yaml.returncode == flag.returncode == env_var.returncode == 0, from_yaml.stderr + flag.stderr
+    assert "m.daocloud.io/nvcr.io" in from_yaml.stdout and cn.pypi_index in from_yaml.stdout
+    assert "org.vllm-forge.mirror=cn" in from_yaml.stdout
+    for proc in (flag, env_var):
+        assert "daocloud" not in proc.stdout and cn.pypi_index not in proc.stdout
+        assert "org.vllm-forge.mirror=global" in proc.stdout

@@ -204,3 +204,25 @@ def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_too
         assert out.returncode == 0, f"run {attempt}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
         assert "sm_120: runs" in out.stdout
     assert len(list((tmp_path / "dist").glob("*.whl"))) == 1
+    # it ends with what to do next, and each command works as printed (COLUMNS=200: one line each)
+    nexts = [line[len("next: "):] for line in out.stdout.splitlines() if line.startswith("next: ")]
+    assert len(nexts) == 3, out.stdout[-1500:]
+    for line in nexts:
+        ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+
+
+def test_the_embedded_miniature_is_built_from_a_private_copy(tmp_path, repo_root, nvcc_toolchain):
+    """`--vllm-src tests/fixtures/minivllm` must not edit this repository (use-existing-torch rewrites pins)
+    and the wheel carries the miniature's real version, not 0.0.0."""
+    def status():
+        return subprocess.run(["git", "status", "--porcelain", "--", "tests/fixtures/minivllm"], cwd=repo_root,
+                              capture_output=True, text=True, check=True).stdout
+
+    before = status()
+    out = subprocess.run([sys.executable, "-m", "invoke", "build-wheel", "--vllm-src", "tests/fixtures/minivllm",
+                          "--arch", "12.0", "--dist-dir", str(tmp_path / "dist")], cwd=repo_root,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert status() == before
+    assert [w.name for w in (tmp_path / "dist").glob("*.whl")] == ["vllm-0.1.0-cp38-abi3-linux_x86_64.whl"]

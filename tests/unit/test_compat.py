@@ -1,4 +1,7 @@
+import pytest
+
 from scripts import compat
+from scripts.errors import ForgeError
 
 
 def test_blackwell_first_appears_in_128():
@@ -22,10 +25,20 @@ def test_130_drops_pre_turing_and_renames_thor():
 
 
 def test_every_default_arch_list_compiles_with_its_cuda():
+    """Each default list is in its CUDA's row, is accepted by the check, and the check is not a no-op."""
     from scripts.archs import check_archs_for_cuda, parse_arch_list
 
+    assert set(compat.DEFAULT_ARCH_LIST) == set(compat.CUDA_ARCHS)
     for cuda, spec in compat.DEFAULT_ARCH_LIST.items():
-        check_archs_for_cuda(parse_arch_list(spec), cuda)
+        archs = parse_arch_list(spec)
+        assert archs and {a.sm for a in archs} <= compat.CUDA_ARCHS[cuda], cuda
+        assert check_archs_for_cuda(archs, cuda) is None
+        beyond = [a for a in parse_arch_list("3.5 7.0 12.0") if a.sm not in compat.CUDA_ARCHS[cuda]]
+        assert beyond, cuda
+        with pytest.raises(ForgeError, match=beyond[0].sm):
+            check_archs_for_cuda(archs + beyond, cuda)
+    assert [a.sm for a in parse_arch_list(compat.DEFAULT_ARCH_LIST["12.8"])] == [
+        "sm_70", "sm_75", "sm_80", "sm_89", "sm_90", "sm_100", "sm_120"]
 
 
 def test_gpu_names_normalise():
@@ -55,3 +68,73 @@ def test_ngc_defaults_follow_the_field_report():
 def test_every_cuda_has_a_driver_minimum():
     assert set(compat.MIN_DRIVER) == set(compat.CUDA_ARCHS)
     assert compat.MIN_DRIVER["13.0"].full.startswith("580")
+
+
+def test_cuda_minor_drops_the_patch_release():
+    assert compat.cuda_minor("12.8.1") == "12.8"
+    assert compat.cuda_minor(" 13.0.2 ") == "13.0"
+    assert compat.cuda_minor("12.8") == "12.8"
+
+
+def test_known_cudas_in_numeric_order():
+    assert compat.known_cudas() == ["11.8", "12.1", "12.4", "12.6", "12.8", "12.9", "13.0"]
+
+
+def test_ngc_tags_of_one_cuda_minor():
+    assert [t.tag for t in compat.ngc_tags_for("12.8.1")] == ["25.01-py3", "25.02-py3", "25.03-py3"]
+    assert compat.ngc_tags_for("11.8") == []
+
+
+def test_default_ngc_tag_is_the_pinned_one_else_the_newest():
+    assert compat.default_ngc_tag("12.8.0").tag == "25.02-py3"
+    assert compat.default_ngc_tag("12.9").tag == "25.06-py3"
+    assert compat.default_ngc_tag("13.0").tag == "25.10-py3"
+    assert compat.default_ngc_tag("12.1") is None
+
+
+def test_oldest_and_newest_cuda_per_arch():
+    assert (compat.min_cuda_for("sm_90a"), compat.max_cuda_for("sm_90a")) == ("12.1", "13.0")
+    assert (compat.min_cuda_for("sm_35"), compat.max_cuda_for("sm_35")) == ("11.8", "11.8")
+    assert (compat.min_cuda_for("sm_101"), compat.max_cuda_for("sm_101")) == ("12.8", "12.9")
+    assert compat.max_cuda_for("sm_120") == "13.0" and compat.min_cuda_for("sm_110") == "13.0"
+    assert compat.min_cuda_for("sm_99") is None and compat.max_cuda_for("sm_99") is None
+
+
+@pytest.mark.parametrize("name, key", [
+    ("NVIDIA GeForce RTX 5090", "rtx5090"),
+    ("Tesla T4", "t4"),
+    ("NVIDIA H100 80GB HBM3", "h10080gbhbm3"),
+    ("RTX-PRO 6000 Blackwell", "rtxpro6000blackwell"),
+])
+def test_normalize_gpu_name(name, key):
+    assert compat.normalize_gpu_name(name) == key
+
+
+@pytest.mark.parametrize("cap, version", [
+    ("12.0", "2.26.2"), ("12.1", "2.26.2"), ("12.0.1", "2.26.2"), ("10.0", "2.25.1"), ("10.3", "2.25.1"),
+    ("11.0", "2.27.5"), ("9.0", "2.15.1"), ("8.0", "2.7.3"), ("8.6", "2.7.3"), ("8.9", "2.7.3"),
+    ("7.5", "2.4.8"), ("7.0", "2.4.8"),
+])
+def test_nccl_minimum_is_the_highest_row_of_the_same_major_not_above(cap, version):
+    assert compat.nccl_min_for_capability(cap)[0] == version
+
+
+@pytest.mark.parametrize("cap", ["6.0", "13.0", "12", "twelve", "", "x.0"])
+def test_nccl_minimum_unknown_for_other_generations_and_bad_input(cap):
+    assert compat.nccl_min_for_capability(cap) is None
+
+
+def test_nccl_minimum_picks_the_closest_row_below(monkeypatch):
+    monkeypatch.setitem(compat.NCCL_MIN_FOR_ARCH, "8.6", ("2.9.9", "a later row of the same major"))
+    monkeypatch.setitem(compat.NCCL_MIN_FOR_ARCH, "8.9", ("2.10.0", "the highest row"))
+    assert compat.nccl_min_for_capability("8.7")[0] == "2.9.9"
+    assert compat.nccl_min_for_capability("8.9")[0] == "2.10.0"
+    assert compat.nccl_min_for_capability("8.0")[0] == "2.7.3"
+    monkeypatch.delitem(compat.NCCL_MIN_FOR_ARCH, "8.0")
+    assert compat.nccl_min_for_capability("8.0") is None
+
+
+def test_known_cudas_sort_as_numbers_not_text(monkeypatch):
+    monkeypatch.setitem(compat.CUDA_ARCHS, "12.10", frozenset({"sm_120"}))
+    assert compat.known_cudas()[-3:] == ["12.9", "12.10", "13.0"]
+    assert compat.min_cuda_for("sm_120") == "12.8" and compat.max_cuda_for("sm_120") == "13.0"

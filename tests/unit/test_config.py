@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,21 +62,58 @@ def test_bad_values_are_refused_with_a_fix(flags, words):
     assert words in str(err.value) and "Fix:" in str(err.value)
 
 
-@pytest.mark.parametrize("ref", ["main", "v0.11.0", "releases/v0.10", "abc1234", "refs/tags/v1"])
-def test_good_refs(ref):
-    check_git_ref(ref)
+GOOD_REFS = ["main", "v0.11.0", "releases/v0.10", "abc1234", "refs/tags/v1", "a@b", "a-b", "x/y/z", "v1.lock.d"]
+BAD_REFS = ["", "a..b", "-x", "a b", "x~1", "a:b", "end/", "x.lock", "@", "a@{b", "@{-1}", "a^b", "a?b", "a*b",
+            "a[b", "a\\b", "a//b", "/a", "a.", ".a", "a/.b", "a.lock/b", "a/b.lock", "a\tb", "a\x7fb"]
 
 
-@pytest.mark.parametrize("ref", ["", "a..b", "-x", "a b", "x~1", "a:b", "end/", "x.lock", "@"])
-def test_bad_refs(ref):
-    with pytest.raises(ForgeError):
+def accepts_ref(ref: str) -> bool:
+    try:
         check_git_ref(ref)
+    except ForgeError as err:
+        assert str(err).startswith(f"'{ref}' is not a valid git ref") and "Fix:" in str(err)
+        return False
+    return True
 
 
-@pytest.mark.parametrize("url", ["https://github.com/vllm-project/vllm.git", "git@github.com:vllm-project/vllm.git",
-                                 "file:///tmp/x.git", "/srv/git/vllm", "ssh://git@host/vllm"])
-def test_good_repo_urls(url):
-    check_repo_url(url)
+def test_good_refs():
+    assert [ref for ref in GOOD_REFS if not accepts_ref(ref)] == []
+
+
+def test_bad_refs():
+    assert [ref for ref in BAD_REFS if accepts_ref(ref)] == []
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_refs_are_judged_as_git_judges_them():
+    """`git check-ref-format --allow-onelevel` is the rule; every listed ref gets git's own verdict."""
+    for ref in GOOD_REFS + BAD_REFS:
+        by_git = subprocess.run(["git", "check-ref-format", "--allow-onelevel", ref], capture_output=True).returncode
+        assert accepts_ref(ref) == (by_git == 0), ref
+
+
+def accepts_url(url: str) -> bool:
+    try:
+        check_repo_url(url)
+    except ForgeError as err:
+        assert str(err).startswith(f"'{url}' is not a git repository URL") and "Fix:" in str(err)
+        return False
+    return True
+
+
+def test_good_repo_urls():
+    good = ["https://github.com/vllm-project/vllm.git", "http://mirror.local/vllm.git", "git://host/vllm",
+            "git@github.com:vllm-project/vllm.git", "file:///tmp/x.git", "ssh://git@host/vllm", "/srv/git/vllm",
+            "./vllm", "../vllm", "~/src/vllm", "deploy.bot@git.corp-1.example:team/vllm.git"]
+    assert [url for url in good if not accepts_url(url)] == []
+
+
+def test_bad_repo_urls():
+    """A bare name or a host without a scheme is not a URL git can clone (nor a local path we accept)."""
+    bad = ["vllm", "github.com/vllm-project/vllm", "vllm-project/vllm", "", " ", "ftp://host/vllm", "https://",
+           "https://host/a b", "/srv/my vllm", "./my vllm", "git@host", "git@host:", "git@host:a b",
+           "https://host/x\n", "\t/srv/vllm"]
+    assert [url for url in bad if accepts_url(url)] == []
 
 
 def test_invoke_yaml_and_env_reach_the_real_cli(tmp_path, repo_root):
@@ -93,3 +131,128 @@ def test_invoke_yaml_and_env_reach_the_real_cli(tmp_path, repo_root):
     assert "command line" in lines["nvcc_threads"]
     assert "default" in lines["cuda"]
     assert Path(tmp_path / "tasks.py").resolve() == repo_root / "tasks.py"
+
+
+# ---- values: types, ranges, layers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mem", [0, -1, "0"])
+def test_mem_per_job_must_be_positive(mem):
+    with pytest.raises(ForgeError, match="mem_per_job_gb must be positive"):
+        resolve_config(None, {"mem_per_job_gb": mem})
+
+
+@pytest.mark.parametrize("name", ["max_jobs", "nvcc_threads", "wheel_limit_mb"])
+def test_counts_may_be_zero_not_negative(name):
+    assert getattr(resolve_config(None, {name: 0}).config, name) == 0
+    with pytest.raises(ForgeError, match=f"{name} cannot be negative"):
+        resolve_config(None, {name: -1})
+
+
+def test_values_are_coerced_to_the_default_types():
+    config = resolve_config(None, {"max_jobs": "3", "mem_per_job_gb": "2.5", "cuda": 13.0, "arch": 12}).config
+    assert config.max_jobs == 3 and type(config.max_jobs) is int
+    assert config.mem_per_job_gb == 2.5 and type(config.mem_per_job_gb) is float
+    assert config.cuda == "13.0" and config.arch == "12"
+    assert resolve_config(None, {"mem_per_job_gb": 3}).config.mem_per_job_gb == 3.0
+
+
+@pytest.mark.parametrize("flags", [{"mem_per_job_gb": "lots"}, {"wheel_limit_mb": [1]}, {"nvcc_threads": "2.5"}])
+def test_non_numbers_are_refused(flags):
+    (name,) = flags
+    with pytest.raises(ForgeError, match=f"{name} must be a number"):
+        resolve_config(None, flags)
+
+
+def test_coerce_keeps_empty_strings_empty():
+    from scripts.config import _coerce
+
+    assert _coerce("base_image", None) == "" and _coerce("base_image", "x") == "x"
+
+
+@pytest.mark.parametrize("build_type", ["Release", "RelWithDebInfo", "Debug", "MinSizeRel"])
+def test_every_cmake_build_type_is_accepted(build_type):
+    assert resolve_config(None, {"build_type": build_type}).config.build_type == build_type
+
+
+@pytest.mark.parametrize("cache", ["auto", "none", "ccache", "sccache"])
+def test_every_compile_cache_is_accepted(cache):
+    assert resolve_config(None, {"compile_cache": cache}).config.compile_cache == cache
+
+
+def test_an_unknown_flag_is_a_programming_error():
+    with pytest.raises(KeyError):
+        resolve_config(None, {"no_such_knob": 1})
+
+
+def test_flags_given_as_none_keep_the_default_and_its_source():
+    rc = resolve_config(None, {"arch": None, "cuda": "12.9"})
+    assert rc.config.arch == DEFAULTS["arch"] and rc.is_default("arch")
+    assert rc.config.cuda == "12.9" and not rc.is_default("cuda") and rc.source("cuda") == "command line"
+    assert rc.source("not a field") == "default"
+
+
+def test_defaults_are_the_whole_config():
+    rc = resolve_config(None, None)
+    assert rc.config.as_dict() == {**DEFAULTS, "mem_per_job_gb": 4.0}
+    assert all(rc.is_default(name) for name in DEFAULTS)
+
+
+def test_mirrors_key_in_invoke_yaml_is_not_unknown(tmp_path, monkeypatch):
+    config = make_invoke_config(tmp_path, project="forge:\n  mirrors: {}\n  arch: '8.0'\n", monkeypatch=monkeypatch)
+    assert resolve_config(config, {}).config.arch == "8.0"
+
+
+def test_unknown_keys_are_all_named(tmp_path, monkeypatch):
+    config = make_invoke_config(tmp_path, project="forge:\n  zeta: 1\n  ach: '9.0'\n", monkeypatch=monkeypatch)
+    with pytest.raises(ForgeError, match="unknown forge key.s.: ach, zeta"):
+        resolve_config(config, {})
+
+
+class Layers(dict):
+    """What resolve_config reads of an invoke Config: the merged view and each layer."""
+
+    def __init__(self, merged, **layers):
+        super().__init__(forge=merged)
+        for name, values in layers.items():
+            setattr(self, name, {"forge": values})
+
+
+def test_highest_layer_names_the_source():
+    config = Layers({"arch": "8.0", "cuda": "12.9", "build_type": "Debug", "dist_dir": "d", "cache_dir": "c"},
+                    _runtime={"arch": "8.0"}, _env={"arch": "7.0", "cuda": "12.9"}, _project={"cuda": "12.6"},
+                    _user={"build_type": "Debug", "dist_dir": "x"}, _system={"dist_dir": "d", "cache_dir": "c"})
+    rc = resolve_config(config, {})
+    assert rc.config.arch == "8.0" and rc.source("arch") == "runtime file (-f)"
+    assert rc.config.cuda == "12.9" and rc.source("cuda") == "environment (INVOKE_FORGE_*)"
+    assert rc.source("build_type") == "user invoke file" and rc.config.build_type == "Debug"
+    assert rc.source("dist_dir") == "user invoke file" and rc.config.dist_dir == "d"
+    assert rc.source("cache_dir") == "system invoke file"
+    assert rc.source("mirror") == "default"
+
+
+def test_layers_that_are_not_mappings_are_ignored():
+    config = Layers({"arch": "8.0"})
+    config._project = None
+    config._env = {"forge": "not a mapping"}
+    config._user = ["not", "a", "mapping"]
+    rc = resolve_config(config, {})
+    assert rc.config.arch == "8.0" and rc.source("arch") == "default"
+
+
+def test_source_dir_is_the_given_checkout_else_the_clone(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/u")
+    assert resolve_config(None, {"checkout_dir": "build/v"}).config.source_dir == "build/v"
+    assert resolve_config(None, {"vllm_src": "~/vllm", "checkout_dir": "build/v"}).config.source_dir == "/home/u/vllm"
+    assert resolve_config(None, {"checkout_dir": "~/c"}).config.source_dir == "/home/u/c"
+
+
+def test_any_object_without_layers_gives_the_defaults():
+    from types import SimpleNamespace
+
+    assert resolve_config(SimpleNamespace(), {}).config == resolve_config(None, {}).config
+    assert resolve_config(Layers.__new__(Layers), {}).config.arch == DEFAULTS["arch"]  # no "forge" key at all
+
+
+def test_small_jobs_are_fine():
+    assert resolve_config(None, {"mem_per_job_gb": 0.5}).config.mem_per_job_gb == 0.5

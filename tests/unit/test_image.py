@@ -67,7 +67,7 @@ def test_forge_dockerfile_uses_upstream_names_and_has_the_three_stages():
     assert {"UV_DEFAULT_INDEX", "COMPILE_CACHE", "CMAKE_BUILD_TYPE", "RUN_WHEEL_AUDIT"} <= set(declared)
     assert declared["BUILD_BASE_IMAGE"] == "nvcr.io/nvidia/pytorch:25.02-py3"  # the real default, not a stand-in
     assert "standin" not in FORGE_DOCKERFILE.read_text()
-    assert image.dockerfile_stages(FORGE_DOCKERFILE) == ["build", "wheel", "runtime"]
+    assert image.dockerfile_stages(FORGE_DOCKERFILE) == ["build", "wheel", "runtime", "runtime-nonroot"]
 
 
 def test_forge_dockerfile_runs_on_docker_20_10_buildkit():
@@ -165,19 +165,19 @@ def flag_values(argv, flag):
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
+def cloned(src: Path, origin: str, ref: str):
+    """``src`` as `invoke clone` leaves it: an origin remote and the ref it checked out recorded."""
+    from scripts.checkout import read_checkout
+
+    subprocess.run(["git", "-C", str(src), "remote", "add", "origin", origin], check=True)
+    subprocess.run(["git", "-C", str(src), "config", "vllm-forge.ref", ref], check=True)
+    return read_checkout(src, managed=True)
+
+
 def test_forge_plan_is_the_exact_command(checkout, tmp_path):
-    plan = image.plan_bake(
-        request(
-            checkout,
-            tmp_path,
-            arch="9.0a;12.0+PTX",
-            cuda="12.8",
-            vllm_repo="https://u:pw@git.example/vllm.git",
-            vllm_ref="v1.2.3",
-        ),
-        BUILDKIT,
-        now=NOW,
-    )
+    facts = cloned(checkout, "https://u:pw@git.example/vllm.git", "v1.2.3")
+    plan = image.plan_bake(request(checkout, tmp_path, arch="9.0a;12.0+PTX", cuda="12.8", checkout=facts),
+                           BUILDKIT, now=NOW)
     (command,) = plan.commands
     argv = command.argv
     assert argv[:3] == ["/usr/bin/docker", "build", "--progress=plain"] and command.env == {"DOCKER_BUILDKIT": "1"}
@@ -193,11 +193,41 @@ def test_forge_plan_is_the_exact_command(checkout, tmp_path):
     assert labels["org.vllm-forge.vllm.ref"] == "v1.2.3" and len(labels["org.vllm-forge.vllm.commit"]) == 40
     assert labels["org.vllm-forge.sm"] == "sm_90a,sm_120" and labels["org.vllm-forge.cuda"] == "12.8"
     assert labels["org.vllm-forge.version"]
+    assert labels["org.vllm-forge.vllm.dirty"] == "false" and labels["org.vllm-forge.mirror"] == "global"
     assert flag_values(argv, "-t") == ["vllm-forge/vllm:v1.2.3-cu128-sm90a-sm120"]
     assert argv[-1] == str(tmp_path / "bake" / "context") and plan.stage_context
     assert flag_values(argv, "--target") == ["runtime"]
     assert any(line.startswith("# stage the build context") for line in plan.lines())
     assert plan.lines()[-1] == command.shell()
+
+
+def test_labels_and_tag_describe_the_checkout_that_is_built(checkout, tmp_path):
+    """Not the configuration's defaults: a checkout of another repository at another ref, a local
+    checkout (--vllm-src: ref `local`), and one with changes of its own (dirty)."""
+    facts = cloned(checkout, "file:///srv/forks/vllm.git", "v0.1.0")
+    labels = image.plan_bake(request(checkout, tmp_path, checkout=facts), BUILDKIT).labels
+    assert labels["org.vllm-forge.vllm.repo"] == "file:///srv/forks/vllm.git"
+    assert labels["org.vllm-forge.vllm.ref"] == "v0.1.0"
+    local = image.plan_bake(request(checkout, tmp_path), BUILDKIT)  # no facts given: a local checkout
+    commit = local.labels["org.vllm-forge.vllm.commit"]
+    assert local.labels["org.vllm-forge.vllm.ref"] == "local" and len(commit) == 40
+    assert local.image == f"vllm-forge/vllm:local-{commit[:12]}-cu128-sm120"
+    (checkout / "setup.py").write_text("print('my change')\n")
+    dirty = image.plan_bake(request(checkout, tmp_path), BUILDKIT)
+    assert dirty.labels["org.vllm-forge.vllm.dirty"] == "true" and dirty.image.endswith(
+        f"local-{commit[:12]}-dirty-cu128-sm120")
+
+
+def test_builder_and_registry_cache_are_applied_or_refused(checkout, tmp_path):
+    plan = image.plan_bake(request(checkout, tmp_path, builder="gpu-builders",
+                                   registry_cache="reg.example/team/cache"), BUILDX)
+    argv = plan.commands[0].argv
+    assert flag_values(argv, "--builder") == ["gpu-builders"]
+    assert flag_values(argv, "--cache-from") == ["type=registry,ref=reg.example/team/cache:buildcache"]
+    assert flag_values(argv, "--cache-to")[0].startswith("type=registry,ref=reg.example/team/cache:buildcache")
+    for settings in ({"builder": "gpu-builders"}, {"registry_cache": "reg.example/team/cache"}):
+        with pytest.raises(ForgeError, match="buildx"):  # Docker 20.10 without buildx: refused, not dropped
+            image.plan_bake(request(checkout, tmp_path, **settings), BUILDKIT)
 
 
 def test_index_url_with_credentials_travels_as_secret(checkout, tmp_path):
@@ -287,9 +317,11 @@ def test_upstream_plan_passes_only_declared_args(checkout, tmp_path):
     assert args["USE_SCCACHE"] == "1" and args["CUDA_VERSION"].startswith("12.8.")
     assert int(args["max_jobs"]) >= 1 and int(args["nvcc_threads"]) >= 1  # upstream has no "automatic"
     assert "BUILD_BASE_IMAGE" not in args and "COMPILE_CACHE" not in args  # its own default base; not its knob
-    assert flag_values(argv, "--target") == ["vllm-openai"] and argv[-1] == str(checkout.resolve())
-    assert flag_values(argv, "-f") == [str((checkout / "docker" / "Dockerfile").resolve())]
-    assert not plan.stage_context and any("own default" in n for n in plan.notes)
+    # The context is a staged copy of the checkout (its .git without credentials), never the checkout.
+    staged = tmp_path / "bake" / "checkout"
+    assert flag_values(argv, "--target") == ["vllm-openai"] and argv[-1] == str(staged)
+    assert flag_values(argv, "-f") == [str(staged / "docker" / "Dockerfile")]
+    assert plan.stage_context and any("own default" in n for n in plan.notes)
     wheel = image.plan_bake(request(checkout, tmp_path, dockerfile="upstream", target="wheel"), BUILDKIT)
     kinds = [c.argv[1] for c in wheel.commands]
     assert kinds == ["build", "create", "cp", "rm"]
@@ -334,7 +366,8 @@ def test_clean_instruction(created_by, expected):
 def test_default_tag_is_a_valid_docker_tag():
     from scripts.archs import parse_arch_list
 
-    tag = image.default_tag("feature/x@y", "12.8", parse_arch_list("12.0"), "build")
+    identity = {"ref": "feature/x@y", "commit": "0" * 40, "dirty": "false"}
+    tag = image.default_tag(identity, "12.8", parse_arch_list("12.0"), "build")
     assert tag == "vllm-forge/vllm:feature-x-y-cu128-sm120-build"
 
 

@@ -41,7 +41,6 @@ def test_global_rewrites_nothing():
     for image in ("nvcr.io/nvidia/pytorch:25.02-py3", "ubuntu:24.04"):
         assert rewrite_image(image, GLOBAL) == image
     assert mirrors.mirror_env(GLOBAL) == {}
-    assert mirrors.bake_flags(GLOBAL, "12.8") == []
 
 
 def test_split_image_follows_docker_reference_rules():
@@ -126,16 +125,20 @@ def test_user_mirrors_from_invoke_config():
     assert mirrors.user_mirrors_from({"forge": {"mirrors": {"lab": {}}}}) == {"lab": {}}
 
 
-def test_bake_flags_rewrite_default_and_explicit_bases():
-    flags = mirrors.bake_flags(CN, "13.0")
-    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+def test_apply_mirror_rewrites_default_and_explicit_bases():
+    config = SimpleNamespace(cuda="13.0", base_image="", runtime_image="",
+                             vllm_repo="https://github.com/vllm-project/vllm.git")
+    applied = mirrors.apply_mirror(CN, config)
     ngc = compat.default_ngc_tag("13.0").image
-    assert pairs["--base-image"] == "m.daocloud.io/" + ngc
-    assert pairs["--runtime-image"] == "m.daocloud.io/" + compat.CUDA_RUNTIME_IMAGES["13.0"]
-    assert pairs["--index-url"] == CN.pypi_index and pairs["--pytorch-index"] == CN.pytorch_index
-    assert pairs["--build-arg"] == f"APT_MIRROR={CN.apt_mirror}"
-    explicit = mirrors.bake_flags(GLOBAL, "12.8", base_image="my.reg/pytorch:1")
-    assert explicit == ["--base-image", "my.reg/pytorch:1"]
+    assert applied.base_image == "m.daocloud.io/" + ngc
+    assert applied.runtime_image == "m.daocloud.io/" + compat.CUDA_RUNTIME_IMAGES["13.0"]
+    assert applied.pypi_index == CN.pypi_index and applied.pytorch_index == CN.pytorch_index
+    assert applied.apt_mirror == CN.apt_mirror and applied.env["PIP_INDEX_URL"] == CN.pypi_index
+    # global: nothing named, so a recipe keeps its own default base; an explicit one is kept as given
+    assert mirrors.apply_mirror(GLOBAL, config).base_image == ""
+    explicit = mirrors.apply_mirror(GLOBAL, SimpleNamespace(cuda="12.8", base_image="my.reg/pytorch:1",
+                                                            runtime_image="", vllm_repo="x"))
+    assert (explicit.base_image, explicit.runtime_image, explicit.env) == ("my.reg/pytorch:1", "", {})
 
 
 def test_describe_mirror_rows():

@@ -3,6 +3,7 @@ tool is faked with the field report's real outputs."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _fake_run(output_file: Path, debug_files: dict[str, Path], code: int):
 
 
 def test_run_reproduces_the_field_report(tmp_path):
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     runner = _fake_run(FIX / "seed_5090" / "all_reduce_perf_2gpu.txt",
                        {"188": FIX / "seed_5090" / "nccl_debug.log"}, code=1)
     outcome = nccl_test.run_plan(plan, runner=runner)
@@ -127,22 +128,41 @@ def test_run_reproduces_the_field_report(tmp_path):
     checks = {f.check for r in outcome.reports for f in r.findings if f.level == "fail"}
     assert {"nccl-tests-failed", "nccl-too-old-for-blackwell"} <= checks
     assert outcome.to_dict()["result"]["failures"][0].startswith("Test NCCL failure common.cu:409")
+    assert outcome.root_cause.level == "fail" and "2.26.2" in outcome.root_cause.fix
+    assert outcome.to_dict()["root_cause"]["cause"] == outcome.root_cause.cause
+
+
+def test_run_environment_is_weighed_in_the_root_cause(tmp_path, monkeypatch):
+    monkeypatch.setenv("NCCL_PROTO", "LL")
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
+    # the live H200 pair's torch-runner table (device lines name the GPUs), busbw scaled to ~150 GB/s
+    slow = re.sub(r"(\d+\.\d\d)\s+(\d+\.\d\d)(?=\s+0\s*$)",
+                  lambda m: f"{float(m.group(1)) * 40:8.2f}{float(m.group(2)) * 40:8.2f}",
+                  (FIX / "h200x2_live_fault" / "all_reduce.txt").read_text(), flags=re.M)
+    (tmp_path / "slow.txt").write_text(slow)
+    (tmp_path / "topo.txt").write_text((FIX / "h200x2_live_fault" / "topo.txt").read_text())  # as saved on a host
+    runner = _fake_run(tmp_path / "slow.txt", {"889": FIX / "h200x2" / "nccl_debug_rank0.log",
+                                               "890": FIX / "h200x2" / "nccl_debug_rank1.log"}, 0)
+    outcome = nccl_test.run_plan(plan, runner=runner)
+    assert nccl_test.run_env(plan)["NCCL_PROTO"] == "LL" and "NCCL_DEBUG" not in nccl_test.run_env(plan)
+    assert outcome.root_cause.cause.startswith("NCCL_PROTO=LL"), outcome.root_cause
 
 
 def test_run_healthy_h200(tmp_path):
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     runner = _fake_run(FIX / "h200x2" / "allreduce.txt", {"889": FIX / "h200x2" / "nccl_debug_rank0.log",
                                                           "890": FIX / "h200x2" / "nccl_debug_rank1.log"}, 0)
     outcome = nccl_test.run_plan(plan, runner=runner)
     assert outcome.level == "pass", nccl_logs.render_text(outcome.reports)
     assert len(outcome.reports) == 3
+    assert outcome.root_cause.level == "pass"
 
 
 def test_hung_run_is_a_failure(tmp_path):
     def runner(argv, **kwargs):
         raise subprocess.TimeoutExpired(argv, 5, output=b"# nThread 1 nGpus 2\n")
 
-    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"})
+    plan = nccl_test.plan_run(gpus=2, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
     outcome = nccl_test.run_plan(plan, runner=runner, timeout=5)
     assert outcome.returncode == 124 and outcome.level == "fail"
     assert any("Test timeout" in f for f in outcome.result.failures)
@@ -159,3 +179,20 @@ def test_allreduce_script_without_torch_reports_like_nccl_tests():
     assert out.returncode == 1
     run = nccl_logs.parse_nccl_tests(out.stdout)
     assert run.failures and "PyTorch is not installed" in run.failures[0]
+
+
+def test_topology_capability_and_pcie_are_recorded_for_the_link_model(tmp_path, monkeypatch):
+    live = FIX / "h200x2_live_fault"
+    csv = ("index, name, compute_cap, pcie.link.gen.max, pcie.link.width.max\n"
+           "0, NVIDIA H200, 9.0, 5, 16\n1, NVIDIA H200, 9.0, 5, 16\n")
+    answers = {"-m": (live / "topo.txt").read_text(), "r": (live / "topo_p2p.txt").read_text(), "--format=csv": csv}
+
+    def runner(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 0, answers[argv[-1]], "")
+
+    monkeypatch.setattr(nccl_test.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    saved = nccl_test.record_topology(tmp_path, runner=runner)
+    assert [p.name for p in saved] == ["topo.txt", "topo_p2p.txt", "gpus.csv"]
+    ctx = nccl_logs.Context()
+    nccl_logs.diagnose_files(saved, ctx)
+    assert (ctx.links, ctx.p2p, ctx.gpu_caps, ctx.pcie_gen, ctx.pcie_width) == (["NV18"], ["OK"], ["9.0"], 5, 16)

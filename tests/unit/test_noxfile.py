@@ -101,41 +101,40 @@ def test_impossible_combinations_are_skipped_not_attempted(repo_root):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0
     assert "skipped: CUDA 12.6 cannot compile sm_120 (needs CUDA 12.8 or newer)" in out
-    assert "invoke bake" not in out
+    assert "invoke image" not in out
     proc = run_nox(repo_root, "-s", "wheel(cuda='12.8', arch='12.1')", "--", "--dry-run")
     assert proc.returncode == 0 and "cannot compile sm_121 (needs CUDA 12.9 or newer)" in proc.stderr
-    assert "invoke build-wheel" not in proc.stderr
+    assert "invoke wheel" not in proc.stderr
 
 
 def test_user_errors_end_the_session_with_one_line(repo_root):
     proc = run_nox(repo_root, "-s", "image-cu128", "--", "--arch", "rtx9999", "--dry-run")
     assert proc.returncode != 0 and "'rtx9999' is neither a CUDA arch nor a GPU name" in proc.stderr
-    assert "Traceback" not in proc.stderr and "invoke bake" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "invoke image" not in proc.stderr
     proc = run_nox(repo_root, "-s", "image-cu128", "--", "--cuda", "12.6")
     assert proc.returncode != 0 and "--cuda is fixed by the session name" in proc.stderr
     proc = run_nox(repo_root, "-s", "image-cu128", "--", "--mirror", "moon", "--dry-run")
-    assert proc.returncode != 0 and "use one of cn, cn-aliyun, global" in proc.stderr
+    assert proc.returncode != 0 and "use one of cn, cn-aliyun, global" in proc.stdout + proc.stderr
 
 
 def test_parse_session_args_keeps_the_rest_for_the_task():
     args = matrix.parse_session_args(["--arch", "12.0", "--mirror", "cn", "--dry-run", "--ref", "v0.11.0",
                                       "--base-image", "nvcr.io/nvidia/pytorch:25.03-py3"])
-    assert (args.arch, args.mirror, args.base_image) == ("12.0", "cn", "nvcr.io/nvidia/pytorch:25.03-py3")
-    assert args.rest == ["--dry-run", "--ref", "v0.11.0"]
+    assert args.arch == "12.0"  # the session's own (it skips what its CUDA cannot build); the rest is the task's
+    assert args.rest == ["--mirror", "cn", "--dry-run", "--ref", "v0.11.0",
+                         "--base-image", "nvcr.io/nvidia/pytorch:25.03-py3"]
     with pytest.raises(ForgeError):
         matrix.parse_session_args(["--cuda", "12.8"])
 
 
-def test_bake_argv():
-    cn = mirrors.load_mirror("cn")
-    argv = matrix.bake_argv("12.8", matrix.parse_session_args(["--dry-run"]), cn)
-    assert argv[:6] == ["invoke", "bake", "--cuda", "12.8", "--arch", compat.DEFAULT_ARCH_LIST["12.8"]]
-    assert argv[argv.index("--base-image") + 1] == "m.daocloud.io/nvcr.io/nvidia/pytorch:25.02-py3"
-    assert argv[-1] == "--dry-run"
-    plain = matrix.bake_argv("13.0", matrix.parse_session_args(["--arch", "12.0"]), mirrors.load_mirror("global"))
-    assert plain == ["invoke", "bake", "--cuda", "13.0", "--arch", "12.0"]
-    assert matrix.build_wheel_argv("12.9", "12.1", matrix.parse_session_args(["--dry-run"])) == [
-        "invoke", "build-wheel", "--cuda", "12.9", "--arch", "12.1", "--dry-run"]
+def test_sessions_run_the_whole_chain_task():
+    argv = matrix.image_argv("12.8", matrix.parse_session_args(["--mirror", "cn", "--dry-run"]))
+    assert argv == ["invoke", "image", "--cuda", "12.8", "--arch", compat.DEFAULT_ARCH_LIST["12.8"],
+                    "--mirror", "cn", "--dry-run"]  # the mirror is resolved once, by the task
+    plain = matrix.image_argv("13.0", matrix.parse_session_args(["--arch", "12.0"]))
+    assert plain == ["invoke", "image", "--cuda", "13.0", "--arch", "12.0"]
+    assert matrix.wheel_argv("12.9", "12.1", matrix.parse_session_args(["--dry-run"])) == [
+        "invoke", "wheel", "--cuda", "12.9", "--arch", "12.1", "--dry-run"]
 
 
 def test_arch_verdict():

@@ -148,7 +148,7 @@ def test_wait_healthy_fails_fast_when_the_server_exits(monkeypatch):
 
 def test_serve_removes_what_it_started_on_failure(monkeypatch):
     stopped = []
-    monkeypatch.setattr(serve, "start", lambda r, d: serve.Started("container", "abc", r.name, "http://x:1"))
+    monkeypatch.setattr(serve, "start", lambda r, d, c=None: serve.Started("container", "abc", r.name, "http://x:1"))
 
     def unhealthy(*a, **k):
         raise ForgeError("the server exited before it became healthy; its last lines:\nboom", "fix")

@@ -1,0 +1,233 @@
+"""scripts/vllm_extensions.py: required vs optional, read from a stand-in vLLM's own Python files, and
+the audit's hook (only required extensions fail it; --require still overrides)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fake_vllm import write_install, write_wheel
+
+from scripts import audit
+from scripts import vllm_extensions as ext
+from scripts.errors import ForgeError
+
+PYTHON = {
+    "vllm/__init__.py": "from vllm.version import __version__\n",
+    "vllm/version.py": "__version__ = '0.0.1'\n",
+    "vllm/platforms/__init__.py": "",
+    "vllm/platforms/cuda.py": (
+        "import contextlib\n"
+        "from typing import TYPE_CHECKING\n"
+        "# import custom ops, trigger op registration\n"
+        "import vllm._C  # noqa\n"
+        "from vllm import ops\n"
+        "\n"
+        "with contextlib.suppress(ImportError):\n"
+        "    import vllm._qutlass_C  # noqa\n"
+        "if TYPE_CHECKING:\n"
+        "    import vllm._never_C\n"
+        "else:\n"
+        "    import vllm._always_C\n"
+        "\n"
+        "class CudaPlatform:\n"
+        "    @classmethod\n"
+        "    def import_kernels(cls):\n"
+        "        \"\"\"Import CUDA kernel extensions (_C, optional _moe_C).\"\"\"\n"
+        "        with contextlib.suppress(ImportError):\n"
+        "            import vllm._moe_C  # noqa: F401\n"
+    ),
+    "vllm/ops.py": (
+        "import torch\n"
+        "def moe_sum(x):\n"
+        "    return torch.ops._moe_C.moe_sum(x)\n"
+        "def matmul_mxf4(a, b):\n"
+        "    return torch.ops._qutlass_C.matmul_mxf4_bf16_tn(a, b)\n"
+    ),
+    "vllm/attn/__init__.py": "",
+    "vllm/attn/fa.py": (
+        "try:\n"
+        "    from . import _fa3_C  # noqa: F401\n"
+        "    FA3_AVAILABLE = True\n"
+        "except ImportError as e:\n"
+        "    FA3_AVAILABLE = False\n"
+        "\n"
+        "# FlashMLA needs Hopper; without it MLA models use the Triton backend\n"
+        "if current_platform.is_device_capability(90):\n"
+        "    try:\n"
+        "        import vllm._flashmla_C\n"
+        "    except ImportError:\n"
+        "        logger.warning('FlashMLA unavailable: MLA falls back to Triton')\n"
+    ),
+    "vllm/strict.py": (
+        "try:\n"
+        "    import vllm._strict_C\n"
+        "except ImportError as err:\n"
+        "    raise RuntimeError('rebuild vLLM') from err\n"
+    ),
+    "vllm/dg/__init__.py": "from . import _C\n",
+    "vllm/dg/_C.py": (
+        "import glob, os, torch\n"
+        "torch.ops.load_library(glob.glob(os.path.join(os.path.dirname(__file__), '_C_extension*.so'))[0])\n"
+    ),
+    "vllm/utils_dg.py": (
+        "import importlib\n"
+        "def import_deep_gemm():\n"
+        "    return importlib.import_module('vllm.dg')\n"
+    ),
+    "vllm/entrypoints/__init__.py": "",
+    "vllm/entrypoints/openai/__init__.py": "",
+    "vllm/entrypoints/openai/api_server.py": "import vllm.attn.fa\nimport vllm.strict\n",
+}
+EXTENSIONS = {
+    "vllm/_C.abi3.so": ["sm_80", "sm_90a", "sm_120"],
+    "vllm/_qutlass_C.abi3.so": ["sm_100f"],
+    "vllm/_moe_C.abi3.so": ["sm_90a"],
+    "vllm/attn/_fa3_C.abi3.so": ["sm_90a"],
+    "vllm/_flashmla_C.abi3.so": ["sm_90a", "sm_100f"],
+    "vllm/_strict_C.abi3.so": ["sm_80", "compute_80"],
+    "vllm/dg/_C_extension.abi3.so": ["sm_90a"],
+    "vllm/_orphan_C.abi3.so": ["sm_100f"],
+    "vllm/_always_C.abi3.so": ["sm_80", "sm_90"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def install(tmp_path) -> Path:
+    return write_install(tmp_path / "site", PYTHON, EXTENSIONS)
+
+
+def by_module(report) -> dict[str, ext.Extension]:
+    return {e.module: e for e in report.extensions}
+
+
+def test_each_guard_is_read_from_the_source(install):
+    found = by_module(ext.analyze(install / "vllm"))
+    assert found["vllm._C"].required and "vllm/platforms/cuda.py:4" in found["vllm._C"].reason
+    qutlass = found["vllm._qutlass_C"]
+    assert not qutlass.required and "contextlib.suppress(ImportError)" in qutlass.reason
+    assert any("matmul_mxf4" in lost for lost in qutlass.loses)  # the function that calls its ops
+    moe = found["vllm._moe_C"]
+    assert not moe.required and "lazy, in import_kernels()" in moe.reason
+    assert any("optional _moe_C" in lost for lost in moe.loses)  # the docstring says so
+    fa3 = found["vllm.attn._fa3_C"]  # `from . import _fa3_C` in a package module
+    assert not fa3.required and "try/except ImportError" in fa3.reason
+    assert "sets FA3_AVAILABLE = False" in fa3.loses
+    flashmla = found["vllm._flashmla_C"]
+    assert not flashmla.required and "if current_platform.is_device_capability(90)" in flashmla.reason
+    assert any("MLA falls back to Triton" in lost for lost in flashmla.loses)  # the log message and the comment
+    assert any("FlashMLA needs Hopper" in lost for lost in flashmla.loses)
+
+
+def test_an_except_that_reraises_guards_nothing(install):
+    strict = by_module(ext.analyze(install / "vllm"))["vllm._strict_C"]
+    assert strict.required and "vllm/strict.py:2" in strict.reason
+
+
+def test_a_library_loaded_by_file_name_is_judged_by_its_loader(install):
+    dg = by_module(ext.analyze(install / "vllm"))["vllm.dg._C_extension"]
+    assert not dg.required
+    assert dg.sites[0].via == "vllm.dg._C" and "start-up does not import" in dg.reason
+
+
+def test_an_extension_nothing_imports_stays_required(install):
+    orphan = by_module(ext.analyze(install / "vllm"))["vllm._orphan_C"]
+    assert orphan.required and "no import of it found" in orphan.reason
+
+
+def test_type_checking_imports_are_no_sites_but_its_else_runs(install):
+    report = ext.analyze(install)
+    assert all(s.line != 10 for e in report.extensions for s in e.sites if s.path == "vllm/platforms/cuda.py")
+    assert by_module(report)["vllm._always_C"].required
+
+
+def test_a_start_up_module_makes_an_unconditional_import_required(tmp_path):
+    python = dict(PYTHON)
+    python["vllm/entrypoints/openai/api_server.py"] = "import vllm.dg\n"  # now start-up imports deep_gemm
+    root = write_install(tmp_path / "site", python, EXTENSIONS)
+    dg = by_module(ext.analyze(root))["vllm.dg._C_extension"]
+    assert dg.required and "via vllm.dg._C" in dg.reason
+
+
+def test_wheel_and_directories_agree(install, tmp_path):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    from_wheel = ext.analyze(wheel)
+    assert from_wheel.version == "0.0.1"
+    for other in (ext.analyze(install), ext.analyze(install / "vllm")):
+        assert [(e.path, e.required) for e in other.extensions] == [(e.path, e.required) for e in from_wheel.extensions]
+
+
+def test_the_answer_is_cached_and_follows_the_files(install, tmp_path):
+    first = ext.analyze(install)
+    assert list((tmp_path / "cache" / "vllm-extensions").glob("*.json"))
+    assert ext.analyze(install).to_dict()["extensions"] == first.to_dict()["extensions"]
+    (install / "vllm/platforms/cuda.py").write_text("import vllm._C\nimport vllm._qutlass_C\n")
+    assert by_module(ext.analyze(install))["vllm._qutlass_C"].required  # changed file, new answer
+
+
+def test_not_a_vllm_install_is_one_line(tmp_path):
+    with pytest.raises(ForgeError, match="not a vLLM install"):
+        ext.analyze(tmp_path)
+    with pytest.raises(ForgeError, match="does not exist"):
+        ext.analyze(tmp_path / "nothing")
+
+
+def test_cli_prints_required_and_optional(install, capsys):
+    assert ext.main([str(install / "vllm")]) == 0
+    out = capsys.readouterr().out
+    assert "REQUIRED  vllm._C " in out and "optional  vllm._qutlass_C" in out
+    assert ext.main([str(install), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {e["module"]: e["required"] for e in data["extensions"]}["vllm._moe_C"] is False
+
+
+# ---- the audit's hook --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["package", "site", "wheel", "dir-of-wheels"])
+def test_audit_fails_only_for_required_extensions(install, tmp_path, layout):
+    if layout == "package":
+        path, prefix = install / "vllm", ""
+    elif layout == "site":
+        path, prefix = install, "vllm/"
+    else:
+        wheels = tmp_path / "dist"
+        wheels.mkdir()
+        wheel = write_wheel(wheels / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+        path, prefix = (wheel, "vllm/") if layout == "wheel" else (wheels, f"{wheel.name}/vllm/")
+    report = audit.audit_path(path, ["9.0"])
+    files = {f.path: f for f in report.files}
+    qutlass = files[prefix + "_qutlass_C.abi3.so"]
+    assert not qutlass.required and qutlass.ok and qutlass.optional
+    assert audit.verdict_text(qutlass, "sm_90") == "optional, not usable on this GPU"
+    assert files[prefix + "_C.abi3.so"].required
+    assert files[prefix + "_orphan_C.abi3.so"].required  # nothing says it is optional: it still fails
+    assert not report.ok
+    assert any("_qutlass_C.abi3.so: optional, not usable on this GPU (sm_90; it carries sm_100f)" in n
+               for n in report.notes())
+    assert not any("rebuild it" in n and "_qutlass_C" in n for n in report.notes())
+
+
+def test_audit_passes_when_only_optional_extensions_lack_kernels(tmp_path):
+    extensions = {k: v for k, v in EXTENSIONS.items() if "orphan" not in k}
+    root = write_install(tmp_path / "site", PYTHON, extensions)
+    report = audit.audit_path(root / "vllm", ["9.0"])
+    assert report.ok, audit.format_text(report)
+    assert "not required without one" in report.summary()
+    data = json.loads(report.to_json())
+    assert next(f for f in data["files"] if f["path"] == "_qutlass_C.abi3.so")["optional"].startswith("guarded")
+    # --require overrides: what the user names must run, whatever the package says
+    forced = audit.audit_path(root / "vllm", ["9.0"], require=["*_qutlass_C*"])
+    assert not forced.ok and not any(f.optional for f in forced.files)
+
+
+def test_audit_of_a_plain_library_is_unchanged(tmp_path):
+    lib = write_install(tmp_path, {}, {"libk.so": ["sm_100f"]}) / "libk.so"
+    report = audit.audit_path(lib, ["9.0"])
+    assert not report.ok and report.files[0].required and not report.files[0].optional
