@@ -172,8 +172,8 @@ def _arch_key(name: str) -> tuple[int, int, str]:
 
 
 def sort_archs(names: Iterable[str]) -> list[str]:
-    """Natural order: sm_75 before sm_100."""
-    return sorted(names, key=_arch_key)
+    """Natural order: sm_75 before sm_100; for one arch, SASS before PTX (sm_75, compute_75)."""
+    return sorted(names, key=lambda name: (*_arch_key(name), name.startswith("compute_")))
 
 
 @dataclass

@@ -335,3 +335,8 @@ def test_fast_directory_reader_agrees_with_zipfile(tmp_path):
     prefixed.write_bytes(b"#!/bin/sh\n" * 100 + wheel.read_bytes())
     assert audit._zip_candidates(prefixed) is None
     assert sorted(s.path for s in audit.scan_wheel(prefixed)) == sorted(s.path for s in audit.scan_wheel(wheel))
+
+
+def test_sort_archs_is_numeric_and_total():
+    assert audit.sort_archs({"compute_75", "sm_100", "sm_75", "sm_90a", "sm_90", "compute_120"}) == [
+        "sm_75", "compute_75", "sm_90", "sm_90a", "sm_100", "compute_120"]
