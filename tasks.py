@@ -529,6 +529,8 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
+import contextlib  # noqa: E402
+
 kernel_audit = _lazy("scripts.audit")
 
 AUDIT_HELP = {
@@ -541,15 +543,18 @@ AUDIT_HELP = {
     "via": "how to read --image: save (layers, no container) or export (a created, never started container)",
     "docker": "docker client (default: $VLLM_FORGE_DOCKER or docker)",
     "no_torch": "do not check torch's own arch list (the image's, or this Python's)",
+    "max_inflate": "cap on the bytes inflated from wheels, e.g. 16G (default 8G: refuses zip bombs in one line)",
+    "torch_cuda": "CUDA of the torch that loads these files, e.g. 12.8 (picks per-CUDA library variants)",
 }
 
 
 def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
     table = Table(title=f"device code in {escape(report.source)}")
-    for column in ("file", "SASS", "PTX", *[f"on {t}" for t in report.target_names]):
+    for column in ("file", "SASS", "PTX", *[f"on {t.label}" for t in report.targets]):
         table.add_column(column, overflow="fold")
     body, hidden = kernel_audit.rows(report, show_all)
-    colours = {"native": "green", "PTX JIT": "yellow", "NO KERNEL": "bold red", "unreadable": "bold red"}
+    colours = {"native": "green", "PTX JIT": "yellow", "PARTIAL": "bold red", "NO KERNEL": "bold red",
+               "unreadable": "bold red"}
     for row in body:
         cells = [escape(c) for c in row[:3]]
         for cell in row[3:]:
@@ -564,19 +569,21 @@ def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
 
 @forge_task(help=AUDIT_HELP, iterable=["arch", "require"], positional=["path"], auto_shortflags=False)
 def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
-          no_torch=False):
+          no_torch=False, max_inflate="8G", torch_cuda=""):
     """Prove every CUDA extension runs on the target GPU: SASS, PTX JIT or no kernel, per file."""
     if bool(path) == bool(image):
         raise ForgeError("give either PATH or --image IMAGE", "e.g. invoke audit dist/ --arch 12.0")
     archs = list(arch or [])
     if not archs:
         archs = [resolve_config(ctx.config, {}).config.arch]
-    with console.status("reading device code..."):
+    # --json is read by programs: no spinner thread next to the scan.
+    with contextlib.nullcontext() if json else console.status("reading device code..."):
         if image:
             report = kernel_audit.audit_image(image, archs, require=require or [], docker=docker, via=via,
-                                              torch=not no_torch)
+                                              torch=not no_torch, torch_cuda=torch_cuda)
         else:
-            report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch)
+            report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch,
+                                             max_inflate=max_inflate, torch_cuda=torch_cuda)
     if json:
         print(report.to_json())
     else:
@@ -586,7 +593,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
             if torch.error:
                 console.print(f"torch ({escape(torch.where)}): [dim]{escape(torch.error)}[/]", soft_wrap=True)
             else:
-                verdicts = ", ".join(f"{t}: {v}" for t, v in torch.verdict.items())
+                verdicts = ", ".join(f"{report.label(t)}: {v}" for t, v in torch.verdict.items())
                 colour = "green" if _torch_runs_everywhere(torch) else "red"
                 console.print(f"torch {escape(torch.version)} (CUDA {torch.cuda}, {escape(torch.where)}) built for "
                               f"{' '.join(torch.arch_list)}: [{colour}]{verdicts}[/]", soft_wrap=True)
@@ -599,7 +606,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
 
 
 def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
-    return all(v != kernel_audit.NONE for v in torch.verdict.values())
+    return all(v in kernel_audit.RUNS for v in torch.verdict.values())
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----

@@ -471,9 +471,16 @@ def check_audit(path: str | None, caps: list[tuple[str, str]], audit=None) -> li
     except ForgeError as err:
         return [Finding("warn", "audit", f"audit of {path} could not run: {err}")]
     level, text = _audit_level(result)
+    # The audit judges each kernel group and names, per failing file, the fix for whose file it is.
+    failing = [f for f in getattr(result, "files", None) or [] if not f.ok]
+    details = [note.split(" Fix: ")[0] for note in getattr(result, "notes", lambda: [])()
+               if any(note.startswith(f"{f.path}:") for f in failing)][:3]
+    if details:
+        text = f"{text}; " + "; ".join(details)
+    fixes = list(dict.fromkeys(f.fix for f in failing if getattr(f, "fix", "")))
     return [Finding(level, "audit", f"vLLM extensions in {path} for {', '.join(targets)}: {text}",
-                    "" if level != "fail" else f"rebuild vLLM for these GPUs: invoke build-wheel --arch "
-                    f"{','.join(targets)}")] + optional_findings(result)
+                    "" if level != "fail" else "; ".join(fixes) or f"rebuild vLLM for these GPUs: invoke build-wheel "
+                    f"--arch {','.join(targets)}")] + optional_findings(result)
 
 
 def optional_findings(result) -> list[Finding]:
@@ -481,7 +488,7 @@ def optional_findings(result) -> list[Finding]:
     reason to rebuild; the message names what vLLM does without it, where its code says so."""
     out = []
     for f in getattr(result, "files", None) or []:
-        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v == "none"]
+        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v in ("none", "partial")]
         if getattr(f, "optional", "") and bad and not getattr(f, "required", False):
             out.append(Finding("info", "audit", f"{f.path}: optional, not usable on this GPU ({', '.join(bad)}); "
                                f"vLLM runs without it: {f.optional}"))
