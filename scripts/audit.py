@@ -185,25 +185,38 @@ class GroupCounts:
     ptx_jit: int = 0
     none: int = 0
     kernel_less: int = 0  # fat binaries known to hold no kernel: not counted above, never fail
+    # Groups built only as arch-specific code (sm_90a, sm_100f, ...) for other GPUs: those instructions exist
+    # only there, so such a kernel is compiled for its GPU on purpose and launched behind a capability check
+    # (vLLM's sm90 CUTLASS/FA3/Machete units in a `9.0a;12.0` build). Not counted above, never fail; reported.
+    arch_specific: int = 0
+    arch_specific_archs: list[str] = field(default_factory=list)
     missing_kernels: list[str] = field(default_factory=list)  # kernels of the groups that cannot run (first 20)
 
     def to_dict(self) -> dict:
         return {"count": self.count, "native": self.native, "ptx_jit": self.ptx_jit, "none": self.none,
-                "kernel_less": self.kernel_less, "missing_kernels": list(self.missing_kernels)}
+                "kernel_less": self.kernel_less, "arch_specific": self.arch_specific,
+                "arch_specific_archs": list(self.arch_specific_archs), "missing_kernels": list(self.missing_kernels)}
 
 
 def judge(groups: list[FatBinary], target: Target) -> tuple[str, GroupCounts, list[str]]:
     """A file's verdict on ``target``: the worst over its kernel groups, the counts, the deciding archs."""
     counts = GroupCounts()
     via: set[str] = set()
+    arch_specific_kernels: list[str] = []
     for group in groups:
         if not group.images:
             continue
         if group.kernel_less:
             counts.kernel_less += 1
             continue
-        counts.count += 1
         kind, arch = decide(group.sass, group.ptx, target)
+        codes = [*group.sass, *group.ptx]
+        if kind == NONE and codes and all(parse_code_arch(code)[2] in ("a", "f") for code in codes):
+            counts.arch_specific += 1
+            counts.arch_specific_archs = sort_archs(set(counts.arch_specific_archs) | set(group.sass))
+            arch_specific_kernels.extend(group.kernels or ())
+            continue
+        counts.count += 1
         if kind == SASS:
             counts.native += 1
         elif kind == PTX:
@@ -215,6 +228,10 @@ def judge(groups: list[FatBinary], target: Target) -> tuple[str, GroupCounts, li
                     counts.missing_kernels.append(name)
         if arch:
             via.add(arch)
+    if counts.count == 0 and counts.arch_specific:  # nothing else in the file: it has no code for this GPU at all
+        counts.count = counts.none = counts.arch_specific
+        counts.arch_specific, counts.arch_specific_archs = 0, []
+        counts.missing_kernels = arch_specific_kernels[:20]
     if counts.count == 0:
         verdict = NO_DEVICE_CODE
     elif counts.none == counts.count:
@@ -1229,6 +1246,9 @@ def verdict_text(f: FileAudit, target: str) -> str:
     if verdict == NO_DEVICE_CODE:
         return ("no device code" if not f.required else "NO KERNEL") + suffix
     counts = f.groups.get(target)
+    if counts and counts.arch_specific:
+        suffix += (f"; {counts.arch_specific} more group(s) only for {', '.join(counts.arch_specific_archs)}, "
+                   "not launched on this GPU")
     if f.optional and verdict == NONE:
         return NOT_USABLE
     if f.optional and verdict == PARTIAL and counts:

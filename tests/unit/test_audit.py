@@ -146,6 +146,7 @@ def test_json_schema_is_stable(wheel):
         "optional": None, "package": "vllm"}  # the wheel has no Python saying FA3 is optional: judged required
     # nvlink's device-link fat binary holds no kernel: it is counted apart and never fails a GPU.
     assert fa3["groups"]["sm_120"] == {"count": 1, "native": 0, "ptx_jit": 0, "none": 1, "kernel_less": 1,
+                                       "arch_specific": 0, "arch_specific_archs": [],
                                        "missing_kernels": ["_Z3addPf"]}
     assert fa3["predicted_error"] == {
         "sm_120": "CUDA error: no kernel image is available for execution on the device on the first kernel launch",

@@ -97,6 +97,20 @@ def test_worst_over_groups(groups, verdict, counts):
     assert (c.count, c.native, c.ptx_jit, c.none) == counts
 
 
+def test_arch_specific_groups_for_other_gpus_do_not_make_a_file_partial():
+    """A `9.0a;12.0` build of vLLM: its sm90a-only units (CUTLASS, FA3) exist only for Hopper and are
+    launched behind a capability check; on an RTX 5090 the file is judged by the rest. A plain-SASS group
+    for another GPU (sm_75 only) still fails, and a file of nothing but arch-specific code has none."""
+    target = audit.resolve_targets(["12.0"])[0]
+    verdict, counts, _ = audit.judge([group("sm_120"), group("sm_90a"), group("sm_100f")], target)
+    assert (verdict, counts.count, counts.arch_specific, counts.arch_specific_archs) == (
+        "native", 1, 2, ["sm_90a", "sm_100f"])
+    verdict, counts, _ = audit.judge([group("sm_120"), group("sm_90a"), group("sm_75")], target)
+    assert (verdict, counts.count, counts.none, counts.arch_specific) == ("partial", 2, 1, 1)
+    hopper = audit.resolve_targets(["9.0a"])[0]
+    assert audit.judge([group("sm_120"), group("sm_90a")], hopper)[0] == "partial"  # sm_120 SASS: not on 9.0a
+
+
 def test_fifty_five_of_fifty_six_is_said_in_words():
     from scripts.fatbin import DeviceCode
 
@@ -169,6 +183,7 @@ def test_torch_file_gets_the_torch_fix_and_the_predicted_error(tmp_path, capsys)
     vllm_file = next(f for f in data["files"] if f["path"] == "vllm/_C.abi3.so")
     assert vllm_file["verdict"] == {"sm_120": "native"} and vllm_file["predicted_error"] == {"sm_120": None}
     assert vllm_file["groups"]["sm_120"] == {"count": 1, "native": 1, "ptx_jit": 0, "none": 0, "kernel_less": 1,
+                                       "arch_specific": 0, "arch_specific_archs": [],
                                              "missing_kernels": []}
 
 
