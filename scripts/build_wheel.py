@@ -103,6 +103,27 @@ def tree_needs_torch(src: Path) -> bool:
     return re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
 
 
+def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: str) -> str:
+    """The wheel's version with the build's variant as a PEP 440 local version, as vLLM's own variant wheels
+    carry one (``0.11.0+cu130.sm90a.sm120ptx``): the tag the checkout is at (``.devN+g<commit>`` past it), or
+    the tree's own version when it has no tags."""
+    base, local = tree_version or "0.0.0", []
+    if has_git_tags(src):
+        proc = subprocess.run(["git", "describe", "--tags", "--long", "--match", "v[0-9]*"], cwd=src,
+                              capture_output=True, text=True)
+        found = re.match(r"^v?(?P<tag>.+)-(?P<distance>\d+)-g(?P<sha>[0-9a-f]+)$", proc.stdout.strip())
+        if found:
+            base = found["tag"]
+            if int(found["distance"]):
+                base += f".dev{found['distance']}"
+                local.append(f"g{found['sha'][:12]}")
+    base = base.split("+", 1)[0]
+    local.append("cu" + cuda.replace(".", ""))
+    for token in arch_list.split(";"):
+        local.append("sm" + re.sub(r"[^0-9a-z]", "", token.lower().replace("+ptx", "ptx")))
+    return f"{base}+{'.'.join(local)}"
+
+
 def has_git_tags(src: Path) -> bool:
     if not (Path(src) / ".git").exists():  # a copy inside another repository must not take that one's tags
         return False
@@ -154,11 +175,11 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         env["VLLM_FA_CMAKE_GPU_ARCHES"] = archs_mod.fa_cmake_gpu_arches(archs)
     else:
         notes.append("VLLM_FA_CMAKE_GPU_ARCHES not set: this checkout's build does not read it")
-    if not has_git_tags(src):
-        version = tree.version or "0.0.0"
-        variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
-        env[variable] = version
-        notes.append(f"checkout has no git tags: version pinned with {variable}={version}")
+    version = variant_version(src, tree.version, toolchain.version, env["TORCH_CUDA_ARCH_LIST"])
+    variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
+    env[variable] = version
+    notes.append(f"version {version} ({variable}): the CUDA and archs are in the wheel's name, so wheels for "
+                 "other GPUs or CUDA versions in the same dist/ never replace each other")
     deps = deps_env(tree, Path(request.deps_cache or request.cache_dir).expanduser())
     if deps:
         env.update(deps)
