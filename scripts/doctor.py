@@ -298,11 +298,14 @@ def arch_support(capability: str, arch_list: list[str]) -> tuple[str, str]:
     return "none", ""
 
 
-def check_torch_archs(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
+def check_torch_archs(caps: list[tuple[str, str]], inside: dict, where: str = "this Python") -> list[Finding]:
     torch = inside.get("torch") or {}
     if not torch.get("installed"):
-        return [Finding("warn", "torch", f"PyTorch is not importable here ({torch.get('error', 'not installed')})",
-                        "install torch in the image (vLLM needs it), or point --image at the serving image")]
+        fix = ("this image has no usable torch: bake the serving image with `invoke bake` (its runtime stage "
+               "installs the torch the wheel was built against)" if where.startswith("image ") else
+               "install the torch vLLM runs against (pip install torch), or check an image with --image TAG")
+        return [Finding("warn", "torch", f"PyTorch is not importable in {where} "
+                        f"({torch.get('error', 'not installed')})", fix)]
     archs = torch.get("arch_list") or []
     if not caps:
         return [Finding("info", "torch-archs", f"torch {torch.get('version')} (CUDA {torch.get('cuda') or 'none'}) "
@@ -565,7 +568,7 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
         findings.append(Finding("warn", "gpus", "no NVIDIA GPU visible (nvidia-smi and NVML found none)" + extra,
                                 "on a GPU host install the NVIDIA driver; in a container add --gpus all"))
     findings += check_driver(host, inside)
-    findings += check_torch_archs(targets, inside)
+    findings += check_torch_archs(targets, inside, where)
     findings += check_nvcc(inside)
     findings += check_audit(audit_path if audit_path is not None else (inside.get("vllm") or {}).get("path"),
                             targets, audit)
