@@ -235,6 +235,8 @@ FLAG_HELP = {
     "limit_mb": "wheel size limit in MB (0: the checkout's vLLM limit, 400 when unknown)",
     "no_audit": "do not audit the built wheel's kernels for the requested archs",
     "skip_torch": "do not run use-existing-torch before building",
+    "patch": "apply this unified diff to the checkout before use-existing-torch (repeatable; see forge.patches)",
+    "no_reuse": "compile the kernels even when a wheel in dist/ was built from the same kernel inputs",
 }
 
 
@@ -266,6 +268,10 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
 
         stats = cache_stats(step.plan.compile_cache)
         console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
+        if step.plan.reuse:
+            console.print(f"  {escape(step.plan.reuse.line())}", soft_wrap=True)
+    elif step.name == "patch":
+        console.print(f"[green]patches[/]: {', '.join(f'{r.patch.name} {r.status}' for r in result) or 'none'}")
     elif step.name == "check-size":
         _print_wheel_size(result)
     elif step.name == "bake":
@@ -357,14 +363,24 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
-                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit")
+                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse")
 
 
-def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False,
-                     **flags) -> None:
+def _patch_files(settings, patch) -> list[Path]:
+    """forge.patches (paths relative to invoke.yaml's directory) first, then each --patch, in order."""
+    from scripts import patches
+
+    return [REPO_ROOT / p for p in patches.patches_from_config(settings.config.patches)] + [
+        Path(p) for p in patch or []]
+
+
+def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
+                     no_reuse: bool = False, **flags) -> None:
     settings = _settings(ctx, **flags)
     chain = "check-size" in names
-    options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain)
+    options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
+                                reuse=not no_reuse, patches=_patch_files(settings, patch))
+    names = pipelines.with_patches(names, options)
     # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
     pipeline = pipelines.build_pipeline(settings, names, options)
     state = _run(pipeline)
@@ -374,23 +390,25 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
             raise Exit(code=1)
 
 
-@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"))
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"), iterable=["patch"])
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
-                dry_run=False, no_audit=False, skip_torch=False):
+                dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
-                     no_audit=no_audit, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+                     no_audit=no_audit, patch=patch, no_reuse=no_reuse, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                     checkout_dir=checkout_dir,
                      dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror)
 
 
-@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"))
+@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"), iterable=["patch"])
 def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
           nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
-          no_audit=False, repo=None, ref=None, force=False, limit_mb=None):
-    """The wheel chain: clone (or reuse) → use-existing-torch → build-wheel → check-size, with a summary."""
+          no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False):
+    """The wheel chain: clone (or reuse) → patch → use-existing-torch → build-wheel → check-size, with a summary."""
     _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
+                     patch=patch, no_reuse=no_reuse,
                      arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                      max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,
@@ -511,6 +529,8 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
+import contextlib  # noqa: E402
+
 kernel_audit = _lazy("scripts.audit")
 
 AUDIT_HELP = {
@@ -523,15 +543,18 @@ AUDIT_HELP = {
     "via": "how to read --image: save (layers, no container) or export (a created, never started container)",
     "docker": "docker client (default: $VLLM_FORGE_DOCKER or docker)",
     "no_torch": "do not check torch's own arch list (the image's, or this Python's)",
+    "max_inflate": "cap on the bytes inflated from wheels, e.g. 16G (default 8G: refuses zip bombs in one line)",
+    "torch_cuda": "CUDA of the torch that loads these files, e.g. 12.8 (picks per-CUDA library variants)",
 }
 
 
 def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
     table = Table(title=f"device code in {escape(report.source)}")
-    for column in ("file", "SASS", "PTX", *[f"on {t}" for t in report.target_names]):
+    for column in ("file", "SASS", "PTX", *[f"on {t.label}" for t in report.targets]):
         table.add_column(column, overflow="fold")
     body, hidden = kernel_audit.rows(report, show_all)
-    colours = {"native": "green", "PTX JIT": "yellow", "NO KERNEL": "bold red", "unreadable": "bold red"}
+    colours = {"native": "green", "PTX JIT": "yellow", "PARTIAL": "bold red", "NO KERNEL": "bold red",
+               "unreadable": "bold red"}
     for row in body:
         cells = [escape(c) for c in row[:3]]
         for cell in row[3:]:
@@ -546,19 +569,21 @@ def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
 
 @forge_task(help=AUDIT_HELP, iterable=["arch", "require"], positional=["path"], auto_shortflags=False)
 def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
-          no_torch=False):
+          no_torch=False, max_inflate="8G", torch_cuda=""):
     """Prove every CUDA extension runs on the target GPU: SASS, PTX JIT or no kernel, per file."""
     if bool(path) == bool(image):
         raise ForgeError("give either PATH or --image IMAGE", "e.g. invoke audit dist/ --arch 12.0")
     archs = list(arch or [])
     if not archs:
         archs = [resolve_config(ctx.config, {}).config.arch]
-    with console.status("reading device code..."):
+    # --json is read by programs: no spinner thread next to the scan.
+    with contextlib.nullcontext() if json else console.status("reading device code..."):
         if image:
             report = kernel_audit.audit_image(image, archs, require=require or [], docker=docker, via=via,
-                                              torch=not no_torch)
+                                              torch=not no_torch, torch_cuda=torch_cuda)
         else:
-            report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch)
+            report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch,
+                                             max_inflate=max_inflate, torch_cuda=torch_cuda)
     if json:
         print(report.to_json())
     else:
@@ -568,7 +593,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
             if torch.error:
                 console.print(f"torch ({escape(torch.where)}): [dim]{escape(torch.error)}[/]", soft_wrap=True)
             else:
-                verdicts = ", ".join(f"{t}: {v}" for t, v in torch.verdict.items())
+                verdicts = ", ".join(f"{report.label(t)}: {v}" for t, v in torch.verdict.items())
                 colour = "green" if _torch_runs_everywhere(torch) else "red"
                 console.print(f"torch {escape(torch.version)} (CUDA {torch.cuda}, {escape(torch.where)}) built for "
                               f"{' '.join(torch.arch_list)}: [{colour}]{verdicts}[/]", soft_wrap=True)
@@ -581,7 +606,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
 
 
 def _torch_runs_everywhere(torch: kernel_audit.TorchArchs) -> bool:
-    return all(v != kernel_audit.NONE for v in torch.verdict.values())
+    return all(v in kernel_audit.RUNS for v in torch.verdict.values())
 # ---- end audit ----
 
 # ---- doctor / nccl (issue 5) ----

@@ -1,35 +1,120 @@
-"""How fast `audit` reads a real wheel, against unzip + cuobjdump over the same .so files.
+"""How fast `invoke audit` reads real wheels, against unzip + cuobjdump and against the inflate limit.
 
-    python benchmarks/bench_audit.py /work/cache/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl --repeat 3
+    python benchmarks/bench_audit.py /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
+        /root/.cache/wheels/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl --repeat 2
 
-Both sides are timed end to end, best of --repeat:
+Per wheel, side by side in one run, rounds interleaved (best of --repeat; the machine may be shared,
+so compare the ratios, not the seconds; CPU seconds are printed too, which other users' load does not
+inflate the way it inflates wall time):
 
-- audit: ``audit_path(wheel, [...])`` in this process: every ``*.so`` member inflated from the zip
-  in memory and scanned as it streams (nothing written to disk).
-- baseline: ``unzip -o -q WHEEL '*.so' -d TMP`` then ``cuobjdump --list-elf --list-ptx`` on each file.
+- audit: wall time of ``invoke audit WHEEL --arch 12.0 --json`` (a fresh process: invoke's start,
+  the torch probe, the scan), once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with
+  $VLLM_FORGE_INFLATER); its peak RSS from wait4. The JSON of every inflater must be identical.
+- invoke start: ``invoke --list`` (Python, invoke and tasks.py starting), the part of the audit's
+  wall time that is not the audit.
+- bound: the physical limit of any reader of the wheel: only inflating the members the audit must
+  read (every ``*.so``: their section headers are at the end), on as many threads as the audit uses,
+  bytes thrown away; once per inflater.
+- baseline: ``unzip WHEEL '*.so'`` to a temp dir, then ``cuobjdump --list-elf --list-ptx`` on each
+  file; the per-file arch sets must equal the audit's (cuobjdump names a family cubin without its
+  ``f``: see scripts/fatbin.py).
 
-It then checks that both found the same arch sets for every file (cuobjdump names family cubins
-without their ``f``: see scripts/fatbin.py), and prints the figures. It also times the scanner on the
-unpacked files (seeks only, for a .so on disk) against cuobjdump alone.
 Not a test: timings depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-from scripts.audit import audit_path  # noqa: E402
-from scripts.fatbin import list_device_code  # noqa: E402
+from scripts import audit  # noqa: E402
 from scripts.toolchain import find_cuda_tool  # noqa: E402
+
+CHUNK = audit.STREAM_CHUNK
+
+
+def available_inflaters() -> list[str]:
+    found = []
+    for name in ("isal", "zlib", "zlib-ng"):
+        try:
+            audit.raw_inflater(name)
+        except audit.ForgeError:
+            continue
+        found.append(name)
+    return found
+
+
+def candidate_members(wheel: Path) -> list[zipfile.ZipInfo]:
+    with zipfile.ZipFile(wheel) as zf:
+        return [i for i in zf.infolist() if not i.is_dir() and audit.is_candidate(i.filename)]
+
+
+def inflate_only(wheel: Path, members: list[zipfile.ZipInfo], inflater: str) -> int:
+    """Inflate every member the audit reads, as the audit does (same threads, same chunks), keeping nothing."""
+    def one(info: zipfile.ZipInfo) -> int:
+        total = 0
+        with open(wheel, "rb") as fp:
+            fp.seek(info.header_offset)
+            local = fp.read(30)
+            name_len, extra_len = struct.unpack_from("<HH", local, 26)
+            fp.seek(info.header_offset + 30 + name_len + extra_len)
+            remaining = info.compress_size
+            if info.compress_type == zipfile.ZIP_STORED:
+                while remaining > 0 and (block := fp.read(min(CHUNK, remaining))):
+                    remaining -= len(block)
+                    total += len(block)
+                return total
+            inflate = audit.raw_inflater(inflater)
+            while remaining > 0 and (block := fp.read(min(CHUNK, remaining))):
+                remaining -= len(block)
+                total += len(inflate.decompress(block, CHUNK))
+                while inflate.unconsumed_tail:
+                    total += len(inflate.decompress(inflate.unconsumed_tail, CHUNK))
+        return total
+
+    ordered = sorted(members, key=lambda i: -i.file_size)
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(one, ordered))
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all threads (a measure that load on a shared machine does not inflate)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_audit(wheel: Path, arch: str, inflater: str) -> tuple[float, int, dict, float]:
+    """(seconds, peak RSS bytes, JSON, CPU seconds) of `invoke audit WHEEL --arch ARCH --json` in a fresh process."""
+    env = {**os.environ, "VLLM_FORGE_INFLATER": inflater}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "invoke", "audit", str(wheel), "--arch", arch, "--json"],
+                                cwd=REPO, env=env, stdout=out, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        code = os.waitstatus_to_exitcode(status)
+        text = out.read().decode()
+        if code not in (0, 1):
+            raise SystemExit(f"invoke audit failed ({code}): {err.read().decode()[-800:]}")
+    return seconds, usage.ru_maxrss * 1024, json.loads(text), usage.ru_utime + usage.ru_stime
 
 
 def cuobjdump_sets(cuobjdump: Path, path: Path) -> tuple[list[str], list[str]]:
@@ -39,60 +124,106 @@ def cuobjdump_sets(cuobjdump: Path, path: Path) -> tuple[list[str], list[str]]:
             re.findall(r"^PTX file\s+\d+: .*\.(sm_\w+)\.ptx$", text, re.M))
 
 
-def best(fn, repeat: int):
-    times, result = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def baseline(wheel: Path, unzip: str, cuobjdump: Path, out: Path) -> dict[str, tuple[list[str], list[str]]]:
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run([unzip, "-o", "-q", str(wheel), "*.so", "*.so.*", "-d", str(out)])
+    if done.returncode not in (0, 11):  # 11: one of the patterns matched nothing
+        raise SystemExit(f"unzip failed ({done.returncode})")
+    return {p.relative_to(out).as_posix(): cuobjdump_sets(cuobjdump, p)
+            for p in sorted(out.rglob("*")) if p.is_file() and audit.is_candidate(p.name)}
+
+
+def same_sets(files: list[dict], listed: dict[str, tuple[list[str], list[str]]]) -> list[str]:
+    """Paths whose arch sets differ between the audit's JSON and cuobjdump's listing."""
+    bad = []
+    for f in files:
+        elf, ptx = listed.get(f["path"], ([], []))
+        sass = {s[:-1] if s.endswith("f") else s for s in f["sass"]}
+        if sass != set(elf) or {p.replace("compute_", "sm_") for p in f["ptx"]} != set(ptx):
+            bad.append(f["path"])
+    return bad
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("wheel", type=Path)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("wheels", type=Path, nargs="+")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds (best of)")
+    parser.add_argument("--arch", default="12.0")
+    parser.add_argument("--baseline-repeat", type=int, default=1, help="rounds of the (slow) unzip + cuobjdump")
     args = parser.parse_args(argv)
     cuobjdump = find_cuda_tool("cuobjdump")
     unzip = shutil.which("unzip")
     if not cuobjdump or not unzip:
         print("needs cuobjdump and unzip on this machine", file=sys.stderr)
         return 2
-    print(f"wheel: {args.wheel.name} ({args.wheel.stat().st_size / 1e6:.0f} MB)")
-
-    audit_s, report = best(lambda: audit_path(args.wheel, ["sm_120"]), args.repeat)
-
-    with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
-        out = Path(tmp) / "unzipped"
-
-        def baseline():
-            shutil.rmtree(out, ignore_errors=True)
-            subprocess.run([unzip, "-o", "-q", str(args.wheel), "*.so", "-d", str(out)], check=True)
-            return {p.relative_to(out).as_posix(): cuobjdump_sets(cuobjdump, p) for p in sorted(out.rglob("*.so"))}
-
-        base_s, listed = best(baseline, args.repeat)
-        files = sorted(out.rglob("*.so"))
-        disk_s, on_disk = best(lambda: {p.relative_to(out).as_posix(): list_device_code(p) for p in files}, args.repeat)
-        cuobj_s, _ = best(lambda: [cuobjdump_sets(cuobjdump, p) for p in files], args.repeat)
-        unpacked_mb = sum(p.stat().st_size for p in files) / 1e6
-
-    mismatches = []
-    for f in report.files:
-        elf, ptx = listed[f.path]
-        ours = on_disk[f.path]
-        if (sorted({s.removesuffix("f") if s[-1] == "f" else s for s in f.sass}) != sorted(set(elf))
-                or sorted({p.replace("compute_", "sm_") for p in f.ptx}) != sorted(set(ptx))
-                or ours.cuobjdump_listing() != (elf, ptx)):
-            mismatches.append(f.path)
-    print(f"{len(report.files)} .so files, {unpacked_mb:.0f} MB unpacked, "
-          f"{sum(len(v[0]) + len(v[1]) for v in listed.values())} device images")
-    print(f"audit (wheel, streamed)      : {audit_s:6.2f} s")
-    print(f"unzip + cuobjdump            : {base_s:6.2f} s   -> audit is {base_s / audit_s:.1f}x faster")
-    print(f"scanner on the unpacked .so  : {disk_s:6.3f} s")
-    print(f"cuobjdump on the unpacked .so: {cuobj_s:6.2f} s   -> scanner is {cuobj_s / disk_s:.0f}x faster")
-    print("arch sets identical to cuobjdump for every file" if not mismatches
-          else f"MISMATCH in {', '.join(mismatches)}")
-    return 1 if mismatches else 0
+    inflaters = available_inflaters()
+    print(f"inflaters: {', '.join(inflaters)} (the audit's default: {audit.INFLATER}); "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    failed = False
+    for wheel in args.wheels:
+        members = candidate_members(wheel)
+        inflated = sum(i.file_size for i in members)
+        print(f"\n== {wheel.name}: {wheel.stat().st_size / 1e6:.0f} MB, {len(members)} libraries, "
+              f"{inflated / 1e6:.0f} MB inflated")
+        times: dict[str, list[float]] = {}
+        cpu_times: dict[str, list[float]] = {}
+        peaks: dict[str, int] = {}
+        outputs: dict[str, dict] = {}
+        listed = None
+        with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
+            for round_ in range(args.repeat):
+                for name in inflaters:
+                    start, cpu = time.perf_counter(), cpu_seconds()
+                    assert inflate_only(wheel, members, name) == inflated
+                    times.setdefault(f"bound/{name}", []).append(time.perf_counter() - start)
+                    cpu_times.setdefault(f"bound/{name}", []).append(cpu_seconds() - cpu)
+                    seconds, peak, data, cpu = run_audit(wheel, args.arch, name)
+                    times.setdefault(f"audit/{name}", []).append(seconds)
+                    cpu_times.setdefault(f"audit/{name}", []).append(cpu)
+                    peaks[name] = max(peaks.get(name, 0), peak)
+                    outputs[name] = data
+                start = time.perf_counter()
+                proc = subprocess.Popen([sys.executable, "-m", "invoke", "--list"], cwd=REPO,
+                                        stdout=subprocess.DEVNULL)
+                _pid, _status, usage = os.wait4(proc.pid, 0)
+                times.setdefault("invoke start", []).append(time.perf_counter() - start)
+                cpu_times.setdefault("invoke start", []).append(usage.ru_utime + usage.ru_stime)
+                if round_ < args.baseline_repeat:
+                    start = time.perf_counter()
+                    listed = baseline(wheel, unzip, cuobjdump, Path(tmp) / "unzipped")
+                    times.setdefault("baseline", []).append(time.perf_counter() - start)
+        best = {k: min(v) for k, v in times.items()}
+        default = audit.INFLATER
+        reference = outputs[default]
+        identical = all(json.dumps(d, sort_keys=True) == json.dumps(reference, sort_keys=True)
+                        for d in outputs.values())
+        mismatches = same_sets(reference["files"], listed or {})
+        devices = [f for f in reference["files"] if f["sass"] or f["ptx"]]
+        groups = sum(f["groups"][next(iter(f["groups"]))]["count"] for f in devices if f["groups"])
+        print(f"{len(devices)} libraries with device code, {groups} kernel groups")
+        best_cpu = {k: min(v) for k, v in cpu_times.items()}
+        for key in sorted(best):
+            cpu = f"   CPU {best_cpu[key]:7.2f} s" if key in best_cpu else ""
+            print(f"  {key:16} {best[key]:7.2f} s{cpu}")
+        audit_s, bound_s = best[f"audit/{default}"], best[f"bound/{default}"]
+        print(f"  audit ({default}) vs unzip + cuobjdump: {best['baseline'] / audit_s:5.1f}x faster (need >= 5x)")
+        print(f"  audit ({default}) vs its inflate bound:  {audit_s / bound_s:5.2f}x the bound (need <= 1.5x); "
+              f"without invoke's own start ({best['invoke start']:.2f} s): "
+              f"{(audit_s - best['invoke start']) / bound_s:.2f}x")
+        audit_cpu, bound_cpu = best_cpu[f"audit/{default}"], best_cpu[f"bound/{default}"]
+        print(f"  in CPU time (what load does not inflate): audit {audit_cpu / bound_cpu:.2f}x the bound, "
+              f"{(audit_cpu - best_cpu['invoke start']) / bound_cpu:.2f}x without invoke's own start")
+        for name in inflaters:
+            if name != "zlib" and "bound/zlib" in best:
+                print(f"  inflate {name} vs zlib: {best['bound/zlib'] / best[f'bound/{name}']:.2f}x faster; "
+                      f"audit {best['audit/zlib'] / best[f'audit/{name}']:.2f}x faster")
+        print("  peak RSS of the audit: " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in peaks.items()))
+        print("  JSON identical for every inflater" if identical else "  JSON DIFFERS between inflaters")
+        print("  arch sets identical to cuobjdump for every file" if not mismatches
+              else f"  MISMATCH with cuobjdump in {', '.join(mismatches)}")
+        failed |= bool(mismatches) or not identical
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

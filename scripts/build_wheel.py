@@ -4,13 +4,22 @@ The plan (environment + commands) is computed first and printed as is by ``--dry
 run executes that same plan. The wheel is built into a private directory next to the output dir
 and moved in with one rename after the arch audit passed, so an interrupted or failed build never
 leaves a partial wheel in dist/ and never touches older wheels.
+
+Kernel reuse (docs/build-speed.md): every wheel records a kernel key in its .dist-info; a build
+whose key matches a wheel in dist/ rebuilds only the Python part and carries that wheel's compiled
+files over byte for byte, then is audited like any other.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import importlib.util
+import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -18,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +71,8 @@ class BuildRequest:
     extra_env: dict[str, str] = field(default_factory=dict)
     deps_cache: Path | None = None  # where `fetch-deps` left <root>/deps (default: cache_dir)
     shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
+    reuse: bool = True  # reuse the kernels of a wheel in dist_dir built from the same kernel inputs
+    patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
 
 
 @dataclass
@@ -76,6 +88,8 @@ class BuildPlan:
     notes: list[str] = field(default_factory=list)
     cache_report: CacheReport | None = None  # this build's hits and misses, set by run_build
     tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
+    reuse: ReuseDecision | None = None  # kernel reuse: which path this build takes, and why
+    build_info: dict | None = None  # what run_build wrote into the wheel (set by run_build)
 
     @property
     def commands(self) -> list[Command]:
@@ -87,6 +101,27 @@ def tree_needs_torch(src: Path) -> bool:
     if not setup.is_file():
         return False
     return re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
+
+
+def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: str) -> str:
+    """The wheel's version with the build's variant as a PEP 440 local version, as vLLM's own variant wheels
+    carry one (``0.11.0+cu130.sm90a.sm120ptx``): the tag the checkout is at (``.devN+g<commit>`` past it), or
+    the tree's own version when it has no tags."""
+    base, local = tree_version or "0.0.0", []
+    if has_git_tags(src):
+        proc = subprocess.run(["git", "describe", "--tags", "--long", "--match", "v[0-9]*"], cwd=src,
+                              capture_output=True, text=True)
+        found = re.match(r"^v?(?P<tag>.+)-(?P<distance>\d+)-g(?P<sha>[0-9a-f]+)$", proc.stdout.strip())
+        if found:
+            base = found["tag"]
+            if int(found["distance"]):
+                base += f".dev{found['distance']}"
+                local.append(f"g{found['sha'][:12]}")
+    base = base.split("+", 1)[0]
+    local.append("cu" + cuda.replace(".", ""))
+    for token in arch_list.split(";"):
+        local.append("sm" + re.sub(r"[^0-9a-z]", "", token.lower().replace("+ptx", "ptx")))
+    return f"{base}+{'.'.join(local)}"
 
 
 def has_git_tags(src: Path) -> bool:
@@ -140,11 +175,11 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         env["VLLM_FA_CMAKE_GPU_ARCHES"] = archs_mod.fa_cmake_gpu_arches(archs)
     else:
         notes.append("VLLM_FA_CMAKE_GPU_ARCHES not set: this checkout's build does not read it")
-    if not has_git_tags(src):
-        version = tree.version or "0.0.0"
-        variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
-        env[variable] = version
-        notes.append(f"checkout has no git tags: version pinned with {variable}={version}")
+    version = variant_version(src, tree.version, toolchain.version, env["TORCH_CUDA_ARCH_LIST"])
+    variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
+    env[variable] = version
+    notes.append(f"version {version} ({variable}): the CUDA and archs are in the wheel's name, so wheels for "
+                 "other GPUs or CUDA versions in the same dist/ never replace each other")
     deps = deps_env(tree, Path(request.deps_cache or request.cache_dir).expanduser())
     if deps:
         env.update(deps)
@@ -163,7 +198,14 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
         cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
     )
-    return BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
+    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
+    from scripts import patches as patch_mod
+
+    pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
+    decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending)
+    apply_reuse(plan, decision)
+    notes.append(decision.note())
+    return plan
 
 
 _STAGING_PREFIX = ".staging-"
@@ -249,6 +291,10 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"build-wheel-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     staging.mkdir()
+    # Decided again now: patches and use-existing-torch ran since the plan, and dist/ may have changed.
+    decision = decide_reuse(plan.request, plan.tree or inspect_tree(plan.request.src), plan.command.env,
+                            plan.toolchain)
+    apply_reuse(plan, decision)
     cache_session = CacheSession(plan.compile_cache, plan.env)
     try:
         cache_session.start()  # counters before, so the figures are this build's
@@ -260,6 +306,15 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
         wheel = wheels[0]
+        source = decision.source
+        plan.build_info = build_info_for(plan, _sha256_file(source) if source else None)
+        reuse_kernels(wheel, source, plan.build_info, Path(plan.request.src).expanduser())
+        if source:
+            want, got = compiled_digests(source), compiled_digests(wheel)
+            changed = sorted(n for n in want if got.get(n) != want[n])
+            if changed:  # cannot happen unless the wheel was rewritten under us: refuse, never guess
+                raise ForgeError(f"the kernels carried over from {source.name} differ in {', '.join(changed[:3])}",
+                                 "rebuild with --no-reuse", exit_code=1)
         if audit:
             audit_built_wheel(wheel, plan.archs)
         final = dist_dir / wheel.name
@@ -284,6 +339,366 @@ def audit_built_wheel(wheel: Path, archs: list[archs_mod.CudaArch]) -> None:
         )
 
 
+# ---- kernel reuse: a Python-only change rebuilds in seconds -------------------------------------
+#
+# Every published wheel carries <name>.dist-info/vllm_forge.json: the kernel key (a sha256 of
+# everything that decides the compiled extensions), its inputs, the applied patches and where its
+# kernels came from. A build whose key matches a wheel in dist_dir takes the checkout's own
+# precompiled path (VLLM_USE_PRECOMPILED=1, VLLM_PRECOMPILED_WHEEL_LOCATION=that wheel: vLLM's
+# setup.py then copies the .so files out of it instead of running CMake), and the compiled members
+# of the result are made byte-identical to the source wheel's before it is audited and published.
+
+BUILD_INFO_NAME = "vllm_forge.json"  # inside the wheel's .dist-info directory
+BUILD_INFO_FORMAT = 1
+KERNEL_INPUT_PATHS = ("csrc", "cmake", "CMakeLists.txt", "setup.py")  # hashed, content and names
+# What a checkout reads that does not change the compiled code: parallelism, the version string,
+# the compile cache, tool paths (their versions are keyed instead) and the reuse switches themselves.
+NOT_KERNEL_ENV = frozenset({
+    "MAX_JOBS", "NVCC_THREADS", "VERBOSE", "CMAKE_BUILD_PARALLEL_LEVEL", "VLLM_VERSION_OVERRIDE",
+    "SETUPTOOLS_SCM_PRETEND_VERSION", "VLLM_MAIN_CUDA_VERSION", "VLLM_USE_PRECOMPILED",
+    "VLLM_PRECOMPILED_WHEEL_LOCATION", "VLLM_PRECOMPILED_WHEEL_COMMIT", "VLLM_SKIP_PRECOMPILED_VERSION_SUFFIX",
+    "VLLM_DISABLE_SCCACHE", "USE_SCCACHE",
+    "SCCACHE_DIR", "CCACHE_DIR", "CMAKE_C_COMPILER_LAUNCHER", "CMAKE_CXX_COMPILER_LAUNCHER",
+    "CMAKE_CUDA_COMPILER_LAUNCHER", "FETCHCONTENT_BASE_DIR", "CUDACXX", "CUDAHOSTCXX", "CUDA_HOME", "CUDA_PATH",
+})
+PRECOMPILED_ENV = ("VLLM_USE_PRECOMPILED", "VLLM_PRECOMPILED_WHEEL_LOCATION")
+# Newer vLLM appends "+precompiled" to the version of such a build unless this is set.
+SKIP_SUFFIX_ENV = "VLLM_SKIP_PRECOMPILED_VERSION_SUFFIX"
+_FETCHCONTENT_ARG = re.compile(r"^-DFETCHCONTENT_SOURCE_DIR_\w+=")
+
+
+@dataclass(frozen=True)
+class KernelKey:
+    key: str  # sha256 hex of the canonical JSON of ``inputs``
+    inputs: dict
+
+    @property
+    def short(self) -> str:
+        return self.key[:16]
+
+    def differences(self, other_inputs: dict) -> list[str]:
+        """The input names whose values differ from ``other_inputs`` (a wheel's recorded inputs)."""
+        names = sorted(set(self.inputs) | set(other_inputs))
+        return [n for n in names if self.inputs.get(n) != other_inputs.get(n)]
+
+
+def tree_digest(src: Path, paths: tuple[str, ...] = KERNEL_INPUT_PATHS) -> str:
+    """sha256 over the names and bytes of the kernel-input files of a checkout (build outputs and
+    caches left out), as they are on disk: uncommitted edits and applied patches count."""
+    digest = hashlib.sha256()
+    src = Path(src)
+    for rel in paths:
+        top = src / rel
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
+        for path in files:
+            parts = path.relative_to(src).parts
+            if "__pycache__" in parts or path.suffix in (".pyc", ".so", ".o"):
+                continue
+            digest.update("/".join(parts).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _first_line(argv: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip().splitlines()[0] if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def _python_facts(python: str) -> dict:
+    """The build Python's version and the torch it has (metadata only: importing torch takes seconds)."""
+    code = ("import importlib.metadata as m, json, sys\n"
+            "try: t = m.version('torch')\nexcept m.PackageNotFoundError: t = None\n"
+            "print(json.dumps({'python': '%d.%d' % sys.version_info[:2], 'torch': t}))")
+    if Path(python).resolve() == Path(sys.executable).resolve():
+        import importlib.metadata as md
+        try:
+            torch = md.version("torch")
+        except md.PackageNotFoundError:
+            torch = None
+        return {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "torch": torch}
+    line = _first_line([python, "-c", code])
+    try:
+        return json.loads(line) if line else {"python": None, "torch": None}
+    except ValueError:
+        return {"python": None, "torch": None}
+
+
+def _dep_pins(tree: VllmTree, env: dict[str, str]) -> list[dict]:
+    """Each git dependency the CMake fetches: its pin, and the commit of the local copy the build is
+    pointed at (fetch-deps cache or a developer's clone; a dirty copy adds a hash of its diff)."""
+    from scripts.fetch_deps import override_for
+
+    cmake_args = shlex.split(env.get("CMAKE_ARGS", ""))
+    pins = []
+    for dep in tree.git_deps:
+        local = env.get(dep.src_dir_env) if dep.src_dir_env else None
+        if not local:
+            prefix = f"-D{dep.cmake_source_dir_var}="
+            local = next((a[len(prefix):] for a in cmake_args if a.startswith(prefix)), None)
+        pin = {"name": dep.name, "repository": dep.repository, "tag": dep.tag, "override": override_for(tree, dep)}
+        if local:
+            path = Path(local)
+            pin["commit"] = _first_line(["git", "-C", str(path), "rev-parse", "HEAD"]) or "not a git checkout"
+            try:
+                diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"], capture_output=True)
+            except OSError:
+                diff = None
+            if diff is not None and diff.returncode == 0 and diff.stdout:
+                pin["local_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()
+        pins.append(pin)
+    return pins
+
+
+def kernel_inputs(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_version: str, python: str,
+                  patches: list[dict] | None = None) -> dict:
+    """Everything that decides the compiled extensions of a build of ``src`` with ``env`` (the
+    plan's environment over this process's)."""
+    effective = {**os.environ, **env}
+    dep_vars = {d.src_dir_env for d in tree.git_deps if d.src_dir_env}
+    read_env = {}
+    for name in sorted(tree.env_vars_read):
+        if name in NOT_KERNEL_ENV or name in dep_vars or name.endswith("_SRC_DIR"):
+            continue
+        value = effective.get(name)
+        if name == "CMAKE_ARGS" and value:  # local dependency copies are keyed by commit, not path
+            value = " ".join(a for a in shlex.split(value) if not _FETCHCONTENT_ARG.match(a)) or None
+        read_env[name] = value
+    host = effective.get("CUDAHOSTCXX") or effective.get("CXX") or "c++"
+    facts = _python_facts(python)
+    return {
+        "tree_sha256": tree_digest(src),
+        "archs": effective.get("TORCH_CUDA_ARCH_LIST"),
+        "fa_archs": effective.get("VLLM_FA_CMAKE_GPU_ARCHES"),
+        "build_type": effective.get("CMAKE_BUILD_TYPE", "Release"),
+        "target_device": effective.get("VLLM_TARGET_DEVICE", "cuda"),
+        "nvcc": nvcc_version,
+        "host_compiler": _first_line([host, "--version"]),
+        "python": facts["python"],
+        "torch": facts["torch"],
+        "git_deps": _dep_pins(tree, effective),
+        "env": read_env,
+        "kernel_patches": list(patches or []),
+    }
+
+
+def kernel_key(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_version: str, python: str = sys.executable,
+               patches: list[dict] | None = None) -> KernelKey:
+    inputs = kernel_inputs(src, tree, env, nvcc_version=nvcc_version, python=python, patches=patches)
+    return KernelKey(hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs)
+
+
+def read_build_info(wheel: Path) -> dict | None:
+    """The vllm-forge build info inside a wheel, or None (not ours, unreadable)."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            name = next((n for n in zf.namelist()
+                         if n.count("/") == 1 and n.split("/")[0].endswith(".dist-info")
+                         and n.endswith("/" + BUILD_INFO_NAME)), None)
+            info = json.loads(zf.read(name)) if name else None
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def find_reusable_wheel(dist_dir: Path, key: KernelKey) -> tuple[Path | None, str]:
+    """The newest wheel in ``dist_dir`` whose kernel key is ``key``; else None and why not (which
+    inputs differ from the newest wheel that has a key)."""
+    dist_dir = Path(dist_dir).expanduser()
+    wheels = sorted(dist_dir.glob("*.whl"), key=lambda p: p.stat().st_mtime, reverse=True) if dist_dir.is_dir() else []
+    newest: tuple[Path, dict] | None = None
+    for wheel in wheels:
+        info = read_build_info(wheel)
+        if not info or "kernel_key" not in info:
+            continue
+        if info["kernel_key"] == key.key:
+            return wheel, f"{wheel.name} has the same kernel key"
+        newest = newest or (wheel, info)
+    if newest is None:
+        return None, f"no wheel in {dist_dir} records a kernel key (a first build)"
+    changed = key.differences(newest[1].get("kernel_inputs", {}))
+    return None, f"kernel inputs differ from {newest[0].name}: {', '.join(changed) or 'key format'}"
+
+
+@dataclass
+class ReuseDecision:
+    key: KernelKey | None
+    source: Path | None  # the wheel whose kernels this build carries over; None: compile
+    reason: str
+    pending: bool = False  # a patch touching kernel inputs is still to be applied: decided after it
+
+    def note(self) -> str:
+        key = f" (key {self.key.short})" if self.key else ""
+        if self.source:
+            return (f"kernel reuse{key}: {self.reason}: Python-only rebuild, its compiled files carried over "
+                    f"(VLLM_USE_PRECOMPILED=1 VLLM_PRECOMPILED_WHEEL_LOCATION={self.source})")
+        return f"kernel reuse{key}: {self.reason}: kernels are compiled" + ("" if self.pending else
+                                                                            " (through the compile cache)")
+
+    def line(self) -> str:
+        """What the build prints once done."""
+        if self.source:
+            return f"kernels reused from {self.source.name} (kernel key {self.key.short}): no nvcc ran"
+        return f"kernels compiled (kernel key {self.key.short if self.key else '?'}): {self.reason}"
+
+
+def precompiled_support(tree: VllmTree) -> str | None:
+    """None when the checkout's setup.py can take its kernels from a local wheel; else why not."""
+    missing = [name for name in PRECOMPILED_ENV if not tree.reads(name)]
+    if missing:
+        return (f"this checkout's setup.py does not read {' or '.join(missing)}, so it cannot take "
+                "its kernels from a wheel")
+    return None
+
+
+def decide_reuse(request: BuildRequest, tree: VllmTree, env: dict[str, str], toolchain: CudaToolchain,
+                 *, pending_patches: list | None = None) -> ReuseDecision:
+    """Which path a build takes: compile, or carry the kernels of a wheel with the same key over."""
+    from scripts import patches as patch_mod
+
+    src = Path(request.src).expanduser()
+    applied = patch_mod.applied_patches(src)
+    key = kernel_key(src, tree, env, nvcc_version=toolchain.full_version, python=request.python,
+                     patches=patch_mod.kernel_patches(applied))
+    if not request.reuse:
+        return ReuseDecision(key, None, "off (--no-reuse)")
+    unsupported = precompiled_support(tree)
+    if unsupported:
+        return ReuseDecision(key, None, unsupported)
+    applied_shas = {p.sha256 for p in applied}
+    kernel_pending = [p for p in pending_patches or [] if p.touches_kernels and p.sha256 not in applied_shas]
+    if kernel_pending:
+        return ReuseDecision(key, None, f"{', '.join(p.name for p in kernel_pending)} change kernel inputs and are "
+                             "not applied yet: decided after they are", pending=True)
+    source, why = find_reusable_wheel(request.dist_dir, key)
+    return ReuseDecision(key, source.resolve() if source else None, why)
+
+
+def apply_reuse(plan: BuildPlan, decision: ReuseDecision) -> None:
+    """Point the plan's command at the decision's path (the precompiled env set, or removed)."""
+    if decision.source:
+        switch = {"VLLM_USE_PRECOMPILED": "1", "VLLM_PRECOMPILED_WHEEL_LOCATION": str(decision.source)}
+        if plan.tree is not None and plan.tree.reads(SKIP_SUFFIX_ENV):
+            switch[SKIP_SUFFIX_ENV] = "1"  # the same version (and wheel name) as a compiled build
+    else:  # one left in the user's shell would make setup.py fetch upstream's kernels: switch it off
+        switch = {name: "" for name in PRECOMPILED_ENV if os.environ.get(name)}
+    for env in {id(plan.env): plan.env, id(plan.command.env): plan.command.env}.values():
+        for name in (*PRECOMPILED_ENV, SKIP_SUFFIX_ENV):
+            env.pop(name, None)
+        env.update(switch)
+    plan.command.why = ("rebuild the Python part, kernels from " + decision.source.name if decision.source
+                        else "build the wheel (vLLM's own recipe)")
+    plan.reuse = decision
+
+
+def _is_compiled(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return ".dist-info/" not in name and (base.endswith(".so") or ".so." in base)
+
+
+def _record_hash(data_sha: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(data_sha).rstrip(b"=").decode()
+
+
+def reuse_kernels(wheel: Path, source_wheel: Path | None, build_info: dict, src: Path | None = None) -> list[str]:
+    """Rewrite ``wheel`` in place: the compiled members of ``source_wheel`` (every .so, and the files
+    its kernel build installed next to them that the checkout does not have, such as the
+    vllm_flash_attn Python files) replace or join the new build's, byte for byte; the build info is
+    added; RECORD is rewritten. Returns the members taken from ``source_wheel``.
+
+    Done here with zipfile (the wheel format is a zip with a RECORD of sha256s) because this runs
+    inside the Docker build too, where only the standard library is sure to be present."""
+    wheel = Path(wheel)
+    carried: list[str] = []
+    tmp = wheel.with_name(wheel.name + ".repack")
+    with contextlib.ExitStack() as stack:
+        new = stack.enter_context(zipfile.ZipFile(wheel))
+        old = stack.enter_context(zipfile.ZipFile(source_wheel)) if source_wheel else None
+        new_names = new.namelist()
+        dist_info = next((n.split("/")[0] for n in new_names if n.split("/")[0].endswith(".dist-info")), None)
+        if dist_info is None:
+            raise ForgeError(f"{wheel.name} has no .dist-info directory", "read the build log", exit_code=1)
+        take: dict[str, zipfile.ZipFile] = {n: new for n in new_names if n != f"{dist_info}/RECORD"}
+        if old is not None:
+            old_names = [n for n in old.namelist() if ".dist-info/" not in n]
+            compiled_dirs = {n.rsplit("/", 1)[0] for n in old_names if _is_compiled(n)}
+            for name in old_names:
+                build_output = (name not in take and name.rsplit("/", 1)[0] in compiled_dirs
+                                and not (src and (Path(src) / name).exists()))
+                if _is_compiled(name) or build_output:
+                    take[name] = old
+                    carried.append(name)
+        info_name = f"{dist_info}/{BUILD_INFO_NAME}"
+        take.pop(info_name, None)
+        records = []
+        out = stack.enter_context(zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED))
+        # .dist-info last, as the wheel spec recommends (carried members were added after it)
+        for name, origin in sorted(take.items(), key=lambda item: item[0].startswith(f"{dist_info}/")):
+            zinfo = origin.getinfo(name)
+            digest = hashlib.sha256()
+            with origin.open(zinfo) as reader, out.open(zinfo, "w") as writer:
+                while chunk := reader.read(1 << 20):
+                    digest.update(chunk)
+                    writer.write(chunk)
+            records.append(f"{name},{_record_hash(digest.digest())},{zinfo.file_size}")
+        info_bytes = (json.dumps(build_info, indent=2, sort_keys=True) + "\n").encode()
+        out.writestr(info_name, info_bytes)
+        records.append(f"{info_name},{_record_hash(hashlib.sha256(info_bytes).digest())},{len(info_bytes)}")
+        records.append(f"{dist_info}/RECORD,,")
+        out.writestr(f"{dist_info}/RECORD", "\n".join(records) + "\n")
+    os.replace(tmp, wheel)
+    return carried
+
+
+def compiled_digests(wheel: Path) -> dict[str, str]:
+    """sha256 of every compiled member of a wheel (what reuse promises to carry over unchanged)."""
+    with zipfile.ZipFile(wheel) as zf:
+        return {n: hashlib.sha256(zf.read(n)).hexdigest() for n in zf.namelist() if _is_compiled(n)}
+
+
+def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict:
+    """What a wheel records about its build: kernel key and inputs, patches, kernels' origin."""
+    from scripts import __version__ as forge_version
+    from scripts import patches as patch_mod
+
+    decision = plan.reuse
+    applied = patch_mod.applied_patches(plan.request.src)
+    info = {
+        "format": BUILD_INFO_FORMAT,
+        "vllm_forge": forge_version,
+        "archs": [a.sm for a in plan.archs],
+        "kernel_key": decision.key.key if decision and decision.key else None,
+        "kernel_inputs": decision.key.inputs if decision and decision.key else None,
+        "patches": [p.record() for p in applied],
+        "kernels_from": None,
+    }
+    if decision and decision.source:
+        info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
+    return info
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_info_labels(info: dict | None) -> dict[str, str]:
+    """Image labels from a wheel's build info (the lead wires these into `bake`): the patches (file
+    name and sha256), the kernel key, and the wheel the kernels came from when they were reused."""
+    from scripts import patches as patch_mod
+
+    info = info or {}
+    labels = patch_mod.patch_labels(info.get("patches") or [])
+    labels["org.vllm-forge.kernel-key"] = info.get("kernel_key") or ""
+    labels["org.vllm-forge.kernels-from"] = (info.get("kernels_from") or {}).get("wheel", "")
+    return labels
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -301,19 +716,30 @@ def main(argv=None) -> int:
     parser.add_argument("--deps-cache", type=Path,
                         help="root of a `fetch-deps` cache (<root>/deps); default --cache-dir")
     parser.add_argument("--no-audit", action="store_true", help="skip the arch audit of the built wheel")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="compile the kernels even when a wheel in --dist-dir has the same kernel key")
+    parser.add_argument("--patch", action="append", type=Path, default=[],
+                        help="apply this unified diff to the checkout first (repeatable; recorded in the wheel)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
     args = parser.parse_args(argv)
     plan = plan_build(BuildRequest(
         src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
         nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
         compile_cache=args.compile_cache, cache_dir=args.cache_dir, deps_cache=args.deps_cache,
+        reuse=not args.no_reuse, patches=args.patch,
     ), check_tools=not args.dry_run)
     for note in plan.notes:
         print(f"# {note}")
     print(plan.command.shell())
     if args.dry_run:
         return 0
+    if args.patch:
+        from scripts.patches import apply_patches
+
+        apply_patches(args.src, args.patch, on_line=print)
     wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    if plan.reuse:
+        print(plan.reuse.line())
     if plan.cache_report:
         print(plan.cache_report.line())
     print(f"built {wheel}")

@@ -368,3 +368,23 @@ PCIE_X16_GBPS: dict[int, float] = {int(r.generation[3:]): r.gbps for r in LINK_M
 # pair (312 GB/s of 450 at 512 MiB through torch.distributed, tests/fixtures/h200x2/allreduce.txt)
 # and nccl-tests' doc/PERFORMANCE.md (busbw is meant to be compared with the hardware peak).
 BUSBW_SHARE = {"good": 0.6, "poor": 0.25}
+
+
+# --- Which compute capabilities exist at all (for refusing `--arch 13.0` before a GPU ships) -------
+def known_capabilities() -> list[tuple[int, int]]:
+    """Every (major, minor) a known CUDA toolkit compiles for or a known GPU has, sorted."""
+    found: set[tuple[int, int]] = set()
+    for archs in CUDA_ARCHS.values():
+        for sm in archs:
+            digits = sm.removeprefix("sm_").rstrip("af")
+            found.add((int(digits[:-1]), int(digits[-1])))
+    for _display, cap, _aliases in _GPU_ROWS:
+        major, minor = cap.split(".")
+        found.add((int(major), int(minor)))
+    return sorted(found)
+
+
+def nearest_capabilities(major: int, minor: int, count: int = 3) -> list[tuple[int, int]]:
+    """The ``count`` known capabilities closest to ``major.minor`` (by arch number: 13.0 -> 12.1, 12.0, 11.0)."""
+    wanted = major * 10 + minor
+    return sorted(known_capabilities(), key=lambda c: (abs(c[0] * 10 + c[1] - wanted), -(c[0] * 10 + c[1])))[:count]

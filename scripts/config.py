@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "mirror": "global",
     "standin": False,  # bake on the TEST-ONLY stand-in bases (local Dockerfile iteration without NGC)
     "non_root": False,  # bake: the runtime image runs vLLM as uid 2000 (docs/image.md)
+    "patches": "",  # patch files for build-wheel: a YAML list, or "a.patch,b.patch" (INVOKE_FORGE_PATCHES)
 }
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
@@ -88,6 +89,7 @@ class BuildConfig:
     dist_dir: str
     wheel_limit_mb: int
     mirror: str
+    patches: str  # comma-separated (a YAML list in invoke.yaml is joined): see scripts/patches.py
     standin: bool
     non_root: bool
 
@@ -176,6 +178,8 @@ def _coerce(name: str, value: Any, source: str = "default") -> Any:
             f"{shown} must be a number, got {value!r}",
             f"set {shown} to a number (0 means automatic), or unset it",
         ) from None
+    if isinstance(value, (list, tuple)):  # patches: a YAML list
+        return ",".join(str(item) for item in value)
     return "" if value is None else str(value)
 
 

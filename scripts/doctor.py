@@ -298,11 +298,14 @@ def arch_support(capability: str, arch_list: list[str]) -> tuple[str, str]:
     return "none", ""
 
 
-def check_torch_archs(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
+def check_torch_archs(caps: list[tuple[str, str]], inside: dict, where: str = "this Python") -> list[Finding]:
     torch = inside.get("torch") or {}
     if not torch.get("installed"):
-        return [Finding("warn", "torch", f"PyTorch is not importable here ({torch.get('error', 'not installed')})",
-                        "install torch in the image (vLLM needs it), or point --image at the serving image")]
+        fix = ("this image has no usable torch: bake the serving image with `invoke bake` (its runtime stage "
+               "installs the torch the wheel was built against)" if where.startswith("image ") else
+               "install the torch vLLM runs against (pip install torch), or check an image with --image TAG")
+        return [Finding("warn", "torch", f"PyTorch is not importable in {where} "
+                        f"({torch.get('error', 'not installed')})", fix)]
     archs = torch.get("arch_list") or []
     if not caps:
         return [Finding("info", "torch-archs", f"torch {torch.get('version')} (CUDA {torch.get('cuda') or 'none'}) "
@@ -471,9 +474,16 @@ def check_audit(path: str | None, caps: list[tuple[str, str]], audit=None) -> li
     except ForgeError as err:
         return [Finding("warn", "audit", f"audit of {path} could not run: {err}")]
     level, text = _audit_level(result)
+    # The audit judges each kernel group and names, per failing file, the fix for whose file it is.
+    failing = [f for f in getattr(result, "files", None) or [] if not f.ok]
+    details = [note.split(" Fix: ")[0] for note in getattr(result, "notes", lambda: [])()
+               if any(note.startswith(f"{f.path}:") for f in failing)][:3]
+    if details:
+        text = f"{text}; " + "; ".join(details)
+    fixes = list(dict.fromkeys(f.fix for f in failing if getattr(f, "fix", "")))
     return [Finding(level, "audit", f"vLLM extensions in {path} for {', '.join(targets)}: {text}",
-                    "" if level != "fail" else f"rebuild vLLM for these GPUs: invoke build-wheel --arch "
-                    f"{','.join(targets)}")] + optional_findings(result)
+                    "" if level != "fail" else "; ".join(fixes) or f"rebuild vLLM for these GPUs: invoke build-wheel "
+                    f"--arch {','.join(targets)}")] + optional_findings(result)
 
 
 def optional_findings(result) -> list[Finding]:
@@ -481,7 +491,7 @@ def optional_findings(result) -> list[Finding]:
     reason to rebuild; the message names what vLLM does without it, where its code says so."""
     out = []
     for f in getattr(result, "files", None) or []:
-        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v == "none"]
+        bad = [t for t, v in (getattr(f, "verdict", None) or {}).items() if v in ("none", "partial")]
         if getattr(f, "optional", "") and bad and not getattr(f, "required", False):
             out.append(Finding("info", "audit", f"{f.path}: optional, not usable on this GPU ({', '.join(bad)}); "
                                f"vLLM runs without it: {f.optional}"))
@@ -558,7 +568,7 @@ def diagnose(host: HostFacts, inside: dict, *, arch: str = "", audit=None, audit
         findings.append(Finding("warn", "gpus", "no NVIDIA GPU visible (nvidia-smi and NVML found none)" + extra,
                                 "on a GPU host install the NVIDIA driver; in a container add --gpus all"))
     findings += check_driver(host, inside)
-    findings += check_torch_archs(targets, inside)
+    findings += check_torch_archs(targets, inside, where)
     findings += check_nvcc(inside)
     findings += check_audit(audit_path if audit_path is not None else (inside.get("vllm") or {}).get("path"),
                             targets, audit)

@@ -18,12 +18,15 @@ offset   size  field
 56       8     uncompressed size (compressed entries)
 =======  ====  =====================================================================
 
-Like ``cuobjdump``, only the executable fat binaries (``.nv_fatbin``) count when the file has
-them, else the relocatable ones. A file on disk is read with a few small seeks (section headers,
-then each entry header, skipping payloads); a stream (a wheel member being inflated, a tar member
-of ``docker save``) is read once, front to back, in bounded chunks. Every size read from a header
-is checked against the file size, so a truncated or hostile file ends in ``BinaryFormatError``,
-never in a traceback or an unbounded read.
+Each fat binary is one translation unit's device code (``FatBinary``, a kernel group: a kernel
+runs only if its own group has code for the GPU); the names of its kernels come from the symbol
+table of one small cubin in it. Like ``cuobjdump``, only the executable fat binaries
+(``.nv_fatbin``) count when the file has them, else the relocatable ones. A file on disk is read
+with a few small seeks (section headers, then each entry header, skipping payloads); a stream (a
+wheel member being inflated, a tar member of ``docker save``) is read once, front to back, in
+bounded chunks. Every size read from a header is checked against the file size (and
+``e_shentsize`` against the ELF spec), and a stream keeps at most ``MAX_CAPTURE`` bytes aside, so a
+truncated or hostile file ends in ``BinaryFormatError``, never in a traceback or an unbounded read.
 
 Standalone: ``python scripts/fatbin.py FILE...`` prints what each file carries.
 """
@@ -60,11 +63,23 @@ RELOCATABLE_SECTION = "__nv_relfatbin"
 
 # Bounds that no real file comes near; a header claiming more is corrupt or hostile.
 MAX_ENTRY_HEADER = 4096
-MAX_SECTIONS = 1 << 20
+MAX_SECTIONS = 1 << 18  # linked libraries have tens; ELF's escape allows more, 256 Ki is plenty
 MAX_SHSTRTAB = 16 << 20
 MAX_IMAGES = 200_000
 STREAM_CHUNK = 1 << 20
 SHSTRTAB_WINDOW = 4 << 20  # a stream keeps this much before the section headers, for their names
+# The most a stream ever copies aside for one member: the window plus the largest section header table.
+MAX_CAPTURE = SHSTRTAB_WINDOW + MAX_SECTIONS * 64
+# The ELF spec fixes e_shentsize at sizeof(Elf32_Shdr) / sizeof(Elf64_Shdr); anything else is hostile.
+SHDR_SIZE = {False: 40, True: 64}
+# Kernel names come from one cubin per fat binary: read when stored plain and at most 1 MiB, or
+# LZ4-compressed and at most 16 KiB (a pure-Python LZ4 decoder). Small enough to cost little next to
+# inflating the library, big enough for the kernel-less cubins nvlink adds (1-2 KiB) and most
+# translation units; a bigger group's kernels are "unknown", which only means no names are shown.
+MAX_CUBIN_READ = 1 << 20
+MAX_LZ4_CUBIN_READ = 16 << 10
+STO_CUDA_ENTRY = 0x10  # st_other bit of a kernel (an entry point) in a cubin's symbol table
+STT_FUNC = 2
 
 
 class BinaryFormatError(ForgeError):
@@ -99,12 +114,42 @@ class DeviceImage:
 
 
 @dataclass
+class FatBinary:
+    """One fat binary: the device code of one translation unit (or of nvlink's device link step).
+
+    A kernel runs only if *its own* fat binary has SASS for the GPU or PTX the driver can JIT, so
+    this is the unit a verdict is made of ("kernel group").
+    """
+
+    offset: int  # where it starts in the file
+    images: list[DeviceImage] = field(default_factory=list)
+    # Kernel names from the symbol table of one of its cubins; () for a cubin without kernels (the
+    # one nvlink adds for the device runtime); None when no cubin could be read (compressed, or PTX only).
+    kernels: tuple[str, ...] | None = None
+
+    @property
+    def sass(self) -> set[str]:
+        return {image.arch for image in self.images if image.kind == "sass"}
+
+    @property
+    def ptx(self) -> set[str]:
+        return {image.arch for image in self.images if image.kind == "ptx"}
+
+    @property
+    def kernel_less(self) -> bool:
+        """Known to hold no kernel: nothing in it is ever launched, so it cannot fail a GPU."""
+        return self.kernels == () and not self.ptx
+
+
+@dataclass
 class DeviceCode:
-    """What one file carries. ``images`` are in file order; ``sass``/``ptx`` are the arch sets."""
+    """What one file carries. ``images`` are in file order; ``sass``/``ptx`` are the arch sets;
+    ``groups`` are its fat binaries (the images again, by the fat binary they belong to)."""
 
     images: list[DeviceImage] = field(default_factory=list)
     section: str = ""  # the section the images came from ("" for a raw fat binary or none)
     is_elf: bool = True
+    groups: list[FatBinary] = field(default_factory=list)
 
     @property
     def sass(self) -> set[str]:
@@ -117,6 +162,10 @@ class DeviceCode:
     @property
     def has_device_code(self) -> bool:
         return bool(self.images)
+
+    def add(self, group: FatBinary) -> None:
+        self.groups.append(group)
+        self.images.extend(group.images)
 
     def cuobjdump_listing(self) -> tuple[list[str], list[str]]:
         """The arch of each ``ELF file N`` and ``PTX file N`` line of ``cuobjdump --list-elf --list-ptx``.
@@ -182,6 +231,7 @@ class _ChunkReader:
 
     def set_capture(self, start: int, end: int) -> None:
         start = max(start, self._buf_start)  # what already streamed past is gone
+        end = min(end, start + MAX_CAPTURE)  # whatever the headers claim, never keep more than this
         self.capture_range = (start, max(start, end))
         self.capture_start = start
         lo, hi = start - self._buf_start, min(end, self._pulled) - self._buf_start
@@ -214,9 +264,21 @@ class _ChunkReader:
         return self._buf[self._i:self._i + n]
 
     def read(self, n: int) -> bytes:
-        data = self.peek(n)
-        self._i += len(data)
-        return data
+        if len(self._buf) - self._i >= n:
+            data = self._buf[self._i:self._i + n]
+            self._i += n
+            return data
+        # Longer than the buffer: gather whole chunks and join once (growing the buffer chunk by
+        # chunk would copy it again for every chunk).
+        parts = [self._buf[self._i:]]
+        got = len(parts[0])
+        self._i = len(self._buf)
+        while got < n and self._pull():
+            take = min(n - got, len(self._buf))
+            parts.append(self._buf[:take])
+            self._i = take
+            got += take
+        return b"".join(parts)
 
     def skip(self, n: int) -> int:
         done = 0
@@ -239,16 +301,29 @@ class _ChunkReader:
             self._buf, self._i = b"", 0
 
     def find(self, needle: bytes) -> int | None:
-        """Advance to the next ``needle``; its absolute offset, or None at the end of the stream."""
+        """Advance to the next ``needle``; its absolute offset, or None at the end of the stream.
+
+        Chunks are searched where they lie: only the last ``len(needle) - 1`` bytes of one are
+        kept to catch a needle across two, so nothing is copied on the way (this loop sees every
+        byte of every library in a wheel).
+        """
+        keep = len(needle) - 1
+        tail = b""  # the last bytes seen that may start a needle ending in the next chunk(s)
         while True:
+            if tail:
+                at = (tail + self._buf[self._i:self._i + keep]).find(needle)
+                if 0 <= at < len(tail):  # it starts in earlier chunks: put those bytes back in front
+                    start = self._buf_start + self._i - len(tail) + at
+                    self._buf = tail[at:] + self._buf[self._i:]
+                    self._buf_start, self._i = start, 0
+                    return start
             at = self._buf.find(needle, self._i)
             if at >= 0:
                 self._i = at
                 return self.tell()
-            keep = len(needle) - 1
-            self._i = max(self._i, len(self._buf) - keep)
+            tail = (tail + self._buf[max(self._i, len(self._buf) - keep):])[-keep:]
+            self._i = len(self._buf)
             if not self._pull():
-                self._i = len(self._buf)
                 return None
 
 
@@ -298,17 +373,17 @@ def _parse_elf_header(head: bytes, size: int, where: str) -> _ElfHeader:
         machine, = struct.unpack_from(endian + "H", head, 18)
         shoff, = struct.unpack_from(endian + "Q", head, 40)
         shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", head, 58)
-        min_entsize = 64
+        min_entsize = SHDR_SIZE[True]
     else:
         machine, = struct.unpack_from(endian + "H", head, 18)
         shoff, = struct.unpack_from(endian + "I", head, 32)
         shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", head, 46)
-        min_entsize = 40
+        min_entsize = SHDR_SIZE[False]
     if shoff == 0:  # no section headers (stripped to the bone): no sections, no fat binaries
         return _ElfHeader(is64, endian, machine, 0, min_entsize, 0, 0)
-    if shentsize < min_entsize:
-        raise BinaryFormatError(f"{where} has an invalid ELF section header size ({shentsize})",
-                                "re-download or rebuild it")
+    if shentsize != min_entsize:  # the spec fixes it; a bigger one would make every read huge
+        raise BinaryFormatError(f"{where} has an invalid ELF section header size ({shentsize}; the ELF spec "
+                                f"fixes it at {min_entsize})", "re-download or rebuild it")
     if shoff + shentsize > size:
         raise BinaryFormatError(f"{where} is truncated: its section headers lie past its end "
                                 f"(offset {shoff}, file size {size})", "re-download or rebuild it")
@@ -411,8 +486,9 @@ def _plausible_fatbin(head: bytes, room: int) -> bool:
             and ehs + payload <= fat_size and 10 <= arch < 1000)
 
 
-def _read_fatbin(r, end: int, where: str, images: list[DeviceImage]) -> None:
-    """Read one fat binary at the reader's position (its magic), entries into ``images``."""
+def _read_fatbin(r, end: int, where: str, count: int = 0) -> FatBinary:
+    """Read one fat binary at the reader's position (its magic). ``count``: images already read in
+    this file (for the MAX_IMAGES bound)."""
     start = r.tell()
     head = r.read(16)
     if len(head) < 16:
@@ -427,6 +503,7 @@ def _read_fatbin(r, end: int, where: str, images: list[DeviceImage]) -> None:
     if fat_end > end:
         raise BinaryFormatError(f"{where} is truncated: the fat binary at offset {start} claims {fat_size} bytes, "
                                 f"past the end of its section or file", "re-download or rebuild it")
+    group = FatBinary(start)
     while r.tell() < fat_end:
         at = r.tell()
         header = r.peek(min(MAX_ENTRY_HEADER, fat_end - at, 64))
@@ -439,12 +516,110 @@ def _read_fatbin(r, end: int, where: str, images: list[DeviceImage]) -> None:
             raise BinaryFormatError(f"{where} has a corrupt fat binary entry at offset {at} "
                                     f"(header {ehs} bytes, payload {payload} bytes)", "re-download or rebuild it")
         if kind in (KIND_PTX, KIND_ELF):
-            if len(images) >= MAX_IMAGES:
+            if count + len(group.images) >= MAX_IMAGES:
                 raise BinaryFormatError(f"{where} claims more than {MAX_IMAGES} device images", "check the file")
-            images.append(_image(kind, payload, code_version, arch, flags))
-        if r.skip(ehs + payload) != ehs + payload:
+            group.images.append(_image(kind, payload, code_version, arch, flags))
+        if kind == KIND_ELF and group.kernels is None and _worth_reading(flags, payload):
+            if r.skip(ehs) != ehs:
+                raise BinaryFormatError(f"{where} is truncated inside the fat binary entry at offset {at}",
+                                        "re-download or rebuild it")
+            body = r.read(payload)
+            if len(body) != payload:
+                raise BinaryFormatError(f"{where} is truncated inside the fat binary entry at offset {at}",
+                                        "re-download or rebuild it")
+            if flags & FLAG_LZ4:
+                raw_size, = struct.unpack_from("<Q", header, 56) if len(header) >= 64 else (0,)
+                body = lz4_block_decompress(body, raw_size) if 0 < raw_size <= MAX_CUBIN_READ else None
+            group.kernels = cubin_kernels(body) if body else None
+        elif r.skip(ehs + payload) != ehs + payload:
             raise BinaryFormatError(f"{where} is truncated inside the fat binary entry at offset {at}",
                                     "re-download or rebuild it")
+    return group
+
+
+def _worth_reading(flags: int, payload: int) -> bool:
+    if flags & FLAG_ZSTD:
+        return False
+    if flags & FLAG_LZ4:
+        return payload <= MAX_LZ4_CUBIN_READ
+    return payload <= MAX_CUBIN_READ
+
+
+# ---- cubins: the kernel names ----------------------------------------------------------------------
+
+
+def lz4_block_decompress(src: bytes, size: int) -> bytes | None:
+    """One LZ4 block (the format fat binaries compress entries with), or None when it is not one.
+
+    Pure Python, so only used on small cubins; never writes more than ``size`` bytes.
+    """
+    out = bytearray()
+    i, n = 0, len(src)
+    try:
+        while i < n:
+            token = src[i]
+            i += 1
+            length = token >> 4
+            if length == 15:
+                while True:
+                    extra = src[i]
+                    i += 1
+                    length += extra
+                    if extra != 255:
+                        break
+            if len(out) + length > size:
+                return None
+            out += src[i:i + length]
+            i += length
+            if i >= n or len(out) >= size:
+                break
+            offset = src[i] | (src[i + 1] << 8)
+            i += 2
+            if offset == 0 or offset > len(out):
+                return None
+            match = (token & 15) + 4
+            if token & 15 == 15:
+                while True:
+                    extra = src[i]
+                    i += 1
+                    match += extra
+                    if extra != 255:
+                        break
+            if len(out) + match > size:
+                return None
+            start = len(out) - offset
+            if match <= offset:
+                out += out[start:start + match]
+            else:  # an overlapping copy repeats the last `offset` bytes
+                chunk = out[start:]
+                out += (chunk * (match // offset + 1))[:match]
+    except IndexError:
+        return None
+    return bytes(out) if len(out) == size else None
+
+
+def cubin_kernels(cubin: bytes) -> tuple[str, ...] | None:
+    """The kernels (entry functions) a cubin defines, from its symbol table; None if it is not a cubin."""
+    if len(cubin) < 64 or cubin[:4] != ELF_MAGIC or cubin[4] != 2 or cubin[5] != 1:
+        return None
+    shoff, = struct.unpack_from("<Q", cubin, 40)
+    shentsize, shnum = struct.unpack_from("<HH", cubin, 58)
+    if shentsize != 64 or shoff + shnum * 64 > len(cubin):
+        return None
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * 64) for i in range(shnum)]
+    for _name, stype, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if stype != 2:  # SHT_SYMTAB
+            continue
+        if entsize != 24 or offset + size > len(cubin) or link >= shnum:
+            return None
+        str_off, str_size = sections[link][4], sections[link][5]
+        strtab = cubin[str_off:str_off + str_size]
+        names = []
+        for st_name, info, other, _shndx, _value, _size in struct.iter_unpack("<IBBHQQ", cubin[offset:offset + size]):
+            if info & 0xF == STT_FUNC and other & STO_CUDA_ENTRY:
+                names.append(_section_name(strtab, st_name))
+        return tuple(names)
+    return None  # no symbol table: nothing says it has no kernel
 
 
 def _skip_padding(r, end: int) -> bool:
@@ -460,14 +635,14 @@ def _skip_padding(r, end: int) -> bool:
     return False
 
 
-def _read_region(r, end: int, where: str, images: list[DeviceImage]) -> None:
+def _read_region(r, end: int, where: str, code: DeviceCode) -> None:
     """Every fat binary between the reader's position and ``end`` (a section, or a whole .fatbin file)."""
     while _skip_padding(r, end):
         at = r.tell()
         if r.peek(4) != FATBIN_MAGIC_BYTES:
             raise BinaryFormatError(f"{where} has unexpected bytes at offset {at} where a fat binary should start",
                                     "re-download or rebuild it")
-        _read_fatbin(r, end, where, images)
+        code.add(_read_fatbin(r, end, where, len(code.images)))
 
 
 # ---- entry points --------------------------------------------------------------------------------
@@ -479,7 +654,7 @@ def _open(r, size: int, where: str):
     head = r.peek(64)
     if head[:4] == FATBIN_MAGIC_BYTES:
         code = DeviceCode(is_elf=False)
-        _read_region(r, size, where, code.images)
+        _read_region(r, size, where, code)
         return code, None
     if head[:4] != ELF_MAGIC:
         raise NotDeviceBinary(f"{where} is not an ELF file or CUDA fat binary",
@@ -501,7 +676,7 @@ def _scan_random(read_at: Callable[[int, int], bytes], size: int, where: str) ->
     for name, sec in _fatbin_sections(sections, names, size, where):
         code.section = name
         r.pos = sec.offset
-        _read_region(r, sec.offset + sec.size, where, code.images)
+        _read_region(r, sec.offset + sec.size, where, code)
     return code
 
 
@@ -528,8 +703,11 @@ def scan_stream(chunks: Iterator[bytes], size: int, where: str) -> DeviceCode:
     done, hdr = _open(r, size, where)
     if done is not None:
         return done
-    r.set_capture(hdr.shoff - SHSTRTAB_WINDOW, min(size, hdr.shoff + MAX_SECTIONS * hdr.shentsize))
-    found: list[tuple[int, int, list[DeviceImage]]] = []  # (start, end, images) of each fat binary seen
+    # Section headers come last: copy them (and the names before them) aside as they stream past.
+    # shnum 0 is ELF's escape for "more than 0xff00, see section 0": then up to MAX_SECTIONS.
+    table = (hdr.shnum or MAX_SECTIONS) * hdr.shentsize
+    r.set_capture(hdr.shoff - SHSTRTAB_WINDOW, min(size, hdr.shoff + table))
+    found: list[tuple[int, int, FatBinary]] = []  # (start, end, fat binary) of each fat binary seen
     corrupt: list[tuple[int, str]] = []  # magics that did not start a readable fat binary (first 10000)
     total = 0
     while (at := r.find(FATBIN_MAGIC_BYTES)) is not None:
@@ -538,16 +716,13 @@ def scan_stream(chunks: Iterator[bytes], size: int, where: str) -> DeviceCode:
                 corrupt.append((at, f"{where} has a corrupt fat binary header at offset {at}"))
             r.skip(1)
             continue
-        images: list[DeviceImage] = []
         try:
-            _read_fatbin(r, size, where, images)
+            group = _read_fatbin(r, size, where, total)
         except BinaryFormatError as err:
             corrupt.append((at, str(err)))
             continue
-        total += len(images)
-        if total > MAX_IMAGES:
-            raise BinaryFormatError(f"{where} claims more than {MAX_IMAGES} device images", "check the file")
-        found.append((at, r.tell(), images))
+        total += len(group.images)
+        found.append((at, r.tell(), group))
     r.drain()
     table = r.captured
     base = r.capture_start
@@ -575,14 +750,14 @@ def scan_stream(chunks: Iterator[bytes], size: int, where: str) -> DeviceCode:
         for at, message in corrupt:
             if lo <= at < hi:
                 raise BinaryFormatError(message, "re-download or rebuild it")
-        inside = [(start, end, images) for start, end, images in found if lo <= start and end <= hi]
+        inside = [(start, end, group) for start, end, group in found if lo <= start and end <= hi]
         # What the fat binaries do not cover may only be alignment padding between them.
         uncovered = sec.size - sum(end - start for start, end, _ in inside)
         if uncovered > 16 * (len(inside) + 1):
             raise BinaryFormatError(f"{where} has {uncovered} bytes in its {name} section that are not fat binaries",
                                     "re-download or rebuild it")
-        for _start, _end, images in inside:
-            code.images.extend(images)
+        for _start, _end, group in inside:
+            code.add(group)
     return code
 
 

@@ -26,7 +26,8 @@ from scripts.errors import ForgeError
 from scripts.plan import Command, mask_urls
 
 # Every step there is, in pipeline order. A task or nox session selects the ones it needs.
-STEPS = ("clone", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect", "serve")
+STEPS = ("clone", "patch", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect",
+         "serve")
 WHEEL_CHAIN = ("clone", "use-existing-torch", "build-wheel", "check-size")
 IMAGE_CHAIN = ("clone", "use-existing-torch", "bake", "check-size-image", "inspect")
 TITLES = {"check-size-image": "check-size --image"}
@@ -136,6 +137,8 @@ class Options:
     force: bool = False  # clone: stash local changes
     reuse_checkout: bool = False  # clone: a checkout already at the ref is used as is (no fetch)
     audit: bool = True  # build-wheel
+    reuse: bool = True  # build-wheel: reuse the kernels of a wheel with the same kernel key (--no-reuse: off)
+    patches: list[Path] = field(default_factory=list)  # the patch step: forge.patches, then each --patch
     wheel: Path | None = None  # check-size: this wheel (default: what build-wheel published, else dist/)
     limit_mb: float = 0.0  # check-size
     image: str = ""  # check-size-image / inspect: this image (default: what bake made)
@@ -230,6 +233,25 @@ def _plan_clone(settings: Settings, options: Options) -> Step:
     return Step("clone", commands, notes, execute)
 
 
+def _plan_patch(settings: Settings, options: Options) -> Step:
+    from scripts import patches
+
+    src = settings.src
+    # Read and classified now (a missing or non-diff file fails before anything runs); applied all or nothing.
+    notes = [*patches.plan_lines(src, options.patches),
+             "all or nothing: a patch that does not apply leaves the checkout as it was"]
+    return Step("patch", [], notes, lambda state, on_line: patches.apply_patches(src, options.patches,
+                                                                                on_line=on_line))
+
+
+def with_patches(names: list[str], options: Options) -> list[str]:
+    """The patch step, after the clone and before use-existing-torch, when there are patches to apply."""
+    if not options.patches or "patch" in names:
+        return names
+    at = names.index("clone") + 1 if "clone" in names else 0
+    return [*names[:at], "patch", *names[at:]]
+
+
 def _plan_use_existing_torch(settings: Settings, options: Options) -> Step:
     _needs_checkout(settings, "where this vLLM version keeps use_existing_torch.py")
     src = settings.src
@@ -239,7 +261,7 @@ def _plan_use_existing_torch(settings: Settings, options: Options) -> Step:
                 lambda state, on_line: checkouts.run_use_existing_torch(commands, src, on_line=on_line))
 
 
-def _build_request(settings: Settings):
+def _build_request(settings: Settings, options: Options | None = None):
     from scripts import build_wheel
 
     cfg = settings.config
@@ -250,7 +272,8 @@ def _build_request(settings: Settings):
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
         build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
         log_dir=settings.repo_root / "build" / "logs", shared_cache=build_wheel.SharedCache.from_config(cfg),
-        extra_env=settings.mirror.env,
+        extra_env=settings.mirror.env, reuse=options.reuse if options else True,
+        patches=list(options.patches) if options else [],
     )
 
 
@@ -263,7 +286,7 @@ def _plan_build_wheel(settings: Settings, options: Options) -> Step:
         raise StepPending(f"planned after clone: the build of {', '.join(a.sm for a in archs)} "
                           f"(TORCH_CUDA_ARCH_LIST={archs_mod.torch_cuda_arch_list(archs)}) reads its knobs and "
                           f"version from {settings.src} once it exists")
-    plan = build_wheel.plan_build(_build_request(settings), check_tools=not options.dry_run)
+    plan = build_wheel.plan_build(_build_request(settings, options), check_tools=not options.dry_run)
     notes = [f"archs {', '.join(a.sm for a in plan.archs)}, compile cache {plan.compile_cache}", *plan.notes,
              f"build into the private directory {plan.staging}, "
              + ("audit the wheel's kernels for those archs, " if options.audit else "")
@@ -450,6 +473,7 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
 def plan_step(name: str, settings: Settings, options: Options, names: tuple[str, ...], done: list[Step]) -> Step:
     planners = {
         "clone": lambda: _plan_clone(settings, options),
+        "patch": lambda: _plan_patch(settings, options),
         "use-existing-torch": lambda: _plan_use_existing_torch(settings, options),
         "build-wheel": lambda: _plan_build_wheel(settings, options),
         "check-size": lambda: _plan_check_size(settings, options, names),

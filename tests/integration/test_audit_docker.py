@@ -47,8 +47,8 @@ def test_image_files_and_verdicts(image, via):
     by_path = {f.path: f for f in report.files}
     assert set(by_path) == {"/opt/venv/lib/vllm/_C.abi3.so", "/opt/venv/lib/vllm/_flash_attn_C.abi3.so",
                             "/usr/lib/libjit.so.1"}
-    assert by_path["/opt/venv/lib/vllm/_C.abi3.so"].verdict == {"sm_120": "sass"}
-    assert by_path["/usr/lib/libjit.so.1"].verdict == {"sm_120": "ptx"}
+    assert by_path["/opt/venv/lib/vllm/_C.abi3.so"].verdict == {"sm_120": "native"}
+    assert by_path["/usr/lib/libjit.so.1"].verdict == {"sm_120": "ptx-jit"}
     assert by_path["/opt/venv/lib/vllm/_flash_attn_C.abi3.so"].verdict == {"sm_120": "none"}
     assert not report.ok
     assert report.torch is not None and "no python3" in report.torch.error and report.torch.ok

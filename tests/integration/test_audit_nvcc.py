@@ -111,7 +111,81 @@ def test_wheel_of_the_mixes_streams_the_same(built, tmp_path):
             info = zf.getinfo(f"pkg/{path.name}")
             streamed = scan_stream(iter([zf.read(info)]), info.file_size, name)
             assert streamed.images == disk.images
-            assert by_name[path.name].sass == sorted(disk.sass) and by_name[path.name].ptx == sorted(disk.ptx)
-    assert by_name["libfamily.so"].verdict == {"sm_90": "none", "sm_120": "sass", "sm_103": "sass"}
-    assert by_name["libsm90a.so"].verdict == {"sm_90": "sass", "sm_120": "none", "sm_103": "none"}
-    assert by_name["libmixed_default.so"].verdict == {"sm_90": "sass", "sm_120": "sass", "sm_103": "ptx"}
+            assert by_name[path.name].sass == audit.sort_archs(disk.sass)
+            assert by_name[path.name].ptx == audit.sort_archs(disk.ptx)
+    assert by_name["libfamily.so"].verdict == {"sm_90": "none", "sm_120": "native", "sm_103": "native"}
+    assert by_name["libsm90a.so"].verdict == {"sm_90": "native", "sm_120": "none", "sm_103": "none"}
+    assert by_name["libmixed_default.so"].verdict == {"sm_90": "native", "sm_120": "native", "sm_103": "ptx-jit"}
+
+
+# Two translation units linked into one library, each with its own fat binary: one built for an old
+# arch with PTX (sm_52 SASS + compute_52 PTX; sm_75 + compute_75 where nvcc >= 13 dropped Maxwell:
+# the same shape), one for Hopper only (sm_90 SASS).
+TU_OLD = """
+__global__ void old_kernel(int *a) { a[threadIdx.x] += 1; }
+extern "C" void launch_old(int *a) { old_kernel<<<1, 32>>>(a); }
+"""
+TU_HOPPER = """
+__global__ void hopper_kernel(int *a) { a[threadIdx.x] += 2; }
+extern "C" void launch_hopper(int *a) { hopper_kernel<<<1, 32>>>(a); }
+"""
+
+
+@pytest.fixture(scope="module")
+def two_units(nvcc_toolchain, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nvcc-two-units")
+    nvcc = str(nvcc_toolchain.nvcc)
+    (out / "old.cu").write_text(TU_OLD)
+    (out / "hopper.cu").write_text(TU_HOPPER)
+    def compile_unit(name: str, flags: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([nvcc, "-c", "-Xcompiler", "-fPIC", *flags, "-o", str(out / f"{name}.o"),
+                               str(out / f"{name}.cu")], capture_output=True, text=True)
+
+    for old in ("52", "75"):
+        done = compile_unit("old", ["-gencode", f"arch=compute_{old},code=[sm_{old},compute_{old}]"])
+        if done.returncode == 0:
+            break
+    assert done.returncode == 0, done.stderr
+    (out / "old_arch").write_text(old)
+    done = compile_unit("hopper", ["-gencode", "arch=compute_90,code=sm_90"])
+    assert done.returncode == 0, done.stderr
+    library = out / "libtwo.so"
+    subprocess.run([nvcc, "-shared", "-o", str(library), str(out / "old.o"), str(out / "hopper.o")],
+                   check=True, capture_output=True)
+    return library
+
+
+def test_a_library_is_judged_by_each_kernel_group(two_units, tmp_path):
+    """The union of archs (sm_52, sm_90, compute_52) says "runs via PTX" on 12.0; the hopper unit has
+    nothing for 12.0, so the library is partial there. On 9.0 every unit runs, the old one through PTX."""
+    old = (two_units.parent / "old_arch").read_text()
+    code = list_device_code(two_units)
+    kernel_groups = [g for g in code.groups if not g.kernel_less]
+    assert sorted(tuple(audit.sort_archs(g.sass | g.ptx)) for g in kernel_groups) == [
+        (f"sm_{old}", f"compute_{old}"), ("sm_90",)]
+    assert sorted(k for g in kernel_groups for k in g.kernels) == ["_Z10old_kernelPi", "_Z13hopper_kernelPi"]
+    report = audit.audit_path(two_units, ["12.0", "9.0"])
+    (f,) = report.files
+    assert f.verdict == {"sm_120": "partial", "sm_90": "ptx-jit"}
+    counts = f.groups["sm_120"]
+    assert (counts.count, counts.native, counts.ptx_jit, counts.none) == (2, 0, 1, 1)
+    assert counts.missing_kernels == ["_Z13hopper_kernelPi"]
+    assert not report.ok
+    assert "1 of 2 kernel groups have no code for sm_120" in "\n".join(report.notes())
+    # Required explicitly, it still fails: the union of archs would have said "1 via PTX JIT".
+    assert not audit.audit_path(two_units, ["12.0"], require=["libtwo.so"]).ok
+
+
+def test_partial_library_natively_complete_on_one_gpu(nvcc_toolchain, two_units):
+    """Built again with the old unit carrying sm_90 SASS too: native on 9.0, still partial on 12.0."""
+    out = two_units.parent
+    old = (out / "old_arch").read_text()
+    nvcc = str(nvcc_toolchain.nvcc)
+    subprocess.run([nvcc, "-c", "-Xcompiler", "-fPIC", "-gencode", f"arch=compute_{old},code=[sm_{old},compute_{old}]",
+                    "-gencode", "arch=compute_90,code=sm_90", "-o", str(out / "old90.o"), str(out / "old.cu")],
+                   check=True, capture_output=True)
+    library = out / "libtwo90.so"
+    subprocess.run([nvcc, "-shared", "-o", str(library), str(out / "old90.o"), str(out / "hopper.o")],
+                   check=True, capture_output=True)
+    (f,) = audit.audit_path(library, ["12.0", "9.0"]).files
+    assert f.verdict == {"sm_120": "partial", "sm_90": "native"}

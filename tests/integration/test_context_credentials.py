@@ -217,7 +217,7 @@ def test_git_still_works_inside_the_build(client, baked, planted):
     staged = planted.tmp / "bake" / "context" / "vllm"
     assert git(staged, "status", "--porcelain", "--untracked-files=no") == ""
     assert git(staged, "describe", "--tags", "--dirty").strip() == git(planted.co, "describe", "--tags").strip()
-    assert [w.name for w in baked.results["wheel"].wheels] == ["vllm-0.1.0-cp38-abi3-linux_x86_64.whl"]
+    assert [w.name for w in baked.results["wheel"].wheels] == ["vllm-0.1.0+cu130.sm120-cp38-abi3-linux_x86_64.whl"]
 
 
 def test_no_token_in_the_wheel_the_logs_or_the_build_contexts(baked, planted):

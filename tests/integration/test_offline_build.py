@@ -116,4 +116,4 @@ def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
         bake(None)  # no cache staged: CMake tries GitHub from inside the build and fails
     plan, result = bake(cache)
     assert any("cached git dependencies (minidep)" in note for note in plan.notes)
-    assert [w.name for w in result.wheels] == ["vllm-0.1.0-cp38-abi3-linux_x86_64.whl"]
+    assert [w.name for w in result.wheels] == ["vllm-0.1.0+cu130.sm120-cp38-abi3-linux_x86_64.whl"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -225,4 +226,15 @@ def test_the_embedded_miniature_is_built_from_a_private_copy(tmp_path, repo_root
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
     assert status() == before
-    assert [w.name for w in (tmp_path / "dist").glob("*.whl")] == ["vllm-0.1.0-cp38-abi3-linux_x86_64.whl"]
+    names = [w.name for w in (tmp_path / "dist").glob("*.whl")]
+    assert len(names) == 1 and re.fullmatch(r"vllm-0\.1\.0\+cu\d+\.sm120-cp38-abi3-linux_x86_64\.whl", names[0]), names
+
+
+def test_wheels_for_other_archs_never_replace_each_other(prepared_src, tmp_path, nvcc_toolchain):
+    """The README's promise: a 9.0 build after a 12.0 one into the same dist/ keeps both wheels (the variant
+    is the wheel's PEP 440 local version)."""
+    for arch in ("12.0", "9.0"):
+        plan = plan_build(BuildRequest(src=prepared_src, dist_dir=tmp_path / "dist", arch=arch, reuse=False))
+        run_build(plan)
+    names = sorted(w.name for w in (tmp_path / "dist").glob("*.whl"))
+    assert len(names) == 2 and names[0].endswith(".sm120-cp38-abi3-linux_x86_64.whl") and ".sm90-" in names[1]

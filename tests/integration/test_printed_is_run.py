@@ -97,10 +97,13 @@ def test_core_tasks_print_what_they_run(repo_root, tmp_path, workdir, nvcc_toolc
     assert printed == ran and any("setup.py bdist_wheel" in line for line in ran)
     assert "TORCH_CUDA_ARCH_LIST=12.0" in ran[-1]
 
-    # `invoke plan` prints the very steps: its clone/use-existing-torch/build-wheel blocks equal the dry runs
+    # `invoke plan` prints the very steps: its use-existing-torch/build-wheel blocks equal build-wheel's dry run
+    # in the same state (now with a wheel of the same kernel key in dist/: both say the kernels are reused)
+    again = printed_commands(invoke(repo_root, *build, "--dry-run").stdout)
     plan = invoke(repo_root, "plan", "--repo", workdir["repo"], "--ref", "v0.1.0", "--arch", "12.0", "--dist-dir",
                   str(workdir["dist"]), *where, check=False)
-    assert printed_commands(plan.stdout, ("use-existing-torch", "build-wheel")) == printed
+    assert printed_commands(plan.stdout, ("use-existing-torch", "build-wheel")) == again
+    assert "VLLM_USE_PRECOMPILED=1" in again[-1]
 
     # the wheel chain on the existing checkout (reused): clone -> use-existing-torch -> build-wheel -> check-size
     chain = ("wheel", "--repo", workdir["repo"], "--ref", "v0.1.0", "--arch", "12.0", "--dist-dir",

@@ -89,8 +89,8 @@ def test_prediction_matches_the_h200_runs():
         (file,) = report.files
         assert (file.verdict["sm_90"] != "none") is ran, name
         assert report.ok is ran
-    assert audit.audit_path(H200 / "k_ptx80", ["9.0"]).files[0].verdict == {"sm_90": "ptx"}
-    assert audit.audit_path(H200 / "k_sm_90a", ["9.0"]).files[0].verdict == {"sm_90": "sass"}
+    assert audit.audit_path(H200 / "k_ptx80", ["9.0"]).files[0].verdict == {"sm_90": "ptx-jit"}
+    assert audit.audit_path(H200 / "k_sm_90a", ["9.0"]).files[0].verdict == {"sm_90": "native"}
 
 
 # ---- wheels, directories, image tars ---------------------------------------------------------------
@@ -114,8 +114,8 @@ def test_wheel_is_read_without_unpacking(wheel, tmp_path):
     by_path = {f.path: f for f in report.files}
     assert set(by_path) == {"vllm/_C.abi3.so", "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "vllm/_moe_C.abi3.so",
                             "vllm/libdummy.so.1"}
-    assert by_path["vllm/_C.abi3.so"].verdict == {"sm_120": "sass"}
-    assert by_path["vllm/_moe_C.abi3.so"].verdict == {"sm_120": "ptx"}
+    assert by_path["vllm/_C.abi3.so"].verdict == {"sm_120": "native"}
+    assert by_path["vllm/_moe_C.abi3.so"].verdict == {"sm_120": "ptx-jit"}
     assert by_path["vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so"].verdict == {"sm_120": "none"}
     dummy = by_path["vllm/libdummy.so.1"]
     assert not dummy.has_device_code and not dummy.required and dummy.ok  # listed, not failed
@@ -136,12 +136,22 @@ def test_json_schema_is_stable(wheel):
     assert data["target"] == ["sm_120", "sm_90a"]
     assert data["ok"] is False
     first = data["files"][0]
-    assert list(first) == ["path", "sass", "ptx", "verdict", "required", "error", "optional"]
+    assert list(first) == ["path", "sass", "ptx", "verdict", "required", "error", "optional", "groups",
+                           "predicted_error", "package", "variant", "fix"]
     assert [f["path"] for f in data["files"]] == sorted(f["path"] for f in data["files"])
     fa3 = next(f for f in data["files"] if f["path"].endswith("_fa3_C.abi3.so"))
-    assert fa3 == {"path": "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "sass": ["sm_90a"], "ptx": [],
-                   "verdict": {"sm_120": "none", "sm_90a": "sass"}, "required": True, "error": None,
-                   "optional": None}  # the wheel has no Python saying FA3 is optional: judged required
+    assert {k: fa3[k] for k in ("path", "sass", "ptx", "verdict", "required", "error", "optional", "package")} == {
+        "path": "vllm/vllm_flash_attn/_vllm_fa3_C.abi3.so", "sass": ["sm_90a"], "ptx": [],
+        "verdict": {"sm_120": "none", "sm_90a": "native"}, "required": True, "error": None,
+        "optional": None, "package": "vllm"}  # the wheel has no Python saying FA3 is optional: judged required
+    # nvlink's device-link fat binary holds no kernel: it is counted apart and never fails a GPU.
+    assert fa3["groups"]["sm_120"] == {"count": 1, "native": 0, "ptx_jit": 0, "none": 1, "kernel_less": 1,
+                                       "arch_specific": 0, "arch_specific_archs": [],
+                                       "missing_kernels": ["_Z3addPf"]}
+    assert fa3["predicted_error"] == {
+        "sm_120": "CUDA error: no kernel image is available for execution on the device on the first kernel launch",
+        "sm_90a": None}
+    assert fa3["fix"] == "rebuild vLLM for it: `invoke build-wheel --arch 12.0`"
 
 
 def test_directory_with_a_wheel_in_it(wheel, tmp_path):

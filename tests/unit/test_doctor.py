@@ -204,3 +204,14 @@ def test_cli_json_from_recording(tmp_path, capsys):
     assert doctor.main(["--host-file", str(host), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["level"] == "pass" and data["host"]["topo"]["cells"]["GPU0"]["GPU1"] == "NV18"
+
+
+def test_no_torch_fix_depends_on_where_it_was_looked_for():
+    """A user who passed the serving image is not told to "point --image at the serving image"."""
+    from scripts.doctor import check_torch_archs
+
+    inside = {"torch": {"installed": False, "error": "No module named 'torch'"}}
+    image = check_torch_archs([], inside, "image vllm-forge/vllm:x")[0]
+    host = check_torch_archs([], inside)[0]
+    assert "image vllm-forge/vllm:x" in image.message and "invoke bake" in image.fix and "--image" not in image.fix
+    assert "this Python" in host.message and "pip install torch" in host.fix

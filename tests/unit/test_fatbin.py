@@ -95,6 +95,7 @@ def both_ways(data: bytes, chunk: int = 4096):
     random = list_device_code(data)
     stream = scan_stream(chunked(data, chunk), len(data), "stream")
     assert stream.images == random.images
+    assert stream.groups == random.groups  # the same fat binaries, at the same offsets, same kernels
     return random
 
 
@@ -113,7 +114,10 @@ def test_fixture_matches_recorded_cuobjdump(name):
 @pytest.mark.parametrize("chunk", [1 << 20, 4093, 64])
 def test_fixture_streamed_equals_random_access(name, chunk):
     data = (FIXTURES / name).read_bytes()
-    assert scan_stream(chunked(data, chunk), len(data), name).images == list_device_code(data).images
+    streamed, random = scan_stream(chunked(data, chunk), len(data), name), list_device_code(data)
+    assert streamed.images == random.images
+    assert streamed.groups == random.groups
+    assert any(g.kernels for g in random.groups) or not random.sass  # a cubin's kernels are read
 
 
 def test_fixture_sets():
@@ -272,3 +276,30 @@ def test_fuzz_mutated_elf(flips, cut):
     # When both readings succeed they agree (one may refuse what the other reads: streaming is stricter).
     if None not in results:
         assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_recorded_partial_library_groups_streamed_and_random(chunk):
+    data = (FIXTURES.parent / "gpu_tu_partial" / "libab.so").read_bytes()
+    random = list_device_code(data)
+    assert [g.kernels for g in random.groups] == [(), ("_Z2kaPi",), ("_Z2kbPi",)]
+    assert scan_stream(chunked(data, chunk), len(data), "libab.so").groups == random.groups
+
+
+def test_lz4_block_decoder_round_trips_a_hand_made_block():
+    from scripts.fatbin import lz4_block_decompress
+
+    # literals "abcd", then a match of 8 at offset 4 (overlapping: repeats "abcd"), then literals "xyz"
+    block = bytes([0x44]) + b"abcd" + struct.pack("<H", 4) + bytes([0x30]) + b"xyz"
+    assert lz4_block_decompress(block, 15) == b"abcdabcdabcdxyz"
+    assert lz4_block_decompress(block, 14) is None  # more than it says: refused
+    assert lz4_block_decompress(bytes([0x10]) + b"a" + struct.pack("<H", 9), 10) is None  # offset before start
+
+
+def test_kernel_names_of_a_compressed_cubin():
+    from scripts.fatbin import FLAG_LZ4
+
+    code = list_device_code(FIXTURES / "k_sm_90")
+    assert [g.kernels for g in code.groups] == [(), ("_Z3addPf",)]
+    assert not any(i.compression for i in code.images)
+    assert FLAG_LZ4 == 0x2000
