@@ -994,15 +994,7 @@ def serve(ctx, model, image="", local=False, tp=None, port=None, host="127.0.0.1
                              vllm_args)
     docker_path = _plain_docker(docker)
     if compose:
-        path = REPO_ROOT / compose_file if not Path(compose_file).is_absolute() else Path(compose_file)
-        text = serving.compose_file(request)  # checked first: a refused request writes nothing
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            partial.write_text(text)
-            os.replace(partial, path)  # whole or not at all
-        finally:
-            partial.unlink(missing_ok=True)
+        path = serving.write_compose_file(request, REPO_ROOT / compose_file)
         key = "export VLLM_API_KEY=...; " if request.api_key else ""  # the file names it, never holds it
         console.print(f"[green]wrote[/] {path}: {key}docker compose -f {path} up -d")
         return

@@ -710,6 +710,19 @@ def serve(
     return started, seconds, result
 
 
+def write_compose_file(request: ServeRequest, path: Path) -> Path:
+    """Write ``compose_file(request)`` to ``path`` whole or not at all (a refused request writes nothing)."""
+    text = compose_file(request)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def compose_file(request: ServeRequest) -> str:
     """The same service as a docker compose file, written by a YAML dumper (no value can add a key)."""
     import yaml
