@@ -197,8 +197,11 @@ def _run_git(args: list[str], cwd: Path | None, rewrites: Mapping[str, str],
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-    return mask_urls(lines[-1].strip()) if lines else f"git exited with {proc.returncode}"
+    """git's own words: its first `fatal:`/`error:` line (the last line is often the tail of a sentence,
+    "and the repository exists."), else its last line."""
+    lines = [line.strip() for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "")
+    return mask_urls(said) if said else f"git exited with {proc.returncode}"
 
 
 def _submodule_urls(repo: Path, rewrites: Mapping[str, str]) -> dict[str, str]:

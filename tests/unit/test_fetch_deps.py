@@ -173,3 +173,16 @@ def test_cli_dry_run_and_url_map_errors(tmp_path, capsys):
     assert "VLLM_CUTLASS_SRC_DIR" in out
     with pytest.raises(ForgeError, match="OLD=NEW"):
         fd.main([str(src), "--url-map", "nonsense"])
+
+
+def test_git_failure_is_reported_by_its_fatal_line_not_the_tail_of_a_sentence():
+    import subprocess
+
+    from scripts.fetch_deps import _last_line
+
+    proc = subprocess.CompletedProcess([], 128, "", "fatal: '/srv/nothing' does not appear to be a git repository\n"
+                                                    "fatal: Could not read from remote repository.\n\n"
+                                                    "Please make sure you have the correct access rights\n"
+                                                    "and the repository exists.\n")
+    assert _last_line(proc) == "fatal: '/srv/nothing' does not appear to be a git repository"
+    assert _last_line(subprocess.CompletedProcess([], 1, "", "")) == "git exited with 1"
