@@ -62,6 +62,34 @@ def docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
+def client():
+    """The docker client bakes use, its engine answering (a skip locally, a failure in CI, when not)."""
+    from scripts import image
+    from scripts.errors import ForgeError
+
+    try:
+        found = image.find_docker()
+        image.check_engine(found.path)
+    except ForgeError as err:
+        require_tool(f"a Docker engine with BuildKit ({err})", False)
+    return found
+
+
+@pytest.fixture(scope="session")
+def standins(client):
+    """The TEST-ONLY stand-in base images (scripts/standin_images.py), built once when missing."""
+    from scripts.errors import ForgeError
+    from scripts.standin_images import ensure_standin_images
+
+    try:
+        return ensure_standin_images(client.path, log=lambda line: None)
+    except ForgeError as err:
+        if IN_CI:
+            raise
+        pytest.skip(f"stand-in base images cannot be built here: {err}")
+
+
+@pytest.fixture(scope="session")
 def minivllm_repo(tmp_path_factory) -> str:
     """file:// URL of a bare git repo of the embedded miniature vLLM."""
     from scripts.minivllm import publish_minivllm

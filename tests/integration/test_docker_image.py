@@ -16,38 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, require_tool
-
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM_FIXTURE = REPO / "tests" / "fixtures" / "upstream_dockerfile" / "Dockerfile"
-
-
-@pytest.fixture(scope="module")
-def client():
-    from scripts import image
-    from scripts.errors import ForgeError
-
-    try:
-        found = image.find_docker()
-        image.check_engine(found.path)
-    except ForgeError as err:
-        require_tool(f"a Docker engine with BuildKit ({err})", False)
-    return found
-
-
-@pytest.fixture(scope="module")
-def standins(client):
-    from scripts.errors import ForgeError
-    from scripts.standin_images import ensure_standin_images
-
-    try:
-        return ensure_standin_images(client.path, log=lambda line: None)
-    except ForgeError as err:
-        if IN_CI:
-            raise
-        pytest.skip(f"stand-in base images cannot be built here: {err}")
 
 
 @pytest.fixture(scope="module")
