@@ -43,18 +43,20 @@ def kernels_by_file(wheel: Path) -> dict[str, set[str]]:
     return {f.path: set(f.sass) for f in report.files if f.sass or f.ptx}
 
 
-def assert_one_intact_wheel(dist: Path, expected: list[set[str]]) -> Path:
+def assert_intact_wheels(dist: Path, expected: list[set[str]], count: int = 1) -> list[Path]:
     names = sorted(p.name for p in dist.iterdir())
     assert not [n for n in names if n.startswith(".")], names  # no staging dir, no probe file left
-    (wheel,) = dist.glob("*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        assert archive.testzip() is None  # every member's CRC checks out
-        assert "vllm/_C.abi3.so" in archive.namelist()
-    kernels = kernels_by_file(wheel)
-    assert len(kernels) == 2, kernels  # _C and the flash-attention stub
-    archs = list(kernels.values())
-    assert archs[0] == archs[1] and archs[0] in expected, kernels  # all from one build, never mixed
-    return wheel
+    wheels = sorted(dist.glob("*.whl"))
+    assert len(wheels) == count, names  # builds of other archs carry their variant in the name: both kept
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            assert archive.testzip() is None  # every member's CRC checks out
+            assert "vllm/_C.abi3.so" in archive.namelist()
+        kernels = kernels_by_file(wheel)
+        assert len(kernels) == 2, kernels  # _C and the flash-attention stub
+        archs = list(kernels.values())
+        assert archs[0] == archs[1] and archs[0] in expected, kernels  # all from one build, never mixed
+    return wheels
 
 
 @pytest.mark.nvcc
@@ -68,7 +70,8 @@ def test_two_build_wheels_into_one_dist(minivllm_repo, tmp_path, nvcc_toolchain)
     for proc in runs:
         code, out, err = finish(proc)
         assert code == 0, out[-1500:] + err[-1500:]
-    assert_one_intact_wheel(dist, [{"sm_120"}, {"sm_90"}])
+    wheels = assert_intact_wheels(dist, [{"sm_120"}, {"sm_90"}], count=2)
+    assert sorted(".sm120-" in w.name for w in wheels) == [False, True]
 
 
 @pytest.mark.nvcc
@@ -90,7 +93,7 @@ def test_a_second_build_of_the_same_checkout_is_refused_at_once(minivllm_repo, t
     assert code == 0, out[-1500:] + err[-1500:]
     assert second.returncode == 2, second.stderr
     assert "another build-wheel" in second.stderr and "Fix:" in second.stderr
-    assert_one_intact_wheel(dist, [{"sm_120"}])
+    assert_intact_wheels(dist, [{"sm_120"}])
 
 
 @pytest.mark.docker
@@ -117,4 +120,4 @@ def test_two_bake_wheel_exports_into_one_dist(minivllm_repo, tmp_path):
         assert code == 0, out[-1500:] + err[-1500:]
     assert (dist / "vllm-0.0.9-cp38-abi3-linux_x86_64.whl.keep").read_bytes() == b"not ours"
     (dist / "vllm-0.0.9-cp38-abi3-linux_x86_64.whl.keep").unlink()
-    assert_one_intact_wheel(dist, [{"sm_120"}])
+    assert_intact_wheels(dist, [{"sm_120"}])
