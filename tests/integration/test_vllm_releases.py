@@ -192,8 +192,9 @@ def test_clone_use_existing_torch_and_dry_run(release_repo, newest_version, nvcc
     plan = _dry_run(dest, tmp_path)
     assert plan.env["TORCH_CUDA_ARCH_LIST"] == "12.0"
     assert plan.command.argv[1] == "setup.py" and plan.command.cwd == str(dest.resolve())
-    # a tagged checkout needs no pinned version
-    assert "VLLM_VERSION_OVERRIDE" not in plan.env and "SETUPTOOLS_SCM_PRETEND_VERSION" not in plan.env
+    # the tag's version with the build's variant as its local version (the variable that vLLM version reads)
+    variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
+    assert plan.env[variable].startswith(f"{version}+cu") and plan.env[variable].endswith(".sm120")
 
 
 @pytest.mark.parametrize("version", ["0.8.4", "0.10.0", "newest"])
