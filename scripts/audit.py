@@ -65,8 +65,12 @@ NONE = "none"
 NATIVE = "native"
 PTX_JIT = "ptx-jit"
 PARTIAL = "partial"
+# vLLM's own extension, built for this GPU (native groups), whose other groups carry code only for other GPUs:
+# vLLM's CMake builds some kernels for chosen archs only and its dispatch picks kernels by compute capability
+# (the stock 0.26.0 wheel has 14 such groups in _C and serves on an H200). Runs; reported, never silent.
+GATED = "gated"
 NO_DEVICE_CODE = "no-device-code"
-RUNS = (NATIVE, PTX_JIT)
+RUNS = (NATIVE, PTX_JIT, GATED)
 NO_KERNEL_IMAGE = "CUDA error: no kernel image is available for execution on the device"
 JIT_NOTE = ("PTX JIT: the driver compiles the PTX on the first load of each process (seconds to minutes "
             "for a large library; cached in ~/.nv/ComputeCache, size set by CUDA_CACHE_MAXSIZE)")
@@ -433,12 +437,14 @@ class AuditReport:
         required = [f for f in self.files if f.required]
         parts = []
         for target in self.targets:
-            counts = {NATIVE: 0, PTX_JIT: 0, PARTIAL: 0, NONE: 0, NO_DEVICE_CODE: 0}
+            counts = {NATIVE: 0, PTX_JIT: 0, GATED: 0, PARTIAL: 0, NONE: 0, NO_DEVICE_CODE: 0}
             for f in required:
                 counts[NONE if f.error else f.verdict.get(target.name, NONE)] += 1
             part = f"{target.label}: {counts[NATIVE]} native"
             if counts[PTX_JIT]:
                 part += f", {counts[PTX_JIT]} via PTX JIT"
+            if counts[GATED]:
+                part += f", {counts[GATED]} native with kernels for other GPUs picked by vLLM's dispatch"
             if counts[PARTIAL]:
                 part += f", {counts[PARTIAL]} PARTIAL (some kernels have no code)"
             if counts[NONE] + counts[NO_DEVICE_CODE]:
@@ -1122,7 +1128,10 @@ def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *,
         f = FileAudit(item.path, sass, ptx, {}, error=item.error,
                       package=owner_of(item.location, False) or owner_of(item.path, item.member))
         for target in targets:
-            f.verdict[target.name], f.groups[target.name], f.via[target.name] = judge(groups, target)
+            verdict, counts, via = judge(groups, target)
+            if verdict == PARTIAL and f.owner == "vllm" and counts.native:
+                verdict = GATED
+            f.verdict[target.name], f.groups[target.name], f.via[target.name] = verdict, counts, via
         name = PurePosixPath(item.path).name
         hits = [g for g in require if fnmatch.fnmatch(item.path, g) or fnmatch.fnmatch(name, g)]
         matched.update(hits)
@@ -1255,6 +1264,9 @@ def verdict_text(f: FileAudit, target: str) -> str:
         return f"optional, partial: {counts.none} of {counts.count} groups have no code"
     if verdict == NATIVE:
         return f"native ({_via(f, target)})" + suffix
+    if verdict == GATED and counts:
+        return (f"native ({_via(f, target)}); {counts.none} of {counts.count} groups only for other GPUs, "
+                "picked by vLLM's capability dispatch" + suffix)
     if verdict == PTX_JIT:
         return f"PTX JIT ({_via(f, target)})" + suffix
     if verdict == PARTIAL and counts:

@@ -58,11 +58,27 @@ def test_recorded_partial_library_is_partial_on_the_gpu_it_ran_on():
 def test_required_partial_file_fails_where_the_union_would_pass(tmp_path):
     wheel = tmp_path / "x-1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(TU_PARTIAL / "libab.so", "vllm/_C.abi3.so")
+        zf.write(TU_PARTIAL / "libab.so", "mylib/_C.abi3.so")
     report = audit.audit_path(wheel, ["9.0"], require=["*/_C.abi3.so"])
     assert not report.ok
     assert "PARTIAL" in report.summary()
     assert audit.verdict_text(report.files[0], "sm_90") == "PARTIAL: 1 of 2 groups have no code"
+
+
+def test_a_vllm_extension_built_for_the_gpu_is_judged_by_its_dispatch(tmp_path):
+    """The same shape inside vLLM's package: vLLM builds some kernels for chosen archs only and picks kernels
+    by compute capability (the stock 0.26.0 _C has 14 groups without sm_90 code and serves on an H200), so a
+    file with native groups for the GPU is `gated`: it passes, and says how many groups are for other GPUs.
+    A vLLM file with no native group for the GPU (issue 14's 55 of 56) still fails."""
+    wheel = tmp_path / "vllm-1-cp38-abi3-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(TU_PARTIAL / "libab.so", "vllm/_C.abi3.so")
+    report = audit.audit_path(wheel, ["9.0", "12.0"], require=["*/_C.abi3.so"])
+    f = report.files[0]
+    assert f.verdict["sm_90"] == "gated" and f.runs_on("sm_90") and f.predicted_error("sm_90") is None
+    assert audit.verdict_text(f, "sm_90") == ("native (sm_90); 1 of 2 groups only for other GPUs, picked by "
+                                              "vLLM's capability dispatch")
+    assert f.verdict["sm_120"] == "none" and not report.ok
 
 
 # ---- the verdict rule on hand-made groups ------------------------------------------------------------
@@ -274,9 +290,12 @@ def test_doctor_reports_partial_extensions_with_the_vllm_fix(tmp_path):
     (site / "vllm").mkdir(parents=True)
     shutil.copy(TU_PARTIAL / "libab.so", site / "vllm" / "_C.abi3.so")
     [finding] = doctor.check_audit(str(site / "vllm"), [("GPU0", "9.0")], doctor.load_audit())
-    assert finding.level == "fail"
-    assert "1 PARTIAL" in finding.message and "1 of 2 kernel groups have no code for sm_90" in finding.message
-    assert finding.fix == "rebuild vLLM for it: `invoke build-wheel --arch 9.0`"
+    assert finding.level == "pass"  # vLLM's own file with native groups: gated, see docs/audit.md
+    assert "picked by vLLM's dispatch" in finding.message
+    shutil.copy(H200 / "k_ptx80", site / "vllm" / "_moe_C.abi3.so")  # PTX of 8.0 only: runs on 9.0 by JIT
+    (site / "vllm" / "_C.abi3.so").unlink()
+    [finding] = doctor.check_audit(str(site / "vllm"), [("GPU0", "7.5")], doctor.load_audit())
+    assert finding.level == "fail" and finding.fix == "rebuild vLLM for it: `invoke build-wheel --arch 7.5`"
 
 
 # ---- inflaters: ISA-L (default when installed), zlib, zlib-ng give the same audit -----------------------
