@@ -15,7 +15,7 @@ Without a GPU it says so and still checks the Python or image against ``--arch``
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import json
 import os
 import re
