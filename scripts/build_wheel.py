@@ -109,7 +109,7 @@ def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: s
     the tree's own version when it has no tags."""
     base, local = tree_version or "0.0.0", []
     if has_git_tags(src):
-        proc = subprocess.run(["git", "describe", "--tags", "--long", "--match", "v[0-9]*"], cwd=src,
+        proc = subprocess.run(["git", "describe", "--tags", "--long", "--abbrev=12", "--match", "v[0-9]*"], cwd=src,
                               capture_output=True, text=True)
         found = re.match(r"^v?(?P<tag>.+)-(?P<distance>\d+)-g(?P<sha>[0-9a-f]+)$", proc.stdout.strip())
         if found:
