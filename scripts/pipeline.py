@@ -506,8 +506,7 @@ class Pipeline:
         state = RunState()
         for index, name in enumerate(self.names):
             step = self.steps[index]
-            if step.pending:
-                self.settings.reread_checkout()
+            if step.pending:  # the clone step before it has re-read the checkout's facts
                 step = self.steps[index] = plan_step(name, self.settings, self.options, self.names,
                                                      self.steps[:index])
             if step.error is not None:
