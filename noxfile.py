@@ -209,8 +209,9 @@ def mutants(session: nox.Session) -> None:
             names.append(arg)
     paths = _mutation_paths(session, names)
     # A fresh copy of the working tree, so mutmut's mutants/ and the only_mutate this run needs stay out of the
-    # checkout. Fresh each run: mutmut's cached test-to-function map goes stale when only_mutate changes.
-    work = REPO_ROOT / "build" / "mutation"
+    # checkout. Fresh each run: mutmut's cached test-to-function map goes stale when only_mutate changes. One
+    # directory per module set, so runs over different modules can go side by side.
+    work = REPO_ROOT / "build" / ("mutation-" + "-".join(Path(path).stem for path in paths))
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
                            capture_output=True, text=True).stdout.splitlines()
     shutil.rmtree(work, ignore_errors=True)
@@ -223,5 +224,7 @@ def mutants(session: nox.Session) -> None:
                                 pyproject.read_text()))
     globs = [path.removesuffix(".py").replace("/", ".") + ".*" for path in paths]
     with session.chdir(work):
-        session.run("mutmut", "run", *options, *globs)
+        # Each mutant is a pytest session: the leftover check of tests/conftest.py (docker and pgrep calls at
+        # start and end) would cost more than most mutants' tests, and unit tests start nothing.
+        session.run("mutmut", "run", *options, *globs, env={"VLLM_FORGE_TEST_KEEP_LEFTOVERS": "1"})
         session.run("python", "tests/mutation_score.py", str(work), *paths)

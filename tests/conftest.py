@@ -141,6 +141,8 @@ def pytest_sessionfinish(session, exitstatus):
 
     docker = os.environ.get("VLLM_FORGE_DOCKER") or shutil.which("docker")
     now = _snapshot()
+    if all(now[kind] <= _baseline[kind] for kind in now):
+        return  # nothing new: no second look (a pytest run per mutant would otherwise pay for it)
     for pid in now["pids"] - _baseline["pids"]:
         try:
             os.kill(int(pid), signal.SIGTERM)
@@ -153,7 +155,7 @@ def pytest_sessionfinish(session, exitstatus):
             subprocess.run([docker, "rmi", "-f", image], capture_output=True)
     import time
 
-    time.sleep(1)
+    time.sleep(1)  # a terminated server takes a moment to go
     after = _snapshot()
     left = {kind: sorted(after[kind] - _baseline[kind]) for kind in after}
     left = {kind: ids for kind, ids in left.items() if ids}
