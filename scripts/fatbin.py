@@ -777,10 +777,11 @@ def list_device_code(source, where: str | None = None) -> DeviceCode:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             raise ForgeError(f"{where} does not exist", "check the path") from None
-        except IsADirectoryError:
-            raise ForgeError(f"{where} is a directory", "audit it with scripts/audit.py instead") from None
         except OSError as err:
             raise ForgeError(f"cannot read {where} ({err.strerror})", "check its permissions") from None
+        if path.is_dir():  # Linux opens a directory read-only; only the first read would fail
+            os.close(fd)
+            raise ForgeError(f"{where} is a directory", "audit it with scripts/audit.py instead")
         try:
             size = os.fstat(fd).st_size
             return _scan_random(lambda off, n: os.pread(fd, n, off), size, where)
