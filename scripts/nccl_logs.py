@@ -1406,7 +1406,7 @@ def diagnose_texts(named_texts: list[tuple[str, str]], ctx: Context | None = Non
             continue
         for name, kind, parsed in sections:
             findings, facts = _judge(kind, parsed, ctx)
-            if len(sections) > 1:
+            if len(sections) > 1 and name:  # the text before the first `== name` line has no name to show
                 for f in findings:
                     f.message = f"[{name}] {f.message}"
                 report.facts[name] = {"kind": kind, **(facts if isinstance(facts, dict) else {"data": facts})}

@@ -1,0 +1,226 @@
+"""scripts/nccl_logs.py's inputs and outputs, checked exactly: which files a spec names, which NCCL_* values
+are harmful at their thresholds, the text and JSON a diagnosis prints, and the CLI's exit code
+(issue 22: these were run by the tests but their results were only searched for a word).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from scripts import nccl_logs
+from scripts.errors import ForgeError
+from scripts.nccl_logs import FileReport, Finding, RootCause
+
+LIVE = Path(__file__).resolve().parents[1] / "fixtures" / "h200x2_live"
+
+
+# ---- which files ------------------------------------------------------------------------------------------
+
+
+def test_input_paths_words_commas_globs_and_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.log", "b.log", "c.txt"):
+        Path(name).write_text("x\n")
+    logs = Path("logs")
+    logs.mkdir()
+    (logs / "z.log").write_text("text\n")
+    (logs / "bin").write_bytes(b"\x7fELF" + b"\0" * 10)
+    (logs / "late-nul").write_bytes(b"x" * 4096 + b"\0")  # a NUL past the first 4 KiB: still text
+    (logs / "sub").mkdir()
+    paths, in_dirs = nccl_logs.input_paths("a.log,c.txt  *.log logs")
+    assert paths == [Path("a.log"), Path("c.txt"), Path("a.log"), Path("b.log"), Path("logs/late-nul"),
+                     Path("logs/z.log")]
+    assert in_dirs == {"logs/late-nul", "logs/z.log"}
+    assert nccl_logs.input_paths("missing.log") == ([Path("missing.log")], set())  # read later, refused there
+    assert nccl_logs.input_paths("b.lo?") == ([Path("b.log")], set())
+    assert nccl_logs.input_paths("[ab].log") == ([Path("a.log"), Path("b.log")], set())
+
+
+def test_input_paths_that_name_nothing_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spec in ("", " , ", "*.nothing"):
+        with pytest.raises(ForgeError, match=re.escape(f"no files in {spec!r}")):
+            nccl_logs.input_paths(spec)
+    Path("empty").mkdir()
+    with pytest.raises(ForgeError):
+        nccl_logs.input_paths("empty")
+
+
+# ---- which NCCL_* values are harmful ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, harmful", [
+    ("Simple", False), ("LL,LL128,Simple", False), ("ll, simple", False), ("^LL", False), ("^LL,LL128", False),
+    ("LL", True), ("LL,LL128", True), ("^Simple", True), ("^LL,simple", True),
+])
+def test_proto_harm(value, harmful):
+    why = nccl_logs._proto_harm(value)
+    if harmful:
+        assert why == (f"NCCL_PROTO={value} leaves out the Simple protocol, the only one that reaches full "
+                       "bandwidth on large messages (LL moves 4 data bytes per 8, LL128 120 per 128)")
+    else:
+        assert why == ""
+
+
+@pytest.mark.parametrize("value, why", [
+    ("15", "NCCL_MAX_NCHANNELS=15 is below the default 16: fewer channels than the link needs"),
+    ("16", ""), ("32", ""), ("0", "NCCL_MAX_NCHANNELS=0 is below the default 16: fewer channels than the link needs"),
+    ("many", ""), ("", ""),
+])
+def test_small_int_harm_at_its_default(value, why):
+    assert nccl_logs.SETTINGS["NCCL_MAX_NCHANNELS"].harmful(value) == why
+
+
+def test_p2p_level_and_switches():
+    harm = nccl_logs.SETTINGS
+    assert harm["NCCL_P2P_LEVEL"].harmful("loc") == "NCCL_P2P_LEVEL=LOC forbids P2P between any two GPUs"
+    assert harm["NCCL_P2P_LEVEL"].harmful("0") == "NCCL_P2P_LEVEL=LOC forbids P2P between any two GPUs"
+    assert harm["NCCL_P2P_LEVEL"].harmful("NVL") == ""
+    for value, on in (("1", True), ("0", False), ("", False), ("false", False), ("False", False), (" 0 ", False),
+                      ("yes", True)):
+        assert bool(harm["NCCL_P2P_DISABLE"].harmful(value)) is on, value
+        assert bool(harm["NCCL_SHM_DISABLE"].harmful(value)) is on, value
+
+
+def test_weigh_settings_heaviest_first_and_only_harmful_values():
+    env = {"NCCL_ALGO": "Ring", "NCCL_NVLS_ENABLE": "0", "NCCL_BUFFSIZE": "1048576", "NCCL_P2P_DISABLE": "1",
+           "NCCL_PROTO": "Simple", "NCCL_DEBUG": "INFO", "NCCL_NTHREADS": "512", "NCCL_SHM_DISABLE": "1"}
+    weighed = nccl_logs.weigh_settings(env)
+    assert [(w, name) for w, name, _ in weighed] == [
+        (3, "NCCL_P2P_DISABLE=1"), (3, "NCCL_SHM_DISABLE=1"), (2, "NCCL_BUFFSIZE=1048576"), (1, "NCCL_ALGO=Ring")]
+    assert weighed[2][2] == "NCCL_BUFFSIZE=1048576 is below the default 4194304: fewer bytes in flight per step"
+    assert weighed[3][2] == "NCCL_ALGO=Ring forces the algorithm NCCL's tuner would otherwise choose per size"
+    assert nccl_logs.weigh_settings({}) == []
+
+
+# ---- nvidia-smi CSV ---------------------------------------------------------------------------------------
+
+
+def test_parse_smi_csv_keeps_whole_rows_under_the_header_names():
+    text = ("index, name, compute_cap, memory.total [MiB]\n"
+            "0, NVIDIA H200, 9.0, 143771 MiB\n\n"
+            "1, NVIDIA H200, 9.0\n"
+            "2, NVIDIA H200, 9.0, 143771 MiB\r\n")
+    assert nccl_logs.parse_smi_csv(text) == [
+        {"index": "0", "name": "NVIDIA H200", "compute_cap": "9.0", "memory.total": "143771 MiB"},
+        {"index": "2", "name": "NVIDIA H200", "compute_cap": "9.0", "memory.total": "143771 MiB"}]
+    assert nccl_logs.parse_smi_csv("") == [] and nccl_logs.parse_smi_csv("\n \n") == []
+    assert nccl_logs.parse_smi_csv("index, name\n") == []
+
+
+# ---- what is printed --------------------------------------------------------------------------------------
+
+
+def test_bandwidth_line_and_share():
+    cause = RootCause("fail", "sockets", measured=3.82, expected=450.0, expected_how="NV18 x 25 GB/s",
+                      expected_source="NVIDIA H200 datasheet")
+    assert cause.share == pytest.approx(3.82 / 450)
+    assert cause.bandwidth_line() == ("measured 3.82 GB/s busbw = 1% of expected 450 GB/s (NV18 x 25 GB/s; "
+                                      "source: NVIDIA H200 datasheet)")
+    assert RootCause("pass", "ok", measured=314.25).bandwidth_line() == (
+        "measured 314.25 GB/s busbw (no link model figure to compare with)")
+    assert RootCause("pass", "ok", measured=314.25).share is None
+    assert RootCause("pass", "ok", expected=450.0).bandwidth_line() == "" and RootCause("pass", "ok").share is None
+    assert RootCause("pass", "ok", measured=0.0, expected=450.0).share == 0.0
+    assert RootCause("pass", "ok", measured=5.0, expected=0.0).share is None
+
+
+def test_root_cause_to_dict():
+    cause = RootCause("warn", "slow", "fix it", ["a.log:3: x"], 100.0, 400.0, "how", "src", ["NCCL_ALGO=Ring"])
+    assert cause.to_dict() == {"level": "warn", "cause": "slow", "fix": "fix it", "evidence": ["a.log:3: x"],
+                               "measured": 100.0, "expected": 400.0, "expected_how": "how", "expected_source": "src",
+                               "weighed": ["NCCL_ALGO=Ring"], "share": 0.25}
+
+
+def test_render_text_exactly():
+    cause = RootCause("fail", "sockets carried the traffic", "unset NCCL_P2P_DISABLE", ["x.log:1: NET/Socket"],
+                      3.82, 450.0, "NV18", "datasheet")
+    reports = [
+        FileReport("x.log", "nccl-log", [
+            Finding("fail", "transport", "NET/Socket between GPUs", "unset it", "NCCL docs",
+                    ["line one", "line two", "line three"]),
+            Finding("info", "nccl-version", "NCCL 2.28.9", "ignored fix", "ignored source", ["x" * 250]),
+            Finding("warn", "slow", "below the link", "", "", []),
+        ]),
+        FileReport("y.txt", "topo", [Finding("pass", "topo", "NV18")]),
+    ]
+    assert nccl_logs.render_text(reports, cause).splitlines() == [
+        "ROOT CAUSE [FAIL]: sockets carried the traffic",
+        "  bandwidth: measured 3.82 GB/s busbw = 1% of expected 450 GB/s (NV18; source: datasheet)",
+        "  evidence: x.log:1: NET/Socket",
+        "  fix: unset NCCL_P2P_DISABLE",
+        "",
+        "x.log [nccl-log]: FAIL",
+        "  FAIL transport: NET/Socket between GPUs",
+        "       fix: unset it",
+        "       see: NCCL docs",
+        "       > line one",
+        "       > line two",
+        "  INFO nccl-version: NCCL 2.28.9",
+        "       > " + "x" * 200,
+        "  WARN slow: below the link",
+        "y.txt [topo]: PASS",
+        "  PASS topo: NV18",
+    ]
+    assert nccl_logs.render_text(reports[1:]) == "y.txt [topo]: PASS\n  PASS topo: NV18"
+    assert nccl_logs.render_root_cause(RootCause("pass", "no failure found")) == [
+        "ROOT CAUSE [PASS]: no failure found"]
+
+
+def test_worst_level_orders_fail_over_warn_over_pass_and_info():
+    levels = lambda *names: nccl_logs.worst_level([Finding(n, "c", "m") for n in names])  # noqa: E731
+    assert levels() == "pass" and levels("info") == "pass" and levels("pass", "info") == "pass"
+    assert levels("info", "warn", "pass") == "warn" and levels("warn", "fail", "warn") == "fail"
+    assert levels("fail", "warn") == "fail" and levels("odd") == "pass"
+
+
+def test_report_dict_and_file_report():
+    report = FileReport("a.log", "nccl-log", [Finding("warn", "w", "m", evidence=["e"])], facts={"version": "2.28"})
+    cause = RootCause("warn", "slow")
+    assert nccl_logs.report_dict([report], cause) == {
+        "level": "warn", "root_cause": cause.to_dict(),
+        "files": [{"path": "a.log", "kind": "nccl-log", "level": "warn", "facts": {"version": "2.28"},
+                   "findings": [{"level": "warn", "check": "w", "message": "m", "fix": "", "source": "",
+                                 "evidence": ["e"]}]}]}
+
+
+# ---- the CLI ----------------------------------------------------------------------------------------------
+
+
+def test_main_diagnoses_files_and_exits_by_the_worst_level(capsys):
+    healthy = str(LIVE / "nccl_tests.txt")
+    assert nccl_logs.main(["diagnose", healthy]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROOT CAUSE [PASS]: ") and f"{healthy} [bundle]: PASS" in out
+    assert nccl_logs.main(["diagnose", healthy, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["level"] == "pass" and [f["path"] for f in data["files"]] == [healthy]
+    assert data["root_cause"]["level"] == "pass"
+
+
+def test_main_fails_on_a_failing_file_and_passes_the_gpu_cap(tmp_path, capsys, monkeypatch):
+    log = tmp_path / "nccl.log"
+    log.write_text("host:1:1 [0] NCCL INFO NCCL version 2.21.5+cuda12.4\n"
+                   "host:1:1 [0] misc/strongstream.cc:53 NCCL WARN Cuda failure 1 'invalid argument'\n")
+    assert nccl_logs.main(["diagnose", str(log), "--gpu-cap", "12.0"]) == 1
+    out = capsys.readouterr().out
+    assert f"{log} [nccl-log]: FAIL" in out and "2.26.2" in out
+    seen = []
+    real = nccl_logs.diagnose_files
+    monkeypatch.setattr(nccl_logs, "diagnose_files", lambda files, ctx: seen.append((files, ctx.gpu_caps))
+                        or real(files, ctx))
+    nccl_logs.main(["diagnose", str(log), str(log)])
+    nccl_logs.main(["diagnose", str(log), "--gpu-cap", "9.0"])
+    assert seen == [([str(log), str(log)], []), ([str(log)], ["9.0"])]
+
+
+def test_a_bundle_names_its_sections_and_not_the_text_before_the_first(capsys):
+    healthy = str(LIVE / "nccl_tests.txt")  # a run's output, then `== all_reduce.txt` and other sections
+    nccl_logs.main(["diagnose", healthy])
+    findings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  PASS nccl-tests-ran:")]
+    assert [line.split(": ", 1)[1][:26] for line in findings] == ["nccl-tests: 2 rank(s) on N",
+                                                                   "[all_reduce.txt] nccl-test"]
