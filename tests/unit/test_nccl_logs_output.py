@@ -224,3 +224,78 @@ def test_a_bundle_names_its_sections_and_not_the_text_before_the_first(capsys):
     findings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  PASS nccl-tests-ran:")]
     assert [line.split(": ", 1)[1][:26] for line in findings] == ["nccl-tests: 2 rank(s) on N",
                                                                    "[all_reduce.txt] nccl-test"]
+
+
+# ---- the link model ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("NV18", "9.0"), (450.0, "18 NVLinks x 25 GB/s (compute capability 9.0)",
+                       "H100/H200 SXM datasheet: 900 GB/s over 18 NVLink4 links")),
+    (("NV4", "8.6"), (56.25, "4 NVLinks x 14.0625 GB/s (compute capability 8.6)", ("nvlink", "sm_86"))),
+    (("NV4", "8.7"), (100.0, "4 NVLinks x 25 GB/s (compute capability 8.7)",
+                      "A100 SXM datasheet: 600 GB/s over 12 NVLink3 links")),  # no sm_87 row: sm_80's
+    (("NV18", "10.0"), (900.0, "18 NVLinks x 50 GB/s (compute capability 10.0)", ("nvlink", "sm_100"))),
+    (("NV12", None), (None, "12 NVLinks of an unknown generation (no capability known)", "")),
+    (("NV12", "6.0"), (None, "12 NVLinks of an unknown generation (no capability known)", "")),
+    (("NV18x", "9.0"), (None, "unknown link 'NV18x'", "")),
+    (("PIX", None, 4), (24.0, "PCIe gen4 x16 (PIX): 24 GB/s", ("pcie", "gen4"))),
+    (("PXB", None, 5, 8), (24.0, "PCIe gen5 x8 (PXB): 24 GB/s", ("pcie", "gen5"))),
+    (("PCIe", None, 6, 0), (96.0, "PCIe gen6 x16 (PCIe): 96 GB/s", ("pcie", "gen6"))),
+    (("SYS", None, 3, None), (12.0, "SHM through host memory over PCIe gen3 x16 (SYS): 12 GB/s", ("shm+pcie", "gen3"))),
+    (("PIX", None, None), (None, "PCIe (PIX) of unknown generation", "")),
+    (("NODE", None, 7), (None, "PCIe (NODE) of unknown generation", "")),
+    (("XYZ",), (None, "unknown link 'XYZ'", "")),
+    ((None,), (None, "unknown link None", "")),
+])
+def test_link_peak_gbps(args, expected):
+    peak, how, source = nccl_logs.link_peak_gbps(*args)
+    assert (peak, how) == expected[:2]
+    if isinstance(expected[2], tuple):  # a row of the link model: its source, as written there
+        from scripts import compat
+
+        kind, key = expected[2]
+        row = compat.link_model(kind.split("+")[-1], key).source
+        assert source == (f"{compat.link_model('shm', 'PHB').source}; {row}" if "+" in kind else row)
+    else:
+        assert source == expected[2]
+
+
+def test_shm_over_the_host_bridge_scales_the_pcie_figure(monkeypatch):
+    from scripts import compat
+
+    rows = [r if r.kind != "shm" else type(r)(**{**r.__dict__, "gbps": 0.5}) for r in compat.LINK_MODEL]
+    monkeypatch.setattr(compat, "LINK_MODEL", rows)
+    peak, how, source = nccl_logs.link_peak_gbps("PHB", None, 4, 16)
+    assert (peak, how) == (12.0, "SHM through host memory over PCIe gen4 x16 (PHB): 12 GB/s")
+    assert source.startswith("SHM through host memory") and source.endswith("x16 = 24")
+    assert nccl_logs.link_peak_gbps("PIX", None, 4, 16)[0] == 24.0  # only paths through the host are SHM
+
+
+# ---- evidence and files -----------------------------------------------------------------------------------
+
+
+def test_evidence_gives_file_line_and_text_up_to_the_limit():
+    report = FileReport("a.log", "nccl-log", lines=["first", "  NET/Socket here  ", "x", "NET/Socket " + "y" * 300])
+    assert nccl_logs._evidence(report, "NET/Socket") == ["a.log:2: NET/Socket here"]
+    both = nccl_logs._evidence(report, "NET/Socket", limit=2)
+    assert both == ["a.log:2: NET/Socket here", "a.log:4: NET/Socket " + "y" * 229]
+    assert nccl_logs._evidence(report, re.compile(r"^fir")) == ["a.log:1: first"]
+    assert nccl_logs._evidence(report, "absent") == []
+
+
+def test_diagnose_files_reads_each_file_and_refuses_what_is_not_one(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_bytes(b"host:1:1 [0] NCCL INFO NCCL version 2.28.9+cuda13.0\n\xff\xfe\n")
+    (report,) = nccl_logs.diagnose_files([log])
+    assert report.path == str(log) and report.kind == "nccl-log" and report.lines[1] == "\ufffd\ufffd"
+    other = tmp_path / "notes.txt"
+    other.write_text("hello\n")
+    reports = nccl_logs.diagnose_files([str(log), other], optional={other})
+    assert [(r.path, r.kind) for r in reports] == [(str(log), "nccl-log"), (str(other), "unknown")]
+    assert [f.check for f in reports[1].findings] == ["unrecognised-file"]
+    assert [f.level for f in nccl_logs.diagnose_files([other])[0].findings] == ["fail"]
+    with pytest.raises(ForgeError, match=f"{re.escape(str(tmp_path))} is not a file"):
+        nccl_logs.diagnose_files([tmp_path])
+    with pytest.raises(ForgeError, match="is not a file"):
+        nccl_logs.diagnose_files([tmp_path / "missing.log"])
