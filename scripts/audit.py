@@ -608,7 +608,7 @@ class InflateBudget:
 
 
 def is_candidate(name: str) -> bool:
-    """Extension files and shared libraries: ``x.so``, ``libx.so.12``, ``.cubin``/``.fatbin`` blobs."""
+    """Extension files and shared libraries: ``x.so``, ``libx.so.12``, and ``.fatbin`` blobs."""
     base = name.rsplit("/", 1)[-1]
     return (base.endswith(".so") or ".so." in base or base.endswith(".fatbin")) and not base.startswith(".wh.")
 
@@ -692,7 +692,9 @@ def _zip_member_chunks(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
             while True:
                 if data:
                     yield data
-                if not inflate.unconsumed_tail:
+                # A full chunk may leave output pending with no input left over: ISA-L takes in all the input
+                # at once, so only asking again (with no input) gets the rest.
+                if inflate.eof or (not inflate.unconsumed_tail and len(data) < STREAM_CHUNK):
                     break
                 data = inflate.decompress(inflate.unconsumed_tail, STREAM_CHUNK)
 
@@ -927,7 +929,7 @@ def scan_image_tar(stream, what: str) -> list[_Scanned]:
     order = list(layers)
     if isinstance(manifest, list) and manifest and isinstance(manifest[0], dict):
         listed = [_absolute(str(x))[1:] for x in manifest[0].get("Layers") or []]
-        if all(x in layers for x in listed):
+        if listed and all(x in layers for x in listed):  # a manifest naming no layer orders nothing
             order = listed
     return _merge_layers([layers[name] for name in order])
 
@@ -972,8 +974,11 @@ def scan_image(image: str, *, docker: str | None = None, via: str = "save") -> l
         raise ForgeError(f"--via {via!r} is not a way to read an image", "use --via save or --via export")
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        unreadable = None
         try:
             found = scan_image_tar(proc.stdout, f"`{' '.join(command[1:])}`")
+        except ForgeError as err:  # Docker's own error, when it failed, says more than "not a tar"
+            unreadable, found = err, []
         finally:
             proc.stdout.close()
             stderr = proc.stderr.read().decode(errors="replace")
@@ -982,6 +987,8 @@ def scan_image(image: str, *, docker: str | None = None, via: str = "save") -> l
         if code != 0:
             raise ForgeError(f"`docker {' '.join(command[1:])}` failed: {stderr.strip()[:300]}",
                              "check the image name and the Docker engine")
+        if unreadable:
+            raise unreadable
         return found
     finally:
         if container:
