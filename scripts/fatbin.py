@@ -295,10 +295,9 @@ class _ChunkReader:
 
     def drain(self) -> None:
         """Stream the rest (so the capture range is seen), keeping nothing."""
-        self._buf, self._i = b"", 0
+        self._buf, self._i, self._buf_start = b"", 0, self._pulled
         while self._pull():
-            self._buf_start = self._pulled
-            self._buf, self._i = b"", 0
+            self._buf, self._i, self._buf_start = b"", 0, self._pulled
 
     def find(self, needle: bytes) -> int | None:
         """Advance to the next ``needle``; its absolute offset, or None at the end of the stream.
@@ -478,10 +477,7 @@ def _plausible_fatbin(head: bytes, room: int) -> bool:
         return True
     if fat_size < 48 or len(head) < 16 + 48:
         return False
-    entry = _entry(head[16:])
-    if entry is None:
-        return False
-    kind, eversion, ehs, payload, _cv, arch, _flags = entry
+    kind, eversion, ehs, payload, _cv, arch, _flags = _entry(head[16:])  # 48 bytes are there: never None
     return (kind in (KIND_PTX, KIND_ELF) and eversion == ENTRY_VERSION and 48 <= ehs <= MAX_ENTRY_HEADER
             and ehs + payload <= fat_size and 10 <= arch < 1000)
 
@@ -643,6 +639,9 @@ def _read_region(r, end: int, where: str, code: DeviceCode) -> None:
             raise BinaryFormatError(f"{where} has unexpected bytes at offset {at} where a fat binary should start",
                                     "re-download or rebuild it")
         code.add(_read_fatbin(r, end, where, len(code.images)))
+    if r.tell() < end:  # a stream that ended early, between two fat binaries
+        raise BinaryFormatError(f"{where} is truncated: it ends at byte {r.tell()} of {end}",
+                                "re-download or rebuild it")
 
 
 # ---- entry points --------------------------------------------------------------------------------

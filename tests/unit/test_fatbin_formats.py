@@ -344,7 +344,7 @@ def test_plausible_fatbin_checks_each_field():
     assert fb._plausible_fatbin(struct.pack("<IHHQ", fb.FATBIN_MAGIC, 1, 16, 0), 16)  # empty: a header only
     assert not fb._plausible_fatbin(good[:15], len(good))
     for at, fmt, value in ((4, "<H", 2), (6, "<H", 24), (16, "<H", 3), (18, "<H", 0x0102), (20, "<I", 47),
-                           (20, "<I", 4097), (44, "<I", 9), (44, "<I", 1000)):
+                           (20, "<I", 4097), (44, "<I", 9), (44, "<I", 1000), (24, "<Q", 41), (24, "<Q", 1 << 40)):
         bad = bytearray(good)
         struct.pack_into(fmt, bad, at, value)
         assert not fb._plausible_fatbin(bytes(bad[:64]), len(good)), (at, value)
@@ -581,13 +581,20 @@ def test_main_prints_each_file(tmp_path, capsys):
                                                                       header_size=80)))]))
     text = tmp_path / "host.so"
     text.write_bytes(elf([(".text", b"\x90")]))
-    assert fb.main([str(lib), str(text), "--images"]) == 0
+    assert fb.main([str(text), str(lib), "--images"]) == 0
     assert capsys.readouterr().out.splitlines() == [
+        f"{text}: no device code",
         f"{lib}: SASS sm_90; PTX compute_90",
         "  sass sm_90                  40 bytes",
         "  ptx  compute_90             40 bytes, lz4",
-        f"{text}: no device code",
     ]
+    many = tmp_path / "many.so"
+    many.write_bytes(fatbin(entry(2, 90), entry(2, 80), entry(1, 80, header_size=80), entry(1, 90, header_size=80)))
+    sass_only = tmp_path / "sass.so"
+    sass_only.write_bytes(fatbin(entry(2, 120)))
+    fb.main([str(many), str(sass_only)])
+    assert capsys.readouterr().out.splitlines() == [f"{many}: SASS sm_80 sm_90; PTX compute_80 compute_90",
+                                                    f"{sass_only}: SASS sm_120; PTX -"]
     assert fb.main([str(lib)]) == 0
     assert capsys.readouterr().out == f"{lib}: SASS sm_90; PTX compute_90\n"
     ptx_only = tmp_path / "ptx.so"
@@ -660,6 +667,40 @@ def test_a_file_object_is_measured_from_its_end():
     assert list_device_code(io.BytesIO(data)).sass == {"sm_90"}
     with pytest.raises(BinaryFormatError, match="truncated"):
         list_device_code(io.BytesIO(data[:-1]))
+
+
+def test_chunk_reader_drain_streams_the_rest_and_keeps_nothing():
+    r = fb._ChunkReader(iter([b"abc", b"def", b"gh"]), 8)
+    assert r.read(1) == b"a"
+    r.drain()
+    assert r.tell() == 8 and r.peek(1) == b"" and r.read(3) == b""
+    r = fb._ChunkReader(iter([b"abc"]), 3)
+    assert r.read(3) == b"abc"
+    r.drain()  # nothing left to pull
+    assert r.tell() == 3 and r.peek(1) == b""
+
+
+def test_find_reports_the_first_needle_and_only_a_whole_one():
+    assert fb._ChunkReader(iter([b"AB"]), 2).find(b"XXAB") is None
+    r = fb._ChunkReader(iter([b"xaa", b"aaaa"]), 7)
+    assert r.find(b"aaaa") == 1 and r.read(4) == b"aaaa"
+    r = fb._ChunkReader(iter([b"x", b"M", b"A", b"G", b"I", b"C"]), 6)
+    assert r.find(b"MAGIC") == 1 and r.read(5) == b"MAGIC"
+
+
+def test_a_raw_fat_binary_stream_that_ends_early_is_truncated():
+    data = ONE + bytes(8) + fatbin(entry(2, 120))
+    cut = len(ONE) + 8
+    with pytest.raises(BinaryFormatError, match=f"is truncated: it ends at byte {cut} of {len(data)}"):
+        scan_stream(chunked(data[:cut], 5), len(data), "s")
+    assert scan_stream(chunked(data, 5), len(data), "s").sass == {"sm_90", "sm_120"}
+
+
+def test_lz4_offsets_use_both_bytes():
+    literals = bytes(range(256)) + bytes(range(44))  # 300 distinct-enough bytes
+    block = lz4_literals(literals)[:-300]  # the literal run's token and length
+    block = bytes([0xF0 | 0]) + block[1:] + literals + struct.pack("<H", 300) + bytes([0x10]) + b"!"
+    assert lz4_block_decompress(block, 300 + 4 + 1) == literals + literals[:4] + b"!"
 
 
 def test_random_reader_peek_of_nothing_is_nothing():
