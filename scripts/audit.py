@@ -1145,7 +1145,7 @@ def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *,
         has_kernels = any(v != NO_DEVICE_CODE for v in f.verdict.values())
         f.required = bool(hits) if require else (has_kernels or bool(item.error))
         bad = [t for t in targets if t.name in f.failing_targets()]
-        if bad and not f.error:
+        if bad and not f.error and (has_kernels or f.required):  # a file without kernels needs no fix unless named
             f.fix = fix_for(f.owner, f.package, bad)
         files.append(f)
     if torch is not None:
