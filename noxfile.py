@@ -225,6 +225,8 @@ def mutants(session: nox.Session) -> None:
     globs = [path.removesuffix(".py").replace("/", ".") + ".*" for path in paths]
     with session.chdir(work):
         # Each mutant is a pytest session: the leftover check of tests/conftest.py (docker and pgrep calls at
-        # start and end) would cost more than most mutants' tests, and unit tests start nothing.
-        session.run("mutmut", "run", *options, *globs, env={"VLLM_FORGE_TEST_KEEP_LEFTOVERS": "1"})
+        # start and end) would cost more than most mutants' tests, and unit tests start nothing. Property tests
+        # draw 20 examples instead of 300 (tests/conftest.py).
+        session.run("mutmut", "run", *options, *globs,
+                    env={"VLLM_FORGE_TEST_KEEP_LEFTOVERS": "1", "VLLM_FORGE_HYPOTHESIS_PROFILE": "mutation"})
         session.run("python", "tests/mutation_score.py", str(work), *paths)

@@ -9,7 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scripts.errors import ForgeError
@@ -259,7 +259,6 @@ SEED = elf([(".nv_fatbin", fatbin(entry(2, 90, 0x11 | FLAG_ARCH_SPECIFIC), entry
             (".text", b"\x90" * 32)])
 
 
-@settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, len(SEED) - 1), st.integers(0, 255)), min_size=1, max_size=12),
        st.integers(0, len(SEED)))
 def test_fuzz_mutated_elf(flips, cut):

@@ -54,7 +54,7 @@ def test_every_truncation_of_a_real_binary_is_refused_as_such():
             assert isinstance(outcome, NotDeviceBinary) == (cut < 4), cut
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([b"", ELF_MAGIC, FATBIN_MAGIC]), st.binary(max_size=4096))
 def test_fuzz_random_bytes(magic, tail):
     data = magic + tail

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from scripts import nccl_logs
@@ -278,7 +278,6 @@ noisy = st.lists(st.one_of(line_text, st.sampled_from(
     + (H200 / "host.txt").read_text().splitlines())), max_size=40).map("\n".join)
 
 
-@settings(max_examples=300, deadline=None)
 @given(noisy)
 def test_parsers_never_raise_on_noise(text):
     parse_nccl_log(text)
@@ -292,7 +291,6 @@ def test_parsers_never_raise_on_noise(text):
     json.dumps([r.to_dict() for r in reports], default=str)
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1 << 34), st.floats(0, 1e7, allow_nan=False),
                           st.floats(0, 1e6, allow_nan=False), st.floats(0, 1e6, allow_nan=False),
                           st.integers(0, 10 ** 6), st.sampled_from(["float", "half", "bfloat16", "int8"])),
@@ -309,7 +307,6 @@ def test_nccl_tests_rows_round_trip(rows):
         assert parsed.in_place.busbw == pytest.approx(round(b, 2)) and parsed.in_place.wrong == w
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.integers(2, 8), st.data())
 def test_topo_matrix_round_trip(n, data):
     codes = st.sampled_from(["PIX", "PXB", "PHB", "NODE", "SYS", "NV4", "NV12", "NV18"])
@@ -327,7 +324,6 @@ def test_topo_matrix_round_trip(n, data):
         (f"GPU{i}", f"GPU{j}"): link for (i, j), link in cells.items()}
 
 
-@settings(max_examples=200, deadline=None)
 @given(st.integers(0, 99), st.integers(0, 99), st.integers(0, 99), st.integers(9000, 13090),
        st.sampled_from(["P2P/CUMEM", "SHM/direct/direct", "NET/Socket/0", "P2P/IPC"]))
 def test_nccl_log_facts_round_trip(major, minor, patch, driver, transport):
