@@ -205,7 +205,7 @@ def parse_nccl_tests(text: str) -> NcclTestsRun:
     for raw in _lines(text):
         line = raw.rstrip()
         if m := _HEADER_RE.search(line):
-            copy = copy or (line == header and bool(run.rows))
+            copy = line == header and bool(run.rows)  # only the repeat of the table just read is a copy
             header = line
             run.nthreads, run.ngpus = int(m["nthreads"]), int(m["ngpus"])
             run.min_bytes, run.max_bytes = int(m["min"]), int(m["max"])
@@ -1051,7 +1051,8 @@ def _transport_findings(log: NcclLog, ctx: Context) -> list[Finding]:
     env = {**ctx.env, **log.env}
     expected = p2p_expected(ctx)
     single = is_single_node(log, ctx)
-    if "P2P" not in kinds and kinds & {"SHM", "NET"} and single and (expected or not ctx.links):
+    # On one host sockets are never right, whatever the topology: SHM at least should carry the traffic.
+    if "P2P" not in kinds and kinds & {"SHM", "NET"} and single and (expected or not ctx.links or "NET" in kinds):
         uses_net = "NET" in kinds
         reasons = transport_reasons(env, ctx, uses_net)
         via = "TCP sockets (NET)" if uses_net else "host memory (SHM)"
@@ -1573,8 +1574,8 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     if share is not None and share < compat.BUSBW_SHARE["good"]:
         level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
         candidates = weigh_settings(env)
-        table = next(r for r, run in runs if run.peak_busbw() == measured)
-        evidence = _evidence(table, re.compile(rf"^\s*{max(run.large_rows()[-1].size for _, run in runs)}\s"))
+        table, cited = next((r, run) for r, run in runs if run.peak_busbw() == measured)
+        evidence = _evidence(table, re.compile(rf"^\s*{cited.large_rows()[-1].size}\s"))  # the cited table's row
         if candidates:
             _, setting, why = candidates[0]
             name = setting.split("=")[0]
