@@ -222,11 +222,12 @@ def mutants(session: nox.Session) -> None:
     pyproject = work / "pyproject.toml"
     pyproject.write_text(re.sub(r"(?m)^only_mutate = .*$", "only_mutate = " + repr(paths).replace("'", '"'),
                                 pyproject.read_text()))
-    globs = [path.removesuffix(".py").replace("/", ".") + ".*" for path in paths]
     with session.chdir(work):
         # Each mutant is a pytest session: the leftover check of tests/conftest.py (docker and pgrep calls at
         # start and end) would cost more than most mutants' tests, and unit tests start nothing. Property tests
         # draw 20 examples instead of 300 (tests/conftest.py).
-        session.run("mutmut", "run", *options, *globs,
+        # No mutant names: only_mutate picks the modules, and a named (or globbed) mutant is rerun even when it
+        # has a result, so `mutmut run` in the directory afterwards resumes where an interrupted run stopped.
+        session.run("mutmut", "run", *options,
                     env={"VLLM_FORGE_TEST_KEEP_LEFTOVERS": "1", "VLLM_FORGE_HYPOTHESIS_PROFILE": "mutation"})
         session.run("python", "tests/mutation_score.py", str(work), *paths)
