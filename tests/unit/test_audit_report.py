@@ -424,3 +424,30 @@ def test_main_all_lists_every_quiet_file(monkeypatch, capsys):
     audit.main(["dist", "--arch", "12.0", "--all"])
     out = capsys.readouterr().out
     assert "more files without device code" not in out and "lib/q20.so" in out
+
+
+def test_notes_fold_from_the_eleventh_failing_file_and_go_on_after_an_unreadable_one():
+    eleven = [file_audit("a.so", {"sm_120": NONE}, required=True, error="a.so is cut short")]
+    eleven += [file_audit(f"f{i:02}.so", {"sm_120": NONE}, required=True, fix="fix") for i in range(10)]
+    notes = report_of(eleven).notes()
+    assert notes[0] == "a.so: a.so is cut short" and notes[1].startswith("f00.so: no kernel group has code")
+    assert notes[-1] == "... and 1 more files that cannot run (--json lists them)" and len(notes) == 11
+
+
+def test_a_torch_without_archs_is_said_so():
+    torch = TorchArchs("image i", version="2.8.0", cuda="12.8", arch_list=[], verdict={"sm_120": NONE}, counts=True)
+    (note,) = report_of([], torch=torch).notes()
+    assert note.startswith("torch 2.8.0 in image i was built for no CUDA arch: expect `sm_120 is not compatible")
+
+
+def test_summary_of_a_file_not_judged_on_a_target_counts_it_as_no_kernel():
+    r = report_of([file_audit(required=True), file_audit("b.so", required=True)], targets=(SM90, SM120),
+                  missing=["x*", "y*"])
+    assert r.summary() == ("FAIL: 2 required, 2 of 2 files carry device code; sm_90: 0 native, 2 with NO kernel; "
+                           "RTX 5090 (sm_120): 2 native; --require matched nothing: x*, y*")
+
+
+def test_to_json_is_indented_in_the_dicts_order():
+    r = report_of([file_audit(required=True)])
+    assert r.to_json() == json.dumps(r.to_dict(), indent=2)
+    assert r.to_json().splitlines()[:2] == ["{", '  "source": "dist/x.whl",']
