@@ -707,3 +707,17 @@ def test_random_reader_peek_of_nothing_is_nothing():
     r = fb._RandomReader(lambda off, n: b"0123456789"[off:off + n], 10)
     r.skip(3)
     assert r.peek(0) == b"" and r.read(0) == b"" and r.tell() == 3 and r.skip(0) == 0
+
+
+# (8 stray bytes after a fat binary pass a stream as padding: it allows 16 per fat binary.)
+@pytest.mark.parametrize("case", [c for c in _corrupt_inputs() if c != "unexpected bytes"])
+def test_a_streamed_refusal_names_the_member(case):
+    data = _corrupt_inputs()[case]
+    with pytest.raises(BinaryFormatError) as info:
+        scan_stream(chunked(data, 13), len(data), "wheel.whl/pkg/_C.so")
+    assert str(info.value).startswith("wheel.whl/pkg/_C.so "), str(info.value)
+
+
+def test_a_huge_arch_number_is_kept_as_written():
+    (image,) = list_device_code(fatbin(entry(2, 0x80000000))).images
+    assert image.number == 0x80000000 and image.arch == "sm_2147483648"
