@@ -21,57 +21,16 @@ import zlib
 from pathlib import Path
 
 import pytest
+from test_fatbin import elf, entry, fatbin  # the fat binary builders every audit test uses
 
 from scripts import audit
 from scripts.audit import InflateBudget, Target, TorchArchs, _Scanned
 from scripts.errors import ForgeError
-from scripts.fatbin import FATBIN_MAGIC, STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
+from scripts.fatbin import STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GiB = 1 << 30
 MiB = 1 << 20
-
-
-# ---- hand-made fat binaries inside a minimal ELF64 (as tests/unit/test_fatbin.py builds them) ----------
-
-
-def entry(kind: int, arch: int, flags: int = 0x11, payload: bytes = b"\xab" * 40, header_size: int = 64) -> bytes:
-    header = bytearray(header_size)
-    struct.pack_into("<HHIQ", header, 0, kind, 0x0101, header_size, len(payload))
-    struct.pack_into("<II", header, 24, (1 << 16) | 8, arch)
-    struct.pack_into("<Q", header, 40, flags)
-    return bytes(header) + payload
-
-
-def fatbin(*entries: bytes) -> bytes:
-    body = b"".join(entries)
-    return struct.pack("<IHHQ", FATBIN_MAGIC, 1, 16, len(body)) + body
-
-
-def elf(sections: list[tuple[str, bytes]]) -> bytes:
-    """An ELF64 LE file: header, each section's data (8-aligned), .shstrtab, section headers."""
-    names = b"\0" + b"".join(n.encode() + b"\0" for n, _ in sections) + b".shstrtab\0"
-    out = bytearray(64)
-    placed = []
-    for name, data in sections:
-        out += b"\0" * (-len(out) % 8)
-        placed.append((name, len(out), len(data)))
-        out += data
-    strtab_off = len(out)
-    out += names
-    out += b"\0" * (-len(out) % 8)
-    shoff = len(out)
-    headers = [bytes(64)]
-    pos = 1
-    for name, offset, size in placed:
-        headers.append(struct.pack("<IIQQQQIIQQ", pos, 1, 2, 0, offset, size, 0, 0, 8, 0))
-        pos += len(name) + 1
-    headers.append(struct.pack("<IIQQQQIIQQ", pos, 3, 0, 0, strtab_off, len(names), 0, 0, 1, 0))
-    out += b"".join(headers)
-    struct.pack_into("<4sBBBB", out, 0, b"\x7fELF", 2, 1, 1, 0)
-    struct.pack_into("<HHIQQQIHHHHHH", out, 16, 3, 62, 1, 0, 0, shoff, 0, 64, 56, 0, 64, len(headers),
-                     len(headers) - 1)
-    return bytes(out)
 
 
 SM90 = elf([(".nv_fatbin", fatbin(entry(2, 90)))])

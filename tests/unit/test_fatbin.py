@@ -51,11 +51,15 @@ def chunked(data: bytes, size: int):
 # ---- hand-made fat binaries inside a minimal ELF64 --------------------------------------------------
 
 
-def entry(kind: int, arch: int, flags: int = 0x11, payload: bytes = b"\xab" * 40, header_size: int = 64) -> bytes:
+def entry(kind: int, arch: int, flags: int = 0x11, payload: bytes = b"\xab" * 40, header_size: int = 64,
+          raw_size: int = 0) -> bytes:
+    """One fat binary entry; ``raw_size``: the uncompressed size a compressed entry declares (header >= 64)."""
     header = bytearray(header_size)
     struct.pack_into("<HHIQ", header, 0, kind, 0x0101, header_size, len(payload))
     struct.pack_into("<II", header, 24, (1 << 16) | 8, arch)
     struct.pack_into("<Q", header, 40, flags)
+    if header_size >= 64:
+        struct.pack_into("<Q", header, 56, raw_size)
     return bytes(header) + payload
 
 

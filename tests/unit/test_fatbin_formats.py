@@ -12,6 +12,7 @@ import io
 import struct
 
 import pytest
+from test_fatbin import entry, fatbin  # the builders of the recorded-fixture tests
 
 from scripts import fatbin as fb
 from scripts.errors import ForgeError
@@ -21,22 +22,6 @@ from scripts.fatbin import BinaryFormatError, cubin_kernels, list_device_code, l
 def chunked(data: bytes, size: int):
     for i in range(0, len(data), size):
         yield data[i:i + size]
-
-
-def entry(kind: int, arch: int, flags: int = 0x11, payload: bytes = b"\xab" * 40, header_size: int = 64,
-          raw_size: int = 0) -> bytes:
-    header = bytearray(header_size)
-    struct.pack_into("<HHIQ", header, 0, kind, 0x0101, header_size, len(payload))
-    struct.pack_into("<II", header, 24, (1 << 16) | 8, arch)
-    struct.pack_into("<Q", header, 40, flags)
-    if header_size >= 64:
-        struct.pack_into("<Q", header, 56, raw_size)
-    return bytes(header) + payload
-
-
-def fatbin(*entries: bytes) -> bytes:
-    body = b"".join(entries)
-    return struct.pack("<IHHQ", fb.FATBIN_MAGIC, 1, 16, len(body)) + body
 
 
 def elf(sections: list[tuple[str, bytes]], *, is64: bool = True, endian: str = "<", escape: str = "",
