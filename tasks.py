@@ -237,6 +237,10 @@ FLAG_HELP = {
     "skip_torch": "do not run use-existing-torch before building",
     "patch": "apply this unified diff to the checkout before use-existing-torch (repeatable; see forge.patches)",
     "no_reuse": "compile the kernels even when a wheel in dist/ was built from the same kernel inputs",
+    "targets": "TARGET[,TARGET...]: build only these CMake extension targets of the checkout's setup.py, e.g. "
+               "_C_stable_libtorch,_moe_C_stable_libtorch (an unambiguous start such as _C will do; repeatable)",
+    "install_build_deps": "pip-install the checkout's unmet build requirements (pyproject [build-system], "
+                          "requirements/build*) into the building Python first; torch is never replaced",
 }
 
 
@@ -263,6 +267,8 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
         console.print(f"[green]checked out[/] {escape(result[:12])} [dim]({seconds:.1f}s)[/]")
     elif step.name == "use-existing-torch":
         console.print("[green]no torch pins left[/]")
+    elif step.name == "install-build-deps":
+        console.print(f"[green]installed[/] {escape(', '.join(result)) if result else 'nothing (all met)'}")
     elif step.name == "build-wheel":
         from scripts.compile_cache import cache_stats
 
@@ -363,7 +369,8 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
-                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse")
+                "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse",
+                "targets", "install_build_deps")
 
 
 def _patch_files(settings, patch) -> list[Path]:
@@ -375,12 +382,16 @@ def _patch_files(settings, patch) -> list[Path]:
 
 
 def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
-                     no_reuse: bool = False, **flags) -> None:
+                     no_reuse: bool = False, targets=None, install_build_deps: bool = False, **flags) -> None:
     settings = _settings(ctx, **flags)
     chain = "check-size" in names
     options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
-                                reuse=not no_reuse, patches=_patch_files(settings, patch))
+                                reuse=not no_reuse, patches=_patch_files(settings, patch),
+                                targets=[t.strip() for word in targets or [] for t in word.split(",") if t.strip()],
+                                install_build_deps=install_build_deps)
     names = pipelines.with_patches(names, options)
+    if install_build_deps:
+        names.insert(names.index("build-wheel"), "install-build-deps")
     # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
     pipeline = pipelines.build_pipeline(settings, names, options)
     state = _run(pipeline)
@@ -390,25 +401,29 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
             raise Exit(code=1)
 
 
-@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"), iterable=["patch"])
+@forge_task(name="build-wheel", help=_help(*_BUILD_FLAGS, "skip_torch"), iterable=["patch", "targets"])
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
-                dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False):
+                dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False, targets=None,
+                install_build_deps=False):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
-                     no_audit=no_audit, patch=patch, no_reuse=no_reuse, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                     no_audit=no_audit, patch=patch, no_reuse=no_reuse, targets=targets,
+                     install_build_deps=install_build_deps, arch=arch, cuda=cuda, vllm_src=vllm_src,
                      checkout_dir=checkout_dir,
                      dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror)
 
 
-@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"), iterable=["patch"])
+@forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"),
+            iterable=["patch", "targets"])
 def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
           nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
-          no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False):
+          no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False, targets=None,
+          install_build_deps=False):
     """The wheel chain: clone (or reuse) → patch → use-existing-torch → build-wheel → check-size, with a summary."""
     _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
-                     patch=patch, no_reuse=no_reuse,
+                     patch=patch, no_reuse=no_reuse, targets=targets, install_build_deps=install_build_deps,
                      arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                      max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,

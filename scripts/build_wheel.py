@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -48,6 +47,8 @@ from scripts.errors import ForgeError, run_main
 from scripts.fetch_deps import deps_env
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
+from scripts.preflight import Preflight, run_preflight
+from scripts.setup_reader import ExtensionTarget, resolve_targets
 from scripts.toolchain import CudaToolchain, find_cuda_toolchain
 from scripts.vllm_tree import VllmTree, inspect_tree
 
@@ -73,6 +74,8 @@ class BuildRequest:
     shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
     reuse: bool = True  # reuse the kernels of a wheel in dist_dir built from the same kernel inputs
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
+    targets: list[str] = field(default_factory=list)  # CMake extension targets to build (empty: all of them)
+    install_build_deps: bool = False  # unmet build requirements are installed (a step before) instead of refused
 
 
 @dataclass
@@ -90,6 +93,10 @@ class BuildPlan:
     tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
     reuse: ReuseDecision | None = None  # kernel reuse: which path this build takes, and why
     build_info: dict | None = None  # what run_build wrote into the wheel (set by run_build)
+    preflight: Preflight | None = None  # what the checks before any compile found
+    targets: list[ExtensionTarget] = field(default_factory=list)  # --targets, resolved (empty: every target)
+    left_out: list[str] = field(default_factory=list)  # targets of a CUDA build that --targets leaves out
+    targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
 
     @property
     def commands(self) -> list[Command]:
@@ -131,8 +138,13 @@ def has_git_tags(src: Path) -> bool:
     return proc.returncode == 0
 
 
-def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
-    """Everything checked and decided before any compile: fails in well under a second."""
+def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bool | None = None) -> BuildPlan:
+    """Everything checked and decided before any compile: fails in well under a second.
+
+    ``check_tools``: the output dir is checked (a real run). ``preflight`` (default: ``check_tools``): what
+    the build needs from this machine (scripts/preflight.py) is checked too; ``invoke plan`` and
+    ``--dry-run`` check it without building anything."""
+    preflight = check_tools if preflight is None else preflight
     src = Path(request.src).expanduser()
     archs = archs_mod.parse_arch_list(request.arch)
     if request.cuda:
@@ -155,15 +167,25 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         )
     archs_mod.check_archs_for_cuda(archs, toolchain.version)
     tree.check_archs(archs, toolchain.version)  # what this vLLM's CMake gate would silently drop
-    if check_tools and tree_needs_torch(src) and importlib.util.find_spec("torch") is None:
-        raise ForgeError("this vLLM checkout builds against torch, and torch is not installed in this Python",
-                         "install the torch you want vLLM built against (pip install torch), or bake in Docker")
     cache_dir = Path(request.cache_dir).expanduser()
+    deps_cache = Path(request.deps_cache or request.cache_dir).expanduser()
+    checked = None
+    if preflight:
+        checked = run_preflight(tree, python=request.python, toolchain=toolchain,
+                                env={**toolchain.env, **request.extra_env}, cache_dir=deps_cache,
+                                needs_torch=tree_needs_torch(src), install_requirements=request.install_build_deps)
     notes = [
         tree.summary(),
-        f"nvcc {toolchain.full_version} at {toolchain.nvcc} ({'PyPI' if toolchain.from_pypi else 'system'} toolkit)",
+        f"CUDA {toolchain.version}: nvcc {toolchain.full_version} at {toolchain.nvcc} "
+        f"({'PyPI' if toolchain.from_pypi else 'system'} toolkit){_driver_note(toolchain.version)}",
         parallelism.reason,
+        *(checked.notes if checked else []),
     ]
+    python_version = checked.facts.version[:2] if checked and checked.facts else sys.version_info[:2]
+    chosen, left_out = _choose_targets(tree, request.targets, toolchain.version, python_version)
+    if chosen:
+        notes.append(f"targets: {', '.join(t.target for t in chosen)} (--targets); left out: "
+                     f"{', '.join(left_out) or 'none'}: the wheel holds only what was built")
     env = {
         "TORCH_CUDA_ARCH_LIST": archs_mod.torch_cuda_arch_list(archs),
         "MAX_JOBS": str(parallelism.max_jobs),
@@ -180,7 +202,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     env[variable] = version
     notes.append(f"version {version} ({variable}): the CUDA and archs are in the wheel's name, so wheels for "
                  "other GPUs or CUDA versions in the same dist/ never replace each other")
-    deps = deps_env(tree, Path(request.deps_cache or request.cache_dir).expanduser())
+    deps = deps_env(tree, deps_cache)
     if deps:
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
@@ -194,18 +216,48 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
     # A private staging dir per run, so two builds into one dist/ never mix files.
     staging = dist_dir / f"{_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    command = Command(
-        [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
-        cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
-    )
-    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
+    setup_args = ["bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"]
+    record = None
+    if chosen:
+        # vLLM's setup.py builds every extension it declares: a wrapper hands it only the named ones.
+        record = staging / "targets.json"  # staging is made right before the build runs
+        argv = [request.python, str(Path(__file__).resolve().with_name("setup_targets.py")), "--targets",
+                ",".join(t.target for t in chosen), "--record", str(record), "--", *setup_args]
+    else:
+        argv = [request.python, "setup.py", *setup_args]
+    command = Command(argv, cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)")
+    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree,
+                     preflight=checked, targets=chosen, left_out=left_out, targets_record=record)
     from scripts import patches as patch_mod
 
     pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
-    decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending)
+    decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending,
+                            targets=[t.target for t in chosen])
     apply_reuse(plan, decision)
     notes.append(decision.note())
     return plan
+
+
+def _driver_note(cuda: str) -> str:
+    need = archs_mod.compat.MIN_DRIVER.get(cuda)
+    return f"; the wheel needs an NVIDIA driver >= {need.full}" if need else ""
+
+
+def _choose_targets(tree: VllmTree, wanted: list[str], nvcc: str,
+                    python: tuple[int, int]) -> tuple[list[ExtensionTarget], list[str]]:
+    """``--targets`` resolved against what a CUDA build of this checkout builds, and what it leaves out."""
+    if not wanted:
+        return [], []
+    available = tree.cuda_targets(nvcc, python)
+    if not available:
+        raise ForgeError(f"--targets needs the extensions {tree.root}/setup.py declares, and none could be read there",
+                         "drop --targets (everything is built)")
+    try:
+        chosen = resolve_targets(wanted, available)
+    except ValueError as err:
+        raise ForgeError(f"--targets {err}", f"name CMake extension targets of this vLLM: "
+                         f"{', '.join(t.target for t in available)}") from None
+    return chosen, [t.target for t in available if t not in chosen]
 
 
 _STAGING_PREFIX = ".staging-"
@@ -293,7 +345,7 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     staging.mkdir()
     # Decided again now: patches and use-existing-torch ran since the plan, and dist/ may have changed.
     decision = decide_reuse(plan.request, plan.tree or inspect_tree(plan.request.src), plan.command.env,
-                            plan.toolchain)
+                            plan.toolchain, targets=[t.target for t in plan.targets])
     apply_reuse(plan, decision)
     cache_session = CacheSession(plan.compile_cache, plan.env)
     try:
@@ -453,7 +505,7 @@ def _dep_pins(tree: VllmTree, env: dict[str, str]) -> list[dict]:
 
 
 def kernel_inputs(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_version: str, python: str,
-                  patches: list[dict] | None = None) -> dict:
+                  patches: list[dict] | None = None, targets: list[str] | None = None) -> dict:
     """Everything that decides the compiled extensions of a build of ``src`` with ``env`` (the
     plan's environment over this process's)."""
     effective = {**os.environ, **env}
@@ -468,7 +520,7 @@ def kernel_inputs(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_versio
         read_env[name] = value
     host = effective.get("CUDAHOSTCXX") or effective.get("CXX") or "c++"
     facts = _python_facts(python)
-    return {
+    inputs = {
         "tree_sha256": tree_digest(src),
         "archs": effective.get("TORCH_CUDA_ARCH_LIST"),
         "fa_archs": effective.get("VLLM_FA_CMAKE_GPU_ARCHES"),
@@ -482,11 +534,15 @@ def kernel_inputs(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_versio
         "env": read_env,
         "kernel_patches": list(patches or []),
     }
+    if targets:  # a --targets build holds only those extensions: never a stand-in for a whole one
+        inputs["targets"] = sorted(targets)
+    return inputs
 
 
 def kernel_key(src: Path, tree: VllmTree, env: dict[str, str], *, nvcc_version: str, python: str = sys.executable,
-               patches: list[dict] | None = None) -> KernelKey:
-    inputs = kernel_inputs(src, tree, env, nvcc_version=nvcc_version, python=python, patches=patches)
+               patches: list[dict] | None = None, targets: list[str] | None = None) -> KernelKey:
+    inputs = kernel_inputs(src, tree, env, nvcc_version=nvcc_version, python=python, patches=patches,
+                           targets=targets)
     return KernelKey(hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs)
 
 
@@ -554,14 +610,14 @@ def precompiled_support(tree: VllmTree) -> str | None:
 
 
 def decide_reuse(request: BuildRequest, tree: VllmTree, env: dict[str, str], toolchain: CudaToolchain,
-                 *, pending_patches: list | None = None) -> ReuseDecision:
+                 *, pending_patches: list | None = None, targets: list[str] | None = None) -> ReuseDecision:
     """Which path a build takes: compile, or carry the kernels of a wheel with the same key over."""
     from scripts import patches as patch_mod
 
     src = Path(request.src).expanduser()
     applied = patch_mod.applied_patches(src)
     key = kernel_key(src, tree, env, nvcc_version=toolchain.full_version, python=request.python,
-                     patches=patch_mod.kernel_patches(applied))
+                     patches=patch_mod.kernel_patches(applied), targets=targets)
     if not request.reuse:
         return ReuseDecision(key, None, "off (--no-reuse)")
     unsupported = precompiled_support(tree)
@@ -673,10 +729,24 @@ def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict
         "kernel_inputs": decision.key.inputs if decision and decision.key else None,
         "patches": [p.record() for p in applied],
         "kernels_from": None,
+        "cuda": plan.toolchain.version,
+        "torch": plan.preflight.torch if plan.preflight else None,
+        "targets": _targets_built(plan),
     }
     if decision and decision.source:
         info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
     return info
+
+
+def _targets_built(plan: BuildPlan) -> dict:
+    """What --targets built and left out, as the setup.py wrapper saw setup.py declare them; every target
+    setup.py declared when the build had no --targets."""
+    if not plan.targets:
+        return {"requested": "all", "built": "all", "left_out": []}
+    try:
+        return json.loads(Path(plan.targets_record).read_text())
+    except (OSError, ValueError, TypeError):
+        return {"requested": [t.target for t in plan.targets], "built": None, "left_out": plan.left_out}
 
 
 def _sha256_file(path: Path) -> str:

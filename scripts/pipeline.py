@@ -26,8 +26,8 @@ from scripts.errors import ForgeError
 from scripts.plan import Command, mask_urls
 
 # Every step there is, in pipeline order. A task or nox session selects the ones it needs.
-STEPS = ("clone", "patch", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect",
-         "serve")
+STEPS = ("clone", "patch", "use-existing-torch", "install-build-deps", "build-wheel", "check-size", "bake",
+         "check-size-image", "inspect", "serve")
 WHEEL_CHAIN = ("clone", "use-existing-torch", "build-wheel", "check-size")
 IMAGE_CHAIN = ("clone", "use-existing-torch", "bake", "check-size-image", "inspect")
 TITLES = {"check-size-image": "check-size --image"}
@@ -138,6 +138,8 @@ class Options:
     reuse_checkout: bool = False  # clone: a checkout already at the ref is used as is (no fetch)
     audit: bool = True  # build-wheel
     reuse: bool = True  # build-wheel: reuse the kernels of a wheel with the same kernel key (--no-reuse: off)
+    targets: list[str] = field(default_factory=list)  # build-wheel --targets: CMake extension targets (empty: all)
+    install_build_deps: bool = False  # build-wheel --install-build-deps: the install-build-deps step runs first
     patches: list[Path] = field(default_factory=list)  # the patch step: forge.patches, then each --patch
     wheel: Path | None = None  # check-size: this wheel (default: what build-wheel published, else dist/)
     limit_mb: float = 0.0  # check-size
@@ -171,6 +173,7 @@ class Step:
     execute: Callable[[RunState, Callable[[str], None] | None], Any] | None = None
     pending: str = ""  # planned from the configuration only: planned again before it runs
     error: ForgeError | None = None  # it cannot run as things stand (plan shows it, a run stops on it)
+    replan: bool = False  # planned now, and again right before it runs (an earlier step changes its inputs)
     plan: Any = None  # the module-level plan object (BuildPlan, BakePlan, ...)
 
     @property
@@ -274,6 +277,8 @@ def _build_request(settings: Settings, options: Options | None = None):
         log_dir=settings.repo_root / "build" / "logs", shared_cache=build_wheel.SharedCache.from_config(cfg),
         extra_env=settings.mirror.env, reuse=options.reuse if options else True,
         patches=list(options.patches) if options else [],
+        targets=list(options.targets) if options else [],
+        install_build_deps=options.install_build_deps if options else False,
     )
 
 
@@ -286,7 +291,7 @@ def _plan_build_wheel(settings: Settings, options: Options) -> Step:
         raise StepPending(f"planned after clone: the build of {', '.join(a.sm for a in archs)} "
                           f"(TORCH_CUDA_ARCH_LIST={archs_mod.torch_cuda_arch_list(archs)}) reads its knobs and "
                           f"version from {settings.src} once it exists")
-    plan = build_wheel.plan_build(_build_request(settings, options), check_tools=not options.dry_run)
+    plan = build_wheel.plan_build(_build_request(settings, options), check_tools=not options.dry_run, preflight=True)
     notes = [f"archs {', '.join(a.sm for a in plan.archs)}, compile cache {plan.compile_cache}", *plan.notes,
              f"build into the private directory {plan.staging}, "
              + ("audit the wheel's kernels for those archs, " if options.audit else "")
@@ -296,7 +301,27 @@ def _plan_build_wheel(settings: Settings, options: Options) -> Step:
         state.wheel = build_wheel.run_build(plan, on_line=on_line, audit=options.audit)
         return state.wheel
 
-    return Step("build-wheel", plan.commands, notes, execute, plan=plan)
+    step = Step("build-wheel", plan.commands, notes, execute, plan=plan)
+    if options.install_build_deps and plan.preflight and plan.preflight.unmet:
+        step.replan = True
+        notes.insert(0, "planned again after install-build-deps, with the requirements it installed")
+    return step
+
+
+def _plan_install_build_deps(settings: Settings, options: Options) -> Step:
+    """pip installs the checkout's unmet build requirements into the Python that builds (torch never)."""
+    from scripts import build_deps, build_wheel
+
+    _needs_checkout(settings, "the build requirements of this vLLM version")
+    plan = build_wheel.plan_build(_build_request(settings, options), check_tools=False, preflight=True)
+    install = build_deps.plan_install(plan.preflight, python=plan.request.python, index_url=settings.mirror.pypi_index,
+                                      constraints=settings.repo_root / "build" / "build-deps-constraints.txt",
+                                      env=settings.mirror.env)
+    if install is None:
+        return Step("install-build-deps", notes=["every build requirement is met: nothing to install"],
+                    execute=lambda state, on_line: [])
+    return Step("install-build-deps", [install.command], install.notes,
+                lambda state, on_line: build_deps.run_install(install, on_line=on_line), plan=install)
 
 
 def wheel_limit(settings: Settings, limit_mb: float = 0.0) -> float:
@@ -475,6 +500,7 @@ def plan_step(name: str, settings: Settings, options: Options, names: tuple[str,
         "clone": lambda: _plan_clone(settings, options),
         "patch": lambda: _plan_patch(settings, options),
         "use-existing-torch": lambda: _plan_use_existing_torch(settings, options),
+        "install-build-deps": lambda: _plan_install_build_deps(settings, options),
         "build-wheel": lambda: _plan_build_wheel(settings, options),
         "check-size": lambda: _plan_check_size(settings, options, names),
         "bake": lambda: _plan_bake(settings, options),
@@ -506,7 +532,7 @@ class Pipeline:
         state = RunState()
         for index, name in enumerate(self.names):
             step = self.steps[index]
-            if step.pending:  # the clone step before it has re-read the checkout's facts
+            if step.pending or step.replan:  # an earlier step (clone, install-build-deps) changed what it reads
                 step = self.steps[index] = plan_step(name, self.settings, self.options, self.names,
                                                      self.steps[:index])
             if step.error is not None:

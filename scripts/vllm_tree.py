@@ -532,6 +532,7 @@ class GitDep:
     file: str = ""  # the CMake file that declares it, relative to the tree
     line: int = 0
     declared_by: str = "fetchcontent_declare"  # or fetchcontent_populate (direct: CMake's -D override does not apply)
+    condition: str = ""  # the CMake condition it is fetched under, when this reader cannot decide it ("": always)
 
     @property
     def cmake_source_dir_var(self) -> str:
@@ -555,7 +556,8 @@ def find_cmake_git_deps(root: Path, commands: list[GuardedCommand], scope: CMake
             continue
         if cmd.name not in ("fetchcontent_declare", "fetchcontent_populate") or not cmd.args:
             continue
-        if evaluate_guard(gc.guard, replay) is False:
+        taken = evaluate_guard(gc.guard, replay)
+        if taken is False:
             continue
         options = _keyword_args(cmd.args[1:])
         if "GIT_REPOSITORY" not in options:
@@ -586,7 +588,7 @@ def find_cmake_git_deps(root: Path, commands: list[GuardedCommand], scope: CMake
                                           root / gc.file)
         deps.append(GitDep(name=name, repository=repository, tag=tag, src_dir_env=env, source_subdir=subdir,
                            submodules=submodules, shallow=shallow, file=gc.file, line=cmd.line,
-                           declared_by=cmd.name))
+                           declared_by=cmd.name, condition="" if taken else _option_terms(gc.guard, replay)))
     return deps
 
 
@@ -657,6 +659,23 @@ def _subdir_for_override(name: str, subdir: str, path: Path) -> str:
 
 # --- the CUDA arch gate --------------------------------------------------------------------------------
 
+def _option_terms(guard: Guard, scope: CMakeScope) -> str:
+    """The terms of an undecided guard that depend on a build option (``MINIVLLM_FETCH_DEPS``), as text.
+    Terms that test for files (``EXISTS``, ``IS_DIRECTORY``: a copy an earlier configure left) are left
+    out: whether they hold or not, the dependency is still fetched when none is there."""
+    undecided = [(c, e) for c, e in guard if evaluate_condition(c, scope) is None
+                 and not (c and not c[0].quoted and c[0].value in ("EXISTS", "IS_DIRECTORY"))]
+    return _describe_guard(tuple(undecided))
+
+
+def _describe_guard(guard: Guard) -> str:
+    parts = []
+    for condition, expected in guard:
+        text = " ".join(f'"{a.value}"' if a.quoted else a.value for a in condition)
+        parts.append(text if expected else f"NOT ({text})")
+    return " AND ".join(parts)
+
+
 @dataclass(frozen=True)
 class GateBranch:
     archs: tuple[str, ...]
@@ -664,11 +683,7 @@ class GateBranch:
     line: int
 
     def describe(self) -> str:
-        parts = []
-        for condition, expected in self.guard:
-            text = " ".join(f'"{a.value}"' if a.quoted else a.value for a in condition)
-            parts.append(text if expected else f"NOT ({text})")
-        return " AND ".join(parts) or "always"
+        return _describe_guard(self.guard) or "always"
 
 
 _CONTEXT_NAMES = ("VLLM_TARGET_DEVICE", "VLLM_GPU_LANG", "CUDA_FOUND", "CMAKE_CUDA_COMPILER_VERSION",
@@ -724,6 +739,11 @@ class VllmTree:
     git_deps: list[GitDep]
     compile_cache_tools: tuple[str, ...]  # launchers setup.py picks up by itself when on PATH
     notes: list[str] = field(default_factory=list)
+    cmake_minimum: str | None = None  # cmake_minimum_required(VERSION x) of CMakeLists.txt
+    torch_pin: str | None = None  # the torch version the checkout builds against: "2.11.0"
+    torch_pin_source: str = ""  # where that was read ("requirements/build/cuda.txt", "CMakeLists.txt ...")
+    # dependency name -> the CMake extension targets that need it (those its declaring file defines or installs)
+    dep_targets: dict[str, frozenset[str]] = field(default_factory=dict)
 
     # -- questions the other tasks ask --
 
@@ -792,6 +812,22 @@ class VllmTree:
             f"{cuda_version}: its CMakeLists.txt accepts only {';'.join(supported)}",
             hint,
         )
+
+    @property
+    def cuda_pin(self) -> str | None:
+        """The CUDA release the checkout's own Dockerfile builds with (ARG CUDA_VERSION), e.g. "13.0.2"."""
+        value = self.dockerfile_args.get("CUDA_VERSION")
+        return value if value and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) else None
+
+    def cuda_targets(self, nvcc: str | None, python: tuple[int, int]):
+        """The CMake extension targets a CUDA build of this checkout builds with that nvcc and Python
+        (scripts/setup_reader.py reads setup.py)."""
+        from scripts.setup_reader import cuda_extension_targets
+
+        return cuda_extension_targets(_read(self.root / "setup.py"), python=python, nvcc=nvcc)
+
+    def deps_of_target(self, target: str) -> list[GitDep]:
+        return [d for d in self.git_deps if target in self.dep_targets.get(d.name, frozenset())]
 
     def wheel_limit_mb(self, default: int = 400) -> int:
         return self.wheel_size_limit_mb or default
@@ -955,6 +991,45 @@ def _env_reads(root: Path, cmake_files: list[str]) -> dict[str, list[str]]:
     return sources
 
 
+_TORCH_REQ = re.compile(r"""^\s*["']?torch\s*==\s*([0-9][0-9A-Za-z.+]*)""", re.M)
+
+
+def _torch_pin(root: Path, build_requirements: str | None, cmake_text: str) -> tuple[str | None, str]:
+    """The torch version the checkout pins, and where it says so. The requirement files come first; once
+    use-existing-torch has removed those pins, CMakeLists.txt's TORCH_SUPPORTED_VERSION_CUDA still says it."""
+    for rel in filter(None, (build_requirements, "requirements/cuda.txt", "pyproject.toml")):
+        match = _TORCH_REQ.search(_read(root / rel))
+        if match:
+            return match.group(1), rel
+    match = re.search(r"""set\(\s*TORCH_SUPPORTED_VERSION_CUDA\s+"?([0-9][0-9.]*)"?\s*\)""", cmake_text)
+    if match:
+        return match.group(1), "CMakeLists.txt TORCH_SUPPORTED_VERSION_CUDA"
+    return None, ""
+
+
+_TARGET_DEFINERS = ("define_extension_target", "define_gpu_extension_target", "add_custom_target", "add_library",
+                    "target_include_directories", "target_link_libraries")
+
+
+def _dep_targets(root: Path, deps: list[GitDep], commands: list[GuardedCommand]) -> dict[str, frozenset[str]]:
+    """Which targets need each dependency. A dependency declared in its own cmake/external_projects file
+    is needed by every target that file names (FA2/FA3 are defined in the fetched tree; the file installs
+    them). One declared in CMakeLists.txt (CUTLASS) is needed by the targets whose definition there names
+    it (``INCLUDE_DIRECTORIES ${CUTLASS_INCLUDE_DIR}``)."""
+    found: dict[str, frozenset[str]] = {}
+    for dep in deps:
+        if dep.file != "CMakeLists.txt":
+            words = set(_IDENT.findall(_read(root / dep.file)))
+            found[dep.name] = frozenset(w for w in words if not w.isupper())
+            continue
+        key = re.sub(r"[^A-Z0-9]", "_", dep.name.upper())
+        found[dep.name] = frozenset(
+            gc.command.args[0].value for gc in commands
+            if gc.file == dep.file and gc.command.name in _TARGET_DEFINERS and gc.command.args
+            and any(key in a.value.upper() for a in gc.command.args[1:]))
+    return found
+
+
 def _dockerfile_args(text: str) -> dict[str, str | None]:
     args: dict[str, str | None] = {}
     for m in re.finditer(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", text, re.M):
@@ -1065,7 +1140,11 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
     dockerfile_text = _read(root / dockerfile_rel) if dockerfile_rel else ""
     limit, limit_source = _wheel_limit(root, dockerfile_text)
 
+    torch_pin, torch_pin_source = _torch_pin(root, build_req, cmake_text)
+    minimum = re.search(r"cmake_minimum_required\s*\(\s*VERSION\s+([0-9][0-9.]*)", cmake_text, re.I)
     return VllmTree(
+        cmake_minimum=minimum.group(1) if minimum else None, torch_pin=torch_pin, torch_pin_source=torch_pin_source,
+        dep_targets=_dep_targets(root, git_deps, commands),
         root=root, version=version, version_source=version_source, kind="minivllm" if is_mini else "vllm",
         use_existing_torch=uet, takes_prefix=takes_prefix, torch_pin_globs=torch_globs, build_requirements=build_req,
         env_vars_read=set(sources), env_var_sources=sources, version_env=version_env,
