@@ -222,7 +222,10 @@ FLAG_HELP = {
     "vllm_src": "use this existing vLLM checkout as is (no clone)",
     "checkout_dir": "where `clone` keeps its checkout (default build/vllm)",
     "arch": "target GPUs: 12.0, sm_120, 9.0a, 12.0+PTX, rtx5090, 'RTX 5090 D', h100, auto; several with ; or ,",
-    "cuda": "CUDA toolkit version to build with, e.g. 12.8",
+    "cuda": "CUDA release, e.g. 13.0: a local build must use that nvcc (default: the nvcc found); a bake builds "
+            "the image with it (default: what the checkout's Dockerfile pins, else 12.8)",
+    "base": "bake's build base: auto (what the checkout pins), cuda (NVIDIA's CUDA -devel image + the pinned torch "
+            "from the PyTorch index) or ngc (NGC's PyTorch image and its own torch)",
     "max_jobs": "parallel compile jobs (0: from cores and free memory)",
     "nvcc_threads": "nvcc --threads per job (0: automatic)",
     "mem_per_job_gb": "GiB one compile job may use, for the automatic MAX_JOBS",
@@ -448,23 +451,24 @@ def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget
         raise Exit(code=1)
 
 
-_PLAN_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "max_jobs", "nvcc_threads",
+_PLAN_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "base", "max_jobs", "nvcc_threads",
                "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror")
 
 
 @forge_task(help=_help(*_PLAN_FLAGS))
-def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, cuda=None, max_jobs=None,
+def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, cuda=None, base=None, max_jobs=None,
          nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dist_dir=None, mirror=None):
     """Show the resolved configuration (and where each value came from) and every step's exact commands."""
     settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
-                         cuda=cuda, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
-                         build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
+                         cuda=cuda, base=base, max_jobs=max_jobs, nvcc_threads=nvcc_threads,
+                         mem_per_job_gb=mem_per_job_gb, build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
     table = Table("setting", "value", "from", title="Resolved configuration")
     for name, value in settings.config.as_dict().items():
         table.add_row(name, escape(mask_urls(str(value))), settings.rc.source(name))
     console.print(table)
-    cfg = settings.config
-    console.print(f"CUDA {cfg.cuda}: minimum driver {compat.MIN_DRIVER[compat.cuda_minor(cfg.cuda)].full}")
+    recipe = settings.recipe
+    console.print(f"image: {f'CUDA {recipe.cuda} ({recipe.cuda_source})' if recipe else 'not ready (see bake)'}; "
+                  "a local build: the CUDA of the nvcc found (see build-wheel)", soft_wrap=True)
     applied = settings.mirror
     rows = [row for row in applied.rows() if row[1] != row[2]]
     console.print(f"mirror {applied.profile.name}: {escape(applied.profile.description)}"
@@ -809,7 +813,7 @@ serving = _lazy("scripts.serve")
 
 IMAGE_HELP = {
     "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
-    "base_image": "build base (default: the NGC PyTorch image for --cuda)",
+    "base_image": "build base image, used as is with its own torch (default: the one --base picks)",
     "runtime_image": "serving base (default: the CUDA runtime image for --cuda)",
     "target": "build (builder with sources), wheel (export the wheel to --dist-dir) or runtime (the serving image)",
     "tag": "image tag (default: vllm-forge/vllm:REF-cuXY-smNN)",
@@ -845,14 +849,15 @@ def _engine_docker(docker=None) -> str:
 def _bake_task(chain: bool, doc: str):
     """`bake` (clone first when there is no checkout) and `image` (the whole chain) share one flag set."""
 
-    def body(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base_image=None, runtime_image=None,
+    def body(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, base=None, base_image=None,
+             runtime_image=None,
              target="runtime", tag="", dockerfile="forge", docker=None, max_jobs=None, nvcc_threads=None,
              build_type=None, compile_cache=None, dist_dir=None, ca_bundle=None, netrc=None, index_url="",
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
              mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
              non_root=False):
-        settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+        settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, base=base,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
@@ -887,7 +892,7 @@ def _bake_task(chain: bool, doc: str):
     return body
 
 
-_BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
+_BAKE_HELP = {**_help("arch", "cuda", "base", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
                       "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
@@ -1048,8 +1053,8 @@ def demo_image(ctx, flags: dict) -> str:
         console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
         return ""
     settings = _settings(ctx, **flags)
-    cfg = settings.config
-    base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
+    recipe = settings.image_recipe()
+    base, runtime = recipe.base_image, recipe.runtime_image
     if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
         if images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN):
             console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]")

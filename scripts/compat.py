@@ -233,6 +233,37 @@ PYTORCH_WHEEL_INDEX: dict[str, str] = {
 }
 
 
+# CUDA builds of each torch release on the PyTorch wheel index (download.pytorch.org/whl/cuXYZ), by torch
+# major.minor. Source: pytorch.org "Previous PyTorch Versions" (the pip lines of each release). 2.10 and 2.11
+# are assumed to keep 2.9's set; 2.11.0+cu130 is what this project's GPU hosts run.
+PYTORCH_CUDA_BUILDS: dict[str, tuple[str, ...]] = {
+    "2.3": ("11.8", "12.1"),
+    "2.4": ("11.8", "12.1", "12.4"),
+    "2.5": ("11.8", "12.1", "12.4"),
+    "2.6": ("11.8", "12.4", "12.6"),
+    "2.7": ("11.8", "12.6", "12.8"),
+    "2.8": ("12.6", "12.8", "12.9"),
+    "2.9": ("12.6", "12.8", "13.0"),
+    "2.10": ("12.6", "12.8", "13.0"),
+    "2.11": ("12.6", "12.8", "13.0"),
+}
+
+
+def torch_release(version: str) -> str:
+    """"2.11.0+cu130" / "2.7.0a0" -> "2.11" / "2.7": the release series a pin and an image's torch share."""
+    parts = version.strip().split(".")
+    return ".".join(parts[:2])
+
+
+def cuda_devel_image(cuda_full: str) -> str:
+    """NVIDIA's CUDA -devel image of a release (nvcc, headers, no Python, no torch), on the same Ubuntu as
+    CUDA_RUNTIME_IMAGES: the build base of a checkout that pins a torch from the PyTorch index, as vLLM's own
+    Dockerfile builds (nvidia/cuda:${CUDA_VERSION}-devel). Source: nvcr.io/nvidia/cuda tags."""
+    runtime = CUDA_RUNTIME_IMAGES.get(cuda_minor(cuda_full), "")
+    ubuntu = runtime.rsplit("-", 1)[-1] if runtime else "ubuntu24.04"
+    return f"nvcr.io/nvidia/cuda:{cuda_full}-devel-{ubuntu}"
+
+
 def cuda_minor(version: str) -> str:
     """"12.8.1" -> "12.8"."""
     parts = version.strip().split(".")

@@ -24,9 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "vllm_src": "",  # an existing checkout to use as is; empty: `clone` into checkout_dir
     "checkout_dir": "build/vllm",
     "arch": "12.0",
-    "cuda": "12.8",
-    "base_image": "",  # empty: the NGC PyTorch image for `cuda` (scripts/compat.py)
-    "runtime_image": "",  # empty: the CUDA runtime image for `cuda`
+    "cuda": "",  # empty: a local build's is the nvcc found; a bake's is what the checkout pins (scripts/recipe.py)
+    "base": "auto",  # bake's build base: auto (what the checkout pins), cuda (CUDA -devel + pinned torch), ngc
+    "base_image": "",  # empty: the base `base` picks for the image's CUDA (scripts/recipe.py)
+    "runtime_image": "",  # empty: the CUDA runtime image for the image's CUDA
     "max_jobs": 0,  # 0: from cores and free memory
     "nvcc_threads": 0,  # 0: from the arch count and memory
     "mem_per_job_gb": 4.0,  # what one compile job may take; vLLM's CUTLASS/FA units need 3-6 GiB
@@ -71,6 +72,7 @@ class BuildConfig:
     checkout_dir: str
     arch: str
     cuda: str
+    base: str
     base_image: str
     runtime_image: str
     max_jobs: int
@@ -215,6 +217,11 @@ def validate_config(config: BuildConfig) -> None:
             f"build type '{config.build_type}' is not one CMake knows",
             f"use one of {', '.join(BUILD_TYPES)}",
         )
+    from scripts.recipe import BASES
+
+    if config.base not in BASES:
+        raise ForgeError(f"base '{config.base}' is not one of {', '.join(BASES)}",
+                         "use auto (what the checkout pins), cuda (NVIDIA's CUDA image + the pinned torch) or ngc")
     if config.compile_cache not in COMPILE_CACHES:
         raise ForgeError(
             f"compile cache '{config.compile_cache}' is not supported",

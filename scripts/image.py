@@ -46,6 +46,7 @@ from scripts.validate import check_image_ref
 
 if TYPE_CHECKING:  # image.py also runs inside the build stage, where only its own imports are staged
     from scripts.checkout import CheckoutFacts
+    from scripts.recipe import Recipe
     from scripts.vllm_tree import VllmTree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +336,7 @@ class BakeRequest:
     deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
     jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
     non_root: bool = False  # runtime target: serve as an unprivileged user (NON_ROOT_STAGES)
+    recipe: Recipe | None = None  # CUDA, bases and torch chosen from the checkout's pins (scripts/recipe.py)
 
 
 @dataclass
@@ -368,7 +370,7 @@ class BakePlan:
             out.append(
                 f"# stage the build context {self.context}: vllm/ <- {self.request.src} "
                 f"(without build outputs, credential files or git credentials), "
-                f"forge/ <- {REPO_ROOT}/scripts and docker/forge-env.sh"
+                f"forge/ <- {REPO_ROOT}/scripts, docker/forge-env.sh and docker/forge-apt.sh"
             )
         elif self.stage_context:
             out.append(
@@ -609,6 +611,8 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["FINAL_BASE_IMAGE"] = runtime
     if recipe == "forge":
         values["CUDA_VERSION"] = compat.cuda_minor(request.cuda)
+        if request.recipe is not None:
+            values["TORCH_REQUIREMENT"] = request.recipe.torch_requirement
     elif request.cuda_explicit:
         values["CUDA_VERSION"] = full_cuda_version(request.cuda)
     if request.index_url and not has_credentials(request.index_url):
@@ -658,6 +662,13 @@ def _runtime_user(recipe: str, target_stage: str, declared: dict[str, str | None
     if target_stage == NON_ROOT_STAGES["upstream"]:
         return f"non-root ({target_stage}'s USER)"
     return "root"
+
+
+def _torch_label(recipe: Recipe) -> str:
+    """The torch the image is built against: the pinned one installed from the PyTorch index, or the base's."""
+    if recipe.torch_requirement:
+        return f"{recipe.torch_requirement} ({recipe.torch_index_suffix})"
+    return f"the base's own{' (' + recipe.base_torch + ')' if recipe.base_torch else ''}"
 
 
 def _check_secret_file(path: Path | None, flag: str) -> None:
@@ -718,7 +729,11 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             )
         recipe, context = "custom", Path(request.context_dir) / "checkout"
     stage = True
-    base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
+    if request.recipe is not None:
+        base = request.base_image or request.recipe.base_image
+        runtime = request.runtime_image or request.recipe.runtime_image
+    else:  # a request made without the pipeline (this module's CLI): compat's defaults for the CUDA
+        base, runtime = resolve_base_images(request.cuda, request.base_image, request.runtime_image)
     for flag, value in (("--base-image", base), ("--runtime-image", runtime), ("--tag", request.tag)):
         if value:  # they may come from a shared invoke.yaml or mirror profile: never a docker option
             check_image_ref(value, flag)
@@ -741,7 +756,11 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             "use --dockerfile forge, or a vLLM Dockerfile with build and vllm-openai stages",
         )
 
-    notes: list[str] = []
+    notes: list[str] = list(request.recipe.notes) if request.recipe and recipe == "forge" else []
+    if request.recipe is not None and recipe == "forge":
+        need = compat.MIN_DRIVER.get(request.recipe.cuda)
+        notes.insert(0, f"image CUDA {request.recipe.cuda} ({request.recipe.cuda_source})"
+                        + (f"; it needs an NVIDIA driver >= {need.full}" if need else ""))
     if not facts.exists:
         notes.append(f"planned before the clone: commit, build requirements and wheel limit are read from {src} "
                      "once it exists, and the bake is planned again then")
@@ -813,6 +832,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         f"{LABEL_PREFIX}.build-base": build_args.get("BUILD_BASE_IMAGE") or declared.get("BUILD_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.recipe": recipe,
+        **({f"{LABEL_PREFIX}.torch": _torch_label(request.recipe)} if request.recipe is not None and recipe == "forge"
+           else {}),
         f"{LABEL_PREFIX}.mirror": request.mirror,
         **({f"{LABEL_PREFIX}.jit": plan_jit_toolchain(request, archs).label} if recipe == "forge" else {}),
         f"{LABEL_PREFIX}.user": _runtime_user(recipe, target_stage, declared),
@@ -1126,7 +1147,8 @@ def stage_context(plan: BakePlan) -> int:
         REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name not in late
     )
     copied += stage_git_deps(plan, context / "deps")
-    _copy_file(REPO_ROOT / "docker" / "forge-env.sh", _real_dir(context / "forge" / "docker") / "forge-env.sh")
+    for helper in ("forge-env.sh", "forge-apt.sh"):
+        _copy_file(REPO_ROOT / "docker" / helper, _real_dir(context / "forge" / "docker") / helper)
     return copied
 
 

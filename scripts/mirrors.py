@@ -295,18 +295,26 @@ class AppliedMirror:
         ]
 
 
-def apply_mirror(profile: MirrorProfile, config: Any) -> AppliedMirror:
+def apply_mirror(profile: MirrorProfile, config: Any, recipe: Any = None) -> AppliedMirror:
     """The profile applied to ``config`` (a BuildConfig: ``cuda``, ``base_image``, ``runtime_image``,
-    ``vllm_repo``). An explicit base image is rewritten through the registry mirror too; a default one
-    is named only when the mirror changes it, so a recipe's own default stays in charge otherwise."""
-    default_base, default_runtime = default_images(config.cuda)
+    ``vllm_repo``) and the bake's ``recipe`` (scripts/recipe.py: its CUDA and default images; without one,
+    compat's defaults for ``config.cuda``). An explicit base image is rewritten through the registry mirror
+    too; a default one is named only when the mirror changes it, so a recipe's own default stays in charge
+    otherwise."""
+    if recipe is not None:
+        cuda, default_base, default_runtime = recipe.cuda, recipe.base_image, recipe.runtime_image
+    else:
+        from scripts.recipe import DEFAULT_IMAGE_CUDA
+
+        cuda = config.cuda or DEFAULT_IMAGE_CUDA
+        default_base, default_runtime = default_images(cuda)
     chosen = []
     for explicit, default in ((config.base_image, default_base), (config.runtime_image, default_runtime)):
         image = explicit or default
         rewritten = rewrite_image(image, profile) if image else ""
         chosen.append(rewritten if explicit or (rewritten and rewritten != image) else "")
     return AppliedMirror(
-        profile=profile, cuda=config.cuda, base_image=chosen[0], runtime_image=chosen[1],
+        profile=profile, cuda=cuda, base_image=chosen[0], runtime_image=chosen[1],
         requested_base=config.base_image or default_base, requested_runtime=config.runtime_image or default_runtime,
         clone_url=rewrite_git_url(config.vllm_repo, profile), vllm_repo=config.vllm_repo,
         pypi_index=profile.pypi_index, pytorch_index=profile.pytorch_index.rstrip("/"),

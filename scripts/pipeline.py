@@ -24,6 +24,7 @@ from scripts import compat, mirrors
 from scripts.config import ResolvedConfig, resolve_config
 from scripts.errors import ForgeError
 from scripts.plan import Command, mask_urls
+from scripts.recipe import Recipe, choose_recipe
 
 # Every step there is, in pipeline order. A task or nox session selects the ones it needs.
 STEPS = ("clone", "patch", "use-existing-torch", "install-build-deps", "build-wheel", "check-size", "bake",
@@ -44,6 +45,9 @@ class Settings:
     mirror: mirrors.AppliedMirror
     checkout: checkouts.CheckoutFacts
     repo_root: Path
+    profile: mirrors.MirrorProfile | None = None
+    recipe: Recipe | None = None  # what a bake builds with (None: recipe_error says why not)
+    recipe_error: ForgeError | None = None
 
     @property
     def config(self):
@@ -55,6 +59,13 @@ class Settings:
 
     def reread_checkout(self) -> None:
         self.checkout = checkouts.read_checkout(self.src, managed=self.checkout.managed)
+        self.recipe, self.recipe_error, self.mirror = _recipe_and_mirror(self.rc, self.profile, self.checkout)
+
+    def image_recipe(self) -> Recipe:
+        """The bake's recipe, or the one-line refusal of it."""
+        if self.recipe is None:
+            raise self.recipe_error
+        return self.recipe
 
 
 def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
@@ -65,11 +76,36 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
     if rc.config.standin:
         rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
-    applied = mirrors.apply_mirror(profile, rc.config)
-    if rc.config.standin:  # local images: no registry mirror applies to them
-        applied = replace(applied, base_image=rc.config.base_image, runtime_image=rc.config.runtime_image)
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
-    return Settings(rc, applied, facts, repo_root)
+    recipe, error, applied = _recipe_and_mirror(rc, profile, facts)
+    return Settings(rc, applied, facts, repo_root, profile, recipe, error)
+
+
+def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts: checkouts.CheckoutFacts):
+    """The bake's recipe from what the checkout pins (scripts/recipe.py), and the mirror profile applied to its
+    images; a recipe that must be refused is kept as its error, for the tasks that bake."""
+    cfg = rc.config
+    tree = None
+    if facts.exists:
+        from scripts.vllm_tree import inspect_tree
+
+        try:
+            tree = inspect_tree(Path(cfg.source_dir))
+        except ForgeError:
+            tree = None
+    recipe, error = None, None
+    try:
+        recipe = choose_recipe(
+            torch_pin=tree.torch_pin if tree else None, pin_source=tree.torch_pin_source if tree else "",
+            tree_cuda=tree.cuda_pin if tree else None, version=tree.version if tree else None,
+            cuda="" if rc.is_default("cuda") else cfg.cuda, base=cfg.base, base_image=cfg.base_image,
+            runtime_image=cfg.runtime_image, standin=cfg.standin)
+    except ForgeError as err:
+        error = err
+    applied = mirrors.apply_mirror(profile, cfg, recipe)
+    if cfg.standin:  # local images: no registry mirror applies to them
+        applied = replace(applied, base_image=cfg.base_image, runtime_image=cfg.runtime_image)
+    return recipe, error, applied
 
 
 def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
@@ -362,9 +398,11 @@ def bake_request(settings: Settings, options: Options):
     from scripts import image as images
 
     cfg, bake, applied = settings.config, options.bake, settings.mirror
+    recipe = settings.image_recipe()
     return images.BakeRequest(
-        src=settings.src, arch=cfg.arch, cuda=cfg.cuda, cuda_explicit=not settings.rc.is_default("cuda"),
+        src=settings.src, arch=cfg.arch, cuda=recipe.cuda, cuda_explicit=not settings.rc.is_default("cuda"),
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
+        recipe=recipe,
         dockerfile=bake.dockerfile, max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads,
         build_type=cfg.build_type, compile_cache=cfg.compile_cache,
         wheel_limit_mb=bake.limit_mb or cfg.wheel_limit_mb, audit=bake.audit,
@@ -553,7 +591,7 @@ def preflight(settings: Settings, names: tuple[str, ...]) -> None:
     list against the CUDA that builds it, and compile jobs that cannot fit in memory."""
     cfg = settings.config
     if "bake" in names:
-        archs_mod.resolve_arch(cfg.arch, cfg.cuda)  # the image builds with the --cuda named (or its default)
+        archs_mod.resolve_arch(cfg.arch, settings.image_recipe().cuda)  # the CUDA the image builds with
     if "build-wheel" in names:
         archs = archs_mod.parse_arch_list(cfg.arch)
         if not settings.rc.is_default("cuda"):
@@ -606,6 +644,27 @@ def needs_clone(settings: Settings) -> bool:
 # --- the summary a chain ends with ----------------------------------------------------------------------------
 
 
+def _built_cuda(pipeline: Pipeline) -> str:
+    """The CUDA that built: the nvcc of a local build, the image's for a bake."""
+    step = next((s for s in pipeline.steps if s.name in ("build-wheel", "bake") and s.plan is not None), None)
+    if step is not None and step.name == "build-wheel":
+        return step.plan.toolchain.version
+    if step is not None:
+        return compat.cuda_minor(step.plan.request.cuda)
+    return pipeline.settings.recipe.cuda if pipeline.settings.recipe else "?"
+
+
+def _built_torch(pipeline: Pipeline) -> str:
+    step = next((s for s in pipeline.steps if s.name in ("build-wheel", "bake") and s.plan is not None), None)
+    if step is None:
+        return ""
+    if step.name == "build-wheel":
+        return step.plan.preflight.torch if step.plan.preflight else ""
+    recipe = step.plan.request.recipe
+    return (f"built against {recipe.torch_requirement} from the PyTorch index ({recipe.torch_index_suffix})"
+            if recipe and recipe.torch_requirement else "built against the base image's own torch")
+
+
 def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     """(what, value) rows: image, size over base, archs, vLLM ref and commit, time per step."""
     settings = pipeline.settings
@@ -620,7 +679,10 @@ def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
         rows.append(("size", f"{size.size / 1e9:.2f} GB{over}"))
     if state.wheel:
         rows.append(("wheel", str(state.wheel)))
-    rows.append(("archs", ", ".join(a.sm for a in archs) + f" (CUDA {compat.cuda_minor(settings.config.cuda)})"))
+    rows.append(("archs", ", ".join(a.sm for a in archs) + f" (CUDA {_built_cuda(pipeline)})"))
+    torch = _built_torch(pipeline)
+    if torch:
+        rows.append(("torch", torch))
     rows.append(("vLLM", f"{mask_urls(facts.repo or str(settings.src))} @ {facts.ref or '-'} ({facts.short}"
                          f"{', dirty' if facts.dirty else ''})"))
     rows.append(("mirror", settings.mirror.profile.name))
