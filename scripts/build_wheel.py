@@ -172,7 +172,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     checked = None
     if preflight:
         checked = run_preflight(tree, python=request.python, toolchain=toolchain,
-                                env={**toolchain.env, **request.extra_env}, cache_dir=deps_cache,
+                                env={**os.environ, **toolchain.env, **request.extra_env}, cache_dir=deps_cache,
                                 needs_torch=tree_needs_torch(src), install_requirements=request.install_build_deps)
     notes = [
         tree.summary(),

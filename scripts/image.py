@@ -58,6 +58,7 @@ UPSTREAM_TARGETS = {"build": "build", "wheel": "build", "runtime": "vllm-openai"
 NON_ROOT_STAGES = {"forge": "runtime-nonroot", "upstream": "vllm-openai-nonroot"}
 UPSTREAM_DIST_DIR = "/workspace/dist"  # where vLLM's build stage leaves its wheel
 LABEL_PREFIX = "org.vllm-forge"
+DEFAULT_PYTORCH_INDEX = "https://download.pytorch.org/whl"  # docker/Dockerfile's PYTORCH_CUDA_INDEX_BASE_URL
 DEFAULT_REPOSITORY = "vllm-forge/vllm"
 SECRET_IDS = ("ca_bundle", "pip_index_url", "netrc")
 GB = 1000**3  # docker reports sizes in SI units
@@ -613,6 +614,9 @@ def _knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: s
         values["CUDA_VERSION"] = compat.cuda_minor(request.cuda)
         if request.recipe is not None:
             values["TORCH_REQUIREMENT"] = request.recipe.torch_requirement
+            index = (request.pytorch_index_base_url or DEFAULT_PYTORCH_INDEX).rstrip("/")
+            values["TORCH_INDEX_URL"] = f"{index}/{request.recipe.torch_index_suffix}" \
+                if request.recipe.torch_requirement else ""
     elif request.cuda_explicit:
         values["CUDA_VERSION"] = full_cuda_version(request.cuda)
     if request.index_url and not has_credentials(request.index_url):

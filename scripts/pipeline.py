@@ -24,7 +24,7 @@ from scripts import compat, mirrors
 from scripts.config import ResolvedConfig, resolve_config
 from scripts.errors import ForgeError
 from scripts.plan import Command, mask_urls
-from scripts.recipe import Recipe, choose_recipe
+from scripts.recipe import DEFAULT_IMAGE_CUDA, Recipe, choose_recipe
 
 # Every step there is, in pipeline order. A task or nox session selects the ones it needs.
 STEPS = ("clone", "patch", "use-existing-torch", "install-build-deps", "build-wheel", "check-size", "bake",
@@ -61,11 +61,16 @@ class Settings:
         self.checkout = checkouts.read_checkout(self.src, managed=self.checkout.managed)
         self.recipe, self.recipe_error, self.mirror = _recipe_and_mirror(self.rc, self.profile, self.checkout)
 
-    def image_recipe(self) -> Recipe:
-        """The bake's recipe, or the one-line refusal of it."""
-        if self.recipe is None:
+    def image_recipe(self, dockerfile: str = "forge") -> Recipe | None:
+        """The bake's recipe, or the one-line refusal of it. Another Dockerfile (upstream, a path) keeps its own
+        bases and torch: a recipe that cannot be made is no error there (None)."""
+        if self.recipe is None and dockerfile == "forge":
             raise self.recipe_error
         return self.recipe
+
+    def image_cuda(self, dockerfile: str = "forge") -> str:
+        recipe = self.image_recipe(dockerfile)
+        return recipe.cuda if recipe else compat.cuda_minor(self.config.cuda or DEFAULT_IMAGE_CUDA)
 
 
 def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
@@ -398,9 +403,10 @@ def bake_request(settings: Settings, options: Options):
     from scripts import image as images
 
     cfg, bake, applied = settings.config, options.bake, settings.mirror
-    recipe = settings.image_recipe()
+    recipe = settings.image_recipe(bake.dockerfile)
     return images.BakeRequest(
-        src=settings.src, arch=cfg.arch, cuda=recipe.cuda, cuda_explicit=not settings.rc.is_default("cuda"),
+        src=settings.src, arch=cfg.arch, cuda=settings.image_cuda(bake.dockerfile),
+        cuda_explicit=not settings.rc.is_default("cuda"),
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
         recipe=recipe,
         dockerfile=bake.dockerfile, max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads,
@@ -586,12 +592,12 @@ class Pipeline:
         return state
 
 
-def preflight(settings: Settings, names: tuple[str, ...]) -> None:
+def preflight(settings: Settings, names: tuple[str, ...], options: Options) -> None:
     """What the configuration alone can refuse, before any step asks a remote or reads a checkout: the arch
     list against the CUDA that builds it, and compile jobs that cannot fit in memory."""
     cfg = settings.config
     if "bake" in names:
-        archs_mod.resolve_arch(cfg.arch, settings.image_recipe().cuda)  # the CUDA the image builds with
+        archs_mod.resolve_arch(cfg.arch, settings.image_cuda(options.bake.dockerfile))  # the CUDA the image uses
     if "build-wheel" in names:
         archs = archs_mod.parse_arch_list(cfg.arch)
         if not settings.rc.is_default("cuda"):
@@ -612,7 +618,7 @@ def build_pipeline(settings: Settings, names: tuple[str, ...] | list[str], optio
     if unknown:
         raise KeyError(unknown)  # a programming error in a task, not a user error
     if not lenient:
-        preflight(settings, names)
+        preflight(settings, names, options)
     steps: list[Step] = []
     for name in names:
         earlier = names[: names.index(name)]

@@ -6,8 +6,10 @@ NVIDIA's public CUDA -devel image with that torch from the PyTorch index for its
 instead carries NGC's own pre-release torch. The recipe follows the checkout:
 
 - ``--base auto`` (default): the pinned torch from the PyTorch index on the CUDA -devel image, when that torch
-  is published for the CUDA; else the NGC PyTorch image of the CUDA when its torch is the pinned release; else
-  refused, naming both. A checkout that pins no torch builds on the NGC image (its torch).
+  is published for the CUDA; else the NGC PyTorch image of the CUDA, with its own torch. That is refused,
+  naming both, when NGC's torch is another release and the checkout pins its CUDA release too (its torch and
+  CUDA are a pair, vLLM 0.20 on); a checkout that pins no CUDA release (older vLLM, which builds against the
+  base's torch through use-existing-torch) gets it with a note. A checkout that pins no torch builds on NGC.
 - ``--base cuda`` / ``--base ngc``: that kind, refused when it cannot give the pinned torch.
 - ``--base-image IMAGE``: that image, on purpose: its own torch is used (use-existing-torch), whatever the pin.
 
@@ -135,4 +137,10 @@ def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: str
         return cuda_kind
     if ngc_matches:
         return ngc_kind()
-    raise no_torch_build()
+    if ngc is None or tree_cuda:
+        raise no_torch_build()
+    fallback = ngc_kind()
+    fallback.notes.append(f"torch {torch_pin} ({pin_source or 'the pin'}) has no CUDA {minor} build on the PyTorch "
+                          f"index: NGC's torch {ngc.torch} replaces it (use-existing-torch); {label} pins no CUDA "
+                          "release, so its torch pin is not tied to one (--base cuda refuses instead)")
+    return fallback

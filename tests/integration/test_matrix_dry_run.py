@@ -36,9 +36,19 @@ def build_arg(line: str, name: str) -> str:
     return m.group(1) if m else ""
 
 
+def expected_base(cuda: str) -> str:
+    """The miniature pins torch 2.6.0 and no CUDA release (scripts/recipe.py): where the PyTorch index has a
+    2.6.0 build for the CUDA, NVIDIA's CUDA -devel image gets it; elsewhere NGC's image, with its own torch."""
+    if cuda in compat.PYTORCH_CUDA_BUILDS["2.6"]:
+        runtime = compat.CUDA_RUNTIME_IMAGES[cuda]
+        return runtime.replace("-base-", "-devel-")
+    return compat.default_ngc_tag(cuda).image
+
+
 def test_every_cuda_bakes_on_its_own_bases_and_default_archs(repo_root):
     for cuda, line in dry_run(repo_root).items():
-        assert build_arg(line, "BUILD_BASE_IMAGE") == compat.default_ngc_tag(cuda).image
+        assert build_arg(line, "BUILD_BASE_IMAGE") == expected_base(cuda)
+        assert build_arg(line, "TORCH_REQUIREMENT") == ("torch==2.6.0" if "-devel-" in expected_base(cuda) else "")
         assert build_arg(line, "FINAL_BASE_IMAGE") == compat.CUDA_RUNTIME_IMAGES[cuda]
         expected = archs.torch_cuda_arch_list(archs.parse_arch_list(compat.DEFAULT_ARCH_LIST[cuda]))
         assert build_arg(line, "torch_cuda_arch_list") == expected
@@ -49,7 +59,7 @@ def test_every_cuda_bakes_on_its_own_bases_and_default_archs(repo_root):
 def test_the_cn_mirror_rewrites_bases_and_indexes(repo_root):
     cn = mirrors.load_mirror("cn")
     for cuda, line in dry_run(repo_root, "--mirror", "cn").items():
-        assert build_arg(line, "BUILD_BASE_IMAGE") == "m.daocloud.io/" + compat.default_ngc_tag(cuda).image
+        assert build_arg(line, "BUILD_BASE_IMAGE") == "m.daocloud.io/" + expected_base(cuda)
         assert build_arg(line, "FINAL_BASE_IMAGE") == "m.daocloud.io/" + compat.CUDA_RUNTIME_IMAGES[cuda]
         assert build_arg(line, "PIP_INDEX_URL") == cn.pypi_index
         assert build_arg(line, "UV_DEFAULT_INDEX") == cn.pypi_index
