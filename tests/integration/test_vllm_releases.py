@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -235,3 +236,53 @@ def test_version_from_git_tag_when_no_pkg_info(tmp_path):
     subprocess.run(["git", "tag", "-d", "v0.7.2"], cwd=root, check=True, capture_output=True, env=env)
     tree = inspect_tree(root)
     assert (tree.version, tree.version_source) == ("0.12.0", "git tag v0.12.0")
+
+
+# --- issue 26: what a real tree asks of a build, read before anything compiles ---------------------------------
+
+REAL_PREFLIGHT = {  # version: (torch pin, where, Dockerfile CUDA, the library behind `--targets _C`)
+    "0.8.4": ("2.6.0", "requirements/build.txt", "12.4.1", "_C"),
+    "0.26.0": ("2.11.0", "requirements/build/cuda.txt", "13.0.2", "_C_stable_libtorch"),
+}
+
+
+@pytest.mark.parametrize("version", ["0.8.4", "0.26.0", "newest"])
+def test_real_trees_name_their_build_needs(release_repo, newest_version, version):
+    from scripts import preflight
+    from scripts.recipe import choose_recipe
+    from scripts.setup_reader import resolve_targets
+
+    version = newest_version if version == "newest" else version
+    tree = inspect_tree(release_repo(version))
+    names = {r.name for r in preflight.read_build_requirements(tree)}
+    assert {"cmake", "ninja", "setuptools", "setuptools-scm", "wheel"} <= names and "torch" not in names
+    assert tree.cmake_minimum and tree.torch_pin and tree.cuda_pin
+    if version in REAL_PREFLIGHT:
+        pin, where, cuda, c_library = REAL_PREFLIGHT[version]
+        assert (tree.torch_pin, tree.torch_pin_source, tree.cuda_pin) == (pin, where, cuda)
+    else:
+        c_library = "_C_stable_libtorch"
+        assert "setuptools-rust" in names  # the newest releases build a Rust frontend too
+    targets = tree.cuda_targets("13.0", (3, 12))
+    [chosen] = resolve_targets(["_C"], targets)
+    assert chosen.target == c_library
+    assert any(c_library in tree.dep_targets.get(d.name, ()) for d in tree.git_deps if d.name == "cutlass")
+    recipe = choose_recipe(torch_pin=tree.torch_pin, pin_source=tree.torch_pin_source, tree_cuda=tree.cuda_pin,
+                           version=tree.version)
+    assert (recipe.base_kind, recipe.torch_requirement, recipe.cuda_full) == ("cuda", f"torch=={tree.torch_pin}",
+                                                                           tree.cuda_pin)
+
+
+def test_a_real_tree_is_refused_in_one_line_before_anything_runs(release_repo, nvcc_toolchain, tmp_path):
+    """Whatever this machine lacks for vLLM 0.26.0 (its build requirements, a CUDA torch, its eight git
+    dependencies), `invoke build-wheel` says it in one line, and nothing has run: not even use-existing-torch."""
+    tree = release_repo("0.26.0")
+    log = tmp_path / "commands.jsonl"
+    env = {**os.environ, "VLLM_FORGE_COMMAND_LOG": str(log), "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "invoke", "build-wheel", "--vllm-src", str(tree), "--arch", "9.0",
+                           "--dist-dir", str(tmp_path / "dist")], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env=env, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: ") and "Fix:" in errors[0]
+    assert re.search(r"build requirements|torch|git dependenc", errors[0]), errors[0]
+    assert not log.exists()
