@@ -664,7 +664,7 @@ def write_bundle(tree: VllmTree, cache_dir: Path | str, out: Path | str,
     unpinned = [s for s in states if s.status != "pinned"]
     if unpinned:
         raise ForgeError("a bundle carries pins only, and the cache holds " + "; ".join(
-            f"{s.dep.name} {s.detail}" for s in unpinned), "pass --force to fetch the pins over them on this machine")
+            f"{s.dep.name} ({s.detail})" for s in unpinned), "pass --force to fetch the pins over them on this machine")
     entries = []
     for state in states:
         dep, commit = state.dep, read_head(state.path)
