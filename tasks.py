@@ -1169,17 +1169,18 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
             return
         outcomes, seconds = _run_streaming("importing dependencies", dep_importer.run_imports, plan, cache,
                                            force=force, max_size=limit)
-        _print_passed([p for p in plan.passed if not p.refused])
-        for outcome in outcomes:
-            colour = {"imported": "green", "unchanged": "dim", "refused": "red"}[outcome.result]
-            console.print(f"[{colour}]{escape(outcome.line)}[/]", soft_wrap=True)
-        console.print(heading + f" [dim]({seconds:.1f}s)[/]")
-        missing = _print_dep_states(tree, cache, rewrites)
+        if not json:  # --json: stdout is the JSON alone, as for a fetch
+            _print_passed([p for p in plan.passed if not p.refused])
+            for outcome in outcomes:
+                colour = {"imported": "green", "unchanged": "dim", "refused": "red"}[outcome.result]
+                console.print(f"[{colour}]{escape(outcome.line)}[/]", soft_wrap=True)
+            console.print(heading + f" [dim]({seconds:.1f}s)[/]")
+            _print_dep_states(tree, cache, rewrites)
         failed = dep_importer.refusal(outcomes)
         if failed is not None:
             raise failed
-        if offline and missing:
-            dep_fetcher.fetch_deps(tree, cache, proxy, url_map=mapping, offline=True)  # the one-line refusal
+        if offline:  # the one-line refusal naming every pin still missing
+            dep_fetcher.fetch_deps(tree, cache, proxy, url_map=mapping, offline=True)
         if json:
             print(json_mod.dumps(dep_fetcher.deps_env(tree, cache), indent=2))
         return
@@ -1203,9 +1204,10 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
     if bundle:
         manifest, written = _run_streaming("writing the bundle", dep_importer.write_bundle, tree, cache, bundle)
         out = Path(bundle).expanduser().absolute()
-        console.print(f"[green]wrote {out}[/] ({out.stat().st_size / (1 << 20):.0f} MiB, {len(manifest['deps'])} "
-                      f"dependencies with their git data) [dim]({written:.1f}s)[/]: take it to the machine without "
-                      f"GitHub and run `invoke fetch-deps --from {out.name}` there", soft_wrap=True)
+        said = (f"[green]wrote {out}[/] ({out.stat().st_size / (1 << 20):.0f} MiB, {len(manifest['deps'])} "
+                f"dependencies with their git data) [dim]({written:.1f}s)[/]: take it to the machine without GitHub "
+                f"and run `invoke fetch-deps --from {out.name}` there")
+        (err_console if json else console).print(said, soft_wrap=True)  # --json: stdout is the JSON alone
     if json:
         print(json_mod.dumps(env, indent=2))
         return

@@ -481,6 +481,20 @@ def _evidence(source: Source, top: str = "", archive_commit: str = "") -> tuple[
     return "unverified", ""
 
 
+# What sits at the root of a source tree, never one level down in a tarball of it: a single top directory
+# holding one of these is the wrapper `tar -czf x.tgz dir/` adds.
+_ROOT_FILES = re.compile(r"\.git|\.gitmodules|CMakeLists\.txt|(LICENSE|LICENCE|COPYING|README)(\.\w+)?", re.IGNORECASE)
+
+
+def _is_wrapper(top: Path, source: Source) -> bool:
+    """Whether the single top directory of ``source``'s tarball wraps the tree (and is stripped): it is named
+    after the dependency or the file (GitHub's ``<repo>-<rev>/``, ``git archive --prefix``), or holds a file
+    of a tree's root. fmha_sm100's ``python/`` or tml_fa4's ``flash_attn/`` alone at the top are the tree."""
+    if match_name(top.name, [source.dep])[0] or _fold(top.name) == _fold(_stem(source.path.name)):
+        return True
+    return any(_ROOT_FILES.fullmatch(child.name) for child in top.iterdir())
+
+
 def _missing_submodules(tree: Path, dep: GitDep) -> dict:
     """Taken, skipped and missing (taken by the policy, but empty here) submodules of an imported tree."""
     plan = plan_submodules(tree, dep)
@@ -578,12 +592,7 @@ class _Imports:
         if source.kind == "directory":
             copy_tree(source.path, tmp, budget)
             return _import_plain(source, tmp, sha)
-        names = {_fold(_stem(source.path.name))}
-
-        def wrapper(top: str) -> bool:  # github's <repo>-<rev>/, git archive --prefix=<name>/
-            return bool(match_name(top, [source.dep])[0]) or _fold(top) in names
-
-        unpacked_tar = unpack_tar(source.path, stage, budget, strip=wrapper)
+        unpacked_tar = unpack_tar(source.path, stage, budget, strip=lambda top: _is_wrapper(top, source))
         if (unpacked_tar.root / ".git").exists():
             return _import_git(source, unpacked_tar.root, tmp, sha)
         os.replace(unpacked_tar.root, tmp)
@@ -609,7 +618,7 @@ class _Imports:
         try:
             self.on_line(f"unpacking {path}")
             unpacked = unpack_tar(path, stage, budget_for(self.deps, self.max_size),
-                                  strip=lambda top: top == BUNDLE_ROOT)
+                                  strip=lambda top: top.name == BUNDLE_ROOT)
             return outcomes + [self.one(source, unpacked.root) for source in todo]
         except ForgeError as err:
             return outcomes + [Outcome(s.dep, path, "refused", f"refused {path} for {s.dep.name}: {err}", err)

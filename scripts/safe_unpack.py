@@ -116,6 +116,7 @@ class _Writer:
         self.what = what
         self.files: set[str] = set()
         self.links: list[tuple[list[str], str]] = []
+        self.dirs: set[str] = set()  # checked to be real directories
         dest.mkdir()
 
     def refuse(self, name: str, why: str) -> ForgeError:
@@ -129,14 +130,18 @@ class _Writer:
         if not parts:
             return None  # the root itself
         here = self.dest
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             here = here / part
+            known = "/".join(parts[:depth + 1])
+            if known in self.dirs:  # a real directory stays one: nothing may replace it (no name twice)
+                continue
             if here.is_symlink():
                 raise self.refuse(name, f"would be written through the symlink {here.relative_to(self.dest)}")
             if not here.exists():
                 here.mkdir()
             elif not here.is_dir():
                 raise self.refuse(name, f"would be written under the file {here.relative_to(self.dest)}")
+            self.dirs.add(known)
         return parts, here / parts[-1]
 
     def add(self, name: str, kind: str, *, size: int = 0, mode: int = 0o644, mtime: float | None = None,
@@ -181,10 +186,10 @@ class _Writer:
         if mtime is not None and kind == "file":
             os.utime(target, (mtime, mtime), follow_symlinks=False)
 
-    def finish(self, commit: str = "", strip: Callable[[str], bool] = lambda top: False) -> Unpacked:
+    def finish(self, commit: str = "", strip: Callable[[Path], bool] = lambda top: False) -> Unpacked:
         children = list(self.dest.iterdir())
         single = len(children) == 1 and children[0].is_dir() and not children[0].is_symlink() \
-            and strip(children[0].name)
+            and strip(children[0])
         for parts, link in self.links if single else ():  # the tree will be the top directory alone
             why = _link_escape(parts[1:], link)
             if why:
@@ -238,10 +243,10 @@ def read_tar_member(archive: Path, wanted: str, limit: int = 1 << 20) -> bytes |
 
 
 def unpack_tar(archive: Path, dest: Path, budget: Budget,
-               strip: Callable[[str], bool] = lambda top: True) -> Unpacked:
+               strip: Callable[[Path], bool] = lambda top: True) -> Unpacked:
     """Unpack ``archive`` (.tar, .tar.gz, .tgz, .tar.xz, .tar.bz2) into the new directory ``dest``, in one
-    streaming pass. When everything is inside one top-level directory and ``strip(its name)`` says so,
-    the tree is that directory (``python/`` alone in a tarball may be the tree's own first level)."""
+    streaming pass. When everything is inside one top-level directory and ``strip(it)`` says so, the
+    tree is that directory (``python/`` alone in a tarball may be the tree's own first level)."""
     writer = _Writer(dest, budget, str(archive))
     try:
         with tarfile.open(archive, mode="r|*") as tar:

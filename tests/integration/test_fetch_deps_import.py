@@ -4,6 +4,7 @@ real vLLM 0.26.0 tarballs, and pins that are neither cached nor reachable. Local
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -284,3 +285,26 @@ def test_cli_from_dry_run_real_run_and_refusal(tmp_path, github):  # noqa: F811
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 2 and len(lines) == 1 and "'../../escape.h' climbs out of the tree (..)" in lines[0]
     assert not (tmp_path / "escape.h").exists() and "unverified: imported from" in refused.stdout
+
+
+def test_cli_bundle_on_one_machine_from_on_the_other(tmp_path, github):  # noqa: F811
+    src = make_tree(tmp_path / "src", "v1.0")
+    out = tmp_path / "usb" / "deps.tar.xz"
+    dry = run_cli("fetch-deps", "--vllm-src", str(src), "--github-proxy", github["proxy"], "--bundle", str(out),
+                  "--dry-run", cache=tmp_path / "connected")
+    assert dry.returncode == 0 and f"then write every dependency, with its git data, to {out}" in dry.stdout
+    assert "submodules: all, unless ROCm/HIP-only by name or URL" in dry.stdout and not out.exists()
+    written = run_cli("fetch-deps", "--vllm-src", str(src), "--github-proxy", github["proxy"], "--bundle", str(out),
+                      cache=tmp_path / "connected")
+    assert written.returncode == 0, written.stderr
+    assert f"wrote {out}" in written.stdout and "`invoke fetch-deps --from deps.tar.xz` there" in written.stdout
+    assert "kernels @ v1.0: pinned: git commit" in written.stdout and "submodules: third/sub taken" in written.stdout
+    shutil.rmtree(github["root"])
+    taken = run_cli("fetch-deps", "--vllm-src", str(src), "--from", str(out), "--offline",
+                    cache=tmp_path / "firewalled")
+    assert taken.returncode == 0, taken.stderr
+    assert f"kernels @ v1.0: pinned: git commit {github['pinned'][:12]} (imported from {out})" in taken.stdout
+    again = run_cli("fetch-deps", "--vllm-src", str(src), "--from", str(out), "--offline", "--json",
+                    cache=tmp_path / "firewalled")
+    assert again.returncode == 0 and json.loads(again.stdout) == {
+        "KERNELS_SRC_DIR": str(tmp_path / "firewalled" / "deps" / "kernels@v1.0")}

@@ -155,6 +155,16 @@ def test_a_git_archive_names_its_commit_and_its_top_directory_its_revision(tree,
     assert state.status == "substitute" and "whose directory FlashMLA-2bc126e03c79 names 2bc126e03c79" in state.detail
 
 
+@pytest.mark.parametrize(("files", "kept"), [
+    ({"src/CMakeLists.txt": b"", "src/include/a.h": b""}, "CMakeLists.txt"),  # `tar -czf x.tgz src/`
+    ({"work/LICENSE.txt": b"", "work/a.h": b""}, "LICENSE.txt"),
+    ({"python/cutlass/__init__.py": b""}, "python"),  # the tree's own first level, as fmha_sm100's
+])
+def test_a_lone_top_directory_is_stripped_only_when_it_wraps_a_tree(tree, tmp_path, files, kept):
+    import_all(tree, [write_tar(tmp_path / "cutlass-v4.4.2.tar.gz", files)], tmp_path / "cache")
+    assert kept in [p.name for p in fd.dep_dir(tmp_path / "cache", tree.git_deps[0]).iterdir()]
+
+
 def test_a_directory_is_copied_and_a_lone_first_level_is_kept(tree, tmp_path):
     src = tmp_path / "src" / "cutlass"
     (src / "python" / "cutlass").mkdir(parents=True)
