@@ -363,12 +363,13 @@ def is_cached(cache_dir: Path | str, dep: GitDep) -> bool:
 # GIT_SUBMODULES list is the checkout's own choice and is followed as is. A submodule not in the table
 # follows SUBMODULE_RULE.
 SUBMODULE_POLICY: dict[str, dict[str, tuple[bool, str]]] = {
-    # vllm-project/flash-attention's .gitmodules (the pins of vLLM 0.8.4 to 0.33.0): CUTLASS for the CUDA
-    # kernels, and two ROCm projects its CMake builds only with HIP; aiter alone is hundreds of MB.
+    # vllm-project/flash-attention's .gitmodules at vLLM's pins (0.8.4, 0.10.0: cutlass, composable_kernel;
+    # 0.26.0 adds aiter). Its CMakeLists.txt adds csrc/cutlass/include and stops a HIP build with "ROCm build
+    # is not currently supported for vllm-flash-attn": the two ROCm projects are never compiled from here.
     "vllm-flash-attn": {
         "csrc/cutlass": (True, "its CUDA kernels include CUTLASS from there"),
-        "csrc/composable_kernel": (False, "ROCm only: AMD's Composable Kernel, built for HIP"),
-        "third_party/aiter": (False, "ROCm only: AMD's aiter kernels, built for HIP"),
+        "csrc/composable_kernel": (False, "ROCm only: AMD's Composable Kernel, which vLLM's flash-attn never builds"),
+        "third_party/aiter": (False, "ROCm only: AMD's aiter kernels, which vLLM's flash-attn never builds"),
     },
     # flashmla.cmake adds csrc/cutlass/include and csrc/cutlass/tools/util/include.
     "flashmla": {"csrc/cutlass": (True, "flashmla.cmake includes its headers")},
