@@ -206,19 +206,28 @@ def short(rev: str) -> str:
     return rev[:12] if re.fullmatch(r"[0-9a-fA-F]{13,64}", rev) else rev
 
 
+def _head_of(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a file of a .git someone else may have made (a ref could be a link to
+    /dev/zero, or a FIFO)."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    with open(path, "rb") as handle:
+        return handle.read(limit)
+
+
 def _read_ref(common: Path, ref: str) -> str | None:
     """The object id ``ref`` holds, from the loose ref file or packed-refs; with the peeled commit
     packed-refs records for an annotated tag (``^<oid>``) when there is one."""
     if not _REF.fullmatch(ref) or ".." in ref:
         return None
     try:
-        value = (common / ref).read_text().strip()
+        value = _head_of(common / ref, 256).decode(errors="replace").strip()
         if _OID.fullmatch(value):
             return value
     except OSError:
         pass
     try:
-        lines = (common / "packed-refs").read_text().splitlines()
+        lines = _head_of(common / "packed-refs", 64 << 20).decode(errors="replace").splitlines()
     except OSError:
         return None
     for number, line in enumerate(lines):
@@ -235,7 +244,7 @@ def _peel(common: Path, oid: str, depth: int = 0) -> str | None:
     object is packed or is neither (a tag's commit then stays unknown)."""
     path = common / "objects" / oid[:2] / oid[2:]
     try:
-        data = zlib.decompressobj().decompress(path.read_bytes(), 4096)
+        data = zlib.decompressobj().decompress(_head_of(path, 1 << 16), 4096)
     except (OSError, zlib.error):
         return None
     kind = data.split(b" ", 1)[0]
@@ -256,7 +265,7 @@ def read_head(repo: Path) -> str | None:
         return None
     git_dir, common = dirs
     try:
-        head = (git_dir / "HEAD").read_text().strip()
+        head = _head_of(git_dir / "HEAD", 4096).decode(errors="replace").strip()
     except OSError:
         return None
     if _OID.fullmatch(head):

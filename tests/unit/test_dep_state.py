@@ -176,3 +176,20 @@ def test_what_a_fetch_will_take_is_said_before_it_runs():
         "submodules: only third-party/cutlass, third-party/fmt (the checkout's GIT_SUBMODULES)"
     assert fd.submodules_planned(GitDep("x", "https://h/x.git", "v1", None)) == \
         "submodules: all, unless ROCm/HIP-only by name or URL"
+
+
+def test_a_ref_that_is_a_link_to_dev_zero_is_read_bounded(tmp_path):
+    """A hand-made entry's .git is read, never trusted: a ref linked to /dev/zero must not eat the memory.
+    Run in a child with 1 GiB of address space, so a regression fails here instead of on the machine."""
+    import subprocess
+    import sys
+
+    path = entry(tmp_path, FLASHMLA, hand_marker(FLASHMLA), head="ref: refs/heads/main")
+    (path / ".git" / "refs" / "heads").mkdir()
+    (path / ".git" / "refs" / "heads" / "main").symlink_to("/dev/zero")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "from scripts import fetch_deps as fd; from scripts.vllm_tree import GitDep; "
+            f"print(fd.dep_state(sys.argv[1], GitDep('flashmla', {FLASHMLA.repository!r}, {PIN!r}, None)).status)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert (proc.returncode, proc.stdout.strip()) == (0, "unverified"), proc.stderr[-500:]
