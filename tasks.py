@@ -1075,6 +1075,7 @@ def demo_image(ctx, flags: dict) -> str:
 
 # ---- vLLM tree / offline deps (issue 10) ----
 dep_fetcher = _lazy("scripts.fetch_deps")
+dep_importer = _lazy("scripts.dep_import")
 vllm_tree = _lazy("scripts.vllm_tree")
 
 TREE_FLAG_HELP = {
@@ -1089,6 +1090,12 @@ TREE_FLAG_HELP = {
     "offline": "use the cache only; fail naming what is missing",
     "dry_run": "list the dependencies, their pins and what is cached; fetch nothing",
     "mirror": "mirror profile whose github_proxy to use (forge.mirrors.<name>.github_proxy in invoke.yaml)",
+    "from_": "PATH or NAME=PATH: import dependencies from a directory of them, a .tar/.tar.gz/.tar.xz, a git bundle, "
+             "a dependency's directory, or a file --bundle wrote; never fetches (repeatable)",
+    "bundle": "FILE (.tar, .tar.gz, .tar.xz): after fetching, write every dependency with its git data into it, "
+              "for --from on a machine without GitHub",
+    "force": "replace cache entries: an import over a different entry, a fetch over one that is not pinned",
+    "max_size": "SIZE (8G, 500M): the most one import may unpack or copy (default 8G; never more than the free disk)",
 }
 
 
@@ -1131,13 +1138,21 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
                       f"{', '.join(cudas)}[/]")
 
 
-@forge_task(name="fetch-deps", help={k: TREE_FLAG_HELP[k] for k in (
-    "vllm_src", "checkout_dir", "cache_dir", "github_proxy", "url_map", "offline", "dry_run", "json", "mirror")},
-            iterable=["url_map"])
+@forge_task(name="fetch-deps", help={**{k: TREE_FLAG_HELP[k] for k in (
+    "vllm_src", "checkout_dir", "cache_dir", "github_proxy", "url_map", "mirror", "from_", "bundle", "force",
+    "max_size")},
+    "offline": "use the cache only, never the network; fail naming every missing pin with its URL",
+    "dry_run": "list the dependencies, their pins, what the cache holds and what would be fetched or imported "
+               "(submodules too); change nothing",
+    "json": "print the environment that points the build at the cache, as JSON"}, iterable=["url_map", "from_"])
 def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_proxy=None, url_map=None,
-               offline=False, dry_run=False, json=False, mirror=None):
-    """Clone the git deps vLLM's CMake fetches (CUTLASS, flash-attention, ...) into the cache, for offline builds."""
+               offline=False, dry_run=False, json=False, mirror=None, from_=None, bundle=None, force=False,
+               max_size=None):
+    """Bring the git deps vLLM's CMake fetches (CUTLASS, flash-attention, ...) into the cache, for offline builds:
+    fetched (git), imported from tarballs, directories or bundles (--from), or written to one bundle (--bundle)."""
     import json as json_mod
+
+    from scripts.audit import parse_size
 
     settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir, cache_dir=cache_dir, mirror=mirror)
     proxy = github_proxy or settings.mirror.github_proxy or None
@@ -1148,27 +1163,112 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
                              "e.g. --url-map https://github.com/=https://git.example.com/github/")
         old, new = item.split("=", 1)
         mapping[old] = new
+    imports = list(from_ or [])
+    if imports and bundle:
+        raise ForgeError("--from imports on the machine without GitHub, --bundle writes on the one with it",
+                         "run `invoke fetch-deps --bundle FILE` where GitHub is reachable, then --from FILE here")
+    limit = parse_size(max_size) if max_size not in (None, "") else dep_importer.DEFAULT_MAX_SIZE
     tree = vllm_tree.inspect_tree(settings.src)
     cache = Path(settings.config.cache_dir).expanduser()
+    rewrites = dep_fetcher.url_rewrites(proxy, mapping)
+    heading = (f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git "
+               f"dependenc{'y' if len(tree.git_deps) == 1 else 'ies'}[/] (cache {cache / 'deps'})")
+    if imports:
+        plan = dep_importer.plan_imports(tree, imports)
+        if dry_run:
+            console.print(heading)
+            for source in plan.sources:
+                console.print(f"  {source.dep.name} @ {dep_fetcher.short(source.dep.tag)}: would import "
+                              f"{escape(source.describe())}", soft_wrap=True)
+            _print_passed(plan.passed)
+            _print_dep_states(tree, cache, rewrites, imported={s.dep for s in plan.sources})
+            refused = [p for p in plan.passed if p.refused]
+            if refused:
+                raise dep_importer.refusal([dep_importer.Outcome(None, p.path, "refused", "", ForgeError(
+                    f"{p.path} {p.why}", p.fix)) for p in refused])
+            return
+        outcomes, seconds = _run_streaming("importing dependencies", dep_importer.run_imports, plan, cache,
+                                           force=force, max_size=limit)
+        if not json:  # --json: stdout is the JSON alone, as for a fetch
+            _print_passed([p for p in plan.passed if not p.refused])
+            for outcome in outcomes:
+                colour = {"imported": "green", "unchanged": "dim", "refused": "red"}[outcome.result]
+                console.print(f"[{colour}]{escape(outcome.line)}[/]", soft_wrap=True)
+            console.print(heading + f" [dim]({seconds:.1f}s)[/]")
+            _print_dep_states(tree, cache, rewrites)
+        failed = dep_importer.refusal(outcomes)
+        if failed is not None:
+            raise failed
+        if offline:  # the one-line refusal naming every pin still missing
+            dep_fetcher.fetch_deps(tree, cache, proxy, url_map=mapping, offline=True)
+        if json:
+            print(json_mod.dumps(dep_fetcher.deps_env(tree, cache), indent=2))
+        return
     if dry_run:
-        console.print(f"[bold]{escape(tree.summary().split(':')[0])}: {len(tree.git_deps)} git "
-                      f"dependenc{'y' if len(tree.git_deps) == 1 else 'ies'}[/] (cache {cache / 'deps'})")
-        for status in dep_fetcher.plan_fetch(tree, cache, proxy, mapping):
-            state = "[green]cached[/]" if status.cached else f"fetch from {escape(status.url)}"
+        console.print(heading)
+        for status in dep_fetcher.plan_fetch(tree, cache, proxy, mapping, force=force):
+            state = (f"fetch from {escape(status.url)}" + (f" over {status.state.status}" if status.cached else "")
+                     if status.fetch else escape(status.state.detail))
             how = dep_fetcher.override_for(tree, status.dep) or "[red]no local-copy override[/]"
+            submodules = dep_fetcher.submodules_planned(status.dep) if status.fetch else \
+                dep_fetcher.submodules_recorded(cache, status.dep)
             console.print(f"  {status.dep.name} @ {status.dep.tag}: {state} -> {status.path.name}  [dim]{how}[/]",
                           soft_wrap=True)
+            if submodules:
+                console.print(f"    [dim]{escape(submodules)}[/]", soft_wrap=True)
+        if bundle:
+            console.print(f"  then write every dependency, with its git data, to {Path(bundle).expanduser()}")
         return
     env, seconds = _run_streaming("fetching dependencies", dep_fetcher.fetch_deps, tree, cache, proxy,
-                                  url_map=mapping, offline=offline)
+                                  url_map=mapping, offline=offline, force=force)
+    if bundle:
+        manifest, written = _run_streaming("writing the bundle", dep_importer.write_bundle, tree, cache, bundle)
+        out = Path(bundle).expanduser().absolute()
+        said = (f"[green]wrote {out}[/] ({out.stat().st_size / (1 << 20):.0f} MiB, {len(manifest['deps'])} "
+                f"dependencies with their git data) [dim]({written:.1f}s)[/]: take it to the machine without GitHub "
+                f"and run `invoke fetch-deps --from {out.name}` there")
+        (err_console if json else console).print(said, soft_wrap=True)  # --json: stdout is the JSON alone
     if json:
         print(json_mod.dumps(env, indent=2))
         return
-    count = len(tree.git_deps)
-    console.print(f"[green]{count} dependenc{'y' if count == 1 else 'ies'} in {cache / 'deps'}[/] "
-                  f"[dim]({seconds:.1f}s)[/]; the build reads them from:")
+    console.print(heading + f" [dim]({seconds:.1f}s)[/]")
+    _print_dep_states(tree, cache, rewrites)
+    console.print("the build reads them from:")
     for name, value in env.items():
         console.print(f"  {name}={escape(value)}", soft_wrap=True)
+
+
+def _print_passed(passed) -> None:
+    for item in passed:
+        colour = "red" if item.refused else "dim"
+        console.print(f"[{colour}]{'refused' if item.refused else 'not imported'}: {escape(str(item.path))} "
+                      f"{escape(item.why)}{'; ' + escape(item.fix) if item.fix else ''}[/]", soft_wrap=True)
+
+
+def _print_dep_states(tree, cache: Path, rewrites, imported=()) -> list:
+    """One line per dependency (its status and why) and what it took of its submodules, then the pins still
+    missing with their URL; the missing dependencies. Those in ``imported`` (a dry run's) are left out."""
+    colours = {"pinned": "green", "unverified": "yellow", "substitute": "red", "missing": "red"}
+    missing = []
+    for dep in tree.git_deps:
+        if dep in imported:
+            continue
+        state = dep_fetcher.dep_state(cache, dep)
+        colour = colours[state.status]
+        console.print(f"  {dep.name} @ {dep_fetcher.short(dep.tag)}: [{colour}]{escape(state.detail)}[/]",
+                      soft_wrap=True)
+        submodules = dep_fetcher.submodules_recorded(cache, dep) if state.status != "missing" else ""
+        if submodules:
+            console.print(f"    [dim]{escape(submodules)}[/]", soft_wrap=True)
+        if state.status == "missing":
+            missing.append(dep)
+    if missing:
+        pins = dep_fetcher.missing_pins(missing, rewrites)
+        console.print(f"[yellow]still missing ({len(missing)}):[/] {escape(pins)}. To bring them: "
+                      f"{escape(dep_fetcher.BRING_THEM)}", soft_wrap=True)
+    return missing
+
+
 # ---- end vLLM tree ----
 
 # ---- namespace ----

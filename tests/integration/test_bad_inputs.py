@@ -244,6 +244,45 @@ def with_no_vllm(s: Scratch) -> None:
     s.env["PYTHONPATH"] = ""
 
 
+def with_deps_cache(s: Scratch) -> None:
+    """A checkout and an empty fetch-deps cache inside the scratch dir (INVOKE_FORGE_CACHE_DIR)."""
+    s.copy_checkout()
+    (s.tmp / "cache" / "deps").mkdir(parents=True)
+    s.env["INVOKE_FORGE_CACHE_DIR"] = str(s.tmp / "cache")
+
+
+def _tarball(path: Path, files: dict[str, bytes]) -> Path:
+    import io
+    import tarfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def with_tarballs(s: Scratch) -> None:
+    """Tarballs a lab might have: one of nothing declared, one that climbs out, another minidep."""
+    with_deps_cache(s)
+    _tarball(s.tmp / "usb" / "bob-stuff.tar.gz", {"a.h": b""})
+    _tarball(s.tmp / "evil" / "minidep-v1.0.0.tar.gz", {"include/minidep.h": b"", "../../planted.h": b"x"})
+    _tarball(s.tmp / "other" / "minidep-v1.0.0.tar.gz", {"include/minidep.h": b"// another copy\n"})
+
+
+def with_imported_dep(s: Scratch) -> None:
+    """The cache holds minidep imported (unverified) from a tarball."""
+    from scripts import dep_import
+    from scripts.vllm_tree import inspect_tree
+
+    with_tarballs(s)
+    first = _tarball(s.tmp / "usb" / "minidep-v1.0.0.tar.gz", {"include/minidep.h": b"// first copy\n"})
+    plan = dep_import.plan_imports(inspect_tree(s.tmp / "co"), [str(first)])
+    assert [o.result for o in dep_import.run_imports(plan, s.tmp / "cache")] == ["imported"]
+
+
 UNTOUCHED = "nothing is created or changed"
 CHECKOUT_KEPT = "the checkout (no torch pins removed, no build dir)"
 
@@ -389,6 +428,23 @@ CASES = [
     Case("nccl-test-bad-sizes", ["nccl-test", "--sizes", "8:lots", "--dry-run"], "is not a size", UNTOUCHED),
     Case("fetch-deps-bad-url-map", ["fetch-deps", "--vllm-src", "{co}", "--url-map", "github", "--dry-run"],
          "is not OLD=NEW", "the checkout and the cache", with_checkout),
+    Case("fetch-deps-offline-missing", ["fetch-deps", "--vllm-src", "{co}", "--offline"],
+         "minidep @ v1.0.0 (https://github.com/vllm-forge/minidep.git)", "the checkout and the cache", with_deps_cache),
+    Case("fetch-deps-from-missing-path", ["fetch-deps", "--vllm-src", "{co}", "--from", "{tmp}/usb/nope.tar.gz"],
+         "does not exist", "the checkout and the cache", with_deps_cache),
+    Case("fetch-deps-from-unmatched", ["fetch-deps", "--vllm-src", "{co}", "--from", "{tmp}/usb/bob-stuff.tar.gz"],
+         "names no dependency of vLLM 0.1.0", "the checkout and the cache", with_tarballs),
+    Case("fetch-deps-from-hostile-tar", ["fetch-deps", "--vllm-src", "{co}", "--from",
+                                         "{tmp}/evil/minidep-v1.0.0.tar.gz"],
+         "climbs out of the tree", "the cache: nothing unpacked is left, nothing written outside", with_tarballs),
+    Case("fetch-deps-from-over-another", ["fetch-deps", "--vllm-src", "{co}", "--from",
+                                          "{tmp}/other/minidep-v1.0.0.tar.gz"],
+         "pass --force to replace it", "the cache entry imported before", with_imported_dep),
+    Case("fetch-deps-from-and-bundle", ["fetch-deps", "--vllm-src", "{co}", "--from", "{tmp}/usb", "--bundle",
+                                        "{tmp}/deps.tar"], "--bundle writes on the one with it",
+         "the checkout and the cache", with_deps_cache),
+    Case("fetch-deps-bundle-not-pinned", ["fetch-deps", "--vllm-src", "{co}", "--bundle", "{tmp}/deps.tar"],
+         "a bundle carries pins only", "the cache; no bundle is written", with_imported_dep),
     Case("inspect-tree-not-vllm", ["inspect-tree", "--vllm-src", "{tmp}/empty"], "not a vLLM source tree",
          "the directory named", with_empty_dir),
     # --- what a new user types: typos, missing arguments, settings that cannot go together (issue 18) ---

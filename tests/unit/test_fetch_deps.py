@@ -148,12 +148,20 @@ def test_no_way_to_redirect_is_refused_before_any_download(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_offline_with_missing_deps_names_them_and_the_fix(tmp_path):
-    tree = inspect_tree(make_tree(tmp_path / "src", WITH_OVERRIDE))
+def test_offline_with_missing_deps_names_every_pin_its_url_and_the_fix(tmp_path):
+    tree = inspect_tree(make_tree(tmp_path / "src", WITH_OVERRIDE + """
+        FetchContent_Declare(flashmla GIT_REPOSITORY https://github.com/vllm-project/FlashMLA
+                             GIT_TAG a8f794d1251cbfd88a5011445dd5582289c727e4)
+    """, setup='import os\nos.environ.get("CMAKE_ARGS")\n'))
     with pytest.raises(ForgeError) as err:
-        fd.fetch_deps(tree, tmp_path / "cache", offline=True)
+        fd.fetch_deps(tree, tmp_path / "cache", url_map={"https://github.com/": "https://git.lab.example/gh/"},
+                      offline=True)
     text = str(err.value)
-    assert "cutlass@v4.0.0" in text and "invoke fetch-deps" in text and "--github-proxy" in text
+    assert text.startswith("2 git dependencies of vLLM 0.20.0 are not in ")
+    assert "cutlass @ v4.0.0 (https://git.lab.example/gh/nvidia/cutlass.git), flashmla @ " \
+           "a8f794d1251cbfd88a5011445dd5582289c727e4 (https://git.lab.example/gh/vllm-project/FlashMLA). Fix: " in text
+    assert "`invoke fetch-deps --bundle deps.tar`" in text and "`invoke fetch-deps --from DIR`" in text
+    assert "--github-proxy" in text and "\n" not in text
 
 
 def test_plan_fetch_reports_cached_and_urls(tmp_path):
