@@ -461,7 +461,8 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
     """Show the resolved configuration (and where each value came from) and every step's exact commands."""
     settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
                          cuda=cuda, base=base, max_jobs=max_jobs, nvcc_threads=nvcc_threads,
-                         mem_per_job_gb=mem_per_job_gb, build_type=build_type, compile_cache=compile_cache, dist_dir=dist_dir, mirror=mirror)
+                         mem_per_job_gb=mem_per_job_gb, build_type=build_type, compile_cache=compile_cache,
+                         dist_dir=dist_dir, mirror=mirror)
     table = Table("setting", "value", "from", title="Resolved configuration")
     for name, value in settings.config.as_dict().items():
         table.add_row(name, escape(mask_urls(str(value))), settings.rc.source(name))

@@ -65,8 +65,8 @@ def main(argv=None) -> int:
             _stand_in_torch(tmp / "site", tree.torch_pin, toolchain.version)
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "site"), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **toolchain.env}
-        request = BuildRequest(src=args.tree, dist_dir=tmp / "dist", arch=toolchain.version == "13.0" and "9.0" or "8.0",
-                               cache_dir=tmp / "cache", install_build_deps=True, compile_cache="none")
+        request = BuildRequest(src=args.tree, dist_dir=tmp / "dist", arch="9.0", cache_dir=tmp / "cache",
+                               install_build_deps=True, compile_cache="none")
         for run in range(args.runs + 1):
             started = time.perf_counter()
             tree = inspect_tree(args.tree)

@@ -47,7 +47,7 @@ from scripts.errors import ForgeError, run_main
 from scripts.fetch_deps import deps_env
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
-from scripts.preflight import Preflight, run_preflight
+from scripts.preflight import Preflight, check_substitutes, run_preflight
 from scripts.setup_reader import ExtensionTarget, resolve_targets
 from scripts.toolchain import CudaToolchain, find_cuda_toolchain
 from scripts.vllm_tree import VllmTree, inspect_tree
@@ -183,6 +183,8 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     ]
     python_version = checked.facts.version[:2] if checked and checked.facts else sys.version_info[:2]
     chosen, left_out = _choose_targets(tree, request.targets, toolchain.version, python_version)
+    building = [t.target for t in chosen] or [t.target for t in tree.cuda_targets(toolchain.version, python_version)]
+    notes += check_substitutes(tree, checked, building, {t.target for t in chosen})
     if chosen:
         notes.append(f"targets: {', '.join(t.target for t in chosen)} (--targets); left out: "
                      f"{', '.join(left_out) or 'none'}: the wheel holds only what was built")

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
-        print(f"{facts['library']} from {facts['wheel']} on {facts['gpu']} (sm_{''.join(map(str, facts['capability']))}),"
+        sm = "".join(map(str, facts["capability"]))
+        print(f"{facts['library']} from {facts['wheel']} on {facts['gpu']} (sm_{sm}),"
               f" torch {facts['torch']} (CUDA {facts['torch_cuda']})")
         for r in results:
             print(f"torch.ops._C.{r.op} {r.shape}: max abs error {r.max_abs_error:.3g} vs torch "

@@ -428,6 +428,7 @@ class DepCheck:
     dep: object  # vllm_tree.GitDep
     how: str  # "local copy" | "cache" | "network" | "missing"
     detail: str
+    status: str = ""  # a cache entry's provenance: pinned | unverified | substitute (scripts/fetch_deps.py)
 
 
 def check_git_deps(tree, cache_dir: Path, env: Mapping[str, str], *, timeout: float = 2.0,
@@ -448,8 +449,9 @@ def check_git_deps(tree, cache_dir: Path, env: Mapping[str, str], *, timeout: fl
                                  f"point {variable} at a copy of {dep.repository} @ {dep.tag}, or unset it")
             checks.append(DepCheck(dep, "local copy", f"{variable}={local}"))
             continue
-        if fetch_deps.is_cached(cache_dir, dep):  # TODO(i26-deps): dep_state's provenance line
-            checks.append(DepCheck(dep, "cache", f"cached at {fetch_deps.dep_dir(cache_dir, dep)}"))
+        state = fetch_deps.dep_state(cache_dir, dep)
+        if state.status != "missing":
+            checks.append(DepCheck(dep, "cache", state.detail, state.status))
             continue
         check = DepCheck(dep, "missing", f"{dep.repository} @ {dep.tag}")
         checks.append(check)
@@ -489,6 +491,11 @@ class Preflight:
     torch: str = ""  # the "built against torch ..." line
     unmet: list[RequirementState] = field(default_factory=list)  # build requirements to install
     facts: PythonFacts | None = None
+    deps: list[DepCheck] = field(default_factory=list)
+
+    def substitutes(self) -> list[DepCheck]:
+        """Cache entries whose own evidence names another revision than the pin."""
+        return [c for c in self.deps if c.status == "substitute"]
 
 
 def run_preflight(tree, *, python: str, toolchain, env: Mapping[str, str], cache_dir: Path,
@@ -525,6 +532,28 @@ def run_preflight(tree, *, python: str, toolchain, env: Mapping[str, str], cache
         result.notes.append("cmake: checked after install-build-deps installs it")
     else:
         result.notes.append(check_cmake(tree, env))
-    for check in check_git_deps(tree, cache_dir, env):
+    result.deps = check_git_deps(tree, cache_dir, env)
+    for check in result.deps:
         result.notes.append(f"git dependency {check.dep.name}: {check.detail}")
     return result
+
+
+def check_substitutes(tree, checked: Preflight | None, targets: list[str], named: set[str]) -> list[str]:
+    """A target built from a dependency that is not its pin is refused unless ``--targets`` names it; notes
+    for the ones it names. ``targets``: what this build builds; ``named``: what --targets spelled out."""
+    notes = []
+    for check in checked.substitutes() if checked else []:
+        users = sorted(t for t in targets if t in tree.dep_targets.get(check.dep.name, ()))
+        if not users:
+            notes.append(f"{check.dep.name} is not the pin, and no target of this build needs it")
+            continue
+        unnamed = [t for t in users if t not in named]
+        if unnamed:
+            others = [t for t in targets if t not in users]
+            raise ForgeError(
+                f"{check.dep.name} in the cache is not the pin ({check.detail}), and "
+                f"{', '.join(unnamed)} would be built from it",
+                f"build without them (--targets {','.join(others) or '...'}), name them in --targets to build "
+                f"them anyway, or import the pinned commit (invoke fetch-deps --from FILE --force)")
+        notes.append(f"{', '.join(users)}: built from {check.dep.name}, which is not the pin (named in --targets)")
+    return notes

@@ -51,7 +51,8 @@ def fake_torch(site: Path, version: str, cuda: str | None) -> Path:
 
 
 def fake_gxx(path: Path, version: str) -> Path:
-    path.write_text(f"#!/bin/sh\necho 'g++ (GCC) {version}'\necho 'Copyright (C) 2020 Free Software Foundation, Inc.'\n")
+    path.write_text(f"#!/bin/sh\necho 'g++ (GCC) {version}'\n"
+                    "echo 'Copyright (C) 2020 Free Software Foundation, Inc.'\n")
     path.chmod(0o755)
     return path
 
@@ -105,7 +106,8 @@ def test_a_torch_for_cuda_12_8_with_nvcc_13(tmp_path, nvcc_toolchain):
 
 def test_missing_pins(tmp_path, nvcc_toolchain, cuda_torch):
     cmake = CMAKE + ("include(FetchContent)\n"
-                     "FetchContent_Declare(cutlass GIT_REPOSITORY https://git.invalid/nvidia/cutlass.git GIT_TAG v4.4.2)\n"
+                     "FetchContent_Declare(cutlass GIT_REPOSITORY https://git.invalid/nvidia/cutlass.git "
+                     "GIT_TAG v4.4.2)\n"
                      "FetchContent_Declare(flashmla GIT_REPOSITORY https://git.invalid/FlashMLA GIT_TAG a8f794d1)\n")
     proc, ran = build_wheel(vllm_like_tree(tmp_path / "vllm", cmake=cmake), tmp_path, {"PYTHONPATH": str(cuda_torch)})
     assert_refused(proc, ran, "2 git dependencies", "cutlass v4.4.2", "flashmla a8f794d1", "fetch-deps --from")

@@ -134,7 +134,8 @@ def test_a_torch_for_another_cuda_major_is_refused_naming_what_breaks(tmp_path):
     with pytest.raises(ForgeError) as err:
         preflight.check_torch(facts(torch="2.11.0+cu128", cuda="12.8"), tree_with_pin(tmp_path), "13.0")
     assert "CUDA 12.8 but the nvcc found is CUDA 13.0" in str(err.value)
-    assert "libcudart.so.13" in str(err.value) and "--index-url https://download.pytorch.org/whl/cu130" in str(err.value)
+    assert "libcudart.so.13" in str(err.value)
+    assert "--index-url https://download.pytorch.org/whl/cu130" in str(err.value)
 
 
 def test_a_minor_cuda_difference_and_another_torch_release_are_notes(tmp_path):
@@ -150,7 +151,8 @@ def test_the_pin_is_still_known_after_use_existing_torch_removed_it(tmp_path):
     (root / "pyproject.toml").write_text(PYPROJECT.replace('"torch == 2.11.0", ', ""))
     tree = inspect_tree(root)
     assert (tree.torch_pin, tree.torch_pin_source) == ("2.11.0", "CMakeLists.txt TORCH_SUPPORTED_VERSION_CUDA")
-    assert preflight.torch_line(facts(), tree) == "built against torch 2.11.0+cu130 (the tree pinned 2.11.0, the same release)"
+    assert preflight.torch_line(facts(), tree) == \
+        "built against torch 2.11.0+cu130 (the tree pinned 2.11.0, the same release)"
 
 
 def test_no_torch_at_all_is_refused(tmp_path):
@@ -170,7 +172,8 @@ def test_nvcc_limits_come_from_its_own_host_config(tmp_path):
     crt = tmp_path / "include" / "crt"
     crt.mkdir(parents=True)
     (crt / "host_config.h").write_text("#if defined(__GNUC__)\n#if __GNUC__ > 14\n#error -- unsupported GNU version!\n"
-                                       "#endif\n#if (__clang_major__ >= 20) || (__clang_major__ < 3)\n#error x\n#endif\n")
+                                       "#endif\n#if (__clang_major__ >= 20) || (__clang_major__ < 3)\n"
+                                       "#error x\n#endif\n")
     assert preflight.nvcc_host_limits(tmp_path) == {"gcc": 14, "clang": 19}
     assert preflight.nvcc_host_limits(tmp_path / "missing") == {}
 
@@ -179,7 +182,8 @@ def test_a_gcc_newer_than_nvcc_accepts_is_refused(tmp_path):
     gxx = fake_tool(tmp_path / "g++-15", "g++ (GCC) 15.1.0\nCopyright (C) 2025 Free Software Foundation, Inc.")
     compiler = preflight.find_host_compiler({"CXX": str(gxx), "PATH": os.environ["PATH"]})
     assert (compiler.family, compiler.version) == ("gcc", (15, 1, 0))
-    with pytest.raises(ForgeError, match=r"gcc 15.1.0, and nvcc 12.8 accepts gcc up to 14.*CUDAHOSTCXX=/usr/bin/g\+\+-14"):
+    with pytest.raises(ForgeError,
+                       match=r"gcc 15.1.0, and nvcc 12.8 accepts gcc up to 14.*CUDAHOSTCXX=/usr/bin/g\+\+-14"):
         preflight.check_host_compiler(compiler, {"gcc": 14}, "12.8", "2.11.0")
 
 
@@ -230,7 +234,8 @@ DEPS_CMAKE = """cmake_minimum_required(VERSION 3.26)
 project(vllm_extensions)
 include(FetchContent)
 FetchContent_Declare(cutlass GIT_REPOSITORY https://github.com/nvidia/cutlass.git GIT_TAG v4.4.2)
-FetchContent_Declare(flashmla GIT_REPOSITORY https://github.com/vllm-project/FlashMLA GIT_TAG a8f794d1251cbfd88a5011445dd5582289c727e4)
+FetchContent_Declare(flashmla GIT_REPOSITORY https://github.com/vllm-project/FlashMLA
+  GIT_TAG a8f794d1251cbfd88a5011445dd5582289c727e4)
 if(WITH_EXTRA)
   FetchContent_Declare(extra GIT_REPOSITORY https://git.example.com/extra.git GIT_TAG v1)
 endif()
@@ -266,7 +271,8 @@ def test_a_reachable_host_or_a_local_copy_lets_the_build_fetch(tmp_path):
         "project(x)\ninclude(FetchContent)\nif(DEFINED ENV{VLLM_CUTLASS_SRC_DIR})\n"
         "  set(VLLM_CUTLASS_SRC_DIR $ENV{VLLM_CUTLASS_SRC_DIR})\nendif()\nif(VLLM_CUTLASS_SRC_DIR)\n"
         "  FetchContent_Declare(cutlass SOURCE_DIR ${VLLM_CUTLASS_SRC_DIR})\nelse()\n"
-        "  FetchContent_Declare(cutlass GIT_REPOSITORY https://github.com/nvidia/cutlass.git GIT_TAG v4.4.2)\nendif()\n")
+        "  FetchContent_Declare(cutlass GIT_REPOSITORY https://github.com/nvidia/cutlass.git GIT_TAG v4.4.2)\n"
+        "endif()\n")
     tree = inspect_tree(root)
     with pytest.raises(ForgeError, match="VLLM_CUTLASS_SRC_DIR=.* does not exist"):
         preflight.check_git_deps(tree, tmp_path / "cache", {"VLLM_CUTLASS_SRC_DIR": str(tmp_path / "gone")},
