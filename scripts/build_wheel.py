@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
+from scripts.cmake_build_dir import BuildTiming, TimingWatch, record_settings, resume_note
 from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
     CacheReport,
     CacheSession,
@@ -90,6 +91,7 @@ class BuildPlan:
     tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
     reuse: ReuseDecision | None = None  # kernel reuse: which path this build takes, and why
     build_info: dict | None = None  # what run_build wrote into the wheel (set by run_build)
+    timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
 
     @property
     def commands(self) -> list[Command]:
@@ -205,6 +207,8 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending)
     apply_reuse(plan, decision)
     notes.append(decision.note())
+    if not decision.source and decision.key:  # CMake and ninja run: say what they start from
+        notes.append(resume_note(src, decision.key.inputs))
     return plan
 
 
@@ -296,12 +300,18 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
                             plan.toolchain)
     apply_reuse(plan, decision)
     cache_session = CacheSession(plan.compile_cache, plan.env)
+    src = Path(plan.request.src).expanduser()
+    watch = None
+    if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
+        record_settings(src, decision.key.inputs)
+        watch = TimingWatch(src, decision.key.inputs)
     try:
         cache_session.start()  # counters before, so the figures are this build's
         try:
             run_command(plan.command, on_line=on_line, log_path=log_path)
         finally:
             plan.cache_report = cache_session.finish()
+            plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -676,6 +686,8 @@ def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict
     }
     if decision and decision.source:
         info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
+    if plan.timing is not None:
+        info["compile_times"] = plan.timing.summary()
     return info
 
 
@@ -737,7 +749,11 @@ def main(argv=None) -> int:
         from scripts.patches import apply_patches
 
         apply_patches(args.src, args.patch, on_line=print)
-    wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    try:
+        wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    finally:
+        for line in plan.timing.lines() if plan.timing else []:
+            print(line)
     if plan.reuse:
         print(plan.reuse.line())
     if plan.cache_report:

@@ -949,12 +949,14 @@ def _link_inside(source: Path, root: Path) -> bool:
     return resolved == str(root) or resolved.startswith(str(root) + os.sep)
 
 
-def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip) -> int:
+def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip, keep: tuple[str, ...] = ()) -> int:
     """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many.
+    Copies keep their source's mtime, so a build in ``dest`` sees an unchanged file as unchanged.
 
-    Nothing is ever written through a symlink already in ``dest`` (one planted there, or left by an
-    earlier tree): it is replaced. Symlinks in ``src`` are copied as symlinks when they point inside
-    ``src``; one that points outside is refused.
+    ``keep``: top-level names in ``dest`` that are its own and stay as they are (a private copy's ``build``
+    dir, where its CMake build resumes from). Nothing is ever written through a symlink already in
+    ``dest`` (one planted there, or left by an earlier tree): it is replaced. Symlinks in ``src`` are
+    copied as symlinks when they point inside ``src``; one that points outside is refused.
     """
     src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -998,12 +1000,14 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
             if not same:
                 _copy_file(source, target)
                 copied += 1
-    for root, dirs, files in os.walk(dest, topdown=False):
+    for root, dirs, files in os.walk(dest):
         rel_root = Path(root).relative_to(dest)
-        for name in files + dirs:
+        kept = [d for d in dirs if rel_root == Path(".") and d in keep and not (Path(root) / d).is_symlink()]
+        for name in [d for d in dirs if d not in kept] + files:
             rel = rel_root / name
             if rel not in wanted:
                 _remove(dest / rel)
+        dirs[:] = [d for d in dirs if d not in kept and (rel_root / d) in wanted]  # never walk what is kept
     return copied
 
 
