@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scripts import ninja_log
+from scripts.build_progress import duration
 
 SETTINGS_FILE = ".vllm-forge-compile.json"  # in <tree>/build/: the settings of the last compile started there
 # Kernel-key inputs (build_wheel.kernel_inputs) that reach every compile command or every object's headers,
@@ -161,7 +162,7 @@ class BuildTiming:
         compiled = self.compiled_objects
         if compiled:
             head = (f"compile times ({where}): this build compiled {len(compiled)} objects, "
-                    f"{self.cpu_seconds(compiled):,.0f} CPU-seconds in {_duration(self.wall_seconds)} of ninja")
+                    f"{self.cpu_seconds(compiled):,.0f} CPU-seconds in {duration(self.wall_seconds)} of ninja")
         else:
             head = f"compile times ({where}): this build compiled no object"
         if kept:
@@ -188,15 +189,6 @@ class BuildTiming:
             "slowest": [{"seconds": round(e.seconds, 1), "target": e.target, "file": e.source}
                         for e in ninja_log.slowest(self.objects, count)],
         }
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class TimingWatch:
