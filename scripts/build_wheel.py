@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
-from scripts.cmake_build_dir import BuildTiming, TimingWatch, record_settings, resume_note
+from scripts.build_estimate import estimate_note
+from scripts.cmake_build_dir import BuildTiming, TimingWatch, earlier_build, record_settings, resume_note
 from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
     CacheReport,
     CacheSession,
@@ -47,7 +48,7 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
 )
 from scripts.errors import ForgeError, run_main
 from scripts.fetch_deps import deps_env
-from scripts.parallelism import Parallelism, choose_parallelism
+from scripts.parallelism import Parallelism, choose_parallelism, cpu_count
 from scripts.plan import Command, run_command
 from scripts.toolchain import CudaToolchain, find_cuda_toolchain
 from scripts.vllm_tree import VllmTree, inspect_tree
@@ -74,6 +75,7 @@ class BuildRequest:
     shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
     reuse: bool = True  # reuse the kernels of a wheel in dist_dir built from the same kernel inputs
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
+    targets: list[str] = field(default_factory=list)  # CMake targets to build (--targets); empty: all
 
 
 @dataclass
@@ -207,8 +209,12 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending)
     apply_reuse(plan, decision)
     notes.append(decision.note())
-    if not decision.source and decision.key:  # CMake and ninja run: say what they start from
-        notes.append(resume_note(src, decision.key.inputs))
+    if not decision.source and decision.key:  # CMake and ninja run: what they start from, how long they take
+        earlier = earlier_build(src, decision.key.inputs)
+        notes.append(resume_note(src, decision.key.inputs, earlier))
+        notes.append(estimate_note(tree, decision.key.inputs, archs=archs, cores=cpu_count(),
+                                   jobs=parallelism.max_jobs, nvcc_threads=parallelism.nvcc_threads,
+                                   targets=request.targets, earlier=earlier))
     return plan
 
 

@@ -99,8 +99,12 @@ def earlier_build(tree: Path | str, kernel_inputs: dict | None = None) -> Earlie
     return EarlierBuild(tree, build_dir, objects, read_settings(tree))
 
 
-def resume_note(tree: Path | str, kernel_inputs: dict) -> str:
-    found = earlier_build(tree, kernel_inputs)
+_UNSET = object()
+
+
+def resume_note(tree: Path | str, kernel_inputs: dict, found=_UNSET) -> str:
+    """The plan's line about resuming (``found``: ``earlier_build``'s answer, when already asked)."""
+    found = earlier_build(tree, kernel_inputs) if found is _UNSET else found
     if found is None:
         return f"resume: no CMake build dir under {Path(tree) / 'build'} yet: ninja compiles everything"
     return found.note(kernel_inputs)

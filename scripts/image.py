@@ -1014,6 +1014,7 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
 # The scripts docker/Dockerfile runs inside the build; only these and what they import are staged,
 # so a change elsewhere in vllm-forge does not invalidate the compile layer.
 BUILD_STAGE_SCRIPTS = ("checkout", "build_wheel", "wheel_size", "audit")
+BUILD_STAGE_DATA = ("build_profiles",)  # dirs of scripts/ they read (build_estimate's recorded build times)
 
 
 def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Path | None = None) -> set[str]:
@@ -1120,9 +1121,13 @@ def stage_context(plan: BakePlan) -> int:
         _real_dir(part)
     copied = stage_checkout(src, context / "vllm", git_mirror)
     keep = {f"{name}.py" for name in script_closure()}
-    copied += sync_tree(
-        REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
-    )
+
+    def not_staged(rel: Path, is_dir: bool) -> bool:
+        if rel.parts[0] in BUILD_STAGE_DATA:
+            return False
+        return is_dir or rel.name not in keep
+
+    copied += sync_tree(REPO_ROOT / "scripts", context / "forge" / "scripts", skip=not_staged)
     # image.py runs only after the compile (runtime-requirements), doctor_inside.py in the runtime stage (the
     # JIT check); both bind-mounted from here.
     late = {"image.py", "doctor_inside.py"}
