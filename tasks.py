@@ -335,7 +335,7 @@ class _StepDisplay:
         if self.live is None:
             plain = self.progress.plain_line()
             if plain:
-                self.out.print(f"  {escape(self.title)}: {escape(plain)}", soft_wrap=True)
+                self.out.print(f"{escape(self.title)}: {escape(plain)}", soft_wrap=True)
 
     def _render(self):
         from rich.text import Text

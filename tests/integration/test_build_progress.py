@@ -78,9 +78,9 @@ def test_an_interrupted_build_is_resumed_by_the_next_build_wheel_with_progress_w
     # what a pipe (CI) shows: a line per phase and per tenth of ninja's steps, no escape codes; then the report
     assert "\x1b[" not in out.stdout
     lines = out.stdout.splitlines()
-    progress = [line for line in lines if line.startswith("  build-wheel: ")]
-    assert any(line.startswith("  build-wheel: CMake configure, ") for line in progress)
-    compiling = [line for line in progress if line.startswith("  build-wheel: compiling [")]
+    progress = [line for line in lines if line.startswith("build-wheel: ")]
+    assert any(line.startswith("build-wheel: CMake configure, ") for line in progress)
+    compiling = [line for line in progress if line.startswith("build-wheel: compiling [")]
     assert compiling and " 100%, " in compiling[-1]
     assert len(progress) <= 15  # not the build's ~150 lines
     report = lines.index(next(line for line in lines if line.startswith("compile times (build/temp.")))
