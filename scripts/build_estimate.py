@@ -214,16 +214,16 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
     return Estimate(wall, cpu, objects, "; ".join(parts), left=left_only)
 
 
-def estimate_note(tree, kernel_inputs: dict, *, archs: list, cores: int, jobs: int, nvcc_threads: int,
+def estimate_note(tree, settings: dict, *, archs: list, cores: int, jobs: int, nvcc_threads: int,
                   targets: Iterable[str] = (), earlier: EarlierBuild | None = None) -> str:
-    """The plan's line: an estimate for this build and where it comes from, or why there is none. ``earlier``:
-    the CMake build dir an earlier build left in the tree (cmake_build_dir.earlier_build)."""
+    """The plan's line: an estimate for this build (``settings``: cmake_build_dir.compile_settings) and where
+    it comes from, or why there is none. ``earlier``: the CMake build dir an earlier build left in the tree
+    (cmake_build_dir.earlier_build)."""
     codes = arch_codes(archs)
     if earlier is not None and earlier.objects:
-        settings = earlier.settings or {}
-        own = profile_from_build_dir(earlier.build_dir, earlier.shown, settings.get("archs"))
+        own = profile_from_build_dir(earlier.build_dir, earlier.shown, (earlier.settings or {}).get("archs"))
         if own is not None:
-            resumed = not earlier.changed(kernel_inputs)
+            resumed = not earlier.changed(settings)
             found = estimate(own, codes=codes, cores=cores, jobs=jobs, nvcc_threads=nvcc_threads, targets=targets,
                              left_only=resumed)
             return found.note(jobs)

@@ -36,7 +36,14 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
 
 from scripts import archs as archs_mod
 from scripts.build_estimate import estimate_note
-from scripts.cmake_build_dir import BuildTiming, TimingWatch, earlier_build, record_settings, resume_note
+from scripts.cmake_build_dir import (
+    BuildTiming,
+    TimingWatch,
+    compile_settings,
+    earlier_build,
+    record_settings,
+    resume_note,
+)
 from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
     CacheReport,
     CacheSession,
@@ -210,11 +217,11 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     apply_reuse(plan, decision)
     notes.append(decision.note())
     if not decision.source and decision.key:  # CMake and ninja run: what they start from, how long they take
-        earlier = earlier_build(src, decision.key.inputs)
-        notes.append(resume_note(src, decision.key.inputs, earlier))
-        notes.append(estimate_note(tree, decision.key.inputs, archs=archs, cores=cpu_count(),
-                                   jobs=parallelism.max_jobs, nvcc_threads=parallelism.nvcc_threads,
-                                   targets=request.targets, earlier=earlier))
+        settings = compile_settings(decision.key.inputs, cache)
+        earlier = earlier_build(src, settings)
+        notes.append(resume_note(src, settings, earlier))
+        notes.append(estimate_note(tree, settings, archs=archs, cores=cpu_count(), jobs=parallelism.max_jobs,
+                                   nvcc_threads=parallelism.nvcc_threads, targets=request.targets, earlier=earlier))
     return plan
 
 
@@ -309,8 +316,9 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     src = Path(plan.request.src).expanduser()
     watch = None
     if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
-        record_settings(src, decision.key.inputs)
-        watch = TimingWatch(src, decision.key.inputs)
+        settings = compile_settings(decision.key.inputs, plan.compile_cache)
+        record_settings(src, settings)
+        watch = TimingWatch(src, settings)
     try:
         cache_session.start()  # counters before, so the figures are this build's
         try:

@@ -6,8 +6,8 @@ runs ninja there; ninja skips every object whose inputs and command did not chan
 finished object to ``.ninja_log``. Nothing vllm-forge does between two builds touches that dir (the private copy
 of the miniature keeps its ``build/``), so an interrupted build resumes where it stopped. What would make ninja
 compile everything again is a change of the settings in every command line (archs, build type, compilers) or of
-torch's headers: build-wheel records those in ``build/.vllm-forge-compile.json`` when a compile starts and says
-which ones changed.
+torch's headers, or the compile cache's launcher: build-wheel records those in ``build/.vllm-forge-compile.json``
+when a compile starts and says which ones changed.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from scripts import ninja_log
 from scripts.build_progress import duration
 
 SETTINGS_FILE = ".vllm-forge-compile.json"  # in <tree>/build/: the settings of the last compile started there
-# Kernel-key inputs (build_wheel.kernel_inputs) that reach every compile command or every object's headers,
-# and how they are named to the user. The rest of the key (sources, patches, env) changes only some objects.
+# What reaches every compile command or every object's headers, and how it is named to the user: kernel-key
+# inputs (build_wheel.kernel_inputs; the rest of the key, sources, patches and env, changes only some objects)
+# and the compile cache, whose launcher prefixes every compile command.
 COMPILE_SETTINGS = {
     "archs": "TORCH_CUDA_ARCH_LIST",
     "fa_archs": "VLLM_FA_CMAKE_GPU_ARCHES",
@@ -30,16 +31,19 @@ COMPILE_SETTINGS = {
     "host_compiler": "host compiler",
     "torch": "torch",
     "python": "Python",
+    "compile_cache": "compile cache",
 }
 
 
-def compile_settings(kernel_inputs: dict) -> dict:
-    return {name: kernel_inputs.get(name) for name in COMPILE_SETTINGS}
+def compile_settings(kernel_inputs: dict, compile_cache: str) -> dict:
+    """A build's settings as compared between two builds of one tree (``COMPILE_SETTINGS``)."""
+    values = {**kernel_inputs, "compile_cache": compile_cache}
+    return {name: values.get(name) for name in COMPILE_SETTINGS}
 
 
-def python_suffix(kernel_inputs: dict) -> str:
+def python_suffix(settings: dict) -> str:
     """``cpython-312`` for Python 3.12: the end of setup.py's build dir name for that interpreter."""
-    version = str(kernel_inputs.get("python") or "")
+    version = str(settings.get("python") or "")
     return "cpython-" + version.replace(".", "") if version else ""
 
 
@@ -64,14 +68,15 @@ class EarlierBuild:
         return _show(self.build_dir, self.tree)
 
     def changed(self, now: dict) -> list[str]:
-        """The compile settings that differ from ``now`` (kernel inputs), as 'NAME old (now new)'."""
+        """The compile settings that differ from ``now`` (``compile_settings``), as 'NAME old (now new)'."""
         if self.settings is None:
             return []
         return [f"{label} {self.settings.get(key) or '-'} (now {now.get(key) or '-'})"
-                for key, label in COMPILE_SETTINGS.items() if self.settings.get(key) != now.get(key)]
+                for key, label in COMPILE_SETTINGS.items()
+                if key in self.settings and self.settings[key] != now.get(key)]  # a key not recorded: not known
 
     def note(self, now: dict) -> str:
-        """The plan's line about resuming, for a build with the kernel inputs ``now``."""
+        """The plan's line about resuming, for a build with the settings ``now`` (``compile_settings``)."""
         if self.objects == 0:
             return (f"resume: {self.shown} holds no compiled object yet (its .ninja_log is empty): "
                     "ninja compiles everything")
@@ -88,10 +93,11 @@ class EarlierBuild:
         return line
 
 
-def earlier_build(tree: Path | str, kernel_inputs: dict | None = None) -> EarlierBuild | None:
-    """The CMake build dir of ``tree`` and what it holds; None when there is none (a first build)."""
+def earlier_build(tree: Path | str, settings: dict | None = None) -> EarlierBuild | None:
+    """The CMake build dir of ``tree`` (for the Python in ``settings``) and what it holds; None when there is
+    none (a first build)."""
     tree = Path(tree).expanduser()
-    build_dir = ninja_log.find_build_dir(tree, python_suffix(kernel_inputs or {}))
+    build_dir = ninja_log.find_build_dir(tree, python_suffix(settings or {}))
     if build_dir is None:
         return None
     entries = ninja_log.read_ninja_log(build_dir / ".ninja_log")
@@ -102,12 +108,13 @@ def earlier_build(tree: Path | str, kernel_inputs: dict | None = None) -> Earlie
 _UNSET = object()
 
 
-def resume_note(tree: Path | str, kernel_inputs: dict, found=_UNSET) -> str:
-    """The plan's line about resuming (``found``: ``earlier_build``'s answer, when already asked)."""
-    found = earlier_build(tree, kernel_inputs) if found is _UNSET else found
+def resume_note(tree: Path | str, settings: dict, found=_UNSET) -> str:
+    """The plan's line about resuming a build with ``settings`` (``compile_settings``); ``found``:
+    ``earlier_build``'s answer, when already asked."""
+    found = earlier_build(tree, settings) if found is _UNSET else found
     if found is None:
         return f"resume: no CMake build dir under {Path(tree) / 'build'} yet: ninja compiles everything"
-    return found.note(kernel_inputs)
+    return found.note(settings)
 
 
 def read_settings(tree: Path) -> dict | None:
@@ -118,13 +125,14 @@ def read_settings(tree: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def record_settings(tree: Path | str, kernel_inputs: dict) -> None:
-    """Written when a compile starts (an interrupted or killed build is described too)."""
+def record_settings(tree: Path | str, settings: dict) -> None:
+    """Written when a compile starts (an interrupted or killed build is described too); ``settings``:
+    ``compile_settings``."""
     build = Path(tree).expanduser() / "build"
     build.mkdir(exist_ok=True)
     path = build / SETTINGS_FILE
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(compile_settings(kernel_inputs), indent=1, sort_keys=True) + "\n")
+    partial.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     partial.replace(path)
 
 
@@ -198,9 +206,9 @@ class BuildTiming:
 class TimingWatch:
     """Started right before a build: at the end, reads what ninja appended to the build dir's .ninja_log."""
 
-    def __init__(self, tree: Path | str, kernel_inputs: dict | None = None):
+    def __init__(self, tree: Path | str, settings: dict | None = None):
         self.tree = Path(tree).expanduser()
-        self._suffix = python_suffix(kernel_inputs or {})
+        self._suffix = python_suffix(settings or {})
         found = ninja_log.find_build_dir(self.tree, self._suffix)
         self._tail = ninja_log.LogTail(found / ".ninja_log" if found else None)
 

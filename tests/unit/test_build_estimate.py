@@ -91,8 +91,8 @@ def tree(root: Path, kind: str = "vllm", version: str | None = "0.26.0"):
     return SimpleNamespace(root=root, kind=kind, version=version)
 
 
-INPUTS = {"archs": "9.0", "fa_archs": None, "build_type": "Release", "nvcc": "13.0.88", "host_compiler": "g++",
-          "torch": "2.11.0", "python": "3.12"}
+INPUTS = cbd.compile_settings({"archs": "9.0", "fa_archs": None, "build_type": "Release", "nvcc": "13.0.88",
+                               "host_compiler": "g++", "torch": "2.11.0", "python": "3.12"}, "none")
 
 
 def note(root: Path, vllm_tree=None, inputs=INPUTS, arch="9.0") -> str:

@@ -11,8 +11,9 @@ from scripts.config import DEFAULTS, BuildConfig, ResolvedConfig
 from scripts.pipeline import _private_copy_if_ours
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0"
-INPUTS = {"archs": "9.0", "fa_archs": None, "build_type": "Release", "nvcc": "13.0.88", "host_compiler": "g++ 12",
-          "torch": "2.11.0+cu130", "python": "3.12", "tree_sha256": "abc", "env": {}}
+KERNEL_INPUTS = {"archs": "9.0", "fa_archs": None, "build_type": "Release", "nvcc": "13.0.88",
+                 "host_compiler": "g++ 12", "torch": "2.11.0+cu130", "python": "3.12", "tree_sha256": "abc", "env": {}}
+INPUTS = cbd.compile_settings(KERNEL_INPUTS, "none")
 
 
 def recorded_tree(tmp_path: Path) -> Path:
@@ -33,8 +34,9 @@ def test_a_first_build_compiles_everything(tmp_path):
 def test_the_recorded_build_is_resumed_with_the_same_settings(tmp_path):
     tree = recorded_tree(tmp_path)
     cbd.record_settings(tree, INPUTS)
-    assert cbd.read_settings(tree) == cbd.compile_settings(INPUTS)  # the sources' hash is not a compile setting
-    assert cbd.resume_note(tree, {**INPUTS, "tree_sha256": "edited"}) == (
+    assert cbd.read_settings(tree) == INPUTS
+    assert "tree_sha256" not in INPUTS  # an edited source changes only its objects: not a compile setting
+    assert cbd.resume_note(tree, cbd.compile_settings({**KERNEL_INPUTS, "tree_sha256": "edited"}, "none")) == (
         "resuming: build/temp.linux-x86_64-cpython-312/ holds 109 objects an earlier build compiled (its "
         ".ninja_log); ninja rebuilds only what changed")
 
@@ -47,6 +49,8 @@ def test_other_archs_or_nvcc_are_a_full_rebuild_and_say_which(tmp_path):
                            "compiled with TORCH_CUDA_ARCH_LIST 9.0 (now 9.0a;12.0), nvcc 13.0.88 (now 12.8.93)")
     assert note.endswith("(a full rebuild)")
     assert "CMAKE_BUILD_TYPE Release (now Debug)" in cbd.resume_note(tree, {**INPUTS, "build_type": "Debug"})
+    # ccache's launcher goes in front of every compile command: ninja runs them all again (ccache may hit)
+    assert "compile cache none (now ccache)" in cbd.resume_note(tree, cbd.compile_settings(KERNEL_INPUTS, "ccache"))
 
 
 def test_settings_not_recorded_are_said_to_be_unknown(tmp_path):
@@ -54,6 +58,9 @@ def test_settings_not_recorded_are_said_to_be_unknown(tmp_path):
     note = cbd.resume_note(tree, INPUTS)
     assert note.startswith("resuming: build/temp.linux-x86_64-cpython-312/ holds 109 objects")
     assert "were not recorded" in note
+    older = {k: v for k, v in INPUTS.items() if k != "compile_cache"}  # a record without a setting: not compared
+    cbd.record_settings(tree, older)
+    assert cbd.resume_note(tree, INPUTS).startswith("resuming: ")
 
 
 def test_the_timing_report_of_the_resumed_recorded_build(tmp_path):
