@@ -49,7 +49,11 @@ class NinjaEntry:
 
 
 def parse_ninja_log(text: str) -> list[NinjaEntry]:
-    """Every entry, in file order. Lines that are not entries (the header, torn last line) are skipped."""
+    """Every entry, in file order. Lines that are not entries (the header, torn last line) are skipped.
+
+    Sessions are told apart by end times going back; a resumed build whose first unit ends later (in its own
+    clock) than the interrupted build's last one did is counted in the same session. ``LogTail`` reads one
+    build's lines exactly."""
     entries: list[NinjaEntry] = []
     session, last_end = 0, -1
     for line in text.splitlines():
