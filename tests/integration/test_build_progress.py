@@ -19,17 +19,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def minivllm_url(tmp_path_factory):
-    from scripts.minivllm import publish_minivllm
-
-    return publish_minivllm(tmp_path_factory.mktemp("remote"))
-
-
 @pytest.fixture
-def src(minivllm_url, tmp_path):
+def src(minivllm_repo, tmp_path):
+    """A checkout of the miniature at v0.1.0, its torch pins removed (as build-wheel's first step leaves it)."""
     dest = tmp_path / "vllm"
-    checkout.clone(minivllm_url, "v0.1.0", dest)
+    checkout.clone(minivllm_repo, "v0.1.0", dest)
     checkout.use_existing_torch(dest)
     return dest
 
