@@ -6,6 +6,7 @@ error names the planted `#error`."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,15 +87,52 @@ def test_an_interrupted_build_is_resumed_by_the_next_build_wheel_with_progress_w
     assert "CPU-seconds per CMake target:" in lines[report:]
 
 
-def test_a_failing_build_names_its_first_error(src, tmp_path, nvcc_toolchain):
+def in_a_terminal(argv: list[str], columns: int) -> tuple[int, str, str]:
+    """Run ``argv`` with its stdout on a pseudo-terminal ``columns`` wide (what a user's terminal is) and its
+    stderr in a pipe; returns the exit code, what the terminal got (escape codes removed) and stderr."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=terminal, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": str(columns), "TERM": "xterm"})
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # the child side closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(controller)
+    err = proc.stderr.read()
+    proc.wait(timeout=600)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    return proc.returncode, shown, err
+
+
+def test_a_failing_build_names_its_first_error_and_its_progress_fits_the_terminal(src, tmp_path, nvcc_toolchain):
     kernel = src / "csrc" / "scale.cu"
     kernel.write_text('#error "planted by test_build_progress"\n' + kernel.read_text())
-    out = invoke_build_wheel(src, tmp_path / "dist")
-    assert out.returncode == 1
-    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    code, shown, err = in_a_terminal(
+        [sys.executable, "-m", "invoke", "build-wheel", "--vllm-src", str(src), "--arch", "12.0", "--dist-dir",
+         str(tmp_path / "dist"), "--compile-cache", "none", "--max-jobs", "2"], columns=72)
+    assert code == 1
+    errors = [line for line in err.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ")
     assert (f'first error, in csrc/scale.cu (_C): {kernel}:1:2: error: #error "planted by test_build_progress"'
             in errors[0])
     assert "(full log: " in errors[0] and "read the log" not in errors[0]
     assert "Fix: fix that compile error" in errors[0]
-    assert "compile times (build/temp." in out.stdout  # a failed build still says where the time went
+    assert "compile times (build/temp." in shown  # a failed build still says where the time went
+    # the live lines: drawn in place (no plain progress lines on a terminal), each within the width
+    frames = [line for line in re.split(r"[\r\n]", shown)
+              if re.match(r"^\S build-wheel ", line) or "slowest so far" in line or "━" in line]
+    assert any("━" in line and "compiling" in line for line in frames), shown[-3000:]
+    assert all(len(line) <= 72 for line in frames), [line for line in frames if len(line) > 72]
+    assert "build-wheel: compiling [" not in shown
