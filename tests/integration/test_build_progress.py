@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from scripts import checkout, ninja_log
-from scripts.build_wheel import BuildRequest, plan_build, run_build
+from scripts.build_wheel import BuildRequest, plan_build, read_build_info, run_build
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 REPO = Path(__file__).resolve().parents[2]
@@ -85,6 +85,10 @@ def test_an_interrupted_build_is_resumed_by_the_next_build_wheel_with_progress_w
     assert lines[report].endswith(f"; {len(first)} were kept from an earlier build")
     assert lines[report + 1] == "slowest compile units (of 6):"
     assert "CPU-seconds per CMake target:" in lines[report:]
+    # ... and the wheel keeps the summary: every object's time, this build's part, the slowest five
+    times = read_build_info(next(dist.glob("*.whl")))["compile_times"]
+    assert (times["objects"], times["compiled_by_this_build"], len(times["slowest"])) == (6, len(second), 5)
+    assert times["cpu_seconds"] > 0 and times["wall_seconds"] > 0
 
 
 def in_a_terminal(argv: list[str], columns: int) -> tuple[int, str, str]:
