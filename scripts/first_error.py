@@ -5,7 +5,7 @@ line). What names the cause comes first, in this order of trust:
 
 1. ninja's ``FAILED: <output>`` edge, and the first ``error:`` / ``#error`` / ``fatal error:`` line of its
    output (gcc, clang and nvcc formats; a linker's ``undefined reference``);
-2. ``CMake Error at <file>:<line>`` with the first line of its message;
+2. ``CMake Error at <file>:<line>`` with its message (the lines CMake wrapped it into, joined);
 3. a compiler error line outside ninja (a plain ``make`` or setuptools compile);
 4. the exception line of a Python traceback (the first traceback: chained exceptions print the root
    cause first);
@@ -70,7 +70,8 @@ class FirstErrorScanner:
         self._compile: FoundError | None = None
         self._failed_edge: str | None = None  # a FAILED edge whose output had no error line
         self._cmake: FoundError | None = None
-        self._cmake_open: str | None = None  # `CMake Error at x:1 (message):` waiting for its message line
+        self._cmake_open: str | None = None  # `CMake Error at x:1 (message):` waiting for its message
+        self._cmake_message: list[str] = []
         self._loose: FoundError | None = None
         self._python: FoundError | None = None
         self._in_traceback = False
@@ -111,9 +112,13 @@ class FirstErrorScanner:
     def _scan_cmake(self, line: str) -> None:
         if self._cmake is not None:
             return
-        if self._cmake_open is not None:
-            if line.strip():
-                self._cmake = FoundError("cmake", self._cmake_open, _short(line))
+        if self._cmake_open is not None:  # the message: indented lines CMake wrapped, up to a blank line
+            if line.strip() and (line.startswith(" ") or not self._cmake_message):
+                self._cmake_message.append(line.strip())
+                if len(" ".join(self._cmake_message)) < _LIMIT:
+                    return
+            if self._cmake_message:
+                self._cmake = FoundError("cmake", self._cmake_open, _short(" ".join(self._cmake_message)))
             return
         match = _CMAKE_ERROR.match(line)
         if not match:
@@ -140,6 +145,8 @@ class FirstErrorScanner:
         self._in_traceback = False  # a traceback that ends in something else (a bare raise of a non-error)
 
     def found(self) -> FoundError | None:
+        if self._cmake is None and self._cmake_message:  # the output ended inside the message
+            self._cmake = FoundError("cmake", self._cmake_open or "", _short(" ".join(self._cmake_message)))
         if self._compile:
             return self._compile
         if self._failed_edge:

@@ -75,14 +75,16 @@ def test_compiler_error_formats_inside_a_failed_edge(error):
     assert (found.message, found.where) == (error, "csrc/add_one.cu (_C)")
 
 
-def test_cmake_error_with_its_first_message_line():
-    found = first_error(["-- The CUDA compiler identification is NVIDIA 13.0.88",
-                         "CMake Error at CMakeLists.txt:21 (message):",
-                         "  TORCH_CUDA_ARCH_LIST entry 'not-an-arch' is not of the form 12.0, 9.0a or 12.0+PTX",
-                         "", "", "-- Configuring incomplete, errors occurred!",
+def test_cmake_error_with_its_message_unwrapped():
+    found = first_error(["-- The CUDA compiler identification is NVIDIA 13.0.88",  # the miniature's, as CMake 4.4
+                         "CMake Error at CMakeLists.txt:21 (message):",             # prints it
+                         "  TORCH_CUDA_ARCH_LIST entry 'not-an-arch' is not of the form 12.0, 9.0a or",
+                         "  12.0+PTX", "", "", "-- Configuring incomplete, errors occurred!",
                          *SETUP_PY_TAIL.splitlines()[1:]])
     assert (found.kind, found.where) == ("cmake", "CMakeLists.txt:21")
     assert found.message == "TORCH_CUDA_ARCH_LIST entry 'not-an-arch' is not of the form 12.0, 9.0a or 12.0+PTX"
+    cut_short = first_error(["CMake Error at cmake/utils.cmake:7 (message):", "  first part"])
+    assert cut_short.message == "first part"
     one_line = first_error(["CMake Error: The source directory \"/x\" does not exist."])
     assert one_line.message == 'CMake Error: The source directory "/x" does not exist.'
 
