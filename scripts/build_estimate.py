@@ -22,9 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python scripts/build_estimate.py`: make `scripts` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from scripts import ninja_log
 from scripts.build_progress import duration
 from scripts.cmake_build_dir import EarlierBuild
@@ -238,7 +235,8 @@ def estimate_note(tree, settings: dict, *, archs: list, cores: int, jobs: int, n
 
 
 def main(argv=None) -> int:
-    """Write a profile (scripts/build_profiles/vllm-X.json) from a recorded build."""
+    """Print a profile for scripts/build_profiles/vllm-X.json from a recorded build
+    (``python -m scripts.build_estimate --help``, from the repository's root)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Derive a build-time profile from a recorded vLLM build.")
