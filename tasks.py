@@ -279,6 +279,8 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
         console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
         if step.plan.reuse:
             console.print(f"  {escape(step.plan.reuse.line())}", soft_wrap=True)
+        if step.plan.timing is not None:
+            _print_timing(step.plan.timing)
     elif step.name == "patch":
         console.print(f"[green]patches[/]: {', '.join(f'{r.patch.name} {r.status}' for r in result) or 'none'}")
     elif step.name == "check-size":
@@ -301,6 +303,110 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
             console.print(f"  /v1/models: {', '.join(smoke.models)}; chat: {escape(smoke.reply[:80])!s}")
 
 
+class _StepDisplay:
+    """What the terminal shows while a pipeline runs: a spinner with the step's latest output line, or, for
+    build-wheel, the build's progress (phase; ninja's objects done/total, a bar, elapsed, ETA; the slowest
+    units so far). Without a terminal (CI, a pipe) a build prints plain lines now and then instead, and
+    nothing else is drawn. Each line still goes to the step's full log as before."""
+
+    def __init__(self, out: Console):
+        from rich.live import Live
+        from rich.spinner import Spinner
+
+        self.out = out
+        self.title, self.last, self.progress = "starting", "", None
+        self.started = time.monotonic()
+        self.spinner = Spinner("dots")
+        self.live = (Live(console=out, transient=True, refresh_per_second=4, get_renderable=self._render)
+                     if out.is_terminal and not out.is_dumb_terminal else None)
+
+    def __enter__(self):
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()  # on Ctrl-C too: the live lines are erased, the terminal left clean
+
+    def start(self, step: pipelines.Step) -> None:
+        from scripts.build_progress import BuildProgress
+
+        self.title, self.last = step.title, ""
+        plan = step.plan if step.name == "build-wheel" else None
+        self.progress = BuildProgress(plan.request.src) if plan is not None else None
+
+    def feed(self, line: str) -> None:
+        if self.progress is None:
+            self.last = line
+            return
+        self.progress.feed(line)
+        if self.live is None:
+            plain = self.progress.plain_line()
+            if plain:
+                self.out.print(f"{escape(self.title)}: {escape(plain)}", soft_wrap=True)
+
+    def _render(self):
+        from rich.text import Text
+
+        width = max(40, self.out.width)
+        if self.progress is None:
+            head = Text.assemble(f" {self.title} ", (f"{time.monotonic() - self.started:5.0f}s ", "dim"),
+                                 self.last.strip()[-200:])
+            head.truncate(width - 3, overflow="ellipsis")
+            return self._spin(head)
+        return _render_build(self.title, self.progress.view(), width, self._spin)
+
+    def _spin(self, text):
+        from rich.table import Table
+
+        grid = Table.grid(padding=0)
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid.add_row(self.spinner, text)
+        return grid
+
+
+def _render_build(title: str, view, width: int, spin):
+    """The live lines of a build: one status line, then the slowest units so far (paths cut between their
+    components to fit the width, never wrapped)."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    from scripts.build_progress import duration, eta_text, shorten_path
+
+    if view.phase != "compiling" or not view.total:
+        text = Text.assemble(f" {title} ", (view.phase, "bold"), (f" {duration(view.elapsed)} ", "dim"),
+                             view.detail.strip())
+        text.truncate(width - 3, overflow="ellipsis")
+        return spin(text)
+    grid = Table.grid(padding=(0, 1))
+    for _ in range(4):
+        grid.add_column(no_wrap=True)
+    figures = (f"{view.done}/{view.total} {view.fraction:4.0%}  {duration(view.elapsed)} elapsed  "
+               f"{eta_text(view)}")
+    bar_width = max(10, min(40, width - len(title) - len(figures) - 16))
+    grid.add_row(spin(Text(f" {title}")), Text("compiling", style="bold"),
+                 ProgressBar(total=view.total, completed=view.done, width=bar_width), Text(figures))
+    lines = [grid]
+    for index, entry in enumerate(view.slowest):
+        label = "  slowest so far: " if index == 0 else " " * 18
+        head = f"{label}{entry.seconds:5.0f}s  {entry.target}  "
+        lines.append(Text(head + shorten_path(entry.source, max(12, width - len(head) - 1)), style="dim",
+                          no_wrap=True, overflow="ellipsis"))
+    return Group(*lines)
+
+
+def _print_timing(timing) -> None:
+    """ninja's compile times of a build, once, at its end (success, failure or Ctrl-C)."""
+    lines = timing.lines()
+    console.print(escape(lines[0]), soft_wrap=True)
+    for line in lines[1:]:
+        console.print(f"[dim]{escape(line)}[/]" if line.startswith(" ") else escape(line), soft_wrap=True)
+
+
 def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
     """Print each step as it is about to run (the very commands it runs), run it, say what it made."""
     if pipeline.options.dry_run:
@@ -309,19 +415,22 @@ def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
         if not pipeline.ready:
             raise Exit(code=1)
         return pipelines.RunState()
-    started = time.monotonic()
-    with console.status("starting...") as status:
-        current = {"title": ""}
+    current: list[pipelines.Step] = []
+    display = _StepDisplay(console)
 
-        def on_step(step):
-            current["title"] = step.title
-            status.update(f"{step.title}...")
-            _print_step(step)
+    def on_step(step):
+        current[:] = [step]
+        _print_step(step)
+        display.start(step)
 
-        def on_line(line: str) -> None:
-            status.update(f"{current['title']} [dim]{time.monotonic() - started:5.0f}s[/] {escape(line[-100:])}")
-
-        return pipeline.run(on_step=on_step, on_line=on_line, on_done=_print_result)
+    try:
+        with display:
+            return pipeline.run(on_step=on_step, on_line=display.feed, on_done=_print_result)
+    except BaseException:  # a failed or interrupted build still says where its compile time went
+        timing = current[0].plan.timing if current and current[0].name == "build-wheel" else None
+        if timing is not None:
+            _print_timing(timing)
+        raise
 
 
 def _run_streaming(label: str, fn, *args, **kwargs):

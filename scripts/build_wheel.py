@@ -34,6 +34,15 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
+from scripts.build_estimate import estimate_note
+from scripts.cmake_build_dir import (
+    BuildTiming,
+    TimingWatch,
+    compile_settings,
+    earlier_build,
+    record_settings,
+    resume_note,
+)
 from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
     CacheReport,
     CacheSession,
@@ -45,7 +54,7 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
 )
 from scripts.errors import ForgeError, run_main
 from scripts.fetch_deps import deps_env
-from scripts.parallelism import Parallelism, choose_parallelism
+from scripts.parallelism import Parallelism, choose_parallelism, cpu_count
 from scripts.plan import Command, run_command
 from scripts.preflight import Preflight, check_substitutes, run_preflight
 from scripts.setup_reader import ExtensionTarget, resolve_targets
@@ -97,6 +106,7 @@ class BuildPlan:
     targets: list[ExtensionTarget] = field(default_factory=list)  # --targets, resolved (empty: every target)
     left_out: list[str] = field(default_factory=list)  # targets of a CUDA build that --targets leaves out
     targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
+    timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
 
     @property
     def commands(self) -> list[Command]:
@@ -237,6 +247,13 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
                             targets=[t.target for t in chosen])
     apply_reuse(plan, decision)
     notes.append(decision.note())
+    if not decision.source and decision.key:  # CMake and ninja run: what they start from, how long they take
+        settings = compile_settings(decision.key.inputs, cache)
+        earlier = earlier_build(src, settings)
+        notes.append(resume_note(src, settings, earlier))
+        notes.append(estimate_note(tree, settings, archs=archs, cores=cpu_count(), jobs=parallelism.max_jobs,
+                                   nvcc_threads=parallelism.nvcc_threads, targets=[t.target for t in chosen] or None,
+                                   earlier=earlier))
     return plan
 
 
@@ -350,12 +367,19 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
                             plan.toolchain, targets=[t.target for t in plan.targets])
     apply_reuse(plan, decision)
     cache_session = CacheSession(plan.compile_cache, plan.env)
+    src = Path(plan.request.src).expanduser()
+    watch = None
+    if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
+        settings = compile_settings(decision.key.inputs, plan.compile_cache)
+        record_settings(src, settings)
+        watch = TimingWatch(src, settings)
     try:
         cache_session.start()  # counters before, so the figures are this build's
         try:
             run_command(plan.command, on_line=on_line, log_path=log_path)
         finally:
             plan.cache_report = cache_session.finish()
+            plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -737,6 +761,8 @@ def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict
     }
     if decision and decision.source:
         info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
+    if plan.timing is not None:
+        info["compile_times"] = plan.timing.summary()
     return info
 
 
@@ -809,7 +835,11 @@ def main(argv=None) -> int:
         from scripts.patches import apply_patches
 
         apply_patches(args.src, args.patch, on_line=print)
-    wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    try:
+        wheel = run_build(plan, on_line=print, audit=not args.no_audit)
+    finally:
+        for line in plan.timing.lines() if plan.timing else []:
+            print(line)
     if plan.reuse:
         print(plan.reuse.line())
     if plan.cache_report:

@@ -974,12 +974,14 @@ def _link_inside(source: Path, root: Path) -> bool:
     return resolved == str(root) or resolved.startswith(str(root) + os.sep)
 
 
-def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip) -> int:
+def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip, keep: tuple[str, ...] = ()) -> int:
     """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many.
+    Copies keep their source's mtime, so a build in ``dest`` sees an unchanged file as unchanged.
 
-    Nothing is ever written through a symlink already in ``dest`` (one planted there, or left by an
-    earlier tree): it is replaced. Symlinks in ``src`` are copied as symlinks when they point inside
-    ``src``; one that points outside is refused.
+    ``keep``: top-level names in ``dest`` that are its own and stay as they are (a private copy's ``build``
+    dir, where its CMake build resumes from). Nothing is ever written through a symlink already in
+    ``dest`` (one planted there, or left by an earlier tree): it is replaced. Symlinks in ``src`` are
+    copied as symlinks when they point inside ``src``; one that points outside is refused.
     """
     src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1023,18 +1025,21 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
             if not same:
                 _copy_file(source, target)
                 copied += 1
-    for root, dirs, files in os.walk(dest, topdown=False):
+    for root, dirs, files in os.walk(dest):
         rel_root = Path(root).relative_to(dest)
-        for name in files + dirs:
+        kept = [d for d in dirs if rel_root == Path(".") and d in keep and not (Path(root) / d).is_symlink()]
+        for name in [d for d in dirs if d not in kept] + files:
             rel = rel_root / name
             if rel not in wanted:
                 _remove(dest / rel)
+        dirs[:] = [d for d in dirs if d not in kept and (rel_root / d) in wanted]  # never walk what is kept
     return copied
 
 
 # The scripts docker/Dockerfile runs inside the build; only these and what they import are staged,
 # so a change elsewhere in vllm-forge does not invalidate the compile layer.
 BUILD_STAGE_SCRIPTS = ("checkout", "build_wheel", "wheel_size", "audit")
+BUILD_STAGE_DATA = ("build_profiles",)  # dirs of scripts/ they read (build_estimate's recorded build times)
 
 
 def script_closure(entries: Iterable[str] = BUILD_STAGE_SCRIPTS, scripts_dir: Path | None = None) -> set[str]:
@@ -1141,9 +1146,13 @@ def stage_context(plan: BakePlan) -> int:
         _real_dir(part)
     copied = stage_checkout(src, context / "vllm", git_mirror)
     keep = {f"{name}.py" for name in script_closure()}
-    copied += sync_tree(
-        REPO_ROOT / "scripts", context / "forge" / "scripts", skip=lambda rel, is_dir: is_dir or rel.name not in keep
-    )
+
+    def not_staged(rel: Path, is_dir: bool) -> bool:
+        if rel.parts[0] in BUILD_STAGE_DATA:
+            return False
+        return is_dir or rel.name not in keep
+
+    copied += sync_tree(REPO_ROOT / "scripts", context / "forge" / "scripts", skip=not_staged)
     # image.py runs only after the compile (runtime-requirements), doctor_inside.py in the runtime stage (the
     # JIT check); both bind-mounted from here.
     late = {"image.py", "doctor_inside.py"}

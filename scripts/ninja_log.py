@@ -9,6 +9,7 @@ for an output is the one that counts.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 _HEADER = re.compile(r"^# ninja log v(\d+)\s*$")
 _TARGET = re.compile(r"(?:^|/)CMakeFiles/([^/]+)\.dir/(.+)$")
 _PROGRESS = re.compile(r"^\s*\[(\d+)/(\d+)\]\s*(.*)$")
+# `build CMakeFiles/_C.dir/csrc/x.cu.o: CUDA_COMPILER__...`: one compile edge of build.ninja ($-escapes kept)
+_COMPILE_EDGE = re.compile(r"^build (CMakeFiles/(?:\$.|[^:$ ])+\.dir/(?:\$.|[^:$])+?\.(?:o|obj))\s*: *\S*COMPILER")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class NinjaEntry:
     end_ms: int
     output: str
     session: int  # 0 for the first build recorded, 1 for the build that resumed it, ...
+    mtime: int = 0  # the output's mtime as ninja recorded it (ns in v6+, s in v5)
 
     @property
     def seconds(self) -> float:
@@ -45,7 +49,11 @@ class NinjaEntry:
 
 
 def parse_ninja_log(text: str) -> list[NinjaEntry]:
-    """Every entry, in file order. Lines that are not entries (the header, torn last line) are skipped."""
+    """Every entry, in file order. Lines that are not entries (the header, torn last line) are skipped.
+
+    Sessions are told apart by end times going back; a resumed build whose first unit ends later (in its own
+    clock) than the interrupted build's last one did is counted in the same session. ``LogTail`` reads one
+    build's lines exactly."""
     entries: list[NinjaEntry] = []
     session, last_end = 0, -1
     for line in text.splitlines():
@@ -58,10 +66,11 @@ def parse_ninja_log(text: str) -> list[NinjaEntry]:
         if len(fields) < 4 or not fields[0].isdigit() or not fields[1].isdigit():
             continue
         start, end = int(fields[0]), int(fields[1])
+        mtime = int(fields[2]) if fields[2].isdigit() else 0
         if last_end >= 0 and end < last_end:
             session += 1  # edges are logged as they finish: times going back mean a new build started
         last_end = end
-        entries.append(NinjaEntry(start, end, fields[3], session))
+        entries.append(NinjaEntry(start, end, fields[3], session, mtime))
     return entries
 
 
@@ -122,3 +131,107 @@ def parse_progress(line: str) -> tuple[int, int, str] | None:
     if total <= 0 or done > total:
         return None
     return done, total, match.group(3)
+
+
+# --- the CMake build dir of a tree ---------------------------------------------------------------------------
+
+
+def find_build_dir(tree: Path | str, prefer_suffix: str = "") -> Path | None:
+    """The CMake build dir setup.py uses in ``tree``: the dir holding build.ninja under ``tree/build``
+    (vLLM and the miniature: ``build/temp.linux-x86_64-cpython-3XY``). FetchContent's sub-builds hold
+    build.ninja files too, deeper down: the shallowest wins, then one whose name ends in ``prefer_suffix``
+    (``cpython-312``: the Python that builds), then the newest."""
+    root = Path(tree) / "build"
+    if not root.is_dir():
+        return None
+    found: list[tuple[int, bool, float, Path]] = []
+    for current, dirs, files in os.walk(root):
+        depth = len(Path(current).relative_to(root).parts)
+        if "build.ninja" in files:
+            path = Path(current)
+            mtime = (path / "build.ninja").stat().st_mtime
+            found.append((depth, not (prefer_suffix and path.name.endswith(prefer_suffix)), -mtime, path))
+            dirs[:] = []  # a sub-build below a build dir is not another candidate
+        elif depth >= 3:
+            dirs[:] = []  # setup.py's build dirs are near the top; do not walk a whole tree of outputs
+    return min(found)[3] if found else None
+
+
+def objects_per_target(build_ninja: Path | str) -> dict[str, int]:
+    """Compile units per CMake target, as build.ninja declares them (what a complete build compiles)."""
+    counts: dict[str, int] = {}
+    try:
+        with open(build_ninja, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.startswith("build CMakeFiles/"):
+                    continue
+                match = _COMPILE_EDGE.match(line)
+                if match:
+                    target = _TARGET.search(match.group(1).replace("$ ", " ").replace("$:", ":"))
+                    if target:
+                        counts[target.group(1)] = counts.get(target.group(1), 0) + 1
+    except OSError:
+        return {}
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+class LogTail:
+    """The entries ninja appends to a build dir's ``.ninja_log`` from now on: this build's, whatever earlier
+    builds left in the file. ``path`` may not exist yet (a first build: ninja creates it)."""
+
+    def __init__(self, path: Path | str | None):
+        self.path = Path(path) if path else None
+        self._offset = self._size()
+        self._partial = ""
+        self._since_ns = _now_ns()
+        self.entries: list[NinjaEntry] = []
+
+    def _size(self) -> int:
+        try:
+            return self.path.stat().st_size if self.path else 0
+        except OSError:
+            return 0
+
+    def attach(self, path: Path | str) -> None:
+        """Follow ``path`` (found once the build dir exists); a log made during this build is read whole."""
+        if self.path is None or Path(path) != self.path:
+            self.path, self._offset, self._partial = Path(path), 0, ""
+
+    def read(self) -> list[NinjaEntry]:
+        """Read what was appended since the last call; returns every entry of this build so far."""
+        if self.path is None:
+            return self.entries
+        size = self._size()
+        if size < self._offset:  # ninja rewrote (recompacted) the log: keep the entries written since we began
+            self._offset, self._partial = 0, ""
+            text = self._chunk()
+            self.entries = [e for e in parse_ninja_log(text) if _mtime_ns(e) >= self._since_ns]
+            return self.entries
+        if size > self._offset:
+            text = self._partial + self._chunk()
+            body, _, self._partial = text.rpartition("\n")  # a line still being written waits for its end
+            fresh = parse_ninja_log(body)
+            self.entries += fresh
+        return self.entries
+
+    def _chunk(self) -> str:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return ""
+        self._offset += len(data)
+        return data.decode("utf-8", errors="replace")
+
+
+def _now_ns() -> int:
+    import time
+
+    return time.time_ns()
+
+
+def _mtime_ns(entry: NinjaEntry) -> int:
+    # v5 logs store seconds, later ones nanoseconds: scale by magnitude
+    mtime = entry.mtime
+    return mtime if mtime > 10**17 else mtime * 10**9

@@ -115,7 +115,8 @@ def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts
 
 def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
     """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
-    build/, so use-existing-torch and the build never edit this repository's tracked files."""
+    build/, so use-existing-torch and the build never edit this repository's tracked files. The copy's own
+    build/ (its CMake build dir) is kept from one run to the next, so a second build resumes the first."""
     src = Path(rc.config.vllm_src).expanduser().resolve()
     root = repo_root.resolve()
     if root not in src.parents or (root / "build") in (src, *src.parents):
@@ -123,7 +124,7 @@ def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig
     from scripts.image import sync_tree
 
     copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
-    sync_tree(src, copy)
+    sync_tree(src, copy, keep=("build",))
     sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}"}
     return ResolvedConfig(replace(rc.config, vllm_src=str(copy)), sources)
 

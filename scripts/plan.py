@@ -103,7 +103,9 @@ def run_command(
     """Run one command; stream its output line by line to ``on_line`` and ``log_path``.
 
     On Ctrl-C the child's process group is terminated before the interrupt propagates, so no
-    compiler keeps running behind the user's back.
+    compiler keeps running behind the user's back. A command that fails is reported with the first real
+    error of its output (scripts/first_error.py: a ninja edge's compiler error, a CMake Error, a Python
+    exception, a tool's own error line) and the log's path.
     """
     record_command(command)
     stream = on_line is not None or log_path is not None
@@ -126,13 +128,14 @@ def run_command(
             f"'{command.argv[0]}' was not found on this machine",
             "install it or put it on PATH, then run again",
         ) from None
-    last = ""  # the child's last words, for the one-line error when it fails
+    from scripts.first_error import FirstErrorScanner
+
+    errors = FirstErrorScanner()  # the child's first real error, for the one-line report when it fails
     try:
         if stream:
             assert proc.stdout is not None
             for line in proc.stdout:
-                if line.strip():
-                    last = line.strip()
+                errors.feed(line)
                 if log:
                     log.write(line)
                 if on_line:
@@ -145,15 +148,34 @@ def run_command(
         if log:
             log.close()
     if check and code != 0:
-        where = f" (log: {log_path})" if log_path else ""
-        said = f"; its last line: {last[-300:]}" if last else ""
-        raise ForgeError(
-            f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` "
-            f"failed with exit code {code}{where}{said}",
-            "read the log for the first error" if log_path else "read its output for the first error",
-            exit_code=1,
-        )
+        raise failure(command, code, errors if stream else None, log_path)  # unstreamed: on the terminal already
     return code
+
+
+_FIXES = {
+    "compile": "fix that compile error (in the source, a patch, or the dependency it names)",
+    "cmake": "fix what CMake names (an option, a missing tool or dependency)",
+    "python": "fix what the command raised",
+}
+
+
+def failure(command: Command, code: int, errors, log_path: Path | None = None) -> ForgeError:
+    """The one-line error for a failed command: its first real error (``errors``, a FirstErrorScanner fed its
+    output; None when the output went to the terminal) and where the full output is."""
+    found = errors.found() if errors else None
+    said = f"; {found.describe()}" if found else "; it printed nothing" if errors else ""
+    where = f" (full log: {log_path})" if log_path else ""
+    fix = _FIXES.get(found.kind if found else "", "fix what it says")
+    if errors and errors.ninja:
+        fix += ", then run the same command again: ninja compiles only what is not built yet"
+    else:
+        fix += ", then run the same command again"
+    return ForgeError(
+        f"`{shlex.join(command.argv[:4])}{' ...' if len(command.argv) > 4 else ''}` "
+        f"failed with exit code {code}{said}{where}",
+        fix,
+        exit_code=1,
+    )
 
 
 def _terminate(proc: subprocess.Popen) -> None:

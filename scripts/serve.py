@@ -465,7 +465,6 @@ def save_logs(started: Started, docker: str = "docker") -> Path | None:
 _PROCESS_PREFIX = re.compile(r"^\s*\([\w:. -]+ pid=\d+\)\s?")
 _LEVEL_PREFIX = re.compile(r"^(?:DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\s+\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+"
                            r"(?:\[[^\]]*\]\s?)?")
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Failure|Interrupt)\b(?::|$)")
 
 
 def _log_body(line: str) -> str:
@@ -477,21 +476,14 @@ def first_error(text: str) -> str:
     exceptions print the root cause first); else the first line that starts with an Error/Exception
     name; else ''. Warnings that merely mention an error (`OSError: [Errno 24]` inside a ulimit
     warning) are neither."""
+    from scripts.first_error import EXCEPTION_LINE, python_exception
+
     lines = [_log_body(line) for line in text.splitlines()]
-    in_traceback = False
+    found = python_exception(lines)
+    if found:
+        return found
     for line in lines:
-        if line.startswith("Traceback (most recent call last)"):
-            in_traceback = True
-            continue
-        if not in_traceback or not line.strip():
-            continue
-        if line.startswith((" ", "\t")):  # frames, source lines, ^^^^ markers
-            continue
-        if _EXCEPTION_LINE.match(line):
-            return line.strip()[:300]
-        in_traceback = False  # a traceback that ends in something else (a bare raise of a non-error)
-    for line in lines:
-        if _EXCEPTION_LINE.match(line.strip()) and not line.startswith((" ", "\t")):
+        if EXCEPTION_LINE.match(line.strip()) and not line.startswith((" ", "\t")):
             return line.strip()[:300]
     return ""
 

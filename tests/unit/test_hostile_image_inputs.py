@@ -97,6 +97,8 @@ def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     image.stage_context(plan)
     assert list(victim.iterdir()) == []
     assert (context / "forge" / "docker" / "forge-env.sh").is_file()
+    # what the build's plan reads besides the scripts: the recorded build times its estimate comes from
+    assert (context / "forge" / "scripts" / "build_profiles" / "vllm-0.26.0.json").is_file()
 
 
 @pytest.fixture
