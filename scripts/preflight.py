@@ -360,7 +360,7 @@ def check_host_compiler(compiler: HostCompiler | None, limits: dict[str, int], n
             wanted = ".".join(map(str, need))
             raise ForgeError(
                 f"{compiler.path} is gcc {shown}, and torch {torch_version}'s headers need gcc {wanted} or newer",
-                f"install g++-{need[0] + (1 if need[1] else 0)} or newer and set CXX and CUDAHOSTCXX to it")
+                f"install g++ {wanted} or newer (e.g. g++-{need[0] + 1}) and set CXX and CUDAHOSTCXX to it")
     limit = f" (nvcc {nvcc_version} accepts up to {newest})" if newest is not None else ""
     return f"host compiler {compiler.family} {shown} at {compiler.path}{limit}"
 
@@ -396,7 +396,7 @@ def check_version_source(tree, env: Mapping[str, str]) -> str:
         f"{tree.root} has no version to build: "
         + ("its .git has no v<version> tag" if has_git else "no .git, no PKG-INFO, no vllm/_version.py")
         + ", so setuptools-scm stops before anything compiles",
-        "tag the checkout (git tag v0.26.0), or set SETUPTOOLS_SCM_PRETEND_VERSION=0.26.0")
+        "tag the checkout with its release (git tag vX.Y.Z), or set SETUPTOOLS_SCM_PRETEND_VERSION=X.Y.Z")
 
 
 # --- git dependencies ------------------------------------------------------------------------------------------
@@ -471,7 +471,8 @@ def check_git_deps(tree, cache_dir: Path, env: Mapping[str, str], *, timeout: fl
         else:
             stuck.append(check)
     if stuck:
-        down = sorted({f"{h}:{p}" for (h, p) in hosts if not answers.get((h, p))})
+        stuck_hosts = {_endpoint(c.dep.repository) for c in stuck}
+        down = sorted({f"{h}:{p}" for (h, p) in hosts if (h, p) in stuck_hosts and not answers.get((h, p))})
         names = "; ".join(f"{c.dep.name} {c.dep.tag} ({c.dep.repository})" for c in stuck)
         raise ForgeError(
             f"{len(stuck)} git dependenc{'y' if len(stuck) == 1 else 'ies'} of vLLM {tree.version or ''} "

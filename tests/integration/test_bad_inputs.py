@@ -145,6 +145,64 @@ def with_torch_checkout(s: Scratch) -> None:
                         "GIT_COMMITTER_EMAIL": "t@t"})
 
 
+def _fake_torch(s: Scratch, version: str, cuda: str | None) -> None:
+    """A torch the preflight reads (torch/version.py and its metadata) without any of torch itself."""
+    site = s.tmp / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("")
+    (site / "torch" / "version.py").write_text(f"__version__ = '{version}'\ncuda = {cuda!r}\nhip = None\n")
+    (site / "torch-2.6.0.dist-info").mkdir()
+    (site / "torch-2.6.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+    s.env["PYTHONPATH"] = str(site)
+
+
+def with_cpu_torch(s: Scratch) -> None:
+    with_torch_checkout(s)
+    _fake_torch(s, "2.6.0+cpu", None)
+
+
+def with_torch_for_cuda_12(s: Scratch) -> None:
+    with_torch_checkout(s)
+    _fake_torch(s, "2.6.0+cu126", "12.6")
+
+
+def with_old_gcc(s: Scratch) -> None:
+    with_torch_checkout(s)
+    _fake_torch(s, "2.11.0+cu130", "13.0")
+    gxx = s.tmp / "g++-9"
+    gxx.write_text("#!/bin/sh\necho 'g++ (GCC) 9.4.0'\necho 'Copyright (C) 2019 Free Software Foundation, Inc.'\n")
+    gxx.chmod(0o755)
+    s.env.update(CXX=str(gxx), CUDAHOSTCXX=str(gxx))
+
+
+def _commit(co: Path, message: str) -> None:
+    subprocess.run(["git", "-C", str(co), "commit", "-qam", message], check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def with_unmet_build_requirement(s: Scratch) -> None:
+    co = s.copy_checkout()
+    with (co / "requirements" / "build.txt").open("a") as handle:
+        handle.write("setuptools-rust>=99\n")
+    _commit(co, "a build requirement this machine lacks")
+
+
+def with_no_version_source(s: Scratch) -> None:
+    co = s.copy_checkout()
+    shutil.rmtree(co / ".git")
+    (co / "vllm" / "_version.py").unlink()
+    s.env["SETUPTOOLS_SCM_PRETEND_VERSION"] = ""
+
+
+def with_unreachable_pin(s: Scratch) -> None:
+    co = s.copy_checkout()
+    with (co / "CMakeLists.txt").open("a") as handle:
+        handle.write("include(FetchContent)\nFetchContent_Declare(cutlass GIT_REPOSITORY "
+                     "https://git.invalid/nvidia/cutlass.git GIT_TAG v4.4.2)\n")
+    _commit(co, "a dependency nobody serves")
+
+
 def with_read_only_dist(s: Scratch) -> None:
     s.copy_checkout()
     if os.geteuid() == 0:  # root writes through permission bits: a read-only mount it is
@@ -324,6 +382,29 @@ CASES = [
          "no CUDA compiler (nvcc) was found", CHECKOUT_KEPT + "; no dist/", with_checkout, hide_nvcc=True),
     Case("no-torch", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir", "{tmp}/dist"],
          "torch is not installed", CHECKOUT_KEPT, with_torch_checkout, needs=("nvcc", "notorch")),
+    Case("cpu-torch", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir", "{tmp}/dist"],
+         "Unsupported platform", CHECKOUT_KEPT, with_cpu_torch, needs=("nvcc", "notorch")),
+    Case("torch-for-another-cuda", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir", "{tmp}/dist"],
+         "libcudart.so.13", CHECKOUT_KEPT, with_torch_for_cuda_12, needs=("nvcc13", "notorch")),
+    Case("gcc-too-old-for-torch", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir",
+                                   "{tmp}/dist"],
+         "headers need gcc 11.3", CHECKOUT_KEPT, with_old_gcc, needs=("nvcc13", "notorch")),
+    Case("unmet-build-requirements", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir",
+                                      "{tmp}/dist"],
+         "missing setuptools-rust>=99", CHECKOUT_KEPT, with_unmet_build_requirement, needs=("nvcc",)),
+    Case("no-version-source", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir", "{tmp}/dist"],
+         "SETUPTOOLS_SCM_PRETEND_VERSION", CHECKOUT_KEPT, with_no_version_source, needs=("nvcc",)),
+    Case("git-dependency-unreachable", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir",
+                                        "{tmp}/dist"],
+         "neither cached nor reachable", CHECKOUT_KEPT, with_unreachable_pin, needs=("nvcc",)),
+    Case("unknown-target", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--targets", "_flash",
+                            "--dist-dir", "{tmp}/dist"],
+         "is not a target of this build", CHECKOUT_KEPT, with_checkout, needs=("nvcc",)),
+    Case("ngc-torch-not-the-pin", ["bake", "--base", "ngc", "--vllm-src", "{co}", "--dry-run"],
+         "but vLLM 0.1.0 pins torch 2.6.0", CHECKOUT_KEPT, with_checkout),
+    Case("pinned-torch-not-built-for-cuda", ["bake", "--base", "cuda", "--cuda", "12.8", "--vllm-src", "{co}",
+                                             "--dry-run"],
+         "publishes for CUDA 11.8, 12.4, 12.6, not 12.8", CHECKOUT_KEPT, with_checkout),
     Case("read-only-output-dir", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-dir", "{tmp}/dist"],
          "cannot write to the output dir", CHECKOUT_KEPT + "; dist/ as it was", with_read_only_dist,
          needs=("nvcc",)),
