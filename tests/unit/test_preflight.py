@@ -290,3 +290,30 @@ def test_a_reachable_host_or_a_local_copy_lets_the_build_fetch(tmp_path):
                                           ("https://host:notaport/x", None)])
 def test_endpoints(url, endpoint):
     assert preflight._endpoint(url) == endpoint
+
+
+# --- a target built from a dependency that is not its pin ---------------------------------------------------------
+
+def test_a_target_built_from_a_substitute_is_refused_unless_named(tmp_path):
+    tree = tree_with_deps(tmp_path)
+    tree.dep_targets.update({"flashmla": frozenset({"_flashmla_C", "_flashmla_extension_C"}),
+                             "cutlass": frozenset({"_C_stable_libtorch"})})
+    flashmla = next(d for d in tree.git_deps if d.name == "flashmla")
+    cutlass = next(d for d in tree.git_deps if d.name == "cutlass")
+    checked = preflight.Preflight(deps=[
+        preflight.DepCheck(flashmla, "cache", "substitute: imported from flashmla-SUBSTITUTE-2bc126e03c79.tar.xz",
+                           "substitute"),
+        preflight.DepCheck(cutlass, "cache", "unverified: imported from cutlass-v4.4.2.tar.xz", "unverified")])
+    everything = ["_C_stable_libtorch", "_flashmla_C", "_flashmla_extension_C"]
+    with pytest.raises(ForgeError) as err:
+        preflight.check_substitutes(tree, checked, everything, set())
+    text = str(err.value)
+    assert "flashmla in the cache is not the pin (substitute: imported from flashmla-SUBSTITUTE" in text
+    assert "_flashmla_C, _flashmla_extension_C would be built from it" in text
+    assert "--targets _C_stable_libtorch" in text
+    assert preflight.check_substitutes(tree, checked, ["_C_stable_libtorch"], {"_C_stable_libtorch"}) == [
+        "flashmla is not the pin, and no target of this build needs it"]
+    assert preflight.check_substitutes(tree, checked, ["_flashmla_C"], {"_flashmla_C"}) == [
+        "_flashmla_C: built from flashmla, which is not the pin (named in --targets)"]
+    with pytest.raises(ForgeError, match="_flashmla_extension_C would be built"):
+        preflight.check_substitutes(tree, checked, ["_flashmla_C", "_flashmla_extension_C"], {"_flashmla_C"})
