@@ -3,11 +3,13 @@
 # the vLLM 0.26.0 PyPI sdist, its eight CMake dependencies imported from tarballs with `fetch-deps --from`,
 # its build requirements installed by `build-wheel --install-build-deps` from a local wheelhouse, and
 # `--targets` for the two extensions a 10-minute call can compile; then the built `_C` is audited and its
-# ops run on the GPU against torch. Three phases, run as back-to-back calls (what /tmp holds survives them):
+# ops run on the GPU against torch. Two phases, run as back-to-back calls (what /tmp holds survives them):
 #
-#   bash gpu/real_build_on_gpu.sh setup    # .whl/ (invoke, pyelftools, isal + vLLM's build requirements) and
-#                                          # .gpu/deps/*.tar.xz (the dependency tarballs) must be here
-#   bash gpu/real_build_on_gpu.sh build    # .gpu/sdist/vllm-0.26.0.tar.gz must be here; stops at its time limit
+#   bash gpu/real_build_on_gpu.sh build    # needs here: .whl/ (invoke, pyelftools, isal + vLLM's build
+#                                          # requirements), .gpu/deps/*.tar.xz (the dependency tarballs) and
+#                                          # .gpu/sdist/*.tar.xz (the vLLM sdist; tests/, docs/, benchmarks/
+#                                          # and examples/ may be left out to fit the transfer: the build reads
+#                                          # none of them); stops at its time limit
 #   bash gpu/real_build_on_gpu.sh resume   # the same build-wheel again: ninja resumes; then audit and ops
 #
 # OUT (default build/gpu) receives what each phase printed; from the repo root.
@@ -23,9 +25,9 @@ BUILD=(python3 -m invoke build-wheel --vllm-src "$TREE" --arch 9.0 --cuda 13.0
        --targets _C,_moe_C_stable_libtorch --install-build-deps --compile-cache none --dist-dir "$VB/dist")
 
 case "${1:-}" in
-setup)
+build)
   {
-    echo "# real_build_on_gpu.sh setup $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# real_build_on_gpu.sh build: setup $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
     echo "cores: $(nproc); $(free -g | awk '/Mem:/ {print $2 " GiB RAM"}')"
     command -v python3; python3 --version; nvcc --version | tail -2; c++ --version | head -1; cmake --version | head -1
@@ -37,12 +39,10 @@ setup)
     mkdir -p "$VB/deps" && cp .gpu/deps/*.tar.xz "$VB/deps/" && ls -la "$VB/deps"
   } > "$OUT/setup.txt" 2>&1
   cat "$OUT/setup.txt"
-  ;;
-build)
   {
     echo "# real_build_on_gpu.sh build $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    rm -rf "$TREE" && mkdir -p "$VB" && tar -xzf .gpu/sdist/vllm-0.26.0.tar.gz -C "$VB"
-    sha256sum .gpu/sdist/vllm-0.26.0.tar.gz
+    rm -rf "$TREE" && mkdir -p "$VB" && tar -xJf .gpu/sdist/*.tar.xz -C "$VB"
+    sha256sum .gpu/sdist/*.tar.xz
     (cd "$TREE" && git init -q && git add -A && git -c user.name=forge -c user.email=forge@example.com \
       commit -qm "vLLM 0.26.0 sdist" && git tag v0.26.0 && git log --oneline | head -1)
     echo "== invoke fetch-deps --from $VB/deps"
@@ -93,7 +93,7 @@ print(json.dumps(json.loads(z.read(name)), indent=2))' "$wheel" > "$OUT/build_in
   tail -40 "$OUT/build2.txt"; cat "$OUT/audit_ops.txt"
   ;;
 *)
-  echo "usage: bash gpu/real_build_on_gpu.sh setup|build|resume" >&2
+  echo "usage: bash gpu/real_build_on_gpu.sh build|resume" >&2
   exit 2
   ;;
 esac
