@@ -917,9 +917,8 @@ def _print_image_size(report) -> None:
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
     console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
-    split = images.image_size_breakdown(images.default_docker(), report.image, base=report.base)  # scripts/image.py
     parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
-    for name, size in split.parts.items():
+    for name, size in report.parts.items():
         parts.add_row(f"{size / 1e6:.1f}", name)
     console.print(parts)
     table = Table("MB", "instruction", title="largest layers")

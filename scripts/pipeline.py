@@ -425,11 +425,13 @@ def _plan_check_size_image(settings: Settings, options: Options, steps: list[Ste
     docker = options.bake.docker or images.default_docker()
     budget = f", against the budget of {options.budget_gb:g} GB" if options.budget_gb else ""
     notes = [f"read {image}'s size, its runtime base's size and its largest layers "
-             f"({docker} image inspect, {docker} history){budget}"]
+             f"({docker} image inspect, {docker} history){budget}",
+             "split the size over the base into the JIT toolchain, torch and its CUDA wheels, vLLM and its other "
+             f"requirements, and the rest (the Python distributions of both: {docker} run --network none ... python3)"]
 
     def execute(state: RunState, on_line):
         images.check_engine(docker)
-        return images.image_size_report(docker, state.image or image, options.budget_gb)
+        return images.image_size_breakdown(docker, state.image or image, budget_gb=options.budget_gb)
 
     return Step("check-size-image", [], notes, execute)
 
