@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
+from scripts import build_times
 from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for tasks.py)
     CacheReport,
     CacheSession,
@@ -90,6 +91,7 @@ class BuildPlan:
     tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
     reuse: ReuseDecision | None = None  # kernel reuse: which path this build takes, and why
     build_info: dict | None = None  # what run_build wrote into the wheel (set by run_build)
+    build_times: dict | None = None  # slowest units and per-arch compile time (build_times.collect; by run_build)
 
     @property
     def commands(self) -> list[Command]:
@@ -187,6 +189,14 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
                      "(`invoke fetch-deps`): the build needs no network for them")
     env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
     notes += plan_notes(cache, request.shared_cache, env)
+    timing = build_times.nvcc_time_env(src) if cache != "sccache" else {}
+    env.update(timing)
+    notes.append(f"nvcc --time writes each unit's compile phases, per arch, to {build_times.nvcc_time_path(src)} "
+                 f"({build_times.NVCC_FLAGS_ENV}; not a kernel input)" if timing else
+                 "no per-arch compile times: " + ("sccache does not cache an nvcc call while "
+                                                  f"{build_times.NVCC_FLAGS_ENV} is set" if cache == "sccache"
+                                                  else "the checkout's path has a space, which nvcc's "
+                                                  f"{build_times.NVCC_FLAGS_ENV} cannot carry"))
     env.update(toolchain.env)
     env.update(request.extra_env)
     dist_dir = Path(request.dist_dir).expanduser().resolve()
@@ -298,10 +308,13 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     cache_session = CacheSession(plan.compile_cache, plan.env)
     try:
         cache_session.start()  # counters before, so the figures are this build's
+        build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
+        started = time.time()
         try:
             run_command(plan.command, on_line=on_line, log_path=log_path)
         finally:
             plan.cache_report = cache_session.finish()
+            plan.build_times = build_times.collect(plan.request.src, since=started)
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
