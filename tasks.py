@@ -301,18 +301,39 @@ def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
             raise Exit(code=1)
         return pipelines.RunState()
     started = time.monotonic()
-    with console.status("starting...") as status:
-        current = {"title": ""}
+    state = pipelines.RunState()
+    try:
+        with console.status("starting...") as status:
+            current = {"title": ""}
 
-        def on_step(step):
-            current["title"] = step.title
-            status.update(f"{step.title}...")
-            _print_step(step)
+            def on_step(step):
+                current["title"] = step.title
+                status.update(f"{step.title}...")
+                _print_step(step)
 
-        def on_line(line: str) -> None:
-            status.update(f"{current['title']} [dim]{time.monotonic() - started:5.0f}s[/] {escape(line[-100:])}")
+            def on_line(line: str) -> None:
+                status.update(f"{current['title']} [dim]{time.monotonic() - started:5.0f}s[/] {escape(line[-100:])}")
 
-        return pipeline.run(on_step=on_step, on_line=on_line, on_done=_print_result)
+            return pipeline.run(on_step=on_step, on_line=on_line, on_done=_print_result, state=state)
+    finally:  # recorded under build/reports for `invoke report`, whatever the outcome
+        for kind, data in pipelines.run_records(pipeline, state, sys.exc_info()[1]):
+            _record(kind, data)
+
+
+def _record(kind: str, data: dict) -> None:
+    from scripts.run_records import try_save
+
+    _path, problem = try_save(kind, data)
+    if problem:
+        err_console.print(f"[yellow]note:[/] {escape(problem)}", soft_wrap=True)
+
+
+def _plot(data, path, *, json: bool = False) -> None:
+    """Draw figure data (scripts/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
+    line saying so goes to stderr when stdout carries JSON."""
+    from scripts import figures
+
+    (err_console if json else console).print(f"[green]plot[/] {figures.save(data, path)}")
 
 
 def _run_streaming(label: str, fn, *args, **kwargs):
