@@ -170,6 +170,11 @@ class SizeFigure:
     kind = "image-size"
 
 
+def size_text(size: float) -> str:
+    """Bytes as docker writes them (SI): GB from one GB up, MB below."""
+    return f"{size / GB:.2f} GB" if size >= GB else f"{size / 1e6:.1f} MB"
+
+
 def parse_reference(text: str) -> Reference:
     """``LABEL=GB`` (``--reference "before=40"``)."""
     from scripts.errors import ForgeError

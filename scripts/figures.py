@@ -15,7 +15,15 @@ import textwrap
 from pathlib import Path
 
 from scripts.errors import ForgeError
-from scripts.figure_data import AUDIT_CATEGORIES, GB, AuditFigure, BuildFigure, NcclFigure, SizeFigure
+from scripts.figure_data import (
+    AUDIT_CATEGORIES,
+    GB,
+    AuditFigure,
+    BuildFigure,
+    NcclFigure,
+    SizeFigure,
+    size_text,
+)
 
 FORMATS = (".png", ".svg")
 DPI = 100
@@ -117,42 +125,54 @@ def draw_nccl(data: NcclFigure):
     return fig
 
 
+def _stack(ax, x: int, bar, parts: list[str], label_from: float) -> None:
+    """One bar: its segments bottom up, each part with its colour and hatch, sizes written on the larger ones."""
+    bottom = 0.0
+    for name, size in bar.segments:
+        if not size:
+            continue  # an empty part: in the table beside the figure, not in the legend
+        if bar.reference:
+            colour, hatch, label = "#BBBBBB", "\\\\", "reference (a whole image)"
+        else:
+            index = parts.index(name)
+            colour, hatch, label = OKABE_ITO[(index + 1) % len(OKABE_ITO)], HATCHES[index % len(HATCHES)], name
+        ax.bar(x, size / GB, bottom=bottom / GB, color=colour, hatch=hatch, edgecolor="#333333", linewidth=0.6,
+               width=0.6, label=label)
+        if size >= label_from and not bar.reference:
+            ax.text(x, (bottom + size / 2) / GB, size_text(size), ha="center", va="center", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
+        bottom += size
+    ax.text(x, bar.total / GB, size_text(bar.total), ha="center", va="bottom", fontsize=9, fontweight="bold")
+
+
 def draw_size(data: SizeFigure):
-    fig = _figure(max(7.5, 2.2 * len(data.bars) + 3), 6.5)
-    ax = fig.add_subplot()
-    parts: list[str] = []
-    for bar in data.bars:
-        for name, _ in bar.segments:
-            if not bar.reference and name not in parts:
-                parts.append(name)
-    xs = range(len(data.bars))
-    for x, bar in zip(xs, data.bars, strict=True):
-        bottom = 0.0
-        for name, size in bar.segments:
-            if not size:
-                continue  # an empty part: in the table beside the figure, not in the legend
-            if bar.reference:
-                colour, hatch, label = "#BBBBBB", "\\\\", "reference (a whole image)"
-            else:
-                index = parts.index(name)
-                colour, hatch, label = OKABE_ITO[(index + 1) % len(OKABE_ITO)], HATCHES[index % len(HATCHES)], name
-            ax.bar(x, size / GB, bottom=bottom, color=colour, hatch=hatch, edgecolor="#333333", linewidth=0.6,
-                   width=0.6, label=label)
-            if size / GB >= 0.04 * max(b.total for b in data.bars) / GB and not bar.reference:
-                ax.text(x, bottom + size / GB / 2, f"{size / GB:.2f} GB", ha="center", va="center", fontsize=8,
-                        bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
-            bottom += size / GB
-        ax.text(x, bar.total / GB, f"{bar.total / GB:.2f} GB", ha="center", va="bottom", fontsize=9,
-                fontweight="bold")
+    """Left: the image alone, on its own scale (its parts stay readable however small it is); right: the image
+    beside the reference images, on one scale."""
+    fig = _figure(max(9.0, 2.0 * len(data.bars) + 5), 6.5)
+    own, together = fig.subplots(1, 2, width_ratios=(1, max(2, len(data.bars))))
+    parts = [name for name, _ in data.bars[0].segments]
+    image = data.bars[0]
+    _stack(own, 0, image, parts, 0.04 * image.total)
+    own.set_xticks([0], [_wrap(image.label, 22, 3)], fontsize=8)
+    own.set_xlim(-0.6, 0.6)
+    own.set_ylim(0, image.total / GB * 1.12)
+    own.set_ylabel("image size (GB, SI units as docker reports them)")
+    own.set_title("where the bytes are", fontsize=10)
+    tallest = max(b.total for b in data.bars)
+    for x, bar in enumerate(data.bars):
+        _stack(together, x, bar, parts, 0.04 * tallest)
     if data.budget:
-        ax.axhline(data.budget / GB, color="#D55E00", linestyle="--", label=f"budget {data.budget / GB:g} GB")
-    ax.set_xticks(list(xs), [_wrap(bar.label, 22, 3) for bar in data.bars], fontsize=8)
-    ax.set_ylabel("image size (GB, SI units as docker reports them)")
-    ax.set_ylim(0, max(b.total for b in data.bars) / GB * 1.12)
-    ax.grid(True, axis="y", color="#DDDDDD", linewidth=0.6)
-    handles, labels = ax.get_legend_handles_labels()
+        for ax in (own, together):
+            ax.axhline(data.budget / GB, color="#D55E00", linestyle="--", label=f"budget {data.budget / GB:g} GB")
+    together.set_xticks(range(len(data.bars)), [_wrap(bar.label, 22, 3) for bar in data.bars], fontsize=8)
+    together.set_ylim(0, tallest / GB * 1.12)
+    together.set_ylabel("GB (same scale for every bar)")
+    together.set_title("against the reference images", fontsize=10)
+    for ax in (own, together):
+        ax.grid(True, axis="y", color="#DDDDDD", linewidth=0.6)
+    handles, labels = together.get_legend_handles_labels()
     unique = dict(reversed(list(zip(labels, handles, strict=True))))  # top of the legend = top of the stack
-    ax.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8, framealpha=0.92)
+    together.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8, framealpha=0.92)
     _frame(fig, data.title, data.source, data.notes)
     return fig
 

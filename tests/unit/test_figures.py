@@ -89,9 +89,11 @@ def test_the_drawn_series_are_the_figure_data(drawn):
     lines = [line for line in axes.get_lines() if len(line.get_xdata()) > 2]
     for line, curve in zip(lines, drawn["nccl"].curves, strict=True):
         assert list(line.get_xdata()) == list(curve.sizes) and list(line.get_ydata()) == list(curve.busbw)
-    bars = figures.render(drawn["size"]).axes[0].patches
-    heights = [round(p.get_height() * figure_data.GB) for p in bars]
-    assert heights[:5] == [size for _, size in drawn["size"].bars[0].segments]
+    segments = [size for _, size in drawn["size"].bars[0].segments]
+    for axes in figures.render(drawn["size"]).axes:  # the image alone, then beside the references
+        stack = axes.patches[:5]
+        assert [round(p.get_height() * figure_data.GB) for p in stack] == segments
+        assert [round(p.get_y() * figure_data.GB) for p in stack] == [sum(segments[:i]) for i in range(5)]
 
 
 def test_svg_for_a_page_is_one_svg_element_with_its_own_ids(drawn):
