@@ -1233,6 +1233,17 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
         console.print(f"  {name}={escape(value)}", soft_wrap=True)
 # ---- end vLLM tree ----
 
+# ---- report (issue 30) ----
+@forge_task(help={"out": "directory the page goes to, as index.html (default reports/)",
+                  "records": "directory of recorded runs to read (default build/reports, or $VLLM_FORGE_RECORD_DIR)"})
+def report(ctx, out="reports", records=""):
+    """One self-contained HTML page of the last recorded runs: plan, steps and times, build time, audit map,
+    image size, NCCL curve."""
+    from scripts import report_html
+
+    console.print(f"[green]wrote[/] {report_html.write_report(Path(records) if records else None, Path(out))}")
+# ---- end report ----
+
 # ---- namespace ----
 # Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.
 ns = Collection(*(value for value in list(globals().values()) if issubclass(type(value), Task)))
