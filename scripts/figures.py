@@ -32,7 +32,7 @@ DPI = 100
 OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7")
 SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 # The per-arch bars: colours the target bars beside them do not use.
-ARCH_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#E69F00", "#000000")
+ARCH_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#F0E442", "#E69F00", "#0072B2", "#D55E00")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)))
 HATCHES = ("", "//", "..", "xx", "\\\\", "oo", "++", "--")
@@ -205,18 +205,21 @@ def draw_build(data: BuildFigure):
     else:
         ax.text(0.5, 0.5, "nothing compiled", transform=ax.transAxes, ha="center")
     if data.archs:
+        # Horizontal, like the units: seven archs (the bench's) still read, each with its own colour and hatch.
         side = fig.add_subplot(grid[0, 1])
-        names = [arch for arch, _ in data.archs] + ["shared\n(host, once\nper unit)"]
+        names = [arch for arch, _ in data.archs] + ["shared (host,\nonce per unit)"]
         values = [seconds for _, seconds in data.archs] + [data.shared_seconds]
         for index, value in enumerate(values):
-            shared = index == len(names) - 1
-            side.bar(index, value, color="#BBBBBB" if shared else ARCH_COLOURS[index % len(ARCH_COLOURS)],
-                     hatch="\\\\" if shared else HATCHES[(index + 2) % 8], edgecolor="#333333", linewidth=0.5)
-            side.text(index, value, f"{value:,.1f} s", ha="center", va="bottom", fontsize=8)
-        side.set_xticks(range(len(names)), names, fontsize=8)
-        side.set_ylabel("device compile time (CPU-s, all units; nvcc --time)")
+            shared = index == len(values) - 1
+            side.barh(index, value, color="#BBBBBB" if shared else ARCH_COLOURS[index % len(ARCH_COLOURS)],
+                      hatch="\\\\" if shared else HATCHES[(index + 2) % len(HATCHES)], edgecolor="#333333",
+                      linewidth=0.5)
+            side.text(value, index, f" {value:,.1f} s", va="center", fontsize=8)
+        side.set_yticks(range(len(names)), names, fontsize=8)
+        side.invert_yaxis()
+        side.set_xlabel("device compile time\n(CPU-s, all units; nvcc --time)")
         side.set_title("device compile time per arch", fontsize=10)
-        side.set_ylim(0, max(values) * 1.15 or 1)
+        side.set_xlim(0, max(values) * 1.3 or 1)
     _frame(fig, data.title, data.source, data.notes)
     return fig
 
