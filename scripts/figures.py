@@ -41,7 +41,7 @@ CATEGORY_STYLE = {  # colour, hatch, text colour
     "gated": ("#56B4E9", "..", "#000000"),
     "ptx-jit": ("#F0E442", "//", "#000000"),
     "optional": ("#D9D9D9", "oo", "#000000"),
-    "partial": ("#E69F00", "xx", "#000000"),
+    "partial": ("#E69F00", "\\\\", "#000000"),
     "none": ("#D55E00", "XX", "#000000"),
     "unreadable": ("#000000", "", "#FFFFFF"),
 }
