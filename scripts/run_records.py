@@ -3,7 +3,7 @@
 A task records the very dictionary its text report (or ``--json``) is printed from, so the HTML page and
 every figure show the numbers the terminal showed. One file per report:
 
-    build/reports/<kind>-<YYYYmmdd-HHMMSS>-<pid>.json
+    build/reports/<kind>-<YYYYmmdd-HHMMSS>-<pid>-<4 hex>.json
     {"format": 1, "kind": "audit", "created": "2026-12-06T18:21:36Z", "ns": <time.time_ns()>,
      "argv": ["invoke", "audit", ...], "run": "<id shared by the records of one command line>",
      "data": {... the report's JSON ...}}
@@ -11,7 +11,8 @@ every figure show the numbers the terminal showed. One file per report:
 Kinds (``KINDS``): ``run`` (a pipeline: the resolved configuration and where each value came from, each step's
 printed commands, its time and outcome), ``build-times`` (a build's compile units from ``.ninja_log`` and nvcc's
 per-arch times), ``wheel-size``, ``image-size`` (check-size --image's split over the base), ``audit`` (audit
---json), ``nccl`` (nccl-diagnose --json, or nccl-test --json). The newest ``KEEP`` files of each kind are kept.
+--json), ``nccl`` (nccl-diagnose --json, or nccl-test --json, with ``overlays``: [name, diagnosis] pairs when
+--overlay was given). The newest ``KEEP`` files of each kind are kept.
 ``$VLLM_FORGE_RECORD_DIR`` moves the directory (tests use it). Stdlib only.
 """
 
@@ -34,7 +35,7 @@ KINDS = {
     "wheel-size": "check-size: a wheel against its size limit",
     "image-size": "check-size --image: the image over its base, split into parts",
     "audit": "audit: each file's verdict and kernel groups per target GPU",
-    "nccl": "nccl-diagnose / nccl-test: bus bandwidth per message size, link model, root cause",
+    "nccl": "nccl-diagnose / nccl-test: bus bandwidth per message size, link model, root cause (and --overlay's runs)",
 }
 KEEP = 20
 # One id per process: the records one command line writes (a run and its build times) share it.
