@@ -213,6 +213,9 @@ def forge_task(*task_args, **task_kwargs):
 arch_tables = _lazy("scripts.archs")
 compat = _lazy("scripts.compat")
 pipelines = _lazy("scripts.pipeline")
+# --plot and `report`: figure data from the reports' JSON, drawn with matplotlib (imported only when drawing)
+_figure_data = _lazy("scripts.figure_data")
+_figures = _lazy("scripts.figures")
 from scripts.config import invoke_defaults, resolve_config  # noqa: E402
 from scripts.plan import mask_urls  # noqa: E402
 
@@ -244,6 +247,7 @@ FLAG_HELP = {
                "_C_stable_libtorch,_moe_C_stable_libtorch (an unambiguous start such as _C will do; repeatable)",
     "install_build_deps": "pip-install the checkout's unmet build requirements (pyproject [build-system], "
                           "requirements/build*) into the building Python first; torch is never replaced",
+    "plot": "also draw the slowest compile units (.ninja_log) and the compile time per arch into this .png or .svg",
 }
 
 
@@ -417,6 +421,7 @@ def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
         return pipelines.RunState()
     current: list[pipelines.Step] = []
     display = _StepDisplay(console)
+    state = pipelines.RunState()
 
     def on_step(step):
         current[:] = [step]
@@ -425,12 +430,31 @@ def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
 
     try:
         with display:
-            return pipeline.run(on_step=on_step, on_line=display.feed, on_done=_print_result)
+            return pipeline.run(on_step=on_step, on_line=display.feed, on_done=_print_result, state=state)
     except BaseException:  # a failed or interrupted build still says where its compile time went
         timing = current[0].plan.timing if current and current[0].name == "build-wheel" else None
         if timing is not None:
             _print_timing(timing)
         raise
+    finally:  # recorded under build/reports for `invoke report`, whatever the outcome
+        for kind, data in pipelines.run_records(pipeline, state, sys.exc_info()[1]):
+            _record(kind, data)
+
+
+def _record(kind: str, data: dict) -> None:
+    from scripts.run_records import try_save
+
+    _path, problem = try_save(kind, data)
+    if problem:
+        err_console.print(f"[yellow]note:[/] {escape(problem)}", soft_wrap=True)
+
+
+def _plot(data, path, *, json: bool = False) -> None:
+    """Draw figure data (scripts/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
+    line saying so goes to stderr when stdout carries JSON."""
+    from scripts import figures
+
+    (err_console if json else console).print(f"[green]plot[/] {figures.save(data, path)}")
 
 
 def _run_streaming(label: str, fn, *args, **kwargs):
@@ -482,7 +506,7 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
                 "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse",
-                "targets", "install_build_deps")
+                "targets", "install_build_deps", "plot")
 
 
 def _patch_files(settings, patch) -> list[Path]:
@@ -494,7 +518,10 @@ def _patch_files(settings, patch) -> list[Path]:
 
 
 def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
-                     no_reuse: bool = False, targets=None, install_build_deps: bool = False, **flags) -> None:
+                     no_reuse: bool = False, targets=None, install_build_deps: bool = False, plot=None,
+                     **flags) -> None:
+    if plot:
+        _figures.check_plot_path(plot)  # before anything runs
     settings = _settings(ctx, **flags)
     chain = "check-size" in names
     options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
@@ -507,6 +534,9 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
     # Planned whole before anything runs: a wrong arch/CUDA/jobs value fails here, nothing touched.
     pipeline = pipelines.build_pipeline(settings, names, options)
     state = _run(pipeline)
+    build = next((step for step in pipeline.steps if step.name == "build-wheel"), None)
+    if plot and not dry_run and build is not None and build.plan.build_times is not None:
+        _plot(_figure_data.build_figure(build.plan.build_times, state.wheel.name if state.wheel else ""), plot)
     if chain and not dry_run:
         _summary(pipeline, state)
         if not state.results["check-size"].ok:
@@ -517,11 +547,11 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
                 dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False, targets=None,
-                install_build_deps=False):
+                install_build_deps=False, plot=None):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
                      no_audit=no_audit, patch=patch, no_reuse=no_reuse, targets=targets,
-                     install_build_deps=install_build_deps, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                     install_build_deps=install_build_deps, plot=plot, arch=arch, cuda=cuda, vllm_src=vllm_src,
                      checkout_dir=checkout_dir,
                      dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror)
@@ -532,10 +562,10 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
 def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
           nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
           no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False, targets=None,
-          install_build_deps=False):
+          install_build_deps=False, plot=None):
     """The wheel chain: clone (or reuse) → patch → use-existing-torch → build-wheel → check-size, with a summary."""
     _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
-                     patch=patch, no_reuse=no_reuse, targets=targets, install_build_deps=install_build_deps,
+                     patch=patch, no_reuse=no_reuse, targets=targets, install_build_deps=install_build_deps, plot=plot,
                      arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                      max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,
@@ -548,15 +578,30 @@ def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=
                                               "largest layers",
                                      "budget": "with --image: fail when the image is larger than this many GB",
                                      "docker": "with --image: the docker client to use",
-                                     "dry_run": FLAG_HELP["dry_run"]})
-def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget=None, docker=None, dry_run=False):
+                                     "dry_run": FLAG_HELP["dry_run"],
+                                     "plot": "with --image: also draw the image as a stacked bar (base and each part) "
+                                             "beside reference bars into this .png or .svg",
+                                     "reference": "with --plot: a reference bar LABEL=GB (repeatable; default: the "
+                                                  "field report's 40 GB single-stage and 28.4 GB multi-stage images)"},
+            iterable=["reference"])
+def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget=None, docker=None, dry_run=False,
+               plot=None, reference=None):
     """Check the wheel against its size limit (vLLM's own, 400 MB by default), or an image with --image."""
+    if (plot or reference) and not image:
+        raise ForgeError("--plot and --reference draw an image's size: they need --image",
+                         "pass --image TAG, or drop --plot/--reference")
+    references = [_figure_data.parse_reference(text) for text in reference or []]
+    if plot:
+        _figures.check_plot_path(plot)
     settings = _settings(ctx, dist_dir=dist_dir)
     options = pipelines.Options(wheel=Path(wheel) if wheel else None, limit_mb=_number("limit-mb", limit_mb, float),
                                 image=image or "", budget_gb=_number("budget", budget, float), dry_run=dry_run)
     options.bake.docker = docker
     state = _run(pipelines.build_pipeline(settings, ["check-size-image" if image else "check-size"], options))
-    if not dry_run and not next(iter(state.results.values())).ok:
+    result = next(iter(state.results.values()), None)
+    if plot and result is not None:
+        _plot(_figure_data.size_figure(result.to_dict(), references), plot)
+    if not dry_run and not result.ok:
         raise Exit(code=1)
 
 
@@ -674,6 +719,7 @@ AUDIT_HELP = {
     "no_torch": "do not check torch's own arch list (the image's, or this Python's)",
     "max_inflate": "cap on the bytes inflated from wheels, e.g. 16G (default 8G: refuses zip bombs in one line)",
     "torch_cuda": "CUDA of the torch that loads these files, e.g. 12.8 (picks per-CUDA library variants)",
+    "plot": "also draw a file x GPU map of the verdicts, with kernel-group counts, into this .png or .svg",
 }
 
 
@@ -698,10 +744,12 @@ def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
 
 @forge_task(help=AUDIT_HELP, iterable=["arch", "require"], positional=["path"], auto_shortflags=False)
 def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=False, via="save", docker=None,
-          no_torch=False, max_inflate="8G", torch_cuda=""):
+          no_torch=False, max_inflate="8G", torch_cuda="", plot=None):
     """Prove every CUDA extension runs on the target GPU: SASS, PTX JIT or no kernel, per file."""
     if bool(path) == bool(image):
         raise ForgeError("give either PATH or --image IMAGE", "e.g. invoke audit dist/ --arch 12.0")
+    if plot:
+        _figures.check_plot_path(plot)
     archs = list(arch or [])
     if not archs:
         archs = [resolve_config(ctx.config, {}).config.arch]
@@ -713,6 +761,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
         else:
             report = kernel_audit.audit_path(path, archs, require=require or [], torch=not no_torch,
                                              max_inflate=max_inflate, torch_cuda=torch_cuda)
+    _record("audit", report.to_dict())
     if json:
         print(report.to_json())
     else:
@@ -730,6 +779,8 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
             console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
         colour = "green" if report.ok else "bold red"
         console.print(f"[{colour}]{escape(report.summary())}[/]", soft_wrap=True)
+    if plot:
+        _plot(_figure_data.audit_figure(report.to_dict()), plot, json=json)
     if not report.ok:
         raise Exit(code=1)
 
@@ -797,6 +848,24 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
         raise Exit(code=1)
 
 
+NCCL_PLOT_HELP = ("also draw busbw against message size (the link model's expected busbw and the healthy band "
+                  "beside it) into this .png or .svg")
+NCCL_OVERLAY_HELP = ("with --plot: lay another run over it: its JSON (--json, or its record under build/reports) or "
+                     "its NCCL outputs (files, a directory), diagnosed on their own (repeatable)")
+
+
+def _nccl_overlays(plot, overlay) -> list[tuple[str, dict]]:
+    """--overlay's diagnoses, read before the run (a typo fails first)."""
+    from scripts import nccl_logs
+
+    if overlay and not plot:
+        raise ForgeError("--overlay lays runs over the --plot figure, and no --plot was given",
+                         "add --plot busbw.svg, or drop --overlay")
+    if plot:
+        _figures.check_plot_path(plot)
+    return [(_figure_data.overlay_name(spec), nccl_logs.diagnosis_for(spec)) for spec in overlay or []]
+
+
 @forge_task(name="nccl-test", help={
     "image": "run inside this image (docker run --gpus all --ipc=host)",
     "gpus": "GPUs (ranks) to use; default (or 0): all that nvidia-smi lists",
@@ -808,15 +877,17 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     "nccl_home": "NCCL to build nccl-tests against (default: pip's nvidia-nccl, else /usr)",
     "gpu_cap": "compute capabilities to build nccl-tests for, e.g. 9.0,12.0 (default: nvcc's defaults)",
     "dry_run": "print the commands only",
-    "json": "print the parsed result and verdicts as JSON"})
+    "json": "print the parsed result and verdicts as JSON",
+    "plot": NCCL_PLOT_HELP, "overlay": NCCL_OVERLAY_HELP}, iterable=["overlay"])
 def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", runner="auto", binary="",
-              build_nccl_tests="", nccl_home="", gpu_cap="", dry_run=False, json=False):
+              build_nccl_tests="", nccl_home="", gpu_cap="", dry_run=False, json=False, plot=None, overlay=None):
     """All-reduce across the GPUs with NCCL_DEBUG=INFO captured, parsed and judged against the link."""
     import json as json_mod
 
     from scripts import nccl_logs
     from scripts import nccl_test as nccl_test_mod
 
+    overlays = _nccl_overlays(plot, overlay)
     if build_nccl_tests:
         home = Path(nccl_home) if nccl_home else nccl_test_mod.find_nccl_home()
         caps = [c for c in gpu_cap.replace(",", " ").split() if c]
@@ -836,14 +907,18 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
         return
     outcome, seconds = _run_streaming(f"all-reduce on {count} GPU(s)", lambda on_line: nccl_test_mod.run_plan(
         plan, on_line=on_line))
+    result = json_mod.loads(json_mod.dumps(outcome.to_dict(), default=str))
+    _record("nccl", {**result, "overlays": overlays} if overlays else result)
     if json:
-        print(json_mod.dumps(outcome.to_dict(), indent=2, default=str))
+        print(json_mod.dumps(result, indent=2))
     else:
         console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
         _print_root_cause(outcome.root_cause)
         for report in outcome.reports:
             _print_findings(f"{report.path} [{report.kind}]", report.findings)
         console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
+    if plot:
+        _plot(_figure_data.nccl_figure(result, overlays), plot, json=json)
     if nccl_logs.worst_level([f for r in outcome.reports for f in r.findings]) == "fail":
         raise Exit(code=1)
 
@@ -892,13 +967,15 @@ class FilesTask(Task):
     "files": "NCCL debug logs, nccl-tests outputs, nvidia-smi outputs, or directories: several as separate "
              "arguments (logs/*.log), quoted and separated by spaces or commas, or after --",
     "json": "print the root cause and the reports as JSON",
-    "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)"})
-def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
+    "gpu_cap": "compute capability of the GPUs when the files do not say (e.g. 12.0)",
+    "plot": NCCL_PLOT_HELP, "overlay": NCCL_OVERLAY_HELP}, iterable=["overlay"])
+def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", plot=None, overlay=None, **more_files):
     """Read NCCL logs / nccl-tests outputs / topo files: one root cause first, then each file's findings."""
     import json as json_mod
 
     from scripts import nccl_logs
 
+    overlays = _nccl_overlays(plot, overlay)
     words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
     words.append(getattr(ctx, "remainder", "") or "")
     paths, in_dirs = nccl_logs.input_paths(" ".join(w for w in words if w))
@@ -906,12 +983,16 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
     context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
     reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
     cause = nccl_logs.find_root_cause(reports, context)
+    diagnosis = json_mod.loads(json_mod.dumps(nccl_logs.report_dict(reports, cause), default=str))
+    _record("nccl", {**diagnosis, "overlays": overlays} if overlays else diagnosis)
     if json:
-        print(json_mod.dumps(nccl_logs.report_dict(reports, cause), indent=2, default=str))
+        print(json_mod.dumps(diagnosis, indent=2))
     else:
         _print_root_cause(cause)
         for report in reports:
             _print_findings(f"{report.path} [{report.kind}]: {report.level.upper()}", report.findings)
+    if plot:
+        _plot(_figure_data.nccl_figure(diagnosis, overlays), plot, json=json)
     if any(r.level == "fail" for r in reports):
         raise Exit(code=1)
 # ---- end doctor / nccl ----
@@ -1047,9 +1128,8 @@ def _print_image_size(report) -> None:
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
     console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
-    split = images.image_size_breakdown(images.default_docker(), report.image, base=report.base)  # scripts/image.py
     parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
-    for name, size in split.parts.items():
+    for name, size in report.parts.items():
         parts.add_row(f"{size / 1e6:.1f}", name)
     console.print(parts)
     table = Table("MB", "instruction", title="largest layers")
@@ -1380,6 +1460,17 @@ def _print_dep_states(tree, cache: Path, rewrites, imported=()) -> list:
 
 
 # ---- end vLLM tree ----
+
+# ---- report (issue 30) ----
+@forge_task(help={"out": "directory the page goes to, as index.html (default reports/)",
+                  "records": "directory of recorded runs to read (default build/reports, or $VLLM_FORGE_RECORD_DIR)"})
+def report(ctx, out="reports", records=""):
+    """One self-contained HTML page of the last recorded runs: plan, steps and times, build time, audit map,
+    image size, NCCL curve."""
+    from scripts import report_html
+
+    console.print(f"[green]wrote[/] {report_html.write_report(Path(records) if records else None, Path(out))}")
+# ---- end report ----
 
 # ---- namespace ----
 # Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.

@@ -15,7 +15,8 @@ Every build but the Python-only one runs with kernel reuse off (``--no-reuse``):
 The miniature's own kernels compile in a second or two, which CMake's configure step would drown;
 the bench sets MINIVLLM_BENCH_WORK (extra kernels, bench only) so compile time dominates as in vLLM,
 and says so in the report when the cold build is still too short for the ratios to mean much.
-Writes ``reports/bench.json`` and prints a table.
+Writes ``reports/bench.json`` and prints a table; ``--plot PATH`` also draws the seven-arch build's slowest
+compile units and its device-compile time per arch (the build figure of ``invoke build-wheel --plot``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def timed_build(src: Path, dist: Path, *, arch: str, cache: str, cache_dir: Path
     if plan.cache_report:
         result["cache_stats"] = plan.cache_report.as_dict()
     result["kernels_reused_from"] = plan.reuse.source.name if plan.reuse and plan.reuse.source else None
+    result["build_times"] = plan.build_times  # slowest units (.ninja_log), device-compile seconds per arch (nvcc)
     log(f"  {arch:<28} cache={plan.compile_cache:<8} {seconds:7.1f}s"
         + (f"  {plan.cache_report.line()}" if plan.cache_report else ""))
     return result
@@ -204,6 +206,7 @@ def run_bench(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, cache: str 
                         max_jobs=max_jobs, log=log)
     report["single_arch_s"] = single["seconds"]
     report["multi_arch_s"] = multi["seconds"]
+    report["multi_arch_build_times"] = multi["build_times"]
     report["parallelism"] = {"single": [single["max_jobs"], single["nvcc_threads"]],
                              "multi": [multi["max_jobs"], multi["nvcc_threads"]]}
     if rebake:
@@ -278,12 +281,28 @@ def main(argv=None) -> int:
                         help="cache(s) to time cold/warm: all installed, the auto choice, or one")
     parser.add_argument("--max-jobs", type=int, default=0)
     parser.add_argument("--no-rebake", action="store_true", help="do not time a Docker re-bake")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw the 7-arch build's slowest compile units and time per arch into this .png/.svg")
     args = parser.parse_args(argv)
+    if args.plot:
+        from scripts.figures import check_plot_path
+
+        check_plot_path(args.plot)  # before the builds
     report = run_bench(workdir=args.workdir, out=args.out, work=args.work, cache=args.cache,
                        rebake=not args.no_rebake, max_jobs=args.max_jobs)
     print(format_table(report))
     print(f"wrote {args.out}")
+    if args.plot:
+        print(f"plot {plot_builds(report, args.plot)}")
     return 0
+
+
+def plot_builds(report: dict, path: Path) -> Path:
+    """The build figure of the seven-arch build: with no compile cache, every unit is compiled for every arch."""
+    from scripts import figure_data, figures
+
+    times = report["multi_arch_build_times"]
+    return figures.save(figure_data.build_figure(times, f"nox -s bench, {report['multi_arch']}, no cache"), path)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as `python scripts/build_wheel.py`: make `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts import archs as archs_mod
+from scripts import build_times
 from scripts.build_estimate import estimate_note
 from scripts.cmake_build_dir import (
     BuildTiming,
@@ -107,6 +108,7 @@ class BuildPlan:
     left_out: list[str] = field(default_factory=list)  # targets of a CUDA build that --targets leaves out
     targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
     timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
+    build_times: dict | None = None  # slowest units and per-arch compile time (build_times.collect; by run_build)
 
     @property
     def commands(self) -> list[Command]:
@@ -221,6 +223,14 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
                      "(`invoke fetch-deps`): the build needs no network for them")
     env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
     notes += plan_notes(cache, request.shared_cache, env)
+    timing = build_times.nvcc_time_env(src) if cache != "sccache" else {}
+    env.update(timing)
+    notes.append(f"nvcc --time writes each unit's compile phases, per arch, to {build_times.nvcc_time_path(src)} "
+                 f"({build_times.NVCC_FLAGS_ENV}; not a kernel input)" if timing else
+                 "no per-arch compile times: " + ("sccache does not cache an nvcc call while "
+                                                  f"{build_times.NVCC_FLAGS_ENV} is set" if cache == "sccache"
+                                                  else "the checkout's path has a space, which nvcc's "
+                                                  f"{build_times.NVCC_FLAGS_ENV} cannot carry"))
     env.update(toolchain.env)
     env.update(request.extra_env)
     dist_dir = Path(request.dist_dir).expanduser().resolve()
@@ -375,11 +385,14 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
         watch = TimingWatch(src, settings)
     try:
         cache_session.start()  # counters before, so the figures are this build's
+        build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
+        started = time.time()
         try:
             run_command(plan.command, on_line=on_line, log_path=log_path)
         finally:
             plan.cache_report = cache_session.finish()
             plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
+            plan.build_times = build_times.collect(plan.request.src, since=started)
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)

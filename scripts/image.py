@@ -1479,10 +1479,22 @@ class SizeBreakdown:
     parts: dict[str, int]  # SIZE_PARTS -> bytes over the base
     layers: list[LayerInfo]  # largest first
     dists: dict[str, int] = field(default_factory=dict)  # name==version -> bytes, new over the base
+    budget_gb: float = 0.0
 
     @property
     def over_base(self) -> int | None:
         return None if self.base_size is None else self.size - self.base_size
+
+    @property
+    def ok(self) -> bool:
+        return not self.budget_gb or self.size <= self.budget_gb * GB
+
+    def to_dict(self) -> dict:
+        """The `image-size` record and the size figure's input: bytes (SI, as docker reports them)."""
+        return {"image": self.image, "size": self.size, "base": self.base, "base_size": self.base_size,
+                "over_base": self.over_base, "parts": dict(self.parts), "budget_gb": self.budget_gb, "ok": self.ok,
+                "layers": [{"size": layer.size, "instruction": layer.instruction} for layer in self.layers],
+                "dists": dict(sorted(self.dists.items(), key=lambda item: -item[1]))}
 
 
 def _dist_sizes(docker: str, image: str) -> dict[str, int]:
@@ -1531,14 +1543,15 @@ def classify_sizes(image_dists: dict[str, int], base_dists: dict[str, int], jit_
     return parts, new
 
 
-def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 8) -> SizeBreakdown:
+def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 8,
+                         budget_gb: float = 0.0) -> SizeBreakdown:
     """`check-size --image`: the image over its runtime base, split into the JIT toolchain, torch and its
     CUDA wheels, vLLM and its other requirements, and the rest, with the largest layers."""
-    report = image_size_report(docker, image, 0, base=base, top=top)
+    report = image_size_report(docker, image, budget_gb, base=base, top=top)
     base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
     parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),
                                 report.over_base)
-    return SizeBreakdown(image, report.size, report.base, report.base_size, parts, report.layers, new)
+    return SizeBreakdown(image, report.size, report.base, report.base_size, parts, report.layers, new, budget_gb)
 
 
 def format_size_breakdown(result: SizeBreakdown) -> list[str]:

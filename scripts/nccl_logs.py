@@ -146,6 +146,8 @@ class NcclTestsRun:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["peak_busbw"] = self.peak_busbw()
+        for row, out in zip(self.rows, data["rows"], strict=True):
+            out["busbw"] = row.best_busbw()  # what the verdict reads, per size: the figures plot it
         return data
 
 
@@ -1659,6 +1661,28 @@ def input_paths(spec: str) -> tuple[list[Path], set[str]]:
     if not paths:
         raise ForgeError(f"no files in {spec!r}", "name NCCL logs, nccl-tests outputs or topo files (or a directory)")
     return paths, in_dirs
+
+
+def diagnosis_for(spec: str) -> dict:
+    """A diagnosis to lay over another in a figure: a JSON report (``nccl-diagnose --json``, ``nccl-test
+    --json``, or either's record under build/reports) or NCCL outputs (files, a directory, a glob) diagnosed
+    on their own."""
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(errors="replace"))
+        except ValueError as err:
+            raise ForgeError(f"{spec} is not valid JSON ({err})", "pass nccl-diagnose --json output") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "format" in data:
+            data = data["data"]  # a record under build/reports
+        if not isinstance(data, dict) or "root_cause" not in data or not (data.get("files") or data.get("reports")):
+            raise ForgeError(f"{spec} is not an NCCL diagnosis (no root_cause and files)",
+                             "pass the JSON of nccl-diagnose --json or nccl-test --json, or the NCCL outputs")
+        return data
+    paths, in_dirs = input_paths(spec)
+    ctx = Context()
+    reports = diagnose_files(paths, ctx, optional=in_dirs)
+    return json.loads(json.dumps(report_dict(reports, find_root_cause(reports, ctx)), default=str))
 
 
 def main(argv=None) -> int:

@@ -495,11 +495,13 @@ def _plan_check_size_image(settings: Settings, options: Options, steps: list[Ste
     docker = options.bake.docker or images.default_docker()
     budget = f", against the budget of {options.budget_gb:g} GB" if options.budget_gb else ""
     notes = [f"read {image}'s size, its runtime base's size and its largest layers "
-             f"({docker} image inspect, {docker} history){budget}"]
+             f"({docker} image inspect, {docker} history){budget}",
+             "split the size over the base into the JIT toolchain, torch and its CUDA wheels, vLLM and its other "
+             f"requirements, and the rest (the Python distributions of both: {docker} run --network none ... python3)"]
 
     def execute(state: RunState, on_line):
         images.check_engine(docker)
-        return images.image_size_report(docker, state.image or image, options.budget_gb)
+        return images.image_size_breakdown(docker, state.image or image, budget_gb=options.budget_gb)
 
     return Step("check-size-image", [], notes, execute)
 
@@ -572,9 +574,10 @@ class Pipeline:
 
     def run(self, *, on_step: Callable[[Step], None] | None = None,
             on_line: Callable[[str], None] | None = None,
-            on_done: Callable[[Step, Any, float], None] | None = None) -> RunState:
-        """Run the steps in order; a pending step is planned again (now from the real checkout) first."""
-        state = RunState()
+            on_done: Callable[[Step, Any, float], None] | None = None, state: RunState | None = None) -> RunState:
+        """Run the steps in order; a pending step is planned again (now from the real checkout) first.
+        ``state``: the caller's, which then holds what the finished steps made even when a later one fails."""
+        state = state if state is not None else RunState()
         for index, name in enumerate(self.names):
             step = self.steps[index]
             if step.pending or step.replan:  # an earlier step (clone, install-build-deps) changed what it reads
@@ -591,6 +594,41 @@ class Pipeline:
             if on_done:
                 on_done(step, result, state.seconds[name])
         return state
+
+
+def run_records(pipeline: Pipeline, state: RunState, error: BaseException | None = None) -> list[tuple[str, dict]]:
+    """What a run leaves under build/reports (scripts/run_records.py), as (kind, data): the ``run`` itself (the
+    resolved configuration and where each value came from, each step as printed, its time and outcome) and
+    the reports its steps made (``build-times``, ``wheel-size``, ``image-size``)."""
+    settings = pipeline.settings
+    failed = False
+    steps = []
+    for step in pipeline.steps:
+        if step.name in state.results:
+            status = "done"
+        elif error is not None and not failed:
+            status, failed = ("interrupted" if isinstance(error, KeyboardInterrupt) else "failed"), True
+        else:
+            status = "not run"
+        steps.append({"name": step.name, "title": step.title, "lines": step.lines(), "status": status,
+                      "seconds": round(state.seconds[step.name], 3) if step.name in state.seconds else None})
+    outcome = "ok" if error is None else ("interrupted" if isinstance(error, KeyboardInterrupt)
+                                          else f"failed: {mask_urls(str(error))}")
+    config = [{"name": name, "value": mask_urls(str(value)), "source": settings.rc.source(name)}
+              for name, value in settings.config.as_dict().items()]
+    run = {"steps_asked": list(pipeline.names), "outcome": outcome, "config": config, "steps": steps,
+           "total_seconds": round(sum(state.seconds.values()), 3), "wheel": str(state.wheel) if state.wheel else None,
+           "image": state.image or None}
+    records: list[tuple[str, dict]] = [("run", run)]
+    build = next((s for s in pipeline.steps if s.name == "build-wheel" and s.plan is not None), None)
+    if build is not None and getattr(build.plan, "build_times", None):
+        records.append(("build-times", {**build.plan.build_times, "archs_asked": [a.sm for a in build.plan.archs],
+                                        "wheel": str(state.wheel) if state.wheel else None}))
+    if state.results.get("check-size") is not None:
+        records.append(("wheel-size", state.results["check-size"].to_dict()))
+    if state.results.get("check-size-image") is not None:
+        records.append(("image-size", state.results["check-size-image"].to_dict()))
+    return records
 
 
 def preflight(settings: Settings, names: tuple[str, ...], options: Options) -> None:

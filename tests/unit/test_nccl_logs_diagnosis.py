@@ -313,13 +313,17 @@ def test_large_rows_start_at_exactly_64_mib():
     assert run_of((1 << 27, None), (1 << 28, 2.0)).peak_busbw() == 2.0
 
 
-def test_run_to_dict_adds_the_peak():
+def test_run_to_dict_adds_the_peak_and_each_rows_busbw():
     data = run_of((1 << 27, 6.0), nranks=2).to_dict()
     assert data["peak_busbw"] == 6.0 and data["nranks"] == 2 and data["runner"] == "nccl-tests"
     assert data["rows"] == [{"size": 1 << 27, "count": 1 << 25, "dtype": "float", "redop": "sum", "root": -1,
                              "out_of_place": None,
-                             "in_place": {"time_us": 1.0, "algbw": 6.0, "busbw": 6.0, "wrong": 0}}]
+                             "in_place": {"time_us": 1.0, "algbw": 6.0, "busbw": 6.0, "wrong": 0}, "busbw": 6.0}]
     assert NcclTestsRun().to_dict()["peak_busbw"] is None
+    # the row's busbw is the better of out-of-place and in-place (what the verdict reads), None without either
+    both = NcclTestsRun(rows=[CollRow(8, 2, "float", "sum", -1, Measure(1.0, 1.0, 2.5, 0), Measure(1.0, 1.0, 3.5, 0)),
+                              CollRow(16, 4, "float", "sum", -1, None, None)]).to_dict()
+    assert [row["busbw"] for row in both["rows"]] == [3.5, None]
 
 
 # ---- nvidia-smi topo -m / topo -p2p r ---------------------------------------------------------------------
