@@ -21,8 +21,11 @@ TREE="$VB/vllm-0.26.0"
 export INVOKE_FORGE_CACHE_DIR="$VB/cache" NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 COLUMNS=160
 # pip finds vLLM's build requirements in the wheelhouse this call carried, and nowhere else
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl"
+# TARGETS (default _C: the library that registers torch.ops._C) and FIRST_RUN_SECONDS (how long the first
+# build runs before it is interrupted, so the second one has something to resume) set the size of the run.
+TARGETS="${TARGETS:-_C}"
 BUILD=(python3 -m invoke build-wheel --vllm-src "$TREE" --arch 9.0 --cuda 13.0
-       --targets _C,_moe_C_stable_libtorch --install-build-deps --compile-cache none --dist-dir "$VB/dist")
+       --targets "$TARGETS" --install-build-deps --compile-cache none --dist-dir "$VB/dist")
 
 case "${1:-}" in
 build)
@@ -55,7 +58,8 @@ build)
       --dist-dir "$VB/dist" 2>&1 | tail -2
     echo "== ${BUILD[*]}"
     start=$SECONDS
-    timeout --signal=INT $((570 - SECONDS)) "${BUILD[@]}"
+    limit=$((570 - SECONDS)); [ -n "${FIRST_RUN_SECONDS:-}" ] && [ "$FIRST_RUN_SECONDS" -lt "$limit" ] && limit=$FIRST_RUN_SECONDS
+    timeout --signal=INT "$limit" "${BUILD[@]}"
     echo "build_exit: $? seconds: $((SECONDS - start))"
   } > "$OUT/build1.txt" 2>&1
   tail -60 "$OUT/build1.txt"
