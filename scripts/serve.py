@@ -254,12 +254,24 @@ def model_path(model: str) -> Path | None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ForgeError when something already listens on host:port (before a container or server is started)."""
+    """ForgeError when something listens on host:port (before a container or server is started).
+
+    Whether something *listens* is the question, not whether a plain bind() works: a server that just
+    stopped leaves its side of each closed connection in TIME_WAIT for about a minute, which blocks a bind
+    without SO_REUSEADDR but not the next server (uvicorn and docker-proxy both set it)."""
     import socket
 
     bind = "" if host in ("0.0.0.0", "::", "") else host
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        if probe.connect_ex((bind or "127.0.0.1", port)) == 0:
+            raise ForgeError(
+                f"port {port} on {host} is already in use (something listens there)",
+                f"pass another --port, or stop what listens there (`invoke stop`, or `ss -ltnp 'sport = :{port}'`)",
+            )
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a listener on another address, or a low port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((bind, port))
         except PermissionError:
