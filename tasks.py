@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from scripts.errors import ForgeError
+from scripts.errors import ForgeError, quiet_broken_pipe
 
 
 def _lazy(name: str):
@@ -189,6 +189,8 @@ def forge_task(*task_args, **task_kwargs):
                     raise
                 _print_error(str(err))
                 raise Exit(code=err.exit_code) from None
+            except BrokenPipeError:  # `invoke audit X --json | head -1`: the reader has all it wanted
+                raise Exit(code=quiet_broken_pipe()) from None
             except OSError as err:  # a full or read-only disk anywhere: one line, not a traceback
                 if _debugging() or err.errno not in _DISK_ERRORS:
                     raise
@@ -1157,6 +1159,30 @@ ns = Collection(*(value for value in list(globals().values()) if issubclass(type
 ns.configure({"forge": invoke_defaults()})
 
 
+def _refuse_core_dry(argv: list[str], parsed) -> None:
+    """invoke's own -R/--dry only echoes what ``ctx.run`` would run; these tasks run their commands through
+    scripts/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
+    core = parsed[0].args
+    if not (core["dry"].value if "dry" in core else False):
+        return
+    tasks_given = [context.name for context in parsed[1:]]
+    without = [name for name, context in zip(tasks_given, parsed[1:], strict=True)
+               if "--dry-run" not in context.flags]
+    if without or not tasks_given:
+        fix = (f"drop it: {', '.join(without)} {'has' if len(without) == 1 else 'have'} no dry run"
+               if without else "drop it, and pass a task")
+    else:
+        words = [word for word in argv if word not in ("-R", "--dry")]
+        for name in reversed(tasks_given):  # --dry-run after the last word of each task's own flags
+            at = max(i for i, word in enumerate(words) if word == name)
+            end = next((i for i in range(at + 1, len(words)) if words[i] in tasks_given), len(words))
+            words.insert(end, "--dry-run")
+        fix = f"use the task's own flag: invoke {shlex.join(words)}"
+    _print_error(f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
+                 f"{' '.join(tasks_given) or 'the task'} would really run. Fix: {fix}")
+    sys.exit(2)
+
+
 def _check_command_line(namespace: Collection) -> None:
     """A mistyped task or flag ends in one line with the closest match and exit 2, instead of invoke's bare
     "No idea what 'build-weel' is!": the command line is parsed here first with invoke's public parser (the
@@ -1174,10 +1200,12 @@ def _check_command_line(namespace: Collection) -> None:
     contexts = namespace.to_contexts()
     core = ParserContext(args=program.core_args() + program.task_args())
     try:
-        Parser(initial=core, contexts=contexts).parse_argv(argv)
-        return
+        parsed = Parser(initial=core, contexts=contexts).parse_argv(argv)
     except ParseError as err:
         message = str(err)
+    else:
+        _refuse_core_dry(argv, parsed)
+        return
     tasks = sorted(c.name for c in contexts)
     current = next((word for word in reversed(argv) if word in tasks), None)
     word = re.search(r"No idea what '(.+)' is", message)
