@@ -40,8 +40,16 @@ def _lazy(name: str):
     spec.loader.exec_module(module)
     return module
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """rich's own answer (exit 1) would say a closed pipe failed the task: the task wrapper ends it as
+        a shell reports a program SIGPIPE stopped (``forge_task``)."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
 REPO_ROOT = Path(__file__).resolve().parent
 
 
@@ -1178,8 +1186,8 @@ def _refuse_core_dry(argv: list[str], parsed) -> None:
             end = next((i for i in range(at + 1, len(words)) if words[i] in tasks_given), len(words))
             words.insert(end, "--dry-run")
         fix = f"use the task's own flag: invoke {shlex.join(words)}"
-    _print_error(f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
-                 f"{' '.join(tasks_given) or 'the task'} would really run. Fix: {fix}")
+    _print_error(str(ForgeError(f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
+                                f"{' '.join(tasks_given) or 'the task'} would really run", fix)))
     sys.exit(2)
 
 

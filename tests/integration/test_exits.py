@@ -1,0 +1,60 @@
+"""Exit codes that match what a command did, and output a pipe or a narrow terminal can take."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_SO = REPO / "tests" / "fixtures" / "h200x2" / "k_sm_120"
+NCCL_LOG = REPO / "tests" / "fixtures" / "gpu" / "nccl_debug_1gpu.log"
+
+
+def invoke(*args, cwd=REPO, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "300", **(env or {})}, timeout=timeout)
+
+
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-m", "invoke", "audit", str(FIXTURE_SO), "--arch", "12.0", "--json", "--no-torch"],
+    [sys.executable, "-m", "invoke", "audit", str(FIXTURE_SO), "--arch", "12.0", "--no-torch"],
+    [sys.executable, "-m", "invoke", "nccl-diagnose", str(NCCL_LOG), "--json"],
+    [sys.executable, "-m", "invoke", "archs"],
+    [sys.executable, "scripts/nccl_logs.py", "diagnose", str(NCCL_LOG)],
+    [sys.executable, "scripts/audit.py", str(FIXTURE_SO), "--arch", "12.0", "--json", "--no-torch"],
+], ids=["audit --json", "audit", "nccl-diagnose --json", "archs", "nccl_logs.py", "audit.py"])
+def test_a_closed_pipe_ends_quietly(argv):
+    """`... | head -1`: the reader went away. The command stops without a traceback, with a shell's SIGPIPE
+    status (141), whatever it was printing (a pipe whose reader has already closed: the first write fails)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(argv, cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "COLUMNS": "300"})
+    finally:
+        os.close(write)
+    assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141, proc.stderr
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--dry", "build-wheel", "--arch", "12.0", "--vllm-src", "/nonexistent/vllm"],
+     "Fix: use the task's own flag: invoke build-wheel --arch 12.0 --vllm-src /nonexistent/vllm --dry-run."),
+    (["-R", "clone", "--ref", "v0.11.0", "check-size"],
+     "Fix: use the task's own flag: invoke clone --ref v0.11.0 --dry-run check-size --dry-run."),
+    (["-R", "archs"], "Fix: drop it: archs has no dry run."),
+])
+def test_invoke_own_dry_flag_is_refused(args, fix):
+    """invoke's core -R/--dry only echoes ctx.run; under it a build would really run."""
+    out = invoke(*args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: invoke's -R/--dry only affects ctx.run"), out.stderr
+    assert lines[0].endswith(fix), lines[0]
+    assert out.stdout == ""
