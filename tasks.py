@@ -786,6 +786,7 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", **more_files):
     # the files may come from another host: only their own "set by environment" lines count, not this shell's
     context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
     reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
+    nccl_logs.check_evidence(reports)
     cause = nccl_logs.find_root_cause(reports, context)
     if json:
         print(json_mod.dumps(nccl_logs.report_dict(reports, cause), indent=2, default=str))

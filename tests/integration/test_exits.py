@@ -58,3 +58,13 @@ def test_invoke_own_dry_flag_is_refused(args, fix):
     assert len(lines) == 1 and lines[0].startswith("error: invoke's -R/--dry only affects ctx.run"), out.stderr
     assert lines[0].endswith(fix), lines[0]
     assert out.stdout == ""
+
+
+def test_nccl_diagnose_of_a_directory_without_nccl_files_fails(tmp_path):
+    for name in ("passwd", "hostname"):
+        (tmp_path / name).write_text(Path("/etc", name).read_text() if Path("/etc", name).is_file() else "x\n")
+    out = invoke("nccl-diagnose", str(tmp_path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "PASS" not in out.stdout and out.stderr.startswith("error: none of the 2 file(s) read is an NCCL log")
+    out = invoke("nccl-diagnose")
+    assert out.returncode == 2 and out.stderr.startswith("error: nccl-diagnose needs the files to read. Fix: name them")

@@ -8,7 +8,6 @@ with wait4 by a small wrapper process (that child only, and none of pytest's own
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import subprocess
 import sys
