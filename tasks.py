@@ -212,6 +212,8 @@ def forge_task(*task_args, **task_kwargs):
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if "scripts.checkout_lock" in sys.modules:  # the checkouts this task wrote to are free again
+                    sys.modules["scripts.checkout_lock"].release_all()
 
         made.append(task(*task_args, **task_kwargs)(run))
         return made[0]
@@ -254,9 +256,10 @@ def _help(*names: str) -> dict[str, str]:
     return {name: FLAG_HELP[name] for name in names}
 
 
-def _settings(ctx, **flags) -> pipelines.Settings:
-    """Config layers + mirror profile + the checkout's facts, resolved once for this command line."""
-    return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT)
+def _settings(ctx, writes: bool = False, **flags) -> pipelines.Settings:
+    """Config layers + mirror profile + the checkout's facts, resolved once for this command line; ``writes``:
+    the task will run steps on the checkout (scripts/checkout_lock.py: never true for a dry run)."""
+    return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT, writes=writes)
 
 
 def _print_step(step: pipelines.Step) -> None:
@@ -360,15 +363,15 @@ _CLONE_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "mirror")
 @forge_task(help=_help(*_CLONE_FLAGS, "force", "dry_run"))
 def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False, mirror=None):
     """Clone or update a vLLM checkout at a ref (partial clone; local changes are never lost)."""
-    settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir,
-                         mirror=mirror)
+    settings = _settings(ctx, writes=not dry_run, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src,
+                         checkout_dir=checkout_dir, mirror=mirror)
     _run(pipelines.build_pipeline(settings, ["clone"], pipelines.Options(dry_run=dry_run, force=force)))
 
 
 @forge_task(name="use-existing-torch", help=_help("vllm_src", "checkout_dir", "dry_run"))
 def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
     """Run the checkout's own use_existing_torch.py and verify no torch pin is left."""
-    settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    settings = _settings(ctx, writes=not dry_run, vllm_src=vllm_src, checkout_dir=checkout_dir)
     _run(pipelines.build_pipeline(settings, ["use-existing-torch"], pipelines.Options(dry_run=dry_run)))
 
 
@@ -386,7 +389,7 @@ def _patch_files(settings, patch) -> list[Path]:
 
 def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, force: bool = False, patch=None,
                      no_reuse: bool = False, **flags) -> None:
-    settings = _settings(ctx, **flags)
+    settings = _settings(ctx, writes=not dry_run, **flags)
     chain = "check-size" in names
     options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
                                 reuse=not no_reuse, patches=_patch_files(settings, patch))
@@ -848,7 +851,8 @@ def _bake_task(chain: bool, doc: str):
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
              mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
              non_root=False):
-        settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
+        settings = _settings(ctx, writes=not dry_run, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                             checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,

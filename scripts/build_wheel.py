@@ -193,7 +193,9 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     if check_tools:  # a read-only or full output dir fails here, before the checkout is touched
         _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
     # A private staging dir per run, so two builds into one dist/ never mix files.
-    staging = dist_dir / f"{_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from scripts.audit import STAGING_PREFIX
+
+    staging = dist_dir / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     command = Command(
         [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
         cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
@@ -206,9 +208,6 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     apply_reuse(plan, decision)
     notes.append(decision.note())
     return plan
-
-
-_STAGING_PREFIX = ".staging-"
 
 
 def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
@@ -231,7 +230,9 @@ def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
 
 
 def _remove_dead_staging(dist_dir: Path) -> None:
-    mine = f"{_STAGING_PREFIX}{socket.gethostname()}-"
+    from scripts.audit import STAGING_PREFIX
+
+    mine = f"{STAGING_PREFIX}{socket.gethostname()}-"
     for path in dist_dir.glob(f"{mine}*"):
         pid = path.name[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
@@ -248,38 +249,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lock_checkout(src: Path):
-    """An exclusive lock on ``src`` for one build at a time: two builds in one checkout would share its
-    CMake build dir (``build/``, where the lock file lives; vLLM's .gitignore has it), so another build
-    of it fails at once instead of corrupting this one."""
-    import fcntl
-
-    build_dir = Path(src).expanduser() / "build"
-    build_dir.mkdir(exist_ok=True)
-    handle = open(build_dir / ".vllm-forge-build.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise ForgeError(f"another build-wheel (pid {holder}) is building {src} right now",
-                         "wait for it to finish, or build from a separate checkout (--vllm-src)") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
 def run_build(plan: BuildPlan, *, on_line=None, audit: bool = True) -> Path:
     """Run the plan; returns the published wheel's path."""
+    from scripts import checkout_lock
+
     dist_dir = Path(plan.request.dist_dir).expanduser().resolve()
-    lock = _lock_checkout(plan.request.src)
-    try:
+    # Two builds of one checkout would share its CMake build dir: the second is refused at once.
+    with checkout_lock.holding(Path(plan.request.src).expanduser()):
         return _run_locked(plan, dist_dir, on_line=on_line, audit=audit)
-    finally:
-        lock.close()
 
 
 def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = True) -> Path:

@@ -830,7 +830,9 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
-    export_dir = (dist_dir / f".staging-{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
+    from scripts.audit import STAGING_PREFIX
+
+    export_dir = (dist_dir / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
                   if export_wheel else None)
     argv = list(client.build_argv)
     # A Dockerfile inside the checkout is read from the staged copy (its .dockerignore sits there too).

@@ -12,6 +12,7 @@ before it runs, and what then runs is what is printed.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -57,11 +58,14 @@ class Settings:
         self.checkout = checkouts.read_checkout(self.src, managed=self.checkout.managed)
 
 
-def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
-    """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result."""
+def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path, writes: bool = False) -> Settings:
+    """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result.
+
+    ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then
+    holds the miniature's private copy, when that is the checkout, until the task ends (scripts/checkout_lock.py)."""
     rc = resolve_config(invoke_config, flags)
     if rc.config.vllm_src:
-        rc = _private_copy_if_ours(rc, repo_root)
+        rc = _private_copy_if_ours(rc, repo_root, writes=writes)
     if rc.config.standin:
         rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
@@ -72,18 +76,20 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
     return Settings(rc, applied, facts, repo_root)
 
 
-def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path, *, writes: bool) -> ResolvedConfig:
     """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
-    build/, so use-existing-torch and the build never edit this repository's tracked files."""
+    build/, so use-existing-torch and the build never edit this repository's tracked files. The copy is
+    refreshed only by a writer holding it, or by a reader while no writer does (scripts/checkout_lock.py)."""
     src = Path(rc.config.vllm_src).expanduser().resolve()
     root = repo_root.resolve()
     if root not in src.parents or (root / "build") in (src, *src.parents):
         return rc
+    from scripts import checkout_lock
     from scripts.image import sync_tree
 
     copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
-    sync_tree(src, copy)
-    sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}"}
+    stale = checkout_lock.refresh_copy(src, copy, sync_tree, writes=writes)
+    sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}" + (f" ({stale})" if stale else "")}
     return ResolvedConfig(replace(rc.config, vllm_src=str(copy)), sources)
 
 
@@ -502,7 +508,15 @@ class Pipeline:
     def run(self, *, on_step: Callable[[Step], None] | None = None,
             on_line: Callable[[str], None] | None = None,
             on_done: Callable[[Step, Any, float], None] | None = None) -> RunState:
-        """Run the steps in order; a pending step is planned again (now from the real checkout) first."""
+        """Run the steps in order; a pending step is planned again (now from the real checkout) first. A
+        pipeline that changes its checkout holds that checkout's writer lock while it runs."""
+        from scripts import checkout_lock
+
+        writes = any(name in checkout_lock.WRITER_STEPS for name in self.names)
+        with checkout_lock.holding(self.settings.src) if writes else contextlib.nullcontext():
+            return self._run(on_step, on_line, on_done)
+
+    def _run(self, on_step, on_line, on_done) -> RunState:
         state = RunState()
         for index, name in enumerate(self.names):
             step = self.steps[index]

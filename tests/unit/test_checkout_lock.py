@@ -1,0 +1,104 @@
+"""One writer per checkout, and readers that never touch a running writer's files (scripts/checkout_lock.py).
+
+The other writer is a real second process: flock locks are per process, so only one can show a refusal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from scripts import checkout_lock
+from scripts.errors import ForgeError
+
+REPO = Path(__file__).resolve().parents[2]
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+sys.argv = ["/usr/local/bin/invoke", "build-wheel", "--vllm-src", "x", "--repo", "https://u:secret@host/v.git"]
+from scripts import checkout_lock
+checkout_lock.hold({checkout!r})
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.fixture
+def other_writer(tmp_path):
+    """Start a process that holds the writer lock of tmp_path/co; yields (checkout, process)."""
+    checkout = tmp_path / "co"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=str(REPO), checkout=str(checkout))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield checkout, proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_writer_is_refused_in_one_line_naming_the_first(other_writer):
+    checkout, proc = other_writer
+    with pytest.raises(ForgeError) as err:
+        checkout_lock.hold(checkout)
+    assert str(err.value) == (
+        f"{checkout} is in use by another vllm-forge run (pid {proc.pid}: invoke build-wheel --vllm-src x --repo "
+        "https://u:****@host/v.git). Fix: wait for it to finish (or stop it), or work on a separate checkout "
+        "(--vllm-src PATH or --checkout-dir DIR).")
+    assert not checkout_lock.held_by_me(checkout)
+
+
+def test_the_lock_goes_with_its_process(other_writer):
+    checkout, proc = other_writer
+    proc.kill()
+    proc.wait()
+    try:
+        assert checkout_lock.hold(checkout) is True
+        assert checkout_lock.hold(checkout) is False  # re-entrant within a process
+        assert checkout_lock.holder(checkout).startswith(f"pid {checkout_lock.os.getpid()}: ")
+    finally:
+        checkout_lock.release_all()
+
+
+def test_the_lock_file_sits_next_to_the_checkout_for_every_spelling(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert checkout_lock.lock_path(tmp_path / "real" / "vllm") == tmp_path / "real" / ".vllm.vllm-forge.lock"
+    assert checkout_lock.lock_path(tmp_path / "link" / "vllm") == tmp_path / "real" / ".vllm.vllm-forge.lock"
+
+
+def _sync_marking(calls: list):
+    def sync(source: Path, copy: Path) -> None:
+        calls.append((source, copy))
+        copy.mkdir(parents=True, exist_ok=True)
+        (copy / "synced").write_text(str(time.time()))
+
+    return sync
+
+
+def test_a_reader_leaves_a_copy_a_writer_holds_as_it_is(other_writer, tmp_path):
+    checkout, proc = other_writer
+    calls: list = []
+    note = checkout_lock.refresh_copy(tmp_path / "src", checkout, _sync_marking(calls), writes=False)
+    assert calls == [] and note == (f"in use by pid {proc.pid}: invoke build-wheel --vllm-src x --repo "
+                                    "https://u:****@host/v.git: read as that run left it, not refreshed")
+    with pytest.raises(ForgeError, match="is in use by another vllm-forge run"):
+        checkout_lock.refresh_copy(tmp_path / "src", checkout, _sync_marking(calls), writes=True)
+    assert calls == []
+
+
+def test_a_reader_refreshes_a_free_copy_and_keeps_no_lock(tmp_path):
+    calls: list = []
+    copy = tmp_path / "copy"
+    assert checkout_lock.refresh_copy(tmp_path / "src", copy, _sync_marking(calls), writes=False) == ""
+    assert calls == [(tmp_path / "src", copy)] and not checkout_lock.held_by_me(copy)
+    try:
+        assert checkout_lock.refresh_copy(tmp_path / "src", copy, _sync_marking(calls), writes=True) == ""
+        assert checkout_lock.held_by_me(copy)  # a writer keeps it until its task ends
+    finally:
+        checkout_lock.release_all()
+    assert not checkout_lock.held_by_me(copy)
