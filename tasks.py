@@ -498,7 +498,8 @@ def archs(ctx, cuda=None):
     console.print(table)
 
 
-@forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test)",
+@forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test); without it, a demo that cannot run "
+                               "them here says why and exits 1",
                   "arch": FLAG_HELP["arch"], "dist_dir": FLAG_HELP["dist_dir"]})
 def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     """The whole pipeline on the embedded miniature vLLM: clone, build, audit, check-size, then bake/serve/smoke."""
@@ -526,7 +527,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
                     f"{time.monotonic() - started:.1f}")
     console.print(summary)
-    image = demo_image(ctx, flags) if not no_docker else ""
+    image, skipped = demo_image(ctx, flags) if not no_docker else ("", None)
     # What to do next, each working as printed: the demo's checkout is named, so the everyday tasks find it.
     where = f"--vllm-src {shlex.quote(str(settings.src))}"
     nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
@@ -539,6 +540,8 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
         console.print(f"next: {escape(line)}", soft_wrap=True)
     if not state.results["check-size"].ok:
         raise Exit(code=1)
+    if skipped:  # less than the README promises without --no-docker: say which steps and why, exit non-zero
+        raise skipped
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
@@ -1038,32 +1041,35 @@ def stop(ctx, name=SERVE_NAME, docker=None):
     console.print(serving.stop(name, _engine_docker(docker)))
 
 
-def demo_image(ctx, flags: dict) -> str:
-    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down; the image's tag
-    ("" when the steps were skipped)."""
+def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down. Returns the image's
+    tag, or "" and why the steps could not run here (the demo then ends non-zero saying so)."""
     from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     docker = images.default_docker()
+    skipped = "the demo did not bake, serve or smoke-test an image (its image steps)"
     if not images.engine_reachable(docker):
-        console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
-        return ""
-    settings = _settings(ctx, **flags)
+        return "", ForgeError(f"{skipped}: no Docker engine answers `{docker} info`",
+                              "start one (the README's Docker section says how) and rerun, or pass --no-docker "
+                              "to stop after the wheel", exit_code=1)
+    settings = _settings(ctx, writes=True, **flags)
     cfg = settings.config
     base, runtime = images.resolve_base_images(cfg.cuda, cfg.base_image, cfg.runtime_image)
     if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
-        if images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN):
-            console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]")
-            settings = _settings(ctx, **flags, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda="13.0")
-        else:
-            console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
-                          "stand-ins with `python scripts/standin_images.py`[/]")
-            return ""
+        if not (images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN)):
+            return "", ForgeError(
+                f"{skipped}: neither its bases ({base}, {runtime}) nor the TEST-ONLY stand-ins are in this engine",
+                "build the stand-ins once, as root (`python3 scripts/standin_images.py`: debootstrap, about 4 "
+                f"minutes), or pull {base} and {runtime}, then rerun; or pass --no-docker", exit_code=1)
+        console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]",
+                      soft_wrap=True)
+        settings = _settings(ctx, writes=True, **flags, standin=True)
     name = "vllm-forge-demo"
     options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
                                 serve_timeout_s=120)
     serving.stop(name, docker)  # a container left by an interrupted demo
     try:
-        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image
+        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image, None
     finally:
         serving.stop(name, docker)
 # ---- end image ----

@@ -197,7 +197,8 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
 
 
 def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_toolchain):
-    """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored)."""
+    """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored); its next:
+    lines work as printed; without --no-docker and no way to bake here it exits 1 saying so."""
     env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
     for attempt in (1, 2):
         argv = [sys.executable, "-m", "invoke", "demo", "--no-docker", "--dist-dir", str(tmp_path / "dist")]
@@ -211,6 +212,22 @@ def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_too
     for line in nexts:
         ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
         assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+    # Without --no-docker the README promises a bake, a server and a smoke test: a demo that could not do them
+    # says which steps it skipped and why, and exits 1 (the wheel part done, as above).
+    engines = {"no Docker engine answers": "echo 'Cannot connect to the Docker daemon' >&2; exit 1",
+               "neither its bases": '[ "$1" = info ] && exit 0; exit 1'}  # an engine holding no image at all
+    for words, script in engines.items():
+        docker = tmp_path / "docker"
+        docker.write_text(f"#!/bin/sh\n{script}\n")
+        docker.chmod(0o755)
+        argv = [sys.executable, "-m", "invoke", "demo", "--dist-dir", str(tmp_path / "dist")]
+        out = subprocess.run(argv, cwd=repo_root, env={**env, "VLLM_FORGE_DOCKER": str(docker)}, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 1, out.stdout[-1500:] + out.stderr[-1500:]
+        assert "sm_120: runs" in out.stdout
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("error: the demo did not bake, serve or smoke-test an image (its image steps): ")
+        assert words in line and "or pass --no-docker" in line, line
 
 
 def test_the_embedded_miniature_is_built_from_a_private_copy(tmp_path, repo_root, nvcc_toolchain):
@@ -238,3 +255,34 @@ def test_wheels_for_other_archs_never_replace_each_other(prepared_src, tmp_path,
         run_build(plan)
     names = sorted(w.name for w in (tmp_path / "dist").glob("*.whl"))
     assert len(names) == 2 and names[0].endswith(".sm120-cp38-abi3-linux_x86_64.whl") and ".sm90-" in names[1]
+
+
+@pytest.mark.docker
+def test_demo_with_an_engine_bakes_serves_and_its_next_lines_work_as_printed(tmp_path, repo_root, nvcc_toolchain,
+                                                                             client, standins):
+    """With an engine and the stand-ins, the demo bakes, serves and smoke-tests; then each `next:` line it printed
+    runs as printed here (the serve line on a machine without a GPU, right after the demo stopped its server)."""
+    env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200",
+           "VLLM_FORGE_DOCKER": client.path}
+
+    def tags() -> set[str]:
+        out = subprocess.run([client.path, "images", "--format", "{{.Repository}}:{{.Tag}}", "vllm-forge/vllm"],
+                             capture_output=True, text=True)
+        return set(out.stdout.split())
+
+    before = tags()
+    out = subprocess.run([sys.executable, "-m", "invoke", "demo", "--dist-dir", str(tmp_path / "dist")], cwd=repo_root,
+                         env=env, capture_output=True, text=True, timeout=900)
+    try:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "healthy after" in out.stdout and "chat: echo:" in out.stdout
+        nexts = [line[len("next: "):] for line in out.stdout.splitlines() if line.startswith("next: ")]
+        assert len(nexts) == 3 and nexts[2].startswith("invoke serve minivllm/echo --image "), nexts
+        for line in nexts:
+            ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True,
+                                 timeout=600)
+            assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+    finally:
+        subprocess.run([sys.executable, "-m", "invoke", "stop"], cwd=repo_root, env=env, capture_output=True)
+        for tag in tags() - before:
+            subprocess.run([client.path, "rmi", tag], capture_output=True)
