@@ -21,6 +21,7 @@ from invoke import Collection, Task, task
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from scripts.errors import ForgeError, quiet_broken_pipe
@@ -40,7 +41,35 @@ def _lazy(name: str):
     spec.loader.exec_module(module)
     return module
 
+
 class _Console(Console):
+    """Output a user copies from: rich never breaks a line (soft_wrap: the terminal wraps what is too long for
+    it, and a copy gets the line whole), and a table is laid out at least as wide as its longest word, so a
+    path, command or image name in a cell is never folded or cut (the terminal wraps the wider lines)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, **kwargs)
+
+    def print(self, *objects, **kwargs) -> None:
+        for table in (item for item in objects if isinstance(item, Table)):
+            self._keep_words_whole(table)
+        super().print(*objects, **kwargs)
+
+    def _keep_words_whole(self, table: Table) -> None:
+        """No column (and no title) narrower than its longest word: rich then wraps cells at spaces only, and a
+        table that cannot fit the terminal that way is printed wider than it (rich's own layout would fold a
+        path or end it in "…")."""
+        unbounded = self.options.update(max_width=1 << 16)
+
+        def longest_word(renderable) -> int:
+            return Measurement.get(self, unbounded, renderable).minimum if renderable else 0
+
+        for column in table.columns:
+            word = max(longest_word(cell) for cell in [column.header, *column.cells])
+            column.min_width = max(column.min_width or 0, word)
+        if table.title:
+            table.min_width = max(table.min_width or 0, longest_word(table.title))
+
     def on_broken_pipe(self) -> None:
         """rich's own answer (exit 1) would say a closed pipe failed the task: the task wrapper ends it as
         a shell reports a program SIGPIPE stopped (``forge_task``)."""
@@ -50,6 +79,13 @@ class _Console(Console):
 
 console = _Console(highlight=False)
 err_console = _Console(stderr=True, highlight=False)
+
+
+def _print_copyable(line: str) -> None:
+    """A line to copy and run (a command, a path, an image name): printed as is, never wrapped or styled."""
+    console.print(escape(line))
+
+
 REPO_ROOT = Path(__file__).resolve().parent
 
 
@@ -532,12 +568,12 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     where = f"--vllm-src {shlex.quote(str(settings.src))}"
     nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
     if image:
-        nexts.append(f"invoke serve minivllm/echo --image {image} --gpus none --port 18000")
+        nexts.append(serving.serve_line(image, miniature=True, gpus_here=0, port=18000))
     else:
         ptx_dist = shlex.quote(str(Path(settings.config.dist_dir) / "ptx"))
         nexts.append(f"invoke build-wheel {where} --arch 12.0+PTX --dist-dir {ptx_dist}")
     for line in nexts:
-        console.print(f"next: {escape(line)}", soft_wrap=True)
+        _print_copyable(f"next: {line}")
     if not state.results["check-size"].ok:
         raise Exit(code=1)
     if skipped:  # less than the README promises without --no-docker: say which steps and why, exit non-zero
@@ -650,11 +686,11 @@ def _print_findings(title: str, findings) -> None:
 def _print_root_cause(cause) -> None:
     """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
     style = _LEVEL_STYLE.get(cause.level, "")
-    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}", soft_wrap=False)
+    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}")
     if line := cause.bandwidth_line():
         console.print(f"  [bold]bandwidth[/]: {escape(line)}")
     for evidence in cause.evidence:
-        console.print(f"  [bold]evidence[/]: {escape(evidence)}", overflow="fold")
+        console.print(f"  [bold]evidence[/]: {escape(evidence)}")
     if cause.fix:
         console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
 
@@ -883,11 +919,29 @@ def _bake_task(chain: bool, doc: str):
             if size is not None and not size.ok:
                 raise Exit(code=1)
         elif state.image and target == "runtime":
-            console.print(f"next: invoke check-size --image {state.image}; "
-                          f"invoke serve --image {state.image} --model MODEL")
+            _print_next_after_bake(state.image, miniature=_on_standins(settings))
 
     body.__doc__ = doc
     return body
+
+
+def _on_standins(settings) -> bool:
+    from scripts.standin_images import RUNTIME_STANDIN
+
+    return settings.config.runtime_image == RUNTIME_STANDIN
+
+
+def _print_next_after_bake(image: str, *, miniature: bool) -> None:
+    """What to run next, each line as it works here (a real image's serve line only where a GPU is)."""
+    from scripts.nccl_test import count_gpus
+
+    quoted = shlex.quote(image)
+    nexts = [f"invoke check-size --image {quoted}", f"invoke inspect {quoted}"]
+    serve_line = serving.serve_line(image, miniature=miniature, gpus_here=count_gpus())
+    for line in nexts + ([serve_line] if serve_line else []):
+        _print_copyable(f"next: {line}")
+    if not serve_line:
+        _print_copyable(f"on a GPU host: invoke serve {serving.SMALL_MODEL} --image {quoted}")
 
 
 _BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
@@ -1065,7 +1119,8 @@ def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
                       soft_wrap=True)
         settings = _settings(ctx, writes=True, **flags, standin=True)
     name = "vllm-forge-demo"
-    options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
+    options = pipelines.Options(serve=serving.ServeRequest(model=serving.STANDIN_MODEL, port=18000, gpus="none",
+                                                           name=name),
                                 serve_timeout_s=120)
     serving.stop(name, docker)  # a container left by an interrupted demo
     try:

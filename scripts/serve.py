@@ -46,6 +46,8 @@ DEFAULT_NAME = "vllm-forge-serve"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CONTAINER_PORT = 8000
 LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / "build" / "serve"
+STANDIN_MODEL = "minivllm/echo"  # what the miniature's stand-in server serves (its vllm.entrypoints)
+SMALL_MODEL = "Qwen/Qwen3-0.6B"  # a real model small enough for any GPU, for a first try of a real image
 # Passed through to the container when set here (by name: values never appear on a command line).
 PASSTHROUGH_PREFIXES = ("NCCL_", "VLLM_", "CUDA_VISIBLE_DEVICES", "HF_HUB_", "TORCH_")
 PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDIA_VISIBLE_DEVICES")
@@ -281,6 +283,18 @@ def check_port_free(host: str, port: int) -> None:
                 f"port {port} on {host} is already in use ({err.strerror})",
                 f"pass another --port, or stop what listens there (`invoke stop`, or `ss -ltnp 'sport = :{port}'`)",
             ) from None
+
+
+def serve_line(image: str, *, miniature: bool, gpus_here: int, port: int | None = None) -> str | None:
+    """The `invoke serve` command that works as printed on this machine for ``image``: an image of the embedded
+    miniature (the demo's, or any bake on the stand-in bases, where only the miniature runs: they have no torch)
+    serves its echo model without a GPU (--gpus none); a real vLLM needs a GPU here (None when there is none)."""
+    extra = f" --port {port}" if port else ""
+    if miniature:
+        return f"invoke serve {STANDIN_MODEL} --image {shlex.quote(image)} --gpus none{extra}"
+    if gpus_here:
+        return f"invoke serve {SMALL_MODEL} --image {shlex.quote(image)}{extra}"
+    return None
 
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:

@@ -68,3 +68,49 @@ def test_nccl_diagnose_of_a_directory_without_nccl_files_fails(tmp_path):
     assert "PASS" not in out.stdout and out.stderr.startswith("error: none of the 2 file(s) read is an NCCL log")
     out = invoke("nccl-diagnose")
     assert out.returncode == 2 and out.stderr.startswith("error: nccl-diagnose needs the files to read. Fix: name them")
+
+
+def narrow(*args, cwd=REPO, env=None, timeout=300):
+    """`invoke ARGS` on a 40-column terminal."""
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "40", **(env or {})}, timeout=timeout)
+
+
+def assert_whole(output: str, tokens: list[str]) -> None:
+    """Each token (a path, a command word, an image name) is on one line, whole; nothing ends cut with "…"."""
+    lines = output.splitlines()
+    for token in tokens:
+        assert any(token in line for line in lines), f"{token!r} is split or cut in:\n{output}"
+    assert not [line for line in lines if line.rstrip().endswith("…")], output
+
+
+def test_paths_and_commands_are_never_split_on_a_narrow_terminal(tmp_path):
+    import shutil
+    import zipfile
+
+    deep = tmp_path / "a-rather-long-directory-name-for-the-wheels" / "dist"
+    deep.mkdir(parents=True)
+    wheel = deep / "vllm-0.11.0+cu128.sm120-cp38-abi3-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.write(FIXTURE_SO, "vllm/_C_with_a_long_extension_name.abi3.so")
+    shutil.copy(FIXTURE_SO, deep / "libsomething_with_a_long_name_sm120.so")
+    logs = tmp_path / "logs-from-the-cluster-node-a"
+    logs.mkdir()
+    shutil.copy(REPO / "tests" / "fixtures" / "nccl_tests_nogpu" / "all_reduce_perf_no_driver.txt",
+                logs / "all_reduce_perf_no_driver_on_node_a.txt")
+
+    out = narrow("check-size", "--wheel", str(wheel))
+    assert out.returncode == 0, out.stderr
+    assert_whole(out.stdout, [wheel.name])
+    out = narrow("audit", str(deep), "--arch", "12.0", "--no-torch")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_whole(out.stdout, [str(deep), "libsomething_with_a_long_name_sm120.so",
+                              f"{wheel.name}/vllm/_C_with_a_long_extension_name.abi3.so"])
+    out = narrow("nccl-diagnose", str(logs))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert_whole(out.stdout, [str(logs / "all_reduce_perf_no_driver_on_node_a.txt")])
+    out = narrow("plan", "--vllm-src", "tests/fixtures/minivllm", "--arch", "12.0", "--dist-dir", str(deep))
+    assert out.returncode in (0, 2), out.stderr  # 2: a step not ready here (no nvcc, no engine): still printed
+    copy = REPO / "build" / "private-src" / "tests--fixtures--minivllm"
+    assert_whole(out.stdout, [str(copy), "https://github.com/vllm-project/vllm.git", "--py-limited-api=cp38",
+                              f"--dist-dir={deep}/.staging-"])
