@@ -189,6 +189,13 @@ def bench(session: nox.Session) -> None:
     session.run(sys.executable, "scripts/bench.py", *session.posargs, env={"PATH": path})
 
 
+@nox.session(venv_backend="none")
+def clean(session: nox.Session) -> None:
+    """Remove the vllm-forge cache (~/.cache/vllm-forge, each part with its size) and the tests' temporary dirs
+    (-- --dry-run: list only; --all: also .nox/ and build/)."""
+    session.run(sys.executable, "scripts/forge_cache.py", "clean", *session.posargs)
+
+
 # The modules whose mutation score issue 22 tracks; `nox -s mutants -- archs` scores one.
 MUTATION_CORE = ("archs", "compat", "fatbin", "audit", "nccl_logs", "parallelism", "config")
 

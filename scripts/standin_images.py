@@ -77,7 +77,9 @@ STANDINS = {
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLLM_FORGE_CACHE", "~/.cache/vllm-forge")).expanduser() / "standin"
+    from scripts import forge_cache
+
+    return forge_cache.root() / "standin"
 
 
 RECIPE_LABEL = "org.vllm-forge.standin-recipe"

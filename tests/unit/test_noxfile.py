@@ -8,6 +8,7 @@ import re
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import nox.registry
 import pytest
@@ -183,3 +184,46 @@ def test_mirror_comes_from_invoke_yaml_when_not_given(tmp_path):
                                                                       mirrors.load_mirror("cn").apt_mirror)
     assert matrix.select_mirror("global", config).name == "global"
     assert [p.name for p in matrix.matrix_profiles(None, config)] == ["cn", "cn-aliyun", "global", "lab"]
+
+
+def test_nox_clean_removes_the_one_cache_and_the_tests_temporary_dirs(repo_root, tmp_path):
+    """`nox -s clean` lists each part of the vllm-forge cache with its size and removes it, and pytest's
+    temporary dirs of this user; `-- --dry-run` removes nothing; `--all` adds .nox/ and build/ (listed here)."""
+    import getpass
+
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "wheels" / "vllm-0.26.0-cp38-abi3-manylinux_2_31_x86_64.whl").write_bytes(b"x" * 2_500_000)
+    (cache / "something-new").mkdir()
+    (cache / "something-new" / "f").write_bytes(b"y" * 1000)
+    pytest_dir = temp / f"pytest-of-{getpass.getuser()}" / "pytest-7"
+    pytest_dir.mkdir(parents=True)
+    (pytest_dir / "leftover").write_bytes(b"z" * 4000)
+    env = {"VLLM_FORGE_CACHE": str(cache), "TMPDIR": str(temp)}
+
+    dry = run_nox(repo_root, "-s", "clean", "--", "--dry-run", "--all", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(rf"2\.5 MB  {re.escape(str(cache / 'wheels'))} +vLLM wheels the tests download from PyPI",
+                     dry.stdout), dry.stdout
+    assert re.search(rf"1\.0 KB  {re.escape(str(cache / 'something-new'))}\n", dry.stdout)
+    assert re.search(rf"4\.0 KB  {re.escape(str(pytest_dir.parent))} +pytest's temporary directories", dry.stdout)
+    for name in (".nox", "build"):  # --all: this checkout's venvs and build outputs, where there are some
+        assert (str(repo_root / name) in dry.stdout) == (repo_root / name).is_dir()
+    kept = [name for name in (".nox", "build") if (repo_root / name).is_dir()]
+    assert "would remove" in dry.stdout and (cache / "wheels").is_dir() and pytest_dir.is_dir()
+
+    done = run_nox(repo_root, "-s", "clean", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "removed 2.5 MB" in done.stdout
+    assert not any(cache.iterdir()) and not pytest_dir.parent.exists()
+    assert all((repo_root / name).is_dir() for name in kept)  # not without --all
+
+
+def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
+    from scripts import config, forge_cache, standin_images
+
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "c"))
+    assert forge_cache.root() == tmp_path / "c" and standin_images.default_cache_dir() == tmp_path / "c" / "standin"
+    monkeypatch.delenv("VLLM_FORGE_CACHE")
+    assert forge_cache.root() == Path("~/.cache/vllm-forge").expanduser()
+    assert config.DEFAULTS["cache_dir"] == forge_cache.default_root()
