@@ -206,7 +206,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
     decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending)
     apply_reuse(plan, decision)
-    notes.append(decision.note())
+    notes.append(decision.note(cache))
     return plan
 
 
@@ -506,13 +506,15 @@ class ReuseDecision:
     reason: str
     pending: bool = False  # a patch touching kernel inputs is still to be applied: decided after it
 
-    def note(self) -> str:
+    def note(self, compile_cache: str = "none") -> str:
+        """The plan's line; ``compile_cache`` is the resolved tool (``none``, ``ccache``, ``sccache``)."""
         key = f" (key {self.key.short})" if self.key else ""
         if self.source:
             return (f"kernel reuse{key}: {self.reason}: Python-only rebuild, its compiled files carried over "
                     f"(VLLM_USE_PRECOMPILED=1 VLLM_PRECOMPILED_WHEEL_LOCATION={self.source})")
-        return f"kernel reuse{key}: {self.reason}: kernels are compiled" + ("" if self.pending else
-                                                                            " (through the compile cache)")
+        how = "" if self.pending else (" (every unit: no compile cache)" if compile_cache == "none"
+                                       else f" (through {compile_cache})")
+        return f"kernel reuse{key}: {self.reason}: kernels are compiled{how}"
 
     def line(self) -> str:
         """What the build prints once done."""
