@@ -63,7 +63,7 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
 
     ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then
     holds the miniature's private copy, when that is the checkout, until the task ends (scripts/checkout_lock.py)."""
-    rc = resolve_config(invoke_config, flags)
+    rc = _anchor_project_paths(resolve_config(invoke_config, flags), repo_root)
     if rc.config.vllm_src:
         rc = _private_copy_if_ours(rc, repo_root, writes=writes)
     if rc.config.standin:
@@ -74,6 +74,23 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
         applied = replace(applied, base_image=rc.config.base_image, runtime_image=rc.config.runtime_image)
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
     return Settings(rc, applied, facts, repo_root)
+
+
+# Directories a setting names. A relative one typed on the command line or in the environment is the user's,
+# relative to where they are; one from the defaults or invoke.yaml is the project's, relative to tasks.py.
+PATH_SETTINGS = ("dist_dir", "checkout_dir", "vllm_src")
+PROJECT_SOURCES = ("default", "invoke.yaml", "user invoke file", "system invoke file")
+
+
+def _anchor_project_paths(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+    """``invoke check-size`` from docs/ reads this project's dist/, not docs/dist."""
+    anchored = {}
+    for name in PATH_SETTINGS:
+        value = getattr(rc.config, name)
+        source = rc.source(name)
+        if value and not Path(value).expanduser().is_absolute() and source in PROJECT_SOURCES:
+            anchored[name] = str(repo_root / value)
+    return ResolvedConfig(replace(rc.config, **anchored), rc.sources) if anchored else rc
 
 
 def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path, *, writes: bool) -> ResolvedConfig:
