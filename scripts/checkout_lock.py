@@ -41,9 +41,12 @@ _held: dict[Path, IO[str]] = {}  # this process's writer locks, by lock file
 
 def lock_path(checkout: Path, suffix: str = LOCK_SUFFIX) -> Path:
     """The lock file of ``checkout``: next to it, named after it (the same file for every spelling of
-    the path, symlinked parents included)."""
+    the path, symlinked parents included); inside it when its parent is not writable (a mounted checkout)."""
     checkout = Path(checkout).expanduser().absolute()
-    return checkout.parent.resolve() / f".{checkout.name}{suffix}"
+    parent = checkout.parent.resolve()
+    if parent.is_dir() and not os.access(parent, os.W_OK) and checkout.is_dir():
+        return checkout.resolve() / f".{suffix.lstrip('.')}"
+    return parent / f".{checkout.name}{suffix}"
 
 
 def this_command() -> str:

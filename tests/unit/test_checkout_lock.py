@@ -71,6 +71,14 @@ def test_the_lock_file_sits_next_to_the_checkout_for_every_spelling(tmp_path):
     assert checkout_lock.lock_path(tmp_path / "link" / "vllm") == tmp_path / "real" / ".vllm.vllm-forge.lock"
 
 
+def test_a_checkout_in_a_read_only_parent_keeps_its_lock_inside(tmp_path, monkeypatch):
+    """A checkout on a mount whose parent this user cannot write (root can write anywhere: simulated)."""
+    (tmp_path / "mnt" / "vllm").mkdir(parents=True)
+    monkeypatch.setattr(checkout_lock.os, "access", lambda path, mode: Path(path) != tmp_path / "mnt")
+    assert checkout_lock.lock_path(tmp_path / "mnt" / "vllm") == tmp_path / "mnt" / "vllm" / ".vllm-forge.lock"
+    assert checkout_lock.lock_path(tmp_path / "mnt" / "new") == tmp_path / "mnt" / ".new.vllm-forge.lock"  # a clone
+
+
 def _sync_marking(calls: list):
     def sync(source: Path, copy: Path) -> None:
         calls.append((source, copy))
