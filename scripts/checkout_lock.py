@@ -14,7 +14,8 @@ file, ``.<name>.vllm-forge.sync``, is held (briefly, blocking) by whoever refres
 that starts during a reader's refresh waits for it instead of being refused.
 
 A process's locks are re-entrant (a task's pipeline and the build it runs take the same lock) and are
-released by ``release_all`` when the task ends (``forge_task`` in tasks.py), or when the process exits.
+released by ``release_all`` when the task ends (``forge_task`` in tasks.py), which removes the lock files
+(nothing is left next to the checkout), or when the process exits.
 """
 
 from __future__ import annotations
@@ -89,12 +90,8 @@ def _acquire(checkout: Path) -> bool | None:
     path = lock_path(checkout)
     if path in _held:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # held past this function, closed by release()
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+    handle = _lock(path, wait=False)
+    if handle is None:
         return None
     handle.seek(0)
     handle.truncate()
@@ -104,15 +101,42 @@ def _acquire(checkout: Path) -> bool | None:
     return True
 
 
+def _lock(path: Path, *, wait: bool) -> IO[str] | None:
+    """An exclusive flock on the file ``path`` (made when missing); None when another process holds it and
+    not ``wait``. A holder removes the file when it lets go (nothing is left next to a user's checkout), so
+    a lock taken on a file that is no longer the one at ``path`` is let go and taken again."""
+    while True:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # held past this function, closed by _unlock()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            return None
+        try:
+            current = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return handle
+        handle.close()
+
+
+def _unlock(path: Path, handle: IO[str]) -> None:
+    path.unlink(missing_ok=True)  # while still holding it: see _lock
+    handle.close()
+
+
 def release(checkout: Path) -> None:
-    handle = _held.pop(lock_path(checkout), None)
+    path = lock_path(checkout)
+    handle = _held.pop(path, None)
     if handle is not None:
-        handle.close()  # the record stays: it is only read while the lock is held
+        _unlock(path, handle)
 
 
 def release_all() -> None:
     for path in list(_held):
-        _held.pop(path).close()
+        _unlock(path, _held.pop(path))
 
 
 @contextlib.contextmanager
@@ -130,10 +154,11 @@ def holding(checkout: Path) -> Iterator[None]:
 def refreshing(checkout: Path) -> Iterator[None]:
     """The short lock every refresh of ``checkout`` (and every check of whether one may happen) holds."""
     path = lock_path(checkout, SYNC_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # a refresh takes well under a second; Ctrl-C still interrupts
+    handle = _lock(path, wait=True)  # a refresh takes well under a second; Ctrl-C still interrupts
+    try:
         yield
+    finally:
+        _unlock(path, handle)
 
 
 def refresh_copy(source: Path, copy: Path, sync: Callable[[Path, Path], object], *, writes: bool) -> str:

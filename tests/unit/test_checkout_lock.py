@@ -110,3 +110,36 @@ def test_a_reader_refreshes_a_free_copy_and_keeps_no_lock(tmp_path):
     finally:
         checkout_lock.release_all()
     assert not checkout_lock.held_by_me(copy)
+
+
+def test_nothing_is_left_next_to_the_checkout(tmp_path):
+    """The lock files go with the run that made them: a user's directory keeps only their checkout."""
+    checkout = tmp_path / "vllm"
+    checkout.mkdir()
+    checkout_lock.refresh_copy(tmp_path / "src", checkout, lambda source, copy: None, writes=True)
+    assert checkout_lock.lock_path(checkout).is_file()
+    checkout_lock.release_all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vllm"]
+
+
+def test_a_lock_on_a_file_its_holder_removed_is_taken_again(tmp_path, monkeypatch):
+    """Between opening the lock file and locking it, its holder may let go and remove it: the lock then taken
+    is on a file nobody else will look at, so it is taken again on the file now at that path."""
+    path = tmp_path / ".vllm.vllm-forge.lock"
+    opened = []
+    real_open = open
+
+    def open_then_lose_it(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
+        if not opened:  # the first time: the holder removes the file right after we opened it
+            Path(file).unlink()
+        opened.append(file)
+        return handle
+
+    monkeypatch.setattr("builtins.open", open_then_lose_it)
+    handle = checkout_lock._lock(path, wait=False)
+    try:
+        assert len(opened) == 2 and path.is_file()
+        assert checkout_lock.os.fstat(handle.fileno()).st_ino == path.stat().st_ino
+    finally:
+        checkout_lock._unlock(path, handle)
