@@ -14,10 +14,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from scripts import forge_cache
 from scripts.errors import ForgeError
 
 DEFAULT_VLLM_REPO = "https://github.com/vllm-project/vllm.git"
+# vllm-forge's one cache on this machine (scripts/forge_cache.py lists and removes it).
+CACHE_ENV = "VLLM_FORGE_CACHE"
+DEFAULT_CACHE = "~/.cache/vllm-forge"
+
+
+def default_cache_root() -> str:
+    """The cache directory as configured, unexpanded: ``$VLLM_FORGE_CACHE``, else ``~/.cache/vllm-forge``."""
+    return os.environ.get(CACHE_ENV) or DEFAULT_CACHE
 
 DEFAULTS: dict[str, Any] = {
     "vllm_repo": DEFAULT_VLLM_REPO,
@@ -33,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "mem_per_job_gb": 4.0,  # what one compile job may take; vLLM's CUTLASS/FA units need 3-6 GiB
     "build_type": "Release",
     "compile_cache": "auto",  # auto | none | ccache | sccache
-    "cache_dir": forge_cache.default_root(),  # $VLLM_FORGE_CACHE, else ~/.cache/vllm-forge
+    "cache_dir": default_cache_root(),  # $VLLM_FORGE_CACHE, else ~/.cache/vllm-forge
     # A team's shared compile cache (docs/build-speed.md); credentials come from the environment.
     "sccache_redis": "",  # redis://host:6379 (no password here: export SCCACHE_REDIS_PASSWORD)
     "sccache_bucket": "",  # S3: name or s3://name/prefix; GCS: gs://name/prefix

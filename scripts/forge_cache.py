@@ -28,10 +28,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/forge_cache.py`: make the `scripts` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.config import CACHE_ENV, default_cache_root
 from scripts.errors import run_main
 
-ENV = "VLLM_FORGE_CACHE"
-DEFAULT = "~/.cache/vllm-forge"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # What each part of the cache is, for the listing (a part not named here is listed with its size too).
@@ -48,13 +47,8 @@ PARTS = {
 }
 
 
-def default_root() -> str:
-    """The cache directory as configured, unexpanded (``$VLLM_FORGE_CACHE`` or ``~/.cache/vllm-forge``)."""
-    return os.environ.get(ENV) or DEFAULT
-
-
 def root() -> Path:
-    return Path(default_root()).expanduser()
+    return Path(default_cache_root()).expanduser()
 
 
 def pytest_temp_root() -> Path:
@@ -129,7 +123,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     found = entries(everything=args.all)
     removing = args.action == "clean" and not args.dry_run
-    print(f"vllm-forge cache {root()} (${ENV} sets it)")
+    print(f"vllm-forge cache {root()} (${CACHE_ENV} sets it)")
     width = max((len(str(e.path)) for e in found), default=0)
     for entry in found:
         print(f"  {human(entry.size):>9}  {str(entry.path):<{width}}  {entry.what}".rstrip())

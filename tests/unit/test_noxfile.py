@@ -222,8 +222,9 @@ def test_nox_clean_removes_the_one_cache_and_the_tests_temporary_dirs(repo_root,
 def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
     from scripts import config, forge_cache, standin_images
 
+    assert config.DEFAULTS["cache_dir"] == config.default_cache_root()  # as this run's environment set it
     monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "c"))
     assert forge_cache.root() == tmp_path / "c" and standin_images.default_cache_dir() == tmp_path / "c" / "standin"
+    assert config.default_cache_root() == str(tmp_path / "c")
     monkeypatch.delenv("VLLM_FORGE_CACHE")
     assert forge_cache.root() == Path("~/.cache/vllm-forge").expanduser()
-    assert config.DEFAULTS["cache_dir"] == forge_cache.default_root()
