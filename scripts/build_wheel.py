@@ -237,7 +237,9 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     if check_tools:  # a read-only or full output dir fails here, before the checkout is touched
         _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
     # A private staging dir per run, so two builds into one dist/ never mix files.
-    staging = dist_dir / f"{_STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    from scripts.audit import STAGING_PREFIX
+
+    staging = dist_dir / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     setup_args = ["bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"]
     record = None
     if chosen:
@@ -256,7 +258,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending,
                             targets=[t.target for t in chosen])
     apply_reuse(plan, decision)
-    notes.append(decision.note())
+    notes.append(decision.note(cache))
     if not decision.source and decision.key:  # CMake and ninja run: what they start from, how long they take
         settings = compile_settings(decision.key.inputs, cache)
         earlier = earlier_build(src, settings)
@@ -289,9 +291,6 @@ def _choose_targets(tree: VllmTree, wanted: list[str], nvcc: str,
     return chosen, [t.target for t in available if t not in chosen]
 
 
-_STAGING_PREFIX = ".staging-"
-
-
 def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
     """The output dir exists, is writable and has room for a wheel of up to ``need_mb`` MB;
     staging dirs that killed (SIGKILL) runs on this host left behind are removed."""
@@ -312,7 +311,9 @@ def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
 
 
 def _remove_dead_staging(dist_dir: Path) -> None:
-    mine = f"{_STAGING_PREFIX}{socket.gethostname()}-"
+    from scripts.audit import STAGING_PREFIX
+
+    mine = f"{STAGING_PREFIX}{socket.gethostname()}-"
     for path in dist_dir.glob(f"{mine}*"):
         pid = path.name[len(mine):].split("-", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
@@ -329,38 +330,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _lock_checkout(src: Path):
-    """An exclusive lock on ``src`` for one build at a time: two builds in one checkout would share its
-    CMake build dir (``build/``, where the lock file lives; vLLM's .gitignore has it), so another build
-    of it fails at once instead of corrupting this one."""
-    import fcntl
-
-    build_dir = Path(src).expanduser() / "build"
-    build_dir.mkdir(exist_ok=True)
-    handle = open(build_dir / ".vllm-forge-build.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "?"
-        handle.close()
-        raise ForgeError(f"another build-wheel (pid {holder}) is building {src} right now",
-                         "wait for it to finish, or build from a separate checkout (--vllm-src)") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
 def run_build(plan: BuildPlan, *, on_line=None, audit: bool = True) -> Path:
     """Run the plan; returns the published wheel's path."""
+    from scripts import checkout_lock
+
     dist_dir = Path(plan.request.dist_dir).expanduser().resolve()
-    lock = _lock_checkout(plan.request.src)
-    try:
+    # Two builds of one checkout would share its CMake build dir: the second is refused at once.
+    with checkout_lock.holding(Path(plan.request.src).expanduser()):
         return _run_locked(plan, dist_dir, on_line=on_line, audit=audit)
-    finally:
-        lock.close()
 
 
 def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = True) -> Path:
@@ -624,13 +601,15 @@ class ReuseDecision:
     reason: str
     pending: bool = False  # a patch touching kernel inputs is still to be applied: decided after it
 
-    def note(self) -> str:
+    def note(self, compile_cache: str = "none") -> str:
+        """The plan's line; ``compile_cache`` is the resolved tool (``none``, ``ccache``, ``sccache``)."""
         key = f" (key {self.key.short})" if self.key else ""
         if self.source:
             return (f"kernel reuse{key}: {self.reason}: Python-only rebuild, its compiled files carried over "
                     f"(VLLM_USE_PRECOMPILED=1 VLLM_PRECOMPILED_WHEEL_LOCATION={self.source})")
-        return f"kernel reuse{key}: {self.reason}: kernels are compiled" + ("" if self.pending else
-                                                                            " (through the compile cache)")
+        how = "" if self.pending else (" (every unit: no compile cache)" if compile_cache == "none"
+                                       else f" (through {compile_cache})")
+        return f"kernel reuse{key}: {self.reason}: kernels are compiled{how}"
 
     def line(self) -> str:
         """What the build prints once done."""

@@ -179,6 +179,21 @@ def same_repo(a: str, b: str) -> bool:
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 
 
+def _first_git_error(stderr: str) -> str:
+    """git's first `fatal:` line (the cause; its last line is often advice such as "and the repository exists.")."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    fatal = next((line for line in lines if line.startswith("fatal:")), None)
+    return (fatal or (lines[-1] if lines else "git ls-remote failed")).removeprefix("fatal: ")
+
+
+def unreachable_fix(repo: str) -> str:
+    """What to do when the repository cannot be read: a GitHub proxy only where the URL is GitHub's (no
+    built-in mirror profile has one: it is set in invoke.yaml), and always a checkout already on disk."""
+    proxy = ("; behind a firewall, give a mirror profile a github_proxy in invoke.yaml (forge.mirrors.NAME."
+             "github_proxy: https://proxy.example/) and pass --mirror NAME" if "github.com" in repo.lower() else "")
+    return f"check the URL and your network{proxy}; or build a checkout you already have with --vllm-src PATH"
+
+
 def checkout_target(repo: str, ref: str) -> str:
     """What `git checkout --detach` is given for ``ref``, asking the remote what the ref is.
 
@@ -189,11 +204,9 @@ def checkout_target(repo: str, ref: str) -> str:
         proc = subprocess.run(["git", "ls-remote", "--end-of-options", repo], capture_output=True, text=True,
                               timeout=120)
     except subprocess.TimeoutExpired:
-        raise RemoteUnreachable(f"{repo} did not answer within 120 s", "check the URL and your network") from None
+        raise RemoteUnreachable(f"{repo} did not answer within 120 s", unreachable_fix(repo)) from None
     if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "git ls-remote failed"
-        raise RemoteUnreachable(f"cannot read {repo}: {detail}",
-                         "check the URL and your network (or use a GitHub proxy with --mirror)")
+        raise RemoteUnreachable(f"cannot read {repo}: {_first_git_error(proc.stderr)}", unreachable_fix(repo))
     refs = {line.split("\t", 1)[1] for line in proc.stdout.splitlines() if "\t" in line}
     if f"refs/heads/{ref}" in refs:
         return f"origin/{ref}"

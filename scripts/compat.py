@@ -119,6 +119,7 @@ _GPU_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
     ("A800", "8.0", ()),
     ("A30", "8.0", ()),
     ("A10", "8.6", ()),
+    ("A10G", "8.6", ()),  # AWS g5 instances (nvidia-smi: "NVIDIA A10G"): GA102, as the A10
     ("A40", "8.6", ()),
     ("RTX A6000", "8.6", ("a6000",)),
     ("RTX 3090", "8.6", ()),

@@ -17,6 +17,14 @@ from typing import Any
 from scripts.errors import ForgeError
 
 DEFAULT_VLLM_REPO = "https://github.com/vllm-project/vllm.git"
+# vllm-forge's one cache on this machine (scripts/forge_cache.py lists and removes it).
+CACHE_ENV = "VLLM_FORGE_CACHE"
+DEFAULT_CACHE = "~/.cache/vllm-forge"
+
+
+def default_cache_root() -> str:
+    """The cache directory as configured, unexpanded: ``$VLLM_FORGE_CACHE``, else ``~/.cache/vllm-forge``."""
+    return os.environ.get(CACHE_ENV) or DEFAULT_CACHE
 
 DEFAULTS: dict[str, Any] = {
     "vllm_repo": DEFAULT_VLLM_REPO,
@@ -33,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "mem_per_job_gb": 4.0,  # what one compile job may take; vLLM's CUTLASS/FA units need 3-6 GiB
     "build_type": "Release",
     "compile_cache": "auto",  # auto | none | ccache | sccache
-    "cache_dir": "~/.cache/vllm-forge",
+    "cache_dir": default_cache_root(),  # $VLLM_FORGE_CACHE, else ~/.cache/vllm-forge
     # A team's shared compile cache (docs/build-speed.md); credentials come from the environment.
     "sccache_redis": "",  # redis://host:6379 (no password here: export SCCACHE_REDIS_PASSWORD)
     "sccache_bucket": "",  # S3: name or s3://name/prefix; GCS: gs://name/prefix
@@ -154,7 +162,7 @@ def resolve_config(invoke_config: Any = None, flags: Mapping[str, Any] | None = 
         values[name] = value
         sources[name] = "command line"
     config = BuildConfig(**{f.name: _coerce(f.name, values[f.name], sources[f.name]) for f in fields(BuildConfig)})
-    validate_config(config)
+    validate_config(config, sources)
     return ResolvedConfig(config, sources)
 
 
@@ -163,6 +171,24 @@ def invoke_defaults() -> dict[str, Any]:
     value over as the string it is and ``_coerce`` (not invoke's bare int()) judges it."""
     return {name: None if isinstance(value, (int, float)) and not isinstance(value, bool) else value
             for name, value in DEFAULTS.items()}
+
+
+# What 0 means for the numeric settings where it is not a value but "decide for me".
+ZERO_MEANS = {"max_jobs": "automatic", "nvcc_threads": "automatic", "wheel_limit_mb": "the checkout's own limit"}
+
+
+def setting_name(name: str, source: str) -> str:
+    """A setting as the user wrote it where it came from: --max-jobs, INVOKE_FORGE_MAX_JOBS, max_jobs in
+    invoke.yaml."""
+    if source == "command line":
+        return "--" + name.replace("_", "-")
+    if source.startswith("environment"):
+        return f"INVOKE_FORGE_{name.upper()}"
+    if source == "invoke.yaml":
+        return f"{name} in invoke.yaml"
+    if source.startswith("runtime file"):
+        return f"{name} in the -f file"
+    return name
 
 
 def _coerce(name: str, value: Any, source: str = "default") -> Any:
@@ -175,11 +201,12 @@ def _coerce(name: str, value: Any, source: str = "default") -> Any:
         if isinstance(default, float):
             return float(value)
     except (TypeError, ValueError):
-        shown = f"INVOKE_FORGE_{name.upper()}" if source.startswith("environment") else name
-        raise ForgeError(
-            f"{shown} must be a number, got {value!r}",
-            f"set {shown} to a number (0 means automatic), or unset it",
-        ) from None
+        what = "a whole number" if isinstance(default, int) else "a number"
+        shown = setting_name(name, source)
+        hint = f" (0 means {ZERO_MEANS[name]})" if name in ZERO_MEANS else f", e.g. {default}"
+        fix = (f"pass {shown} {what}{hint}" if source == "command line"
+               else f"set {shown} to {what}{hint}, or unset it")
+        raise ForgeError(f"{shown} must be {what}, got {value!r}", fix) from None
     if isinstance(value, (list, tuple)):  # patches: a YAML list
         return ",".join(str(item) for item in value)
     return "" if value is None else str(value)
@@ -211,7 +238,7 @@ def check_repo_url(url: str) -> None:
     )
 
 
-def validate_config(config: BuildConfig) -> None:
+def validate_config(config: BuildConfig, sources: Mapping[str, str] | None = None) -> None:
     if config.build_type not in BUILD_TYPES:
         raise ForgeError(
             f"build type '{config.build_type}' is not one CMake knows",
@@ -229,7 +256,10 @@ def validate_config(config: BuildConfig) -> None:
         )
     for name in ("max_jobs", "nvcc_threads", "wheel_limit_mb"):
         if getattr(config, name) < 0:
-            raise ForgeError(f"{name} cannot be negative", f"set {name} to 0 (automatic) or a positive number")
+            shown = setting_name(name, (sources or {}).get(name, "default"))
+            raise ForgeError(f"{shown} cannot be negative", f"{'pass' if shown.startswith('--') else 'set'} "
+                             f"{shown} {'' if shown.startswith('--') else 'to '}0 ({ZERO_MEANS[name]}) or a "
+                             "positive number")
     if config.mem_per_job_gb <= 0:
         raise ForgeError("mem_per_job_gb must be positive", "set it to the GiB one compile job needs, e.g. 4")
     check_repo_url(config.vllm_repo)

@@ -432,6 +432,32 @@ def source_identity(facts: CheckoutFacts, planned_repo: str = "", planned_ref: s
             "dirty": "true" if facts.dirty else "false"}
 
 
+def source_date(src: Path, facts: CheckoutFacts) -> _dt.datetime:
+    """When the sources baked were last changed, for the image's ``created`` label: ``$SOURCE_DATE_EPOCH``
+    when set (the reproducible-builds convention), else the commit's time, or for a tree with changes (or
+    without git, like the miniature's private copy) its newest file outside build outputs. A re-bake of
+    unchanged sources gets the same label, so the same image ID, and leaves no dangling image behind."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if epoch.isdigit():
+        return _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+    seconds = 0.0
+    if facts.exists and facts.commit:
+        from scripts.git_safe import run_git
+
+        out = run_git(["log", "-1", "--format=%ct", "HEAD"], cwd=src)
+        seconds = float(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0.0
+    if not seconds or facts.dirty:
+        for root, dirs, files in os.walk(src):
+            rel = Path(root).relative_to(src)
+            dirs[:] = [d for d in dirs if d != ".git" and not _skip(rel / d, True)]
+            for name in files:
+                if not _skip(rel / name, False):
+                    seconds = max(seconds, (Path(root) / name).lstat().st_mtime)
+    if not seconds:
+        return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(int(seconds), _dt.timezone.utc)
+
+
 def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
     """(build base, runtime base): the explicit ones, else compat's NGC PyTorch / CUDA runtime rows."""
     minor = compat.cuda_minor(cuda)
@@ -816,7 +842,7 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
     identity = source_identity(facts, request.planned_repo, request.planned_ref)
     from scripts import __version__ as forge_version
 
-    created = (now or _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    created = (now or source_date(src, facts)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     labels = {
         "org.opencontainers.image.title": "vllm",
         "org.opencontainers.image.source": identity["repo"],
@@ -855,7 +881,9 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         )
     )
     dist_dir = Path(request.dist_dir).expanduser().resolve()
-    export_dir = (dist_dir / f".staging-{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
+    from scripts.audit import STAGING_PREFIX
+
+    export_dir = (dist_dir / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-bake-{uuid.uuid4().hex[:8]}"
                   if export_wheel else None)
     argv = list(client.build_argv)
     # A Dockerfile inside the checkout is read from the staged copy (its .dockerignore sits there too).

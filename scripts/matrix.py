@@ -2,8 +2,9 @@
 
 - image sessions: one per CUDA that compat knows an NGC build base, a CUDA runtime image, a torch
   wheel index and a default arch list for (``image-cu128``), baking that CUDA's default arch list;
-- wheel sessions: every (CUDA, arch) pair of those CUDAs and the archs of ``WHEEL_GPUS``; the pairs a
-  CUDA cannot compile stay in the list and are skipped with the reason, never attempted;
+- wheel sessions: a wheel is built with this machine's nvcc, so the sessions nox lists are the (CUDA, arch)
+  pairs of that nvcc's CUDA and the archs of ``WHEEL_GPUS`` it can compile (``local_wheel_pairs``); the
+  matrix for CI (``build_matrix``) holds every CUDA's pairs, the impossible ones marked with the reason;
 - mirror: a profile (``scripts/mirrors.py``) applied to whatever a session runs.
 
 Nothing here builds: it computes names, verdicts and the task command lines.
@@ -12,6 +13,7 @@ Nothing here builds: it computes names, verdicts and the task command lines.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,6 +63,25 @@ def wheel_pairs() -> list[tuple[str, str]]:
     return [(cuda, arch) for cuda in image_cudas() for arch in wheel_archs()]
 
 
+def local_cuda() -> str | None:
+    """The CUDA of the nvcc a local build uses (``toolchain.find_cuda_toolchain``), None without one."""
+    from scripts.toolchain import find_cuda_toolchain
+
+    try:
+        return compat.cuda_minor(find_cuda_toolchain().version)
+    except ForgeError:
+        return None
+
+
+def local_wheel_pairs(cuda: str | None = None) -> list[tuple[str, str]]:
+    """The wheel sessions that can run on this machine: its nvcc's CUDA (``cuda``: that one, for tests) and
+    each arch of ``WHEEL_GPUS`` that CUDA compiles. None without an nvcc (or for a CUDA no session knows)."""
+    cuda = cuda or local_cuda()
+    if cuda not in image_cudas():
+        return []
+    return [(cuda, arch) for arch in wheel_archs() if arch_verdict(cuda, arch) is None]
+
+
 def wheel_session_name(cuda: str, arch: str) -> str:
     """The id nox gives the parametrized session (``wheel(cuda='12.8', arch='12.0')``)."""
     return f"wheel(cuda={cuda!r}, arch={arch!r})"
@@ -85,7 +106,8 @@ def arch_verdict(cuda: str, arch_spec: str) -> str | None:
 @dataclass
 class SessionArgs:
     arch: str | None
-    rest: list[str]  # passed on to the task unchanged (--mirror, --dry-run, --ref, --vllm-src, ...)
+    rest: list[str]  # passed on to the task unchanged (--mirror, --dry-run, --ref, --vllm-src, --standin, ...)
+    standin: bool = False  # --standin is among them: the bases are the TEST-ONLY stand-ins, with their CUDA
 
 
 def parse_session_args(posargs: list[str]) -> SessionArgs:
@@ -97,7 +119,25 @@ def parse_session_args(posargs: list[str]) -> SessionArgs:
     known, rest = parser.parse_known_args(list(posargs))
     if known.cuda:
         raise ForgeError("--cuda is fixed by the session name", "run the session of that CUDA, e.g. nox -s image-cu128")
-    return SessionArgs(known.arch, rest)
+    return SessionArgs(known.arch, rest, standin="--standin" in rest)
+
+
+def check_image_session(cuda: str, args: SessionArgs) -> None:
+    """What an image session for ``cuda`` refuses before running anything: archs that CUDA cannot compile, and
+    stand-in bases of another CUDA; each in one line naming the session that would run it."""
+    from scripts.standin_images import STANDIN_CUDA
+
+    cuda = compat.cuda_minor(cuda)
+    if args.standin and cuda != STANDIN_CUDA:
+        raise ForgeError(f"the TEST-ONLY stand-in bases have CUDA {STANDIN_CUDA}, not {cuda}",
+                         f"run nox -s {image_session_name(STANDIN_CUDA)} -- {shlex.join(args.rest)}")
+    spec = args.arch or compat.DEFAULT_ARCH_LIST[cuda]
+    reason = arch_verdict(cuda, spec)
+    if reason:
+        able = [other for other in image_cudas() if arch_verdict(other, spec) is None]
+        fix = (f"run nox -s {image_session_name(able[-1])} -- --arch {shlex.quote(spec)}" if able
+               else "pick archs one CUDA version can compile together (`invoke archs`)")
+        raise ForgeError(reason, fix)
 
 
 # --- the project's configuration, as the tasks see it --------------------------------------------------

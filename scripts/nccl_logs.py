@@ -740,6 +740,13 @@ SIGNATURES: list[Signature] = [
         "install torch there, or use NCCL's own benchmark: --runner nccl-tests --binary PATH/TO/all_reduce_perf "
         "(build it with --build-nccl-tests PATH/TO/nccl-tests)"),
     Signature(
+        "no-gpu-visible", "fail", r"no CUDA GPU is visible|no CUDA-capable device is detected|cudaErrorNoDevice|"
+        r"Found no NVIDIA driver|CUDA driver initialization failed",
+        "no NVIDIA GPU is visible to this run (no driver on the host, an empty CUDA_VISIBLE_DEVICES, or a "
+        "container started without --gpus)",
+        "run it where `nvidia-smi` lists the GPUs; in a container pass --gpus all (`invoke nccl-test --image` "
+        "does); check CUDA_VISIBLE_DEVICES"),
+    Signature(
         "collective-timeout", "fail", r"Test timeout|Watchdog caught collective operation timeout",
         "a collective never finished: a rank never joined or hung (its log is missing or stops before "
         "Init COMPLETE), or P2P over PCIe hangs behind ACS/IOMMU",
@@ -770,6 +777,7 @@ class Context:
     ranks_seen: set[int] = field(default_factory=set)  # ranks whose NCCL logs are among the files
     nranks: int | None = None  # the communicator's size, as the logs say
     env: dict[str, str] = field(default_factory=dict)  # NCCL_* of the run (the caller's environment)
+    debug_logs: str = ""  # where the run being judged wrote its NCCL_DEBUG=INFO logs (`invoke nccl-test` sets it)
 
 
 def _blackwell_consumer(ctx: Context, log: NcclLog) -> bool:
@@ -1135,6 +1143,15 @@ def judge_busbw(run: NcclTestsRun, link: str | None, capability: str | None = No
     return Finding(level, "busbw", text + f" (expected >= {compat.BUSBW_SHARE['good']:.0%})", fix, source)
 
 
+def _debug_log_fix(ctx: Context) -> str:
+    """Where the NCCL log that explains a failed run is: the one this run wrote (``invoke nccl-test`` sets
+    NCCL_DEBUG=INFO itself), else the one a rerun with it would write."""
+    if ctx.debug_logs:
+        return (f"read the NCCL_DEBUG=INFO logs this run wrote ({ctx.debug_logs}; the findings below include "
+                "them); none there means NCCL never started")
+    return "rerun with NCCL_DEBUG=INFO and diagnose the NCCL log"
+
+
 def diagnose_nccl_tests(run: NcclTestsRun, ctx: Context | None = None) -> list[Finding]:
     ctx = ctx or Context()
     findings: list[Finding] = []
@@ -1154,12 +1171,12 @@ def diagnose_nccl_tests(run: NcclTestsRun, ctx: Context | None = None) -> list[F
                                     SIGNATURES[0].source, run.failures[:6]))
         else:
             findings.append(Finding("fail", "nccl-tests-failed", f"{who}: {run.failures[0]}",
-                                    sig.fix if sig else "rerun with NCCL_DEBUG=INFO and diagnose the NCCL log",
+                                    sig.fix if sig else _debug_log_fix(ctx),
                                     sig.source if sig else "", run.failures[:6]))
         return findings
     if not run.rows:
         findings.append(Finding("fail", "nccl-tests-empty", f"{who}: no result rows (the run stopped early)",
-                                "read the output's last lines; rerun with NCCL_DEBUG=INFO"))
+                                "read the output's last lines; " + _debug_log_fix(ctx)))
         return findings
     findings.append(Finding("pass", "nccl-tests-ran",
                             f"{who}: {len(run.rows)} sizes {run.rows[0].size}..{run.rows[-1].size} B, no wrong "
@@ -1438,6 +1455,26 @@ def diagnose_files(paths: list[Path | str], ctx: Context | None = None,
     return diagnose_texts(named, ctx, {str(o) for o in optional})
 
 
+# Kinds that say nothing about a run: a diagnosis of files that are all of these has no evidence at all.
+NO_EVIDENCE = ("unknown", "empty")
+
+
+def check_evidence(reports: list[FileReport]) -> None:
+    """"No failure found" only means something when some file was evidence: files none of which is an NCCL
+    log, an nccl-tests output or an nvidia-smi output (a directory of other files, empty files) fail in one
+    line, exit 1. (A named file that is not recognised already fails with its own finding.)"""
+    if any(report.kind not in NO_EVIDENCE or report.level == "fail" for report in reports):
+        return
+    shown = ", ".join(f"{Path(r.path).name} ({'empty' if r.kind == 'empty' else 'not recognised'})"
+                      for r in reports[:6]) + (f" and {len(reports) - 6} more" if len(reports) > 6 else "")
+    empty = ("; an empty NCCL_DEBUG_FILE means no communicator started"
+             if any(r.kind == "empty" for r in reports) else "")
+    raise ForgeError(f"none of the {len(reports)} file(s) read is an NCCL log, an nccl-tests output or an "
+                     f"nvidia-smi output: {shown}; nothing was diagnosed{empty}",
+                     "pass NCCL_DEBUG=INFO logs (NCCL_DEBUG_FILE), all_reduce_perf output, or `nvidia-smi topo -m` "
+                     "output (or the directory that holds them)", exit_code=1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # One root cause from all the evidence
 # ---------------------------------------------------------------------------------------------------
@@ -1649,6 +1686,10 @@ def input_paths(spec: str) -> tuple[list[Path], set[str]]:
     """The files to read, and those found inside a named directory (an unrecognised one there is skipped)."""
     paths: list[Path] = []
     in_dirs: set[str] = set()
+    if not spec.replace(",", " ").split():
+        raise ForgeError("nccl-diagnose needs the files to read",
+                         "name them, e.g. invoke nccl-diagnose logs/*.log topo.txt (NCCL_DEBUG=INFO logs, "
+                         "nccl-tests output, `nvidia-smi topo -m` output), or a directory that holds them")
     for word in spec.replace(",", " ").split():
         found = sorted(Path().glob(word)) if any(ch in word for ch in "*?[") else [Path(word)]
         for path in found:
@@ -1696,6 +1737,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     ctx = Context(gpu_caps=[args.gpu_cap] if args.gpu_cap else [])
     reports = diagnose_files(args.files, ctx)
+    check_evidence(reports)
     cause = find_root_cause(reports, ctx)
     if args.json:
         print(json.dumps(report_dict(reports, cause), indent=2, default=str))

@@ -354,7 +354,7 @@ def run_plan(plan: RunPlan, *, runner=subprocess.run, timeout: int = 1800, on_li
     if on_line:
         for line in output.splitlines():
             on_line(line)
-    ctx = nccl_logs.Context(env=run_env(plan))
+    ctx = nccl_logs.Context(env=run_env(plan), debug_logs=str(plan.out_dir / "nccl_debug.*.log"))
     parsed, reports, files = analyse_outputs(plan.out_dir, plan.output_file, ctx)
     if code != 0 and not parsed.failures:
         parsed.failures.append(f"exit status {code}")

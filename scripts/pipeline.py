@@ -12,6 +12,8 @@ before it runs, and what then runs is what is printed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -73,11 +75,14 @@ class Settings:
         return recipe.cuda if recipe else compat.cuda_minor(self.config.cuda or DEFAULT_IMAGE_CUDA)
 
 
-def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path) -> Settings:
-    """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result."""
-    rc = resolve_config(invoke_config, flags)
+def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path, writes: bool = False) -> Settings:
+    """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result.
+
+    ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then
+    holds the miniature's private copy, when that is the checkout, until the task ends (scripts/checkout_lock.py)."""
+    rc = _anchor_project_paths(resolve_config(invoke_config, flags), repo_root)
     if rc.config.vllm_src:
-        rc = _private_copy_if_ours(rc, repo_root)
+        rc = _private_copy_if_ours(rc, repo_root, writes=writes)
     if rc.config.standin:
         rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
@@ -113,19 +118,39 @@ def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts
     return recipe, error, applied
 
 
-def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+# Directories a setting names. A relative one typed on the command line or in the environment is the user's,
+# relative to where they are; one from the defaults or invoke.yaml is the project's, relative to tasks.py.
+PATH_SETTINGS = ("dist_dir", "checkout_dir", "vllm_src")
+PROJECT_SOURCES = ("default", "invoke.yaml", "user invoke file", "system invoke file")
+
+
+def _anchor_project_paths(rc: ResolvedConfig, repo_root: Path) -> ResolvedConfig:
+    """``invoke check-size`` from docs/ reads this project's dist/, not docs/dist."""
+    anchored = {}
+    for name in PATH_SETTINGS:
+        value = getattr(rc.config, name)
+        source = rc.source(name)
+        if value and not Path(value).expanduser().is_absolute() and source in PROJECT_SOURCES:
+            anchored[name] = str(repo_root / value)
+    return ResolvedConfig(replace(rc.config, **anchored), rc.sources) if anchored else rc
+
+
+def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path, *, writes: bool) -> ResolvedConfig:
     """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
     build/, so use-existing-torch and the build never edit this repository's tracked files. The copy's own
-    build/ (its CMake build dir) is kept from one run to the next, so a second build resumes the first."""
+    build/ (its CMake build dir) is kept from one run to the next, so a second build resumes the first. The copy
+    is refreshed only by a writer holding it, or by a reader while no writer does (scripts/checkout_lock.py)."""
     src = Path(rc.config.vllm_src).expanduser().resolve()
     root = repo_root.resolve()
     if root not in src.parents or (root / "build") in (src, *src.parents):
         return rc
+    from scripts import checkout_lock
     from scripts.image import sync_tree
 
     copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
-    sync_tree(src, copy, keep=("build",))
-    sources = {**rc.sources, "vllm_src": f"private copy of {src.relative_to(root)}"}
+    stale = checkout_lock.refresh_copy(src, copy, functools.partial(sync_tree, keep=("build",)), writes=writes)
+    sources = {**rc.sources,
+               "vllm_src": f"private copy of {src.relative_to(root)}" + (f" ({stale})" if stale else "")}
     return ResolvedConfig(replace(rc.config, vllm_src=str(copy)), sources)
 
 
@@ -575,9 +600,16 @@ class Pipeline:
     def run(self, *, on_step: Callable[[Step], None] | None = None,
             on_line: Callable[[str], None] | None = None,
             on_done: Callable[[Step, Any, float], None] | None = None, state: RunState | None = None) -> RunState:
-        """Run the steps in order; a pending step is planned again (now from the real checkout) first.
-        ``state``: the caller's, which then holds what the finished steps made even when a later one fails."""
-        state = state if state is not None else RunState()
+        """Run the steps in order; a pending step is planned again (now from the real checkout) first. A
+        pipeline that changes its checkout holds that checkout's writer lock while it runs. ``state``: the
+        caller's, which then holds what the finished steps made even when a later one fails."""
+        from scripts import checkout_lock
+
+        writes = any(name in checkout_lock.WRITER_STEPS for name in self.names)
+        with checkout_lock.holding(self.settings.src) if writes else contextlib.nullcontext():
+            return self._run(on_step, on_line, on_done, state if state is not None else RunState())
+
+    def _run(self, on_step, on_line, on_done, state: RunState) -> RunState:
         for index, name in enumerate(self.names):
             step = self.steps[index]
             if step.pending or step.replan:  # an earlier step (clone, install-build-deps) changed what it reads

@@ -46,6 +46,8 @@ DEFAULT_NAME = "vllm-forge-serve"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 CONTAINER_PORT = 8000
 LOCAL_STATE_DIR = Path(__file__).resolve().parents[1] / "build" / "serve"
+STANDIN_MODEL = "minivllm/echo"  # what the miniature's stand-in server serves (its vllm.entrypoints)
+SMALL_MODEL = "Qwen/Qwen3-0.6B"  # a real model small enough for any GPU, for a first try of a real image
 # Passed through to the container when set here (by name: values never appear on a command line).
 PASSTHROUGH_PREFIXES = ("NCCL_", "VLLM_", "CUDA_VISIBLE_DEVICES", "HF_HUB_", "TORCH_")
 PASSTHROUGH_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "NVIDIA_VISIBLE_DEVICES")
@@ -254,12 +256,24 @@ def model_path(model: str) -> Path | None:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """ForgeError when something already listens on host:port (before a container or server is started)."""
+    """ForgeError when something listens on host:port (before a container or server is started).
+
+    Whether something *listens* is the question, not whether a plain bind() works: a server that just
+    stopped leaves its side of each closed connection in TIME_WAIT for about a minute, which blocks a bind
+    without SO_REUSEADDR but not the next server (uvicorn and docker-proxy both set it)."""
     import socket
 
     bind = "" if host in ("0.0.0.0", "::", "") else host
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        if probe.connect_ex((bind or "127.0.0.1", port)) == 0:
+            raise ForgeError(
+                f"port {port} on {host} is already in use (something listens there)",
+                f"pass another --port, or stop what listens there (`invoke stop`, or `ss -ltnp 'sport = :{port}'`)",
+            )
+    with socket.socket(family, socket.SOCK_STREAM) as probe:  # a listener on another address, or a low port
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((bind, port))
         except PermissionError:
@@ -269,6 +283,18 @@ def check_port_free(host: str, port: int) -> None:
                 f"port {port} on {host} is already in use ({err.strerror})",
                 f"pass another --port, or stop what listens there (`invoke stop`, or `ss -ltnp 'sport = :{port}'`)",
             ) from None
+
+
+def serve_line(image: str, *, miniature: bool, gpus_here: int, port: int | None = None) -> str | None:
+    """The `invoke serve` command that works as printed on this machine for ``image``: an image of the embedded
+    miniature (the demo's, or any bake on the stand-in bases, where only the miniature runs: they have no torch)
+    serves its echo model without a GPU (--gpus none); a real vLLM needs a GPU here (None when there is none)."""
+    extra = f" --port {port}" if port else ""
+    if miniature:
+        return f"invoke serve {STANDIN_MODEL} --image {shlex.quote(image)} --gpus none{extra}"
+    if gpus_here:
+        return f"invoke serve {SMALL_MODEL} --image {shlex.quote(image)}{extra}"
+    return None
 
 
 def passthrough_env(env: dict[str, str] | None = None) -> list[str]:

@@ -20,6 +20,7 @@ Usage: ``python scripts/standin_images.py [--docker /usr/bin/docker] [--ca-bundl
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,9 @@ STANDINS = {
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("VLLM_FORGE_CACHE", "~/.cache/vllm-forge")).expanduser() / "standin"
+    from scripts import forge_cache
+
+    return forge_cache.root() / "standin"
 
 
 RECIPE_LABEL = "org.vllm-forge.standin-recipe"
@@ -93,30 +96,55 @@ def image_exists(docker: str, image: str) -> bool:
     return proc.returncode == 0 and proc.stdout.strip() == RECIPE_VERSION
 
 
-def _run(argv: list[str], *, log, env: dict[str, str] | None = None) -> None:
-    """Run a command; with ``env``, in exactly that environment (no host PIP_*/SSL_* leaking into a chroot)."""
+def _run(argv: list[str], *, log, env: dict[str, str] | None = None, on_output=None) -> None:
+    """Run a command; with ``env``, in exactly that environment (no host PIP_*/SSL_* leaking into a chroot). Its
+    output goes to ``on_output`` line by line as it comes (debootstrap runs for minutes: that is the progress)."""
     log(f"$ {' '.join(argv)}")
-    proc = subprocess.run(
-        argv,
-        env=os.environ if env is None else env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    )
+    on_output = on_output or (lambda line: None)
+    proc = subprocess.Popen(argv, env=os.environ if env is None else env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines: list[str] = []
+    with proc:
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            on_output(line.rstrip())
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-20:])
-        raise ForgeError(
-            f"`{' '.join(argv[:3])} ...` failed (exit {proc.returncode}):\n{tail}",
-            "read the output above; the stand-in images need root, debootstrap and Debian mirror access",
-        )
+        raise ForgeError(f"`{' '.join(argv[:3])} ...` failed (exit {proc.returncode}): {first_error(lines)}",
+                         "the stand-in images need root, debootstrap, and deb.debian.org and pypi.org reachable "
+                         "from this machine (set http_proxy/https_proxy if they are only reachable through one)")
+
+
+def first_error(lines: list[str]) -> str:
+    """The line that says what went wrong: debootstrap's `E:`, pip's `ERROR:`, a compiler's `error:`, else the
+    last line."""
+    for line in lines:
+        if re.match(r"^(E: |ERROR: |fatal: )|.*\berror\b:", line.strip()):
+            return line.strip()
+    return next((line.strip() for line in reversed(lines) if line.strip()), "no output")
+
+
+def every(seconds: float, write=print):
+    """An ``on_output`` for a terminal: the first line, then at most one line per ``seconds`` with the time
+    elapsed (debootstrap prints hundreds of lines over several minutes)."""
+    import time
+
+    start = time.monotonic()
+    last = [-seconds]
+
+    def show(line: str) -> None:
+        now = time.monotonic() - start
+        if now - last[0] >= seconds:
+            last[0] = now
+            write(f"  {now:4.0f}s {line}")
+
+    return show
 
 
 def _chroot() -> str:
     return shutil.which("chroot") or "/usr/sbin/chroot"
 
 
-def build_rootfs(spec: StandinSpec, tarball: Path, *, ca_bundle: Path | None, log=print) -> None:
+def build_rootfs(spec: StandinSpec, tarball: Path, *, ca_bundle: Path | None, log=print, on_output=None) -> None:
     """debootstrap a minimal bookworm with ``spec.packages`` (+ PyPI nvcc) and tar it to ``tarball``."""
     if os.geteuid() != 0:
         raise ForgeError(
@@ -138,9 +166,10 @@ def build_rootfs(spec: StandinSpec, tarball: Path, *, ca_bundle: Path | None, lo
                 DEBIAN_MIRROR,
             ],
             log=log,
+            on_output=on_output,
         )
         if spec.with_nvcc:
-            _install_pypi_nvcc(root, ca_bundle, log=log)
+            _install_pypi_nvcc(root, ca_bundle, log=log, on_output=on_output)
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for child in (root / junk).glob("*"):
                 if child.is_file():
@@ -152,7 +181,7 @@ def build_rootfs(spec: StandinSpec, tarball: Path, *, ca_bundle: Path | None, lo
         os.replace(partial, tarball)
 
 
-def _install_pypi_nvcc(root: Path, ca_bundle: Path | None, *, log) -> None:
+def _install_pypi_nvcc(root: Path, ca_bundle: Path | None, *, log, on_output=None) -> None:
     """pip-install NVIDIA's nvcc into the chroot and lay it out as /usr/local/cuda (NGC's layout)."""
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
     env = {
@@ -173,7 +202,8 @@ def _install_pypi_nvcc(root: Path, ca_bundle: Path | None, *, log) -> None:
         for name in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
             env[name] = "/tmp/forge-ca.pem"
     try:
-        _run([_chroot(), str(root), "python3", "-m", "pip", "install", CUDA_PIP_SPEC], log=log, env=env)
+        _run([_chroot(), str(root), "python3", "-m", "pip", "install", CUDA_PIP_SPEC], log=log, env=env,
+             on_output=on_output)
     finally:
         if cert_in_root:
             cert_in_root.unlink(missing_ok=True)
@@ -216,8 +246,11 @@ def ensure_standin_images(
     ca_bundle: Path | None = None,
     force: bool = False,
     log=print,
+    on_output=None,
 ) -> dict[str, str]:
-    """Make sure both stand-in images exist; returns ``{"build": image, "runtime": image}``."""
+    """Make sure both stand-in images exist; returns ``{"build": image, "runtime": image}``. ``log`` gets what
+    is done, ``on_output`` the commands' output as it comes (default: ``log``)."""
+    on_output = on_output or log
     cache_dir = Path(cache_dir or default_cache_dir()).expanduser()
     if ca_bundle is None and Path("/etc/ssl/certs/ca-certificates.crt").is_file():
         ca_bundle = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -227,8 +260,9 @@ def ensure_standin_images(
             continue
         tarball = cache_dir / spec.tarball_name
         if force or not tarball.is_file():
-            log(f"{spec.image}: building its rootfs with debootstrap ({kind})")
-            build_rootfs(spec, tarball, ca_bundle=ca_bundle, log=log)
+            log(f"{spec.image}: building its rootfs with debootstrap ({kind}; a few minutes, once: then cached in "
+                f"{cache_dir})")
+            build_rootfs(spec, tarball, ca_bundle=ca_bundle, log=log, on_output=on_output)
         log(f"{spec.image}: importing {tarball}")
         import_image(docker, spec, tarball, log=log)
     return {kind: spec.image for kind, spec in STANDINS.items()}
@@ -265,7 +299,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="rebuild the rootfs tarballs and re-import")
     args = parser.parse_args(argv)
-    images = ensure_standin_images(args.docker, cache_dir=args.cache_dir, ca_bundle=args.ca_bundle, force=args.force)
+    images = ensure_standin_images(args.docker, cache_dir=args.cache_dir, ca_bundle=args.ca_bundle, force=args.force,
+                                   on_output=every(10))
     print(images["build"])
     print(images["runtime"])
     return 0

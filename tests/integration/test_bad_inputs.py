@@ -241,6 +241,12 @@ def truncated_wheel() -> bytes:
     return buffer.getvalue()[:8_000]
 
 
+def with_other_files(s: Scratch) -> None:
+    (s.tmp / "etc").mkdir()
+    (s.tmp / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (s.tmp / "etc" / "hostname").write_text("node-a\n")
+
+
 def with_empty_dir(s: Scratch) -> None:
     (s.tmp / "empty").mkdir()
     (s.tmp / "empty" / "README").write_text("not vLLM")
@@ -364,10 +370,10 @@ CASES = [
     Case("demo-typo-in-arch", ["demo", "--arch", "rtx9999", "--dist-dir", "{tmp}/dist"],
          "neither a CUDA arch nor a GPU name", "no clone, no build: it fails before the first step"),
     Case("max-jobs-not-a-number", ["build-wheel", "--arch", "12.0", "--max-jobs", "lots"],
-         "max_jobs must be a number", UNTOUCHED),
-    Case("max-jobs-env-not-a-number", ["plan"], "INVOKE_FORGE_MAX_JOBS must be a number", UNTOUCHED,
+         "--max-jobs must be a whole number", UNTOUCHED),
+    Case("max-jobs-env-not-a-number", ["plan"], "INVOKE_FORGE_MAX_JOBS must be a whole number", UNTOUCHED,
          lambda s: s.env.update(INVOKE_FORGE_MAX_JOBS="lots")),
-    Case("max-jobs-negative", ["build-wheel", "--arch", "12.0", "--max-jobs", "-3"], "max_jobs cannot be negative",
+    Case("max-jobs-negative", ["build-wheel", "--arch", "12.0", "--max-jobs", "-3"], "--max-jobs cannot be negative",
          UNTOUCHED),
     Case("max-jobs-over-memory", ["build-wheel", "--arch", "12.0", "--max-jobs", "10000"], "GiB",
          UNTOUCHED),
@@ -507,6 +513,9 @@ CASES = [
     # --- diagnostics and offline deps ---
     Case("doctor-missing-host-file", ["doctor", "--host-file", "{tmp}/host.txt"], "is not a file", UNTOUCHED),
     Case("nccl-diagnose-missing-file", ["nccl-diagnose", "{tmp}/rank0.log"], "is not a file", UNTOUCHED),
+    Case("nccl-diagnose-no-files", ["nccl-diagnose"], "nccl-diagnose needs the files to read", UNTOUCHED),
+    Case("nccl-diagnose-no-nccl-files", ["nccl-diagnose", "{tmp}/etc"], "none of the 2 file(s) read is an NCCL log",
+         "the files", with_other_files, code=1),
     Case("nccl-test-bad-sizes", ["nccl-test", "--sizes", "8:lots", "--dry-run"], "is not a size", UNTOUCHED),
     # --- figures and the report page (issue 30) ---
     Case("plot-format-unknown", ["nccl-diagnose", "{tmp}/rank0.log", "--plot", "{tmp}/busbw.jpg"],
@@ -543,6 +552,8 @@ CASES = [
     Case("flag-typo", ["build-wheel", "--archs", "12.0"], "did you mean --arch?", UNTOUCHED),
     Case("serve-without-model", ["serve", "--image", "vllm-forge/vllm:x"], "serve needs MODEL", UNTOUCHED),
     Case("stray-argument", ["clone", "--dry-run", "v0.11.0"], "clone takes no argument 'v0.11.0'", UNTOUCHED),
+    Case("invoke-dry-flag", ["--dry", "build-wheel", "--arch", "12.0", "--vllm-src", "{co}"],
+         "invoke's -R/--dry only affects ctx.run", "the checkout (nothing runs)", with_checkout),
     Case("standin-and-base-image", ["bake", "--standin", "--base-image", "my.reg/pytorch:1", "--dry-run",
                                     "--vllm-src", "{co}"], "both name the bases", "the checkout", with_checkout),
     Case("plan-with-a-step-not-ready", ["plan", "--vllm-src", "{co}"], "step(s) cannot run as configured",

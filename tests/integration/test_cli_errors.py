@@ -68,7 +68,7 @@ def test_check_size_over_limit_lists_largest_members(tmp_path):
     ("forge:\n  arch: [unclosed\n", "is not valid YAML (line 3"),
     ("- a\n- b\n", "must be a mapping"),
     ("forge:\n  ach: '9.0'\n", "unknown forge key"),
-    ("forge:\n  max_jobs: lots\n", "must be a number"),
+    ("forge:\n  max_jobs: lots\n", "max_jobs in invoke.yaml must be a whole number"),
 ])
 def test_bad_invoke_yaml_is_one_line(tmp_path, content, words):
     for name in ("tasks.py", "scripts"):

@@ -81,19 +81,84 @@ def test_a_second_build_of_the_same_checkout_is_refused_at_once(minivllm_repo, t
     args = ["build-wheel", "--arch", "12.0", "--vllm-src", str(src), "--dist-dir", str(dist), "--skip-torch",
             "--compile-cache", "none", "--max-jobs", "1"]
     first = start_invoke(*args)
-    lock = src / "build" / ".vllm-forge-build.lock"
+    from scripts import checkout_lock
+
+    lock = checkout_lock.lock_path(src)
     import time
 
     deadline = time.monotonic() + 60
-    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+    while not (lock.exists() and f'"pid": {first.pid}' in lock.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
     second = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "COLUMNS": "300"})
     code, out, err = finish(first)
     assert code == 0, out[-1500:] + err[-1500:]
     assert second.returncode == 2, second.stderr
-    assert "another build-wheel" in second.stderr and "Fix:" in second.stderr
+    assert f"is in use by another vllm-forge run (pid {first.pid}: invoke build-wheel --arch 12.0" in second.stderr
+    assert "Fix:" in second.stderr and len(second.stderr.strip().splitlines()) == 1
     assert_intact_wheels(dist, [{"sm_120"}])
+
+
+def held_compile(tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """The environment of a build whose CUDA compile waits (a compiler launcher through vLLM's own CMAKE_ARGS)
+    until the test touches ``go``; it touches ``held`` once it waits."""
+    held, go = tmp_path / "held", tmp_path / "go"
+    launcher = tmp_path / "hold-compile.sh"
+    launcher.write_text(f'#!/bin/sh\ntouch {held}\nwhile [ ! -e {go} ]; do sleep 0.1; done\nexec "$@"\n')
+    launcher.chmod(0o755)
+    return {"CMAKE_ARGS": f"-DCMAKE_CUDA_COMPILER_LAUNCHER={launcher}"}, held, go
+
+
+def files_of(root: Path) -> dict[str, tuple[int, int, int]]:
+    return {str(p.relative_to(root)): (p.lstat().st_ino, p.lstat().st_mtime_ns, p.lstat().st_size)
+            for p in root.rglob("*")}
+
+
+@pytest.mark.nvcc
+def test_the_miniatures_private_copy_has_one_writer_and_readers_never_touch_it(tmp_path, nvcc_toolchain):
+    """The embedded miniature is built in a private copy under build/: a second build-wheel of it is refused
+    naming the first, and plan, inspect-tree, a dry run and an audit of the dist dir, run while the first
+    build compiles, change nothing in that copy; the first build then finishes."""
+    import time
+
+    from scripts import checkout_lock
+
+    env, held, go = held_compile(tmp_path)
+    args = ["build-wheel", "--vllm-src", "tests/fixtures/minivllm", "--arch", "12.0", "--skip-torch",
+            "--compile-cache", "none", "--max-jobs", "1", "--dist-dir", str(tmp_path / "dist")]
+    first = start_invoke(*args, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not held.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert held.exists(), finish(first, timeout=10)
+        copy = REPO / "build" / "private-src" / "tests--fixtures--minivllm"
+        assert checkout_lock.holder(copy).startswith(f"pid {first.pid}: invoke build-wheel --vllm-src")
+        before = files_of(copy)
+        assert "build" in before  # the build's own CMake dir, which a refresh of the copy would remove
+
+        second = subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO, capture_output=True, text=True,
+                                env={**os.environ, "COLUMNS": "300"}, timeout=120)
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.startswith(f"error: {copy} is in use by another vllm-forge run (pid {first.pid}: "
+                                        "invoke build-wheel --vllm-src tests/fixtures/minivllm"), second.stderr
+        readers = [["plan", "--vllm-src", "tests/fixtures/minivllm", "--arch", "12.0"],
+                   ["inspect-tree", "--vllm-src", "tests/fixtures/minivllm"],
+                   [*args, "--dry-run"],
+                   ["audit", str(tmp_path / "dist"), "--arch", "12.0", "--no-torch"]]
+        for reader in readers:
+            out = subprocess.run([sys.executable, "-m", "invoke", *reader], cwd=REPO, capture_output=True,
+                                 text=True, env={**os.environ, "COLUMNS": "300"}, timeout=120)
+            assert out.returncode == 0 and "Traceback" not in out.stderr, (reader, out.stdout[-2000:], out.stderr)
+            if reader[0] == "plan":
+                assert f"in use by pid {first.pid}" in out.stdout  # it says it read the copy as the build left it
+        assert files_of(copy) == before
+        assert first.poll() is None  # still compiling: the readers ran while it held the copy
+    finally:
+        go.touch()
+    code, out, err = finish(first)
+    assert code == 0, out[-1500:] + err[-1500:]
+    assert len(list((tmp_path / "dist").glob("*.whl"))) == 1
 
 
 @pytest.mark.docker

@@ -138,9 +138,14 @@ def test_runtime_without_jit_toolchain_fails_the_bake_and_no_jit_passes(client, 
 def test_rebake_is_cached_and_final_stage_change_does_not_recompile(client, baked, standins, checkout, ca_bundle):
     from scripts.image import plan_bake, run_bake
 
-    plan, _, tmp = baked
+    plan, first, tmp = baked
+    dangling = docker_out(client, "images", "-q", "--no-trunc", "--filter", "dangling=true").split()
     again = run_bake(plan_bake(bake_request(checkout, standins, tmp, ca_bundle, tag=plan.image), client))
     assert again.executed == [] and again.seconds < 30, again.executed
+    # nothing changed, so nothing new: the same image (its `created` label is the sources' date), no dangling one
+    assert again.image_id == first.image_id
+    assert first.image_id not in docker_out(client, "images", "-q", "--no-trunc", "--filter", "dangling=true").split()
+    assert len(docker_out(client, "images", "-q", "--no-trunc", "--filter", "dangling=true").split()) <= len(dangling)
     changed = run_bake(
         plan_bake(
             bake_request(

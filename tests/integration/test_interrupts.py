@@ -150,7 +150,11 @@ def test_interrupted_build_wheel_leaves_dist_and_checkout_as_they_were(checkout_
     assert yesterday.read_bytes() == b"yesterday's wheel"
     assert gone_within(str(checkout_copy), 10) == [] and gone_within(str(dist), 1) == []
     assert git("status", "--porcelain", cwd=checkout_copy) == ""  # build outputs are ignored files only
-    # the checkout's build lock was released: the next build runs (dry-run: the preflight only)
+    # the checkout's writer lock went with the process: the next build may take it (and a dry run still plans)
+    from scripts import checkout_lock
+
+    assert checkout_lock.hold(checkout_copy) is True
+    checkout_lock.release_all()
     again = subprocess.run([sys.executable, "-m", "invoke", "build-wheel", "--arch", "12.0", "--vllm-src",
                             str(checkout_copy), "--dist-dir", str(dist), "--skip-torch", "--dry-run"], cwd=REPO,
                            capture_output=True, text=True)

@@ -62,11 +62,16 @@ def test_unrecognised_file_is_named_and_fails():
     assert "Traceback" not in out.stderr
 
 
-def test_fix_column_folds_at_80_columns():
+def test_fix_column_wraps_at_spaces_only_at_80_columns():
+    """Long fixes wrap inside their column at 80 columns, but never through a word: a setting, path or command
+    in them stays whole, to copy (and nothing is cut with "…")."""
     out = invoke("nccl-diagnose", *fault_files(), columns=80)
     assert "…" not in out.stdout
-    assert max(len(line) for line in out.stdout.splitlines()) <= 80
-    assert "NCCL_P2P_DISABLE/NCCL_SH" in out.stdout and "M_DISABLE" in out.stdout  # folded, not cut
+    assert "NCCL_P2P_DISABLE/NCCL_SHM_DISABLE" in out.stdout
+    table = [line for line in out.stdout.splitlines() if line.startswith(("│", "┃", "┏", "└"))]
+    # prose still wraps in its column (one of these fixes alone is over 200 characters): only as wide as the
+    # longest word needs (a file:line evidence path here), which is a little over 80
+    assert table and max(len(line) for line in table) < 100
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None or shutil.which("all_reduce_perf") is not None,

@@ -197,20 +197,39 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
 
 
 def test_demo_twice_second_run_reuses_the_checkout(tmp_path, repo_root, nvcc_toolchain):
-    """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored)."""
-    env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
-    for attempt in (1, 2):
+    """A warm `invoke demo` updates the checkout the first one built in (build outputs are ignored); its next:
+    lines work as printed; without --no-docker and no way to bake here it exits 1 saying so."""
+    env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache")}
+    for attempt, columns in ((1, "200"), (2, "40")):  # the second on a narrow terminal
+        env["COLUMNS"] = columns
         argv = [sys.executable, "-m", "invoke", "demo", "--no-docker", "--dist-dir", str(tmp_path / "dist")]
         out = subprocess.run(argv, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"run {attempt}: {out.stdout[-1500:]}{out.stderr[-1500:]}"
-        assert "sm_120: runs" in out.stdout
-    assert len(list((tmp_path / "dist").glob("*.whl"))) == 1
-    # it ends with what to do next, and each command works as printed (COLUMNS=200: one line each)
+        assert "runs" in out.stdout and "NO KERNEL" not in out.stdout  # the audit verdict (a cell may wrap)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert wheel.name in out.stdout  # its summary table is as wide as the name needs, never cut with "…"
+    # it ends with what to do next, and each command works as printed (one line each, even at 40 columns)
     nexts = [line[len("next: "):] for line in out.stdout.splitlines() if line.startswith("next: ")]
     assert len(nexts) == 3, out.stdout[-1500:]
     for line in nexts:
         ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
         assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+    # Without --no-docker the README promises a bake, a server and a smoke test: a demo that could not do them
+    # says which steps it skipped and why, and exits 1 (the wheel part done, as above).
+    engines = {"no Docker engine answers": "echo 'Cannot connect to the Docker daemon' >&2; exit 1",
+               "neither its bases": '[ "$1" = info ] && exit 0; exit 1'}  # an engine holding no image at all
+    for words, script in engines.items():
+        docker = tmp_path / "docker"
+        docker.write_text(f"#!/bin/sh\n{script}\n")
+        docker.chmod(0o755)
+        argv = [sys.executable, "-m", "invoke", "demo", "--dist-dir", str(tmp_path / "dist")]
+        out = subprocess.run(argv, cwd=repo_root, env={**env, "VLLM_FORGE_DOCKER": str(docker)}, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 1, out.stdout[-1500:] + out.stderr[-1500:]
+        assert "runs" in out.stdout and "NO KERNEL" not in out.stdout  # the audit verdict (a cell may wrap)
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("error: the demo did not bake, serve or smoke-test an image (its image steps): ")
+        assert words in line and "or pass --no-docker" in line, line
 
 
 def test_the_embedded_miniature_is_built_from_a_private_copy(tmp_path, repo_root, nvcc_toolchain):
@@ -238,3 +257,48 @@ def test_wheels_for_other_archs_never_replace_each_other(prepared_src, tmp_path,
         run_build(plan)
     names = sorted(w.name for w in (tmp_path / "dist").glob("*.whl"))
     assert len(names) == 2 and names[0].endswith(".sm120-cp38-abi3-linux_x86_64.whl") and ".sm90-" in names[1]
+
+
+@pytest.mark.docker
+def test_demo_and_bake_next_lines_work_as_printed(tmp_path, repo_root, nvcc_toolchain,
+                                                                             client, standins):
+    """With an engine and the stand-ins, the demo bakes, serves and smoke-tests; then each `next:` line it printed
+    runs as printed here (the serve line on a machine without a GPU, right after the demo stopped its server)."""
+    env = {**os.environ, "INVOKE_FORGE_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "40",
+           "VLLM_FORGE_DOCKER": client.path}
+
+    def tags() -> set[str]:
+        out = subprocess.run([client.path, "images", "--format", "{{.Repository}}:{{.Tag}}", "vllm-forge/vllm"],
+                             capture_output=True, text=True)
+        return set(out.stdout.split())
+
+    before = tags()
+    out = subprocess.run([sys.executable, "-m", "invoke", "demo", "--dist-dir", str(tmp_path / "dist")], cwd=repo_root,
+                         env=env, capture_output=True, text=True, timeout=900)
+    try:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert "healthy after" in out.stdout and "chat: echo:" in out.stdout
+        nexts = [line[len("next: "):] for line in out.stdout.splitlines() if line.startswith("next: ")]
+        assert len(nexts) == 3 and nexts[2].startswith("invoke serve minivllm/echo --image "), nexts
+        for line in nexts:
+            ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True,
+                                 timeout=600)
+            assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+            subprocess.run([sys.executable, "-m", "invoke", "stop"], cwd=repo_root, env=env, capture_output=True)
+        # `invoke bake` of the same checkout on the stand-ins: its next: lines too (the serve one without a GPU)
+        baked = subprocess.run([sys.executable, "-m", "invoke", "bake", "--standin", "--vllm-src",
+                                str(tmp_path / "cache" / "demo" / "vllm"), "--tag", "vllm-forge/vllm:i29-next-lines"],
+                               cwd=repo_root, env=env, capture_output=True, text=True, timeout=900)
+        assert baked.returncode == 0, baked.stdout[-2000:] + baked.stderr[-2000:]
+        nexts = [line[len("next: "):] for line in baked.stdout.splitlines() if line.startswith("next: ")]
+        assert nexts == ["invoke check-size --image vllm-forge/vllm:i29-next-lines",
+                         "invoke inspect vllm-forge/vllm:i29-next-lines",
+                         "invoke serve minivllm/echo --image vllm-forge/vllm:i29-next-lines --gpus none"], nexts
+        for line in nexts:
+            ran = subprocess.run(line, shell=True, cwd=repo_root, env=env, capture_output=True, text=True,
+                                 timeout=600)
+            assert ran.returncode == 0, f"{line}: {ran.stdout[-1000:]}{ran.stderr[-1000:]}"
+    finally:
+        subprocess.run([sys.executable, "-m", "invoke", "stop"], cwd=repo_root, env=env, capture_output=True)
+        for tag in tags() - before:
+            subprocess.run([client.path, "rmi", tag], capture_output=True)

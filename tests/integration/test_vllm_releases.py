@@ -1,9 +1,10 @@
 """vllm_tree and the core tasks on real vLLM source trees: 0.8.4, 0.10.0, 0.33.0 and the newest release.
 
 The sdists come from PyPI (``pip download`` cannot fetch them: it tries to build their metadata), by
-the ``.tar.gz`` URL in the index's JSON listing, sha256-checked, into a cache kept between runs:
-``~/.cache/vllm-forge/sdists`` or ``$VLLM_FORGE_SDIST_CACHE``. Each is unpacked, made a git repo
-tagged ``v<version>``, and run through clone, use-existing-torch and build-wheel's dry run for real.
+the ``.tar.gz`` URL in the index's JSON listing, sha256-checked, into a cache kept between runs: the
+vllm-forge cache (``~/.cache/vllm-forge/sdists``, under ``$VLLM_FORGE_CACHE`` when set; ``nox -s clean``
+removes it). Each is unpacked, made a git repo tagged ``v<version>``, and run through clone,
+use-existing-torch and build-wheel's dry run for real.
 The facts expected of each version are in tests/fixtures/vllm_releases.json (extracted values only).
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, require_tool
 
-from scripts import checkout
+from scripts import checkout, forge_cache
 from scripts.build_wheel import BuildRequest, plan_build
 from scripts.errors import ForgeError
 from scripts.plan import run_plan
@@ -39,7 +40,7 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "forge", "GIT_AUTHOR_EMAIL": "forge@example.com",
 
 
 def sdist_cache() -> Path:
-    return Path(os.environ.get("VLLM_FORGE_SDIST_CACHE", "~/.cache/vllm-forge/sdists")).expanduser()
+    return forge_cache.root() / "sdists"
 
 
 @pytest.fixture(scope="session")

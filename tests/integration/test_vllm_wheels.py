@@ -1,14 +1,14 @@
 """Required vs optional extensions of the real vLLM 0.26.0 and 0.33.0 wheels from PyPI, and the audit
 that follows from it (the H200 case of tests/fixtures/gpu_real_vllm: `_qutlass_C` carries only sm_100f).
 
-The wheels (about 300 MB each) are fetched once with `pip download --no-deps` into
-``~/.cache/vllm-forge/wheels`` (or ``$VLLM_FORGE_WHEEL_CACHE``) and kept there, outside the repo. Only
+The wheels (about 300 MB each) are fetched once with `pip download --no-deps` into the vllm-forge cache
+(``~/.cache/vllm-forge/wheels``, under ``$VLLM_FORGE_CACHE`` when set; ``nox -s clean`` removes it) and kept
+there, outside the repo. Only
 their ``.py`` members are inflated for the import analysis; the audit streams the ``.so`` members.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, require_tool
 
-from scripts import audit
+from scripts import audit, forge_cache
 from scripts import vllm_extensions as ext
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
@@ -25,7 +25,7 @@ RECORDED = REPO_ROOT / "tests" / "fixtures" / "gpu_real_vllm" / "audit_fullwheel
 
 
 def wheel_cache() -> Path:
-    return Path(os.environ.get("VLLM_FORGE_WHEEL_CACHE", "~/.cache/vllm-forge/wheels")).expanduser()
+    return forge_cache.root() / "wheels"
 
 
 def vllm_wheel(version: str) -> Path:

@@ -329,3 +329,16 @@ def test_gpu_record_parser_reads_the_script_format():
     assert record["k12"]["exit"] == 1 and record["k90"]["exit"] == 0
     assert record["k12"]["audit"]["files"][0]["verdict"] == {"sm_90": "none"}
     assert "no kernel image is available" in record["k12"]["run"]
+
+
+def test_a_directory_audit_skips_what_a_running_build_is_still_writing(tmp_path):
+    """dist/.staging-<host>-<pid>-*: build-wheel and bake write there and publish by rename; a half-written
+    wheel there is not a file of the directory yet."""
+    import shutil
+
+    shutil.copy(H200 / "k_sm_120", tmp_path / "_C.so")
+    staging = tmp_path / f"{audit.STAGING_PREFIX}vm-123-abcd"
+    staging.mkdir()
+    (staging / "vllm-0.1.0-cp38-abi3-linux_x86_64.whl").write_bytes(b"PK\x03\x04 half written")
+    report = audit.audit_path(tmp_path, ["12.0"], torch=False)
+    assert [f.path for f in report.files] == ["_C.so"] and report.ok

@@ -3,12 +3,11 @@ claims `e_shentsize` 0xFFFF and inflates to 10 GiB once drove the audit to 5.5 G
 
 Each audit runs in a child process under an address-space limit, so a regression fails the test
 (MemoryError, a traceback) instead of exhausting the shared machine; its peak memory is read
-with wait4 (that child only)."""
+with wait4 by a small wrapper process (that child only, and none of pytest's own memory)."""
 
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -77,29 +76,56 @@ def bomb(tmp_path_factory) -> Path:
     return zip64_wheel(path, "bomb/_C.abi3.so", deflate_bomb(head, size), size)
 
 
+# Run by a fresh interpreter between pytest and the measured command. Linux carries a process's RSS high-water
+# mark across fork and exec (the child starts as a copy of its parent), so a command started by pytest itself
+# would report pytest's own peak (hundreds of MiB late in a full run) whatever it did. Started by this small
+# wrapper instead, the command's figure is its own: it caps the command's address space, waits for it with
+# wait4 (that child only) and writes its peak RSS in bytes to the file named first.
+MEASURE = """
+import os, resource, subprocess, sys
+report, limit, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+proc = subprocess.Popen(argv, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+_pid, status, usage = os.wait4(proc.pid, 0)
+with open(report, "w") as out:
+    out.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120,
                 command: list[str] | None = None) -> tuple[int, str, float, int]:
     """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python scripts/audit.py ARGS` (or
-    ``command`` + ARGS) run under an address-space limit; killed after ``timeout`` seconds."""
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    ``command`` + ARGS) run under an address-space limit; killed after ``timeout`` seconds. The peak is the
+    command's own (see MEASURE), whatever size this pytest process has grown to."""
+    import signal
 
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryFile() as out:
+        report = Path(scratch) / "peak"
         start = time.monotonic()
         command = command or [sys.executable, str(REPO / "scripts" / "audit.py")]
-        proc = subprocess.Popen([*command, *args], stdout=out,
-                                stderr=subprocess.STDOUT, preexec_fn=limit_memory, cwd=REPO)
-        timer = threading.Timer(timeout, proc.kill)
+        proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(report), str(limit), *command, *args],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage
+            proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
         out.seek(0)
         output = out.read().decode(errors="replace")
-    return proc.returncode, output, seconds, usage.ru_maxrss * 1024
+        peak = int(report.read_text()) if report.exists() else -1
+    return proc.returncode, output, seconds, peak
+
+
+def test_the_peak_is_the_commands_own_not_the_test_process(tmp_path):
+    """The bound holds when pytest itself is large: a 400 MiB parent does not show in the child's figure."""
+    ballast = bytearray(400 << 20)
+    ballast[:: 4096] = b"\1" * len(ballast[:: 4096])  # touched: resident
+    code, output, _seconds, peak = run_limited(["-c", "print('small')"], command=[sys.executable])
+    assert code == 0 and output.strip() == "small", output
+    assert peak < 100 << 20, f"peak RSS {peak >> 20} MiB: the parent's memory was counted"
+    del ballast
 
 
 def test_the_bomb_is_small_on_disk_and_huge_inflated(bomb):

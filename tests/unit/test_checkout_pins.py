@@ -46,3 +46,19 @@ def test_only_removed_torch_lines_count_as_our_edit():
     theirs = ours + "+numpy==2.0\n"
     assert not _only_torch_pins_removed(theirs)
     assert not _only_torch_pins_removed("--- a/r.txt\n+++ b/r.txt\n-numpy\n")
+
+
+def test_an_unreachable_repository_names_git_s_cause_and_fixes_that_exist(tmp_path):
+    """git's first fatal line is the cause (its last is advice); the fix names --vllm-src, and a GitHub proxy
+    only for a GitHub URL, saying where one is set (no built-in mirror profile has one)."""
+    from scripts import mirrors
+    from scripts.checkout import RemoteUnreachable, checkout_target, unreachable_fix
+
+    with pytest.raises(RemoteUnreachable) as err:
+        checkout_target(f"file://{tmp_path}/nope.git", "main")
+    assert str(err.value) == (f"cannot read file://{tmp_path}/nope.git: '{tmp_path}/nope.git' does not appear to "
+                              "be a git repository. Fix: check the URL and your network; or build a checkout you "
+                              "already have with --vllm-src PATH.")
+    github = unreachable_fix("https://github.com/vllm-project/vllm.git")
+    assert "forge.mirrors.NAME.github_proxy" in github and "--mirror NAME" in github and "--vllm-src PATH" in github
+    assert not [name for name in mirrors.known_mirror_names() if mirrors.load_mirror(name).github_proxy]

@@ -97,14 +97,14 @@ def test_the_private_copy_of_the_miniature_keeps_its_build_dir(tmp_path):
     (src / "csrc").mkdir(parents=True)
     (src / "csrc" / "k.cu").write_text("// kernel\n")
     rc = ResolvedConfig(BuildConfig(**{**DEFAULTS, "vllm_src": str(src)}), {})
-    copy = Path(_private_copy_if_ours(rc, repo).config.vllm_src)
+    copy = Path(_private_copy_if_ours(rc, repo, writes=True).config.vllm_src)
     assert copy == repo / "build" / "private-src" / "tests--fixtures--minivllm"
     made = copy / "build" / "temp.linux-x86_64-cpython-312"
     made.mkdir(parents=True)
     (made / ".ninja_log").write_text("# ninja log v7\n")
     mtime = (copy / "csrc" / "k.cu").stat().st_mtime_ns
     (copy / "stray.txt").write_text("not in the source")
-    _private_copy_if_ours(rc, repo)  # the second build-wheel
+    _private_copy_if_ours(rc, repo, writes=True)  # the second build-wheel
     assert (made / ".ninja_log").read_text() == "# ninja log v7\n"  # the CMake build dir survives
     assert (copy / "csrc" / "k.cu").stat().st_mtime_ns == mtime  # an unchanged source is not rewritten
     assert not (copy / "stray.txt").exists()  # the rest is still an exact copy

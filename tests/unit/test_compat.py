@@ -138,3 +138,12 @@ def test_known_cudas_sort_as_numbers_not_text(monkeypatch):
     monkeypatch.setitem(compat.CUDA_ARCHS, "12.10", frozenset({"sm_120"}))
     assert compat.known_cudas()[-3:] == ["12.9", "12.10", "13.0"]
     assert compat.min_cuda_for("sm_120") == "12.8" and compat.max_cuda_for("sm_120") == "13.0"
+
+
+@pytest.mark.parametrize("name", ["a10g", "A10G", "NVIDIA A10G"])
+def test_a10g_is_a_gpu_name(name):
+    """AWS g5's GPU, as nvidia-smi and users write it."""
+    from scripts.archs import parse_arch_list
+
+    assert compat.lookup_gpu(name).capability == "8.6"
+    assert [a.sm for a in parse_arch_list(name)] == ["sm_86"]

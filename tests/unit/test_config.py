@@ -49,7 +49,7 @@ def test_unknown_key_in_invoke_yaml_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flags, words", [
-    ({"max_jobs": "many"}, "must be a number"),
+    ({"max_jobs": "many"}, "--max-jobs must be a whole number"),
     ({"max_jobs": -1}, "cannot be negative"),
     ({"build_type": "Fast"}, "build type"),
     ({"compile_cache": "distcc"}, "compile cache"),
@@ -145,7 +145,7 @@ def test_mem_per_job_must_be_positive(mem):
 @pytest.mark.parametrize("name", ["max_jobs", "nvcc_threads", "wheel_limit_mb"])
 def test_counts_may_be_zero_not_negative(name):
     assert getattr(resolve_config(None, {name: 0}).config, name) == 0
-    with pytest.raises(ForgeError, match=f"{name} cannot be negative"):
+    with pytest.raises(ForgeError, match=f"--{name.replace('_', '-')} cannot be negative"):
         resolve_config(None, {name: -1})
 
 
@@ -160,8 +160,24 @@ def test_values_are_coerced_to_the_default_types():
 @pytest.mark.parametrize("flags", [{"mem_per_job_gb": "lots"}, {"wheel_limit_mb": [1]}, {"nvcc_threads": "2.5"}])
 def test_non_numbers_are_refused(flags):
     (name,) = flags
-    with pytest.raises(ForgeError, match=f"{name} must be a number"):
+    with pytest.raises(ForgeError, match=f"--{name.replace('_', '-')} must be a (whole )?number"):
         resolve_config(None, flags)
+
+
+def test_a_bad_number_is_named_as_the_user_wrote_it(tmp_path, monkeypatch):
+    """The flag on the command line, the variable in the environment, the key in invoke.yaml: never the
+    internal key name for a flag the user typed."""
+    with pytest.raises(ForgeError) as err:
+        resolve_config(None, {"max_jobs": "lots"})
+    assert str(err.value) == ("--max-jobs must be a whole number, got 'lots'. Fix: pass --max-jobs a whole number "
+                              "(0 means automatic).")
+    with pytest.raises(ForgeError, match=r"^--mem-per-job-gb must be a number, got 'x'\. Fix: pass --mem-per-job-gb "
+                                         r"a number, e\.g\. 4\.0\.$"):
+        resolve_config(None, {"mem_per_job_gb": "x"})
+    config = make_invoke_config(tmp_path, project="forge:\n  max_jobs: lots\n", monkeypatch=monkeypatch)
+    with pytest.raises(ForgeError, match=r"^max_jobs in invoke\.yaml must be a whole number, got 'lots'\. Fix: "
+                                         r"set max_jobs in invoke\.yaml to a whole number \(0 means automatic\)"):
+        resolve_config(config, {})
 
 
 def test_coerce_keeps_empty_strings_empty():

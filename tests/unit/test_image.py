@@ -417,3 +417,31 @@ def test_runtime_requirements_pin_major_minor(monkeypatch):
 
     monkeypatch.setattr(metadata, "version", version)
     assert image.runtime_requirements() == ["torch==2.7.*", "torchvision==0.22.*"]
+
+
+def test_the_created_label_is_when_the_sources_changed_so_a_rebake_keeps_its_image_id(tmp_path, monkeypatch):
+    """A build time in the `created` label made every no-change re-bake (all steps cached) a new image and left
+    the old one dangling: the label is the sources' date instead."""
+    import os
+    import subprocess
+
+    from scripts.checkout import read_checkout
+    from scripts.image import source_date
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    src = tmp_path / "vllm"
+    (src / "build").mkdir(parents=True)
+    (src / "setup.py").write_text("")
+    env = {**os.environ, "GIT_COMMITTER_DATE": "2025-01-02T03:04:05Z", "GIT_AUTHOR_DATE": "2025-01-02T03:04:05Z"}
+    for argv in (["init", "-q"], ["add", "setup.py"],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", *argv], cwd=src, env=env, check=True)
+    facts = read_checkout(src, managed=False)
+    assert source_date(src, facts).isoformat() == "2025-01-02T03:04:05+00:00"
+    assert source_date(src, facts) == source_date(src, read_checkout(src, managed=False))  # a re-bake: the same
+    (src / "build" / "out.o").write_text("a build output, newer")  # never counts
+    (src / "setup.py").write_text("changed")
+    os.utime(src / "setup.py", (1_800_000_000, 1_800_000_000))
+    assert source_date(src, read_checkout(src, managed=False)).timestamp() == 1_800_000_000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert source_date(src, facts).timestamp() == 1_700_000_000

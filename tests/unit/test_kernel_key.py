@@ -153,6 +153,10 @@ def test_decide_reuse_paths(tmp_path, mini):
                            TOOLCHAIN).reason == "off (--no-reuse)"
     first = bw.decide_reuse(request, tree, ENV, TOOLCHAIN)
     assert first.source is None and "a first build" in first.note()
+    # what the plan says matches the compile cache the build uses
+    assert first.note("none").endswith("kernels are compiled (every unit: no compile cache)")
+    assert first.note("ccache").endswith("kernels are compiled (through ccache)")
+    assert "compile cache" not in first.note("sccache")
     # A checkout whose setup.py cannot take kernels from a wheel compiles, and the plan says why.
     tree.env_vars_read.discard("VLLM_PRECOMPILED_WHEEL_LOCATION")
     decision = bw.decide_reuse(request, tree, ENV, TOOLCHAIN)

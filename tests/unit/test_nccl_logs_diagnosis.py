@@ -765,6 +765,13 @@ SIGNATURE_TEXT = {  # id: (cause, fix, source), exactly as a finding carries the
         '(build it with --build-nccl-tests PATH/TO/nccl-tests)',
         '',
     ),
+    'no-gpu-visible': (
+        'no NVIDIA GPU is visible to this run (no driver on the host, an empty CUDA_VISIBLE_DEVICES, or a '
+        'container started without --gpus)',
+        'run it where `nvidia-smi` lists the GPUs; in a container pass --gpus all (`invoke nccl-test --image` '
+        'does); check CUDA_VISIBLE_DEVICES',
+        '',
+    ),
     'collective-timeout': (
         'a collective never finished: a rank never joined or hung (its log is missing or stops before Init '
         'COMPLETE), or P2P over PCIe hangs behind ACS/IOMMU',
@@ -823,6 +830,11 @@ def test_signature_table_in_order():
     ("unhandled-cuda-error", "", "ncclUnhandledCudaError: Call to CUDA function failed."),
     ("torch-missing", "", "PyTorch is not installed"),
     ('torch-missing', '', "ModuleNotFoundError: No module named 'torch'"),
+    ("no-gpu-visible", "", "box: Test CUDA failure torch.cuda 'no CUDA GPU is visible'"),
+    ("no-gpu-visible", "", "CUDA error: no CUDA-capable device is detected"),
+    ("no-gpu-visible", "", "cudaErrorNoDevice"),
+    ("no-gpu-visible", "", "RuntimeError: Found no NVIDIA driver on your system."),
+    ("no-gpu-visible", "", "CUDA driver initialization failed, you might not have a CUDA gpu."),
     ("collective-timeout", "", "Test timeout after 60 s"),
     ("collective-timeout", "", "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1)"),
 ])
@@ -1328,7 +1340,7 @@ def test_nccl_tests_capability_from_the_context_then_the_first_known_gpu():
 def test_nccl_tests_with_no_rows_stopped_early():
     assert diagnose_nccl_tests(NcclTestsRun(ngpus=2)) == [Finding(
         "fail", "nccl-tests-empty", "nccl-tests: 2 rank(s): no result rows (the run stopped early)",
-        "read the output's last lines; rerun with NCCL_DEBUG=INFO")]
+        "read the output's last lines; rerun with NCCL_DEBUG=INFO and diagnose the NCCL log")]
 
 
 def test_failed_nccl_tests_take_the_signatures_fix():

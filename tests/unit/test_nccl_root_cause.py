@@ -238,6 +238,23 @@ def test_unrecognised_file_found_in_a_directory_is_skipped():
     assert report.level != "fail" and "skipped" in report.findings[0].message
 
 
+def test_files_that_are_no_evidence_at_all_fail_instead_of_passing(tmp_path):
+    """A directory holding only passwd and hostname is no NCCL run: "no failure found" would be a false PASS."""
+    for name, text in (("passwd", "root:x:0:0:root:/root:/bin/bash\n"), ("hostname", "box\n"), ("rank0.log", "")):
+        (tmp_path / name).write_text(text)
+    paths, in_dirs = nccl_logs.input_paths(str(tmp_path))
+    reports = diagnose_files(paths, optional=in_dirs)
+    assert [r.level for r in reports] == ["pass", "pass", "pass"]  # each only an info line: no failure
+    with pytest.raises(ForgeError, match=r"^none of the 3 file\(s\) read is an NCCL log, an nccl-tests output or an "
+                                         r"nvidia-smi output: hostname \(not recognised\), passwd \(not recognised\), "
+                                         r"rank0\.log \(empty\); nothing was diagnosed; an empty NCCL_DEBUG_FILE means "
+                                         r"no communicator started\. Fix: pass NCCL_DEBUG=INFO logs") as err:
+        nccl_logs.check_evidence(reports)
+    assert err.value.exit_code == 1
+    nccl_logs.check_evidence(diagnose_files([SIGS / "not_a_log.txt"]))  # named: its own FAIL finding says it
+    nccl_logs.check_evidence(reports + diagnose_files([SIGS / "shm_segment.log"]))
+
+
 # ---- link model ----------------------------------------------------------------------------------------
 def test_link_model_rows_name_their_source_and_follow_nccl_for_pcie():
     assert all(row.source for row in compat.LINK_MODEL)

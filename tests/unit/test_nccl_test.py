@@ -196,3 +196,23 @@ def test_topology_capability_and_pcie_are_recorded_for_the_link_model(tmp_path, 
     ctx = nccl_logs.Context()
     nccl_logs.diagnose_files(saved, ctx)
     assert (ctx.links, ctx.p2p, ctx.gpu_caps, ctx.pcie_gen, ctx.pcie_width) == (["NV18"], ["OK"], ["9.0"], 5, 16)
+
+
+@pytest.mark.parametrize("output, cause", [
+    # what scripts/nccl_allreduce.py prints where torch is installed but no GPU is visible
+    ("box: Test CUDA failure torch.cuda 'no CUDA GPU is visible'\n", "no NVIDIA GPU is visible to this run"),
+    ("# nThread 1 nGpus 1\nbox: Test failure odd.cu:12 'something new'\n", "odd.cu:12"),
+])
+def test_a_failed_run_never_asks_for_the_nccl_debug_it_already_set(tmp_path, output, cause):
+    """nccl-test runs with NCCL_DEBUG=INFO: its fixes point at the logs it wrote, never "rerun with NCCL_DEBUG"."""
+    plan = nccl_test.plan_run(gpus=1, out_dir=tmp_path, env={"PATH": "/nonexistent"}, has_torch=True)
+    assert plan.command.env["NCCL_DEBUG"] == "INFO"
+
+    def runner(argv, env=None, **kwargs):
+        return subprocess.CompletedProcess(argv, 1, output, "")
+
+    outcome = nccl_test.run_plan(plan, runner=runner)
+    assert outcome.level == "fail" and cause in outcome.root_cause.cause + " ".join(
+        f.message for r in outcome.reports for f in r.findings)
+    fixes = [outcome.root_cause.fix] + [f.fix for r in outcome.reports for f in r.findings]
+    assert not [fix for fix in fixes if "rerun with NCCL_DEBUG" in fix], fixes

@@ -8,6 +8,7 @@ import re
 import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import nox.registry
 import pytest
@@ -37,8 +38,8 @@ def test_nox_lists_every_session_with_a_description(listing):
     expected = {"tests", "lint", "matrix"} | {matrix.image_session_name(c) for c in matrix.image_cudas()}
     assert expected <= set(listing)
     assert {"image-cu126", "image-cu128", "image-cu129", "image-cu130"} <= set(listing)
-    for cuda, arch in matrix.wheel_pairs():
-        assert f"wheel(cuda='{cuda}', arch='{arch}')" in listing
+    wheels = {name for name in listing if name.startswith("wheel")}
+    assert wheels == {f"wheel(cuda='{cuda}', arch='{arch}')" for cuda, arch in matrix.local_wheel_pairs()}
     for cuda in compat.known_cudas():
         assert f"compilers(cuda='{cuda}')" in listing
     assert all(description.strip() and "\n" not in description for description in listing.values())
@@ -96,15 +97,43 @@ def test_matrix_filters(repo_root):
     assert bad.returncode != 0 and "mirror profile 'moon' is not defined" in bad.stderr + bad.stdout
 
 
-def test_impossible_combinations_are_skipped_not_attempted(repo_root):
+def test_impossible_combinations_fail_in_one_line_naming_the_session_that_can(repo_root):
+    """An image session asked for archs its CUDA cannot compile did nothing: it fails (not a skip with exit 0),
+    naming the session that can."""
     proc = run_nox(repo_root, "-s", "image-cu126", "--", "--arch", "12.0", "--dry-run")
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0
-    assert "skipped: CUDA 12.6 cannot compile sm_120 (needs CUDA 12.8 or newer)" in out
+    assert proc.returncode != 0
+    assert ("aborted: CUDA 12.6 cannot compile sm_120 (needs CUDA 12.8 or newer). Fix: run nox -s image-cu130 -- "
+            "--arch 12.0.\n") in out
     assert "invoke image" not in out
-    proc = run_nox(repo_root, "-s", "wheel(cuda='12.8', arch='12.1')", "--", "--dry-run")
-    assert proc.returncode == 0 and "cannot compile sm_121 (needs CUDA 12.9 or newer)" in proc.stderr
-    assert "invoke wheel" not in proc.stderr
+
+
+def test_wheel_sessions_are_the_local_nvccs_and_only_what_it_compiles():
+    """A wheel builds with this machine's nvcc: only its CUDA's sessions exist, and none it cannot compile."""
+    assert matrix.local_wheel_pairs("12.8") == [("12.8", arch) for arch in ("8.0", "8.9", "9.0", "10.0", "12.0")]
+    assert ("13.0", "12.1") in matrix.local_wheel_pairs("13.0") and ("12.4", "12.0") not in matrix.local_wheel_pairs(
+        "12.4")
+    assert matrix.local_wheel_pairs("11.2") == []
+
+
+def test_without_nvcc_the_wheel_session_is_listed_as_impossible(repo_root, monkeypatch):
+    monkeypatch.setattr(matrix, "local_wheel_pairs", lambda cuda=None: [])
+    monkeypatch.setattr(nox.registry, "_REGISTRY", {})
+    runpy.run_path(str(repo_root / "noxfile.py"))
+    sessions = nox.registry.get()
+    assert not [name for name in sessions if name.startswith("wheel(")]
+    assert sessions["wheel"].__doc__.startswith("CANNOT RUN HERE: a wheel builds with this machine's nvcc")
+
+
+def test_an_image_session_with_standin_runs_only_for_the_standins_cuda(repo_root):
+    proc = run_nox(repo_root, "-s", "image-cu128", "--", "--standin", "--dry-run")
+    assert proc.returncode != 0 and "invoke image" not in proc.stderr
+    assert ("aborted: the TEST-ONLY stand-in bases have CUDA 13.0, not 12.8. Fix: run nox -s image-cu130 -- "
+            "--standin --dry-run.\n") in proc.stderr
+    proc = run_nox(repo_root, "-s", "image-cu130", "--", "--standin", "--vllm-src", "tests/fixtures/minivllm",
+                   "--arch", "12.0", "--dry-run")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "build base vllm-forge-standin/build:cu130, runtime base vllm-forge-standin/runtime:py3" in proc.stdout
 
 
 def test_user_errors_end_the_session_with_one_line(repo_root):
@@ -155,3 +184,47 @@ def test_mirror_comes_from_invoke_yaml_when_not_given(tmp_path):
                                                                       mirrors.load_mirror("cn").apt_mirror)
     assert matrix.select_mirror("global", config).name == "global"
     assert [p.name for p in matrix.matrix_profiles(None, config)] == ["cn", "cn-aliyun", "global", "lab"]
+
+
+def test_nox_clean_removes_the_one_cache_and_the_tests_temporary_dirs(repo_root, tmp_path):
+    """`nox -s clean` lists each part of the vllm-forge cache with its size and removes it, and pytest's
+    temporary dirs of this user; `-- --dry-run` removes nothing; `--all` adds .nox/ and build/ (listed here)."""
+    import getpass
+
+    cache, temp = tmp_path / "cache", tmp_path / "tmp"
+    (cache / "wheels").mkdir(parents=True)
+    (cache / "wheels" / "vllm-0.26.0-cp38-abi3-manylinux_2_31_x86_64.whl").write_bytes(b"x" * 2_500_000)
+    (cache / "something-new").mkdir()
+    (cache / "something-new" / "f").write_bytes(b"y" * 1000)
+    pytest_dir = temp / f"pytest-of-{getpass.getuser()}" / "pytest-7"
+    pytest_dir.mkdir(parents=True)
+    (pytest_dir / "leftover").write_bytes(b"z" * 4000)
+    env = {"VLLM_FORGE_CACHE": str(cache), "TMPDIR": str(temp)}
+
+    dry = run_nox(repo_root, "-s", "clean", "--", "--dry-run", "--all", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert re.search(rf"2\.5 MB  {re.escape(str(cache / 'wheels'))} +vLLM wheels the tests download from PyPI",
+                     dry.stdout), dry.stdout
+    assert re.search(rf"1\.0 KB  {re.escape(str(cache / 'something-new'))}\n", dry.stdout)
+    assert re.search(rf"4\.0 KB  {re.escape(str(pytest_dir.parent))} +pytest's temporary directories", dry.stdout)
+    for name in (".nox", "build"):  # --all: this checkout's venvs and build outputs, where there are some
+        assert (str(repo_root / name) in dry.stdout) == (repo_root / name).is_dir()
+    kept = [name for name in (".nox", "build") if (repo_root / name).is_dir()]
+    assert "would remove" in dry.stdout and (cache / "wheels").is_dir() and pytest_dir.is_dir()
+
+    done = run_nox(repo_root, "-s", "clean", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "removed 2.5 MB" in done.stdout
+    assert not any(cache.iterdir()) and not pytest_dir.parent.exists()
+    assert all((repo_root / name).is_dir() for name in kept)  # not without --all
+
+
+def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
+    from scripts import config, forge_cache, standin_images
+
+    assert config.DEFAULTS["cache_dir"] == config.default_cache_root()  # as this run's environment set it
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "c"))
+    assert forge_cache.root() == tmp_path / "c" and standin_images.default_cache_dir() == tmp_path / "c" / "standin"
+    assert config.default_cache_root() == str(tmp_path / "c")
+    monkeypatch.delenv("VLLM_FORGE_CACHE")
+    assert forge_cache.root() == Path("~/.cache/vllm-forge").expanduser()

@@ -112,3 +112,23 @@ def test_read_checkout_records_ref_and_dirty(tmp_path):
     assert read_checkout(src, managed=False).ref == "local"  # --vllm-src: used as is
     (src / "a").write_text("2")
     assert read_checkout(src, managed=True).dirty
+
+
+def test_project_paths_are_the_projects_wherever_the_task_runs(tmp_path, monkeypatch):
+    """`cd docs; invoke check-size` reads the project's dist/: defaults and invoke.yaml paths are relative to
+    tasks.py; a relative path typed on the command line is relative to where the user is."""
+    monkeypatch.chdir(tmp_path)
+    project = tmp_path / "project"
+    resolved = pipeline.resolve_settings(None, {}, repo_root=project).config
+    assert (resolved.dist_dir, resolved.checkout_dir) == (str(project / "dist"), str(project / "build" / "vllm"))
+    typed = pipeline.resolve_settings(None, {"dist_dir": "out", "checkout_dir": "/abs/vllm"}, repo_root=project).config
+    assert (typed.dist_dir, typed.checkout_dir) == ("out", "/abs/vllm")
+
+
+def test_check_size_from_a_subdirectory_reads_the_projects_dist(repo_root):
+    import os
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "invoke", "check-size"], cwd=repo_root / "docs", capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "300"}, timeout=120)
+    assert str(repo_root / "dist") in out.stdout + out.stderr and "found at dist." not in out.stderr, out.stderr

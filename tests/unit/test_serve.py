@@ -158,3 +158,46 @@ def test_serve_removes_what_it_started_on_failure(monkeypatch):
     with pytest.raises(ForgeError, match="boom"):
         serve.serve(req(name="n1"))
     assert stopped == ["n1"]
+
+
+def _time_wait_port() -> int:
+    """A port whose last server closed its connection first and stopped: the server's end of that connection
+    is in TIME_WAIT (as after `invoke serve; invoke stop`), nothing listens. Like uvicorn and docker-proxy,
+    the server set SO_REUSEADDR."""
+    import socket
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server closes first, as an HTTP server does after its answer
+    client.recv(1)
+    client.close()
+    server.close()
+    return port
+
+
+def test_a_port_in_time_wait_after_a_stopped_server_is_free():
+    import socket
+
+    port = _time_wait_port()
+    with socket.socket() as plain, pytest.raises(OSError):  # what the old bind() check tripped on
+        plain.bind(("127.0.0.1", port))
+    serve.check_port_free("127.0.0.1", port)
+
+
+def test_a_port_something_listens_on_is_refused():
+    import socket
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(ForgeError, match=f"port {port} on 127.0.0.1 is already in use .*Fix: pass another --port"):
+            serve.check_port_free("127.0.0.1", port)
+        with pytest.raises(ForgeError, match="already in use"):  # published on every address
+            serve.check_port_free("0.0.0.0", port)
