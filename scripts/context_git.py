@@ -25,6 +25,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from scripts.git_safe import run_git
+
 # Files git, curl and pip read logins from (netrc; `credential.helper store`'s default files) and git
 # configs that may carry them: never part of a build context, wherever they sit in a tree.
 CREDENTIAL_FILE_NAMES = frozenset({".netrc", "_netrc", ".git-credentials", ".gitconfig"})
@@ -104,10 +106,8 @@ def filtered_config(config_file: Path) -> list[tuple[str, str]]:
     """(key, value) of ``config_file`` that a credential-free copy keeps (remote URLs made public)."""
     if not config_file.is_file():
         return []
-    proc = subprocess.run(
-        ["git", "config", "--file", str(config_file), "--no-includes", "--list", "-z"],
-        capture_output=True, text=True, env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"},
-    )
+    proc = run_git(["config", "--file", str(config_file), "--no-includes", "--list", "-z"],
+                   env={"GIT_CONFIG_NOSYSTEM": "1"})
     kept = []
     for entry in proc.stdout.split("\0"):
         key, _, value = entry.partition("\n")
@@ -124,8 +124,9 @@ def write_config(path: Path, entries: list[tuple[str, str]]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text("")
     for key, value in entries:
-        subprocess.run(["git", "config", "--file", str(partial), "--add", key, value], check=True,
-                       capture_output=True)
+        proc = run_git(["config", "--file", str(partial), "--add", key, value])
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
     if path.is_file() and path.read_bytes() == partial.read_bytes():
         partial.unlink()  # unchanged: keep its mtime, so the context does not look changed
         return
@@ -249,8 +250,7 @@ def _sanitize(git_dir: Path, common: Path, dest: Path, extra_config: list[tuple[
 
 def _module_worktree(module: Path) -> str:
     """A submodule git dir's core.worktree, when relative (an absolute one points outside the context)."""
-    proc = subprocess.run(["git", "config", "--file", str(module / "config"), "core.worktree"],
-                          capture_output=True, text=True)
+    proc = run_git(["config", "--file", str(module / "config"), "core.worktree"])
     value = proc.stdout.strip()
     return value if value and not os.path.isabs(value) else ""
 

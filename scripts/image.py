@@ -408,10 +408,9 @@ def has_credentials(url: str) -> bool:
 
 
 def _git_out(src: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    from scripts.git_safe import run_git
+
+    proc = run_git(["-C", str(src), *args], timeout=30)
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -863,12 +862,10 @@ def detect_version(root: Path) -> tuple[str | None, str]:
     if m:
         return m.group(1), "PKG-INFO"
     if (root / ".git").exists():
-        try:
-            proc = subprocess.run(["git", "describe", "--tags", "--match", "v[0-9]*", "--abbrev=0"], cwd=root,
-                                  capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            proc = None
-        if proc is not None and proc.returncode == 0 and proc.stdout.strip():
+        from scripts.git_safe import run_git
+
+        proc = run_git(["describe", "--tags", "--match", "v[0-9]*", "--abbrev=0"], root, timeout=30)
+        if proc.returncode == 0 and proc.stdout.strip():
             tag = proc.stdout.strip()
             return tag.lstrip("v"), f"git tag {tag}"
     for rel in ("vllm/_version.py", "vllm/version.py"):
