@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the
 
 from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
+from scripts.git_safe import run_git, url_credentials
 from scripts.validate import is_git_ref
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
@@ -118,16 +119,20 @@ def check_fetch_url(url: str, rewrites: Mapping[str, str], what: str) -> str:
     )
 
 
-def _git_config_args(rewrites: Mapping[str, str]) -> list[str]:
-    # Given as -c, the rewrites and the protocol list reach every git process a command starts
-    # (submodule clones too). protocol.allow=never first: ext::, fd:: and anything unnamed stay off.
-    args = ["-c", "advice.detachedHead=false", "-c", "protocol.allow=never",
-            "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60"]
-    for protocol in allowed_protocols(rewrites):
-        args += ["-c", f"protocol.{protocol}.allow=always"]
+def _git_config(rewrites: Mapping[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(config for the command line, config that carries credentials and goes by environment).
+
+    Both reach every git process a command starts (submodule clones too). git_safe puts
+    protocol.allow=never first: ext::, fd:: and anything unnamed stay off. A --url-map / --github-proxy
+    URL with a login is rewritten to without it, and the login travels as that URL's extraHeader."""
+    config = [("advice.detachedHead", "false"), ("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "60")]
+    config += [(f"protocol.{protocol}.allow", "always") for protocol in allowed_protocols(rewrites)]
+    secret: list[tuple[str, str]] = []
     for old, new in rewrites.items():
-        args += ["-c", f"url.{new}.insteadOf={old}"]
-    return args
+        public, login = url_credentials(new)
+        config.append((f"url.{public}.insteadOf", old))
+        secret += login
+    return config, secret
 
 
 def _safe(text: str) -> str:
@@ -185,15 +190,10 @@ def plan_fetch(tree: VllmTree | Path | str, cache_dir: Path | str, github_proxy:
 
 def _run_git(args: list[str], cwd: Path | None, rewrites: Mapping[str, str],
              on_line=None) -> subprocess.CompletedProcess:
-    argv = ["git", *_git_config_args(rewrites), *args]
+    config, secret = _git_config(rewrites)
     if on_line:
-        on_line(mask_urls(" ".join(["git", *args])))
-    # GIT_PROTOCOL_FROM_USER=0: a protocol left at "user" is never taken from a URL in a repository.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_PROTOCOL_FROM_USER": "0"}
-    try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(argv, 124, "", f"timed out after {GIT_TIMEOUT_S} s")
+        on_line(mask_urls("git " + " ".join(args)))  # progress: the command, without git_safe's -c overrides
+    return run_git(args, cwd, timeout=GIT_TIMEOUT_S, extra_config=config, secret_config=secret)
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

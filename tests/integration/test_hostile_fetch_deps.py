@@ -16,6 +16,7 @@ from test_fetch_deps_bare_repos import git, github, make_tree  # noqa: F401 (git
 
 from scripts import fetch_deps as fd
 from scripts.errors import ForgeError
+from scripts.git_safe import git_argv
 from scripts.vllm_tree import inspect_tree
 
 pytestmark = pytest.mark.integration
@@ -91,11 +92,13 @@ def test_a_checkout_repository_outside_https_and_ssh_is_refused(tmp_path, privat
     assert not list((tmp_path / "cache").rglob("secret.txt"))
 
 
-def test_git_runs_with_only_the_protocols_needed():
-    args = fd._git_config_args(fd.url_rewrites(url_map={"https://github.com/": "file:///srv/git/"}))
+def test_git_runs_with_only_the_protocols_needed(tmp_path):
+    config, _ = fd._git_config(fd.url_rewrites(url_map={"https://github.com/": "file:///srv/git/"}))
+    args = git_argv(["fetch"], extra_config=config, cwd=tmp_path)
     assert args[args.index("protocol.allow=never") - 1] == "-c"
-    assert "protocol.file.allow=always" in args and "protocol.https.allow=always" in args
-    plain = fd._git_config_args(fd.url_rewrites())
+    assert args.index("protocol.allow=never") < args.index("protocol.file.allow=always")
+    assert "protocol.https.allow=always" in args
+    plain = git_argv(["fetch"], extra_config=fd._git_config(fd.url_rewrites())[0], cwd=tmp_path)
     assert "protocol.allow=never" in plain and not any("protocol.file" in a or "protocol.ext" in a for a in plain)
 
 

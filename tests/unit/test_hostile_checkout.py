@@ -29,7 +29,7 @@ def test_a_hostile_ref_is_refused_before_git_runs(tmp_path, ref):
 def test_the_clone_url_follows_double_dash(tmp_path, monkeypatch):
     monkeypatch.setattr(checkout, "checkout_target", lambda repo, ref: "origin/main")
     clone = next(c for c in checkout.plan_clone("https://h.example/vllm.git", "main", tmp_path / "co")
-                 if c.argv[:2] == ["git", "clone"])
+                 if "clone" in c.argv)
     assert clone.argv[clone.argv.index("--") + 1] == "https://h.example/vllm.git"
 
 

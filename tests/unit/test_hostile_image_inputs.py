@@ -123,6 +123,13 @@ def checkout_for_bake(tmp_path) -> Path:
     f"https://pypi.example.com/simple/?a=1&token={SECRET}",
     f"https://gitlab.example.com/api/v4/projects/1/packages/pypi/simple?private_token={SECRET}",
     f"https://bucket.s3.example.com/whl?X-Amz-Signature={SECRET}&X-Amz-Credential=k",
+    # A password may hold any character a URL's user-info can: quotes, <, >, @, ;, &, $, `...
+    f"https://user:pa'ss{SECRET}@idx.example.com/whl",
+    f'https://user:pa"ss{SECRET}@idx.example.com/whl',
+    f"https://user:pa<ss{SECRET}>@idx.example.com/whl",
+    f"https://user:p@ss{SECRET}@idx.example.com/whl",
+    f"https://user:p;a&s$s`{SECRET}@idx.example.com/whl",
+    f"https://{SECRET}'@idx.example.com/whl",
 ])
 def test_every_credential_form_is_found_and_masked(url):
     assert credentials.has_credentials(url) and image.has_credentials(url)
@@ -152,7 +159,9 @@ def test_index_credentials_in_any_form_go_in_as_a_secret(tmp_path, checkout_for_
 @pytest.mark.parametrize("field", ["pytorch_index_base_url", "extra_index_url"])
 @pytest.mark.parametrize("url", [f"https://u:{SECRET}@download.example.com/whl",
                                  f"HTTPS://{SECRET}@download.example.com/whl",
-                                 f"https://download.example.com/whl?token={SECRET}"])
+                                 f"https://download.example.com/whl?token={SECRET}",
+                                 f"https://user:pa'ss{SECRET}@download.example.com/whl",
+                                 f'https://user:pa"ss<{SECRET}@download.example.com/whl'])
 def test_a_credential_that_would_become_a_build_arg_is_refused(tmp_path, checkout_for_bake, field, url):
     req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             **{field: url})
