@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the
 from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
 from scripts.git_safe import run_git, url_credentials
-from scripts.validate import is_git_ref
+from scripts.validate import is_git_ref, normalise_url
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
 GITHUB = "https://github.com/"
@@ -102,10 +102,11 @@ def allowed_protocols(rewrites: Mapping[str, str]) -> list[str]:
 
 def check_fetch_url(url: str, rewrites: Mapping[str, str], what: str) -> str:
     """The URL git will fetch for ``url`` (a repository or submodule URL from a checkout), refused
-    unless it is https/ssh or lies under a prefix the user named."""
-    final = rewrite_url(url, rewrites)
+    unless it is https/ssh or lies under a prefix the user named. Both sides are compared normalised,
+    and a URL with a ``..`` segment is refused."""
+    final = normalise_url(rewrite_url(url, rewrites), what)
     if not final.startswith("-") and not any(c in final for c in "\n\r\0"):
-        if any(final.startswith(target) for target in user_targets(rewrites)):
+        if any(final.startswith(normalise_url(target, "--url-map")) for target in user_targets(rewrites)):
             return final
         scheme = final.split("://", 1)[0].lower() if "://" in final else ""
         if (scheme in BUILTIN_PROTOCOLS and re.match(r"^[a-z]+://[A-Za-z0-9\[]", final, re.IGNORECASE)) \

@@ -143,3 +143,26 @@ def test_query_token_in_a_url_map_is_masked_in_the_dry_run(tmp_path, capsys):
     assert fd.main([str(src), "--cache-dir", str(tmp_path / "cache"), "--dry-run", "--url-map",
                     f"https://github.com/=https://git.example.com/x?private_token={secret}&h=/"]) == 0
     assert secret not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("climb", ["..", "%2e%2e", "%2E.", "./.."])
+def test_a_repository_that_climbs_out_of_a_url_map_prefix_is_refused(tmp_path, github, private_repo, climb):  # noqa: F811
+    """`--url-map https://github.com/=file:///srv/git/` names the mirror; a fork's GIT_REPOSITORY
+    file:///srv/git/../../home/victim/private starts with that prefix as text, and is not under it."""
+    mirror = github["proxy"]  # file://<tmp>/proxy/ : the named mirror
+    url = f"{mirror}{climb}/{private_repo.name}"  # <tmp>/proxy/../private.git
+    src = make_tree(tmp_path / "src", "main")
+    cmake = src / "CMakeLists.txt"
+    cmake.write_text(cmake.read_text().replace("https://github.com/org/kernels.git", f'"{url}"'))
+    cache = tmp_path / "cache"
+    with pytest.raises(ForgeError, match=r"has a \.\. segment.* Fix: check where this checkout comes from"):
+        fd.fetch_deps(inspect_tree(src), cache, url_map={"https://github.com/": mirror})
+    with pytest.raises(ForgeError, match=r"has a \.\. segment"):  # the dry run refuses it too
+        fd.plan_fetch(inspect_tree(src), cache, url_map={"https://github.com/": mirror})
+    assert not list(cache.rglob("secret.txt"))
+
+
+def test_a_url_under_the_prefix_is_taken_once_normalised(tmp_path):
+    rewrites = fd.url_rewrites(url_map={"https://github.com/": "FILE:///srv/git/"})
+    assert fd.check_fetch_url("file:///srv/./git/org/x.git", rewrites, "x") == "file:///srv/git/org/x.git"
+    assert fd.check_fetch_url("HTTPS://GitHub.com/org/x.git", {}, "x") == "https://github.com/org/x.git"
