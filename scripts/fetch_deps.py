@@ -27,6 +27,7 @@ if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the
 from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
 from scripts.git_safe import run_git, url_credentials
+from scripts.nofollow import remove, write_file
 from scripts.validate import is_git_ref, normalise_url
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
@@ -301,13 +302,12 @@ def fetch_one(dep: GitDep, cache_dir: Path | str, rewrites: Mapping[str, str], *
         if re.fullmatch(r"[0-9a-f]{40}", dep.tag) and commit != dep.tag:
             raise ForgeError(f"{url} gave commit {commit} for {dep.name}, not the pinned {dep.tag}",
                              "check the GitHub proxy / mirror: it serves a different repository")
-        if final.exists():  # an unfinished earlier copy (no marker): replace it
-            shutil.rmtree(final)
+        remove(final)  # an unfinished earlier copy (no marker), or a link planted there: replaced, never followed
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _marker(final).write_text(json.dumps({
+    write_file(_marker(final), json.dumps({
         # Never a credential of a --url-map / --github-proxy URL: bake copies this file into its context.
         "name": dep.name, "repository": dep.repository, "tag": dep.tag, "commit": commit,
         "fetched_from": strip_credentials(url),

@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
+from scripts.nofollow import write_file
 from scripts.plan import Command, record_command
 from scripts.validate import check_image_ref
 
@@ -455,7 +456,7 @@ def save_logs(started: Started, docker: str = "docker") -> Path | None:
             if proc.returncode != 0:  # the container is gone: docker's complaint is not the server's log
                 return None
             LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
-            path.write_text(proc.stdout + proc.stderr)
+            write_file(path, proc.stdout + proc.stderr)  # never through a link planted in build/serve
         except (OSError, subprocess.SubprocessError):
             return None
     return path if path.exists() else None
@@ -631,7 +632,7 @@ def write_pid_record(path: Path, pid: int) -> None:
     """Record the local server: pid, start time and executable, so `stop` signals only that process."""
     identity = _process_identity(pid)
     record = {"pid": pid, "start_time": identity[0] if identity else "", "exe": identity[1] if identity else ""}
-    path.write_text(json.dumps(record) + "\n")
+    write_file(path, json.dumps(record) + "\n")
 
 
 def _recorded_process(path: Path) -> tuple[int | None, str]:
@@ -714,12 +715,7 @@ def write_compose_file(request: ServeRequest, path: Path) -> Path:
     """Write ``compose_file(request)`` to ``path`` whole or not at all (a refused request writes nothing)."""
     text = compose_file(request)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_file(path, text)  # made next to it and renamed into place: whole or not at all, never through a link
     return path
 
 

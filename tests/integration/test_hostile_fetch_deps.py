@@ -166,3 +166,19 @@ def test_a_url_under_the_prefix_is_taken_once_normalised(tmp_path):
     rewrites = fd.url_rewrites(url_map={"https://github.com/": "FILE:///srv/git/"})
     assert fd.check_fetch_url("file:///srv/./git/org/x.git", rewrites, "x") == "file:///srv/git/org/x.git"
     assert fd.check_fetch_url("HTTPS://GitHub.com/org/x.git", {}, "x") == "https://github.com/org/x.git"
+
+
+def test_a_link_planted_in_the_cache_is_replaced_not_written_through(tmp_path, github):  # noqa: F811
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_text("mine\n")
+    cache = tmp_path / "cache"
+    (cache / "deps").mkdir(parents=True)
+    (cache / "deps" / f"kernels@v1.0{fd.MARKER_SUFFIX}").symlink_to(victim)
+    (cache / "deps" / "kernels@v1.0").symlink_to(victim_dir, target_is_directory=True)
+    fd.fetch_deps(inspect_tree(make_tree(tmp_path / "src", "v1.0")), cache, github_proxy=github["proxy"])
+    assert victim.read_text() == "precious\n" and sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"]
+    assert (cache / "deps" / "kernels@v1.0" / "kernel.cu").read_text() == "// v1\n"
+    assert json.loads((cache / "deps" / f"kernels@v1.0{fd.MARKER_SUFFIX}").read_text())["tag"] == "v1.0"

@@ -86,6 +86,17 @@ def test_links_in_the_source_tree_stay_links_or_are_refused(tmp_path):
         image.sync_tree(src, dest)
 
 
+def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
+    """Containment is judged on the resolved path: with `d -> .`, `d/d/../../etc/passwd` reads as inside."""
+    src = tmp_path / "deep" / "src"
+    src.mkdir(parents=True)
+    (src / "d").symlink_to(".", target_is_directory=True)
+    (src / "esc").symlink_to("d/d/../../../../etc/passwd")
+    assert os.path.normpath(src / "d/d/../../../../etc/passwd").startswith(str(tmp_path))  # lexically "inside"
+    with pytest.raises(ForgeError, match=r"esc is a symlink to d/d/.*which resolves outside .*src"):
+        image.sync_tree(src, tmp_path / "context")
+
+
 def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -255,3 +266,104 @@ def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout
     assert staged["fetched_from"] == "https://mirror.example/github/nvidia/cutlass.git"
     assert staged["repository"] == dep.repository and staged["tag"] == dep.tag  # still a cache hit inside
     assert not [p for p in (tmp_path / "deps").rglob("*") if p.is_file() and SECRET in p.read_text()]
+
+
+def test_a_link_planted_at_the_bake_lock_truncates_nothing(tmp_path):
+    """The finding: build/bake/.bake.lock as a link had its target truncated (and the pid written there)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    context_dir = tmp_path / "bake"
+    context_dir.mkdir()
+    (context_dir / ".bake.lock").symlink_to(victim)
+    with image._context_lock(context_dir):
+        pass
+    assert victim.read_text() == "precious\n"
+    assert not (context_dir / ".bake.lock").is_symlink()
+
+
+def test_a_planted_link_at_the_secret_file_is_replaced(tmp_path, checkout_for_bake, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            index_url=f"https://u:{SECRET}@idx.example.com/simple")
+    plan = image.plan_bake(req, BUILDKIT)
+    secret = Path(plan.secrets["pip_index_url"])
+    secret.parent.mkdir(parents=True)
+    secret.symlink_to(victim)
+    seen = []
+    monkeypatch.setattr(image, "run_command", lambda command, **kw: seen.append(secret.read_text()))
+    plan.stage_context = False
+    image._run_bake(plan)
+    assert victim.read_text() == "precious\n" and seen and SECRET in seen[0]
+
+
+def test_the_command_log_is_never_appended_through_a_link(tmp_path, monkeypatch):
+    from scripts.plan import COMMAND_LOG_ENV, record_command
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    log = tmp_path / "forge-commands.jsonl"
+    log.symlink_to(victim)  # e.g. another user of the host, in /tmp
+    monkeypatch.setenv(COMMAND_LOG_ENV, str(log))
+    with pytest.raises(ForgeError, match=r"VLLM_FORGE_COMMAND_LOG .*forge-commands.jsonl is a symlink .* Fix: remove"):
+        record_command(Command(["true"]))
+    assert victim.read_text() == "precious\n"
+    log.unlink()
+    record_command(Command(["true"]))
+    assert log.read_text().startswith('{"shell": "true"')
+
+
+# --- files that hold logins, and the checkout's .dockerignore -------------------------------------------------
+
+
+LOGIN_FILES = [".env", ".env.production", "deploy/.env.local", ".envrc", ".pypirc", ".netrc", "_netrc",
+               ".git-credentials", ".gitconfig", ".docker/config.json", "tools/.dockercfg", ".aws/credentials",
+               ".aws/config", ".config/gcloud/application_default_credentials.json",
+               "ci/application_default_credentials.json", ".kube/config", "k8s/kubeconfig", ".ssh/id_ed25519",
+               "keys/id_rsa", "id_ecdsa"]
+
+
+def test_files_that_hold_logins_are_left_out_and_reported(tmp_path, checkout_for_bake):
+    """The finding: git-ignored .env, .pypirc, .docker/config.json, .aws/credentials were staged."""
+    for rel in LOGIN_FILES:
+        path = checkout_for_bake / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"TOKEN={SECRET}\n")
+    (checkout_for_bake / ".env.example").write_text("TOKEN=\n")  # a template holds no login: it stays
+    left: list[str] = []
+    dest = tmp_path / "context"
+    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    staged = [p for p in dest.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert staged == []
+    assert (dest / ".env.example").is_file() and (dest / "setup.py").is_file()
+    assert len(left) == 1 and ".aws/credentials" in left[0] and ".ssh/" in left[0] or "..." in left[0]
+    assert left[0].startswith(f"left out of the build context, from {checkout_for_bake}: 20 that hold logins (")
+
+
+def test_the_checkouts_dockerignore_is_honoured(tmp_path, checkout_for_bake):
+    (checkout_for_bake / ".dockerignore").write_text(
+        "# vLLM's own kind of rules\n/build\n*.log\ndocs/**\n!docs/keep.md\nvllm/*.bin\n**/scratch\n  \n")
+    for rel in ("run.log", "docs/a/b.md", "docs/keep.md", "vllm/w.bin", "vllm/sub/w.bin", "x/scratch/y.txt",
+                "logs/run.log"):
+        (checkout_for_bake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout_for_bake / rel).write_text("x\n")
+    left: list[str] = []
+    dest = tmp_path / "context"
+    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert "docs/keep.md" in got and "vllm/sub/w.bin" in got and "logs/run.log" in got  # as Docker decides
+    for gone in ("run.log", "docs/a/b.md", "vllm/w.bin", "x/scratch/y.txt"):
+        assert gone not in got
+    assert "4 that its .dockerignore names" in left[0]
+
+
+@pytest.mark.parametrize("pattern", ["*a" * 12 + "b", "**/" * 30 + "x", "[a-z]*" * 40])
+def test_a_hostile_dockerignore_pattern_stays_linear(tmp_path, checkout_for_bake, pattern):
+    """Docker matches .dockerignore with Go's RE2; a backtracking matcher takes hours on `*a*a*a...b`."""
+    import time
+
+    (checkout_for_bake / ".dockerignore").write_text(pattern + "\n")
+    (checkout_for_bake / ("a" * 200)).write_text("x\n")
+    started = time.monotonic()
+    image.stage_checkout(checkout_for_bake, tmp_path / "context", tmp_path / "git-mirror")
+    assert time.monotonic() - started < 20  # seconds; a backtracking match of this pattern: far beyond
