@@ -115,8 +115,8 @@ class ServeRequest:
 
 
 # Flags this module sets itself: repeating them in extra_args would contradict the port mapping, the
-# model mount or the key's way in (the environment).
-_MANAGED_FLAGS = {
+# model mount or the key's way in (the environment). Any prefix of one counts: vLLM's argparse takes it.
+MANAGED_FLAGS = {
     "--host": "pass `invoke serve --host`",
     "--port": "pass `invoke serve --port`",
     "--model": "pass `invoke serve --model`",
@@ -151,16 +151,26 @@ def _flag_name(word: str) -> str:
     return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
 
 
+def _flag_for(name: str, flags) -> str | None:
+    """The flag of ``flags`` that ``name`` spells or abbreviates (argparse takes a prefix), if any."""
+    if not name.startswith("-") or name in ("-", "--"):
+        return None
+    return next((flag for flag in flags if flag.startswith(name)), None)
+
+
 def check_extra_args(request: ServeRequest) -> None:
     words = list(request.extra_args)
     for word in words:
         name = _flag_name(word)
-        if name in _MANAGED_FLAGS:
-            raise ForgeError(f"the vLLM flags passed through set {name}, which invoke serve manages",
-                             f"drop it from the pass-through flags and {_MANAGED_FLAGS[name]}")
-        if name in _FIELD_FLAGS and getattr(request, _FIELD_FLAGS[name]):
-            raise ForgeError(f"{name} is given twice (as invoke serve's own flag and among the vLLM flags passed "
-                             "through)", f"give {name} once")
+        managed = _flag_for(name, MANAGED_FLAGS)
+        if managed:
+            spelled = name if name == managed else f"{name} (a prefix of {managed}, which vLLM's parser takes for it)"
+            raise ForgeError(f"the vLLM flags passed through set {spelled}, which invoke serve manages",
+                             f"drop it from the pass-through flags and {MANAGED_FLAGS[managed]}")
+        field_flag = _flag_for(name, _FIELD_FLAGS)
+        if field_flag and getattr(request, _FIELD_FLAGS[field_flag]):
+            raise ForgeError(f"{field_flag} is given twice (as invoke serve's own flag and among the vLLM flags passed "
+                             f"through, as {name})", f"give {field_flag} once")
     if words and not words[0].startswith("-"):
         raise ForgeError(f"the vLLM flags passed through start with {words[0]!r}, not a flag",
                          "pass flags only (e.g. --enforce-eager --dtype bfloat16); the model goes in --model")
