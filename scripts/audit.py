@@ -56,6 +56,7 @@ from scripts.fatbin import (
     looks_like_binary,
     scan_stream,
 )
+from scripts.validate import check_image_ref
 
 # One kernel group on one GPU (``decide``):
 SASS = "sass"
@@ -958,6 +959,7 @@ def _check_image(docker: str, image: str) -> None:
 def scan_image(image: str, *, docker: str | None = None, via: str = "save") -> list[_Scanned]:
     """Stream ``docker save IMAGE`` (layers, whiteouts applied) or ``docker export`` of a created,
     never started container, and scan every candidate file on the way. Nothing is written to disk."""
+    check_image_ref(image, "--image")  # docker reads it after its options: never one itself
     docker = _docker(docker)
     _check_image(docker, image)
     container = None

@@ -1367,6 +1367,7 @@ def image_size_report(
 
 def image_jit_facts(docker: str, image: str) -> dict:
     """scripts/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    check_image_ref(image, "the image")
     script = (REPO_ROOT / "scripts" / "doctor_inside.py").read_text()
     try:
         proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
@@ -1494,6 +1495,7 @@ def classify_sizes(image_dists: dict[str, int], base_dists: dict[str, int], jit_
 def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 8) -> SizeBreakdown:
     """`check-size --image`: the image over its runtime base, split into the JIT toolchain, torch and its
     CUDA wheels, vLLM and its other requirements, and the rest, with the largest layers."""
+    check_image_ref(image, "the image")
     report = image_size_report(docker, image, 0, base=base, top=top)
     base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
     parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as `python scripts/nccl_test.py`: make the 
 from scripts import nccl_logs
 from scripts.errors import ForgeError, run_main
 from scripts.nofollow import write_file
+from scripts.validate import check_image_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALLREDUCE_SCRIPT = Path(__file__).resolve().parent / "nccl_allreduce.py"
@@ -230,6 +231,8 @@ def plan_run(*, gpus: int, sizes: str = "8:128M", out_dir: Path, runner: str = "
         raise ForgeError(f"--gpus {gpus}: need at least one GPU", "pass --gpus 1 or more")
     if runner not in ("auto", "nccl-tests", "torch"):
         raise ForgeError(f"--runner {runner!r} is unknown", "use auto, nccl-tests or torch")
+    if image:
+        check_image_ref(image, "--image")  # docker reads it after its options: never one itself
     low, high = parse_sizes(sizes)
     out_dir = Path(out_dir).resolve()
     notes: list[str] = []

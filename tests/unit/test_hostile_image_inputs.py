@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -367,3 +368,59 @@ def test_a_hostile_dockerignore_pattern_stays_linear(tmp_path, checkout_for_bake
     started = time.monotonic()
     image.stage_checkout(checkout_for_bake, tmp_path / "context", tmp_path / "git-mirror")
     assert time.monotonic() - started < 20  # seconds; a backtracking match of this pattern: far beyond
+
+
+# --- --image references, wherever one is taken ------------------------------------------------------------------
+
+
+@pytest.fixture
+def recording_docker(tmp_path):
+    """A docker client that records every call (and whose engine answers), for VLLM_FORGE_DOCKER."""
+    log = tmp_path / "docker-calls.log"
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nif [ "$1" = version ]; then echo 20.10.24; fi\n'
+                      'if [ "$1" = info ]; then echo 20.10.24; fi\nexit 0\n')
+    docker.chmod(0o755)
+    return docker, log
+
+
+HOSTILE_IMAGES = ["--privileged", "--output=type=local,dest=/", "-v/:/host", "img\nname", "a b"]
+
+
+@pytest.mark.parametrize("task", [
+    ["audit", "--image={image}", "--arch", "12.0"], ["doctor", "--image={image}"],
+    ["nccl-test", "--image={image}", "--gpus", "1", "--dry-run"], ["check-size", "--image={image}"],
+    ["inspect", "--image={image}"], ["serve", "m", "--image={image}", "--dry-run"],
+])
+def test_every_task_that_takes_an_image_checks_it_before_docker(task, recording_docker):
+    docker, log = recording_docker
+    repo = Path(__file__).resolve().parents[2]
+    for hostile in HOSTILE_IMAGES[:3]:
+        argv = [part.format(image=hostile) for part in task]
+        out = subprocess.run([sys.executable, "-m", "invoke", *argv], cwd=repo, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "COLUMNS": "300", "VLLM_FORGE_DOCKER": str(docker)})
+        assert out.returncode == 2 and "is not an image reference" in out.stderr, (argv, out.stdout, out.stderr)
+        calls = log.read_text().splitlines() if log.exists() else []
+        assert not [c for c in calls if hostile in c], calls
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES)
+def test_the_image_functions_check_it_themselves(hostile, tmp_path):
+    from scripts import audit, doctor, nccl_test
+
+    ran = []
+
+    def runner(argv, **kw):
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    for call in (lambda: audit.scan_image(hostile, docker="/bin/true"),
+                 lambda: audit.audit_image(hostile, ["12.0"], docker="/bin/true"),
+                 lambda: doctor.run_doctor(image=hostile, docker="/bin/true", runner=runner),
+                 lambda: nccl_test.plan_run(gpus=1, out_dir=tmp_path, image=hostile, has_torch=lambda p: True),
+                 lambda: image.image_jit_facts("/bin/true", hostile),
+                 lambda: image.image_size_breakdown("/bin/true", hostile),
+                 lambda: image.image_size_report("/bin/true", hostile)):
+        with pytest.raises(ForgeError, match="is not an image reference"):
+            call()
+    assert ran == []
