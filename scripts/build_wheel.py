@@ -253,9 +253,14 @@ def _lock_checkout(src: Path):
     of it fails at once instead of corrupting this one."""
     import fcntl
 
+    from scripts.nofollow import open_nofollow, remove
+
     build_dir = Path(src).expanduser() / "build"
     build_dir.mkdir(exist_ok=True)
-    handle = open(build_dir / ".vllm-forge-build.lock", "a+")
+    lock = build_dir / ".vllm-forge-build.lock"
+    if lock.is_symlink():  # one the tree came with: truncating "the lock" would truncate its target
+        remove(lock)
+    handle = os.fdopen(open_nofollow(lock, os.O_RDWR | os.O_CREAT), "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scripts.errors import ForgeError
+from scripts.nofollow import is_inside
 
 _SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".deps"}
 _SKIP_TOP = {"build", "dist", ".deps", ".venv", "wheel-export"}
@@ -143,7 +144,8 @@ class ContextFilter:
         self.denied = parse_patterns(list(DENIED), "the deny list")
         self.ignored: list[_Pattern] = []
         ignore_file = Path(self.src) / ".dockerignore"
-        if ignore_file.is_file() and not ignore_file.is_symlink():
+        # A link that leads out of the tree (or to a FIFO) is not read: the tree names what it leaves out.
+        if ignore_file.is_file() and is_inside(ignore_file, self.src):
             with open(ignore_file, encoding="utf-8", errors="replace") as handle:
                 text = handle.read(MAX_DOCKERIGNORE + 1)
             if len(text) > MAX_DOCKERIGNORE:
@@ -170,10 +172,11 @@ class ContextFilter:
 
     def summary(self) -> str:
         """One line for bake's output: what was left out and why ("" when nothing was)."""
+        logins, ignored = self.left_out["logins"], self.left_out["dockerignore"]
         parts = []
-        if self.left_out["logins"]:
-            shown = ", ".join(self.left_out["logins"][:6]) + (" ..." if len(self.left_out["logins"]) > 6 else "")
-            parts.append(f"{len(self.left_out['logins'])} that hold logins ({shown})")
-        if self.left_out["dockerignore"]:
-            parts.append(f"{len(self.left_out['dockerignore'])} that its .dockerignore names")
-        return f"left out of the build context, from {self.src}: " + "; ".join(parts) if parts else ""
+        if logins:
+            shown = ", ".join(logins[:6]) + (" ..." if len(logins) > 6 else "")
+            parts.append(f"{len(logins)} that hold logins ({shown})")
+        if ignored:
+            parts.append(f"{len(ignored)} that its .dockerignore names")
+        return f"left out of the build context, of {self.src}: " + "; ".join(parts) if parts else ""

@@ -43,3 +43,18 @@ def test_an_image_name_that_is_a_docker_option_is_refused(tmp_path, flag):
                             **{flag: "--output=type=local,dest=/"})
     with pytest.raises(ForgeError, match="is not an image reference"):
         image.plan_bake(req, image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+
+
+def test_a_build_lock_the_tree_came_with_truncates_nothing(tmp_path):
+    """A tree (a tarball, a fork) may hold build/.vllm-forge-build.lock as a link to a file of yours."""
+    from scripts import build_wheel
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    tree = tmp_path / "vllm"
+    (tree / "build").mkdir(parents=True)
+    (tree / "build" / ".vllm-forge-build.lock").symlink_to(victim)
+    handle = build_wheel._lock_checkout(tree)
+    handle.close()
+    assert victim.read_text() == "precious\n"
+    assert not (tree / "build" / ".vllm-forge-build.lock").is_symlink()

@@ -338,7 +338,7 @@ def test_files_that_hold_logins_are_left_out_and_reported(tmp_path, checkout_for
     assert staged == []
     assert (dest / ".env.example").is_file() and (dest / "setup.py").is_file()
     assert len(left) == 1 and ".aws/credentials" in left[0] and ".ssh/" in left[0] or "..." in left[0]
-    assert left[0].startswith(f"left out of the build context, from {checkout_for_bake}: 20 that hold logins (")
+    assert left[0].startswith(f"left out of the build context, of {checkout_for_bake}: 20 that hold logins (")
 
 
 def test_the_checkouts_dockerignore_is_honoured(tmp_path, checkout_for_bake):
