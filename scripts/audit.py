@@ -56,6 +56,7 @@ from scripts.fatbin import (
     looks_like_binary,
     scan_stream,
 )
+from scripts.validate import check_image_ref
 
 # One kernel group on one GPU (``decide``):
 SASS = "sass"
@@ -877,18 +878,61 @@ class _Peeked:
         return self._raw.read(n)
 
 
+class _Node:
+    """A directory (or file) of the merged image filesystem: its file, if one was scanned there, and below it."""
+
+    __slots__ = ("children", "file")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.file: tuple[str, _Scanned] | None = None  # (its path, what the scan found)
+
+
+def _parts(path: str) -> list[str]:
+    return [part for part in path.split("/") if part]
+
+
 def _merge_layers(layers: list[tuple[dict, set, set]]) -> list[_Scanned]:
-    """The final filesystem's files: later layers replace earlier ones, whiteouts delete."""
-    final: dict[str, _Scanned] = {}
+    """The final filesystem's files: later layers replace earlier ones, whiteouts delete.
+
+    A tree of path components: a whiteout or an opaque directory removes a subtree in one step, so the
+    merge costs the total length of the paths, however many whiteouts meet however many files (a
+    crafted tar of 16k entries took 33 s with a scan of every file per whiteout)."""
+    root = _Node()
     for results, whiteouts, opaque in layers:
-        for gone in whiteouts:
-            for path in [p for p in final if p == gone or p.startswith(gone.rstrip("/") + "/")]:
-                del final[path]
-        for directory in opaque:
-            for path in [p for p in final if p.startswith(directory.rstrip("/") + "/")]:
-                del final[path]
-        final.update(results)
-    return [final[p] for p in sorted(final)]
+        for gone in whiteouts:  # the path and everything below it
+            parts = _parts(gone)
+            if not parts:
+                root = _Node()
+                continue
+            node: _Node | None = root
+            for part in parts[:-1]:
+                node = node.children.get(part)
+                if node is None:
+                    break
+            if node is not None:
+                node.children.pop(parts[-1], None)
+        for directory in opaque:  # what is below it, not the directory itself
+            node = root
+            for part in _parts(directory):
+                node = node.children.get(part)
+                if node is None:
+                    break
+            if node is not None:
+                node.children = {}
+        for path, scanned in results.items():
+            node = root
+            for part in _parts(path):
+                node = node.children.setdefault(part, _Node())
+            node.file = (path, scanned)
+    found: list[tuple[str, _Scanned]] = []
+    todo = [root]
+    while todo:  # no recursion: a path of ten thousand directories is no ten thousand stack frames
+        node = todo.pop()
+        if node.file is not None:
+            found.append(node.file)
+        todo.extend(node.children.values())
+    return [scanned for _, scanned in sorted(found, key=lambda item: item[0])]
 
 
 def scan_image_tar(stream, what: str) -> list[_Scanned]:
@@ -963,6 +1007,7 @@ def _check_image(docker: str, image: str) -> None:
 def scan_image(image: str, *, docker: str | None = None, via: str = "save") -> list[_Scanned]:
     """Stream ``docker save IMAGE`` (layers, whiteouts applied) or ``docker export`` of a created,
     never started container, and scan every candidate file on the way. Nothing is written to disk."""
+    check_image_ref(image, "--image")  # docker reads it after its options: never one itself
     docker = _docker(docker)
     _check_image(docker, image)
     container = None

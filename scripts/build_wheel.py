@@ -55,6 +55,7 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
 )
 from scripts.errors import ForgeError, run_main
 from scripts.fetch_deps import deps_env
+from scripts.git_safe import run_git
 from scripts.parallelism import Parallelism, choose_parallelism, cpu_count
 from scripts.plan import Command, run_command
 from scripts.preflight import Preflight, check_substitutes, run_preflight
@@ -128,8 +129,7 @@ def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: s
     the tree's own version when it has no tags."""
     base, local = tree_version or "0.0.0", []
     if has_git_tags(src):
-        proc = subprocess.run(["git", "describe", "--tags", "--long", "--abbrev=12", "--match", "v[0-9]*"], cwd=src,
-                              capture_output=True, text=True)
+        proc = run_git(["describe", "--tags", "--long", "--abbrev=12", "--match", "v[0-9]*"], src)
         found = re.match(r"^v?(?P<tag>.+)-(?P<distance>\d+)-g(?P<sha>[0-9a-f]+)$", proc.stdout.strip())
         if found:
             base = found["tag"]
@@ -146,8 +146,7 @@ def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: s
 def has_git_tags(src: Path) -> bool:
     if not (Path(src) / ".git").exists():  # a copy inside another repository must not take that one's tags
         return False
-    proc = subprocess.run(["git", "describe", "--tags", "--abbrev=0"], cwd=src, capture_output=True, text=True)
-    return proc.returncode == 0
+    return run_git(["describe", "--tags", "--abbrev=0"], src).returncode == 0
 
 
 def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bool | None = None) -> BuildPlan:
@@ -509,12 +508,11 @@ def _dep_pins(tree: VllmTree, env: dict[str, str]) -> list[dict]:
         pin = {"name": dep.name, "repository": dep.repository, "tag": dep.tag, "override": override_for(tree, dep)}
         if local:
             path = Path(local)
-            pin["commit"] = _first_line(["git", "-C", str(path), "rev-parse", "HEAD"]) or "not a git checkout"
-            try:
-                diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"], capture_output=True)
-            except OSError:
-                diff = None
-            if diff is not None and diff.returncode == 0 and diff.stdout:
+            head = run_git(["-C", str(path), "rev-parse", "HEAD"])
+            pin["commit"] = (head.stdout.strip().splitlines() or [""])[0] if head.returncode == 0 else ""
+            pin["commit"] = pin["commit"] or "not a git checkout"
+            diff = run_git(["-C", str(path), "diff", "HEAD"], text=False)
+            if diff.returncode == 0 and diff.stdout:
                 pin["local_diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest()
         pins.append(pin)
     return pins

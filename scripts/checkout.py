@@ -8,7 +8,7 @@ and then the changes are stashed, never discarded. The one exception is the edit
 from __future__ import annotations
 
 import re
-import subprocess
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python scripts/checkout.py`: make `scripts` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from scripts.credentials import strip_credentials
 from scripts.errors import ForgeError, run_main
+from scripts.git_safe import git_command, protocol_config, run_git, url_credentials
 from scripts.plan import Command, run_plan
 from scripts.validate import check_clone_url, check_git_ref
 from scripts.vllm_tree import inspect_tree
@@ -48,7 +50,7 @@ class CheckoutState:
 
 def _git(args: list[str], cwd: Path | str | None = None, check: bool = True, strip: bool = True) -> str:
     # --no-optional-locks: looking (status, diff) never rewrites the checkout's index behind its owner.
-    proc = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True)
+    proc = run_git(["--no-optional-locks", *args], cwd)
     if check and proc.returncode != 0:
         raise ForgeError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}",
                          "check the repository URL, the ref and the network")
@@ -91,32 +93,33 @@ def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False, target: 
                              "move it away, or point --checkout-dir (or --vllm-src) elsewhere")
         state = CheckoutState(exists=False)
         dest.rmdir()
+    public, login = url_credentials(repo)  # a token goes to git by environment, never on its command line
+    remote = {"extra_config": protocol_config(repo), "secret_config": login}
     if not state.exists:
         tmp = dest.with_name(f".{dest.name}.partial")
         # Clone next to the destination and rename at the end: an interrupted clone leaves no
         # half-made checkout where the next run would take it for a real one.
         return [
             Command(["rm", "-rf", str(tmp)], why="clear a clone an earlier run left unfinished"),
-            Command(["git", "clone", "--filter=blob:none", "--no-checkout", "--", repo, str(tmp)],
-                    why="partial clone: history without old file contents"),
-            Command(["git", "-C", str(tmp), "checkout", "--detach", "--quiet", target],
-                    why=f"check out {ref}"),
+            git_command(["clone", "--filter=blob:none", "--no-checkout", "--", public, str(tmp)], **remote,
+                        why="partial clone: history without old file contents"),
+            git_command(["-C", str(tmp), "checkout", "--detach", "--quiet", target], why=f"check out {ref}"),
             _record_ref(tmp, ref),
             Command(["mv", "-T", str(tmp), str(dest)], why="publish the finished checkout"),
         ]
     commands: list[Command] = []
-    if state.origin and _normalise_url(state.origin) != _normalise_url(repo):
+    if state.origin and not same_repo(state.origin, repo):
         raise ForgeError(
             f"{dest} is a checkout of {state.origin}, not of {repo}",
             "pass --checkout-dir for a separate checkout, or --repo to match it",
         )
     if state.dirty_files:
         if state.torch_edit_only:
-            commands.append(Command(["git", "-C", str(dest), "checkout", "--", *state.dirty_files],
-                                    why="revert use-existing-torch's pin removal (redone after checkout)"))
+            commands.append(git_command(["-C", str(dest), "checkout", "--", *state.dirty_files],
+                                        why="revert use-existing-torch's pin removal (redone after checkout)"))
         elif force:
-            commands.append(Command(
-                ["git", "-C", str(dest), "stash", "push", "--include-untracked",
+            commands.append(git_command(
+                ["-C", str(dest), "stash", "push", "--include-untracked",
                  "-m", f"vllm-forge: local changes before checking out {ref}"],
                 why="--force: keep your changes in `git stash list`, never discard them"))
         else:
@@ -126,8 +129,8 @@ def plan_clone(repo: str, ref: str, dest: Path, *, force: bool = False, target: 
                 "commit or stash them, or pass --force to stash them automatically",
             )
     commands += [
-        Command(["git", "-C", str(dest), "fetch", "--tags", "--force", "origin"], why="update refs and tags"),
-        Command(["git", "-C", str(dest), "checkout", "--detach", "--quiet", target], why=f"check out {ref}"),
+        git_command(["-C", str(dest), "fetch", "--tags", "--force", "origin"], **remote, why="update refs and tags"),
+        git_command(["-C", str(dest), "checkout", "--detach", "--quiet", target], why=f"check out {ref}"),
         _record_ref(dest, ref),
     ]
     return commands
@@ -137,8 +140,8 @@ REF_KEY = "vllm-forge.ref"  # in the checkout's own .git/config: the ref `clone`
 
 
 def _record_ref(dest: Path, ref: str) -> Command:
-    return Command(["git", "-C", str(dest), "config", REF_KEY, ref],
-                   why="remember the ref, so labels and tags name what was built")
+    return git_command(["-C", str(dest), "config", REF_KEY, ref],
+                       why="remember the ref, so labels and tags name what was built")
 
 
 @dataclass
@@ -169,7 +172,7 @@ def read_checkout(path: Path, *, managed: bool) -> CheckoutFacts:
 
 
 def _normalise_url(url: str) -> str:
-    return url.rstrip("/").removesuffix(".git")
+    return strip_credentials(url).rstrip("/").removesuffix(".git")
 
 
 def same_repo(a: str, b: str) -> bool:
@@ -200,11 +203,11 @@ def checkout_target(repo: str, ref: str) -> str:
     A branch becomes ``origin/<branch>`` (an update then never needs a merge); a tag becomes
     ``tags/<tag>``; a hex string is taken as a commit. Anything else is refused before any clone.
     """
-    try:
-        proc = subprocess.run(["git", "ls-remote", "--end-of-options", repo], capture_output=True, text=True,
-                              timeout=120)
-    except subprocess.TimeoutExpired:
-        raise RemoteUnreachable(f"{repo} did not answer within 120 s", unreachable_fix(repo)) from None
+    public, login = url_credentials(repo)
+    proc = run_git(["ls-remote", "--end-of-options", public], timeout=120, extra_config=protocol_config(repo),
+                   secret_config=login)
+    if proc.returncode == 124:
+        raise RemoteUnreachable(f"{repo} did not answer within 120 s", unreachable_fix(repo))
     if proc.returncode != 0:
         raise RemoteUnreachable(f"cannot read {repo}: {_first_git_error(proc.stderr)}", unreachable_fix(repo))
     refs = {line.split("\t", 1)[1] for line in proc.stdout.splitlines() if "\t" in line}
@@ -229,7 +232,7 @@ def run_clone(commands: list[Command], dest: Path, *, on_line=None) -> str:
     try:
         run_plan(commands, on_line=on_line)
     except BaseException:
-        subprocess.run(["rm", "-rf", str(dest.with_name(f".{dest.name}.partial"))], check=False)
+        shutil.rmtree(dest.with_name(f".{dest.name}.partial"), ignore_errors=True)
         raise
     return _git(["rev-parse", "HEAD"], dest)
 

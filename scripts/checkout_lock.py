@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from scripts.errors import ForgeError
+from scripts.nofollow import open_nofollow, remove
 
 # The steps that change the checkout they run on.
 WRITER_STEPS = ("clone", "patch", "use-existing-torch", "build-wheel")
@@ -107,7 +108,9 @@ def _lock(path: Path, *, wait: bool) -> IO[str] | None:
     a lock taken on a file that is no longer the one at ``path`` is let go and taken again."""
     while True:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # held past this function, closed by _unlock()
+        if path.is_symlink():  # one planted there: truncating "the lock" would truncate its target
+            remove(path)
+        handle = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+")  # closed by _unlock()
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 
-# A URL inside free text: scheme, optional user-info (up to the last @ before the path), the rest.
-_URL = re.compile(r"(?<![\w+.-])([a-z][a-z0-9+.-]*://)(?:([^/?#\s'\"<>]*)@)?([^\s'\"<>]*)", re.IGNORECASE)
+# A URL inside free text: scheme, optional user-info, the rest. The user-info runs to the last @ before the
+# path and may hold any character but / ? # and whitespace: a password with quotes, < or > is still one.
+_URL = re.compile(r"(?<![\w+.-])([a-z][a-z0-9+.-]*://)(?:([^/?#\s]*)@)?([^\s'\"<>]*)", re.IGNORECASE)
 # Query (or fragment / matrix) parameters whose value is a secret, by name.
 _SECRET_PARAM = re.compile(
     r"([?&;#])([\w.-]*(?:token|passw|pwd|secret|key|sig|credential|auth|session)[\w.-]*)=([^&#;\s'\"<>]*)",

@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as `python scripts/doctor.py`: make the `sc
 from scripts import compat, nccl_logs
 from scripts.errors import ForgeError, run_main
 from scripts.nccl_logs import Finding, parse_version
+from scripts.validate import check_image_ref
 
 INSIDE_SCRIPT = Path(__file__).resolve().parent / "doctor_inside.py"
 SMI_QUERY = "index,name,compute_cap,driver_version,memory.total,pci.bus_id,pcie.link.gen.max,pcie.link.width.max"
@@ -597,6 +598,8 @@ def copy_from_image(image: str, path: str, dest: Path, docker: str = "docker", r
 
 def run_doctor(*, image: str = "", arch: str = "", docker: str = "docker", host_text: str | None = None,
                inside: dict | None = None, runner=subprocess.run) -> DoctorReport:
+    if image:
+        check_image_ref(image, "--image")  # docker reads it after its options: never one itself
     host = host_from_text(host_text) if host_text is not None else collect_host(runner)
     if inside is None and host_text is not None:
         inside = inside_from_text(host_text)

@@ -43,8 +43,9 @@ if __package__ in (None, ""):  # run as `python scripts/fetch_deps.py`: make the
 from scripts.context_git import git_dirs
 from scripts.credentials import mask_urls, strip_credentials
 from scripts.errors import ForgeError, run_main
-from scripts.git_safe import run_git
-from scripts.validate import is_git_ref
+from scripts.git_safe import run_git, url_credentials
+from scripts.nofollow import remove, write_file
+from scripts.validate import is_git_ref, normalise_url
 from scripts.vllm_tree import GitDep, VllmTree, inspect_tree
 
 GITHUB = "https://github.com/"
@@ -120,10 +121,11 @@ def allowed_protocols(rewrites: Mapping[str, str]) -> list[str]:
 
 def check_fetch_url(url: str, rewrites: Mapping[str, str], what: str) -> str:
     """The URL git will fetch for ``url`` (a repository or submodule URL from a checkout), refused
-    unless it is https/ssh or lies under a prefix the user named."""
-    final = rewrite_url(url, rewrites)
+    unless it is https/ssh or lies under a prefix the user named. Both sides are compared normalised,
+    and a URL with a ``..`` segment is refused."""
+    final = normalise_url(rewrite_url(url, rewrites), what)
     if not final.startswith("-") and not any(c in final for c in "\n\r\0"):
-        if any(final.startswith(target) for target in user_targets(rewrites)):
+        if any(final.startswith(normalise_url(target, "--url-map")) for target in user_targets(rewrites)):
             return final
         scheme = final.split("://", 1)[0].lower() if "://" in final else ""
         if (scheme in BUILTIN_PROTOCOLS and re.match(r"^[a-z]+://[A-Za-z0-9\[]", final, re.IGNORECASE)) \
@@ -137,16 +139,20 @@ def check_fetch_url(url: str, rewrites: Mapping[str, str], what: str) -> str:
     )
 
 
-def _git_config_args(rewrites: Mapping[str, str]) -> list[str]:
-    # Given as -c, the rewrites and the protocol list reach every git process a command starts
-    # (submodule clones too). protocol.allow=never first: ext::, fd:: and anything unnamed stay off.
-    args = ["-c", "advice.detachedHead=false", "-c", "protocol.allow=never",
-            "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=60"]
-    for protocol in allowed_protocols(rewrites):
-        args += ["-c", f"protocol.{protocol}.allow=always"]
+def _git_config(rewrites: Mapping[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(config for the command line, config that carries credentials and goes by environment).
+
+    Both reach every git process a command starts (submodule clones too). git_safe puts
+    protocol.allow=never first: ext::, fd:: and anything unnamed stay off. A --url-map / --github-proxy
+    URL with a login is rewritten to without it, and the login travels as that URL's extraHeader."""
+    config = [("advice.detachedHead", "false"), ("http.lowSpeedLimit", "1000"), ("http.lowSpeedTime", "60")]
+    config += [(f"protocol.{protocol}.allow", "always") for protocol in allowed_protocols(rewrites)]
+    secret: list[tuple[str, str]] = []
     for old, new in rewrites.items():
-        args += ["-c", f"url.{new}.insteadOf={old}"]
-    return args
+        public, login = url_credentials(new)
+        config.append((f"url.{public}.insteadOf", old))
+        secret += login
+    return config, secret
 
 
 def _safe(text: str) -> str:
@@ -174,15 +180,10 @@ def read_marker(path: Path) -> dict | None:
 def install_entry(tmp: Path, final: Path, marker: dict) -> None:
     """Put a finished entry in place: the old marker goes first and the new one comes last, so an
     interruption leaves an entry without marker (missing), never a marker over other content."""
-    _marker(final).unlink(missing_ok=True)
-    if final.is_symlink() or final.is_file():
-        final.unlink()
-    elif final.exists():
-        shutil.rmtree(final)
+    remove(_marker(final))
+    remove(final)  # an unfinished earlier copy, or a link planted there: replaced, never followed
     os.replace(tmp, final)
-    partial = final.with_name(f".{final.name}{MARKER_SUFFIX}.partial-{os.getpid()}")
-    partial.write_text(json.dumps({"format": MARKER_FORMAT, **marker}, indent=2) + "\n")
-    os.replace(partial, _marker(final))
+    write_file(_marker(final), json.dumps({"format": MARKER_FORMAT, **marker}, indent=2) + "\n")
 
 
 # --- what a cache entry is: its provenance ------------------------------------------------------------
@@ -257,10 +258,19 @@ def _peel(common: Path, oid: str, depth: int = 0) -> str | None:
     return None
 
 
+def _own_git_dirs(repo: Path):
+    """``repo``'s git dirs when they lie inside it; None without git data, or with git data kept elsewhere
+    (a `gitdir:` pointer out of the entry proves nothing about the files in it)."""
+    try:
+        return git_dirs(Path(repo))
+    except ForgeError:
+        return None
+
+
 def read_head(repo: Path) -> str | None:
     """The commit checked out in ``repo``, read from its .git files (nothing of the entry is run);
-    None without git data."""
-    dirs = git_dirs(Path(repo))
+    None without git data of its own."""
+    dirs = _own_git_dirs(repo)
     if dirs is None:
         return None
     git_dir, common = dirs
@@ -276,7 +286,7 @@ def read_head(repo: Path) -> str | None:
 
 def _tag_commit(repo: Path, tag: str) -> str | None:
     """The commit refs/tags/<tag> names in ``repo``'s .git files (None when it cannot be told)."""
-    dirs = git_dirs(Path(repo))
+    dirs = _own_git_dirs(repo)
     if dirs is None:
         return None
     oid = _read_ref(dirs[1], f"refs/tags/{tag}")
@@ -520,15 +530,10 @@ BRING_THEM = ("run `invoke fetch-deps --bundle deps.tar` where GitHub (or a prox
 
 def _run_git(args: list[str], cwd: Path | None, rewrites: Mapping[str, str],
              on_line=None) -> subprocess.CompletedProcess:
-    argv = ["git", *_git_config_args(rewrites), *args]
+    config, secret = _git_config(rewrites)
     if on_line:
-        on_line(mask_urls(" ".join(["git", *args])))
-    # GIT_PROTOCOL_FROM_USER=0: a protocol left at "user" is never taken from a URL in a repository.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "GIT_PROTOCOL_FROM_USER": "0"}
-    try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, env=env)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess(argv, 124, "", f"timed out after {GIT_TIMEOUT_S} s")
+        on_line(mask_urls("git " + " ".join(args)))  # progress: the command, without git_safe's -c overrides
+    return run_git(args, cwd, timeout=GIT_TIMEOUT_S, extra_config=config, secret_config=secret)
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

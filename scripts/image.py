@@ -64,9 +64,6 @@ SECRET_IDS = ("ca_bundle", "pip_index_url", "netrc")
 GB = 1000**3  # docker reports sizes in SI units
 
 # Files of a checkout that never go into the build context (build outputs, caches, venvs).
-_CONTEXT_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".deps"}
-_CONTEXT_SKIP_TOP = {"build", "dist", ".deps", ".venv", "wheel-export"}
-_CONTEXT_SKIP_SUFFIX = (".pyc", ".pyo", ".so", ".egg-info")
 
 
 # --- which docker -------------------------------------------------------------------------------
@@ -340,6 +337,11 @@ class BakeRequest:
     recipe: Recipe | None = None  # CUDA, bases and torch chosen from the checkout's pins (scripts/recipe.py)
 
 
+# What staging leaves out of a checkout's copy besides build outputs (scripts/context_filter.py, context_git.py).
+_LEFT_OUT = ("what its .dockerignore names, files that hold logins (.env, .pypirc, netrc, Docker/AWS/gcloud/"
+             "Kubernetes configs, ssh keys) and git credentials")
+
+
 @dataclass
 class BakePlan:
     request: BakeRequest
@@ -370,13 +372,13 @@ class BakePlan:
         if self.stage_context and self.recipe == "forge":
             out.append(
                 f"# stage the build context {self.context}: vllm/ <- {self.request.src} "
-                f"(without build outputs, credential files or git credentials), "
+                f"(without build outputs, {_LEFT_OUT}), "
                 f"forge/ <- {REPO_ROOT}/scripts, docker/forge-env.sh and docker/forge-apt.sh"
             )
         elif self.stage_context:
             out.append(
                 f"# stage the build context {self.context} <- {self.request.src} "
-                f"(without build outputs, credential files or git credentials)"
+                f"(without build outputs, {_LEFT_OUT})"
             )
         for secret_id in self.secret_values:
             out.append(f"# write secret {secret_id} to {self.secrets[secret_id]} (mode 0600, removed afterwards)")
@@ -411,10 +413,9 @@ def has_credentials(url: str) -> bool:
 
 
 def _git_out(src: Path, *args: str) -> str:
-    try:
-        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    from scripts.git_safe import run_git
+
+    proc = run_git(["-C", str(src), *args], timeout=30)
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -957,49 +958,37 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
 
 
 def _skip(rel: Path, is_dir: bool) -> bool:
-    parts = rel.parts
-    if not parts:
-        return False
-    if len(parts) == 1 and parts[0] in _CONTEXT_SKIP_TOP and is_dir:
-        return True
-    if is_dir and parts[-1] in _CONTEXT_SKIP_DIRS:
-        return True
-    return parts[-1].endswith(_CONTEXT_SKIP_SUFFIX)
+    from scripts.context_filter import is_build_output
+
+    return is_build_output(rel, is_dir)
 
 
 def _real_dir(path: Path) -> Path:
-    """``path`` as a real directory: a symlink (or file) there is removed first, never followed."""
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        path.unlink()
-    path.mkdir(exist_ok=True)
-    return path
+    from scripts.nofollow import real_dir
+
+    return real_dir(path)
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.is_symlink() or path.exists():
-        path.unlink()
+    from scripts.nofollow import remove
+
+    remove(path)
 
 
 def _copy_file(source: Path, target: Path) -> None:
     """Copy ``source`` to ``target`` without ever writing through what is at ``target``: the copy goes
     to a new file next to it, which then replaces (a rename: never followed) whatever was there."""
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
-    partial = target.with_name(f".{target.name}.forge-partial")
-    _remove(partial)
-    shutil.copy2(source, partial, follow_symlinks=False)
-    os.replace(partial, target)
+    from scripts.nofollow import copy_file
+
+    copy_file(source, target)
 
 
 def _link_inside(source: Path, root: Path) -> bool:
-    """Whether the symlink ``source`` points at a path inside ``root`` (judged on the link text)."""
-    link = os.readlink(source)
-    if os.path.isabs(link):
-        return False
-    resolved = os.path.normpath(os.path.join(os.path.dirname(source), link))
-    return resolved == str(root) or resolved.startswith(str(root) + os.sep)
+    """Whether the symlink ``source`` resolves inside ``root``, as the kernel resolves it (every link on the
+    way followed: ``d -> .`` makes ``d/d/../../x`` climb out, whatever the text says)."""
+    from scripts.nofollow import is_inside
+
+    return not os.path.isabs(os.readlink(source)) and is_inside(source, root)
 
 
 def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip, keep: tuple[str, ...] = ()) -> int:
@@ -1007,9 +996,9 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
     Copies keep their source's mtime, so a build in ``dest`` sees an unchanged file as unchanged.
 
     ``keep``: top-level names in ``dest`` that are its own and stay as they are (a private copy's ``build``
-    dir, where its CMake build resumes from). Nothing is ever written through a symlink already in
-    ``dest`` (one planted there, or left by an earlier tree): it is replaced. Symlinks in ``src`` are
-    copied as symlinks when they point inside ``src``; one that points outside is refused.
+    dir, where its CMake build resumes from). Nothing is ever written through a symlink already in ``dest``
+    (one planted there, or left by an earlier tree): it is replaced. Symlinks in ``src`` are copied as
+    symlinks when they resolve inside ``src``; one that resolves outside is refused.
     """
     src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -1026,15 +1015,15 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
             _real_dir(dest / rel_root / name)
         for name in links + files:
             rel = rel_root / name
-            if name in files and skip(rel, False):
+            if skip(rel, False):
                 continue
             wanted.add(rel)
             source, target = src / rel, dest / rel
             if source.is_symlink():
                 if not _link_inside(source, src):
                     raise ForgeError(
-                        f"{source} is a symlink to {os.readlink(source)}, outside {src}: the build context would "
-                        "not hold what it points at",
+                        f"{source} is a symlink to {os.readlink(source)}, which resolves outside {src}: the build "
+                        "context would not hold what it points at",
                         "replace the link with the file it points at, or remove it from the tree",
                     )
                 link = os.readlink(source)
@@ -1043,7 +1032,7 @@ def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _sk
                     os.symlink(link, target)
                     copied += 1
                 continue
-            st = source.stat()
+            st = source.lstat()
             try:
                 tt = target.lstat()  # a symlink at the target is never "the same file"
                 same = (not target.is_symlink() and tt.st_size == st.st_size and int(tt.st_mtime) == int(st.st_mtime)
@@ -1106,35 +1095,31 @@ def cached_git_deps(request: BakeRequest, tree: VllmTree | None = None) -> list:
     return [dep for dep in tree.git_deps if is_cached(request.deps_cache, dep)]
 
 
-def _checkout_skip(rel: Path, is_dir: bool) -> bool:
-    """What a checkout's copy leaves out: build outputs (``_skip``), files holding logins, and git
-    dirs (the top one goes in sanitized; a nested repository is not part of the source). A nested
-    ``.git`` *file* (a submodule's pointer into the top git dir's modules/) is kept."""
-    from scripts.context_git import is_credential_file
-
-    if rel.name == ".git" and (is_dir or len(rel.parts) == 1):
-        return True
-    return (not is_dir and is_credential_file(rel.name)) or _skip(rel, is_dir)
-
-
-def stage_checkout(src: Path, dest: Path, git_mirror: Path) -> int:
+def stage_checkout(src: Path, dest: Path, git_mirror: Path, *, left_out: list[str] | None = None) -> int:
     """Copy a checkout to ``dest`` with its git metadata made credential-free: kept incrementally in
-    ``git_mirror`` (outside any context) and linked in as ``dest/.git``."""
+    ``git_mirror`` (outside any context) and linked in as ``dest/.git``. What the copy leaves out besides
+    build outputs (scripts/context_filter.py: files that hold logins, the checkout's .dockerignore) is
+    added to ``left_out`` as one line."""
     from scripts import context_git
+    from scripts.context_filter import ContextFilter
 
-    copied = sync_tree(src, dest, skip=_checkout_skip)
+    keep_out = ContextFilter(Path(src))
+    copied = sync_tree(src, dest, skip=keep_out)
     copied += context_git.sanitize_git_dir(src, git_mirror)
     if git_mirror.is_dir():
         context_git.link_tree(git_mirror, dest / ".git")
+    if left_out is not None and keep_out.summary():
+        left_out.append(keep_out.summary())
     return copied
 
 
-def stage_git_deps(plan: BakePlan, dest: Path) -> int:
+def stage_git_deps(plan: BakePlan, dest: Path, *, left_out: list[str] | None = None) -> int:
     """Copy the cached dependencies (and their markers) to the context's deps/, bind-mounted into the
     wheel build as a fetch-deps cache; an empty deps/ when there are none. A dependency's clone and
     marker go in without credentials (a --github-proxy or --url-map URL may carry them)."""
     from scripts.context_git import public_url
     from scripts.fetch_deps import dep_dir
+    from scripts.nofollow import real_dirs, write_file
 
     _real_dir(dest)
     copied = 0
@@ -1142,37 +1127,37 @@ def stage_git_deps(plan: BakePlan, dest: Path) -> int:
     for dep in cached_git_deps(plan.request, plan.tree):
         source = dep_dir(plan.request.deps_cache, dep)
         wanted |= {source.name, source.name + ".forge-dep.json"}
-        mirror = Path(plan.request.context_dir) / "git" / "deps" / source.name
-        copied += stage_checkout(source, dest / source.name, mirror)
+        mirror = real_dirs(Path(plan.request.context_dir), "git/deps") / source.name
+        copied += stage_checkout(source, dest / source.name, mirror, left_out=left_out)
         marker = json.loads(source.with_name(source.name + ".forge-dep.json").read_text())
         # `repository` is the checkout's own CMake string (in the context anyway; is_cached compares it).
         marker["fetched_from"] = public_url(str(marker.get("fetched_from", "")))
         text = json.dumps(marker, indent=2) + "\n"
         target = dest / (source.name + ".forge-dep.json")
         if target.is_symlink() or not target.is_file() or target.read_text() != text:
-            partial = target.with_name(f".{target.name}.forge-partial")  # never written through a planted link
-            _remove(partial)
-            partial.write_text(text)
-            os.replace(partial, target)
+            write_file(target, text)  # never written through a planted link
     for stale in dest.iterdir():
         if stale.name not in wanted:
             _remove(stale)
     return copied
 
 
-def stage_context(plan: BakePlan) -> int:
+def stage_context(plan: BakePlan, *, left_out: list[str] | None = None) -> int:
     """Lay out the build context: for the forge recipe vllm/ (the checkout) and forge/ (the scripts
-    the build runs); for the others a copy of the checkout. No credentials either way."""
+    the build runs); for the others a copy of the checkout. No credentials either way; what a copy of a
+    checkout leaves out besides build outputs is added to ``left_out`` (one line per checkout)."""
+    from scripts.nofollow import real_dirs
+
     context = plan.context
     context.parent.mkdir(parents=True, exist_ok=True)
     _real_dir(context)  # never a planted symlink
     src = Path(plan.request.src).expanduser().resolve()
-    git_mirror = Path(plan.request.context_dir) / "git" / "vllm"
+    git_mirror = real_dirs(Path(plan.request.context_dir), "git") / "vllm"  # kept outside the context, made real
     if plan.recipe != "forge":
-        return stage_checkout(src, context, git_mirror)
+        return stage_checkout(src, context, git_mirror, left_out=left_out)
     for part in (context / "forge", context / "forge" / "docker"):
         _real_dir(part)
-    copied = stage_checkout(src, context / "vllm", git_mirror)
+    copied = stage_checkout(src, context / "vllm", git_mirror, left_out=left_out)
     keep = {f"{name}.py" for name in script_closure()}
 
     def not_staged(rel: Path, is_dir: bool) -> bool:
@@ -1187,7 +1172,7 @@ def stage_context(plan: BakePlan) -> int:
     copied += sync_tree(
         REPO_ROOT / "scripts", context / "forge" / "late", skip=lambda rel, is_dir: is_dir or rel.name not in late
     )
-    copied += stage_git_deps(plan, context / "deps")
+    copied += stage_git_deps(plan, context / "deps", left_out=left_out)
     for helper in ("forge-env.sh", "forge-apt.sh"):
         _copy_file(REPO_ROOT / "docker" / helper, _real_dir(context / "forge" / "docker") / helper)
     return copied
@@ -1221,8 +1206,13 @@ def run_bake(
 def _context_lock(context_dir: Path, on_line: Callable[[str], None] | None = None):
     import fcntl
 
+    from scripts.nofollow import open_nofollow, remove
+
     context_dir.mkdir(parents=True, exist_ok=True)
-    with open(context_dir / ".bake.lock", "a+") as handle:
+    lock = context_dir / ".bake.lock"
+    if lock.is_symlink():  # planted: truncating "the lock" would truncate its target
+        remove(lock)
+    with os.fdopen(open_nofollow(lock, os.O_RDWR | os.O_CREAT), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1242,7 +1232,11 @@ def _run_bake(
 ) -> BakeResult:
     started = time.monotonic()
     if plan.stage_context:
-        stage_context(plan)
+        left_out: list[str] = []
+        stage_context(plan, left_out=left_out)
+        for line in left_out:
+            if on_line:
+                on_line(line)
     written: list[Path] = []
     steps: dict[str, str] = {}  # BuildKit step number -> its title
     cached: set[str] = set()
@@ -1262,12 +1256,13 @@ def _run_bake(
             on_line(line)
 
     try:
+        from scripts.nofollow import real_dir, write_file
+
         for secret_id, value in plan.secret_values.items():
             path = Path(plan.secrets[secret_id])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(value)
+            path.parent.parent.mkdir(parents=True, exist_ok=True)
+            real_dir(path.parent)
+            write_file(path, value, mode=0o600)  # made next to it and renamed: never through a planted link
             written.append(path)
         if log_path:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1435,6 +1430,7 @@ def image_size_report(
 
 def image_jit_facts(docker: str, image: str) -> dict:
     """scripts/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    check_image_ref(image, "the image")
     script = (REPO_ROOT / "scripts" / "doctor_inside.py").read_text()
     try:
         proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
@@ -1575,6 +1571,7 @@ def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 
                          budget_gb: float = 0.0) -> SizeBreakdown:
     """`check-size --image`: the image over its runtime base, split into the JIT toolchain, torch and its
     CUDA wheels, vLLM and its other requirements, and the rest, with the largest layers."""
+    check_image_ref(image, "the image")
     report = image_size_report(docker, image, budget_gb, base=base, top=top)
     base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
     parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),

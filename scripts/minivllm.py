@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as `python scripts/minivllm.py`: make `scri
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import run_main
+from scripts.git_safe import run_git
 
 FIXTURE_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "minivllm"
 RELEASE_TAG = "v0.1.0"
@@ -43,7 +44,10 @@ def fixture_digest(root: Path = FIXTURE_DIR) -> str:
 
 
 def _git(args, cwd):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env={**os.environ, **_GIT_ENV})
+    # protocol.file: the bare repo is cloned from a local path.
+    proc = run_git(args, cwd, env=_GIT_ENV, extra_config=[("protocol.file.allow", "always")])
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
 
 
 def publish_minivllm(dest_dir: Path, *, source: Path = FIXTURE_DIR) -> str:

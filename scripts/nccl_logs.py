@@ -1269,7 +1269,8 @@ def detect_kind(text: str) -> str:
         return "nccl-tests"
     if _KV_ROW_RE.search(clean):
         return "allreduce-kv"
-    if re.search(r"NVSMI LOG|^\s*Product Name\s+:", clean, re.M):
+    # [ \t], not \s: with re.M, \s* would run across every blank line from each line start (quadratic).
+    if re.search(r"NVSMI LOG|^[ \t]*Product Name[ \t]+:", clean, re.M):
         return "smi-query"
     matrix = parse_topo_matrix(clean)
     if matrix is not None:

@@ -27,6 +27,8 @@ if __package__ in (None, ""):  # run as `python scripts/nccl_test.py`: make the 
 
 from scripts import nccl_logs
 from scripts.errors import ForgeError, run_main
+from scripts.nofollow import write_file
+from scripts.validate import check_image_ref
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALLREDUCE_SCRIPT = Path(__file__).resolve().parent / "nccl_allreduce.py"
@@ -229,6 +231,8 @@ def plan_run(*, gpus: int, sizes: str = "8:128M", out_dir: Path, runner: str = "
         raise ForgeError(f"--gpus {gpus}: need at least one GPU", "pass --gpus 1 or more")
     if runner not in ("auto", "nccl-tests", "torch"):
         raise ForgeError(f"--runner {runner!r} is unknown", "use auto, nccl-tests or torch")
+    if image:
+        check_image_ref(image, "--image")  # docker reads it after its options: never one itself
     low, high = parse_sizes(sizes)
     out_dir = Path(out_dir).resolve()
     notes: list[str] = []
@@ -310,7 +314,7 @@ def record_topology(out_dir: Path, runner=subprocess.run) -> list[Path]:
         except (OSError, subprocess.SubprocessError):
             continue
         if result.returncode == 0 and result.stdout.strip():
-            (out_dir / name).write_text(result.stdout)
+            write_file(out_dir / name, result.stdout)
             saved.append(out_dir / name)
     return saved
 
@@ -350,7 +354,7 @@ def run_plan(plan: RunPlan, *, runner=subprocess.run, timeout: int = 1800, on_li
         output = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
         output += f"\nTest timeout: the all-reduce did not finish in {timeout} s (hung collective?)\n"
         code = 124
-    plan.output_file.write_text(output)
+    write_file(plan.output_file, output)  # never through a link planted in the output dir
     if on_line:
         for line in output.splitlines():
             on_line(line)

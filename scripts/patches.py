@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as `python scripts/patches.py`: make the `s
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
+from scripts.git_safe import run_git
 
 # The checkout paths whose content decides the compiled extensions (files, or directories by prefix).
 # setup.py is among them: it decides how CMake is called.
@@ -106,8 +107,7 @@ def patches_from_config(value) -> list[str]:
 
 def _git_apply(src: Path, patch_path: str, *extra: str) -> subprocess.CompletedProcess:
     # --recount: hand-edited patches often have wrong hunk line counts; git fixes them up.
-    return subprocess.run(["git", "apply", "--recount", *extra, patch_path], cwd=src, capture_output=True,
-                          text=True, env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1"})
+    return run_git(["apply", "--recount", *extra, patch_path], src, env={"GIT_CONFIG_NOSYSTEM": "1"})
 
 
 def _is_applied(src: Path, patch_path: str) -> bool:
@@ -115,12 +115,8 @@ def _is_applied(src: Path, patch_path: str) -> bool:
 
 
 def _state_dir(src: Path) -> Path:
-    try:
-        proc = subprocess.run(["git", "rev-parse", "--absolute-git-dir", "--show-toplevel"], cwd=src,
-                              capture_output=True, text=True)
-    except OSError:  # no git at all (a minimal build image): nothing can have been applied by us
-        proc = None
-    lines = proc.stdout.split("\n") if proc is not None and proc.returncode == 0 else []
+    proc = run_git(["rev-parse", "--absolute-git-dir", "--show-toplevel"], src)  # no git at all: code 127
+    lines = proc.stdout.split("\n") if proc.returncode == 0 else []
     if len(lines) >= 2 and Path(lines[1].strip()).resolve() == src.resolve():
         return Path(lines[0].strip()) / "vllm-forge" / "patches"
     return src / ".vllm-forge" / "patches"  # not a git checkout of its own (an unpacked sdist)

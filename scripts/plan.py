@@ -20,7 +20,10 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("****" if is_secret_name(k) and v else v) for k, v in env.items()}
+    """``env`` with secrets as ****: by the variable's name, and git config a login travels in (scripts/git_safe.py)."""
+    from scripts.git_safe import is_secret_config  # late: `invoke --list` imports this module, and loads no other
+
+    return {k: ("****" if (is_secret_name(k) or is_secret_config(env, k)) and v else v) for k, v in env.items()}
 
 
 def mask_urls(text: str) -> str:
@@ -77,8 +80,10 @@ def record_command(command: Command) -> None:
     if log:
         import json
 
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"shell": command.shell(), "cwd": command.cwd}) + "\n")
+        from scripts.nofollow import append_text  # never through a link (a log in /tmp is anyone's to plant)
+
+        line = json.dumps({"shell": command.shell(), "cwd": command.cwd}) + "\n"
+        append_text(log, line, what=f"{COMMAND_LOG_ENV} {log}")
 
 
 class recording:  # noqa: N801  (used as a context manager: `with recording() as ran:`)
@@ -109,7 +114,12 @@ def run_command(
     """
     record_command(command)
     stream = on_line is not None or log_path is not None
-    log = open(log_path, "a", encoding="utf-8") if log_path else None
+    if log_path:
+        from scripts.nofollow import open_append
+
+        log = open_append(log_path)
+    else:
+        log = None
     try:
         proc = subprocess.Popen(
             command.argv,

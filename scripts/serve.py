@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
+from scripts.nofollow import write_file
 from scripts.plan import Command, record_command
 from scripts.validate import check_image_ref
 
@@ -116,8 +117,8 @@ class ServeRequest:
 
 
 # Flags this module sets itself: repeating them in extra_args would contradict the port mapping, the
-# model mount or the key's way in (the environment).
-_MANAGED_FLAGS = {
+# model mount or the key's way in (the environment). Any prefix of one counts: vLLM's argparse takes it.
+MANAGED_FLAGS = {
     "--host": "pass `invoke serve --host`",
     "--port": "pass `invoke serve --port`",
     "--model": "pass `invoke serve --model`",
@@ -152,16 +153,26 @@ def _flag_name(word: str) -> str:
     return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
 
 
+def _flag_for(name: str, flags) -> str | None:
+    """The flag of ``flags`` that ``name`` spells or abbreviates (argparse takes a prefix), if any."""
+    if not name.startswith("-") or name in ("-", "--"):
+        return None
+    return next((flag for flag in flags if flag.startswith(name)), None)
+
+
 def check_extra_args(request: ServeRequest) -> None:
     words = list(request.extra_args)
     for word in words:
         name = _flag_name(word)
-        if name in _MANAGED_FLAGS:
-            raise ForgeError(f"the vLLM flags passed through set {name}, which invoke serve manages",
-                             f"drop it from the pass-through flags and {_MANAGED_FLAGS[name]}")
-        if name in _FIELD_FLAGS and getattr(request, _FIELD_FLAGS[name]):
-            raise ForgeError(f"{name} is given twice (as invoke serve's own flag and among the vLLM flags passed "
-                             "through)", f"give {name} once")
+        managed = _flag_for(name, MANAGED_FLAGS)
+        if managed:
+            spelled = name if name == managed else f"{name} (a prefix of {managed}, which vLLM's parser takes for it)"
+            raise ForgeError(f"the vLLM flags passed through set {spelled}, which invoke serve manages",
+                             f"drop it from the pass-through flags and {MANAGED_FLAGS[managed]}")
+        field_flag = _flag_for(name, _FIELD_FLAGS)
+        if field_flag and getattr(request, _FIELD_FLAGS[field_flag]):
+            raise ForgeError(f"{field_flag} is given twice (as invoke serve's own flag and among the vLLM flags passed "
+                             f"through, as {name})", f"give {field_flag} once")
     if words and not words[0].startswith("-"):
         raise ForgeError(f"the vLLM flags passed through start with {words[0]!r}, not a flag",
                          "pass flags only (e.g. --enforce-eager --dtype bfloat16); the model goes in --model")
@@ -481,7 +492,7 @@ def save_logs(started: Started, docker: str = "docker") -> Path | None:
             if proc.returncode != 0:  # the container is gone: docker's complaint is not the server's log
                 return None
             LOCAL_STATE_DIR.mkdir(parents=True, exist_ok=True)
-            path.write_text(proc.stdout + proc.stderr)
+            write_file(path, proc.stdout + proc.stderr)  # never through a link planted in build/serve
         except (OSError, subprocess.SubprocessError):
             return None
     return path if path.exists() else None
@@ -649,7 +660,7 @@ def write_pid_record(path: Path, pid: int) -> None:
     """Record the local server: pid, start time and executable, so `stop` signals only that process."""
     identity = _process_identity(pid)
     record = {"pid": pid, "start_time": identity[0] if identity else "", "exe": identity[1] if identity else ""}
-    path.write_text(json.dumps(record) + "\n")
+    write_file(path, json.dumps(record) + "\n")
 
 
 def _recorded_process(path: Path) -> tuple[int | None, str]:
@@ -732,12 +743,7 @@ def write_compose_file(request: ServeRequest, path: Path) -> Path:
     """Write ``compose_file(request)`` to ``path`` whole or not at all (a refused request writes nothing)."""
     text = compose_file(request)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_file(path, text)  # made next to it and renamed into place: whole or not at all, never through a link
     return path
 
 

@@ -56,3 +56,32 @@ def check_image_ref(value: str, what: str) -> str:
             "give it as [registry/]name[:tag][@sha256:...], e.g. vllm-forge/vllm:v0.11.0-cu128-sm120",
         )
     return value
+
+
+_URL_PARTS = re.compile(r"^([a-z][a-z0-9+.-]*)://([^/?#]*)(.*)$", re.IGNORECASE)
+
+
+def normalise_url(url: str, what: str) -> str:
+    """``url`` as compared against a prefix: scheme and host in lower case, ``.`` path segments dropped.
+
+    A ``..`` segment (also percent-encoded, ``%2e%2e``, which git decodes) is refused: a URL that climbs
+    out of a prefix still starts with it as text. scp-like ``user@host:path`` gets the same path check."""
+    from urllib.parse import unquote
+
+    from scripts.credentials import mask_urls
+
+    match = _URL_PARTS.match(url)
+    if match:
+        scheme, authority, rest = match.group(1).lower(), match.group(2), match.group(3)
+        userinfo, at, host = authority.rpartition("@")
+        head = f"{scheme}://{userinfo}{at}{host.lower()}"
+    else:
+        head, rest = "", url
+    path, sep, tail = re.match(r"^([^?#]*)([?#]?)(.*)$", rest, re.S).groups()
+    segments = path.split("/")
+    if any(unquote(segment) == ".." or unquote(segment).endswith(":..") for segment in segments):
+        raise ForgeError(
+            f"{what} {mask_urls(url)!r} has a .. segment, which climbs out of the place its prefix names",
+            "check where this checkout comes from: give the repository's own URL, without .. in its path",
+        )
+    return head + "/".join(segment for segment in segments if unquote(segment) != ".") + sep + tail

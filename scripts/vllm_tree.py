@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ if __package__ in (None, ""):  # run as `python scripts/vllm_tree.py`: make the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
+from scripts.linear_re import compile_linear
 
 MIN_VERSION = "0.8"  # the oldest vLLM this tool builds: first release with requirements/ and docker/
 
@@ -56,6 +56,8 @@ class CMakeCommand:
 
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACKET_COMMENT = re.compile(r"#\[(=*)\[")
+_BRACKET_OPEN = re.compile(r"\[(=*)\[")
 
 
 def parse_cmake(text: str) -> list[CMakeCommand]:
@@ -70,7 +72,7 @@ def parse_cmake(text: str) -> list[CMakeCommand]:
         elif ch.isspace():
             i += 1
         elif ch == "#":
-            bracket = re.match(r"#\[(=*)\[", text[i:])
+            bracket = _BRACKET_COMMENT.match(text, i)  # at i: never a copy of the rest of the file
             if bracket:
                 end = text.find(f"]{bracket.group(1)}]", i)
                 end = n if end < 0 else end + len(bracket.group(1)) + 2
@@ -107,7 +109,7 @@ def _parse_args(text: str, i: int, line: int) -> tuple[list[CMakeArg], int, int]
         elif ch.isspace():
             i += 1
         elif ch == "#":
-            bracket = re.match(r"#\[(=*)\[", text[i:])
+            bracket = _BRACKET_COMMENT.match(text, i)
             end = text.find(f"]{bracket.group(1)}]", i) if bracket else text.find("\n", i)
             end = n if end < 0 else end + (len(bracket.group(1)) + 2 if bracket else 0)
             line += text.count("\n", i, end)
@@ -140,8 +142,8 @@ def _parse_args(text: str, i: int, line: int) -> tuple[list[CMakeArg], int, int]
                 j += 1
             args.append(CMakeArg("".join(buf), quoted=True))
             i = j + 1
-        elif text.startswith("[", i) and re.match(r"\[(=*)\[", text[i:]):
-            eq = re.match(r"\[(=*)\[", text[i:]).group(1)
+        elif text.startswith("[", i) and _BRACKET_OPEN.match(text, i):
+            eq = _BRACKET_OPEN.match(text, i).group(1)
             end = text.find(f"]{eq}]", i)
             end = n if end < 0 else end
             body = text[i + len(eq) + 2:end]
@@ -167,6 +169,8 @@ def _parse_args(text: str, i: int, line: int) -> tuple[list[CMakeArg], int, int]
 _TRUE_CONSTANTS = {"1", "ON", "YES", "TRUE", "Y"}
 _FALSE_CONSTANTS = {"0", "OFF", "NO", "FALSE", "N", "IGNORE", "NOTFOUND", ""}
 _VAR_REF = re.compile(r"\$(ENV)?\{([A-Za-z0-9_.+\-/]+)\}")
+# A value longer than this is "unknown": forty `set(X "${X}${X}")` lines would otherwise need 2^40 bytes.
+MAX_VALUE = 64 << 10
 
 
 class CMakeScope:
@@ -200,7 +204,9 @@ class CMakeScope:
             if new == text:
                 break
             text = new
-        return None if unknown else text
+            if len(text) > MAX_VALUE:
+                return None
+        return None if unknown or len(text) > MAX_VALUE else text
 
     def is_defined(self, name: str) -> bool | None:
         if name in self.vars:
@@ -247,6 +253,8 @@ def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | No
     """CMake ``if()`` semantics in three values: True, False, or None when it depends on the unknown."""
     tokens = list(args)
     pos = 0
+    depth = 0  # of parentheses: past MAX_DEPTH the condition is undecided (and Python's stack is safe)
+    too_deep = False
 
     def peek() -> CMakeArg | None:
         return tokens[pos] if pos < len(tokens) else None
@@ -296,11 +304,9 @@ def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | No
             return None
         if op == "STREQUAL":
             return left == right
-        if op == "MATCHES":
-            try:
-                return re.search(right, left) is not None
-            except re.error:
-                return None
+        if op == "MATCHES":  # the tree's own regex: RE2, linear time; one RE2 does not take is undecided
+            regex = compile_linear(right)
+            return None if regex is None else regex.search(left) is not None
         if op == "IN_LIST":
             return None
         if op.startswith("VERSION_"):
@@ -324,12 +330,18 @@ def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | No
         return None
 
     def primary() -> bool | None:
+        nonlocal depth, too_deep
         tok = peek()
         if tok is None:
             return None
         if keyword(tok, {"("}):
             take()
+            if depth >= MAX_DEPTH:
+                too_deep = True
+                return None
+            depth += 1
             value = or_expr()
+            depth -= 1
             if keyword(peek(), {")"}):
                 take()
             return value
@@ -358,10 +370,12 @@ def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | No
         return truth(left_tok)
 
     def not_expr() -> bool | None:
-        if keyword(peek(), {"NOT"}):
+        negate = False
+        while keyword(peek(), {"NOT"}):  # a loop: a thousand NOTs are no thousand stack frames
             take()
-            return _not(not_expr())
-        return primary()
+            negate = not negate
+        value = primary()
+        return _not(value) if negate else value
 
     def and_expr() -> bool | None:
         value = not_expr()
@@ -379,7 +393,8 @@ def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | No
 
     if not tokens:
         return False
-    return or_expr()
+    value = or_expr()
+    return None if too_deep else value
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
@@ -389,12 +404,26 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
 
 # A guard is the conditions of every enclosing if/elseif/else: (condition, must_be) pairs.
 Guard = tuple[tuple[tuple[CMakeArg, ...], bool], ...]
+# Conditions a guard keeps (nesting plus the elseif branches before it); past that one undecided entry
+# stands for the rest, so a thousand elseifs cost a thousand guards of MAX_GUARD entries, not a million.
+MAX_GUARD = 16  # vLLM 0.26.0 nests five deep at most
+MAX_DEPTH = 64  # parentheses in one condition, and include() files one inside another
+UNDECIDED = ((CMakeArg(f"(more than {MAX_GUARD} enclosing conditions: not read)"),), True)
+
+
+def _guarded(outer: Guard, *more: tuple[tuple[CMakeArg, ...], bool]) -> Guard:
+    """``outer`` with ``more`` conditions, at most MAX_GUARD of them (then UNDECIDED ends it)."""
+    if outer and outer[-1] is UNDECIDED:
+        return outer
+    room = MAX_GUARD - len(outer)
+    return outer + tuple(more) if len(more) <= room else outer + tuple(more[:room]) + (UNDECIDED,)
 
 
 def evaluate_guard(guard: Guard, scope: CMakeScope) -> bool | None:
     value: bool | None = True
-    for condition, expected in guard:
-        result = evaluate_condition(condition, scope)
+    for entry in guard:
+        condition, expected = entry
+        result = None if entry is UNDECIDED else evaluate_condition(condition, scope)
         value = _and(value, result if expected else _not(result))
         if value is False:
             return False
@@ -420,8 +449,8 @@ def walk_cmake(root: Path, entry: str = "CMakeLists.txt", scope: CMakeScope | No
     out: list[GuardedCommand] = []
     visited: set[str] = set()
 
-    def walk(rel: str, guard: Guard) -> None:
-        if rel in visited:
+    def walk(rel: str, guard: Guard, depth: int = 0) -> None:
+        if rel in visited or depth > MAX_DEPTH:
             return
         visited.add(rel)
         path = root / rel
@@ -444,13 +473,13 @@ def walk_cmake(root: Path, entry: str = "CMakeLists.txt", scope: CMakeScope | No
                 continue
             if cmd.name == "if":
                 stack.append(([cmd.args], current))
-                current = current + ((cmd.args, True),)
+                current = _guarded(current, (cmd.args, True))
                 continue
             if cmd.name in ("elseif", "else") and stack:
                 seen, outer = stack[-1]
-                current = outer + tuple((c, False) for c in seen)
+                before = [(c, False) for c in seen[:MAX_GUARD + 1]]  # what _guarded keeps, never more
+                current = _guarded(outer, *before, *([(cmd.args, True)] if cmd.name == "elseif" else []))
                 if cmd.name == "elseif":
-                    current = current + ((cmd.args, True),)
                     seen.append(cmd.args)
                 continue
             if cmd.name == "endif" and stack:
@@ -462,7 +491,7 @@ def walk_cmake(root: Path, entry: str = "CMakeLists.txt", scope: CMakeScope | No
             elif cmd.name == "include" and cmd.args:
                 target = _resolve_include(cmd.args[0].value, root, list_dir, scope)
                 if target is not None and evaluate_guard(current, scope) is not False:
-                    walk(target, current)
+                    walk(target, current, depth + 1)
 
     walk(entry, ())
     for rel in extra_files:
@@ -544,10 +573,13 @@ def find_cmake_git_deps(root: Path, commands: list[GuardedCommand], scope: CMake
     """The git dependencies declared by FetchContent_Declare / FetchContent_Populate."""
     deps: list[GitDep] = []
     seen: set[tuple[str, str, str]] = set()
-    # Per-file view of the commands, to find each dependency's override variable.
+    # Per-file view of the commands, to find each dependency's override variable (read once per file:
+    # a file declaring thousands of dependencies must not be rescanned for each).
     by_file: dict[str, list[GuardedCommand]] = {}
     for gc in commands:
         by_file.setdefault(gc.file, []).append(gc)
+    env_facts: dict[str, tuple[dict[str, str], frozenset[str], str | None]] = {}
+    texts: dict[str, str] = {}
     replay = CMakeScope(dict(_initial_vars(scope)))
     for gc in commands:
         cmd = gc.command
@@ -580,12 +612,15 @@ def find_cmake_git_deps(root: Path, commands: list[GuardedCommand], scope: CMake
             submodules = tuple(v for a in options["GIT_SUBMODULES"]
                                for v in (replay.expand(a.value) or "").split(";") if v)
         shallow = bool(options.get("GIT_SHALLOW")) and (options["GIT_SHALLOW"][0].value.upper() in _TRUE_CONSTANTS)
-        file_commands = by_file.get(gc.file, [])
-        env = _override_env(name, gc.guard, file_commands)
+        if gc.file not in env_facts:
+            env_facts[gc.file] = _env_facts(by_file.get(gc.file, []))
+        env = _override_env(name, gc.guard, *env_facts[gc.file])
         subdir = ""
         if options.get("SOURCE_SUBDIR"):
+            if gc.file not in texts:
+                texts[gc.file] = _read(root / gc.file)
             subdir = _subdir_for_override(name, replay.expand(options["SOURCE_SUBDIR"][0].value) or "",
-                                          root / gc.file)
+                                          texts[gc.file])
         deps.append(GitDep(name=name, repository=repository, tag=tag, src_dir_env=env, source_subdir=subdir,
                            submodules=submodules, shallow=shallow, file=gc.file, line=cmd.line,
                            declared_by=cmd.name, condition="" if taken else _option_terms(gc.guard, replay)))
@@ -608,9 +643,10 @@ def _keyword_args(args: Iterable[CMakeArg]) -> dict[str, list[CMakeArg]]:
     return options
 
 
-def _override_env(name: str, guard: Guard, file_commands: list[GuardedCommand]) -> str | None:
-    """The environment variable that makes this file use a local copy instead of ``name``'s git."""
-    from_env: dict[str, str] = {}  # CMake variable -> environment variable it is set from
+def _env_facts(file_commands: list[GuardedCommand]) -> tuple[dict[str, str], frozenset[str], str | None]:
+    """(CMake variable -> environment variable it is set from, every $ENV{X} the file reads, the one
+    *_SRC_DIR among them or None) of one file."""
+    from_env: dict[str, str] = {}
     env_reads: list[str] = []
     for gc in file_commands:
         cmd = gc.command
@@ -620,6 +656,14 @@ def _override_env(name: str, guard: Guard, file_commands: list[GuardedCommand]) 
             m = re.fullmatch(r"\$ENV\{(\w+)\}", cmd.args[1].value)
             if m:
                 from_env[cmd.args[0].value] = m.group(1)
+    src_dirs = {e for e in env_reads if e.endswith("_SRC_DIR")}
+    return from_env, frozenset(env_reads), next(iter(src_dirs)) if len(src_dirs) == 1 else None
+
+
+def _override_env(name: str, guard: Guard, from_env: dict[str, str], env_reads: frozenset[str],
+                  only_src_dir: str | None) -> str | None:
+    """The environment variable that makes this file use a local copy instead of ``name``'s git
+    (the other arguments: the file's ``_env_facts``)."""
     # 1. The branch that fetches is the else of `if(X_SRC_DIR)` / `if(DEFINED ENV{X_SRC_DIR})`.
     for condition, expected in reversed(guard):
         if expected:
@@ -633,23 +677,17 @@ def _override_env(name: str, guard: Guard, file_commands: list[GuardedCommand]) 
             if arg.value.endswith("_SRC_DIR") and arg.value in env_reads:
                 return arg.value
     # 2. A file that reads exactly one *_SRC_DIR from the environment, or <NAME>_SRC_DIR.
-    candidates = sorted({e for e in env_reads if e.endswith("_SRC_DIR")})
     conventional = re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_SRC_DIR"
-    for env in candidates:
-        if env in (conventional, "VLLM_" + conventional):
-            return env
-    return candidates[0] if len(candidates) == 1 else None
+    for env in sorted({conventional, "VLLM_" + conventional} & env_reads):
+        return env
+    return only_src_dir
 
 
-def _subdir_for_override(name: str, subdir: str, path: Path) -> str:
-    """Where the override must point when the file uses ``${name_SOURCE_DIR}`` as is for a local copy
-    but ``${name_SOURCE_DIR}/<SOURCE_SUBDIR>`` for the git clone (triton_kernels does)."""
+def _subdir_for_override(name: str, subdir: str, text: str) -> str:
+    """Where the override must point when the file (``text``) uses ``${name_SOURCE_DIR}`` as is for a local
+    copy but ``${name_SOURCE_DIR}/<SOURCE_SUBDIR>`` for the git clone (triton_kernels does)."""
     subdir = subdir.strip("/")
-    if not subdir:
-        return ""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
+    if not subdir or not text:
         return ""
     ref = "${" + name + "_SOURCE_DIR}"
     uses_subdir = f"{ref}/{subdir}" in text
@@ -899,12 +937,10 @@ def detect_version(root: Path) -> tuple[str | None, str]:
     if m:
         return m.group(1), "PKG-INFO"
     if (root / ".git").exists():
-        try:
-            proc = subprocess.run(["git", "describe", "--tags", "--match", "v[0-9]*", "--abbrev=0"], cwd=root,
-                                  capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            proc = None
-        if proc is not None and proc.returncode == 0 and proc.stdout.strip():
+        from scripts.git_safe import run_git
+
+        proc = run_git(["describe", "--tags", "--match", "v[0-9]*", "--abbrev=0"], root, timeout=30)
+        if proc.returncode == 0 and proc.stdout.strip():
             tag = proc.stdout.strip()
             return tag.lstrip("v"), f"git tag {tag}"
     for rel in ("vllm/_version.py", "vllm/version.py"):

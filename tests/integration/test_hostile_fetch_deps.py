@@ -16,6 +16,7 @@ from test_fetch_deps_bare_repos import git, github, make_tree  # noqa: F401 (git
 
 from scripts import fetch_deps as fd
 from scripts.errors import ForgeError
+from scripts.git_safe import git_argv
 from scripts.vllm_tree import inspect_tree
 
 pytestmark = pytest.mark.integration
@@ -91,11 +92,13 @@ def test_a_checkout_repository_outside_https_and_ssh_is_refused(tmp_path, privat
     assert not list((tmp_path / "cache").rglob("secret.txt"))
 
 
-def test_git_runs_with_only_the_protocols_needed():
-    args = fd._git_config_args(fd.url_rewrites(url_map={"https://github.com/": "file:///srv/git/"}))
+def test_git_runs_with_only_the_protocols_needed(tmp_path):
+    config, _ = fd._git_config(fd.url_rewrites(url_map={"https://github.com/": "file:///srv/git/"}))
+    args = git_argv(["fetch"], extra_config=config, cwd=tmp_path)
     assert args[args.index("protocol.allow=never") - 1] == "-c"
-    assert "protocol.file.allow=always" in args and "protocol.https.allow=always" in args
-    plain = fd._git_config_args(fd.url_rewrites())
+    assert args.index("protocol.allow=never") < args.index("protocol.file.allow=always")
+    assert "protocol.https.allow=always" in args
+    plain = git_argv(["fetch"], extra_config=fd._git_config(fd.url_rewrites())[0], cwd=tmp_path)
     assert "protocol.allow=never" in plain and not any("protocol.file" in a or "protocol.ext" in a for a in plain)
 
 
@@ -140,3 +143,42 @@ def test_query_token_in_a_url_map_is_masked_in_the_dry_run(tmp_path, capsys):
     assert fd.main([str(src), "--cache-dir", str(tmp_path / "cache"), "--dry-run", "--url-map",
                     f"https://github.com/=https://git.example.com/x?private_token={secret}&h=/"]) == 0
     assert secret not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("climb", ["..", "%2e%2e", "%2E.", "./.."])
+def test_a_repository_that_climbs_out_of_a_url_map_prefix_is_refused(tmp_path, github, private_repo, climb):  # noqa: F811
+    """`--url-map https://github.com/=file:///srv/git/` names the mirror; a fork's GIT_REPOSITORY
+    file:///srv/git/../../home/victim/private starts with that prefix as text, and is not under it."""
+    mirror = github["proxy"]  # file://<tmp>/proxy/ : the named mirror
+    url = f"{mirror}{climb}/{private_repo.name}"  # <tmp>/proxy/../private.git
+    src = make_tree(tmp_path / "src", "main")
+    cmake = src / "CMakeLists.txt"
+    cmake.write_text(cmake.read_text().replace("https://github.com/org/kernels.git", f'"{url}"'))
+    cache = tmp_path / "cache"
+    with pytest.raises(ForgeError, match=r"has a \.\. segment.* Fix: check where this checkout comes from"):
+        fd.fetch_deps(inspect_tree(src), cache, url_map={"https://github.com/": mirror})
+    with pytest.raises(ForgeError, match=r"has a \.\. segment"):  # the dry run refuses it too
+        fd.plan_fetch(inspect_tree(src), cache, url_map={"https://github.com/": mirror})
+    assert not list(cache.rglob("secret.txt"))
+
+
+def test_a_url_under_the_prefix_is_taken_once_normalised(tmp_path):
+    rewrites = fd.url_rewrites(url_map={"https://github.com/": "FILE:///srv/git/"})
+    assert fd.check_fetch_url("file:///srv/./git/org/x.git", rewrites, "x") == "file:///srv/git/org/x.git"
+    assert fd.check_fetch_url("HTTPS://GitHub.com/org/x.git", {}, "x") == "https://github.com/org/x.git"
+
+
+def test_a_link_planted_in_the_cache_is_replaced_not_written_through(tmp_path, github):  # noqa: F811
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_text("mine\n")
+    cache = tmp_path / "cache"
+    (cache / "deps").mkdir(parents=True)
+    (cache / "deps" / f"kernels@v1.0{fd.MARKER_SUFFIX}").symlink_to(victim)
+    (cache / "deps" / "kernels@v1.0").symlink_to(victim_dir, target_is_directory=True)
+    fd.fetch_deps(inspect_tree(make_tree(tmp_path / "src", "v1.0")), cache, github_proxy=github["proxy"])
+    assert victim.read_text() == "precious\n" and sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"]
+    assert (cache / "deps" / "kernels@v1.0" / "kernel.cu").read_text() == "// v1\n"
+    assert json.loads((cache / "deps" / f"kernels@v1.0{fd.MARKER_SUFFIX}").read_text())["tag"] == "v1.0"

@@ -87,7 +87,7 @@ def workdir(tmp_path, minivllm_repo):
 def test_core_tasks_print_what_they_run(repo_root, tmp_path, workdir, nvcc_toolchain):
     where = ["--checkout-dir", str(workdir["checkout"])]
     printed, ran = dry_then_real(repo_root, tmp_path, "clone", "--repo", workdir["repo"], "--ref", "v0.1.0", *where)
-    assert printed == ran and any("git clone" in line for line in ran)
+    assert printed == ran and any(" clone --filter=blob:none " in line for line in ran)
 
     printed, ran = dry_then_real(repo_root, tmp_path, "use-existing-torch", *where)
     assert printed == ran and len(ran) == 1 and "use_existing_torch.py" in ran[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from scripts import context_git, image
+from scripts.errors import ForgeError
 
 TOKEN = f"forge-token-{uuid.uuid4().hex}"
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -96,16 +97,15 @@ def test_restaging_copies_only_what_changed(tmp_path):
     assert git(dest, "log", "-1", "--format=%s").strip() == "third"
 
 
-def test_a_linked_worktree_becomes_a_repository_of_its_own(tmp_path):
+def test_a_linked_worktree_is_refused_in_one_line(tmp_path):
+    """Its .git file points into the main repository, outside the checkout: the copy would take from there."""
     main = make_repo(tmp_path / "main")
-    plant(main)
     wt = tmp_path / "wt"
     git(main, "worktree", "add", "-q", "-b", "feature", str(wt))
-    assert (wt / ".git").is_file()
-    dest = stage(wt, tmp_path)
-    assert (dest / ".git").is_dir() and assert_clean(tmp_path / "context") > 3
-    assert git(dest, "rev-parse", "--abbrev-ref", "HEAD").strip() == "feature"
-    assert git(dest, "describe", "--tags", "--dirty").startswith("v1.0.0-1-g")
+    with pytest.raises(ForgeError, match=r"wt/\.git points at .*main/\.git/worktrees/wt, outside .*wt: .* Fix: bake "
+                                         r"from the main checkout"):
+        stage(wt, tmp_path)
+    assert not (tmp_path / "git-mirror" / "objects").exists()
 
 
 def test_submodule_git_dirs_are_sanitized_too(tmp_path):
@@ -123,15 +123,96 @@ def test_submodule_git_dirs_are_sanitized_too(tmp_path):
     assert git(dest / "third_party" / "sub", "remote", "get-url", "origin").strip() == "https://example.com/sub.git"
 
 
-def test_borrowed_objects_come_along(tmp_path):
+@pytest.fixture
+def host_secret(tmp_path) -> Path:
+    """A file of the host's that no build context may hold (a private key, /etc/shadow)."""
+    secrets = tmp_path / "home" / ".ssh"
+    secrets.mkdir(parents=True)
+    (secrets / "id_ed25519").write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{TOKEN}\n")
+    return secrets / "id_ed25519"
+
+
+def test_alternates_naming_a_host_directory_are_refused(tmp_path, host_secret):
+    """The finding: `echo ~/.ssh > .git/objects/info/alternates` copied the key into context/vllm/.git."""
+    src = make_repo(tmp_path / "src")
+    (src / ".git" / "objects" / "info" / "alternates").write_text(f"{host_secret.parent}\n")
+    with pytest.raises(ForgeError, match=r"objects/info/alternates borrows objects from another repository.* "
+                                         r"Fix: make the checkout self-contained"):
+        stage(src, tmp_path)
+    assert not any(TOKEN.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p != host_secret)
+
+
+def test_borrowed_objects_of_a_real_clone_are_refused_too(tmp_path):
     origin = make_repo(tmp_path / "origin")
     shared = tmp_path / "shared"
     subprocess.run(["git", "clone", "-q", "--shared", str(origin), str(shared)], check=True, env=GIT_ENV)
-    assert (shared / ".git" / "objects" / "info" / "alternates").is_file()
+    with pytest.raises(ForgeError, match="borrows objects"):
+        stage(shared, tmp_path)
+    git(shared, "repack", "-a", "-d", "-q")  # the fix the message gives
+    (shared / ".git" / "objects" / "info" / "alternates").unlink()
     dest = stage(shared, tmp_path)
-    origin.rename(tmp_path / "gone")  # the staged copy must not need the other repository
     assert git(dest, "log", "--format=%s").split() == ["second", "first"]
-    assert git(dest, "fsck", "--connectivity-only") == ""
+
+
+@pytest.mark.parametrize("name", ["packed-refs", "HEAD", "index", "shallow", "config", "refs/tags/v9",
+                                  "objects/pack/pack-x.pack", "refs"])
+def test_a_symlinked_git_file_is_refused_naming_it(tmp_path, host_secret, name):
+    src = make_repo(tmp_path / "src")
+    git(src, "pack-refs", "--all")
+    target = src / ".git" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    target.symlink_to(host_secret.parent if name == "refs" else host_secret)
+    with pytest.raises(ForgeError, match=rf"\.git/{name} is a symlink to .*: its build context would take files "
+                                         r"from outside the checkout\. Fix: replace the link"):
+        stage(src, tmp_path)
+    assert not any(TOKEN.encode() in p.read_bytes() for p in (tmp_path / "git-mirror").rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("pointer", ["gitdir", "commondir"])
+def test_a_pointer_out_of_the_checkout_is_refused(tmp_path, pointer):
+    other = make_repo(tmp_path / "other-private")  # someone's private repository on this host
+    src = make_repo(tmp_path / "src")
+    if pointer == "gitdir":
+        import shutil
+
+        shutil.rmtree(src / ".git")
+        (src / ".git").write_text(f"gitdir: {other / '.git'}\n")
+        where = r"src/\.git"
+    else:
+        (src / ".git" / "commondir").write_text(f"{other / '.git'}\n")
+        where = r"src/\.git/commondir"
+    with pytest.raises(ForgeError, match=rf"{where} points at .*other-private/\.git, outside .*src"):
+        stage(src, tmp_path)
+
+
+def test_a_fifo_in_the_git_dir_is_refused_not_read(tmp_path):
+    src = make_repo(tmp_path / "src")
+    os.mkfifo(src / ".git" / "objects" / "pack" / "trap")
+    with pytest.raises(ForgeError, match=r"objects/pack/trap is not a regular file"):
+        stage(src, tmp_path)
+
+
+def test_a_link_planted_at_the_git_mirror_is_replaced_not_followed(tmp_path):
+    """The finding: a symlink at build/bake/git/vllm was followed, and the clean-up of stale entries then
+    deleted every other file in its target."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine\n")
+    (victim / "objects").mkdir()
+    (victim / "objects" / "keep.txt").write_text("mine too\n")
+    mirror = tmp_path / "git-mirror"
+    mirror.symlink_to(victim, target_is_directory=True)
+    src = make_repo(tmp_path / "src")
+    stage(src, tmp_path)
+    assert (victim / "notes.txt").read_text() == "mine\n" and (victim / "objects" / "keep.txt").exists()
+    assert sorted(p.name for p in victim.iterdir()) == ["notes.txt", "objects"]
+    assert mirror.is_dir() and not mirror.is_symlink() and (mirror / "HEAD").is_file()
 
 
 def test_sha256_repository_keeps_its_object_format(tmp_path):
@@ -159,8 +240,10 @@ def test_public_url(url, public):
     assert context_git.public_url(url) == public
 
 
-def test_checkout_copy_skips_logins_and_nested_repositories():
-    skip = image._checkout_skip
+def test_checkout_copy_skips_logins_and_nested_repositories(tmp_path):
+    from scripts.context_filter import ContextFilter
+
+    skip = ContextFilter(tmp_path)
     assert skip(Path(".git"), True) and skip(Path(".git"), False)  # the top one is staged sanitized
     assert skip(Path("third_party/x/.git"), True)  # a nested repository: not source
     assert not skip(Path("third_party/x/.git"), False)  # a submodule's gitlink

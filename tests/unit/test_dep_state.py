@@ -93,13 +93,25 @@ def test_an_annotated_tag_is_peeled_from_packed_refs_and_loose_objects(tmp_path)
 
 def test_head_through_a_branch_ref_and_a_gitfile(tmp_path):
     path = entry(tmp_path, FLASHMLA, hand_marker(FLASHMLA))
-    real = tmp_path / "elsewhere.git"
+    real = path / ".git-data"  # a gitdir kept inside the entry
     (real / "refs" / "heads").mkdir(parents=True)
     (real / "HEAD").write_text("ref: refs/heads/main\n")
     (real / "refs" / "heads" / "main").write_text(PIN + "\n")
     (path / ".git").write_text(f"gitdir: {real}\n")
     assert fd.read_head(path) == PIN
     assert fd.dep_state(tmp_path, FLASHMLA).status == "pinned"
+
+
+def test_git_data_kept_outside_the_entry_proves_nothing(tmp_path):
+    """A `gitdir:` pointer out of the entry (to any repository at the pin) says nothing about its files."""
+    path = entry(tmp_path, FLASHMLA, hand_marker(FLASHMLA))
+    real = tmp_path / "elsewhere.git"
+    (real / "refs" / "heads").mkdir(parents=True)
+    (real / "HEAD").write_text("ref: refs/heads/main\n")
+    (real / "refs" / "heads" / "main").write_text(PIN + "\n")
+    (path / ".git").write_text(f"gitdir: {real}\n")
+    assert fd.read_head(path) is None
+    assert fd.dep_state(tmp_path, FLASHMLA).status == "unverified"
 
 
 def new_marker(dep: GitDep, status: str, commit: str | None, **extra) -> dict:

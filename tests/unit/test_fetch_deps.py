@@ -61,9 +61,9 @@ def test_url_map_longest_prefix_wins():
     assert fd.rewrite_url("https://github.com/org/x.git", rewrites) == "file:///srv/all/org/x.git"
 
 
-def test_git_config_args_carry_the_rewrites():
-    args = fd._git_config_args(fd.url_rewrites("https://p.example/"))
-    assert "url.https://p.example/https://github.com/.insteadOf=https://github.com/" in args
+def test_git_config_carries_the_rewrites():
+    config, secret = fd._git_config(fd.url_rewrites("https://p.example/"))
+    assert ("url.https://p.example/https://github.com/.insteadOf", "https://github.com/") in config and not secret
 
 
 def test_bad_proxy_is_refused():

@@ -29,7 +29,7 @@ def test_a_hostile_ref_is_refused_before_git_runs(tmp_path, ref):
 def test_the_clone_url_follows_double_dash(tmp_path, monkeypatch):
     monkeypatch.setattr(checkout, "checkout_target", lambda repo, ref: "origin/main")
     clone = next(c for c in checkout.plan_clone("https://h.example/vllm.git", "main", tmp_path / "co")
-                 if c.argv[:2] == ["git", "clone"])
+                 if "clone" in c.argv)
     assert clone.argv[clone.argv.index("--") + 1] == "https://h.example/vllm.git"
 
 
@@ -43,3 +43,18 @@ def test_an_image_name_that_is_a_docker_option_is_refused(tmp_path, flag):
                             **{flag: "--output=type=local,dest=/"})
     with pytest.raises(ForgeError, match="is not an image reference"):
         image.plan_bake(req, image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+
+
+def test_a_checkout_lock_planted_as_a_link_truncates_nothing(tmp_path):
+    """The lock next to a checkout (.<name>.vllm-forge.lock) may be a link to a file of yours, planted by
+    whatever unpacked the tree beside it."""
+    from scripts import checkout_lock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    tree = tmp_path / "vllm"
+    tree.mkdir()
+    checkout_lock.lock_path(tree).symlink_to(victim)
+    with checkout_lock.holding(tree):
+        assert not checkout_lock.lock_path(tree).is_symlink()
+    assert victim.read_text() == "precious\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def test_links_in_the_source_tree_stay_links_or_are_refused(tmp_path):
         image.sync_tree(src, dest)
 
 
+def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
+    """Containment is judged on the resolved path: with `d -> .`, `d/d/../../etc/passwd` reads as inside."""
+    src = tmp_path / "deep" / "src"
+    src.mkdir(parents=True)
+    (src / "d").symlink_to(".", target_is_directory=True)
+    (src / "esc").symlink_to("d/d/../../../../etc/passwd")
+    assert os.path.normpath(src / "d/d/../../../../etc/passwd").startswith(str(tmp_path))  # lexically "inside"
+    with pytest.raises(ForgeError, match=r"esc is a symlink to d/d/.*which resolves outside .*src"):
+        image.sync_tree(src, tmp_path / "context")
+
+
 def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -125,6 +137,13 @@ def checkout_for_bake(tmp_path) -> Path:
     f"https://pypi.example.com/simple/?a=1&token={SECRET}",
     f"https://gitlab.example.com/api/v4/projects/1/packages/pypi/simple?private_token={SECRET}",
     f"https://bucket.s3.example.com/whl?X-Amz-Signature={SECRET}&X-Amz-Credential=k",
+    # A password may hold any character a URL's user-info can: quotes, <, >, @, ;, &, $, `...
+    f"https://user:pa'ss{SECRET}@idx.example.com/whl",
+    f'https://user:pa"ss{SECRET}@idx.example.com/whl',
+    f"https://user:pa<ss{SECRET}>@idx.example.com/whl",
+    f"https://user:p@ss{SECRET}@idx.example.com/whl",
+    f"https://user:p;a&s$s`{SECRET}@idx.example.com/whl",
+    f"https://{SECRET}'@idx.example.com/whl",
 ])
 def test_every_credential_form_is_found_and_masked(url):
     assert credentials.has_credentials(url) and image.has_credentials(url)
@@ -154,7 +173,9 @@ def test_index_credentials_in_any_form_go_in_as_a_secret(tmp_path, checkout_for_
 @pytest.mark.parametrize("field", ["pytorch_index_base_url", "extra_index_url"])
 @pytest.mark.parametrize("url", [f"https://u:{SECRET}@download.example.com/whl",
                                  f"HTTPS://{SECRET}@download.example.com/whl",
-                                 f"https://download.example.com/whl?token={SECRET}"])
+                                 f"https://download.example.com/whl?token={SECRET}",
+                                 f"https://user:pa'ss{SECRET}@download.example.com/whl",
+                                 f'https://user:pa"ss<{SECRET}@download.example.com/whl'])
 def test_a_credential_that_would_become_a_build_arg_is_refused(tmp_path, checkout_for_bake, field, url):
     req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             **{field: url})
@@ -247,3 +268,160 @@ def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout
     assert staged["fetched_from"] == "https://mirror.example/github/nvidia/cutlass.git"
     assert staged["repository"] == dep.repository and staged["tag"] == dep.tag  # still a cache hit inside
     assert not [p for p in (tmp_path / "deps").rglob("*") if p.is_file() and SECRET in p.read_text()]
+
+
+def test_a_link_planted_at_the_bake_lock_truncates_nothing(tmp_path):
+    """The finding: build/bake/.bake.lock as a link had its target truncated (and the pid written there)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    context_dir = tmp_path / "bake"
+    context_dir.mkdir()
+    (context_dir / ".bake.lock").symlink_to(victim)
+    with image._context_lock(context_dir):
+        pass
+    assert victim.read_text() == "precious\n"
+    assert not (context_dir / ".bake.lock").is_symlink()
+
+
+def test_a_planted_link_at_the_secret_file_is_replaced(tmp_path, checkout_for_bake, monkeypatch):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                            index_url=f"https://u:{SECRET}@idx.example.com/simple")
+    plan = image.plan_bake(req, BUILDKIT)
+    secret = Path(plan.secrets["pip_index_url"])
+    secret.parent.mkdir(parents=True)
+    secret.symlink_to(victim)
+    seen = []
+    monkeypatch.setattr(image, "run_command", lambda command, **kw: seen.append(secret.read_text()))
+    plan.stage_context = False
+    image._run_bake(plan)
+    assert victim.read_text() == "precious\n" and seen and SECRET in seen[0]
+
+
+def test_the_command_log_is_never_appended_through_a_link(tmp_path, monkeypatch):
+    from scripts.plan import COMMAND_LOG_ENV, record_command
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    log = tmp_path / "forge-commands.jsonl"
+    log.symlink_to(victim)  # e.g. another user of the host, in /tmp
+    monkeypatch.setenv(COMMAND_LOG_ENV, str(log))
+    with pytest.raises(ForgeError, match=r"VLLM_FORGE_COMMAND_LOG .*forge-commands.jsonl is a symlink .* Fix: remove"):
+        record_command(Command(["true"]))
+    assert victim.read_text() == "precious\n"
+    log.unlink()
+    record_command(Command(["true"]))
+    assert log.read_text().startswith('{"shell": "true"')
+
+
+# --- files that hold logins, and the checkout's .dockerignore -------------------------------------------------
+
+
+LOGIN_FILES = [".env", ".env.production", "deploy/.env.local", ".envrc", ".pypirc", ".netrc", "_netrc",
+               ".git-credentials", ".gitconfig", ".docker/config.json", "tools/.dockercfg", ".aws/credentials",
+               ".aws/config", ".config/gcloud/application_default_credentials.json",
+               "ci/application_default_credentials.json", ".kube/config", "k8s/kubeconfig", ".ssh/id_ed25519",
+               "keys/id_rsa", "id_ecdsa"]
+
+
+def test_files_that_hold_logins_are_left_out_and_reported(tmp_path, checkout_for_bake):
+    """The finding: git-ignored .env, .pypirc, .docker/config.json, .aws/credentials were staged."""
+    for rel in LOGIN_FILES:
+        path = checkout_for_bake / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"TOKEN={SECRET}\n")
+    (checkout_for_bake / ".env.example").write_text("TOKEN=\n")  # a template holds no login: it stays
+    left: list[str] = []
+    dest = tmp_path / "context"
+    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    staged = [p for p in dest.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert staged == []
+    assert (dest / ".env.example").is_file() and (dest / "setup.py").is_file()
+    assert len(left) == 1 and ".aws/credentials" in left[0] and ".ssh/" in left[0] or "..." in left[0]
+    assert left[0].startswith(f"left out of the build context, of {checkout_for_bake}: 20 that hold logins (")
+
+
+def test_the_checkouts_dockerignore_is_honoured(tmp_path, checkout_for_bake):
+    (checkout_for_bake / ".dockerignore").write_text(
+        "# vLLM's own kind of rules\n/build\n*.log\ndocs/**\n!docs/keep.md\nvllm/*.bin\n**/scratch\n  \n")
+    for rel in ("run.log", "docs/a/b.md", "docs/keep.md", "vllm/w.bin", "vllm/sub/w.bin", "x/scratch/y.txt",
+                "logs/run.log"):
+        (checkout_for_bake / rel).parent.mkdir(parents=True, exist_ok=True)
+        (checkout_for_bake / rel).write_text("x\n")
+    left: list[str] = []
+    dest = tmp_path / "context"
+    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and ".git" not in p.parts)
+    assert "docs/keep.md" in got and "vllm/sub/w.bin" in got and "logs/run.log" in got  # as Docker decides
+    for gone in ("run.log", "docs/a/b.md", "vllm/w.bin", "x/scratch/y.txt"):
+        assert gone not in got
+    assert "4 that its .dockerignore names" in left[0]
+
+
+@pytest.mark.parametrize("pattern", ["*a" * 12 + "b", "**/" * 30 + "x", "[a-z]*" * 40])
+def test_a_hostile_dockerignore_pattern_stays_linear(tmp_path, checkout_for_bake, pattern):
+    """Docker matches .dockerignore with Go's RE2; a backtracking matcher takes hours on `*a*a*a...b`."""
+    import time
+
+    (checkout_for_bake / ".dockerignore").write_text(pattern + "\n")
+    (checkout_for_bake / ("a" * 200)).write_text("x\n")
+    started = time.monotonic()
+    image.stage_checkout(checkout_for_bake, tmp_path / "context", tmp_path / "git-mirror")
+    assert time.monotonic() - started < 20  # seconds; a backtracking match of this pattern: far beyond
+
+
+# --- --image references, wherever one is taken ------------------------------------------------------------------
+
+
+@pytest.fixture
+def recording_docker(tmp_path):
+    """A docker client that records every call (and whose engine answers), for VLLM_FORGE_DOCKER."""
+    log = tmp_path / "docker-calls.log"
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nif [ "$1" = version ]; then echo 20.10.24; fi\n'
+                      'if [ "$1" = info ]; then echo 20.10.24; fi\nexit 0\n')
+    docker.chmod(0o755)
+    return docker, log
+
+
+HOSTILE_IMAGES = ["--privileged", "--output=type=local,dest=/", "-v/:/host", "img\nname", "a b"]
+
+
+@pytest.mark.parametrize("task", [
+    ["audit", "--image={image}", "--arch", "12.0"], ["doctor", "--image={image}"],
+    ["nccl-test", "--image={image}", "--gpus", "1", "--dry-run"], ["check-size", "--image={image}"],
+    ["inspect", "--image={image}"], ["serve", "m", "--image={image}", "--dry-run"],
+])
+def test_every_task_that_takes_an_image_checks_it_before_docker(task, recording_docker):
+    docker, log = recording_docker
+    repo = Path(__file__).resolve().parents[2]
+    for hostile in HOSTILE_IMAGES[:3]:
+        argv = [part.format(image=hostile) for part in task]
+        out = subprocess.run([sys.executable, "-m", "invoke", *argv], cwd=repo, capture_output=True, text=True,
+                             timeout=120, env={**os.environ, "COLUMNS": "300", "VLLM_FORGE_DOCKER": str(docker)})
+        assert out.returncode == 2 and "is not an image reference" in out.stderr, (argv, out.stdout, out.stderr)
+        calls = log.read_text().splitlines() if log.exists() else []
+        assert not [c for c in calls if hostile in c], calls
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IMAGES)
+def test_the_image_functions_check_it_themselves(hostile, tmp_path):
+    from scripts import audit, doctor, nccl_test
+
+    ran = []
+
+    def runner(argv, **kw):
+        ran.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    for call in (lambda: audit.scan_image(hostile, docker="/bin/true"),
+                 lambda: audit.audit_image(hostile, ["12.0"], docker="/bin/true"),
+                 lambda: doctor.run_doctor(image=hostile, docker="/bin/true", runner=runner),
+                 lambda: nccl_test.plan_run(gpus=1, out_dir=tmp_path, image=hostile, has_torch=lambda p: True),
+                 lambda: image.image_jit_facts("/bin/true", hostile),
+                 lambda: image.image_size_breakdown("/bin/true", hostile),
+                 lambda: image.image_size_report("/bin/true", hostile)):
+        with pytest.raises(ForgeError, match="is not an image reference"):
+            call()
+    assert ran == []

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from scripts import serve
 from scripts.errors import ForgeError
 
+REPO = Path(__file__).resolve().parents[2]
 REAL_KILL = os.kill  # the fixture below replaces os.kill (serve.os is the os module)
 
 
@@ -122,3 +125,66 @@ def test_the_standalone_cli_refuses_a_key_on_its_command_line(capsys):
                                  "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "--api-key-file" in err and "s3cret-flag" not in err
+
+
+# --- abbreviations of the flags serve manages -------------------------------------------------------------------
+# vLLM's argparse takes any unambiguous prefix of a flag: `--hos 0.0.0.0` is `--host 0.0.0.0`, past the
+# "needs a key" check; `--api-k KEY` puts the key on the server's command line.
+
+
+def _prefixes(flag: str) -> list[str]:
+    dashes = 2 if flag.startswith("--") else 1
+    return [flag[:n] for n in range(dashes + 1, len(flag) + 1)]
+
+
+MANAGED_PREFIXES = [(flag, word) for flag in serve.MANAGED_FLAGS for word in _prefixes(flag)]
+
+
+@pytest.mark.parametrize("flag, word", MANAGED_PREFIXES)
+@pytest.mark.parametrize("form", ["{w} v", "{w}=v", "{u} v"])
+def test_every_prefix_of_a_managed_flag_is_refused(flag, word, form):
+    words = form.format(w=word, u=word[:2] + word[2:].replace("-", "_")).split()
+    for extra in (words, ["--enforce-eager", *words]):
+        with pytest.raises(ForgeError, match=rf"set {re.escape(words[0].split('=')[0].replace('_', '-'))}"
+                                             rf".*which invoke serve manages"):
+            serve.plan_serve(req(host="127.0.0.1", extra_args=extra))
+
+
+@pytest.mark.parametrize("flag, word", MANAGED_PREFIXES)
+def test_every_prefix_from_invoke_yaml_is_refused(flag, word):
+    settings = serve.serve_settings({"forge": {"serve": {"vllm_args": f"--dtype half {word} 1"}}})
+    with pytest.raises(ForgeError, match="which invoke serve manages"):
+        serve.plan_serve(req(extra_args=settings["vllm_args"]))
+
+
+@pytest.mark.parametrize("extra", [["--hostname-x"], ["--pipe", "2"], ["--max-num-seqs", "4"], ["--", "x"],
+                                   ["--enforce-eager"], ["-O3"], ["--api-server-count", "2"]])
+def test_flags_that_are_no_prefix_of_a_managed_one_pass(extra):
+    assert serve.plan_serve(req(extra_args=extra)).argv[-len(extra):] == extra
+
+
+@pytest.mark.parametrize("word", ["--max-model", "--max_model_l", "--gpu-mem", "--served-model"])
+def test_a_prefix_of_a_first_class_flag_counts_as_giving_it(word):
+    with pytest.raises(ForgeError, match="is given twice"):
+        serve.plan_serve(req(max_model_len=512, gpu_memory_utilization=0.3, served_model_name="m",
+                             extra_args=[word, "1"]))
+
+
+@pytest.mark.parametrize("args", [["--vllm-args", "--hos 0.0.0.0"], ["--vllm-args", "--api-k SECRETKEY"],
+                                  ["--", "--po", "9"]])
+def test_the_cli_refuses_an_abbreviated_managed_flag(args, tmp_path):
+    """The finding itself, end to end: one line, exit 2, nothing started, the key in no output."""
+    out = subprocess.run([sys.executable, "-m", "invoke", "serve", "m", "--image", "vllm-forge/vllm:x", "--dry-run",
+                          *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 2 and "which invoke serve manages" in out.stderr, out.stdout + out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "docker run" not in out.stdout
+    assert "SECRETKEY" not in out.stdout
+
+
+def test_invoke_yaml_with_an_abbreviated_managed_flag_is_refused_by_the_cli(tmp_path):
+    (tmp_path / "invoke.yaml").write_text("forge:\n  serve:\n    vllm_args: --hos 0.0.0.0\n")
+    out = subprocess.run([sys.executable, "-m", "invoke", "-f", str(tmp_path / "invoke.yaml"), "serve", "m",
+                          "--image", "vllm-forge/vllm:x", "--dry-run"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 2 and "set --hos (a prefix of --host" in out.stderr, out.stdout + out.stderr
