@@ -127,16 +127,16 @@ def test_a_lock_on_a_file_its_holder_removed_is_taken_again(tmp_path, monkeypatc
     is on a file nobody else will look at, so it is taken again on the file now at that path."""
     path = tmp_path / ".vllm.vllm-forge.lock"
     opened = []
-    real_open = open
+    real_open = checkout_lock.open_nofollow
 
     def open_then_lose_it(file, *args, **kwargs):
-        handle = real_open(file, *args, **kwargs)
+        fd = real_open(file, *args, **kwargs)
         if not opened:  # the first time: the holder removes the file right after we opened it
             Path(file).unlink()
         opened.append(file)
-        return handle
+        return fd
 
-    monkeypatch.setattr("builtins.open", open_then_lose_it)
+    monkeypatch.setattr(checkout_lock, "open_nofollow", open_then_lose_it)
     handle = checkout_lock._lock(path, wait=False)
     try:
         assert len(opened) == 2 and path.is_file()
