@@ -45,6 +45,7 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
     resolve_compile_cache,
 )
 from scripts.errors import ForgeError, run_main
+from scripts.farm import DistPlan, DistSettings, client_config, jobs_with_farm, plan_dist
 from scripts.fetch_deps import deps_env
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
@@ -73,6 +74,7 @@ class BuildRequest:
     shared_cache: SharedCache = field(default_factory=SharedCache)  # a team's sccache/ccache remote
     reuse: bool = True  # reuse the kernels of a wheel in dist_dir built from the same kernel inputs
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
+    dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm to compile on (scripts/farm.py)
 
 
 @dataclass
@@ -90,6 +92,8 @@ class BuildPlan:
     tree: VllmTree | None = None  # what this checkout's vLLM version reads and accepts
     reuse: ReuseDecision | None = None  # kernel reuse: which path this build takes, and why
     build_info: dict | None = None  # what run_build wrote into the wheel (set by run_build)
+    dist: DistPlan | None = None  # distributed compiles: the farm's state and sccache's client config
+    local_parallelism: Parallelism | None = None  # MAX_JOBS for this machine alone (the farm may raise it)
 
     @property
     def commands(self) -> list[Command]:
@@ -141,7 +145,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
         mem_per_job_gb=request.mem_per_job_gb,
     )
-    cache = resolve_compile_cache(request.compile_cache, request.shared_cache)
+    cache = resolve_compile_cache(_cache_for_dist(request), request.shared_cache)
     if not src.exists():
         raise ForgeError(f"{src} is not a vLLM checkout (it does not exist)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
@@ -185,7 +189,9 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
                      "(`invoke fetch-deps`): the build needs no network for them")
-    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
+    dist = plan_dist(request.dist, cache_dir / "sccache-dist")
+    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src,
+                                 dist_config=dist.config_path if dist else None))
     notes += plan_notes(cache, request.shared_cache, env)
     env.update(toolchain.env)
     env.update(request.extra_env)
@@ -198,7 +204,13 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         [request.python, "setup.py", "bdist_wheel", f"--dist-dir={staging}", "--py-limited-api=cp38"],
         cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)",
     )
-    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree)
+    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree,
+                     local_parallelism=parallelism)
+    if dist:
+        apply_dist(plan, dist)
+        notes += dist.notes()
+        if plan.parallelism is not parallelism:
+            notes.append(plan.parallelism.reason)
     from scripts import patches as patch_mod
 
     pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
@@ -206,6 +218,39 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     apply_reuse(plan, decision)
     notes.append(decision.note())
     return plan
+
+
+def _cache_for_dist(request: BuildRequest) -> str:
+    """The compile cache to resolve: distributed compiles run through sccache, so `auto` means sccache then."""
+    if not request.dist.on:
+        return request.compile_cache
+    if request.compile_cache in ("auto", "sccache"):
+        return "sccache"
+    raise ForgeError(f"distributed compiles (dist_scheduler {request.dist.scheduler}) run through sccache, and the "
+                     f"compile cache is {request.compile_cache}",
+                     "use --compile-cache sccache (or auto), or turn the farm off with --dist-scheduler ''")
+
+
+def apply_dist(plan: BuildPlan, dist: DistPlan) -> None:
+    """Point the plan at the farm's state: sccache's client config (its own sccache server) when the farm
+    compiles, none when it does not, and MAX_JOBS for this machine plus the farm's cores when automatic."""
+    request = plan.request
+    cache_env = compile_cache_env(plan.compile_cache, Path(request.cache_dir).expanduser(),
+                                  shared=request.shared_cache, base_dir=Path(request.src).expanduser(),
+                                  dist_config=dist.config_path if dist.probe.on else None)
+    local = plan.local_parallelism or plan.parallelism
+    parallelism = local
+    if dist.probe.on and not request.max_jobs and dist.probe.status:
+        from scripts.parallelism import available_memory_gb
+
+        jobs, reason = jobs_with_farm(local.max_jobs, dist.probe.status.cores, available_memory_gb())
+        parallelism = Parallelism(jobs, local.nvcc_threads, reason)
+    for env in {id(plan.env): plan.env, id(plan.command.env): plan.command.env}.values():
+        env.pop("SCCACHE_CONF", None)
+        env.update(cache_env)
+        env["MAX_JOBS"] = str(parallelism.max_jobs)
+    plan.parallelism = parallelism
+    plan.dist = dist
 
 
 _STAGING_PREFIX = ".staging-"
@@ -295,13 +340,18 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     decision = decide_reuse(plan.request, plan.tree or inspect_tree(plan.request.src), plan.command.env,
                             plan.toolchain)
     apply_reuse(plan, decision)
-    cache_session = CacheSession(plan.compile_cache, plan.env)
+    if plan.dist and not decision.source:  # the farm asked again now: it may have gone (or come back) since
+        apply_dist(plan, plan_dist(plan.request.dist, Path(plan.request.cache_dir).expanduser() / "sccache-dist"))
+        if on_line:
+            on_line(plan.dist.probe.line())
+    cache_session = CacheSession(plan.compile_cache, plan.env, distributed=plan.dist is not None)
     try:
-        cache_session.start()  # counters before, so the figures are this build's
-        try:
-            run_command(plan.command, on_line=on_line, log_path=log_path)
-        finally:
-            plan.cache_report = cache_session.finish()
+        with client_config(plan.dist if not decision.source else None):
+            cache_session.start()  # counters before, so the figures are this build's
+            try:
+                run_command(plan.command, on_line=on_line, log_path=log_path)
+            finally:
+                plan.cache_report = cache_session.finish()
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)

@@ -273,7 +273,7 @@ def _build_request(settings: Settings, options: Options | None = None):
         build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
         log_dir=settings.repo_root / "build" / "logs", shared_cache=build_wheel.SharedCache.from_config(cfg),
         extra_env=settings.mirror.env, reuse=options.reuse if options else True,
-        patches=list(options.patches) if options else [],
+        patches=list(options.patches) if options else [], dist=build_wheel.DistSettings.from_config(cfg),
     )
 
 
@@ -580,6 +580,18 @@ def needs_clone(settings: Settings) -> bool:
 # --- the summary a chain ends with ----------------------------------------------------------------------------
 
 
+def dist_rows(plan) -> list[tuple[str, str]]:
+    """(what, value) rows for a build with a farm configured: where its compiles ran (sccache's own counters),
+    and why the farm was not used when it was not; none for a build without one."""
+    if plan is None or getattr(plan, "dist", None) is None:
+        return []
+    rows = [] if plan.dist.probe.on else [("farm", plan.dist.probe.line())]
+    report = plan.cache_report
+    if report is not None and report.distributed:
+        rows.append(("compiles", report.split_line()))
+    return rows
+
+
 def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     """(what, value) rows: image, size over base, archs, vLLM ref and commit, time per step."""
     settings = pipeline.settings
@@ -598,6 +610,7 @@ def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     rows.append(("vLLM", f"{mask_urls(facts.repo or str(settings.src))} @ {facts.ref or '-'} ({facts.short}"
                          f"{', dirty' if facts.dirty else ''})"))
     rows.append(("mirror", settings.mirror.profile.name))
+    rows += dist_rows(next((step.plan for step in pipeline.steps if step.name == "build-wheel"), None))
     for name, seconds in state.seconds.items():
         rows.append((f"time: {TITLES.get(name, name)}", f"{seconds:.1f} s"))
     rows.append(("time: total", f"{sum(state.seconds.values()):.1f} s"))
