@@ -109,7 +109,7 @@ def minivllm_repo(tmp_path_factory) -> str:
 # Whatever the tests started (compile-cache servers, containers, images) and did not remove is removed at the
 # end of the session, then checked: anything still there fails the run (`nox -s tests` exits non-zero).
 
-_LEFTOVER_PROCESSES = ("sccache", "redis-server")
+_LEFTOVER_PROCESSES = ("sccache", "sccache-dist", "redis-server")
 _baseline: dict[str, set[str]] = {}
 
 
