@@ -287,6 +287,8 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
                           f"[dim]({seconds:.1f}s{cached}; log {result.log_path})[/]")
         for wheel in result.wheels:
             console.print(f"[green]wheel[/] {wheel}")
+        for line in result.farm:  # the build stage's own words about the farm (scripts/farm.py)
+            console.print(f"  {escape(line)}", soft_wrap=True)
     elif step.name == "check-size-image":
         _print_image_size(result)
     elif step.name == "inspect":
@@ -850,12 +852,13 @@ def _bake_task(chain: bool, doc: str):
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
              mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
-             non_root=False):
+             non_root=False, dist_scheduler=None, dist_token_file=None):
         settings = _settings(ctx, arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
-                             standin=True if standin else None, non_root=non_root or None)
+                             standin=True if standin else None, non_root=non_root or None,
+                             dist_scheduler=dist_scheduler, dist_token_file=dist_token_file)
         bake_options = pipelines.BakeOptions(
             target=target, tag=tag, dockerfile=dockerfile, docker=docker,
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
@@ -887,7 +890,8 @@ def _bake_task(chain: bool, doc: str):
 
 
 _BAKE_HELP = {**_help("arch", "cuda", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
-                      "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
+                      "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force",
+                      "dist_scheduler", "dist_token_file"),
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
               "budget": "image chain: fail when the image is larger than this many GB",

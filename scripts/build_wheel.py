@@ -45,7 +45,15 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
     resolve_compile_cache,
 )
 from scripts.errors import ForgeError, run_main
-from scripts.farm import DistPlan, DistSettings, client_config, jobs_with_farm, plan_dist
+from scripts.farm import (
+    DistPlan,
+    DistSettings,
+    cache_for_dist,
+    client_config,
+    jobs_with_farm,
+    plan_dist,
+    settings_from_secret,
+)
 from scripts.fetch_deps import deps_env
 from scripts.parallelism import Parallelism, choose_parallelism
 from scripts.plan import Command, run_command
@@ -145,7 +153,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
         max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
         mem_per_job_gb=request.mem_per_job_gb,
     )
-    cache = resolve_compile_cache(_cache_for_dist(request), request.shared_cache)
+    cache = resolve_compile_cache(cache_for_dist(request.compile_cache, request.dist), request.shared_cache)
     if not src.exists():
         raise ForgeError(f"{src} is not a vLLM checkout (it does not exist)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
@@ -218,17 +226,6 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True) -> BuildPlan:
     apply_reuse(plan, decision)
     notes.append(decision.note())
     return plan
-
-
-def _cache_for_dist(request: BuildRequest) -> str:
-    """The compile cache to resolve: distributed compiles run through sccache, so `auto` means sccache then."""
-    if not request.dist.on:
-        return request.compile_cache
-    if request.compile_cache in ("auto", "sccache"):
-        return "sccache"
-    raise ForgeError(f"distributed compiles (dist_scheduler {request.dist.scheduler}) run through sccache, and the "
-                     f"compile cache is {request.compile_cache}",
-                     "use --compile-cache sccache (or auto), or turn the farm off with --dist-scheduler ''")
 
 
 def apply_dist(plan: BuildPlan, dist: DistPlan) -> None:
@@ -770,13 +767,21 @@ def main(argv=None) -> int:
                         help="compile the kernels even when a wheel in --dist-dir has the same kernel key")
     parser.add_argument("--patch", action="append", type=Path, default=[],
                         help="apply this unified diff to the checkout first (repeatable; recorded in the wheel)")
+    parser.add_argument("--dist-scheduler", default=None,
+                        help="sccache-dist scheduler URL to compile on (default: the forge-dist BuildKit secret of a "
+                             "bake, else none)")
+    parser.add_argument("--dist-token-file", default="",
+                        help="file whose first line is the farm's client token (default: $VLLM_FORGE_DIST_TOKEN)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
     args = parser.parse_args(argv)
+    dist = (DistSettings(args.dist_scheduler, args.dist_token_file) if args.dist_scheduler is not None
+            else settings_from_secret())
+    dist.check()
     plan = plan_build(BuildRequest(
         src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
         nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
         compile_cache=args.compile_cache, cache_dir=args.cache_dir, deps_cache=args.deps_cache,
-        reuse=not args.no_reuse, patches=args.patch,
+        reuse=not args.no_reuse, patches=args.patch, dist=dist,
     ), check_tools=not args.dry_run)
     for note in plan.notes:
         print(f"# {note}")

@@ -58,6 +58,10 @@ SERVER_TOKEN_ENV = "VLLM_FORGE_FARM_TOKEN"
 BUILDERS = ("overlay", "docker")
 DOCKER_BUILDER_IMAGE = "aidanhs/busybox"  # the base image sccache-dist's Docker builder creates containers from
 PROBE_TIMEOUT_S = 5.0
+# How a bake hands the farm to its build stage: a BuildKit secret (never a build arg or a layer) of KEY=VALUE lines.
+SECRET_ID = "forge-dist"
+SECRET_FILE = Path("/run/secrets") / SECRET_ID
+SECRET_SCHEDULER = "VLLM_FORGE_DIST_SCHEDULER"
 # What the client does for each unit it sends away: sccache preprocesses it here (gcc -E, nvcc -E) to key
 # the cache, and holds the nvcc driver and the job's files while the farm compiles. An estimate (1 GiB a job
 # in flight) used only to bound MAX_JOBS by this machine's memory when the farm raises it.
@@ -202,6 +206,52 @@ class DistSettings:
             return f"toolchains: packaged here: {packaged}"
         listed = ", ".join(f"{t.compiler} ({t.archive})" for t in made)
         return f"toolchains: pre-installed archives for {listed}; for every other compiler {packaged}"
+
+
+def cache_for_dist(choice: str, settings: DistSettings) -> str:
+    """The compile cache a build resolves: distributed compiles run through sccache, so `auto` means sccache then,
+    and another explicit choice is a contradiction to fix."""
+    if not settings.on:
+        return choice
+    if choice in ("auto", "sccache"):
+        return "sccache"
+    raise ForgeError(f"distributed compiles (dist_scheduler {settings.scheduler}) run through sccache, and the "
+                     f"compile cache is {choice}",
+                     "use --compile-cache sccache (or auto), or turn the farm off with --dist-scheduler ''")
+
+
+def is_loopback(url: str) -> bool:
+    """The URL names this machine's loopback (a Docker build reaches it only with --network host)."""
+    import ipaddress
+
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def secret_text(scheduler: str, token: str) -> str:
+    """The ``forge-dist`` BuildKit secret of a bake: the scheduler and the client token."""
+    return f"{SECRET_SCHEDULER}={scheduler}\n{CLIENT_TOKEN_ENV}={token}\n"
+
+
+def settings_from_secret(path: Path = SECRET_FILE, environ: dict[str, str] | None = None) -> DistSettings:
+    """Inside a Docker build: the farm the bake handed over (``secret_text``), its token put into this process's
+    environment only; no farm (``DistSettings()``) when the secret is absent or empty."""
+    environ = os.environ if environ is None else environ
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return DistSettings()
+    values = dict(line.split("=", 1) for line in lines if "=" in line)
+    if not values.get(SECRET_SCHEDULER):
+        return DistSettings()
+    if values.get(CLIENT_TOKEN_ENV):
+        environ[CLIENT_TOKEN_ENV] = values[CLIENT_TOKEN_ENV]
+    return DistSettings(values[SECRET_SCHEDULER])
 
 
 def check_scheduler_url(url: str, key: str) -> str:

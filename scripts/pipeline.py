@@ -335,6 +335,7 @@ def _plan_check_size(settings: Settings, options: Options, names: tuple[str, ...
 def bake_request(settings: Settings, options: Options):
     """The BakeRequest of this command line: config, mirror and checkout facts, once."""
     from scripts import image as images
+    from scripts.farm import DistSettings
 
     cfg, bake, applied = settings.config, options.bake, settings.mirror
     return images.BakeRequest(
@@ -353,6 +354,7 @@ def bake_request(settings: Settings, options: Options):
         builder=bake.builder or cfg.builder, cache_from=list(bake.cache_from), cache_to=list(bake.cache_to),
         no_cache=bake.no_cache, build_args=dict(bake.build_args), apt_mirror=applied.apt_mirror,
         deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit, non_root=cfg.non_root,
+        dist=DistSettings.from_config(cfg),
     )
 
 

@@ -329,3 +329,65 @@ def test_the_schedulers_log_gives_jobs_per_server(tmp_path):
     assert farm.servers_seen(log) == [farm.ServerSeen("127.0.0.1:18511", 2, 1),
                                       farm.ServerSeen("127.0.0.1:18512", 1, 1)]
     assert farm.servers_seen(tmp_path / "none") == []
+
+
+# ---- bake: the build stage compiles on the farm ----
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    src = tmp_path / "vllm"
+    (src / "requirements").mkdir(parents=True)
+    (src / "setup.py").write_text("print('setup')\n")
+    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.26)\n")
+    (src / "requirements" / "build.txt").write_text("cmake\n")
+    (src / "vllm").mkdir()
+    (src / "vllm" / "__init__.py").write_text("")
+    return src
+
+
+def bake_plan(tree: Path, tmp_path: Path, **kw):
+    from scripts import image
+
+    return image.plan_bake(image.BakeRequest(src=tree, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+                                             **kw), image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+
+
+def test_a_bake_hands_the_farm_to_its_build_stage_as_a_secret(scheduler_url, tree, tmp_path, monkeypatch):
+    monkeypatch.setenv(farm.CLIENT_TOKEN_ENV, TOKEN)
+    plan = bake_plan(tree, tmp_path, dist=farm.DistSettings(scheduler_url))
+    argv = plan.commands[0].argv
+    assert plan.secret_values[farm.SECRET_ID] == f"VLLM_FORGE_DIST_SCHEDULER={scheduler_url}\n" \
+                                                 f"VLLM_FORGE_DIST_TOKEN={TOKEN}\n"
+    assert f"id={farm.SECRET_ID},src={plan.secrets[farm.SECRET_ID]}" in argv
+    assert plan.build_args["COMPILE_CACHE"] == "sccache" and plan.build_args["USE_SCCACHE"] == "1"
+    assert argv[argv.index("--network") + 1] == "host"  # a scheduler on loopback: the build shares this network
+    printed = "\n".join(plan.lines())
+    assert TOKEN not in printed and f"distributed compiles on: scheduler {scheduler_url} reports 3 servers" in printed
+    # what the build stage does with it: the token into its own environment only
+    secret = tmp_path / "forge-dist"
+    secret.write_text(plan.secret_values[farm.SECRET_ID])
+    environ: dict[str, str] = {}
+    assert farm.settings_from_secret(secret, environ) == farm.DistSettings(scheduler_url)
+    assert environ == {farm.CLIENT_TOKEN_ENV: TOKEN}
+    assert farm.settings_from_secret(tmp_path / "absent", environ) == farm.DistSettings()
+
+
+def test_a_bake_with_the_farm_refusing_the_token_builds_without_it(scheduler_url, tree, tmp_path, monkeypatch):
+    monkeypatch.setenv(farm.CLIENT_TOKEN_ENV, "wrong")
+    plan = bake_plan(tree, tmp_path, dist=farm.DistSettings(scheduler_url))
+    assert farm.SECRET_ID not in plan.secrets and "--network" not in plan.commands[0].argv
+    assert any(note.startswith("distributed compiles off, building on this machine only: the scheduler")
+               for note in plan.notes)
+
+
+def test_a_bake_with_the_farm_and_ccache_is_a_contradiction(scheduler_url, tree, tmp_path, monkeypatch):
+    monkeypatch.setenv(farm.CLIENT_TOKEN_ENV, TOKEN)
+    with pytest.raises(ForgeError, match="run through sccache, and the compile cache is ccache"):
+        bake_plan(tree, tmp_path, dist=farm.DistSettings(scheduler_url), compile_cache="ccache")
+
+
+@pytest.mark.parametrize("url, loopback", [("http://127.0.0.1:1", True), ("http://localhost:1", True),
+                                           ("http://[::1]:1", True), ("http://10.0.0.1:1", False),
+                                           ("http://farm.lan:1", False)])
+def test_loopback_schedulers(url, loopback):
+    assert farm.is_loopback(url) is loopback
