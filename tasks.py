@@ -472,6 +472,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
                   + ("" if rows else ", nothing rewritten"), soft_wrap=True)
     for what, old, new in rows:
         console.print(f"  {what}: {escape(mask_urls(old))} [dim]->[/] {escape(mask_urls(new))}", soft_wrap=True)
+    _print_farm(cfg)
     names = ("clone", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect")
     pipeline = pipelines.build_pipeline(settings, names, pipelines.Options(dry_run=True, reuse_checkout=True),
                                         lenient=True)
@@ -481,6 +482,23 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
         blocked = [step.title for step in pipeline.steps if step.error is not None]
         raise ForgeError(f"{len(blocked)} step(s) cannot run as configured: {', '.join(blocked)} (see above)",
                          "fix what each `not ready` line says")
+
+
+def _print_farm(cfg) -> None:
+    """`plan`: the farm builds would compile on (scheduler, servers it reports, toolchains), or why none."""
+    from scripts import farm
+
+    dist = farm.DistSettings.from_config(cfg)
+    if not dist.on:
+        console.print("farm: none (dist_scheduler is empty): compiles run on this machine")
+        return
+    try:
+        found = farm.plan_dist(dist, Path(cfg.cache_dir).expanduser() / "sccache-dist")
+    except ForgeError as err:
+        console.print(f"farm {escape(dist.scheduler)}: [yellow]not ready:[/] {escape(str(err))}", soft_wrap=True)
+        return
+    for note in found.notes():
+        console.print(f"farm: {escape(note)}", soft_wrap=True)
 
 
 @forge_task(help={"cuda": "show which archs this CUDA version can build"})
