@@ -418,8 +418,8 @@ class DistPlan:
     def notes(self) -> list[str]:
         notes = [self.probe.line()]
         if self.probe.on:
-            notes.append(f"sccache client config {self.config_path} (mode 0600, removed after the build; the token "
-                         f"from {self.settings.token.describe()} is only in there)")
+            notes.append(f"sccache client config {self.config_path} (mode 0600, removed after the last build using "
+                         f"it; the token from {self.settings.token.describe()} is only in there)")
             notes.append(self.settings.toolchain_note())
         return notes
 
@@ -444,20 +444,39 @@ def plan_dist(settings: DistSettings, toolchain_dir: Path, timeout: float = PROB
 
 class client_config:
     """The client config exists while the build runs (sccache's server and its compiler wrappers read it,
-    a wrapper again whenever it has to restart the server), and is removed afterwards."""
+    a wrapper again whenever it has to restart the server), and is removed after the last build using it:
+    builds with the same farm and token share one file (and one sccache server), each holding a shared lock
+    on ``<config>.lock`` while it runs; the one that finds itself alone at the end removes the config."""
 
     def __init__(self, plan: DistPlan | None):
         self.path = plan.config_path if plan and plan.probe.on else None
         self.text = plan.config_text if self.path else ""
+        self.lock = None
 
     def __enter__(self) -> Path | None:
         if self.path:
+            import fcntl
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            self.lock = os.fdopen(fd, "r+")
+            fcntl.flock(self.lock, fcntl.LOCK_SH)
             write_private(self.path, self.text)
         return self.path
 
     def __exit__(self, *exc) -> None:
-        if self.path:
+        if self.lock is None:
+            return
+        import fcntl
+
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # another build with this farm and token still runs: the last one removes it
+        finally:
+            self.lock.close()
+            self.lock = None
 
 
 def jobs_with_farm(local_jobs: int, farm_cores: int, avail_gb: float) -> tuple[int, str]:
@@ -605,6 +624,19 @@ def check_builder(plan: DaemonPlan, docker: str = "docker") -> None:
                              "--builder overlay")
 
 
+def pick_cpus(farm_dir: Path, count: int) -> list[int]:
+    """``count`` CPUs of this process's set for a server: first those no running server of this farm dir is
+    pinned to (two servers on one machine split its cores instead of sharing the first ones)."""
+    mine = sorted(os.sched_getaffinity(0))
+    taken: set[int] = set()
+    for pid_path in Path(farm_dir).glob("*.pid"):
+        record = read_pid_record(pid_path) or {}
+        if record.get("role") == "server" and recorded_process(pid_path)[0] and record.get("cpus") != mine:
+            taken.update(cpu for cpu in record.get("cpus") or [] if isinstance(cpu, int))
+    free = [cpu for cpu in mine if cpu not in taken]
+    return sorted((free + [cpu for cpu in mine if cpu in taken])[:count])
+
+
 @dataclass
 class Started:
     plan: DaemonPlan
@@ -641,18 +673,18 @@ def start(plan: DaemonPlan, *, timeout_s: float = 30.0, on_line: Callable[[str],
         os.chmod(path, 0o700)  # configs hold tokens; toolchains and sources of other people's builds pass here
     write_private(plan.config_path, plan.config_text)
     record_command(plan.command)
-    cores = plan.cores
+    cpus = pick_cpus(plan.farm_dir, plan.cores) if plan.cores else sorted(os.sched_getaffinity(0))
 
     def pin_cores():  # sccache-dist reports (and its sandboxes get) the CPUs it may run on
-        if cores:
-            os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
+        if plan.cores:
+            os.sched_setaffinity(0, cpus)
 
     began = time.monotonic()
     with open(plan.log_path, "w") as log:
         proc = subprocess.Popen(plan.command.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=plan.command.full_env(), start_new_session=True, preexec_fn=pin_cores)
     write_pid_record(plan.pid_path, proc.pid, role=plan.role, name=plan.name, address=plan.address,
-                     scheduler=plan.scheduler, cores=cores or len(os.sched_getaffinity(0)), builder=plan.builder,
+                     scheduler=plan.scheduler, cores=len(cpus), cpus=cpus, builder=plan.builder,
                      log=str(plan.log_path.resolve()), config=str(plan.config_path.resolve()))
     try:
         note = _wait_ready(plan, proc, timeout_s, on_line)

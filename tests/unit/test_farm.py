@@ -391,3 +391,31 @@ def test_a_bake_with_the_farm_and_ccache_is_a_contradiction(scheduler_url, tree,
                                            ("http://farm.lan:1", False)])
 def test_loopback_schedulers(url, loopback):
     assert farm.is_loopback(url) is loopback
+
+
+def test_servers_of_one_farm_dir_split_the_cpus(tmp_path, monkeypatch):
+    import os
+
+    from scripts.pidfile import write_pid_record
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(farm, "recorded_process", lambda path, what="": (os.getpid(), ""))
+    assert farm.pick_cpus(tmp_path, 2) == [0, 1]
+    write_pid_record(tmp_path / "server-a.pid", os.getpid(), role="server", cpus=[0, 1])
+    assert farm.pick_cpus(tmp_path, 2) == [2, 3]
+    write_pid_record(tmp_path / "server-b.pid", os.getpid(), role="server", cpus=[2, 3])
+    assert farm.pick_cpus(tmp_path, 1) == [0]  # every CPU taken: shared, from the first
+    write_pid_record(tmp_path / "server-c.pid", os.getpid(), role="server", cpus=[0, 1, 2, 3])  # unpinned
+    assert farm.pick_cpus(tmp_path, 1) == [0]
+
+
+def test_two_builds_share_one_client_config_and_the_last_removes_it(scheduler_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("FARM_T", TOKEN)
+    plan = farm.plan_dist(farm.DistSettings(scheduler_url, token_env="FARM_T"), tmp_path / "tc")
+    first, second = farm.client_config(plan), farm.client_config(plan)
+    path = first.__enter__()
+    assert second.__enter__() == path
+    first.__exit__(None, None, None)
+    assert path.read_text() == plan.config_text  # the second build still runs on it
+    second.__exit__(None, None, None)
+    assert not path.exists()
