@@ -15,33 +15,21 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, require_tool
+from conftest import require_tool
 
 from scripts import checkout
 from scripts import compile_cache as cc
 from scripts.build_wheel import BuildRequest, plan_build, run_build
 from scripts.farm import DistSettings
+from tests.integration.test_serve_local import free_port, invoke
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
-
-
-def invoke(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "400", **(env or {})}, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +112,10 @@ def make_farm(engine, tmp_path):
         farm.stop()
 
 
-@pytest.fixture(scope="module")
-def minivllm_url(tmp_path_factory):
-    from scripts.minivllm import publish_minivllm
-
-    return publish_minivllm(tmp_path_factory.mktemp("remote"))
-
-
 @pytest.fixture
-def src(minivllm_url, tmp_path):
+def src(minivllm_repo, tmp_path):
     dest = tmp_path / "vllm"
-    checkout.clone(minivllm_url, "v0.1.0", dest)
+    checkout.clone(minivllm_repo, "v0.1.0", dest)
     checkout.use_existing_torch(dest)
     return dest
 

@@ -16,6 +16,7 @@ from scripts import compile_cache as cc
 from scripts import farm
 from scripts.config import resolve_config
 from scripts.errors import ForgeError
+from tests.unit.test_image import checkout  # noqa: F401  (the fixture: a vLLM-like git checkout)
 
 tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else None
 
@@ -334,21 +335,14 @@ def test_the_schedulers_log_gives_jobs_per_server(tmp_path):
 # ---- bake: the build stage compiles on the farm ----
 
 @pytest.fixture
-def tree(tmp_path) -> Path:
-    src = tmp_path / "vllm"
-    (src / "requirements").mkdir(parents=True)
-    (src / "setup.py").write_text("print('setup')\n")
-    (src / "CMakeLists.txt").write_text("cmake_minimum_required(VERSION 3.26)\n")
-    (src / "requirements" / "build.txt").write_text("cmake\n")
-    (src / "vllm").mkdir()
-    (src / "vllm" / "__init__.py").write_text("")
-    return src
+def tree(request) -> Path:
+    return request.getfixturevalue("checkout")  # test_image's vLLM-like git checkout
 
 
-def bake_plan(tree: Path, tmp_path: Path, **kw):
+def bake_plan(src: Path, tmp_path: Path, **kw):
     from scripts import image
 
-    return image.plan_bake(image.BakeRequest(src=tree, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    return image.plan_bake(image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                                              **kw), image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
 
 
