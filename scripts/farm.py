@@ -458,9 +458,17 @@ class client_config:
             import fcntl
 
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-            self.lock = os.fdopen(fd, "r+")
-            fcntl.flock(self.lock, fcntl.LOCK_SH)
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            while True:  # the last build removes the lock file too: lock one that is still in place
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                try:
+                    if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            self.lock = fd
             write_private(self.path, self.text)
         return self.path
 
@@ -472,10 +480,11 @@ class client_config:
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.path.unlink(missing_ok=True)
+            self.path.with_name(self.path.name + ".lock").unlink(missing_ok=True)
         except BlockingIOError:
             pass  # another build with this farm and token still runs: the last one removes it
         finally:
-            self.lock.close()
+            os.close(self.lock)
             self.lock = None
 
 

@@ -412,4 +412,4 @@ def test_two_builds_share_one_client_config_and_the_last_removes_it(scheduler_ur
     first.__exit__(None, None, None)
     assert path.read_text() == plan.config_text  # the second build still runs on it
     second.__exit__(None, None, None)
-    assert not path.exists()
+    assert not path.exists() and not path.with_name(path.name + ".lock").exists()
