@@ -296,6 +296,9 @@ FLAG_HELP = {
     "install_build_deps": "pip-install the checkout's unmet build requirements (pyproject [build-system], "
                           "requirements/build*) into the building Python first; torch is never replaced",
     "plot": "also draw the slowest compile units (.ninja_log) and the compile time per arch into this .png or .svg",
+    "dist_scheduler": "sccache-dist scheduler URL to compile on, e.g. http://farm.lan:10600 ('' turns a configured "
+                      "one off; see docs/farm.md)",
+    "dist_token_file": "file whose first line is the farm's client token (default: $VLLM_FORGE_DIST_TOKEN)",
 }
 
 
@@ -330,6 +333,9 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
 
         stats = cache_stats(step.plan.compile_cache)
         console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
+        for what, line in pipelines.dist_rows(step.plan):
+            if what == "farm":  # the compiles split is in the stats line already
+                console.print(f"  [yellow]{escape(line)}[/]", soft_wrap=True)
         if step.plan.reuse:
             console.print(f"  {escape(step.plan.reuse.line())}", soft_wrap=True)
         if step.plan.timing is not None:
@@ -345,6 +351,8 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
                           f"[dim]({seconds:.1f}s{cached}; log {result.log_path})[/]")
         for wheel in result.wheels:
             console.print(f"[green]wheel[/] {wheel}")
+        for line in result.farm:  # the build stage's own words about the farm (scripts/farm.py)
+            console.print(f"  {escape(line)}", soft_wrap=True)
     elif step.name == "check-size-image":
         _print_image_size(result)
     elif step.name == "inspect":
@@ -555,7 +563,7 @@ def use_existing_torch(ctx, vllm_src=None, checkout_dir=None, dry_run=False):
 
 _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_jobs", "nvcc_threads",
                 "mem_per_job_gb", "build_type", "compile_cache", "mirror", "dry_run", "no_audit", "patch", "no_reuse",
-                "targets", "install_build_deps", "plot")
+                "targets", "install_build_deps", "plot", "dist_scheduler", "dist_token_file")
 
 
 def _patch_files(settings, patch) -> list[Path]:
@@ -596,14 +604,15 @@ def _run_wheel_chain(ctx, names: list[str], *, dry_run: bool, no_audit: bool, fo
 def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
                 nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None,
                 dry_run=False, no_audit=False, skip_torch=False, patch=None, no_reuse=False, targets=None,
-                install_build_deps=False, plot=None):
+                install_build_deps=False, plot=None, dist_scheduler=None, dist_token_file=None):
     """Build the vLLM wheel for exactly the archs asked for; publish it to dist/ only if it audits clean."""
     _run_wheel_chain(ctx, [*([] if skip_torch else ["use-existing-torch"]), "build-wheel"], dry_run=dry_run,
                      no_audit=no_audit, patch=patch, no_reuse=no_reuse, targets=targets,
                      install_build_deps=install_build_deps, plot=plot, arch=arch, cuda=cuda, vllm_src=vllm_src,
                      checkout_dir=checkout_dir,
                      dist_dir=dist_dir, max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
-                     build_type=build_type, compile_cache=compile_cache, mirror=mirror)
+                     build_type=build_type, compile_cache=compile_cache, mirror=mirror, dist_scheduler=dist_scheduler,
+                     dist_token_file=dist_token_file)
 
 
 @forge_task(name="wheel", help=_help(*_BUILD_FLAGS, "repo", "ref", "force", "limit_mb"),
@@ -611,14 +620,15 @@ def build_wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dis
 def wheel(ctx, arch=None, cuda=None, vllm_src=None, checkout_dir=None, dist_dir=None, max_jobs=None,
           nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, mirror=None, dry_run=False,
           no_audit=False, repo=None, ref=None, force=False, limit_mb=None, patch=None, no_reuse=False, targets=None,
-          install_build_deps=False, plot=None):
+          install_build_deps=False, plot=None, dist_scheduler=None, dist_token_file=None):
     """The wheel chain: clone (or reuse) → patch → use-existing-torch → build-wheel → check-size, with a summary."""
     _run_wheel_chain(ctx, list(pipelines.WHEEL_CHAIN), dry_run=dry_run, no_audit=no_audit, force=force,
                      patch=patch, no_reuse=no_reuse, targets=targets, install_build_deps=install_build_deps, plot=plot,
                      arch=arch, cuda=cuda, vllm_src=vllm_src, checkout_dir=checkout_dir, dist_dir=dist_dir,
                      max_jobs=max_jobs, nvcc_threads=nvcc_threads, mem_per_job_gb=mem_per_job_gb,
                      build_type=build_type, compile_cache=compile_cache, mirror=mirror, vllm_repo=repo,
-                     vllm_ref=ref, wheel_limit_mb=_number("limit-mb", limit_mb, float) or None)
+                     vllm_ref=ref, wheel_limit_mb=_number("limit-mb", limit_mb, float) or None,
+                     dist_scheduler=dist_scheduler, dist_token_file=dist_token_file)
 
 
 @forge_task(name="check-size", help={**_help("dist_dir", "limit_mb"),
@@ -655,17 +665,20 @@ def check_size(ctx, wheel=None, dist_dir=None, limit_mb=None, image=None, budget
 
 
 _PLAN_FLAGS = ("repo", "ref", "vllm_src", "checkout_dir", "arch", "cuda", "base", "max_jobs", "nvcc_threads",
-               "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror")
+               "mem_per_job_gb", "build_type", "compile_cache", "dist_dir", "mirror", "dist_scheduler",
+               "dist_token_file")
 
 
 @forge_task(help=_help(*_PLAN_FLAGS))
 def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, cuda=None, base=None, max_jobs=None,
-         nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dist_dir=None, mirror=None):
+         nvcc_threads=None, mem_per_job_gb=None, build_type=None, compile_cache=None, dist_dir=None, mirror=None,
+         dist_scheduler=None, dist_token_file=None):
     """Show the resolved configuration (and where each value came from) and every step's exact commands."""
     settings = _settings(ctx, vllm_repo=repo, vllm_ref=ref, vllm_src=vllm_src, checkout_dir=checkout_dir, arch=arch,
                          cuda=cuda, base=base, max_jobs=max_jobs, nvcc_threads=nvcc_threads,
                          mem_per_job_gb=mem_per_job_gb, build_type=build_type, compile_cache=compile_cache,
-                         dist_dir=dist_dir, mirror=mirror)
+                         dist_dir=dist_dir, mirror=mirror, dist_scheduler=dist_scheduler,
+                         dist_token_file=dist_token_file)
     table = Table("setting", "value", "from", title="Resolved configuration")
     for name, value in settings.config.as_dict().items():
         table.add_row(name, escape(mask_urls(str(value))), settings.rc.source(name))
@@ -679,6 +692,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
                   + ("" if rows else ", nothing rewritten"), soft_wrap=True)
     for what, old, new in rows:
         console.print(f"  {what}: {escape(mask_urls(old))} [dim]->[/] {escape(mask_urls(new))}", soft_wrap=True)
+    _print_farm(settings.config)
     names = ("clone", "use-existing-torch", "build-wheel", "check-size", "bake", "check-size-image", "inspect")
     pipeline = pipelines.build_pipeline(settings, names, pipelines.Options(dry_run=True, reuse_checkout=True),
                                         lenient=True)
@@ -688,6 +702,23 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
         blocked = [step.title for step in pipeline.steps if step.error is not None]
         raise ForgeError(f"{len(blocked)} step(s) cannot run as configured: {', '.join(blocked)} (see above)",
                          "fix what each `not ready` line says")
+
+
+def _print_farm(cfg) -> None:
+    """`plan`: the farm builds would compile on (scheduler, servers it reports, toolchains), or why none."""
+    from scripts import farm
+
+    dist = farm.DistSettings.from_config(cfg)
+    if not dist.on:
+        console.print("farm: none (dist_scheduler is empty): compiles run on this machine")
+        return
+    try:
+        found = farm.plan_dist(dist, Path(cfg.cache_dir).expanduser() / "sccache-dist")
+    except ForgeError as err:
+        console.print(f"farm {escape(dist.scheduler)}: [yellow]not ready:[/] {escape(str(err))}", soft_wrap=True)
+        return
+    for note in found.notes():
+        console.print(f"farm: {escape(note)}", soft_wrap=True)
 
 
 @forge_task(help={"cuda": "show which archs this CUDA version can build"})
@@ -1100,13 +1131,14 @@ def _bake_task(chain: bool, doc: str):
              extra_index_url="", pytorch_index="", platform="", push=False, builder="", cache_from=None,
              cache_to=None, no_cache=False, build_arg=None, limit_mb=None, no_audit=False, dry_run=False,
              mirror=None, repo=None, ref=None, force=False, budget=None, standin=False, no_jit=False,
-             non_root=False):
+             non_root=False, dist_scheduler=None, dist_token_file=None):
         settings = _settings(ctx, writes=not dry_run, arch=arch, cuda=cuda, vllm_src=vllm_src,
                              checkout_dir=checkout_dir, base=base,
                              base_image=base_image, runtime_image=runtime_image, max_jobs=max_jobs,
                              nvcc_threads=nvcc_threads, build_type=build_type, compile_cache=compile_cache,
                              dist_dir=dist_dir, mirror=mirror, vllm_repo=repo, vllm_ref=ref,
-                             standin=True if standin else None, non_root=non_root or None)
+                             standin=True if standin else None, non_root=non_root or None,
+                             dist_scheduler=dist_scheduler, dist_token_file=dist_token_file)
         bake_options = pipelines.BakeOptions(
             target=target, tag=tag, dockerfile=dockerfile, docker=docker,
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
@@ -1156,7 +1188,8 @@ def _print_next_after_bake(image: str, *, miniature: bool) -> None:
 
 
 _BAKE_HELP = {**_help("arch", "cuda", "base", "vllm_src", "checkout_dir", "max_jobs", "nvcc_threads", "build_type",
-                      "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force"),
+                      "compile_cache", "dist_dir", "dry_run", "limit_mb", "no_audit", "mirror", "force",
+                      "dist_scheduler", "dist_token_file"),
               "repo": FLAG_HELP["repo"] + " (cloned first when there is no checkout)",
               "ref": FLAG_HELP["ref"] + " (cloned first when there is no checkout)",
               "budget": "image chain: fail when the image is larger than this many GB",
@@ -1547,6 +1580,125 @@ def report(ctx, out="reports", records=""):
 
     console.print(f"[green]wrote[/] {report_html.write_report(Path(records) if records else None, Path(out))}")
 # ---- end report ----
+
+# ---- build farm: sccache-dist (issue 31) ----
+farms = _lazy("scripts.farm")
+
+FARM_HELP = {
+    "scheduler": "the farm's scheduler URL, http://HOST:10600 (default: dist_scheduler)",
+    "listen_scheduler": "HOST:PORT the scheduler serves on, which servers and builds reach (default "
+                        "127.0.0.1:10600; 0.0.0.0:10600 for every interface)",
+    "listen_server": "HOST:PORT this server serves on and the scheduler and builds reach it at: its LAN address "
+                     "(default 127.0.0.1:10501)",
+    "name": "this server's name in the farm dir (default server-PORT); farm-stop and farm-status use it",
+    "builder": "overlay (bubblewrap + overlayfs, needs root) or docker (needs the image aidanhs/busybox)",
+    "cache_size": "GB of client toolchains the server keeps (default 10)",
+    "cores": "CPUs the server runs jobs on and reports to the scheduler (default 0: all)",
+    "trace_jobs": "log each job's compiler command and environment in the server log (the environment comes from "
+                  "the client's build)",
+    "token_file": "file whose first line is the client token builds send (default: $VLLM_FORGE_DIST_TOKEN)",
+    "server_token_file": "file whose first line is the server token (default: $VLLM_FORGE_FARM_TOKEN)",
+    "farm_dir": "where daemon configs, logs, pid records and toolchains live (default build/farm)",
+    "dry_run": "print the config (tokens masked) and the command, start nothing",
+    "json": "print the status as JSON",
+}
+
+
+def _farm_settings(ctx, **flags):
+    """The farm's settings (config layers and flags) and its directory, relative paths next to tasks.py."""
+    cfg = resolve_config(ctx.config, flags).config
+    farm_dir = Path(cfg.farm_dir).expanduser()
+    return cfg, farm_dir if farm_dir.is_absolute() else REPO_ROOT / farm_dir
+
+
+def _start_daemon(plan, dry_run: bool) -> None:
+    for line in plan.lines():
+        console.print(f"  [dim]{escape(line)}[/]" if line.startswith("#") else f"  {escape(line)}", soft_wrap=True)
+    if dry_run:
+        return
+    with console.status(f"starting the farm {plan.role} {plan.name}..."):
+        started = farms.start(plan)
+    console.print(f"[green]farm {plan.role} {plan.name} up[/] on {plan.address} (pid {started.pid}, "
+                  f"{started.seconds:.1f}s); stop it with: invoke farm-stop --name {plan.name}", soft_wrap=True)
+    if started.note:
+        console.print(f"[yellow]note:[/] {escape(started.note)}", soft_wrap=True)
+
+
+@forge_task(name="farm-scheduler", help={"listen": FARM_HELP["listen_scheduler"], **{
+    k: FARM_HELP[k] for k in ("token_file", "server_token_file", "farm_dir", "dry_run")}})
+def farm_scheduler(ctx, listen="127.0.0.1:10600", token_file=None, server_token_file=None, farm_dir=None,
+                   dry_run=False):
+    """Start the build farm's sccache-dist scheduler, detached (builds: --dist-scheduler http://HOST:PORT)."""
+    cfg, where = _farm_settings(ctx, dist_token_file=token_file, farm_server_token_file=server_token_file,
+                                farm_dir=farm_dir)
+    plan = farms.plan_scheduler(where, listen, farms.DistSettings.from_config(cfg).token.read(),
+                                farms.farm_server_token(cfg).read())
+    _start_daemon(plan, dry_run)
+
+
+@forge_task(name="farm-server", help={"listen": FARM_HELP["listen_server"], **{
+    k: FARM_HELP[k] for k in ("scheduler", "name", "builder", "cache_size", "cores", "trace_jobs", "server_token_file",
+                              "farm_dir", "dry_run")}})
+def farm_server(ctx, scheduler=None, listen="127.0.0.1:10501", name="", builder="overlay", cache_size=None,
+                cores=None, trace_jobs=False, server_token_file=None, farm_dir=None, dry_run=False):
+    """Start a sccache-dist build server of the farm, detached: it runs other machines' compile jobs sandboxed."""
+    cfg, where = _farm_settings(ctx, dist_scheduler=scheduler, farm_server_token_file=server_token_file,
+                                farm_dir=farm_dir)
+    if not cfg.dist_scheduler:
+        raise ForgeError("farm-server needs the scheduler's URL", "pass --scheduler http://HOST:10600 (or set "
+                                                                 "dist_scheduler in invoke.yaml)")
+    plan = farms.plan_server(where, name=name or f"server-{listen.rpartition(':')[2]}", scheduler=cfg.dist_scheduler,
+                             listen=listen, server_token=farms.farm_server_token(cfg).read(), builder=builder,
+                             cache_size_gb=_number("cache-size", cache_size, float, 10.0),
+                             cores=_number("cores", cores), trace_jobs=trace_jobs)
+    _start_daemon(plan, dry_run)
+
+
+@forge_task(name="farm-stop", help={"name": "stop only this daemon (scheduler, or a server's name); default: all",
+                                    "farm_dir": FARM_HELP["farm_dir"]})
+def farm_stop(ctx, name="", farm_dir=None):
+    """Stop the farm daemons this machine started (the scheduler and build servers with pid records)."""
+    _cfg, where = _farm_settings(ctx, farm_dir=farm_dir)
+    for line in farms.stop(where, name):
+        console.print(escape(line))
+
+
+@forge_task(name="farm-status", help={k: FARM_HELP[k] for k in ("scheduler", "farm_dir", "json")})
+def farm_status(ctx, scheduler=None, farm_dir=None, json=False):
+    """The farm as its scheduler reports it (servers, cores, jobs in flight), and the daemons running here."""
+    import json as json_mod
+
+    cfg, where = _farm_settings(ctx, farm_dir=farm_dir)
+    found = farms.farm_status(where, scheduler or cfg.dist_scheduler)
+    if json:
+        print(json_mod.dumps(found.as_dict(), indent=2))
+    else:
+        if found.status:
+            console.print(f"[green]scheduler {found.scheduler}[/]: {found.status.line()}")
+        else:
+            console.print(f"[red]scheduler {found.scheduler}[/]: {escape(found.problem)}", soft_wrap=True)
+        if found.seen:
+            table = Table("server", "jobs given", "in flight", title="build servers, from the scheduler's log here")
+            for server in found.seen:
+                table.add_row(server.address, str(server.jobs_assigned), str(server.jobs_in_flight))
+            console.print(table)
+        if found.local:
+            table = Table("name", "address", "pid", "state", "cores", "jobs done", "running",
+                          title=f"daemons started here ({where})")
+            for daemon in found.local:
+                server = daemon.role == "server"
+                state = "running" if daemon.running and not daemon.problem else "[red]" + (
+                    "in trouble" if daemon.running else "exited") + "[/]"
+                table.add_row(daemon.name, daemon.address, str(daemon.pid or "-"), state,
+                              str(daemon.cores) if server else "-", str(daemon.jobs_done) if server else "-",
+                              str(daemon.jobs_running) if server else "-")
+            console.print(table)
+            for daemon in found.local:
+                if daemon.problem:
+                    console.print(f"[red]{daemon.name}[/]: {escape(daemon.problem)} (log {daemon.log})", soft_wrap=True)
+    if not found.status or any(d.problem for d in found.local):
+        raise Exit(code=1)
+# ---- end build farm ----
 
 # ---- namespace ----
 # Collected by type, not with Collection.from_module: its isinstance() test would load every lazy module.

@@ -2,17 +2,17 @@
 # A real vLLM build through this repository's own tasks on a GPU host with no network (issue 26):
 # the vLLM 0.26.0 PyPI sdist, its eight CMake dependencies imported from tarballs with `fetch-deps --from`,
 # its build requirements installed by `build-wheel --install-build-deps` from a local wheelhouse, and
-# `--targets` for the two extensions a 10-minute call can compile; then the built `_C` is audited and its
-# ops run on the GPU against torch. Two phases, run as back-to-back calls (what /tmp holds survives them):
+# `--targets` for what a 10-minute call can compile; then the built `_C` is audited and its ops run on the
+# GPU against torch. Needs here: .whl/ (invoke, pyelftools, isal + vLLM's build requirements),
+# .gpu/deps/*.tar.xz (the dependency tarballs) and .gpu/sdist/*.tar.xz (the vLLM sdist; tests/, docs/,
+# benchmarks/ and examples/ may be left out to fit the transfer: the build reads none of them).
 #
-#   bash gpu/real_build_on_gpu.sh build    # needs here: .whl/ (invoke, pyelftools, isal + vLLM's build
-#                                          # requirements), .gpu/deps/*.tar.xz (the dependency tarballs) and
-#                                          # .gpu/sdist/*.tar.xz (the vLLM sdist; tests/, docs/, benchmarks/
-#                                          # and examples/ may be left out to fit the transfer: the build reads
-#                                          # none of them); stops at its time limit
-#   bash gpu/real_build_on_gpu.sh resume   # the same build-wheel again: ninja resumes; then audit and ops
+#   bash gpu/real_build_on_gpu.sh all      # set up, build, check: one call
+#   bash gpu/real_build_on_gpu.sh build    # set up and build until FIRST_RUN_SECONDS (then interrupted) ...
+#   bash gpu/real_build_on_gpu.sh resume   # ... and, as the next back-to-back call, resume it and check
 #
-# OUT (default build/gpu) receives what each phase printed; from the repo root.
+# TARGETS (default _C: the library that registers torch.ops._C) sets what is built. OUT (default build/gpu)
+# receives what each phase printed; run from the repo root.
 set -u
 OUT="${OUT:-$PWD/build/gpu}"
 mkdir -p "$OUT"
@@ -21,16 +21,13 @@ TREE="$VB/vllm-0.26.0"
 export INVOKE_FORGE_CACHE_DIR="$VB/cache" NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1 COLUMNS=160
 # pip finds vLLM's build requirements in the wheelhouse this call carried, and nowhere else
 export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl"
-# TARGETS (default _C: the library that registers torch.ops._C) and FIRST_RUN_SECONDS (how long the first
-# build runs before it is interrupted, so the second one has something to resume) set the size of the run.
 TARGETS="${TARGETS:-_C}"
 BUILD=(python3 -m invoke build-wheel --vllm-src "$TREE" --arch 9.0 --cuda 13.0
        --targets "$TARGETS" --install-build-deps --compile-cache none --dist-dir "$VB/dist")
 
-case "${1:-}" in
-build)
+setup() {
   {
-    echo "# real_build_on_gpu.sh build: setup $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# real_build_on_gpu.sh setup $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
     echo "cores: $(nproc); $(free -g | awk '/Mem:/ {print $2 " GiB RAM"}')"
     command -v python3; python3 --version; nvcc --version | tail -2; c++ --version | head -1; cmake --version | head -1
@@ -40,64 +37,80 @@ build)
     python3 -m pip install -q --no-index --find-links .whl invoke pyelftools isal 2>&1 | tail -3
     python3 -m invoke --version
     mkdir -p "$VB/deps" && cp .gpu/deps/*.tar.xz "$VB/deps/" && ls -la "$VB/deps"
-  } > "$OUT/setup.txt" 2>&1
-  cat "$OUT/setup.txt"
-  {
-    echo "# real_build_on_gpu.sh build $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    rm -rf "$TREE" && mkdir -p "$VB" && tar -xJf .gpu/sdist/*.tar.xz -C "$VB"
+    rm -rf "$TREE" && tar -xJf .gpu/sdist/*.tar.xz -C "$VB"
     sha256sum .gpu/sdist/*.tar.xz
     (cd "$TREE" && git init -q && git add -A && git -c user.name=forge -c user.email=forge@example.com \
       commit -qm "vLLM 0.26.0 sdist" && git tag v0.26.0 && git log --oneline | head -1)
     echo "== invoke fetch-deps --from $VB/deps"
     python3 -m invoke fetch-deps --vllm-src "$TREE" --from "$VB/deps"
     echo "fetch_deps_exit: $?"
-    echo "== invoke fetch-deps --offline"
-    python3 -m invoke fetch-deps --vllm-src "$TREE" --offline
-    echo "== invoke build-wheel (default targets) --dry-run: the substitute refused"
+    echo "== invoke build-wheel (every target) --dry-run: the substitute refused"
     python3 -m invoke build-wheel --vllm-src "$TREE" --arch 9.0 --cuda 13.0 --install-build-deps --dry-run \
       --dist-dir "$VB/dist" 2>&1 | tail -2
-    echo "== ${BUILD[*]}"
-    start=$SECONDS
-    limit=$((570 - SECONDS)); [ -n "${FIRST_RUN_SECONDS:-}" ] && [ "$FIRST_RUN_SECONDS" -lt "$limit" ] && limit=$FIRST_RUN_SECONDS
-    timeout --signal=INT "$limit" "${BUILD[@]}"
-    echo "build_exit: $? seconds: $((SECONDS - start))"
-  } > "$OUT/build1.txt" 2>&1
-  tail -60 "$OUT/build1.txt"
-  ;;
-resume)
+  } > "$OUT/setup.txt" 2>&1
+  tail -30 "$OUT/setup.txt"
+}
+
+build() {  # $1: the file to write, $2: seconds it may take at most
   {
-    echo "# real_build_on_gpu.sh resume $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# real_build_on_gpu.sh build $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     if ls "$VB"/dist/vllm-*.whl >/dev/null 2>&1; then
-      echo "== the build phase finished the wheel: nothing to resume"
+      echo "== a wheel is built already: nothing to resume"
     else
       echo "== ${BUILD[*]}"
       start=$SECONDS
-      timeout --signal=INT $((500 - SECONDS)) "${BUILD[@]}"
+      timeout --signal=INT "$2" "${BUILD[@]}"
       echo "build_exit: $? seconds: $((SECONDS - start))"
     fi
     ls -la "$VB/dist"
-  } > "$OUT/build2.txt" 2>&1
+  } > "$1" 2>&1
+  tail -45 "$1"
+}
+
+check() {
   {
     wheel=$(ls "$VB"/dist/vllm-*.whl 2>/dev/null | head -1)
     echo "== invoke audit $wheel --arch auto"
     python3 -m invoke audit "$wheel" --arch auto
     echo "audit_exit: $?"
     echo "== python3 scripts/op_check.py $wheel"
-    python3 scripts/op_check.py "$wheel"
-    echo "op_check_exit: $?"
     python3 scripts/op_check.py "$wheel" --json > "$OUT/ops.json"
+    echo "op_check_exit: $?"
+    cat "$OUT/ops.json"
     python3 -c 'import sys, zipfile, json
 z = zipfile.ZipFile(sys.argv[1])
 name = next(n for n in z.namelist() if n.endswith(".dist-info/vllm_forge.json"))
 print(json.dumps(json.loads(z.read(name)), indent=2))' "$wheel" > "$OUT/build_info.json"
   } > "$OUT/audit_ops.txt" 2>&1
-  ninja_dir=$(dirname "$(ls -d "$TREE"/build/temp.*/build.ninja | head -1)")
-  cp "$ninja_dir/.ninja_log" "$OUT/ninja_log.txt"
-  tar -czf "$OUT/logs.tar.gz" -C "$PWD/build/logs" .
-  tail -40 "$OUT/build2.txt"; cat "$OUT/audit_ops.txt"
+  cat "$OUT/audit_ops.txt"
+}
+
+collect() {
+  ninja_dir=$(dirname "$(ls -d "$TREE"/build/temp.*/build.ninja 2>/dev/null | head -1)")
+  cp "$ninja_dir/.ninja_log" "$OUT/ninja_log.txt" 2>/dev/null
+  tar -czf "$OUT/logs.tar.gz" -C "$PWD/build/logs" . 2>/dev/null
+}
+
+case "${1:-}" in
+all)
+  setup
+  build "$OUT/build.txt" $((545 - SECONDS))
+  ls "$VB"/dist/vllm-*.whl >/dev/null 2>&1 && check
+  collect
+  ;;
+build)
+  setup
+  limit=$((570 - SECONDS)); [ -n "${FIRST_RUN_SECONDS:-}" ] && [ "$FIRST_RUN_SECONDS" -lt "$limit" ] && limit=$FIRST_RUN_SECONDS
+  build "$OUT/build1.txt" "$limit"
+  collect
+  ;;
+resume)
+  build "$OUT/build2.txt" $((500 - SECONDS))
+  ls "$VB"/dist/vllm-*.whl >/dev/null 2>&1 && check
+  collect
   ;;
 *)
-  echo "usage: bash gpu/real_build_on_gpu.sh build|resume" >&2
+  echo "usage: bash gpu/real_build_on_gpu.sh all|build|resume" >&2
   exit 2
   ;;
 esac

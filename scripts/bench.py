@@ -9,6 +9,10 @@ Every build is a clean one (no CMake build dir left) of the same checkout, timed
   kernel reuse on: the kernels come from the warm build's wheel, no nvcc runs (target <= 5% of cold)
 - ``rebake_s``: ``bake`` of an unchanged checkout after a first bake (target < 10 s), when a Docker
   engine and the stand-in base images are there; else null with the reason.
+- ``distributed``: a cold sccache build through a sccache-dist farm started on this machine (a scheduler and
+  two build servers of one core each, overlay builder) against the same cold build without it, back to back:
+  the farm's overhead (no speed-up is possible on one machine: the servers share its cores) and where the
+  compiles ran, from sccache's own counters. Null with the reason where sccache-dist cannot run.
 
 Every build but the Python-only one runs with kernel reuse off (``--no-reuse``): they time compiles.
 
@@ -65,19 +69,25 @@ def _clean(src: Path) -> None:
 
 
 def timed_build(src: Path, dist: Path, *, arch: str, cache: str, cache_dir: Path, work: int,
-                max_jobs: int = 0, reuse: bool = False, log=print) -> dict:
+                max_jobs: int = 0, reuse: bool = False, log=print, farm=None) -> dict:
     """One clean build; returns seconds, the cache's hits/misses for it, MAX_JOBS used, and the
     wheel its kernels were reused from (``reuse``: kernel reuse on, as a user's build-wheel has it)."""
     from scripts.build_wheel import BuildRequest, plan_build, run_build
 
     _clean(src)
+    from scripts.farm import DistSettings
+
     request = BuildRequest(src=src, dist_dir=dist, arch=arch, compile_cache=cache, cache_dir=cache_dir,
                            max_jobs=max_jobs, extra_env={"MINIVLLM_BENCH_WORK": str(work)} if work else {},
-                           log_dir=dist.parent / "logs", reuse=reuse)
+                           log_dir=dist.parent / "logs", reuse=reuse, dist=farm or DistSettings())
     plan = plan_build(request)
     started = time.monotonic()
     run_build(plan, audit=False, on_line=lambda _line: None)  # the output goes to the log only
     seconds = time.monotonic() - started
+    if farm:  # its sccache server reads the farm's client config: private to this build
+        from scripts.compile_cache import stop_sccache_server
+
+        stop_sccache_server(plan.env)
     result = {"seconds": round(seconds, 2), "arch": arch, "cache": plan.compile_cache,
               "max_jobs": plan.parallelism.max_jobs, "nvcc_threads": plan.parallelism.nvcc_threads}
     if plan.cache_report:
@@ -146,6 +156,82 @@ def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str
         return None, f"the image bake API did not fit ({err})"
 
 
+def bench_distributed(src: Path, dist: Path, workdir: Path, *, work: int, max_jobs: int = 0, repeats: int = 2,
+                      log=print) -> dict:
+    """Cold builds here and through a farm of two one-core servers on this machine, ``repeats`` of each in ABBA
+    order; each side's fastest is the figure (the least disturbed by other work)."""
+    import os
+    import subprocess
+
+    from scripts import compile_cache, farm
+
+    missing = [tool for tool in ("sccache", "sccache-dist", "bwrap") if not shutil.which(tool)]
+    if missing or os.geteuid() != 0:
+        why = f"{', '.join(missing)} not installed" if missing else "the overlay builder needs root"
+        return {"skipped": f"no farm: {why} (docs/farm.md)"}
+    farm_dir = workdir / "farm"
+    shutil.rmtree(farm_dir, ignore_errors=True)
+    tokens = {}
+    for name in ("client", "server"):
+        proc = subprocess.run(["sccache-dist", "auth", "generate-shared-token"], capture_output=True, text=True,
+                              check=True)
+        tokens[name] = proc.stdout.strip()
+    ports = _free_ports(3)
+    scheduler = f"http://127.0.0.1:{ports[0]}"
+    plans = [farm.plan_scheduler(farm_dir, f"127.0.0.1:{ports[0]}", tokens["client"], tokens["server"])]
+    plans += [farm.plan_server(farm_dir, name=f"server-{port}", scheduler=scheduler, listen=f"127.0.0.1:{port}",
+                               server_token=tokens["server"], cores=1) for port in ports[1:]]
+    envs = []
+    try:
+        for plan in plans:
+            farm.start(plan)
+        status = farm.scheduler_status(scheduler)
+        log(f"  a farm here: {status.line()}")
+        os.environ[farm.CLIENT_TOKEN_ENV] = tokens["client"]  # this process only: the build reads it by name
+        runs: dict[str, list[dict]] = {"local": [], "distributed": []}
+        # ABBA: local, farm, farm, local, ...: other work on the machine drifts, and this order cancels a linear drift
+        order = [label for i in range(repeats) for label in (("local", "distributed") if i % 2 == 0
+                                                            else ("distributed", "local"))]
+        for label in order:
+            cache_dir = workdir / f"cache-{label}"
+            if label == "local":  # its sccache server outlives a build: stopped before its cache is emptied
+                compile_cache.stop_sccache_server(compile_cache.compile_cache_env("sccache", cache_dir, base_dir=src))
+            shutil.rmtree(cache_dir, ignore_errors=True)  # every build cold
+            settings = farm.DistSettings(scheduler) if label == "distributed" else None
+            result = timed_build(src, dist, arch=SINGLE_ARCH, cache="sccache", cache_dir=cache_dir, work=work,
+                                 max_jobs=max_jobs, log=log, farm=settings)
+            result["load_average"] = round(os.getloadavg()[0], 1)
+            runs[label].append(result)
+        envs.append(compile_cache.compile_cache_env("sccache", workdir / "cache-local", base_dir=src))
+        results = {label: min(done, key=lambda r: r["seconds"]) for label, done in runs.items()}
+        stats = results["distributed"].get("cache_stats", {})
+        return {"farm": f"2 build servers x 1 core + the scheduler, on this machine ({status.cores} cores reported)",
+                "repeats": repeats, "runs": runs, "local": results["local"], "distributed": results["distributed"],
+                "distributed_vs_local": round(results["distributed"]["seconds"] / results["local"]["seconds"], 3),
+                "remote_compiles": stats.get("remote_compiles"), "local_compiles": stats.get("local_compiles"),
+                "remote_by_server": stats.get("remote_by_server"), "dist_errors": stats.get("dist_errors")}
+    except ForgeError as err:
+        return {"skipped": f"the farm failed: {err}"}
+    finally:
+        os.environ.pop(farm.CLIENT_TOKEN_ENV, None)
+        farm.stop(farm_dir)
+        for env in envs:
+            compile_cache.stop_sccache_server(env)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def machine_info() -> dict:
     from scripts.parallelism import available_memory_gb, cpu_count
 
@@ -166,7 +252,7 @@ def caches_to_bench(choice: str) -> list[str]:
 
 
 def run_bench(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, cache: str = "all", rebake: bool = True,
-              max_jobs: int = 0, log=print) -> dict:
+              max_jobs: int = 0, distributed: bool = True, farm_repeats: int = 2, log=print) -> dict:
     from scripts.toolchain import find_cuda_toolchain
 
     toolchain = find_cuda_toolchain()
@@ -209,6 +295,12 @@ def run_bench(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, cache: str 
     report["multi_arch_build_times"] = multi["build_times"]
     report["parallelism"] = {"single": [single["max_jobs"], single["nvcc_threads"]],
                              "multi": [multi["max_jobs"], multi["nvcc_threads"]]}
+    if distributed:
+        log("sccache: a cold build here, then the same through a farm of two one-core servers on this machine")
+        report["distributed"] = bench_distributed(src, dist, workdir, work=work, max_jobs=max_jobs,
+                                                  repeats=farm_repeats, log=log)
+    else:
+        report["distributed"] = {"skipped": "skipped (--no-distributed)"}
     if rebake:
         log("re-bake of an unchanged checkout")
         report["rebake_s"], report["rebake_note"] = bench_rebake(src, workdir, log=log)
@@ -239,6 +331,23 @@ def run_bench(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, cache: str 
     return report
 
 
+def run_distributed_only(*, workdir: Path, out: Path, work: int = DEFAULT_WORK, max_jobs: int = 0, repeats: int = 2,
+                         log=print) -> dict:
+    """Only the farm case (the other builds take minutes and do not change with it)."""
+    from scripts.toolchain import find_cuda_toolchain
+
+    toolchain = find_cuda_toolchain()
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = _prepare_checkout(workdir)
+    report = {"machine": machine_info(), "nvcc": toolchain.full_version, "bench_work_kernels": 2 * work,
+              "single_arch": SINGLE_ARCH,
+              "distributed": bench_distributed(src, workdir / "dist", workdir, work=work, max_jobs=max_jobs,
+                                               repeats=repeats, log=log)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def format_table(report: dict) -> str:
     rows = [("build", "seconds", "ratio", "target")]
     rows.append((f"cold ({report['cache']}, empty cache, {report['single_arch']})", f"{report['cold_s']:.1f}", "", ""))
@@ -260,6 +369,16 @@ def format_table(report: dict) -> str:
     rows.append(("no-change re-bake", "null" if rebake is None else f"{rebake:.1f}",
                  note if len(note) <= 60 else note[:57] + "...",
                  f"< {TARGETS['rebake_s']:g}s"))
+    farm = report.get("distributed") or {}
+    if "distributed_vs_local" in farm:
+        rows.append(("cold, sccache here / through the farm", f"{farm['local']['seconds']:.1f} / "
+                     f"{farm['distributed']['seconds']:.1f}", f"{100 * farm['distributed_vs_local']:.0f}% of here",
+                     "none (one machine)"))
+        servers = ", ".join(f"{address} {n}" for address, n in sorted((farm.get("remote_by_server") or {}).items()))
+        rows.append(("  compiles: remote / here / farm errors", f"{farm['remote_compiles']} / {farm['local_compiles']}"
+                     f" / {farm['dist_errors']}", servers, ""))
+    elif farm:
+        rows.append(("through a farm", "null", farm.get("skipped", "")[:60], ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -283,13 +402,26 @@ def main(argv=None) -> int:
     parser.add_argument("--no-rebake", action="store_true", help="do not time a Docker re-bake")
     parser.add_argument("--plot", type=Path, default=None,
                         help="also draw the 7-arch build's slowest compile units and time per arch into this .png/.svg")
+    parser.add_argument("--no-distributed", action="store_true",
+                        help="do not time a build through a sccache-dist farm started on this machine")
+    parser.add_argument("--only-distributed", action="store_true",
+                        help="time only the local and farm cold builds (sccache), nothing else")
+    parser.add_argument("--farm-repeats", type=int, default=2,
+                        help="cold builds of each kind, here and through the farm, in ABBA order (default 2)")
     args = parser.parse_args(argv)
     if args.plot:
         from scripts.figures import check_plot_path
 
         check_plot_path(args.plot)  # before the builds
+    if args.only_distributed:
+        report = run_distributed_only(workdir=args.workdir, out=args.out, work=args.work, max_jobs=args.max_jobs,
+                                      repeats=args.farm_repeats)
+        print(json.dumps(report, indent=2))
+        print(f"wrote {args.out}")
+        return 0
     report = run_bench(workdir=args.workdir, out=args.out, work=args.work, cache=args.cache,
-                       rebake=not args.no_rebake, max_jobs=args.max_jobs)
+                       rebake=not args.no_rebake, max_jobs=args.max_jobs, distributed=not args.no_distributed,
+                       farm_repeats=args.farm_repeats)
     print(format_table(report))
     print(f"wrote {args.out}")
     if args.plot:

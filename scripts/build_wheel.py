@@ -54,6 +54,15 @@ from scripts.compile_cache import (  # noqa: F401  (cache_stats: re-exported for
     resolve_compile_cache,
 )
 from scripts.errors import ForgeError, run_main
+from scripts.farm import (
+    DistPlan,
+    DistSettings,
+    cache_for_dist,
+    client_config,
+    jobs_with_farm,
+    plan_dist,
+    settings_from_secret,
+)
 from scripts.fetch_deps import deps_env
 from scripts.git_safe import run_git
 from scripts.parallelism import Parallelism, choose_parallelism, cpu_count
@@ -87,6 +96,7 @@ class BuildRequest:
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
     targets: list[str] = field(default_factory=list)  # CMake extension targets to build (empty: all of them)
     install_build_deps: bool = False  # unmet build requirements are installed (a step before) instead of refused
+    dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm to compile on (scripts/farm.py)
 
 
 @dataclass
@@ -110,6 +120,8 @@ class BuildPlan:
     targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
     timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
     build_times: dict | None = None  # slowest units and per-arch compile time (build_times.collect; by run_build)
+    dist: DistPlan | None = None  # distributed compiles: the farm's state and sccache's client config
+    local_parallelism: Parallelism | None = None  # MAX_JOBS for this machine alone (the farm may raise it)
 
     @property
     def commands(self) -> list[Command]:
@@ -164,7 +176,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
         mem_per_job_gb=request.mem_per_job_gb,
     )
-    cache = resolve_compile_cache(request.compile_cache, request.shared_cache)
+    cache = resolve_compile_cache(cache_for_dist(request.compile_cache, request.dist), request.shared_cache)
     if not src.exists():
         raise ForgeError(f"{src} is not a vLLM checkout (it does not exist)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
@@ -220,7 +232,9 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
                      "(`invoke fetch-deps`): the build needs no network for them")
-    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src))
+    dist = plan_dist(request.dist, cache_dir / "sccache-dist")
+    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src,
+                                 dist_config=dist.config_path if dist else None))
     notes += plan_notes(cache, request.shared_cache, env)
     timing = build_times.nvcc_time_env(src) if cache != "sccache" else {}
     env.update(timing)
@@ -250,7 +264,13 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         argv = [request.python, "setup.py", *setup_args]
     command = Command(argv, cwd=str(src.resolve()), env=env, why="build the wheel (vLLM's own recipe)")
     plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree,
-                     preflight=checked, targets=chosen, left_out=left_out, targets_record=record)
+                     preflight=checked, targets=chosen, left_out=left_out, targets_record=record,
+                     local_parallelism=parallelism)
+    if dist:
+        apply_dist(plan, dist)
+        notes += dist.notes()
+        if plan.parallelism is not parallelism:
+            notes.append(plan.parallelism.reason)
     from scripts import patches as patch_mod
 
     pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
@@ -288,6 +308,29 @@ def _choose_targets(tree: VllmTree, wanted: list[str], nvcc: str,
         raise ForgeError(f"--targets {err}", f"name CMake extension targets of this vLLM: "
                          f"{', '.join(t.target for t in available)}") from None
     return chosen, [t.target for t in available if t not in chosen]
+
+
+def apply_dist(plan: BuildPlan, dist: DistPlan) -> None:
+    """Point the plan at the farm's state: sccache's client config (its own sccache server) when the farm
+    compiles, none when it does not, and MAX_JOBS for this machine plus the farm's cores when automatic."""
+    request = plan.request
+    cache_env = compile_cache_env(plan.compile_cache, Path(request.cache_dir).expanduser(),
+                                  shared=request.shared_cache, base_dir=Path(request.src).expanduser(),
+                                  dist_config=dist.config_path if dist.probe.on else None)
+    local = plan.local_parallelism or plan.parallelism
+    parallelism = local
+    if dist.probe.on and not request.max_jobs and dist.probe.status:
+        from scripts.parallelism import available_memory_gb
+
+        jobs, reason = jobs_with_farm(local.max_jobs, dist.probe.status.cores, available_memory_gb())
+        parallelism = Parallelism(jobs, local.nvcc_threads, reason)
+    for env in {id(plan.env): plan.env, id(plan.command.env): plan.command.env}.values():
+        env.pop("SCCACHE_CONF", None)
+        env.update(cache_env)
+        env["MAX_JOBS"] = str(parallelism.max_jobs)
+    plan.parallelism = parallelism
+    plan.dist = dist
+
 
 
 def _prepare_dist(dist_dir: Path, need_mb: float = 0) -> None:
@@ -352,7 +395,11 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     decision = decide_reuse(plan.request, plan.tree or inspect_tree(plan.request.src), plan.command.env,
                             plan.toolchain, targets=[t.target for t in plan.targets])
     apply_reuse(plan, decision)
-    cache_session = CacheSession(plan.compile_cache, plan.env)
+    if plan.dist and not decision.source:  # the farm asked again now: it may have gone (or come back) since
+        apply_dist(plan, plan_dist(plan.request.dist, Path(plan.request.cache_dir).expanduser() / "sccache-dist"))
+        if on_line:
+            on_line(plan.dist.probe.line())
+    cache_session = CacheSession(plan.compile_cache, plan.env, distributed=plan.dist is not None)
     src = Path(plan.request.src).expanduser()
     watch = None
     if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
@@ -360,15 +407,16 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
         record_settings(src, settings)
         watch = TimingWatch(src, settings)
     try:
-        cache_session.start()  # counters before, so the figures are this build's
-        build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
-        started = time.time()
-        try:
-            run_command(plan.command, on_line=on_line, log_path=log_path)
-        finally:
-            plan.cache_report = cache_session.finish()
-            plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
-            plan.build_times = build_times.collect(plan.request.src, since=started)
+        with client_config(plan.dist if not decision.source else None):
+            cache_session.start()  # counters before, so the figures are this build's
+            build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
+            started = time.time()
+            try:
+                run_command(plan.command, on_line=on_line, log_path=log_path)
+            finally:
+                plan.cache_report = cache_session.finish()
+                plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
+                plan.build_times = build_times.collect(plan.request.src, since=started)
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -808,13 +856,21 @@ def main(argv=None) -> int:
                         help="compile the kernels even when a wheel in --dist-dir has the same kernel key")
     parser.add_argument("--patch", action="append", type=Path, default=[],
                         help="apply this unified diff to the checkout first (repeatable; recorded in the wheel)")
+    parser.add_argument("--dist-scheduler", default=None,
+                        help="sccache-dist scheduler URL to compile on (default: the forge-dist BuildKit secret of a "
+                             "bake, else none)")
+    parser.add_argument("--dist-token-file", default="",
+                        help="file whose first line is the farm's client token (default: $VLLM_FORGE_DIST_TOKEN)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, build nothing")
     args = parser.parse_args(argv)
+    dist = (DistSettings(args.dist_scheduler, args.dist_token_file) if args.dist_scheduler is not None
+            else settings_from_secret())
+    dist.check()
     plan = plan_build(BuildRequest(
         src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
         nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
         compile_cache=args.compile_cache, cache_dir=args.cache_dir, deps_cache=args.deps_cache,
-        reuse=not args.no_reuse, patches=args.patch,
+        reuse=not args.no_reuse, patches=args.patch, dist=dist,
     ), check_tools=not args.dry_run)
     for note in plan.notes:
         print(f"# {note}")

@@ -204,12 +204,13 @@ def sccache_server_socket(server_env: Mapping[str, str]) -> str:
 
 
 def compile_cache_env(cache: str, cache_dir: Path, *, shared: SharedCache | None = None,
-                      base_dir: Path | None = None) -> dict[str, str]:
+                      base_dir: Path | None = None, dist_config: Path | None = None) -> dict[str, str]:
     """What a build's environment needs for ``cache``: CMake launchers and the cache's settings.
 
     ``base_dir`` is the checkout: paths under it are hashed relative to it, so another checkout of
     the same code at another path can hit (ccache: always; sccache: see the module notes).
-    Credentials are not included: the build inherits them from the environment.
+    Credentials are not included: the build inherits them from the environment. ``dist_config``: sccache's
+    client config naming a sccache-dist scheduler (scripts/farm.py), for distributed compiles.
     """
     if cache == "none":
         return {}
@@ -228,6 +229,8 @@ def compile_cache_env(cache: str, cache_dir: Path, *, shared: SharedCache | None
     if base_dir is not None:
         server["SCCACHE_BASEDIRS"] = str(Path(base_dir).expanduser().resolve())
     server.update(sccache_backend_env(shared))
+    if dist_config is not None:
+        server["SCCACHE_CONF"] = str(dist_config)
     env.update(server)
     env["SCCACHE_SERVER_UDS"] = sccache_server_socket(server)
     return env
@@ -317,7 +320,10 @@ def secret_env_text(cache: str, shared: SharedCache, environ: Mapping[str, str] 
 
 @dataclass
 class CacheCounts:
-    """Counters of one cache at one moment; ``by_kind`` splits them (sccache: per compiler step)."""
+    """Counters of one cache at one moment; ``by_kind`` splits them (sccache: per compiler step).
+    sccache with distributed compiles on also counts compiles per build server (``remote``), compiles
+    run at all (``compilations``, remote ones included) and jobs that failed on the farm and were then
+    compiled here (``dist_errors``)."""
 
     hits: int = 0
     misses: int = 0
@@ -326,6 +332,9 @@ class CacheCounts:
     remote_hits: int = 0
     hits_by_kind: dict[str, int] = field(default_factory=dict)
     misses_by_kind: dict[str, int] = field(default_factory=dict)
+    compilations: int = 0
+    remote: dict[str, int] = field(default_factory=dict)
+    dist_errors: int = 0
 
     def __sub__(self, other: CacheCounts) -> CacheCounts:
         def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
@@ -334,13 +343,26 @@ class CacheCounts:
         return CacheCounts(self.hits - other.hits, self.misses - other.misses,
                            self.uncacheable - other.uncacheable, self.errors - other.errors,
                            self.remote_hits - other.remote_hits,
-                           sub(self.hits_by_kind, other.hits_by_kind), sub(self.misses_by_kind, other.misses_by_kind))
+                           sub(self.hits_by_kind, other.hits_by_kind), sub(self.misses_by_kind, other.misses_by_kind),
+                           self.compilations - other.compilations, sub(self.remote, other.remote),
+                           self.dist_errors - other.dist_errors)
+
+    @property
+    def remote_compiles(self) -> int:
+        return sum(self.remote.values())
+
+    @property
+    def local_compiles(self) -> int:
+        """Compiles run on this machine: every compile sccache ran minus those the farm ran (nvcc's driver
+        step of each CUDA unit always runs here, and so does every job the farm failed)."""
+        return self.compilations - self.remote_compiles
 
 
 @dataclass
 class CacheReport:
     cache: str
     counts: CacheCounts
+    distributed: bool = False  # the build ran with a sccache-dist scheduler: say where the compiles ran
 
     @property
     def hit_rate(self) -> float | None:
@@ -358,13 +380,27 @@ class CacheReport:
             text += "; misses: " + ", ".join(f"{k} {v}" for k, v in c.misses_by_kind.items())
         if c.errors:
             text += f", {c.errors} cache errors"
+        if self.distributed:
+            text += "; " + self.split_line()
+        return text
+
+    def split_line(self) -> str:
+        """Where this build's compiles ran, from sccache's own counters."""
+        c = self.counts
+        servers = ", ".join(f"{address} {n}" for address, n in sorted(c.remote.items()))
+        text = (f"compiles: {c.remote_compiles} remote{f' ({servers})' if servers else ''}, {c.local_compiles} on "
+                f"this machine, {c.hits} from the cache")
+        if c.dist_errors:
+            text += f"; {c.dist_errors} failed on the farm and were compiled here instead"
         return text
 
     def as_dict(self) -> dict[str, Any]:
         c = self.counts
         return {"cache": self.cache, "hits": c.hits, "misses": c.misses, "uncacheable": c.uncacheable,
                 "errors": c.errors, "remote_hits": c.remote_hits, "hit_rate": self.hit_rate,
-                "hits_by_kind": c.hits_by_kind, "misses_by_kind": c.misses_by_kind}
+                "hits_by_kind": c.hits_by_kind, "misses_by_kind": c.misses_by_kind,
+                **({"remote_compiles": c.remote_compiles, "remote_by_server": c.remote,
+                    "local_compiles": c.local_compiles, "dist_errors": c.dist_errors} if self.distributed else {})}
 
 
 def _tool_env(env: Mapping[str, str] | None) -> dict[str, str]:
@@ -403,9 +439,11 @@ def parse_sccache_stats(text: str) -> CacheCounts:
         return dict(sorted((block.get("adv_counts") or block.get("counts") or {}).items()))
 
     hits, misses, errors = kinds("cache_hits"), kinds("cache_misses"), kinds("cache_errors")
+    remote = {str(k): int(v) for k, v in sorted((stats.get("dist_compiles") or {}).items())}
     return CacheCounts(sum(hits.values()), sum(misses.values()),
                        int(stats.get("non_cacheable_compilations", 0)) + int(stats.get("requests_not_cacheable", 0)),
-                       sum(errors.values()), 0, hits, misses)
+                       sum(errors.values()), 0, hits, misses, int(stats.get("compilations", 0)), remote,
+                       int(stats.get("dist_errors", 0)))
 
 
 def read_counts(cache: str, env: Mapping[str, str] | None = None) -> CacheCounts | None:
@@ -435,9 +473,10 @@ LAST_REPORTS: dict[str, CacheReport] = {}
 class CacheSession:
     """Counters before a build and after it: ``start()`` before, ``finish()`` after."""
 
-    def __init__(self, cache: str, env: Mapping[str, str]):
+    def __init__(self, cache: str, env: Mapping[str, str], *, distributed: bool = False):
         self.cache = cache
         self.env = dict(env)
+        self.distributed = distributed
         self.before: CacheCounts | None = None
 
     def start(self) -> None:
@@ -460,7 +499,7 @@ class CacheSession:
         after = read_counts(self.cache, self.env)
         if after is None:
             return None
-        report = CacheReport(self.cache, after - self.before)
+        report = CacheReport(self.cache, after - self.before, self.distributed)
         LAST_REPORTS[self.cache] = report
         return report
 

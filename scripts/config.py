@@ -48,6 +48,15 @@ DEFAULTS: dict[str, Any] = {
     "sccache_region": "",  # S3 region
     "sccache_endpoint": "",  # S3-compatible endpoint URL (MinIO, R2, Ceph)
     "ccache_remote": "",  # ccache remote storage URL: redis://host:6379 or http://host/cache
+    # Distributed compiles through a sccache-dist farm (docs/farm.md); tokens are read, never configured.
+    "dist_scheduler": "",  # scheduler URL, http://host:10600; empty: compile on this machine only
+    "dist_token_file": "",  # file whose first line is the client token (mode 0600); empty: dist_token_env
+    "dist_token_env": "VLLM_FORGE_DIST_TOKEN",  # the environment variable holding the client token (its name)
+    "dist_toolchains": "",  # archives made beforehand: COMPILER=ARCHIVE[=PATH_IN_ARCHIVE] (a YAML list); empty:
+    #                         sccache packages each compiler on first use
+    "farm_dir": "build/farm",  # farm tasks: daemon configs, logs, pid records, toolchain caches (next to tasks.py)
+    "farm_server_token_file": "",  # file holding the server token (scheduler <-> build servers); empty: the env
+    "farm_server_token_env": "VLLM_FORGE_FARM_TOKEN",  # the environment variable holding the server token
     # BuildKit for `bake`: a named buildx builder (remote or multi-node) and a registry layer cache.
     "builder": "",  # docker buildx builder name; empty: the default builder
     "registry_cache": "",  # image ref for --cache-to/--cache-from type=registry, e.g. ghcr.io/org/vllm-cache
@@ -94,6 +103,13 @@ class BuildConfig:
     sccache_region: str
     sccache_endpoint: str
     ccache_remote: str
+    dist_scheduler: str
+    dist_token_file: str
+    dist_token_env: str
+    dist_toolchains: str  # comma-separated (a YAML list in invoke.yaml is joined): see scripts/farm.py
+    farm_dir: str
+    farm_server_token_file: str
+    farm_server_token_env: str
     builder: str
     registry_cache: str
     dist_dir: str
@@ -267,3 +283,7 @@ def validate_config(config: BuildConfig, sources: Mapping[str, str] | None = Non
     from scripts.compile_cache import SharedCache
 
     SharedCache.from_config(config).check()  # before `plan` shows them: no password in a URL
+    from scripts.farm import DistSettings, farm_server_token
+
+    DistSettings.from_config(config).check()  # no token in the scheduler URL, token variable names
+    farm_server_token(config).check()

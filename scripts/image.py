@@ -18,6 +18,7 @@ tags, no credentials (a context lands in layers and in BuildKit's cache).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -40,6 +41,7 @@ if __package__ in (None, ""):  # run as `python scripts/image.py`: make the `scr
 
 from scripts import archs as archs_mod
 from scripts import compat, credentials
+from scripts import farm as farms
 from scripts.errors import ForgeError, run_main
 from scripts.plan import Command, mask_urls, run_command
 from scripts.validate import check_image_ref
@@ -335,6 +337,7 @@ class BakeRequest:
     jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
     non_root: bool = False  # runtime target: serve as an unprivileged user (NON_ROOT_STAGES)
     recipe: Recipe | None = None  # CUDA, bases and torch chosen from the checkout's pins (scripts/recipe.py)
+    dist: farms.DistSettings = field(default_factory=farms.DistSettings)  # a sccache-dist farm for the build stage
 
 
 # What staging leaves out of a checkout's copy besides build outputs (scripts/context_filter.py, context_git.py).
@@ -759,6 +762,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
                 f"--dockerfile {request.dockerfile} is not a file", "pass forge, upstream or a Dockerfile path"
             )
         recipe, context = "custom", Path(request.context_dir) / "checkout"
+    if request.dist.on and recipe == "forge":  # the farm compiles through sccache
+        request = dataclasses.replace(request, compile_cache=farms.cache_for_dist(request.compile_cache, request.dist))
     stage = True
     if request.recipe is not None:
         base = request.base_image or request.recipe.base_image
@@ -835,6 +840,23 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
             f"the index URL carries credentials: it goes in as secret pip_index_url "
             f"({strip_credentials(request.index_url)}), never as a build arg"
         )
+    network_host = False
+    if request.dist.on and recipe != "forge":
+        notes.append(f"dist_scheduler {request.dist.scheduler} is not used: {dockerfile.name} knows no sccache-dist "
+                     "(the forge recipe does)")
+    elif request.dist.on:
+        token = request.dist.token.read()  # a missing token is a mistake to fix, not a farm to fall back from
+        found = farms.probe(request.dist, token)
+        notes.append(f"{found.line()} (asked from this machine; the build stage asks again and says so in its log)")
+        if found.on:
+            secrets[farms.SECRET_ID] = str(secrets_dir / farms.SECRET_ID)
+            secret_values[farms.SECRET_ID] = farms.secret_text(found.scheduler, token)
+            notes.append(f"the scheduler and the client token from {request.dist.token.describe()} go in as secret "
+                         f"{farms.SECRET_ID}, never as a build arg")
+            network_host = farms.is_loopback(found.scheduler)
+            if network_host:
+                notes.append("the scheduler is on this machine's loopback: the build runs with --network host to "
+                             "reach it (and the build servers)")
     used = dockerfile_secret_ids(dockerfile)
     for secret_id in secrets:
         if secret_id not in used:
@@ -895,6 +917,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         argv += remote_build.buildx_build_args(request.builder, request.registry_cache)
     if request.platform:
         argv += ["--platform", request.platform]
+    if network_host:
+        argv += ["--network", "host"]
     if request.no_cache:
         argv.append("--no-cache")
     for source in request.cache_from:
@@ -1191,6 +1215,7 @@ class BakeResult:
     total_steps: int
     executed: list[str] = field(default_factory=list)  # titles of the steps that ran (not cached)
     log_path: Path | None = None
+    farm: list[str] = field(default_factory=list)  # what the build stage said about the farm and its compiles
 
 
 def run_bake(
@@ -1241,11 +1266,15 @@ def _run_bake(
     steps: dict[str, str] = {}  # BuildKit step number -> its title
     cached: set[str] = set()
     jit_failure: list[str] = []
+    farm_lines: list[str] = []
 
     def watch(line: str) -> None:
         failed = re.search(JIT_FAIL_LINE, line)
         if failed:
             jit_failure.append(failed.group(1).strip())
+        said = re.search(r"(?<!# )(distributed compiles o(?:n|ff).*|compiles: \d+ remote.*)$", line)
+        if said:  # build_wheel.py in the build stage: the farm's state, then where the compiles ran
+            farm_lines.append(said.group(1).strip())
         match = re.match(r"^#(\d+) (CACHED|\[(?!internal\])(?!.*\] FROM ).*)", line)
         if match:
             if match.group(2) == "CACHED":
@@ -1292,7 +1321,7 @@ def _run_bake(
         image_id = proc.stdout.strip()
     wheels = [path for path in exported if path.suffix == ".whl"]
     return BakeResult(plan.image, image_id, time.monotonic() - started, wheels, len(cached & set(steps)), len(steps),
-        [title for number, title in steps.items() if number not in cached],
+        [title for number, title in steps.items() if number not in cached], farm=farm_lines,
     )
 
 

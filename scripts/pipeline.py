@@ -346,6 +346,7 @@ def _build_request(settings: Settings, options: Options | None = None):
         patches=list(options.patches) if options else [],
         targets=list(options.targets) if options else [],
         install_build_deps=options.install_build_deps if options else False,
+        dist=build_wheel.DistSettings.from_config(cfg),
     )
 
 
@@ -427,6 +428,7 @@ def _plan_check_size(settings: Settings, options: Options, names: tuple[str, ...
 def bake_request(settings: Settings, options: Options):
     """The BakeRequest of this command line: config, mirror and checkout facts, once."""
     from scripts import image as images
+    from scripts.farm import DistSettings
 
     cfg, bake, applied = settings.config, options.bake, settings.mirror
     recipe = settings.image_recipe(bake.dockerfile)
@@ -448,6 +450,7 @@ def bake_request(settings: Settings, options: Options):
         builder=bake.builder or cfg.builder, cache_from=list(bake.cache_from), cache_to=list(bake.cache_to),
         no_cache=bake.no_cache, build_args=dict(bake.build_args), apt_mirror=applied.apt_mirror,
         deps_cache=Path(cfg.cache_dir).expanduser(), jit=bake.jit, non_root=cfg.non_root,
+        dist=DistSettings.from_config(cfg),
     )
 
 
@@ -742,6 +745,18 @@ def _built_torch(pipeline: Pipeline) -> str:
             if recipe and recipe.torch_requirement else "built against the base image's own torch")
 
 
+def dist_rows(plan) -> list[tuple[str, str]]:
+    """(what, value) rows for a build with a farm configured: where its compiles ran (sccache's own counters),
+    and why the farm was not used when it was not; none for a build without one."""
+    if plan is None or getattr(plan, "dist", None) is None:
+        return []
+    rows = [] if plan.dist.probe.on else [("farm", plan.dist.probe.line())]
+    report = plan.cache_report
+    if report is not None and report.distributed:
+        rows.append(("compiles", report.split_line()))
+    return rows
+
+
 def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     """(what, value) rows: image, size over base, archs, vLLM ref and commit, time per step."""
     settings = pipeline.settings
@@ -763,6 +778,7 @@ def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     rows.append(("vLLM", f"{mask_urls(facts.repo or str(settings.src))} @ {facts.ref or '-'} ({facts.short}"
                          f"{', dirty' if facts.dirty else ''})"))
     rows.append(("mirror", settings.mirror.profile.name))
+    rows += dist_rows(next((step.plan for step in pipeline.steps if step.name == "build-wheel"), None))
     for name, seconds in state.seconds.items():
         rows.append((f"time: {TITLES.get(name, name)}", f"{seconds:.1f} s"))
     rows.append(("time: total", f"{sum(state.seconds.values()):.1f} s"))

@@ -40,6 +40,9 @@ if __package__ in (None, ""):  # run as `python scripts/serve.py`: make the `scr
 
 from scripts.errors import ForgeError, run_main
 from scripts.nofollow import write_file
+from scripts.pidfile import process_identity as _process_identity  # noqa: F401  (tests read it here)
+from scripts.pidfile import recorded_process as _recorded_process
+from scripts.pidfile import write_pid_record
 from scripts.plan import Command, record_command
 from scripts.validate import check_image_ref
 
@@ -643,43 +646,6 @@ def smoke_test(url: str, *, model: str = "", api_key: str = "", prompt: str = "S
             f"the chat completion has no message: {response.text[:200]}", "read the server log", exit_code=1
         ) from None
     return SmokeResult(models, reply, time.monotonic() - began)
-
-
-def _process_identity(pid: int) -> tuple[str, str] | None:
-    """(start time in clock ticks since boot, executable) of a live process; None when there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": the name may hold spaces
-    return fields[19], exe  # field 22 of proc(5): starttime
-
-
-def write_pid_record(path: Path, pid: int) -> None:
-    """Record the local server: pid, start time and executable, so `stop` signals only that process."""
-    identity = _process_identity(pid)
-    record = {"pid": pid, "start_time": identity[0] if identity else "", "exe": identity[1] if identity else ""}
-    write_file(path, json.dumps(record) + "\n")
-
-
-def _recorded_process(path: Path) -> tuple[int | None, str]:
-    """The pid in ``path`` when that very process still runs (same start time and executable), else
-    (None, why). An empty, bogus or stale record never names a process to signal."""
-    try:
-        record = json.loads(path.read_text())
-        pid = record["pid"]
-        start_time, exe = str(record["start_time"]), str(record["exe"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"{path} is not a record vllm-forge wrote: nothing was signalled"
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
-        return None, f"{path} names pid {pid!r}, which is no server vllm-forge started: nothing was signalled"
-    identity = _process_identity(pid)
-    if identity is None:
-        return None, f"nothing to stop: the local server (pid {pid}) had already exited"
-    if not start_time or identity != (start_time, exe):
-        return None, f"pid {pid} is now another process (not the server started at that time): nothing was signalled"
-    return pid, ""
 
 
 def stop(name: str = DEFAULT_NAME, docker: str = "docker") -> str:

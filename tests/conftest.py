@@ -110,7 +110,7 @@ def minivllm_repo(tmp_path_factory) -> str:
 # Whatever the tests started (compile-cache servers, containers, images) and did not remove is removed at the
 # end of the session, then checked: anything still there fails the run (`nox -s tests` exits non-zero).
 
-_LEFTOVER_PROCESSES = ("sccache", "redis-server")
+_LEFTOVER_PROCESSES = ("sccache", "sccache-dist", "redis-server")
 _baseline: dict[str, set[str]] = {}
 # What the tasks the tests run record (scripts/run_records.py) goes to this session's own directory, removed at
 # the end, never to the repository's build/reports.
@@ -130,11 +130,21 @@ def _docker_ids(*args: str) -> set[str]:
     return set(proc.stdout.split()) if proc.returncode == 0 else set()
 
 
+def _running(pid: str) -> bool:
+    """Not a zombie: one that has exited and waits for its parent (init, for a daemon whose starter has
+    exited) to reap it holds nothing, and reaping it is not ours to do."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
 def _snapshot() -> dict[str, set[str]]:
     pids = set()
     for name in _LEFTOVER_PROCESSES:
         out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
-        pids |= set(out.stdout.split())
+        pids |= {pid for pid in out.stdout.split() if _running(pid)}
     return {
         "pids": pids,
         "containers": _docker_ids("ps", "-aq", "--no-trunc"),

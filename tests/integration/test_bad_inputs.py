@@ -348,6 +348,23 @@ def with_imported_dep(s: Scratch) -> None:
     assert [o.result for o in dep_import.run_imports(plan, s.tmp / "cache")] == ["imported"]
 
 
+def with_open_token_file(s: Scratch) -> None:
+    with_checkout(s)
+    token = s.tmp / "client.token"
+    token.write_text("a-client-token\n")
+    token.chmod(0o644)
+
+
+def with_checkout_and_no_token(s: Scratch) -> None:
+    with_checkout(s)
+    with_free_port(s)
+    s.env["VLLM_FORGE_DIST_TOKEN"] = ""
+
+
+def with_farm_token(s: Scratch) -> None:
+    s.env["VLLM_FORGE_FARM_TOKEN"] = "a-server-token"
+
+
 UNTOUCHED = "nothing is created or changed"
 CHECKOUT_KEPT = "the checkout (no torch pins removed, no build dir)"
 
@@ -558,6 +575,27 @@ CASES = [
                                     "--vllm-src", "{co}"], "both name the bases", "the checkout", with_checkout),
     Case("plan-with-a-step-not-ready", ["plan", "--vllm-src", "{co}"], "step(s) cannot run as configured",
          "the checkout", with_builder_without_buildx),
+    # --- a build farm (issue 31: docs/farm.md) ---
+    Case("dist-scheduler-with-credentials", ["build-wheel", "--arch", "12.0", "--dist-scheduler",
+                                             "http://ci:s3cret@farm.lan:10600", "--dry-run"],
+         "is not a scheduler URL", UNTOUCHED),
+    Case("dist-without-a-token", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-scheduler",
+                                  "http://127.0.0.1:{port}"], "no client token", CHECKOUT_KEPT,
+         with_checkout_and_no_token, needs=("nvcc",)),
+    Case("dist-token-file-others-can-read", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}",
+                                             "--dist-scheduler", "http://127.0.0.1:10600", "--dist-token-file",
+                                             "{tmp}/client.token"], "can be read by other users", CHECKOUT_KEPT,
+         with_open_token_file, needs=("nvcc",)),
+    Case("dist-with-ccache", ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--compile-cache", "ccache",
+                              "--dist-scheduler", "http://127.0.0.1:10600"],
+         "run through sccache, and the compile cache is ccache", CHECKOUT_KEPT, with_checkout),
+    Case("farm-server-without-scheduler", ["farm-server", "--farm-dir", "{tmp}/farm"],
+         "farm-server needs the scheduler's URL", UNTOUCHED),
+    Case("farm-server-listen-without-port", ["farm-server", "--scheduler", "http://127.0.0.1:10600", "--listen",
+                                             "10.0.0.2", "--farm-dir", "{tmp}/farm", "--dry-run"],
+         "is not HOST:PORT", UNTOUCHED, with_farm_token),
+    Case("farm-status-without-scheduler", ["farm-status", "--farm-dir", "{tmp}/farm"], "no scheduler to ask",
+         UNTOUCHED),
 ]
 
 
@@ -690,8 +728,8 @@ def test_cases_need_only_what_ci_installs():
     assert Path(find_cuda_toolchain().nvcc).is_file() and docker_available()
 
 
-def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's table from real runs
-    """`python -m tests.integration.test_bad_inputs`: run every case, print its table row."""
+def table_rows(only: list[str] | None = None) -> str:  # pragma: no cover - regenerates docs/errors.md's table
+    """`python -m tests.integration.test_bad_inputs [ID...]`: run every case (or those named), print its table row."""
     import re
     import tempfile
 
@@ -704,6 +742,8 @@ def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's tabl
                    capture_output=True)
     rows = []
     for number, case in enumerate(CASES):
+        if only and case.id not in only:
+            continue
         tmp = base / f"case{number}"
         tmp.mkdir()
         out, _, _ = run_case(case, tmp, checkout, remote)
@@ -729,4 +769,4 @@ def table_rows() -> str:  # pragma: no cover - regenerates docs/errors.md's tabl
 
 
 if __name__ == "__main__":  # pragma: no cover
-    print(table_rows())
+    print(table_rows(sys.argv[1:]))

@@ -28,6 +28,8 @@ SECRET_ENV = {
     "SCCACHE_REDIS_PASSWORD": f"{MARKER}-redis",
     "AWS_SECRET_ACCESS_KEY": f"{MARKER}-aws",
     "AWS_SESSION_TOKEN": f"{MARKER}-session",
+    "VLLM_FORGE_DIST_TOKEN": f"{MARKER}-dist",  # a build farm's client and server tokens (docs/farm.md)
+    "VLLM_FORGE_FARM_TOKEN": f"{MARKER}-farm",
 }
 
 
@@ -67,11 +69,14 @@ def free_port() -> int:
      "--dry-run"],
     ["fetch-deps", "--vllm-src", "{co}", "--github-proxy", "https://proxy.example.com/?access_token={marker}-proxy",
      "--dry-run"],
+    ["build-wheel", "--arch", "12.0", "--vllm-src", "{co}", "--dist-scheduler", "http://127.0.0.1:9", "--dry-run"],
+    ["farm-scheduler", "--farm-dir", "{tmp}/farm", "--dry-run"],
+    ["farm-server", "--scheduler", "http://127.0.0.1:9", "--farm-dir", "{tmp}/farm", "--dry-run"],
 ], ids=lambda a: " ".join(a[:2]) + (" " + a[-1] if a[-1].startswith("--") else ""))
 def test_nothing_printed_shows_a_secret(args, checkout, tmp_path):
     keyfile = tmp_path / "api-key"
     keyfile.write_text(f"{MARKER}-file\n")
-    out = run_cli(*[a.format(co=checkout, marker=MARKER, keyfile=keyfile) for a in args])
+    out = run_cli(*[a.format(co=checkout, marker=MARKER, keyfile=keyfile, tmp=tmp_path) for a in args])
     assert "Traceback" not in out.stderr
     assert MARKER not in out.stdout + out.stderr
     if args[0] == "serve":

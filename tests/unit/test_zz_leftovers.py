@@ -23,3 +23,24 @@ def test_snapshot_sees_a_new_process(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the shell and its sleep
         proc.wait()
+
+
+def test_snapshot_leaves_out_a_process_that_has_exited(tmp_path):
+    """A zombie (a farm daemon killed after its starter exited waits for init to reap it) holds nothing."""
+    import shutil
+
+    sccache = tmp_path / "sccache-dist"  # `sleep` under a farm daemon's name
+    shutil.copy(shutil.which("sleep"), sccache)
+    proc = subprocess.Popen([str(sccache), "30"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)  # not waited for yet: a zombie until proc.wait()
+        for _ in range(50):
+            if open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        assert str(proc.pid) not in conftest._snapshot()["pids"]
+    finally:
+        proc.wait()
