@@ -1,4 +1,4 @@
-"""Required vs optional extensions of the real vLLM 0.26.0 and 0.33.0 wheels from PyPI, and the audit
+"""Required vs optional extensions of the real vLLM 0.26.0, 0.33.0 and 0.34.0 wheels from PyPI, and the audit
 that follows from it (the H200 case of tests/fixtures/gpu_real_vllm: `_qutlass_C` carries only sm_100f).
 
 The wheels (about 300 MB each) are fetched once with `pip download --no-deps` into
@@ -8,6 +8,7 @@ their ``.py`` members are inflated for the import analysis; the audit streams th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from scripts import vllm_extensions as ext
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 RECORDED = REPO_ROOT / "tests" / "fixtures" / "gpu_real_vllm" / "audit_fullwheel.txt"
+ANSWERS = REPO_ROOT / "tests" / "fixtures" / "vllm_extensions_answers"  # what the analysis said before issue 33
 
 
 def wheel_cache() -> Path:
@@ -52,6 +54,17 @@ def wheel_0_26() -> Path:
 @pytest.fixture(scope="module")
 def wheel_0_33() -> Path:
     return vllm_wheel("0.33.0")
+
+
+@pytest.mark.parametrize("version", ["0.26.0", "0.33.0", "0.34.0"])
+def test_the_answer_is_the_recorded_one(version, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))  # a first audit: nothing cached
+    recorded = json.loads((ANSWERS / f"vllm-{version}.json").read_text())
+    found = ext.analyze(vllm_wheel(version)).to_dict()
+    found.pop("source")
+    assert {e["path"]: e["required"] for e in found["extensions"]} == \
+        {e["path"]: e["required"] for e in recorded["extensions"]}
+    assert found == recorded  # every reason, site and "without it" line too
 
 
 def modules(report) -> dict[str, ext.Extension]:
