@@ -24,6 +24,15 @@ code says it (comments and docstrings at the site, the flag the except sets, the
 the functions that call its ``torch.ops`` namespace). An extension with no import site found is
 judged required: nothing proves vLLM runs without it.
 
+Reading as little as that answer needs (a first audit of a wheel must not cost more than its kernel scan):
+one pass over every module's bytes (`_ImportScan`: its import statements, without parsing) finds which
+modules may import an extension and what each module may import at start; `ast` then parses only the
+top-level statements that pass cannot classify (a ``try``, a ``class``, an ``else``...), and a whole module
+only where a statement cannot be cut out. A plain top-level import is unconditional, one provably inside a
+function is lazy, one in the first block of a top-level ``if`` is guarded; the answer is the one parsing
+every module gives (tests/unit/test_vllm_extensions_scan.py holds it to that). A module this Python cannot
+parse as a whole is read statement by statement.
+
     python scripts/vllm_extensions.py vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl [--json]
     python scripts/vllm_extensions.py /path/to/site-packages/vllm
 """
@@ -31,6 +40,7 @@ judged required: nothing proves vLLM runs without it.
 from __future__ import annotations
 
 import ast
+import bisect
 import dataclasses
 import hashlib
 import io
@@ -39,7 +49,9 @@ import os
 import re
 import sys
 import tokenize
+import unicodedata
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -47,6 +59,13 @@ if __package__ in (None, ""):  # run as `python scripts/vllm_extensions.py`: mak
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from scripts.errors import ForgeError, run_main
+
+try:  # ISA-L inflates about twice as fast as zlib (python-isal, in requirements.txt); the in-image audit has zlib
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _InflateError
+except ImportError:  # pragma: no cover - depends on the environment
+    from zlib import decompress as _inflate
+    from zlib import error as _InflateError
 
 PACKAGE = "vllm"
 # What `vllm serve` / the OpenAI server imports on a CUDA host before it answers /health. The platform
@@ -123,39 +142,85 @@ class PackageReport:
 
 
 class _Sources:
-    """The package's file names and, on demand, its Python sources (``vllm/x/y.py`` -> text)."""
+    """The package's file names and, on demand, its Python files: ``data`` (bytes, not kept) for the one pass
+    over every module, ``text`` (decoded, kept) for the few that are parsed."""
 
-    def __init__(self, names: list[str], read):
+    def __init__(self, names: list[str], read, universal_newlines: bool = False):
         self.names = names
-        self._read = read
-        self._cache: dict[str, str] = {}
+        self._read = read  # name -> bytes
+        self._universal = universal_newlines  # decode as a file opened in text mode would
+        self._texts: dict[str, str] = {}
         self.py = {n for n in names if n.endswith(".py")}
 
+    def data(self, name: str) -> bytes:
+        return self._read(name)
+
     def text(self, name: str) -> str:
-        if name not in self._cache:
-            self._cache[name] = self._read(name)
-        return self._cache[name]
+        if name not in self._texts:
+            text = self.data(name).decode("utf-8", errors="replace")
+            self._texts[name] = text.replace("\r\n", "\n").replace("\r", "\n") if self._universal else text
+        return self._texts[name]
+
+    def each(self, modules: dict[str, str]):
+        """(module, name, bytes) for each of ``modules`` ({module: name}), in the order reading is cheapest."""
+        for module, name in modules.items():
+            yield module, name, self.data(name)
+
+    def close(self) -> None:
+        pass
 
 
-def _wheel_sources(path: Path) -> tuple[_Sources, str]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
-    names = [i.filename for i in zf.infolist() if not i.is_dir()]
-    version = ""
-    meta = [n for n in names if n.endswith(".dist-info/METADATA")]
-    if meta:
-        found = re.search(r"^Version:\s*(\S+)", zf.read(meta[0]).decode(errors="replace"), re.M)
-        version = found.group(1) if found else ""
-    return _Sources(names, lambda n: zf.read(n).decode("utf-8", errors="replace")), version
+class _WheelSources(_Sources):
+    """A wheel's members, each inflated straight from the archive (one open file, read in archive order)."""
+
+    def __init__(self, path: Path):
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
+        self._path = path
+        self._infos = {i.filename: i for i in self._zip.infolist() if not i.is_dir()}
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        super().__init__(list(self._infos), self._member)
+
+    def _member(self, name: str) -> bytes:
+        info = self._infos[name]
+        try:
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                return self._zip.read(info)  # encrypted or another method: zipfile's own reader (and its errors)
+            self._file.seek(info.header_offset)
+            header = self._file.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile(f"no local header for {name}")
+            self._file.seek(info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+                            + int.from_bytes(header[28:30], "little"))
+            raw = self._file.read(info.compress_size)
+            return raw if info.compress_type == zipfile.ZIP_STORED else _inflate(raw, -15)
+        except (zipfile.BadZipFile, zlib.error, _InflateError, OSError, NotImplementedError, RuntimeError) as err:
+            raise ForgeError(f"{self._path} is not a readable wheel ({name}: {err})",
+                             "re-download or rebuild it") from None
+
+    def each(self, modules: dict[str, str]):
+        for module, name in sorted(modules.items(), key=lambda item: self._infos[item[1]].header_offset):
+            yield module, name, self.data(name)
+
+    def version(self) -> str:
+        meta = [n for n in self.names if n.endswith(".dist-info/METADATA")]
+        if meta:
+            found = re.search(r"^Version:\s*(\S+)", self.data(meta[0]).decode(errors="replace"), re.M)
+            return found.group(1) if found else ""
+        return ""
+
+    def close(self) -> None:
+        self._file.close()
+        self._zip.close()
 
 
 def _dir_sources(root: Path) -> _Sources:
     """``root`` holds ``vllm/``; names are relative to it, as in a wheel."""
     base = root / PACKAGE
     names = [p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return _Sources(names, lambda n: (root / n).read_text(encoding="utf-8", errors="replace"))
+    return _Sources(names, lambda n: (root / n).read_bytes(), universal_newlines=True)
 
 
 def package_root(path: Path) -> tuple[Path, str] | None:
@@ -271,8 +336,9 @@ class _Found:
 class _ModuleWalker:
     """Import statements of one module, each with its guard (try/suppress/if) and enclosing function."""
 
-    def __init__(self, tree: ast.Module, module: str, is_package: bool):
+    def __init__(self, tree: ast.Module, module: str, is_package: bool, calls: bool = True):
         self.module, self.is_package = module, is_package
+        self.calls = calls  # whether an expression may call import_module (else only statements are read)
         self.found: list[_Found] = []
         self.tree = tree
 
@@ -323,7 +389,7 @@ class _ModuleWalker:
                 self._body(case.body, guard + ["in a match case"], lazy, says, at)
         elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
             self._found(_imported_names(stmt, self.module, self.is_package), stmt.lineno, guard, lazy, says, at)
-        else:
+        elif self.calls:
             for node in ast.walk(stmt):  # importlib.import_module("vllm.X") in any expression
                 if isinstance(node, ast.Call):
                     names = _imported_names(node, self.module, self.is_package)
@@ -332,6 +398,12 @@ class _ModuleWalker:
 
     def _found(self, names, line, guard, lazy, says, at) -> None:
         self.found.append(_Found(names, line, "; ".join(guard), lazy, list(says), at))
+
+
+def _may_call_import_module(source: str) -> bool:
+    """False only when no expression of ``source`` can be an ``import_module`` call: the name is not in it (an
+    identifier is NFKC-normalized, so non-ASCII text may spell it otherwise)."""
+    return "import_module" in source or not source.isascii()
 
 
 def _comments_at(source: str, line: int, guard_lines: tuple[int, ...]) -> list[str]:
@@ -407,34 +479,565 @@ def _dedupe(items: list[str]) -> list[str]:
     return out
 
 
+# ---- the cheap import scan: which modules a module may import, without parsing it -------------------
+#
+# Parsing every start-up module with `ast` is most of a first analysis (935 modules, seconds). The scan below
+# reads a module's bytes for its import statements and `import_module("...")` calls only, and answers two
+# questions with a SUPERSET of what the walker above finds: every module an import statement may load, and
+# those not provably inside a function body. A superset is safe: start-up reachability over more edges finds
+# more, never less, and `_Package.at_startup` parses exactly the modules on any path it relies on. Where the
+# scan cannot be sure of a superset (tab indentation, a continued line, an argument it cannot read), it says
+# so (`_Unsure`) and that module is parsed in full.
+
+_OTHER_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_IDENT_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+_WORD_BYTE = bytes(c in _IDENT_BYTES or c >= 0x80 for c in range(256))  # 1: the byte can be part of a name
+_PACKAGE_BYTES = PACKAGE.encode()
+# `from .x import` / `; from x import` / `: from . import`: what precedes `import` on its line
+_FROM_PART = re.compile(rb"(?:\A|[;:])[ \f]*from(?![\w\x80-\xff])[ \t]*((?:\.[ \t]*)*)([^;:]*?)[ \t]*\Z")
+# import_module( "literal" , | ) ; or a first argument that is no literal (a name, a call: never a module)
+_IMPORT_MODULE = re.compile(
+    rb"""import_module\s*\(\s*(?:[rRuU]?(['"])([^'"\\\r\n]*)\1\s*([,)])|[A-Za-z_]\w*\s*[^\w\s'"]"""
+    rb"""|(?:[fF][rR]?|[rR][fFbB]|[bB][rR]?)['"])""")  # the last: an f-string or bytes, never a module name
+_SECOND_ARG = re.compile(rb"""\s*(?:[rRuU]?(['"])([^'"\\\r\n]*)\1\s*[,)]|\)|[A-Za-z_][\w.]*\s*(?:=[^=]|[,)]))""")
+_TAB_INDENT = re.compile(rb"(?:\A|\n)[ \f]*\t")
+_DEF_WORD = re.compile(rb"def[ \t]")
+_HEADER_CHARS = re.compile(rb"[()\[\]{}'\"#:\n\\]")
+_CLEAN_PREFIX = re.compile(rb"""(?:[^'"#\\\n]|\\.|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")*""")
+_LOWER_LINE: dict[int, re.Pattern] = {}
+_CODE_AT_COLUMN_0 = re.compile(rb"\n[^ \t\r\n#\f)\]}]")  # a line that starts a statement, or continues one
+_CLAUSE = re.compile(rb"(?:else|elif|except|finally)(?![\w\x80-\xff])")
+_BRANCH = re.compile(rb"(?:if|while)(?![\w\x80-\xff])")
+
+
+class _Unsure(Exception):
+    """The scan cannot promise a superset for this module: parse it."""
+
+
+def _lower_line(indent: int) -> re.Pattern:
+    """A line (not blank, not a comment) indented ``indent`` columns or less."""
+    if indent not in _LOWER_LINE:
+        _LOWER_LINE[indent] = re.compile(rb"\n[ ]{0,%d}[^ \n#]" % indent)
+    return _LOWER_LINE[indent]
+
+
+def _prefixes(dotted: str) -> list[str]:
+    parts = dotted.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+class _ImportScan:
+    """One module's import statements, from its bytes (see above). ``run`` finds them; ``eager`` says which of
+    their names may load at import time (everything not provably inside a function), computed on demand."""
+
+    def __init__(self, data: bytes, module: str, is_package: bool):
+        self.data, self.module, self.is_package = data, module, is_package
+        self.found: list[tuple[int, list[str]]] = []  # (byte offset, names asked about) of each import
+        self._defs: list[tuple[int, int]] | None = None  # (line start, indent) of each `def` line
+        self._bodies: dict[int, int | None] = {}  # def line start -> the newline its indented body follows
+        self._lines = 1  # how many lines the statement being read spans
+        self._spans: list[tuple[int, int]] = []  # triple-quoted strings found so far, in order
+        self._next_quote = [data.find(b'"""'), data.find(b"\'\'\'")]  # the next of each kind past the last span
+        self._strings_known_to = 0  # strings are known before this offset
+        self._strings_unknown = len(data) + 1  # from this offset on they cannot be told (a quote in a comment...)
+
+    def run(self, wanted, packages, memo: dict | None = None) -> set[str]:
+        """Every name in ``wanted`` (the package's modules, all under PACKAGE) an import statement may load.
+        ``packages``: the names in ``wanted`` that have submodules (only their ``from`` lists are read).
+        ``memo``: shared by the modules of one package (``from vllm.logger import init_logger`` is in 971)."""
+        self._packages = packages
+        memo = {} if memo is None else memo
+        data, package, size = self.data, _PACKAGE_BYTES, len(self.data)
+        if b"\t" in data and _TAB_INDENT.search(data):
+            raise _Unsure("tab indentation")
+        if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+            raise _Unsure("a line that ends in a bare carriage return")
+        loaded: set[str] = set()
+        find, rfind, word, found = data.find, data.rfind, _WORD_BYTE, self.found
+        pos = 0
+        while (at := find(b"import", pos)) >= 0:  # the loop every module's every `import` goes through: kept lean
+            pos = at + 6
+            if at and word[data[at - 1]]:
+                continue
+            call = pos < size and word[data[pos]]
+            if call and not data.startswith(b"_module", pos):
+                continue  # importlib, imports, ...
+            start = rfind(b"\n", 0, at) + 1
+            if start > 1 and (data[start - 2] == 92 or (data[start - 2] == 13 and data[start - 3] == 92)):
+                raise _Unsure(f"a continued line before byte {at}")
+            before = data[start:at]
+            head = before.lstrip(b" ")
+            key = None
+            if not call and (not head or (head[:5] == b"from " and head[5:6] not in b". \t" and b";" not in head
+                                          and b":" not in head)):
+                # an absolute import starting its line: it names the package on that line, or nothing of it
+                end = find(b"\n", at)
+                end = size if end < 0 else end
+                if data[end - 1] == 92 or (data[end - 1] == 13 and data[end - 2] == 92):
+                    pass  # continued: its next line may name the package (read below, never kept)
+                elif find(package, start, end) < 0:
+                    continue
+                else:
+                    key = data[at - len(head):end]  # the same line means the same names, wherever it is
+                    names = memo.get(key)
+                    if names is not None:
+                        if names:
+                            found.append((at, names))
+                            loaded.update(names)
+                        continue
+            if b'"""' not in before and b"'''" not in before and _CLEAN_PREFIX.fullmatch(before) is None:
+                names = []  # in a comment or a one-line string
+            else:
+                self._lines = 1
+                names = [n for n in (self._import_module(at) if call else self._statement(at, before)) if n in wanted]
+                if self._lines > 1:
+                    key = None  # it read past its line
+            if key is not None:
+                memo[key] = names
+            if names:
+                found.append((at, names))
+                loaded.update(names)
+        return loaded
+
+    # -- what an occurrence of `import` loads
+
+    def _statement(self, at: int, before: bytes) -> list[str]:
+        cut = max(before.rfind(b";"), before.rfind(b":"))
+        if not before[cut + 1:].strip(b" \f"):  # import a.b, c as d
+            return [p for name in _names(self._logical_rest(at + 6)) for p in _prefixes(name)]
+        found = _FROM_PART.search(before)
+        if not found:
+            return []  # `import` after other words: inside a string or a comment, no statement starts here
+        target = "".join(_text(found.group(2)).split()) or None
+        base = _resolve(self.module, self.is_package, found.group(1).count(b"."), target)
+        if base != PACKAGE and not base.startswith(PACKAGE + "."):
+            return []
+        rest = at + 6
+        while rest < len(self.data) and self.data[rest] in b" \t":
+            rest += 1
+        if base not in self._packages:
+            return _prefixes(base)  # `from vllm.x import a, b`: a and b cannot be modules
+        listed = self._parenthesized(rest) if self.data[rest:rest + 1] == b"(" else self._logical_rest(at + 6)
+        return _prefixes(base) + [f"{base}.{name}" for name in _names(listed)]
+
+    def _import_module(self, at: int) -> list[str]:
+        """``import_module("x")`` (the walker's: a literal first argument, and a literal package for a
+        relative name); a call on anything else loads nothing it can know."""
+        found = _IMPORT_MODULE.match(self.data, at)
+        if not found:
+            rest = self.data[at + 13:at + 64].lstrip()
+            if rest[:1] == b"(" and self._in_string(at) is not True:
+                raise _Unsure(f"an import_module() call it cannot read at byte {at}")
+            return []  # the name itself (a def, an import of it, an attribute)
+        if found.group(2) is None:
+            return []
+        name = _text(found.group(2))
+        if not name.startswith("."):
+            return [name]
+        if found.group(3) == b")":
+            return []
+        second = _SECOND_ARG.match(self.data, found.end())
+        if not second:
+            if self._in_string(at) is True:
+                return []
+            raise _Unsure(f"an import_module() package it cannot read at byte {at}")
+        if second.group(2) is None:
+            return []
+        level = len(name) - len(name.lstrip("."))
+        return [_resolve(_text(second.group(2)), True, level, name.lstrip(".") or None)]
+
+    def _continued(self, start: int) -> bool:
+        """Whether the line starting at ``start`` continues the one before (a trailing backslash)."""
+        data = self.data
+        return start >= 2 and (data[start - 2] == 92 or (data[start - 2] == 13 and start >= 3 and data[start - 3] == 92))
+
+    def _logical_rest(self, at: int) -> bytes:
+        """From ``at`` to the end of its statement: the line (and the lines a backslash continues), up to a
+        ``;`` or a comment."""
+        data, out = self.data, []
+        while True:
+            end = data.find(b"\n", at)
+            end = len(data) if end < 0 else end
+            line = data[at:end]
+            stop = min([i for i in (line.find(b";"), line.find(b"#")) if i >= 0], default=-1)
+            if stop >= 0:
+                out.append(line[:stop])
+                return b" ".join(out)
+            body = line.rstrip(b"\r")
+            if not body.endswith(b"\\"):
+                out.append(body)
+                return b" ".join(out)
+            out.append(body[:-1])
+            at = end + 1
+            self._lines += 1
+            if at >= len(data):
+                raise _Unsure("a backslash at the end of the file")
+
+    def _parenthesized(self, at: int) -> bytes:
+        """The names of ``from x import ( ... )``, comments dropped."""
+        data, out = self.data, []
+        at += 1
+        while at < len(data):
+            end = data.find(b"\n", at)
+            end = len(data) if end < 0 else end
+            line = data[at:end].split(b"#", 1)[0]
+            close = line.find(b")")
+            if close >= 0:
+                out.append(line[:close])
+                return b" ".join(out)
+            out.append(line)
+            at = end + 1
+            self._lines += 1
+        raise _Unsure("an unclosed from-import")
+
+    # -- the top-level statement holding an import (parsed alone, it reads as it does in the module)
+
+    def at_top(self, at: int) -> bool:
+        """Whether the import at ``at`` is a plain ``import``/``from`` statement that starts a line at column 0
+        (the walker's unconditional, module-level import), known to be code (not in a string)."""
+        data = self.data
+        start = data.rfind(b"\n", 0, at) + 1
+        before = data[start:at]
+        if before and not (before.startswith(b"from") and _FROM_PART.fullmatch(before)):
+            return False
+        return data[start:start + 1] not in b" \f" and not self._continued(start) and self._in_string(start) is False
+
+    def top_level(self, at: int) -> tuple[int, int] | None:
+        """(start, end) bytes of the top-level statement holding ``at``, with its ``else``/``except``/... clauses;
+        None when they cannot be told. A boundary is a code line at column 0 that no backslash continues and
+        no triple-quoted string holds; one inside brackets gives a snippet that does not parse, and the caller
+        parses the whole module instead (a ``)`` line, ruff's end of a long import, is no boundary)."""
+        data = self.data
+        found = self._top_start(at)
+        if found is None:
+            return None
+        start, end = found[0], at
+        while (found := _CODE_AT_COLUMN_0.search(data, end)) is not None:
+            end = found.start() + 1
+            kind = self._top_line(end)
+            if kind == "unknown":
+                return None
+            if kind == "statement":
+                return start, end
+        return start, len(data)
+
+    def _top_start(self, at: int) -> tuple[int, bool] | None:
+        """(the start of the top-level statement holding ``at``, whether ``at`` is past one of its clauses)."""
+        data, clause = self.data, False
+        start = data.rfind(b"\n", 0, at) + 1
+        while (kind := self._top_line(start)) != "statement":
+            if kind == "unknown" or start == 0:
+                return None
+            clause = clause or kind == "clause"
+            start = data.rfind(b"\n", 0, start - 1) + 1
+        return start, clause
+
+    def in_branch(self, at: int) -> bool:
+        """Whether ``at`` is in the first block of a top-level ``if`` or ``while`` (before any ``elif``/``else``):
+        the walker's guard, or, under ``if TYPE_CHECKING:``, nothing it reads. Only ever yes when certain."""
+        found = self._top_start(at)
+        return found is not None and not found[1] and _BRANCH.match(self.data, found[0]) is not None
+
+    def _top_line(self, start: int) -> str:
+        """What the line at ``start`` is at the top level: a "statement", a "clause" (else, except...) of one,
+        "no" top-level line, or "unknown"."""
+        first = self.data[start:start + 1]
+        if not first or first in b" \t\r\n#\f)]}" or self._continued(start):
+            return "no"
+        inside = self._in_string(start)
+        if inside is None:
+            return "unknown"
+        if inside:
+            return "no"
+        return "clause" if _CLAUSE.match(self.data, start) else "statement"
+
+    # -- whether it is inside a function body (only ever answered yes when certain)
+
+    def in_function(self, at: int) -> bool:
+        data = self.data
+        start = data.rfind(b"\n", 0, at) + 1
+        line = data[start:at]
+        indent = len(line) - len(line.lstrip(b" "))
+        head = line[indent:]
+        if head.startswith(b"async"):
+            head = head[5:].lstrip(b" ")
+        if _DEF_WORD.match(head):  # `def f(): import x`, all on one line
+            return self._in_string(start) is False
+        if not indent:
+            return False
+        defs = self._def_lines()
+        index = bisect.bisect_left(defs, (start, -1)) - 1
+        floor = indent  # only a def indented less than this can hold the line
+        while index >= 0 and floor > 0:
+            def_start, def_indent = defs[index]
+            index -= 1
+            if def_indent >= floor:
+                continue
+            body = self._body_after(def_start)
+            if body is None or body >= start:
+                continue
+            if _lower_line(def_indent).search(data, body, start):
+                floor = def_indent  # that def's body ended before this line, and so did every deeper one's
+                continue
+            if self._in_string(def_start) is False:
+                return True
+        return False
+
+    def _def_lines(self) -> list[tuple[int, int]]:
+        if self._defs is None:
+            data, found = self.data, []
+            for match in _DEF_WORD.finditer(data):
+                start = data.rfind(b"\n", 0, match.start()) + 1
+                head = data[start:match.start()]
+                stripped = head.lstrip(b" ")
+                if stripped.startswith(b"async"):
+                    stripped = stripped[5:].lstrip(b" ") if stripped[5:6] == b" " else b"?"
+                if not stripped and not self._continued(start):
+                    found.append((start, len(head) - len(head.lstrip(b" "))))
+            self._defs = found
+        return self._defs
+
+    def _body_after(self, start: int) -> int | None:
+        """The newline after a def's header (its body is the indented lines below), or None when the body is
+        on the header's own line or the header cannot be read."""
+        if start not in self._bodies:
+            self._bodies[start] = self._header_end(start)
+        return self._bodies[start]
+
+    def _header_end(self, start: int) -> int | None:
+        data, depth = self.data, 0
+        at = data.find(b"def", start)
+        while (found := _HEADER_CHARS.search(data, at)) is not None:
+            char, at = data[found.start()], found.end()
+            if char in b"([{":
+                depth += 1
+            elif char in b")]}":
+                depth -= 1
+            elif char == 35:  # "#"
+                at = data.find(b"\n", at)
+                if at < 0:
+                    return None
+            elif char in b"'\"":
+                if data.startswith(bytes([char]) * 3, found.start()):
+                    return None
+                begin = at
+                while True:
+                    end = data.find(bytes([char]), at)
+                    newline = data.find(b"\n", at)
+                    if end < 0 or 0 <= newline < end:
+                        return None
+                    at = end + 1
+                    if _escapes(data, end, begin) % 2 == 0:
+                        break
+            elif char == 92:  # a backslash: the next character is not special
+                at += 1
+            elif char == 58 and depth == 0:  # ":" ends the header
+                newline = data.find(b"\n", at)
+                newline = len(data) if newline < 0 else newline
+                if data[at:newline].split(b"#", 1)[0].strip():
+                    return None  # `def f(): return 1`: no indented body
+                return newline
+            elif char == 10 and depth == 0:
+                return None
+        return None
+
+    def _in_string(self, at: int) -> bool | None:
+        """Whether ``at`` is inside a triple-quoted string; None when the strings before it cannot be told
+        apart (a quote in a comment, in another string): each caller takes its own safe side. Strings are
+        found from the start of the module up to ``at`` only, as far as asked."""
+        data = self.data
+        while self._strings_known_to <= at < self._strings_unknown:
+            double, single = self._next_quote
+            if double < 0 and single < 0:
+                self._strings_known_to = len(data) + 1
+                break
+            opening = double if single < 0 or 0 <= double < single else single
+            if opening > at:
+                self._strings_known_to = opening
+                break
+            previous = self._spans[-1][1] if self._spans else 0
+            start = max(data.rfind(b"\n", 0, opening) + 1, previous)
+            if _CLEAN_PREFIX.fullmatch(data, start, opening) is None or (start > previous and self._continued(start)):
+                self._strings_unknown = opening  # a quote in a comment or in another string
+                break
+            quote, end = data[opening:opening + 3], opening + 3
+            while (close := data.find(quote, end)) >= 0 and _escapes(data, close, opening + 3) % 2:
+                end = close + 1
+            if close < 0:
+                self._strings_unknown = opening
+                break
+            self._spans.append((opening, close + 3))
+            self._strings_known_to = close + 3
+            self._next_quote = [q if q < 0 or q >= close + 3 else data.find(k, close + 3)
+                                for q, k in zip(self._next_quote, (b'"""', b"\'\'\'"))]
+        if at >= self._strings_unknown:
+            return None
+        index = bisect.bisect_right(self._spans, (at, len(data))) - 1
+        return index >= 0 and self._spans[index][0] < at < self._spans[index][1]
+
+
+def _escapes(data: bytes, at: int, floor: int) -> int:
+    """How many backslashes stand right before ``at`` (not before ``floor``): odd escapes the quote at ``at``."""
+    count = 0
+    while at - count > floor and data[at - count - 1] == 92:
+        count += 1
+    return count
+
+
+def _text(raw: bytes) -> str:
+    """Source bytes as Python reads an identifier: UTF-8, NFKC-normalized."""
+    return raw.decode() if raw.isascii() else unicodedata.normalize("NFKC", raw.decode("utf-8", "replace"))
+
+
+def _names(listed: bytes) -> list[str]:
+    """The dotted names of an import's comma-separated list (``a . b as c`` -> ``a.b``); text that is no
+    name list gives words no module has."""
+    out = []
+    for item in _text(listed).split(","):
+        words = item.split()
+        if len(words) >= 3 and words[-2] == "as":
+            words = words[:-2]
+        if words:
+            out.append("".join(words))
+    return out
+
+
 # ---- the analysis ------------------------------------------------------------------------------------
 
 
 class _Package:
+    """One vLLM's Python, read as little as the answer needs: one pass over every module's bytes (`_index`: its
+    import statements, which ``torch.ops`` namespaces it names), and `ast` only for the modules that import an
+    extension, call its ops, or lie on a path start-up reachability relies on."""
+
     def __init__(self, sources: _Sources):
         self.sources = sources
         self.modules = {module_of(n): n for n in sources.py if n.startswith(f"{PACKAGE}/")}
-        self._trees: dict[str, ast.Module | None] = {}
+        self.extensions = {module_of(n) for n in sources.names if is_extension(n)}
+        self._unsure: list[str] = []  # modules the scan could not read: parsed whenever asked about
         self._walked: dict[str, list[_Found]] = {}
         self._sites: dict[str, list[ImportSite]] = {}
+        self._indexed = False
+        self._imports: dict[str, list[tuple[int, list[str]]] | None] = {}  # module -> its scan (None: unsure)
+        self._importers: dict[str, set[str]] = {}  # name -> modules whose imports may load it
+        self._ops: dict[str, set[str]] = {}  # "torch.ops.ns." -> modules that name it
+        self._startup: set[str] | None = None
 
     def tree(self, module: str) -> ast.Module | None:
-        if module not in self._trees:
-            try:
-                self._trees[module] = ast.parse(self.sources.text(self.modules[module]))
-            except (SyntaxError, ValueError):  # a file this Python cannot parse imports nothing we can see
-                self._trees[module] = None
-        return self._trees[module]
+        try:
+            return ast.parse(self.sources.text(self.modules[module]))
+        except (SyntaxError, ValueError):  # a file this Python cannot parse imports nothing we can see
+            return None
 
     def walk(self, module: str) -> list[_Found]:
         if module not in self._walked:
             tree = self.tree(module)
             is_package = self.modules[module].endswith("__init__.py")
-            self._walked[module] = _ModuleWalker(tree, module, is_package).run() if tree else []
+            calls = _may_call_import_module(self.sources.text(self.modules[module]))
+            self._walked[module] = _ModuleWalker(tree, module, is_package, calls).run() if tree else []
         return self._walked[module]
 
+    def _index(self) -> None:
+        """Every module's import statements (a superset, `_ImportScan`) and ``torch.ops`` needles, one read each."""
+        if self._indexed:
+            return
+        self._indexed = True
+        wanted = set(self.modules) | self.extensions
+        packages = {n.rpartition(".")[0] for n in wanted}
+        needles = {f"torch.ops.{ns}.".encode() for ext in self.extensions for ns in _op_namespaces(ext)}
+        memo: dict = {}
+        # what `importers` is asked about: the extensions, and the modules in a folder with one (a loader by
+        # file name, `sites_of`; the folder's own __init__ included)
+        folders = {n.rpartition("/")[0] for n in self.sources.names if is_extension(n)}
+        asked = self.extensions | {m for m, name in self.modules.items() if name.rpartition("/")[0] in folders}
+        for module, name, data in self.sources.each(self.modules):
+            if b"torch.ops." in data:
+                for needle in needles:
+                    if needle in data:
+                        self._ops.setdefault(needle.decode(), set()).add(module)
+            scan = _ImportScan(data, module, name.endswith("__init__.py"))
+            try:
+                loaded = scan.run(wanted, packages, memo)
+            except _Unsure:
+                self._imports[module] = None
+                self._unsure.append(module)
+                continue
+            self._imports[module] = scan.found
+            for imported in loaded & asked:
+                self._importers.setdefault(imported, set()).add(module)
+
+    def importers(self, module: str) -> list[str]:
+        """The modules whose import statements may load ``module`` (a superset: the walker decides), sorted;
+        ``module`` is an extension or a module beside one."""
+        self._index()
+        return sorted(self._importers.get(module, set()).union(self._unsure))
+
+    def _scan(self, module: str) -> _ImportScan | None:
+        """The module's scan (its statements from the index, its bytes read again), None when unsure."""
+        self._index()
+        found = self._imports.get(module)
+        if found is None:
+            return None
+        scan = _ImportScan(self.sources.data(self.modules[module]), module, self.modules[module].endswith("__init__.py"))
+        scan.found = found
+        return scan
+
+    def finds(self, module: str, scan: _ImportScan | None, offsets: list[int]) -> list[_Found]:
+        """The walker's finds in the top-level statements holding ``offsets``, each statement parsed alone (its
+        line numbers kept); the whole module's when a statement cannot be cut out or does not parse alone."""
+        if scan is None or module in self._walked:
+            return self.walk(module)
+        spans = []
+        for at in offsets:
+            span = scan.top_level(at)
+            if span is None:
+                return self.walk(module)
+            if span not in spans:
+                spans.append(span)
+        out: list[_Found] = []
+        for start, end in sorted(spans):
+            text = scan.data[start:end].decode("utf-8", errors="replace")
+            try:  # blank lines first: the statement's line numbers are the module's
+                tree = ast.parse("\n" * scan.data.count(b"\n", 0, start) + text)
+            except (SyntaxError, ValueError):
+                return self.walk(module)
+            out += _ModuleWalker(tree, module, scan.is_package, _may_call_import_module(text)).run()
+        return out
+
+    def edges(self, module: str) -> set[str]:
+        """The package modules ``module`` imports unconditionally at module level (the walker's answer): a plain
+        top-level import as the scan found it, one provably inside a function never, any other from its
+        statement parsed alone."""
+        scan = self._scan(module)
+        if scan is None:
+            names = {n for f in self.walk(module) if not f.guard and not f.lazy for n in f.names}
+        else:
+            names, parse = set(), []
+            for at, imported in scan.found:
+                if scan.at_top(at):
+                    names.update(imported)
+                elif not scan.in_function(at) and not scan.in_branch(at):
+                    parse.append(at)
+            if parse:
+                names.update(n for f in self.finds(module, scan, parse) if not f.guard and not f.lazy for n in f.names)
+        return names & self.modules.keys()
+
+    def at_startup(self, module: str) -> bool:
+        """Whether a CUDA server loads ``module`` at start: the roots and, transitively, what they import
+        unconditionally at module level."""
+        if self._startup is None:
+            seen = {m for m in STARTUP_ROOTS if m in self.modules}
+            todo = list(seen)
+            while todo:
+                for imported in self.edges(todo.pop()):
+                    if imported not in seen:
+                        seen.add(imported)
+                        todo.append(imported)
+            self._startup = seen
+        return module in self._startup
+
     def startup_modules(self) -> set[str]:
-        """Modules a CUDA server loads at start: the roots and what they import unconditionally."""
+        """Every module a CUDA server loads at start, walking each (slow: `at_startup` answers one module)."""
         seen: set[str] = set()
         todo = [m for m in STARTUP_ROOTS if m in self.modules]
         while todo:
@@ -473,32 +1076,60 @@ class _Package:
         word = re.compile(rf"\b{re.escape(short)}\b")
         parent_dir = parent.replace(".", "/") + "/"
         out = []
-        for module, name in sorted(self.modules.items()):
+        for module in self.importers(ext_module):
             if module == ext_module:
                 continue
+            name = self.modules[module]
             text = self.sources.text(name)
             # substring tests first (fast); `_C` alone is in every file that says torch._C
             if short not in text or (parent != PACKAGE and not name.startswith(parent_dir) and parent not in text):
                 continue
             if not word.search(text):
                 continue
-            for found in self.walk(module):
+            scan = self._scan(module)
+            offsets = [at for at, names in scan.found if ext_module in names] if scan else []
+            for found in self.finds(module, scan, offsets):
                 if ext_module in found.names:
                     says = found.says + _comments_at(text, found.line, found.guard_lines)
                     out.append(ImportSite(module, name, found.line, found.guard, found.lazy, _dedupe(says)))
         self._sites[ext_module] = out
         return [dataclasses.replace(s) for s in out]
 
+    def _tree_around(self, module: str, text: str, lines: set[int]) -> ast.Module | None:
+        """A module of only the top-level statements holding ``lines`` (``ast.walk`` meets their nodes in the
+        whole module's order), or the whole module's tree when they cannot be cut out."""
+        scan = self._scan(module)
+        if scan is None or any(c in text for c in _OTHER_LINE_BREAKS):  # str.splitlines counts other breaks
+            return self.tree(module)
+        data = scan.data
+        starts = [0] + [found.end() for found in re.finditer(b"\n", data)]
+        spans = []
+        for line in sorted(lines):
+            span = scan.top_level(starts[line - 1]) if line <= len(starts) else None
+            if span is None:
+                return self.tree(module)
+            if span not in spans:
+                spans.append(span)
+        body: list[ast.stmt] = []
+        for start, end in spans:
+            try:
+                body += ast.parse("\n" * data.count(b"\n", 0, start) + data[start:end].decode("utf-8", "replace")).body
+            except (SyntaxError, ValueError):
+                return self.tree(module)
+        return ast.Module(body=body, type_ignores=[])
+
     def users_of_ops(self, namespace: str, limit: int = 6) -> list[str]:
         """``path: f, g`` for the functions that call ``torch.ops.<namespace>.*`` (what needs the kernels)."""
         needle = f"torch.ops.{namespace}."
         out = []
-        for module, name in sorted(self.modules.items()):
+        self._index()
+        for module in sorted(self._ops.get(needle, ())):
+            name = self.modules[module]
             text = self.sources.text(name)
             if needle not in text:
                 continue
             hits = {i for i, line in enumerate(text.splitlines(), 1) if needle in line}
-            tree = self.tree(module)
+            tree = self._tree_around(module, text, hits)
             if tree is None:
                 continue
             funcs = _dedupe([f.name for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -525,12 +1156,11 @@ def _op_namespaces(ext_module: str) -> list[str]:
 
 def analyze_sources(sources: _Sources, source: str, version: str = "") -> PackageReport:
     package = _Package(sources)
-    startup = package.startup_modules()
     extensions = []
     for name in sorted(n for n in sources.names if is_extension(n)):
         ext_module = module_of(name)
         sites = package.sites_of(ext_module, name)
-        at_start = [s for s in sites if s.unconditional and s.module in startup]
+        at_start = [s for s in sites if s.unconditional and package.at_startup(s.module)]
         if not sites:
             required, reason = True, "no import of it found in the package's Python: judged required"
         elif at_start:
@@ -540,7 +1170,9 @@ def analyze_sources(sources: _Sources, source: str, version: str = "") -> Packag
                 f", via {site.via}" if site.via else "") + ")"
         else:
             required = False
-            shown = sorted(sites, key=lambda s: (not s.unconditional, s.module not in startup))[0]
+            # an unconditional site first, then one in a start-up module (asked in order: each answer may parse)
+            shown = next((s for s in sites if s.unconditional), None) or next(
+                (s for s in sites if package.at_startup(s.module)), sites[0])
             if shown.unconditional:
                 loaded = f", loaded by {shown.via}" if shown.via else ""
                 reason = (f"only imported by {shown.module} ({shown.where()}{loaded}), which start-up does not "
@@ -560,9 +1192,8 @@ def analyze_sources(sources: _Sources, source: str, version: str = "") -> Packag
 def analyze(path: Path | str, *, cache: bool = True) -> PackageReport:
     """The extensions of a vLLM wheel, a vLLM package directory, or a directory that holds ``vllm/``.
 
-    Parsing a vLLM's start-up modules takes seconds; the answer is kept in the vllm-forge cache
-    (``$VLLM_FORGE_CACHE``, default ~/.cache/vllm-forge, under vllm-extensions/), keyed by the files'
-    names, sizes and times and by this module's own source.
+    The answer is also kept in the vllm-forge cache (``$VLLM_FORGE_CACHE``, default ~/.cache/vllm-forge,
+    under vllm-extensions/), keyed by the files' names, sizes and times and by this module's own source.
     """
     path = Path(path)
     if not path.exists():
@@ -586,10 +1217,13 @@ def analyze(path: Path | str, *, cache: bool = True) -> PackageReport:
         except (ValueError, KeyError, TypeError, OSError):
             pass  # a stale or torn cache entry: analyse again
     if root is None:
-        sources, version = _wheel_sources(path)
-        if not any(n.startswith(f"{PACKAGE}/") for n in sources.names):
-            raise ForgeError(f"{path} holds no {PACKAGE}/ package", "pass a vLLM wheel")
-        report = analyze_sources(sources, str(path), version)
+        sources = _WheelSources(path)
+        try:
+            if not any(n.startswith(f"{PACKAGE}/") for n in sources.names):
+                raise ForgeError(f"{path} holds no {PACKAGE}/ package", "pass a vLLM wheel")
+            report = analyze_sources(sources, str(path), sources.version())
+        finally:
+            sources.close()
     else:
         report = analyze_sources(_dir_sources(root), str(path), _dir_version(root))
     if cached:
@@ -675,7 +1309,7 @@ def _image_sources(image: str, root: str, docker: str) -> _Sources:
     if created.returncode != 0:
         raise ForgeError(f"`docker create {image}` failed: {created.stderr.strip()[:300]}", "check the image")
     container = created.stdout.strip()
-    texts: dict[str, str] = {}
+    texts: dict[str, bytes] = {}
     names: list[str] = []
     try:
         proc = subprocess.Popen([docker, "cp", f"{container}:{root}/{PACKAGE}", "-"], stdout=subprocess.PIPE,
@@ -688,7 +1322,7 @@ def _image_sources(image: str, root: str, docker: str) -> _Sources:
                     names.append(member.name)
                     if member.name.endswith(".py"):
                         handle = tar.extractfile(member)
-                        texts[member.name] = handle.read().decode("utf-8", errors="replace") if handle else ""
+                        texts[member.name] = handle.read() if handle else b""
         except tarfile.TarError as err:
             raise ForgeError(f"`docker cp {root}/{PACKAGE}` out of {image} gave no readable tar ({err})",
                              "check the image") from None
@@ -697,7 +1331,7 @@ def _image_sources(image: str, root: str, docker: str) -> _Sources:
             proc.wait()
     finally:
         subprocess.run([docker, "rm", "-f", container], capture_output=True, timeout=120)
-    return _Sources(names, lambda n: texts.get(n, ""))
+    return _Sources(names, lambda n: texts.get(n, b""))
 
 
 def analyze_image(image: str, root: str, *, docker: str = "docker", cache: bool = True) -> PackageReport:
