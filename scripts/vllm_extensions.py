@@ -48,6 +48,7 @@ import json
 import os
 import re
 import sys
+import threading
 import tokenize
 import unicodedata
 import zipfile
@@ -1194,8 +1195,21 @@ def analyze(path: Path | str, *, cache: bool = True) -> PackageReport:
 
     The answer is also kept in the vllm-forge cache (``$VLLM_FORGE_CACHE``, default ~/.cache/vllm-forge,
     under vllm-extensions/), keyed by the files' names, sizes and times and by this module's own source.
+    One that `analyze_ahead` started for ``path`` is waited for and used.
     """
     path = Path(path)
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.pop(_ahead_key(path), None) if cache else None
+    if ahead is not None:
+        thread, outcome = ahead
+        thread.join()
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        return dataclasses.replace(outcome[0], source=str(path))
+    return _analyze(path, cache)
+
+
+def _analyze(path: Path, cache: bool) -> PackageReport:
     if not path.exists():
         raise ForgeError(f"{path} does not exist", "pass a vLLM wheel or the directory of an installed vllm")
     if path.is_file():
@@ -1229,6 +1243,55 @@ def analyze(path: Path | str, *, cache: bool = True) -> PackageReport:
     if cached:
         _write_cache(cached, report)
     return report
+
+
+# ---- an analysis started early ------------------------------------------------------------------------
+# The audit reads a wheel's kernels first (threads that inflate outside the GIL, while its main thread waits)
+# and asks which extensions are optional afterwards. `analyze_ahead` starts the analysis in a thread beside
+# that read; `analyze` waits for it and takes its answer, or its error, as its own.
+
+_AHEAD: dict[str, tuple[threading.Thread, list]] = {}  # resolved path -> (thread, [report or error])
+_AHEAD_LOCK = threading.Lock()
+
+
+def _ahead_key(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
+def analyze_ahead(path: Path | str) -> None:
+    """Start `analyze` for the vLLM wheel or install at ``path`` (and each ``vllm-*.whl`` directly in a
+    directory ``path``) in a background thread; a later ``analyze`` of it waits for that one. Never raises:
+    whatever goes wrong is raised by that ``analyze``."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            targets = [path] if path.suffix == ".whl" else []
+        elif path.is_dir():
+            targets = ([path] if package_root(path) else []) + sorted(path.glob(f"{PACKAGE}-*.whl"))
+        else:
+            targets = []
+    except OSError:
+        return
+    for target in targets:
+        key = _ahead_key(target)
+        with _AHEAD_LOCK:
+            if key in _AHEAD:
+                continue
+            outcome: list = []
+            thread = threading.Thread(target=_analyze_into, args=(target, outcome), daemon=True,
+                                      name=f"vllm-extensions {target.name}")
+            _AHEAD[key] = (thread, outcome)
+        thread.start()
+
+
+def _analyze_into(path: Path, outcome: list) -> None:
+    try:
+        outcome.append(_analyze(path, True))
+    except BaseException as err:  # handed to the `analyze` that waits for it
+        outcome.append(err)
 
 
 def _write_cache(cached: Path, report: PackageReport) -> None:

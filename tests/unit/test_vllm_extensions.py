@@ -231,3 +231,43 @@ def test_audit_of_a_plain_library_is_unchanged(tmp_path):
     lib = write_install(tmp_path, {}, {"libk.so": ["sm_100f"]}) / "libk.so"
     report = audit.audit_path(lib, ["9.0"])
     assert not report.ok and report.files[0].required and not report.files[0].optional
+
+
+# ---- the analysis beside the kernel scan ---------------------------------------------------------------
+
+
+def test_an_analysis_started_ahead_is_the_one_analyze_returns(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    expected = ext.analyze(wheel, cache=False).to_dict()
+    runs = []
+    real = ext.analyze_sources
+    monkeypatch.setattr(ext, "analyze_sources", lambda *args, **kwargs: runs.append(args) or real(*args, **kwargs))
+    ext.analyze_ahead(wheel)
+    report = ext.analyze(str(wheel))
+    assert len(runs) == 1 and report.to_dict() == {**expected, "source": str(wheel)}
+    ext.analyze(wheel)  # the cache answers now
+    assert len(runs) == 1
+
+
+def test_an_error_ahead_is_raised_by_analyze(tmp_path):
+    wheel = write_wheel(tmp_path / "torch-2.0-cp38-abi3-linux_x86_64.whl", {"torch/__init__.py": ""}, {})
+    ext.analyze_ahead(wheel)
+    with pytest.raises(ForgeError, match="holds no vllm/ package"):
+        ext.analyze(wheel)
+    ext.analyze_ahead(tmp_path / "nothing.whl")  # never raises: analyze says what is wrong
+    with pytest.raises(ForgeError, match="does not exist"):
+        ext.analyze(tmp_path / "nothing.whl")
+
+
+def test_the_audit_starts_the_analysis_before_it_reads_the_kernels(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    order = []
+    real_ahead, real_scan = ext.analyze_ahead, audit.scan
+    monkeypatch.setattr(ext, "analyze_ahead", lambda path: order.append(("ahead", path)) or real_ahead(path))
+    monkeypatch.setattr(audit, "scan", lambda *args: order.append(("scan", args[0])) or real_scan(*args))
+    report = audit.audit_path(wheel, ["9.0"])
+    assert order == [("ahead", wheel), ("scan", wheel)]
+    assert not {f.path: f for f in report.files}["vllm/_qutlass_C.abi3.so"].required
+    order.clear()
+    audit.audit_path(wheel, ["9.0"], require=["*"])  # --require: nothing to read
+    assert order == [("scan", wheel)]
