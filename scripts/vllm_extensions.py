@@ -47,6 +47,7 @@ import io
 import json
 import os
 import re
+import struct
 import sys
 import threading
 import tokenize
@@ -1213,8 +1214,7 @@ def _analyze(path: Path, cache: bool) -> PackageReport:
     if not path.exists():
         raise ForgeError(f"{path} does not exist", "pass a vLLM wheel or the directory of an installed vllm")
     if path.is_file():
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = _wheel_key(path)
         root = None
     else:
         found = package_root(path)
@@ -1225,11 +1225,9 @@ def _analyze(path: Path, cache: bool) -> PackageReport:
         key = "\n".join(f"{p}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in sorted((root / PACKAGE).rglob("*"))
                         if p.suffix in (".py", ".so") and p.is_file())
     cached = _cache_file(key) if cache else None
-    if cached and cached.is_file():
-        try:
-            return _report_from_dict(json.loads(cached.read_text()), str(path))
-        except (ValueError, KeyError, TypeError, OSError):
-            pass  # a stale or torn cache entry: analyse again
+    found_cached = _read_cache(cached, str(path)) if cached else None
+    if found_cached is not None:
+        return found_cached
     if root is None:
         sources = _WheelSources(path)
         try:
@@ -1294,21 +1292,154 @@ def _analyze_into(path: Path, outcome: list) -> None:
         outcome.append(err)
 
 
-def _write_cache(cached: Path, report: PackageReport) -> None:
+# ---- the cache: a speed-up only -----------------------------------------------------------------------
+# One JSON file per analysed wheel, install or image under $VLLM_FORGE_CACHE/vllm-extensions/ (default
+# ~/.cache/vllm-forge), named by a digest of what it answers for and of this module's own source. An entry
+# carries that digest and a checksum of its report: a torn, edited or misplaced entry is ignored and the
+# analysis runs again, and a directory that cannot be written costs time only. The least recently used
+# entries go once the directory holds more than CACHE_LIMIT bytes; `cache_usage` and `clear_cache` are for
+# cleaning commands.
+
+CACHE_LIMIT = 8 << 20  # bytes; an entry is 5-30 kB
+CACHE_DIR = "vllm-extensions"
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    path: Path
+    entries: int
+    bytes: int
+    limit: int = CACHE_LIMIT
+
+    def describe(self) -> str:
+        size = f"{self.bytes / 2**20:.1f} MiB" if self.bytes >= 2**20 else f"{self.bytes / 1024:.0f} kB"
+        return f"{self.path}: {self.entries} vLLM import analyses, {size} (kept under {self.limit >> 20} MiB)"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VLLM_FORGE_CACHE", "~/.cache/vllm-forge")).expanduser() / CACHE_DIR
+
+
+def _cache_files(directory: Path) -> list[tuple[float, int, Path]]:
+    """(mtime, size, path) of every file this cache wrote there: entries and any torn writes."""
+    out = []
     try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f".{cached.name}.{os.getpid()}")
-        partial.write_text(json.dumps(report.to_dict()))
-        os.replace(partial, cached)
+        for entry in os.scandir(directory):
+            if entry.is_file(follow_symlinks=False) and (entry.name.endswith(".json") or ".json." in entry.name):
+                stat = entry.stat(follow_symlinks=False)
+                out.append((stat.st_mtime, stat.st_size, Path(entry.path)))
     except OSError:
-        pass  # a read-only cache costs time, not correctness
+        return []
+    return sorted(out)
+
+
+def cache_usage() -> CacheUsage:
+    """Where the import analyses are kept, how many and how many bytes (for `nox -s clean` and the like)."""
+    files = _cache_files(cache_dir())
+    return CacheUsage(cache_dir(), sum(1 for *_, p in files if p.name.endswith(".json")),
+                      sum(size for _, size, _ in files))
+
+
+def clear_cache() -> int:
+    """Remove every entry (and torn write) of this cache; the bytes freed."""
+    freed = 0
+    for _, size, path in _cache_files(cache_dir()):
+        try:
+            path.unlink()
+            freed += size
+        except OSError:
+            pass
+    return freed
 
 
 def _cache_file(key: str) -> Path:
-    own = Path(__file__).read_bytes()
-    digest = hashlib.sha256(own + b"\0" + key.encode()).hexdigest()[:32]
-    base = Path(os.environ.get("VLLM_FORGE_CACHE", "~/.cache/vllm-forge")).expanduser()
-    return base / "vllm-extensions" / f"{digest}.json"
+    digest = hashlib.sha256(Path(__file__).read_bytes() + b"\0" + key.encode()).hexdigest()[:32]
+    return cache_dir() / f"{digest}.json"
+
+
+def _checksum(report: dict) -> str:
+    return hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(cached: Path, source: str) -> PackageReport | None:
+    """The report in ``cached`` when it is whole and is the one its name promises, else None."""
+    try:
+        entry = json.loads(cached.read_text())
+        report = entry["report"]
+        if entry["entry"] != cached.stem or entry["sha256"] != _checksum(report):
+            return None
+        found = _report_from_dict(report, source)
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError, OSError):
+        return None  # torn, edited, from another version: analyse again
+    try:
+        os.utime(cached)  # recently used: the last to go
+    except OSError:
+        pass
+    return found
+
+
+def _write_cache(cached: Path, report: PackageReport) -> None:
+    body = report.to_dict()
+    entry = {"entry": cached.stem, "sha256": _checksum(body), "report": body}
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(entry))
+        os.replace(partial, cached)
+    except OSError:  # a read-only cache costs time, not correctness
+        try:
+            partial.unlink()
+        except OSError:
+            pass
+        return
+    _prune(cached.parent, keep=cached)
+
+
+def _prune(directory: Path, keep: Path) -> None:
+    """Drop the least recently used entries while the directory holds more than CACHE_LIMIT bytes."""
+    files = _cache_files(directory)
+    total = sum(size for _, size, _ in files)
+    for _, size, path in files:
+        if total <= CACHE_LIMIT:
+            break
+        if path == keep:
+            continue
+        try:
+            path.unlink()
+            total -= size
+        except OSError:
+            pass
+
+
+def _wheel_key(path: Path) -> str:
+    """A wheel's size and a digest of its central directory (every member's name, CRC and sizes): the same
+    wherever the wheel lies (build-wheel audits it in its staging directory, then moves it into dist/).
+    A file whose directory cannot be found is keyed by its path, size and time instead."""
+    try:
+        with open(path, "rb") as fp:
+            size = fp.seek(0, os.SEEK_END)
+            tail = min(size, 65536 + 22)
+            fp.seek(size - tail)
+            end = fp.read(tail)
+            at = end.rfind(b"PK\x05\x06")
+            if at >= 0 and len(end) - at >= 22:
+                length, offset = struct.unpack_from("<II", end, at + 12)
+                if 0xFFFFFFFF in (length, offset) and at >= 20 and end[at - 20:at - 16] == b"PK\x06\x07":
+                    fp.seek(struct.unpack_from("<Q", end, at - 12)[0])  # the ZIP64 end record
+                    record = fp.read(56)
+                    if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                        length, offset = struct.unpack_from("<QQ", record, 40)
+                if length <= size and offset <= size:
+                    fp.seek(offset)
+                    directory = fp.read(length)
+                    if len(directory) == length and directory[:4] in (b"PK\x01\x02", b""):
+                        return f"wheel|{size}|{hashlib.sha256(directory).hexdigest()}"
+        stat = path.stat()
+    except OSError:
+        return f"{path}"
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def _report_from_dict(data: dict, source: str) -> PackageReport:
@@ -1404,11 +1535,9 @@ def analyze_image(image: str, root: str, *, docker: str = "docker", cache: bool 
     ident = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
                            text=True, timeout=60).stdout.strip()
     cached = _cache_file(f"image|{ident}|{root}") if cache and ident else None
-    if cached and cached.is_file():
-        try:
-            return _report_from_dict(json.loads(cached.read_text()), f"{image}:{root}/{PACKAGE}")
-        except (ValueError, KeyError, TypeError, OSError):
-            pass
+    found_cached = _read_cache(cached, f"{image}:{root}/{PACKAGE}") if cached else None
+    if found_cached is not None:
+        return found_cached
     report = analyze_sources(_image_sources(image, root, docker), f"{image}:{root}/{PACKAGE}")
     if cached:
         _write_cache(cached, report)
