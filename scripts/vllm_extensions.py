@@ -651,7 +651,9 @@ class _ImportScan:
     def _continued(self, start: int) -> bool:
         """Whether the line starting at ``start`` continues the one before (a trailing backslash)."""
         data = self.data
-        return start >= 2 and (data[start - 2] == 92 or (data[start - 2] == 13 and start >= 3 and data[start - 3] == 92))
+        if start < 2:
+            return False
+        return data[start - 2] == 92 or (data[start - 2] == 13 and start >= 3 and data[start - 3] == 92)
 
     def _logical_rest(self, at: int) -> bytes:
         """From ``at`` to the end of its statement: the line (and the lines a backslash continues), up to a
@@ -871,7 +873,7 @@ class _ImportScan:
             self._spans.append((opening, close + 3))
             self._strings_known_to = close + 3
             self._next_quote = [q if q < 0 or q >= close + 3 else data.find(k, close + 3)
-                                for q, k in zip(self._next_quote, (b'"""', b"\'\'\'"))]
+                                for q, k in zip(self._next_quote, (b'"""', b"\'\'\'"), strict=True)]
         if at >= self._strings_unknown:
             return None
         index = bisect.bisect_right(self._spans, (at, len(data))) - 1
@@ -980,7 +982,8 @@ class _Package:
         found = self._imports.get(module)
         if found is None:
             return None
-        scan = _ImportScan(self.sources.data(self.modules[module]), module, self.modules[module].endswith("__init__.py"))
+        name = self.modules[module]
+        scan = _ImportScan(self.sources.data(name), module, name.endswith("__init__.py"))
         scan.found = found
         return scan
 

@@ -102,7 +102,7 @@ def block(draw, module: str, depth: int) -> list[str]:
                                              "except ValueError:", "except Exception:"])))
             out += draw(st.sampled_from([["    pass"], ["    FLAG = False"], ["    raise"],
                                          ["    if strict:", "        raise RuntimeError('rebuild') from None"],
-                                         ["    logger.warning('no kernels')", COLUMN_0 + "# at column 0", "    raise"]]))
+                                         ["    logger.warning('none')", COLUMN_0 + "# at column 0", "    raise"]]))
         if draw(st.booleans()):
             out += ["finally:"] + body()
         return out
