@@ -252,7 +252,9 @@ def _dir_version(root: Path) -> str:
 
 def module_of(name: str) -> str:
     """``vllm/platforms/cuda.py`` -> ``vllm.platforms.cuda``; ``vllm/_C.abi3.so`` -> ``vllm._C``."""
-    parts = list(PurePosixPath(name).parts)
+    parts = name.split("/")
+    if "" in parts or "." in parts:  # what PurePosixPath drops (a plain member name splits the same, faster)
+        parts = list(PurePosixPath(name).parts)
     last = parts[-1]
     if last == "__init__.py":
         parts = parts[:-1]
@@ -539,7 +541,7 @@ class _ImportScan:
         self._bodies: dict[int, int | None] = {}  # def line start -> the newline its indented body follows
         self._lines = 1  # how many lines the statement being read spans
         self._spans: list[tuple[int, int]] = []  # triple-quoted strings found so far, in order
-        self._next_quote = [data.find(b'"""'), data.find(b"\'\'\'")]  # the next of each kind past the last span
+        self._next_quote: list[int] | None = None  # the next ''' and """ past the last span (found when asked)
         self._strings_known_to = 0  # strings are known before this offset
         self._strings_unknown = len(data) + 1  # from this offset on they cannot be told (a quote in a comment...)
 
@@ -850,6 +852,8 @@ class _ImportScan:
         apart (a quote in a comment, in another string): each caller takes its own safe side. Strings are
         found from the start of the module up to ``at`` only, as far as asked."""
         data = self.data
+        if self._next_quote is None:
+            self._next_quote = [data.find(b'"""'), data.find(b"\'\'\'")]
         while self._strings_known_to <= at < self._strings_unknown:
             double, single = self._next_quote
             if double < 0 and single < 0:
@@ -948,7 +952,7 @@ class _Package:
         self._indexed = True
         wanted = set(self.modules) | self.extensions
         packages = {n.rpartition(".")[0] for n in wanted}
-        needles = {f"torch.ops.{ns}.".encode() for ext in self.extensions for ns in _op_namespaces(ext)}
+        namespaces = {ns for ext in self.extensions for ns in _op_namespaces(ext)}
         memo: dict = {}
         # what `importers` is asked about: the extensions, and the modules in a folder with one (a loader by
         # file name, `sites_of`; the folder's own __init__ included)
@@ -956,9 +960,8 @@ class _Package:
         asked = self.extensions | {m for m, name in self.modules.items() if name.rpartition("/")[0] in folders}
         for module, name, data in self.sources.each(self.modules):
             if b"torch.ops." in data:
-                for needle in needles:
-                    if needle in data:
-                        self._ops.setdefault(needle.decode(), set()).add(module)
+                for namespace in _ops_named(data, namespaces):
+                    self._ops.setdefault(f"torch.ops.{namespace}.", set()).add(module)
             scan = _ImportScan(data, module, name.endswith("__init__.py"))
             try:
                 loaded = scan.run(wanted, packages, memo)
@@ -1021,8 +1024,8 @@ class _Package:
             for at, imported in scan.found:
                 if scan.at_top(at):
                     names.update(imported)
-                elif not scan.in_function(at) and not scan.in_branch(at):
-                    parse.append(at)
+                elif not scan.in_function(at) and not scan.in_branch(at) and scan._in_string(at) is not True:
+                    parse.append(at)  # (an import in a docstring's example is no statement)
             if parse:
                 names.update(n for f in self.finds(module, scan, parse) if not f.guard and not f.lazy for n in f.names)
         return names & self.modules.keys()
@@ -1145,6 +1148,17 @@ class _Package:
             if len(out) >= 3:
                 break
         return out
+
+
+_OPS = re.compile(rb"torch\.ops\.")
+_OPS_NAMESPACE = re.compile(rb"(\w+)\.")
+
+
+def _ops_named(data: bytes, namespaces: set[str]) -> set[str]:
+    """Those of ``namespaces`` whose ``torch.ops.<namespace>.`` is in ``data`` (one pass over its ``torch.ops.``)."""
+    found = {m.group(1).decode() for at in _OPS.finditer(data) if (m := _OPS_NAMESPACE.match(data, at.end()))}
+    odd = {ns for ns in namespaces if not ns.isascii() or not ns.isidentifier()}  # \w cannot tell: look it up
+    return (found & namespaces) | {ns for ns in odd if f"torch.ops.{ns}.".encode() in data}
 
 
 def _op_namespaces(ext_module: str) -> list[str]:
