@@ -72,7 +72,8 @@ def test_the_answer_is_the_recorded_one_and_little_is_parsed(version, tmp_path, 
         {e["path"]: e["required"] for e in recorded["extensions"]}
     assert found == recorded  # every reason, site and "without it" line too
     with zipfile.ZipFile(vllm_wheel(version)) as zf:
-        python = sum(i.file_size for i in zf.infolist() if i.filename.startswith("vllm/") and i.filename.endswith(".py"))
+        python = sum(i.file_size for i in zf.infolist() if i.filename.startswith("vllm/")
+                     and i.filename.endswith(".py"))
     assert sum(parsed) < python / 50  # parsing every start-up module was a fifth of it
 
 
