@@ -1,12 +1,12 @@
 """The fast import analysis of scripts/vllm_extensions.py answers what parsing every module answers.
 
-`_ImportScan` reads a module's bytes for its import statements (a superset of what `ast` finds), and the
-analysis parses only the top-level statements it cannot classify. Random packages, built from the Python
-constructs that decide a guard (def, class, if/elif/else, `if TYPE_CHECKING`, try/except with and without a
-re-raise, `with suppress`, loops) and from the text that fools a line reader (docstrings holding `import` and
-`def` lines at column 0, quotes in comments and in one-line strings, continued lines, bracket continuations at
-column 0), are analysed both ways and must give the same report, and each module's scan must cover every import
-its full parse finds.
+`ImportScan` (scripts/import_scan.py) reads a module's bytes for its import statements (a superset of what
+`ast` finds), and the analysis parses only the top-level statements it cannot classify. Random packages,
+built from the Python constructs that decide a guard (def, class, if/elif/else, `if TYPE_CHECKING`,
+try/except with and without a re-raise, `with suppress`, loops) and from the text that fools a line reader
+(docstrings holding `import` and `def` lines at column 0, quotes in comments and in one-line strings,
+continued lines, bracket continuations at column 0), are analysed both ways and must give the same report,
+and each module's scan must cover every import its full parse finds.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scripts import import_scan
 from scripts import vllm_extensions as ext
 
 MODULES = ["vllm", "vllm.a", "vllm.b", "vllm.pkg", "vllm.pkg.c"]
@@ -129,7 +130,7 @@ def sources_of(files: dict[str, str]) -> ext._Sources:
 
 def full_parse_report(files: dict[str, str]) -> dict:
     """The analysis as it was before the scan: every module it asks about parsed whole."""
-    with mock.patch.object(ext._ImportScan, "run", side_effect=ext._Unsure("off")):
+    with mock.patch.object(import_scan.ImportScan, "run", side_effect=import_scan.Unsure("off")):
         return ext.analyze_sources(sources_of(files), "pkg").to_dict()
 
 
@@ -204,7 +205,7 @@ def test_the_same_line_under_another_package_names_other_modules():
     memo: dict = {}
     wanted = {"vllm", "vllm.b", "vllm.pkg", "vllm.pkg.c"}
     packages = {"vllm", "vllm.pkg"}
-    first = ext._ImportScan(b"from vllm.pkg import c\n", "vllm.a", False).run(wanted, packages, memo)
-    second = ext._ImportScan(b"    from vllm.b import c\n", "vllm.a", False).run(wanted, packages, memo)
-    again = ext._ImportScan(b"from vllm.pkg import c\n", "vllm.b", False).run(wanted, packages, memo)
+    first = import_scan.ImportScan(b"from vllm.pkg import c\n", "vllm.a", False).run(wanted, packages, memo)
+    second = import_scan.ImportScan(b"    from vllm.b import c\n", "vllm.a", False).run(wanted, packages, memo)
+    again = import_scan.ImportScan(b"from vllm.pkg import c\n", "vllm.b", False).run(wanted, packages, memo)
     assert (first, second, again) == ({"vllm", "vllm.pkg", "vllm.pkg.c"}, {"vllm", "vllm.b"}, first)
