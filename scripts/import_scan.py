@@ -30,6 +30,7 @@ _IMPORT_MODULE = re.compile(
     rb"""|(?:[fF][rR]?|[rR][fFbB]|[bB][rR]?)['"])""")  # the last: an f-string or bytes, never a module name
 _SECOND_ARG = re.compile(rb"""\s*(?:[rRuU]?(['"])([^'"\\\r\n]*)\1\s*[,)]|\)|[A-Za-z_][\w.]*\s*(?:=[^=]|[,)]))""")
 _TAB_INDENT = re.compile(rb"(?:\A|\n)[ \f]*\t")
+_F_STRING = re.compile(rb"(?<![\w\x80-\xff])(?:[fF][rR]?|[rR][fF])['\"]")
 _DEF_WORD = re.compile(rb"def[ \t]")
 _HEADER_CHARS = re.compile(rb"[()\[\]{}'\"#:\n\\]")
 _CLEAN_PREFIX = re.compile(rb"""(?:[^'"#\\\n]|\\.|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")*""")
@@ -115,6 +116,8 @@ class ImportScan:
                             loaded.update(names)
                         continue
             if b'"""' not in before and b"'''" not in before and _CLEAN_PREFIX.fullmatch(before) is None:
+                if _F_STRING.search(before):  # Python 3.12 f-strings may nest their own quotes: no telling
+                    raise Unsure(f"an f-string before byte {at}")
                 names = []  # in a comment or a one-line string
             else:
                 self._lines = 1

@@ -209,3 +209,14 @@ def test_the_same_line_under_another_package_names_other_modules():
     second = import_scan.ImportScan(b"    from vllm.b import c\n", "vllm.a", False).run(wanted, packages, memo)
     again = import_scan.ImportScan(b"from vllm.pkg import c\n", "vllm.b", False).run(wanted, packages, memo)
     assert (first, second, again) == ({"vllm", "vllm.pkg", "vllm.pkg.c"}, {"vllm", "vllm.b"}, first)
+
+
+def test_a_line_the_scan_cannot_read_makes_it_unsure():
+    """Where it cannot promise a superset it says so, and the analysis parses that module whole."""
+    wanted, packages = {"vllm", "vllm.a"}, {"vllm"}
+    for text in (b"x = 1\n\timport vllm.a\n",  # tab indentation
+                 b"x = f\"{'\"'}\"; import vllm.a\n",  # a Python 3.12 f-string nesting its own quote
+                 b"mod = importlib.import_module(('vllm.a'))\n"):  # an argument it cannot read
+        with pytest.raises(import_scan.Unsure):
+            import_scan.ImportScan(text, "vllm.b", False).run(wanted, packages)
+    assert import_scan.ImportScan(b"# don't import vllm.a\n", "vllm.b", False).run(wanted, packages) == set()
