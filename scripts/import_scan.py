@@ -66,6 +66,7 @@ class ImportScan:
         self._defs: list[tuple[int, int]] | None = None  # (line start, indent) of each `def` line
         self._bodies: dict[int, int | None] = {}  # def line start -> the newline its indented body follows
         self._lines = 1  # how many lines the statement being read spans
+        self._kept = True  # whether what it names depends on its line alone (then `run` keeps it for the next)
         self._spans: list[tuple[int, int]] = []  # triple-quoted strings found so far, in order
         self._next_quote: list[int] | None = None  # the next ''' and """ past the last span (found when asked)
         self._strings_known_to = 0  # strings are known before this offset
@@ -95,41 +96,40 @@ class ImportScan:
             start = rfind(b"\n", 0, at) + 1
             if start > 1 and (data[start - 2] == 92 or (data[start - 2] == 13 and data[start - 3] == 92)):
                 raise Unsure(f"a continued line before byte {at}")
-            before = data[start:at]
-            head = before.lstrip(b" ")
-            key = None
-            if not call and (not head or (head[:5] == b"from " and head[5:6] not in b". \t" and b";" not in head
-                                          and b":" not in head)):
-                # an absolute import starting its line: it names the package on that line, or nothing of it
-                end = find(b"\n", at)
-                end = size if end < 0 else end
-                if data[end - 1] == 92 or (data[end - 1] == 13 and data[end - 2] == 92):
-                    pass  # continued: its next line may name the package (read below, never kept)
-                elif find(package, start, end) < 0:
-                    continue
-                else:
-                    key = data[at - len(head):end]  # the same line means the same names, wherever it is
-                    names = memo.get(key)
-                    if names is not None:
-                        if names:
-                            found.append((at, names))
-                            loaded.update(names)
-                        continue
-            if b'"""' not in before and b"'''" not in before and _CLEAN_PREFIX.fullmatch(before) is None:
-                if _F_STRING.search(before):  # Python 3.12 f-strings may nest their own quotes: no telling
-                    raise Unsure(f"an f-string before byte {at}")
-                names = []  # in a comment or a one-line string
-            else:
-                self._lines = 1
-                names = [n for n in (self._import_module(at) if call else self._statement(at, before)) if n in wanted]
-                if self._lines > 1:
-                    key = None  # it read past its line
-            if key is not None:
-                memo[key] = names
+            end = find(b"\n", pos)
+            end = size if end < 0 else end
+            key = (data[start:end], at - start)  # the same line means the same names, in any module of the package
+            names = memo.get(key)
+            if names is None:
+                self._lines, self._kept = 1, not call
+                names = self._occurrence(at, start, end, call, package, wanted)
+                if self._kept and self._lines == 1:
+                    memo[key] = names
             if names:
                 found.append((at, names))
                 loaded.update(names)
         return loaded
+
+    def _occurrence(self, at: int, start: int, end: int, call: bool, package: bytes, wanted) -> list[str]:
+        """The names in ``wanted`` that the occurrence of ``import`` at ``at`` (its line: ``start``..``end``)
+        may load; clears ``_kept`` when that depends on more than the line (a relative import, a call)."""
+        data = self.data
+        before = data[start:at]
+        head = before.lstrip(b" ")
+        if not call and (not head or (head[:5] == b"from " and head[5:6] not in b". \t" and b";" not in head
+                                      and b":" not in head)):
+            # an absolute import starting its line: it names the package on that line, or nothing of it
+            if data[end - 1] == 92 or (data[end - 1] == 13 and data[end - 2] == 92):
+                self._kept = False  # continued: its next line may name the package
+            elif data.find(package, start, end) < 0:
+                return []
+        elif not call and b"." in before:
+            self._kept = False  # maybe relative: what it names depends on the module
+        if b'"""' not in before and b"\'\'\'" not in before and _CLEAN_PREFIX.fullmatch(before) is None:
+            if _F_STRING.search(before):  # Python 3.12 f-strings may nest their own quotes: no telling
+                raise Unsure(f"an f-string before byte {at}")
+            return []  # in a comment or a one-line string
+        return [n for n in (self._import_module(at) if call else self._statement(at, before)) if n in wanted]
 
     # -- what an occurrence of `import` loads
 
