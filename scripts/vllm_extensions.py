@@ -40,6 +40,7 @@ parse as a whole is read statement by statement.
 from __future__ import annotations
 
 import ast
+import collections
 import dataclasses
 import hashlib
 import io
@@ -484,7 +485,8 @@ class _Package:
     def __init__(self, sources: _Sources):
         self.sources = sources
         self.modules = {module_of(n): n for n in sources.py if n.startswith(f"{PACKAGE}/")}
-        self.extensions = {module_of(n) for n in sources.names if is_extension(n)}
+        self.extension_files = sorted(n for n in sources.names if is_extension(n))
+        self.extensions = {module_of(n) for n in self.extension_files}
         self._unsure: list[str] = []  # modules the scan could not read: parsed whenever asked about
         self._walked: dict[str, list[_Found]] = {}
         self._sites: dict[str, list[ImportSite]] = {}
@@ -519,7 +521,7 @@ class _Package:
         memo: dict = {}
         # what `importers` is asked about: the extensions, and the modules in a folder with one (a loader by
         # file name, `sites_of`; the folder's own __init__ included)
-        folders = {n.rpartition("/")[0] for n in self.sources.names if is_extension(n)}
+        folders = {n.rpartition("/")[0] for n in self.extension_files}
         asked = self.extensions | {m for m, name in self.modules.items() if name.rpartition("/")[0] in folders}
         for module, name, data in self.sources.each(self.modules):
             if b"torch.ops." in data:
@@ -703,8 +705,8 @@ class _Package:
             tree = self._tree_around(module, text, hits)
             if tree is None:
                 continue
-            funcs = _dedupe([f.name for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                             and any(f.lineno <= h <= (f.end_lineno or f.lineno) for h in hits)])
+            funcs = _dedupe([f.name for f in _function_defs(tree)
+                             if any(f.lineno <= h <= (f.end_lineno or f.lineno) for h in hits)])
             public = [f for f in funcs if not f.startswith("_")] or funcs
             shown = ", ".join(public[:limit]) + (f" and {len(public) - limit} more" if len(public) > limit else "")
             out.append(f"{name}: {shown or 'module level'}")
@@ -725,6 +727,20 @@ def _ops_named(data: bytes, namespaces: set[str]) -> set[str]:
     return (found & namespaces) | {ns for ns in odd if f"torch.ops.{ns}.".encode() in data}
 
 
+def _function_defs(tree: ast.AST):
+    """The function definitions of ``tree`` in ``ast.walk``'s order (breadth first), visiting statements only: an
+    expression holds no ``def`` (a lambda is no FunctionDef), and leaving it out keeps the order of the rest."""
+    queue = collections.deque([tree])
+    while queue:
+        node = queue.popleft()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                queue.extend(v for v in value if isinstance(v, (ast.stmt, ast.excepthandler, ast.match_case)))
+
+
 def _op_namespaces(ext_module: str) -> list[str]:
     """The ``torch.ops`` namespaces an extension registers, as far as its name tells (top-level ones only:
     ``vllm.third_party.deep_gemm._C`` registers ``deep_gemm``, not vLLM's ``_C``)."""
@@ -740,7 +756,7 @@ def _op_namespaces(ext_module: str) -> list[str]:
 def analyze_sources(sources: _Sources, source: str, version: str = "") -> PackageReport:
     package = _Package(sources)
     extensions = []
-    for name in sorted(n for n in sources.names if is_extension(n)):
+    for name in package.extension_files:
         ext_module = module_of(name)
         sites = package.sites_of(ext_module, name)
         at_start = [s for s in sites if s.unconditional and package.at_startup(s.module)]
