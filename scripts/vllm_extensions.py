@@ -479,8 +479,8 @@ def _dedupe(items: list[str]) -> list[str]:
 
 class _Package:
     """One vLLM's Python, read as little as the answer needs: one pass over every module's bytes (`_index`: its
-    import statements, which ``torch.ops`` namespaces it names), and `ast` only for the modules that import an
-    extension, call its ops, or lie on a path start-up reachability relies on."""
+    import statements, which ``torch.ops`` namespaces it names), then `ast` only for the top-level statements
+    that import an extension or call its ops, and those of start-up modules the scan cannot classify."""
 
     def __init__(self, sources: _Sources):
         self.sources = sources
@@ -608,20 +608,6 @@ class _Package:
                         todo.append(imported)
             self._startup = seen
         return module in self._startup
-
-    def startup_modules(self) -> set[str]:
-        """Every module a CUDA server loads at start, walking each (slow: `at_startup` answers one module)."""
-        seen: set[str] = set()
-        todo = [m for m in STARTUP_ROOTS if m in self.modules]
-        while todo:
-            module = todo.pop()
-            if module in seen:
-                continue
-            seen.add(module)
-            for found in self.walk(module):
-                if not found.guard and not found.lazy:
-                    todo += [n for n in found.names if n in self.modules and n not in seen]
-        return seen
 
     def sites_of(self, ext_module: str, ext_file: str) -> list[ImportSite]:
         """Where ``ext_module`` is imported; for a library loaded by file name, where its loader is."""
