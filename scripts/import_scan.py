@@ -57,8 +57,8 @@ def _prefixes(dotted: str) -> list[str]:
 
 
 class ImportScan:
-    """One module's import statements, from its bytes (see above). ``run`` finds them; ``eager`` says which of
-    their names may load at import time (everything not provably inside a function), computed on demand."""
+    """One module's import statements, from its bytes (see above). ``run`` finds them (``found``: byte offset and
+    names of each); the other methods answer for one of them, each from only as much of the module as it needs."""
 
     def __init__(self, data: bytes, module: str, is_package: bool):
         self.data, self.module, self.is_package = data, module, is_package
