@@ -2,14 +2,20 @@
 
     python benchmarks/bench_audit.py /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
         /root/.cache/wheels/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl --repeat 2
+    python benchmarks/bench_audit.py vllm-0.34.0-*.whl --cache cold --repeat 5 --inflaters isal
 
-Per wheel, side by side in one run, rounds interleaved (best of --repeat; the machine may be shared,
-so compare the ratios, not the seconds; CPU seconds are printed too, which other users' load does not
-inflate the way it inflates wall time):
+Per wheel, side by side in one run, rounds interleaved (medians of --repeat rounds, the fastest in
+brackets; the machine may be shared, so compare the ratios, not the seconds: the ratio to unzip +
+cuobjdump is also taken round by round, each audit against the baseline run next to it; CPU seconds are
+printed too, which other users' load does not inflate the way it inflates wall time):
 
 - audit: wall time of ``invoke audit WHEEL --arch 12.0 --json`` (a fresh process: invoke's start,
-  the torch probe, the scan), once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with
-  $VLLM_FORGE_INFLATER); its peak RSS from wait4. The JSON of every inflater must be identical.
+  the torch probe, the scan, and for a vLLM wheel the analysis of which extensions it imports at start),
+  once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with $VLLM_FORGE_INFLATER); its peak
+  RSS from wait4. The JSON of every inflater must be identical. ``--cache`` says what that analysis
+  finds in its cache (scripts/vllm_extensions.py): ``warm`` (the default) an entry, written by an
+  untimed audit first; ``cold`` nothing, a new empty $VLLM_FORGE_CACHE for every run (a user's first
+  audit of that wheel, and every build-wheel's audit of its own output). The report says which.
 - invoke start: ``invoke --list`` (Python, invoke and tasks.py starting), the part of the audit's
   wall time that is not the audit.
 - bound: the physical limit of any reader of the wheel: only inflating the members the audit must
@@ -30,6 +36,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -99,9 +106,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_audit(wheel: Path, arch: str, inflater: str) -> tuple[float, int, dict, float]:
-    """(seconds, peak RSS bytes, JSON, CPU seconds) of `invoke audit WHEEL --arch ARCH --json` in a fresh process."""
+def run_audit(wheel: Path, arch: str, inflater: str, cache: str | None = None) -> tuple[float, int, dict, float]:
+    """(seconds, peak RSS bytes, JSON, CPU seconds) of `invoke audit WHEEL --arch ARCH --json` in a fresh process;
+    ``cache``: the $VLLM_FORGE_CACHE it runs with (None: this environment's)."""
     env = {**os.environ, "VLLM_FORGE_INFLATER": inflater}
+    if cache is not None:
+        env["VLLM_FORGE_CACHE"] = cache
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "invoke", "audit", str(wheel), "--arch", arch, "--json"],
@@ -146,19 +156,37 @@ def same_sets(files: list[dict], listed: dict[str, tuple[list[str], list[str]]])
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("wheels", type=Path, nargs="+")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds (best of)")
-    parser.add_argument("--arch", default="12.0")
-    parser.add_argument("--baseline-repeat", type=int, default=1, help="rounds of the (slow) unzip + cuobjdump")
+    parser.add_argument("wheels", type=Path, nargs="+", help="the wheels to audit (paths)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds, a number (medians are reported)")
+    parser.add_argument("--arch", default="12.0", help="the --arch the audit is given (default %(default)s)")
+    parser.add_argument("--baseline-repeat", type=int, default=None,
+                        help="rounds that also run the (slow) unzip + cuobjdump, a number (default: every round)")
+    parser.add_argument("--cache", choices=["warm", "cold"], default="warm",
+                        help="what the audit finds in the vLLM import-analysis cache: warm (an entry, written by an "
+                             "untimed audit first) or cold (an empty cache every run, a user's first audit)")
+    parser.add_argument("--inflaters", default="", metavar="NAMES",
+                        help="comma-separated inflaters to time the audit with (default: every one installed)")
     args = parser.parse_args(argv)
+    baseline_rounds = args.repeat if args.baseline_repeat is None else args.baseline_repeat
     cuobjdump = find_cuda_tool("cuobjdump")
     unzip = shutil.which("unzip")
     if not cuobjdump or not unzip:
         print("needs cuobjdump and unzip on this machine", file=sys.stderr)
         return 2
     inflaters = available_inflaters()
+    if args.inflaters:
+        asked = [name.strip() for name in args.inflaters.split(",") if name.strip()]
+        missing = [name for name in asked if name not in inflaters]
+        if missing or audit.INFLATER not in asked:
+            print(f"--inflaters: {', '.join(missing) or 'the default'} not usable here (installed: "
+                  f"{', '.join(inflaters)}; the list must hold the audit's default, {audit.INFLATER})", file=sys.stderr)
+            return 2
+        inflaters = asked
     print(f"inflaters: {', '.join(inflaters)} (the audit's default: {audit.INFLATER}); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"cache: {args.cache} (" + ("an empty $VLLM_FORGE_CACHE for every audit run: a first audit"
+                                      if args.cache == "cold" else
+                                      "the vLLM import analysis cached by an untimed audit first") + ")")
     failed = False
     for wheel in args.wheels:
         members = candidate_members(wheel)
@@ -170,14 +198,21 @@ def main(argv=None) -> int:
         peaks: dict[str, int] = {}
         outputs: dict[str, dict] = {}
         listed = None
+        paired: list[float] = []  # baseline / audit, round by round
         with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
+            warm = str(Path(tmp) / "cache")
+            if args.cache == "warm":
+                run_audit(wheel, args.arch, inflaters[0], warm)  # fills the cache, untimed
             for round_ in range(args.repeat):
                 for name in inflaters:
                     start, cpu = time.perf_counter(), cpu_seconds()
                     assert inflate_only(wheel, members, name) == inflated
                     times.setdefault(f"bound/{name}", []).append(time.perf_counter() - start)
                     cpu_times.setdefault(f"bound/{name}", []).append(cpu_seconds() - cpu)
-                    seconds, peak, data, cpu = run_audit(wheel, args.arch, name)
+                    cache = warm if args.cache == "warm" else tempfile.mkdtemp(prefix="cache-", dir=tmp)
+                    seconds, peak, data, cpu = run_audit(wheel, args.arch, name, cache)
+                    if cache != warm:
+                        shutil.rmtree(cache)
                     times.setdefault(f"audit/{name}", []).append(seconds)
                     cpu_times.setdefault(f"audit/{name}", []).append(cpu)
                     peaks[name] = max(peaks.get(name, 0), peak)
@@ -188,11 +223,13 @@ def main(argv=None) -> int:
                 _pid, _status, usage = os.wait4(proc.pid, 0)
                 times.setdefault("invoke start", []).append(time.perf_counter() - start)
                 cpu_times.setdefault("invoke start", []).append(usage.ru_utime + usage.ru_stime)
-                if round_ < args.baseline_repeat:
+                if round_ < baseline_rounds:
                     start = time.perf_counter()
                     listed = baseline(wheel, unzip, cuobjdump, Path(tmp) / "unzipped")
                     times.setdefault("baseline", []).append(time.perf_counter() - start)
-        best = {k: min(v) for k, v in times.items()}
+                    paired.append(times["baseline"][-1] / times[f"audit/{audit.INFLATER}"][-1])
+        best = {k: statistics.median(v) for k, v in times.items()}
+        fastest = {k: min(v) for k, v in times.items()}
         default = audit.INFLATER
         reference = outputs[default]
         identical = all(json.dumps(d, sort_keys=True) == json.dumps(reference, sort_keys=True)
@@ -201,13 +238,18 @@ def main(argv=None) -> int:
         devices = [f for f in reference["files"] if f["sass"] or f["ptx"]]
         groups = sum(f["groups"][next(iter(f["groups"]))]["count"] for f in devices if f["groups"])
         print(f"{len(devices)} libraries with device code, {groups} kernel groups")
-        best_cpu = {k: min(v) for k, v in cpu_times.items()}
+        best_cpu = {k: statistics.median(v) for k, v in cpu_times.items()}
+        print(f"  medians of {args.repeat} rounds (fastest in brackets), cache {args.cache}:")
         for key in sorted(best):
             cpu = f"   CPU {best_cpu[key]:7.2f} s" if key in best_cpu else ""
-            print(f"  {key:16} {best[key]:7.2f} s{cpu}")
+            print(f"  {key:16} {best[key]:7.2f} s [{fastest[key]:5.2f}]{cpu}")
         audit_s, bound_s = best[f"audit/{default}"], best[f"bound/{default}"]
-        print(f"  audit ({default}) vs unzip + cuobjdump: {best['baseline'] / audit_s:5.1f}x faster (need >= 5x)")
-        print(f"  audit ({default}) vs its inflate bound:  {audit_s / bound_s:5.2f}x the bound (need <= 1.5x); "
+        print(f"  audit ({default}, {args.cache} cache) vs unzip + cuobjdump: {best['baseline'] / audit_s:5.1f}x "
+              "faster "
+              f"(round by round: median {statistics.median(paired):.1f}x, {min(paired):.1f}x to {max(paired):.1f}x; "
+              "need >= 5x)")
+        print(f"  audit ({default}, {args.cache} cache) vs its inflate bound:  {audit_s / bound_s:5.2f}x the bound "
+              f"({'need <= 1.5x' if args.cache == 'warm' else 'a first audit also reads the Python'}); "
               f"without invoke's own start ({best['invoke start']:.2f} s): "
               f"{(audit_s - best['invoke start']) / bound_s:.2f}x")
         audit_cpu, bound_cpu = best_cpu[f"audit/{default}"], best_cpu[f"bound/{default}"]

@@ -1239,6 +1239,10 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
     ``max_inflate`` caps the bytes inflated from wheels; ``torch_cuda`` picks per-CUDA variants.
     """
     resolved = resolve_targets(targets)
+    if not require:  # which extensions vLLM runs without: its Python is read beside the kernel scan (mark_optional)
+        from scripts import vllm_extensions
+
+        vllm_extensions.analyze_ahead(path)
     found = scan(path, parse_size(max_inflate))
     report = build_report(str(path), found, resolved, require=require,
                           torch=torch_of_this_python() if torch else None, torch_cuda=torch_cuda)

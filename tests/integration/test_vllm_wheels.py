@@ -1,4 +1,4 @@
-"""Required vs optional extensions of the real vLLM 0.26.0 and 0.33.0 wheels from PyPI, and the audit
+"""Required vs optional extensions of the real vLLM 0.26.0, 0.33.0 and 0.34.0 wheels from PyPI, and the audit
 that follows from it (the H200 case of tests/fixtures/gpu_real_vllm: `_qutlass_C` carries only sm_100f).
 
 The wheels (about 300 MB each) are fetched once with `pip download --no-deps` into the vllm-forge cache
@@ -9,9 +9,13 @@ their ``.py`` members are inflated for the import analysis; the audit streams th
 
 from __future__ import annotations
 
+import ast
+import json
+import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ from scripts import vllm_extensions as ext
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 RECORDED = REPO_ROOT / "tests" / "fixtures" / "gpu_real_vllm" / "audit_fullwheel.txt"
+ANSWERS = REPO_ROOT / "tests" / "fixtures" / "vllm_extensions_answers"  # what the analysis said before issue 33
 
 
 def wheel_cache() -> Path:
@@ -52,6 +57,40 @@ def wheel_0_26() -> Path:
 @pytest.fixture(scope="module")
 def wheel_0_33() -> Path:
     return vllm_wheel("0.33.0")
+
+
+@pytest.mark.parametrize("version", ["0.26.0", "0.33.0", "0.34.0"])
+def test_the_answer_is_the_recorded_one_and_little_is_parsed(version, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))  # a first audit: nothing cached
+    recorded = json.loads((ANSWERS / f"vllm-{version}.json").read_text())
+    parsed = []
+    real_parse = ast.parse
+    monkeypatch.setattr(ext.ast, "parse", lambda text, *args, **kwargs: parsed.append(len(text.lstrip("\n")))
+                        or real_parse(text, *args, **kwargs))
+    found = ext.analyze(vllm_wheel(version)).to_dict()
+    found.pop("source")
+    assert {e["path"]: e["required"] for e in found["extensions"]} == \
+        {e["path"]: e["required"] for e in recorded["extensions"]}
+    assert found == recorded  # every reason, site and "without it" line too
+    with zipfile.ZipFile(vllm_wheel(version)) as zf:
+        python = sum(i.file_size for i in zf.infolist() if i.filename.startswith("vllm/")
+                     and i.filename.endswith(".py"))
+    assert sum(parsed) < python / 50  # parsing every start-up module was a fifth of it
+
+
+@pytest.mark.parametrize("version", ["0.33.0", "0.34.0"])
+def test_a_first_audit_stays_under_150_mib(version, tmp_path):
+    """The audit's own peak RSS (a small wrapper starts it, so it inherits no large parent's high-water mark)."""
+    wrapper = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)"
+               ".returncode; print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, str(REPO_ROOT / "scripts" / "audit.py"),
+                           str(vllm_wheel(version)), "--arch", "9.0", "--json", "--no-torch"],
+                          env={**os.environ, "VLLM_FORGE_CACHE": str(tmp_path)}, capture_output=True, text=True,
+                          timeout=600)
+    code, peak = (int(word) for word in done.stdout.split())
+    assert code in (0, 1), done.stderr
+    assert peak * 1024 <= 150 << 20
+    assert len(list((tmp_path / "vllm-extensions").glob("*.json"))) == 1  # the analysis ran: the cache was empty
 
 
 def modules(report) -> dict[str, ext.Extension]:

@@ -3,8 +3,10 @@ the audit's hook (only required extensions fail it; --require still overrides)."
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from fake_vllm import write_install, write_wheel
@@ -231,3 +233,142 @@ def test_audit_of_a_plain_library_is_unchanged(tmp_path):
     lib = write_install(tmp_path, {}, {"libk.so": ["sm_100f"]}) / "libk.so"
     report = audit.audit_path(lib, ["9.0"])
     assert not report.ok and report.files[0].required and not report.files[0].optional
+
+
+# ---- the analysis beside the kernel scan ---------------------------------------------------------------
+
+
+def test_an_analysis_started_ahead_is_the_one_analyze_returns(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    expected = ext.analyze(wheel, cache=False).to_dict()
+    runs = []
+    real = ext.analyze_sources
+    monkeypatch.setattr(ext, "analyze_sources", lambda *args, **kwargs: runs.append(args) or real(*args, **kwargs))
+    ext.analyze_ahead(wheel)
+    report = ext.analyze(str(wheel))
+    assert len(runs) == 1 and report.to_dict() == {**expected, "source": str(wheel)}
+    ext.analyze(wheel)  # the cache answers now
+    assert len(runs) == 1
+
+
+def test_an_error_ahead_is_raised_by_analyze(tmp_path):
+    wheel = write_wheel(tmp_path / "torch-2.0-cp38-abi3-linux_x86_64.whl", {"torch/__init__.py": ""}, {})
+    ext.analyze_ahead(wheel)
+    with pytest.raises(ForgeError, match="holds no vllm/ package"):
+        ext.analyze(wheel)
+    ext.analyze_ahead(tmp_path / "nothing.whl")  # never raises: analyze says what is wrong
+    with pytest.raises(ForgeError, match="does not exist"):
+        ext.analyze(tmp_path / "nothing.whl")
+
+
+def test_the_audit_starts_the_analysis_before_it_reads_the_kernels(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    order = []
+    real_ahead, real_scan = ext.analyze_ahead, audit.scan
+    monkeypatch.setattr(ext, "analyze_ahead", lambda path: order.append(("ahead", path)) or real_ahead(path))
+    monkeypatch.setattr(audit, "scan", lambda *args: order.append(("scan", args[0])) or real_scan(*args))
+    report = audit.audit_path(wheel, ["9.0"])
+    assert order == [("ahead", wheel), ("scan", wheel)]
+    assert not {f.path: f for f in report.files}["vllm/_qutlass_C.abi3.so"].required
+    order.clear()
+    audit.audit_path(wheel, ["9.0"], require=["*"])  # --require: nothing to read
+    assert order == [("scan", wheel)]
+
+
+# ---- the cache: a speed-up only ------------------------------------------------------------------------
+
+
+def _entries(tmp_path) -> list:
+    return sorted((tmp_path / "cache" / "vllm-extensions").glob("*.json"))
+
+
+def _wheel(tmp_path, name="vllm-0.0.1-cp38-abi3-linux_x86_64.whl", python=None):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return write_wheel(tmp_path / name, python or PYTHON, EXTENSIONS)
+
+
+@pytest.mark.parametrize("damage", ["torn", "garbage", "empty", "edited", "another wheel's", "a directory"])
+def test_a_damaged_cache_entry_never_changes_the_answer(tmp_path, damage):
+    wheel = _wheel(tmp_path)
+    expected = ext.analyze(wheel).to_dict()
+    [entry] = _entries(tmp_path)
+    if damage == "torn":
+        entry.write_text(entry.read_text()[:200])
+    elif damage == "garbage":
+        entry.write_bytes(bytes(range(256)))
+    elif damage == "empty":
+        entry.write_text("")
+    elif damage == "edited":  # well-formed, and it would flip the answer
+        data = json.loads(entry.read_text())
+        for found in data["report"]["extensions"]:
+            found["required"] = not found["required"]
+        entry.write_text(json.dumps(data))
+    elif damage == "another wheel's":  # a whole entry, in the wrong place
+        other = _wheel(tmp_path / "other", python={**PYTHON, "vllm/platforms/cuda.py": "import vllm._qutlass_C\n"})
+        ext.analyze(other)
+        [theirs] = [e for e in _entries(tmp_path) if e != entry]
+        entry.write_text(theirs.read_text())
+    else:
+        entry.unlink()
+        entry.mkdir()
+    assert ext.analyze(wheel).to_dict() == expected
+
+
+@pytest.mark.parametrize("how", ["a file where the directory goes", "a read-only file system"])
+def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, how):
+    wheel = _wheel(tmp_path)
+    expected = ext.analyze(wheel, cache=False).to_dict()
+    if how == "a file where the directory goes":
+        (tmp_path / "cache").write_text("not a directory")
+        for _ in range(2):
+            assert ext.analyze(wheel).to_dict() == expected
+        return
+    real_write = Path.write_text
+
+    def refuse(self, *args, **kwargs):
+        real_write(self, "{")  # the file system takes the first block, then says no
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with mock.patch.object(Path, "write_text", refuse):
+        for _ in range(2):
+            assert ext.analyze(wheel).to_dict() == expected
+    assert ext.cache_usage() == ext.CacheUsage(tmp_path / "cache" / "vllm-extensions", 0, 0)  # nothing torn left
+
+
+def test_a_moved_wheel_is_answered_from_the_cache_and_a_changed_one_is_not(tmp_path, monkeypatch):
+    staged = _wheel(tmp_path / "dist" / ".staging")
+    expected = ext.analyze(staged).to_dict()
+    published = tmp_path / "dist" / staged.name
+    staged.rename(published)  # what build-wheel does after its own audit
+    real = ext.analyze_sources
+    monkeypatch.setattr(ext, "analyze_sources", lambda *args: pytest.fail("analysed again"))
+    assert ext.analyze(published).to_dict() == {**expected, "source": str(published)}
+    monkeypatch.setattr(ext, "analyze_sources", real)
+    _wheel(tmp_path / "dist", python={**PYTHON, "vllm/platforms/cuda.py": "import vllm._C\nimport vllm._qutlass_C\n"})
+    assert by_module(ext.analyze(published))["vllm._qutlass_C"].required
+
+
+def test_the_cache_keeps_under_its_limit_dropping_the_least_recently_used(tmp_path, monkeypatch):
+    wheels = [_wheel(tmp_path / str(i), python={**PYTHON, f"vllm/x{i}.py": ""}) for i in range(6)]
+    ext.analyze(wheels[0])
+    size = ext.cache_usage().bytes
+    monkeypatch.setattr(ext, "CACHE_LIMIT", int(size * 3.5))
+    for wheel in wheels[1:]:
+        ext.analyze(wheels[0])  # read: the most recently used
+        ext.analyze(wheel)
+    usage = ext.cache_usage()
+    assert usage.bytes <= ext.CACHE_LIMIT and usage.entries == 3
+    monkeypatch.setattr(ext, "analyze_sources", lambda *args: pytest.fail("analysed again"))
+    ext.analyze(wheels[0])
+    ext.analyze(wheels[-1])
+
+
+def test_cache_usage_reports_and_clear_cache_empties_it(tmp_path):
+    assert ext.cache_usage() == ext.CacheUsage(tmp_path / "cache" / "vllm-extensions", 0, 0)
+    ext.analyze(_wheel(tmp_path))
+    (tmp_path / "cache" / "vllm-extensions" / "0123.json.99.1").write_text("{")  # a write cut short
+    usage = ext.cache_usage()
+    assert usage.entries == 1 and usage.bytes == sum(p.stat().st_size for p in usage.path.iterdir())
+    assert str(usage.path) in usage.describe() and "1 vLLM import analyses" in usage.describe()
+    assert ext.clear_cache() == usage.bytes
+    assert ext.cache_usage().bytes == 0
