@@ -37,7 +37,7 @@ setup() {
     python3 -m pip install -q --no-index --find-links .whl invoke pyelftools isal 2>&1 | tail -3
     python3 -m invoke --version
     mkdir -p "$VB/deps" && cp .gpu/deps/*.tar.xz "$VB/deps/" && ls -la "$VB/deps"
-    rm -rf "$TREE" && tar -xJf .gpu/sdist/*.tar.xz -C "$VB"
+    rm -rf "$TREE" && tar --no-same-owner -xJf .gpu/sdist/*.tar.xz -C "$VB"  # root keeps uid 1000 otherwise: git then refuses the tree
     sha256sum .gpu/sdist/*.tar.xz
     (cd "$TREE" && git init -q && git add -A && git -c user.name=forge -c user.email=forge@example.com \
       commit -qm "vLLM 0.26.0 sdist" && git tag v0.26.0 && git log --oneline | head -1)
