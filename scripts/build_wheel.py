@@ -497,20 +497,56 @@ class KernelKey:
         return [n for n in names if self.inputs.get(n) != other_inputs.get(n)]
 
 
+def kernel_input_files(src: Path, paths: tuple[str, ...] = KERNEL_INPUT_PATHS) -> list[Path]:
+    """The files under ``paths`` that the checkout itself holds, sorted: what its .gitignore leaves out is a
+    build's output, not an input (vLLM's CMake writes CUTLASS/machete kernels into csrc/**/generated/ at
+    configure time, which would give every build after the first another key). A git checkout is asked
+    (tracked files and untracked ones it does not ignore); a tree without .git (an unpacked sdist) applies its
+    own .gitignore with pathspec, or takes every file when pathspec is not installed."""
+    src = Path(src)
+    listed = None
+    if (src / ".git").exists():
+        proc = run_git(["ls-files", "-z", "-c", "-o", "--exclude-standard", "--", *paths], src, timeout=120)
+        if proc.returncode == 0:
+            listed = [src / name for name in proc.stdout.split("\0") if name]
+    if listed is None:
+        listed = []
+        for rel in paths:
+            top = src / rel
+            listed += [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() \
+                else []
+        ignored = _gitignore(src)
+        if ignored is not None:
+            listed = [p for p in listed if not ignored.match_file(p.relative_to(src).as_posix())]
+    files = []
+    for path in sorted(set(listed)):
+        parts = path.relative_to(src).parts
+        if "__pycache__" in parts or path.suffix in (".pyc", ".so", ".o") or not path.is_file():
+            continue
+        files.append(path)
+    return files
+
+
+def _gitignore(src: Path):
+    try:
+        import pathspec
+    except ImportError:
+        return None
+    try:
+        lines = (src / ".gitignore").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
 def tree_digest(src: Path, paths: tuple[str, ...] = KERNEL_INPUT_PATHS) -> str:
     """sha256 over the names and bytes of the kernel-input files of a checkout (build outputs and
     caches left out), as they are on disk: uncommitted edits and applied patches count."""
     digest = hashlib.sha256()
     src = Path(src)
-    for rel in paths:
-        top = src / rel
-        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
-        for path in files:
-            parts = path.relative_to(src).parts
-            if "__pycache__" in parts or path.suffix in (".pyc", ".so", ".o"):
-                continue
-            digest.update("/".join(parts).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in kernel_input_files(src, paths):
+        digest.update("/".join(path.relative_to(src).parts).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 

@@ -193,3 +193,44 @@ def test_apply_reuse_sets_and_clears_the_precompiled_switches(mini, tmp_path, mo
     monkeypatch.setenv("VLLM_USE_PRECOMPILED", "1")  # left in the user's shell: switched off for a compile
     bw.apply_reuse(plan, bw.ReuseDecision(key, None, "inputs differ"))
     assert env == {**ENV, "VLLM_USE_PRECOMPILED": ""}
+
+
+def _generating_tree(root: Path) -> Path:
+    (root / "csrc" / "moe").mkdir(parents=True)
+    (root / "csrc" / "moe" / "a.cu").write_text("__global__ void a() {}\n")
+    (root / "CMakeLists.txt").write_text("project(x)\n")
+    (root / ".gitignore").write_text("# generated files\n**/generated/**\ncsrc/moe/kernel_*\n")
+    return root
+
+
+def _generate(root: Path) -> None:
+    """What vLLM's CMake does at configure time: kernels written into the source tree, which it ignores."""
+    (root / "csrc" / "quant" / "generated").mkdir(parents=True)
+    (root / "csrc" / "quant" / "generated" / "machete_mm_impl_part1.cu").write_text("// generated\n")
+    (root / "csrc" / "moe" / "kernel_bf16.cu").write_text("// generated\n")
+
+
+def test_files_the_checkout_ignores_are_no_kernel_input_in_a_git_checkout(tmp_path):
+    import subprocess
+
+    root = _generating_tree(tmp_path / "vllm")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+           "PATH": __import__("os").environ["PATH"]}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, env=env)
+    before = bw.tree_digest(root)
+    _generate(root)
+    assert bw.tree_digest(root) == before
+    (root / "csrc" / "moe" / "b.cu").write_text("// new, not ignored: an input\n")
+    assert bw.tree_digest(root) != before
+
+
+def test_files_the_checkout_ignores_are_no_kernel_input_in_an_unpacked_sdist(tmp_path):
+    pytest.importorskip("pathspec")
+    root = _generating_tree(tmp_path / "vllm")
+    before = bw.tree_digest(root)
+    _generate(root)
+    assert [p.name for p in bw.kernel_input_files(root)] == ["CMakeLists.txt", "a.cu"]
+    assert bw.tree_digest(root) == before
+    (root / "csrc" / "moe" / "a.cu").write_text("__global__ void a() { /* edited */ }\n")
+    assert bw.tree_digest(root) != before
