@@ -283,7 +283,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         earlier = earlier_build(src, settings)
         notes.append(resume_note(src, settings, earlier))
         notes.append(estimate_note(tree, settings, archs=archs, cores=cpu_count(), jobs=parallelism.max_jobs,
-                                   nvcc_threads=parallelism.nvcc_threads, targets=[t.target for t in chosen] or None,
+                                   nvcc_threads=parallelism.nvcc_threads, targets=[t.target for t in chosen],
                                    earlier=earlier))
     return plan
 

@@ -115,23 +115,24 @@ def _pointer(path: Path, pattern: str, checkout: Path) -> Path:
     return target
 
 
-def git_dirs(checkout: Path) -> tuple[Path, Path] | None:
-    """(git dir, common dir) of a checkout; None without git. Both must lie inside the checkout: a ``.git``
-    link, or a ``gitdir:`` / ``commondir`` pointer out of it (a linked worktree, a submodule checkout), is
-    refused."""
+def git_dirs(checkout: Path, within: Path | None = None) -> tuple[Path, Path] | None:
+    """(git dir, common dir) of a checkout; None without git. Both must lie inside the checkout (or inside
+    ``within``, the repository a submodule checkout belongs to: its git dir is that one's .git/modules/...):
+    a ``.git`` link, or a ``gitdir:`` / ``commondir`` pointer out of it (a linked worktree), is refused."""
     checkout = Path(checkout).resolve()
+    root = Path(within).resolve() if within is not None else checkout
     dot_git = checkout / ".git"
     if dot_git.is_symlink():
         raise _refuse(dot_git, f"is a symlink to {os.readlink(dot_git)}", _LINK_FIX)
     if dot_git.is_dir():
         git_dir = dot_git
     elif _plain_file(dot_git):
-        git_dir = _pointer(dot_git, r"gitdir:\s*(.+)", checkout)
+        git_dir = _pointer(dot_git, r"gitdir:\s*(.+)", root)
     else:
         return None
     common = git_dir
     if _plain_file(git_dir / "commondir"):  # a worktree layout: objects and refs live in the common dir
-        common = _pointer(git_dir / "commondir", r"(.+)", checkout)
+        common = _pointer(git_dir / "commondir", r"(.+)", root)
     return git_dir, common
 
 

@@ -381,18 +381,21 @@ def _fetch_commit(src: Path, dest: Path, commit: str, tag: str = "") -> None:
     _git(["checkout", "--quiet", "--detach", commit], dest, f"checking out {commit[:12]} of {src}")
 
 
-def _take_submodules(src: Path, dest: Path, dep: GitDep | None, prefix: str = "", level: int = 0):
+def _take_submodules(src: Path, dest: Path, dep: GitDep | None, prefix: str = "", level: int = 0,
+                     top: Path | None = None):
     """Check out the submodules the policy takes in ``dest`` from ``src``'s own submodule checkouts, at
-    the commits ``dest`` records; one that ``src`` does not hold is "missing"."""
+    the commits ``dest`` records; one that ``src`` does not hold is "missing". ``top``: the source repository
+    (a submodule checkout keeps its git data in the top one's .git/modules)."""
+    top = top or src
     plan = plan_submodules(dest, dep, prefix)
     for path in [p[len(prefix):] for p in plan.taken]:
         line = run_git(["ls-tree", "HEAD", "--end-of-options", path], dest).stdout.split()
         commit = line[2] if len(line) >= 3 and line[1] == "commit" else ""
         source = src / path
-        if commit and level < 8 and read_head(source) is not None and \
+        if commit and level < 8 and read_head(source, within=top) is not None and \
                 run_git(["cat-file", "-e", f"{commit}^{{commit}}"], source).returncode == 0:
             _fetch_commit(source, dest / path, commit)
-            nested = _take_submodules(source, dest / path, None, f"{prefix}{path}/", level + 1)
+            nested = _take_submodules(source, dest / path, None, f"{prefix}{path}/", level + 1, top)
             plan.taken += nested.taken
             plan.skipped.update(nested.skipped)
             plan.missing += nested.missing

@@ -258,19 +258,20 @@ def _peel(common: Path, oid: str, depth: int = 0) -> str | None:
     return None
 
 
-def _own_git_dirs(repo: Path):
-    """``repo``'s git dirs when they lie inside it; None without git data, or with git data kept elsewhere
-    (a `gitdir:` pointer out of the entry proves nothing about the files in it)."""
+def _own_git_dirs(repo: Path, within: Path | None = None):
+    """``repo``'s git dirs when they lie inside it (or inside ``within``, the repository a submodule checkout
+    belongs to); None without git data, or with git data kept elsewhere (a `gitdir:` pointer out of the entry
+    proves nothing about the files in it)."""
     try:
-        return git_dirs(Path(repo))
+        return git_dirs(Path(repo), within)
     except ForgeError:
         return None
 
 
-def read_head(repo: Path) -> str | None:
+def read_head(repo: Path, within: Path | None = None) -> str | None:
     """The commit checked out in ``repo``, read from its .git files (nothing of the entry is run);
-    None without git data of its own."""
-    dirs = _own_git_dirs(repo)
+    None without git data of its own (``within``: see _own_git_dirs)."""
+    dirs = _own_git_dirs(repo, within)
     if dirs is None:
         return None
     git_dir, common = dirs
