@@ -46,12 +46,10 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vllm_forge.audit import audit
+from vllm_forge.gpu.toolchain import find_cuda_tool
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from scripts import audit  # noqa: E402
-from scripts.toolchain import find_cuda_tool  # noqa: E402
-
 CHUNK = audit.STREAM_CHUNK
 
 

@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts import fetch_deps
-from scripts.build_wheel import BuildRequest, plan_build
-from scripts.preflight import run_preflight
-from scripts.toolchain import find_cuda_toolchain
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build.build_wheel import BuildRequest, plan_build
+from vllm_forge.build.preflight import run_preflight
+from vllm_forge.deps import fetch_deps
+from vllm_forge.gpu.toolchain import find_cuda_toolchain
+from vllm_forge.source.vllm_tree import inspect_tree
 
 
 def _placeholders(tree, cache: Path) -> None:

@@ -23,9 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.image import JIT_DISTS, TORCH_DISTS  # noqa: E402
+from vllm_forge.image.image import JIT_DISTS, TORCH_DISTS
 
 
 class RangeFile(io.RawIOBase):

@@ -9,21 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Property tests draw 300 examples; `nox -s mutants` asks for 20 (VLLM_FORGE_HYPOTHESIS_PROFILE=mutation): every
 # mutant reruns the tests that call its function, and a wrong answer shows in the first few examples or not at all.
-from hypothesis import settings as _hypothesis_settings  # noqa: E402
+from hypothesis import settings as _hypothesis_settings
 
 _hypothesis_settings.register_profile("full", max_examples=300, deadline=None)
 _hypothesis_settings.register_profile("mutation", max_examples=20, deadline=None)
@@ -45,8 +42,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def nvcc_toolchain():
-    from scripts.errors import ForgeError
-    from scripts.toolchain import find_cuda_toolchain
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.gpu.toolchain import find_cuda_toolchain
 
     try:
         return find_cuda_toolchain()
@@ -56,7 +53,7 @@ def nvcc_toolchain():
 
 @pytest.fixture(scope="session")
 def cuobjdump():
-    from scripts.toolchain import find_cuda_tool
+    from vllm_forge.gpu.toolchain import find_cuda_tool
 
     tool = find_cuda_tool("cuobjdump")
     require_tool("cuobjdump", tool is not None)
@@ -73,8 +70,8 @@ def docker_available() -> bool:
 @pytest.fixture(scope="session")
 def client():
     """The docker client bakes use, its engine answering (a skip locally, a failure in CI, when not)."""
-    from scripts import image
-    from scripts.errors import ForgeError
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image import image
 
     try:
         found = image.find_docker()
@@ -87,8 +84,8 @@ def client():
 @pytest.fixture(scope="session")
 def standins(client):
     """The TEST-ONLY stand-in base images (scripts/standin_images.py), built once when missing."""
-    from scripts.errors import ForgeError
-    from scripts.standin_images import ensure_standin_images
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image.standin_images import ensure_standin_images
 
     try:
         return ensure_standin_images(client.path, log=lambda line: None)
@@ -101,7 +98,7 @@ def standins(client):
 @pytest.fixture(scope="session")
 def minivllm_repo(tmp_path_factory) -> str:
     """file:// URL of a bare git repo of the embedded miniature vLLM."""
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     return publish_minivllm(tmp_path_factory.mktemp("minivllm-remote"))
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.fatbin import list_device_code, scan_stream
+from vllm_forge.audit import audit
+from vllm_forge.audit.fatbin import list_device_code, scan_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 

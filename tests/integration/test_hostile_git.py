@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import build_wheel, checkout, context_git, git_safe, image, patches, vllm_tree
-from scripts.errors import ForgeError
+from vllm_forge.build import build_wheel
+from vllm_forge.core import git_safe
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import image
+from vllm_forge.source import checkout, context_git, patches, vllm_tree
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,10 @@ import sys
 
 import pytest
 
-from scripts import archs, compat, matrix, mirrors
 from tests.conftest import require_tool
+from vllm_forge.gpu import archs, compat
+from vllm_forge.image import mirrors
+from vllm_forge.matrix import matrix
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +70,10 @@ def test_the_cn_mirror_rewrites_bases_and_indexes(repo_root):
 
 
 def project_copy(repo_root, dest):
-    """This repo's tasks, sessions and scripts without any checkout, cache or build output: a fresh clone."""
+    """This repo's tasks, sessions and package without any checkout, cache or build output: a fresh clone."""
     for name in ("tasks.py", "noxfile.py", "pyproject.toml", "requirements.txt"):
         shutil.copy2(repo_root / name, dest / name)
-    for name in ("scripts", "docker"):
+    for name in ("vllm_forge", "docker"):
         shutil.copytree(repo_root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 

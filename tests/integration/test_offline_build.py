@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout
-from scripts.build_wheel import BuildRequest, plan_build, run_build
-from scripts.errors import ForgeError
-from scripts.fetch_deps import fetch_deps
-from scripts.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps.fetch_deps import fetch_deps
+from vllm_forge.source import checkout
+from vllm_forge.source.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
+from vllm_forge.source.vllm_tree import inspect_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 
@@ -92,7 +92,7 @@ def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
     """Inside the Docker build GitHub is unreachable too: the bake succeeds only with the staged cache."""
     from conftest import docker_available, require_tool
 
-    from scripts import image, standin_images
+    from vllm_forge.image import image, standin_images
 
     require_tool("docker engine", docker_available())
     client = image.find_docker()

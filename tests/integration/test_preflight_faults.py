@@ -166,8 +166,8 @@ def tiny_wheel(wheelhouse: Path, name: str, version: str) -> Path:
 @pytest.mark.nvcc
 def test_install_build_deps_installs_the_unmet_requirement_then_builds(tmp_path, nvcc_toolchain, cuobjdump):
     require_tool("git", shutil.which("git") is not None)
-    from scripts import checkout
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source import checkout
+    from vllm_forge.source.minivllm import publish_minivllm
 
     src = tmp_path / "vllm"
     checkout.clone(publish_minivllm(tmp_path / "remote"), "v0.1.0", src)

@@ -132,8 +132,8 @@ def test_a_fresh_checkout_is_cloned_first_by_the_chain(repo_root, tmp_path, work
 @pytest.fixture(scope="module")
 def standins():
     require_tool("a Docker engine", docker_available())
-    from scripts import image
-    from scripts.standin_images import ensure_standin_images
+    from vllm_forge.image import image
+    from vllm_forge.image.standin_images import ensure_standin_images
 
     client = image.find_docker()
     return ensure_standin_images(client.path, log=lambda line: None)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.audit import Target, decide, ptx_runs_on, resolve_targets, sass_runs_on
-from scripts.errors import ForgeError, run_main
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import Target, decide, ptx_runs_on, resolve_targets, sass_runs_on
+from vllm_forge.core.errors import ForgeError, run_main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H200 = FIXTURES / "h200x2"

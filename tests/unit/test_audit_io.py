@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from test_fatbin import elf, entry, fatbin  # the fat binary builders every audit test uses
 
-from scripts import audit
-from scripts.audit import InflateBudget, Target, TorchArchs, _Scanned
-from scripts.errors import ForgeError
-from scripts.fatbin import STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import InflateBudget, Target, TorchArchs, _Scanned
+from vllm_forge.audit.fatbin import STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
+from vllm_forge.core.errors import ForgeError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GiB = 1 << 30

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compile_cache as cc
-from scripts import remote_build
-from scripts.config import resolve_config
-from scripts.errors import ForgeError
-from scripts.plan import Command, mask_env
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.core.config import resolve_config
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, mask_env
+from vllm_forge.image import remote_build
 
 
 def test_ccache_env_has_launchers_dir_and_base_dir(tmp_path):
@@ -226,7 +226,7 @@ def test_config_accepts_shared_cache_keys():
 
 
 def test_build_plan_carries_cache_env_and_notes(tmp_path, monkeypatch):
-    from scripts import build_wheel
+    from vllm_forge.build import build_wheel
 
     src = tmp_path / "vllm"
     src.mkdir()

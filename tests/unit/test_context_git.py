@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import context_git, image
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import image
+from vllm_forge.source import context_git
 
 TOKEN = f"forge-token-{uuid.uuid4().hex}"
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -241,7 +242,7 @@ def test_public_url(url, public):
 
 
 def test_checkout_copy_skips_logins_and_nested_repositories(tmp_path):
-    from scripts.context_filter import ContextFilter
+    from vllm_forge.image.context_filter import ContextFilter
 
     skip = ContextFilter(tmp_path)
     assert skip(Path(".git"), True) and skip(Path(".git"), False)  # the top one is staged sanitized

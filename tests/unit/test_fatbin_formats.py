@@ -14,9 +14,15 @@ import struct
 import pytest
 from test_fatbin import entry, fatbin  # the builders of the recorded-fixture tests
 
-from scripts import fatbin as fb
-from scripts.errors import ForgeError
-from scripts.fatbin import BinaryFormatError, cubin_kernels, list_device_code, lz4_block_decompress, scan_stream
+from vllm_forge.audit import fatbin as fb
+from vllm_forge.audit.fatbin import (
+    BinaryFormatError,
+    cubin_kernels,
+    list_device_code,
+    lz4_block_decompress,
+    scan_stream,
+)
+from vllm_forge.core.errors import ForgeError
 
 
 def chunked(data: bytes, size: int):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from scripts import checkout, image
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import image
+from vllm_forge.source import checkout
 
 
 @pytest.mark.parametrize("repo", ["--upload-pack=touch {pwned};:", "ext::sh -c touch% {pwned}", "-u", "fd::17",
@@ -48,7 +49,7 @@ def test_an_image_name_that_is_a_docker_option_is_refused(tmp_path, flag):
 def test_a_checkout_lock_planted_as_a_link_truncates_nothing(tmp_path):
     """The lock next to a checkout (.<name>.vllm-forge.lock) may be a link to a file of yours, planted by
     whatever unpacked the tree beside it."""
-    from scripts import checkout_lock
+    from vllm_forge.core import checkout_lock
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import credentials, image
-from scripts.errors import ForgeError
-from scripts.plan import Command, mask_urls
+from vllm_forge.core import credentials
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, mask_urls
+from vllm_forge.image import image
 
 BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 SECRET = f"tok{uuid.uuid4().hex}"
@@ -109,8 +110,9 @@ def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     image.stage_context(plan)
     assert list(victim.iterdir()) == []
     assert (context / "forge" / "docker" / "forge-env.sh").is_file()
-    # what the build's plan reads besides the scripts: the recorded build times its estimate comes from
-    assert (context / "forge" / "scripts" / "build_profiles" / "vllm-0.26.0.json").is_file()
+    # what the build's plan reads besides modules: the recorded build times its estimate comes from
+    assert (context / "forge" / "vllm_forge" / "build" / "build_profiles" / "vllm-0.26.0.json").is_file()
+    assert (context / "forge" / "late" / "vllm_forge" / "nccl" / "doctor_inside.py").is_file()
 
 
 @pytest.fixture
@@ -192,7 +194,7 @@ def test_a_build_arg_with_a_query_token_is_refused(tmp_path, checkout_for_bake):
 
 
 def test_the_source_label_carries_no_credential(tmp_path):
-    from scripts.checkout import CheckoutFacts
+    from vllm_forge.source.checkout import CheckoutFacts
 
     url = f"HTTPS://{SECRET}@git.example.com/vllm.git?private_token={SECRET}"
     cloned = CheckoutFacts(tmp_path, exists=True, managed=True, repo=url, ref="main", commit="a" * 40)
@@ -244,8 +246,8 @@ def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout
     """A cache made before the fix holds the --url-map credential in its marker: bake's copy does not."""
     import json
 
-    from scripts import fetch_deps
-    from scripts.vllm_tree import inspect_tree
+    from vllm_forge.deps import fetch_deps
+    from vllm_forge.source.vllm_tree import inspect_tree
 
     (checkout_for_bake / "CMakeLists.txt").write_text(
         "project(x)\nif(DEFINED ENV{VLLM_CUTLASS_SRC_DIR})\n  set(VLLM_CUTLASS_SRC_DIR $ENV{VLLM_CUTLASS_SRC_DIR})\n"
@@ -300,7 +302,7 @@ def test_a_planted_link_at_the_secret_file_is_replaced(tmp_path, checkout_for_ba
 
 
 def test_the_command_log_is_never_appended_through_a_link(tmp_path, monkeypatch):
-    from scripts.plan import COMMAND_LOG_ENV, record_command
+    from vllm_forge.core.plan import COMMAND_LOG_ENV, record_command
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -407,7 +409,8 @@ def test_every_task_that_takes_an_image_checks_it_before_docker(task, recording_
 
 @pytest.mark.parametrize("hostile", HOSTILE_IMAGES)
 def test_the_image_functions_check_it_themselves(hostile, tmp_path):
-    from scripts import audit, doctor, nccl_test
+    from vllm_forge.audit import audit
+    from vllm_forge.nccl import doctor, nccl_test
 
     ran = []
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from scripts import image
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import image, runtime_requirements
 
 REPO = Path(__file__).resolve().parents[2]
 FORGE_DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -79,7 +81,7 @@ def test_forge_dockerfile_runs_on_docker_20_10_buildkit():
 
 
 def test_default_base_matches_compat_table():
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     assert image.dockerfile_args(FORGE_DOCKERFILE)["BUILD_BASE_IMAGE"] == compat.default_ngc_tag("12.8").image
     assert image.dockerfile_args(FORGE_DOCKERFILE)["FINAL_BASE_IMAGE"] == compat.CUDA_RUNTIME_IMAGES["12.8"]
@@ -167,7 +169,7 @@ def flag_values(argv, flag):
 
 def cloned(src: Path, origin: str, ref: str):
     """``src`` as `invoke clone` leaves it: an origin remote and the ref it checked out recorded."""
-    from scripts.checkout import read_checkout
+    from vllm_forge.source.checkout import read_checkout
 
     subprocess.run(["git", "-C", str(src), "remote", "add", "origin", origin], check=True)
     subprocess.run(["git", "-C", str(src), "config", "vllm-forge.ref", ref], check=True)
@@ -364,7 +366,7 @@ def test_clean_instruction(created_by, expected):
 
 
 def test_default_tag_is_a_valid_docker_tag():
-    from scripts.archs import parse_arch_list
+    from vllm_forge.gpu.archs import parse_arch_list
 
     identity = {"ref": "feature/x@y", "commit": "0" * 40, "dirty": "false"}
     tag = image.default_tag(identity, "12.8", parse_arch_list("12.0"), "build")
@@ -389,10 +391,33 @@ def test_sync_tree_copies_changes_and_drops_build_outputs(tmp_path):
     assert not (dest / "vllm" / "a.py").exists() and (dest / "vllm" / "b.py").read_text() == "b"
 
 
-def test_script_closure_has_what_the_build_runs_and_nothing_else():
-    needed = image.script_closure()
-    assert {"build_wheel", "checkout", "wheel_size", "errors", "archs", "compat", "plan", "toolchain"} <= needed
-    assert "image" not in needed and "serve" not in needed and "standin_images" not in needed
+def test_the_staged_modules_are_what_the_build_runs_and_nothing_else():
+    needed = image.staged_modules()
+    assert {"vllm_forge", "vllm_forge.core", "vllm_forge.build", "vllm_forge.build.build_wheel",
+            "vllm_forge.source.checkout", "vllm_forge.build.wheel_size", "vllm_forge.audit.audit",
+            "vllm_forge.core.errors", "vllm_forge.gpu.archs", "vllm_forge.gpu.compat", "vllm_forge.core.plan",
+            "vllm_forge.gpu.toolchain"} <= needed
+    assert "vllm_forge.build.setup_targets" in needed  # run by build_wheel as a program, never imported
+    assert not {name for name in needed if name.split(".")[1:2] in (["image"], ["serve"], ["nccl"], ["report"])}
+    assert "vllm_forge.pipeline" not in needed
+    assert image.staged_modules(image.LATE_MODULES) == {
+        "vllm_forge", "vllm_forge.image", "vllm_forge.image.runtime_requirements", "vllm_forge.nccl",
+        "vllm_forge.nccl.doctor_inside"}  # stdlib only, both
+
+
+def test_the_staged_package_imports_from_where_it_is_staged(tmp_path, checkout):
+    """Each module the build stage runs imports with only the staged copy on PYTHONPATH, from another directory."""
+    plan = image.plan_bake(image.BakeRequest(src=checkout, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist"),
+                           BUILDKIT)
+    image.stage_context(plan)
+    forge = plan.context / "forge"
+    for root, modules in ((forge, image.BUILD_STAGE_MODULES), (forge / "late", image.LATE_MODULES)):
+        code = ("import importlib, sys; mods = [importlib.import_module(m) for m in sys.argv[1:]]; "
+                "print(*sorted({m.__file__.split('/vllm_forge/')[0] for m in mods}))")
+        out = subprocess.run([sys.executable, "-c", code, *modules], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == [str(root)]  # the staged copy, not this checkout
 
 
 def test_default_ca_bundle_follows_pip(tmp_path):
@@ -416,7 +441,7 @@ def test_runtime_requirements_pin_major_minor(monkeypatch):
         return versions[name]
 
     monkeypatch.setattr(metadata, "version", version)
-    assert image.runtime_requirements() == ["torch==2.7.*", "torchvision==0.22.*"]
+    assert runtime_requirements.runtime_requirements() == ["torch==2.7.*", "torchvision==0.22.*"]
 
 
 def test_the_created_label_is_when_the_sources_changed_so_a_rebake_keeps_its_image_id(tmp_path, monkeypatch):
@@ -425,8 +450,8 @@ def test_the_created_label_is_when_the_sources_changed_so_a_rebake_keeps_its_ima
     import os
     import subprocess
 
-    from scripts.checkout import read_checkout
-    from scripts.image import source_date
+    from vllm_forge.image.image import source_date
+    from vllm_forge.source.checkout import read_checkout
 
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     src = tmp_path / "vllm"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from scripts import archs, compat, image
+from vllm_forge.gpu import archs, compat
+from vllm_forge.image import image
+from vllm_forge.nccl import doctor_inside  # self-contained on purpose: it runs inside images on its own
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
-sys.path.insert(0, str(REPO / "scripts"))
-import doctor_inside  # noqa: E402  (self-contained on purpose: it runs inside images as a plain file)
 
 
 @pytest.fixture
@@ -164,7 +163,7 @@ def test_flashinfer_as_a_setup_extra_counts(checkout, tmp_path):
 
 
 def test_doctor_reports_jit_readiness():
-    from scripts import doctor
+    from vllm_forge.nccl import doctor
 
     inside = {"vllm": {"installed": True}, "jit": {**FACTS, "flashinfer": {"installed": True, "packages": {
         "flashinfer-python": "0.5.3"}, "cubins": 12}}}

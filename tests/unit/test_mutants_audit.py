@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.audit import Target, decide, ptx_runs_on, sass_runs_on
+from vllm_forge.audit.audit import Target, decide, ptx_runs_on, sass_runs_on
 
 
 def gpu(capability: str) -> Target:

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scripts.fatbin import BinaryFormatError, NotDeviceBinary, list_device_code, scan_stream
+from vllm_forge.audit.fatbin import BinaryFormatError, NotDeviceBinary, list_device_code, scan_stream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "h200x2"
 ELF_MAGIC = b"\x7fELF"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.nccl_logs import Context, diagnose_nccl_log, parse_nccl_log
+from vllm_forge.nccl.nccl_logs import Context, diagnose_nccl_log, parse_nccl_log
 
 
 def findings_for(version: str, caps: list[str], extra: str = ""):

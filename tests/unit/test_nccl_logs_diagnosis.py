@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compat, nccl_logs
-from scripts.nccl_logs import (
+from vllm_forge.gpu import compat
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.nccl.nccl_logs import (
     CollRow,
     Context,
     Finding,
@@ -27,7 +28,7 @@ from scripts.nccl_logs import (
     parse_nccl_log,
     parse_nccl_tests,
 )
-from scripts.nccl_logs import TestDevice as Device  # aliased: pytest would collect a Test* name
+from vllm_forge.nccl.nccl_logs import TestDevice as Device  # aliased: pytest would collect a Test* name
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 H200 = FIX / "h200x2"

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from invoke.config import Config
 
-from scripts import image, serve
-from scripts.config import DEFAULTS, resolve_config
-from scripts.errors import ForgeError
+from vllm_forge.core.config import DEFAULTS, resolve_config
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import image
+from vllm_forge.serve import serve
 
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM_FIXTURE = REPO / "tests" / "fixtures" / "upstream_dockerfile" / "Dockerfile"

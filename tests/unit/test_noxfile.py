@@ -13,8 +13,10 @@ from pathlib import Path
 import nox.registry
 import pytest
 
-from scripts import compat, matrix, mirrors
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.image import mirrors
+from vllm_forge.matrix import matrix
 
 
 def run_nox(repo_root, *args, env=None):
@@ -220,7 +222,8 @@ def test_nox_clean_removes_the_one_cache_and_the_tests_temporary_dirs(repo_root,
 
 
 def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
-    from scripts import config, forge_cache, standin_images
+    from vllm_forge.core import config, forge_cache
+    from vllm_forge.image import standin_images
 
     assert config.DEFAULTS["cache_dir"] == config.default_cache_root()  # as this run's environment set it
     monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "c"))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import image, pipeline
-from scripts.errors import ForgeError
-from scripts.plan import Command, recording, run_command
+from vllm_forge import pipeline
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, recording, run_command
+from vllm_forge.image import image
 
 BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 UNREACHABLE = "https://127.0.0.1:9/vllm.git"  # nothing listens: a test that asks it fails loudly
@@ -61,7 +62,7 @@ def test_plan_is_lenient_and_names_what_cannot_run(tmp_path):
 
 def test_standin_settings(tmp_path):
     s = settings(tmp_path, standin=True, mirror="cn")
-    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     assert (s.config.cuda, s.mirror.base_image, s.mirror.runtime_image) == ("13.0", BUILD_STANDIN, RUNTIME_STANDIN)
     assert s.rc.source("base_image") == "standin"  # local images: never rewritten through a registry mirror
@@ -97,7 +98,7 @@ def test_recording_sees_what_run_command_runs():
 
 
 def test_read_checkout_records_ref_and_dirty(tmp_path):
-    from scripts.checkout import read_checkout
+    from vllm_forge.source.checkout import read_checkout
 
     src = tmp_path / "c"
     subprocess.run(["git", "init", "-q", str(src)], check=True)

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import pytest
 from test_figure_data import FAULT, diagnosis
 
-from scripts import report_html, run_records
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.report import report_html, run_records
 
 
 def run_data(seconds: float, outcome: str = "ok") -> dict:

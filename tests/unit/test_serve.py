@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from scripts import serve
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.serve import serve
 
 
 def req(**kw) -> serve.ServeRequest:

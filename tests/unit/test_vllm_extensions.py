@@ -9,11 +9,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from fake_vllm import write_install, write_wheel
 
-from scripts import audit
-from scripts import vllm_extensions as ext
-from scripts.errors import ForgeError
+from tests.unit.fake_vllm import write_install, write_wheel
+from vllm_forge.audit import audit
+from vllm_forge.audit import vllm_extensions as ext
+from vllm_forge.core.errors import ForgeError
 
 PYTHON = {
     "vllm/__init__.py": "from vllm.version import __version__\n",

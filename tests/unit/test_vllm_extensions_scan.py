@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scripts import import_scan
-from scripts import vllm_extensions as ext
+from vllm_forge.audit import import_scan
+from vllm_forge.audit import vllm_extensions as ext
 
 MODULES = ["vllm", "vllm.a", "vllm.b", "vllm.pkg", "vllm.pkg.c"]
 EXTENSIONS = ["vllm._x_C", "vllm.pkg._y_C"]
