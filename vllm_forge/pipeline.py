@@ -146,7 +146,7 @@ def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path, *, writes: bool) 
     if root not in src.parents or (root / "build") in (src, *src.parents):
         return rc
     from vllm_forge.core import checkout_lock
-    from vllm_forge.image.image import sync_tree
+    from vllm_forge.core.tree_sync import sync_tree
 
     copy = root / "build" / "private-src" / src.relative_to(root).as_posix().replace("/", "--")
     stale = checkout_lock.refresh_copy(src, copy, functools.partial(sync_tree, keep=("build",)), writes=writes)

@@ -81,7 +81,7 @@ def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
     assert labels["org.vllm-forge.jit"].startswith("nvcc 13.0 (pip:cuda-toolkit[")
     # No build leftovers; the JIT toolchain (nvcc from NVIDIA's CUDA 13 wheels, a host compiler) is there.
     probe = (
-        "test ! -e /workspace && test ! -e /opt/vllm-forge/scripts && test ! -e /opt/vllm-forge/doctor_inside.py "
+        "test ! -e /workspace && test ! -e /opt/vllm-forge/vllm_forge && test ! -e /opt/vllm-forge/late "
         '&& test -z "$(find /root/.cache -type f)" && test -z "$(find /var/cache/apt -name "*.deb")" '
         "&& nvcc --version | grep -q 'release 13.0' && command -v c++ >/dev/null "
         "&& python3 -c 'import vllm, os; print(os.path.dirname(vllm.__file__))'"

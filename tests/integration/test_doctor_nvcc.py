@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from vllm_forge.nccl.doctor_inside import collect_cuda_runtime
+from vllm_forge.gpu.doctor_inside import collect_cuda_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 

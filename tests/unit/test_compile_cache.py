@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.build import compile_cache as cc
+from vllm_forge.core import shared_cache
 from vllm_forge.core.config import resolve_config
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, mask_env
@@ -88,9 +89,9 @@ def test_a_password_in_a_url_is_refused_and_never_shown():
 
 
 def test_mask_url():
-    assert cc.mask_url("redis://u:p@h:6379/0") == "redis://u:****@h:6379/0"
-    assert cc.mask_url("redis://:p@h") == "redis://:****@h"
-    assert cc.mask_url("redis://h:6379") == "redis://h:6379"
+    assert shared_cache.mask_url("redis://u:p@h:6379/0") == "redis://u:****@h:6379/0"
+    assert shared_cache.mask_url("redis://:p@h") == "redis://:****@h"
+    assert shared_cache.mask_url("redis://h:6379") == "redis://h:6379"
 
 
 def test_credentials_never_enter_the_plan_env(tmp_path, monkeypatch):

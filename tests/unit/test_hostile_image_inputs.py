@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_forge.core import credentials
+from vllm_forge.core import credentials, tree_sync
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, mask_urls
 from vllm_forge.image import image
@@ -32,7 +32,7 @@ def test_a_planted_link_in_the_context_cannot_redirect_a_write(tmp_path):
     dest = tmp_path / "context"
     (dest / "pkg").mkdir(parents=True)
     (dest / "pkg" / "mod.py").symlink_to(outside)  # left by an earlier tree, or planted
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert outside.read_text() == "host file\n"
     assert not (dest / "pkg" / "mod.py").is_symlink()
     assert (dest / "pkg" / "mod.py").read_text() == "print('tree')\n"
@@ -47,7 +47,7 @@ def test_a_planted_directory_link_cannot_redirect_a_write(tmp_path):
     dest = tmp_path / "context"
     dest.mkdir()
     (dest / "pkg").symlink_to(elsewhere, target_is_directory=True)
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert list(elsewhere.iterdir()) == []
     assert (dest / "pkg").is_dir() and not (dest / "pkg").is_symlink()
 
@@ -60,13 +60,13 @@ def test_a_link_left_by_one_tree_is_replaced_by_the_next_trees_file(tmp_path):
     src1.mkdir()
     (src1 / "inside.txt").write_text("a\n")
     (src1 / "setup.cfg").symlink_to("inside.txt")
-    image.sync_tree(src1, dest)
+    tree_sync.sync_tree(src1, dest)
     assert (dest / "setup.cfg").is_symlink()
     os.remove(dest / "setup.cfg")
     (dest / "setup.cfg").symlink_to(outside)  # what a link pointing out would have become
     src2.mkdir()
     (src2 / "setup.cfg").write_text("[metadata]\n")
-    image.sync_tree(src2, dest)
+    tree_sync.sync_tree(src2, dest)
     assert outside.read_text() == "host file\n" and (dest / "setup.cfg").read_text() == "[metadata]\n"
 
 
@@ -77,15 +77,15 @@ def test_links_in_the_source_tree_stay_links_or_are_refused(tmp_path):
     (src / "alias").symlink_to("real", target_is_directory=True)
     (src / "f-link").symlink_to("real/f.txt")
     dest = tmp_path / "context"
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert os.readlink(dest / "alias") == "real" and os.readlink(dest / "f-link") == "real/f.txt"
     (src / "escape").symlink_to("/etc/passwd")
     with pytest.raises(ForgeError, match="outside"):
-        image.sync_tree(src, dest)
+        tree_sync.sync_tree(src, dest)
     os.remove(src / "escape")
     (src / "escape").symlink_to("../../..", target_is_directory=True)
     with pytest.raises(ForgeError, match="outside"):
-        image.sync_tree(src, dest)
+        tree_sync.sync_tree(src, dest)
 
 
 def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
@@ -96,7 +96,7 @@ def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
     (src / "esc").symlink_to("d/d/../../../../etc/passwd")
     assert os.path.normpath(src / "d/d/../../../../etc/passwd").startswith(str(tmp_path))  # lexically "inside"
     with pytest.raises(ForgeError, match=r"esc is a symlink to d/d/.*which resolves outside .*src"):
-        image.sync_tree(src, tmp_path / "context")
+        tree_sync.sync_tree(src, tmp_path / "context")
 
 
 def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
@@ -112,7 +112,7 @@ def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     assert (context / "forge" / "docker" / "forge-env.sh").is_file()
     # what the build's plan reads besides modules: the recorded build times its estimate comes from
     assert (context / "forge" / "vllm_forge" / "build" / "build_profiles" / "vllm-0.26.0.json").is_file()
-    assert (context / "forge" / "late" / "vllm_forge" / "nccl" / "doctor_inside.py").is_file()
+    assert (context / "forge" / "late" / "vllm_forge" / "gpu" / "doctor_inside.py").is_file()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from vllm_forge.core import tree_sync
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.image import image, runtime_requirements
 
@@ -382,12 +383,12 @@ def test_sync_tree_copies_changes_and_drops_build_outputs(tmp_path):
     (src / "vllm" / "__pycache__" / "a.pyc").write_text("c")
     (src / "build" / "junk").write_text("j")
     (src / "link").symlink_to("vllm/a.py")
-    assert image.sync_tree(src, dest) == 2
+    assert tree_sync.sync_tree(src, dest) == 2
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == ["link", "vllm", "vllm/a.py"]
-    assert image.sync_tree(src, dest) == 0  # unchanged: nothing copied
+    assert tree_sync.sync_tree(src, dest) == 0  # unchanged: nothing copied
     (src / "vllm" / "a.py").unlink()
     (src / "vllm" / "b.py").write_text("b")
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert not (dest / "vllm" / "a.py").exists() and (dest / "vllm" / "b.py").read_text() == "b"
 
 
@@ -401,8 +402,8 @@ def test_the_staged_modules_are_what_the_build_runs_and_nothing_else():
     assert not {name for name in needed if name.split(".")[1:2] in (["image"], ["serve"], ["nccl"], ["report"])}
     assert "vllm_forge.pipeline" not in needed
     assert image.staged_modules(image.LATE_MODULES) == {
-        "vllm_forge", "vllm_forge.image", "vllm_forge.image.runtime_requirements", "vllm_forge.nccl",
-        "vllm_forge.nccl.doctor_inside"}  # stdlib only, both
+        "vllm_forge", "vllm_forge.image", "vllm_forge.image.runtime_requirements", "vllm_forge.gpu",
+        "vllm_forge.gpu.doctor_inside"}  # stdlib only, both
 
 
 def test_the_staged_package_imports_from_where_it_is_staged(tmp_path, checkout):

@@ -9,9 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from vllm_forge.gpu import archs, compat
+from vllm_forge.gpu import (
+    archs,
+    compat,
+    doctor_inside,  # self-contained on purpose: it runs inside images on its own
+)
 from vllm_forge.image import image
-from vllm_forge.nccl import doctor_inside  # self-contained on purpose: it runs inside images on its own
 
 REPO = Path(__file__).resolve().parents[2]
 BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")

@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
 
 BUILD_TYPES = ("Release", "RelWithDebInfo", "Debug", "MinSizeRel")
 COMPILE_CACHES = ("auto", "none", "ccache", "sccache")
+BASES = ("auto", "cuda", "ngc")  # what a bake builds on (image/recipe.py chooses from the checkout's pins)
 
 # Layers as invoke stores them, highest precedence first, with the name `plan` shows.
 _INVOKE_LAYERS = (
@@ -260,8 +261,6 @@ def validate_config(config: BuildConfig, sources: Mapping[str, str] | None = Non
             f"build type '{config.build_type}' is not one CMake knows",
             f"use one of {', '.join(BUILD_TYPES)}",
         )
-    from vllm_forge.image.recipe import BASES
-
     if config.base not in BASES:
         raise ForgeError(f"base '{config.base}' is not one of {', '.join(BASES)}",
                          "use auto (what the checkout pins), cuda (NVIDIA's CUDA image + the pinned torch) or ngc")
@@ -280,10 +279,10 @@ def validate_config(config: BuildConfig, sources: Mapping[str, str] | None = Non
         raise ForgeError("mem_per_job_gb must be positive", "set it to the GiB one compile job needs, e.g. 4")
     check_repo_url(config.vllm_repo)
     check_git_ref(config.vllm_ref)
-    from vllm_forge.build.compile_cache import SharedCache
+    # Late: `invoke --list` imports this module, and loads no other.
+    from vllm_forge.core.farm_settings import DistSettings, farm_server_token
+    from vllm_forge.core.shared_cache import SharedCache
 
     SharedCache.from_config(config).check()  # before `plan` shows them: no password in a URL
-    from vllm_forge.build.farm import DistSettings, farm_server_token
-
     DistSettings.from_config(config).check()  # no token in the scheduler URL, token variable names
     farm_server_token(config).check()

@@ -11,6 +11,7 @@ Everything that prints, logs, labels or stores a URL goes through these, so one 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 # A URL inside free text: scheme, optional user-info, the rest. The user-info runs to the last @ before the
 # path and may hold any character but / ? # and whitespace: a password with quotes, < or > is still one.
@@ -68,3 +69,10 @@ def strip_credentials(url: str) -> str:
         return match.group(1) + rest
 
     return _URL.sub(strip, url or "")
+
+
+def is_secret_config(env: Mapping[str, str], name: str) -> bool:
+    """Whether ``name`` in ``env`` is a GIT_CONFIG_VALUE_n carrying a credential (an extraHeader): the config
+    git_safe hands git through the environment, never its command line."""
+    match = re.fullmatch(r"GIT_CONFIG_VALUE_(\d+)", name)
+    return bool(match) and env.get(f"GIT_CONFIG_KEY_{match.group(1)}", "").lower().endswith(".extraheader")

@@ -216,12 +216,6 @@ def secret_config_env(pairs: Sequence[tuple[str, str]], base: Mapping[str, str] 
     return env
 
 
-def is_secret_config(env: Mapping[str, str], name: str) -> bool:
-    """Whether ``name`` in ``env`` is a GIT_CONFIG_VALUE_n carrying a credential (an extraHeader)."""
-    match = re.fullmatch(r"GIT_CONFIG_VALUE_(\d+)", name)
-    return bool(match) and env.get(f"GIT_CONFIG_KEY_{match.group(1)}", "").lower().endswith(".extraheader")
-
-
 _USERINFO = re.compile(r"^([a-z][a-z0-9+.-]*://)([^/?#]*)@", re.IGNORECASE)
 
 

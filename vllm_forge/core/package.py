@@ -17,8 +17,6 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-PACKAGE = "vllm_forge"
-_DOTTED = re.compile(rf"{PACKAGE}(\.[A-Za-z_]\w*)+")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = PACKAGE_DIR.parent  # what goes on PYTHONPATH (the repository's root)
 
@@ -31,7 +29,8 @@ def python_path(root: Path | str = PACKAGE_ROOT, environ: Mapping[str, str] | No
 
 
 def module_path(module: str, package_dir: Path = PACKAGE_DIR) -> Path:
-    """The file of a dotted ``vllm_forge`` module: its ``.py``, or a package's ``__init__.py``."""
+    """The file of a dotted module of the package at ``package_dir``: its ``.py``, or a package's
+    ``__init__.py``."""
     parts = module.split(".")[1:]
     base = package_dir.joinpath(*parts)
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
@@ -46,19 +45,29 @@ def _resolve(module: str, names: Iterable[str], package_dir: Path) -> list[str]:
     return found
 
 
-def imported_modules(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
-    """The ``vllm_forge`` modules the source file ``path`` imports anywhere in it (dotted names)."""
+def module_references(path: Path, package_dir: Path = PACKAGE_DIR) -> list[tuple[str, int]]:
+    """``(module, line)`` for each module of the package at ``package_dir`` that the source file ``path``
+    imports anywhere in it, or names as a whole string (dotted names, the package's own name first)."""
+    package = package_dir.name
+    whole = re.compile(rf"{re.escape(package)}(\.[A-Za-z_]\w*)+")
     tree = ast.parse(Path(path).read_text(), str(path))
-    found: set[str] = set()
+    found: list[tuple[str, int]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and (
-                node.module == PACKAGE or node.module.startswith(PACKAGE + ".")):
-            found.update(_resolve(node.module, (alias.name for alias in node.names), package_dir))
+                node.module == package or node.module.startswith(package + ".")):
+            found += [(name, node.lineno)
+                      for name in _resolve(node.module, (alias.name for alias in node.names), package_dir)]
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name == PACKAGE or a.name.startswith(PACKAGE + "."))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.fullmatch(node.value):
-            found.add(node.value)  # importlib.import_module("vllm_forge.x.y"), or a program run as python -m
-    return {name for name in found if module_path(name, package_dir).is_file()}
+            found += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == package]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and whole.fullmatch(node.value):
+            found.append((node.value, node.lineno))  # import_module("vllm_forge.x.y"), or a program run as python -m
+    return sorted({(name, line) for name, line in found if module_path(name, package_dir).is_file()},
+                  key=lambda item: (item[1], item[0]))
+
+
+def imported_modules(path: Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
+    """The modules of the package at ``package_dir`` that the source file ``path`` uses (``module_references``)."""
+    return {name for name, _line in module_references(path, package_dir)}
 
 
 def module_closure(entries: Iterable[str], package_dir: Path = PACKAGE_DIR) -> set[str]:

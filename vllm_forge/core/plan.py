@@ -20,12 +20,11 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_env(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` with secrets as ****: by the variable's name, and git config a login travels in (scripts/git_safe.py)."""
-    from vllm_forge.core.git_safe import (
-        is_secret_config,  # late: `invoke --list` imports this module, and loads no other
-    )
+    """``env`` with secrets as ****: by the variable's name, and git config a login travels in (core/git_safe.py)."""
+    from vllm_forge.core import credentials  # late: `invoke --list` imports this module, and loads no other
 
-    return {k: ("****" if (is_secret_name(k) or is_secret_config(env, k)) and v else v) for k, v in env.items()}
+    return {k: ("****" if (is_secret_name(k) or credentials.is_secret_config(env, k)) and v else v)
+            for k, v in env.items()}
 
 
 def mask_urls(text: str) -> str:

@@ -2,8 +2,8 @@
 
 Three rules, in this order:
 
-- build outputs and caches (``build/``, ``dist/``, ``__pycache__``, ``*.so``, ...) and git dirs (the top
-  one goes in sanitized by scripts/context_git.py; a nested repository is not source);
+- build outputs and caches (``build/``, ``dist/``, ``__pycache__``, ``*.so``, ...: core/tree_sync.py) and git
+  dirs (the top one goes in sanitized by source/context_git.py; a nested repository is not source);
 - the checkout's own ``.dockerignore``, with Docker's rules (patterns anchored at the root, ``*`` and ``?``
   within one path element, ``**`` across them, ``!`` to take a path back, a pattern that names a
   directory names what is in it), matched by RE2 like Docker's own Go matcher, so a hostile pattern
@@ -23,10 +23,7 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.nofollow import is_inside
-
-_SKIP_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "venv", ".deps"}
-_SKIP_TOP = {"build", "dist", ".deps", ".venv", "wheel-export"}
-_SKIP_SUFFIX = (".pyc", ".pyo", ".so", ".egg-info")
+from vllm_forge.core.tree_sync import is_build_output
 
 # Files that hold logins, as .dockerignore patterns (``**/`` : at any depth). Templates of dotenv files
 # (.env.example, ...) carry no secret and often are needed: the ``!`` lines take them back.
@@ -39,18 +36,6 @@ DENIED = (
 )
 MAX_DOCKERIGNORE = 1 << 20  # bytes of .dockerignore read
 MAX_PATTERNS = 10_000
-
-
-def is_build_output(rel: Path, is_dir: bool) -> bool:
-    """Build outputs and caches, which no build context needs (``build/``, ``dist/``, ``__pycache__``, ``*.so``...)."""
-    parts = rel.parts
-    if not parts:
-        return False
-    if len(parts) == 1 and parts[0] in _SKIP_TOP and is_dir:
-        return True
-    if is_dir and parts[-1] in _SKIP_DIRS:
-        return True
-    return parts[-1].endswith(_SKIP_SUFFIX)
 
 
 def _to_regex(pattern: str) -> str:

@@ -41,6 +41,7 @@ from vllm_forge.core import credentials
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.package import PACKAGE_DIR, module_closure, module_path
 from vllm_forge.core.plan import Command, mask_urls, run_command
+from vllm_forge.core.tree_sync import is_build_output, sync_tree
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import archs as archs_mod
 from vllm_forge.gpu import compat
@@ -453,9 +454,9 @@ def source_date(src: Path, facts: CheckoutFacts) -> _dt.datetime:
     if not seconds or facts.dirty:
         for root, dirs, files in os.walk(src):
             rel = Path(root).relative_to(src)
-            dirs[:] = [d for d in dirs if d != ".git" and not _skip(rel / d, True)]
+            dirs[:] = [d for d in dirs if d != ".git" and not is_build_output(rel / d, True)]
             for name in files:
-                if not _skip(rel / name, False):
+                if not is_build_output(rel / name, False):
                     seconds = max(seconds, (Path(root) / name).lstat().st_mtime)
     if not seconds:
         return _dt.datetime.now(_dt.timezone.utc)
@@ -981,12 +982,6 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
 # --- staging the build context ----------------------------------------------------------------------
 
 
-def _skip(rel: Path, is_dir: bool) -> bool:
-    from vllm_forge.image.context_filter import is_build_output
-
-    return is_build_output(rel, is_dir)
-
-
 def _real_dir(path: Path) -> Path:
     from vllm_forge.core.nofollow import real_dir
 
@@ -1007,76 +1002,6 @@ def _copy_file(source: Path, target: Path) -> None:
     copy_file(source, target)
 
 
-def _link_inside(source: Path, root: Path) -> bool:
-    """Whether the symlink ``source`` resolves inside ``root``, as the kernel resolves it (every link on the
-    way followed: ``d -> .`` makes ``d/d/../../x`` climb out, whatever the text says)."""
-    from vllm_forge.core.nofollow import is_inside
-
-    return not os.path.isabs(os.readlink(source)) and is_inside(source, root)
-
-
-def sync_tree(src: Path, dest: Path, *, skip: Callable[[Path, bool], bool] = _skip, keep: tuple[str, ...] = ()) -> int:
-    """Make ``dest`` a copy of ``src`` (minus skipped paths), copying only changed files; returns how many.
-    Copies keep their source's mtime, so a build in ``dest`` sees an unchanged file as unchanged.
-
-    ``keep``: top-level names in ``dest`` that are its own and stay as they are (a private copy's ``build``
-    dir, where its CMake build resumes from). Nothing is ever written through a symlink already in ``dest``
-    (one planted there, or left by an earlier tree): it is replaced. Symlinks in ``src`` are copied as
-    symlinks when they resolve inside ``src``; one that resolves outside is refused.
-    """
-    src, dest = Path(os.path.normpath(Path(src).absolute())), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _real_dir(dest)
-    copied = 0
-    wanted: set[Path] = set()
-    for root, dirs, files in os.walk(src):
-        rel_root = Path(root).relative_to(src)
-        dirs[:] = [d for d in dirs if not skip(rel_root / d, True)]
-        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # os.walk does not follow them: copy the link
-        dirs[:] = [d for d in dirs if d not in links]
-        for name in dirs:
-            wanted.add(rel_root / name)
-            _real_dir(dest / rel_root / name)
-        for name in links + files:
-            rel = rel_root / name
-            if skip(rel, False):
-                continue
-            wanted.add(rel)
-            source, target = src / rel, dest / rel
-            if source.is_symlink():
-                if not _link_inside(source, src):
-                    raise ForgeError(
-                        f"{source} is a symlink to {os.readlink(source)}, which resolves outside {src}: the build "
-                        "context would not hold what it points at",
-                        "replace the link with the file it points at, or remove it from the tree",
-                    )
-                link = os.readlink(source)
-                if not (target.is_symlink() and os.readlink(target) == link):
-                    _remove(target)
-                    os.symlink(link, target)
-                    copied += 1
-                continue
-            st = source.lstat()
-            try:
-                tt = target.lstat()  # a symlink at the target is never "the same file"
-                same = (not target.is_symlink() and tt.st_size == st.st_size and int(tt.st_mtime) == int(st.st_mtime)
-                        and tt.st_mode == st.st_mode)
-            except FileNotFoundError:
-                same = False
-            if not same:
-                _copy_file(source, target)
-                copied += 1
-    for root, dirs, files in os.walk(dest):
-        rel_root = Path(root).relative_to(dest)
-        kept = [d for d in dirs if rel_root == Path(".") and d in keep and not (Path(root) / d).is_symlink()]
-        for name in [d for d in dirs if d not in kept] + files:
-            rel = rel_root / name
-            if rel not in wanted:
-                _remove(dest / rel)
-        dirs[:] = [d for d in dirs if d not in kept and (rel_root / d) in wanted]  # never walk what is kept
-    return copied
-
-
 # What docker/Dockerfile runs (`python3 -m`) in the build stage up to the compile: these modules and what they
 # import are staged (forge/vllm_forge/, the image's PYTHONPATH), so a change elsewhere in vllm-forge does not
 # invalidate the compile layer.
@@ -1085,7 +1010,7 @@ BUILD_STAGE_MODULES = ("vllm_forge.source.checkout", "vllm_forge.build.build_whe
 BUILD_STAGE_DATA = ("build/build_profiles",)  # what they read besides modules (build_estimate's recorded builds)
 # Run after the compile (the runtime stage's torch pins) and in the runtime stage (the JIT check): staged apart
 # (forge/late/vllm_forge/) and bind-mounted where they run, so a change to them reruns only those steps.
-LATE_MODULES = ("vllm_forge.image.runtime_requirements", "vllm_forge.nccl.doctor_inside")
+LATE_MODULES = ("vllm_forge.image.runtime_requirements", "vllm_forge.gpu.doctor_inside")
 
 
 def staged_modules(entries: Iterable[str] = BUILD_STAGE_MODULES) -> set[str]:
@@ -1102,7 +1027,7 @@ def _only(modules: Iterable[str], data: Iterable[str] = ()) -> Callable[[Path, b
 
     def skip(rel: Path, is_dir: bool) -> bool:
         if any(rel == d or d in rel.parents for d in kept):
-            return _skip(rel, is_dir)
+            return is_build_output(rel, is_dir)
         if any(rel in d.parents for d in kept):
             return False  # a package on the way to a data directory
         return rel not in (dirs if is_dir else files)
@@ -1450,9 +1375,9 @@ def image_size_report(
 
 
 def image_jit_facts(docker: str, image: str) -> dict:
-    """vllm_forge/nccl/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
+    """vllm_forge/gpu/doctor_inside.py's JIT facts, collected inside ``image`` (no GPU, no network)."""
     check_image_ref(image, "the image")
-    script = module_path("vllm_forge.nccl.doctor_inside").read_text()  # run as a file of its own
+    script = module_path("vllm_forge.gpu.doctor_inside").read_text()  # run as a file of its own
     try:
         proc = subprocess.run([docker, "run", "--rm", "-i", "--network", "none", "--entrypoint", "python3", image, "-",
                                "--jit"], input=script, capture_output=True, text=True, timeout=300)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vllm_forge.core.config import BASES
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
 
 DEFAULT_IMAGE_CUDA = "12.8"  # a checkout that pins no CUDA: the field report's (NGC 25.02, RTX 5090)
-BASES = ("auto", "cuda", "ngc")
 
 
 @dataclass(frozen=True)

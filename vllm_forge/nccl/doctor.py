@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.core.package import module_path
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import compat
 from vllm_forge.nccl import nccl_logs
 from vllm_forge.nccl.nccl_logs import Finding, parse_version
 
-INSIDE_SCRIPT = Path(__file__).resolve().parent / "doctor_inside.py"
+INSIDE_SCRIPT = module_path("vllm_forge.gpu.doctor_inside")  # piped into an image's python3 as a file of its own
 SMI_QUERY = "index,name,compute_cap,driver_version,memory.total,pci.bus_id,pcie.link.gen.max,pcie.link.width.max"
 
 
@@ -166,7 +167,7 @@ def _collect_nvml(facts: HostFacts) -> None:
 # In-Python / in-image facts
 # ---------------------------------------------------------------------------------------------------
 def collect_inside_local() -> dict:
-    from vllm_forge.nccl import doctor_inside
+    from vllm_forge.gpu import doctor_inside
 
     return doctor_inside.collect()
 
