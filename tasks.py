@@ -1083,7 +1083,10 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", plot=None, overlay=No
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
 
-images = _lazy("vllm_forge.image.image")
+bake_requests = _lazy("vllm_forge.image.request")
+docker_clients = _lazy("vllm_forge.image.docker_client")
+image_facts = _lazy("vllm_forge.image.inspection")
+image_jit = _lazy("vllm_forge.image.jit")
 serving = _lazy("vllm_forge.serve.serve")
 
 IMAGE_HELP = {
@@ -1117,7 +1120,7 @@ def _plain_docker(docker=None) -> str:
 def _engine_docker(docker=None) -> str:
     """``_plain_docker``, after checking that it exists and its engine answers (one clear line if not)."""
     path = _plain_docker(docker)
-    images.check_engine(path)
+    docker_clients.check_engine(path)
     return path
 
 
@@ -1144,7 +1147,7 @@ def _bake_task(chain: bool, doc: str):
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
             index_url=index_url, extra_index_url=extra_index_url, pytorch_index=pytorch_index, platform=platform,
             push=push, builder=builder, cache_from=list(cache_from or []), cache_to=list(cache_to or []),
-            no_cache=no_cache, build_args=images.parse_build_args(build_arg or []),
+            no_cache=no_cache, build_args=bake_requests.parse_build_args(build_arg or []),
             limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit, jit=not no_jit)
         options = pipelines.Options(dry_run=dry_run, force=force, reuse_checkout=chain, bake=bake_options,
                                     budget_gb=_number("budget", budget, float))
@@ -1209,11 +1212,12 @@ image = forge_task(name="image", help=_BAKE_HELP, iterable=["build_arg", "cache_
 @forge_task(help={"image": "image tag or id", "docker": IMAGE_HELP["docker"]}, auto_shortflags=False)
 def inspect(ctx, image, docker=None):
     """Show an image's build labels (vLLM ref/commit, archs, CUDA, bases, date, vllm-forge version) and size."""
-    _print_labels(images.inspect_image(_engine_docker(docker), image))
+    _print_labels(image_facts.inspect_image(_engine_docker(docker), image))
 
 
 def _print_labels(info: dict) -> None:
-    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})"
+    size = info["size"] / image_facts.GB
+    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({size:.2f} GB, {info['id'][7:19]})"
     table = Table("label", "value", title=escape(title))
     for name, value in sorted(info["labels"].items()):
         table.add_row(name, escape(value))
@@ -1221,18 +1225,18 @@ def _print_labels(info: dict) -> None:
     console.print(f"runs as: {escape(info['user'] or 'root')} (image USER)")
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
-    # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).
-    ready, line = images.jit_summary(images.image_jit_facts(images.default_docker(), info["id"]),
-                                     info["labels"].get("org.vllm-forge.sm", "").split(","))
+    # JIT readiness, collected inside the image (image/jit.py image_jit_facts, doctor_inside.collect_jit).
+    ready, line = image_jit.jit_summary(image_jit.image_jit_facts(docker_clients.default_docker(), info["id"]),
+                                        info["labels"].get("org.vllm-forge.sm", "").split(","))
     console.print(f"[{'green' if ready else 'yellow'}]JIT[/] {escape(line)}")
 
 
 def _print_image_size(report) -> None:
     colour = "green" if report.ok else "red"
-    over = (f", {report.over_base / images.GB:.2f} GB over its base {report.base}" if report.over_base is not None
+    over = (f", {report.over_base / image_facts.GB:.2f} GB over its base {report.base}" if report.over_base is not None
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
-    console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    console.print(f"[{colour}]{report.image}: {report.size / image_facts.GB:.2f} GB[/]{over}{budget}")
     parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
     for name, size in report.parts.items():
         parts.add_row(f"{size / 1e6:.1f}", name)
@@ -1343,20 +1347,21 @@ def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
     tag, or "" and why the steps could not run here (the demo then ends non-zero saying so)."""
     from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
-    docker = images.default_docker()
+    docker = docker_clients.default_docker()
     skipped = "the demo did not bake, serve or smoke-test an image (its image steps)"
-    if not images.engine_reachable(docker):
+    if not docker_clients.engine_reachable(docker):
         return "", ForgeError(f"{skipped}: no Docker engine answers `{docker} info`",
                               "start one (the README's Docker section says how) and rerun, or pass --no-docker "
                               "to stop after the wheel", exit_code=1)
     settings = _settings(ctx, writes=True, **flags)
     recipe = settings.image_recipe()
     base, runtime = recipe.base_image, recipe.runtime_image
-    if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
-        if not (images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN)):
+    if not (docker_clients.image_present(docker, base) and docker_clients.image_present(docker, runtime)):
+        if not (docker_clients.image_present(docker, BUILD_STANDIN)
+                and docker_clients.image_present(docker, RUNTIME_STANDIN)):
             return "", ForgeError(
                 f"{skipped}: neither its bases ({base}, {runtime}) nor the TEST-ONLY stand-ins are in this engine",
-                "build the stand-ins once, as root (`python3 scripts/standin_images.py`: debootstrap, about 4 "
+                "build the stand-ins once, as root (`python3 -m vllm_forge.image.standin_images`: debootstrap, about 4 "
                 f"minutes), or pull {base} and {runtime}, then rerun; or pass --no-docker", exit_code=1)
         console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]",
                       soft_wrap=True)

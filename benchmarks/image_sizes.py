@@ -23,7 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from vllm_forge.image.image import JIT_DISTS, TORCH_DISTS
+from vllm_forge.image.inspection import JIT_DISTS, TORCH_DISTS
 
 
 class RangeFile(io.RawIOBase):

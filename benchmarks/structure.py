@@ -27,11 +27,16 @@ from vllm_forge import LAYERS
 from vllm_forge.core.package import PACKAGE_DIR, PACKAGE_ROOT, module_references
 
 LONG = 80
-SKIP_DIRS = {".git", ".nox", "build", "dist", "mutants", "__pycache__", ".venv", "fixtures"}
+SKIP_TOP = {".git", ".nox", "build", "dist", "mutants", ".venv", "reports"}  # outputs at the tree's root
+SKIP_ANY = {"__pycache__", "fixtures"}
 
 
 def _sources(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.py") if not SKIP_DIRS & set(p.relative_to(root).parts))
+    def kept(path: Path) -> bool:
+        parts = path.relative_to(root).parts
+        return parts[0] not in SKIP_TOP and not SKIP_ANY & set(parts)
+
+    return sorted(p for p in root.rglob("*.py") if kept(p))
 
 
 def _module_name(path: Path, package_dir: Path) -> str:
@@ -89,8 +94,8 @@ def sys_path_edits(path: Path) -> list[int]:
                 target = t.value if isinstance(t, ast.Subscript) else t
         if isinstance(target, ast.Attribute) and target.attr == "path" and getattr(target.value, "id", "") == "sys":
             lines.append(node.lineno)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and any(
-                s in node.value for s in ("sys.path.insert(", "sys.path.append(", "sys.path[0] =")):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "\n" in node.value and any(
+                s in node.value for s in ("sys.path.insert(", "sys.path.append(", "sys.path[0] =")):  # code
             lines.append(node.lineno)
     return sorted(set(lines))
 
@@ -140,7 +145,7 @@ def measure(root: Path, package: str, layers: tuple[tuple[str, ...], ...] = LAYE
     new_modules = {p.stem: _module_name(p, PACKAGE_DIR).split(".")[1] for p in PACKAGE_DIR.rglob("*.py")
                    if p.stem != "__init__" and p.parent != PACKAGE_DIR}
     layer = {wing: i for i, wings in enumerate(layers) for wing in wings}
-    files = [p for p in _sources(package_dir)]
+    files = [p for p in _sources(root) if p.is_relative_to(package_dir)]
     modules, functions, graph, upward = {}, [], {}, []
     arrows: set[tuple[str, str, str, str]] = set()  # (module, wing, imported module, its wing)
     for path in files:

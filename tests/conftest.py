@@ -71,11 +71,11 @@ def docker_available() -> bool:
 def client():
     """The docker client bakes use, its engine answering (a skip locally, a failure in CI, when not)."""
     from vllm_forge.core.errors import ForgeError
-    from vllm_forge.image import image
+    from vllm_forge.image import docker_client
 
     try:
-        found = image.find_docker()
-        image.check_engine(found.path)
+        found = docker_client.find_docker()
+        docker_client.check_engine(found.path)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit ({err})", False)
     return found

@@ -428,12 +428,12 @@ def _plan_check_size(settings: Settings, options: Options, names: tuple[str, ...
 
 def bake_request(settings: Settings, options: Options):
     """The BakeRequest of this command line: config, mirror and checkout facts, once."""
-    from vllm_forge.build.farm import DistSettings
-    from vllm_forge.image import image as images
+    from vllm_forge.core.farm_settings import DistSettings
+    from vllm_forge.image.request import BakeRequest
 
     cfg, bake, applied = settings.config, options.bake, settings.mirror
     recipe = settings.image_recipe(bake.dockerfile)
-    return images.BakeRequest(
+    return BakeRequest(
         src=settings.src, arch=cfg.arch, cuda=settings.image_cuda(bake.dockerfile),
         cuda_explicit=not settings.rc.is_default("cuda"),
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
@@ -456,20 +456,25 @@ def bake_request(settings: Settings, options: Options):
 
 
 def _plan_bake(settings: Settings, options: Options) -> Step:
-    from vllm_forge.image import image as images
     from vllm_forge.image import remote_build
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
+    from vllm_forge.image.bases import STANDIN_NOTE, check_base_images, missing_bases_error
+    from vllm_forge.image.docker_client import check_engine, find_docker
+    from vllm_forge.image.labels import LABEL_PREFIX
+    from vllm_forge.image.request import default_ca_bundle
 
     if options.bake.dockerfile != "forge":
         _needs_checkout(settings, f"the Dockerfile ({options.bake.dockerfile})")
     request = bake_request(settings, options)
     notes = []
     if request.ca_bundle is None:
-        ca_path, origin = images.default_ca_bundle()
+        ca_path, origin = default_ca_bundle()
         if ca_path:
             request.ca_bundle = ca_path
             notes.append(f"CA bundle {ca_path} (from {origin}) goes in as BuildKit secret ca_bundle")
-    client = images.find_docker(options.bake.docker, dry_run=options.dry_run)
-    plan = images.plan_bake(request, client)
+    client = find_docker(options.bake.docker, dry_run=options.dry_run)
+    plan = plan_bake(request, client)
     if request.registry_cache:
         notes += remote_build.plan_lines(request.builder, request.registry_cache)[1:]
     facts = settings.checkout
@@ -482,24 +487,24 @@ def _plan_bake(settings: Settings, options: Options) -> Step:
     notes += [line[2:] for line in lines if line.startswith("# ")]
     standin = settings.config.standin
     if standin:
-        notes.insert(0, images.STANDIN_NOTE + " (built by scripts/standin_images.py when missing)")
-    bases = [b for b in (plan.labels.get(f"{images.LABEL_PREFIX}.build-base", ""),
-                         plan.labels.get(f"{images.LABEL_PREFIX}.runtime-base", "")) if b and "$" not in b]
+        notes.insert(0, STANDIN_NOTE + " (built by `python -m vllm_forge.image.standin_images` when missing)")
+    bases = [b for b in (plan.labels.get(f"{LABEL_PREFIX}.build-base", ""),
+                         plan.labels.get(f"{LABEL_PREFIX}.runtime-base", "")) if b and "$" not in b]
     if bases and not standin:
         notes.append(f"first check that {' and '.join(bases)} are here or in their registry")
 
     def execute(state: RunState, on_line):
-        images.check_engine(client.path)
+        check_engine(client.path)
         if standin:
             from vllm_forge.image.standin_images import ensure_standins
 
             ensure_standins(client.path, log=on_line or (lambda line: None))
         else:
-            missing = images.check_base_images(client.path, *(bases + ["", ""])[:2])
+            missing = check_base_images(client.path, *(bases + ["", ""])[:2])
             if missing:
-                raise images.missing_bases_error(missing, mirror=settings.mirror.profile.name)
+                raise missing_bases_error(missing, mirror=settings.mirror.profile.name)
         log_path = settings.repo_root / "build" / "logs" / f"bake-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        result = images.run_bake(plan, on_line=on_line, log_path=log_path)
+        result = run_bake(plan, on_line=on_line, log_path=log_path)
         result.log_path = log_path
         state.image = result.image
         state.wheel = next(iter(result.wheels), state.wheel)
@@ -516,12 +521,13 @@ def _image_for(options: Options, steps: list[Step]) -> str:
 
 
 def _plan_check_size_image(settings: Settings, options: Options, steps: list[Step]) -> Step:
-    from vllm_forge.image import image as images
+    from vllm_forge.image.docker_client import check_engine, default_docker
+    from vllm_forge.image.inspection import image_size_breakdown
 
     image = _image_for(options, steps)
     if not image:
         raise ForgeError("check-size --image needs an image", "pass --image TAG, or bake one in the same chain")
-    docker = options.bake.docker or images.default_docker()
+    docker = options.bake.docker or default_docker()
     budget = f", against the budget of {options.budget_gb:g} GB" if options.budget_gb else ""
     notes = [f"read {image}'s size, its runtime base's size and its largest layers "
              f"({docker} image inspect, {docker} history){budget}",
@@ -529,25 +535,26 @@ def _plan_check_size_image(settings: Settings, options: Options, steps: list[Ste
              f"requirements, and the rest (the Python distributions of both: {docker} run --network none ... python3)"]
 
     def execute(state: RunState, on_line):
-        images.check_engine(docker)
-        return images.image_size_breakdown(docker, state.image or image, budget_gb=options.budget_gb)
+        check_engine(docker)
+        return image_size_breakdown(docker, state.image or image, budget_gb=options.budget_gb)
 
     return Step("check-size-image", [], notes, execute)
 
 
 def _plan_inspect(settings: Settings, options: Options, steps: list[Step]) -> Step:
-    from vllm_forge.image import image as images
+    from vllm_forge.image.docker_client import default_docker
+    from vllm_forge.image.inspection import inspect_image
 
     image = _image_for(options, steps)
     if not image:
         raise ForgeError("inspect needs an image", "pass the image tag, or bake one in the same chain")
-    docker = options.bake.docker or images.default_docker()
+    docker = options.bake.docker or default_docker()
     return Step("inspect", [], [f"read {image}'s labels ({docker} image inspect)"],
-                lambda state, on_line: images.inspect_image(docker, state.image or image))
+                lambda state, on_line: inspect_image(docker, state.image or image))
 
 
 def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step:
-    from vllm_forge.image import image as images
+    from vllm_forge.image.docker_client import check_engine, default_docker
     from vllm_forge.serve import serve as serving
 
     request = options.serve
@@ -555,7 +562,7 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
         raise ForgeError("serve needs a model", "pass --model MODEL")
     if not request.image and not request.local:
         request = replace(request, image=_image_for(options, steps))
-    docker = options.bake.docker or images.default_docker()
+    docker = options.bake.docker or default_docker()
     command = serving.plan_serve(request, docker)
     if not options.dry_run:  # refused before anything is printed as if it would run
         serving.check_port_free(request.host, request.port)
@@ -564,7 +571,7 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
 
     def execute(state: RunState, on_line):
         if not request.local:
-            images.check_engine(docker)
+            check_engine(docker)
         return serving.serve(request, docker=docker, timeout_s=options.serve_timeout_s, smoke=options.smoke,
                              command=command)
 

@@ -164,12 +164,12 @@ def test_the_miniatures_private_copy_has_one_writer_and_readers_never_touch_it(t
 @pytest.mark.docker
 def test_two_bake_wheel_exports_into_one_dist(minivllm_repo, tmp_path):
     from vllm_forge.core.errors import ForgeError
-    from vllm_forge.image import image
+    from vllm_forge.image import docker_client
     from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN, ensure_standin_images
 
     try:
-        client = image.find_docker()
-        image.check_engine(client.path)
+        client = docker_client.find_docker()
+        docker_client.check_engine(client.path)
         ensure_standin_images(client.path, log=lambda line: None)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit and the stand-in images ({err})", False)

@@ -167,12 +167,12 @@ def test_interrupted_build_wheel_leaves_dist_and_checkout_as_they_were(checkout_
 @pytest.fixture(scope="module")
 def docker_client():
     from vllm_forge.core.errors import ForgeError
-    from vllm_forge.image import image
+    from vllm_forge.image import docker_client as docker_client_mod
     from vllm_forge.image.standin_images import RUNTIME_STANDIN
 
     try:
-        client = image.find_docker()
-        image.check_engine(client.path)
+        client = docker_client_mod.find_docker()
+        docker_client_mod.check_engine(client.path)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit ({err})", False)
     present = subprocess.run([client.path, "image", "inspect", RUNTIME_STANDIN], capture_output=True)

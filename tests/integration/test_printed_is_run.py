@@ -132,10 +132,10 @@ def test_a_fresh_checkout_is_cloned_first_by_the_chain(repo_root, tmp_path, work
 @pytest.fixture(scope="module")
 def standins():
     require_tool("a Docker engine", docker_available())
-    from vllm_forge.image import image
+    from vllm_forge.image import docker_client
     from vllm_forge.image.standin_images import ensure_standin_images
 
-    client = image.find_docker()
+    client = docker_client.find_docker()
     return ensure_standin_images(client.path, log=lambda line: None)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.core.errors import ForgeError
-from vllm_forge.image import image
+from vllm_forge.image import staging
 from vllm_forge.source import context_git
 
 TOKEN = f"forge-token-{uuid.uuid4().hex}"
@@ -65,7 +65,7 @@ def assert_clean(root: Path) -> int:
 
 def stage(src: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "context" / "vllm"
-    image.stage_checkout(src, dest, tmp_path / "git-mirror")
+    staging.stage_checkout(src, dest, tmp_path / "git-mirror")
     return dest
 
 
@@ -89,11 +89,11 @@ def test_staged_checkout_keeps_history_and_drops_every_credential(tmp_path):
 def test_restaging_copies_only_what_changed(tmp_path):
     src = make_repo(tmp_path / "src")
     dest = stage(src, tmp_path)
-    assert image.stage_checkout(src, dest, tmp_path / "git-mirror") == 0
+    assert staging.stage_checkout(src, dest, tmp_path / "git-mirror") == 0
     (src / "new.py").write_text("x = 1\n")
     git(src, "add", "-A")
     git(src, "commit", "-qm", "third")
-    copied = image.stage_checkout(src, dest, tmp_path / "git-mirror")
+    copied = staging.stage_checkout(src, dest, tmp_path / "git-mirror")
     assert 0 < copied < 10
     assert git(dest, "log", "-1", "--format=%s").strip() == "third"
 

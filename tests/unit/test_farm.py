@@ -340,10 +340,12 @@ def tree(request) -> Path:
 
 
 def bake_plan(src: Path, tmp_path: Path, **kw):
-    from vllm_forge.image import image
+    from vllm_forge.image import bake_plan as bake_plan_mod
+    from vllm_forge.image import docker_client
+    from vllm_forge.image import request as request_mod
 
-    return image.plan_bake(image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
-                                             **kw), image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+    request = request_mod.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+    return bake_plan_mod.plan_bake(request, docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
 
 
 def test_a_bake_hands_the_farm_to_its_build_stage_as_a_secret(scheduler_url, tree, tmp_path, monkeypatch):

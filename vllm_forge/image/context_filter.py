@@ -34,6 +34,9 @@ DENIED = (
     "**/application_default_credentials.json", "**/.kube/config", "**/kubeconfig", "**/.ssh",
     "**/id_rsa", "**/id_dsa", "**/id_ecdsa", "**/id_ed25519", "**/id_ecdsa_sk", "**/id_ed25519_sk",
 )
+# What a checkout's copy leaves out besides build outputs, in words (with source/context_git.py's part).
+LEFT_OUT = ("what its .dockerignore names, files that hold logins (.env, .pypirc, netrc, Docker/AWS/gcloud/"
+            "Kubernetes configs, ssh keys) and git credentials")
 MAX_DOCKERIGNORE = 1 << 20  # bytes of .dockerignore read
 MAX_PATTERNS = 10_000
 

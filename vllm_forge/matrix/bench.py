@@ -117,35 +117,38 @@ def bench_python_only(src: Path, dist: Path, *, cache: str, cache_dir: Path, wor
 def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str]:
     """Seconds of a no-change re-bake, or None and why it was not measured."""
     try:
-        from vllm_forge.image import image, standin_images
+        from vllm_forge.image import standin_images
+        from vllm_forge.image.bake import run_bake
+        from vllm_forge.image.bake_plan import plan_bake
+        from vllm_forge.image.docker_client import engine_reachable, find_docker
+        from vllm_forge.image.request import BakeRequest, default_ca_bundle
     except ImportError as err:
         return None, f"the image bake is not available in this version ({err})"
     try:
-        client = image.find_docker()
-        if not image.engine_reachable(client.path):
+        client = find_docker()
+        if not engine_reachable(client.path):
             return None, "no Docker engine is reachable"
         standins = {kind: spec.image for kind, spec in standin_images.STANDINS.items()}
         missing = [name for name in standins.values() if not standin_images.image_exists(client.path, name)]
         if missing:
             return None, (f"stand-in base images missing ({', '.join(missing)}): run "
-                          "`python scripts/standin_images.py` first (NGC images are not reachable here)")
+                          "`python -m vllm_forge.image.standin_images` first (NGC images are not reachable here)")
         # The same CA `invoke bake` passes by default: builds here reach PyPI only through a TLS proxy.
-        ca_bundle, _origin = image.default_ca_bundle()
-        request = image.BakeRequest(src=src, arch=SINGLE_ARCH, cuda="13.0", base_image=standins["build"],
-                                    runtime_image=standins["runtime"], context_dir=workdir / "bake",
-                                    dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest",
-                                    ca_bundle=ca_bundle)
+        ca_bundle, _origin = default_ca_bundle()
+        request = BakeRequest(src=src, arch=SINGLE_ARCH, cuda="13.0", base_image=standins["build"],
+                              runtime_image=standins["runtime"], context_dir=workdir / "bake",
+                              dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest", ca_bundle=ca_bundle)
         tail: list[str] = []
 
         def keep(line: str) -> None:
             tail.append(line)
             del tail[:-6]
 
-        plan = image.plan_bake(request, client)
+        plan = plan_bake(request, client)
         log("  first bake (not timed) ...")
-        image.run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
-        plan = image.plan_bake(request, client)
-        result = image.run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
+        run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
+        plan = plan_bake(request, client)
+        result = run_bake(plan, on_line=keep, log_path=workdir / "logs" / "bake.log")
         return round(result.seconds, 2), f"{result.cached_steps} of {result.total_steps} steps cached"
     except ForgeError as err:
         return None, f"bake failed: {err.problem}; last output: {' | '.join(tail)[-400:]}"

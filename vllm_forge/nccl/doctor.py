@@ -422,7 +422,7 @@ def check_jit(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
     if not facts or not (inside.get("vllm") or {}).get("installed"):
         return []
     from vllm_forge.gpu import archs as arch_mod
-    from vllm_forge.image.image import jit_summary
+    from vllm_forge.image.jit import jit_summary
 
     targets = [arch_mod.parse_arch_list(cap)[0].sm for _, cap in caps if arch_mod.parse_arch_list(cap)]
     ready, line = jit_summary(facts, targets)
