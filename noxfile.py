@@ -199,12 +199,16 @@ MUTATION_CORE = ("archs", "compat", "fatbin", "audit", "nccl_logs", "parallelism
 
 
 def _mutation_paths(session: nox.Session, names: list[str]) -> list[str]:
+    """vllm_forge/WING/NAME.py for each name: NAME, WING/NAME, vllm_forge.WING.NAME or the path itself."""
+    package = REPO_ROOT / "vllm_forge"
     paths = []
     for name in names or MUTATION_CORE:
-        stem = name.removesuffix(".py").replace(".", "/").removeprefix("scripts/")
-        if not (REPO_ROOT / "scripts" / f"{stem}.py").is_file():
-            session.error(f"no module scripts/{stem}.py; name one of scripts/ (e.g. archs, scripts/compat.py)")
-        paths.append(f"scripts/{stem}.py")
+        stem = name.removesuffix(".py").replace(".", "/").removeprefix("vllm_forge/")
+        found = sorted(package.glob(f"{stem}.py")) or sorted(package.glob(f"*/{stem}.py"))
+        if len(found) != 1:
+            session.error(f"no module vllm_forge/{stem}.py; name one of vllm_forge/ (e.g. archs, gpu/compat, "
+                          "vllm_forge/audit/fatbin.py)")
+        paths.append(str(found[0].relative_to(REPO_ROOT)))
     return paths
 
 

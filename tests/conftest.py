@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +21,6 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Property tests draw 300 examples; `nox -s mutants` asks for 20 (VLLM_FORGE_HYPOTHESIS_PROFILE=mutation): every
 # mutant reruns the tests that call its function, and a wrong answer shows in the first few examples or not at all.
-from hypothesis import settings as _hypothesis_settings
-
 _hypothesis_settings.register_profile("full", max_examples=300, deadline=None)
 _hypothesis_settings.register_profile("mutation", max_examples=20, deadline=None)
 _hypothesis_settings.load_profile(os.environ.get("VLLM_FORGE_HYPOTHESIS_PROFILE") or "full")
