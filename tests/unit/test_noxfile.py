@@ -233,7 +233,8 @@ def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
     assert forge_cache.root() == Path("~/.cache/vllm-forge").expanduser()
 
 
-def test_mutants_take_a_module_by_any_of_its_names(repo_root):
+def test_mutants_take_a_module_by_any_of_its_names(repo_root, monkeypatch):
+    monkeypatch.setattr(nox.registry, "_REGISTRY", {})  # the sessions it registers again
     noxfile = runpy.run_path(str(repo_root / "noxfile.py"))
 
     class Session:
