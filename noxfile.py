@@ -9,7 +9,7 @@
 
 The image, wheel and matrix sessions drive the tasks of the environment nox runs from (the one the
 README's set-up installs), as `invoke` itself would: no venv, no build logic here. The CUDA list,
-default arch lists, base images and mirror rewrites all come from scripts/ (compat, matrix, mirrors).
+default arch lists, base images and mirror rewrites all come from vllm_forge/ (compat, matrix, mirrors).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """vllm-forge tasks: build vLLM for the GPU you name, bake a slim image, prove it runs.
 
-Every task is thin: parse flags, resolve the BuildConfig, call a module in scripts/, print with rich.
+Every task is thin: parse flags, resolve the BuildConfig, call a module of vllm_forge/, print with rich.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vllm_forge.core.errors import ForgeError, quiet_broken_pipe
 
 def _lazy(name: str):
     """The module ``name``, loaded on first use (importlib's LazyLoader): `invoke --list` imports this file,
-    and no task needs every module of scripts/."""
+    and no task needs every module of vllm_forge/."""
     import importlib.util
 
     if name in sys.modules:
@@ -308,7 +308,7 @@ def _help(*names: str) -> dict[str, str]:
 
 def _settings(ctx, writes: bool = False, **flags) -> pipelines.Settings:
     """Config layers + mirror profile + the checkout's facts, resolved once for this command line; ``writes``:
-    the task will run steps on the checkout (scripts/checkout_lock.py: never true for a dry run)."""
+    the task will run steps on the checkout (vllm_forge/core/checkout_lock.py: never true for a dry run)."""
     return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT, writes=writes)
 
 
@@ -351,7 +351,7 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
                           f"[dim]({seconds:.1f}s{cached}; log {result.log_path})[/]")
         for wheel in result.wheels:
             console.print(f"[green]wheel[/] {wheel}")
-        for line in result.farm:  # the build stage's own words about the farm (scripts/farm.py)
+        for line in result.farm:  # the build stage's own words about the farm (vllm_forge/build/farm.py)
             console.print(f"  {escape(line)}", soft_wrap=True)
     elif step.name == "check-size-image":
         _print_image_size(result)
@@ -507,7 +507,7 @@ def _record(kind: str, data: dict) -> None:
 
 
 def _plot(data, path, *, json: bool = False) -> None:
-    """Draw figure data (scripts/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
+    """Draw figure data (vllm_forge/report/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
     line saying so goes to stderr when stdout carries JSON."""
     from vllm_forge.report import figures
 
@@ -1247,7 +1247,7 @@ def _print_image_size(report) -> None:
     console.print(table)
 
 
-SERVE_NAME = "vllm-forge-serve"  # scripts/serve.py DEFAULT_NAME (kept literal: signatures load no module)
+SERVE_NAME = "vllm-forge-serve"  # vllm_forge/serve/serve.py DEFAULT_NAME (kept literal: signatures load no module)
 SERVE_HELP = {
     "image": "image to serve (e.g. the tag `invoke bake` printed)",
     "local": "serve the vLLM installed in this Python instead of a container",
@@ -1713,7 +1713,7 @@ ns.configure({"forge": invoke_defaults()})
 
 def _refuse_core_dry(argv: list[str], parsed) -> None:
     """invoke's own -R/--dry only echoes what ``ctx.run`` would run; these tasks run their commands through
-    scripts/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
+    vllm_forge/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
     core = parsed[0].args
     if not (core["dry"].value if "dry" in core else False):
         return

@@ -13,7 +13,7 @@ printed too, which other users' load does not inflate the way it inflates wall t
   the torch probe, the scan, and for a vLLM wheel the analysis of which extensions it imports at start),
   once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with $VLLM_FORGE_INFLATER); its peak
   RSS from wait4. The JSON of every inflater must be identical. ``--cache`` says what that analysis
-  finds in its cache (scripts/vllm_extensions.py): ``warm`` (the default) an entry, written by an
+  finds in its cache (vllm_forge/audit/vllm_extensions.py): ``warm`` (the default) an entry, written by an
   untimed audit first; ``cold`` nothing, a new empty $VLLM_FORGE_CACHE for every run (a user's first
   audit of that wheel, and every build-wheel's audit of its own output). The report says which.
 - invoke start: ``invoke --list`` (Python, invoke and tasks.py starting), the part of the audit's
@@ -23,7 +23,7 @@ printed too, which other users' load does not inflate the way it inflates wall t
   bytes thrown away; once per inflater.
 - baseline: ``unzip WHEEL '*.so'`` to a temp dir, then ``cuobjdump --list-elf --list-ptx`` on each
   file; the per-file arch sets must equal the audit's (cuobjdump names a family cubin without its
-  ``f``: see scripts/fatbin.py).
+  ``f``: see vllm_forge/audit/fatbin.py).
 
 Not a test: timings depend on the machine.
 """

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_preflight --tree ~/src/vllm-0.26.0 [--runs 7]
 
 Times, in this process, each run after one warm-up: ``inspect_tree`` (what the checkout asks), ``run_preflight``
-(scripts/preflight.py: the build Python probed in a child, build requirements compared, torch, host compiler
+(vllm_forge/build/preflight.py: the build Python probed in a child, build requirements compared, torch, host compiler
 against nvcc's own limits, CMake, version source, git dependencies) and the whole ``plan_build`` (the two above,
 nvcc found, the kernel key hashed over csrc/ and cmake/). So that every check runs to its end on any machine,
 the git dependencies get placeholder cache entries and, where no torch is installed, a stand-in torch

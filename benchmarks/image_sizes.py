@@ -6,7 +6,7 @@ For each requirement set, pip resolves it (``pip install --dry-run --ignore-inst
 this machine's Python) and, for every wheel of the resolution, this reads the wheel's zip central
 directory from PyPI with HTTP range requests (a few KB per wheel, no full download): download size is
 the wheel's byte length, installed size the sum of its members' uncompressed sizes. Wheels are then
-split like `invoke check-size --image` splits an image (scripts/image.py JIT_DISTS / TORCH_DISTS).
+split like `invoke check-size --image` splits an image (vllm_forge/image/inspection.py JIT_DISTS / TORCH_DISTS).
 Not a test: PyPI's current files decide the figures.
 """
 

@@ -82,7 +82,7 @@ def client():
 
 @pytest.fixture(scope="session")
 def standins(client):
-    """The TEST-ONLY stand-in base images (scripts/standin_images.py), built once when missing."""
+    """The TEST-ONLY stand-in base images (vllm_forge/image/standin_images.py), built once when missing."""
     from vllm_forge.core.errors import ForgeError
     from vllm_forge.image.standin_images import ensure_standin_images
 
@@ -108,7 +108,7 @@ def minivllm_repo(tmp_path_factory) -> str:
 
 _LEFTOVER_PROCESSES = ("sccache", "sccache-dist", "redis-server")
 _baseline: dict[str, set[str]] = {}
-# What the tasks the tests run record (scripts/run_records.py) goes to this session's own directory, removed at
+# What the tasks the tests run record (report/run_records.py) goes to this session's own directory, removed at
 # the end, never to the repository's build/reports.
 _RECORDS = "" if os.environ.get("VLLM_FORGE_RECORD_DIR") else tempfile.mkdtemp(prefix="vllm-forge-records-")
 if _RECORDS:

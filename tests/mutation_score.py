@@ -1,6 +1,6 @@
 """Score a mutmut run per module, leaving out mutants that only change message text.
 
-    python tests/mutation_score.py WORKDIR scripts/archs.py scripts/compat.py ...
+    python tests/mutation_score.py WORKDIR vllm_forge/gpu/archs.py vllm_forge/gpu/compat.py ...
 
 WORKDIR is where `mutmut run` ran (it holds mutants/). `nox -s mutants` calls this after mutmut; the
 rules are in docs/testing.md:

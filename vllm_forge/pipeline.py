@@ -80,7 +80,7 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result.
 
     ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then
-    holds the miniature's private copy, when that is the checkout, until the task ends (scripts/checkout_lock.py)."""
+    holds the miniature's private copy, when that is the checkout, until the task ends (core/checkout_lock.py)."""
     rc = _anchor_project_paths(resolve_config(invoke_config, flags), repo_root)
     if rc.config.vllm_src:
         rc = _private_copy_if_ours(rc, repo_root, writes=writes)
@@ -93,7 +93,7 @@ def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Pa
 
 
 def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts: checkouts.CheckoutFacts):
-    """The bake's recipe from what the checkout pins (scripts/recipe.py), and the mirror profile applied to its
+    """The bake's recipe from what the checkout pins (vllm_forge/image/recipe.py), and the mirror profile applied to its
     images; a recipe that must be refused is kept as its error, for the tasks that bake."""
     cfg = rc.config
     tree = None
@@ -140,7 +140,7 @@ def _private_copy_if_ours(rc: ResolvedConfig, repo_root: Path, *, writes: bool) 
     """A --vllm-src inside this repository (the embedded miniature) is worked on as a private copy under
     build/, so use-existing-torch and the build never edit this repository's tracked files. The copy's own
     build/ (its CMake build dir) is kept from one run to the next, so a second build resumes the first. The copy
-    is refreshed only by a writer holding it, or by a reader while no writer does (scripts/checkout_lock.py)."""
+    is refreshed only by a writer holding it, or by a reader while no writer does (vllm_forge/core/checkout_lock.py)."""
     src = Path(rc.config.vllm_src).expanduser().resolve()
     root = repo_root.resolve()
     if root not in src.parents or (root / "build") in (src, *src.parents):
@@ -640,7 +640,7 @@ class Pipeline:
 
 
 def run_records(pipeline: Pipeline, state: RunState, error: BaseException | None = None) -> list[tuple[str, dict]]:
-    """What a run leaves under build/reports (scripts/run_records.py), as (kind, data): the ``run`` itself (the
+    """What a run leaves under build/reports (report/run_records.py), as (kind, data): the ``run`` itself (the
     resolved configuration and where each value came from, each step as printed, its time and outcome) and
     the reports its steps made (``build-times``, ``wheel-size``, ``image-size``)."""
     settings = pipeline.settings

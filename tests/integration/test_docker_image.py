@@ -1,6 +1,6 @@
 """Bake, serve and inspect on a real Docker engine, with the TEST-ONLY stand-in base images.
 
-No registry is reachable in CI, so the bases are `scripts/standin_images.py`'s debootstrapped Debian
+No registry is reachable in CI, so the bases are `vllm_forge/image/standin_images.py`'s debootstrapped Debian
 images (build: nvcc 13 from PyPI; runtime: python only). The recipe is the real docker/Dockerfile.
 """
 

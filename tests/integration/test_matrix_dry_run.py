@@ -39,7 +39,7 @@ def build_arg(line: str, name: str) -> str:
 
 
 def expected_base(cuda: str) -> str:
-    """The miniature pins torch 2.6.0 and no CUDA release (scripts/recipe.py): where the PyTorch index has a
+    """The miniature pins torch 2.6.0 and no CUDA release (vllm_forge/image/recipe.py): where the PyTorch index has a
     2.6.0 build for the CUDA, NVIDIA's CUDA -devel image gets it; elsewhere NGC's image, with its own torch."""
     if cuda in compat.PYTORCH_CUDA_BUILDS["2.6"]:
         runtime = compat.CUDA_RUNTIME_IMAGES[cuda]

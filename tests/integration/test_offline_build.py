@@ -99,7 +99,7 @@ def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
     require_tool("docker engine", docker_available())
     client = docker_client.find_docker()
     standins = {kind: spec.image for kind, spec in standin_images.STANDINS.items()}
-    require_tool("stand-in base images (python scripts/standin_images.py)",
+    require_tool("stand-in base images (python -m vllm_forge.image.standin_images)",
                  all(standin_images.image_exists(client.path, name) for name in standins.values()))
     src, remote = offline_src
     cache = tmp_path / "cache"

@@ -1,6 +1,6 @@
 """What a task prints is what it runs: every task's `--dry-run` against the same task run for real.
 
-The real run records every command it executes (scripts/plan.py `record_command`, here through
+The real run records every command it executes (vllm_forge/core/plan.py `record_command`, here through
 $VLLM_FORGE_COMMAND_LOG); the dry run's printed command lines must be exactly those, in order. `invoke
 plan` prints the same steps too. Only values that differ between two runs by design are normalised: the
 private staging directory's name (host, pid, random) and the image's creation time.

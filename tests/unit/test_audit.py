@@ -1,4 +1,4 @@
-"""scripts/audit.py: verdicts (NVIDIA's compatibility rules), wheels/directories/image tars, the report,
+"""vllm_forge/audit/audit.py: verdicts (NVIDIA's compatibility rules), wheels/directories/image tars, the report,
 the CLI; and the replay of the audit's prediction against a real GPU run (tests/fixtures/gpu)."""
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 
 def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120,
                 command: list[str] | None = None) -> tuple[int, str, float, int]:
-    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python scripts/audit.py ARGS` (or
+    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python -m vllm_forge.audit.audit ARGS` (or
     ``command`` + ARGS) run under an address-space limit; killed after ``timeout`` seconds. The peak is the
     command's own (see MEASURE), whatever size this pytest process has grown to."""
     import signal

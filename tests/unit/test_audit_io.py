@@ -1,4 +1,4 @@
-"""scripts/audit.py, the reading half (issue 22): inflaters, sizes and the inflate budget, what is a
+"""vllm_forge/audit/audit.py, the reading half (issue 22): inflaters, sizes and the inflate budget, what is a
 candidate, directories, wheels (the fast central-directory reader, ZIP64, member streaming), image tars
 (layers, whiteouts, manifests), Docker (a fake `docker` script), and torch's probe. Each test pins an
 exact result, so a changed comparison, constant or branch in those functions fails one of them."""

@@ -1,4 +1,4 @@
-"""scripts/audit.py's report layer, checked word for word: what one verdict cell, the table, the summary line,
+"""vllm_forge/audit/audit.py's report layer, checked word for word: what one verdict cell, the table, the summary line,
 the notes, the JSON and the CLI say for a report built by hand (issue 22: these were called by the tests but
 their output was only searched for a word or two, so a wrong count or a dropped clause went unseen).
 """

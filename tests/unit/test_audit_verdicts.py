@@ -1,4 +1,4 @@
-"""scripts/audit.py's judgement, checked exactly: targets, a file's counts over its kernel groups, whose file it
+"""audit/audit.py's judgement, checked exactly: targets, a file's counts over its kernel groups, whose file it
 is and the fix said for it, per-CUDA variants, optional extensions, and the report built from scanned files
 (issue 22: the tests called these through whole audits and looked at one verdict, so a wrong count, owner
 or fix went unseen).

@@ -1,4 +1,4 @@
-"""scripts/build_times.py: nvcc --time per arch, the .ninja_log of the last build, and the build-times summary."""
+"""build/build_times.py: nvcc --time per arch, the .ninja_log of the last build, and the build-times summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One writer per checkout, and readers that never touch a running writer's files (scripts/checkout_lock.py).
+"""One writer per checkout, and readers that never touch a running writer's files (vllm_forge/core/checkout_lock.py).
 
 The other writer is a real second process: flock locks are per process, so only one can show a refusal."""
 

@@ -1,4 +1,4 @@
-"""scripts/context_git.py with real git: the staged copy of a checkout keeps history and loses credentials."""
+"""vllm_forge/source/context_git.py with real git: the staged copy of a checkout keeps history and loses credentials."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/farm.py without sccache-dist: tokens, URLs, configs, the probe against a stand-in scheduler, MAX_JOBS
+"""build/farm.py without sccache-dist: tokens, URLs, configs, the probe against a stand-in scheduler, MAX_JOBS
 with a farm, the scheduler's log, and sccache's distributed counters (the real engine:
 tests/integration/test_farm_builds.py)."""
 

@@ -1,4 +1,4 @@
-"""scripts/fatbin.py: what SASS/PTX an ELF file carries, checked against cuobjdump's recorded output
+"""vllm_forge/audit/fatbin.py: what SASS/PTX an ELF file carries, checked against cuobjdump's recorded output
 (the h200x2 fixtures) and against hand-made fat binaries; garbage never crashes it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""scripts/fatbin.py on the ELF shapes and edge values real files reach but the h200x2 fixtures do not:
+"""vllm_forge/audit/fatbin.py on the ELF shapes and edge values real files reach but the h200x2 fixtures do not:
 32-bit and big-endian ELF, ELF's escapes past 0xff00 sections, every bound at its exact value, the LZ4
 decoder and the cubin symbol table (issue 22: these branches had no test that could tell them wrong).
 

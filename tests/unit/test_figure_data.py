@@ -1,4 +1,4 @@
-"""scripts/figure_data.py: what each figure draws, checked against the report JSON it comes from."""
+"""vllm_forge/report/figure_data.py: what each figure draws, checked against the report JSON it comes from."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/figures.py: every figure is a valid PNG or SVG of the size it declares, and matplotlib loads only to draw."""
+"""report/figures.py: every figure is a valid PNG or SVG of the size it declares, and matplotlib loads only to draw."""
 
 from __future__ import annotations
 

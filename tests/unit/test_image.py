@@ -1,4 +1,4 @@
-"""scripts/image.py without a Docker engine: ARG parsing, client choice, bake plans, context staging."""
+"""image/ without a Docker engine: ARG parsing, client choice, bake plans, context staging."""
 
 from __future__ import annotations
 

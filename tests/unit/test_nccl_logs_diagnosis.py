@@ -1,4 +1,4 @@
-"""scripts/nccl_logs.py's parsing and diagnosis half, checked exactly (issue 22): every fact each parser
+"""vllm_forge/nccl/nccl_logs.py's parsing and diagnosis half, checked exactly (issue 22): every fact each parser
 records, every signature and the rules that suppress one in favour of another, each threshold on both sides,
 how files are recognised and bundled, and every branch of the root cause with its exact text and figures.
 Small hand-written NCCL lines (`host:pid:tid [dev] NCCL INFO ...`) for the branches; the recorded 2x H200
@@ -1896,7 +1896,7 @@ def test_root_cause_replays_the_recorded_fault_run():
                              "traffic"]
 
 
-# ---- found while writing these tests, fixed in scripts/nccl_logs.py --------------------------------------
+# ---- found while writing these tests, fixed in vllm_forge/nccl/nccl_logs.py --------------------------------------
 
 
 def test_a_shortfall_beside_an_nccl_tests_run_without_rows_is_still_diagnosed():

@@ -1,4 +1,4 @@
-"""scripts/nccl_logs.py's inputs and outputs, checked exactly: which files a spec names, which NCCL_* values
+"""vllm_forge/nccl/nccl_logs.py's inputs and outputs, checked exactly: which files a spec names, which NCCL_* values
 are harmful at their thresholds, the text and JSON a diagnosis prints, and the CLI's exit code
 (issue 22: these were run by the tests but their results were only searched for a word).
 """

@@ -200,7 +200,7 @@ def test_topology_capability_and_pcie_are_recorded_for_the_link_model(tmp_path, 
 
 
 @pytest.mark.parametrize("output, cause", [
-    # what scripts/nccl_allreduce.py prints where torch is installed but no GPU is visible
+    # what vllm_forge/nccl/nccl_allreduce.py prints where torch is installed but no GPU is visible
     ("box: Test CUDA failure torch.cuda 'no CUDA GPU is visible'\n", "no NVIDIA GPU is visible to this run"),
     ("# nThread 1 nGpus 1\nbox: Test failure odd.cu:12 'something new'\n", "odd.cu:12"),
 ])

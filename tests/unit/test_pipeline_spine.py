@@ -1,4 +1,4 @@
-"""scripts/pipeline.py: settings resolved once, steps planned once, preflight before anything is asked."""
+"""vllm_forge/pipeline.py: settings resolved once, steps planned once, preflight before anything is asked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/preflight.py: each check a real vLLM build needs, on planted trees and planted tools."""
+"""vllm_forge/build/preflight.py: each check a real vLLM build needs, on planted trees and planted tools."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/recipe.py: the bake's CUDA, bases and torch follow what the checkout pins."""
+"""vllm_forge/image/recipe.py: the bake's CUDA, bases and torch follow what the checkout pins."""
 
 from __future__ import annotations
 

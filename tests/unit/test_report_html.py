@@ -1,4 +1,4 @@
-"""scripts/report_html.py: the page is built from the newest records, self-contained, and says what is missing."""
+"""report/report_html.py: the page is built from the newest records, self-contained, and says what is missing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/run_records.py: what each run leaves under build/reports; pipeline.run_records: what a run records."""
+"""report/run_records.py: what each run leaves under build/reports; pipeline.run_records: what a run records."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/serve.py without Docker: request checks, the docker run command, compose, smoke-test logic."""
+"""vllm_forge/serve/serve.py without Docker: request checks, the docker run command, compose, smoke-test logic."""
 
 from __future__ import annotations
 

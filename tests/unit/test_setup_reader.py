@@ -1,4 +1,4 @@
-"""scripts/setup_reader.py and scripts/setup_targets.py: which extensions a CUDA build builds, and --targets."""
+"""source/setup_reader.py and build/setup_targets.py: which extensions a CUDA build builds, and --targets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/vllm_extensions.py: required vs optional, read from a stand-in vLLM's own Python files, and
+"""vllm_forge/audit/vllm_extensions.py: required vs optional, read from a stand-in vLLM's own Python files, and
 the audit's hook (only required extensions fail it; --require still overrides)."""
 
 from __future__ import annotations

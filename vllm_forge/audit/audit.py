@@ -1,7 +1,7 @@
 """Prove a wheel, a directory, a .so or a Docker image will run on the target GPU before it ships.
 
 For every extension file (``*.so``, ``*.so.N``) it lists the SASS and PTX archs of each of its fat
-binaries (``scripts/fatbin.py``: no CUDA toolkit, nothing run). A fat binary is one translation
+binaries (``vllm_forge/audit/fatbin.py``: no CUDA toolkit, nothing run). A fat binary is one translation
 unit's kernels (a *kernel group*); per target GPU each group is:
 
 - ``sass``: a cubin the GPU runs natively: same major, and minor >= the cubin's (``sm_80`` runs
@@ -19,8 +19,8 @@ For an image it also runs ``python3 -c 'import torch ...'`` inside it, because t
 list failing the GPU is the same failure one layer down (``sm_120 is not compatible with the
 current PyTorch installation``).
 
-Standalone (stdlib + scripts/): ``python scripts/audit.py PATH --arch sm_120 [--json]``,
-``python scripts/audit.py --image IMAGE --arch 12.0``. Exit code 0 only when every required file
+Standalone (stdlib + pyelftools): ``python -m vllm_forge.audit.audit PATH --arch sm_120 [--json]``,
+``python -m vllm_forge.audit.audit --image IMAGE --arch 12.0``. Exit code 0 only when every required file
 can run on every target.
 """
 
@@ -104,7 +104,7 @@ def _check_known(arch, spelled: str) -> None:
         return
     near = ", ".join(f"sm_{a}{b} ({a}.{b})" for a, b in compat.nearest_capabilities(arch.major, arch.minor))
     raise ForgeError(f"'{spelled}' ({arch.sm}) is not the arch of any NVIDIA GPU this tool knows; the nearest known "
-                     f"are {near}", "pass one of those, or add the new GPU to scripts/compat.py")
+                     f"are {near}", "pass one of those, or add the new GPU to vllm_forge/gpu/compat.py")
 
 
 def resolve_targets(specs: Iterable[str]) -> list[Target]:
@@ -333,7 +333,7 @@ class FileAudit:
     package: str = ""  # the Python package it belongs to ("torch", "vllm", "bitsandbytes"), "" if unknown
     variant: dict | None = None  # {"family", "cuda", "role": "selected"|"alternative"} for per-CUDA builds
     fix: str = ""
-    optional: str = ""  # why the package runs without it (scripts/vllm_extensions.py), when it does
+    optional: str = ""  # why the package runs without it (vllm_forge/audit/vllm_extensions.py), when it does
 
     @property
     def has_device_code(self) -> bool:
@@ -1252,7 +1252,7 @@ NOT_USABLE = "optional, not usable on this GPU"
 
 def mark_optional(report: AuditReport, path, docker: str = "") -> AuditReport:
     """Judge only the extensions vLLM imports unconditionally at start-up as required (``--require``
-    overrides): one it imports guarded or lazily (``scripts/vllm_extensions.py``) is never a failure.
+    overrides): one it imports guarded or lazily (``vllm_forge/audit/vllm_extensions.py``) is never a failure.
     ``docker``: ``path`` is an image."""
     try:
         from vllm_forge.audit import vllm_extensions
@@ -1385,7 +1385,8 @@ def main(argv=None) -> int:
                         help="CUDA of the torch that loads these files (picks per-CUDA library variants)")
     args = parser.parse_args(argv)
     if bool(args.path) == bool(args.image):
-        raise ForgeError("give either a PATH or --image IMAGE", "e.g. scripts/audit.py dist/ --arch 12.0")
+        raise ForgeError("give either a PATH or --image IMAGE",
+                         "e.g. python -m vllm_forge.audit.audit dist/ --arch 12.0")
     if args.image:
         report = audit_image(args.image, args.arch, require=args.require, docker=args.docker, via=args.via,
                              torch=not args.no_torch, torch_cuda=args.torch_cuda)

@@ -28,7 +28,7 @@ bounded chunks. Every size read from a header is checked against the file size (
 ``e_shentsize`` against the ELF spec), and a stream keeps at most ``MAX_CAPTURE`` bytes aside, so a
 truncated or hostile file ends in ``BinaryFormatError``, never in a traceback or an unbounded read.
 
-Standalone: ``python scripts/fatbin.py FILE...`` prints what each file carries.
+Standalone: ``python -m vllm_forge.audit.fatbin FILE...`` prints what each file carries.
 """
 
 from __future__ import annotations
@@ -777,7 +777,7 @@ def list_device_code(source, where: str | None = None) -> DeviceCode:
             raise ForgeError(f"cannot read {where} ({err.strerror})", "check its permissions") from None
         if path.is_dir():  # Linux opens a directory read-only; only the first read would fail
             os.close(fd)
-            raise ForgeError(f"{where} is a directory", "audit it with scripts/audit.py instead")
+            raise ForgeError(f"{where} is a directory", "audit it with python -m vllm_forge.audit.audit instead")
         try:
             size = os.fstat(fd).st_size
             return _scan_random(lambda off, n: os.pread(fd, n, off), size, where)

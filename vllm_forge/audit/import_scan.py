@@ -11,7 +11,7 @@ alone when none of those applies). Where it cannot promise a superset (tab inden
 an argument it cannot read) `run` raises `Unsure` and the caller parses the whole module.
 
 The module asked about and every name in ``wanted`` belong to one top-level package (``vllm``); what
-counts as a guard or a lazy import is scripts/vllm_extensions.py's walker's. Stdlib only.
+counts as a guard or a lazy import is vllm_forge/audit/vllm_extensions.py's walker's. Stdlib only.
 """
 
 from __future__ import annotations

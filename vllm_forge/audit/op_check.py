@@ -1,7 +1,7 @@
 """Run a built vLLM's own custom ops on the GPU against a torch reference: the kernels not only exist for the
 GPU (the audit), they load with this torch and compute the right numbers.
 
-    python scripts/op_check.py dist/vllm-0.26.0+cu130.sm90-...whl [--json]
+    python -m vllm_forge.audit.op_check dist/vllm-0.26.0+cu130.sm90-...whl [--json]
 
 The wheel's ``_C`` extension (``_C_stable_libtorch.abi3.so`` from vLLM 0.2x, ``_C.abi3.so`` before) is
 extracted next to nothing else and loaded with ``torch.ops.load_library``; then ``torch.ops._C.rms_norm`` and

@@ -25,7 +25,7 @@ the functions that call its ``torch.ops`` namespace). An extension with no impor
 judged required: nothing proves vLLM runs without it.
 
 Reading as little as that answer needs (a first audit of a wheel must not cost more than its kernel scan):
-one pass over every module's bytes (scripts/import_scan.py: its import statements, unparsed) finds which
+one pass over every module's bytes (vllm_forge/audit/import_scan.py: its import statements, unparsed) finds which
 modules may import an extension and what each module may import at start; `ast` then parses only the
 top-level statements that pass cannot classify (a ``try``, a ``class``, an ``else``...), and a whole module
 only where a statement cannot be cut out. A plain top-level import is unconditional, one provably inside a
@@ -33,8 +33,8 @@ function is lazy, one in the first block of a top-level ``if`` is guarded; the a
 every module gives (tests/unit/test_vllm_extensions_scan.py holds it to that). A module this Python cannot
 parse as a whole is read statement by statement.
 
-    python scripts/vllm_extensions.py vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl [--json]
-    python scripts/vllm_extensions.py /path/to/site-packages/vllm
+    python -m vllm_forge.audit.vllm_extensions vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl [--json]
+    python -m vllm_forge.audit.vllm_extensions /path/to/site-packages/vllm
 """
 
 from __future__ import annotations
@@ -1031,7 +1031,7 @@ def _report_from_dict(data: dict, source: str) -> PackageReport:
 def optional_extensions(path: Path | str, audit_paths: list[str]) -> dict[str, Extension]:
     """For the audit: ``{audit path: Extension}`` for each audited file this vLLM can run without.
 
-    ``audit_paths`` are the paths ``scripts/audit.py`` shows for ``path``: relative to a directory
+    ``audit_paths`` are the paths ``vllm_forge/audit/audit.py`` shows for ``path``: relative to a directory
     (``_qutlass_C.abi3.so`` under site-packages/vllm, ``vllm/_qutlass_C.abi3.so`` under
     site-packages), wheel members (``vllm/...``), or ``NAME.whl/vllm/...`` for wheels in a directory.
     Anything that is not a vLLM install or wheel gives ``{}``.

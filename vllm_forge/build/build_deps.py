@@ -1,7 +1,7 @@
 """``--install-build-deps``: the checkout's unmet build requirements, installed with pip into the Python that
 builds, never touching torch.
 
-What to install comes from the preflight (scripts/preflight.py): each requirement that is missing, too old or
+What to install comes from the preflight (vllm_forge/build/preflight.py): each requirement that is missing, too old or
 newer than the checkout allows, exactly as the checkout writes it (its own pins hold). A constraints file
 holds torch, torchvision and torchaudio at the versions installed, so no requirement can make pip replace
 them, and vllm-forge's own ``==`` pins when pip installs into vllm-forge's own Python. The index is the

@@ -1,5 +1,5 @@
 """How long a build will take, from a recorded build of the same vLLM version: the tree's own ``.ninja_log``
-when an earlier build left one, else a profile shipped in ``scripts/build_profiles/`` (derived from a real
+when an earlier build left one, else a profile shipped in ``vllm_forge/build/build_profiles/`` (derived from a real
 build's ``.ninja_log`` and build.ninja), else no estimate.
 
 The model, each part of it said in the printed line:
@@ -235,7 +235,7 @@ def estimate_note(tree, settings: dict, *, archs: list, cores: int, jobs: int, n
 
 
 def main(argv=None) -> int:
-    """Print a profile for scripts/build_profiles/vllm-X.json from a recorded build
+    """Print a profile for vllm_forge/build/build_profiles/vllm-X.json from a recorded build
     (``python -m vllm_forge.build.build_estimate --help``, from the repository's root)."""
     import argparse
 

@@ -8,7 +8,7 @@ kernel key sees it. The per-arch phases (device preprocessing, cicc, ptxas, nvli
 per unit whatever the archs. ccache does not hash the variable (a hit compiles nothing and adds no line);
 sccache does not cache an nvcc call while it is set, so a build through sccache gets no per-arch times.
 
-The summary is the ``build-times`` record (scripts/run_records.py) and what the build figure draws. Stdlib only.
+The summary is the ``build-times`` record (report/run_records.py) and what the build figure draws. Stdlib only.
 """
 
 from __future__ import annotations

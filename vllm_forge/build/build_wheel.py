@@ -94,7 +94,7 @@ class BuildRequest:
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
     targets: list[str] = field(default_factory=list)  # CMake extension targets to build (empty: all of them)
     install_build_deps: bool = False  # unmet build requirements are installed (a step before) instead of refused
-    dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm to compile on (scripts/farm.py)
+    dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm to compile on (build/farm.py)
 
 
 @dataclass
@@ -163,7 +163,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     """Everything checked and decided before any compile: fails in well under a second.
 
     ``check_tools``: the output dir is checked (a real run). ``preflight`` (default: ``check_tools``): what
-    the build needs from this machine (scripts/preflight.py) is checked too; ``invoke plan`` and
+    the build needs from this machine (vllm_forge/build/preflight.py) is checked too; ``invoke plan`` and
     ``--dry-run`` check it without building anything."""
     preflight = check_tools if preflight is None else preflight
     src = Path(request.src).expanduser()

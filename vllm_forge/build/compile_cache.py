@@ -129,7 +129,7 @@ def compile_cache_env(cache: str, cache_dir: Path, *, shared: SharedCache | None
     ``base_dir`` is the checkout: paths under it are hashed relative to it, so another checkout of
     the same code at another path can hit (ccache: always; sccache: see the module notes).
     Credentials are not included: the build inherits them from the environment. ``dist_config``: sccache's
-    client config naming a sccache-dist scheduler (scripts/farm.py), for distributed compiles.
+    client config naming a sccache-dist scheduler (vllm_forge/build/farm.py), for distributed compiles.
     """
     if cache == "none":
         return {}

@@ -12,7 +12,7 @@ toolchain, packaged by the client on first use. This module drives that engine; 
   time: sccache compiles that job here (its ``dist_errors`` counter).
 - The farm side (``plan_scheduler``, ``plan_server``, ``start``, ``stop``, ``farm_status``): the
   sccache-dist configs written 0600 under the farm dir, the daemons started detached with pid records
-  (scripts/pidfile.py), and what the scheduler's status API reports.
+  (vllm_forge/core/pidfile.py), and what the scheduler's status API reports.
 
 What sccache 0.16 distributes (read in its source, checked by tests/integration/test_farm_builds.py): C and
 C++ compiles, and nvcc's units step by step: sccache runs ``nvcc --dryrun`` here, then sends cudafe++, cicc

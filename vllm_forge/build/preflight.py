@@ -428,7 +428,7 @@ class DepCheck:
     dep: object  # vllm_tree.GitDep
     how: str  # "local copy" | "cache" | "network" | "missing"
     detail: str
-    status: str = ""  # a cache entry's provenance: pinned | unverified | substitute (scripts/fetch_deps.py)
+    status: str = ""  # a cache entry's provenance: pinned | unverified | substitute (vllm_forge/deps/fetch_deps.py)
 
 
 def check_git_deps(tree, cache_dir: Path, env: Mapping[str, str], *, timeout: float = 2.0,

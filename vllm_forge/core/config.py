@@ -17,7 +17,7 @@ from typing import Any
 from vllm_forge.core.errors import ForgeError
 
 DEFAULT_VLLM_REPO = "https://github.com/vllm-project/vllm.git"
-# vllm-forge's one cache on this machine (scripts/forge_cache.py lists and removes it).
+# vllm-forge's one cache on this machine (vllm_forge/core/forge_cache.py lists and removes it).
 CACHE_ENV = "VLLM_FORGE_CACHE"
 DEFAULT_CACHE = "~/.cache/vllm-forge"
 
@@ -32,9 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "vllm_src": "",  # an existing checkout to use as is; empty: `clone` into checkout_dir
     "checkout_dir": "build/vllm",
     "arch": "12.0",
-    "cuda": "",  # empty: a local build's is the nvcc found; a bake's is what the checkout pins (scripts/recipe.py)
+    "cuda": "",  # empty: a local build's is the nvcc found; a bake's is what the checkout pins (image/recipe.py)
     "base": "auto",  # bake's build base: auto (what the checkout pins), cuda (CUDA -devel + pinned torch), ngc
-    "base_image": "",  # empty: the base `base` picks for the image's CUDA (scripts/recipe.py)
+    "base_image": "",  # empty: the base `base` picks for the image's CUDA (vllm_forge/image/recipe.py)
     "runtime_image": "",  # empty: the CUDA runtime image for the image's CUDA
     "max_jobs": 0,  # 0: from cores and free memory
     "nvcc_threads": 0,  # 0: from the arch count and memory
@@ -107,7 +107,7 @@ class BuildConfig:
     dist_scheduler: str
     dist_token_file: str
     dist_token_env: str
-    dist_toolchains: str  # comma-separated (a YAML list in invoke.yaml is joined): see scripts/farm.py
+    dist_toolchains: str  # comma-separated (a YAML list in invoke.yaml is joined): see vllm_forge/build/farm.py
     farm_dir: str
     farm_server_token_file: str
     farm_server_token_env: str
@@ -116,7 +116,7 @@ class BuildConfig:
     dist_dir: str
     wheel_limit_mb: int
     mirror: str
-    patches: str  # comma-separated (a YAML list in invoke.yaml is joined): see scripts/patches.py
+    patches: str  # comma-separated (a YAML list in invoke.yaml is joined): see vllm_forge/source/patches.py
     standin: bool
     non_root: bool
 

@@ -6,10 +6,10 @@ dependencies ``fetch-deps`` cloned, the stand-in images' root filesystems, the d
 wheels and sdists the tests download from PyPI. ``clean`` also removes pytest's temporary directories of
 this user (the suite removes its own when it passes; a failed run keeps its latest).
 
-    python scripts/forge_cache.py                 # each part of the cache with its size
-    python scripts/forge_cache.py clean           # remove the cache and the tests' temporary directories
-    python scripts/forge_cache.py clean --dry-run # what clean would remove, and how much
-    python scripts/forge_cache.py clean --all     # also this checkout's .nox/ venvs and build/ outputs
+    python -m vllm_forge.core.forge_cache                 # each part of the cache with its size
+    python -m vllm_forge.core.forge_cache clean           # remove the cache and the tests' temporary directories
+    python -m vllm_forge.core.forge_cache clean --dry-run # what clean would remove, and how much
+    python -m vllm_forge.core.forge_cache clean --all     # also this checkout's .nox/ venvs and build/ outputs
 
 ``nox -s clean`` runs ``clean`` with the words after ``--``.
 """

@@ -28,7 +28,7 @@ def mask_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def mask_urls(text: str) -> str:
-    """``text`` with every URL's credentials masked as **** (one rule: scripts/credentials.py)."""
+    """``text`` with every URL's credentials masked as **** (one rule: vllm_forge/core/credentials.py)."""
     from vllm_forge.core import credentials  # late: `invoke --list` imports this module, and loads no other
 
     return credentials.mask_urls(text)
@@ -110,7 +110,7 @@ def run_command(
 
     On Ctrl-C the child's process group is terminated before the interrupt propagates, so no
     compiler keeps running behind the user's back. A command that fails is reported with the first real
-    error of its output (scripts/first_error.py: a ninja edge's compiler error, a CMake Error, a Python
+    error of its output (vllm_forge/core/first_error.py: a ninja edge's compiler error, a CMake Error, a Python
     exception, a tool's own error line) and the log's path.
     """
     record_command(command)

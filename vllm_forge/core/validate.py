@@ -12,7 +12,7 @@ import re
 from vllm_forge.core.errors import ForgeError
 
 # A git ref or commit as a user or a CMake file names it, by `git check-ref-format`'s rules (the same
-# as scripts/config.py's check_git_ref): never an option (leading -), a revision expression (.., @{,
+# as vllm_forge/core/config.py's check_git_ref): never an option (leading -), a revision expression (.., @{,
 # ^, ~, :), whitespace or a control character.
 _REF_FORBIDDEN = re.compile(r"(\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.lock$|^-|\.$|/\.|^\.)")
 # URLs git may clone a vLLM checkout from: a transport URL, an scp-like ssh address, or a local path.

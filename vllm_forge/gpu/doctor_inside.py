@@ -1,8 +1,8 @@
 """Collect the facts `invoke doctor` needs from inside a Python environment or image, as JSON.
 
 Self-contained on purpose: stdlib plus (optionally) torch, no ``scripts`` imports, so it runs as
-``docker run --rm -i --entrypoint python3 IMAGE - < scripts/doctor_inside.py`` or as
-``python scripts/doctor.py --inside``. It never raises: whatever fails is reported under "errors".
+``docker run --rm -i --entrypoint python3 IMAGE - < vllm_forge/gpu/doctor_inside.py`` or as
+``python -m vllm_forge.nccl.doctor --inside``. It never raises: whatever fails is reported under "errors".
 
 JIT readiness (``collect_jit``, ``jit_check``): vLLM's FlashInfer/DeepGEMM kernels compile at run time with
 nvcc, so the serving image needs nvcc, CUDA headers and a host C++ compiler for its target archs.

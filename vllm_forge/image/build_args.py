@@ -53,7 +53,7 @@ def knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: st
     if recipe == "forge":
         values["COMPILE_CACHE"] = request.compile_cache
     if recipe == "forge" and tree is not None:
-        # What this checkout's vLLM version builds with and enforces (scripts/vllm_tree.py).
+        # What this checkout's vLLM version builds with and enforces (vllm_forge/source/vllm_tree.py).
         if tree.build_requirements:
             values["BUILD_REQUIREMENTS"] = tree.build_requirements
         if not request.wheel_limit_mb:

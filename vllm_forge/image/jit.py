@@ -18,7 +18,7 @@ from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import compat
 from vllm_forge.image.request import BakeRequest
 
-JIT_FAIL_LINE = r"forge-jit-check: FAIL: (.+)$"  # what scripts/doctor_inside.py --jit-check prints
+JIT_FAIL_LINE = r"forge-jit-check: FAIL: (.+)$"  # what vllm_forge/gpu/doctor_inside.py --jit-check prints
 JIT_FIX = (
     "bake with a JIT toolchain for these archs (the default; --runtime-image with nvcc also works), "
     "or pass --no-jit if your models need no run-time kernel compile"

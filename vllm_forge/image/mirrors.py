@@ -293,7 +293,7 @@ class AppliedMirror:
 
 def apply_mirror(profile: MirrorProfile, config: Any, recipe: Any = None) -> AppliedMirror:
     """The profile applied to ``config`` (a BuildConfig: ``cuda``, ``base_image``, ``runtime_image``,
-    ``vllm_repo``) and the bake's ``recipe`` (scripts/recipe.py: its CUDA and default images; without one,
+    ``vllm_repo``) and the bake's ``recipe`` (vllm_forge/image/recipe.py: its CUDA and default images; without one,
     compat's defaults for ``config.cuda``). An explicit base image is rewritten through the registry mirror
     too; a default one is named only when the mirror changes it, so a recipe's own default stays in charge
     otherwise."""

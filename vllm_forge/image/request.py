@@ -65,7 +65,7 @@ class BakeRequest:
     arch: str = "12.0"
     cuda: str = "12.8"
     cuda_explicit: bool = False  # --cuda given: upstream mode then passes CUDA_VERSION too
-    base_image: str = ""  # "" : the NGC PyTorch image for `cuda` (scripts/compat.py)
+    base_image: str = ""  # "" : the NGC PyTorch image for `cuda` (vllm_forge/gpu/compat.py)
     runtime_image: str = ""  # "" : the CUDA runtime image for `cuda`
     target: str = "runtime"
     tag: str = ""
@@ -102,7 +102,7 @@ class BakeRequest:
     deps_cache: Path | None = None  # a `fetch-deps` cache root: its deps this checkout uses go into the build
     jit: bool = True  # False (--no-jit): no JIT toolchain in the runtime stage, no JIT check
     non_root: bool = False  # runtime target: serve as an unprivileged user (NON_ROOT_STAGES)
-    recipe: Recipe | None = None  # CUDA, bases and torch chosen from the checkout's pins (scripts/recipe.py)
+    recipe: Recipe | None = None  # CUDA, bases and torch chosen from the checkout's pins (vllm_forge/image/recipe.py)
     dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm for the build stage
 
 

@@ -55,7 +55,7 @@ def _only(modules: Iterable[str], data: Iterable[str] = ()) -> Callable[[Path, b
 def stage_checkout(src: Path, dest: Path, git_mirror: Path, *, left_out: list[str] | None = None) -> int:
     """Copy a checkout to ``dest`` with its git metadata made credential-free: kept incrementally in
     ``git_mirror`` (outside any context) and linked in as ``dest/.git``. What the copy leaves out besides
-    build outputs (scripts/context_filter.py: files that hold logins, the checkout's .dockerignore) is
+    build outputs (vllm_forge/image/context_filter.py: files that hold logins, the checkout's .dockerignore) is
     added to ``left_out`` as one line."""
     keep_out = ContextFilter(Path(src))
     copied = sync_tree(src, dest, skip=keep_out)

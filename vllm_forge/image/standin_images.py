@@ -13,7 +13,7 @@ the whole bake/serve pipeline on the miniature project:
 Both are cached: an image that exists is not rebuilt, and each rootfs tarball is kept in
 ``~/.cache/vllm-forge/standin/`` so a pruned image is re-imported in seconds.
 
-Usage: ``python scripts/standin_images.py [--docker /usr/bin/docker] [--ca-bundle FILE] [--force]``
+Usage: ``python -m vllm_forge.image.standin_images [--docker /usr/bin/docker] [--ca-bundle FILE] [--force]``
 (needs root for debootstrap/chroot). Prints the two image names.
 """
 
@@ -232,7 +232,7 @@ def import_image(docker: str, spec: StandinSpec, tarball: Path, *, log=print) ->
     argv = [docker, "import", "--change", f"LABEL {RECIPE_LABEL}={RECIPE_VERSION}"]
     for change in spec.changes:
         argv += ["--change", change]
-    argv += ["--message", "vllm-forge TEST-ONLY stand-in (scripts/standin_images.py)", str(tarball), spec.image]
+    argv += ["--message", "vllm-forge TEST-ONLY stand-in (image/standin_images.py)", str(tarball), spec.image]
     _run(argv, log=log)
 
 
@@ -266,7 +266,7 @@ def ensure_standin_images(
 
 
 # The CUDA the stand-ins stand for (their nvcc): a bake on them uses --cuda 13.0, whose JIT toolchain
-# (NVIDIA's CUDA 13 wheels from PyPI, scripts/compat.py JIT_TOOLCHAINS) installs on Debian too.
+# (NVIDIA's CUDA 13 wheels from PyPI, vllm_forge/gpu/compat.py JIT_TOOLCHAINS) installs on Debian too.
 STANDIN_CUDA = "13.0"
 
 

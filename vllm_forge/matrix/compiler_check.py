@@ -8,7 +8,7 @@ for 12.x, ``cuda-toolkit[nvcc,...]`` for 13.x; ``nox -s compilers`` installs eac
 3. a small PTX kernel must assemble for every arch of the row (``.target sm_XY``, ``-arch=sm_XY``);
 4. every arch some other compat row lists but this one does not must be refused.
 
-Run: ``python scripts/compiler_check.py --cuda 12.8 [--ptxas PATH] [--json]``.
+Run: ``python -m vllm_forge.matrix.compiler_check --cuda 12.8 [--ptxas PATH] [--json]``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - wheel sessions: a wheel is built with this machine's nvcc, so the sessions nox lists are the (CUDA, arch)
   pairs of that nvcc's CUDA and the archs of ``WHEEL_GPUS`` it can compile (``local_wheel_pairs``); the
   matrix for CI (``build_matrix``) holds every CUDA's pairs, the impossible ones marked with the reason;
-- mirror: a profile (``scripts/mirrors.py``) applied to whatever a session runs.
+- mirror: a profile (``vllm_forge/image/mirrors.py``) applied to whatever a session runs.
 
 Nothing here builds: it computes names, verdicts and the task command lines.
 """

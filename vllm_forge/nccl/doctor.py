@@ -1,13 +1,13 @@
 """Name what will break vLLM on this host's GPUs (or the ones you name), and the fix.
 
-    python scripts/doctor.py [--image TAG] [--arch rtx5090] [--json]
-    python scripts/doctor.py --inside                # only the in-Python facts, as JSON
-    python scripts/doctor.py --host-file host.txt    # judge recorded nvidia-smi outputs instead
+    python -m vllm_forge.nccl.doctor [--image TAG] [--arch rtx5090] [--json]
+    python -m vllm_forge.nccl.doctor --inside                # only the in-Python facts, as JSON
+    python -m vllm_forge.nccl.doctor --host-file host.txt    # judge recorded nvidia-smi outputs instead
 
 Checks, each pass / warn / fail with the fix: the GPUs (nvidia-smi, else NVML); the driver against
 the CUDA of the image or Python; PyTorch's arch list against each GPU's compute capability (predicts
 "sm_120 is not compatible with the current PyTorch installation"); the audit of vLLM's extensions
-(``scripts/audit.py`` when present); the NCCL version against the oldest that works on these GPUs;
+(``vllm_forge/audit/audit.py`` when present); the NCCL version against the oldest that works on these GPUs;
 the topology (``nvidia-smi topo -m``, ``topo -p2p r``); NCCL settings in the environment.
 Without a GPU it says so and still checks the Python or image against ``--arch``.
 """
@@ -457,7 +457,7 @@ def _audit_level(result) -> tuple[str, str]:
 def check_audit(path: str | None, caps: list[tuple[str, str]], audit=None) -> list[Finding]:
     """Audit vLLM's extensions at ``path`` for the GPUs (``audit(path_or_image, ["sm_120", ...])``)."""
     if audit is None:
-        return [Finding("info", "audit", "audit unavailable (scripts/audit.py is not installed)")]
+        return [Finding("info", "audit", "audit unavailable (vllm_forge/audit/audit.py is not installed)")]
     if not path:
         return [Finding("info", "audit", "no vLLM installed here: no extensions to audit")]
     if not caps:

@@ -2,8 +2,8 @@
 
 For hosts without an nccl-tests build: it exercises the NCCL that PyTorch (and so vLLM) loads.
 
-    python scripts/nccl_allreduce.py --nproc 2 -b 8 -e 128M -f 2      # spawns one process per GPU
-    torchrun --nproc-per-node 2 scripts/nccl_allreduce.py -b 8 -e 128M
+    python -m vllm_forge.nccl.nccl_allreduce --nproc 2 -b 8 -e 128M -f 2      # spawns one process per GPU
+    torchrun --nproc-per-node 2 -m vllm_forge.nccl.nccl_allreduce -b 8 -e 128M
 
 Self-contained on purpose (stdlib + torch, no ``scripts`` imports): it runs inside images too.
 torch.distributed's all-reduce works in place only, so the out-of-place columns print N/A; the

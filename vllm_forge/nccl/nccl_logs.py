@@ -5,7 +5,7 @@ application logs that quote NCCL errors), nccl-tests outputs (``all_reduce_perf`
 failure lines; the torch.distributed stand-in prints the same table), ``nvidia-smi topo -m``,
 ``nvidia-smi topo -p2p r``, ``nvidia-smi -q`` and bundles of ``== section`` blocks holding several.
 
-    python scripts/nccl_logs.py diagnose FILE... [--json] [--gpu-cap 12.0]
+    python -m vllm_forge.nccl.nccl_logs diagnose FILE... [--json] [--gpu-cap 12.0]
 
 exits 1 when any file shows a failure. Stdlib only (reads ``vllm_forge.gpu.compat`` for the tables).
 """
@@ -124,7 +124,7 @@ class NcclTestsRun:
     avg_busbw: float | None = None
     out_of_bounds: int | None = None
     failures: list[str] = field(default_factory=list)
-    runner: str = "nccl-tests"  # or "torch.distributed" (scripts/nccl_allreduce.py)
+    runner: str = "nccl-tests"  # or "torch.distributed" (vllm_forge/nccl/nccl_allreduce.py)
     nccl_version: str = ""
 
     @property

@@ -1,10 +1,11 @@
 """Run an all-reduce across the GPUs and judge it: nccl-tests ``all_reduce_perf`` where it exists,
-else ``scripts/nccl_allreduce.py`` through torch.distributed (same table). Always with
+else ``vllm_forge/nccl/nccl_allreduce.py`` through torch.distributed (same table). Always with
 ``NCCL_DEBUG=INFO`` and ``NCCL_DEBUG_FILE`` into the output directory, whose files are then read by
-``scripts/nccl_logs.py``.
+``vllm_forge/nccl/nccl_logs.py``.
 
-    python scripts/nccl_test.py [--gpus N] [--sizes 8:128M] [--out DIR] [--image TAG] [--runner auto|nccl-tests|torch]
-    python scripts/nccl_test.py --build-nccl-tests SRC [--nccl-home DIR] [--dry-run]
+    python -m vllm_forge.nccl.nccl_test [--gpus N] [--sizes 8:128M] [--out DIR] [--image TAG] \
+        [--runner auto|nccl-tests|torch]
+    python -m vllm_forge.nccl.nccl_test --build-nccl-tests SRC [--nccl-home DIR] [--dry-run]
 
 Stdlib only; torch is needed by the torch runner on the machine (or in the image) that runs it.
 """

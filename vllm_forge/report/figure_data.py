@@ -1,8 +1,8 @@
 """What each figure shows, taken from the JSON the text reports are printed from (one source).
 
 One function per report turns its JSON (``--json``, or the record under build/reports/) into plain data:
-the series, reference values and labels a figure draws. ``scripts/figures.py`` draws that data with
-matplotlib, and ``scripts/report_html.py`` prints the same data in a table beside each figure; the tests
+the series, reference values and labels a figure draws. ``vllm_forge/report/figures.py`` draws that data with
+matplotlib, and ``vllm_forge/report/report_html.py`` prints the same data in a table beside each figure; the tests
 compare it with the report JSON. Stdlib only (reads ``vllm_forge.gpu.compat`` for the verdict thresholds).
 """
 
@@ -253,7 +253,7 @@ def build_figure(times: dict, what: str = "") -> BuildFigure:
 
 # ---- audit: which kernel groups have code for which GPU ---------------------------------------------------------
 
-# Cell categories, best first; the audit's own verdicts (scripts/audit.py) mapped onto them.
+# Cell categories, best first; the audit's own verdicts (vllm_forge/audit/audit.py) mapped onto them.
 AUDIT_CATEGORIES = {
     "native": "native SASS",
     "gated": "native; other groups only for other GPUs (vLLM's capability dispatch)",

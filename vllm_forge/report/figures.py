@@ -1,4 +1,4 @@
-"""Draw the figure data of ``scripts/figure_data.py`` with matplotlib, to PNG, SVG, or SVG text for a page.
+"""Draw the figure data of ``vllm_forge/report/figure_data.py`` with matplotlib, to PNG, SVG, or SVG text for a page.
 
 matplotlib (requirements.txt) is imported inside the functions that draw, never at module import, so a
 task without ``--plot`` (and ``invoke --list``) does not pay for it; it draws through its Agg and SVG

@@ -1,8 +1,8 @@
 """`invoke report`: one self-contained HTML page of the last runs recorded under build/reports.
 
-The page reads the newest record of each kind (scripts/run_records.py): the last pipeline run (its
+The page reads the newest record of each kind (vllm_forge/report/run_records.py): the last pipeline run (its
 configuration, each step's commands, times and outcome), the last build's compile times, the last audit,
-check-size --image and NCCL diagnosis. Each figure is drawn from the same figure data (scripts/figure_data.py)
+check-size --image and NCCL diagnosis. Each figure is drawn from the same figure data (vllm_forge/report/figure_data.py)
 as ``--plot`` draws, inlined as SVG, with a table of the same numbers beside it (``data-*`` attributes hold
 the exact values). No script, no network: a Content-Security-Policy forbids every fetch, CSS is inline.
 """

@@ -814,7 +814,7 @@ def main(argv=None) -> int:
         return 0
     started, seconds, result = serve(request, docker=args.docker, timeout_s=args.timeout)
     print(f"healthy after {seconds:.1f}s at {started.url}; models {result.models}; reply {result.reply!r}")
-    print(f"stop it with: python scripts/serve.py stop --name {started.name}")
+    print(f"stop it with: python -m vllm_forge.serve.serve stop --name {started.name}")
     return 0
 
 

@@ -64,7 +64,7 @@ _CONFIG_ALLOWED_RE = re.compile(r"^(?:" + "|".join(_CONFIG_ALLOWED) + r")$", re.
 
 def strip_userinfo(url: str) -> str:
     """``https://user:pw@host/x`` (any letter case) -> ``https://host/x``, secret query parameters dropped
-    too: the one rule of scripts/credentials.py."""
+    too: the one rule of vllm_forge/core/credentials.py."""
     from vllm_forge.core.credentials import strip_credentials
 
     return strip_credentials(url)

@@ -856,7 +856,7 @@ class VllmTree:
 
     def cuda_targets(self, nvcc: str | None, python: tuple[int, int]):
         """The CMake extension targets a CUDA build of this checkout builds with that nvcc and Python
-        (scripts/setup_reader.py reads setup.py)."""
+        (vllm_forge/source/setup_reader.py reads setup.py)."""
         from vllm_forge.source.setup_reader import cuda_extension_targets
 
         return cuda_extension_targets(_read(self.root / "setup.py"), python=python, nvcc=nvcc)
