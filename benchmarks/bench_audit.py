@@ -1,8 +1,8 @@
 """How fast `invoke audit` reads real wheels, against unzip + cuobjdump and against the inflate limit.
 
-    python benchmarks/bench_audit.py /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
+    python -m benchmarks.bench_audit /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
         /root/.cache/wheels/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl --repeat 2
-    python benchmarks/bench_audit.py vllm-0.34.0-*.whl --cache cold --repeat 5 --inflaters isal
+    python -m benchmarks.bench_audit vllm-0.34.0-*.whl --cache cold --repeat 5 --inflaters isal
 
 Per wheel, side by side in one run, rounds interleaved (medians of --repeat rounds, the fastest in
 brackets; the machine may be shared, so compare the ratios, not the seconds: the ratio to unzip +
@@ -13,7 +13,7 @@ printed too, which other users' load does not inflate the way it inflates wall t
   the torch probe, the scan, and for a vLLM wheel the analysis of which extensions it imports at start),
   once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with $VLLM_FORGE_INFLATER); its peak
   RSS from wait4. The JSON of every inflater must be identical. ``--cache`` says what that analysis
-  finds in its cache (scripts/vllm_extensions.py): ``warm`` (the default) an entry, written by an
+  finds in its cache (vllm_forge/audit/vllm_extensions.py): ``warm`` (the default) an entry, written by an
   untimed audit first; ``cold`` nothing, a new empty $VLLM_FORGE_CACHE for every run (a user's first
   audit of that wheel, and every build-wheel's audit of its own output). The report says which.
 - invoke start: ``invoke --list`` (Python, invoke and tasks.py starting), the part of the audit's
@@ -23,7 +23,7 @@ printed too, which other users' load does not inflate the way it inflates wall t
   bytes thrown away; once per inflater.
 - baseline: ``unzip WHEEL '*.so'`` to a temp dir, then ``cuobjdump --list-elf --list-ptx`` on each
   file; the per-file arch sets must equal the audit's (cuobjdump names a family cubin without its
-  ``f``: see scripts/fatbin.py).
+  ``f``: see vllm_forge/audit/fatbin.py).
 
 Not a test: timings depend on the machine.
 """
@@ -46,12 +46,10 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vllm_forge.audit import audit
+from vllm_forge.gpu.toolchain import find_cuda_tool
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from scripts import audit  # noqa: E402
-from scripts.toolchain import find_cuda_tool  # noqa: E402
-
 CHUNK = audit.STREAM_CHUNK
 
 

@@ -125,14 +125,14 @@ class ChunkStream(io.RawIOBase):
 def run_case(case: str, size: int) -> float:
     """Seconds the parser takes on the case's input of ``size``."""
     if case == "nccl-blank-lines":
-        from scripts import nccl_logs
+        from vllm_forge.nccl import nccl_logs
 
         text = nccl_blank_lines(size)
         started = time.perf_counter()
         nccl_logs.find_root_cause(nccl_logs.diagnose_texts([("hostile.log", text)]))
         return time.perf_counter() - started
     if case.startswith("cmake-"):
-        from scripts.vllm_tree import inspect_tree
+        from vllm_forge.source.vllm_tree import inspect_tree
 
         make = {"cmake-matches": cmake_matches, "cmake-doubling": cmake_doubling, "cmake-elseif": cmake_elseif,
                 "cmake-nesting": cmake_nesting}[case]
@@ -142,7 +142,7 @@ def run_case(case: str, size: int) -> float:
             inspect_tree(root)
             return time.perf_counter() - started
     if case == "image-tar-whiteouts":
-        from scripts import audit
+        from vllm_forge.audit import audit
 
         stream = io.BufferedReader(ChunkStream(whiteout_image_chunks(size)), 1 << 20)
         started = time.perf_counter()

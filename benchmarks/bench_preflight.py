@@ -3,7 +3,7 @@
     python -m benchmarks.bench_preflight --tree ~/src/vllm-0.26.0 [--runs 7]
 
 Times, in this process, each run after one warm-up: ``inspect_tree`` (what the checkout asks), ``run_preflight``
-(scripts/preflight.py: the build Python probed in a child, build requirements compared, torch, host compiler
+(vllm_forge/build/preflight.py: the build Python probed in a child, build requirements compared, torch, host compiler
 against nvcc's own limits, CMake, version source, git dependencies) and the whole ``plan_build`` (the two above,
 nvcc found, the kernel key hashed over csrc/ and cmake/). So that every check runs to its end on any machine,
 the git dependencies get placeholder cache entries and, where no torch is installed, a stand-in torch
@@ -22,11 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts import fetch_deps
-from scripts.build_wheel import BuildRequest, plan_build
-from scripts.preflight import run_preflight
-from scripts.toolchain import find_cuda_toolchain
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build.build_wheel import BuildRequest, plan_build
+from vllm_forge.build.preflight import run_preflight
+from vllm_forge.deps import fetch_deps
+from vllm_forge.gpu.toolchain import find_cuda_toolchain
+from vllm_forge.source.vllm_tree import inspect_tree
 
 
 def _placeholders(tree, cache: Path) -> None:

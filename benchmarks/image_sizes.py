@@ -1,12 +1,12 @@
 """Measured package sizes behind docs/image.md "Where the size goes": what pip would install, per part.
 
-    python benchmarks/image_sizes.py 'vllm==0.11.0' --jit 'cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2'
+    python -m benchmarks.image_sizes 'vllm==0.11.0' --jit 'cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2'
 
 For each requirement set, pip resolves it (``pip install --dry-run --ignore-installed --report``, as for
 this machine's Python) and, for every wheel of the resolution, this reads the wheel's zip central
 directory from PyPI with HTTP range requests (a few KB per wheel, no full download): download size is
 the wheel's byte length, installed size the sum of its members' uncompressed sizes. Wheels are then
-split like `invoke check-size --image` splits an image (scripts/image.py JIT_DISTS / TORCH_DISTS).
+split like `invoke check-size --image` splits an image (vllm_forge/image/inspection.py JIT_DISTS / TORCH_DISTS).
 Not a test: PyPI's current files decide the figures.
 """
 
@@ -23,9 +23,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.image import JIT_DISTS, TORCH_DISTS  # noqa: E402
+from vllm_forge.image.inspection import JIT_DISTS, TORCH_DISTS
 
 
 class RangeFile(io.RawIOBase):

@@ -3,9 +3,9 @@
 #
 #     OUT=/some/dir bash gpu/audit_on_gpu.sh
 #
-# Needs nvcc (13.0), python3 and, for the record, cuobjdump and nvidia-smi; nothing else (scripts/audit.py is
+# Needs nvcc (13.0), python3 and, for the record, cuobjdump and nvidia-smi; nothing else (vllm_forge/audit/audit.py is
 # stdlib-only). It builds one tiny kernel program twice, for 12.0 only and for 9.0, asks
-# `python3 scripts/audit.py BINARY --arch sm_90 --json` what will happen, then runs each binary: the 12.0-only
+# `python3 -m vllm_forge.audit.audit BINARY --arch sm_90 --json` what will happen, then runs each binary: the 12.0-only
 # one must fail with `no kernel image is available for execution on the device`, the 9.0 one must run.
 # Everything goes to "$OUT/audit_gpu.txt"; save it as tests/fixtures/gpu/audit_gpu.txt, which
 # tests/unit/test_audit.py::test_gpu_record_matches_the_audit replays.
@@ -52,11 +52,11 @@ build_and_check() {  # name, gencode flags...
       echo "nvcc failed:"; cat "$WORK/$name.nvcc"; return
     fi
     "$CUOBJDUMP" --list-elf --list-ptx "$WORK/$name" 2>&1 | sed 's/^/cuobjdump: /'
-    python3 scripts/audit.py "$WORK/$name" --arch sm_90 --json --no-torch > "$WORK/$name.json" 2> "$WORK/$name.err"
+    python3 -m vllm_forge.audit.audit "$WORK/$name" --arch sm_90 --json --no-torch > "$WORK/$name.json" 2> "$WORK/$name.err"
     echo "audit_exit: $?"
     echo "audit_json: $(python3 -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))' < "$WORK/$name.json" 2>&1)"
     sed 's/^/audit_stderr: /' "$WORK/$name.err"
-    python3 scripts/audit.py "$WORK/$name" --arch auto --no-torch 2>&1 | tail -1 | sed 's/^/audit_auto: /'
+    python3 -m vllm_forge.audit.audit "$WORK/$name" --arch auto --no-torch 2>&1 | tail -1 | sed 's/^/audit_auto: /'
     "$WORK/$name"
     echo "run_exit: $?"
   } >> "$REC" 2>&1

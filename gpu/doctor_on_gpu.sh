@@ -24,7 +24,7 @@ WORK="$(mktemp -d)"
   echo "== topo -p2p r"; nvidia-smi topo -p2p r
 } > "$OUT/host.txt" 2>&1
 
-"$PY" scripts/doctor.py --json > "$OUT/doctor.json" 2>&1; echo "doctor --json: exit $?"
+"$PY" -m vllm_forge.nccl.doctor --json > "$OUT/doctor.json" 2>&1; echo "doctor --json: exit $?"
 
 NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | grep -c .)
 runs="1"
@@ -32,7 +32,7 @@ runs="1"
 for n in $runs; do
   tag=$([ "$n" = 1 ] && echo 1gpu || echo Ngpu)
   sizes=$([ "$n" = 1 ] && echo 8:128M || echo 1M:512M)
-  "$PY" scripts/nccl_test.py --runner torch --gpus "$n" --sizes "$sizes" --out "$WORK/$tag" --json \
+  "$PY" -m vllm_forge.nccl.nccl_test --runner torch --gpus "$n" --sizes "$sizes" --out "$WORK/$tag" --json \
       > "$WORK/$tag.json" 2>&1
   echo "nccl_test --gpus $n: exit $?"
   cp "$WORK/$tag/all_reduce.txt" "$OUT/allreduce_$tag.txt" 2>/dev/null || tail -20 "$WORK/$tag.json"
@@ -43,19 +43,19 @@ done
 BIN="$PWD/build/nccl-tests/build/all_reduce_perf"
 if [ -x "$BIN" ]; then
   LIBS=$("$PY" -c "import glob, os, site; print(':'.join(sorted({os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/*/lib/lib*.so*')})))")
-  LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$PY" scripts/nccl_test.py --runner nccl-tests \
+  LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$PY" -m vllm_forge.nccl.nccl_test --runner nccl-tests \
       --binary "$BIN" --gpus "$NGPU" --sizes 8:512M --out "$WORK/nt" > /dev/null 2>&1
   echo "nccl_test --runner nccl-tests --gpus $NGPU: exit $?"
   { echo "== all_reduce_perf"; cat "$WORK/nt/all_reduce.txt"; echo "== nccl debug"; cat "$WORK/nt"/nccl_debug*.log; } \
       > "$OUT/nccl_tests.txt" 2>&1
 fi
 
-"$PY" scripts/nccl_logs.py diagnose --json "$OUT"/allreduce_*.txt "$OUT"/nccl_debug_*.log "$OUT/host.txt" \
+"$PY" -m vllm_forge.nccl.nccl_logs diagnose --json "$OUT"/allreduce_*.txt "$OUT"/nccl_debug_*.log "$OUT/host.txt" \
     $([ -f "$OUT/nccl_tests.txt" ] && echo "$OUT/nccl_tests.txt") > "$OUT/diagnose.json" 2>&1
 echo "nccl_logs diagnose: exit $?"
-"$PY" scripts/nccl_logs.py diagnose "$OUT"/allreduce_*.txt "$OUT"/nccl_debug_*.log "$OUT/host.txt" | head -60
-[ -f "$OUT/nccl_tests.txt" ] && "$PY" scripts/nccl_logs.py diagnose "$OUT/nccl_tests.txt" "$OUT/host.txt" | head -30
-"$PY" scripts/doctor.py | head -30
+"$PY" -m vllm_forge.nccl.nccl_logs diagnose "$OUT"/allreduce_*.txt "$OUT"/nccl_debug_*.log "$OUT/host.txt" | head -60
+[ -f "$OUT/nccl_tests.txt" ] && "$PY" -m vllm_forge.nccl.nccl_logs diagnose "$OUT/nccl_tests.txt" "$OUT/host.txt" | head -30
+"$PY" -m vllm_forge.nccl.doctor | head -30
 cat "$OUT"/allreduce_*.txt
 [ -f "$OUT/nccl_tests.txt" ] && grep -v "NCCL INFO" "$OUT/nccl_tests.txt" | head -60
 rm -rf "$WORK"

@@ -73,8 +73,8 @@ check() {
     echo "== invoke audit $wheel --arch auto"
     python3 -m invoke audit "$wheel" --arch auto
     echo "audit_exit: $?"
-    echo "== python3 scripts/op_check.py $wheel"
-    python3 scripts/op_check.py "$wheel" --json > "$OUT/ops.json"
+    echo "== python3 -m vllm_forge.audit.op_check $wheel"
+    python3 -m vllm_forge.audit.op_check "$wheel" --json > "$OUT/ops.json"
     echo "op_check_exit: $?"
     cat "$OUT/ops.json"
     python3 -c 'import sys, zipfile, json

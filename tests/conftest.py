@@ -9,22 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as _hypothesis_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # Property tests draw 300 examples; `nox -s mutants` asks for 20 (VLLM_FORGE_HYPOTHESIS_PROFILE=mutation): every
 # mutant reruns the tests that call its function, and a wrong answer shows in the first few examples or not at all.
-from hypothesis import settings as _hypothesis_settings  # noqa: E402
-
 _hypothesis_settings.register_profile("full", max_examples=300, deadline=None)
 _hypothesis_settings.register_profile("mutation", max_examples=20, deadline=None)
 _hypothesis_settings.load_profile(os.environ.get("VLLM_FORGE_HYPOTHESIS_PROFILE") or "full")
@@ -45,8 +41,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def nvcc_toolchain():
-    from scripts.errors import ForgeError
-    from scripts.toolchain import find_cuda_toolchain
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.gpu.toolchain import find_cuda_toolchain
 
     try:
         return find_cuda_toolchain()
@@ -56,7 +52,7 @@ def nvcc_toolchain():
 
 @pytest.fixture(scope="session")
 def cuobjdump():
-    from scripts.toolchain import find_cuda_tool
+    from vllm_forge.gpu.toolchain import find_cuda_tool
 
     tool = find_cuda_tool("cuobjdump")
     require_tool("cuobjdump", tool is not None)
@@ -73,12 +69,12 @@ def docker_available() -> bool:
 @pytest.fixture(scope="session")
 def client():
     """The docker client bakes use, its engine answering (a skip locally, a failure in CI, when not)."""
-    from scripts import image
-    from scripts.errors import ForgeError
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image import docker_client
 
     try:
-        found = image.find_docker()
-        image.check_engine(found.path)
+        found = docker_client.find_docker()
+        docker_client.check_engine(found.path)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit ({err})", False)
     return found
@@ -86,9 +82,9 @@ def client():
 
 @pytest.fixture(scope="session")
 def standins(client):
-    """The TEST-ONLY stand-in base images (scripts/standin_images.py), built once when missing."""
-    from scripts.errors import ForgeError
-    from scripts.standin_images import ensure_standin_images
+    """The TEST-ONLY stand-in base images (vllm_forge/image/standin_images.py), built once when missing."""
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image.standin_images import ensure_standin_images
 
     try:
         return ensure_standin_images(client.path, log=lambda line: None)
@@ -101,7 +97,7 @@ def standins(client):
 @pytest.fixture(scope="session")
 def minivllm_repo(tmp_path_factory) -> str:
     """file:// URL of a bare git repo of the embedded miniature vLLM."""
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     return publish_minivllm(tmp_path_factory.mktemp("minivllm-remote"))
 
@@ -112,7 +108,7 @@ def minivllm_repo(tmp_path_factory) -> str:
 
 _LEFTOVER_PROCESSES = ("sccache", "sccache-dist", "redis-server")
 _baseline: dict[str, set[str]] = {}
-# What the tasks the tests run record (scripts/run_records.py) goes to this session's own directory, removed at
+# What the tasks the tests run record (report/run_records.py) goes to this session's own directory, removed at
 # the end, never to the repository's build/reports.
 _RECORDS = "" if os.environ.get("VLLM_FORGE_RECORD_DIR") else tempfile.mkdtemp(prefix="vllm-forge-records-")
 if _RECORDS:

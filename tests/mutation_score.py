@@ -1,6 +1,6 @@
 """Score a mutmut run per module, leaving out mutants that only change message text.
 
-    python tests/mutation_score.py WORKDIR scripts/archs.py scripts/compat.py ...
+    python tests/mutation_score.py WORKDIR vllm_forge/gpu/archs.py vllm_forge/gpu/compat.py ...
 
 WORKDIR is where `mutmut run` ran (it holds mutants/). `nox -s mutants` calls this after mutmut; the
 rules are in docs/testing.md:
@@ -31,26 +31,26 @@ from pathlib import Path
 # The line keeps an entry honest: once the function changes and mutmut renumbers, the entry stops matching
 # and the mutant is counted again (and reported as stale).
 EQUIVALENT: dict[str, tuple[str, str]] = {
-    "scripts.archs.x_check_archs_for_cuda__mutmut_28": (
+    "vllm_forge.gpu.archs.x_check_archs_for_cuda__mutmut_28": (
         "_version_key(minor) >= _version_key(last):",
         "minor == last means this CUDA is the newest that accepts the arch, so the arch was accepted and "
         "skipped above; no CUDA row drops an arch and takes it back"),
-    "scripts.archs.x_detect_local_archs__mutmut_1": (
+    "vllm_forge.gpu.archs.x_detect_local_archs__mutmut_1": (
         "caps: list[str] = None",
         "caps is only read as `not caps` until it is reassigned; None and [] are both falsy"),
-    "scripts.archs.x_detect_local_archs__mutmut_29": (
+    "vllm_forge.gpu.archs.x_detect_local_archs__mutmut_29": (
         "caps = None", "as above: the except branch's value is only read as `not caps`"),
-    "scripts.archs.x_parse_arch_list__mutmut_4": (
+    "vllm_forge.gpu.archs.x_parse_arch_list__mutmut_4": (
         "not str(None).strip()",
         "an empty spec then has no words, and the no-arch check after the loop raises the same error"),
-    "scripts.compat.x__sm__mutmut_1": (
+    "vllm_forge.gpu.compat.x__sm__mutmut_1": (
         "return frozenset(None)",
         "_sm only builds the module's tables at import, before mutmut switches a mutant on; a mutant that broke "
         "them would fail every import, not one test"),
-    "scripts.compat.x_nccl_min_for_capability__mutmut_17": (
+    "vllm_forge.gpu.compat.x_nccl_min_for_capability__mutmut_17": (
         "k_minor >= best[0]",
         "the rows are distinct capabilities, so within one major k_minor never equals best[0]"),
-    "scripts.archs.x_parse_arch_token__mutmut_72": (
+    "vllm_forge.gpu.archs.x_parse_arch_token__mutmut_72": (
         'or "XXXX").lower() == "virtual"', 'the default only has to differ from "virtual"; "xxxx" does'),
 }
 MESSAGE_KEYWORDS = ("help", "description", "epilog")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.errors import ForgeError, run_main
 from tests.conftest import docker_available, require_tool
+from vllm_forge.audit import audit
+from vllm_forge.core.errors import ForgeError, run_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 

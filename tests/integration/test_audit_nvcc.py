@@ -1,5 +1,5 @@
 """The scanner against the real tools: binaries nvcc builds for several arch mixes (compressed and not),
-listed by cuobjdump, must list the same (every entry, in order) through scripts/fatbin.py, read from
+listed by cuobjdump, must list the same (every entry, in order) through vllm_forge/audit/fatbin.py, read from
 disk and streamed out of a wheel."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.fatbin import list_device_code, scan_stream
+from vllm_forge.audit import audit
+from vllm_forge.audit.fatbin import list_device_code, scan_stream
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 

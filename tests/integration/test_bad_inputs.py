@@ -36,7 +36,7 @@ exit 1
 """
 # `python -m invoke` with no nvcc anywhere: no system toolkit, none from pip's nvidia packages, none on PATH.
 HIDE_NVCC = (
-    "import sys, scripts.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); t._pypi_cuda_roots = lambda: []; "
+    "import sys, vllm_forge.gpu.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); t._pypi_cuda_roots = lambda: []; "
     "from invoke.main import program; program.run(['invoke', *sys.argv[1:]])"
 )
 
@@ -254,7 +254,7 @@ def with_empty_dir(s: Scratch) -> None:
 
 def with_yaml(text: str) -> Callable[[Scratch], None]:
     def prepare(s: Scratch) -> None:
-        for name in ("tasks.py", "scripts"):
+        for name in ("tasks.py", "vllm_forge"):
             os.symlink(REPO / name, s.tmp / name)
         (s.tmp / "invoke.yaml").write_text(text)
 
@@ -339,8 +339,8 @@ def with_tarballs(s: Scratch) -> None:
 
 def with_imported_dep(s: Scratch) -> None:
     """The cache holds minidep imported (unverified) from a tarball."""
-    from scripts import dep_import
-    from scripts.vllm_tree import inspect_tree
+    from vllm_forge.deps import dep_import
+    from vllm_forge.source.vllm_tree import inspect_tree
 
     with_tarballs(s)
     first = _tarball(s.tmp / "usb" / "minidep-v1.0.0.tar.gz", {"include/minidep.h": b"// first copy\n"})
@@ -605,8 +605,8 @@ def _has_gpu() -> bool:
 
 
 def _check_needs(needs: tuple[str, ...]) -> None:
-    from scripts.errors import ForgeError
-    from scripts.toolchain import find_cuda_toolchain
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.gpu.toolchain import find_cuda_toolchain
 
     for need in needs:
         if need in ("nvcc", "nvcc13"):
@@ -692,7 +692,7 @@ def test_debug_shows_the_traceback(how, args):
     env = {"VLLM_API_KEY": ""} if how else {"VLLM_FORGE_DEBUG": "1", "VLLM_API_KEY": ""}
     out = run_cli([*how, *args], env=env)
     assert out.returncode != 0
-    assert "Traceback" in out.stderr and "scripts.errors.ForgeError" in out.stderr
+    assert "Traceback" in out.stderr and "vllm_forge.core.errors.ForgeError" in out.stderr
 
 
 def test_debug_shows_the_traceback_of_a_disk_error(tmp_path, clean_checkout, minivllm_repo):
@@ -723,7 +723,7 @@ def test_cases_need_only_what_ci_installs():
     assert needs <= {"nvcc", "nvcc13", "docker", "nogpu", "notorch"}, needs
     assert {"nvcc", "docker"} <= needs  # the tools this test checks are the ones cases rely on
     _check_needs(("nvcc", "docker"))
-    from scripts.toolchain import find_cuda_toolchain
+    from vllm_forge.gpu.toolchain import find_cuda_toolchain
 
     assert Path(find_cuda_toolchain().nvcc).is_file() and docker_available()
 
@@ -733,7 +733,7 @@ def table_rows(only: list[str] | None = None) -> str:  # pragma: no cover - rege
     import re
     import tempfile
 
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     base = Path(tempfile.mkdtemp(prefix="forge-errors-"))
     remote = publish_minivllm(base / "remote")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout, ninja_log
-from scripts.build_wheel import BuildRequest, plan_build, read_build_info, run_build
+from vllm_forge.build import ninja_log
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, read_build_info, run_build
+from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 REPO = Path(__file__).resolve().parents[2]

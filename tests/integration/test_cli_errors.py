@@ -71,7 +71,7 @@ def test_check_size_over_limit_lists_largest_members(tmp_path):
     ("forge:\n  max_jobs: lots\n", "max_jobs in invoke.yaml must be a whole number"),
 ])
 def test_bad_invoke_yaml_is_one_line(tmp_path, content, words):
-    for name in ("tasks.py", "scripts"):
+    for name in ("tasks.py", "vllm_forge"):
         os.symlink(REPO / name, tmp_path / name)
     (tmp_path / "invoke.yaml").write_text(content)
     out = invoke("plan", cwd=tmp_path)

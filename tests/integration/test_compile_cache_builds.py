@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout
-from scripts import compile_cache as cc
-from scripts.build_wheel import BuildRequest, plan_build, run_build
 from tests.conftest import require_tool
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 
@@ -58,7 +58,7 @@ def redis_url(tmp_path):
 
 @pytest.fixture(scope="module")
 def minivllm_url(tmp_path_factory):
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     return publish_minivllm(tmp_path_factory.mktemp("remote"))
 

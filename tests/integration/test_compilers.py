@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from scripts import compat, compiler_check
 from tests.conftest import require_tool
+from vllm_forge.gpu import compat
+from vllm_forge.matrix import compiler_check
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 
@@ -51,7 +52,7 @@ def test_a_ptxas_of_another_release_is_not_taken_for_this_cuda(ptxas13):
 
 def test_standalone_cli(repo_root, ptxas13, tmp_path):
     out = tmp_path / "cu130.json"
-    proc = subprocess.run([sys.executable, "scripts/compiler_check.py", "--cuda", "13.0", "--ptxas", str(ptxas13),
-                           "--out", str(out)], cwd=repo_root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vllm_forge.matrix.compiler_check", "--cuda", "13.0",
+                           "--ptxas", str(ptxas13), "--out", str(out)], cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "table matches" in proc.stdout and '"ok": true' in out.read_text()

@@ -37,7 +37,7 @@ def clone(remote: str, dest: Path) -> Path:
 
 def kernels_by_file(wheel: Path) -> dict[str, set[str]]:
     """SASS archs of every extension in the wheel, read by the audit's own scanner."""
-    from scripts.audit import audit_path
+    from vllm_forge.audit.audit import audit_path
 
     report = audit_path(wheel, ["12.0"])
     return {f.path: set(f.sass) for f in report.files if f.sass or f.ptx}
@@ -81,7 +81,7 @@ def test_a_second_build_of_the_same_checkout_is_refused_at_once(minivllm_repo, t
     args = ["build-wheel", "--arch", "12.0", "--vllm-src", str(src), "--dist-dir", str(dist), "--skip-torch",
             "--compile-cache", "none", "--max-jobs", "1"]
     first = start_invoke(*args)
-    from scripts import checkout_lock
+    from vllm_forge.core import checkout_lock
 
     lock = checkout_lock.lock_path(src)
     import time
@@ -121,7 +121,7 @@ def test_the_miniatures_private_copy_has_one_writer_and_readers_never_touch_it(t
     build compiles, change nothing in that copy; the first build then finishes."""
     import time
 
-    from scripts import checkout_lock
+    from vllm_forge.core import checkout_lock
 
     env, held, go = held_compile(tmp_path)
     args = ["build-wheel", "--vllm-src", "tests/fixtures/minivllm", "--arch", "12.0", "--skip-torch",
@@ -163,13 +163,13 @@ def test_the_miniatures_private_copy_has_one_writer_and_readers_never_touch_it(t
 
 @pytest.mark.docker
 def test_two_bake_wheel_exports_into_one_dist(minivllm_repo, tmp_path):
-    from scripts import image
-    from scripts.errors import ForgeError
-    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN, ensure_standin_images
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image import docker_client
+    from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN, ensure_standin_images
 
     try:
-        client = image.find_docker()
-        image.check_engine(client.path)
+        client = docker_client.find_docker()
+        docker_client.check_engine(client.path)
         ensure_standin_images(client.path, log=lambda line: None)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit and the stand-in images ({err})", False)

@@ -55,9 +55,9 @@ def plant(repo: Path) -> None:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from scripts.fetch_deps import dep_dir, fetch_deps
-    from scripts.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
-    from scripts.vllm_tree import inspect_tree
+    from vllm_forge.deps.fetch_deps import dep_dir, fetch_deps
+    from vllm_forge.source.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
+    from vllm_forge.source.vllm_tree import inspect_tree
 
     tmp = tmp_path_factory.mktemp("creds")
     remote = tmp / "remote"
@@ -80,7 +80,7 @@ def planted(tmp_path_factory):
 
 
 def request(planted, standins, **kw):
-    from scripts.image import BakeRequest, default_ca_bundle
+    from vllm_forge.image.request import BakeRequest, default_ca_bundle
 
     return BakeRequest(src=planted.co, arch="12.0", cuda="13.0", base_image=standins["build"],
                        runtime_image=standins["runtime"], ca_bundle=default_ca_bundle()[0], netrc=planted.netrc,
@@ -102,7 +102,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def baked(client, standins, planted):
     """build, wheel and runtime through the API (logs in build/logs), runtime --non-root through `invoke bake`."""
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     suffix = uuid.uuid4().hex[:8]
     tags = {"build": f"vllm-forge-test/creds:{suffix}-build", "runtime": f"vllm-forge-test/creds:{suffix}",
@@ -208,7 +209,8 @@ def test_no_token_in_the_wheel_the_logs_or_the_build_contexts(baked, planted):
 
 
 def test_upstream_recipe_builds_from_a_sanitized_copy(client, standins, planted):
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     up = planted.tmp / "up" / "vllm"
     shutil.copytree(planted.co, up, symlinks=True)

@@ -1,6 +1,6 @@
 """Bake, serve and inspect on a real Docker engine, with the TEST-ONLY stand-in base images.
 
-No registry is reachable in CI, so the bases are `scripts/standin_images.py`'s debootstrapped Debian
+No registry is reachable in CI, so the bases are `vllm_forge/image/standin_images.py`'s debootstrapped Debian
 images (build: nvcc 13 from PyPI; runtime: python only). The recipe is the real docker/Dockerfile.
 """
 
@@ -31,13 +31,13 @@ def checkout(tmp_path_factory, minivllm_repo) -> Path:
 
 @pytest.fixture(scope="module")
 def ca_bundle():
-    from scripts.image import default_ca_bundle
+    from vllm_forge.image.request import default_ca_bundle
 
     return default_ca_bundle()[0]
 
 
 def bake_request(checkout, standins, tmp_path, ca_bundle, **kw):
-    from scripts.image import BakeRequest
+    from vllm_forge.image.request import BakeRequest
 
     return BakeRequest(
         src=checkout,
@@ -59,7 +59,8 @@ def docker_out(client, *args) -> str:
 @pytest.fixture(scope="module")
 def baked(client, standins, checkout, tmp_path_factory, ca_bundle):
     """One cold-ish bake of the miniature (the layer cache may be warm from earlier runs)."""
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     tmp = tmp_path_factory.mktemp("baked")
     tag = f"vllm-forge-test/mini:{uuid.uuid4().hex[:8]}"
@@ -70,7 +71,7 @@ def baked(client, standins, checkout, tmp_path_factory, ca_bundle):
 
 
 def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
-    from scripts.image import inspect_image
+    from vllm_forge.image.inspection import inspect_image
 
     plan, result, _ = baked
     labels = inspect_image(client.path, plan.image)["labels"]
@@ -81,7 +82,7 @@ def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
     assert labels["org.vllm-forge.jit"].startswith("nvcc 13.0 (pip:cuda-toolkit[")
     # No build leftovers; the JIT toolchain (nvcc from NVIDIA's CUDA 13 wheels, a host compiler) is there.
     probe = (
-        "test ! -e /workspace && test ! -e /opt/vllm-forge/scripts && test ! -e /opt/vllm-forge/doctor_inside.py "
+        "test ! -e /workspace && test ! -e /opt/vllm-forge/vllm_forge && test ! -e /opt/vllm-forge/late "
         '&& test -z "$(find /root/.cache -type f)" && test -z "$(find /var/cache/apt -name "*.deb")" '
         "&& nvcc --version | grep -q 'release 13.0' && command -v c++ >/dev/null "
         "&& python3 -c 'import vllm, os; print(os.path.dirname(vllm.__file__))'"
@@ -94,7 +95,7 @@ def test_image_has_labels_and_no_build_leftovers(client, baked, standins):
 
 
 def test_image_size_over_runtime_base_is_the_jit_toolchain_and_the_wheel(client, baked):
-    from scripts.image import SIZE_PARTS, image_size_breakdown, image_size_report
+    from vllm_forge.image.inspection import SIZE_PARTS, image_size_breakdown, image_size_report
 
     plan, _, _ = baked
     report = image_size_report(client.path, plan.image, budget_gb=5)
@@ -111,8 +112,10 @@ def test_image_size_over_runtime_base_is_the_jit_toolchain_and_the_wheel(client,
 
 def test_runtime_without_jit_toolchain_fails_the_bake_and_no_jit_passes(client, standins, checkout, tmp_path,
                                                                         ca_bundle):
-    from scripts.errors import ForgeError
-    from scripts.image import inspect_image, plan_bake, run_bake
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
+    from vllm_forge.image.inspection import inspect_image
 
     tag = f"vllm-forge-test/nojit:{uuid.uuid4().hex[:8]}"
     try:
@@ -136,7 +139,8 @@ def test_runtime_without_jit_toolchain_fails_the_bake_and_no_jit_passes(client, 
 
 
 def test_rebake_is_cached_and_final_stage_change_does_not_recompile(client, baked, standins, checkout, ca_bundle):
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     plan, first, tmp = baked
     dangling = docker_out(client, "images", "-q", "--no-trunc", "--filter", "dangling=true").split()
@@ -163,7 +167,7 @@ def test_rebake_is_cached_and_final_stage_change_does_not_recompile(client, bake
 
 
 def test_serve_smoke_and_stop(client, baked):
-    from scripts import serve
+    from vllm_forge.serve import serve
 
     plan, _, _ = baked
     name = f"vllm-forge-test-{uuid.uuid4().hex[:6]}"
@@ -184,8 +188,8 @@ def test_serve_smoke_and_stop(client, baked):
 
 
 def test_serve_failure_shows_logs_and_cleans_up(client, standins):
-    from scripts import serve
-    from scripts.errors import ForgeError
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.serve import serve
 
     # The server's entrypoint on the runtime stand-in, which has no vLLM: it starts, then dies.
     broken = "vllm-forge-test/broken:latest"
@@ -209,7 +213,8 @@ def test_serve_failure_shows_logs_and_cleans_up(client, standins):
 
 
 def test_wheel_target_exports_only_the_wheel(client, standins, checkout, tmp_path, ca_bundle):
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     result = run_bake(plan_bake(bake_request(checkout, standins, tmp_path, ca_bundle, target="wheel"), client))
     assert [p.name for p in (tmp_path / "dist").iterdir()] == [result.wheels[0].name]
@@ -217,7 +222,9 @@ def test_wheel_target_exports_only_the_wheel(client, standins, checkout, tmp_pat
 
 
 def test_upstream_recipe_from_the_same_config(client, standins, checkout, tmp_path, ca_bundle):
-    from scripts.image import image_size_report, plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
+    from vllm_forge.image.inspection import image_size_report
 
     up = tmp_path / "up"
     shutil.copytree(checkout, up, symlinks=True)
@@ -256,7 +263,8 @@ def test_upstream_recipe_from_the_same_config(client, standins, checkout, tmp_pa
 def test_secrets_appear_nowhere_in_the_image(client, standins, checkout, tmp_path, ca_bundle):
     """CA bundle, netrc and an index URL with credentials go in as BuildKit secrets: none of their
     values may show up in `docker history`, `docker inspect` or any layer of the image."""
-    from scripts.image import plan_bake, run_bake
+    from vllm_forge.image.bake import run_bake
+    from vllm_forge.image.bake_plan import plan_bake
 
     if ca_bundle is None:
         pytest.skip("no CA bundle on this host to extend")

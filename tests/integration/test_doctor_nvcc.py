@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from scripts.doctor_inside import collect_cuda_runtime
+from vllm_forge.gpu.doctor_inside import collect_cuda_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 
 
 def inside(env: dict) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "doctor.py"), "--inside"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "vllm_forge.nccl.doctor", "--inside"], env=env, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["cuda"]

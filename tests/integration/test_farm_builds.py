@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 
-from scripts import checkout
-from scripts import compile_cache as cc
-from scripts.build_wheel import BuildRequest, plan_build, run_build
-from scripts.farm import DistSettings
 from tests.integration.test_serve_local import free_port, invoke
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.build.farm import DistSettings
+from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 

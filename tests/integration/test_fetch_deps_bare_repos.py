@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import require_tool
 
-from scripts import fetch_deps as fd
-from scripts.errors import ForgeError
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.source.vllm_tree import inspect_tree
 
 pytestmark = pytest.mark.integration
 

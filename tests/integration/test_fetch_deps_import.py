@@ -16,11 +16,11 @@ import pytest
 from conftest import require_tool
 from test_fetch_deps_bare_repos import git, github, make_tree  # noqa: F401 (github is a fixture)
 
-from scripts import dep_import as di
-from scripts import fetch_deps as fd
-from scripts.errors import ForgeError
-from scripts.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps import dep_import as di
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.source.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep
+from vllm_forge.source.vllm_tree import inspect_tree
 
 pytestmark = pytest.mark.integration
 

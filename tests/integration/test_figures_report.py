@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout, compat, figure_data
 from tests.conftest import REPO_ROOT, require_tool
+from vllm_forge.gpu import compat
+from vllm_forge.report import figure_data
+from vllm_forge.source import checkout
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from test_fetch_deps_bare_repos import github  # noqa: F401 (a fixture)
 
-from scripts import checkout
-from scripts.plan import recording
+from vllm_forge.core.plan import recording
+from vllm_forge.source import checkout
 
 pytestmark = pytest.mark.integration
 
@@ -144,7 +144,7 @@ def test_a_url_map_login_is_in_no_command_line(tmp_path, github, recorded_git): 
     demands the login, and no git (clone, fetch, submodule update) had it on its command line."""
     from test_fetch_deps_bare_repos import make_tree
 
-    from scripts import fetch_deps as fd
+    from vllm_forge.deps import fetch_deps as fd
 
     for repo in (github["root"] / "https:" / "github.com" / "org").iterdir():
         subprocess.run(["git", "update-server-info"], cwd=repo, check=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from test_fetch_deps_bare_repos import git, github, make_tree  # noqa: F401 (github is a fixture)
 
-from scripts import fetch_deps as fd
-from scripts.errors import ForgeError
-from scripts.git_safe import git_argv
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.git_safe import git_argv
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.source.vllm_tree import inspect_tree
 
 pytestmark = pytest.mark.integration
 

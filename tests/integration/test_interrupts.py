@@ -151,7 +151,7 @@ def test_interrupted_build_wheel_leaves_dist_and_checkout_as_they_were(checkout_
     assert gone_within(str(checkout_copy), 10) == [] and gone_within(str(dist), 1) == []
     assert git("status", "--porcelain", cwd=checkout_copy) == ""  # build outputs are ignored files only
     # the checkout's writer lock went with the process: the next build may take it (and a dry run still plans)
-    from scripts import checkout_lock
+    from vllm_forge.core import checkout_lock
 
     assert checkout_lock.hold(checkout_copy) is True
     checkout_lock.release_all()
@@ -166,18 +166,18 @@ def test_interrupted_build_wheel_leaves_dist_and_checkout_as_they_were(checkout_
 
 @pytest.fixture(scope="module")
 def docker_client():
-    from scripts import image
-    from scripts.errors import ForgeError
-    from scripts.standin_images import RUNTIME_STANDIN
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image import docker_client as docker_client_mod
+    from vllm_forge.image.standin_images import RUNTIME_STANDIN
 
     try:
-        client = image.find_docker()
-        image.check_engine(client.path)
+        client = docker_client_mod.find_docker()
+        docker_client_mod.check_engine(client.path)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit ({err})", False)
     present = subprocess.run([client.path, "image", "inspect", RUNTIME_STANDIN], capture_output=True)
     if present.returncode != 0:
-        from scripts.standin_images import ensure_standin_images
+        from vllm_forge.image.standin_images import ensure_standin_images
 
         ensure_standin_images(client.path, log=lambda line: None)
     return client
@@ -185,7 +185,7 @@ def docker_client():
 
 @pytest.mark.docker
 def test_ctrl_c_during_bake_stops_the_buildkit_build(docker_client, checkout_copy):
-    from scripts.standin_images import RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import RUNTIME_STANDIN
 
     seconds = f"97.{uuid.uuid4().int % 10**6:06d}"  # a unique `sleep` to find the build step by
     dockerfile = checkout_copy / "Dockerfile.slow"
@@ -203,7 +203,7 @@ def test_ctrl_c_during_bake_stops_the_buildkit_build(docker_client, checkout_cop
 @pytest.fixture(scope="module")
 def hanging_image(docker_client):
     """A server image whose server never answers /health."""
-    from scripts.standin_images import RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import RUNTIME_STANDIN
 
     tag = "vllm-forge-test/never-healthy:latest"
     dockerfile = f'FROM {RUNTIME_STANDIN}\nENTRYPOINT ["python3", "-c", "import time; time.sleep(600)"]\n'

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout, patches
-from scripts.build_wheel import BuildRequest, compiled_digests, plan_build, read_build_info, run_build
+from vllm_forge.build.build_wheel import BuildRequest, compiled_digests, plan_build, read_build_info, run_build
+from vllm_forge.source import checkout, patches
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 REPO = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def minivllm_url(tmp_path_factory):
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     return publish_minivllm(tmp_path_factory.mktemp("remote"))
 
@@ -134,8 +134,8 @@ def test_cli_prints_where_the_kernels_came_from(src, tmp_path, nvcc_toolchain, n
     dist = tmp_path / "dist"
     build(src, dist, launcher)
     (src / "vllm" / "entrypoints" / "__init__.py").write_text("# edited\n")
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "build_wheel.py"), str(src), "--dist-dir", str(dist),
-                          "--arch", "12.0", "--compile-cache", "none"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "vllm_forge.build.build_wheel", str(src), "--dist-dir", str(dist),
+                          "--arch", "12.0", "--compile-cache", "none"], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "CMAKE_CUDA_COMPILER_LAUNCHER": str(launcher)})
     assert out.returncode == 0, out.stderr[-2000:]
     wheel = next(dist.glob("*.whl"))

@@ -13,8 +13,10 @@ import sys
 
 import pytest
 
-from scripts import archs, compat, matrix, mirrors
 from tests.conftest import require_tool
+from vllm_forge.gpu import archs, compat
+from vllm_forge.image import mirrors
+from vllm_forge.matrix import matrix
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +39,7 @@ def build_arg(line: str, name: str) -> str:
 
 
 def expected_base(cuda: str) -> str:
-    """The miniature pins torch 2.6.0 and no CUDA release (scripts/recipe.py): where the PyTorch index has a
+    """The miniature pins torch 2.6.0 and no CUDA release (vllm_forge/image/recipe.py): where the PyTorch index has a
     2.6.0 build for the CUDA, NVIDIA's CUDA -devel image gets it; elsewhere NGC's image, with its own torch."""
     if cuda in compat.PYTORCH_CUDA_BUILDS["2.6"]:
         runtime = compat.CUDA_RUNTIME_IMAGES[cuda]
@@ -68,10 +70,10 @@ def test_the_cn_mirror_rewrites_bases_and_indexes(repo_root):
 
 
 def project_copy(repo_root, dest):
-    """This repo's tasks, sessions and scripts without any checkout, cache or build output: a fresh clone."""
+    """This repo's tasks, sessions and package without any checkout, cache or build output: a fresh clone."""
     for name in ("tasks.py", "noxfile.py", "pyproject.toml", "requirements.txt"):
         shutil.copy2(repo_root / name, dest / name)
-    for name in ("scripts", "docker"):
+    for name in ("vllm_forge", "docker"):
         shutil.copytree(repo_root / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import nccl_test
+from vllm_forge.nccl import nccl_test
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout
-from scripts.build_wheel import BuildRequest, plan_build, run_build
-from scripts.errors import ForgeError
-from scripts.fetch_deps import fetch_deps
-from scripts.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps.fetch_deps import fetch_deps
+from vllm_forge.source import checkout
+from vllm_forge.source.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
+from vllm_forge.source.vllm_tree import inspect_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
 
@@ -92,25 +92,27 @@ def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
     """Inside the Docker build GitHub is unreachable too: the bake succeeds only with the staged cache."""
     from conftest import docker_available, require_tool
 
-    from scripts import image, standin_images
+    from vllm_forge.image import bake as bake_mod
+    from vllm_forge.image import bake_plan, docker_client, standin_images
+    from vllm_forge.image import request as request_mod
 
     require_tool("docker engine", docker_available())
-    client = image.find_docker()
+    client = docker_client.find_docker()
     standins = {kind: spec.image for kind, spec in standin_images.STANDINS.items()}
-    require_tool("stand-in base images (python scripts/standin_images.py)",
+    require_tool("stand-in base images (python -m vllm_forge.image.standin_images)",
                  all(standin_images.image_exists(client.path, name) for name in standins.values()))
     src, remote = offline_src
     cache = tmp_path / "cache"
     fetch_deps(inspect_tree(src), cache, url_map={MINIDEP_GITHUB_PREFIX: remote.as_uri() + "/"})
-    ca_bundle, _ = image.default_ca_bundle()
+    ca_bundle, _ = request_mod.default_ca_bundle()
 
     def bake(deps_cache):
-        request = image.BakeRequest(
+        request = request_mod.BakeRequest(
             src=src, arch="12.0", cuda="13.0", base_image=standins["build"], runtime_image=standins["runtime"],
             target="wheel", context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", ca_bundle=ca_bundle,
             deps_cache=deps_cache, compile_cache="none", build_args={"CMAKE_ARGS": "-DMINIVLLM_FETCH_DEPS=ON"})
-        plan = image.plan_bake(request, client)
-        return plan, image.run_bake(plan, log_path=tmp_path / "bake.log")
+        plan = bake_plan.plan_bake(request, client)
+        return plan, bake_mod.run_bake(plan, log_path=tmp_path / "bake.log")
 
     with pytest.raises(ForgeError):
         bake(None)  # no cache staged: CMake tries GitHub from inside the build and fails

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout
-from scripts.build_wheel import BuildRequest, plan_build, run_build
-from scripts.errors import ForgeError
-from scripts.plan import Command, run_command
+from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, run_command
+from vllm_forge.source import checkout
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def test_non_git_directory_is_not_clobbered(minivllm_repo, tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared_src(tmp_path_factory):
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source.minivllm import publish_minivllm
 
     url = publish_minivllm(tmp_path_factory.mktemp("remote"))
     src = tmp_path_factory.mktemp("co") / "vllm"
@@ -173,7 +173,7 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
     """A machine with only Python and PyPI: the nvcc from `cuda-toolkit[nvcc]` wheels builds the kernels."""
     from conftest import require_tool
 
-    from scripts.toolchain import _pypi_cuda_roots
+    from vllm_forge.gpu.toolchain import _pypi_cuda_roots
 
     require_tool("NVIDIA's nvcc from PyPI (requirements-build.txt)", bool(_pypi_cuda_roots()))
     bin_dir = Path(sys.executable).parent
@@ -181,8 +181,8 @@ def test_build_uses_nvidia_pypi_nvcc_when_no_system_toolkit(prepared_src, tmp_pa
     env["PATH"] = f"{bin_dir}:/usr/bin:/bin"  # no /usr/local/bin/nvcc, no /usr/local/cuda*/bin
     dist = tmp_path / "dist"
     # The build machine has /usr/local/cuda; this run must not see it.
-    hide_system = ("import sys, scripts.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); "
-                   "from scripts.build_wheel import main; sys.exit(main())")
+    hide_system = ("import sys, vllm_forge.gpu.toolchain as t; t.SYSTEM_CUDA_ROOTS = (); "
+                   "from vllm_forge.build.build_wheel import main; sys.exit(main())")
     out = subprocess.run(
         [sys.executable, "-c", hide_system, str(prepared_src), "--arch", "12.0", "--dist-dir", str(dist),
          "--compile-cache", "none", "--no-audit"],

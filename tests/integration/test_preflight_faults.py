@@ -136,7 +136,8 @@ def test_targets_that_this_build_does_not_have(tmp_path, nvcc_toolchain, cuda_to
     assert_refused(proc, ran, "--targets '_flash' is not a target of this build", "_moe_C_stable_libtorch")
     proc, _ = build_wheel(tree, tmp_path, {"PYTHONPATH": str(cuda_torch)}, "--targets", "_C", "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "setup_targets.py --targets _C_stable_libtorch --record" in proc.stdout
+    assert "-m vllm_forge.build.setup_targets --targets _C_stable_libtorch --record" in proc.stdout
+    assert f"PYTHONPATH={REPO_ROOT}:\"$PYTHONPATH\"" in proc.stdout  # the package, and the tree's own path
     assert "left out: _moe_C_stable_libtorch" in proc.stdout
     assert "built against torch 2.11.0+cu130 (the tree pinned 2.11.0, the same release)" in proc.stdout
 
@@ -166,8 +167,8 @@ def tiny_wheel(wheelhouse: Path, name: str, version: str) -> Path:
 @pytest.mark.nvcc
 def test_install_build_deps_installs_the_unmet_requirement_then_builds(tmp_path, nvcc_toolchain, cuobjdump):
     require_tool("git", shutil.which("git") is not None)
-    from scripts import checkout
-    from scripts.minivllm import publish_minivllm
+    from vllm_forge.source import checkout
+    from vllm_forge.source.minivllm import publish_minivllm
 
     src = tmp_path / "vllm"
     checkout.clone(publish_minivllm(tmp_path / "remote"), "v0.1.0", src)

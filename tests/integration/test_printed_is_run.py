@@ -1,6 +1,6 @@
 """What a task prints is what it runs: every task's `--dry-run` against the same task run for real.
 
-The real run records every command it executes (scripts/plan.py `record_command`, here through
+The real run records every command it executes (vllm_forge/core/plan.py `record_command`, here through
 $VLLM_FORGE_COMMAND_LOG); the dry run's printed command lines must be exactly those, in order. `invoke
 plan` prints the same steps too. Only values that differ between two runs by design are normalised: the
 private staging directory's name (host, pid, random) and the image's creation time.
@@ -132,10 +132,10 @@ def test_a_fresh_checkout_is_cloned_first_by_the_chain(repo_root, tmp_path, work
 @pytest.fixture(scope="module")
 def standins():
     require_tool("a Docker engine", docker_available())
-    from scripts import image
-    from scripts.standin_images import ensure_standin_images
+    from vllm_forge.image import docker_client
+    from vllm_forge.image.standin_images import ensure_standin_images
 
-    client = image.find_docker()
+    client = docker_client.find_docker()
     return ensure_standin_images(client.path, log=lambda line: None)
 
 

@@ -172,13 +172,13 @@ def test_serve_binds_localhost_unless_asked():
 @pytest.fixture(scope="module")
 def server_image():
     """The embedded miniature's OpenAI server (stdlib only) on the runtime stand-in: reads VLLM_API_KEY like vLLM."""
-    from scripts import image
-    from scripts.errors import ForgeError
-    from scripts.standin_images import RUNTIME_STANDIN, ensure_standin_images
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.image import docker_client
+    from vllm_forge.image.standin_images import RUNTIME_STANDIN, ensure_standin_images
 
     try:
-        client = image.find_docker()
-        image.check_engine(client.path)
+        client = docker_client.find_docker()
+        docker_client.check_engine(client.path)
         ensure_standin_images(client.path, log=lambda line: None)
     except ForgeError as err:
         require_tool(f"a Docker engine with BuildKit ({err})", False)

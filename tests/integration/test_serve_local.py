@@ -82,7 +82,7 @@ def test_dry_run_shows_every_flag_in_order(tmp_path, model):
 def test_invoke_yaml_may_hold_a_serve_section(tmp_path):
     from invoke import Config
 
-    from scripts.config import resolve_config
+    from vllm_forge.core.config import resolve_config
 
     (tmp_path / "invoke.yaml").write_text("forge:\n  serve:\n    max_model_len: 4096\n")
     config = Config(project_location=str(tmp_path))

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 import tarfile
 import uuid
 
 import pytest
-from conftest import REPO_ROOT, docker_available, require_tool
+from conftest import docker_available, require_tool
 
-sys.path.insert(0, str(REPO_ROOT / "tests" / "unit"))  # the stand-in vLLM of the unit tests
-
-from fake_vllm import device_so  # noqa: E402
-from test_vllm_extensions import EXTENSIONS, PYTHON  # noqa: E402
-
-from scripts import audit  # noqa: E402
+from tests.unit.fake_vllm import device_so  # the stand-in vLLM of the unit tests
+from tests.unit.test_vllm_extensions import EXTENSIONS, PYTHON
+from vllm_forge.audit import audit
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 ROOT = "usr/lib/python3/dist-packages"

@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, require_tool
 
-from scripts import checkout, forge_cache
-from scripts.build_wheel import BuildRequest, plan_build
-from scripts.errors import ForgeError
-from scripts.plan import run_plan
-from scripts.vllm_tree import BUILD_KNOBS, inspect_tree
+from vllm_forge.build.build_wheel import BuildRequest, plan_build
+from vllm_forge.core import forge_cache
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import run_plan
+from vllm_forge.source import checkout
+from vllm_forge.source.vllm_tree import BUILD_KNOBS, inspect_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 
@@ -249,9 +250,9 @@ REAL_PREFLIGHT = {  # version: (torch pin, where, Dockerfile CUDA, the library b
 
 @pytest.mark.parametrize("version", ["0.8.4", "0.26.0", "newest"])
 def test_real_trees_name_their_build_needs(release_repo, newest_version, version):
-    from scripts import preflight
-    from scripts.recipe import choose_recipe
-    from scripts.setup_reader import resolve_targets
+    from vllm_forge.build import preflight
+    from vllm_forge.image.recipe import choose_recipe
+    from vllm_forge.source.setup_reader import resolve_targets
 
     version = newest_version if version == "newest" else version
     tree = inspect_tree(release_repo(version))

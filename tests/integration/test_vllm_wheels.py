@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, require_tool
 
-from scripts import audit, forge_cache
-from scripts import vllm_extensions as ext
+from vllm_forge.audit import audit
+from vllm_forge.audit import vllm_extensions as ext
+from vllm_forge.core import forge_cache
 
 pytestmark = [pytest.mark.integration, pytest.mark.network]
 RECORDED = REPO_ROOT / "tests" / "fixtures" / "gpu_real_vllm" / "audit_fullwheel.txt"
@@ -83,9 +84,10 @@ def test_a_first_audit_stays_under_150_mib(version, tmp_path):
     """The audit's own peak RSS (a small wrapper starts it, so it inherits no large parent's high-water mark)."""
     wrapper = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)"
                ".returncode; print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, str(REPO_ROOT / "scripts" / "audit.py"),
+    done = subprocess.run([sys.executable, "-c", wrapper, sys.executable, "-m", "vllm_forge.audit.audit",
                            str(vllm_wheel(version)), "--arch", "9.0", "--json", "--no-torch"],
-                          env={**os.environ, "VLLM_FORGE_CACHE": str(tmp_path)}, capture_output=True, text=True,
+                          env={**os.environ, "VLLM_FORGE_CACHE": str(tmp_path)}, cwd=REPO_ROOT, capture_output=True,
+                          text=True,
                           timeout=600)
     code, peak = (int(word) for word in done.stdout.split())
     assert code in (0, 1), done.stderr

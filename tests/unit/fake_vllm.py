@@ -5,9 +5,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from test_fatbin import elf, entry, fatbin
-
-from scripts.fatbin import FLAG_ARCH_SPECIFIC, FLAG_FAMILY, KIND_ELF, KIND_PTX
+from tests.unit.test_fatbin import elf, entry, fatbin
+from vllm_forge.audit.fatbin import FLAG_ARCH_SPECIFIC, FLAG_FAMILY, KIND_ELF, KIND_PTX
 
 
 def device_so(archs: list[str]) -> bytes:

@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from scripts.archs import (
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.archs import (
     CudaArch,
     check_archs_for_cuda,
     fa_cmake_gpu_arches,
@@ -12,7 +13,6 @@ from scripts.archs import (
     resolve_arch,
     torch_cuda_arch_list,
 )
-from scripts.errors import ForgeError
 
 
 def no_gpu():
@@ -73,7 +73,7 @@ def test_auto_uses_detected_gpus():
 
 
 def test_auto_without_gpu_is_a_clear_error(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     monkeypatch.setattr(archs.shutil, "which", lambda name: None)
     monkeypatch.setattr(archs, "_nvml_capabilities", lambda: [])
@@ -82,7 +82,7 @@ def test_auto_without_gpu_is_a_clear_error(monkeypatch):
 
 
 def test_auto_reads_nvidia_smi(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     class Result:
         returncode = 0
@@ -201,7 +201,7 @@ def test_auto_is_a_word_among_others():
 
 
 def test_an_arch_spelling_is_never_read_as_a_gpu_name(monkeypatch):
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     monkeypatch.setitem(compat.GPU_MODELS, "90", compat.GpuModel("A GPU called 90", "8.0"))
     assert compat.lookup_gpu("90").capability == "8.0"
@@ -235,7 +235,7 @@ class SmiResult:
 
 
 def test_nvidia_smi_is_asked_for_compute_capabilities(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     calls = []
 
@@ -255,7 +255,7 @@ def test_nvidia_smi_is_asked_for_compute_capabilities(monkeypatch):
 def test_nvml_is_the_fallback_when_nvidia_smi_gives_nothing(monkeypatch, outcome):
     import subprocess
 
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     def runner(argv, **kwargs):
         if outcome == "raises":
@@ -268,7 +268,7 @@ def test_nvml_is_the_fallback_when_nvidia_smi_gives_nothing(monkeypatch, outcome
 
 
 def test_nvidia_smi_missing_is_not_run(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     monkeypatch.setattr(archs.shutil, "which", lambda name: None)
     monkeypatch.setattr(archs, "_nvml_capabilities", lambda: ["8.0", "bogus"])
@@ -297,7 +297,7 @@ class FakeNvml:
 
 
 def test_nvml_lists_every_device(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     nvml = FakeNvml([(9, 0), (12, 0), (9, 0)])
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
@@ -306,7 +306,7 @@ def test_nvml_lists_every_device(monkeypatch):
 
 
 def test_nvml_without_a_driver_or_module_is_no_gpu(monkeypatch):
-    from scripts import archs
+    from vllm_forge.gpu import archs
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([(9, 0)], init_error=RuntimeError("NVML: driver not loaded")))
     assert archs._nvml_capabilities() == []
@@ -356,7 +356,7 @@ def test_unknown_cuda_names_itself():
 
 
 def test_versions_compare_as_numbers():
-    from scripts.archs import _version_key
+    from vllm_forge.gpu.archs import _version_key
 
     assert _version_key("12.10") > _version_key("12.9") and _version_key("13.0") > _version_key("12.9")
 
@@ -369,7 +369,7 @@ def test_resolve_arch_checks_only_when_cuda_is_given():
 
 
 def test_main_prints_every_variable(capsys):
-    from scripts.archs import main
+    from vllm_forge.gpu.archs import main
 
     assert main(["9.0a;rtx5090", "--cuda", "12.8"]) == 0
     assert capsys.readouterr().out == json.dumps({
@@ -380,7 +380,7 @@ def test_main_prints_every_variable(capsys):
 
 
 def test_main_refuses_what_the_cuda_cannot_build():
-    from scripts.archs import main
+    from vllm_forge.gpu.archs import main
 
     with pytest.raises(ForgeError, match="needs CUDA 12.8"):
         main(["12.0", "--cuda", "12.6"])

@@ -1,4 +1,4 @@
-"""scripts/audit.py: verdicts (NVIDIA's compatibility rules), wheels/directories/image tars, the report,
+"""vllm_forge/audit/audit.py: verdicts (NVIDIA's compatibility rules), wheels/directories/image tars, the report,
 the CLI; and the replay of the audit's prediction against a real GPU run (tests/fixtures/gpu)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.audit import Target, decide, ptx_runs_on, resolve_targets, sass_runs_on
-from scripts.errors import ForgeError, run_main
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import Target, decide, ptx_runs_on, resolve_targets, sass_runs_on
+from vllm_forge.core.errors import ForgeError, run_main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H200 = FIXTURES / "h200x2"

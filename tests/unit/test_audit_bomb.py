@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.errors import ForgeError
+from vllm_forge.audit import audit
+from vllm_forge.core.errors import ForgeError
 
 REPO = Path(__file__).resolve().parents[2]
 GiB = 1 << 30
@@ -94,7 +94,7 @@ sys.exit(os.waitstatus_to_exitcode(status) % 256)
 
 def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120,
                 command: list[str] | None = None) -> tuple[int, str, float, int]:
-    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python scripts/audit.py ARGS` (or
+    """(exit code, stderr + stdout, seconds, peak RSS in bytes) of `python -m vllm_forge.audit.audit ARGS` (or
     ``command`` + ARGS) run under an address-space limit; killed after ``timeout`` seconds. The peak is the
     command's own (see MEASURE), whatever size this pytest process has grown to."""
     import signal
@@ -102,7 +102,7 @@ def run_limited(args: list[str], limit: int = 2 * GiB, timeout: float = 120,
     with tempfile.TemporaryDirectory() as scratch, tempfile.TemporaryFile() as out:
         report = Path(scratch) / "peak"
         start = time.monotonic()
-        command = command or [sys.executable, str(REPO / "scripts" / "audit.py")]
+        command = command or [sys.executable, "-m", "vllm_forge.audit.audit"]
         proc = subprocess.Popen([sys.executable, "-c", MEASURE, str(report), str(limit), *command, *args],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
@@ -206,7 +206,7 @@ def test_parse_size_refuses_words():
 
 
 def test_elf32_section_header_size_is_checked_too():
-    from scripts.fatbin import BinaryFormatError, list_device_code
+    from vllm_forge.audit.fatbin import BinaryFormatError, list_device_code
 
     head = bytearray(52 + 40)
     struct.pack_into("<4sBBBB", head, 0, b"\x7fELF", 1, 1, 1, 0)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import audit
-from scripts.errors import ForgeError, run_main
-from scripts.fatbin import list_device_code
+from vllm_forge.audit import audit
+from vllm_forge.audit.fatbin import list_device_code
+from vllm_forge.core.errors import ForgeError, run_main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TU_PARTIAL = FIXTURES / "gpu_tu_partial"
@@ -85,7 +85,7 @@ def test_a_vllm_extension_built_for_the_gpu_is_judged_by_its_dispatch(tmp_path):
 
 
 def group(*archs: str, kernels=("k",)):
-    from scripts.fatbin import DeviceImage, FatBinary
+    from vllm_forge.audit.fatbin import DeviceImage, FatBinary
 
     images = []
     for arch in archs:
@@ -128,7 +128,7 @@ def test_arch_specific_groups_for_other_gpus_do_not_make_a_file_partial():
 
 
 def test_fifty_five_of_fifty_six_is_said_in_words():
-    from scripts.fatbin import DeviceCode
+    from vllm_forge.audit.fatbin import DeviceCode
 
     code = DeviceCode()
     for g in [group("sm_52", "compute_52")] + [group("sm_90", kernels=(f"k{i}",)) for i in range(55)]:
@@ -204,7 +204,7 @@ def test_torch_file_gets_the_torch_fix_and_the_predicted_error(tmp_path, capsys)
 
 
 def test_json_archs_sort_numerically_and_no_device_code_is_its_own_verdict(tmp_path):
-    from scripts.fatbin import DeviceCode
+    from vllm_forge.audit.fatbin import DeviceCode
 
     code = DeviceCode()
     code.add(group("sm_100", "sm_70", "sm_90a", "compute_120", "compute_75"))
@@ -284,7 +284,7 @@ def test_archs_the_compat_table_lists_are_accepted(spec):
 def test_doctor_reports_partial_extensions_with_the_vllm_fix(tmp_path):
     import shutil
 
-    from scripts import doctor
+    from vllm_forge.nccl import doctor
 
     site = tmp_path / "site-packages"
     (site / "vllm").mkdir(parents=True)

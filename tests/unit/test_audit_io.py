@@ -1,4 +1,4 @@
-"""scripts/audit.py, the reading half (issue 22): inflaters, sizes and the inflate budget, what is a
+"""vllm_forge/audit/audit.py, the reading half (issue 22): inflaters, sizes and the inflate budget, what is a
 candidate, directories, wheels (the fast central-directory reader, ZIP64, member streaming), image tars
 (layers, whiteouts, manifests), Docker (a fake `docker` script), and torch's probe. Each test pins an
 exact result, so a changed comparison, constant or branch in those functions fails one of them."""
@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from test_fatbin import elf, entry, fatbin  # the fat binary builders every audit test uses
 
-from scripts import audit
-from scripts.audit import InflateBudget, Target, TorchArchs, _Scanned
-from scripts.errors import ForgeError
-from scripts.fatbin import STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import InflateBudget, Target, TorchArchs, _Scanned
+from vllm_forge.audit.fatbin import STREAM_CHUNK, BinaryFormatError, list_device_code, scan_stream
+from vllm_forge.core.errors import ForgeError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GiB = 1 << 30

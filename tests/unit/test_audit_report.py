@@ -1,4 +1,4 @@
-"""scripts/audit.py's report layer, checked word for word: what one verdict cell, the table, the summary line,
+"""vllm_forge/audit/audit.py's report layer, checked word for word: what one verdict cell, the table, the summary line,
 the notes, the JSON and the CLI say for a report built by hand (issue 22: these were called by the tests but
 their output was only searched for a word or two, so a wrong count or a dropped clause went unseen).
 """
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from scripts import audit
-from scripts.audit import (
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import (
     GATED,
     NATIVE,
     NO_DEVICE_CODE,
@@ -26,7 +26,7 @@ from scripts.audit import (
     Target,
     TorchArchs,
 )
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0, "RTX 5090", "rtx5090")
@@ -362,7 +362,7 @@ def test_format_text_exactly():
 
 
 def test_audit_image_scans_the_image_and_its_torch(monkeypatch):
-    from scripts.fatbin import list_device_code
+    from vllm_forge.audit.fatbin import list_device_code
 
     code = list_device_code(b"\x7fELF\x02\x01\x01" + bytes(57))
     seen = {}

@@ -1,4 +1,4 @@
-"""scripts/audit.py's judgement, checked exactly: targets, a file's counts over its kernel groups, whose file it
+"""audit/audit.py's judgement, checked exactly: targets, a file's counts over its kernel groups, whose file it
 is and the fix said for it, per-CUDA variants, optional extensions, and the report built from scanned files
 (issue 22: the tests called these through whole audits and looked at one verdict, so a wrong count, owner
 or fix went unseen).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from scripts import audit
-from scripts.audit import (
+from vllm_forge.audit import audit
+from vllm_forge.audit.audit import (
     GATED,
     NATIVE,
     NO_DEVICE_CODE,
@@ -21,8 +21,8 @@ from scripts.audit import (
     TorchArchs,
     _Scanned,
 )
-from scripts.errors import ForgeError
-from scripts.fatbin import DeviceCode, DeviceImage, FatBinary
+from vllm_forge.audit.fatbin import DeviceCode, DeviceImage, FatBinary
+from vllm_forge.core.errors import ForgeError
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0)
@@ -73,7 +73,7 @@ def test_an_arch_no_gpu_has_is_refused_naming_the_nearest():
     problem = info.value.problem
     assert problem.startswith("'13.0' (sm_130) is not the arch of any NVIDIA GPU this tool knows; the nearest known "
                               "are sm_12")
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     near = ", ".join(f"sm_{a}{b} ({a}.{b})" for a, b in compat.nearest_capabilities(13, 0))
     assert problem.endswith(near)
@@ -162,7 +162,7 @@ def test_owner_of(path, member, package):
 
 
 def test_fix_for_torch_names_the_cuda_its_index_and_a_base_image():
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     fix = audit.fix_for("torch", "torch", [Target("sm_120", 12, 0, "RTX 5090", "rtx5090")])
     ngc = compat.default_ngc_tag("12.8").image
@@ -176,7 +176,7 @@ def test_fix_for_torch_names_the_cuda_its_index_and_a_base_image():
 
 
 def test_fix_for_torch_without_a_known_cuda(monkeypatch):
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     monkeypatch.setattr(compat, "min_cuda_for", lambda name: None)
     assert audit.fix_for("torch", "torch", [SM120]) == (
@@ -311,7 +311,7 @@ class _Ext:
 
 
 def test_mark_optional_uses_what_vllms_code_says(monkeypatch):
-    from scripts import vllm_extensions
+    from vllm_forge.audit import vllm_extensions
 
     seen = []
 
@@ -337,7 +337,7 @@ def test_mark_optional_uses_what_vllms_code_says(monkeypatch):
 
 @pytest.mark.parametrize("error", [ImportError("x"), ForgeError("x", "y"), OSError("x"), RecursionError()])
 def test_mark_optional_keeps_every_file_required_when_the_code_cannot_be_read(monkeypatch, error):
-    from scripts import vllm_extensions
+    from vllm_forge.audit import vllm_extensions
 
     def broken(path, paths):
         raise error
@@ -348,7 +348,7 @@ def test_mark_optional_keeps_every_file_required_when_the_code_cannot_be_read(mo
 
 
 def test_mark_optional_of_an_image_asks_inside_it(monkeypatch):
-    from scripts import vllm_extensions
+    from vllm_forge.audit import vllm_extensions
 
     seen = []
     monkeypatch.setattr(vllm_extensions, "optional_extensions_in_image",
@@ -362,7 +362,7 @@ def test_audit_path_routes_and_marks_optional_only_without_require(monkeypatch, 
     lib = tmp_path / "lib.so"
     import struct
 
-    from scripts.fatbin import FATBIN_MAGIC
+    from vllm_forge.audit.fatbin import FATBIN_MAGIC
 
     body = bytearray(64)
     struct.pack_into("<HHIQ", body, 0, 2, 0x0101, 64, 0)

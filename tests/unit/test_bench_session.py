@@ -38,7 +38,7 @@ def test_bench_session_installs_ccache_only_when_no_cache_is_there(bench_session
     session = FakeSession()
     bench_session(types.SimpleNamespace(run=session.run, posargs=session.posargs))
     argvs = [argv for argv, _env in session.calls]
-    bench = [sys.executable, "scripts/bench.py", "--no-rebake"]
+    bench = [sys.executable, "-m", "vllm_forge.matrix.bench", "--no-rebake"]
     if installed:
         assert argvs == [bench]
     else:
@@ -54,7 +54,9 @@ def test_bench_session_installs_ccache_only_when_no_cache_is_there(bench_session
 def test_bench_plots_the_seven_arch_builds_times(tmp_path):
     from pathlib import Path
 
-    from scripts import bench, build_times, figure_data, ninja_log
+    from vllm_forge.build import build_times, ninja_log
+    from vllm_forge.matrix import bench
+    from vllm_forge.report import figure_data
 
     log = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0" / "ninja_log.txt"
     times = build_times.summarize(ninja_log.read_ninja_log(log), build_times.parse_nvcc_time(
@@ -67,8 +69,8 @@ def test_bench_plots_the_seven_arch_builds_times(tmp_path):
 
 
 def test_a_bad_plot_path_stops_the_bench_before_any_build(monkeypatch, tmp_path):
-    from scripts import bench
-    from scripts.errors import ForgeError
+    from vllm_forge.core.errors import ForgeError
+    from vllm_forge.matrix import bench
 
     monkeypatch.setattr(bench, "run_bench", lambda **kw: pytest.fail("the bench ran"))
     with pytest.raises(ForgeError, match="cannot tell the format from .jpg"):

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from scripts import build_estimate as be
-from scripts import cmake_build_dir as cbd
-from scripts.archs import parse_arch_list
+from vllm_forge.build import build_estimate as be
+from vllm_forge.build import cmake_build_dir as cbd
+from vllm_forge.gpu.archs import parse_arch_list
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0"
 SHIPPED = Path(be.__file__).resolve().parent / "build_profiles" / "vllm-0.26.0.json"

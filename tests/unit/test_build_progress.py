@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build_progress import BuildProgress, duration, eta_settled, eta_text, render_plain, shorten_path
+from vllm_forge.build.build_progress import BuildProgress, duration, eta_settled, eta_text, render_plain, shorten_path
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0"
 

@@ -1,4 +1,4 @@
-"""scripts/build_times.py: nvcc --time per arch, the .ninja_log of the last build, and the build-times summary."""
+"""build/build_times.py: nvcc --time per arch, the .ninja_log of the last build, and the build-times summary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import build_times, ninja_log
+from vllm_forge.build import build_times, ninja_log
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_BUILD = FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt"
@@ -129,8 +129,8 @@ def test_collect_says_why_a_build_has_no_per_arch_times(tmp_path):
 
 
 def test_plan_build_times_nvcc_except_through_sccache(tmp_path, monkeypatch):
-    from scripts import build_wheel
-    from scripts import compile_cache as cc
+    from vllm_forge.build import build_wheel
+    from vllm_forge.build import compile_cache as cc
 
     src = tmp_path / "vllm"
     (src / "vllm").mkdir(parents=True)

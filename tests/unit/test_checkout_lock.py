@@ -1,4 +1,4 @@
-"""One writer per checkout, and readers that never touch a running writer's files (scripts/checkout_lock.py).
+"""One writer per checkout, and readers that never touch a running writer's files (vllm_forge/core/checkout_lock.py).
 
 The other writer is a real second process: flock locks are per process, so only one can show a refusal."""
 
@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from scripts import checkout_lock
-from scripts.errors import ForgeError
+from vllm_forge.core import checkout_lock
+from vllm_forge.core.errors import ForgeError
 
 REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import sys, time
-sys.path.insert(0, {repo!r})
 sys.argv = ["/usr/local/bin/invoke", "build-wheel", "--vllm-src", "x", "--repo", "https://u:secret@host/v.git"]
-from scripts import checkout_lock
+from vllm_forge.core import checkout_lock
 checkout_lock.hold({checkout!r})
 print("held", flush=True)
 time.sleep(60)
@@ -31,8 +30,8 @@ time.sleep(60)
 def other_writer(tmp_path):
     """Start a process that holds the writer lock of tmp_path/co; yields (checkout, process)."""
     checkout = tmp_path / "co"
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=str(REPO), checkout=str(checkout))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER.format(checkout=str(checkout))],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == "held"
         yield checkout, proc

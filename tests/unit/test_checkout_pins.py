@@ -1,6 +1,6 @@
 import pytest
 
-from scripts.checkout import _only_torch_pins_removed, remaining_torch_pins
+from vllm_forge.source.checkout import _only_torch_pins_removed, remaining_torch_pins
 
 
 @pytest.mark.parametrize("line", [
@@ -51,8 +51,8 @@ def test_only_removed_torch_lines_count_as_our_edit():
 def test_an_unreachable_repository_names_git_s_cause_and_fixes_that_exist(tmp_path):
     """git's first fatal line is the cause (its last is advice); the fix names --vllm-src, and a GitHub proxy
     only for a GitHub URL, saying where one is set (no built-in mirror profile has one)."""
-    from scripts import mirrors
-    from scripts.checkout import RemoteUnreachable, checkout_target, unreachable_fix
+    from vllm_forge.image import mirrors
+    from vllm_forge.source.checkout import RemoteUnreachable, checkout_target, unreachable_fix
 
     with pytest.raises(RemoteUnreachable) as err:
         checkout_target(f"file://{tmp_path}/nope.git", "main")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from scripts import cmake_build_dir as cbd
-from scripts.config import DEFAULTS, BuildConfig, ResolvedConfig
-from scripts.pipeline import _private_copy_if_ours
+from vllm_forge.build import cmake_build_dir as cbd
+from vllm_forge.core.config import DEFAULTS, BuildConfig, ResolvedConfig
+from vllm_forge.pipeline import _private_copy_if_ours
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0"
 KERNEL_INPUTS = {"archs": "9.0", "fa_archs": None, "build_type": "Release", "nvcc": "13.0.88",

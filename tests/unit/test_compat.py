@@ -1,7 +1,7 @@
 import pytest
 
-from scripts import compat
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
 
 
 def test_blackwell_first_appears_in_128():
@@ -26,7 +26,7 @@ def test_130_drops_pre_turing_and_renames_thor():
 
 def test_every_default_arch_list_compiles_with_its_cuda():
     """Each default list is in its CUDA's row, is accepted by the check, and the check is not a no-op."""
-    from scripts.archs import check_archs_for_cuda, parse_arch_list
+    from vllm_forge.gpu.archs import check_archs_for_cuda, parse_arch_list
 
     assert set(compat.DEFAULT_ARCH_LIST) == set(compat.CUDA_ARCHS)
     for cuda, spec in compat.DEFAULT_ARCH_LIST.items():
@@ -50,7 +50,7 @@ def test_gpu_names_normalise():
 
 
 def test_every_gpu_arch_is_buildable_by_some_cuda():
-    from scripts.archs import parse_arch_token
+    from vllm_forge.gpu.archs import parse_arch_token
 
     for model in compat.GPU_MODELS.values():
         sm = parse_arch_token(model.capability).sm
@@ -143,7 +143,7 @@ def test_known_cudas_sort_as_numbers_not_text(monkeypatch):
 @pytest.mark.parametrize("name", ["a10g", "A10G", "NVIDIA A10G"])
 def test_a10g_is_a_gpu_name(name):
     """AWS g5's GPU, as nvidia-smi and users write it."""
-    from scripts.archs import parse_arch_list
+    from vllm_forge.gpu.archs import parse_arch_list
 
     assert compat.lookup_gpu(name).capability == "8.6"
     assert [a.sm for a in parse_arch_list(name)] == ["sm_86"]

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compile_cache as cc
-from scripts import remote_build
-from scripts.config import resolve_config
-from scripts.errors import ForgeError
-from scripts.plan import Command, mask_env
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.core import shared_cache
+from vllm_forge.core.config import resolve_config
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, mask_env
+from vllm_forge.image import remote_build
 
 
 def test_ccache_env_has_launchers_dir_and_base_dir(tmp_path):
@@ -88,9 +89,9 @@ def test_a_password_in_a_url_is_refused_and_never_shown():
 
 
 def test_mask_url():
-    assert cc.mask_url("redis://u:p@h:6379/0") == "redis://u:****@h:6379/0"
-    assert cc.mask_url("redis://:p@h") == "redis://:****@h"
-    assert cc.mask_url("redis://h:6379") == "redis://h:6379"
+    assert shared_cache.mask_url("redis://u:p@h:6379/0") == "redis://u:****@h:6379/0"
+    assert shared_cache.mask_url("redis://:p@h") == "redis://:****@h"
+    assert shared_cache.mask_url("redis://h:6379") == "redis://h:6379"
 
 
 def test_credentials_never_enter_the_plan_env(tmp_path, monkeypatch):
@@ -226,7 +227,7 @@ def test_config_accepts_shared_cache_keys():
 
 
 def test_build_plan_carries_cache_env_and_notes(tmp_path, monkeypatch):
-    from scripts import build_wheel
+    from vllm_forge.build import build_wheel
 
     src = tmp_path / "vllm"
     src.mkdir()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from invoke.config import Config
 
-from scripts.config import DEFAULTS, check_git_ref, check_repo_url, resolve_config
-from scripts.errors import ForgeError
+from vllm_forge.core.config import DEFAULTS, check_git_ref, check_repo_url, resolve_config
+from vllm_forge.core.errors import ForgeError
 
 
 def make_invoke_config(tmp_path, project=None, env=None, monkeypatch=None):
@@ -118,7 +118,7 @@ def test_bad_repo_urls():
 
 def test_invoke_yaml_and_env_reach_the_real_cli(tmp_path, repo_root):
     """The real `invoke plan` shows each layer's value and names the layer."""
-    for name in ("tasks.py", "scripts"):
+    for name in ("tasks.py", "vllm_forge"):
         os.symlink(repo_root / name, tmp_path / name)
     (tmp_path / "invoke.yaml").write_text("forge:\n  arch: '9.0'\n")
     env = {**os.environ, "INVOKE_FORGE_MAX_JOBS": "1", "COLUMNS": "200"}
@@ -181,7 +181,7 @@ def test_a_bad_number_is_named_as_the_user_wrote_it(tmp_path, monkeypatch):
 
 
 def test_coerce_keeps_empty_strings_empty():
-    from scripts.config import _coerce
+    from vllm_forge.core.config import _coerce
 
     assert _coerce("base_image", None) == "" and _coerce("base_image", "x") == "x"
 

@@ -1,4 +1,4 @@
-"""scripts/context_git.py with real git: the staged copy of a checkout keeps history and loses credentials."""
+"""vllm_forge/source/context_git.py with real git: the staged copy of a checkout keeps history and loses credentials."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import context_git, image
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import staging
+from vllm_forge.source import context_git
 
 TOKEN = f"forge-token-{uuid.uuid4().hex}"
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -64,7 +65,7 @@ def assert_clean(root: Path) -> int:
 
 def stage(src: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "context" / "vllm"
-    image.stage_checkout(src, dest, tmp_path / "git-mirror")
+    staging.stage_checkout(src, dest, tmp_path / "git-mirror")
     return dest
 
 
@@ -88,11 +89,11 @@ def test_staged_checkout_keeps_history_and_drops_every_credential(tmp_path):
 def test_restaging_copies_only_what_changed(tmp_path):
     src = make_repo(tmp_path / "src")
     dest = stage(src, tmp_path)
-    assert image.stage_checkout(src, dest, tmp_path / "git-mirror") == 0
+    assert staging.stage_checkout(src, dest, tmp_path / "git-mirror") == 0
     (src / "new.py").write_text("x = 1\n")
     git(src, "add", "-A")
     git(src, "commit", "-qm", "third")
-    copied = image.stage_checkout(src, dest, tmp_path / "git-mirror")
+    copied = staging.stage_checkout(src, dest, tmp_path / "git-mirror")
     assert 0 < copied < 10
     assert git(dest, "log", "-1", "--format=%s").strip() == "third"
 
@@ -241,7 +242,7 @@ def test_public_url(url, public):
 
 
 def test_checkout_copy_skips_logins_and_nested_repositories(tmp_path):
-    from scripts.context_filter import ContextFilter
+    from vllm_forge.image.context_filter import ContextFilter
 
     skip = ContextFilter(tmp_path)
     assert skip(Path(".git"), True) and skip(Path(".git"), False)  # the top one is staged sanitized

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import dep_import as di
-from scripts import fetch_deps as fd
-from scripts import safe_unpack as su
-from scripts.errors import ForgeError
-from scripts.vllm_tree import GitDep, inspect_tree
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps import dep_import as di
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.deps import safe_unpack as su
+from vllm_forge.source.vllm_tree import GitDep, inspect_tree
 
 DEPS = [
     GitDep("cutlass", "https://github.com/nvidia/cutlass.git", "v4.4.2", "VLLM_CUTLASS_SRC_DIR"),

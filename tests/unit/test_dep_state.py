@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import fetch_deps as fd
-from scripts.vllm_tree import GitDep
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.source.vllm_tree import GitDep
 
 PIN = "a8f794d1251cbfd88a5011445dd5582289c727e4"
 OTHER = "2bc126e03c795234b80245c58d66a315c654eb26"
@@ -200,7 +200,7 @@ def test_a_ref_that_is_a_link_to_dev_zero_is_read_bounded(tmp_path):
     (path / ".git" / "refs" / "heads").mkdir()
     (path / ".git" / "refs" / "heads" / "main").symlink_to("/dev/zero")
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
-            "from scripts import fetch_deps as fd; from scripts.vllm_tree import GitDep; "
+            "from vllm_forge.deps import fetch_deps as fd; from vllm_forge.source.vllm_tree import GitDep; "
             f"print(fd.dep_state(sys.argv[1], GitDep('flashmla', {FLASHMLA.repository!r}, {PIN!r}, None)).status)")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])

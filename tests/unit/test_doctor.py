@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from scripts import doctor
-from scripts.doctor import Gpu, HostFacts, arch_support, diagnose
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.nccl import doctor
+from vllm_forge.nccl.doctor import Gpu, HostFacts, arch_support, diagnose
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 H200_HOST = (FIX / "h200x2" / "host.txt").read_text()
@@ -139,7 +140,7 @@ def test_audit_adapter_uses_the_audit_verdict():
 
 
 def test_collect_host_from_faked_nvidia_smi(monkeypatch):
-    from scripts.nccl_logs import split_sections
+    from vllm_forge.nccl.nccl_logs import split_sections
 
     sections = dict(split_sections(H200_HOST))
     calls = []
@@ -177,7 +178,7 @@ def test_inside_image_command_and_parse():
 
     facts = doctor.collect_inside_image("lab/vllm:5090", runner=runner)
     assert seen["argv"] == ["docker", "run", "--rm", "-i", "--entrypoint", "python3", "lab/vllm:5090", "-"]
-    assert "def collect()" in seen["input"] and "import scripts" not in seen["input"]
+    assert "def collect()" in seen["input"] and not re.search(r"^\s*(from|import) vllm_forge", seen["input"], re.M)
     assert facts["image"] == "lab/vllm:5090" and facts["nccl"]["version"] == "2.25.1"
 
 
@@ -208,7 +209,7 @@ def test_cli_json_from_recording(tmp_path, capsys):
 
 def test_no_torch_fix_depends_on_where_it_was_looked_for():
     """A user who passed the serving image is not told to "point --image at the serving image"."""
-    from scripts.doctor import check_torch_archs
+    from vllm_forge.nccl.doctor import check_torch_archs
 
     inside = {"torch": {"installed": False, "error": "No module named 'torch'"}}
     image = check_torch_archs([], inside, "image vllm-forge/vllm:x")[0]

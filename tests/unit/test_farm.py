@@ -1,4 +1,4 @@
-"""scripts/farm.py without sccache-dist: tokens, URLs, configs, the probe against a stand-in scheduler, MAX_JOBS
+"""build/farm.py without sccache-dist: tokens, URLs, configs, the probe against a stand-in scheduler, MAX_JOBS
 with a farm, the scheduler's log, and sccache's distributed counters (the real engine:
 tests/integration/test_farm_builds.py)."""
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compile_cache as cc
-from scripts import farm
-from scripts.config import resolve_config
-from scripts.errors import ForgeError
 from tests.unit.test_image import checkout  # noqa: F401  (the fixture: a vLLM-like git checkout)
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.build import farm
+from vllm_forge.core.config import resolve_config
+from vllm_forge.core.errors import ForgeError
 
 tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else None
 
@@ -85,7 +85,7 @@ def test_a_scheduler_url_with_more_than_host_and_port_is_refused(url):
 def test_the_dist_keys_come_from_every_layer(tmp_path, monkeypatch):
     from invoke.config import Config
 
-    from scripts.config import DEFAULTS
+    from vllm_forge.core.config import DEFAULTS
 
     (tmp_path / "invoke.yaml").write_text("forge:\n  dist_scheduler: http://farm.lan:10600\n"
                                           "  dist_toolchains: [/usr/bin/gcc=/srv/gcc.tar.gz]\n")
@@ -340,10 +340,12 @@ def tree(request) -> Path:
 
 
 def bake_plan(src: Path, tmp_path: Path, **kw):
-    from scripts import image
+    from vllm_forge.image import bake_plan as bake_plan_mod
+    from vllm_forge.image import docker_client
+    from vllm_forge.image import request as request_mod
 
-    return image.plan_bake(image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
-                                             **kw), image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+    request = request_mod.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+    return bake_plan_mod.plan_bake(request, docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
 
 
 def test_a_bake_hands_the_farm_to_its_build_stage_as_a_secret(scheduler_url, tree, tmp_path, monkeypatch):
@@ -390,7 +392,7 @@ def test_loopback_schedulers(url, loopback):
 def test_servers_of_one_farm_dir_split_the_cpus(tmp_path, monkeypatch):
     import os
 
-    from scripts.pidfile import write_pid_record
+    from vllm_forge.core.pidfile import write_pid_record
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(farm, "recorded_process", lambda path, what="": (os.getpid(), ""))

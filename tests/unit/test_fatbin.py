@@ -1,4 +1,4 @@
-"""scripts/fatbin.py: what SASS/PTX an ELF file carries, checked against cuobjdump's recorded output
+"""vllm_forge/audit/fatbin.py: what SASS/PTX an ELF file carries, checked against cuobjdump's recorded output
 (the h200x2 fixtures) and against hand-made fat binaries; garbage never crashes it."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scripts.errors import ForgeError
-from scripts.fatbin import (
+from vllm_forge.audit.fatbin import (
     FATBIN_MAGIC,
     FLAG_ARCH_SPECIFIC,
     FLAG_FAMILY,
@@ -24,6 +23,7 @@ from scripts.fatbin import (
     list_device_code,
     scan_stream,
 )
+from vllm_forge.core.errors import ForgeError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "h200x2"
 BINARIES = ["k_sm_120", "k_sm_90", "k_ptx80", "k_sm_90a", "k_sm_100_120_ptx120"]
@@ -292,7 +292,7 @@ def test_recorded_partial_library_groups_streamed_and_random(chunk):
 
 
 def test_lz4_block_decoder_round_trips_a_hand_made_block():
-    from scripts.fatbin import lz4_block_decompress
+    from vllm_forge.audit.fatbin import lz4_block_decompress
 
     # literals "abcd", then a match of 8 at offset 4 (overlapping: repeats "abcd"), then literals "xyz"
     block = bytes([0x44]) + b"abcd" + struct.pack("<H", 4) + bytes([0x30]) + b"xyz"
@@ -302,7 +302,7 @@ def test_lz4_block_decoder_round_trips_a_hand_made_block():
 
 
 def test_kernel_names_of_a_compressed_cubin():
-    from scripts.fatbin import FLAG_LZ4
+    from vllm_forge.audit.fatbin import FLAG_LZ4
 
     code = list_device_code(FIXTURES / "k_sm_90")
     assert [g.kernels for g in code.groups] == [(), ("_Z3addPf",)]

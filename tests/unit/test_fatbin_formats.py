@@ -1,4 +1,4 @@
-"""scripts/fatbin.py on the ELF shapes and edge values real files reach but the h200x2 fixtures do not:
+"""vllm_forge/audit/fatbin.py on the ELF shapes and edge values real files reach but the h200x2 fixtures do not:
 32-bit and big-endian ELF, ELF's escapes past 0xff00 sections, every bound at its exact value, the LZ4
 decoder and the cubin symbol table (issue 22: these branches had no test that could tell them wrong).
 
@@ -14,9 +14,15 @@ import struct
 import pytest
 from test_fatbin import entry, fatbin  # the builders of the recorded-fixture tests
 
-from scripts import fatbin as fb
-from scripts.errors import ForgeError
-from scripts.fatbin import BinaryFormatError, cubin_kernels, list_device_code, lz4_block_decompress, scan_stream
+from vllm_forge.audit import fatbin as fb
+from vllm_forge.audit.fatbin import (
+    BinaryFormatError,
+    cubin_kernels,
+    list_device_code,
+    lz4_block_decompress,
+    scan_stream,
+)
+from vllm_forge.core.errors import ForgeError
 
 
 def chunked(data: bytes, size: int):

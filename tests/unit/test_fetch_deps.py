@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import fetch_deps as fd
-from scripts.errors import ForgeError
-from scripts.vllm_tree import GitDep, inspect_tree
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.deps import fetch_deps as fd
+from vllm_forge.source.vllm_tree import GitDep, inspect_tree
 
 
 def make_tree(root: Path, cmake: str, setup: str = "", version: str = "0.20.0") -> Path:
@@ -186,7 +186,7 @@ def test_cli_dry_run_and_url_map_errors(tmp_path, capsys):
 def test_git_failure_is_reported_by_its_fatal_line_not_the_tail_of_a_sentence():
     import subprocess
 
-    from scripts.fetch_deps import _last_line
+    from vllm_forge.deps.fetch_deps import _last_line
 
     proc = subprocess.CompletedProcess([], 128, "", "fatal: '/srv/nothing' does not appear to be a git repository\n"
                                                     "fatal: Could not read from remote repository.\n\n"

@@ -1,4 +1,4 @@
-"""scripts/figure_data.py: what each figure draws, checked against the report JSON it comes from."""
+"""vllm_forge/report/figure_data.py: what each figure draws, checked against the report JSON it comes from."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 from fake_vllm import write_install
 
-from scripts import audit, build_times, compat, figure_data, nccl_logs, ninja_log
-from scripts.errors import ForgeError
+from vllm_forge.audit import audit
+from vllm_forge.build import build_times, ninja_log
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.report import figure_data
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 FAULT = FIXTURES / "h200x2_live_fault"

@@ -1,4 +1,4 @@
-"""scripts/figures.py: every figure is a valid PNG or SVG of the size it declares, and matplotlib loads only to draw."""
+"""report/figures.py: every figure is a valid PNG or SVG of the size it declares, and matplotlib loads only to draw."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from test_figure_data import BREAKDOWN, FAULT, FIXTURES, HEALTHY, diagnosis
 
-from scripts import build_times, figure_data, figures, ninja_log
-from scripts.errors import ForgeError
+from vllm_forge.build import build_times, ninja_log
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.report import figure_data, figures
 
 REPO = Path(__file__).resolve().parents[2]
 SVG = "{http://www.w3.org/2000/svg}"
@@ -126,7 +127,8 @@ def test_a_directory_or_a_python_without_matplotlib_is_refused(tmp_path, monkeyp
 
 
 def test_matplotlib_is_imported_only_to_draw():
-    code = ("import sys; import scripts.figures, scripts.figure_data, scripts.report_html, scripts.run_records; "
+    code = ("import sys; import vllm_forge.report.figures, vllm_forge.report.figure_data, "
+            "vllm_forge.report.report_html, vllm_forge.report.run_records; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'numpy', 'PIL')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.errors import ForgeError
-from scripts.first_error import first_error, python_exception
-from scripts.plan import Command, run_command
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.first_error import first_error, python_exception
+from vllm_forge.core.plan import Command, run_command
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0"
 FLASHMLA_ERROR = ('/opt/torch/.venv/lib/python3.12/site-packages/torch/include/pybind11/pybind11.h:3649:2: error: '

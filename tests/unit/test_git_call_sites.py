@@ -1,4 +1,4 @@
-"""Every git the tool runs goes through scripts/git_safe.py: an AST scan of scripts/ and tasks.py finds
+"""Every git the tool runs goes through vllm_forge/core/git_safe.py: an AST scan of vllm_forge/ and tasks.py finds
 any other way of starting git (a ``["git", ...]`` argv, ``Command(["git", ...])``, ``subprocess.run("git ...")``)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted([*(ROOT / "scripts").glob("*.py"), ROOT / "tasks.py"])
-HELPER = ROOT / "scripts" / "git_safe.py"
+SOURCES = sorted([*(ROOT / "vllm_forge").rglob("*.py"), ROOT / "tasks.py"])
+HELPER = ROOT / "vllm_forge" / "core" / "git_safe.py"
 SPAWNERS = {"run", "Popen", "call", "check_call", "check_output", "Command", "run_command", "system", "popen",
             "execv", "execvp", "execvpe", "execl", "execlp", "spawnv", "spawnvp", "create_subprocess_exec",
             "create_subprocess_shell"}
@@ -39,7 +39,7 @@ def test_git_is_started_only_by_git_safe(path):
     if path == HELPER:
         return
     found = git_invocations(path.read_text())
-    assert not found, (f"{path.relative_to(ROOT)} starts git itself at line(s) {found}: use scripts.git_safe "
+    assert not found, (f"{path.relative_to(ROOT)} starts git itself at line(s) {found}: use vllm_forge.core.git_safe "
                        "(run_git, git_command or git_argv), which switches off what the tree's config could run")
 
 

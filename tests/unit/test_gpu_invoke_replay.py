@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import nccl_logs
+from vllm_forge.nccl import nccl_logs
 
 RECORD = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_h200_invoke"
 

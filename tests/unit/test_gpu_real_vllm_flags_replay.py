@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import serve
+from vllm_forge.serve import serve
 
 pytestmark = pytest.mark.gpu
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from fake_vllm import device_so
 
-from scripts import audit, doctor, serve
-from scripts.doctor import HostFacts, gpus_from_csv
-from scripts.doctor_inside import collect_cuda_runtime, find_nvcc, locate_nvcc, nvcc_version
+from vllm_forge.audit import audit
+from vllm_forge.gpu.doctor_inside import collect_cuda_runtime, find_nvcc, locate_nvcc, nvcc_version
+from vllm_forge.nccl import doctor
+from vllm_forge.nccl.doctor import HostFacts, gpus_from_csv
+from vllm_forge.serve import serve
 
 pytestmark = pytest.mark.gpu
 

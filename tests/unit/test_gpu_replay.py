@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import doctor, nccl_logs
+from vllm_forge.nccl import doctor, nccl_logs
 
 pytestmark = pytest.mark.gpu
 GPU = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from scripts import checkout, image
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import bake_plan, docker_client, request
+from vllm_forge.source import checkout
 
 
 @pytest.mark.parametrize("repo", ["--upload-pack=touch {pwned};:", "ext::sh -c touch% {pwned}", "-u", "fd::17",
@@ -39,16 +40,16 @@ def test_an_image_name_that_is_a_docker_option_is_refused(tmp_path, flag):
     (src / "vllm").mkdir(parents=True)
     (src / "setup.py").write_text("")
     (src / "CMakeLists.txt").write_text("project(x)\n")
-    req = image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             **{flag: "--output=type=local,dest=/"})
     with pytest.raises(ForgeError, match="is not an image reference"):
-        image.plan_bake(req, image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
+        bake_plan.plan_bake(req, docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24"))
 
 
 def test_a_checkout_lock_planted_as_a_link_truncates_nothing(tmp_path):
     """The lock next to a checkout (.<name>.vllm-forge.lock) may be a link to a file of yours, planted by
     whatever unpacked the tree beside it."""
-    from scripts import checkout_lock
+    from vllm_forge.core import checkout_lock
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from scripts import credentials, image
-from scripts.errors import ForgeError
-from scripts.plan import Command, mask_urls
+from vllm_forge.core import credentials, tree_sync
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.package import PACKAGE_ROOT
+from vllm_forge.core.plan import Command, mask_urls
+from vllm_forge.image import bake, bake_plan, docker_client, inspection, jit, labels, request, staging
 
-BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
+BUILDKIT = docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 SECRET = f"tok{uuid.uuid4().hex}"
 
 
@@ -31,7 +33,7 @@ def test_a_planted_link_in_the_context_cannot_redirect_a_write(tmp_path):
     dest = tmp_path / "context"
     (dest / "pkg").mkdir(parents=True)
     (dest / "pkg" / "mod.py").symlink_to(outside)  # left by an earlier tree, or planted
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert outside.read_text() == "host file\n"
     assert not (dest / "pkg" / "mod.py").is_symlink()
     assert (dest / "pkg" / "mod.py").read_text() == "print('tree')\n"
@@ -46,7 +48,7 @@ def test_a_planted_directory_link_cannot_redirect_a_write(tmp_path):
     dest = tmp_path / "context"
     dest.mkdir()
     (dest / "pkg").symlink_to(elsewhere, target_is_directory=True)
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert list(elsewhere.iterdir()) == []
     assert (dest / "pkg").is_dir() and not (dest / "pkg").is_symlink()
 
@@ -59,13 +61,13 @@ def test_a_link_left_by_one_tree_is_replaced_by_the_next_trees_file(tmp_path):
     src1.mkdir()
     (src1 / "inside.txt").write_text("a\n")
     (src1 / "setup.cfg").symlink_to("inside.txt")
-    image.sync_tree(src1, dest)
+    tree_sync.sync_tree(src1, dest)
     assert (dest / "setup.cfg").is_symlink()
     os.remove(dest / "setup.cfg")
     (dest / "setup.cfg").symlink_to(outside)  # what a link pointing out would have become
     src2.mkdir()
     (src2 / "setup.cfg").write_text("[metadata]\n")
-    image.sync_tree(src2, dest)
+    tree_sync.sync_tree(src2, dest)
     assert outside.read_text() == "host file\n" and (dest / "setup.cfg").read_text() == "[metadata]\n"
 
 
@@ -76,15 +78,15 @@ def test_links_in_the_source_tree_stay_links_or_are_refused(tmp_path):
     (src / "alias").symlink_to("real", target_is_directory=True)
     (src / "f-link").symlink_to("real/f.txt")
     dest = tmp_path / "context"
-    image.sync_tree(src, dest)
+    tree_sync.sync_tree(src, dest)
     assert os.readlink(dest / "alias") == "real" and os.readlink(dest / "f-link") == "real/f.txt"
     (src / "escape").symlink_to("/etc/passwd")
     with pytest.raises(ForgeError, match="outside"):
-        image.sync_tree(src, dest)
+        tree_sync.sync_tree(src, dest)
     os.remove(src / "escape")
     (src / "escape").symlink_to("../../..", target_is_directory=True)
     with pytest.raises(ForgeError, match="outside"):
-        image.sync_tree(src, dest)
+        tree_sync.sync_tree(src, dest)
 
 
 def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
@@ -95,22 +97,23 @@ def test_a_link_that_climbs_out_through_another_link_is_refused(tmp_path):
     (src / "esc").symlink_to("d/d/../../../../etc/passwd")
     assert os.path.normpath(src / "d/d/../../../../etc/passwd").startswith(str(tmp_path))  # lexically "inside"
     with pytest.raises(ForgeError, match=r"esc is a symlink to d/d/.*which resolves outside .*src"):
-        image.sync_tree(src, tmp_path / "context")
+        tree_sync.sync_tree(src, tmp_path / "context")
 
 
 def test_stage_context_replaces_planted_links(tmp_path, checkout_for_bake):
     victim = tmp_path / "victim"
     victim.mkdir()
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist")
-    plan = image.plan_bake(req, BUILDKIT)
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist")
+    plan = bake_plan.plan_bake(req, BUILDKIT)
     context = plan.context
     context.mkdir(parents=True)
     (context / "forge").symlink_to(victim, target_is_directory=True)
-    image.stage_context(plan)
+    staging.stage_context(plan)
     assert list(victim.iterdir()) == []
     assert (context / "forge" / "docker" / "forge-env.sh").is_file()
-    # what the build's plan reads besides the scripts: the recorded build times its estimate comes from
-    assert (context / "forge" / "scripts" / "build_profiles" / "vllm-0.26.0.json").is_file()
+    # what the build's plan reads besides modules: the recorded build times its estimate comes from
+    assert (context / "forge" / "vllm_forge" / "build" / "build_profiles" / "vllm-0.26.0.json").is_file()
+    assert (context / "forge" / "late" / "vllm_forge" / "gpu" / "doctor_inside.py").is_file()
 
 
 @pytest.fixture
@@ -146,9 +149,9 @@ def checkout_for_bake(tmp_path) -> Path:
     f"https://{SECRET}'@idx.example.com/whl",
 ])
 def test_every_credential_form_is_found_and_masked(url):
-    assert credentials.has_credentials(url) and image.has_credentials(url)
+    assert credentials.has_credentials(url) and credentials.has_credentials(url)
     assert SECRET not in mask_urls(f"pip install --index-url {url} x")
-    assert SECRET not in image.strip_credentials(url)
+    assert SECRET not in credentials.strip_credentials(url)
     assert SECRET not in Command(["pip", "--index-url", url]).shell()
 
 
@@ -162,9 +165,9 @@ def test_urls_without_credentials_pass(url):
 @pytest.mark.parametrize("index", [f"HTTPS://forge:{SECRET}@pypi.example.com/simple",
                                    f"https://pypi.example.com/simple?access_token={SECRET}"])
 def test_index_credentials_in_any_form_go_in_as_a_secret(tmp_path, checkout_for_bake, index):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             index_url=index)
-    plan = image.plan_bake(req, BUILDKIT)
+    plan = bake_plan.plan_bake(req, BUILDKIT)
     assert "pip_index_url" in plan.secrets and plan.secret_values["pip_index_url"] == index
     assert SECRET not in "\n".join(plan.lines()) and SECRET not in str(plan.build_args)
     assert SECRET not in str(plan.labels)
@@ -177,28 +180,28 @@ def test_index_credentials_in_any_form_go_in_as_a_secret(tmp_path, checkout_for_
                                  f"https://user:pa'ss{SECRET}@download.example.com/whl",
                                  f'https://user:pa"ss<{SECRET}@download.example.com/whl'])
 def test_a_credential_that_would_become_a_build_arg_is_refused(tmp_path, checkout_for_bake, field, url):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             **{field: url})
     with pytest.raises(ForgeError, match="carries credentials") as err:
-        image.plan_bake(req, BUILDKIT)
+        bake_plan.plan_bake(req, BUILDKIT)
     assert "--netrc" in str(err.value) and SECRET not in str(err.value)
 
 
 def test_a_build_arg_with_a_query_token_is_refused(tmp_path, checkout_for_bake):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             build_args={"X": f"https://h.example/x?access_token={SECRET}"})
     with pytest.raises(ForgeError, match="carries credentials"):
-        image.plan_bake(req, BUILDKIT)
+        bake_plan.plan_bake(req, BUILDKIT)
 
 
 def test_the_source_label_carries_no_credential(tmp_path):
-    from scripts.checkout import CheckoutFacts
+    from vllm_forge.source.checkout import CheckoutFacts
 
     url = f"HTTPS://{SECRET}@git.example.com/vllm.git?private_token={SECRET}"
     cloned = CheckoutFacts(tmp_path, exists=True, managed=True, repo=url, ref="main", commit="a" * 40)
-    assert image.source_identity(cloned)["repo"] == "HTTPS://git.example.com/vllm.git"
+    assert labels.source_identity(cloned)["repo"] == "HTTPS://git.example.com/vllm.git"
     planned = CheckoutFacts(tmp_path / "later", exists=False, managed=True)
-    assert image.source_identity(planned, planned_repo=url)["repo"] == "HTTPS://git.example.com/vllm.git"
+    assert labels.source_identity(planned, planned_repo=url)["repo"] == "HTTPS://git.example.com/vllm.git"
 
 
 # --- apt mirror -------------------------------------------------------------------------------------------------------
@@ -208,20 +211,20 @@ def test_the_source_label_carries_no_credential(tmp_path):
                                     "http://m.example/ubuntu' x", "http://u:p@m.example", "ftp://m.example",
                                     "http://m.example/path&"])
 def test_a_hostile_apt_mirror_never_reaches_the_dockerfile(tmp_path, checkout_for_bake, mirror):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             apt_mirror=mirror)
     with pytest.raises(ForgeError, match="is not scheme://host"):
-        image.plan_bake(req, BUILDKIT)
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+        bake_plan.plan_bake(req, BUILDKIT)
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             build_args={"APT_MIRROR": mirror})
     with pytest.raises(ForgeError, match="is not scheme://host"):
-        image.plan_bake(req, BUILDKIT)
+        bake_plan.plan_bake(req, BUILDKIT)
 
 
 def test_a_plain_apt_mirror_passes(tmp_path, checkout_for_bake):
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             apt_mirror="http://mirrors.example.cn:8080/")
-    assert image.plan_bake(req, BUILDKIT).build_args["APT_MIRROR"] == "http://mirrors.example.cn:8080"
+    assert bake_plan.plan_bake(req, BUILDKIT).build_args["APT_MIRROR"] == "http://mirrors.example.cn:8080"
 
 
 @pytest.mark.parametrize("mirror,ok", [("http://mirrors.example.cn", True), ("https://m.example:8443", True),
@@ -231,7 +234,7 @@ def test_the_dockerfile_refuses_a_hostile_apt_mirror_itself(tmp_path, mirror, ok
     """docker/forge-apt.sh, which both stages of the Dockerfile run, on a copy of an apt sources list."""
     sources = "deb http://deb.debian.org/debian bookworm main\ndeb http://archive.ubuntu.com/ubuntu noble main\n"
     (tmp_path / "sources.list").write_text(sources)
-    proc = subprocess.run(["sh", str(image.REPO_ROOT / "docker" / "forge-apt.sh")],
+    proc = subprocess.run(["sh", str(PACKAGE_ROOT / "docker" / "forge-apt.sh")],
                           capture_output=True, text=True,
                           env={"APT_MIRROR": mirror, "APT_ETC": str(tmp_path), "PATH": os.environ["PATH"]})
     assert (proc.returncode == 0) == ok, proc.stderr
@@ -244,8 +247,8 @@ def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout
     """A cache made before the fix holds the --url-map credential in its marker: bake's copy does not."""
     import json
 
-    from scripts import fetch_deps
-    from scripts.vllm_tree import inspect_tree
+    from vllm_forge.deps import fetch_deps
+    from vllm_forge.source.vllm_tree import inspect_tree
 
     (checkout_for_bake / "CMakeLists.txt").write_text(
         "project(x)\nif(DEFINED ENV{VLLM_CUTLASS_SRC_DIR})\n  set(VLLM_CUTLASS_SRC_DIR $ENV{VLLM_CUTLASS_SRC_DIR})\n"
@@ -260,10 +263,10 @@ def test_a_deps_marker_with_a_credential_is_staged_without_it(tmp_path, checkout
     (clone.parent / (clone.name + fetch_deps.MARKER_SUFFIX)).write_text(json.dumps({
         "name": dep.name, "repository": dep.repository, "tag": dep.tag,
         "fetched_from": f"https://forge:{SECRET}@mirror.example/github/nvidia/cutlass.git?private_token={SECRET}"}))
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             deps_cache=cache)
-    plan = image.plan_bake(req, BUILDKIT)
-    image.stage_git_deps(plan, tmp_path / "deps")
+    plan = bake_plan.plan_bake(req, BUILDKIT)
+    staging.stage_git_deps(plan, tmp_path / "deps")
     staged = json.loads((tmp_path / "deps" / (clone.name + fetch_deps.MARKER_SUFFIX)).read_text())
     assert staged["fetched_from"] == "https://mirror.example/github/nvidia/cutlass.git"
     assert staged["repository"] == dep.repository and staged["tag"] == dep.tag  # still a cache hit inside
@@ -277,7 +280,7 @@ def test_a_link_planted_at_the_bake_lock_truncates_nothing(tmp_path):
     context_dir = tmp_path / "bake"
     context_dir.mkdir()
     (context_dir / ".bake.lock").symlink_to(victim)
-    with image._context_lock(context_dir):
+    with bake._context_lock(context_dir):
         pass
     assert victim.read_text() == "precious\n"
     assert not (context_dir / ".bake.lock").is_symlink()
@@ -286,21 +289,21 @@ def test_a_link_planted_at_the_bake_lock_truncates_nothing(tmp_path):
 def test_a_planted_link_at_the_secret_file_is_replaced(tmp_path, checkout_for_bake, monkeypatch):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    req = image.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
+    req = request.BakeRequest(src=checkout_for_bake, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
                             index_url=f"https://u:{SECRET}@idx.example.com/simple")
-    plan = image.plan_bake(req, BUILDKIT)
+    plan = bake_plan.plan_bake(req, BUILDKIT)
     secret = Path(plan.secrets["pip_index_url"])
     secret.parent.mkdir(parents=True)
     secret.symlink_to(victim)
     seen = []
-    monkeypatch.setattr(image, "run_command", lambda command, **kw: seen.append(secret.read_text()))
+    monkeypatch.setattr(bake, "run_command", lambda command, **kw: seen.append(secret.read_text()))
     plan.stage_context = False
-    image._run_bake(plan)
+    bake._run_bake(plan)
     assert victim.read_text() == "precious\n" and seen and SECRET in seen[0]
 
 
 def test_the_command_log_is_never_appended_through_a_link(tmp_path, monkeypatch):
-    from scripts.plan import COMMAND_LOG_ENV, record_command
+    from vllm_forge.core.plan import COMMAND_LOG_ENV, record_command
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -334,7 +337,7 @@ def test_files_that_hold_logins_are_left_out_and_reported(tmp_path, checkout_for
     (checkout_for_bake / ".env.example").write_text("TOKEN=\n")  # a template holds no login: it stays
     left: list[str] = []
     dest = tmp_path / "context"
-    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    staging.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
     staged = [p for p in dest.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert staged == []
     assert (dest / ".env.example").is_file() and (dest / "setup.py").is_file()
@@ -351,7 +354,7 @@ def test_the_checkouts_dockerignore_is_honoured(tmp_path, checkout_for_bake):
         (checkout_for_bake / rel).write_text("x\n")
     left: list[str] = []
     dest = tmp_path / "context"
-    image.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
+    staging.stage_checkout(checkout_for_bake, dest, tmp_path / "git-mirror", left_out=left)
     got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and ".git" not in p.parts)
     assert "docs/keep.md" in got and "vllm/sub/w.bin" in got and "logs/run.log" in got  # as Docker decides
     for gone in ("run.log", "docs/a/b.md", "vllm/w.bin", "x/scratch/y.txt"):
@@ -367,7 +370,7 @@ def test_a_hostile_dockerignore_pattern_stays_linear(tmp_path, checkout_for_bake
     (checkout_for_bake / ".dockerignore").write_text(pattern + "\n")
     (checkout_for_bake / ("a" * 200)).write_text("x\n")
     started = time.monotonic()
-    image.stage_checkout(checkout_for_bake, tmp_path / "context", tmp_path / "git-mirror")
+    staging.stage_checkout(checkout_for_bake, tmp_path / "context", tmp_path / "git-mirror")
     assert time.monotonic() - started < 20  # seconds; a backtracking match of this pattern: far beyond
 
 
@@ -407,7 +410,8 @@ def test_every_task_that_takes_an_image_checks_it_before_docker(task, recording_
 
 @pytest.mark.parametrize("hostile", HOSTILE_IMAGES)
 def test_the_image_functions_check_it_themselves(hostile, tmp_path):
-    from scripts import audit, doctor, nccl_test
+    from vllm_forge.audit import audit
+    from vllm_forge.nccl import doctor, nccl_test
 
     ran = []
 
@@ -419,9 +423,9 @@ def test_the_image_functions_check_it_themselves(hostile, tmp_path):
                  lambda: audit.audit_image(hostile, ["12.0"], docker="/bin/true"),
                  lambda: doctor.run_doctor(image=hostile, docker="/bin/true", runner=runner),
                  lambda: nccl_test.plan_run(gpus=1, out_dir=tmp_path, image=hostile, has_torch=lambda p: True),
-                 lambda: image.image_jit_facts("/bin/true", hostile),
-                 lambda: image.image_size_breakdown("/bin/true", hostile),
-                 lambda: image.image_size_report("/bin/true", hostile)):
+                 lambda: jit.image_jit_facts("/bin/true", hostile),
+                 lambda: inspection.image_size_breakdown("/bin/true", hostile),
+                 lambda: inspection.image_size_report("/bin/true", hostile)):
         with pytest.raises(ForgeError, match="is not an image reference"):
             call()
     assert ran == []

@@ -26,7 +26,9 @@ from benchmarks.bench_parsers import (
     vllm_tree_with,
     whiteout_image_chunks,
 )
-from scripts import audit, nccl_logs, vllm_tree
+from vllm_forge.audit import audit
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.source import vllm_tree
 
 REPO = Path(__file__).resolve().parents[2]
 GROWTH = 8  # the larger input is this many times the smaller
@@ -95,7 +97,7 @@ import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from pathlib import Path
 from benchmarks.bench_parsers import cmake_doubling, vllm_tree_with
-from scripts import vllm_tree
+from vllm_forge.source import vllm_tree
 commands, scope = vllm_tree.walk_cmake(vllm_tree_with(Path(sys.argv[1]), cmake_doubling(60)))
 print(json.dumps({"X": scope.vars.get("X")}))
 """

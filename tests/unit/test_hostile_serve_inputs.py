@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import serve
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.serve import serve
 
 REPO = Path(__file__).resolve().parents[2]
 REAL_KILL = os.kill  # the fixture below replaces os.kill (serve.os is the os module)
@@ -119,7 +119,7 @@ def test_the_api_key_comes_from_a_file_or_the_environment(tmp_path):
 
 
 def test_the_standalone_cli_refuses_a_key_on_its_command_line(capsys):
-    from scripts.errors import run_main
+    from vllm_forge.core.errors import run_main
 
     assert run_main(serve.main, ["run", "--image", "x", "--model", "m", "--api-key", "s3cret-flag",
                                  "--dry-run"]) == 2

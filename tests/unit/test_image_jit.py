@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from scripts import archs, compat, image
+# doctor_inside is self-contained on purpose: it runs inside images on its own.
+from vllm_forge.gpu import archs, compat, doctor_inside
+from vllm_forge.image import bake_plan, bases, docker_client, dockerfile, inspection, jit, request
 
 REPO = Path(__file__).resolve().parents[2]
-BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
-sys.path.insert(0, str(REPO / "scripts"))
-import doctor_inside  # noqa: E402  (self-contained on purpose: it runs inside images as a plain file)
+BUILDKIT = docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 
 
 @pytest.fixture
@@ -32,12 +31,12 @@ def checkout(tmp_path) -> Path:
     return src
 
 
-def req(src, tmp_path, **kw) -> image.BakeRequest:
-    return image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+def req(src, tmp_path, **kw) -> request.BakeRequest:
+    return request.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
 
 
 def jit_for(src, tmp_path, cuda, arch="12.0", **kw):
-    return image.plan_jit_toolchain(req(src, tmp_path, cuda=cuda, arch=arch, **kw), archs.resolve_arch(arch, cuda))
+    return jit.plan_jit_toolchain(req(src, tmp_path, cuda=cuda, arch=arch, **kw), archs.resolve_arch(arch, cuda))
 
 
 def test_toolchain_follows_the_build_cuda(checkout, tmp_path):
@@ -50,7 +49,7 @@ def test_toolchain_follows_the_build_cuda(checkout, tmp_path):
 
 def test_flashinfer_on_sm12x_raises_the_toolchain_to_12_9(checkout, tmp_path):
     (checkout / "requirements" / "cuda.txt").write_text("torch==2.8.0\nflashinfer-python==0.3.1\n")
-    assert image.checkout_needs_flashinfer(checkout)
+    assert jit.checkout_needs_flashinfer(checkout)
     raised = jit_for(checkout, tmp_path, "12.8", "12.0")
     assert raised.cuda == "12.9" and raised.spec == compat.JIT_TOOLCHAINS["12.9"] and "FlashInfer" in raised.why
     assert jit_for(checkout, tmp_path, "12.8", "9.0").cuda == "12.8"  # Hopper only: the build's CUDA
@@ -67,17 +66,17 @@ def test_every_runtime_cuda_has_a_toolchain_and_a_base_image():
 
 
 def test_dockerfile_defaults_are_the_default_bake():
-    declared = image.dockerfile_args(image.FORGE_DOCKERFILE)
+    declared = dockerfile.dockerfile_args(dockerfile.FORGE_DOCKERFILE)
     assert declared["FINAL_BASE_IMAGE"] == compat.CUDA_RUNTIME_IMAGES["12.8"]
     # default bake: CUDA 12.8, sm_120, vLLM with FlashInfer -> the 12.9 toolchain
     assert declared["JIT_TOOLCHAIN"] == compat.JIT_TOOLCHAINS["12.9"] and declared["JIT_CHECK"] == "true"
 
 
 def test_plan_passes_toolchain_check_and_label(checkout, tmp_path):
-    plan = image.plan_bake(req(checkout, tmp_path, cuda="13.0", tag="t:1"), BUILDKIT)
+    plan = bake_plan.plan_bake(req(checkout, tmp_path, cuda="13.0", tag="t:1"), BUILDKIT)
     assert plan.build_args["JIT_TOOLCHAIN"] == compat.JIT_TOOLCHAINS["13.0"] and plan.build_args["JIT_CHECK"] == "true"
     assert plan.labels["org.vllm-forge.jit"] == f"nvcc 13.0 ({compat.JIT_TOOLCHAINS['13.0']})"
-    off = image.plan_bake(req(checkout, tmp_path, cuda="13.0", tag="t:1", jit=False), BUILDKIT)
+    off = bake_plan.plan_bake(req(checkout, tmp_path, cuda="13.0", tag="t:1", jit=False), BUILDKIT)
     assert off.build_args["JIT_TOOLCHAIN"] == "none" and off.build_args["JIT_CHECK"] == "false"
     assert "--label org.vllm-forge.jit=none (--no-jit)" in " ".join(off.commands[0].argv)
 
@@ -92,33 +91,33 @@ def fake_runner(local: set[str], remote: set[str]):
 
 def test_check_base_images_local_or_resolvable():
     run = fake_runner(local={"a:1"}, remote={"nvcr.io/x:1"})
-    assert image.check_base_images("docker", "a:1", "nvcr.io/x:1", runner=run) == []
-    assert image.check_base_images("docker", "nvcr.io/p:1", "b:1", runner=run) == ["nvcr.io/p:1", "b:1"]
-    assert image.check_base_images("docker", "b:1", "b:1", runner=run) == ["b:1"]  # asked once
+    assert bases.check_base_images("docker", "a:1", "nvcr.io/x:1", runner=run) == []
+    assert bases.check_base_images("docker", "nvcr.io/p:1", "b:1", runner=run) == ["nvcr.io/p:1", "b:1"]
+    assert bases.check_base_images("docker", "b:1", "b:1", runner=run) == ["b:1"]  # asked once
 
 
 def test_missing_bases_error_is_one_line_with_the_real_fixes():
-    err = image.missing_bases_error(["nvcr.io/nvidia/pytorch:25.02-py3"])
+    err = bases.missing_bases_error(["nvcr.io/nvidia/pytorch:25.02-py3"])
     text = str(err)
     assert "\n" not in text and "nvcr.io/nvidia/pytorch:25.02-py3 is not present locally" in text
     assert "--mirror cn" in text and "--base-image/--runtime-image" in text and "--standin" in text
-    local_only = str(image.missing_bases_error(["registry.example.com/own:tag"]))
+    local_only = str(bases.missing_bases_error(["registry.example.com/own:tag"]))
     assert "--mirror cn" not in local_only  # the mirror does not serve it
-    assert "--mirror cn" not in str(image.missing_bases_error(["nvcr.io/a:1"], mirror="cn"))
+    assert "--mirror cn" not in str(bases.missing_bases_error(["nvcr.io/a:1"], mirror="cn"))
 
 
 def test_classify_sizes_splits_over_base():
     base = {"pip==23.0": 10}
     dists = {"pip==23.0": 10, "torch==2.8.0": 900, "nvidia-cublas-cu12==12.8.4.1": 600, "triton==3.4.0": 300,
              "vllm==0.11.0": 400, "fastapi==0.1": 5, "nvidia-cuda-nvcc==13.0.88": 116, "nvidia-nvvm==13.0.88": 140}
-    parts, new = image.classify_sizes(dists, base, jit_layer=0, over_base=2600)
+    parts, new = inspection.classify_sizes(dists, base, jit_layer=0, over_base=2600)
     assert parts == {"JIT toolchain": 256, "torch and its CUDA wheels": 1800, "vLLM and its other requirements": 405,
                      "the rest": 139}
     assert "pip==23.0" not in new
-    parts, _ = image.classify_sizes(dists, base, jit_layer=700, over_base=3100)  # apt toolchain: its layer
+    parts, _ = inspection.classify_sizes(dists, base, jit_layer=700, over_base=3100)  # apt toolchain: its layer
     assert parts["JIT toolchain"] == 700 and sum(parts.values()) == 3100
     no_torch = {"nvidia-cuda-runtime==13.0.96": 7, "nvidia-cuda-nvcc==13.0.88": 116, "vllm==0.1.0": 2}
-    parts, _ = image.classify_sizes(no_torch, {}, jit_layer=0, over_base=None)
+    parts, _ = inspection.classify_sizes(no_torch, {}, jit_layer=0, over_base=None)
     assert parts["JIT toolchain"] == 123 and parts["torch and its CUDA wheels"] == 0 and parts["the rest"] == 0
 
 
@@ -159,12 +158,12 @@ def test_jit_check_compiles_with_the_real_nvcc():
 
 def test_flashinfer_as_a_setup_extra_counts(checkout, tmp_path):
     (checkout / "setup.py").write_text('extras_require={"flashinfer": ["flashinfer-python==0.3.1"]}\n')
-    assert image.checkout_needs_flashinfer(checkout)  # vLLM 0.11's layout
+    assert jit.checkout_needs_flashinfer(checkout)  # vLLM 0.11's layout
     assert jit_for(checkout, tmp_path, "12.8").cuda == "12.9"
 
 
 def test_doctor_reports_jit_readiness():
-    from scripts import doctor
+    from vllm_forge.nccl import doctor
 
     inside = {"vllm": {"installed": True}, "jit": {**FACTS, "flashinfer": {"installed": True, "packages": {
         "flashinfer-python": "0.5.3"}, "cubins": 12}}}
@@ -176,3 +175,19 @@ def test_doctor_reports_jit_readiness():
     [finding] = doctor.check_jit([], {"vllm": {"installed": True}, "jit": {**FACTS, "nvcc": ""}})
     assert finding.level == "warn" and "no JIT toolchain" in finding.message and finding.fix
     assert doctor.check_jit([], {"vllm": {"installed": False}, "jit": FACTS}) == []
+
+
+def test_a_bake_plan_plans_its_jit_toolchain_once(checkout, tmp_path, monkeypatch):
+    """The build arg and the label read one decision (planning it twice could read the checkout twice)."""
+    made = []
+
+    class Counted(jit.JitToolchain):
+        def __init__(self, *args, **kwargs):
+            made.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(jit, "JitToolchain", Counted)
+    plan = bake_plan.plan_bake(req(checkout, tmp_path, arch="12.0", cuda="13.0"), BUILDKIT)
+    assert len(made) == 1
+    assert plan.build_args["JIT_TOOLCHAIN"] == made[0][1] and plan.labels["org.vllm-forge.jit"].endswith(
+        f"({made[0][1]})")

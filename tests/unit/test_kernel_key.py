@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import build_wheel as bw
-from scripts.toolchain import CudaToolchain
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build import build_wheel as bw
+from vllm_forge.gpu.toolchain import CudaToolchain
+from vllm_forge.source.vllm_tree import inspect_tree
 
 ENV = {"TORCH_CUDA_ARCH_LIST": "12.0", "VLLM_FA_CMAKE_GPU_ARCHES": "120-real", "CMAKE_BUILD_TYPE": "Release",
        "VLLM_TARGET_DEVICE": "cuda", "MAX_JOBS": "2", "NVCC_THREADS": "1"}
@@ -174,7 +174,7 @@ def test_build_info_labels():
 def test_apply_reuse_sets_and_clears_the_precompiled_switches(mini, tmp_path, monkeypatch):
     import types
 
-    from scripts.plan import Command
+    from vllm_forge.core.plan import Command
 
     for name in (*bw.PRECOMPILED_ENV, bw.SKIP_SUFFIX_ENV):
         monkeypatch.delenv(name, raising=False)

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from scripts import compat, mirrors
-from scripts.errors import ForgeError
-from scripts.mirrors import load_mirror, rewrite_git_url, rewrite_image
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.image import mirrors
+from vllm_forge.image.mirrors import load_mirror, rewrite_git_url, rewrite_image
 
 CN = load_mirror("cn")
 GLOBAL = load_mirror("global")
@@ -158,12 +159,13 @@ def test_describe_mirror_rows():
 
 
 def test_standalone_cli(repo_root):
-    out = subprocess.run([sys.executable, "scripts/mirrors.py", "cn", "--cuda", "12.9", "--image", "ubuntu:24.04"],
-                         cwd=repo_root, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "vllm_forge.image.mirrors", "cn", "--cuda", "12.9",
+                          "--image", "ubuntu:24.04"], cwd=repo_root, capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     assert data["env"]["PIP_INDEX_URL"] == CN.pypi_index
     assert data["rewrites"][-1]["rewritten"] == "docker.m.daocloud.io/library/ubuntu:24.04"
-    bad = subprocess.run([sys.executable, "scripts/mirrors.py", "nope"], cwd=repo_root, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "vllm_forge.image.mirrors", "nope"], cwd=repo_root, capture_output=True,
+                         text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "not defined" in bad.stderr
 
 

@@ -1,6 +1,6 @@
 """The audit's arch rules, pinned where mutation testing found them unchecked (issue 22).
 
-Kept apart from test_audit.py so they hold across rewrites of scripts/audit.py: they call only
+Kept apart from test_audit.py so they hold across rewrites of vllm_forge/audit/audit.py: they call only
 ``Target``, ``sass_runs_on``, ``ptx_runs_on`` and ``decide``.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.audit import Target, decide, ptx_runs_on, sass_runs_on
+from vllm_forge.audit.audit import Target, decide, ptx_runs_on, sass_runs_on
 
 
 def gpu(capability: str) -> Target:

@@ -1,7 +1,7 @@
 """The fat binary reader on truncated and random input: what it returns, not only that it returns.
 
 Replaces test_fatbin.py's truncation and random-bytes tests, which swallowed the format error and
-checked nothing (issue 22). Kept apart so they hold across rewrites of scripts/fatbin.py: they use only
+checked nothing (issue 22). Kept apart so they hold across rewrites of vllm_forge/audit/fatbin.py: they use only
 ``list_device_code``, ``scan_stream`` and the two error types.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scripts.fatbin import BinaryFormatError, NotDeviceBinary, list_device_code, scan_stream
+from vllm_forge.audit.fatbin import BinaryFormatError, NotDeviceBinary, list_device_code, scan_stream
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "h200x2"
 ELF_MAGIC = b"\x7fELF"

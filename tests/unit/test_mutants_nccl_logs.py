@@ -1,6 +1,6 @@
 """NCCL diagnosis rules pinned where mutation testing found them unchecked (issue 22).
 
-Kept apart from test_nccl_logs.py so they hold across rewrites of scripts/nccl_logs.py: they feed
+Kept apart from test_nccl_logs.py so they hold across rewrites of vllm_forge/nccl/nccl_logs.py: they feed
 plain log text to ``parse_nccl_log`` / ``diagnose_nccl_log`` and read each finding's check and level.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from scripts.nccl_logs import Context, diagnose_nccl_log, parse_nccl_log
+from vllm_forge.nccl.nccl_logs import Context, diagnose_nccl_log, parse_nccl_log
 
 
 def findings_for(version: str, caps: list[str], extra: str = ""):

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scripts import nccl_logs
-from scripts.nccl_logs import (
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.nccl.nccl_logs import (
     Context,
     detect_kind,
     diagnose_files,

@@ -1,4 +1,4 @@
-"""scripts/nccl_logs.py's parsing and diagnosis half, checked exactly (issue 22): every fact each parser
+"""vllm_forge/nccl/nccl_logs.py's parsing and diagnosis half, checked exactly (issue 22): every fact each parser
 records, every signature and the rules that suppress one in favour of another, each threshold on both sides,
 how files are recognised and bundled, and every branch of the root cause with its exact text and figures.
 Small hand-written NCCL lines (`host:pid:tid [dev] NCCL INFO ...`) for the branches; the recorded 2x H200
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compat, nccl_logs
-from scripts.nccl_logs import (
+from vllm_forge.gpu import compat
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.nccl.nccl_logs import (
     CollRow,
     Context,
     Finding,
@@ -27,7 +28,7 @@ from scripts.nccl_logs import (
     parse_nccl_log,
     parse_nccl_tests,
 )
-from scripts.nccl_logs import TestDevice as Device  # aliased: pytest would collect a Test* name
+from vllm_forge.nccl.nccl_logs import TestDevice as Device  # aliased: pytest would collect a Test* name
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 H200 = FIX / "h200x2"
@@ -1895,7 +1896,7 @@ def test_root_cause_replays_the_recorded_fault_run():
                              "traffic"]
 
 
-# ---- found while writing these tests, fixed in scripts/nccl_logs.py --------------------------------------
+# ---- found while writing these tests, fixed in vllm_forge/nccl/nccl_logs.py --------------------------------------
 
 
 def test_a_shortfall_beside_an_nccl_tests_run_without_rows_is_still_diagnosed():

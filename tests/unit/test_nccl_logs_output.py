@@ -1,4 +1,4 @@
-"""scripts/nccl_logs.py's inputs and outputs, checked exactly: which files a spec names, which NCCL_* values
+"""vllm_forge/nccl/nccl_logs.py's inputs and outputs, checked exactly: which files a spec names, which NCCL_* values
 are harmful at their thresholds, the text and JSON a diagnosis prints, and the CLI's exit code
 (issue 22: these were run by the tests but their results were only searched for a word).
 """
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import nccl_logs
-from scripts.errors import ForgeError
-from scripts.nccl_logs import FileReport, Finding, RootCause
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.nccl import nccl_logs
+from vllm_forge.nccl.nccl_logs import FileReport, Finding, RootCause
 
 LIVE = Path(__file__).resolve().parents[1] / "fixtures" / "h200x2_live"
 
@@ -255,7 +255,7 @@ def test_link_peak_gbps(args, expected):
     peak, how, source = nccl_logs.link_peak_gbps(*args)
     assert (peak, how) == expected[:2]
     if isinstance(expected[2], tuple):  # a row of the link model: its source, as written there
-        from scripts import compat
+        from vllm_forge.gpu import compat
 
         kind, key = expected[2]
         row = compat.link_model(kind.split("+")[-1], key).source
@@ -265,7 +265,7 @@ def test_link_peak_gbps(args, expected):
 
 
 def test_shm_over_the_host_bridge_scales_the_pcie_figure(monkeypatch):
-    from scripts import compat
+    from vllm_forge.gpu import compat
 
     rows = [r if r.kind != "shm" else type(r)(**{**r.__dict__, "gbps": 0.5}) for r in compat.LINK_MODEL]
     monkeypatch.setattr(compat, "LINK_MODEL", rows)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compat, doctor, nccl_logs, nccl_test
-from scripts.errors import ForgeError
-from scripts.nccl_logs import Context, diagnose_files, diagnose_nccl_log, diagnose_texts, find_root_cause
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.nccl import doctor, nccl_logs, nccl_test
+from vllm_forge.nccl.nccl_logs import Context, diagnose_files, diagnose_nccl_log, diagnose_texts, find_root_cause
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
 LIVE = FIX / "h200x2_live"

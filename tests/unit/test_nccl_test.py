@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts import nccl_allreduce, nccl_logs, nccl_test
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.nccl import nccl_allreduce, nccl_logs, nccl_test
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +45,10 @@ def test_torch_runner_when_no_all_reduce_perf(tmp_path):
     plan = nccl_test.plan_run(gpus=2, sizes="8:128M", out_dir=tmp_path, env={"PATH": str(tmp_path)})
     assert plan.runner == "torch"
     argv = plan.command.argv
-    assert argv[1].endswith("scripts/nccl_allreduce.py")
-    assert argv[2:] == ["--nproc", "2", "-b", "8", "-e", str(128 << 20), "-f", "2", "-n", "20"]
+    assert argv[1:3] == ["-m", "vllm_forge.nccl.nccl_allreduce"]
+    assert argv[3:] == ["--nproc", "2", "-b", "8", "-e", str(128 << 20), "-f", "2", "-n", "20"]
     assert plan.command.env == {"NCCL_DEBUG": "INFO", "NCCL_DEBUG_FILE": f"{tmp_path}/nccl_debug.%h.%p.log",
-                                "NCCL_NVLS_ENABLE": "0"}
+                                "NCCL_NVLS_ENABLE": "0", "PYTHONPATH": str(REPO)}  # the package, from anywhere
     assert plan.notes and "all_reduce_perf not found" in plan.notes[0]
 
 
@@ -199,7 +200,7 @@ def test_topology_capability_and_pcie_are_recorded_for_the_link_model(tmp_path, 
 
 
 @pytest.mark.parametrize("output, cause", [
-    # what scripts/nccl_allreduce.py prints where torch is installed but no GPU is visible
+    # what vllm_forge/nccl/nccl_allreduce.py prints where torch is installed but no GPU is visible
     ("box: Test CUDA failure torch.cuda 'no CUDA GPU is visible'\n", "no NVIDIA GPU is visible to this run"),
     ("# nThread 1 nGpus 1\nbox: Test failure odd.cu:12 'something new'\n", "odd.cu:12"),
 ])

@@ -10,13 +10,16 @@ import pytest
 import yaml
 from invoke.config import Config
 
-from scripts import image, serve
-from scripts.config import DEFAULTS, resolve_config
-from scripts.errors import ForgeError
+from vllm_forge.core.config import DEFAULTS, resolve_config
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import bake_plan, docker_client
+from vllm_forge.image import dockerfile as dockerfile_mod
+from vllm_forge.image import request as request_mod
+from vllm_forge.serve import serve
 
 REPO = Path(__file__).resolve().parents[2]
 UPSTREAM_FIXTURE = REPO / "tests" / "fixtures" / "upstream_dockerfile" / "Dockerfile"
-BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
+BUILDKIT = docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 
 
 @pytest.fixture
@@ -36,9 +39,9 @@ def checkout(tmp_path) -> Path:
     return src
 
 
-def plan(src, tmp_path, **kw) -> image.BakePlan:
-    return image.plan_bake(image.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist",
-                                             **kw), BUILDKIT)
+def plan(src, tmp_path, **kw) -> bake_plan.BakePlan:
+    request = request_mod.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+    return bake_plan.plan_bake(request, BUILDKIT)
 
 
 def flag(argv, name):
@@ -49,15 +52,16 @@ def test_forge_non_root_targets_the_nonroot_stage_with_its_own_tag_and_label(che
     root = plan(checkout, tmp_path)
     non_root = plan(checkout, tmp_path, non_root=True)
     assert flag(non_root.commands[0].argv, "--target") == ["runtime-nonroot"]
-    assert "runtime-nonroot" in image.dockerfile_stages(image.FORGE_DOCKERFILE)
+    assert "runtime-nonroot" in dockerfile_mod.dockerfile_stages(dockerfile_mod.FORGE_DOCKERFILE)
     assert non_root.image == root.image + "-nonroot"  # never overwrites the root image's tag
     assert non_root.labels["org.vllm-forge.user"] == "vllm (uid 2000, gid 0)"
     assert root.labels["org.vllm-forge.user"] == "root"
-    assert image.dockerfile_args(image.FORGE_DOCKERFILE)["VLLM_UID"] == "2000"  # the label reads it from here
+    forge = dockerfile_mod.FORGE_DOCKERFILE
+    assert dockerfile_mod.dockerfile_args(forge)["VLLM_UID"] == "2000"  # the label reads it from here
 
 
 def test_non_root_stage_has_a_numeric_user_and_writable_caches():
-    text = image.FORGE_DOCKERFILE.read_text()
+    text = dockerfile_mod.FORGE_DOCKERFILE.read_text()
     stage = text[text.index("AS runtime-nonroot"):]
     assert "USER ${VLLM_UID}:0" in stage  # numeric: Kubernetes runAsNonRoot can verify it
     for env in ("HOME=/home/vllm", "HF_HOME=", "VLLM_CACHE_ROOT=", "TORCHINDUCTOR_CACHE_DIR=", "TRITON_CACHE_DIR="):

@@ -1,4 +1,4 @@
-"""noxfile.py and scripts/matrix.py: session list, matrix JSON, skips, argument hand-over to the tasks."""
+"""noxfile.py and vllm_forge/matrix/matrix.py: session list, matrix JSON, skips, argument hand-over to the tasks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 import nox.registry
 import pytest
 
-from scripts import compat, matrix, mirrors
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import compat
+from vllm_forge.image import mirrors
+from vllm_forge.matrix import matrix
 
 
 def run_nox(repo_root, *args, env=None):
@@ -220,7 +222,8 @@ def test_nox_clean_removes_the_one_cache_and_the_tests_temporary_dirs(repo_root,
 
 
 def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
-    from scripts import config, forge_cache, standin_images
+    from vllm_forge.core import config, forge_cache
+    from vllm_forge.image import standin_images
 
     assert config.DEFAULTS["cache_dir"] == config.default_cache_root()  # as this run's environment set it
     monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "c"))
@@ -228,3 +231,20 @@ def test_the_tasks_cache_dir_is_the_same_one_cache(monkeypatch, tmp_path):
     assert config.default_cache_root() == str(tmp_path / "c")
     monkeypatch.delenv("VLLM_FORGE_CACHE")
     assert forge_cache.root() == Path("~/.cache/vllm-forge").expanduser()
+
+
+def test_mutants_take_a_module_by_any_of_its_names(repo_root, monkeypatch):
+    monkeypatch.setattr(nox.registry, "_REGISTRY", {})  # the sessions it registers again
+    noxfile = runpy.run_path(str(repo_root / "noxfile.py"))
+
+    class Session:
+        def error(self, message):
+            raise SystemExit(message)
+
+    paths = noxfile["_mutation_paths"](Session(), ["archs", "gpu/compat", "vllm_forge.audit.fatbin",
+                                                   "vllm_forge/core/config.py"])
+    assert paths == ["vllm_forge/gpu/archs.py", "vllm_forge/gpu/compat.py", "vllm_forge/audit/fatbin.py",
+                     "vllm_forge/core/config.py"]
+    assert all((repo_root / p).is_file() for p in noxfile["_mutation_paths"](Session(), []))  # the core set
+    with pytest.raises(SystemExit, match="no module vllm_forge/nope.py"):
+        noxfile["_mutation_paths"](Session(), ["nope"])

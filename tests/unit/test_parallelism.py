@@ -2,9 +2,9 @@ import io
 
 import pytest
 
-from scripts import parallelism
-from scripts.errors import ForgeError
-from scripts.parallelism import choose_parallelism
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu import parallelism
+from vllm_forge.gpu.parallelism import choose_parallelism
 
 
 def test_bound_by_cores_on_a_big_machine():

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import patches
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.source import patches
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 

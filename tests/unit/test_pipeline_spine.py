@@ -1,4 +1,4 @@
-"""scripts/pipeline.py: settings resolved once, steps planned once, preflight before anything is asked."""
+"""vllm_forge/pipeline.py: settings resolved once, steps planned once, preflight before anything is asked."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from scripts import image, pipeline
-from scripts.errors import ForgeError
-from scripts.plan import Command, recording, run_command
+from vllm_forge import pipeline
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.plan import Command, recording, run_command
+from vllm_forge.image import docker_client, labels
+from vllm_forge.image import request as request_mod
 
-BUILDKIT = image.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
+BUILDKIT = docker_client.DockerClient("/usr/bin/docker", "buildkit", "20.10.24")
 UNREACHABLE = "https://127.0.0.1:9/vllm.git"  # nothing listens: a test that asks it fails loudly
 
 
 @pytest.fixture(autouse=True)
 def no_docker_probe(monkeypatch):
-    monkeypatch.setattr(image, "find_docker", lambda *a, **k: BUILDKIT)
-    monkeypatch.setattr(image, "default_ca_bundle", lambda *a, **k: (None, ""))
+    monkeypatch.setattr(docker_client, "find_docker", lambda *a, **k: BUILDKIT)
+    monkeypatch.setattr(request_mod, "default_ca_bundle", lambda *a, **k: (None, ""))
 
 
 def settings(tmp_path: Path, **flags) -> pipeline.Settings:
@@ -48,7 +50,7 @@ def test_steps_after_a_clone_are_pending_and_the_bake_is_planned_from_the_config
     assert by_name["use-existing-torch"].pending.startswith("planned after clone")
     bake = by_name["bake"]
     assert bake.plan.labels["org.vllm-forge.vllm.ref"] == "v0.11.0"
-    assert bake.plan.labels["org.vllm-forge.vllm.commit"] == image.PENDING
+    assert bake.plan.labels["org.vllm-forge.vllm.commit"] == labels.PENDING
     assert bake.plan.image == "vllm-forge/vllm:v0.11.0-cu128-sm120"
     [note] = by_name["inspect"].notes
     assert note.startswith("read vllm-forge/vllm:v0.11.0-cu128-sm120's labels (") and note.endswith(" image inspect)")
@@ -61,7 +63,7 @@ def test_plan_is_lenient_and_names_what_cannot_run(tmp_path):
 
 def test_standin_settings(tmp_path):
     s = settings(tmp_path, standin=True, mirror="cn")
-    from scripts.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
+    from vllm_forge.image.standin_images import BUILD_STANDIN, RUNTIME_STANDIN
 
     assert (s.config.cuda, s.mirror.base_image, s.mirror.runtime_image) == ("13.0", BUILD_STANDIN, RUNTIME_STANDIN)
     assert s.rc.source("base_image") == "standin"  # local images: never rewritten through a registry mirror
@@ -97,7 +99,7 @@ def test_recording_sees_what_run_command_runs():
 
 
 def test_read_checkout_records_ref_and_dirty(tmp_path):
-    from scripts.checkout import read_checkout
+    from vllm_forge.source.checkout import read_checkout
 
     src = tmp_path / "c"
     subprocess.run(["git", "init", "-q", str(src)], check=True)

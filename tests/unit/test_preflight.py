@@ -1,4 +1,4 @@
-"""scripts/preflight.py: each check a real vLLM build needs, on planted trees and planted tools."""
+"""vllm_forge/build/preflight.py: each check a real vLLM build needs, on planted trees and planted tools."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts import preflight
-from scripts.errors import ForgeError
-from scripts.preflight import BuildRequirement, PythonFacts
-from scripts.vllm_tree import inspect_tree
+from vllm_forge.build import preflight
+from vllm_forge.build.preflight import BuildRequirement, PythonFacts
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.source.vllm_tree import inspect_tree
 
 CUDA_TXT = """# Should be mirrored in pyproject.toml
 cmake>=3.26.1

@@ -1,11 +1,11 @@
-"""scripts/recipe.py: the bake's CUDA, bases and torch follow what the checkout pins."""
+"""vllm_forge/image/recipe.py: the bake's CUDA, bases and torch follow what the checkout pins."""
 
 from __future__ import annotations
 
 import pytest
 
-from scripts import recipe
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import recipe
 
 V026 = dict(torch_pin="2.11.0", pin_source="requirements/build/cuda.txt", tree_cuda="13.0.2", version="0.26.0")
 

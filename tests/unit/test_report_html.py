@@ -1,4 +1,4 @@
-"""scripts/report_html.py: the page is built from the newest records, self-contained, and says what is missing."""
+"""report/report_html.py: the page is built from the newest records, self-contained, and says what is missing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import pytest
 from test_figure_data import FAULT, diagnosis
 
-from scripts import report_html, run_records
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.report import report_html, run_records
 
 
 def run_data(seconds: float, outcome: str = "ok") -> dict:

@@ -1,4 +1,4 @@
-"""scripts/run_records.py: what each run leaves under build/reports; pipeline.run_records: what a run records."""
+"""report/run_records.py: what each run leaves under build/reports; pipeline.run_records: what a run records."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import pipeline, run_records
-from scripts.errors import ForgeError
+from vllm_forge import pipeline
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.report import run_records
 
 
 def test_a_record_holds_the_report_and_who_made_it(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import compile_cache as cc
-from scripts.errors import ForgeError
+from vllm_forge.build import compile_cache as cc
+from vllm_forge.core.errors import ForgeError
 
 
 @pytest.fixture

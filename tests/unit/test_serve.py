@@ -1,4 +1,4 @@
-"""scripts/serve.py without Docker: request checks, the docker run command, compose, smoke-test logic."""
+"""vllm_forge/serve/serve.py without Docker: request checks, the docker run command, compose, smoke-test logic."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from scripts import serve
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.serve import serve
 
 
 def req(**kw) -> serve.ServeRequest:

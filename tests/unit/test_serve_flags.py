@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import serve
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.serve import serve
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_vllm"
 

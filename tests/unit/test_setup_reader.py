@@ -1,15 +1,16 @@
-"""scripts/setup_reader.py and scripts/setup_targets.py: which extensions a CUDA build builds, and --targets."""
+"""source/setup_reader.py and build/setup_targets.py: which extensions a CUDA build builds, and --targets."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from scripts import setup_reader
-from scripts.setup_reader import ExtensionTarget
+from vllm_forge.source import setup_reader
+from vllm_forge.source.setup_reader import ExtensionTarget
 
 SETUP = '''
 import sys
@@ -93,15 +94,18 @@ setup(name="x", ext_modules=exts, script_args=["--name"])
 
 
 def test_the_wrapper_hands_setup_only_the_named_targets_and_records_what_it_left_out(tmp_path, repo_root):
-    (tmp_path / "setup.py").write_text(WRAPPED_SETUP)
+    # Like vLLM's setup.py, it imports a module that sits next to it: the checkout is first on sys.path.
+    (tmp_path / "setup.py").write_text("import checkout_helper\n" + WRAPPED_SETUP)
+    (tmp_path / "checkout_helper.py").write_text("")
     record = tmp_path / "targets.json"
-    proc = subprocess.run([sys.executable, str(repo_root / "scripts" / "setup_targets.py"), "--targets",
+    env = {**os.environ, "PYTHONPATH": str(repo_root)}
+    proc = subprocess.run([sys.executable, "-m", "vllm_forge.build.setup_targets", "--targets",
                            "_moe_C_stable_libtorch", "--record", str(record), "--", "--name"],
-                          cwd=tmp_path, capture_output=True, text=True)
+                          cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(record.read_text()) == {"requested": ["_moe_C_stable_libtorch"],
                                               "built": ["_moe_C_stable_libtorch"],
                                               "left_out": ["_C_stable_libtorch", "_vllm_fa3_C"]}
-    proc = subprocess.run([sys.executable, str(repo_root / "scripts" / "setup_targets.py"), "--targets", "nope",
-                           "--", "--name"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vllm_forge.build.setup_targets", "--targets", "nope",
+                           "--", "--name"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "declares no extension for nope" in proc.stderr

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from scripts import standin_images
-from scripts.errors import ForgeError
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.image import standin_images
 
 
 def test_output_reaches_the_caller_while_the_command_runs():

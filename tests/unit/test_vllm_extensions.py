@@ -1,4 +1,4 @@
-"""scripts/vllm_extensions.py: required vs optional, read from a stand-in vLLM's own Python files, and
+"""vllm_forge/audit/vllm_extensions.py: required vs optional, read from a stand-in vLLM's own Python files, and
 the audit's hook (only required extensions fail it; --require still overrides)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from fake_vllm import write_install, write_wheel
 
-from scripts import audit
-from scripts import vllm_extensions as ext
-from scripts.errors import ForgeError
+from tests.unit.fake_vllm import write_install, write_wheel
+from vllm_forge.audit import audit
+from vllm_forge.audit import vllm_extensions as ext
+from vllm_forge.core.errors import ForgeError
 
 PYTHON = {
     "vllm/__init__.py": "from vllm.version import __version__\n",

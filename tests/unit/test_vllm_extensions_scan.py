@@ -1,6 +1,6 @@
-"""The fast import analysis of scripts/vllm_extensions.py answers what parsing every module answers.
+"""The fast import analysis of vllm_forge/audit/vllm_extensions.py answers what parsing every module answers.
 
-`ImportScan` (scripts/import_scan.py) reads a module's bytes for its import statements (a superset of what
+`ImportScan` (vllm_forge/audit/import_scan.py) reads a module's bytes for its import statements (a superset of what
 `ast` finds), and the analysis parses only the top-level statements it cannot classify. Random packages,
 built from the Python constructs that decide a guard (def, class, if/elif/else, `if TYPE_CHECKING`,
 try/except with and without a re-raise, `with suppress`, loops) and from the text that fools a line reader
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scripts import import_scan
-from scripts import vllm_extensions as ext
+from vllm_forge.audit import import_scan
+from vllm_forge.audit import vllm_extensions as ext
 
 MODULES = ["vllm", "vllm.a", "vllm.b", "vllm.pkg", "vllm.pkg.c"]
 EXTENSIONS = ["vllm._x_C", "vllm.pkg._y_C"]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts import vllm_tree
-from scripts.errors import ForgeError
-from scripts.vllm_tree import (
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.source import vllm_tree
+from vllm_forge.source.vllm_tree import (
     CMakeArg,
     CMakeScope,
     cuda_context,
@@ -515,6 +515,6 @@ def test_text_cli_and_error_exit(tmp_path, capsys):
     assert vllm_tree.main([str(tmp_path), "--cuda", "12.6"]) == 0
     out = capsys.readouterr().out
     assert "vLLM 0.10.0:" in out and "CUDA 12.6: 7.0;7.5;8.0;8.6;8.9;9.0" in out
-    from scripts.errors import run_main
+    from vllm_forge.core.errors import run_main
     assert run_main(vllm_tree.main, [str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err

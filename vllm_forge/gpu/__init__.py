@@ -1,0 +1,1 @@
+"""CUDA releases, archs, GPUs and their tables; the CUDA toolchain; compile parallelism."""

@@ -1,0 +1,1 @@
+"""Run records, figure data, figures and the report page."""

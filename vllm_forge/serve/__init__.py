@@ -1,0 +1,1 @@
+"""Serving a baked image (and stopping it)."""
