@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import ninja_log
+from vllm_forge.build import ninja_log
 
 pytestmark = pytest.mark.gpu
 
