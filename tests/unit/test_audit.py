@@ -275,7 +275,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert "truncated" in capsys.readouterr().err
 
 
-# ---- the GPU replay (gpu/audit_on_gpu.sh writes the record on a real H100/H200) -------------------------
+# ---- the GPU replay (scripts/gpu/audit_on_gpu.sh writes the record on a real H100/H200) -------------------------
 
 
 def parse_gpu_record(text: str) -> dict[str, dict]:
@@ -300,7 +300,7 @@ def parse_gpu_record(text: str) -> dict[str, dict]:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU_RECORD.exists(), reason="tests/fixtures/gpu/audit_gpu.txt is not recorded yet "
-                    "(run gpu/audit_on_gpu.sh on an H100/H200 host)")
+                    "(run scripts/gpu/audit_on_gpu.sh on an H100/H200 host)")
 def test_gpu_record_matches_the_audit():
     record = parse_gpu_record(GPU_RECORD.read_text())
     assert {"k12", "k90"} <= set(record)
@@ -310,7 +310,7 @@ def test_gpu_record_matches_the_audit():
         assert file["verdict"]["sm_90"] == expected
         assert entry["audit"]["ok"] is (expected != "none")
         # The recorded program read the launch error with cudaGetLastError() and so exited 0 either
-        # way (fixed in gpu/audit_on_gpu.sh since): what ran is what the launch and sync lines say.
+        # way (fixed in scripts/gpu/audit_on_gpu.sh since): what ran is what the launch and sync lines say.
         ran = "launch: no error" in entry["run"] and "last: no error" in entry["run"]
         assert ran is (expected != "none"), entry["run"]
     assert "no kernel image is available" in record["k12"]["run"]

@@ -1,5 +1,5 @@
 """Replays tests/fixtures/gpu_h200_invoke/: doctor, nccl-test and nccl-diagnose run through `invoke` on a
-real H200 (gpu/two_gpu.sh); re-reading the recorded outputs must give the same verdicts."""
+real H200 (scripts/gpu/two_gpu.sh); re-reading the recorded outputs must give the same verdicts."""
 
 import json
 from pathlib import Path

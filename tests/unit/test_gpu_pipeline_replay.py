@@ -1,5 +1,5 @@
 """Replays tests/fixtures/gpu/pipeline_gpu.txt: `invoke build-wheel` + `invoke audit --arch auto` + a real
-kernel launch of the built extension, recorded on an H100 (sm_90) by gpu/pipeline_on_gpu.sh."""
+kernel launch of the built extension, recorded on an H100 (sm_90) by scripts/gpu/pipeline_on_gpu.sh."""
 
 import json
 import re
@@ -20,7 +20,7 @@ def sections(text: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def record():
     if not RECORD.exists():
-        pytest.skip("tests/fixtures/gpu/pipeline_gpu.txt is not recorded yet (run gpu/pipeline_on_gpu.sh)")
+        pytest.skip("tests/fixtures/gpu/pipeline_gpu.txt is not recorded yet (run scripts/gpu/pipeline_on_gpu.sh)")
     return sections(RECORD.read_text())
 
 

@@ -1,5 +1,5 @@
 """Replay of `invoke serve --local` with vLLM's own flags on a real H200 (tests/fixtures/gpu_real_vllm_flags,
-recorded by gpu/serve_flags_on_gpu.sh with released vLLM 0.26.0): the same tiny model served twice, with
+recorded by scripts/gpu/serve_flags_on_gpu.sh with released vLLM 0.26.0): the same tiny model served twice, with
 vLLM's defaults and with `--gpu-memory-utilization 0.2 --max-model-len 512`. The flags must reach vLLM (its
 own log and /v1/models say so) and the engine's GPU memory must fall from ~92% of the card to ~20%."""
 

@@ -1,4 +1,4 @@
-"""Replay what gpu/doctor_on_gpu.sh recorded on a real GPU host (tests/fixtures/gpu/).
+"""Replay what scripts/gpu/doctor_on_gpu.sh recorded on a real GPU host (tests/fixtures/gpu/).
 
 Each test skips only while its file has not been recorded yet; once the files are there, they must
 parse and judge a healthy host as healthy.
@@ -20,7 +20,7 @@ GPU = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
 def recorded(name: str) -> str:
     path = GPU / name
     if not path.is_file():
-        pytest.skip(f"{path} is not recorded yet (run gpu/doctor_on_gpu.sh on a GPU host)")
+        pytest.skip(f"{path} is not recorded yet (run scripts/gpu/doctor_on_gpu.sh on a GPU host)")
     return path.read_text(errors="replace")
 
 

@@ -2,7 +2,7 @@
 
 Each case is an input that blew up: time is compared between two sizes of the same input (8x apart), best
 of three, so a loaded machine slows both alike; linear growth is about 8x, the quadratic and exponential
-ones were 64x and more. benchmarks/bench_parsers.py prints the same cases up to 100x the size that was
+ones were 64x and more. scripts/benchmarks/bench_parsers.py prints the same cases up to 100x the size that was
 the worst case.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_parsers import (
+from scripts.benchmarks.bench_parsers import (
     ChunkStream,
     cmake_elseif,
     cmake_matches,
@@ -96,7 +96,7 @@ DOUBLING_CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 from pathlib import Path
-from benchmarks.bench_parsers import cmake_doubling, vllm_tree_with
+from scripts.benchmarks.bench_parsers import cmake_doubling, vllm_tree_with
 from vllm_forge.source import vllm_tree
 commands, scope = vllm_tree.walk_cmake(vllm_tree_with(Path(sys.argv[1]), cmake_doubling(60)))
 print(json.dumps({"X": scope.vars.get("X")}))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.structure import cycles
+from scripts.benchmarks.structure import cycles
 from vllm_forge import LAYERS
 from vllm_forge.core.package import PACKAGE_DIR, module_references
 

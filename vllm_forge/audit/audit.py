@@ -528,7 +528,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 def raw_inflater(name: str | None = None):
     """A raw-deflate decompressobj: ISA-L's when installed, else zlib's. ``name`` (or
-    $VLLM_FORGE_INFLATER: zlib, isal, zlib-ng) picks one; benchmarks/bench_audit.py compares them."""
+    $VLLM_FORGE_INFLATER: zlib, isal, zlib-ng) picks one; scripts/benchmarks/bench_audit.py compares them."""
     import importlib
 
     name = name or os.environ.get("VLLM_FORGE_INFLATER") or INFLATER

@@ -6,7 +6,7 @@ GPU (the audit), they load with this torch and compute the right numbers.
 The wheel's ``_C`` extension (``_C_stable_libtorch.abi3.so`` from vLLM 0.2x, ``_C.abi3.so`` before) is
 extracted next to nothing else and loaded with ``torch.ops.load_library``; then ``torch.ops._C.rms_norm`` and
 ``torch.ops._C.silu_and_mul`` run on the GPU in bf16 and are compared with the same maths in float32 torch.
-Needs torch with CUDA and a GPU: it is what the GPU host runs (gpu/real_build_on_gpu.sh); elsewhere it says
+Needs torch with CUDA and a GPU: it is what the GPU host runs (scripts/gpu/real_build_on_gpu.sh); elsewhere it says
 why it cannot run, in one line.
 """
 

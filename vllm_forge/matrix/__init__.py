@@ -1,1 +1,1 @@
-"""CUDA x arch x mirror matrices for nox, the compiler check, the build benchmarks."""
+"""CUDA x arch x mirror matrices for nox, the compiler check, the build scripts.benchmarks."""

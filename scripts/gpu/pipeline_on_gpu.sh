@@ -4,7 +4,7 @@
 # launch its kernels. On an sm_90 host the 12.0-only wheel must be predicted "none" and fail with
 # `no kernel image is available for execution on the device`; the 9.0 wheel predicted "sass" and run.
 #
-#     OUT=/some/dir bash gpu/pipeline_on_gpu.sh      (from the repo root; invoke importable)
+#     OUT=/some/dir bash scripts/gpu/pipeline_on_gpu.sh      (from the repo root; invoke importable)
 set -u
 OUT="${OUT:-$PWD/build/gpu}"
 mkdir -p "$OUT"

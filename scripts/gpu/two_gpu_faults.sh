@@ -12,7 +12,7 @@
 # (one folder per run: what nccl-test printed, its table and NCCL logs, and the diagnosis), to be unpacked into
 # tests/fixtures/h200x2_live_faults/ and replayed by a test.
 #
-#     OUT=/some/dir bash gpu/two_gpu_faults.sh      (from the repo root; invoke importable)
+#     OUT=/some/dir bash scripts/gpu/two_gpu_faults.sh      (from the repo root; invoke importable)
 set -u
 OUT="${OUT:-$PWD/build/gpu-2-faults}"
 W="$(mktemp -d)"

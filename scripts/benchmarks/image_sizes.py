@@ -1,6 +1,6 @@
 """Measured package sizes behind docs/image.md "Where the size goes": what pip would install, per part.
 
-    python -m benchmarks.image_sizes 'vllm==0.11.0' --jit 'cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2'
+    python -m scripts.benchmarks.image_sizes 'vllm==0.11.0' --jit 'cuda-toolkit[nvcc,nvvm,crt,cudart]==13.0.2'
 
 For each requirement set, pip resolves it (``pip install --dry-run --ignore-installed --report``, as for
 this machine's Python) and, for every wheel of the resolution, this reads the wheel's zip central

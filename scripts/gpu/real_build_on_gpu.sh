@@ -7,9 +7,9 @@
 # .gpu/deps/*.tar.xz (the dependency tarballs) and .gpu/sdist/*.tar.xz (the vLLM sdist; tests/, docs/,
 # benchmarks/ and examples/ may be left out to fit the transfer: the build reads none of them).
 #
-#   bash gpu/real_build_on_gpu.sh all      # set up, build, check: one call
-#   bash gpu/real_build_on_gpu.sh build    # set up and build until FIRST_RUN_SECONDS (then interrupted) ...
-#   bash gpu/real_build_on_gpu.sh resume   # ... and, as the next back-to-back call, resume it and check
+#   bash scripts/gpu/real_build_on_gpu.sh all      # set up, build, check: one call
+#   bash scripts/gpu/real_build_on_gpu.sh build    # set up and build until FIRST_RUN_SECONDS (then interrupted) ...
+#   bash scripts/gpu/real_build_on_gpu.sh resume   # ... and, as the next back-to-back call, resume it and check
 #
 # TARGETS (default _C: the library that registers torch.ops._C) sets what is built. OUT (default build/gpu)
 # receives what each phase printed; run from the repo root.
@@ -110,7 +110,7 @@ resume)
   collect
   ;;
 *)
-  echo "usage: bash gpu/real_build_on_gpu.sh all|build|resume" >&2
+  echo "usage: bash scripts/gpu/real_build_on_gpu.sh all|build|resume" >&2
   exit 2
   ;;
 esac

@@ -5,14 +5,14 @@
 # H200 for a 1.6 M-parameter model at vLLM's default 0.92).
 #
 # Two steps, because the GPU host has no network:
-#   1. here (CPU host, PyPI reachable):   bash gpu/serve_flags_on_gpu.sh prepare DIR
+#   1. here (CPU host, PyPI reachable):   bash scripts/gpu/serve_flags_on_gpu.sh prepare DIR
 #      downloads the vLLM 0.26.0 wheel (it pins torch 2.11, as the GPU host has) and the dependencies
 #      the host lacks (KINDS.md's package list), unpacks the wheel and strips what an H200 serving a
 #      small Llama never loads (FA2, the vllm-rs binary, deep_gemm's builds for other CPythons), and
 #      writes DIR/stage.tar.gz (gzip: xz -9 saved ~3% on these fatbins at 20x the time) split into DIR/stage.tar.gz.part-NN of at most CHUNK_MIB (54) MiB: the
 #      device tool carries at most 64 MiB a call with the repo, so the parts travel one call each;
 #   2. there:   mkdir /tmp/stage && cat DIR/stage.tar.gz.part-* | tar -xz -C /tmp/stage
-#               STAGE=/tmp/stage OUT=/some/dir bash gpu/serve_flags_on_gpu.sh run
+#               STAGE=/tmp/stage OUT=/some/dir bash scripts/gpu/serve_flags_on_gpu.sh run
 #      installs them into /tmp/site (no network), makes a tiny random-weight Llama with transformers,
 #      serves it twice and writes to $OUT: serve_flags_gpu.txt (commands, outputs, nvidia-smi memory,
 #      /v1/models) and each run's whole server log.

@@ -1,7 +1,7 @@
 """Time and peak memory against input size, for the three parsers a hostile file reaches.
 
-    python -m benchmarks.bench_parsers                 # from the repo root; every case, up to 100x
-    python -m benchmarks.bench_parsers --max-factor 10 --case nccl-blank-lines
+    python -m scripts.benchmarks.bench_parsers                 # from the repo root; every case, up to 100x
+    python -m scripts.benchmarks.bench_parsers --max-factor 10 --case nccl-blank-lines
 
 Each case is an input found to blow up (issue 27), grown from the size that was "today's worst case" to
 100 times it: linear time shows as a constant time per unit, in the last column. Every measurement runs
@@ -165,7 +165,7 @@ CASES = {
 
 def measure(case: str, size: int, timeout: float) -> tuple[float | None, int]:
     """(seconds, peak RSS in KiB) of one fresh process running the case; seconds None past ``timeout``."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_parsers", "--child", case, str(size)],
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.benchmarks.bench_parsers", "--child", case, str(size)],
                             stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + timeout
     while True:

@@ -1,8 +1,8 @@
 """How fast `invoke audit` reads real wheels, against unzip + cuobjdump and against the inflate limit.
 
-    python -m benchmarks.bench_audit /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
+    python -m scripts.benchmarks.bench_audit /root/.cache/wheels/torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl \\
         /root/.cache/wheels/vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl --repeat 2
-    python -m benchmarks.bench_audit vllm-0.34.0-*.whl --cache cold --repeat 5 --inflaters isal
+    python -m scripts.benchmarks.bench_audit vllm-0.34.0-*.whl --cache cold --repeat 5 --inflaters isal
 
 Per wheel, side by side in one run, rounds interleaved (medians of --repeat rounds, the fastest in
 brackets; the machine may be shared, so compare the ratios, not the seconds: the ratio to unzip +

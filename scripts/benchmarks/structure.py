@@ -1,8 +1,8 @@
 """The product's structure in numbers: modules, lines, long functions, sys.path edits, import arrows.
 
-    python -m benchmarks.structure                                  # this checkout
-    python -m benchmarks.structure --json
-    python -m benchmarks.structure --root /tmp/old --package scripts  # a tree from before the move
+    python -m scripts.benchmarks.structure                                  # this checkout
+    python -m scripts.benchmarks.structure --json
+    python -m scripts.benchmarks.structure --root /tmp/old --package scripts  # a tree from before the move
 
 Reads source only (nothing is imported from the tree measured). For each module of the package: its lines;
 every function (methods and nested ones too) longer than 80 lines, from ``def`` to its last line; the

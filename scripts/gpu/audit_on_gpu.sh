@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The audit's prediction against a real GPU (issue 3). Run on an H100/H200 host (sm_90) from the repo root:
 #
-#     OUT=/some/dir bash gpu/audit_on_gpu.sh
+#     OUT=/some/dir bash scripts/gpu/audit_on_gpu.sh
 #
 # Needs nvcc (13.0), python3 and, for the record, cuobjdump and nvidia-smi; nothing else (vllm_forge/audit/audit.py is
 # stdlib-only). It builds one tiny kernel program twice, for 12.0 only and for 9.0, asks

@@ -5,7 +5,7 @@
 # of it. Writes 8 flat files to $OUT (the device tool's limit), replayed by
 # tests/unit/test_gpu_two_replay.py once copied to tests/fixtures/gpu_h200x2/.
 #
-#     OUT=/some/dir bash gpu/two_gpu.sh     (from the repo root; invoke importable)
+#     OUT=/some/dir bash scripts/gpu/two_gpu.sh     (from the repo root; invoke importable)
 set -u
 OUT="${OUT:-$PWD/build/gpu-2}"
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 """How long the checks before a build take on a real vLLM tree (issue 26: under a second).
 
-    python -m benchmarks.bench_preflight --tree ~/src/vllm-0.26.0 [--runs 7]
+    python -m scripts.benchmarks.bench_preflight --tree ~/src/vllm-0.26.0 [--runs 7]
 
 Times, in this process, each run after one warm-up: ``inspect_tree`` (what the checkout asks), ``run_preflight``
 (vllm_forge/build/preflight.py: the build Python probed in a child, build requirements compared, torch, host compiler
