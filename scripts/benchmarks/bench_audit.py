@@ -49,7 +49,7 @@ from pathlib import Path
 from vllm_forge.audit import audit
 from vllm_forge.gpu.toolchain import find_cuda_tool
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHUNK = audit.STREAM_CHUNK
 
 

@@ -166,7 +166,7 @@ CASES = {
 def measure(case: str, size: int, timeout: float) -> tuple[float | None, int]:
     """(seconds, peak RSS in KiB) of one fresh process running the case; seconds None past ``timeout``."""
     proc = subprocess.Popen([sys.executable, "-m", "scripts.benchmarks.bench_parsers", "--child", case, str(size)],
-                            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+                            stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

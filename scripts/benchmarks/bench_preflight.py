@@ -46,7 +46,7 @@ def _stand_in_torch(site: Path, pin: str | None, cuda: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1] / "tests/fixtures/minivllm",
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[2] / "tests/fixtures/minivllm",
                         help="a vLLM source tree (default: the miniature)")
     parser.add_argument("--runs", type=int, default=7, help="timed runs after one warm-up")
     args = parser.parse_args(argv)

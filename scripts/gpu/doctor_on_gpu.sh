@@ -8,7 +8,7 @@
 # headers for sm_90); it runs against torch's own libnccl.so.2 / libcudart.so.13 from site-packages.
 # Replayed by tests/unit/test_gpu_replay.py once copied to tests/fixtures/gpu/.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT="${OUT:-$PWD/build/gpu-out}"
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0
