@@ -73,7 +73,8 @@ class Settings:
         return recipe.cuda if recipe else compat.cuda_minor(self.config.cuda or DEFAULT_IMAGE_CUDA)
 
 
-def resolve_settings(layers: ConfigLayers | None, flags: dict[str, Any], *, repo_root: Path, writes: bool = False) -> Settings:
+def resolve_settings(layers: ConfigLayers | None, flags: dict[str, Any], *, repo_root: Path,
+                     writes: bool = False) -> Settings:
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result.
 
     ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then

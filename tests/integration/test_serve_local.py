@@ -83,7 +83,7 @@ def test_invoke_yaml_may_hold_a_serve_section(tmp_path):
     from invoke import Config
 
     from vllm_forge.cli._invoke import config_layers
-from vllm_forge.core.config import resolve_config
+    from vllm_forge.core.config import resolve_config
 
     (tmp_path / "invoke.yaml").write_text("forge:\n  serve:\n    max_model_len: 4096\n")
     config = Config(project_location=str(tmp_path))

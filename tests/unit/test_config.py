@@ -268,7 +268,8 @@ def test_any_object_without_layers_gives_the_defaults():
     from types import SimpleNamespace
 
     assert resolve_config(config_layers(SimpleNamespace()), {}).config == resolve_config(None, {}).config
-    assert resolve_config(config_layers(Layers.__new__(Layers)), {}).config.arch == DEFAULTS["arch"]  # no "forge" key at all
+    no_forge_key = config_layers(Layers.__new__(Layers))
+    assert resolve_config(no_forge_key, {}).config.arch == DEFAULTS["arch"]
 
 
 def test_small_jobs_are_fine():

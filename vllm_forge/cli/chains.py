@@ -31,7 +31,8 @@ def wheel_chain(ctx, given, names: list[str], **more) -> None:
     options = pipelines.Options(
         dry_run=given.dry_run, force=getattr(given, "force", False), audit=not given.no_audit, reuse_checkout=chain,
         reuse=not given.no_reuse, patches=patch_files(settings, given.patch),
-        install_build_deps=given.install_build_deps, targets=[t.strip() for word in given.targets or [] for t in word.split(",") if t.strip()])
+        install_build_deps=given.install_build_deps,
+        targets=[t.strip() for word in given.targets or [] for t in word.split(",") if t.strip()])
     names = pipelines.with_patches(names, options)
     if given.install_build_deps:
         names.insert(names.index("build-wheel"), "install-build-deps")
