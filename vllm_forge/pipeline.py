@@ -340,7 +340,8 @@ def _build_request(settings: Settings, options: Options | None = None):
         # An explicit --cuda must match the local nvcc; the default one only names a bake target.
         cuda=None if settings.rc.is_default("cuda") else cfg.cuda,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
-        build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
+        build_type=cfg.build_type, cmake_args=cfg.cmake_args, compile_cache=cfg.compile_cache,
+        cache_dir=Path(cfg.cache_dir),
         log_dir=settings.repo_root / "build" / "logs", shared_cache=build_wheel.SharedCache.from_config(cfg),
         extra_env=settings.mirror.env, reuse=options.reuse if options else True,
         patches=list(options.patches) if options else [],
@@ -438,7 +439,7 @@ def bake_request(settings: Settings, options: Options):
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
         recipe=recipe,
         dockerfile=bake.dockerfile, max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads,
-        build_type=cfg.build_type, compile_cache=cfg.compile_cache,
+        build_type=cfg.build_type, cmake_args=cfg.cmake_args, compile_cache=cfg.compile_cache,
         wheel_limit_mb=bake.limit_mb or cfg.wheel_limit_mb, audit=bake.audit,
         index_url=bake.index_url or applied.pypi_index, extra_index_url=bake.extra_index_url,
         pytorch_index_base_url=bake.pytorch_index or applied.pytorch_index,

@@ -72,6 +72,8 @@ SETTINGS: tuple[Option, ...] = (
            "flash-attention units need 3-6)", 4.0, float, value="GIB", tasks=LOCAL_BUILD_TASKS),
     Option("build_type", "CMAKE_BUILD_TYPE: Release, RelWithDebInfo, Debug or MinSizeRel", "Release",
            value="TYPE", tasks=BUILD_TASKS),
+    Option("cmake_args", "extra CMake arguments for vLLM's build, e.g. '-DENABLE_MACHETE=OFF' (setup.py reads "
+           "CMAKE_ARGS; a bake passes the Dockerfile's ARG CMAKE_ARGS)", "", value="ARGS", tasks=BUILD_TASKS),
     Option("compile_cache", "auto (whichever is installed), none, ccache or sccache", "auto", value="CACHE",
            tasks=BUILD_TASKS),
     Option("cache_dir", "vllm-forge's cache: compile caches, the dependencies fetch-deps brings "
