@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vllm_forge.core.config import ResolvedConfig, resolve_config
+from vllm_forge.core.config import ConfigLayers, ResolvedConfig, resolve_config
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, mask_urls
 from vllm_forge.gpu import archs as archs_mod
@@ -29,12 +29,9 @@ from vllm_forge.image import mirrors
 from vllm_forge.image.recipe import DEFAULT_IMAGE_CUDA, Recipe, choose_recipe
 from vllm_forge.source import checkout as checkouts
 
-# Every step there is, in pipeline order. A task or nox session selects the ones it needs.
-STEPS = ("clone", "patch", "use-existing-torch", "install-build-deps", "build-wheel", "check-size", "bake",
-         "check-size-image", "inspect", "serve")
+# The steps there are: ``REGISTRY`` at the end of this module (one entry each: plan, report; ``STEPS`` is its order).
 WHEEL_CHAIN = ("clone", "use-existing-torch", "build-wheel", "check-size")
 IMAGE_CHAIN = ("clone", "use-existing-torch", "bake", "check-size-image", "inspect")
-TITLES = {"check-size-image": "check-size --image"}
 
 
 # --- settings: resolved once per command line -------------------------------------------------------------
@@ -76,17 +73,19 @@ class Settings:
         return recipe.cuda if recipe else compat.cuda_minor(self.config.cuda or DEFAULT_IMAGE_CUDA)
 
 
-def resolve_settings(invoke_config: Any, flags: dict[str, Any], *, repo_root: Path, writes: bool = False) -> Settings:
+def resolve_settings(layers: ConfigLayers | None, flags: dict[str, Any], *, repo_root: Path,
+                     writes: bool = False) -> Settings:
     """flags > INVOKE_FORGE_* > invoke.yaml > defaults, then the mirror profile applied to that result.
 
     ``writes``: this command will run steps on the checkout (not a dry run, plan or inspection); it then
-    holds the miniature's private copy, when that is the checkout, until the task ends (core/checkout_lock.py)."""
-    rc = _anchor_project_paths(resolve_config(invoke_config, flags), repo_root)
+    holds the miniature's private copy, when that is the checkout, until the task ends (core/checkout_lock.py).
+    ``layers``: what invoke's configuration layers hold (vllm_forge/cli/_invoke.py ``config_layers``)."""
+    rc = _anchor_project_paths(resolve_config(layers, flags), repo_root)
     if rc.config.vllm_src:
         rc = _private_copy_if_ours(rc, repo_root, writes=writes)
     if rc.config.standin:
         rc = _on_standins(rc)
-    profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(invoke_config))
+    profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(layers))
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
     recipe, error, applied = _recipe_and_mirror(rc, profile, facts)
     return Settings(rc, applied, facts, repo_root, profile, recipe, error)
@@ -246,7 +245,7 @@ class Step:
 
     @property
     def title(self) -> str:
-        return TITLES.get(self.name, self.name)
+        return title_of(self.name)
 
     def lines(self) -> list[str]:
         """The step as printed: `# ` comment lines, then each exact command (secrets masked)."""
@@ -341,7 +340,8 @@ def _build_request(settings: Settings, options: Options | None = None):
         # An explicit --cuda must match the local nvcc; the default one only names a bake target.
         cuda=None if settings.rc.is_default("cuda") else cfg.cuda,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
-        build_type=cfg.build_type, compile_cache=cfg.compile_cache, cache_dir=Path(cfg.cache_dir),
+        build_type=cfg.build_type, cmake_args=cfg.cmake_args, compile_cache=cfg.compile_cache,
+        cache_dir=Path(cfg.cache_dir),
         log_dir=settings.repo_root / "build" / "logs", shared_cache=build_wheel.SharedCache.from_config(cfg),
         extra_env=settings.mirror.env, reuse=options.reuse if options else True,
         patches=list(options.patches) if options else [],
@@ -439,7 +439,7 @@ def bake_request(settings: Settings, options: Options):
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
         recipe=recipe,
         dockerfile=bake.dockerfile, max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads,
-        build_type=cfg.build_type, compile_cache=cfg.compile_cache,
+        build_type=cfg.build_type, cmake_args=cfg.cmake_args, compile_cache=cfg.compile_cache,
         wheel_limit_mb=bake.limit_mb or cfg.wheel_limit_mb, audit=bake.audit,
         index_url=bake.index_url or applied.pypi_index, extra_index_url=bake.extra_index_url,
         pytorch_index_base_url=bake.pytorch_index or applied.pytorch_index,
@@ -579,19 +579,7 @@ def _plan_serve(settings: Settings, options: Options, steps: list[Step]) -> Step
 
 
 def plan_step(name: str, settings: Settings, options: Options, names: tuple[str, ...], done: list[Step]) -> Step:
-    planners = {
-        "clone": lambda: _plan_clone(settings, options),
-        "patch": lambda: _plan_patch(settings, options),
-        "use-existing-torch": lambda: _plan_use_existing_torch(settings, options),
-        "install-build-deps": lambda: _plan_install_build_deps(settings, options),
-        "build-wheel": lambda: _plan_build_wheel(settings, options),
-        "check-size": lambda: _plan_check_size(settings, options, names),
-        "bake": lambda: _plan_bake(settings, options),
-        "check-size-image": lambda: _plan_check_size_image(settings, options, done),
-        "inspect": lambda: _plan_inspect(settings, options, done),
-        "serve": lambda: _plan_serve(settings, options, done),
-    }
-    return planners[name]()
+    return REGISTRY[name].plan(settings, options, names, done)
 
 
 # --- the pipeline -------------------------------------------------------------------------------------------
@@ -788,6 +776,155 @@ def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     rows.append(("mirror", settings.mirror.profile.name))
     rows += dist_rows(next((step.plan for step in pipeline.steps if step.name == "build-wheel"), None))
     for name, seconds in state.seconds.items():
-        rows.append((f"time: {TITLES.get(name, name)}", f"{seconds:.1f} s"))
+        rows.append((f"time: {title_of(name)}", f"{seconds:.1f} s"))
     rows.append(("time: total", f"{sum(state.seconds.values()):.1f} s"))
     return rows
+
+
+# --- what a finished step says ------------------------------------------------------------------------------
+# Plain data (text and a style word per part, tables as rows): vllm_forge/cli/render.py draws it with rich.
+
+Part = str | tuple[str, str]  # text, or (text, style): "green", "dim", "yellow", "red", "bold red"
+
+
+@dataclass(frozen=True)
+class Said:
+    """One line a step (or a task) says: its parts, each plain or styled."""
+
+    parts: tuple[Part, ...]
+
+    def text(self) -> str:
+        return "".join(part if isinstance(part, str) else part[0] for part in self.parts)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A table a step says: title, column headers, rows of plain cells."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def said(*parts: Part) -> Said:
+    return Said(tuple(parts))
+
+
+def timing_said(timing) -> list[Said]:
+    """ninja's compile times of a build (said once, at its end: success, failure or Ctrl-C)."""
+    lines = timing.lines()
+    return [said(lines[0]), *(said((line, "dim") if line.startswith(" ") else line) for line in lines[1:])]
+
+
+def _said_clone(step: Step, result, seconds: float) -> list:
+    return [said(("checked out", "green"), f" {result[:12]} ", (f"({seconds:.1f}s)", "dim"))] if result else []
+
+
+def _said_build_wheel(step: Step, result, seconds: float) -> list:
+    from vllm_forge.build.compile_cache import cache_stats
+
+    stats = cache_stats(step.plan.compile_cache)
+    out: list = [said(("built", "green"), f" {result} ", (f"({seconds:.1f}s{', ' + stats if stats else ''})", "dim"))]
+    out += [said(("  " + line, "yellow")) for what, line in dist_rows(step.plan) if what == "farm"]
+    if step.plan.reuse:
+        out.append(said(f"  {step.plan.reuse.line()}"))
+    return out + (timing_said(step.plan.timing) if step.plan.timing is not None else [])
+
+
+def wheel_size_said(report) -> list:
+    out: list = [said((f"{report.wheel.name}: {report.size_mb:.1f} MB", "green" if report.ok else "red"),
+                      f" (limit {report.limit_mb:g} MB)")]
+    if not report.ok:
+        out.append(Grid("largest members", ("member", "compressed MB", "MB"),
+                        tuple((name, f"{packed:.1f}", f"{size:.1f}") for name, packed, size in report.largest)))
+    return out
+
+
+def _said_bake(step: Step, result, seconds: float) -> list:
+    cached = f", {result.cached_steps}/{result.total_steps} steps cached" if result.total_steps else ""
+    out: list = []
+    if result.image:
+        out.append(said(("baked", "green"), f" {result.image} ({result.image_id[7:19]}) ",
+                        (f"({seconds:.1f}s{cached}; log {result.log_path})", "dim")))
+    out += [said(("wheel", "green"), f" {wheel}") for wheel in result.wheels]
+    return out + [said(f"  {line}") for line in result.farm]  # the build stage's own words about the farm
+
+
+def image_size_said(report) -> list:
+    from vllm_forge.image.inspection import GB
+
+    over = (f", {report.over_base / GB:.2f} GB over its base {report.base}" if report.over_base is not None
+            else (f" (base {report.base} is not present locally)" if report.base else ""))
+    budget = f" (budget {report.budget_gb:g} GB)" if report.budget_gb else ""
+    return [said((f"{report.image}: {report.size / GB:.2f} GB", "green" if report.ok else "red"), over + budget),
+            Grid(f"over the base {report.base or '(unknown)'}", ("MB", "part"),
+                 tuple((f"{size / 1e6:.1f}", name) for name, size in report.parts.items())),
+            Grid("largest layers", ("MB", "instruction"),
+                 tuple((f"{layer.size / 1e6:.1f}", layer.instruction[:140]) for layer in report.layers))]
+
+
+def labels_said(info: dict) -> list:
+    """An image's labels, who it runs as and its JIT readiness (collected inside the image: image/jit.py)."""
+    from vllm_forge.image import jit
+    from vllm_forge.image.docker_client import default_docker
+    from vllm_forge.image.inspection import GB
+
+    title = f"{', '.join(info['tags']) or info['id'][7:19]} ({info['size'] / GB:.2f} GB, {info['id'][7:19]})"
+    out: list = [Grid(title, ("label", "value"), tuple(sorted(info["labels"].items()))),
+                 said(f"runs as: {info['user'] or 'root'} (image USER)")]
+    if not info["labels"]:
+        out.append(said(("no labels: not an image baked by vllm-forge", "yellow")))
+    ready, line = jit.jit_summary(jit.image_jit_facts(default_docker(), info["id"]),
+                                  info["labels"].get("org.vllm-forge.sm", "").split(","))
+    return out + [said(("JIT", "green" if ready else "yellow"), f" {line}")]
+
+
+def _said_serve(step: Step, result, seconds: float) -> list:
+    started, healthy, smoke = result
+    out: list = [said(("healthy", "green"), f" after {healthy:.1f}s: {started.url}")]
+    if smoke:
+        out.append(said(f"  /v1/models: {', '.join(smoke.models)}; chat: {smoke.reply[:80]}"))
+    return out
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One step there is: how it is planned (the Step holds its commands and ``execute``), what it says when
+    done, its title where that is not its name. Adding a step is one entry in ``REGISTRY``."""
+
+    name: str
+    plan: Callable[[Settings, Options, tuple[str, ...], list[Step]], Step]
+    report: Callable[[Step, Any, float], list] = lambda step, result, seconds: []
+    title: str = ""
+
+
+# Every step there is, in pipeline order. A task or nox session selects the ones it needs.
+REGISTRY: dict[str, StepKind] = {kind.name: kind for kind in (
+    StepKind("clone", lambda s, o, names, done: _plan_clone(s, o), _said_clone),
+    StepKind("patch", lambda s, o, names, done: _plan_patch(s, o), lambda step, result, seconds: [said(
+        ("patches", "green"), ": " + (", ".join(f"{r.patch.name} {r.status}" for r in result) or "none"))]),
+    StepKind("use-existing-torch", lambda s, o, names, done: _plan_use_existing_torch(s, o),
+             lambda step, result, seconds: [said(("no torch pins left", "green"))]),
+    StepKind("install-build-deps", lambda s, o, names, done: _plan_install_build_deps(s, o),
+             lambda step, result, seconds: [said(("installed", "green"),
+                                                 " " + (", ".join(result) if result else "nothing (all met)"))]),
+    StepKind("build-wheel", lambda s, o, names, done: _plan_build_wheel(s, o), _said_build_wheel),
+    StepKind("check-size", lambda s, o, names, done: _plan_check_size(s, o, names),
+             lambda step, result, seconds: wheel_size_said(result)),
+    StepKind("bake", lambda s, o, names, done: _plan_bake(s, o), _said_bake),
+    StepKind("check-size-image", lambda s, o, names, done: _plan_check_size_image(s, o, done),
+             lambda step, result, seconds: image_size_said(result), title="check-size --image"),
+    StepKind("inspect", lambda s, o, names, done: _plan_inspect(s, o, done),
+             lambda step, result, seconds: labels_said(result)),
+    StepKind("serve", lambda s, o, names, done: _plan_serve(s, o, done), _said_serve),
+)}
+STEPS = tuple(REGISTRY)
+
+
+def title_of(name: str) -> str:
+    return REGISTRY[name].title or name if name in REGISTRY else name
+
+
+def step_said(step: Step, result, seconds: float) -> list:
+    """What a finished step says (``REGISTRY``'s report for it)."""
+    return REGISTRY[step.name].report(step, result, seconds)

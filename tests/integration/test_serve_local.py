@@ -82,12 +82,13 @@ def test_dry_run_shows_every_flag_in_order(tmp_path, model):
 def test_invoke_yaml_may_hold_a_serve_section(tmp_path):
     from invoke import Config
 
+    from vllm_forge.cli._invoke import config_layers
     from vllm_forge.core.config import resolve_config
 
     (tmp_path / "invoke.yaml").write_text("forge:\n  serve:\n    max_model_len: 4096\n")
     config = Config(project_location=str(tmp_path))
     config.load_project()
-    assert resolve_config(config).config.arch  # not refused as an unknown forge key
+    assert resolve_config(config_layers(config)).config.arch  # not refused as an unknown forge key
 
 
 def test_compose_file_carries_the_flags(tmp_path, model):

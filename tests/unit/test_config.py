@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from invoke.config import Config
 
+from vllm_forge.cli._invoke import config_layers
 from vllm_forge.core.config import DEFAULTS, check_git_ref, check_repo_url, resolve_config
 from vllm_forge.core.errors import ForgeError
 
@@ -35,7 +36,7 @@ def test_layers_in_order(tmp_path, monkeypatch):
         env={"INVOKE_FORGE_CUDA": "12.9"},
         monkeypatch=monkeypatch,
     )
-    rc = resolve_config(config, {"max_jobs": 5, "nvcc_threads": None})
+    rc = resolve_config(config_layers(config), {"max_jobs": 5, "nvcc_threads": None})
     assert rc.config.arch == "9.0" and rc.source("arch") == "invoke.yaml"
     assert rc.config.cuda == "12.9" and rc.source("cuda").startswith("environment")
     assert rc.config.max_jobs == 5 and rc.source("max_jobs") == "command line"
@@ -45,7 +46,7 @@ def test_layers_in_order(tmp_path, monkeypatch):
 def test_unknown_key_in_invoke_yaml_is_refused(tmp_path, monkeypatch):
     config = make_invoke_config(tmp_path, project="forge:\n  ach: '9.0'\n", monkeypatch=monkeypatch)
     with pytest.raises(ForgeError, match="unknown forge key"):
-        resolve_config(config, {})
+        resolve_config(config_layers(config), {})
 
 
 @pytest.mark.parametrize("flags, words", [
@@ -177,7 +178,7 @@ def test_a_bad_number_is_named_as_the_user_wrote_it(tmp_path, monkeypatch):
     config = make_invoke_config(tmp_path, project="forge:\n  max_jobs: lots\n", monkeypatch=monkeypatch)
     with pytest.raises(ForgeError, match=r"^max_jobs in invoke\.yaml must be a whole number, got 'lots'\. Fix: "
                                          r"set max_jobs in invoke\.yaml to a whole number \(0 means automatic\)"):
-        resolve_config(config, {})
+        resolve_config(config_layers(config), {})
 
 
 def test_coerce_keeps_empty_strings_empty():
@@ -216,13 +217,13 @@ def test_defaults_are_the_whole_config():
 
 def test_mirrors_key_in_invoke_yaml_is_not_unknown(tmp_path, monkeypatch):
     config = make_invoke_config(tmp_path, project="forge:\n  mirrors: {}\n  arch: '8.0'\n", monkeypatch=monkeypatch)
-    assert resolve_config(config, {}).config.arch == "8.0"
+    assert resolve_config(config_layers(config), {}).config.arch == "8.0"
 
 
 def test_unknown_keys_are_all_named(tmp_path, monkeypatch):
     config = make_invoke_config(tmp_path, project="forge:\n  zeta: 1\n  ach: '9.0'\n", monkeypatch=monkeypatch)
     with pytest.raises(ForgeError, match="unknown forge key.s.: ach, zeta"):
-        resolve_config(config, {})
+        resolve_config(config_layers(config), {})
 
 
 class Layers(dict):
@@ -238,7 +239,7 @@ def test_highest_layer_names_the_source():
     config = Layers({"arch": "8.0", "cuda": "12.9", "build_type": "Debug", "dist_dir": "d", "cache_dir": "c"},
                     _runtime={"arch": "8.0"}, _env={"arch": "7.0", "cuda": "12.9"}, _project={"cuda": "12.6"},
                     _user={"build_type": "Debug", "dist_dir": "x"}, _system={"dist_dir": "d", "cache_dir": "c"})
-    rc = resolve_config(config, {})
+    rc = resolve_config(config_layers(config), {})
     assert rc.config.arch == "8.0" and rc.source("arch") == "runtime file (-f)"
     assert rc.config.cuda == "12.9" and rc.source("cuda") == "environment (INVOKE_FORGE_*)"
     assert rc.source("build_type") == "user invoke file" and rc.config.build_type == "Debug"
@@ -252,7 +253,7 @@ def test_layers_that_are_not_mappings_are_ignored():
     config._project = None
     config._env = {"forge": "not a mapping"}
     config._user = ["not", "a", "mapping"]
-    rc = resolve_config(config, {})
+    rc = resolve_config(config_layers(config), {})
     assert rc.config.arch == "8.0" and rc.source("arch") == "default"
 
 
@@ -266,8 +267,9 @@ def test_source_dir_is_the_given_checkout_else_the_clone(monkeypatch):
 def test_any_object_without_layers_gives_the_defaults():
     from types import SimpleNamespace
 
-    assert resolve_config(SimpleNamespace(), {}).config == resolve_config(None, {}).config
-    assert resolve_config(Layers.__new__(Layers), {}).config.arch == DEFAULTS["arch"]  # no "forge" key at all
+    assert resolve_config(config_layers(SimpleNamespace()), {}).config == resolve_config(None, {}).config
+    no_forge_key = config_layers(Layers.__new__(Layers))
+    assert resolve_config(no_forge_key, {}).config.arch == DEFAULTS["arch"]
 
 
 def test_small_jobs_are_fine():

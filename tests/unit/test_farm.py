@@ -15,6 +15,7 @@ import pytest
 from tests.unit.test_image import checkout  # noqa: F401  (the fixture: a vLLM-like git checkout)
 from vllm_forge.build import compile_cache as cc
 from vllm_forge.build import farm
+from vllm_forge.cli._invoke import config_layers
 from vllm_forge.core.config import resolve_config
 from vllm_forge.core.errors import ForgeError
 
@@ -94,13 +95,13 @@ def test_the_dist_keys_come_from_every_layer(tmp_path, monkeypatch):
     config.load_collection({"forge": dict(DEFAULTS)})
     config.load_project()
     config.load_shell_env()
-    rc = resolve_config(config, {})
+    rc = resolve_config(config_layers(config), {})
     settings = farm.DistSettings.from_config(rc.config)
     assert settings == farm.DistSettings("http://farm.lan:10600", "/etc/forge/client.token", "VLLM_FORGE_DIST_TOKEN",
                                          "/usr/bin/gcc=/srv/gcc.tar.gz")
     assert rc.source("dist_scheduler") == "invoke.yaml" and rc.source("dist_token_file").startswith("environment")
     # --dist-scheduler '' turns it off for one command line
-    assert resolve_config(config, {"dist_scheduler": ""}).config.dist_scheduler == ""
+    assert resolve_config(config_layers(config), {"dist_scheduler": ""}).config.dist_scheduler == ""
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from invoke.config import Config
 
+from vllm_forge.cli._invoke import config_layers
 from vllm_forge.core.config import DEFAULTS, resolve_config
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.image import bake_plan, docker_client
@@ -91,7 +92,7 @@ def test_invoke_yaml_key(tmp_path):
     config = Config(project_location=str(tmp_path))
     config.load_collection({"forge": dict(DEFAULTS)})
     config.load_project()
-    assert resolve_config(config, {}).config.non_root is True
+    assert resolve_config(config_layers(config), {}).config.non_root is True
     assert resolve_config(None, {}).config.non_root is False
 
 

@@ -94,6 +94,7 @@ class BuildRequest:
     patches: list[Path] = field(default_factory=list)  # applied before the build (recorded, keyed)
     targets: list[str] = field(default_factory=list)  # CMake extension targets to build (empty: all of them)
     install_build_deps: bool = False  # unmet build requirements are installed (a step before) instead of refused
+    cmake_args: str = ""  # extra CMake arguments (setup.py reads CMAKE_ARGS); "": the environment's, if any
     dist: DistSettings = field(default_factory=DistSettings)  # a sccache-dist farm to compile on (build/farm.py)
 
 
@@ -225,7 +226,9 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     env[variable] = version
     notes.append(f"version {version} ({variable}): the CUDA and archs are in the wheel's name, so wheels for "
                  "other GPUs or CUDA versions in the same dist/ never replace each other")
-    deps = deps_env(tree, deps_cache)
+    if request.cmake_args:
+        env["CMAKE_ARGS"] = request.cmake_args
+    deps = deps_env(tree, deps_cache, cmake_args=env.get("CMAKE_ARGS"))
     if deps:
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "

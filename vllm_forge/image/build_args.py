@@ -48,6 +48,8 @@ def knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: st
         jobs, threads = auto.max_jobs, auto.nvcc_threads
     values["max_jobs"] = str(jobs)
     values["nvcc_threads"] = str(threads)
+    if request.cmake_args:
+        values["CMAKE_ARGS"] = request.cmake_args
     if request.compile_cache == "sccache":
         values["USE_SCCACHE"] = "1"
     if recipe == "forge":

@@ -73,6 +73,7 @@ class BakeRequest:
     max_jobs: int = 0
     nvcc_threads: int = 0
     build_type: str = "Release"
+    cmake_args: str = ""  # extra CMake arguments: the Dockerfile's ARG CMAKE_ARGS, which setup.py reads
     compile_cache: str = "auto"
     wheel_limit_mb: float = 0  # 0: the recipe's own default
     wheel_check: bool = True
