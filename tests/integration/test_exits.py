@@ -26,9 +26,10 @@ def invoke(*args, cwd=REPO, env=None, timeout=120):
     [sys.executable, "-m", "invoke", "audit", str(FIXTURE_SO), "--arch", "12.0", "--no-torch"],
     [sys.executable, "-m", "invoke", "nccl-diagnose", str(NCCL_LOG), "--json"],
     [sys.executable, "-m", "invoke", "archs"],
+    [sys.executable, "-m", "invoke", "build-wheel", "--help"],
     [sys.executable, "-m", "vllm_forge.nccl.nccl_logs", "diagnose", str(NCCL_LOG)],
     [sys.executable, "-m", "vllm_forge.audit.audit", str(FIXTURE_SO), "--arch", "12.0", "--json", "--no-torch"],
-], ids=["audit --json", "audit", "nccl-diagnose --json", "archs", "nccl_logs.py", "audit.py"])
+], ids=["audit --json", "audit", "nccl-diagnose --json", "archs", "build-wheel --help", "nccl_logs.py", "audit.py"])
 def test_a_closed_pipe_ends_quietly(argv):
     """`... | head -1`: the reader went away. The command stops without a traceback, with a shell's SIGPIPE
     status (141), whatever it was printing (a pipe whose reader has already closed: the first write fails)."""

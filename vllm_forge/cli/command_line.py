@@ -16,7 +16,7 @@ from pathlib import Path
 from vllm_forge.cli import _invoke
 from vllm_forge.cli.flags import task_options
 from vllm_forge.cli.render import err_console, print_error
-from vllm_forge.core.errors import ForgeError
+from vllm_forge.core.errors import ForgeError, quiet_broken_pipe
 
 # A required positional argument's example, for "serve needs MODEL".
 EXAMPLES = {"serve": "invoke serve Qwen/Qwen3-0.6B --image vllm-forge/vllm:TAG",
@@ -92,7 +92,10 @@ def _answer_help(namespace, line: _invoke.CommandLine) -> None:
     tasks = [name for name, _values, _flags in line.tasks_given()]
     name = asked if isinstance(asked, str) and asked in line.task_names else (tasks[-1] if asked and tasks else None)
     if name:
-        print_task_help(namespace[name])
+        try:
+            print_task_help(namespace[name])
+        except BrokenPipeError:  # `invoke build-wheel --help | head`: the reader has all it wanted
+            sys.exit(quiet_broken_pipe())
         sys.exit(0)
 
 
