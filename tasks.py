@@ -260,6 +260,7 @@ def forge_task(*task_args, **task_kwargs):
 # ---- core pipeline (config, clone, use-existing-torch, build-wheel, check-size, plan, demo) ----
 arch_tables = _lazy("vllm_forge.gpu.archs")
 compat = _lazy("vllm_forge.gpu.compat")
+releases = _lazy("vllm_forge.gpu.cuda_release")  # a task's --cuda string becomes a CudaRelease here, once
 pipelines = _lazy("vllm_forge.pipeline")
 # --plot and `report`: figure data from the reports' JSON, drawn with matplotlib (imported only when drawing)
 _figure_data = _lazy("vllm_forge.report.figure_data")
@@ -724,18 +725,19 @@ def _print_farm(cfg) -> None:
 @forge_task(help={"cuda": "show which archs this CUDA version can build"})
 def archs(ctx, cuda=None):
     """List the GPU names this tool knows, their arch, and the CUDA versions that can build them."""
-    if cuda:
-        arch_tables.check_archs_for_cuda([], cuda)  # an unknown CUDA version: one line, not an empty table
+    release = releases.cuda_release(cuda)
+    if release is not None:
+        arch_tables.check_archs_for_cuda([], release)  # an unknown CUDA version: one line, not an empty table
     table = Table("GPU", "arch", "oldest CUDA", "newest CUDA", title="GPU names accepted by --arch")
     seen = set()
     for model in compat.GPU_MODELS.values():
         if model.name in seen:
             continue
         seen.add(model.name)
-        sm = arch_tables.parse_arch_token(model.capability).sm
-        if cuda and sm not in compat.CUDA_ARCHS.get(compat.cuda_minor(cuda), ()):
+        sm = model.arch.sm
+        if release is not None and not compat.compiles(release, sm):
             continue
-        table.add_row(model.name, sm, compat.min_cuda_for(sm) or "-", compat.max_cuda_for(sm) or "-")
+        table.add_row(model.name, sm, str(compat.min_cuda_for(sm) or "-"), str(compat.max_cuda_for(sm) or "-"))
     console.print(table)
 
 
@@ -836,6 +838,7 @@ def audit(ctx, path=None, image=None, arch=None, require=None, json=False, all=F
     archs = list(arch or [])
     if not archs:
         archs = [resolve_config(ctx.config, {}).config.arch]
+    torch_cuda = releases.cuda_release(torch_cuda)
     # --json is read by programs: no spinner thread next to the scan.
     with contextlib.nullcontext() if json else console.status("reading device code..."):
         if image:
@@ -1411,7 +1414,7 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
     import json as json_mod
 
     tree = vllm_tree.inspect_tree(_settings(ctx, vllm_src=vllm_src, checkout_dir=checkout_dir).src)
-    cudas = list(cuda) or ["12.6", "12.8", "12.9", "13.0"]
+    cudas = [releases.CudaRelease.parse(c) for c in cuda] if cuda else list(compat.VLLM_CUDAS)
     if json:
         print(json_mod.dumps(tree.as_dict(cudas), indent=2))
     else:
@@ -1426,7 +1429,7 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
         table = Table("CUDA", "CUDA_SUPPORTED_ARCHS", title="arch gate (CMakeLists.txt)")
         for version in cudas:
             archs = tree.cuda_supported_archs(version)
-            table.add_row(version, ";".join(archs) if archs is not None else "no gate")
+            table.add_row(str(version), ";".join(archs) if archs is not None else "no gate")
         console.print(table)
         console.print("[bold]git dependencies its CMake fetches[/] (name: repository @ pin, local-copy variable)")
         for dep in tree.git_deps:
@@ -1439,7 +1442,7 @@ def inspect_tree(ctx, vllm_src=None, checkout_dir=None, cuda=None, arch=None, js
         for version in cudas:
             tree.check_archs(archs, version)
         console.print(f"[green]{', '.join(a.sm for a in archs)} kept by this vLLM's gate for CUDA "
-                      f"{', '.join(cudas)}[/]")
+                      f"{', '.join(str(c) for c in cudas)}[/]")
 
 
 @forge_task(name="fetch-deps", help={**{k: TREE_FLAG_HELP[k] for k in (

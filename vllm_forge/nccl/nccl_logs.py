@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import ComputeCapability
 
 LEVELS = ("pass", "info", "warn", "fail")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -598,6 +599,16 @@ class Signature:
 
 
 BLACKWELL_NCCL_FIX = compat.NCCL_MIN_FOR_ARCH["12.0"][0]
+
+
+def nccl_floor(capability: str) -> tuple[str, str] | None:
+    """compat's (oldest NCCL, why) for a GPU as a log, nvidia-smi or --gpu-cap names it ("12.0"); None when
+    no row applies or the text is no compute capability."""
+    try:
+        gpu = ComputeCapability.parse(capability)
+    except ForgeError:
+        return None
+    return compat.nccl_min_for_capability(gpu)
 VLLM_NCCL_HINT = ("install a newer NCCL into the image: pip install -U 'nvidia-nccl-cu12>={v}' (CUDA 12.x) or "
                   "'nvidia-nccl-cu13>={v}' (CUDA 13); vLLM loads torch's libnccl.so.2, or the one named by "
                   "VLLM_NCCL_SO_PATH")
@@ -806,7 +817,7 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
 
     matched: set[str] = set()
     for cap in ctx.gpu_caps:
-        row = compat.nccl_min_for_capability(cap)
+        row = nccl_floor(cap)
         if version and row and version < parse_version(row[0]):
             findings.append(Finding(
                 "fail", "nccl-too-old", f"NCCL {version_str(version)} is older than {row[0]}, the first release "

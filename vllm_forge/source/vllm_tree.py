@@ -20,6 +20,11 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.linear_re import compile_linear
+from vllm_forge.gpu import compat
+from vllm_forge.gpu.archs import parse_arch_token
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import SASS, runs_on
 
 MIN_VERSION = "0.8"  # the oldest vLLM this tool builds: first release with requirements/ and docker/
 
@@ -725,28 +730,16 @@ _CONTEXT_NAMES = ("VLLM_TARGET_DEVICE", "VLLM_GPU_LANG", "CUDA_FOUND", "CMAKE_CU
                   "CUDA_VERSION", "CMAKE_CUDA_COMPILER_ID", "HIP_FOUND", "PYTORCH_FOUND_HIP")
 
 
-def cuda_context(cuda: str | None) -> dict[str, str | None]:
+def cuda_context(cuda: CudaRelease | None) -> dict[str, str | None]:
     """The variables a CUDA build of vLLM has when CMakeLists.txt reaches its arch gate."""
     context: dict[str, str | None] = {
         "VLLM_TARGET_DEVICE": "cuda", "VLLM_GPU_LANG": "CUDA", "CUDA_FOUND": "TRUE", "CMAKE_CUDA_COMPILER_ID": "NVIDIA",
         "HIP_FOUND": "FALSE", "PYTORCH_FOUND_HIP": "FALSE",
     }
-    if cuda:
-        context["CMAKE_CUDA_COMPILER_VERSION"] = cuda
-        context["CUDA_VERSION"] = cuda
+    if cuda is not None:
+        context["CMAKE_CUDA_COMPILER_VERSION"] = str(cuda)
+        context["CUDA_VERSION"] = str(cuda)
     return context
-
-
-def _capability_tuple(arch: str) -> tuple[int, int, str] | None:
-    m = re.fullmatch(r"(?:sm_|compute_)?(\d+)\.?(\d)?([af]?)(?:\+PTX)?", arch.strip(), re.IGNORECASE)
-    if not m:
-        return None
-    if m.group(2) is None:  # "120", "sm_120", "90a"
-        digits = m.group(1)
-        if len(digits) < 2:
-            return None
-        return int(digits[:-1]), int(digits[-1]), m.group(3).lower()
-    return int(m.group(1)), int(m.group(2)), m.group(3).lower()
 
 
 # --- the tree ------------------------------------------------------------------------------------------
@@ -787,12 +780,12 @@ class VllmTree:
         dependency that vLLM's own Dockerfile sets it for)."""
         return variable in self.env_vars_read
 
-    def cuda_supported_archs(self, cuda_version: str) -> list[str] | None:
-        """CUDA_SUPPORTED_ARCHS as this CMakeLists sets it for nvcc ``cuda_version``
+    def cuda_supported_archs(self, cuda: CudaRelease) -> list[str] | None:
+        """CUDA_SUPPORTED_ARCHS as this CMakeLists sets it for nvcc of ``cuda``
         (["7.5", "8.0", ..., "12.0"]); None when the checkout has no such gate."""
         if not self.arch_gate:
             return None
-        scope = CMakeScope(cuda_context(cuda_version))
+        scope = CMakeScope(cuda_context(cuda))
         chosen: tuple[str, ...] | None = None
         for branch in self.arch_gate:
             taken = evaluate_guard(branch.guard, scope)
@@ -802,59 +795,49 @@ class VllmTree:
                 chosen = branch.archs
         return list(chosen) if chosen is not None else None
 
-    def gate_arch_for(self, arch: str, cuda_version: str) -> str | None:
-        """What the gate compiles a requested arch as (CMake's loose intersection: the highest
-        supported arch of the same major that is not newer): "12.1" -> "12.0" where only 12.0 is
+    def gate_arch_for(self, arch: CudaArch, cuda: CudaRelease) -> str | None:
+        """What the gate compiles a requested arch as: CMake's loose intersection takes the newest listed arch
+        whose SASS runs on the GPU asked for (vllm_forge/gpu/runs_on.py): "12.1" -> "12.0" where only 12.0 is
         listed; None when this vLLM drops the arch. Any gate-less tree keeps every arch."""
-        supported = self.cuda_supported_archs(cuda_version)
-        want = _capability_tuple(arch)
-        if want is None:
-            raise ForgeError(f"'{arch}' is not a CUDA arch", "use a compute capability such as 12.0 or 9.0a")
+        supported = self.cuda_supported_archs(cuda)
         if supported is None:
-            return f"{want[0]}.{want[1]}{want[2]}"
-        best: tuple[int, int] | None = None
-        for entry in supported:
-            cap = _capability_tuple(entry)
-            if cap and cap[0] == want[0] and cap[1] <= want[1] and (best is None or cap[1] > best[1]):
-                best = (cap[0], cap[1])
-        if best is None:
+            return f"{arch.capability}{arch.variant}"
+        listed = [parse_arch_token(entry) for entry in supported]
+        fit = runs_on([CudaArch(a.major, a.minor) for a in listed if a is not None], arch.gpu)
+        if fit.kind != SASS:
             return None
-        variant = want[2] if best == (want[0], want[1]) else ""
-        return f"{best[0]}.{best[1]}{variant}"
+        variant = arch.variant if fit.code.gpu == arch.gpu else ""
+        return f"{fit.code.capability}{variant}"
 
-    def dropped_archs(self, archs: Iterable, cuda_version: str) -> list[str]:
-        """The requested archs (strings or CudaArch) this vLLM's CMake would silently drop."""
-        dropped = []
-        for arch in archs:
-            text = getattr(arch, "capability", None) or str(arch)
-            if self.gate_arch_for(text, cuda_version) is None:
-                dropped.append(text)
-        return dropped
+    def dropped_archs(self, archs: Iterable[CudaArch], cuda: CudaRelease) -> list[str]:
+        """The requested archs' capabilities this vLLM's CMake would silently drop."""
+        return [arch.capability for arch in archs if self.gate_arch_for(arch, cuda) is None]
 
-    def check_archs(self, archs: Iterable, cuda_version: str) -> None:
+    def check_archs(self, archs: Iterable[CudaArch], cuda: CudaRelease) -> None:
         """Preflight: refuse archs this vLLM version would drop with this CUDA (ForgeError)."""
         archs = list(archs)
-        dropped = self.dropped_archs(archs, cuda_version)
+        dropped = self.dropped_archs(archs, cuda)
         if not dropped:
             return
-        supported = self.cuda_supported_archs(cuda_version) or []
-        newer = [c for c in ("12.8", "12.9", "13.0")
-                 if all(self.gate_arch_for(a, c) is not None for a in dropped)]
-        hint = f"build with CUDA {newer[0]} or newer (--cuda {newer[0]})" if newer and newer[0] != cuda_version else \
+        supported = self.cuda_supported_archs(cuda) or []
+        lost = [arch for arch in archs if arch.capability in dropped]
+        newer = [c for c in compat.known_cudas() if c > cuda.minor_release
+                 and all(self.gate_arch_for(arch, c) is not None for arch in lost)]
+        hint = f"build with CUDA {newer[0]} or newer (--cuda {newer[0]})" if newer else \
             "use a newer vLLM release, or drop those archs"
         raise ForgeError(
             f"vLLM {self.version or '(unknown version)'} compiles no kernels for {', '.join(dropped)} with CUDA "
-            f"{cuda_version}: its CMakeLists.txt accepts only {';'.join(supported)}",
+            f"{cuda}: its CMakeLists.txt accepts only {';'.join(supported)}",
             hint,
         )
 
     @property
-    def cuda_pin(self) -> str | None:
-        """The CUDA release the checkout's own Dockerfile builds with (ARG CUDA_VERSION), e.g. "13.0.2"."""
+    def cuda_pin(self) -> CudaRelease | None:
+        """The CUDA release the checkout's own Dockerfile builds with (ARG CUDA_VERSION), e.g. 13.0.2."""
         value = self.dockerfile_args.get("CUDA_VERSION")
-        return value if value and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) else None
+        return CudaRelease.parse(value) if value and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) else None
 
-    def cuda_targets(self, nvcc: str | None, python: tuple[int, int]):
+    def cuda_targets(self, nvcc: CudaRelease | None, python: tuple[int, int]):
         """The CMake extension targets a CUDA build of this checkout builds with that nvcc and Python
         (vllm_forge/source/setup_reader.py reads setup.py)."""
         from vllm_forge.source.setup_reader import cuda_extension_targets
@@ -889,7 +872,7 @@ class VllmTree:
         label = "vLLM" if self.kind == "vllm" else self.kind
         return f"{label} {self.version or '(version unknown)'}: " + ", ".join(parts)
 
-    def as_dict(self, cudas: Iterable[str] = ("12.6", "12.8", "12.9", "13.0")) -> dict:
+    def as_dict(self, cudas: Iterable[CudaRelease] = compat.VLLM_CUDAS) -> dict:
         data = {
             "root": str(self.root),
             "version": self.version,
@@ -903,7 +886,7 @@ class VllmTree:
             "build_knobs_read": sorted(v for v in BUILD_KNOBS if v in self.env_vars_read),
             "env_var_sources": {k: self.env_var_sources[k] for k in sorted(self.env_var_sources)},
             "version_env": self.version_env,
-            "arch_gate": {c: self.cuda_supported_archs(c) for c in cudas},
+            "arch_gate": {str(c): self.cuda_supported_archs(c) for c in cudas},
             "arch_gate_branches": [{"archs": list(b.archs), "when": b.describe(), "line": b.line}
                                    for b in self.arch_gate],
             "global_ptx_ignored": self.global_ptx_ignored,
@@ -1197,7 +1180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cuda", action="append", help="CUDA version(s) to show the arch gate for")
     args = parser.parse_args(argv)
     tree = inspect_tree(args.path)
-    cudas = args.cuda or ["12.6", "12.8", "12.9", "13.0"]
+    cudas = [CudaRelease.parse(c) for c in args.cuda] if args.cuda else list(compat.VLLM_CUDAS)
     if args.json:
         print(json.dumps(tree.as_dict(cudas), indent=2))
         return 0
