@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.audit import audit
 from vllm_forge.audit.audit import (
     GATED,
@@ -374,7 +375,7 @@ def test_audit_image_scans_the_image_and_its_torch(monkeypatch):
     monkeypatch.setattr(audit, "_docker", lambda docker: f"/bin/{docker or 'docker'}")
     monkeypatch.setattr(audit, "mark_optional", lambda report, path, docker="": seen.update(
         optional=(path, docker)) or report)
-    report = audit.audit_image("img:1", ["12.0"], docker="podman", via="export", torch_cuda="12.8")
+    report = audit.audit_image("img:1", ["12.0"], docker="podman", via="export", torch_cuda=CudaRelease(12, 8))
     assert seen == {"scan": ("img:1", "podman", "export"), "torch": ("img:1", "podman"),
                     "optional": ("img:1", "/bin/podman")}
     assert report.source == "image img:1" and report.torch.verdict == {"sm_120": NATIVE} and report.ok
@@ -401,7 +402,7 @@ def test_main_passes_every_option_through(monkeypatch, capsys):
     assert audit.main(["dist", "--arch", "12.0", "--arch", "9.0", "--require", "*_C*", "--max-inflate", "16G",
                        "--torch-cuda", "12.8", "--no-torch"]) == 0
     assert calls.pop() == ("path", "dist", ["12.0", "9.0"], {"require": ["*_C*"], "torch": False,
-                                                             "max_inflate": "16G", "torch_cuda": "12.8"})
+                                                             "max_inflate": "16G", "torch_cuda": CudaRelease(12, 8)})
     assert capsys.readouterr().out.splitlines()[-1].startswith("OK: 1 required")
     assert audit.main(["dist", "--arch", "12.0"]) == 0
     assert calls.pop() == ("path", "dist", ["12.0"], {"require": [], "torch": True, "max_inflate": "8G",

@@ -1182,6 +1182,7 @@ def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *,
         _torch_verdicts(torch, targets)
     if torch_cuda is None and torch is not None and torch.cuda:
         torch_cuda = CudaRelease.parse_or_none(torch.cuda)
+    torch_cuda = torch_cuda.minor_release if torch_cuda is not None else None  # per-CUDA variants name the minor
     report = AuditReport(source=source, targets=targets, files=files, torch=torch,
                          missing=[g for g in require if g not in matched], torch_cuda=torch_cuda)
     _judge_variants(report)

@@ -605,7 +605,7 @@ def nccl_floor(capability: str) -> tuple[str, str] | None:
     """compat's (oldest NCCL, why) for a GPU as a log, nvidia-smi or --gpu-cap names it ("12.0"); None when
     no row applies or the text is no compute capability."""
     try:
-        gpu = ComputeCapability.parse(capability)
+        gpu = ComputeCapability.parse(".".join(str(capability).split(".")[:2]))  # a "12.0.1" some tools print
     except ForgeError:
         return None
     return compat.nccl_min_for_capability(gpu)
