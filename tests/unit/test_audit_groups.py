@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.audit import audit
 from vllm_forge.audit.fatbin import list_device_code
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TU_PARTIAL = FIXTURES / "gpu_tu_partial"

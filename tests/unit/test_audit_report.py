@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.audit import audit
 from vllm_forge.audit.audit import (
     GATED,
@@ -28,6 +27,7 @@ from vllm_forge.audit.audit import (
     TorchArchs,
 )
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0, "RTX 5090", "rtx5090")

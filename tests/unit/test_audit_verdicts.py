@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_forge.gpu.cuda_arch import CudaArch
-from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.audit import audit
 from vllm_forge.audit.audit import (
     GATED,
@@ -25,6 +23,8 @@ from vllm_forge.audit.audit import (
 )
 from vllm_forge.audit.fatbin import DeviceCode, DeviceImage, FatBinary
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0)
@@ -76,7 +76,6 @@ def test_an_arch_no_gpu_has_is_refused_naming_the_nearest():
     assert problem.startswith("'13.0' (sm_130) is not the arch of any NVIDIA GPU this tool knows; the nearest known "
                               "are sm_12")
     from vllm_forge.gpu import compat
-
     from vllm_forge.gpu.cuda_arch import ComputeCapability
 
     near = ", ".join(f"{cc.sm} ({cc})" for cc in compat.nearest_capabilities(ComputeCapability(13, 0)))

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 from vllm_forge.image.mirrors import load_mirror, rewrite_git_url, rewrite_image
 

@@ -53,7 +53,8 @@ def test_a_cuda_build_with_a_new_nvcc_and_python():
 def test_conditions_on_nvcc_and_python_are_decided_and_unknown_ones_are_kept_with_their_text():
     names = [t for t, _, _ in targets(python=(3, 10), nvcc=CudaRelease.parse("12.2"))]
     assert "fs_io_C" not in names and "_vllm_fa3_C" not in names
-    [flashmla] = [t for t in setup_reader.cuda_extension_targets(SETUP, nvcc=CudaRelease.parse("13.0")) if t.target == "_flashmla_C"]
+    found = setup_reader.cuda_extension_targets(SETUP, nvcc=CudaRelease.parse("13.0"))
+    [flashmla] = [t for t in found if t.target == "_flashmla_C"]
     assert flashmla.condition == "platform.machine() == 'x86_64'"
     undecided = {t.target: t.condition for t in setup_reader.cuda_extension_targets(SETUP, nvcc=None)}
     assert "get_nvcc_cuda_version()" in undecided["_vllm_fa3_C"]

@@ -75,7 +75,8 @@ def timed_build(src: Path, dist: Path, *, arch: str, cache: str, cache_dir: Path
     from vllm_forge.build.farm import DistSettings
     from vllm_forge.gpu.archs import parse_arch_list
 
-    request = BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list(arch), compile_cache=cache, cache_dir=cache_dir,
+    request = BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list(arch), compile_cache=cache,
+                           cache_dir=cache_dir,
                            max_jobs=max_jobs, extra_env={"MINIVLLM_BENCH_WORK": str(work)} if work else {},
                            log_dir=dist.parent / "logs", reuse=reuse, dist=farm or DistSettings())
     plan = plan_build(request)
@@ -139,7 +140,8 @@ def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str
         # The same CA `invoke bake` passes by default: builds here reach PyPI only through a TLS proxy.
         ca_bundle, _origin = default_ca_bundle()
         request = BakeRequest(src=src, archs=parse_arch_list(SINGLE_ARCH), cuda=STANDIN_CUDA,
-                              base_image=standins["build"], runtime_image=standins["runtime"], context_dir=workdir / "bake",
+                              base_image=standins["build"], runtime_image=standins["runtime"],
+                              context_dir=workdir / "bake",
                               dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest", ca_bundle=ca_bundle)
         tail: list[str] = []
 
