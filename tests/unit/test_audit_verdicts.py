@@ -285,7 +285,7 @@ def test_torch_in_the_report_and_its_cuda_picks_the_variant():
     picked = audit.build_report("d", files, [SM120], torch_cuda=CudaRelease(12, 1))
     assert [f.variant["role"] for f in picked.files] == ["selected", "alternative"] and not picked.ok
     no_cuda = audit.build_report("d", files, [SM120], torch=TorchArchs("this Python", version="2.8.0"))
-    assert no_cuda.torch_cuda == ""
+    assert no_cuda.torch_cuda is None
 
 
 def test_variants_without_torchs_cuda_need_one_that_runs():

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.build import build_times, ninja_log
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_BUILD = FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt"
@@ -137,16 +139,16 @@ def test_plan_build_times_nvcc_except_through_sccache(tmp_path, monkeypatch):
     (src / "setup.py").write_text("print('x')\n")
     (src / "CMakeLists.txt").write_text("project(x)\n")
     monkeypatch.setattr(cc.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), "13.0", "13.0.88", Path("/usr/local/cuda"),
-                                     False, {})
+    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), CudaRelease(13, 0), "13.0.88",
+                                     Path("/usr/local/cuda"), False, {})
     monkeypatch.setattr(build_wheel, "find_cuda_toolchain", lambda: fake)
     monkeypatch.setattr(build_wheel, "has_git_tags", lambda _src: True)
     monkeypatch.delenv("NVCC_APPEND_FLAGS", raising=False)
 
     def plan(cache):
         return build_wheel.plan_build(build_wheel.BuildRequest(
-            src=src, dist_dir=tmp_path / "dist", arch="9.0;12.0", compile_cache=cache, cache_dir=tmp_path / "c",
-            max_jobs=1), check_tools=False)
+            src=src, dist_dir=tmp_path / "dist", archs=parse_arch_list("9.0;12.0"), compile_cache=cache,
+            cache_dir=tmp_path / "c", max_jobs=1), check_tools=False)
 
     for cache in ("ccache", "none"):
         timed = plan(cache)
