@@ -28,6 +28,7 @@ from vllm_forge.build.build_wheel import BuildRequest, plan_build
 from vllm_forge.core import forge_cache
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import run_plan
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout
 from vllm_forge.source.vllm_tree import BUILD_KNOBS, inspect_tree
 
@@ -179,7 +180,8 @@ def _clone(release_repo, version: str, tmp_path: Path):
 
 
 def _dry_run(dest: Path, tmp_path: Path):
-    return plan_build(BuildRequest(src=dest, dist_dir=tmp_path / "dist", arch="12.0", cache_dir=tmp_path / "cache"),
+    return plan_build(BuildRequest(src=dest, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"),
+                                   cache_dir=tmp_path / "cache"),
                       check_tools=False)
 
 
