@@ -32,11 +32,11 @@ from pathlib import Path
 
 from vllm_forge.build import build_times
 from vllm_forge.build.build_estimate import estimate_note
+from vllm_forge.build.build_times import CompileTimes, TimingWatch
 from vllm_forge.build.cmake_build_dir import (
-    BuildTiming,
-    TimingWatch,
     compile_settings,
     earlier_build,
+    python_suffix,
     record_settings,
     resume_note,
 )
@@ -119,14 +119,26 @@ class BuildPlan:
     targets: list[ExtensionTarget] = field(default_factory=list)  # --targets, resolved (empty: every target)
     left_out: list[str] = field(default_factory=list)  # targets of a CUDA build that --targets leaves out
     targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
-    timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
-    build_times: dict | None = None  # slowest units and per-arch compile time (build_times.collect; by run_build)
+    # where the run's compile time went (set by run_build, also when it failed): what `timing` and `build_times` read
+    compile_times: CompileTimes | None = None
     dist: DistPlan | None = None  # distributed compiles: the farm's state and sccache's client config
     local_parallelism: Parallelism | None = None  # MAX_JOBS for this machine alone (the farm may raise it)
 
     @property
     def commands(self) -> list[Command]:
         return [self.command]
+
+    @property
+    def timing(self) -> CompileTimes | None:
+        """The run's compile times when it compiled kernels in a CMake build dir: the end-of-build report and the
+        wheel's build info; None otherwise (kernels reused, nothing configured)."""
+        times = self.compile_times
+        return times if times is not None and times.timed and times.build_dir is not None else None
+
+    @property
+    def build_times(self) -> dict | None:
+        """The run's ``build-times`` record (run records, the build figure, bench); None before a run."""
+        return self.compile_times.record() if self.compile_times is not None else None
 
 
 def tree_needs_torch(src: Path) -> bool:
@@ -433,22 +445,20 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
             on_line(plan.dist.probe.line())
     cache_session = CacheSession(plan.compile_cache, plan.env, distributed=plan.dist is not None)
     src = Path(plan.request.src).expanduser()
-    watch = None
-    if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
-        settings = compile_settings(decision.key.inputs, plan.compile_cache)
+    compiles = bool(not decision.source and decision.key)  # kernels compile: ninja's record of this build
+    settings = compile_settings(decision.key.inputs, plan.compile_cache) if compiles else {}
+    if compiles:
         record_settings(src, settings)
-        watch = TimingWatch(src, settings)
+    watch = TimingWatch(src, python_suffix(settings), timed=compiles)
     try:
         with client_config(plan.dist if not decision.source else None):
             cache_session.start()  # counters before, so the figures are this build's
-            build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
-            started = time.time()
+            watch.start()  # under the checkout's lock: never another build's times
             try:
                 run_command(plan.command, on_line=on_line, log_path=log_path)
             finally:
                 plan.cache_report = cache_session.finish()
-                plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
-                plan.build_times = build_times.collect(plan.request.src, since=started)
+                plan.compile_times = watch.finish()  # a failed or interrupted build is timed too
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -868,7 +878,7 @@ def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict
     if decision and decision.source:
         info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
     if plan.timing is not None:
-        info["compile_times"] = plan.timing.summary()
+        info["compile_times"] = plan.timing.build_info()
     return info
 
 
