@@ -251,152 +251,171 @@ def _not(a: bool | None) -> bool | None:
     return None if a is None else not a
 
 
+def _operand_value(tok: CMakeArg, scope: CMakeScope) -> str | None:
+    """An operand of a comparison as a string: a variable's value when it names one, else the text itself."""
+    text = scope.expand(tok.value)
+    if text is None:
+        return None
+    if not tok.quoted and _IDENT.fullmatch(text) and text == tok.value:
+        if text in scope.vars:
+            return scope.vars[text]
+        if text.upper() in _TRUE_CONSTANTS | _FALSE_CONSTANTS or re.fullmatch(r"[\d.]+", text):
+            return text
+        return "" if _assumed_unset(text) else None
+    return text
+
+
+def _truth(tok: CMakeArg, scope: CMakeScope) -> bool | None:
+    """A lone word's truth: a constant's, else the variable it names (``if(FOO)``)."""
+    text = scope.expand(tok.value)
+    if text is None:
+        return None
+    upper = text.upper()
+    if upper in _TRUE_CONSTANTS or re.fullmatch(r"-?\d+(\.\d+)*", text) and float(text.split(".")[0] or 0) != 0:
+        return True
+    if upper in _FALSE_CONSTANTS or upper.endswith("-NOTFOUND") or re.fullmatch(r"-?0+(\.0+)*", text):
+        return False
+    if tok.quoted:
+        return False  # a quoted string that is no true constant is false (CMP0054)
+    if text in scope.vars:
+        value = scope.vars[text]
+        if value is None:
+            return None
+        value_upper = value.upper()
+        return not (value_upper in _FALSE_CONSTANTS or value_upper.endswith("-NOTFOUND"))
+    return False if _assumed_unset(text) else None
+
+
+def _compare_versions(op: str, left: str, right: str) -> bool | None:
+    a, b = _version_tuple(left), _version_tuple(right)
+    if a is None or b is None:
+        return None
+    width = max(len(a), len(b))
+    a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
+    return {"VERSION_EQUAL": a == b, "VERSION_LESS": a < b, "VERSION_GREATER": a > b,
+            "VERSION_LESS_EQUAL": a <= b, "VERSION_GREATER_EQUAL": a >= b}[op]
+
+
+def _compare(op: str, left: str | None, right: str | None) -> bool | None:
+    """A binary test of ``if()`` on two operand values; None when one is unknown or the test is not read."""
+    if left is None or right is None:
+        return None
+    if op == "STREQUAL":
+        return left == right
+    if op == "MATCHES":  # the tree's own regex: RE2, linear time; one RE2 does not take is undecided
+        regex = compile_linear(right)
+        return None if regex is None else regex.search(left) is not None
+    if op == "IN_LIST":
+        return None
+    if op.startswith("VERSION_"):
+        return _compare_versions(op, left, right)
+    if op in ("EQUAL", "LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL"):
+        try:
+            x, y = float(left), float(right)
+        except ValueError:
+            return False
+        return {"EQUAL": x == y, "LESS": x < y, "GREATER": x > y, "LESS_EQUAL": x <= y,
+                "GREATER_EQUAL": x >= y}[op]
+    if op.startswith("STR"):
+        return {"STRLESS": left < right, "STRGREATER": left > right, "STRLESS_EQUAL": left <= right,
+                "STRGREATER_EQUAL": left >= right}[op]
+    return None
+
+
+class _Condition:
+    """A recursive-descent reader of one ``if()`` condition, CMake's precedence: parentheses, unary tests,
+    binary tests, NOT, AND, OR."""
+
+    def __init__(self, tokens: list[CMakeArg], scope: CMakeScope):
+        self.tokens, self.scope = tokens, scope
+        self.pos = 0
+        self.depth = 0  # of parentheses: past MAX_DEPTH the condition is undecided (and Python's stack is safe)
+        self.too_deep = False
+
+    def peek(self) -> CMakeArg | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> CMakeArg:
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def at(self, words) -> bool:
+        tok = self.peek()
+        return tok is not None and not tok.quoted and tok.value in words
+
+    def parenthesised(self) -> bool | None:
+        self.take()
+        if self.depth >= MAX_DEPTH:
+            self.too_deep = True
+            return None
+        self.depth += 1
+        value = self.or_expr()
+        self.depth -= 1
+        if self.at({")"}):
+            self.take()
+        return value
+
+    def unary(self) -> bool | None:
+        op = self.take().value
+        target = self.take() if self.peek() is not None else CMakeArg("")
+        if op == "DEFINED":
+            if re.fullmatch(r"ENV\{(\w+)\}", target.value):
+                return False
+            cache = re.fullmatch(r"CACHE\{(\w+)\}", target.value)
+            return self.scope.is_defined(cache.group(1) if cache else target.value)
+        if op == "POLICY":
+            return True
+        return None
+
+    def primary(self) -> bool | None:
+        if self.peek() is None:
+            return None
+        if self.at({"("}):
+            return self.parenthesised()
+        if self.at(_UNARY):
+            return self.unary()
+        left_tok = self.take()
+        if not self.at(_BINARY):
+            return _truth(left_tok, self.scope)
+        op = self.take().value
+        right_tok = self.take() if self.peek() is not None else CMakeArg("")
+        if op == "IN_LIST":
+            return None
+        right = right_tok.value if op == "MATCHES" and not right_tok.quoted else None
+        right = right if right is not None else _operand_value(right_tok, self.scope)
+        return _compare(op, _operand_value(left_tok, self.scope), right)
+
+    def not_expr(self) -> bool | None:
+        negate = False
+        while self.at({"NOT"}):  # a loop: a thousand NOTs are no thousand stack frames
+            self.take()
+            negate = not negate
+        value = self.primary()
+        return _not(value) if negate else value
+
+    def and_expr(self) -> bool | None:
+        value = self.not_expr()
+        while self.at({"AND"}):
+            self.take()
+            value = _and(value, self.not_expr())
+        return value
+
+    def or_expr(self) -> bool | None:
+        value = self.and_expr()
+        while self.at({"OR"}):
+            self.take()
+            value = _or(value, self.and_expr())
+        return value
+
+
 def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | None:
     """CMake ``if()`` semantics in three values: True, False, or None when it depends on the unknown."""
     tokens = list(args)
-    pos = 0
-    depth = 0  # of parentheses: past MAX_DEPTH the condition is undecided (and Python's stack is safe)
-    too_deep = False
-
-    def peek() -> CMakeArg | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> CMakeArg:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def keyword(tok: CMakeArg | None, words) -> bool:
-        return tok is not None and not tok.quoted and tok.value in words
-
-    def operand_value(tok: CMakeArg) -> str | None:
-        """An operand as a string: a variable's value when it names one, else the text itself."""
-        text = scope.expand(tok.value)
-        if text is None:
-            return None
-        if not tok.quoted and _IDENT.fullmatch(text) and text == tok.value:
-            if text in scope.vars:
-                return scope.vars[text]
-            if text.upper() in _TRUE_CONSTANTS | _FALSE_CONSTANTS or re.fullmatch(r"[\d.]+", text):
-                return text
-            return "" if _assumed_unset(text) else None
-        return text
-
-    def truth(tok: CMakeArg) -> bool | None:
-        text = scope.expand(tok.value)
-        if text is None:
-            return None
-        upper = text.upper()
-        if upper in _TRUE_CONSTANTS or re.fullmatch(r"-?\d+(\.\d+)*", text) and float(text.split(".")[0] or 0) != 0:
-            return True
-        if upper in _FALSE_CONSTANTS or upper.endswith("-NOTFOUND") or re.fullmatch(r"-?0+(\.0+)*", text):
-            return False
-        if tok.quoted:
-            return False  # a quoted string that is no true constant is false (CMP0054)
-        if text in scope.vars:
-            value = scope.vars[text]
-            if value is None:
-                return None
-            value_upper = value.upper()
-            return not (value_upper in _FALSE_CONSTANTS or value_upper.endswith("-NOTFOUND"))
-        return False if _assumed_unset(text) else None
-
-    def compare(op: str, left: str | None, right: str | None) -> bool | None:
-        if left is None or right is None:
-            return None
-        if op == "STREQUAL":
-            return left == right
-        if op == "MATCHES":  # the tree's own regex: RE2, linear time; one RE2 does not take is undecided
-            regex = compile_linear(right)
-            return None if regex is None else regex.search(left) is not None
-        if op == "IN_LIST":
-            return None
-        if op.startswith("VERSION_"):
-            a, b = _version_tuple(left), _version_tuple(right)
-            if a is None or b is None:
-                return None
-            width = max(len(a), len(b))
-            a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
-            return {"VERSION_EQUAL": a == b, "VERSION_LESS": a < b, "VERSION_GREATER": a > b,
-                    "VERSION_LESS_EQUAL": a <= b, "VERSION_GREATER_EQUAL": a >= b}[op]
-        if op in ("EQUAL", "LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL"):
-            try:
-                x, y = float(left), float(right)
-            except ValueError:
-                return False
-            return {"EQUAL": x == y, "LESS": x < y, "GREATER": x > y, "LESS_EQUAL": x <= y,
-                    "GREATER_EQUAL": x >= y}[op]
-        if op.startswith("STR"):
-            return {"STRLESS": left < right, "STRGREATER": left > right, "STRLESS_EQUAL": left <= right,
-                    "STRGREATER_EQUAL": left >= right}[op]
-        return None
-
-    def primary() -> bool | None:
-        nonlocal depth, too_deep
-        tok = peek()
-        if tok is None:
-            return None
-        if keyword(tok, {"("}):
-            take()
-            if depth >= MAX_DEPTH:
-                too_deep = True
-                return None
-            depth += 1
-            value = or_expr()
-            depth -= 1
-            if keyword(peek(), {")"}):
-                take()
-            return value
-        if keyword(tok, _UNARY):
-            op = take().value
-            target = take() if peek() is not None else CMakeArg("")
-            if op == "DEFINED":
-                env = re.fullmatch(r"ENV\{(\w+)\}", target.value)
-                if env:
-                    return False
-                cache = re.fullmatch(r"CACHE\{(\w+)\}", target.value)
-                return scope.is_defined(cache.group(1) if cache else target.value)
-            if op == "POLICY":
-                return True
-            return None
-        left_tok = take()
-        nxt = peek()
-        if keyword(nxt, _BINARY):
-            op = take().value
-            right_tok = take() if peek() is not None else CMakeArg("")
-            if op == "IN_LIST":
-                return None
-            right = right_tok.value if op == "MATCHES" and not right_tok.quoted else None
-            right = right if right is not None else operand_value(right_tok)
-            return compare(op, operand_value(left_tok), right)
-        return truth(left_tok)
-
-    def not_expr() -> bool | None:
-        negate = False
-        while keyword(peek(), {"NOT"}):  # a loop: a thousand NOTs are no thousand stack frames
-            take()
-            negate = not negate
-        value = primary()
-        return _not(value) if negate else value
-
-    def and_expr() -> bool | None:
-        value = not_expr()
-        while keyword(peek(), {"AND"}):
-            take()
-            value = _and(value, not_expr())
-        return value
-
-    def or_expr() -> bool | None:
-        value = and_expr()
-        while keyword(peek(), {"OR"}):
-            take()
-            value = _or(value, and_expr())
-        return value
-
     if not tokens:
         return False
-    value = or_expr()
-    return None if too_deep else value
+    condition = _Condition(tokens, scope)
+    value = condition.or_expr()
+    return None if condition.too_deep else value
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
