@@ -1537,10 +1537,26 @@ _NOT_CAUSES = {"busbw", "transport", "nccl-tests-failed", "exit-status", "unreco
                "unrecognised-warn", "unrecognised-error"}
 
 
-def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
-    """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
-    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
-    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+@dataclass
+class _Gathered:
+    """Every file's facts, correlated once: what each candidate cause of ``find_root_cause`` weighs."""
+
+    reports: list[FileReport]
+    ctx: Context
+    logs: list  # (report, NcclLog) of every rank's NCCL log
+    runs: list  # (report, NcclTestsRun) of every benchmark table
+    env: dict[str, str]  # the NCCL settings in force: the environment file's, then each log's own
+    measured: float | None  # the best bus bandwidth of a multi-rank run, GB/s
+    expected: float | None  # what the slowest link between the GPUs carries (compat's link model)
+    link: str | None  # that link ("NV18", "PIX", ...)
+    base: dict  # the fields every RootCause carries
+
+    @property
+    def share(self) -> float | None:
+        return self.measured / self.expected if self.measured is not None and self.expected else None
+
+
+def _gather(reports: list[FileReport], ctx: Context | None) -> _Gathered:
     if ctx is None:
         ctx = Context()
         for report in reports:
@@ -1552,7 +1568,6 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     for _, log in logs:
         env.update(log.env)
     weighed = [f"{name}={value}: {SETTINGS[name].effect}" for name, value in sorted(env.items()) if name in SETTINGS]
-
     measured = None
     for _, run in runs:
         peak = run.peak_busbw() if run.ranks > 1 else None
@@ -1563,9 +1578,12 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     expected, how, source = link_peak_gbps(link, capability, ctx.pcie_gen, ctx.pcie_width) if link else (None, "", "")
     base = {"measured": measured, "expected": expected, "expected_how": how, "expected_source": source,
             "weighed": weighed}
+    return _Gathered(reports, ctx, logs, runs, env, measured, expected, link, base)
 
-    # 1. a failure a signature names: the most specific evidence there is
-    for report in reports:
+
+def _cause_a_signature_names(g: _Gathered) -> RootCause | None:
+    """A failure a signature names: the most specific evidence there is."""
+    for report in g.reports:
         for finding in report.findings:
             if finding.level == "fail" and finding.check not in _NOT_CAUSES:
                 evidence = []
@@ -1574,90 +1592,124 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
                         or [f"{report.path}: {hit}"]
                 return RootCause("fail", finding.message, finding.fix + (f" (see {finding.source})"
                                                                          if finding.source else ""),
-                                 evidence, **base)
+                                 evidence, **g.base)
+    return None
 
-    # 2. a rank that never joined
+
+def _cause_a_rank_never_joined(g: _Gathered) -> RootCause | None:
     seen: set[int] = set()
     nranks = 0
-    for _, log in logs:
+    for _, log in g.logs:
         seen |= set(log.ranks)
         nranks = max(nranks, log.nranks or 0)
-    timed_out = [(r, f) for r in reports for f in r.findings if f.level == "fail"
+    timed_out = [(r, f) for r in g.reports for f in r.findings if f.level == "fail"
                  and re.search(r"timeout|did not finish", f.message + " ".join(f.evidence), re.IGNORECASE)]
-    if logs and nranks > len(seen) and (timed_out or not any(log.init_complete for _, log in logs)):
-        missing = sorted(set(range(nranks)) - seen)
-        evidence = [e for r, _ in logs for e in _evidence(r, "Init START")][:2]
-        evidence += [e for r, _ in timed_out for e in _evidence(r, re.compile("timeout", re.IGNORECASE))][:1]
-        return RootCause("fail", f"rank(s) {', '.join(map(str, missing))} of {nranks} never joined the "
-                         f"communicator: rank(s) {', '.join(map(str, sorted(seen)))} started it (Init START) and "
-                         "waited", "start every rank (same world size, reachable MASTER_ADDR/MASTER_PORT, every "
-                         "GPU visible: CUDA_VISIBLE_DEVICES) and read the missing rank's own output", evidence, **base)
+    if not (g.logs and nranks > len(seen) and (timed_out or not any(log.init_complete for _, log in g.logs))):
+        return None
+    missing = sorted(set(range(nranks)) - seen)
+    evidence = [e for r, _ in g.logs for e in _evidence(r, "Init START")][:2]
+    evidence += [e for r, _ in timed_out for e in _evidence(r, re.compile("timeout", re.IGNORECASE))][:1]
+    return RootCause("fail", f"rank(s) {', '.join(map(str, missing))} of {nranks} never joined the "
+                     f"communicator: rank(s) {', '.join(map(str, sorted(seen)))} started it (Init START) and "
+                     "waited", "start every rank (same world size, reachable MASTER_ADDR/MASTER_PORT, every "
+                     "GPU visible: CUDA_VISIBLE_DEVICES) and read the missing rank's own output", evidence, **g.base)
 
-    # 3. the transport judged against the topology
-    for report, log in logs:
-        for finding in _transport_findings(log, ctx):
-            if finding.level in ("fail", "warn"):
-                evidence = []
-                for name in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL"):
-                    if name in log.env:
-                        evidence += _evidence(report, f"{name} set by environment")
-                evidence += _evidence(report, f"via {sorted(log.transports)[0]}")
-                for topo_report, matrix in _parsed(reports, ("topo", "p2p")):
-                    pairs = matrix.gpu_pairs() if isinstance(matrix, TopoMatrix) else []
-                    if pairs:
-                        evidence += _evidence(topo_report, re.compile(rf"^\s*{pairs[0][0]}\s+X\b"))
-                kinds = {name.split("/")[0] for name in log.transports}
-                names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in env
-                         and SETTINGS[r].harmful(env[r])]
-                via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
-                links = ", ".join(p2p_expected(ctx)) or "one host"
-                gpus = f"the GPUs are {links}-connected" if p2p_expected(ctx) else "the ranks share one host"
-                cause = (f"{gpus} but NCCL sent the traffic through {via}"
-                         + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
-                            if names else f": {finding.message.split('why: ', 1)[-1]}"))
-                return RootCause(finding.level, cause, finding.fix, evidence, **base)
 
-    # 4. bandwidth short of the link model: weigh every setting that can explain it
-    share = measured / expected if measured is not None and expected else None
-    if share is not None and share < compat.BUSBW_SHARE["good"]:
-        level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
-        candidates = weigh_settings(env)
-        table, cited = next((r, run) for r, run in runs if run.peak_busbw() == measured)
-        evidence = _evidence(table, re.compile(rf"^\s*{cited.large_rows()[-1].size}\s"))  # the cited table's row
-        if candidates:
-            _, setting, why = candidates[0]
-            name = setting.split("=")[0]
-            for report, log in logs:
+def _cause_the_transport(g: _Gathered) -> RootCause | None:
+    """The transport NCCL picked, judged against the topology."""
+    for report, log in g.logs:
+        for finding in _transport_findings(log, g.ctx):
+            if finding.level not in ("fail", "warn"):
+                continue
+            evidence = []
+            for name in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL"):
                 if name in log.env:
-                    evidence = _evidence(report, f"{name} set by environment") + evidence
-                    break
-            return RootCause(level, f"{why}: bus bandwidth fell short of the link", f"unset {name}", evidence,
-                             **base)
-        if link in ("PIX", "PXB"):
-            return RootCause(level, "P2P over the PCIe switch runs far below the PCIe model and no NCCL setting "
-                             "explains it: ACS or the IOMMU redirects peer traffic through the root complex",
-                             "check `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; disable ACS "
-                             "on the switches (setpci) or run the IOMMU in passthrough (iommu=pt)", evidence, **base)
-        return RootCause(level, "bus bandwidth fell short of the link and no NCCL setting explains it",
-                         "check the PCIe link under load (nvidia-smi -q: GPU Link Info, generation and width), "
-                         "other jobs on the GPUs, and `nvidia-smi topo -p2p r`", evidence, **base)
+                    evidence += _evidence(report, f"{name} set by environment")
+            evidence += _evidence(report, f"via {sorted(log.transports)[0]}")
+            for topo_report, matrix in _parsed(g.reports, ("topo", "p2p")):
+                pairs = matrix.gpu_pairs() if isinstance(matrix, TopoMatrix) else []
+                if pairs:
+                    evidence += _evidence(topo_report, re.compile(rf"^\s*{pairs[0][0]}\s+X\b"))
+            kinds = {name.split("/")[0] for name in log.transports}
+            names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in g.env
+                     and SETTINGS[r].harmful(g.env[r])]
+            via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
+            links = ", ".join(p2p_expected(g.ctx)) or "one host"
+            gpus = f"the GPUs are {links}-connected" if p2p_expected(g.ctx) else "the ranks share one host"
+            cause = (f"{gpus} but NCCL sent the traffic through {via}"
+                     + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
+                        if names else f": {finding.message.split('why: ', 1)[-1]}"))
+            return RootCause(finding.level, cause, finding.fix, evidence, **g.base)
+    return None
 
-    # 5. a warning is the worst there is
-    for report in reports:
+
+def _cause_short_bandwidth(g: _Gathered) -> RootCause | None:
+    """Bandwidth short of the link model: weigh every setting that can explain it."""
+    share = g.share
+    if share is None or share >= compat.BUSBW_SHARE["good"]:
+        return None
+    level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
+    candidates = weigh_settings(g.env)
+    table, cited = next((r, run) for r, run in g.runs if run.peak_busbw() == g.measured)
+    evidence = _evidence(table, re.compile(rf"^\s*{cited.large_rows()[-1].size}\s"))  # the cited table's row
+    if candidates:
+        _, setting, why = candidates[0]
+        name = setting.split("=")[0]
+        for report, log in g.logs:
+            if name in log.env:
+                evidence = _evidence(report, f"{name} set by environment") + evidence
+                break
+        return RootCause(level, f"{why}: bus bandwidth fell short of the link", f"unset {name}", evidence,
+                         **g.base)
+    if g.link in ("PIX", "PXB"):
+        return RootCause(level, "P2P over the PCIe switch runs far below the PCIe model and no NCCL setting "
+                         "explains it: ACS or the IOMMU redirects peer traffic through the root complex",
+                         "check `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; disable ACS "
+                         "on the switches (setpci) or run the IOMMU in passthrough (iommu=pt)", evidence, **g.base)
+    return RootCause(level, "bus bandwidth fell short of the link and no NCCL setting explains it",
+                     "check the PCIe link under load (nvidia-smi -q: GPU Link Info, generation and width), "
+                     "other jobs on the GPUs, and `nvidia-smi topo -p2p r`", evidence, **g.base)
+
+
+def _cause_a_warning(g: _Gathered) -> RootCause | None:
+    """A warning, when it is the worst there is."""
+    for report in g.reports:
         for finding in report.findings:
             if finding.level in ("warn", "fail"):
                 return RootCause(finding.level, f"{report.path}: {finding.message}", finding.fix,
-                                 [f"{report.path}: {e}" for e in finding.evidence[:1]], **base)
-    if measured is not None and expected:
-        transports = sorted({name for _, log in logs for name in log.transports})
-        carried = f"{link} carried {', '.join(transports)}; " if transports else ""
-        ranks = max(run.ranks for _, run in runs)
-        return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {share:.0%} of the link model", "", [],
-                         **base)
-    if runs and all(run.ranks <= 1 for _, run in runs):
+                                 [f"{report.path}: {e}" for e in finding.evidence[:1]], **g.base)
+    return None
+
+
+def _no_cause(g: _Gathered) -> RootCause:
+    """Nothing failed: how healthy the run was, as far as the files tell."""
+    if g.measured is not None and g.expected:
+        transports = sorted({name for _, log in g.logs for name in log.transports})
+        carried = f"{g.link} carried {', '.join(transports)}; " if transports else ""
+        ranks = max(run.ranks for _, run in g.runs)
+        return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {g.share:.0%} of the link model", "", [],
+                         **g.base)
+    if g.runs and all(run.ranks <= 1 for _, run in g.runs):
         return RootCause("pass", "one rank: NCCL initialised and ran on the GPU; bus bandwidth needs two or more "
-                         "GPUs (nothing crosses a link)", "", [], **base)
-    return RootCause("pass", "no failure found", "", [], **base)
+                         "GPUs (nothing crosses a link)", "", [], **g.base)
+    return RootCause("pass", "no failure found", "", [], **g.base)
+
+
+# The candidate causes, the most specific evidence first: the first that finds one is the verdict.
+_CAUSES = (_cause_a_signature_names, _cause_a_rank_never_joined, _cause_the_transport, _cause_short_bandwidth,
+           _cause_a_warning)
+
+
+def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
+    """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
+    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
+    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+    gathered = _gather(reports, ctx)
+    for candidate in _CAUSES:
+        cause = candidate(gathered)
+        if cause is not None:
+            return cause
+    return _no_cause(gathered)
 
 
 def render_root_cause(cause: RootCause) -> list[str]:
