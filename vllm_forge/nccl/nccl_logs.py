@@ -798,14 +798,11 @@ def _blackwell_consumer(ctx: Context, log: NcclLog) -> bool:
     return log.smem is not None
 
 
-def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]:
-    ctx = ctx or Context()
-    findings: list[Finding] = []
-    version = log.version
-    texts = [w.message if not w.source else f"{w.source} {w.message}" for w in log.warns] + log.errors
-    texts += [n.message for n in log.notes if "NVLINK" in n.message]
-    if version:
-        info = f"NCCL {version_str(version)}" + (f" built for CUDA {log.built_cuda}" if log.built_cuda else "")
+def _version_findings(log: NcclLog) -> list[Finding]:
+    """Which NCCL this is, for which CUDA, and whether the driver can run it."""
+    findings = []
+    if log.version:
+        info = f"NCCL {version_str(log.version)}" + (f" built for CUDA {log.built_cuda}" if log.built_cuda else "")
         if log.driver_cuda:
             info += f"; the driver supports CUDA {log.driver_cuda}"
         findings.append(Finding("info", "nccl-version", info, evidence=log.versions[:2]))
@@ -814,53 +811,56 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
             "fail", "driver-older-than-nccl-cuda",
             f"NCCL was built for CUDA {log.built_cuda} but the driver only supports CUDA {log.driver_cuda}",
             "upgrade the NVIDIA driver, or use an image whose CUDA is not newer than the driver's"))
+    return findings
 
-    matched: set[str] = set()
+
+def _floor_finding(log: NcclLog, ctx: Context) -> Finding | None:
+    """An NCCL older than the first release that works on one of the GPUs (compat's floor per arch)."""
     for cap in ctx.gpu_caps:
         row = nccl_floor(cap)
-        if version and row and version < parse_version(row[0]):
-            findings.append(Finding(
-                "fail", "nccl-too-old", f"NCCL {version_str(version)} is older than {row[0]}, the first release "
+        if log.version and row and log.version < parse_version(row[0]):
+            return Finding(
+                "fail", "nccl-too-old", f"NCCL {version_str(log.version)} is older than {row[0]}, the first release "
                 f"that works on compute capability {cap}: {row[1]}", VLLM_NCCL_HINT.format(v=row[0]),
-                evidence=log.versions[:1]))
-            matched.add("nccl-too-old")
-            break
-    blackwell = _blackwell_consumer(ctx, log)
-    too_old = version is not None and version < parse_version(BLACKWELL_NCCL_FIX)
+                evidence=log.versions[:1])
+    return None
+
+
+def _shadowed(sig_id: str, hit: str, matched: set[str], too_old_blackwell: bool) -> bool:
+    """Whether a signature that matched says less than one matched before it (or does not apply)."""
+    if sig_id == "nccl-too-old-for-blackwell":
+        return not (too_old_blackwell and not re.search(r"nvls", hit, re.IGNORECASE))
+    if sig_id == "cuda-invalid-argument" and {"nccl-too-old-for-blackwell", "nvls-invalid-argument"} & matched:
+        return True
+    if sig_id == "nvls-invalid-argument" and "nccl-too-old-for-blackwell" in matched:
+        return True
+    if sig_id in ("unhandled-cuda-error", "vllm-worker-died", "collective-timeout") and matched - {"nccl-too-old"}:
+        return True  # the specific cause is already named
+    # ncclSystemError's text names sockets, but /dev/shm was the call that failed
+    return sig_id == "socket-system-error" and bool(matched & _SHM_FAILURES)
+
+
+def _signature_findings(log: NcclLog, texts: list[str], matched: set[str], too_old_blackwell: bool) -> list[Finding]:
+    """The known signatures in the log's WARN/error lines, most specific first; adds their ids to ``matched``."""
+    findings = []
     for sig in SIGNATURES:
         hit = _first_match(sig.pattern, texts)
-        if not hit:
+        if not hit or _shadowed(sig.id, hit, matched, too_old_blackwell):
             continue
-        if sig.id == "nccl-too-old-for-blackwell":
-            if not (too_old and blackwell and not re.search(r"nvls", hit, re.IGNORECASE)):
-                continue
-        if sig.id == "cuda-invalid-argument" and {"nccl-too-old-for-blackwell", "nvls-invalid-argument"} & matched:
-            continue
-        if sig.id == "nvls-invalid-argument" and "nccl-too-old-for-blackwell" in matched:
-            continue
-        if sig.id in ("unhandled-cuda-error", "vllm-worker-died", "collective-timeout") and matched - {"nccl-too-old"}:
-            continue  # the specific cause is already named
-        if sig.id == "socket-system-error" and matched & _SHM_FAILURES:
-            continue  # ncclSystemError's text names sockets, but /dev/shm was the call that failed
         matched.add(sig.id)
         message = sig.cause
-        if sig.id == "vllm-worker-died" and too_old and blackwell:
-            message += (f"; with NCCL {version_str(version)} on RTX 50xx the likely cause is NCCL older than "
+        if sig.id == "vllm-worker-died" and too_old_blackwell:
+            message += (f"; with NCCL {version_str(log.version)} on RTX 50xx the likely cause is NCCL older than "
                         f"{BLACKWELL_NCCL_FIX}")
         if sig.id == "nccl-too-old-for-blackwell":
-            message = f"NCCL {version_str(version)} is too old for these GPUs: {sig.cause}"
+            message = f"NCCL {version_str(log.version)} is too old for these GPUs: {sig.cause}"
         findings.append(Finding(sig.level, sig.id, message, sig.fix, sig.source, [hit]))
+    return findings
 
-    if log.smem and too_old and "nccl-too-old-for-blackwell" not in matched:
-        findings.append(Finding(
-            "warn", "nccl-shared-memory",
-            f"NCCL {version_str(version)} wants {log.smem[0]} bytes of shared memory but this GPU allows "
-            f"{log.smem[1]}: its first collective will fail with `Cuda failure 1 'invalid argument'`",
-            VLLM_NCCL_HINT.format(v=BLACKWELL_NCCL_FIX), SIGNATURES[0].source))
 
-    findings.extend(_env_findings(log.env))
-    findings.extend(_transport_findings(log, ctx))
-
+def _host_findings(log: NcclLog, ctx: Context, matched: set[str]) -> list[Finding]:
+    """What the log says about the host's interconnect: InfiniBand, PCIe P2P, the graph search."""
+    findings = []
     if log.no_ib:
         if is_single_node(log, ctx):
             findings.append(Finding("info", "no-ib", "no InfiniBand/RoCE device (one node: nothing needs it)"))
@@ -880,23 +880,53 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
             "info", "graph-search-fallback",
             "NCCL found no fast ring/tree path and fell back to a simple order (normal on PCIe-only hosts)",
             evidence=[w.text for w in log.warns if "falling back" in w.message][:1]))
+    return findings
 
+
+def _unexplained_finding(log: NcclLog, matched: set[str]) -> Finding | None:
+    """WARN lines, or an error, that no signature explains."""
     known = {"Could not find a path for pattern"}
     unknown = [w for w in log.warns if not any(k in w.message for k in known)
                and not any(re.search(s.pattern, w.message, re.IGNORECASE) for s in SIGNATURES)]
     if unknown:
         fatal = bool(log.errors) or any(w.level == "ABORT" for w in unknown)
-        findings.append(Finding(
+        return Finding(
             "fail" if fatal else "warn", "unrecognised-warn",
             f"{len(unknown)} WARN line(s) no signature explains; the first: {unknown[0].message}",
             "read these lines (they name the source file and the failing call); rerun with NCCL_DEBUG=INFO "
             "NCCL_DEBUG_SUBSYS=INIT,ENV,GRAPH for more",
-            evidence=[w.text for w in unknown[:5]]))
-    elif log.errors and not matched:
-        findings.append(Finding(
+            evidence=[w.text for w in unknown[:5]])
+    if log.errors and not matched:
+        return Finding(
             "fail", "unrecognised-error", f"the log reports an error no signature explains: {log.errors[0]}",
-            "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=... and diagnose those files", evidence=log.errors[:5]))
+            "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=... and diagnose those files", evidence=log.errors[:5])
+    return None
 
+
+def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]:
+    ctx = ctx or Context()
+    findings = _version_findings(log)
+    texts = [w.message if not w.source else f"{w.source} {w.message}" for w in log.warns] + log.errors
+    texts += [n.message for n in log.notes if "NVLINK" in n.message]
+    matched: set[str] = set()
+    floor = _floor_finding(log, ctx)
+    if floor is not None:
+        findings.append(floor)
+        matched.add("nccl-too-old")
+    too_old = log.version is not None and log.version < parse_version(BLACKWELL_NCCL_FIX)
+    findings += _signature_findings(log, texts, matched, too_old and _blackwell_consumer(ctx, log))
+    if log.smem and too_old and "nccl-too-old-for-blackwell" not in matched:
+        findings.append(Finding(
+            "warn", "nccl-shared-memory",
+            f"NCCL {version_str(log.version)} wants {log.smem[0]} bytes of shared memory but this GPU allows "
+            f"{log.smem[1]}: its first collective will fail with `Cuda failure 1 'invalid argument'`",
+            VLLM_NCCL_HINT.format(v=BLACKWELL_NCCL_FIX), SIGNATURES[0].source))
+    findings.extend(_env_findings(log.env))
+    findings.extend(_transport_findings(log, ctx))
+    findings += _host_findings(log, ctx, matched)
+    unexplained = _unexplained_finding(log, matched)
+    if unexplained is not None:
+        findings.append(unexplained)
     if log.init_complete and worst_level(findings) == "pass":
         nranks = max((r["nranks"] for r in log.ranks.values()), default=log.init_complete)
         transports = ", ".join(sorted(log.transports)) or "no channels logged"
