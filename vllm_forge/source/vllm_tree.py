@@ -1100,15 +1100,13 @@ def _wheel_limit(root: Path, dockerfile_text: str) -> tuple[int | None, str]:
     return None, "not found"
 
 
-def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTree:
-    """Read a vLLM checkout (or unpacked sdist) and say what its version's build needs."""
+def _source_tree(path: Path | str) -> Path:
+    """``path`` resolved, refused unless it holds a vLLM-shaped source tree."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ForgeError(f"{root} does not exist or is not a directory",
                          "pass the path of a vLLM checkout (invoke clone makes one)")
     root = root.resolve()
-    cmake_text = _read(root / "CMakeLists.txt")
-    is_mini = re.search(r"\bproject\s*\(\s*minivllm\b", cmake_text, re.I) is not None
     missing = [rel for rel in ("setup.py", "CMakeLists.txt") if not (root / rel).is_file()]
     if not (root / "vllm").is_dir():
         missing.append("vllm/")
@@ -1117,54 +1115,80 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
             f"{root} is not a vLLM source tree (no {', '.join(missing)})",
             "point --vllm-src at a vLLM checkout, or run `invoke clone` first",
         )
+    return root
+
+
+def _supported_version(root: Path, is_mini: bool, min_version: str) -> tuple[str | None, str, list[str]]:
+    """The tree's version and where it was read, refusing a release older than ``min_version``; notes."""
     version, version_source = detect_version(root)
     notes: list[str] = []
-    if not is_mini:
-        if version is not None and _version_key(version) and _version_key(version) < _version_key(min_version):
+    if is_mini:
+        return version, version_source, notes
+    if version is not None and _version_key(version) and _version_key(version) < _version_key(min_version):
+        raise ForgeError(
+            f"{root} is vLLM {version} ({version_source}); vllm-forge supports vLLM {min_version} and newer",
+            f"check out v{min_version}.0 or a newer release (--ref v0.11.0)",
+        )
+    if version is None:
+        if not (root / "requirements").is_dir() and (root / "requirements-build.txt").is_file():
             raise ForgeError(
-                f"{root} is vLLM {version} ({version_source}); vllm-forge supports vLLM {min_version} and newer",
-                f"check out v{min_version}.0 or a newer release (--ref v0.11.0)",
+                f"{root} has the pre-0.8 layout (requirements-build.txt at the root, no requirements/)",
+                f"check out v{min_version}.0 or a newer release",
             )
-        if version is None:
-            if not (root / "requirements").is_dir() and (root / "requirements-build.txt").is_file():
-                raise ForgeError(
-                    f"{root} has the pre-0.8 layout (requirements-build.txt at the root, no requirements/)",
-                    f"check out v{min_version}.0 or a newer release",
-                )
-            notes.append("version unknown (no PKG-INFO, git tag or vllm/_version.py): "
-                         "pin one with SETUPTOOLS_SCM_PRETEND_VERSION")
-    uet, takes_prefix = _find_use_existing_torch(root)
-    torch_globs = _use_existing_torch_globs(_read(root / uet)) if uet else ()
-    build_req = _find_build_requirements(root)
+        notes.append("version unknown (no PKG-INFO, git tag or vllm/_version.py): "
+                     "pin one with SETUPTOOLS_SCM_PRETEND_VERSION")
+    return version, version_source, notes
 
+
+def _cmake_files(root: Path, cmake_text: str) -> tuple[list[str], list[str]]:
+    """The external-project files CMakeLists.txt names (in an include() this reader could not resolve: read
+    too, unguarded; files nothing names are never fetched and are left out), and every CMake file."""
     cmake_dir = root / "cmake"
-    # External-project files CMakeLists.txt names (in an include() this reader could not resolve):
-    # read too, unguarded. Files nothing names are never fetched and are left out.
     external = sorted(str(p.relative_to(root)) for p in (cmake_dir / "external_projects").glob("*.cmake")
                       if p.name in cmake_text) if (cmake_dir / "external_projects").is_dir() else []
     cmake_files = ["CMakeLists.txt"] + sorted(
         str(p.relative_to(root)) for p in cmake_dir.rglob("*.cmake")) if cmake_dir.is_dir() else ["CMakeLists.txt"]
+    return external, cmake_files
 
-    commands, scope = walk_cmake(root, scope=CMakeScope(cuda_context(None)), extra_files=external)
-    gate = tuple(
+
+def _arch_gate(commands) -> tuple[GateBranch, ...]:
+    """Each ``set(CUDA_SUPPORTED_ARCHS ...)`` of CMakeLists.txt, with the guard it sits under."""
+    return tuple(
         GateBranch(tuple(a for a in ";".join(x.value for x in gc.command.args[1:]).split(";") if a),
                    gc.guard, gc.command.line)
         for gc in commands
         if gc.file == "CMakeLists.txt" and gc.command.name == "set" and gc.command.args
         and gc.command.args[0].value == "CUDA_SUPPORTED_ARCHS"
     )
+
+
+def _version_env(sources) -> str | None:
+    """The variable that overrides the version this build stamps."""
+    for name in ("VLLM_VERSION_OVERRIDE", "SETUPTOOLS_SCM_PRETEND_VERSION"):
+        if name in sources:
+            return name
+    return None
+
+
+def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTree:
+    """Read a vLLM checkout (or unpacked sdist) and say what its version's build needs."""
+    root = _source_tree(path)
+    cmake_text = _read(root / "CMakeLists.txt")
+    is_mini = re.search(r"\bproject\s*\(\s*minivllm\b", cmake_text, re.I) is not None
+    version, version_source, notes = _supported_version(root, is_mini, min_version)
+    uet, takes_prefix = _find_use_existing_torch(root)
+    torch_globs = _use_existing_torch_globs(_read(root / uet)) if uet else ()
+    build_req = _find_build_requirements(root)
+
+    external, cmake_files = _cmake_files(root, cmake_text)
+    commands, scope = walk_cmake(root, scope=CMakeScope(cuda_context(None)), extra_files=external)
+    gate = _arch_gate(commands)
     if not gate and not is_mini:
         notes.append("no CUDA_SUPPORTED_ARCHS gate found in CMakeLists.txt: archs are not filtered by vLLM")
     git_deps = find_cmake_git_deps(root, commands, scope)
 
     sources = _env_reads(root, cmake_files)
     setup_text = _read(root / "setup.py")
-    if "VLLM_VERSION_OVERRIDE" in sources:
-        version_env = "VLLM_VERSION_OVERRIDE"
-    elif "SETUPTOOLS_SCM_PRETEND_VERSION" in sources:
-        version_env = "SETUPTOOLS_SCM_PRETEND_VERSION"
-    else:
-        version_env = None
     cache_tools = tuple(t for t in ("sccache", "ccache") if re.search(rf"""which\(\s*['"]{t}['"]""", setup_text))
     # CMakeLists turns torch's gencode flags into bare arch numbers for its per-kernel lists
     # (every release examined): a +PTX in TORCH_CUDA_ARCH_LIST never reaches vLLM's kernels.
@@ -1182,7 +1206,7 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
         dep_targets=_dep_targets(root, git_deps, commands),
         root=root, version=version, version_source=version_source, kind="minivllm" if is_mini else "vllm",
         use_existing_torch=uet, takes_prefix=takes_prefix, torch_pin_globs=torch_globs, build_requirements=build_req,
-        env_vars_read=set(sources), env_var_sources=sources, version_env=version_env,
+        env_vars_read=set(sources), env_var_sources=sources, version_env=_version_env(sources),
         arch_gate=gate, global_ptx_ignored=ptx_ignored, ptx_warning=ptx_warning,
         wheel_size_limit_mb=limit, wheel_size_source=limit_source,
         dockerfile=dockerfile_rel, dockerfile_args=_dockerfile_args(dockerfile_text), git_deps=git_deps,
