@@ -60,6 +60,29 @@ def _ngc_row(image: str) -> compat.NgcPytorchTag | None:
     return next((row for row in compat.NGC_PYTORCH_TAGS if row.image == image), None)
 
 
+def _asked_cuda(cuda: CudaRelease | None, tree_cuda: CudaRelease | None, torch_pin: str | None,
+                label: str) -> tuple[CudaRelease, str]:
+    """The image's CUDA and where it came from: --cuda, else the checkout's Dockerfile (when it pins torch too,
+    the two a pair), else the default."""
+    if cuda is not None:
+        return cuda, "--cuda"
+    if tree_cuda is not None and torch_pin:
+        return tree_cuda, f"{label}'s docker/Dockerfile ARG CUDA_VERSION={tree_cuda}"
+    return DEFAULT_IMAGE_CUDA, f"default ({label} pins no CUDA release)"
+
+
+def _given_image_recipe(base_image: str, torch_pin: str | None, pinned_by: str, minor: CudaRelease,
+                        full: CudaRelease, source: str, runtime: str) -> Recipe:
+    """``--base-image``: built against that image's own torch, whatever the checkout pins (said in a note)."""
+    row = _ngc_row(base_image)
+    notes = [f"--base-image {base_image}: built against that image's own torch"
+             + (f" {row.torch}" if row else "") + " (use-existing-torch removes the checkout's pins)"]
+    if row and torch_pin and compat.torch_release(row.torch) != compat.torch_release(torch_pin):
+        notes.append(f"{base_image} carries torch {row.torch}, not the {torch_pin} {pinned_by}: "
+                     "chosen on purpose with --base-image")
+    return Recipe(minor, full, source, base_image, runtime, "image", "", row.torch if row else "", notes)
+
+
 def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: CudaRelease | None = None,
                   version: str | None = None, cuda: CudaRelease | None = None, base: str = "auto", base_image: str = "",
                   runtime_image: str = "", standin: bool = False) -> Recipe:
@@ -70,12 +93,7 @@ def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: Cud
                          "pass --base auto (what the checkout pins), cuda (NVIDIA's CUDA image + the pinned torch) "
                          "or ngc (NGC's PyTorch image and its torch)")
     label = f"vLLM {version}" if version else "the checkout"
-    if cuda is not None:
-        asked, source = cuda, "--cuda"
-    elif tree_cuda is not None and torch_pin:
-        asked, source = tree_cuda, f"{label}'s docker/Dockerfile ARG CUDA_VERSION={tree_cuda}"
-    else:
-        asked, source = DEFAULT_IMAGE_CUDA, f"default ({label} pins no CUDA release)"
+    asked, source = _asked_cuda(cuda, tree_cuda, torch_pin, label)
     minor, full = asked.minor_release, _full(asked, tree_cuda)
     runtime = runtime_image or compat.CUDA_RUNTIME_IMAGES.get(minor.minor_str, "")
     pinned = f"torch=={torch_pin}" if torch_pin else ""
@@ -88,13 +106,7 @@ def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: Cud
         return Recipe(minor, full, source, base_image, runtime_image, "standin", "",
                       notes=["TEST-ONLY stand-in bases: the build stage uses whatever torch they have"])
     if base_image:
-        row = _ngc_row(base_image)
-        notes = [f"--base-image {base_image}: built against that image's own torch"
-                 + (f" {row.torch}" if row else "") + " (use-existing-torch removes the checkout's pins)"]
-        if row and torch_pin and compat.torch_release(row.torch) != compat.torch_release(torch_pin):
-            notes.append(f"{base_image} carries torch {row.torch}, not the {torch_pin} {label} pins{where}: "
-                         "chosen on purpose with --base-image")
-        return Recipe(minor, full, source, base_image, runtime, "image", "", row.torch if row else "", notes)
+        return _given_image_recipe(base_image, torch_pin, f"{label} pins{where}", minor, full, source, runtime)
 
     ngc = compat.default_ngc_tag(minor)
     ngc_matches = bool(ngc and torch_pin and compat.torch_release(ngc.torch) == compat.torch_release(torch_pin))
