@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vllm_forge.build import ninja_log
 from vllm_forge.build.build_progress import duration
+from vllm_forge.build.cmake_build_dir import shown_dir
 
 NVCC_FLAGS_ENV = "NVCC_APPEND_FLAGS"
 # In the checkout's CMake build dir (build/, which vLLM's .gitignore has and the build lock lives in), at a
@@ -104,13 +105,6 @@ def forget(src: Path) -> None:
     nvcc_time_path(src).unlink(missing_ok=True)
 
 
-def _shown(path: Path, tree: Path) -> str:
-    try:
-        return str(path.relative_to(tree)) + "/"
-    except ValueError:
-        return str(path) + "/"
-
-
 @dataclass(frozen=True)
 class CompileTimes:
     """Where one build's compile time went. ``entries``: every line of the build dir's ``.ninja_log`` (earlier
@@ -160,7 +154,7 @@ class CompileTimes:
         objects = self.objects
         now = {e.output for e in self.compiled}
         kept = len(objects) - len([e for e in objects if e.output in now])
-        where = _shown(self.build_dir, self.tree) + ".ninja_log"
+        where = shown_dir(self.build_dir, self.tree) + ".ninja_log"
         compiled = self.compiled_objects
         if compiled:
             head = (f"compile times ({where}): this build compiled {len(compiled)} objects, "

@@ -47,7 +47,8 @@ def python_suffix(settings: dict) -> str:
     return "cpython-" + version.replace(".", "") if version else ""
 
 
-def _show(path: Path, tree: Path) -> str:
+def shown_dir(path: Path, tree: Path) -> str:
+    """``build/temp.x/``: a dir as the plan and the report name it, relative to the tree when it is inside."""
     try:
         return str(path.relative_to(tree)) + "/"
     except ValueError:
@@ -65,7 +66,7 @@ class EarlierBuild:
 
     @property
     def shown(self) -> str:
-        return _show(self.build_dir, self.tree)
+        return shown_dir(self.build_dir, self.tree)
 
     def changed(self, now: dict) -> list[str]:
         """The compile settings that differ from ``now`` (``compile_settings``), as 'NAME old (now new)'."""
