@@ -793,7 +793,7 @@ def _blackwell_consumer(ctx: Context, log: NcclLog) -> bool:
         return True
     for name in log.gpu_names:
         model = compat.lookup_gpu(name)
-        if model and model.capability.startswith("12."):
+        if model and model.cc.major == 12:
             return True
     return log.smem is not None
 
@@ -1201,7 +1201,7 @@ def diagnose_nccl_tests(run: NcclTestsRun, ctx: Context | None = None) -> list[F
         hit = _first_match("|".join(s.pattern for s in SIGNATURES), run.failures)
         sig = next((s for s in SIGNATURES if hit and re.search(s.pattern, hit, re.IGNORECASE)), None)
         if sig and sig.id == "unhandled-cuda-error" and run.ranks > 1 and any(
-                (compat.lookup_gpu(n) or compat.GpuModel("", "")).capability.startswith("12.") for n in names):
+                (model := compat.lookup_gpu(n)) is not None and model.cc.major == 12 for n in names):
             message = (f"{who}: {run.failures[0]}. On RTX 50xx this is the signature of NCCL older than "
                        f"{BLACKWELL_NCCL_FIX} (one GPU passes, two fail); the NCCL_DEBUG=INFO log shows "
                        "`Cuda failure 1 'invalid argument'`")
