@@ -24,6 +24,7 @@ import nox
 
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image.standin_images import STANDIN_CUDA
 from vllm_forge.matrix import compiler_check, matrix
 
@@ -102,9 +103,9 @@ def lint(session: nox.Session) -> None:
         session.error(f"{' and '.join(failed)} found problems (above)")
 
 
-def _image_session(cuda: str) -> None:
+def _image_session(cuda: CudaRelease) -> None:
     base, _runtime = matrix.mirrors.default_images(cuda)
-    default_archs = compat.DEFAULT_ARCH_LIST[cuda]
+    default_archs = compat.DEFAULT_ARCH_LIST[cuda.minor_str]
 
     def image(session: nox.Session) -> None:
         args = _session_args(session)
@@ -135,7 +136,7 @@ def wheel(session: nox.Session, cuda: str, arch: str) -> None:
         session.error(f"wheel(cuda={cuda!r}, arch={arch!r}) fixes the arch; use an image session for --arch")
     session.log(f"# wheel chain for CUDA {cuda}, {arch}: clone (or reuse) -> use-existing-torch -> build-wheel "
                 "-> check-size")
-    session.run(*matrix.wheel_argv(cuda, arch, args), external=True)
+    session.run(*matrix.wheel_argv(CudaRelease.parse(cuda), arch, args), external=True)
 
 
 def no_wheel(session: nox.Session) -> None:
@@ -163,11 +164,12 @@ def matrix_session(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("cuda", compat.known_cudas())
+@nox.parametrize("cuda", [str(known) for known in compat.known_cudas()])
 def compilers(session: nox.Session, cuda: str) -> None:
     """Check compat's arch row for this CUDA against its real ptxas from PyPI (own venv per CUDA)."""
-    session.install(*compiler_check.compiler_packages(cuda))
-    out = REPO_ROOT / "build" / "compilers" / f"cu{cuda.replace('.', '')}.json"
+    release = CudaRelease.parse(cuda)
+    session.install(*compiler_check.compiler_packages(release))
+    out = REPO_ROOT / "build" / "compilers" / f"{release.tag}.json"
     session.run("python", "-m", "vllm_forge.matrix.compiler_check", "--cuda", cuda, "--out", str(out), *session.posargs)
 
 

@@ -24,7 +24,8 @@ from vllm_forge.core.config import ConfigLayers, ResolvedConfig, resolve_config
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, mask_urls
 from vllm_forge.gpu import archs as archs_mod
-from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 from vllm_forge.image.recipe import DEFAULT_IMAGE_CUDA, Recipe, choose_recipe
 from vllm_forge.source import checkout as checkouts
@@ -48,6 +49,17 @@ class Settings:
     profile: mirrors.MirrorProfile | None = None
     recipe: Recipe | None = None  # what a bake builds with (None: recipe_error says why not)
     recipe_error: ForgeError | None = None
+    cuda: CudaRelease | None = None  # --cuda as asked for (None: not set): a local build's must match its nvcc
+    parsed_archs: list[CudaArch] | None = None  # --arch, parsed once (None: arch_error says why not)
+    arch_error: ForgeError | None = None
+
+    @property
+    def archs(self) -> list[CudaArch]:
+        """The archs to build for; the one-line refusal of --arch for the tasks that build (a task that builds
+        nothing, such as serve, never asks)."""
+        if self.parsed_archs is None:
+            raise self.arch_error
+        return self.parsed_archs
 
     @property
     def config(self):
@@ -59,7 +71,8 @@ class Settings:
 
     def reread_checkout(self) -> None:
         self.checkout = checkouts.read_checkout(self.src, managed=self.checkout.managed)
-        self.recipe, self.recipe_error, self.mirror = _recipe_and_mirror(self.rc, self.profile, self.checkout)
+        self.recipe, self.recipe_error, self.mirror = _recipe_and_mirror(self.rc, self.profile, self.checkout,
+                                                                         self.cuda)
 
     def image_recipe(self, dockerfile: str = "forge") -> Recipe | None:
         """The bake's recipe, or the one-line refusal of it. Another Dockerfile (upstream, a path) keeps its own
@@ -68,9 +81,10 @@ class Settings:
             raise self.recipe_error
         return self.recipe
 
-    def image_cuda(self, dockerfile: str = "forge") -> str:
+    def image_cuda(self, dockerfile: str = "forge") -> CudaRelease:
+        """The CUDA a bake builds with: the recipe's, else (another Dockerfile) --cuda or the default."""
         recipe = self.image_recipe(dockerfile)
-        return recipe.cuda if recipe else compat.cuda_minor(self.config.cuda or DEFAULT_IMAGE_CUDA)
+        return recipe.cuda if recipe else (self.cuda or DEFAULT_IMAGE_CUDA).minor_release
 
 
 def resolve_settings(layers: ConfigLayers | None, flags: dict[str, Any], *, repo_root: Path,
@@ -87,11 +101,28 @@ def resolve_settings(layers: ConfigLayers | None, flags: dict[str, Any], *, repo
         rc = _on_standins(rc)
     profile = mirrors.load_mirror(rc.config.mirror, mirrors.user_mirrors_from(layers))
     facts = checkouts.read_checkout(Path(rc.config.source_dir), managed=not rc.config.vllm_src)
-    recipe, error, applied = _recipe_and_mirror(rc, profile, facts)
-    return Settings(rc, applied, facts, repo_root, profile, recipe, error)
+    cuda = asked_cuda(rc)
+    recipe, error, applied = _recipe_and_mirror(rc, profile, facts, cuda)
+    archs, arch_error = _parse_archs(rc.config.arch)
+    return Settings(rc, applied, facts, repo_root, profile, recipe, error, cuda=cuda, parsed_archs=archs,
+                    arch_error=arch_error)
 
 
-def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts: checkouts.CheckoutFacts):
+def asked_cuda(rc: ResolvedConfig) -> CudaRelease | None:
+    """--cuda (or its config/env layer) as a release; None when not set. A value no CUDA has fails here."""
+    return None if rc.is_default("cuda") or not rc.config.cuda else CudaRelease.parse(rc.config.cuda)
+
+
+def _parse_archs(spec: str) -> tuple[list[CudaArch] | None, ForgeError | None]:
+    """--arch parsed once; an arch that cannot be parsed is kept as its error, for the tasks that build."""
+    try:
+        return archs_mod.parse_arch_list(spec), None
+    except ForgeError as err:
+        return None, err
+
+
+def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts: checkouts.CheckoutFacts,
+                       cuda: CudaRelease | None):
     """The bake's recipe from what the checkout pins (vllm_forge/image/recipe.py), and the mirror profile applied to its
     images; a recipe that must be refused is kept as its error, for the tasks that bake."""
     cfg = rc.config
@@ -108,11 +139,11 @@ def _recipe_and_mirror(rc: ResolvedConfig, profile: mirrors.MirrorProfile, facts
         recipe = choose_recipe(
             torch_pin=tree.torch_pin if tree else None, pin_source=tree.torch_pin_source if tree else "",
             tree_cuda=tree.cuda_pin if tree else None, version=tree.version if tree else None,
-            cuda="" if rc.is_default("cuda") else cfg.cuda, base=cfg.base, base_image=cfg.base_image,
+            cuda=cuda, base=cfg.base, base_image=cfg.base_image,
             runtime_image=cfg.runtime_image, standin=cfg.standin)
     except ForgeError as err:
         error = err
-    applied = mirrors.apply_mirror(profile, cfg, recipe)
+    applied = mirrors.apply_mirror(profile, cfg, recipe, cuda=cuda)
     if cfg.standin:  # local images: no registry mirror applies to them
         applied = replace(applied, base_image=cfg.base_image, runtime_image=cfg.runtime_image)
     return recipe, error, applied
@@ -163,10 +194,11 @@ def _on_standins(rc: ResolvedConfig) -> ResolvedConfig:
         if getattr(cfg, name) and not rc.is_default(name):
             raise ForgeError(f"--standin and {name} ({getattr(cfg, name)}) both name the bases",
                              f"drop one of them (the stand-ins are {BUILD_STANDIN} and {RUNTIME_STANDIN})")
-    if not rc.is_default("cuda") and compat.cuda_minor(cfg.cuda) != STANDIN_CUDA:
+    asked = asked_cuda(rc)
+    if asked is not None and not asked.same_minor(STANDIN_CUDA):
         raise ForgeError(f"the stand-in bases build with CUDA {STANDIN_CUDA}, not {cfg.cuda}",
                          f"drop --cuda (or pass --cuda {STANDIN_CUDA}) with --standin")
-    config = replace(cfg, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda=STANDIN_CUDA)
+    config = replace(cfg, base_image=BUILD_STANDIN, runtime_image=RUNTIME_STANDIN, cuda=str(STANDIN_CUDA))
     sources = {**rc.sources, "base_image": "standin", "runtime_image": "standin", "cuda": "standin"}
     return ResolvedConfig(config, sources)
 
@@ -336,9 +368,9 @@ def _build_request(settings: Settings, options: Options | None = None):
 
     cfg = settings.config
     return build_wheel.BuildRequest(
-        src=settings.src, dist_dir=Path(cfg.dist_dir), arch=cfg.arch,
+        src=settings.src, dist_dir=Path(cfg.dist_dir), archs=settings.archs,
         # An explicit --cuda must match the local nvcc; the default one only names a bake target.
-        cuda=None if settings.rc.is_default("cuda") else cfg.cuda,
+        cuda=settings.cuda,
         max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, mem_per_job_gb=cfg.mem_per_job_gb,
         build_type=cfg.build_type, cmake_args=cfg.cmake_args, compile_cache=cfg.compile_cache,
         cache_dir=Path(cfg.cache_dir),
@@ -355,7 +387,7 @@ def _plan_build_wheel(settings: Settings, options: Options) -> Step:
     from vllm_forge.build import build_wheel
 
     cfg = settings.config
-    archs = archs_mod.parse_arch_list(cfg.arch)
+    archs = settings.archs
     if not settings.checkout.exists:
         raise StepPending(f"planned after clone: the build of {', '.join(a.sm for a in archs)} "
                           f"(TORCH_CUDA_ARCH_LIST={archs_mod.torch_cuda_arch_list(archs)}) reads its knobs and "
@@ -434,7 +466,7 @@ def bake_request(settings: Settings, options: Options):
     cfg, bake, applied = settings.config, options.bake, settings.mirror
     recipe = settings.image_recipe(bake.dockerfile)
     return BakeRequest(
-        src=settings.src, arch=cfg.arch, cuda=settings.image_cuda(bake.dockerfile),
+        src=settings.src, archs=settings.archs, cuda=settings.image_cuda(bake.dockerfile),
         cuda_explicit=not settings.rc.is_default("cuda"),
         base_image=applied.base_image, runtime_image=applied.runtime_image, target=bake.target, tag=bake.tag,
         recipe=recipe,
@@ -667,11 +699,11 @@ def preflight(settings: Settings, names: tuple[str, ...], options: Options) -> N
     list against the CUDA that builds it, and compile jobs that cannot fit in memory."""
     cfg = settings.config
     if "bake" in names:
-        archs_mod.resolve_arch(cfg.arch, settings.image_cuda(options.bake.dockerfile))  # the CUDA the image uses
+        archs_mod.check_archs_for_cuda(settings.archs, settings.image_cuda(options.bake.dockerfile))  # the image's
     if "build-wheel" in names:
-        archs = archs_mod.parse_arch_list(cfg.arch)
-        if not settings.rc.is_default("cuda"):
-            archs_mod.check_archs_for_cuda(archs, cfg.cuda)
+        archs = settings.archs
+        if settings.cuda is not None:
+            archs_mod.check_archs_for_cuda(archs, settings.cuda)
         from vllm_forge.gpu.parallelism import choose_parallelism
 
         choose_parallelism(max_jobs=cfg.max_jobs, nvcc_threads=cfg.nvcc_threads, n_archs=len(archs),
@@ -724,10 +756,10 @@ def _built_cuda(pipeline: Pipeline) -> str:
     """The CUDA that built: the nvcc of a local build, the image's for a bake."""
     step = next((s for s in pipeline.steps if s.name in ("build-wheel", "bake") and s.plan is not None), None)
     if step is not None and step.name == "build-wheel":
-        return step.plan.toolchain.version
+        return str(step.plan.toolchain.version)
     if step is not None:
-        return compat.cuda_minor(step.plan.request.cuda)
-    return pipeline.settings.recipe.cuda if pipeline.settings.recipe else "?"
+        return step.plan.request.cuda.minor_str
+    return str(pipeline.settings.recipe.cuda) if pipeline.settings.recipe else "?"
 
 
 def _built_torch(pipeline: Pipeline) -> str:
@@ -757,7 +789,7 @@ def summary_rows(pipeline: Pipeline, state: RunState) -> list[tuple[str, str]]:
     """(what, value) rows: image, size over base, archs, vLLM ref and commit, time per step."""
     settings = pipeline.settings
     facts = settings.checkout
-    archs = archs_mod.parse_arch_list(settings.config.arch)
+    archs = settings.archs
     rows = []
     if state.image:
         rows.append(("image", state.image))

@@ -25,6 +25,8 @@ from pathlib import Path
 from vllm_forge.build.build_wheel import BuildRequest, plan_build
 from vllm_forge.build.preflight import run_preflight
 from vllm_forge.deps import fetch_deps
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.gpu.toolchain import find_cuda_toolchain
 from vllm_forge.source.vllm_tree import inspect_tree
 
@@ -37,10 +39,10 @@ def _placeholders(tree, cache: Path) -> None:
             json.dumps({"name": dep.name, "repository": dep.repository, "tag": dep.tag}))
 
 
-def _stand_in_torch(site: Path, pin: str | None, cuda: str) -> None:
+def _stand_in_torch(site: Path, pin: str | None, cuda: CudaRelease) -> None:
     (site / "torch").mkdir(parents=True)
     (site / "torch" / "__init__.py").write_text("")
-    (site / "torch" / "version.py").write_text(f"__version__ = '{pin or '2.11.0'}+cu{cuda.replace('.', '')}'\n"
+    (site / "torch" / "version.py").write_text(f"__version__ = '{pin or '2.11.0'}+{cuda.tag}'\n"
                                                f"cuda = '{cuda}'\nhip = None\n")
 
 
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
             _stand_in_torch(tmp / "site", tree.torch_pin, toolchain.version)
             os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "site"), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, **toolchain.env}
-        request = BuildRequest(src=args.tree, dist_dir=tmp / "dist", arch="9.0", cache_dir=tmp / "cache",
+        request = BuildRequest(src=args.tree, dist_dir=tmp / "dist", archs=[CudaArch(9, 0)], cache_dir=tmp / "cache",
                                install_build_deps=True, compile_cache="none")
         for run in range(args.runs + 1):
             started = time.perf_counter()

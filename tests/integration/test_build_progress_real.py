@@ -15,6 +15,7 @@ import pytest
 
 from vllm_forge.build import ninja_log
 from vllm_forge.build.build_wheel import BuildRequest, plan_build, read_build_info, run_build
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
@@ -44,7 +45,8 @@ def objects_of(entries) -> set[str]:
 def test_an_interrupted_build_is_resumed_by_the_next_build_wheel_with_progress_without_a_terminal(
         src, tmp_path, nvcc_toolchain):
     dist = tmp_path / "dist"
-    plan = plan_build(BuildRequest(src=src, dist_dir=dist, arch="12.0", compile_cache="none", max_jobs=2))
+    plan = plan_build(BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list("12.0"), compile_cache="none",
+                                   max_jobs=2))
     assert any(n.startswith("resume: no CMake build dir under") for n in plan.notes)
     assert "estimate: none (minivllm is not vLLM and has no recorded build yet; this build records one)" in plan.notes
 

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import require_tool
 from vllm_forge.build import compile_cache as cc
 from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
@@ -80,9 +81,10 @@ def sccache_envs():
 
 def build(src: Path, tmp_path: Path, cache: str, cache_dir: Path, shared=None) -> tuple[cc.CacheReport, dict]:
     shutil.rmtree(src / "build", ignore_errors=True)
-    plan = plan_build(BuildRequest(src=src, dist_dir=tmp_path / "dist", arch="12.0", compile_cache=cache,
-                                   cache_dir=cache_dir, max_jobs=2, shared_cache=shared or cc.SharedCache(),
-                                   reuse=False))  # the compile cache is what is measured, not kernel reuse
+    # reuse=False: the compile cache is what is measured, not kernel reuse
+    plan = plan_build(BuildRequest(src=src, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"),
+                                   compile_cache=cache, cache_dir=cache_dir, max_jobs=2,
+                                   shared_cache=shared or cc.SharedCache(), reuse=False))
     run_build(plan, audit=False, on_line=lambda _line: None)
     assert plan.cache_report is not None
     print(f"{src}: {plan.cache_report.line()}")

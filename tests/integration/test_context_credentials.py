@@ -28,6 +28,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
+
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +85,8 @@ def planted(tmp_path_factory):
 def request(planted, standins, **kw):
     from vllm_forge.image.request import BakeRequest, default_ca_bundle
 
-    return BakeRequest(src=planted.co, arch="12.0", cuda="13.0", base_image=standins["build"],
+    return BakeRequest(src=planted.co, archs=parse_arch_list("12.0"), cuda=CudaRelease(13, 0),
+                       base_image=standins["build"],
                        runtime_image=standins["runtime"], ca_bundle=default_ca_bundle()[0], netrc=planted.netrc,
                        context_dir=planted.tmp / "bake", dist_dir=planted.tmp / "dist", deps_cache=planted.cache,
                        build_args={"CMAKE_ARGS": "-DMINIVLLM_FETCH_DEPS=ON"}, **kw)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
+
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +44,8 @@ def bake_request(checkout, standins, tmp_path, ca_bundle, **kw):
 
     return BakeRequest(
         src=checkout,
-        arch="12.0",
-        cuda="13.0",
+        archs=parse_arch_list("12.0"),
+        cuda=CudaRelease(13, 0),
         base_image=standins["build"],
         runtime_image=standins["runtime"],
         ca_bundle=ca_bundle,

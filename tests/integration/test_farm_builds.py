@@ -27,6 +27,7 @@ from tests.integration.test_serve_local import free_port, invoke
 from vllm_forge.build import compile_cache as cc
 from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
 from vllm_forge.build.farm import DistSettings
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
@@ -128,7 +129,7 @@ def builds():
     def build(src: Path, dist_dir: Path, *, cache_dir: Path, dist: DistSettings | None = None, cache="sccache",
               on_line=None):
         shutil.rmtree(src / "build", ignore_errors=True)
-        plan = plan_build(BuildRequest(src=src, dist_dir=dist_dir, arch="12.0", compile_cache=cache,
+        plan = plan_build(BuildRequest(src=src, dist_dir=dist_dir, archs=parse_arch_list("12.0"), compile_cache=cache,
                                        cache_dir=cache_dir, reuse=False, dist=dist or DistSettings()))
         plans.append(plan)
         wheel = run_build(plan, on_line=on_line or (lambda _line: None))  # audited for sm_120 before it is published

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.build.build_wheel import BuildRequest, compiled_digests, plan_build, read_build_info, run_build
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout, patches
 
 pytestmark = [pytest.mark.integration, pytest.mark.nvcc]
@@ -52,7 +53,8 @@ def build(src: Path, dist: Path, launcher: Path, *, reuse: bool = True):
     shutil.rmtree(src / "build", ignore_errors=True)
     for so in (src / "vllm").rglob("*.so"):
         so.unlink()
-    plan = plan_build(BuildRequest(src=src, dist_dir=dist, arch="12.0", compile_cache="none", max_jobs=2,
+    plan = plan_build(BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list("12.0"), compile_cache="none",
+                                   max_jobs=2,
                                    reuse=reuse, extra_env={"CMAKE_CUDA_COMPILER_LAUNCHER": str(launcher)}))
     wheel = run_build(plan, audit=True, on_line=lambda _line: None)
     return plan, wheel
@@ -91,8 +93,9 @@ def test_python_only_change_reuses_kernels_and_csrc_change_recompiles(src, tmp_p
     # A Python-only fix, as a patch: the key is the same, nothing is compiled, the .so bytes are carried.
     fix = write_patch(tmp_path, src, "vllm/__init__.py", '"0.0.0.dev0"', '"0.0.0.dev0+fixed"')
     patches.apply_patches(src, [fix])
-    dry = plan_build(BuildRequest(src=src, dist_dir=dist, arch="12.0", compile_cache="none", max_jobs=2,
-                                  extra_env={"CMAKE_CUDA_COMPILER_LAUNCHER": str(launcher)}), check_tools=False)
+    dry = plan_build(BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list("12.0"), compile_cache="none",
+                                  max_jobs=2, extra_env={"CMAKE_CUDA_COMPILER_LAUNCHER": str(launcher)}),
+                     check_tools=False)
     assert dry.reuse.source == first.resolve()
     assert any(n.startswith("kernel reuse") and "Python-only rebuild" in n for n in dry.notes)
     assert dry.command.env["VLLM_PRECOMPILED_WHEEL_LOCATION"] == str(first.resolve())

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import require_tool
 from vllm_forge.gpu import archs, compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 from vllm_forge.matrix import matrix
 
@@ -30,7 +31,8 @@ def dry_run(repo_root, *posargs):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     builds = [line for line in proc.stdout.splitlines() if re.search(r"docker build .*-f \S+Dockerfile", line)]
     assert len(builds) == len(sessions)
-    return dict(zip(matrix.image_cudas(), builds, strict=True))
+    # keyed "12.8": the key of compat's tables and what the build args say
+    return dict(zip((cuda.minor_str for cuda in matrix.image_cudas()), builds, strict=True))
 
 
 def build_arg(line: str, name: str) -> str:
@@ -44,7 +46,7 @@ def expected_base(cuda: str) -> str:
     if cuda in compat.PYTORCH_CUDA_BUILDS["2.6"]:
         runtime = compat.CUDA_RUNTIME_IMAGES[cuda]
         return runtime.replace("-base-", "-devel-")
-    return compat.default_ngc_tag(cuda).image
+    return compat.default_ngc_tag(CudaRelease.parse(cuda)).image
 
 
 def test_every_cuda_bakes_on_its_own_bases_and_default_archs(repo_root):

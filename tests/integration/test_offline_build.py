@@ -14,6 +14,8 @@ import pytest
 from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.deps.fetch_deps import fetch_deps
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import checkout
 from vllm_forge.source.minivllm import MINIDEP_GITHUB_PREFIX, publish_minidep, publish_minivllm
 from vllm_forge.source.vllm_tree import inspect_tree
@@ -37,7 +39,7 @@ def offline_src(tmp_path, nvcc_toolchain):
 
 
 def request(src, tmp_path, cache) -> BuildRequest:
-    return BuildRequest(src=src, dist_dir=tmp_path / "dist", arch="12.0", compile_cache="none",
+    return BuildRequest(src=src, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"), compile_cache="none",
                         cache_dir=cache, extra_env=dict(NO_NETWORK))
 
 
@@ -108,7 +110,8 @@ def test_bake_takes_the_cached_dependency_into_the_build(offline_src, tmp_path):
 
     def bake(deps_cache):
         request = request_mod.BakeRequest(
-            src=src, arch="12.0", cuda="13.0", base_image=standins["build"], runtime_image=standins["runtime"],
+            src=src, archs=parse_arch_list("12.0"), cuda=CudaRelease(13, 0), base_image=standins["build"],
+            runtime_image=standins["runtime"],
             target="wheel", context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", ca_bundle=ca_bundle,
             deps_cache=deps_cache, compile_cache="none", build_args={"CMAKE_ARGS": "-DMINIVLLM_FETCH_DEPS=ON"})
         plan = bake_plan.plan_bake(request, client)

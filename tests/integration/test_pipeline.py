@@ -14,6 +14,7 @@ import pytest
 from vllm_forge.build.build_wheel import BuildRequest, plan_build, run_build
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, run_command
+from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout
 
 pytestmark = pytest.mark.integration
@@ -112,7 +113,8 @@ def cuobjdump_elfs(cuobjdump, so: Path) -> set[str]:
 def test_build_wheel_compiles_exactly_the_requested_archs(prepared_src, tmp_path, nvcc_toolchain, cuobjdump,
                                                           arch, expected):
     dist = tmp_path / "dist"
-    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, arch=arch, compile_cache="none", max_jobs=2))
+    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, archs=parse_arch_list(arch), compile_cache="none",
+                                   max_jobs=2))
     wheel = run_build(plan, audit=False)
     assert wheel.parent == dist and wheel.name.endswith("-cp38-abi3-linux_x86_64.whl")
     assert sorted(p.name for p in dist.iterdir()) == [wheel.name]  # no staging left behind
@@ -133,7 +135,8 @@ def test_failed_build_leaves_dist_as_it_was(prepared_src, tmp_path, nvcc_toolcha
     dist = tmp_path / "dist"
     dist.mkdir()
     (dist / "vllm-0.0.9-cp38-abi3-linux_x86_64.whl").write_bytes(b"yesterday's wheel")
-    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, arch="12.0", compile_cache="none"))
+    plan = plan_build(BuildRequest(src=prepared_src, dist_dir=dist, archs=parse_arch_list("12.0"),
+                                   compile_cache="none"))
     plan.command.env["TORCH_CUDA_ARCH_LIST"] = "not-an-arch"  # make CMake fail
     with pytest.raises(ForgeError, match="failed with exit code"):
         run_build(plan, audit=False)
@@ -253,7 +256,8 @@ def test_wheels_for_other_archs_never_replace_each_other(prepared_src, tmp_path,
     """The README's promise: a 9.0 build after a 12.0 one into the same dist/ keeps both wheels (the variant
     is the wheel's PEP 440 local version)."""
     for arch in ("12.0", "9.0"):
-        plan = plan_build(BuildRequest(src=prepared_src, dist_dir=tmp_path / "dist", arch=arch, reuse=False))
+        plan = plan_build(BuildRequest(src=prepared_src, dist_dir=tmp_path / "dist", archs=parse_arch_list(arch),
+                                       reuse=False))
         run_build(plan)
     names = sorted(w.name for w in (tmp_path / "dist").glob("*.whl"))
     assert len(names) == 2 and names[0].endswith(".sm120-cp38-abi3-linux_x86_64.whl") and ".sm90-" in names[1]

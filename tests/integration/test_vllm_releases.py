@@ -28,6 +28,8 @@ from vllm_forge.build.build_wheel import BuildRequest, plan_build
 from vllm_forge.core import forge_cache
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import run_plan
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import checkout
 from vllm_forge.source.vllm_tree import BUILD_KNOBS, inspect_tree
 
@@ -106,6 +108,9 @@ def release_repo(pypi_index, tmp_path_factory):
     return make
 
 
+cu = CudaRelease.parse
+
+
 def facts(tree) -> dict:
     """The fixture's view of a tree."""
     return {
@@ -117,7 +122,7 @@ def facts(tree) -> dict:
         "version_env": tree.version_env,
         "global_ptx_ignored": tree.global_ptx_ignored,
         "ptx_warning": tree.ptx_warning,
-        "arch_gate": {c: tree.cuda_supported_archs(c) for c in ("12.6", "12.8", "12.9", "13.0")},
+        "arch_gate": {c: tree.cuda_supported_archs(cu(c)) for c in ("12.6", "12.8", "12.9", "13.0")},
         "wheel_size_limit_mb": tree.wheel_size_limit_mb,
         "dockerfile": tree.dockerfile,
         "dockerfile_args": sorted(tree.dockerfile_args),
@@ -145,10 +150,11 @@ def test_what_changed_between_releases(release_repo):
     assert not new.reads("VLLM_FA_CMAKE_GPU_ARCHES")
     assert (old.wheel_size_limit_mb, mid.wheel_size_limit_mb, new.wheel_size_limit_mb) == (400, 400, 500)
     # 0.8.4 lists Blackwell whatever the nvcc; 0.10.0 only from CUDA 12.8; 0.33.0 drops 12.1 under CUDA 13
-    assert "12.0" in old.cuda_supported_archs("12.6") and "12.0" not in mid.cuda_supported_archs("12.6")
-    assert new.gate_arch_for("12.1", "12.9") == "12.1" and new.gate_arch_for("12.1", "13.0") == "12.0"
+    assert "12.0" in old.cuda_supported_archs(cu("12.6")) and "12.0" not in mid.cuda_supported_archs(cu("12.6"))
+    (sm121,) = parse_arch_list("12.1")
+    assert new.gate_arch_for(sm121, cu("12.9")) == "12.1" and new.gate_arch_for(sm121, cu("13.0")) == "12.0"
     with pytest.raises(ForgeError, match="--cuda 12.8"):
-        mid.check_archs(["12.0"], "12.6")
+        mid.check_archs(parse_arch_list("12.0"), cu("12.6"))
     assert old.global_ptx_ignored and new.global_ptx_ignored  # +PTX never reached vLLM's own kernels
     assert new.ptx_warning and not old.ptx_warning  # ... and from 0.28 CMake says so
 
@@ -159,7 +165,7 @@ def test_newest_release_is_understood(release_repo, newest_version):
     assert tree.use_existing_torch and (tree.root / tree.use_existing_torch).is_file()
     assert tree.build_requirements and (tree.root / tree.build_requirements).is_file()
     assert tree.reads("TORCH_CUDA_ARCH_LIST") and tree.reads("MAX_JOBS") and tree.version_env
-    assert "12.0" in tree.cuda_supported_archs("12.8")
+    assert "12.0" in tree.cuda_supported_archs(cu("12.8"))
     assert (tree.wheel_size_limit_mb or 0) >= 500
     deps = {d.name: d for d in tree.git_deps}
     assert "cutlass" in deps and "vllm-flash-attn" in deps
@@ -179,7 +185,8 @@ def _clone(release_repo, version: str, tmp_path: Path):
 
 
 def _dry_run(dest: Path, tmp_path: Path):
-    return plan_build(BuildRequest(src=dest, dist_dir=tmp_path / "dist", arch="12.0", cache_dir=tmp_path / "cache"),
+    return plan_build(BuildRequest(src=dest, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"),
+                                   cache_dir=tmp_path / "cache"),
                       check_tools=False)
 
 
@@ -261,11 +268,11 @@ def test_real_trees_name_their_build_needs(release_repo, newest_version, version
     assert tree.cmake_minimum and tree.torch_pin and tree.cuda_pin
     if version in REAL_PREFLIGHT:
         pin, where, cuda, c_library = REAL_PREFLIGHT[version]
-        assert (tree.torch_pin, tree.torch_pin_source, tree.cuda_pin) == (pin, where, cuda)
+        assert (tree.torch_pin, tree.torch_pin_source, tree.cuda_pin) == (pin, where, cu(cuda))
     else:
         c_library = "_C_stable_libtorch"
         assert "setuptools-rust" in names  # the newest releases build a Rust frontend too
-    targets = tree.cuda_targets("13.0", (3, 12))
+    targets = tree.cuda_targets(cu("13.0"), (3, 12))
     [chosen] = resolve_targets(["_C"], targets)
     assert chosen.target == c_library
     assert any(c_library in tree.dep_targets.get(d.name, ()) for d in tree.git_deps if d.name == "cutlass")

@@ -13,6 +13,7 @@ from vllm_forge.gpu.archs import (
     resolve_arch,
     torch_cuda_arch_list,
 )
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 
 def no_gpu():
@@ -94,26 +95,26 @@ def test_auto_reads_nvidia_smi(monkeypatch):
 
 def test_sm120_on_cuda_126_names_the_minimum_cuda():
     with pytest.raises(ForgeError) as err:
-        resolve_arch("12.0", "12.6", detect=no_gpu)
+        resolve_arch("12.0", CudaRelease.parse("12.6"), detect=no_gpu)
     message = str(err.value)
     assert "12.8" in message and "sm_120" in message and "Fix:" in message
 
 
 def test_volta_on_cuda_13_names_the_last_cuda():
     with pytest.raises(ForgeError, match="last CUDA that can is 12.9"):
-        check_archs_for_cuda(parse_arch_list("7.0", detect=no_gpu), "13.0")
+        check_archs_for_cuda(parse_arch_list("7.0", detect=no_gpu), CudaRelease.parse("13.0"))
 
 
 def test_thor_rename_sm101_to_sm110():
-    check_archs_for_cuda(parse_arch_list("10.1", detect=no_gpu), "12.9")
+    check_archs_for_cuda(parse_arch_list("10.1", detect=no_gpu), CudaRelease.parse("12.9"))
     with pytest.raises(ForgeError):
-        check_archs_for_cuda(parse_arch_list("10.1", detect=no_gpu), "13.0")
-    check_archs_for_cuda(parse_arch_list("11.0", detect=no_gpu), "13.0")
+        check_archs_for_cuda(parse_arch_list("10.1", detect=no_gpu), CudaRelease.parse("13.0"))
+    check_archs_for_cuda(parse_arch_list("11.0", detect=no_gpu), CudaRelease.parse("13.0"))
 
 
 def test_unknown_cuda_lists_known_ones():
     with pytest.raises(ForgeError, match="12.8"):
-        resolve_arch("9.0", "11.2", detect=no_gpu)
+        resolve_arch("9.0", CudaRelease.parse("11.2"), detect=no_gpu)
 
 
 # ---- every spelling, down to the flags it sets -------------------------------------------------------
@@ -320,51 +321,48 @@ def test_nvml_without_a_driver_or_module_is_no_gpu(monkeypatch):
 def test_every_arch_of_a_list_is_checked_not_just_the_first():
     """8.0 compiles with 12.6 but 10.0 needs 12.8: the list is refused, naming sm_100."""
     with pytest.raises(ForgeError) as err:
-        check_archs_for_cuda(parse_arch_list("8.0;10.0", detect=no_gpu), "12.6")
+        check_archs_for_cuda(parse_arch_list("8.0;10.0", detect=no_gpu), CudaRelease.parse("12.6"))
     assert str(err.value).startswith("CUDA 12.6 cannot compile sm_100 (needs CUDA 12.8 or newer)")
 
 
 def test_arch_variants_need_their_own_cuda():
-    check_archs_for_cuda(parse_arch_list("9.0a 12.0f", detect=no_gpu), "12.9")
+    check_archs_for_cuda(parse_arch_list("9.0a 12.0f", detect=no_gpu), CudaRelease.parse("12.9"))
     with pytest.raises(ForgeError, match="cannot compile sm_120f .needs CUDA 12.9"):
-        check_archs_for_cuda(parse_arch_list("12.0f", detect=no_gpu), "12.8")
+        check_archs_for_cuda(parse_arch_list("12.0f", detect=no_gpu), CudaRelease.parse("12.8"))
     with pytest.raises(ForgeError, match="cannot compile sm_90a .needs CUDA 12.1"):
-        check_archs_for_cuda(parse_arch_list("9.0a", detect=no_gpu), "11.8")
+        check_archs_for_cuda(parse_arch_list("9.0a", detect=no_gpu), CudaRelease.parse("11.8"))
 
 
 def test_an_arch_no_cuda_knows_is_named_as_such():
     with pytest.raises(ForgeError, match="sm_99 is not an arch any known CUDA toolkit can compile"):
-        check_archs_for_cuda([CudaArch(9, 9)], "12.8")
+        check_archs_for_cuda([CudaArch(9, 9)], CudaRelease.parse("12.8"))
 
 
 def test_patch_release_of_cuda_is_its_minor():
-    check_archs_for_cuda(parse_arch_list("12.0", detect=no_gpu), "12.8.1")
+    check_archs_for_cuda(parse_arch_list("12.0", detect=no_gpu), CudaRelease.parse("12.8.1"))
     with pytest.raises(ForgeError, match="CUDA 12.6 cannot compile sm_120"):
-        check_archs_for_cuda(parse_arch_list("12.0", detect=no_gpu), "12.6.3")
+        check_archs_for_cuda(parse_arch_list("12.0", detect=no_gpu), CudaRelease.parse("12.6.3"))
 
 
 def test_arch_dropped_later_is_fine_on_its_last_cuda():
-    check_archs_for_cuda(parse_arch_list("7.0 5.0", detect=no_gpu), "12.9")
+    check_archs_for_cuda(parse_arch_list("7.0 5.0", detect=no_gpu), CudaRelease.parse("12.9"))
     with pytest.raises(ForgeError, match="last CUDA that can is 11.8"):
-        check_archs_for_cuda(parse_arch_list("3.5", detect=no_gpu), "12.1")
+        check_archs_for_cuda(parse_arch_list("3.5", detect=no_gpu), CudaRelease.parse("12.1"))
 
 
 def test_unknown_cuda_names_itself():
     with pytest.raises(ForgeError) as err:
-        check_archs_for_cuda([CudaArch(9, 0)], "11.2")
+        check_archs_for_cuda([CudaArch(9, 0)], CudaRelease.parse("11.2"))
     assert str(err.value).startswith("CUDA 11.2 is not a version this tool knows")
 
 
 def test_versions_compare_as_numbers():
-    from vllm_forge.gpu.archs import _version_key
-
-    assert _version_key("12.10") > _version_key("12.9") and _version_key("13.0") > _version_key("12.9")
+    assert CudaRelease.parse("12.10") > CudaRelease.parse("12.9") and CudaRelease(13, 0) > CudaRelease(12, 9)
 
 
 def test_resolve_arch_checks_only_when_cuda_is_given():
     assert resolve_arch("12.0", None, detect=no_gpu) == [CudaArch(12, 0)]
-    assert resolve_arch("12.0", "", detect=no_gpu) == [CudaArch(12, 0)]
-    assert resolve_arch("12.0", "12.8", detect=no_gpu) == [CudaArch(12, 0)]
+    assert resolve_arch("12.0", CudaRelease.parse("12.8"), detect=no_gpu) == [CudaArch(12, 0)]
     assert resolve_arch("auto", None, detect=lambda: [CudaArch(8, 9)]) == [CudaArch(8, 9)]
 
 

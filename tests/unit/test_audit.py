@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.audit import audit
-from vllm_forge.audit.audit import Target, decide, ptx_runs_on, resolve_targets, sass_runs_on
+from vllm_forge.audit.audit import Target, decide, parse_code_arch, resolve_targets
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.gpu import runs_on as rule
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 H200 = FIXTURES / "h200x2"
@@ -24,6 +25,15 @@ GPU_RECORD = FIXTURES / "gpu" / "audit_gpu.txt"
 def cc(text: str) -> Target:
     major, minor = text.split(".")
     return Target(f"sm_{major}{minor}", int(major), int(minor))
+
+
+def sass_runs_on(name: str, target: Target) -> bool:
+    """The one rule (vllm_forge/gpu/runs_on.py) on a fat binary's code name, as the audit asks it."""
+    return rule.sass_runs_on(parse_code_arch(name), target.cc)
+
+
+def ptx_runs_on(name: str, target: Target) -> bool:
+    return rule.ptx_runs_on(parse_code_arch(name), target.cc)
 
 
 # ---- NVIDIA's rules ------------------------------------------------------------------------------------

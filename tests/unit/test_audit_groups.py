@@ -13,6 +13,7 @@ import pytest
 from vllm_forge.audit import audit
 from vllm_forge.audit.fatbin import list_device_code
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TU_PARTIAL = FIXTURES / "gpu_tu_partial"
@@ -233,12 +234,12 @@ def variants_wheel(tmp_path: Path) -> Path:
 
 def test_variant_matching_torchs_cuda_decides(tmp_path):
     wheel = variants_wheel(tmp_path)
-    good = audit.audit_path(wheel, ["12.0"], torch_cuda="12.8")
+    good = audit.audit_path(wheel, ["12.0"], torch_cuda=CudaRelease(12, 8))
     assert good.ok
     roles = {Path(f.path).name: f.variant["role"] for f in good.files}
     assert roles == {"libbitsandbytes_cuda121.so": "alternative", "libbitsandbytes_cuda124.so": "alternative",
                      "libbitsandbytes_cuda128.so": "selected"}
-    bad = audit.audit_path(wheel, ["12.0"], torch_cuda="12.4")
+    bad = audit.audit_path(wheel, ["12.0"], torch_cuda=CudaRelease(12, 4))
     assert not bad.ok
     assert [Path(f.path).name for f in bad.files if not f.ok] == ["libbitsandbytes_cuda124.so"]
 

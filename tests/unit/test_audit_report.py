@@ -27,6 +27,7 @@ from vllm_forge.audit.audit import (
     TorchArchs,
 )
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0, "RTX 5090", "rtx5090")
@@ -374,11 +375,11 @@ def test_audit_image_scans_the_image_and_its_torch(monkeypatch):
     monkeypatch.setattr(audit, "_docker", lambda docker: f"/bin/{docker or 'docker'}")
     monkeypatch.setattr(audit, "mark_optional", lambda report, path, docker="": seen.update(
         optional=(path, docker)) or report)
-    report = audit.audit_image("img:1", ["12.0"], docker="podman", via="export", torch_cuda="12.8")
+    report = audit.audit_image("img:1", ["12.0"], docker="podman", via="export", torch_cuda=CudaRelease(12, 8))
     assert seen == {"scan": ("img:1", "podman", "export"), "torch": ("img:1", "podman"),
                     "optional": ("img:1", "/bin/podman")}
     assert report.source == "image img:1" and report.torch.verdict == {"sm_120": NATIVE} and report.ok
-    assert report.torch_cuda == "12.8" and [f.path for f in report.files] == ["/usr/lib/x.so"]
+    assert report.torch_cuda == CudaRelease(12, 8) and [f.path for f in report.files] == ["/usr/lib/x.so"]
     seen.clear()
     report = audit.audit_image("img:1", ["12.0"], require=["*.so"], torch=False)
     assert "torch" not in seen and "optional" not in seen and report.torch is None
@@ -401,15 +402,15 @@ def test_main_passes_every_option_through(monkeypatch, capsys):
     assert audit.main(["dist", "--arch", "12.0", "--arch", "9.0", "--require", "*_C*", "--max-inflate", "16G",
                        "--torch-cuda", "12.8", "--no-torch"]) == 0
     assert calls.pop() == ("path", "dist", ["12.0", "9.0"], {"require": ["*_C*"], "torch": False,
-                                                             "max_inflate": "16G", "torch_cuda": "12.8"})
+                                                             "max_inflate": "16G", "torch_cuda": CudaRelease(12, 8)})
     assert capsys.readouterr().out.splitlines()[-1].startswith("OK: 1 required")
     assert audit.main(["dist", "--arch", "12.0"]) == 0
     assert calls.pop() == ("path", "dist", ["12.0"], {"require": [], "torch": True, "max_inflate": "8G",
-                                                      "torch_cuda": ""})
+                                                      "torch_cuda": None})
     capsys.readouterr()
     assert audit.main(["--image", "img", "--arch", "12.0", "--via", "export", "--docker", "podman", "--json"]) == 1
     assert calls.pop() == ("image", "img", ["12.0"], {"require": [], "docker": "podman", "via": "export",
-                                                      "torch": True, "torch_cuda": ""})
+                                                      "torch": True, "torch_cuda": None})
     assert json.loads(capsys.readouterr().out)["ok"] is False
     for argv in (["--arch", "12.0"], ["dist", "--image", "img", "--arch", "12.0"]):
         with pytest.raises(ForgeError, match="give either a PATH or --image IMAGE"):

@@ -23,6 +23,8 @@ from vllm_forge.audit.audit import (
 )
 from vllm_forge.audit.fatbin import DeviceCode, DeviceImage, FatBinary
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 SM90 = Target("sm_90", 9, 0)
 SM120 = Target("sm_120", 12, 0)
@@ -74,15 +76,16 @@ def test_an_arch_no_gpu_has_is_refused_naming_the_nearest():
     assert problem.startswith("'13.0' (sm_130) is not the arch of any NVIDIA GPU this tool knows; the nearest known "
                               "are sm_12")
     from vllm_forge.gpu import compat
+    from vllm_forge.gpu.cuda_arch import ComputeCapability
 
-    near = ", ".join(f"sm_{a}{b} ({a}.{b})" for a, b in compat.nearest_capabilities(13, 0))
+    near = ", ".join(f"{cc.sm} ({cc})" for cc in compat.nearest_capabilities(ComputeCapability(13, 0)))
     assert problem.endswith(near)
 
 
 def test_parse_code_arch_and_sort():
-    assert audit.parse_code_arch("sm_90a") == (9, 0, "a")
-    assert audit.parse_code_arch("compute_100f") == (10, 0, "f")
-    assert audit.parse_code_arch("sm_120") == (12, 0, "")
+    assert audit.parse_code_arch("sm_90a") == CudaArch(9, 0, "a")
+    assert audit.parse_code_arch("compute_100f") == CudaArch(10, 0, "f", ptx=True, sass=False)
+    assert audit.parse_code_arch("sm_120") == CudaArch(12, 0)
     assert audit.sort_archs(["compute_90", "sm_100", "sm_90", "sm_75", "sm_90a"]) == [
         "sm_75", "sm_90", "compute_90", "sm_90a", "sm_100"]
 
@@ -165,7 +168,7 @@ def test_fix_for_torch_names_the_cuda_its_index_and_a_base_image():
     from vllm_forge.gpu import compat
 
     fix = audit.fix_for("torch", "torch", [Target("sm_120", 12, 0, "RTX 5090", "rtx5090")])
-    ngc = compat.default_ngc_tag("12.8").image
+    ngc = compat.default_ngc_tag(CudaRelease(12, 8)).image
     assert fix == ("install a torch built for CUDA 12.8 or newer, which knows RTX 5090 (sm_120) (e.g. `pip install "
                    "torch --index-url https://download.pytorch.org/whl/cu128`), or build on a base image whose torch "
                    f"has it (e.g. {ngc}) with `invoke use-existing-torch`")
@@ -200,9 +203,9 @@ def test_fix_for_vllm_other_and_unknown_files():
 
 def test_variant_cuda():
     assert audit.variant_cuda("bitsandbytes/libbitsandbytes_cuda121.so") == (
-        "bitsandbytes/libbitsandbytes_cuda*.so", "12.1")
-    assert audit.variant_cuda("a/libbnb_cuda128_nocublaslt.so") == ("a/libbnb_cuda*_nocublaslt.so", "12.8")
-    assert audit.variant_cuda("a/libx_cuda130.so") == ("a/libx_cuda*.so", "13.0")
+        "bitsandbytes/libbitsandbytes_cuda*.so", CudaRelease(12, 1))
+    assert audit.variant_cuda("a/libbnb_cuda128_nocublaslt.so") == ("a/libbnb_cuda*_nocublaslt.so", CudaRelease(12, 8))
+    assert audit.variant_cuda("a/libx_cuda130.so") == ("a/libx_cuda*.so", CudaRelease(13, 0))
     assert audit.variant_cuda("a/libx_cuda1.so") is None and audit.variant_cuda("a/libx_cuda1234.so") is None
     assert audit.variant_cuda("a/libx.so") is None and audit.variant_cuda("a/libx_cuda121.so.1") is None
 
@@ -239,7 +242,7 @@ def test_build_report_judges_every_file_on_every_target():
     assert by["vllm/_C.abi3.so"].via == {"sm_90": ["sm_90a"], "sm_120": ["sm_120"]}
     assert by["pkg/empty.so"].fix == "" and by["pkg/empty.so"].via == {"sm_90": [], "sm_120": []}
     assert by["pkg/broken.so"].error == "pkg/broken.so is truncated" and by["pkg/broken.so"].sass == []
-    assert report.missing == [] and report.torch is None and report.torch_cuda == "" and not report.ok
+    assert report.missing == [] and report.torch is None and report.torch_cuda is None and not report.ok
 
 
 def test_a_vllm_file_with_native_groups_is_gated_and_others_stay_partial():
@@ -274,14 +277,15 @@ def test_torch_in_the_report_and_its_cuda_picks_the_variant():
     files = [scanned("bnb/libbitsandbytes_cuda121.so", group("sm_90")),
              scanned("bnb/libbitsandbytes_cuda128.so", group("sm_120"))]
     report = audit.build_report("d", files, [SM120], torch=torch)
-    assert report.torch_cuda == "12.8" and torch.verdict == {"sm_120": NATIVE}
+    assert report.torch_cuda == CudaRelease(12, 8) and torch.verdict == {"sm_120": NATIVE}
     assert [f.variant["role"] for f in report.files] == ["alternative", "selected"]
     assert [f.required for f in report.files] == [False, True] and report.ok
-    assert audit.build_report("d", files, [SM120], torch=torch, torch_cuda="12.1").torch_cuda == "12.1"
-    picked = audit.build_report("d", files, [SM120], torch_cuda="12.1")
+    assert audit.build_report("d", files, [SM120], torch=torch, torch_cuda=CudaRelease(12, 1)).torch_cuda == \
+        CudaRelease(12, 1)
+    picked = audit.build_report("d", files, [SM120], torch_cuda=CudaRelease(12, 1))
     assert [f.variant["role"] for f in picked.files] == ["selected", "alternative"] and not picked.ok
     no_cuda = audit.build_report("d", files, [SM120], torch=TorchArchs("this Python", version="2.8.0"))
-    assert no_cuda.torch_cuda == ""
+    assert no_cuda.torch_cuda is None
 
 
 def test_variants_without_torchs_cuda_need_one_that_runs():

@@ -59,8 +59,8 @@ def test_bench_plots_the_seven_arch_builds_times(tmp_path):
     from vllm_forge.report import figure_data
 
     log = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_real_build_0_26_0" / "ninja_log.txt"
-    times = build_times.summarize(ninja_log.read_ninja_log(log), build_times.parse_nvcc_time(
-        "u.cu , cicc , a , b , compute_75 , nvcc , 2 , s\nu.cu , cicc , a , b , compute_120 , nvcc , 3 , s\n"))
+    times = build_times.recorded(ninja_log.read_ninja_log(log), build_times.parse_nvcc_time(
+        "u.cu , cicc , a , b , compute_75 , nvcc , 2 , s\nu.cu , cicc , a , b , compute_120 , nvcc , 3 , s\n")).record()
     report = {"multi_arch": bench.MULTI_ARCH, "multi_arch_build_times": times}
     path = bench.plot_builds(report, tmp_path / "bench.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

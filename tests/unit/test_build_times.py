@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.build import build_times, ninja_log
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REAL_BUILD = FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt"
@@ -64,7 +66,7 @@ def test_time_flag_joins_the_callers_nvcc_flags(tmp_path):
 def test_the_real_build_summary_matches_its_record():
     """The recorded vLLM 0.26.0 build (its README: 109 objects, 7,449 CPU-seconds, two sessions; _C_stable_libtorch
     77 objects, 5,161 s; _moe_C_stable_libtorch 26, 2,137 s; slowest units 200-225 s)."""
-    summary = build_times.summarize(ninja_log.read_ninja_log(REAL_BUILD), [])
+    summary = build_times.recorded(ninja_log.read_ninja_log(REAL_BUILD), []).record()
     assert summary["objects"] == 109 and round(summary["cpu_seconds"]) == 7449 and summary["sessions"] == 2
     targets = {t["target"]: t for t in summary["targets"]}
     assert (targets["_C_stable_libtorch"]["objects"], round(targets["_C_stable_libtorch"]["cpu_seconds"])) == (77, 5161)
@@ -79,7 +81,7 @@ def test_the_real_build_summary_matches_its_record():
 
 def test_summary_orders_archs_by_number(tmp_path):
     rows = "\n".join(f"u.cu , cicc , a , b , compute_{arch} , nvcc , 1 , s" for arch in ("120", "90a", "80", "100f"))
-    summary = build_times.summarize([], build_times.parse_nvcc_time(rows))
+    summary = build_times.recorded([], build_times.parse_nvcc_time(rows)).record()
     assert [a["arch"] for a in summary["archs"]] == ["sm_80", "sm_90a", "sm_100f", "sm_120"]
 
 
@@ -94,38 +96,62 @@ def _build_dir(src: Path, name: str, log: str) -> Path:
 LOG = "# ninja log v7\n0\t1500\t0\tCMakeFiles/_C.dir/csrc/a.cu.o\tabc\n10\t400\t0\tCMakeFiles/_C.dir/csrc/m.c.o\tdef\n"
 
 
-def test_collect_reads_the_newest_build_dir_and_this_builds_nvcc_times(tmp_path):
+def finished(src: Path, name: str = "temp.x", python_suffix: str = "") -> build_times.CompileTimes:
+    """The record of a build of ``src`` that wrote ``LOG`` into build/``name`` (``name`` None: wrote nothing)."""
+    watch = build_times.TimingWatch(src, python_suffix)
+    watch.start()
+    if name:
+        log = _build_dir(src, name, LOG)
+        later = time.time() + 1  # written after the start, whatever the file system's timestamp resolution
+        os.utime(log, (later, later))
+    return watch.finish()
+
+
+def test_the_record_reads_the_build_dir_of_the_building_python_and_this_builds_nvcc_times(tmp_path):
     src = tmp_path / "vllm"
-    old = _build_dir(src, "temp.old", "# ninja log v7\n0\t9000\t0\tCMakeFiles/_C.dir/old.cu.o\tabc\n")
-    os.utime(old, (time.time() - 100, time.time() - 100))
-    _build_dir(src, "temp.linux-x86_64-cpython-311", LOG)
-    build_times.nvcc_time_path(src).write_text(NVCC_CSV)
-    summary = build_times.collect(src, since=time.time() - 10)
+    _build_dir(src, "temp.linux-x86_64-cpython-310", "# ninja log v7\n0\t9000\t0\tCMakeFiles/_C.dir/old.cu.o\tabc\n")
+    watch = build_times.TimingWatch(src, "cpython-311")
+    watch.start()
+    log = _build_dir(src, "temp.linux-x86_64-cpython-311", LOG)  # made by this build
+    later = time.time() + 1
+    os.utime(log, (later, later))
+    build_times.nvcc_time_path(src).write_text(NVCC_CSV)  # nvcc writes during the build
+    summary = watch.finish().record()
     assert summary["ninja_log"].endswith("temp.linux-x86_64-cpython-311/.ninja_log")
     assert [(u["source"], u["seconds"]) for u in summary["slowest"]] == [("csrc/a.cu", 1.5), ("csrc/m.c", 0.39)]
     assert [a["arch"] for a in summary["archs"]] == ["sm_90", "sm_90a", "sm_120"] and summary["notes"] == []
-    build_times.forget(src)
+    watch.start()  # the next build forgets this one's nvcc times
     assert not build_times.nvcc_time_path(src).exists()
     build_times.forget(src)  # nothing to forget: no error
 
 
-def test_collect_leaves_out_a_log_no_compile_of_this_build_wrote(tmp_path):
+def test_the_record_leaves_out_a_log_no_compile_of_this_build_wrote(tmp_path):
     src = tmp_path / "vllm"
     log = _build_dir(src, "temp.x", LOG)
     os.utime(log, (time.time() - 100, time.time() - 100))
-    summary = build_times.collect(src, since=time.time())
+    times = finished(src, name=None)
+    summary = times.record()
     assert summary["objects"] == 0 and summary["slowest"] == []
     assert "last written before this build" in summary["notes"][0]
-    assert build_times.collect(tmp_path / "elsewhere")["notes"] == [
+    assert len(times.objects) == 2 and times.compiled == []  # what the end-of-build report says was kept
+    assert finished(tmp_path / "elsewhere", name=None).record()["notes"] == [
         "no .ninja_log under the checkout's build/ (no CMake/ninja build ran)"]
 
 
-def test_collect_says_why_a_build_has_no_per_arch_times(tmp_path):
-    src = tmp_path / "vllm"
-    _build_dir(src, "temp.x", LOG)
-    summary = build_times.collect(src, since=time.time() - 10)
+def test_the_record_says_why_a_build_has_no_per_arch_times(tmp_path):
+    summary = finished(tmp_path / "vllm").record()
     assert summary["objects"] == 2 and summary["archs"] == [] and summary["nvcc_time"] is None
     assert "no nvcc --time lines" in summary["notes"][0]
+
+
+def test_the_report_the_build_info_and_the_record_read_one_record(tmp_path):
+    """One .ninja_log, one finder: the end-of-build lines, the wheel's compile_times and the build-times record
+    count the same objects and the same slowest unit."""
+    times = finished(tmp_path / "vllm")
+    info, record, lines = times.build_info(), times.record(), times.lines()
+    assert info["objects"] == record["objects"] == 2 and record["ninja_log"].endswith("temp.x/.ninja_log")
+    assert info["slowest"][0]["file"] == record["slowest"][0]["source"] == "csrc/a.cu"
+    assert lines[0].startswith("compile times (build/temp.x/.ninja_log): this build compiled 2 objects")
 
 
 def test_plan_build_times_nvcc_except_through_sccache(tmp_path, monkeypatch):
@@ -137,16 +163,16 @@ def test_plan_build_times_nvcc_except_through_sccache(tmp_path, monkeypatch):
     (src / "setup.py").write_text("print('x')\n")
     (src / "CMakeLists.txt").write_text("project(x)\n")
     monkeypatch.setattr(cc.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), "13.0", "13.0.88", Path("/usr/local/cuda"),
-                                     False, {})
+    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), CudaRelease(13, 0), "13.0.88",
+                                     Path("/usr/local/cuda"), False, {})
     monkeypatch.setattr(build_wheel, "find_cuda_toolchain", lambda: fake)
     monkeypatch.setattr(build_wheel, "has_git_tags", lambda _src: True)
     monkeypatch.delenv("NVCC_APPEND_FLAGS", raising=False)
 
     def plan(cache):
         return build_wheel.plan_build(build_wheel.BuildRequest(
-            src=src, dist_dir=tmp_path / "dist", arch="9.0;12.0", compile_cache=cache, cache_dir=tmp_path / "c",
-            max_jobs=1), check_tools=False)
+            src=src, dist_dir=tmp_path / "dist", archs=parse_arch_list("9.0;12.0"), compile_cache=cache,
+            cache_dir=tmp_path / "c", max_jobs=1), check_tools=False)
 
     for cache in ("ccache", "none"):
         timed = plan(cache)

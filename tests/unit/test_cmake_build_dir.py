@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from vllm_forge.build import build_times
 from vllm_forge.build import cmake_build_dir as cbd
 from vllm_forge.core.config import DEFAULTS, BuildConfig, ResolvedConfig
 from vllm_forge.pipeline import _private_copy_if_ours
@@ -68,7 +69,7 @@ def test_the_timing_report_of_the_resumed_recorded_build(tmp_path):
     log = tree / "build" / "temp.linux-x86_64-cpython-312" / ".ninja_log"
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[:96]))  # the first run's 95 objects
-    watch = cbd.TimingWatch(tree, INPUTS)
+    watch = build_times.TimingWatch(tree, cbd.python_suffix(INPUTS))
     log.write_text("".join(lines))  # the second run appends its 14
     timing = watch.finish()
     assert len(timing.compiled_objects) == 14 and len(timing.objects) == 109
@@ -81,14 +82,15 @@ def test_the_timing_report_of_the_resumed_recorded_build(tmp_path):
     assert report[3].endswith("scaled_mm_sm90_fp8.cu  (earlier build)")
     assert "CPU-seconds per CMake target:" in report
     assert "    5,161.1 s  _C_stable_libtorch  (77 objects, longest 225.2 s)" in report
-    summary = timing.summary()
+    summary = timing.build_info()
     assert {k: summary[k] for k in ("objects", "cpu_seconds", "compiled_by_this_build", "wall_seconds")} == {
         "objects": 109, "cpu_seconds": 7448.9, "compiled_by_this_build": 14, "wall_seconds": 225.2}
     assert len(summary["slowest"]) == 5 and summary["slowest"][0]["seconds"] == 225.2
 
 
 def test_no_build_dir_no_timing(tmp_path):
-    assert cbd.TimingWatch(tmp_path).finish() is None
+    times = build_times.TimingWatch(tmp_path).finish()
+    assert times.build_dir is None and times.lines() == []
 
 
 def test_the_private_copy_of_the_miniature_keeps_its_build_dir(tmp_path):

@@ -12,6 +12,8 @@ from vllm_forge.core import shared_cache
 from vllm_forge.core.config import resolve_config
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.plan import Command, mask_env
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import remote_build
 
 
@@ -235,13 +237,14 @@ def test_build_plan_carries_cache_env_and_notes(tmp_path, monkeypatch):
     (src / "CMakeLists.txt").write_text("project(x)\n")
     (src / "vllm").mkdir()
     monkeypatch.setattr(cc.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), "13.0", "13.0.88", Path("/usr/local/cuda"),
-                                     False, {})
+    fake = build_wheel.CudaToolchain(Path("/usr/local/cuda/bin/nvcc"), CudaRelease(13, 0), "13.0.88",
+                                     Path("/usr/local/cuda"), False, {})
     monkeypatch.setattr(build_wheel, "find_cuda_toolchain", lambda: fake)
     monkeypatch.setattr(build_wheel, "has_git_tags", lambda _src: True)
     plan = build_wheel.plan_build(build_wheel.BuildRequest(
-        src=src, dist_dir=tmp_path / "dist", arch="12.0", compile_cache="ccache", cache_dir=tmp_path / "c",
-        max_jobs=1, shared_cache=cc.SharedCache(ccache_remote="redis://cache.lan:6379")), check_tools=False)
+        src=src, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"), compile_cache="ccache",
+        cache_dir=tmp_path / "c", max_jobs=1, shared_cache=cc.SharedCache(ccache_remote="redis://cache.lan:6379")),
+        check_tools=False)
     assert plan.compile_cache == "ccache"
     assert plan.env["CCACHE_BASEDIR"] == str(src.resolve()) and plan.env["CCACHE_REMOTE_STORAGE"]
     assert any("ccache remote storage redis://cache.lan:6379" in n for n in plan.notes)

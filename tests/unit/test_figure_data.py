@@ -152,10 +152,11 @@ def test_named_references_replace_the_built_in_ones_and_an_unknown_base_is_said(
 
 
 def test_the_build_figure_is_the_records_slowest_units_and_archs():
-    times = build_times.summarize(ninja_log.read_ninja_log(FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt"),
-                                  build_times.parse_nvcc_time("u.cu , cicc , a , b , compute_90 , nvcc , 3 , s\n"
-                                                              "u.cu , ptxas , a , b , sm_80 , nvcc , 1 , s\n"
-                                                              "u.cu , fatbinary , a , b ,  , nvcc , 0.5 , s\n"))
+    phases = build_times.parse_nvcc_time("u.cu , cicc , a , b , compute_90 , nvcc , 3 , s\n"
+                                         "u.cu , ptxas , a , b , sm_80 , nvcc , 1 , s\n"
+                                         "u.cu , fatbinary , a , b ,  , nvcc , 0.5 , s\n")
+    log = ninja_log.read_ninja_log(FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt")
+    times = build_times.recorded(log, phases).record()
     times["ninja_log"] = "ninja_log.txt"
     data = figure_data.build_figure(times, "vllm 0.26.0")
     assert data.units == tuple((u["source"], u["target"], u["seconds"]) for u in times["slowest"])

@@ -32,9 +32,10 @@ def svg_root(path: Path) -> ET.Element:
 
 
 def every_figure():
-    times = build_times.summarize(ninja_log.read_ninja_log(FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt"),
-                                  build_times.parse_nvcc_time("u.cu , cicc , a , b , compute_90 , nvcc , 3 , s\n"
-                                                              "u.cu , cicc , a , b , compute_120 , nvcc , 4 , s\n"))
+    phases = build_times.parse_nvcc_time("u.cu , cicc , a , b , compute_90 , nvcc , 3 , s\n"
+                                         "u.cu , cicc , a , b , compute_120 , nvcc , 4 , s\n")
+    log = ninja_log.read_ninja_log(FIXTURES / "gpu_real_build_0_26_0" / "ninja_log.txt")
+    times = build_times.recorded(log, phases).record()
     audit = {"target": ["sm_90", "sm_120"], "gpu": {"sm_120": "RTX 5090"}, "ok": False, "source": "dist/x.whl",
              "files": [{"path": f"vllm/_{n}_C.abi3.so", "verdict": {"sm_90": v, "sm_120": w}, "required": True,
                         "error": None, "optional": None, "sass": ["sm_90"], "ptx": [],

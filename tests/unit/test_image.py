@@ -14,6 +14,8 @@ import pytest
 
 from vllm_forge.core import credentials, tree_sync
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import bake_plan, docker_client, dockerfile, inspection, runtime_requirements, staging
 from vllm_forge.image import labels as labels_mod
 from vllm_forge.image import request as request_mod
@@ -59,8 +61,10 @@ def checkout(tmp_path) -> Path:
     return src
 
 
-def request(src, tmp_path, **kw) -> request_mod.BakeRequest:
-    return request_mod.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+def request(src, tmp_path, arch="12.0", cuda="12.8", **kw) -> request_mod.BakeRequest:
+    """A request as the resolved settings make it: ``arch``/``cuda`` as typed on a command line, parsed once."""
+    return request_mod.BakeRequest(src=src, archs=parse_arch_list(arch), cuda=CudaRelease.parse(cuda),
+                                   context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
 
 
 # --- the Dockerfile itself -----------------------------------------------------------------------------
@@ -86,7 +90,8 @@ def test_forge_dockerfile_runs_on_docker_20_10_buildkit():
 def test_default_base_matches_compat_table():
     from vllm_forge.gpu import compat
 
-    assert dockerfile.dockerfile_args(FORGE_DOCKERFILE)["BUILD_BASE_IMAGE"] == compat.default_ngc_tag("12.8").image
+    default_ngc = compat.default_ngc_tag(CudaRelease(12, 8))
+    assert dockerfile.dockerfile_args(FORGE_DOCKERFILE)["BUILD_BASE_IMAGE"] == default_ngc.image
     assert dockerfile.dockerfile_args(FORGE_DOCKERFILE)["FINAL_BASE_IMAGE"] == compat.CUDA_RUNTIME_IMAGES["12.8"]
 
 
@@ -371,10 +376,8 @@ def test_clean_instruction(created_by, expected):
 
 
 def test_default_tag_is_a_valid_docker_tag():
-    from vllm_forge.gpu.archs import parse_arch_list
-
     identity = {"ref": "feature/x@y", "commit": "0" * 40, "dirty": "false"}
-    tag = labels_mod.default_tag(identity, "12.8", parse_arch_list("12.0"), "build")
+    tag = labels_mod.default_tag(identity, CudaRelease(12, 8), parse_arch_list("12.0"), "build")
     assert tag == "vllm-forge/vllm:feature-x-y-cu128-sm120-build"
 
 

@@ -11,6 +11,7 @@ import pytest
 
 # doctor_inside is self-contained on purpose: it runs inside images on its own.
 from vllm_forge.gpu import archs, compat, doctor_inside
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import bake_plan, bases, docker_client, dockerfile, inspection, jit, request
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +32,15 @@ def checkout(tmp_path) -> Path:
     return src
 
 
-def req(src, tmp_path, **kw) -> request.BakeRequest:
-    return request.BakeRequest(src=src, context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
+def req(src, tmp_path, arch="12.0", cuda="12.8", **kw) -> request.BakeRequest:
+    """A request as the resolved settings make it: ``arch``/``cuda`` as typed on a command line, parsed once."""
+    return request.BakeRequest(src=src, archs=archs.parse_arch_list(arch), cuda=CudaRelease.parse(cuda),
+                               context_dir=tmp_path / "bake", dist_dir=tmp_path / "dist", **kw)
 
 
 def jit_for(src, tmp_path, cuda, arch="12.0", **kw):
-    return jit.plan_jit_toolchain(req(src, tmp_path, cuda=cuda, arch=arch, **kw), archs.resolve_arch(arch, cuda))
+    bake = req(src, tmp_path, cuda=cuda, arch=arch, **kw)
+    return jit.plan_jit_toolchain(bake, bake.archs)
 
 
 def test_toolchain_follows_the_build_cuda(checkout, tmp_path):
@@ -51,9 +55,9 @@ def test_flashinfer_on_sm12x_raises_the_toolchain_to_12_9(checkout, tmp_path):
     (checkout / "requirements" / "cuda.txt").write_text("torch==2.8.0\nflashinfer-python==0.3.1\n")
     assert jit.checkout_needs_flashinfer(checkout)
     raised = jit_for(checkout, tmp_path, "12.8", "12.0")
-    assert raised.cuda == "12.9" and raised.spec == compat.JIT_TOOLCHAINS["12.9"] and "FlashInfer" in raised.why
-    assert jit_for(checkout, tmp_path, "12.8", "9.0").cuda == "12.8"  # Hopper only: the build's CUDA
-    assert jit_for(checkout, tmp_path, "13.0", "12.0").cuda == "13.0"
+    assert str(raised.cuda) == "12.9" and raised.spec == compat.JIT_TOOLCHAINS["12.9"] and "FlashInfer" in raised.why
+    assert jit_for(checkout, tmp_path, "12.8", "9.0").cuda == CudaRelease(12, 8)  # Hopper only: the build's CUDA
+    assert jit_for(checkout, tmp_path, "13.0", "12.0").cuda == CudaRelease(13, 0)
 
 
 def test_every_runtime_cuda_has_a_toolchain_and_a_base_image():
@@ -159,7 +163,7 @@ def test_jit_check_compiles_with_the_real_nvcc():
 def test_flashinfer_as_a_setup_extra_counts(checkout, tmp_path):
     (checkout / "setup.py").write_text('extras_require={"flashinfer": ["flashinfer-python==0.3.1"]}\n')
     assert jit.checkout_needs_flashinfer(checkout)  # vLLM 0.11's layout
-    assert jit_for(checkout, tmp_path, "12.8").cuda == "12.9"
+    assert jit_for(checkout, tmp_path, "12.8").cuda == CudaRelease(12, 9)
 
 
 def test_doctor_reports_jit_readiness():

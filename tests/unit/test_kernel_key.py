@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.build import build_wheel as bw
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.gpu.toolchain import CudaToolchain
 from vllm_forge.source.vllm_tree import inspect_tree
 
 ENV = {"TORCH_CUDA_ARCH_LIST": "12.0", "VLLM_FA_CMAKE_GPU_ARCHES": "120-real", "CMAKE_BUILD_TYPE": "Release",
        "VLLM_TARGET_DEVICE": "cuda", "MAX_JOBS": "2", "NVCC_THREADS": "1"}
-TOOLCHAIN = CudaToolchain(nvcc=Path("/usr/local/cuda/bin/nvcc"), version="13.0", full_version="13.0.88",
+TOOLCHAIN = CudaToolchain(nvcc=Path("/usr/local/cuda/bin/nvcc"), version=CudaRelease(13, 0), full_version="13.0.88",
                           root=Path("/usr/local/cuda"), from_pypi=False)
 
 
@@ -148,9 +150,9 @@ def test_find_reusable_wheel_says_what_differs(tmp_path, mini):
 
 def test_decide_reuse_paths(tmp_path, mini):
     tree = inspect_tree(mini)
-    request = bw.BuildRequest(src=mini, dist_dir=tmp_path / "dist", arch="12.0")
-    assert bw.decide_reuse(bw.BuildRequest(src=mini, dist_dir=tmp_path, arch="12.0", reuse=False), tree, ENV,
-                           TOOLCHAIN).reason == "off (--no-reuse)"
+    request = bw.BuildRequest(src=mini, dist_dir=tmp_path / "dist", archs=parse_arch_list("12.0"))
+    off = bw.BuildRequest(src=mini, dist_dir=tmp_path, archs=parse_arch_list("12.0"), reuse=False)
+    assert bw.decide_reuse(off, tree, ENV, TOOLCHAIN).reason == "off (--no-reuse)"
     first = bw.decide_reuse(request, tree, ENV, TOOLCHAIN)
     assert first.source is None and "a first build" in first.note()
     # what the plan says matches the compile cache the build uses

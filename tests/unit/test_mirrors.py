@@ -11,6 +11,7 @@ import pytest
 
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 from vllm_forge.image.mirrors import load_mirror, rewrite_git_url, rewrite_image
 
@@ -61,8 +62,8 @@ def test_mirror_env_names_every_variable_pip_uv_and_the_dockerfile_read():
 
 def test_pytorch_index_keeps_the_cuda_suffix():
     assert mirrors.pytorch_index_base() == "https://download.pytorch.org/whl"
-    assert mirrors.pytorch_index_url("12.8", GLOBAL) == compat.PYTORCH_WHEEL_INDEX["12.8"]
-    assert mirrors.pytorch_index_url("13.0.2", CN) == CN.pytorch_index + "/cu130"
+    assert mirrors.pytorch_index_url(CudaRelease.parse("12.8"), GLOBAL) == compat.PYTORCH_WHEEL_INDEX["12.8"]
+    assert mirrors.pytorch_index_url(CudaRelease.parse("13.0.2"), CN) == CN.pytorch_index + "/cu130"
 
 
 def test_rewrite_git_url_uses_the_fetch_deps_proxy_convention():
@@ -129,14 +130,14 @@ def test_user_mirrors_from_invoke_config():
 def test_apply_mirror_rewrites_default_and_explicit_bases():
     config = SimpleNamespace(cuda="13.0", base_image="", runtime_image="",
                              vllm_repo="https://github.com/vllm-project/vllm.git")
-    applied = mirrors.apply_mirror(CN, config)
-    ngc = compat.default_ngc_tag("13.0").image
+    applied = mirrors.apply_mirror(CN, config, cuda=CudaRelease(13, 0))
+    ngc = compat.default_ngc_tag(CudaRelease.parse("13.0")).image
     assert applied.base_image == "m.daocloud.io/" + ngc
     assert applied.runtime_image == "m.daocloud.io/" + compat.CUDA_RUNTIME_IMAGES["13.0"]
     assert applied.pypi_index == CN.pypi_index and applied.pytorch_index == CN.pytorch_index
     assert applied.apt_mirror == CN.apt_mirror and applied.env["PIP_INDEX_URL"] == CN.pypi_index
     # global: nothing named, so a recipe keeps its own default base; an explicit one is kept as given
-    assert mirrors.apply_mirror(GLOBAL, config).base_image == ""
+    assert mirrors.apply_mirror(GLOBAL, config, cuda=CudaRelease(13, 0)).base_image == ""
     explicit = mirrors.apply_mirror(GLOBAL, SimpleNamespace(cuda="12.8", base_image="my.reg/pytorch:1",
                                                             runtime_image="", vllm_repo="x"))
     assert (explicit.base_image, explicit.runtime_image, explicit.env) == ("my.reg/pytorch:1", "", {})
@@ -154,7 +155,7 @@ def test_describe_mirror_rows():
     assert rows["PyTorch wheel index"][1].endswith("/cu128")
     assert rows["vLLM clone URL"][0] == rows["vLLM clone URL"][1]
     odd = SimpleNamespace(cuda="11.8", base_image="", runtime_image="", vllm_repo="x")
-    originals = {what: old for what, old, _ in mirrors.describe_mirror(CN, odd)}
+    originals = {what: old for what, old, _ in mirrors.describe_mirror(CN, odd, CudaRelease(11, 8))}
     assert "none known for CUDA 11.8" in originals["build base image"]
 
 

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_forge.audit.audit import Target, decide, ptx_runs_on, sass_runs_on
+from vllm_forge.audit.audit import Target, decide, parse_code_arch
+from vllm_forge.gpu import runs_on as rule
 
 
 def gpu(capability: str) -> Target:
     major, minor = (int(p) for p in capability.split("."))
     return Target(f"sm_{major}{minor}", major, minor)
+
+
+def sass_runs_on(name: str, target: Target) -> bool:
+    """The one rule (vllm_forge/gpu/runs_on.py) on a fat binary's code name, as the audit asks it."""
+    return rule.sass_runs_on(parse_code_arch(name), target.cc)
+
+
+def ptx_runs_on(name: str, target: Target) -> bool:
+    return rule.ptx_runs_on(parse_code_arch(name), target.cc)
 
 
 @pytest.mark.parametrize("ptx, capability, runs", [

@@ -15,8 +15,11 @@ import pytest
 
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 from vllm_forge.matrix import matrix
+
+cu = CudaRelease.parse
 
 
 def run_nox(repo_root, *args, env=None):
@@ -45,7 +48,7 @@ def test_nox_lists_every_session_with_a_description(listing):
     for cuda in compat.known_cudas():
         assert f"compilers(cuda='{cuda}')" in listing
     assert all(description.strip() and "\n" not in description for description in listing.values())
-    assert compat.default_ngc_tag("12.8").image in listing["image-cu128"]
+    assert compat.default_ngc_tag(cu("12.8")).image in listing["image-cu128"]
 
 
 def test_default_sessions_are_lint_and_tests(repo_root):
@@ -61,8 +64,8 @@ def test_image_sessions_follow_the_tables(repo_root, monkeypatch):
     monkeypatch.setitem(compat.CUDA_RUNTIME_IMAGES, "13.1", "nvcr.io/nvidia/cuda:13.1.0-runtime-ubuntu24.04")
     monkeypatch.setitem(compat.PYTORCH_WHEEL_INDEX, "13.1", "https://download.pytorch.org/whl/cu131")
     monkeypatch.setattr(compat, "NGC_PYTORCH_TAGS",
-                        [*compat.NGC_PYTORCH_TAGS, compat.NgcPytorchTag("26.01-py3", "13.1.0", "2.10.0a0", "3.12")])
-    assert matrix.image_cudas()[-1] == "13.1"
+                        [*compat.NGC_PYTORCH_TAGS, compat.NgcPytorchTag("26.01-py3", cu("13.1.0"), "2.10.0a0", "3.12")])
+    assert matrix.image_cudas()[-1] == cu("13.1")
     monkeypatch.setattr(nox.registry, "_REGISTRY", {})
     runpy.run_path(str(repo_root / "noxfile.py"))
     sessions = nox.registry.get()
@@ -80,12 +83,12 @@ def test_matrix_json_is_ci_ready_and_skips_impossible_combos(repo_root):
     assert {("12.8", "12.0"), ("12.9", "12.1"), ("13.0", "12.1"), ("12.6", "9.0")} <= pairs
     assert {e["mirror"] for e in entries} == set(mirrors.known_mirror_names())
     for e in entries:
-        upstream = compat.default_ngc_tag(e["cuda"]).image
+        upstream = compat.default_ngc_tag(cu(e["cuda"])).image
         expected = mirrors.rewrite_image(upstream, mirrors.load_mirror(e["mirror"]))
         assert e["base_image"] == expected
     images = [e for e in entries if e["session"] == "image-cu130" and e["mirror"] == "global"]
     assert images == [{"session": "image-cu130", "cuda": "13.0", "arch": compat.DEFAULT_ARCH_LIST["13.0"],
-                       "mirror": "global", "base_image": compat.default_ngc_tag("13.0").image}]
+                       "mirror": "global", "base_image": compat.default_ngc_tag(cu("13.0")).image}]
 
 
 def test_matrix_filters(repo_root):
@@ -112,10 +115,10 @@ def test_impossible_combinations_fail_in_one_line_naming_the_session_that_can(re
 
 def test_wheel_sessions_are_the_local_nvccs_and_only_what_it_compiles():
     """A wheel builds with this machine's nvcc: only its CUDA's sessions exist, and none it cannot compile."""
-    assert matrix.local_wheel_pairs("12.8") == [("12.8", arch) for arch in ("8.0", "8.9", "9.0", "10.0", "12.0")]
-    assert ("13.0", "12.1") in matrix.local_wheel_pairs("13.0") and ("12.4", "12.0") not in matrix.local_wheel_pairs(
-        "12.4")
-    assert matrix.local_wheel_pairs("11.2") == []
+    assert matrix.local_wheel_pairs(cu("12.8")) == [("12.8", arch) for arch in ("8.0", "8.9", "9.0", "10.0", "12.0")]
+    assert ("13.0", "12.1") in matrix.local_wheel_pairs(cu("13.0"))
+    assert ("12.4", "12.0") not in matrix.local_wheel_pairs(cu("12.4"))
+    assert matrix.local_wheel_pairs(cu("11.2")) == []
 
 
 def test_without_nvcc_the_wheel_session_is_listed_as_impossible(repo_root, monkeypatch):
@@ -159,22 +162,23 @@ def test_parse_session_args_keeps_the_rest_for_the_task():
 
 
 def test_sessions_run_the_whole_chain_task():
-    argv = matrix.image_argv("12.8", matrix.parse_session_args(["--mirror", "cn", "--dry-run"]))
+    argv = matrix.image_argv(cu("12.8"), matrix.parse_session_args(["--mirror", "cn", "--dry-run"]))
     assert argv == ["invoke", "image", "--cuda", "12.8", "--arch", compat.DEFAULT_ARCH_LIST["12.8"],
                     "--mirror", "cn", "--dry-run"]  # the mirror is resolved once, by the task
-    plain = matrix.image_argv("13.0", matrix.parse_session_args(["--arch", "12.0"]))
+    plain = matrix.image_argv(cu("13.0"), matrix.parse_session_args(["--arch", "12.0"]))
     assert plain == ["invoke", "image", "--cuda", "13.0", "--arch", "12.0"]
-    assert matrix.wheel_argv("12.9", "12.1", matrix.parse_session_args(["--dry-run"])) == [
+    assert matrix.wheel_argv(cu("12.9"), "12.1", matrix.parse_session_args(["--dry-run"])) == [
         "invoke", "wheel", "--cuda", "12.9", "--arch", "12.1", "--dry-run"]
 
 
 def test_arch_verdict():
-    assert matrix.arch_verdict("12.8", "12.0") is None
-    assert matrix.arch_verdict("13.0", "7.0") == "CUDA 13.0 can no longer compile sm_70; the last CUDA that can is 12.9"
+    assert matrix.arch_verdict(cu("12.8"), "12.0") is None
+    assert matrix.arch_verdict(cu("13.0"), "7.0") == (
+        "CUDA 13.0 can no longer compile sm_70; the last CUDA that can is 12.9")
     with pytest.raises(ForgeError):
-        matrix.arch_verdict("12.8", "not-an-arch")
+        matrix.arch_verdict(cu("12.8"), "not-an-arch")
     for cuda in matrix.image_cudas():  # every default list builds with its own CUDA
-        assert matrix.arch_verdict(cuda, compat.DEFAULT_ARCH_LIST[cuda]) is None
+        assert matrix.arch_verdict(cuda, compat.DEFAULT_ARCH_LIST[cuda.minor_str]) is None
 
 
 def test_mirror_comes_from_invoke_yaml_when_not_given(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from vllm_forge.build import preflight
 from vllm_forge.build.preflight import BuildRequirement, PythonFacts
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source.vllm_tree import inspect_tree
 
 CUDA_TXT = """# Should be mirrored in pyproject.toml
@@ -51,7 +52,8 @@ def facts(dists=None, torch="2.11.0+cu130", cuda="13.0", **kw) -> PythonFacts:
                "implementation_name": "cpython", "os_name": "posix", "platform_system": "Linux",
                "python_full_version": "3.12.3", "platform_python_implementation": "CPython",
                "platform_release": "6", "platform_version": "1", "implementation_version": "3.12.3"}
-    return PythonFacts("/venv/bin/python3", (3, 12, 3), markers, dists or {}, torch, cuda, kw.get("hip"),
+    return PythonFacts("/venv/bin/python3", (3, 12, 3), markers, dists or {}, torch, CudaRelease.parse_or_none(cuda),
+                       kw.get("hip"),
                        "/venv/lib/torch")
 
 
@@ -127,19 +129,21 @@ def tree_with_pin(tmp_path):
 
 def test_a_cpu_torch_is_refused_before_cmake_says_unsupported_platform(tmp_path):
     with pytest.raises(ForgeError, match=r"built with no CUDA .*Unsupported platform.*cu130"):
-        preflight.check_torch(facts(torch="2.11.0+cpu", cuda=None), tree_with_pin(tmp_path), "13.0")
+        preflight.check_torch(facts(torch="2.11.0+cpu", cuda=None), tree_with_pin(tmp_path), CudaRelease.parse("13.0"))
 
 
 def test_a_torch_for_another_cuda_major_is_refused_naming_what_breaks(tmp_path):
     with pytest.raises(ForgeError) as err:
-        preflight.check_torch(facts(torch="2.11.0+cu128", cuda="12.8"), tree_with_pin(tmp_path), "13.0")
+        preflight.check_torch(facts(torch="2.11.0+cu128", cuda="12.8"), tree_with_pin(tmp_path),
+                              CudaRelease.parse("13.0"))
     assert "CUDA 12.8 but the nvcc found is CUDA 13.0" in str(err.value)
     assert "libcudart.so.13" in str(err.value)
     assert "--index-url https://download.pytorch.org/whl/cu130" in str(err.value)
 
 
 def test_a_minor_cuda_difference_and_another_torch_release_are_notes(tmp_path):
-    notes = preflight.check_torch(facts(torch="2.14.1+cu130", cuda="13.0"), tree_with_pin(tmp_path), "13.1")
+    notes = preflight.check_torch(facts(torch="2.14.1+cu130", cuda="13.0"), tree_with_pin(tmp_path),
+                                  CudaRelease.parse("13.1"))
     assert notes[0] == "built against torch 2.14.1+cu130 (the tree pinned 2.11.0)"
     assert any("minor version" in n for n in notes)
     assert any("not the 2.11.0 this vLLM pins" in n for n in notes)
@@ -157,7 +161,7 @@ def test_the_pin_is_still_known_after_use_existing_torch_removed_it(tmp_path):
 
 def test_no_torch_at_all_is_refused(tmp_path):
     with pytest.raises(ForgeError, match="torch is not installed"):
-        preflight.check_torch(facts(torch=None, cuda=None), tree_with_pin(tmp_path), "13.0")
+        preflight.check_torch(facts(torch=None, cuda=None), tree_with_pin(tmp_path), CudaRelease.parse("13.0"))
 
 
 # --- host compiler, nvcc's limits, CMake -------------------------------------------------------------------------

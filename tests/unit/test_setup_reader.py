@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import setup_reader
 from vllm_forge.source.setup_reader import ExtensionTarget
 
@@ -43,16 +44,17 @@ def targets(**kw):
 
 
 def test_a_cuda_build_with_a_new_nvcc_and_python():
-    assert targets(python=(3, 12), nvcc="13.0") == [
+    assert targets(python=(3, 12), nvcc=CudaRelease.parse("13.0")) == [
         ("cumem_allocator", False, False), ("fs_io_C", False, False), ("_vllm_fa2_C", False, False),
         ("_vllm_fa3_C", False, False), ("_flashmla_C", True, True), ("_C_stable_libtorch", False, False),
         ("_moe_C_stable_libtorch", False, False)]
 
 
 def test_conditions_on_nvcc_and_python_are_decided_and_unknown_ones_are_kept_with_their_text():
-    names = [t for t, _, _ in targets(python=(3, 10), nvcc="12.2")]
+    names = [t for t, _, _ in targets(python=(3, 10), nvcc=CudaRelease.parse("12.2"))]
     assert "fs_io_C" not in names and "_vllm_fa3_C" not in names
-    [flashmla] = [t for t in setup_reader.cuda_extension_targets(SETUP, nvcc="13.0") if t.target == "_flashmla_C"]
+    found = setup_reader.cuda_extension_targets(SETUP, nvcc=CudaRelease.parse("13.0"))
+    [flashmla] = [t for t in found if t.target == "_flashmla_C"]
     assert flashmla.condition == "platform.machine() == 'x86_64'"
     undecided = {t.target: t.condition for t in setup_reader.cuda_extension_targets(SETUP, nvcc=None)}
     assert "get_nvcc_cuda_version()" in undecided["_vllm_fa3_C"]
@@ -65,7 +67,7 @@ def test_a_setup_py_that_lists_its_extensions_in_the_setup_call():
 
 
 def test_resolve_takes_exact_names_then_an_unambiguous_start():
-    available = setup_reader.cuda_extension_targets(SETUP, nvcc="13.0")
+    available = setup_reader.cuda_extension_targets(SETUP, nvcc=CudaRelease.parse("13.0"))
     assert [t.target for t in setup_reader.resolve_targets(["_C", "_moe", "vllm.cumem_allocator", "_C"], available)] \
         == ["_C_stable_libtorch", "_moe_C_stable_libtorch", "cumem_allocator"]
     with pytest.raises(ValueError, match="'_vllm' matches several targets"):

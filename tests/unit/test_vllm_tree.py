@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import vllm_tree
 from vllm_forge.source.vllm_tree import (
     CMakeArg,
@@ -23,6 +25,14 @@ from vllm_forge.source.vllm_tree import (
     inspect_tree,
     parse_cmake,
 )
+
+cu = CudaRelease.parse
+
+
+def arch(text: str):
+    """One ``--arch`` value, parsed as the settings parse it."""
+    (parsed,) = parse_arch_list(text)
+    return parsed
 
 
 def write(root: Path, rel: str, text: str) -> None:
@@ -301,7 +311,7 @@ def test_parse_cmake_handles_comments_quotes_brackets_and_lines():
 ])
 def test_evaluate_condition_three_valued(condition, cuda, expected):
     args = [a for c in parse_cmake(f"if({condition})\n") for a in c.args]
-    assert evaluate_condition(args, CMakeScope(cuda_context(cuda))) is expected
+    assert evaluate_condition(args, CMakeScope(cuda_context(cu(cuda) if cuda else None))) is expected
 
 
 # --- the three release shapes ---------------------------------------------------------------------
@@ -319,7 +329,7 @@ def test_v08_shape(tmp_path):
     assert tree.version_env == "SETUPTOOLS_SCM_PRETEND_VERSION"
     assert "docker/Dockerfile" in tree.env_var_sources["VLLM_FA_CMAKE_GPU_ARCHES"][0]
     # one unconditional gate: the same list whatever the nvcc
-    assert tree.cuda_supported_archs("12.6") == tree.cuda_supported_archs("13.0") == \
+    assert tree.cuda_supported_archs(cu("12.6")) == tree.cuda_supported_archs(cu("13.0")) == \
         ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
     assert tree.wheel_size_limit_mb == 400
     assert tree.dockerfile == "docker/Dockerfile"
@@ -338,22 +348,22 @@ def test_v08_shape(tmp_path):
 
 def test_v010_shape_gate_depends_on_nvcc(tmp_path):
     tree = inspect_tree(make_v010(tmp_path))
-    assert tree.cuda_supported_archs("12.6") == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"]
-    assert tree.cuda_supported_archs("12.8") == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
-    assert tree.cuda_supported_archs("13.0") == tree.cuda_supported_archs("12.8")
+    assert tree.cuda_supported_archs(cu("12.6")) == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0"]
+    assert tree.cuda_supported_archs(cu("12.8")) == ["7.0", "7.5", "8.0", "8.6", "8.9", "9.0", "10.0", "12.0"]
+    assert tree.cuda_supported_archs(cu("13.0")) == tree.cuda_supported_archs(cu("12.8"))
     assert {d.name: d.tag for d in tree.git_deps}["cutlass"] == "v4.0.0"
     assert tree.reads("VLLM_FA_CMAKE_GPU_ARCHES")
 
 
 def test_v010_preflight_refuses_what_cmake_would_drop(tmp_path):
     tree = inspect_tree(make_v010(tmp_path))
-    assert tree.dropped_archs(["12.0", "9.0"], "12.6") == ["12.0"]
+    assert tree.dropped_archs(parse_arch_list("12.0 9.0"), cu("12.6")) == ["12.0"]
     with pytest.raises(ForgeError) as err:
-        tree.check_archs(["12.0"], "12.6")
+        tree.check_archs(parse_arch_list("12.0"), cu("12.6"))
     text = str(err.value)
     assert "vLLM 0.10.0" in text and "12.0" in text and "CUDA 12.6" in text
     assert "7.0;7.5;8.0;8.6;8.9;9.0" in text and "--cuda 12.8" in text
-    tree.check_archs(["12.0", "9.0"], "12.8")  # no error
+    tree.check_archs(parse_arch_list("12.0 9.0"), cu("12.8"))  # no error
 
 
 def test_v033_shape(tmp_path):
@@ -368,25 +378,25 @@ def test_v033_shape(tmp_path):
     assert tree.global_ptx_ignored and tree.ptx_warning
     assert tree.wheel_size_limit_mb == 500
     assert "USE_SCCACHE" in tree.dockerfile_args and "vllm_fa_cmake_gpu_arches" not in tree.dockerfile_args
-    assert tree.cuda_supported_archs("12.6") == ["7.0", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0"]
-    assert tree.cuda_supported_archs("12.9")[-2:] == ["12.0", "12.1"]
-    assert tree.cuda_supported_archs("13.0") == ["7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "11.0", "12.0"]
-    assert "10.7" in tree.cuda_supported_archs("13.4")
+    assert tree.cuda_supported_archs(cu("12.6")) == ["7.0", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0"]
+    assert tree.cuda_supported_archs(cu("12.9"))[-2:] == ["12.0", "12.1"]
+    assert tree.cuda_supported_archs(cu("13.0")) == ["7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "11.0", "12.0"]
+    assert "10.7" in tree.cuda_supported_archs(cu("13.4"))
     summary = tree.summary()
     assert summary.startswith("vLLM 0.33.0: tools/use_existing_torch.py --prefix, requirements/build/cuda.txt")
 
 
 def test_v033_arch_mapping_follows_the_loose_intersection(tmp_path):
     tree = inspect_tree(make_v033(tmp_path))
-    assert tree.gate_arch_for("12.1", "12.8") == "12.1"
-    assert tree.gate_arch_for("12.1", "13.0") == "12.0"  # family code for the whole SM12x
-    assert tree.gate_arch_for("10.3", "13.0") == "10.0"
-    assert tree.gate_arch_for("9.0a", "13.0") == "9.0a"
-    assert tree.gate_arch_for("sm_120", "12.8") == "12.0"
-    assert tree.gate_arch_for("7.0", "13.0") is None  # Volta left the list with CUDA 13
-    assert tree.gate_arch_for("12.0", "12.6") is None
-    with pytest.raises(ForgeError):
-        tree.gate_arch_for("nonsense", "12.8")
+    assert tree.gate_arch_for(arch("12.1"), cu("12.8")) == "12.1"
+    assert tree.gate_arch_for(arch("12.1"), cu("13.0")) == "12.0"  # family code for the whole SM12x
+    assert tree.gate_arch_for(arch("10.3"), cu("13.0")) == "10.0"
+    assert tree.gate_arch_for(arch("9.0a"), cu("13.0")) == "9.0a"
+    assert tree.gate_arch_for(arch("sm_120"), cu("12.8")) == "12.0"
+    assert tree.gate_arch_for(arch("7.0"), cu("13.0")) is None  # Volta left the list with CUDA 13
+    assert tree.gate_arch_for(arch("12.0"), cu("12.6")) is None
+    with pytest.raises(ForgeError):  # parsed once, where it is typed
+        arch("nonsense")
 
 
 def test_v033_git_deps_resolve_variables_branches_and_overrides(tmp_path):
@@ -494,8 +504,8 @@ def test_embedded_miniature_project_is_accepted(repo_root):
     assert tree.use_existing_torch == "use_existing_torch.py" and not tree.takes_prefix
     assert tree.reads("VLLM_FA_CMAKE_GPU_ARCHES") and tree.reads("TORCH_CUDA_ARCH_LIST")
     assert tree.reads("VLLM_VERSION_OVERRIDE") and tree.reads("MAX_JOBS")
-    assert tree.cuda_supported_archs("12.8") is None  # no gate: every arch nvcc accepts
-    assert tree.gate_arch_for("12.0", "12.8") == "12.0"
+    assert tree.cuda_supported_archs(cu("12.8")) is None  # no gate: every arch nvcc accepts
+    assert tree.gate_arch_for(arch("12.0"), cu("12.8")) == "12.0"
 
 
 # --- output -------------------------------------------------------------------------------------------

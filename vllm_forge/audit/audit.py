@@ -54,11 +54,12 @@ from vllm_forge.audit.fatbin import (
 )
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.validate import check_image_ref
+from vllm_forge.gpu.archs import parse_arch_token
+from vllm_forge.gpu.cuda_arch import ComputeCapability, CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import NONE, PTX, SASS, runs_on
 
-# One kernel group on one GPU (``decide``):
-SASS = "sass"
-PTX = "ptx"
-NONE = "none"
+# One kernel group on one GPU (``decide``): SASS, PTX or NONE, as vllm_forge/gpu/runs_on.py says.
 # One file on one GPU: the worst over its kernel groups (``judge``). NONE is shared.
 NATIVE = "native"
 PTX_JIT = "ptx-jit"
@@ -93,6 +94,10 @@ class Target:
         return f"{self.gpu} ({self.name})" if self.gpu else self.name
 
     @property
+    def cc(self) -> ComputeCapability:
+        return ComputeCapability(self.major, self.minor)
+
+    @property
     def build_arch(self) -> str:
         return self.spec or f"{self.major}.{self.minor}{self.name[-1] if self.name[-1] in 'af' else ''}"
 
@@ -100,9 +105,9 @@ class Target:
 def _check_known(arch, spelled: str) -> None:
     from vllm_forge.gpu import compat
 
-    if (arch.major, arch.minor) in compat.known_capabilities():
+    if arch.gpu in compat.known_capabilities():
         return
-    near = ", ".join(f"sm_{a}{b} ({a}.{b})" for a, b in compat.nearest_capabilities(arch.major, arch.minor))
+    near = ", ".join(f"{cc.sm} ({cc})" for cc in compat.nearest_capabilities(arch.gpu))
     raise ForgeError(f"'{spelled}' ({arch.sm}) is not the arch of any NVIDIA GPU this tool knows; the nearest known "
                      f"are {near}", "pass one of those, or add the new GPU to vllm_forge/gpu/compat.py")
 
@@ -113,7 +118,7 @@ def resolve_targets(specs: Iterable[str]) -> list[Target]:
     An arch no known GPU has (``13.0``, ``sm_130``) is refused, naming the nearest known ones.
     """
     from vllm_forge.gpu import compat
-    from vllm_forge.gpu.archs import resolve_arch
+    from vllm_forge.gpu.archs import parse_arch_list
 
     targets: dict[str, Target] = {}
     for spec in specs:
@@ -121,7 +126,7 @@ def resolve_targets(specs: Iterable[str]) -> list[Target]:
             if not chunk.strip():
                 continue
             model = compat.lookup_gpu(chunk.strip())
-            resolved = resolve_arch(chunk)
+            resolved = parse_arch_list(chunk)
             for arch in resolved:
                 _check_known(arch, chunk.strip())
                 gpu = model.name if model and len(resolved) == 1 else ""
@@ -132,45 +137,25 @@ def resolve_targets(specs: Iterable[str]) -> list[Target]:
     return list(targets.values())
 
 
-def parse_code_arch(name: str) -> tuple[int, int, str]:
-    """``sm_90a`` / ``compute_100f`` -> (9, 0, "a") / (10, 0, "f")."""
-    number = name.split("_", 1)[1]
-    variant = number[-1] if number[-1] in "af" else ""
-    digits = number[:-1] if variant else number
-    return int(digits[:-1]), int(digits[-1]), variant
-
-
-def sass_runs_on(sass: str, target: Target) -> bool:
-    major, minor, variant = parse_code_arch(sass)
-    if variant == "a":
-        return (target.major, target.minor) == (major, minor)
-    # Plain and family cubins: same major, newer-or-equal minor (NVIDIA: cubins run on X.z for z >= y;
-    # family targets on the later members of their family: sm_100f on 10.0/10.3, sm_120f on 12.0/12.1).
-    return target.major == major and target.minor >= minor
-
-
-def ptx_runs_on(ptx: str, target: Target) -> bool:
-    major, minor, variant = parse_code_arch(ptx)
-    if variant == "a":
-        return (target.major, target.minor) == (major, minor)
-    if variant == "f":
-        return target.major == major and target.minor >= minor
-    return (target.major, target.minor) >= (major, minor)
+def parse_code_arch(name: str) -> CudaArch:
+    """A fat binary's code name as the value vllm_forge/gpu/runs_on.py judges: ``sm_90a`` (SASS of 9.0a),
+    ``compute_100f`` (PTX of 10.0f)."""
+    code = parse_arch_token(name)
+    if code is None or not name.startswith(("sm_", "compute_")):
+        raise ValueError(f"{name!r} is not a fat-binary code name")
+    return code
 
 
 def decide(sass: Iterable[str], ptx: Iterable[str], target: Target) -> tuple[str, str]:
-    """One kernel group's (verdict, deciding arch): ("sass", "sm_120"), ("ptx", "compute_90"), ("none", "")."""
-    runs = sorted((s for s in sass if sass_runs_on(s, target)), key=_arch_key, reverse=True)
-    if runs:
-        return SASS, runs[0]
-    jit = sorted((p for p in ptx if ptx_runs_on(p, target)), key=_arch_key, reverse=True)
-    if jit:
-        return PTX, jit[0]
-    return NONE, ""
+    """One kernel group's (verdict, deciding arch): ("sass", "sm_120"), ("ptx", "compute_90"), ("none", ""):
+    NVIDIA's rule, vllm_forge/gpu/runs_on.py."""
+    fit = runs_on([parse_code_arch(name) for name in (*sass, *ptx)], target.cc)
+    return fit.kind, fit.name
 
 
 def _arch_key(name: str) -> tuple[int, int, str]:
-    return parse_code_arch(name)
+    code = parse_code_arch(name)
+    return code.major, code.minor, code.variant
 
 
 def sort_archs(names: Iterable[str]) -> list[str]:
@@ -213,7 +198,7 @@ def judge(groups: list[FatBinary], target: Target) -> tuple[str, GroupCounts, li
             continue
         kind, arch = decide(group.sass, group.ptx, target)
         codes = [*group.sass, *group.ptx]
-        if kind == NONE and codes and all(parse_code_arch(code)[2] in ("a", "f") for code in codes):
+        if kind == NONE and codes and all(parse_code_arch(code).variant in ("a", "f") for code in codes):
             counts.arch_specific += 1
             counts.arch_specific_archs = sort_archs(set(counts.arch_specific_archs) | set(group.sass))
             arch_specific_kernels.extend(group.kernels or ())
@@ -286,11 +271,11 @@ def fix_for(kind: str, package: str, targets: list[Target]) -> str:
     names = ", ".join(t.label for t in targets)
     needs = [compat.min_cuda_for(t.name) or compat.min_cuda_for(f"sm_{t.major}{t.minor}") for t in targets]
     known = [n for n in needs if n]
-    need = max(known, key=lambda v: tuple(int(p) for p in v.split("."))) if known else None
+    need = max(known) if known else None
     if kind == "torch":
         if not need:
             return f"no CUDA toolkit this tool knows compiles for {names}; wait for a torch built for it"
-        index = compat.PYTORCH_WHEEL_INDEX.get(need, "")
+        index = compat.PYTORCH_WHEEL_INDEX.get(need.minor_str, "")
         ngc = compat.default_ngc_tag(need)
         text = (f"install a torch built for CUDA {need} or newer, which knows {names} (e.g. "
                 f"`pip install torch --index-url {index}`)" if index else
@@ -307,14 +292,14 @@ def fix_for(kind: str, package: str, targets: list[Target]) -> str:
     return f"rebuild it for {names}{cuda}: nvcc {flags}"
 
 
-def variant_cuda(path: str) -> tuple[str, str] | None:
-    """``.../libbitsandbytes_cuda121.so`` -> (family key, "12.1"); None for other files."""
+def variant_cuda(path: str) -> tuple[str, CudaRelease] | None:
+    """``.../libbitsandbytes_cuda121.so`` -> (family key, 12.1); None for other files."""
     m = _VARIANT_RE.match(PurePosixPath(path).name)
     if not m:
         return None
     digits = m.group("cuda")
     family = str(PurePosixPath(path).parent / f"{m.group('stem')}_cuda*{m.group('rest')}.so")
-    return family, f"{digits[:-1]}.{digits[-1]}"
+    return family, CudaRelease(int(digits[:-1]), int(digits[-1]))
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -405,7 +390,7 @@ class AuditReport:
     missing: list[str] = field(default_factory=list)  # --require globs that matched no file
     # per-CUDA variant families judged as alternatives (torch's CUDA unknown) where no variant runs
     variant_failures: list[str] = field(default_factory=list)
-    torch_cuda: str = ""  # the CUDA of the torch that loads these files, when known
+    torch_cuda: CudaRelease | None = None  # the CUDA of the torch that loads these files, when known
 
     @property
     def ok(self) -> bool:
@@ -1167,11 +1152,9 @@ def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE) -> list[_Scan
 
 
 def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *, require: Iterable[str] = (),
-                 torch: TorchArchs | None = None, torch_cuda: str = "") -> AuditReport:
+                 torch: TorchArchs | None = None, torch_cuda: CudaRelease | None = None) -> AuditReport:
     """Judge every scanned file on every target. ``torch_cuda``: the CUDA of the torch that will load
-    these files ("12.8"), to pick the one per-CUDA variant that is loaded (else torch's own probe)."""
-    from vllm_forge.gpu.compat import cuda_minor
-
+    these files (12.8), to pick the one per-CUDA variant that is loaded (else torch's own probe)."""
     require = list(require or [])
     files: list[FileAudit] = []
     matched: set[str] = set()
@@ -1197,7 +1180,9 @@ def build_report(source: str, scanned: list[_Scanned], targets: list[Target], *,
         files.append(f)
     if torch is not None:
         _torch_verdicts(torch, targets)
-    torch_cuda = cuda_minor(torch_cuda) if torch_cuda else (cuda_minor(torch.cuda) if torch and torch.cuda else "")
+    if torch_cuda is None and torch is not None and torch.cuda:
+        torch_cuda = CudaRelease.parse_or_none(torch.cuda)
+    torch_cuda = torch_cuda.minor_release if torch_cuda is not None else None  # per-CUDA variants name the minor
     report = AuditReport(source=source, targets=targets, files=files, torch=torch,
                          missing=[g for g in require if g not in matched], torch_cuda=torch_cuda)
     _judge_variants(report)
@@ -1216,10 +1201,10 @@ def _judge_variants(report: AuditReport) -> None:
     for family, members in families.items():
         if len(members) < 2:
             continue
-        selected = [f for f, cuda in members if cuda == report.torch_cuda]
+        selected = [f for f, cuda in members if report.torch_cuda is not None and cuda.same_minor(report.torch_cuda)]
         for f, cuda in members:
             role = "selected" if f in selected else "alternative"
-            f.variant = {"family": family, "cuda": cuda, "role": role}
+            f.variant = {"family": family, "cuda": cuda.minor_str, "role": role}
             if role == "alternative":
                 f.required = False
         if not selected and not any(f.ok and all(f.runs_on(t) for t in f.verdict)
@@ -1228,7 +1213,7 @@ def _judge_variants(report: AuditReport) -> None:
 
 
 def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: bool = False,
-               max_inflate: int | str = DEFAULT_MAX_INFLATE, torch_cuda: str = "") -> AuditReport:
+               max_inflate: int | str = DEFAULT_MAX_INFLATE, torch_cuda: CudaRelease | None = None) -> AuditReport:
     """Audit a .so, an executable, a directory (wheels in it included), a wheel or an image tar.
 
     ``targets`` are arch names or specs (``"sm_120"``, ``"sm_90a"``, ``"12.0"``, ``"rtx5090"``).
@@ -1285,7 +1270,7 @@ def optional_notes(report: AuditReport) -> list[str]:
 
 
 def audit_image(image: str, targets: list[str], *, require: Iterable[str] = (), docker: str | None = None,
-                via: str = "save", torch: bool = True, torch_cuda: str = "") -> AuditReport:
+                via: str = "save", torch: bool = True, torch_cuda: CudaRelease | None = None) -> AuditReport:
     """Audit every extension file in a local Docker image, and the torch inside it."""
     resolved = resolve_targets(targets)
     found = scan_image(image, docker=docker, via=via)
@@ -1381,7 +1366,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="do not check torch's own arch list")
     parser.add_argument("--max-inflate", default=str(DEFAULT_MAX_INFLATE >> 30) + "G", metavar="SIZE",
                         help="cap on the bytes inflated from wheels (default %(default)s; e.g. 16G)")
-    parser.add_argument("--torch-cuda", default="", metavar="X.Y",
+    parser.add_argument("--torch-cuda", type=CudaRelease.parse, default=None, metavar="X.Y",
                         help="CUDA of the torch that loads these files (picks per-CUDA library variants)")
     args = parser.parse_args(argv)
     if bool(args.path) == bool(args.image):

@@ -32,11 +32,11 @@ from pathlib import Path
 
 from vllm_forge.build import build_times
 from vllm_forge.build.build_estimate import estimate_note
+from vllm_forge.build.build_times import CompileTimes, TimingWatch
 from vllm_forge.build.cmake_build_dir import (
-    BuildTiming,
-    TimingWatch,
     compile_settings,
     earlier_build,
+    python_suffix,
     record_settings,
     resume_note,
 )
@@ -65,6 +65,9 @@ from vllm_forge.core.package import python_path
 from vllm_forge.core.plan import Command, run_command
 from vllm_forge.deps.fetch_deps import deps_env
 from vllm_forge.gpu import archs as archs_mod
+from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.gpu.parallelism import Parallelism, choose_parallelism, cpu_count
 from vllm_forge.gpu.toolchain import CudaToolchain, find_cuda_toolchain
 from vllm_forge.source.setup_reader import ExtensionTarget, resolve_targets
@@ -77,8 +80,8 @@ class BuildRequest:
 
     src: Path
     dist_dir: Path
-    arch: str
-    cuda: str | None = None  # None: whatever the local nvcc is; else it must match it
+    archs: list[CudaArch]  # what to build for (archs.parse_arch_list of --arch)
+    cuda: CudaRelease | None = None  # None: whatever the local nvcc is; else it must match it
     max_jobs: int = 0
     nvcc_threads: int = 0
     mem_per_job_gb: float = 4.0
@@ -101,7 +104,7 @@ class BuildRequest:
 @dataclass
 class BuildPlan:
     request: BuildRequest
-    archs: list[archs_mod.CudaArch]
+    archs: list[CudaArch]
     toolchain: CudaToolchain
     parallelism: Parallelism
     compile_cache: str  # resolved: none | ccache | sccache
@@ -117,14 +120,26 @@ class BuildPlan:
     targets: list[ExtensionTarget] = field(default_factory=list)  # --targets, resolved (empty: every target)
     left_out: list[str] = field(default_factory=list)  # targets of a CUDA build that --targets leaves out
     targets_record: Path | None = None  # where the setup.py wrapper writes what it built and left out
-    timing: BuildTiming | None = None  # ninja's compile times of the run (set by run_build, also when it failed)
-    build_times: dict | None = None  # slowest units and per-arch compile time (build_times.collect; by run_build)
+    # where the run's compile time went (set by run_build, also when it failed): what `timing` and `build_times` read
+    compile_times: CompileTimes | None = None
     dist: DistPlan | None = None  # distributed compiles: the farm's state and sccache's client config
     local_parallelism: Parallelism | None = None  # MAX_JOBS for this machine alone (the farm may raise it)
 
     @property
     def commands(self) -> list[Command]:
         return [self.command]
+
+    @property
+    def timing(self) -> CompileTimes | None:
+        """The run's compile times when it compiled kernels in a CMake build dir: the end-of-build report and the
+        wheel's build info; None otherwise (kernels reused, nothing configured)."""
+        times = self.compile_times
+        return times if times is not None and times.timed and times.build_dir is not None else None
+
+    @property
+    def build_times(self) -> dict | None:
+        """The run's ``build-times`` record (run records, the build figure, bench); None before a run."""
+        return self.compile_times.record() if self.compile_times is not None else None
 
 
 def tree_needs_torch(src: Path) -> bool:
@@ -134,7 +149,7 @@ def tree_needs_torch(src: Path) -> bool:
     return re.search(r"^\s*(import torch|from torch)", setup.read_text(errors="replace"), re.M) is not None
 
 
-def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: str) -> str:
+def variant_version(src: Path, tree_version: str | None, cuda: CudaRelease, archs: list[CudaArch]) -> str:
     """The wheel's version with the build's variant as a PEP 440 local version, as vLLM's own variant wheels
     carry one (``0.11.0+cu130.sm90a.sm120ptx``): the tag the checkout is at (``.devN+g<commit>`` past it), or
     the tree's own version when it has no tags."""
@@ -148,9 +163,8 @@ def variant_version(src: Path, tree_version: str | None, cuda: str, arch_list: s
                 base += f".dev{found['distance']}"
                 local.append(f"g{found['sha'][:12]}")
     base = base.split("+", 1)[0]
-    local.append("cu" + cuda.replace(".", ""))
-    for token in arch_list.split(";"):
-        local.append("sm" + re.sub(r"[^0-9a-z]", "", token.lower().replace("+ptx", "ptx")))
+    local.append(cuda.tag)
+    local += [f"sm{arch.number}{'ptx' if arch.has_ptx else ''}" for arch in archs]
     return f"{base}+{'.'.join(local)}"
 
 
@@ -168,8 +182,8 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     ``--dry-run`` check it without building anything."""
     preflight = check_tools if preflight is None else preflight
     src = Path(request.src).expanduser()
-    archs = archs_mod.parse_arch_list(request.arch)
-    if request.cuda:
+    archs = list(request.archs)
+    if request.cuda is not None:
         archs_mod.check_archs_for_cuda(archs, request.cuda)
     parallelism = choose_parallelism(
         max_jobs=request.max_jobs, nvcc_threads=request.nvcc_threads, n_archs=len(archs),
@@ -180,16 +194,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         raise ForgeError(f"{src} is not a vLLM checkout (it does not exist)",
                          "run `invoke clone` first, or pass --vllm-src PATH to an existing checkout")
     tree = inspect_tree(src)
-    toolchain = find_cuda_toolchain()
-    if request.cuda and archs_mod.compat.cuda_minor(request.cuda) != toolchain.version:
-        raise ForgeError(
-            f"--cuda {request.cuda} was asked for but the nvcc found ({toolchain.nvcc}) is CUDA {toolchain.version}",
-            f"put CUDA {request.cuda}'s nvcc first (CUDA_HOME or PATH), drop --cuda, or bake in Docker "
-            f"(`invoke bake --cuda {request.cuda}`)",
-        )
-    archs_mod.check_archs_for_cuda(archs, toolchain.version)
-    tree.check_archs(archs, toolchain.version)  # what this vLLM's CMake gate would silently drop
-    cache_dir = Path(request.cache_dir).expanduser()
+    toolchain = _toolchain_for(request, archs, tree)
     deps_cache = Path(request.deps_cache or request.cache_dir).expanduser()
     checked = None
     if preflight:
@@ -210,6 +215,45 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     if chosen:
         notes.append(f"targets: {', '.join(t.target for t in chosen)} (--targets); left out: "
                      f"{', '.join(left_out) or 'none'}: the wheel holds only what was built")
+    dist = plan_dist(request.dist, Path(request.cache_dir).expanduser() / "sccache-dist")
+    env = _build_env(request, tree, toolchain, archs, parallelism, cache, deps_cache, dist, notes)
+    dist_dir = Path(request.dist_dir).expanduser().resolve()
+    if check_tools:  # a read-only or full output dir fails here, before the checkout is touched
+        _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
+    staging, command, record = _setup_command(request, src, dist_dir, env, chosen)
+    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree,
+                     preflight=checked, targets=chosen, left_out=left_out, targets_record=record,
+                     local_parallelism=parallelism)
+    if dist:
+        apply_dist(plan, dist)
+        notes += dist.notes()
+        if plan.parallelism is not parallelism:
+            notes.append(plan.parallelism.reason)
+    _plan_reuse_and_resume(plan)
+    return plan
+
+
+def _toolchain_for(request: BuildRequest, archs: list[CudaArch], tree: VllmTree) -> CudaToolchain:
+    """The nvcc that builds (the one CUDA of a local build), checked against --cuda, the archs and this vLLM's
+    CMake arch gate (what it would silently drop)."""
+    toolchain = find_cuda_toolchain()
+    if request.cuda is not None and not request.cuda.same_minor(toolchain.version):
+        raise ForgeError(
+            f"--cuda {request.cuda} was asked for but the nvcc found ({toolchain.nvcc}) is CUDA {toolchain.version}",
+            f"put CUDA {request.cuda}'s nvcc first (CUDA_HOME or PATH), drop --cuda, or bake in Docker "
+            f"(`invoke bake --cuda {request.cuda}`)",
+        )
+    archs_mod.check_archs_for_cuda(archs, toolchain.version)
+    tree.check_archs(archs, toolchain.version)
+    return toolchain
+
+
+def _build_env(request: BuildRequest, tree: VllmTree, toolchain: CudaToolchain, archs: list[CudaArch],
+               parallelism: Parallelism, cache: str, deps_cache: Path, dist: DistPlan | None,
+               notes: list[str]) -> dict[str, str]:
+    """The environment vLLM's setup.py builds in: the archs, parallelism, the wheel's version, the cached git
+    dependencies, the compile cache, nvcc --time, the toolchain's and the mirror's; notes what each adds."""
+    src = Path(request.src).expanduser()
     env = {
         "TORCH_CUDA_ARCH_LIST": archs_mod.torch_cuda_arch_list(archs),
         "MAX_JOBS": str(parallelism.max_jobs),
@@ -221,7 +265,7 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         env["VLLM_FA_CMAKE_GPU_ARCHES"] = archs_mod.fa_cmake_gpu_arches(archs)
     else:
         notes.append("VLLM_FA_CMAKE_GPU_ARCHES not set: this checkout's build does not read it")
-    version = variant_version(src, tree.version, toolchain.version, env["TORCH_CUDA_ARCH_LIST"])
+    version = variant_version(src, tree.version, toolchain.version, archs)
     variable = tree.version_env or "SETUPTOOLS_SCM_PRETEND_VERSION"
     env[variable] = version
     notes.append(f"version {version} ({variable}): the CUDA and archs are in the wheel's name, so wheels for "
@@ -233,9 +277,8 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
         env.update(deps)
         notes.append(f"{sum(1 for k in deps if k.endswith('_SRC_DIR'))} git dependencies from the local cache "
                      "(`invoke fetch-deps`): the build needs no network for them")
-    dist = plan_dist(request.dist, cache_dir / "sccache-dist")
-    env.update(compile_cache_env(cache, cache_dir, shared=request.shared_cache, base_dir=src,
-                                 dist_config=dist.config_path if dist else None))
+    env.update(compile_cache_env(cache, Path(request.cache_dir).expanduser(), shared=request.shared_cache,
+                                 base_dir=src, dist_config=dist.config_path if dist else None))
     notes += plan_notes(cache, request.shared_cache, env)
     timing = build_times.nvcc_time_env(src) if cache != "sccache" else {}
     env.update(timing)
@@ -247,10 +290,13 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
                                                   f"{build_times.NVCC_FLAGS_ENV} cannot carry"))
     env.update(toolchain.env)
     env.update(request.extra_env)
-    dist_dir = Path(request.dist_dir).expanduser().resolve()
-    if check_tools:  # a read-only or full output dir fails here, before the checkout is touched
-        _prepare_dist(dist_dir, need_mb=tree.wheel_limit_mb())
-    # A private staging dir per run, so two builds into one dist/ never mix files.
+    return env
+
+
+def _setup_command(request: BuildRequest, src: Path, dist_dir: Path, env: dict[str, str],
+                   chosen: list[ExtensionTarget]) -> tuple[Path, Command, Path | None]:
+    """(staging dir, the setup.py command, where --targets' wrapper records what it built): a private staging
+    dir per run, so two builds into one dist/ never mix files."""
     from vllm_forge.audit.audit import STAGING_PREFIX
 
     staging = dist_dir / f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -265,37 +311,36 @@ def plan_build(request: BuildRequest, *, check_tools: bool = True, preflight: bo
     else:
         argv, command_env = [request.python, "setup.py", *setup_args], env
     command = Command(argv, cwd=str(src.resolve()), env=command_env, why="build the wheel (vLLM's own recipe)")
-    plan = BuildPlan(request, archs, toolchain, parallelism, cache, env, command, staging, notes, tree=tree,
-                     preflight=checked, targets=chosen, left_out=left_out, targets_record=record,
-                     local_parallelism=parallelism)
-    if dist:
-        apply_dist(plan, dist)
-        notes += dist.notes()
-        if plan.parallelism is not parallelism:
-            notes.append(plan.parallelism.reason)
+    return staging, command, record
+
+
+def _plan_reuse_and_resume(plan: BuildPlan) -> None:
+    """Kernel reuse (a wheel with the same kernel key), and for a build that compiles: what its CMake build dir
+    resumes from and how long it should take; each said in the plan's notes."""
     from vllm_forge.source import patches as patch_mod
 
+    request, tree, notes = plan.request, plan.tree, plan.notes
     pending = [patch_mod.read_patch(p) for p in request.patches]  # a missing or non-diff file fails here
-    decision = decide_reuse(request, tree, env, toolchain, pending_patches=pending,
-                            targets=[t.target for t in chosen])
+    chosen = [t.target for t in plan.targets]
+    decision = decide_reuse(request, tree, plan.env, plan.toolchain, pending_patches=pending, targets=chosen)
     apply_reuse(plan, decision)
-    notes.append(decision.note(cache))
+    notes.append(decision.note(plan.compile_cache))
     if not decision.source and decision.key:  # CMake and ninja run: what they start from, how long they take
-        settings = compile_settings(decision.key.inputs, cache)
+        src = Path(request.src).expanduser()
+        settings = compile_settings(decision.key.inputs, plan.compile_cache)
         earlier = earlier_build(src, settings)
         notes.append(resume_note(src, settings, earlier))
-        notes.append(estimate_note(tree, settings, archs=archs, cores=cpu_count(), jobs=parallelism.max_jobs,
-                                   nvcc_threads=parallelism.nvcc_threads, targets=[t.target for t in chosen],
-                                   earlier=earlier))
-    return plan
+        local = plan.local_parallelism or plan.parallelism
+        notes.append(estimate_note(tree, settings, archs=plan.archs, cores=cpu_count(), jobs=local.max_jobs,
+                                   nvcc_threads=local.nvcc_threads, targets=chosen, earlier=earlier))
 
 
-def _driver_note(cuda: str) -> str:
-    need = archs_mod.compat.MIN_DRIVER.get(cuda)
+def _driver_note(cuda: CudaRelease) -> str:
+    need = compat.MIN_DRIVER.get(cuda.minor_str)
     return f"; the wheel needs an NVIDIA driver >= {need.full}" if need else ""
 
 
-def _choose_targets(tree: VllmTree, wanted: list[str], nvcc: str,
+def _choose_targets(tree: VllmTree, wanted: list[str], nvcc: CudaRelease,
                     python: tuple[int, int]) -> tuple[list[ExtensionTarget], list[str]]:
     """``--targets`` resolved against what a CUDA build of this checkout builds, and what it leaves out."""
     if not wanted:
@@ -403,22 +448,20 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
             on_line(plan.dist.probe.line())
     cache_session = CacheSession(plan.compile_cache, plan.env, distributed=plan.dist is not None)
     src = Path(plan.request.src).expanduser()
-    watch = None
-    if not decision.source and decision.key:  # kernels compile: ninja's record of this build is read at the end
-        settings = compile_settings(decision.key.inputs, plan.compile_cache)
+    compiles = bool(not decision.source and decision.key)  # kernels compile: ninja's record of this build
+    settings = compile_settings(decision.key.inputs, plan.compile_cache) if compiles else {}
+    if compiles:
         record_settings(src, settings)
-        watch = TimingWatch(src, settings)
+    watch = TimingWatch(src, python_suffix(settings), timed=compiles)
     try:
         with client_config(plan.dist if not decision.source else None):
             cache_session.start()  # counters before, so the figures are this build's
-            build_times.forget(plan.request.src)  # under the checkout's lock: never another build's times
-            started = time.time()
+            watch.start()  # under the checkout's lock: never another build's times
             try:
                 run_command(plan.command, on_line=on_line, log_path=log_path)
             finally:
                 plan.cache_report = cache_session.finish()
-                plan.timing = watch.finish() if watch else None  # a failed or interrupted build is timed too
-                plan.build_times = build_times.collect(plan.request.src, since=started)
+                plan.compile_times = watch.finish()  # a failed or interrupted build is timed too
         wheels = sorted(staging.glob("*.whl"))
         if len(wheels) != 1:
             raise ForgeError(f"the build made {len(wheels)} wheels instead of one", "read the build log", exit_code=1)
@@ -441,7 +484,7 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def audit_built_wheel(wheel: Path, archs: list[archs_mod.CudaArch]) -> None:
+def audit_built_wheel(wheel: Path, archs: list[CudaArch]) -> None:
     """Refuse a wheel whose extensions cannot run on one of the archs it was built for."""
     from vllm_forge.audit.audit import audit_path
 
@@ -831,14 +874,14 @@ def build_info_for(plan: BuildPlan, wheel_sha_source: str | None = None) -> dict
         "kernel_inputs": decision.key.inputs if decision and decision.key else None,
         "patches": [p.record() for p in applied],
         "kernels_from": None,
-        "cuda": plan.toolchain.version,
+        "cuda": plan.toolchain.version.minor_str,
         "torch": plan.preflight.torch if plan.preflight else None,
         "targets": _targets_built(plan),
     }
     if decision and decision.source:
         info["kernels_from"] = {"wheel": decision.source.name, "sha256": wheel_sha_source}
     if plan.timing is not None:
-        info["compile_times"] = plan.timing.summary()
+        info["compile_times"] = plan.timing.build_info()
     return info
 
 
@@ -905,7 +948,8 @@ def main(argv=None) -> int:
             else settings_from_secret())
     dist.check()
     plan = plan_build(BuildRequest(
-        src=args.src, dist_dir=args.dist_dir, arch=args.arch, cuda=args.cuda, max_jobs=args.max_jobs,
+        src=args.src, dist_dir=args.dist_dir, archs=archs_mod.parse_arch_list(args.arch),
+        cuda=CudaRelease.parse(args.cuda) if args.cuda else None, max_jobs=args.max_jobs,
         nvcc_threads=args.nvcc_threads, mem_per_job_gb=args.mem_per_job_gb, build_type=args.build_type,
         compile_cache=args.compile_cache, cache_dir=args.cache_dir, deps_cache=args.deps_cache,
         reuse=not args.no_reuse, patches=args.patch, dist=dist,

@@ -1,5 +1,6 @@
 """What the CMake build dir of a tree holds: the objects an earlier build compiled (so a second build-wheel
-resumes it), the settings they were compiled with, and the compile times of the build that just ran.
+resumes it) and the settings they were compiled with. Where the compile time of the build that just ran went
+is build_times.py's record; both find the dir with ninja_log.find_build_dir.
 
 setup.py (vLLM's and the miniature's) configures CMake in ``build/temp.<platform>-<python>/`` of the tree and
 runs ninja there; ninja skips every object whose inputs and command did not change, and appends one line per
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_forge.build import ninja_log
-from vllm_forge.build.build_progress import duration
 
 SETTINGS_FILE = ".vllm-forge-compile.json"  # in <tree>/build/: the settings of the last compile started there
 # What reaches every compile command or every object's headers, and how it is named to the user: kernel-key
@@ -47,7 +47,8 @@ def python_suffix(settings: dict) -> str:
     return "cpython-" + version.replace(".", "") if version else ""
 
 
-def _show(path: Path, tree: Path) -> str:
+def shown_dir(path: Path, tree: Path) -> str:
+    """``build/temp.x/``: a dir as the plan and the report name it, relative to the tree when it is inside."""
     try:
         return str(path.relative_to(tree)) + "/"
     except ValueError:
@@ -65,7 +66,7 @@ class EarlierBuild:
 
     @property
     def shown(self) -> str:
-        return _show(self.build_dir, self.tree)
+        return shown_dir(self.build_dir, self.tree)
 
     def changed(self, now: dict) -> list[str]:
         """The compile settings that differ from ``now`` (``compile_settings``), as 'NAME old (now new)'."""
@@ -134,91 +135,3 @@ def record_settings(tree: Path | str, settings: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
     partial.replace(path)
-
-
-# --- the compile times of one build ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BuildTiming:
-    """What ninja recorded about the build that just ran (``compiled``) and about every object in its build dir
-    (``record``: the newest line of each, earlier builds' included)."""
-
-    tree: Path
-    build_dir: Path
-    compiled: list[ninja_log.NinjaEntry]
-    record: list[ninja_log.NinjaEntry]
-
-    @property
-    def objects(self) -> list[ninja_log.NinjaEntry]:
-        return [e for e in self.record if e.target]
-
-    @property
-    def compiled_objects(self) -> list[ninja_log.NinjaEntry]:
-        return [e for e in self.compiled if e.target]
-
-    @property
-    def wall_seconds(self) -> float:
-        """How long this build's ninja compiled (its first start to its last end, in ninja's own clock)."""
-        spans = ninja_log.session_wall_seconds(self.compiled)
-        return sum(spans)
-
-    def cpu_seconds(self, entries: list[ninja_log.NinjaEntry]) -> float:
-        return sum(e.seconds for e in entries if e.target)
-
-    def lines(self, count: int = 10) -> list[str]:
-        """The report printed once at the end of a build: the slowest units, then CPU-seconds per target."""
-        now = {e.output for e in self.compiled}
-        kept = len(self.objects) - len([e for e in self.objects if e.output in now])
-        where = _show(self.build_dir, self.tree) + ".ninja_log"
-        compiled = self.compiled_objects
-        if compiled:
-            head = (f"compile times ({where}): this build compiled {len(compiled)} objects, "
-                    f"{self.cpu_seconds(compiled):,.0f} CPU-seconds in {duration(self.wall_seconds)} of ninja")
-        else:
-            head = f"compile times ({where}): this build compiled no object"
-        if kept:
-            head += f"; {kept} were kept from an earlier build"
-        out = [head]
-        slowest = ninja_log.slowest(self.objects, count)
-        if slowest:
-            out.append(f"slowest compile units (of {len(self.objects)}):")
-            out += [f"  {e.seconds:7.1f} s  {e.target}  {e.source}" + ("" if e.output in now else "  (earlier build)")
-                    for e in slowest]
-            out.append("CPU-seconds per CMake target:")
-            out += [f"  {t.cpu_seconds:9,.1f} s  {t.target}  ({t.objects} objects, longest {t.longest_seconds:.1f} s)"
-                    for t in ninja_log.by_target(self.objects).values()]
-        return out
-
-    def summary(self, count: int = 5) -> dict:
-        """What the wheel's build info records: every object's compile time summed, this build's part, the top."""
-        compiled = self.compiled_objects
-        return {
-            "objects": len(self.objects),
-            "cpu_seconds": round(self.cpu_seconds(self.objects), 1),
-            "compiled_by_this_build": len(compiled),
-            "wall_seconds": round(self.wall_seconds, 1),
-            "slowest": [{"seconds": round(e.seconds, 1), "target": e.target, "file": e.source}
-                        for e in ninja_log.slowest(self.objects, count)],
-        }
-
-
-class TimingWatch:
-    """Started right before a build: at the end, reads what ninja appended to the build dir's .ninja_log."""
-
-    def __init__(self, tree: Path | str, settings: dict | None = None):
-        self.tree = Path(tree).expanduser()
-        self._suffix = python_suffix(settings or {})
-        found = ninja_log.find_build_dir(self.tree, self._suffix)
-        self._tail = ninja_log.LogTail(found / ".ninja_log" if found else None)
-
-    def finish(self) -> BuildTiming | None:
-        """This build's timing; None when no CMake build dir exists (nothing was configured or compiled)."""
-        build_dir = ninja_log.find_build_dir(self.tree, self._suffix)
-        if build_dir is None:
-            return None
-        if self._tail.path is None or self._tail.path.parent != build_dir:
-            self._tail.attach(build_dir / ".ninja_log")  # made during this build
-        compiled = self._tail.read()
-        record = ninja_log.latest(ninja_log.read_ninja_log(build_dir / ".ninja_log"))
-        return BuildTiming(self.tree, build_dir, list(compiled), record)

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 TORCH_FAMILY = ("torch", "torchvision", "torchaudio")  # the torch check owns these, use-existing-torch strips them
 
@@ -76,7 +77,7 @@ class PythonFacts:
     markers: dict[str, str]
     dists: dict[str, str | None]  # requirement name -> installed version (None: not installed)
     torch_version: str | None = None  # "2.11.0+cu130"
-    torch_cuda: str | None = None  # "13.0"; None for a CPU (or ROCm) build of torch
+    torch_cuda: CudaRelease | None = None  # 13.0; None for a CPU (or ROCm) build of torch
     torch_hip: str | None = None
     torch_path: str = ""
 
@@ -91,7 +92,8 @@ def probe_python(python: str, names: Iterable[str], *, env: Mapping[str, str] | 
                          "point the build at a working Python 3.10+ (the one torch is installed in)") from None
     torch = data.get("torch") or {}
     return PythonFacts(data["executable"], tuple(data["version"]), data["markers"], data["dists"],
-                       torch.get("__version__"), torch.get("cuda"), torch.get("hip"), torch.get("path", ""))
+                       torch.get("__version__"), CudaRelease.parse_or_none(torch.get("cuda")), torch.get("hip"),
+                       torch.get("path", ""))
 
 
 # --- the checkout's build requirements -----------------------------------------------------------------------
@@ -254,9 +256,9 @@ def torch_line(facts: PythonFacts, tree) -> str:
     return f"built against torch {facts.torch_version} ({pinned}{', the same release' if same else ''})"
 
 
-def check_torch(facts: PythonFacts, tree, nvcc_version: str) -> list[str]:
+def check_torch(facts: PythonFacts, tree, nvcc_version: CudaRelease) -> list[str]:
     """ForgeError for a torch the build cannot use; notes for what it should know about the one it has."""
-    index = f"https://download.pytorch.org/whl/cu{nvcc_version.replace('.', '')}"
+    index = f"https://download.pytorch.org/whl/{nvcc_version.tag}"
     pin = tree.torch_pin or ""
     install = f"pip install torch{'==' + pin if pin else ''} --index-url {index}"
     if not facts.torch_version:
@@ -269,16 +271,16 @@ def check_torch(facts: PythonFacts, tree, nvcc_version: str) -> list[str]:
             f"torch {facts.torch_version} in {facts.torch_path} is built with {kind}: vLLM's CMake stops with "
             "'Unsupported platform' and no kernel is compiled",
             f"install a CUDA build of torch for CUDA {nvcc_version} ({install}), or bake in Docker")
-    torch_cuda, nvcc = _release(facts.torch_cuda)[:2], _release(nvcc_version)[:2]
+    torch_cuda, nvcc = facts.torch_cuda, nvcc_version
     notes = [torch_line(facts, tree)]
-    if torch_cuda[:1] != nvcc[:1]:
+    if torch_cuda.major != nvcc.major:
         raise ForgeError(
             f"torch {facts.torch_version} is built with CUDA {facts.torch_cuda} but the nvcc found is CUDA "
-            f"{nvcc_version}: the extensions would link CUDA {nvcc[0]}'s runtime while torch loads CUDA "
-            f"{torch_cuda[0]}'s, and `import vllm` fails on the missing libcudart.so.{nvcc[0]}",
+            f"{nvcc_version}: the extensions would link CUDA {nvcc.major}'s runtime while torch loads CUDA "
+            f"{torch_cuda.major}'s, and `import vllm` fails on the missing libcudart.so.{nvcc.major}",
             f"install torch for CUDA {nvcc_version} ({install}), or put CUDA {facts.torch_cuda}'s nvcc first "
             "(CUDA_HOME or PATH)")
-    if torch_cuda != nvcc:
+    if not torch_cuda.same_minor(nvcc):
         notes.append(f"torch's CUDA {facts.torch_cuda} and nvcc's {nvcc_version} differ in the minor version: "
                      "CUDA's minor-version compatibility covers it; the wheel needs a driver for the newer one")
     if pin and _release(facts.torch_version)[:2] != _release(pin)[:2]:
@@ -340,7 +342,7 @@ def nvcc_host_limits(cuda_root: Path) -> dict[str, int]:
     return {}
 
 
-def check_host_compiler(compiler: HostCompiler | None, limits: dict[str, int], nvcc_version: str,
+def check_host_compiler(compiler: HostCompiler | None, limits: dict[str, int], nvcc_version: CudaRelease,
                         torch_version: str | None) -> str:
     if compiler is None:
         raise ForgeError("no C++ compiler was found (CUDAHOSTCXX, CXX, c++, g++)",

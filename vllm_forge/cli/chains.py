@@ -117,19 +117,21 @@ def print_farm(cfg) -> None:
 def archs(cuda) -> None:
     from vllm_forge.gpu import archs as arch_tables
     from vllm_forge.gpu import compat
+    from vllm_forge.gpu.cuda_release import cuda_release
 
-    if cuda:
-        arch_tables.check_archs_for_cuda([], cuda)  # an unknown CUDA version: one line, not an empty table
+    release = cuda_release(cuda)  # the task's --cuda string becomes a CudaRelease here, once
+    if release is not None:
+        arch_tables.check_archs_for_cuda([], release)  # an unknown CUDA version: one line, not an empty table
     table = Table("GPU", "arch", "oldest CUDA", "newest CUDA", title="GPU names accepted by --arch")
     seen = set()
     for model in compat.GPU_MODELS.values():
         if model.name in seen:
             continue
         seen.add(model.name)
-        sm = arch_tables.parse_arch_token(model.capability).sm
-        if cuda and sm not in compat.CUDA_ARCHS.get(compat.cuda_minor(cuda), ()):
+        sm = model.arch.sm
+        if release is not None and not compat.compiles(release, sm):
             continue
-        table.add_row(model.name, sm, compat.min_cuda_for(sm) or "-", compat.max_cuda_for(sm) or "-")
+        table.add_row(model.name, sm, str(compat.min_cuda_for(sm) or "-"), str(compat.max_cuda_for(sm) or "-"))
     console.print(table)
 
 

@@ -13,15 +13,15 @@ from vllm_forge.core.errors import ForgeError
 from vllm_forge.deps import dep_import as dep_importer
 from vllm_forge.deps import fetch_deps as dep_fetcher
 from vllm_forge.gpu import archs as arch_tables
+from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import vllm_tree
-
-DEFAULT_CUDAS = ["12.6", "12.8", "12.9", "13.0"]
 
 
 def inspect_tree(ctx, given) -> None:
     json, arch = given.json, given.arch
     tree = vllm_tree.inspect_tree(steps.settings(ctx, given).src)
-    cudas = list(given.cuda or []) or DEFAULT_CUDAS
+    cudas = [CudaRelease.parse(c) for c in given.cuda] if given.cuda else list(compat.VLLM_CUDAS)
     if json:
         print(json_mod.dumps(tree.as_dict(cudas), indent=2))
     else:
@@ -36,7 +36,7 @@ def inspect_tree(ctx, given) -> None:
         table = Table("CUDA", "CUDA_SUPPORTED_ARCHS", title="arch gate (CMakeLists.txt)")
         for version in cudas:
             archs = tree.cuda_supported_archs(version)
-            table.add_row(version, ";".join(archs) if archs is not None else "no gate")
+            table.add_row(str(version), ";".join(archs) if archs is not None else "no gate")
         console.print(table)
         console.print("[bold]git dependencies its CMake fetches[/] (name: repository @ pin, local-copy variable)")
         for dep in tree.git_deps:
@@ -49,7 +49,7 @@ def inspect_tree(ctx, given) -> None:
         for version in cudas:
             tree.check_archs(archs, version)
         console.print(f"[green]{', '.join(a.sm for a in archs)} kept by this vLLM's gate for CUDA "
-                      f"{', '.join(cudas)}[/]")
+                      f"{', '.join(str(c) for c in cudas)}[/]")
 
 
 

@@ -12,6 +12,7 @@ from vllm_forge.audit import audit as kernel_audit
 from vllm_forge.cli import steps
 from vllm_forge.cli.render import Table, console, escape, print_note, run_streaming
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_release import cuda_release
 from vllm_forge.report import figure_data
 
 
@@ -41,14 +42,15 @@ def audit(ctx, given) -> None:
     if plot:
         steps.check_plot(plot)
     archs = list(given.arch or []) or [steps.config(ctx).arch]
+    torch_cuda = cuda_release(given.torch_cuda)
     # --json is read by programs: no spinner thread next to the scan.
     with contextlib.nullcontext() if json else console.status("reading device code..."):
         if image:
             report = kernel_audit.audit_image(image, archs, require=given.require or [], docker=given.docker,
-                                              via=given.via, torch=not given.no_torch, torch_cuda=given.torch_cuda)
+                                              via=given.via, torch=not given.no_torch, torch_cuda=torch_cuda)
         else:
             report = kernel_audit.audit_path(path, archs, require=given.require or [], torch=not given.no_torch,
-                                             max_inflate=given.max_inflate, torch_cuda=given.torch_cuda)
+                                             max_inflate=given.max_inflate, torch_cuda=torch_cuda)
     steps.record("audit", report.to_dict())
     if json:
         print(report.to_json())

@@ -11,54 +11,12 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import compat
-
-
-@dataclass(frozen=True, order=True)
-class CudaArch:
-    major: int
-    minor: int
-    variant: str = ""  # "" | "a" (arch-specific) | "f" (family-specific)
-    ptx: bool = False  # also embed PTX of this arch, for forward compatibility via JIT
-    sass: bool = True  # embed SASS (False only for `compute_XY`: PTX alone)
-
-    @property
-    def number(self) -> str:
-        return f"{self.major}{self.minor}{self.variant}"
-
-    @property
-    def sm(self) -> str:
-        return f"sm_{self.number}"
-
-    @property
-    def compute(self) -> str:
-        return f"compute_{self.number}"
-
-    @property
-    def capability(self) -> str:
-        return f"{self.major}.{self.minor}"
-
-    @property
-    def torch_token(self) -> str:
-        """One entry of TORCH_CUDA_ARCH_LIST: ``12.0``, ``9.0a``, ``12.0+PTX``."""
-        return f"{self.major}.{self.minor}{self.variant}" + ("+PTX" if self.ptx or not self.sass else "")
-
-    @property
-    def cmake_tokens(self) -> list[str]:
-        """CMake CUDA_ARCHITECTURES entries: ``120-real`` (SASS), ``120-virtual`` (PTX)."""
-        tokens = []
-        if self.sass:
-            tokens.append(f"{self.number}-real")
-        if self.ptx or not self.sass:
-            tokens.append(f"{self.number}-virtual")
-        return tokens
-
-    def __str__(self) -> str:
-        return self.torch_token
-
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import SASS, runs_on
 
 _ARCH_RE = re.compile(
     r"""^(?:
@@ -158,7 +116,7 @@ def parse_arch_list(spec: str, *, detect=detect_local_archs) -> list[CudaArch]:
                     break
                 model = compat.lookup_gpu(phrase)
                 if model is not None and not _ARCH_RE.match(phrase):
-                    archs.append(parse_arch_token(model.capability))
+                    archs.append(model.arch)
                     break
             else:
                 arch = parse_arch_token(words[i])
@@ -189,17 +147,17 @@ def _merge(archs: list[CudaArch]) -> list[CudaArch]:
     return sorted(merged.values())
 
 
-def check_archs_for_cuda(archs: list[CudaArch], cuda: str) -> None:
-    """Refuse, naming the minimum CUDA, any arch that CUDA's compiler cannot build."""
-    minor = compat.cuda_minor(cuda)
-    if minor not in compat.CUDA_ARCHS:
+def check_archs_for_cuda(archs: list[CudaArch], cuda: CudaRelease) -> None:
+    """Refuse, naming the minimum CUDA, any arch that CUDA's compiler cannot build; where an arch it can build
+    runs on that GPU too (runs_on: sm_120 on a 12.1 GPU), the fix names it."""
+    if cuda.minor_str not in compat.CUDA_ARCHS:
         raise ForgeError(
             f"CUDA {cuda} is not a version this tool knows",
-            f"use one of {', '.join(compat.known_cudas())}",
+            f"use one of {', '.join(str(known) for known in compat.known_cudas())}",
         )
-    accepted = compat.CUDA_ARCHS[minor]
+    minor = cuda.minor_str
     for arch in archs:
-        if arch.sm in accepted:
+        if compat.compiles(cuda, arch.sm):
             continue
         need = compat.min_cuda_for(arch.sm)
         last = compat.max_cuda_for(arch.sm)
@@ -208,25 +166,34 @@ def check_archs_for_cuda(archs: list[CudaArch], cuda: str) -> None:
                 f"{arch.sm} is not an arch any known CUDA toolkit can compile",
                 "check the arch (`invoke archs` lists GPUs and their archs)",
             )
-        if last is not None and _version_key(minor) > _version_key(last):
+        if last is not None and cuda.minor_release > last:
             raise ForgeError(
                 f"CUDA {minor} can no longer compile {arch.sm}; the last CUDA that can is {last}",
                 f"pass --cuda {last}, or drop {arch.capability} from --arch",
             )
+        instead = runs_instead(arch, cuda)
         raise ForgeError(
             f"CUDA {minor} cannot compile {arch.sm} (needs CUDA {need} or newer)",
-            f"pass --cuda {need} (or newer), or pick an arch CUDA {minor} supports",
+            f"pass --cuda {need} (or newer), or "
+            + (f"--arch {instead.capability} (its {instead.sm} kernels run on {arch.capability} GPUs too)"
+               if instead else f"pick an arch CUDA {minor} supports"),
         )
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
+def runs_instead(arch: CudaArch, cuda: CudaRelease) -> CudaArch | None:
+    """The newest arch of a known GPU that CUDA ``cuda`` compiles and whose SASS runs on the GPU ``arch`` names
+    (``12.1`` on CUDA 12.8: ``12.0``); None when there is none, and for ``a``/``f`` archs, asked for on purpose."""
+    if arch.variant:
+        return None
+    gpus = {model.arch for model in compat.GPU_MODELS.values()}
+    fit = runs_on([code for code in gpus if compat.compiles(cuda, code.sm)], arch.gpu)
+    return fit.code if fit.kind == SASS else None
 
 
-def resolve_arch(spec: str, cuda: str | None = None, *, detect=detect_local_archs) -> list[CudaArch]:
+def resolve_arch(spec: str, cuda: CudaRelease | None = None, *, detect=detect_local_archs) -> list[CudaArch]:
     """Parse ``spec`` and, when ``cuda`` is given, check every arch compiles with it."""
     archs = parse_arch_list(spec, detect=detect)
-    if cuda:
+    if cuda is not None:
         check_archs_for_cuda(archs, cuda)
     return archs
 
@@ -249,7 +216,7 @@ def main(argv=None) -> int:
     parser.add_argument("spec", help="e.g. '12.0', 'rtx5090', '9.0a;12.0+PTX', 'auto'")
     parser.add_argument("--cuda", help="check the archs against this CUDA toolkit version")
     args = parser.parse_args(argv)
-    archs = resolve_arch(args.spec, args.cuda)
+    archs = resolve_arch(args.spec, CudaRelease.parse(args.cuda) if args.cuda else None)
     print(json.dumps({
         "sm": [a.sm for a in archs],
         "TORCH_CUDA_ARCH_LIST": torch_cuda_arch_list(archs),

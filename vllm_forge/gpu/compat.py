@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.cuda_arch import ComputeCapability, CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import sass_runs_on
+
+# The tables below are keyed by a CUDA release's minor as text ("12.8", as NVIDIA's release notes name them):
+# look them up with ``CudaRelease.minor_str``.
+
 
 def _sm(*names: str) -> frozenset[str]:
     return frozenset(names)
@@ -59,6 +67,11 @@ DEFAULT_ARCH_LIST: dict[str, str] = {
 }
 
 
+# The CUDA releases vLLM's own images build with, from 0.8 on (docker/Dockerfile ARG CUDA_VERSION of each
+# release, and the cu1xx wheel variants it publishes): `inspect-tree` shows a checkout's arch gate for each.
+VLLM_CUDAS: tuple[CudaRelease, ...] = (CudaRelease(12, 6), CudaRelease(12, 8), CudaRelease(12, 9), CudaRelease(13, 0))
+
+
 # --- Minimum NVIDIA driver per CUDA toolkit ---------------------------------------------------------
 # Source: CUDA Toolkit release notes, Table 3 "CUDA Toolkit and Corresponding Driver Versions"
 # (Linux x86_64, GA releases), and the "minor version compatibility" minimums of the same page.
@@ -86,7 +99,17 @@ MIN_DRIVER: dict[str, DriverRequirement] = {
 @dataclass(frozen=True)
 class GpuModel:
     name: str
-    capability: str  # "12.0"
+    cc: ComputeCapability
+
+    @property
+    def capability(self) -> str:
+        """``"12.0"``, as nvidia-smi's ``compute_cap`` says it."""
+        return str(self.cc)
+
+    @property
+    def arch(self) -> CudaArch:
+        """What ``--arch`` with this GPU's name builds: its own arch, SASS."""
+        return CudaArch(self.cc.major, self.cc.minor)
 
 
 _GPU_ROWS: list[tuple[str, str, tuple[str, ...]]] = [
@@ -142,7 +165,7 @@ def normalize_gpu_name(name: str) -> str:
 
 GPU_MODELS: dict[str, GpuModel] = {}
 for _display, _cap, _aliases in _GPU_ROWS:
-    _model = GpuModel(_display, _cap)
+    _model = GpuModel(_display, ComputeCapability.parse(_cap))
     for _key in (normalize_gpu_name(_display), *_aliases):
         GPU_MODELS[_key] = _model
 
@@ -158,7 +181,7 @@ def lookup_gpu(name: str) -> GpuModel | None:
 @dataclass(frozen=True)
 class NgcPytorchTag:
     tag: str
-    cuda: str  # full toolkit version in the container
+    cuda: CudaRelease  # the full toolkit release in the container
     torch: str
     python: str
 
@@ -170,16 +193,16 @@ class NgcPytorchTag:
 NGC_PYTORCH_REPO = "nvcr.io/nvidia/pytorch"
 
 NGC_PYTORCH_TAGS: list[NgcPytorchTag] = [
-    NgcPytorchTag("24.04-py3", "12.4.1", "2.3.0a0", "3.10"),
-    NgcPytorchTag("24.10-py3", "12.6.2", "2.5.0a0", "3.10"),
-    NgcPytorchTag("24.12-py3", "12.6.3", "2.6.0a0", "3.12"),
-    NgcPytorchTag("25.01-py3", "12.8.0", "2.6.0a0", "3.12"),
-    NgcPytorchTag("25.02-py3", "12.8.0", "2.7.0a0", "3.12"),
-    NgcPytorchTag("25.03-py3", "12.8.1", "2.7.0a0", "3.12"),
-    NgcPytorchTag("25.04-py3", "12.9.0", "2.7.0a0", "3.12"),
-    NgcPytorchTag("25.06-py3", "12.9.1", "2.8.0a0", "3.12"),
-    NgcPytorchTag("25.08-py3", "13.0.0", "2.8.0a0", "3.12"),
-    NgcPytorchTag("25.10-py3", "13.0.2", "2.9.0a0", "3.12"),
+    NgcPytorchTag("24.04-py3", CudaRelease.parse("12.4.1"), "2.3.0a0", "3.10"),
+    NgcPytorchTag("24.10-py3", CudaRelease.parse("12.6.2"), "2.5.0a0", "3.10"),
+    NgcPytorchTag("24.12-py3", CudaRelease.parse("12.6.3"), "2.6.0a0", "3.12"),
+    NgcPytorchTag("25.01-py3", CudaRelease.parse("12.8.0"), "2.6.0a0", "3.12"),
+    NgcPytorchTag("25.02-py3", CudaRelease.parse("12.8.0"), "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.03-py3", CudaRelease.parse("12.8.1"), "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.04-py3", CudaRelease.parse("12.9.0"), "2.7.0a0", "3.12"),
+    NgcPytorchTag("25.06-py3", CudaRelease.parse("12.9.1"), "2.8.0a0", "3.12"),
+    NgcPytorchTag("25.08-py3", CudaRelease.parse("13.0.0"), "2.8.0a0", "3.12"),
+    NgcPytorchTag("25.10-py3", CudaRelease.parse("13.0.2"), "2.9.0a0", "3.12"),
 ]
 
 # The tag `bake` uses for a CUDA when none is given: the field report's 25.02 for 12.8 (the first
@@ -219,7 +242,7 @@ JIT_TOOLCHAINS: dict[str, str] = {
 
 # FlashInfer JIT-compiles its sm_12x kernels only with CUDA >= 12.9 (flashinfer#1781, #1919): the JIT
 # toolchain of an image that targets sm_12x and ships FlashInfer is at least this CUDA.
-FLASHINFER_SM12X_MIN_CUDA = "12.9"
+FLASHINFER_SM12X_MIN_CUDA = CudaRelease(12, 9)
 
 
 # PyTorch's wheel index per CUDA (download.pytorch.org/whl/cuXYZ); the runtime stage installs torch
@@ -256,55 +279,63 @@ def torch_release(version: str) -> str:
     return ".".join(parts[:2])
 
 
-def cuda_devel_image(cuda_full: str) -> str:
+def cuda_devel_image(cuda: CudaRelease) -> str:
     """NVIDIA's CUDA -devel image of a release (nvcc, headers, no Python, no torch), on the same Ubuntu as
     CUDA_RUNTIME_IMAGES: the build base of a checkout that pins a torch from the PyTorch index, as vLLM's own
     Dockerfile builds (nvidia/cuda:${CUDA_VERSION}-devel). Source: nvcr.io/nvidia/cuda tags."""
-    runtime = CUDA_RUNTIME_IMAGES.get(cuda_minor(cuda_full), "")
+    runtime = CUDA_RUNTIME_IMAGES.get(cuda.minor_str, "")
     ubuntu = runtime.rsplit("-", 1)[-1] if runtime else "ubuntu24.04"
-    return f"nvcr.io/nvidia/cuda:{cuda_full}-devel-{ubuntu}"
+    return f"nvcr.io/nvidia/cuda:{cuda}-devel-{ubuntu}"
 
 
-def cuda_minor(version: str) -> str:
-    """"12.8.1" -> "12.8"."""
-    parts = version.strip().split(".")
-    return ".".join(parts[:2])
+def runtime_image_release(cuda: CudaRelease) -> CudaRelease | None:
+    """The release with its update that compat's CUDA runtime image of ``cuda``'s minor carries (12.8 -> 12.8.1),
+    as vLLM's CUDA_VERSION and NVIDIA's -devel tags want it; None when there is no such image."""
+    image = CUDA_RUNTIME_IMAGES.get(cuda.minor_str, "")
+    tag = image.split(":", 1)[-1].split("-", 1)[0] if image else ""
+    try:
+        release = CudaRelease.parse(tag) if tag else None
+    except ForgeError:
+        return None
+    return release if release is not None and release.patch is not None else None
 
 
-def known_cudas() -> list[str]:
-    return sorted(CUDA_ARCHS, key=lambda v: tuple(int(p) for p in v.split(".")))
+def known_cudas() -> list[CudaRelease]:
+    """Every CUDA release CUDA_ARCHS has a row for, oldest first."""
+    return sorted(CudaRelease.parse(minor) for minor in CUDA_ARCHS)
 
 
-def ngc_tags_for(cuda: str) -> list[NgcPytorchTag]:
-    minor = cuda_minor(cuda)
-    return [row for row in NGC_PYTORCH_TAGS if cuda_minor(row.cuda) == minor]
+def compiles(cuda: CudaRelease, sm: str) -> bool:
+    """Whether CUDA ``cuda``'s compiler accepts ``sm`` (``sm_120``, ``sm_90a``); False for a CUDA it has no row for."""
+    return sm in CUDA_ARCHS.get(cuda.minor_str, ())
 
 
-def default_ngc_tag(cuda: str) -> NgcPytorchTag | None:
-    minor = cuda_minor(cuda)
-    rows = ngc_tags_for(minor)
-    wanted = DEFAULT_NGC_TAG.get(minor)
+def ngc_tags_for(cuda: CudaRelease) -> list[NgcPytorchTag]:
+    return [row for row in NGC_PYTORCH_TAGS if row.cuda.same_minor(cuda)]
+
+
+def default_ngc_tag(cuda: CudaRelease) -> NgcPytorchTag | None:
+    rows = ngc_tags_for(cuda)
+    wanted = DEFAULT_NGC_TAG.get(cuda.minor_str)
     for row in rows:
         if row.tag == wanted:
             return row
     return rows[-1] if rows else None
 
 
-def min_cuda_for(sm: str) -> str | None:
-    """The oldest known CUDA toolkit whose compiler accepts ``sm`` (e.g. "sm_120" -> "12.8")."""
-    for cuda in known_cudas():
-        if sm in CUDA_ARCHS[cuda]:
-            return cuda
-    return None
+def ngc_cudas() -> list[CudaRelease]:
+    """The CUDA releases some NGC PyTorch image carries, oldest first."""
+    return sorted({row.cuda.minor_release for row in NGC_PYTORCH_TAGS})
 
 
-def max_cuda_for(sm: str) -> str | None:
-    """The newest known CUDA toolkit that still accepts ``sm`` (e.g. "sm_70" -> "12.9")."""
-    found = None
-    for cuda in known_cudas():
-        if sm in CUDA_ARCHS[cuda]:
-            found = cuda
-    return found
+def min_cuda_for(sm: str) -> CudaRelease | None:
+    """The oldest known CUDA toolkit whose compiler accepts ``sm`` (e.g. "sm_120" -> 12.8)."""
+    return next((cuda for cuda in known_cudas() if compiles(cuda, sm)), None)
+
+
+def max_cuda_for(sm: str) -> CudaRelease | None:
+    """The newest known CUDA toolkit that still accepts ``sm`` (e.g. "sm_70" -> 12.9)."""
+    return next((cuda for cuda in reversed(known_cudas()) if compiles(cuda, sm)), None)
 
 
 # =====================================================================================================
@@ -336,18 +367,12 @@ NCCL_MIN_FOR_ARCH: dict[str, tuple[str, str]] = {
 }
 
 
-def nccl_min_for_capability(capability: str) -> tuple[str, str] | None:
-    """The (oldest NCCL version, reason) row for a compute capability such as "12.0", or None."""
-    try:
-        major, minor = (int(p) for p in capability.split(".")[:2])
-    except ValueError:
-        return None
-    best = None
-    for key, row in NCCL_MIN_FOR_ARCH.items():
-        k_major, k_minor = (int(p) for p in key.split("."))
-        if k_major == major and k_minor <= minor and (best is None or k_minor > best[0]):
-            best = (k_minor, row)
-    return best[1] if best else None
+def nccl_min_for_capability(gpu: ComputeCapability) -> tuple[str, str] | None:
+    """The (oldest NCCL version, reason) row for a GPU: its own row, else that of the newest arch whose
+    kernels (SASS) run on it (vllm_forge/gpu/runs_on.py); None when no row's do."""
+    rows = [(ComputeCapability.parse(key), row) for key, row in NCCL_MIN_FOR_ARCH.items()]
+    running = [(cc, row) for cc, row in rows if sass_runs_on(CudaArch(cc.major, cc.minor), gpu)]
+    return max(running)[1] if running else None
 
 
 # --- Link model: what one GPU pair's path can carry, GB/s one direction --------------------------
@@ -403,20 +428,19 @@ BUSBW_SHARE = {"good": 0.6, "poor": 0.25}
 
 
 # --- Which compute capabilities exist at all (for refusing `--arch 13.0` before a GPU ships) -------
-def known_capabilities() -> list[tuple[int, int]]:
-    """Every (major, minor) a known CUDA toolkit compiles for or a known GPU has, sorted."""
-    found: set[tuple[int, int]] = set()
+def known_capabilities() -> list[ComputeCapability]:
+    """Every compute capability a known CUDA toolkit compiles for or a known GPU has, sorted."""
+    found: set[ComputeCapability] = set()
     for archs in CUDA_ARCHS.values():
         for sm in archs:
             digits = sm.removeprefix("sm_").rstrip("af")
-            found.add((int(digits[:-1]), int(digits[-1])))
-    for _display, cap, _aliases in _GPU_ROWS:
-        major, minor = cap.split(".")
-        found.add((int(major), int(minor)))
+            found.add(ComputeCapability(int(digits[:-1]), int(digits[-1])))
+    found.update(model.cc for model in GPU_MODELS.values())
     return sorted(found)
 
 
-def nearest_capabilities(major: int, minor: int, count: int = 3) -> list[tuple[int, int]]:
-    """The ``count`` known capabilities closest to ``major.minor`` (by arch number: 13.0 -> 12.1, 12.0, 11.0)."""
-    wanted = major * 10 + minor
-    return sorted(known_capabilities(), key=lambda c: (abs(c[0] * 10 + c[1] - wanted), -(c[0] * 10 + c[1])))[:count]
+def nearest_capabilities(gpu: ComputeCapability, count: int = 3) -> list[ComputeCapability]:
+    """The ``count`` known capabilities closest to ``gpu`` (by arch number: 13.0 -> 12.1, 12.0, 11.0)."""
+    wanted = gpu.major * 10 + gpu.minor
+    return sorted(known_capabilities(), key=lambda c: (abs(c.major * 10 + c.minor - wanted),
+                                                       -(c.major * 10 + c.minor)))[:count]

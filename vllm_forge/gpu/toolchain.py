@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 
 @dataclass
 class CudaToolchain:
     nvcc: Path
-    version: str  # "13.0"
-    full_version: str  # "13.0.88"
+    version: CudaRelease  # 13.0: the release this nvcc belongs to (the CUDA a local build builds with)
+    full_version: str  # "13.0.88": nvcc's own build number, for display
     root: Path
     from_pypi: bool
     env: dict[str, str] = field(default_factory=dict)  # what a build needs to use this nvcc
@@ -56,7 +57,7 @@ def _candidates() -> list[tuple[Path, bool]]:
 _RELEASE = re.compile(r"release (\d+\.\d+), V(\d+\.\d+\.\d+)")
 
 
-def nvcc_version(nvcc: Path) -> tuple[str, str]:
+def nvcc_version(nvcc: Path) -> tuple[CudaRelease, str]:
     try:
         out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as err:
@@ -64,7 +65,7 @@ def nvcc_version(nvcc: Path) -> tuple[str, str]:
     match = _RELEASE.search(out)
     if not match:
         raise ForgeError(f"{nvcc} printed no CUDA release", "check that it is NVIDIA's nvcc")
-    return match.group(1), match.group(2)
+    return CudaRelease.parse(match.group(1)), match.group(2)
 
 
 def toolkit_root(nvcc: Path) -> Path:

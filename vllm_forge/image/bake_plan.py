@@ -32,6 +32,7 @@ from vllm_forge.core.plan import Command
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import archs as archs_mod
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import remote_build
 from vllm_forge.image.bases import resolve_base_images
 from vllm_forge.image.build_args import AUDIT_MODULE, check_apt_mirror, knob_values
@@ -50,6 +51,7 @@ from vllm_forge.image.dockerfile import (
 )
 from vllm_forge.image.jit import plan_jit_toolchain
 from vllm_forge.image.labels import default_tag, image_labels, runtime_user, source_date, source_identity
+from vllm_forge.image.recipe import DEFAULT_IMAGE_CUDA
 from vllm_forge.image.request import BakeRequest, cached_git_deps
 from vllm_forge.source.vllm_tree import VllmTree, inspect_tree
 
@@ -192,7 +194,7 @@ def _recipe_notes(request: BakeRequest, recipe: str, src: Path, exists: bool, tr
     """What the plan says about the image's CUDA and torch, and about what it reads later or skips."""
     notes: list[str] = list(request.recipe.notes) if request.recipe and recipe == "forge" else []
     if request.recipe is not None and recipe == "forge":
-        need = compat.MIN_DRIVER.get(request.recipe.cuda)
+        need = compat.MIN_DRIVER.get(request.recipe.cuda.minor_str)
         notes.insert(0, f"image CUDA {request.recipe.cuda} ({request.recipe.cuda_source})"
                         + (f"; it needs an NVIDIA driver >= {need.full}" if need else ""))
     if not exists:
@@ -338,7 +340,8 @@ def plan_bake(request: BakeRequest, client: DockerClient, *, now: _dt.datetime |
         raise ForgeError(f"--target {request.target} is not a stage of this recipe", f"use one of {', '.join(TARGETS)}")
     src = Path(request.src).expanduser().resolve()
     facts, tree = _checkout(request, src)
-    archs = archs_mod.resolve_arch(request.arch, request.cuda)
+    archs = list(request.archs)
+    archs_mod.check_archs_for_cuda(archs, request.cuda)
     _check_client(request, client)
     recipe, dockerfile, context = _recipe_files(request, src)
     if request.dist.on and recipe == "forge":  # the farm compiles through sccache
@@ -384,7 +387,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Print the docker commands a bake of the checkout SRC would run.")
     parser.add_argument("src", type=Path, help="the vLLM checkout")
     parser.add_argument("--arch", default="12.0", help="ARCH: target GPUs, e.g. 12.0, rtx5090, '9.0a;12.0+PTX'")
-    parser.add_argument("--cuda", default="12.8", help="CUDA: the image's CUDA release, e.g. 12.8")
+    parser.add_argument("--cuda", type=CudaRelease.parse, default=DEFAULT_IMAGE_CUDA,
+                        help=f"CUDA: the image's CUDA release, e.g. 13.0 (default: {DEFAULT_IMAGE_CUDA})")
     parser.add_argument("--target", default="runtime", choices=TARGETS, help="the stage to build")
     parser.add_argument("--dockerfile", default="forge", help="forge, upstream or a Dockerfile's PATH")
     parser.add_argument("--base-image", default="", help="IMAGE: the build base (default: compat's for --cuda)")
@@ -394,7 +398,7 @@ def main(argv=None) -> int:
     plan = plan_bake(
         BakeRequest(
             src=args.src,
-            arch=args.arch,
+            archs=archs_mod.parse_arch_list(args.arch),
             cuda=args.cuda,
             target=args.target,
             dockerfile=args.dockerfile,

@@ -4,27 +4,25 @@ none, whether they can be had (local, or the registry answers), and the one-line
 
 from __future__ import annotations
 
-import re
 import subprocess
 
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 
-def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
+def resolve_base_images(cuda: CudaRelease, base_image: str = "", runtime_image: str = "") -> tuple[str, str]:
     """(build base, runtime base): the explicit ones, else compat's NGC PyTorch / CUDA runtime rows."""
-    minor = compat.cuda_minor(cuda)
     if not base_image:
-        row = compat.default_ngc_tag(minor)
+        row = compat.default_ngc_tag(cuda)
         if row is None:
             raise ForgeError(
                 f"no NGC PyTorch image is known for CUDA {cuda}",
-                "pass --base-image, or use one of CUDA "
-                + ", ".join(sorted({compat.cuda_minor(r.cuda) for r in compat.NGC_PYTORCH_TAGS})),
+                "pass --base-image, or use one of CUDA " + ", ".join(str(c) for c in compat.ngc_cudas()),
             )
         base_image = row.image
     if not runtime_image:
-        runtime_image = compat.CUDA_RUNTIME_IMAGES.get(minor, "")
+        runtime_image = compat.CUDA_RUNTIME_IMAGES.get(cuda.minor_str, "")
         if not runtime_image:
             raise ForgeError(
                 f"no CUDA runtime image is known for CUDA {cuda}",
@@ -33,13 +31,11 @@ def resolve_base_images(cuda: str, base_image: str = "", runtime_image: str = ""
     return base_image, runtime_image
 
 
-def full_cuda_version(cuda: str) -> str:
-    """ "12.8" -> "12.8.1" (the version in the CUDA runtime image tag), as vLLM's CUDA_VERSION wants."""
-    if cuda.count(".") >= 2:
+def full_cuda_version(cuda: CudaRelease) -> CudaRelease:
+    """12.8 -> 12.8.1 (the version in the CUDA runtime image tag), as vLLM's CUDA_VERSION wants."""
+    if cuda.patch is not None:
         return cuda
-    image = compat.CUDA_RUNTIME_IMAGES.get(compat.cuda_minor(cuda), "")
-    match = re.search(r":(\d+\.\d+\.\d+)-", image)
-    return match.group(1) if match else cuda
+    return compat.runtime_image_release(cuda) or cuda
 
 
 STANDIN_NOTE = "TEST-ONLY stand-in bases: this image is for iterating on the Dockerfile, not for serving real models"

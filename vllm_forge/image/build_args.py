@@ -13,7 +13,6 @@ from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.package import module_path
 from vllm_forge.core.plan import mask_urls
 from vllm_forge.gpu import archs as archs_mod
-from vllm_forge.gpu import compat
 from vllm_forge.image.bases import full_cuda_version
 from vllm_forge.image.request import BakeRequest
 
@@ -72,14 +71,14 @@ def knob_values(request: BakeRequest, archs, base: str, runtime: str, recipe: st
     if recipe == "forge" or request.runtime_image:
         values["FINAL_BASE_IMAGE"] = runtime
     if recipe == "forge":
-        values["CUDA_VERSION"] = compat.cuda_minor(request.cuda)
+        values["CUDA_VERSION"] = request.cuda.minor_str
         if request.recipe is not None:
             values["TORCH_REQUIREMENT"] = request.recipe.torch_requirement
             index = (request.pytorch_index_base_url or DEFAULT_PYTORCH_INDEX).rstrip("/")
             values["TORCH_INDEX_URL"] = f"{index}/{request.recipe.torch_index_suffix}" \
                 if request.recipe.torch_requirement else ""
     elif request.cuda_explicit:
-        values["CUDA_VERSION"] = full_cuda_version(request.cuda)
+        values["CUDA_VERSION"] = str(full_cuda_version(request.cuda))
     if request.index_url and not has_credentials(request.index_url):
         for name in ("PIP_INDEX_URL", "UV_INDEX_URL", "UV_DEFAULT_INDEX"):
             values[name] = request.index_url

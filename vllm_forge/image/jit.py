@@ -16,6 +16,8 @@ from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.package import module_path
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image.request import BakeRequest
 
 JIT_FAIL_LINE = r"forge-jit-check: FAIL: (.+)$"  # what vllm_forge/gpu/doctor_inside.py --jit-check prints
@@ -27,7 +29,7 @@ JIT_FIX = (
 
 @dataclass(frozen=True)
 class JitToolchain:
-    cuda: str  # CUDA minor of the toolchain ("" when none)
+    cuda: CudaRelease | None  # the toolchain's CUDA release (None when none)
     spec: str  # the JIT_TOOLCHAIN build arg: pip:<reqs> | apt:<packages> | none
     why: str
 
@@ -51,22 +53,18 @@ def checkout_needs_flashinfer(src: Path) -> bool:
     return False
 
 
-def _cuda_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in compat.cuda_minor(version).split("."))
-
-
-def plan_jit_toolchain(request: BakeRequest, archs) -> JitToolchain:
+def plan_jit_toolchain(request: BakeRequest, archs: list[CudaArch]) -> JitToolchain:
     """The JIT toolchain the runtime stage gets: the build's CUDA, raised to 12.9 when an sm_12x arch is
     targeted and the checkout ships FlashInfer; ``none`` with --no-jit."""
     if not request.jit:
-        return JitToolchain("", "none", "--no-jit: no run-time kernel compile")
-    cuda = compat.cuda_minor(request.cuda)
+        return JitToolchain(None, "none", "--no-jit: no run-time kernel compile")
+    cuda = request.cuda.minor_release
     why = f"the build's CUDA {cuda}"
-    if any(a.sm.startswith("sm_12") for a in archs) and _cuda_key(cuda) < _cuda_key(compat.FLASHINFER_SM12X_MIN_CUDA):
+    if any(a.major == 12 for a in archs) and cuda < compat.FLASHINFER_SM12X_MIN_CUDA:
         if checkout_needs_flashinfer(request.src):
             cuda = compat.FLASHINFER_SM12X_MIN_CUDA
             why = f"FlashInfer JIT on sm_12x needs CUDA >= {cuda}"
-    spec = compat.JIT_TOOLCHAINS.get(cuda)
+    spec = compat.JIT_TOOLCHAINS.get(cuda.minor_str)
     if not spec:
         raise ForgeError(
             f"no JIT toolchain is known for CUDA {cuda}",

@@ -15,7 +15,8 @@ from vllm_forge import __version__ as forge_version
 from vllm_forge.core.credentials import strip_credentials
 from vllm_forge.core.tree_sync import is_build_output
 from vllm_forge.gpu import archs as archs_mod
-from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image.dockerfile import NON_ROOT_STAGES
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def _safe_tag_part(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-")[:60] or "dev"
 
 
-def default_tag(identity: dict[str, str], cuda: str, archs: list[archs_mod.CudaArch], target: str) -> str:
+def default_tag(identity: dict[str, str], cuda: CudaRelease, archs: list[CudaArch], target: str) -> str:
     """``vllm-forge/vllm:v0.11.0-cu128-sm120``: the ref built (a local checkout: ``local-<commit>``,
     ``-dirty`` when it has changes of its own), the CUDA, the archs."""
     ref = identity["ref"]
@@ -42,7 +43,7 @@ def default_tag(identity: dict[str, str], cuda: str, archs: list[archs_mod.CudaA
         ref += "-dirty"
     sms = "-".join(a.sm.replace("_", "") for a in archs)
     suffix = "-build" if target == "build" else ""
-    return f"{DEFAULT_REPOSITORY}:{_safe_tag_part(ref)}-cu{compat.cuda_minor(cuda).replace('.', '')}-{sms}{suffix}"
+    return f"{DEFAULT_REPOSITORY}:{_safe_tag_part(ref)}-{cuda.tag}-{sms}{suffix}"
 
 
 PENDING = "(after clone)"
@@ -101,7 +102,7 @@ def torch_label(recipe: Recipe) -> str:
     return f"the base's own{' (' + recipe.base_torch + ')' if recipe.base_torch else ''}"
 
 
-def image_labels(identity: dict[str, str], created: str, archs: list[archs_mod.CudaArch], cuda: str, *, recipe: str,
+def image_labels(identity: dict[str, str], created: str, archs: list[CudaArch], cuda: CudaRelease, *, recipe: str,
                  build_args: dict[str, str], declared: dict[str, str | None], runtime: str, torch: Recipe | None,
                  mirror: str, jit: JitToolchain | None, user: str) -> dict[str, str]:
     """The image's labels: OCI's, then vllm-forge's (what was built, for which GPUs, on what, by whom).
@@ -121,7 +122,7 @@ def image_labels(identity: dict[str, str], created: str, archs: list[archs_mod.C
         f"{LABEL_PREFIX}.vllm.dirty": identity["dirty"],
         f"{LABEL_PREFIX}.arch-list": archs_mod.torch_cuda_arch_list(archs),
         f"{LABEL_PREFIX}.sm": ",".join(a.sm for a in archs),
-        f"{LABEL_PREFIX}.cuda": compat.cuda_minor(cuda),
+        f"{LABEL_PREFIX}.cuda": cuda.minor_str,
         f"{LABEL_PREFIX}.build-base": build_args.get("BUILD_BASE_IMAGE") or declared.get("BUILD_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.runtime-base": build_args.get("FINAL_BASE_IMAGE") or declared.get("FINAL_BASE_IMAGE") or "",
         f"{LABEL_PREFIX}.recipe": recipe,

@@ -28,6 +28,7 @@ from typing import Any
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 PYPI_INDEX = "https://pypi.org/simple"
 APT_HOSTS = ("archive.ubuntu.com", "security.ubuntu.com", "ports.ubuntu.com", "deb.debian.org", "security.debian.org")
@@ -218,9 +219,9 @@ def rewrite_git_url(url: str, profile: MirrorProfile) -> str:
     return url
 
 
-def pytorch_index_url(cuda: str, profile: MirrorProfile) -> str:
+def pytorch_index_url(cuda: CudaRelease, profile: MirrorProfile) -> str:
     """The torch wheel index for ``cuda`` through the profile (``…/whl/cu128``)."""
-    upstream = compat.PYTORCH_WHEEL_INDEX.get(compat.cuda_minor(cuda), "")
+    upstream = compat.PYTORCH_WHEEL_INDEX.get(cuda.minor_str, "")
     if not upstream or not profile.pytorch_index:
         return upstream
     return profile.pytorch_index.rstrip("/") + upstream[len(pytorch_index_base()):]
@@ -243,10 +244,10 @@ def mirror_env(profile: MirrorProfile) -> dict[str, str]:
     return env
 
 
-def default_images(cuda: str) -> tuple[str, str]:
+def default_images(cuda: CudaRelease) -> tuple[str, str]:
     """(build base, runtime base) compat names for ``cuda``; "" where it knows none."""
     row = compat.default_ngc_tag(cuda)
-    return (row.image if row else "", compat.CUDA_RUNTIME_IMAGES.get(compat.cuda_minor(cuda), ""))
+    return (row.image if row else "", compat.CUDA_RUNTIME_IMAGES.get(cuda.minor_str, ""))
 
 
 @dataclass
@@ -258,7 +259,7 @@ class AppliedMirror:
     """
 
     profile: MirrorProfile
-    cuda: str
+    cuda: CudaRelease  # the image's CUDA release (the recipe's), whose default images and torch index apply
     base_image: str  # "" : the recipe's default, not rewritten (an upstream Dockerfile keeps its own)
     runtime_image: str
     requested_base: str  # what the configuration asks for (its default for ``cuda`` when unset)
@@ -278,7 +279,7 @@ class AppliedMirror:
     def rows(self) -> list[tuple[str, str, str]]:
         """``(what, upstream, used)`` for every URL the profile may rewrite, for ``invoke plan``."""
         none = f"(none known for CUDA {self.cuda})"
-        torch_index = compat.PYTORCH_WHEEL_INDEX.get(compat.cuda_minor(self.cuda), "")
+        torch_index = compat.PYTORCH_WHEEL_INDEX.get(self.cuda.minor_str, "")
         apt_upstream = "http://{archive,security,ports}.ubuntu.com, http://{deb,security}.debian.org"
         return [
             ("build base image", self.requested_base or none, self.base_image or self.requested_base or none),
@@ -291,18 +292,19 @@ class AppliedMirror:
         ]
 
 
-def apply_mirror(profile: MirrorProfile, config: Any, recipe: Any = None) -> AppliedMirror:
-    """The profile applied to ``config`` (a BuildConfig: ``cuda``, ``base_image``, ``runtime_image``,
-    ``vllm_repo``) and the bake's ``recipe`` (vllm_forge/image/recipe.py: its CUDA and default images; without one,
-    compat's defaults for ``config.cuda``). An explicit base image is rewritten through the registry mirror
-    too; a default one is named only when the mirror changes it, so a recipe's own default stays in charge
-    otherwise."""
+def apply_mirror(profile: MirrorProfile, config: Any, recipe: Any = None, *,
+                 cuda: CudaRelease | None = None) -> AppliedMirror:
+    """The profile applied to ``config`` (a BuildConfig: ``base_image``, ``runtime_image``, ``vllm_repo``) and
+    the bake's ``recipe`` (vllm_forge/image/recipe.py: its CUDA and default images; without one, compat's
+    defaults for ``cuda``, the --cuda asked for, else the recipe's default). An explicit base image is
+    rewritten through the registry mirror too; a default one is named only when the mirror changes it, so a
+    recipe's own default stays in charge otherwise."""
     if recipe is not None:
         cuda, default_base, default_runtime = recipe.cuda, recipe.base_image, recipe.runtime_image
     else:
         from vllm_forge.image.recipe import DEFAULT_IMAGE_CUDA
 
-        cuda = config.cuda or DEFAULT_IMAGE_CUDA
+        cuda = cuda or DEFAULT_IMAGE_CUDA
         default_base, default_runtime = default_images(cuda)
     chosen = []
     for explicit, default in ((config.base_image, default_base), (config.runtime_image, default_runtime)):
@@ -318,9 +320,9 @@ def apply_mirror(profile: MirrorProfile, config: Any, recipe: Any = None) -> App
     )
 
 
-def describe_mirror(profile: MirrorProfile, config: Any) -> list[tuple[str, str, str]]:
+def describe_mirror(profile: MirrorProfile, config: Any, cuda: CudaRelease | None = None) -> list[tuple[str, str, str]]:
     """Rows ``(what, original, rewritten)`` (see ``AppliedMirror.rows``)."""
-    return apply_mirror(profile, config).rows()
+    return apply_mirror(profile, config, cuda=cuda).rows()
 
 
 def profile_as_dict(profile: MirrorProfile) -> dict[str, Any]:
@@ -333,7 +335,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description="Show a mirror profile and what it rewrites.")
     parser.add_argument("name", nargs="?", default="", help="profile name (default: list the built-in ones)")
-    parser.add_argument("--cuda", default="12.8", help="CUDA version whose images and torch index to show")
+    parser.add_argument("--cuda", type=CudaRelease.parse, default=None,
+                        help="CUDA: the release whose images and torch index to show, e.g. 12.8 (default: the one "
+                             "a bake of a checkout that pins none uses)")
     parser.add_argument("--image", action="append", default=[], help="also rewrite this image reference")
     args = parser.parse_args(argv)
     if not args.name:
@@ -344,9 +348,10 @@ def main(argv=None) -> int:
     from vllm_forge.core.config import DEFAULTS
 
     class _Config:
-        cuda, base_image, runtime_image, vllm_repo = args.cuda, "", "", DEFAULTS["vllm_repo"]
+        base_image, runtime_image, vllm_repo = "", "", DEFAULTS["vllm_repo"]
 
-    rows = describe_mirror(profile, _Config) + [("image", image, rewrite_image(image, profile)) for image in args.image]
+    rows = describe_mirror(profile, _Config, args.cuda)
+    rows += [("image", image, rewrite_image(image, profile)) for image in args.image]
     print(json.dumps({"profile": profile_as_dict(profile), "env": mirror_env(profile),
                       "rewrites": [{"what": w, "original": o, "rewritten": r} for w, o, r in rows]}, indent=2))
     return 0

@@ -23,14 +23,15 @@ from dataclasses import dataclass, field
 from vllm_forge.core.config import BASES
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 
-DEFAULT_IMAGE_CUDA = "12.8"  # a checkout that pins no CUDA: the field report's (NGC 25.02, RTX 5090)
+DEFAULT_IMAGE_CUDA = CudaRelease(12, 8)  # a checkout that pins no CUDA: the field report's (NGC 25.02, RTX 5090)
 
 
 @dataclass(frozen=True)
 class Recipe:
-    cuda: str  # "13.0": the image's CUDA release, what labels, tags and the JIT toolchain say
-    cuda_full: str  # "13.0.2"
+    cuda: CudaRelease  # 13.0: the image's CUDA release, what labels, tags and the JIT toolchain say
+    cuda_full: CudaRelease  # 13.0.2: the release with its update, the -devel image's tag
     cuda_source: str  # "--cuda", "vLLM 0.26.0's docker/Dockerfile ARG CUDA_VERSION", "default"
     base_image: str  # "" when the caller names it (standin) and it is passed through as is
     runtime_image: str
@@ -42,63 +43,76 @@ class Recipe:
     @property
     def torch_index_suffix(self) -> str:
         """The PyTorch index directory for this CUDA: cu130."""
-        return "cu" + self.cuda.replace(".", "")
+        return self.cuda.tag
 
 
-def _full(cuda: str, pin: str | None) -> str:
-    if pin and compat.cuda_minor(pin) == compat.cuda_minor(cuda) and pin.count(".") >= 2:
-        return pin
-    if cuda.count(".") >= 2:
+def _full(cuda: CudaRelease, pin: CudaRelease | None) -> CudaRelease:
+    """The release with its update: the asked one's, else the checkout's pin of the same minor, else the one
+    compat's CUDA runtime image carries."""
+    if cuda.patch is not None:
         return cuda
-    runtime = compat.CUDA_RUNTIME_IMAGES.get(compat.cuda_minor(cuda), "")
-    tag = runtime.split(":", 1)[-1].split("-", 1)[0] if runtime else ""
-    return tag if tag.count(".") >= 2 else cuda
+    if pin is not None and pin.patch is not None and pin.same_minor(cuda):
+        return pin
+    return compat.runtime_image_release(cuda) or cuda
 
 
 def _ngc_row(image: str) -> compat.NgcPytorchTag | None:
     return next((row for row in compat.NGC_PYTORCH_TAGS if row.image == image), None)
 
 
-def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: str | None = None,
-                  version: str | None = None, cuda: str = "", base: str = "auto", base_image: str = "",
+def _asked_cuda(cuda: CudaRelease | None, tree_cuda: CudaRelease | None, torch_pin: str | None,
+                label: str) -> tuple[CudaRelease, str]:
+    """The image's CUDA and where it came from: --cuda, else the checkout's Dockerfile (when it pins torch too,
+    the two a pair), else the default."""
+    if cuda is not None:
+        return cuda, "--cuda"
+    if tree_cuda is not None and torch_pin:
+        return tree_cuda, f"{label}'s docker/Dockerfile ARG CUDA_VERSION={tree_cuda}"
+    return DEFAULT_IMAGE_CUDA, f"default ({label} pins no CUDA release)"
+
+
+def _given_image_recipe(base_image: str, torch_pin: str | None, pinned_by: str, minor: CudaRelease,
+                        full: CudaRelease, source: str, runtime: str) -> Recipe:
+    """``--base-image``: built against that image's own torch, whatever the checkout pins (said in a note)."""
+    row = _ngc_row(base_image)
+    notes = [f"--base-image {base_image}: built against that image's own torch"
+             + (f" {row.torch}" if row else "") + " (use-existing-torch removes the checkout's pins)"]
+    if row and torch_pin and compat.torch_release(row.torch) != compat.torch_release(torch_pin):
+        notes.append(f"{base_image} carries torch {row.torch}, not the {torch_pin} {pinned_by}: "
+                     "chosen on purpose with --base-image")
+    return Recipe(minor, full, source, base_image, runtime, "image", "", row.torch if row else "", notes)
+
+
+def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: CudaRelease | None = None,
+                  version: str | None = None, cuda: CudaRelease | None = None, base: str = "auto", base_image: str = "",
                   runtime_image: str = "", standin: bool = False) -> Recipe:
     """The recipe for a checkout that pins ``torch_pin`` (read from ``pin_source``) and whose Dockerfile pins
-    ``tree_cuda``; ``cuda``/``base``/``base_image``/``runtime_image`` as the user set them ("" = not set)."""
+    ``tree_cuda``; ``cuda``/``base``/``base_image``/``runtime_image`` as the user set them (None/"" = not set)."""
     if base not in BASES:
         raise ForgeError(f"--base {base!r} is not one of {', '.join(BASES)}",
                          "pass --base auto (what the checkout pins), cuda (NVIDIA's CUDA image + the pinned torch) "
                          "or ngc (NGC's PyTorch image and its torch)")
     label = f"vLLM {version}" if version else "the checkout"
-    if cuda:
-        minor, source = compat.cuda_minor(cuda), "--cuda"
-    elif tree_cuda and torch_pin:
-        minor, source = compat.cuda_minor(tree_cuda), f"{label}'s docker/Dockerfile ARG CUDA_VERSION={tree_cuda}"
-    else:
-        minor, source = DEFAULT_IMAGE_CUDA, f"default ({label} pins no CUDA release)"
-    full = _full(cuda or minor, tree_cuda)
-    runtime = runtime_image or compat.CUDA_RUNTIME_IMAGES.get(minor, "")
+    asked, source = _asked_cuda(cuda, tree_cuda, torch_pin, label)
+    minor, full = asked.minor_release, _full(asked, tree_cuda)
+    runtime = runtime_image or compat.CUDA_RUNTIME_IMAGES.get(minor.minor_str, "")
     pinned = f"torch=={torch_pin}" if torch_pin else ""
     where = f" ({pin_source})" if pin_source else ""
     published = compat.PYTORCH_CUDA_BUILDS.get(compat.torch_release(torch_pin)) if torch_pin else None
-    index_ok = published is None or minor in published  # a torch release this table does not know: trust the pin
+    # a torch release this table does not know: trust the pin
+    index_ok = published is None or minor.minor_str in published
 
     if standin:
         return Recipe(minor, full, source, base_image, runtime_image, "standin", "",
                       notes=["TEST-ONLY stand-in bases: the build stage uses whatever torch they have"])
     if base_image:
-        row = _ngc_row(base_image)
-        notes = [f"--base-image {base_image}: built against that image's own torch"
-                 + (f" {row.torch}" if row else "") + " (use-existing-torch removes the checkout's pins)"]
-        if row and torch_pin and compat.torch_release(row.torch) != compat.torch_release(torch_pin):
-            notes.append(f"{base_image} carries torch {row.torch}, not the {torch_pin} {label} pins{where}: "
-                         "chosen on purpose with --base-image")
-        return Recipe(minor, full, source, base_image, runtime, "image", "", row.torch if row else "", notes)
+        return _given_image_recipe(base_image, torch_pin, f"{label} pins{where}", minor, full, source, runtime)
 
     ngc = compat.default_ngc_tag(minor)
     ngc_matches = bool(ngc and torch_pin and compat.torch_release(ngc.torch) == compat.torch_release(torch_pin))
     cuda_kind = Recipe(minor, full, source, compat.cuda_devel_image(full), runtime, "cuda", pinned,
                        notes=[f"build base: NVIDIA's CUDA {full} -devel image with {pinned or 'torch'} from the "
-                              f"PyTorch index (cu{minor.replace('.', '')}), as {label}'s own Dockerfile builds"])
+                              f"PyTorch index ({minor.tag}), as {label}'s own Dockerfile builds"])
 
     def ngc_kind() -> Recipe:
         return Recipe(minor, full, source, ngc.image, runtime, "ngc", "", ngc.torch,
@@ -119,8 +133,7 @@ def choose_recipe(*, torch_pin: str | None, pin_source: str = "", tree_cuda: str
     if base == "ngc":
         if ngc is None:
             raise ForgeError(f"no NGC PyTorch image is known for CUDA {minor}",
-                             "use one of CUDA " + ", ".join(sorted({compat.cuda_minor(r.cuda)
-                                                                    for r in compat.NGC_PYTORCH_TAGS})))
+                             "use one of CUDA " + ", ".join(str(c) for c in compat.ngc_cudas()))
         if torch_pin and not ngc_matches:
             raise ForgeError(
                 f"NGC {ngc.tag} carries torch {ngc.torch} (CUDA {ngc.cuda}), but {label} pins torch {torch_pin}{where}",

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.core.farm_settings import DistSettings
 from vllm_forge.core.package import PACKAGE_ROOT
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 if TYPE_CHECKING:
     from vllm_forge.image.recipe import Recipe
@@ -62,8 +64,8 @@ class BakeRequest:
     """What to bake, in BuildConfig's terms (``tasks.py`` fills it from the resolved config)."""
 
     src: Path
-    arch: str = "12.0"
-    cuda: str = "12.8"
+    archs: list[CudaArch] = field(default_factory=lambda: [CudaArch(12, 0)])  # what to build for, parsed once
+    cuda: CudaRelease = CudaRelease(12, 8)  # the image's CUDA release (the recipe's)
     cuda_explicit: bool = False  # --cuda given: upstream mode then passes CUDA_VERSION too
     base_image: str = ""  # "" : the NGC PyTorch image for `cuda` (vllm_forge/gpu/compat.py)
     runtime_image: str = ""  # "" : the CUDA runtime image for `cuda`

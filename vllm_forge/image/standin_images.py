@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 BUILD_STANDIN = "vllm-forge-standin/build:cu130"
 RUNTIME_STANDIN = "vllm-forge-standin/runtime:py3"
@@ -267,7 +268,7 @@ def ensure_standin_images(
 
 # The CUDA the stand-ins stand for (their nvcc): a bake on them uses --cuda 13.0, whose JIT toolchain
 # (NVIDIA's CUDA 13 wheels from PyPI, vllm_forge/gpu/compat.py JIT_TOOLCHAINS) installs on Debian too.
-STANDIN_CUDA = "13.0"
+STANDIN_CUDA = CudaRelease(13, 0)
 
 
 def ensure_standins(docker: str = "docker", *, log=print) -> dict[str, str]:

@@ -73,8 +73,10 @@ def timed_build(src: Path, dist: Path, *, arch: str, cache: str, cache_dir: Path
 
     _clean(src)
     from vllm_forge.build.farm import DistSettings
+    from vllm_forge.gpu.archs import parse_arch_list
 
-    request = BuildRequest(src=src, dist_dir=dist, arch=arch, compile_cache=cache, cache_dir=cache_dir,
+    request = BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list(arch), compile_cache=cache,
+                           cache_dir=cache_dir,
                            max_jobs=max_jobs, extra_env={"MINIVLLM_BENCH_WORK": str(work)} if work else {},
                            log_dir=dist.parent / "logs", reuse=reuse, dist=farm or DistSettings())
     plan = plan_build(request)
@@ -117,11 +119,13 @@ def bench_python_only(src: Path, dist: Path, *, cache: str, cache_dir: Path, wor
 def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str]:
     """Seconds of a no-change re-bake, or None and why it was not measured."""
     try:
+        from vllm_forge.gpu.archs import parse_arch_list
         from vllm_forge.image import standin_images
         from vllm_forge.image.bake import run_bake
         from vllm_forge.image.bake_plan import plan_bake
         from vllm_forge.image.docker_client import engine_reachable, find_docker
         from vllm_forge.image.request import BakeRequest, default_ca_bundle
+        from vllm_forge.image.standin_images import STANDIN_CUDA
     except ImportError as err:
         return None, f"the image bake is not available in this version ({err})"
     try:
@@ -135,8 +139,9 @@ def bench_rebake(src: Path, workdir: Path, log=print) -> tuple[float | None, str
                           "`python -m vllm_forge.image.standin_images` first (NGC images are not reachable here)")
         # The same CA `invoke bake` passes by default: builds here reach PyPI only through a TLS proxy.
         ca_bundle, _origin = default_ca_bundle()
-        request = BakeRequest(src=src, arch=SINGLE_ARCH, cuda="13.0", base_image=standins["build"],
-                              runtime_image=standins["runtime"], context_dir=workdir / "bake",
+        request = BakeRequest(src=src, archs=parse_arch_list(SINGLE_ARCH), cuda=STANDIN_CUDA,
+                              base_image=standins["build"], runtime_image=standins["runtime"],
+                              context_dir=workdir / "bake",
                               dist_dir=workdir / "bake-dist", tag="vllm-forge-bench:latest", ca_bundle=ca_bundle)
         tail: list[str] = []
 

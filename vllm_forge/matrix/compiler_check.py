@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 
 # The PyPI packages that give a CUDA version's ptxas. 13.x: the cuda-toolkit meta-package pinned as
 # one release (a lone nvidia-cuda-nvcc pulls the newest nvvm, and ptxas then fails with
@@ -31,19 +32,18 @@ from vllm_forge.gpu import compat
 CUDA_TOOLKIT_PINS = {"13.0": "13.0.2"}
 
 
-def compiler_packages(cuda: str) -> list[str]:
-    minor = compat.cuda_minor(cuda)
-    major = minor.split(".")[0]
-    if int(major) >= 13:
+def compiler_packages(cuda: CudaRelease) -> list[str]:
+    minor = cuda.minor_str
+    if cuda.major >= 13:
         pin = CUDA_TOOLKIT_PINS.get(minor, f"{minor}.*")
         return [f"cuda-toolkit[nvcc,crt,nvvm,cudart]=={pin}"]
-    return [f"nvidia-cuda-nvcc-cu{major}=={minor}.*"]
+    return [f"nvidia-cuda-nvcc-cu{cuda.major}=={minor}.*"]
 
 
-def find_ptxas(cuda: str, prefixes: list[str] | None = None) -> Path | None:
+def find_ptxas(cuda: CudaRelease, prefixes: list[str] | None = None) -> Path | None:
     """ptxas of the ``nvidia`` PyPI packages importable here (``nvidia/cuNN/bin`` for 13.x,
     ``nvidia/cuda_nvcc/bin`` before)."""
-    major = compat.cuda_minor(cuda).split(".")[0]
+    major = cuda.major
     if prefixes is None:
         try:
             import nvidia  # namespace package of NVIDIA's wheels
@@ -60,9 +60,9 @@ def find_ptxas(cuda: str, prefixes: list[str] | None = None) -> Path | None:
 
 @dataclass
 class CompilerCheck:
-    cuda: str
+    cuda: CudaRelease
     ptxas: str
-    release: str = ""  # "12.8.93"
+    release: CudaRelease | None = None  # 12.8.93: what ptxas --version says
     ptx_isa: str = ""  # newest PTX ISA this ptxas reads, e.g. "8.7"
     help_archs: list[str] = field(default_factory=list)  # sm_* that --help lists
     table_archs: list[str] = field(default_factory=list)  # compat.CUDA_ARCHS row
@@ -84,11 +84,16 @@ class CompilerCheck:
     def ok(self) -> bool:
         return (not self.failed and not self.accepted_unlisted and not self.refused_otherwise
                 and not self.missing_from_table
-                and not self.missing_from_ptxas and compat.cuda_minor(self.release or "0.0") == self.cuda)
+                and not self.missing_from_ptxas and self._release_matches)
+
+    @property
+    def _release_matches(self) -> bool:
+        return self.release is not None and self.release.same_minor(self.cuda)
 
     def as_dict(self) -> dict:
         data = asdict(self)
-        data.update(ok=self.ok, missing_from_table=self.missing_from_table,
+        data.update(cuda=str(self.cuda), release=str(self.release or ""), ok=self.ok,
+                    missing_from_table=self.missing_from_table,
                     missing_from_ptxas=self.missing_from_ptxas)
         return data
 
@@ -97,7 +102,7 @@ class CompilerCheck:
                 f"{len(self.compiled)}/{len(self.table_archs)} listed archs assembled, "
                 f"{len(self.refused)} unlisted refused")
         problems = []
-        if compat.cuda_minor(self.release or "0.0") != self.cuda:
+        if not self._release_matches:
             problems.append(f"this ptxas is release {self.release}, not {self.cuda}")
         if self.failed:
             problems.append("listed but failed: " + ", ".join(self.failed))
@@ -121,12 +126,12 @@ def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
-def ptxas_release(ptxas: Path) -> str:
+def ptxas_release(ptxas: Path) -> CudaRelease:
     out = _run([str(ptxas), "--version"]).stdout
     m = re.search(r"release \d+\.\d+, V(\d+\.\d+\.\d+)", out)
     if not m:
         raise ForgeError(f"{ptxas} --version printed no CUDA release", "check the ptxas path (--ptxas)")
-    return m.group(1)
+    return CudaRelease.parse(m.group(1))
 
 
 def help_archs(help_text: str) -> list[str]:
@@ -173,14 +178,13 @@ def refuses_arch(error: str, sm: str) -> bool:
             or f"Unsupported .target '{sm}'" in error)
 
 
-def check_compiler(cuda: str, ptxas: Path) -> CompilerCheck:
-    minor = compat.cuda_minor(cuda)
-    if minor not in compat.CUDA_ARCHS:
+def check_compiler(cuda: CudaRelease, ptxas: Path) -> CompilerCheck:
+    if cuda.minor_str not in compat.CUDA_ARCHS:
         raise ForgeError(f"CUDA {cuda} has no row in compat.CUDA_ARCHS",
-                         f"use one of {', '.join(compat.known_cudas())}")
-    table = sorted(compat.CUDA_ARCHS[minor], key=sm_key)
+                         f"use one of {', '.join(str(known) for known in compat.known_cudas())}")
+    table = sorted(compat.CUDA_ARCHS[cuda.minor_str], key=sm_key)
     every = set().union(*compat.CUDA_ARCHS.values())
-    result = CompilerCheck(cuda=minor, ptxas=str(ptxas), table_archs=table)
+    result = CompilerCheck(cuda=cuda.minor_release, ptxas=str(ptxas), table_archs=table)
     result.release = ptxas_release(ptxas)
     result.help_archs = help_archs(_run([str(ptxas), "--help"]).stdout)
     with tempfile.TemporaryDirectory(prefix="forge-ptxas-") as tmp:
@@ -208,7 +212,8 @@ def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Check compat.CUDA_ARCHS[cuda] against that CUDA's real ptxas.")
-    parser.add_argument("--cuda", required=True, help="CUDA version whose row to check, e.g. 12.8")
+    parser.add_argument("--cuda", required=True, type=CudaRelease.parse,
+                        help="CUDA: the release whose row to check, e.g. 12.8")
     parser.add_argument("--ptxas", help="ptxas to use (default: the one of NVIDIA's PyPI packages installed here)")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--out", help="also write the JSON result to this file")

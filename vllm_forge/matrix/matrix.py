@@ -23,6 +23,7 @@ from typing import Any
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import archs as archs_mod
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.image import mirrors
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,19 +32,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 WHEEL_GPUS = ("A100", "L40S", "H100", "B200", "RTX 5090", "DGX Spark")
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
-
-
-def image_cudas() -> list[str]:
+def image_cudas() -> list[CudaRelease]:
     """CUDA versions an image can be baked for: those with every table row a bake reads."""
     return [cuda for cuda in compat.known_cudas()
-            if compat.default_ngc_tag(cuda) and cuda in compat.CUDA_RUNTIME_IMAGES
-            and cuda in compat.PYTORCH_WHEEL_INDEX and cuda in compat.DEFAULT_ARCH_LIST]
+            if compat.default_ngc_tag(cuda) and cuda.minor_str in compat.CUDA_RUNTIME_IMAGES
+            and cuda.minor_str in compat.PYTORCH_WHEEL_INDEX and cuda.minor_str in compat.DEFAULT_ARCH_LIST]
 
 
-def image_session_name(cuda: str) -> str:
-    return "image-cu" + compat.cuda_minor(cuda).replace(".", "")
+def image_session_name(cuda: CudaRelease) -> str:
+    return f"image-{cuda.tag}"
 
 
 def wheel_archs() -> list[str]:
@@ -52,40 +49,41 @@ def wheel_archs() -> list[str]:
         model = compat.lookup_gpu(gpu)
         if model is None:  # a table edit removed it: drop it rather than fail `nox -l`
             continue
-        if model.capability not in caps:
-            caps.append(model.capability)
-    return sorted(caps, key=_version_key)
+        if model.cc not in caps:
+            caps.append(model.cc)
+    return [str(cc) for cc in sorted(caps)]
 
 
 def wheel_pairs() -> list[tuple[str, str]]:
-    return [(cuda, arch) for cuda in image_cudas() for arch in wheel_archs()]
+    """(CUDA, arch) of every wheel session, as nox names them."""
+    return [(str(cuda), arch) for cuda in image_cudas() for arch in wheel_archs()]
 
 
-def local_cuda() -> str | None:
+def local_cuda() -> CudaRelease | None:
     """The CUDA of the nvcc a local build uses (``toolchain.find_cuda_toolchain``), None without one."""
     from vllm_forge.gpu.toolchain import find_cuda_toolchain
 
     try:
-        return compat.cuda_minor(find_cuda_toolchain().version)
+        return find_cuda_toolchain().version
     except ForgeError:
         return None
 
 
-def local_wheel_pairs(cuda: str | None = None) -> list[tuple[str, str]]:
+def local_wheel_pairs(cuda: CudaRelease | None = None) -> list[tuple[str, str]]:
     """The wheel sessions that can run on this machine: its nvcc's CUDA (``cuda``: that one, for tests) and
     each arch of ``WHEEL_GPUS`` that CUDA compiles. None without an nvcc (or for a CUDA no session knows)."""
     cuda = cuda or local_cuda()
-    if cuda not in image_cudas():
+    if cuda is None or cuda.minor_release not in image_cudas():
         return []
-    return [(cuda, arch) for arch in wheel_archs() if arch_verdict(cuda, arch) is None]
+    return [(cuda.minor_str, arch) for arch in wheel_archs() if arch_verdict(cuda, arch) is None]
 
 
-def wheel_session_name(cuda: str, arch: str) -> str:
+def wheel_session_name(cuda: CudaRelease, arch: str) -> str:
     """The id nox gives the parametrized session (``wheel(cuda='12.8', arch='12.0')``)."""
-    return f"wheel(cuda={cuda!r}, arch={arch!r})"
+    return f"wheel(cuda={cuda.minor_str!r}, arch={arch!r})"
 
 
-def arch_verdict(cuda: str, arch_spec: str) -> str | None:
+def arch_verdict(cuda: CudaRelease, arch_spec: str) -> str | None:
     """None when CUDA ``cuda`` can compile every arch of ``arch_spec``, else the reason it cannot.
 
     A spec that is not an arch at all raises ForgeError (a user error, not a skip).
@@ -120,16 +118,15 @@ def parse_session_args(posargs: list[str]) -> SessionArgs:
     return SessionArgs(known.arch, rest, standin="--standin" in rest)
 
 
-def check_image_session(cuda: str, args: SessionArgs) -> None:
+def check_image_session(cuda: CudaRelease, args: SessionArgs) -> None:
     """What an image session for ``cuda`` refuses before running anything: archs that CUDA cannot compile, and
     stand-in bases of another CUDA; each in one line naming the session that would run it."""
     from vllm_forge.image.standin_images import STANDIN_CUDA
 
-    cuda = compat.cuda_minor(cuda)
-    if args.standin and cuda != STANDIN_CUDA:
+    if args.standin and not cuda.same_minor(STANDIN_CUDA):
         raise ForgeError(f"the TEST-ONLY stand-in bases have CUDA {STANDIN_CUDA}, not {cuda}",
                          f"run nox -s {image_session_name(STANDIN_CUDA)} -- {shlex.join(args.rest)}")
-    spec = args.arch or compat.DEFAULT_ARCH_LIST[cuda]
+    spec = args.arch or compat.DEFAULT_ARCH_LIST[cuda.minor_str]
     reason = arch_verdict(cuda, spec)
     if reason:
         able = [other for other in image_cudas() if arch_verdict(other, spec) is None]
@@ -172,15 +169,15 @@ def select_mirror(name: str | None, invoke_config: Any = None) -> mirrors.Mirror
 # --- task command lines ------------------------------------------------------------------------------
 
 
-def image_argv(cuda: str, args: SessionArgs) -> list[str]:
+def image_argv(cuda: CudaRelease, args: SessionArgs) -> list[str]:
     """``invoke image`` for one image session: the whole chain for this CUDA and its default arch list."""
-    arch = args.arch or compat.DEFAULT_ARCH_LIST[compat.cuda_minor(cuda)]
-    return ["invoke", "image", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
+    arch = args.arch or compat.DEFAULT_ARCH_LIST[cuda.minor_str]
+    return ["invoke", "image", "--cuda", cuda.minor_str, "--arch", arch, *args.rest]
 
 
-def wheel_argv(cuda: str, arch: str, args: SessionArgs) -> list[str]:
+def wheel_argv(cuda: CudaRelease, arch: str, args: SessionArgs) -> list[str]:
     """``invoke wheel``: clone (or reuse) → use-existing-torch → build-wheel → check-size for one pair."""
-    return ["invoke", "wheel", "--cuda", compat.cuda_minor(cuda), "--arch", arch, *args.rest]
+    return ["invoke", "wheel", "--cuda", cuda.minor_str, "--arch", arch, *args.rest]
 
 
 # --- the whole matrix, for `nox -s matrix` ---------------------------------------------------------------
@@ -190,7 +187,7 @@ def wheel_argv(cuda: str, arch: str, args: SessionArgs) -> list[str]:
 class MatrixEntry:
     session: str
     kind: str  # image | wheel
-    cuda: str
+    cuda: CudaRelease
     arch: str
     mirror: str
     base_image: str
@@ -198,7 +195,7 @@ class MatrixEntry:
     skip: str | None = None  # why this combination cannot work
 
     def as_json(self) -> dict[str, str]:
-        return {"session": self.session, "cuda": self.cuda, "arch": self.arch, "mirror": self.mirror,
+        return {"session": self.session, "cuda": self.cuda.minor_str, "arch": self.arch, "mirror": self.mirror,
                 "base_image": self.base_image}
 
 
@@ -211,7 +208,7 @@ def build_matrix(profiles: list[mirrors.MirrorProfile], arch: str | None = None,
             base, runtime = mirrors.default_images(cuda)
             base, runtime = mirrors.rewrite_image(base, profile), mirrors.rewrite_image(runtime, profile)
             if "image" in kinds:
-                spec = arch or compat.DEFAULT_ARCH_LIST[cuda]
+                spec = arch or compat.DEFAULT_ARCH_LIST[cuda.minor_str]
                 entries.append(MatrixEntry(image_session_name(cuda), "image", cuda, spec, profile.name, base,
                                            runtime, arch_verdict(cuda, spec)))
             if "wheel" in kinds:
@@ -253,7 +250,8 @@ def matrix_main(argv: list[str], invoke_config: Any = None, out=None) -> int:
     for session, (reason, names) in reasons.items():
         print(f"skip {session} (mirror {', '.join(names)}): {reason}", file=out)
     print(f"{len(runnable)} runnable, {len(skipped)} skipped "
-          f"({len(image_cudas())} CUDA versions: {', '.join(image_cudas())}; wheel archs {', '.join(wheel_archs())})",
+          f"({len(image_cudas())} CUDA versions: {', '.join(str(c) for c in image_cudas())}; "
+          f"wheel archs {', '.join(wheel_archs())})",
           file=out)
     return 0
 

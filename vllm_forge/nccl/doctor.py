@@ -30,6 +30,10 @@ from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.package import module_path
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.archs import parse_arch_token
+from vllm_forge.gpu.cuda_arch import ComputeCapability
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import SASS, runs_on
 from vllm_forge.nccl import nccl_logs
 from vllm_forge.nccl.nccl_logs import Finding, parse_version
 
@@ -245,7 +249,8 @@ def check_driver(host: HostFacts, inside: dict) -> list[Finding]:
     if not cuda:
         return [Finding("info", "driver", f"driver {host.driver} (supports CUDA {host.driver_cuda or '?'}); no CUDA "
                         "found in the Python/image to compare with")]
-    minor = compat.cuda_minor(cuda)
+    release = CudaRelease.parse_or_none(cuda)
+    minor = release.minor_str if release else cuda
     need = compat.MIN_DRIVER.get(minor)
     if need is None:
         return [Finding("info", "driver", f"driver {host.driver}; CUDA {cuda} is not in the driver table",
@@ -264,32 +269,25 @@ def check_driver(host: HostFacts, inside: dict) -> list[Finding]:
                     f"{host.driver_cuda or 'the driver supports'}")]
 
 
-def _arch_entries(arch_list: list[str]) -> list[tuple[int, int, str, bool]]:
-    out = []
-    for entry in arch_list:
-        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", entry.strip())
-        if m:
-            out.append((int(m.group(2)), int(m.group(3)), m.group(4), m.group(1) == "compute"))
-    return out
+def gpu_of(capability: str) -> ComputeCapability | None:
+    """A GPU's compute capability as nvidia-smi, torch or --arch gave it ("12.0"); None for anything else."""
+    try:
+        return ComputeCapability.parse(capability)
+    except ForgeError:
+        return None
 
 
 def arch_support(capability: str, arch_list: list[str]) -> tuple[str, str]:
-    """("sass"|"sass-compatible"|"ptx"|"none", the entry that serves it) for a GPU capability."""
-    try:
-        major, minor = (int(p) for p in capability.split(".")[:2])
-    except ValueError:
+    """("sass"|"sass-compatible"|"ptx"|"none", the entry that serves it) for a GPU capability: NVIDIA's rule,
+    vllm_forge/gpu/runs_on.py, over torch.cuda.get_arch_list() (``sm_90``, ``compute_90``)."""
+    gpu = gpu_of(capability)
+    if gpu is None:
         return "none", ""
-    entries = _arch_entries(arch_list)
-    for e_major, e_minor, variant, ptx in entries:
-        if not ptx and (e_major, e_minor) == (major, minor):
-            return "sass", f"sm_{e_major}{e_minor}{variant}"
-    for e_major, e_minor, variant, ptx in sorted(entries, reverse=True):  # the closest older minor first
-        if not ptx and e_major == major and e_minor <= minor and variant in ("", "f"):
-            return "sass-compatible", f"sm_{e_major}{e_minor}{variant}"
-    for e_major, e_minor, variant, ptx in sorted(entries, reverse=True):
-        if ptx and (e_major, e_minor) <= (major, minor) and variant == "":
-            return "ptx", f"compute_{e_major}{e_minor}"
-    return "none", ""
+    codes = [parse_arch_token(entry) for entry in arch_list if entry.strip().startswith(("sm_", "compute_"))]
+    fit = runs_on([code for code in codes if code is not None], gpu)
+    if fit.kind == SASS:
+        return ("sass" if fit.code.gpu == gpu else "sass-compatible"), fit.name
+    return fit.kind, fit.name
 
 
 def check_torch_archs(caps: list[tuple[str, str]], inside: dict, where: str = "this Python") -> list[Finding]:
@@ -332,7 +330,7 @@ def _torch_fix(sm: str) -> str:
     cuda = compat.min_cuda_for(sm)
     if not cuda:
         return f"install a PyTorch build that lists {sm} in torch.cuda.get_arch_list()"
-    index = compat.PYTORCH_WHEEL_INDEX.get(cuda)
+    index = compat.PYTORCH_WHEEL_INDEX.get(cuda.minor_str)
     return (f"install a PyTorch built with CUDA {cuda} or newer"
             + (f" (pip install torch --index-url {index})" if index else "")
             + f", then rebuild vLLM with --arch {sm}")
@@ -355,7 +353,7 @@ def check_nccl(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
         return findings
     worst = None
     for name, cap in caps:
-        row = compat.nccl_min_for_capability(cap)
+        row = nccl_logs.nccl_floor(cap)
         if row and parse_version(version) < parse_version(row[0]):
             worst = (name, cap, row)
             break
@@ -366,7 +364,7 @@ def check_nccl(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
             f"({cap}): {why}; multi-GPU start-up will fail (`Cuda failure 1 'invalid argument'`)",
             nccl_logs.VLLM_NCCL_HINT.format(v=minimum)))
     else:
-        mins = {compat.nccl_min_for_capability(cap)[0] for _, cap in caps if compat.nccl_min_for_capability(cap)}
+        mins = {nccl_logs.nccl_floor(cap)[0] for _, cap in caps if nccl_logs.nccl_floor(cap)}
         findings.append(Finding("pass", "nccl", f"NCCL {version} ({where})" + (
             f" >= {max(mins, key=parse_version)} needed by these GPUs" if mins else "")))
     return findings
@@ -421,10 +419,9 @@ def check_jit(caps: list[tuple[str, str]], inside: dict) -> list[Finding]:
     facts = inside.get("jit")
     if not facts or not (inside.get("vllm") or {}).get("installed"):
         return []
-    from vllm_forge.gpu import archs as arch_mod
     from vllm_forge.image.jit import jit_summary
 
-    targets = [arch_mod.parse_arch_list(cap)[0].sm for _, cap in caps if arch_mod.parse_arch_list(cap)]
+    targets = [gpu.sm for gpu in (gpu_of(cap) for _, cap in caps) if gpu is not None]
     ready, line = jit_summary(facts, targets)
     if ready:
         return [Finding("pass", "jit", line)]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.gpu import compat
+from vllm_forge.gpu.cuda_arch import ComputeCapability
 
 LEVELS = ("pass", "info", "warn", "fail")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -598,6 +599,16 @@ class Signature:
 
 
 BLACKWELL_NCCL_FIX = compat.NCCL_MIN_FOR_ARCH["12.0"][0]
+
+
+def nccl_floor(capability: str) -> tuple[str, str] | None:
+    """compat's (oldest NCCL, why) for a GPU as a log, nvidia-smi or --gpu-cap names it ("12.0"); None when
+    no row applies or the text is no compute capability."""
+    try:
+        gpu = ComputeCapability.parse(".".join(str(capability).split(".")[:2]))  # a "12.0.1" some tools print
+    except ForgeError:
+        return None
+    return compat.nccl_min_for_capability(gpu)
 VLLM_NCCL_HINT = ("install a newer NCCL into the image: pip install -U 'nvidia-nccl-cu12>={v}' (CUDA 12.x) or "
                   "'nvidia-nccl-cu13>={v}' (CUDA 13); vLLM loads torch's libnccl.so.2, or the one named by "
                   "VLLM_NCCL_SO_PATH")
@@ -782,19 +793,16 @@ def _blackwell_consumer(ctx: Context, log: NcclLog) -> bool:
         return True
     for name in log.gpu_names:
         model = compat.lookup_gpu(name)
-        if model and model.capability.startswith("12."):
+        if model and model.cc.major == 12:
             return True
     return log.smem is not None
 
 
-def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]:
-    ctx = ctx or Context()
-    findings: list[Finding] = []
-    version = log.version
-    texts = [w.message if not w.source else f"{w.source} {w.message}" for w in log.warns] + log.errors
-    texts += [n.message for n in log.notes if "NVLINK" in n.message]
-    if version:
-        info = f"NCCL {version_str(version)}" + (f" built for CUDA {log.built_cuda}" if log.built_cuda else "")
+def _version_findings(log: NcclLog) -> list[Finding]:
+    """Which NCCL this is, for which CUDA, and whether the driver can run it."""
+    findings = []
+    if log.version:
+        info = f"NCCL {version_str(log.version)}" + (f" built for CUDA {log.built_cuda}" if log.built_cuda else "")
         if log.driver_cuda:
             info += f"; the driver supports CUDA {log.driver_cuda}"
         findings.append(Finding("info", "nccl-version", info, evidence=log.versions[:2]))
@@ -803,53 +811,56 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
             "fail", "driver-older-than-nccl-cuda",
             f"NCCL was built for CUDA {log.built_cuda} but the driver only supports CUDA {log.driver_cuda}",
             "upgrade the NVIDIA driver, or use an image whose CUDA is not newer than the driver's"))
+    return findings
 
-    matched: set[str] = set()
+
+def _floor_finding(log: NcclLog, ctx: Context) -> Finding | None:
+    """An NCCL older than the first release that works on one of the GPUs (compat's floor per arch)."""
     for cap in ctx.gpu_caps:
-        row = compat.nccl_min_for_capability(cap)
-        if version and row and version < parse_version(row[0]):
-            findings.append(Finding(
-                "fail", "nccl-too-old", f"NCCL {version_str(version)} is older than {row[0]}, the first release "
+        row = nccl_floor(cap)
+        if log.version and row and log.version < parse_version(row[0]):
+            return Finding(
+                "fail", "nccl-too-old", f"NCCL {version_str(log.version)} is older than {row[0]}, the first release "
                 f"that works on compute capability {cap}: {row[1]}", VLLM_NCCL_HINT.format(v=row[0]),
-                evidence=log.versions[:1]))
-            matched.add("nccl-too-old")
-            break
-    blackwell = _blackwell_consumer(ctx, log)
-    too_old = version is not None and version < parse_version(BLACKWELL_NCCL_FIX)
+                evidence=log.versions[:1])
+    return None
+
+
+def _shadowed(sig_id: str, hit: str, matched: set[str], too_old_blackwell: bool) -> bool:
+    """Whether a signature that matched says less than one matched before it (or does not apply)."""
+    if sig_id == "nccl-too-old-for-blackwell":
+        return not (too_old_blackwell and not re.search(r"nvls", hit, re.IGNORECASE))
+    if sig_id == "cuda-invalid-argument" and {"nccl-too-old-for-blackwell", "nvls-invalid-argument"} & matched:
+        return True
+    if sig_id == "nvls-invalid-argument" and "nccl-too-old-for-blackwell" in matched:
+        return True
+    if sig_id in ("unhandled-cuda-error", "vllm-worker-died", "collective-timeout") and matched - {"nccl-too-old"}:
+        return True  # the specific cause is already named
+    # ncclSystemError's text names sockets, but /dev/shm was the call that failed
+    return sig_id == "socket-system-error" and bool(matched & _SHM_FAILURES)
+
+
+def _signature_findings(log: NcclLog, texts: list[str], matched: set[str], too_old_blackwell: bool) -> list[Finding]:
+    """The known signatures in the log's WARN/error lines, most specific first; adds their ids to ``matched``."""
+    findings = []
     for sig in SIGNATURES:
         hit = _first_match(sig.pattern, texts)
-        if not hit:
+        if not hit or _shadowed(sig.id, hit, matched, too_old_blackwell):
             continue
-        if sig.id == "nccl-too-old-for-blackwell":
-            if not (too_old and blackwell and not re.search(r"nvls", hit, re.IGNORECASE)):
-                continue
-        if sig.id == "cuda-invalid-argument" and {"nccl-too-old-for-blackwell", "nvls-invalid-argument"} & matched:
-            continue
-        if sig.id == "nvls-invalid-argument" and "nccl-too-old-for-blackwell" in matched:
-            continue
-        if sig.id in ("unhandled-cuda-error", "vllm-worker-died", "collective-timeout") and matched - {"nccl-too-old"}:
-            continue  # the specific cause is already named
-        if sig.id == "socket-system-error" and matched & _SHM_FAILURES:
-            continue  # ncclSystemError's text names sockets, but /dev/shm was the call that failed
         matched.add(sig.id)
         message = sig.cause
-        if sig.id == "vllm-worker-died" and too_old and blackwell:
-            message += (f"; with NCCL {version_str(version)} on RTX 50xx the likely cause is NCCL older than "
+        if sig.id == "vllm-worker-died" and too_old_blackwell:
+            message += (f"; with NCCL {version_str(log.version)} on RTX 50xx the likely cause is NCCL older than "
                         f"{BLACKWELL_NCCL_FIX}")
         if sig.id == "nccl-too-old-for-blackwell":
-            message = f"NCCL {version_str(version)} is too old for these GPUs: {sig.cause}"
+            message = f"NCCL {version_str(log.version)} is too old for these GPUs: {sig.cause}"
         findings.append(Finding(sig.level, sig.id, message, sig.fix, sig.source, [hit]))
+    return findings
 
-    if log.smem and too_old and "nccl-too-old-for-blackwell" not in matched:
-        findings.append(Finding(
-            "warn", "nccl-shared-memory",
-            f"NCCL {version_str(version)} wants {log.smem[0]} bytes of shared memory but this GPU allows "
-            f"{log.smem[1]}: its first collective will fail with `Cuda failure 1 'invalid argument'`",
-            VLLM_NCCL_HINT.format(v=BLACKWELL_NCCL_FIX), SIGNATURES[0].source))
 
-    findings.extend(_env_findings(log.env))
-    findings.extend(_transport_findings(log, ctx))
-
+def _host_findings(log: NcclLog, ctx: Context, matched: set[str]) -> list[Finding]:
+    """What the log says about the host's interconnect: InfiniBand, PCIe P2P, the graph search."""
+    findings = []
     if log.no_ib:
         if is_single_node(log, ctx):
             findings.append(Finding("info", "no-ib", "no InfiniBand/RoCE device (one node: nothing needs it)"))
@@ -869,23 +880,53 @@ def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]
             "info", "graph-search-fallback",
             "NCCL found no fast ring/tree path and fell back to a simple order (normal on PCIe-only hosts)",
             evidence=[w.text for w in log.warns if "falling back" in w.message][:1]))
+    return findings
 
+
+def _unexplained_finding(log: NcclLog, matched: set[str]) -> Finding | None:
+    """WARN lines, or an error, that no signature explains."""
     known = {"Could not find a path for pattern"}
     unknown = [w for w in log.warns if not any(k in w.message for k in known)
                and not any(re.search(s.pattern, w.message, re.IGNORECASE) for s in SIGNATURES)]
     if unknown:
         fatal = bool(log.errors) or any(w.level == "ABORT" for w in unknown)
-        findings.append(Finding(
+        return Finding(
             "fail" if fatal else "warn", "unrecognised-warn",
             f"{len(unknown)} WARN line(s) no signature explains; the first: {unknown[0].message}",
             "read these lines (they name the source file and the failing call); rerun with NCCL_DEBUG=INFO "
             "NCCL_DEBUG_SUBSYS=INIT,ENV,GRAPH for more",
-            evidence=[w.text for w in unknown[:5]]))
-    elif log.errors and not matched:
-        findings.append(Finding(
+            evidence=[w.text for w in unknown[:5]])
+    if log.errors and not matched:
+        return Finding(
             "fail", "unrecognised-error", f"the log reports an error no signature explains: {log.errors[0]}",
-            "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=... and diagnose those files", evidence=log.errors[:5]))
+            "rerun with NCCL_DEBUG=INFO NCCL_DEBUG_FILE=... and diagnose those files", evidence=log.errors[:5])
+    return None
 
+
+def diagnose_nccl_log(log: NcclLog, ctx: Context | None = None) -> list[Finding]:
+    ctx = ctx or Context()
+    findings = _version_findings(log)
+    texts = [w.message if not w.source else f"{w.source} {w.message}" for w in log.warns] + log.errors
+    texts += [n.message for n in log.notes if "NVLINK" in n.message]
+    matched: set[str] = set()
+    floor = _floor_finding(log, ctx)
+    if floor is not None:
+        findings.append(floor)
+        matched.add("nccl-too-old")
+    too_old = log.version is not None and log.version < parse_version(BLACKWELL_NCCL_FIX)
+    findings += _signature_findings(log, texts, matched, too_old and _blackwell_consumer(ctx, log))
+    if log.smem and too_old and "nccl-too-old-for-blackwell" not in matched:
+        findings.append(Finding(
+            "warn", "nccl-shared-memory",
+            f"NCCL {version_str(log.version)} wants {log.smem[0]} bytes of shared memory but this GPU allows "
+            f"{log.smem[1]}: its first collective will fail with `Cuda failure 1 'invalid argument'`",
+            VLLM_NCCL_HINT.format(v=BLACKWELL_NCCL_FIX), SIGNATURES[0].source))
+    findings.extend(_env_findings(log.env))
+    findings.extend(_transport_findings(log, ctx))
+    findings += _host_findings(log, ctx, matched)
+    unexplained = _unexplained_finding(log, matched)
+    if unexplained is not None:
+        findings.append(unexplained)
     if log.init_complete and worst_level(findings) == "pass":
         nranks = max((r["nranks"] for r in log.ranks.values()), default=log.init_complete)
         transports = ", ".join(sorted(log.transports)) or "no channels logged"
@@ -1160,7 +1201,7 @@ def diagnose_nccl_tests(run: NcclTestsRun, ctx: Context | None = None) -> list[F
         hit = _first_match("|".join(s.pattern for s in SIGNATURES), run.failures)
         sig = next((s for s in SIGNATURES if hit and re.search(s.pattern, hit, re.IGNORECASE)), None)
         if sig and sig.id == "unhandled-cuda-error" and run.ranks > 1 and any(
-                (compat.lookup_gpu(n) or compat.GpuModel("", "")).capability.startswith("12.") for n in names):
+                (model := compat.lookup_gpu(n)) is not None and model.cc.major == 12 for n in names):
             message = (f"{who}: {run.failures[0]}. On RTX 50xx this is the signature of NCCL older than "
                        f"{BLACKWELL_NCCL_FIX} (one GPU passes, two fail); the NCCL_DEBUG=INFO log shows "
                        "`Cuda failure 1 'invalid argument'`")
@@ -1526,10 +1567,26 @@ _NOT_CAUSES = {"busbw", "transport", "nccl-tests-failed", "exit-status", "unreco
                "unrecognised-warn", "unrecognised-error"}
 
 
-def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
-    """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
-    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
-    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+@dataclass
+class _Gathered:
+    """Every file's facts, correlated once: what each candidate cause of ``find_root_cause`` weighs."""
+
+    reports: list[FileReport]
+    ctx: Context
+    logs: list  # (report, NcclLog) of every rank's NCCL log
+    runs: list  # (report, NcclTestsRun) of every benchmark table
+    env: dict[str, str]  # the NCCL settings in force: the environment file's, then each log's own
+    measured: float | None  # the best bus bandwidth of a multi-rank run, GB/s
+    expected: float | None  # what the slowest link between the GPUs carries (compat's link model)
+    link: str | None  # that link ("NV18", "PIX", ...)
+    base: dict  # the fields every RootCause carries
+
+    @property
+    def share(self) -> float | None:
+        return self.measured / self.expected if self.measured is not None and self.expected else None
+
+
+def _gather(reports: list[FileReport], ctx: Context | None) -> _Gathered:
     if ctx is None:
         ctx = Context()
         for report in reports:
@@ -1541,7 +1598,6 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     for _, log in logs:
         env.update(log.env)
     weighed = [f"{name}={value}: {SETTINGS[name].effect}" for name, value in sorted(env.items()) if name in SETTINGS]
-
     measured = None
     for _, run in runs:
         peak = run.peak_busbw() if run.ranks > 1 else None
@@ -1552,9 +1608,12 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
     expected, how, source = link_peak_gbps(link, capability, ctx.pcie_gen, ctx.pcie_width) if link else (None, "", "")
     base = {"measured": measured, "expected": expected, "expected_how": how, "expected_source": source,
             "weighed": weighed}
+    return _Gathered(reports, ctx, logs, runs, env, measured, expected, link, base)
 
-    # 1. a failure a signature names: the most specific evidence there is
-    for report in reports:
+
+def _cause_a_signature_names(g: _Gathered) -> RootCause | None:
+    """A failure a signature names: the most specific evidence there is."""
+    for report in g.reports:
         for finding in report.findings:
             if finding.level == "fail" and finding.check not in _NOT_CAUSES:
                 evidence = []
@@ -1563,90 +1622,124 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
                         or [f"{report.path}: {hit}"]
                 return RootCause("fail", finding.message, finding.fix + (f" (see {finding.source})"
                                                                          if finding.source else ""),
-                                 evidence, **base)
+                                 evidence, **g.base)
+    return None
 
-    # 2. a rank that never joined
+
+def _cause_a_rank_never_joined(g: _Gathered) -> RootCause | None:
     seen: set[int] = set()
     nranks = 0
-    for _, log in logs:
+    for _, log in g.logs:
         seen |= set(log.ranks)
         nranks = max(nranks, log.nranks or 0)
-    timed_out = [(r, f) for r in reports for f in r.findings if f.level == "fail"
+    timed_out = [(r, f) for r in g.reports for f in r.findings if f.level == "fail"
                  and re.search(r"timeout|did not finish", f.message + " ".join(f.evidence), re.IGNORECASE)]
-    if logs and nranks > len(seen) and (timed_out or not any(log.init_complete for _, log in logs)):
-        missing = sorted(set(range(nranks)) - seen)
-        evidence = [e for r, _ in logs for e in _evidence(r, "Init START")][:2]
-        evidence += [e for r, _ in timed_out for e in _evidence(r, re.compile("timeout", re.IGNORECASE))][:1]
-        return RootCause("fail", f"rank(s) {', '.join(map(str, missing))} of {nranks} never joined the "
-                         f"communicator: rank(s) {', '.join(map(str, sorted(seen)))} started it (Init START) and "
-                         "waited", "start every rank (same world size, reachable MASTER_ADDR/MASTER_PORT, every "
-                         "GPU visible: CUDA_VISIBLE_DEVICES) and read the missing rank's own output", evidence, **base)
+    if not (g.logs and nranks > len(seen) and (timed_out or not any(log.init_complete for _, log in g.logs))):
+        return None
+    missing = sorted(set(range(nranks)) - seen)
+    evidence = [e for r, _ in g.logs for e in _evidence(r, "Init START")][:2]
+    evidence += [e for r, _ in timed_out for e in _evidence(r, re.compile("timeout", re.IGNORECASE))][:1]
+    return RootCause("fail", f"rank(s) {', '.join(map(str, missing))} of {nranks} never joined the "
+                     f"communicator: rank(s) {', '.join(map(str, sorted(seen)))} started it (Init START) and "
+                     "waited", "start every rank (same world size, reachable MASTER_ADDR/MASTER_PORT, every "
+                     "GPU visible: CUDA_VISIBLE_DEVICES) and read the missing rank's own output", evidence, **g.base)
 
-    # 3. the transport judged against the topology
-    for report, log in logs:
-        for finding in _transport_findings(log, ctx):
-            if finding.level in ("fail", "warn"):
-                evidence = []
-                for name in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL"):
-                    if name in log.env:
-                        evidence += _evidence(report, f"{name} set by environment")
-                evidence += _evidence(report, f"via {sorted(log.transports)[0]}")
-                for topo_report, matrix in _parsed(reports, ("topo", "p2p")):
-                    pairs = matrix.gpu_pairs() if isinstance(matrix, TopoMatrix) else []
-                    if pairs:
-                        evidence += _evidence(topo_report, re.compile(rf"^\s*{pairs[0][0]}\s+X\b"))
-                kinds = {name.split("/")[0] for name in log.transports}
-                names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in env
-                         and SETTINGS[r].harmful(env[r])]
-                via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
-                links = ", ".join(p2p_expected(ctx)) or "one host"
-                gpus = f"the GPUs are {links}-connected" if p2p_expected(ctx) else "the ranks share one host"
-                cause = (f"{gpus} but NCCL sent the traffic through {via}"
-                         + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
-                            if names else f": {finding.message.split('why: ', 1)[-1]}"))
-                return RootCause(finding.level, cause, finding.fix, evidence, **base)
 
-    # 4. bandwidth short of the link model: weigh every setting that can explain it
-    share = measured / expected if measured is not None and expected else None
-    if share is not None and share < compat.BUSBW_SHARE["good"]:
-        level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
-        candidates = weigh_settings(env)
-        table, cited = next((r, run) for r, run in runs if run.peak_busbw() == measured)
-        evidence = _evidence(table, re.compile(rf"^\s*{cited.large_rows()[-1].size}\s"))  # the cited table's row
-        if candidates:
-            _, setting, why = candidates[0]
-            name = setting.split("=")[0]
-            for report, log in logs:
+def _cause_the_transport(g: _Gathered) -> RootCause | None:
+    """The transport NCCL picked, judged against the topology."""
+    for report, log in g.logs:
+        for finding in _transport_findings(log, g.ctx):
+            if finding.level not in ("fail", "warn"):
+                continue
+            evidence = []
+            for name in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL"):
                 if name in log.env:
-                    evidence = _evidence(report, f"{name} set by environment") + evidence
-                    break
-            return RootCause(level, f"{why}: bus bandwidth fell short of the link", f"unset {name}", evidence,
-                             **base)
-        if link in ("PIX", "PXB"):
-            return RootCause(level, "P2P over the PCIe switch runs far below the PCIe model and no NCCL setting "
-                             "explains it: ACS or the IOMMU redirects peer traffic through the root complex",
-                             "check `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; disable ACS "
-                             "on the switches (setpci) or run the IOMMU in passthrough (iommu=pt)", evidence, **base)
-        return RootCause(level, "bus bandwidth fell short of the link and no NCCL setting explains it",
-                         "check the PCIe link under load (nvidia-smi -q: GPU Link Info, generation and width), "
-                         "other jobs on the GPUs, and `nvidia-smi topo -p2p r`", evidence, **base)
+                    evidence += _evidence(report, f"{name} set by environment")
+            evidence += _evidence(report, f"via {sorted(log.transports)[0]}")
+            for topo_report, matrix in _parsed(g.reports, ("topo", "p2p")):
+                pairs = matrix.gpu_pairs() if isinstance(matrix, TopoMatrix) else []
+                if pairs:
+                    evidence += _evidence(topo_report, re.compile(rf"^\s*{pairs[0][0]}\s+X\b"))
+            kinds = {name.split("/")[0] for name in log.transports}
+            names = [r for r in ("NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_P2P_LEVEL") if r in g.env
+                     and SETTINGS[r].harmful(g.env[r])]
+            via = "TCP sockets" if "NET" in kinds else "host memory (SHM)"
+            links = ", ".join(p2p_expected(g.ctx)) or "one host"
+            gpus = f"the GPUs are {links}-connected" if p2p_expected(g.ctx) else "the ranks share one host"
+            cause = (f"{gpus} but NCCL sent the traffic through {via}"
+                     + (f" because {' and '.join(names)} {'are' if len(names) > 1 else 'is'} set"
+                        if names else f": {finding.message.split('why: ', 1)[-1]}"))
+            return RootCause(finding.level, cause, finding.fix, evidence, **g.base)
+    return None
 
-    # 5. a warning is the worst there is
-    for report in reports:
+
+def _cause_short_bandwidth(g: _Gathered) -> RootCause | None:
+    """Bandwidth short of the link model: weigh every setting that can explain it."""
+    share = g.share
+    if share is None or share >= compat.BUSBW_SHARE["good"]:
+        return None
+    level = "fail" if share < compat.BUSBW_SHARE["poor"] else "warn"
+    candidates = weigh_settings(g.env)
+    table, cited = next((r, run) for r, run in g.runs if run.peak_busbw() == g.measured)
+    evidence = _evidence(table, re.compile(rf"^\s*{cited.large_rows()[-1].size}\s"))  # the cited table's row
+    if candidates:
+        _, setting, why = candidates[0]
+        name = setting.split("=")[0]
+        for report, log in g.logs:
+            if name in log.env:
+                evidence = _evidence(report, f"{name} set by environment") + evidence
+                break
+        return RootCause(level, f"{why}: bus bandwidth fell short of the link", f"unset {name}", evidence,
+                         **g.base)
+    if g.link in ("PIX", "PXB"):
+        return RootCause(level, "P2P over the PCIe switch runs far below the PCIe model and no NCCL setting "
+                         "explains it: ACS or the IOMMU redirects peer traffic through the root complex",
+                         "check `nvidia-smi topo -p2p r` and cuda-samples p2pBandwidthLatencyTest; disable ACS "
+                         "on the switches (setpci) or run the IOMMU in passthrough (iommu=pt)", evidence, **g.base)
+    return RootCause(level, "bus bandwidth fell short of the link and no NCCL setting explains it",
+                     "check the PCIe link under load (nvidia-smi -q: GPU Link Info, generation and width), "
+                     "other jobs on the GPUs, and `nvidia-smi topo -p2p r`", evidence, **g.base)
+
+
+def _cause_a_warning(g: _Gathered) -> RootCause | None:
+    """A warning, when it is the worst there is."""
+    for report in g.reports:
         for finding in report.findings:
             if finding.level in ("warn", "fail"):
                 return RootCause(finding.level, f"{report.path}: {finding.message}", finding.fix,
-                                 [f"{report.path}: {e}" for e in finding.evidence[:1]], **base)
-    if measured is not None and expected:
-        transports = sorted({name for _, log in logs for name in log.transports})
-        carried = f"{link} carried {', '.join(transports)}; " if transports else ""
-        ranks = max(run.ranks for _, run in runs)
-        return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {share:.0%} of the link model", "", [],
-                         **base)
-    if runs and all(run.ranks <= 1 for _, run in runs):
+                                 [f"{report.path}: {e}" for e in finding.evidence[:1]], **g.base)
+    return None
+
+
+def _no_cause(g: _Gathered) -> RootCause:
+    """Nothing failed: how healthy the run was, as far as the files tell."""
+    if g.measured is not None and g.expected:
+        transports = sorted({name for _, log in g.logs for name in log.transports})
+        carried = f"{g.link} carried {', '.join(transports)}; " if transports else ""
+        ranks = max(run.ranks for _, run in g.runs)
+        return RootCause("pass", f"healthy: {carried}{ranks} ranks reach {g.share:.0%} of the link model", "", [],
+                         **g.base)
+    if g.runs and all(run.ranks <= 1 for _, run in g.runs):
         return RootCause("pass", "one rank: NCCL initialised and ran on the GPU; bus bandwidth needs two or more "
-                         "GPUs (nothing crosses a link)", "", [], **base)
-    return RootCause("pass", "no failure found", "", [], **base)
+                         "GPUs (nothing crosses a link)", "", [], **g.base)
+    return RootCause("pass", "no failure found", "", [], **g.base)
+
+
+# The candidate causes, the most specific evidence first: the first that finds one is the verdict.
+_CAUSES = (_cause_a_signature_names, _cause_a_rank_never_joined, _cause_the_transport, _cause_short_bandwidth,
+           _cause_a_warning)
+
+
+def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> RootCause:
+    """Correlate every file (topology, the NCCL logs of every rank, the benchmark tables, the environment)
+    into one verdict: the cause, the evidence lines, the fix, and measured against expected bandwidth.
+    ``ctx`` is the one the reports were made with; without it, the reports' own files inform it."""
+    gathered = _gather(reports, ctx)
+    for candidate in _CAUSES:
+        cause = candidate(gathered)
+        if cause is not None:
+            return cause
+    return _no_cause(gathered)
 
 
 def render_root_cause(cause: RootCause) -> list[str]:

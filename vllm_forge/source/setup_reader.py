@@ -14,6 +14,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+from vllm_forge.gpu.cuda_release import CudaRelease
+
 # setup.py's platform helpers, as they answer for a CUDA build from source.
 _CUDA_BUILD_ANSWERS = {
     "_is_cuda": True, "_build_custom_ops": True, "_is_hip": False, "_is_cpu": False, "_is_tpu": False,
@@ -43,9 +45,9 @@ def _version(text: str) -> tuple[int, ...] | None:
 class _Evaluator:
     """Three-valued evaluation of setup.py's ``if`` tests: True, False, or None (undecided)."""
 
-    def __init__(self, python: tuple[int, int], nvcc: str | None):
+    def __init__(self, python: tuple[int, int], nvcc: CudaRelease | None):
         self.python = python
-        self.nvcc = _version(nvcc) if nvcc else None
+        self.nvcc = (nvcc.major, nvcc.minor) if nvcc is not None else None
 
     def value(self, node: ast.AST):
         """A comparable value for the operands setup.py uses, or None."""
@@ -139,7 +141,7 @@ def _listed(node: ast.AST) -> list[tuple[str, bool]]:
 
 
 def cuda_extension_targets(setup_text: str, *, python: tuple[int, int] = (3, 12),
-                           nvcc: str | None = None) -> tuple[ExtensionTarget, ...]:
+                           nvcc: CudaRelease | None = None) -> tuple[ExtensionTarget, ...]:
     """The extensions a CUDA build from source builds, in setup.py's order (empty when it cannot be read)."""
     try:
         tree = ast.parse(setup_text)

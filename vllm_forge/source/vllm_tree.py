@@ -20,6 +20,11 @@ from pathlib import Path
 
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.linear_re import compile_linear
+from vllm_forge.gpu import compat
+from vllm_forge.gpu.archs import parse_arch_token
+from vllm_forge.gpu.cuda_arch import CudaArch
+from vllm_forge.gpu.cuda_release import CudaRelease
+from vllm_forge.gpu.runs_on import SASS, runs_on
 
 MIN_VERSION = "0.8"  # the oldest vLLM this tool builds: first release with requirements/ and docker/
 
@@ -246,152 +251,171 @@ def _not(a: bool | None) -> bool | None:
     return None if a is None else not a
 
 
+def _operand_value(tok: CMakeArg, scope: CMakeScope) -> str | None:
+    """An operand of a comparison as a string: a variable's value when it names one, else the text itself."""
+    text = scope.expand(tok.value)
+    if text is None:
+        return None
+    if not tok.quoted and _IDENT.fullmatch(text) and text == tok.value:
+        if text in scope.vars:
+            return scope.vars[text]
+        if text.upper() in _TRUE_CONSTANTS | _FALSE_CONSTANTS or re.fullmatch(r"[\d.]+", text):
+            return text
+        return "" if _assumed_unset(text) else None
+    return text
+
+
+def _truth(tok: CMakeArg, scope: CMakeScope) -> bool | None:
+    """A lone word's truth: a constant's, else the variable it names (``if(FOO)``)."""
+    text = scope.expand(tok.value)
+    if text is None:
+        return None
+    upper = text.upper()
+    if upper in _TRUE_CONSTANTS or re.fullmatch(r"-?\d+(\.\d+)*", text) and float(text.split(".")[0] or 0) != 0:
+        return True
+    if upper in _FALSE_CONSTANTS or upper.endswith("-NOTFOUND") or re.fullmatch(r"-?0+(\.0+)*", text):
+        return False
+    if tok.quoted:
+        return False  # a quoted string that is no true constant is false (CMP0054)
+    if text in scope.vars:
+        value = scope.vars[text]
+        if value is None:
+            return None
+        value_upper = value.upper()
+        return not (value_upper in _FALSE_CONSTANTS or value_upper.endswith("-NOTFOUND"))
+    return False if _assumed_unset(text) else None
+
+
+def _compare_versions(op: str, left: str, right: str) -> bool | None:
+    a, b = _version_tuple(left), _version_tuple(right)
+    if a is None or b is None:
+        return None
+    width = max(len(a), len(b))
+    a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
+    return {"VERSION_EQUAL": a == b, "VERSION_LESS": a < b, "VERSION_GREATER": a > b,
+            "VERSION_LESS_EQUAL": a <= b, "VERSION_GREATER_EQUAL": a >= b}[op]
+
+
+def _compare(op: str, left: str | None, right: str | None) -> bool | None:
+    """A binary test of ``if()`` on two operand values; None when one is unknown or the test is not read."""
+    if left is None or right is None:
+        return None
+    if op == "STREQUAL":
+        return left == right
+    if op == "MATCHES":  # the tree's own regex: RE2, linear time; one RE2 does not take is undecided
+        regex = compile_linear(right)
+        return None if regex is None else regex.search(left) is not None
+    if op == "IN_LIST":
+        return None
+    if op.startswith("VERSION_"):
+        return _compare_versions(op, left, right)
+    if op in ("EQUAL", "LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL"):
+        try:
+            x, y = float(left), float(right)
+        except ValueError:
+            return False
+        return {"EQUAL": x == y, "LESS": x < y, "GREATER": x > y, "LESS_EQUAL": x <= y,
+                "GREATER_EQUAL": x >= y}[op]
+    if op.startswith("STR"):
+        return {"STRLESS": left < right, "STRGREATER": left > right, "STRLESS_EQUAL": left <= right,
+                "STRGREATER_EQUAL": left >= right}[op]
+    return None
+
+
+class _Condition:
+    """A recursive-descent reader of one ``if()`` condition, CMake's precedence: parentheses, unary tests,
+    binary tests, NOT, AND, OR."""
+
+    def __init__(self, tokens: list[CMakeArg], scope: CMakeScope):
+        self.tokens, self.scope = tokens, scope
+        self.pos = 0
+        self.depth = 0  # of parentheses: past MAX_DEPTH the condition is undecided (and Python's stack is safe)
+        self.too_deep = False
+
+    def peek(self) -> CMakeArg | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> CMakeArg:
+        self.pos += 1
+        return self.tokens[self.pos - 1]
+
+    def at(self, words) -> bool:
+        tok = self.peek()
+        return tok is not None and not tok.quoted and tok.value in words
+
+    def parenthesised(self) -> bool | None:
+        self.take()
+        if self.depth >= MAX_DEPTH:
+            self.too_deep = True
+            return None
+        self.depth += 1
+        value = self.or_expr()
+        self.depth -= 1
+        if self.at({")"}):
+            self.take()
+        return value
+
+    def unary(self) -> bool | None:
+        op = self.take().value
+        target = self.take() if self.peek() is not None else CMakeArg("")
+        if op == "DEFINED":
+            if re.fullmatch(r"ENV\{(\w+)\}", target.value):
+                return False
+            cache = re.fullmatch(r"CACHE\{(\w+)\}", target.value)
+            return self.scope.is_defined(cache.group(1) if cache else target.value)
+        if op == "POLICY":
+            return True
+        return None
+
+    def primary(self) -> bool | None:
+        if self.peek() is None:
+            return None
+        if self.at({"("}):
+            return self.parenthesised()
+        if self.at(_UNARY):
+            return self.unary()
+        left_tok = self.take()
+        if not self.at(_BINARY):
+            return _truth(left_tok, self.scope)
+        op = self.take().value
+        right_tok = self.take() if self.peek() is not None else CMakeArg("")
+        if op == "IN_LIST":
+            return None
+        right = right_tok.value if op == "MATCHES" and not right_tok.quoted else None
+        right = right if right is not None else _operand_value(right_tok, self.scope)
+        return _compare(op, _operand_value(left_tok, self.scope), right)
+
+    def not_expr(self) -> bool | None:
+        negate = False
+        while self.at({"NOT"}):  # a loop: a thousand NOTs are no thousand stack frames
+            self.take()
+            negate = not negate
+        value = self.primary()
+        return _not(value) if negate else value
+
+    def and_expr(self) -> bool | None:
+        value = self.not_expr()
+        while self.at({"AND"}):
+            self.take()
+            value = _and(value, self.not_expr())
+        return value
+
+    def or_expr(self) -> bool | None:
+        value = self.and_expr()
+        while self.at({"OR"}):
+            self.take()
+            value = _or(value, self.and_expr())
+        return value
+
+
 def evaluate_condition(args: Iterable[CMakeArg], scope: CMakeScope) -> bool | None:
     """CMake ``if()`` semantics in three values: True, False, or None when it depends on the unknown."""
     tokens = list(args)
-    pos = 0
-    depth = 0  # of parentheses: past MAX_DEPTH the condition is undecided (and Python's stack is safe)
-    too_deep = False
-
-    def peek() -> CMakeArg | None:
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take() -> CMakeArg:
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def keyword(tok: CMakeArg | None, words) -> bool:
-        return tok is not None and not tok.quoted and tok.value in words
-
-    def operand_value(tok: CMakeArg) -> str | None:
-        """An operand as a string: a variable's value when it names one, else the text itself."""
-        text = scope.expand(tok.value)
-        if text is None:
-            return None
-        if not tok.quoted and _IDENT.fullmatch(text) and text == tok.value:
-            if text in scope.vars:
-                return scope.vars[text]
-            if text.upper() in _TRUE_CONSTANTS | _FALSE_CONSTANTS or re.fullmatch(r"[\d.]+", text):
-                return text
-            return "" if _assumed_unset(text) else None
-        return text
-
-    def truth(tok: CMakeArg) -> bool | None:
-        text = scope.expand(tok.value)
-        if text is None:
-            return None
-        upper = text.upper()
-        if upper in _TRUE_CONSTANTS or re.fullmatch(r"-?\d+(\.\d+)*", text) and float(text.split(".")[0] or 0) != 0:
-            return True
-        if upper in _FALSE_CONSTANTS or upper.endswith("-NOTFOUND") or re.fullmatch(r"-?0+(\.0+)*", text):
-            return False
-        if tok.quoted:
-            return False  # a quoted string that is no true constant is false (CMP0054)
-        if text in scope.vars:
-            value = scope.vars[text]
-            if value is None:
-                return None
-            value_upper = value.upper()
-            return not (value_upper in _FALSE_CONSTANTS or value_upper.endswith("-NOTFOUND"))
-        return False if _assumed_unset(text) else None
-
-    def compare(op: str, left: str | None, right: str | None) -> bool | None:
-        if left is None or right is None:
-            return None
-        if op == "STREQUAL":
-            return left == right
-        if op == "MATCHES":  # the tree's own regex: RE2, linear time; one RE2 does not take is undecided
-            regex = compile_linear(right)
-            return None if regex is None else regex.search(left) is not None
-        if op == "IN_LIST":
-            return None
-        if op.startswith("VERSION_"):
-            a, b = _version_tuple(left), _version_tuple(right)
-            if a is None or b is None:
-                return None
-            width = max(len(a), len(b))
-            a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
-            return {"VERSION_EQUAL": a == b, "VERSION_LESS": a < b, "VERSION_GREATER": a > b,
-                    "VERSION_LESS_EQUAL": a <= b, "VERSION_GREATER_EQUAL": a >= b}[op]
-        if op in ("EQUAL", "LESS", "GREATER", "LESS_EQUAL", "GREATER_EQUAL"):
-            try:
-                x, y = float(left), float(right)
-            except ValueError:
-                return False
-            return {"EQUAL": x == y, "LESS": x < y, "GREATER": x > y, "LESS_EQUAL": x <= y,
-                    "GREATER_EQUAL": x >= y}[op]
-        if op.startswith("STR"):
-            return {"STRLESS": left < right, "STRGREATER": left > right, "STRLESS_EQUAL": left <= right,
-                    "STRGREATER_EQUAL": left >= right}[op]
-        return None
-
-    def primary() -> bool | None:
-        nonlocal depth, too_deep
-        tok = peek()
-        if tok is None:
-            return None
-        if keyword(tok, {"("}):
-            take()
-            if depth >= MAX_DEPTH:
-                too_deep = True
-                return None
-            depth += 1
-            value = or_expr()
-            depth -= 1
-            if keyword(peek(), {")"}):
-                take()
-            return value
-        if keyword(tok, _UNARY):
-            op = take().value
-            target = take() if peek() is not None else CMakeArg("")
-            if op == "DEFINED":
-                env = re.fullmatch(r"ENV\{(\w+)\}", target.value)
-                if env:
-                    return False
-                cache = re.fullmatch(r"CACHE\{(\w+)\}", target.value)
-                return scope.is_defined(cache.group(1) if cache else target.value)
-            if op == "POLICY":
-                return True
-            return None
-        left_tok = take()
-        nxt = peek()
-        if keyword(nxt, _BINARY):
-            op = take().value
-            right_tok = take() if peek() is not None else CMakeArg("")
-            if op == "IN_LIST":
-                return None
-            right = right_tok.value if op == "MATCHES" and not right_tok.quoted else None
-            right = right if right is not None else operand_value(right_tok)
-            return compare(op, operand_value(left_tok), right)
-        return truth(left_tok)
-
-    def not_expr() -> bool | None:
-        negate = False
-        while keyword(peek(), {"NOT"}):  # a loop: a thousand NOTs are no thousand stack frames
-            take()
-            negate = not negate
-        value = primary()
-        return _not(value) if negate else value
-
-    def and_expr() -> bool | None:
-        value = not_expr()
-        while keyword(peek(), {"AND"}):
-            take()
-            value = _and(value, not_expr())
-        return value
-
-    def or_expr() -> bool | None:
-        value = and_expr()
-        while keyword(peek(), {"OR"}):
-            take()
-            value = _or(value, and_expr())
-        return value
-
     if not tokens:
         return False
-    value = or_expr()
-    return None if too_deep else value
+    condition = _Condition(tokens, scope)
+    value = condition.or_expr()
+    return None if condition.too_deep else value
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
@@ -725,28 +749,16 @@ _CONTEXT_NAMES = ("VLLM_TARGET_DEVICE", "VLLM_GPU_LANG", "CUDA_FOUND", "CMAKE_CU
                   "CUDA_VERSION", "CMAKE_CUDA_COMPILER_ID", "HIP_FOUND", "PYTORCH_FOUND_HIP")
 
 
-def cuda_context(cuda: str | None) -> dict[str, str | None]:
+def cuda_context(cuda: CudaRelease | None) -> dict[str, str | None]:
     """The variables a CUDA build of vLLM has when CMakeLists.txt reaches its arch gate."""
     context: dict[str, str | None] = {
         "VLLM_TARGET_DEVICE": "cuda", "VLLM_GPU_LANG": "CUDA", "CUDA_FOUND": "TRUE", "CMAKE_CUDA_COMPILER_ID": "NVIDIA",
         "HIP_FOUND": "FALSE", "PYTORCH_FOUND_HIP": "FALSE",
     }
-    if cuda:
-        context["CMAKE_CUDA_COMPILER_VERSION"] = cuda
-        context["CUDA_VERSION"] = cuda
+    if cuda is not None:
+        context["CMAKE_CUDA_COMPILER_VERSION"] = str(cuda)
+        context["CUDA_VERSION"] = str(cuda)
     return context
-
-
-def _capability_tuple(arch: str) -> tuple[int, int, str] | None:
-    m = re.fullmatch(r"(?:sm_|compute_)?(\d+)\.?(\d)?([af]?)(?:\+PTX)?", arch.strip(), re.IGNORECASE)
-    if not m:
-        return None
-    if m.group(2) is None:  # "120", "sm_120", "90a"
-        digits = m.group(1)
-        if len(digits) < 2:
-            return None
-        return int(digits[:-1]), int(digits[-1]), m.group(3).lower()
-    return int(m.group(1)), int(m.group(2)), m.group(3).lower()
 
 
 # --- the tree ------------------------------------------------------------------------------------------
@@ -787,12 +799,12 @@ class VllmTree:
         dependency that vLLM's own Dockerfile sets it for)."""
         return variable in self.env_vars_read
 
-    def cuda_supported_archs(self, cuda_version: str) -> list[str] | None:
-        """CUDA_SUPPORTED_ARCHS as this CMakeLists sets it for nvcc ``cuda_version``
+    def cuda_supported_archs(self, cuda: CudaRelease) -> list[str] | None:
+        """CUDA_SUPPORTED_ARCHS as this CMakeLists sets it for nvcc of ``cuda``
         (["7.5", "8.0", ..., "12.0"]); None when the checkout has no such gate."""
         if not self.arch_gate:
             return None
-        scope = CMakeScope(cuda_context(cuda_version))
+        scope = CMakeScope(cuda_context(cuda))
         chosen: tuple[str, ...] | None = None
         for branch in self.arch_gate:
             taken = evaluate_guard(branch.guard, scope)
@@ -802,59 +814,49 @@ class VllmTree:
                 chosen = branch.archs
         return list(chosen) if chosen is not None else None
 
-    def gate_arch_for(self, arch: str, cuda_version: str) -> str | None:
-        """What the gate compiles a requested arch as (CMake's loose intersection: the highest
-        supported arch of the same major that is not newer): "12.1" -> "12.0" where only 12.0 is
+    def gate_arch_for(self, arch: CudaArch, cuda: CudaRelease) -> str | None:
+        """What the gate compiles a requested arch as: CMake's loose intersection takes the newest listed arch
+        whose SASS runs on the GPU asked for (vllm_forge/gpu/runs_on.py): "12.1" -> "12.0" where only 12.0 is
         listed; None when this vLLM drops the arch. Any gate-less tree keeps every arch."""
-        supported = self.cuda_supported_archs(cuda_version)
-        want = _capability_tuple(arch)
-        if want is None:
-            raise ForgeError(f"'{arch}' is not a CUDA arch", "use a compute capability such as 12.0 or 9.0a")
+        supported = self.cuda_supported_archs(cuda)
         if supported is None:
-            return f"{want[0]}.{want[1]}{want[2]}"
-        best: tuple[int, int] | None = None
-        for entry in supported:
-            cap = _capability_tuple(entry)
-            if cap and cap[0] == want[0] and cap[1] <= want[1] and (best is None or cap[1] > best[1]):
-                best = (cap[0], cap[1])
-        if best is None:
+            return f"{arch.capability}{arch.variant}"
+        listed = [parse_arch_token(entry) for entry in supported]
+        fit = runs_on([CudaArch(a.major, a.minor) for a in listed if a is not None], arch.gpu)
+        if fit.kind != SASS:
             return None
-        variant = want[2] if best == (want[0], want[1]) else ""
-        return f"{best[0]}.{best[1]}{variant}"
+        variant = arch.variant if fit.code.gpu == arch.gpu else ""
+        return f"{fit.code.capability}{variant}"
 
-    def dropped_archs(self, archs: Iterable, cuda_version: str) -> list[str]:
-        """The requested archs (strings or CudaArch) this vLLM's CMake would silently drop."""
-        dropped = []
-        for arch in archs:
-            text = getattr(arch, "capability", None) or str(arch)
-            if self.gate_arch_for(text, cuda_version) is None:
-                dropped.append(text)
-        return dropped
+    def dropped_archs(self, archs: Iterable[CudaArch], cuda: CudaRelease) -> list[str]:
+        """The requested archs' capabilities this vLLM's CMake would silently drop."""
+        return [arch.capability for arch in archs if self.gate_arch_for(arch, cuda) is None]
 
-    def check_archs(self, archs: Iterable, cuda_version: str) -> None:
+    def check_archs(self, archs: Iterable[CudaArch], cuda: CudaRelease) -> None:
         """Preflight: refuse archs this vLLM version would drop with this CUDA (ForgeError)."""
         archs = list(archs)
-        dropped = self.dropped_archs(archs, cuda_version)
+        dropped = self.dropped_archs(archs, cuda)
         if not dropped:
             return
-        supported = self.cuda_supported_archs(cuda_version) or []
-        newer = [c for c in ("12.8", "12.9", "13.0")
-                 if all(self.gate_arch_for(a, c) is not None for a in dropped)]
-        hint = f"build with CUDA {newer[0]} or newer (--cuda {newer[0]})" if newer and newer[0] != cuda_version else \
+        supported = self.cuda_supported_archs(cuda) or []
+        lost = [arch for arch in archs if arch.capability in dropped]
+        newer = [c for c in compat.known_cudas() if c > cuda.minor_release
+                 and all(self.gate_arch_for(arch, c) is not None for arch in lost)]
+        hint = f"build with CUDA {newer[0]} or newer (--cuda {newer[0]})" if newer else \
             "use a newer vLLM release, or drop those archs"
         raise ForgeError(
             f"vLLM {self.version or '(unknown version)'} compiles no kernels for {', '.join(dropped)} with CUDA "
-            f"{cuda_version}: its CMakeLists.txt accepts only {';'.join(supported)}",
+            f"{cuda}: its CMakeLists.txt accepts only {';'.join(supported)}",
             hint,
         )
 
     @property
-    def cuda_pin(self) -> str | None:
-        """The CUDA release the checkout's own Dockerfile builds with (ARG CUDA_VERSION), e.g. "13.0.2"."""
+    def cuda_pin(self) -> CudaRelease | None:
+        """The CUDA release the checkout's own Dockerfile builds with (ARG CUDA_VERSION), e.g. 13.0.2."""
         value = self.dockerfile_args.get("CUDA_VERSION")
-        return value if value and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) else None
+        return CudaRelease.parse(value) if value and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) else None
 
-    def cuda_targets(self, nvcc: str | None, python: tuple[int, int]):
+    def cuda_targets(self, nvcc: CudaRelease | None, python: tuple[int, int]):
         """The CMake extension targets a CUDA build of this checkout builds with that nvcc and Python
         (vllm_forge/source/setup_reader.py reads setup.py)."""
         from vllm_forge.source.setup_reader import cuda_extension_targets
@@ -889,7 +891,7 @@ class VllmTree:
         label = "vLLM" if self.kind == "vllm" else self.kind
         return f"{label} {self.version or '(version unknown)'}: " + ", ".join(parts)
 
-    def as_dict(self, cudas: Iterable[str] = ("12.6", "12.8", "12.9", "13.0")) -> dict:
+    def as_dict(self, cudas: Iterable[CudaRelease] = compat.VLLM_CUDAS) -> dict:
         data = {
             "root": str(self.root),
             "version": self.version,
@@ -903,7 +905,7 @@ class VllmTree:
             "build_knobs_read": sorted(v for v in BUILD_KNOBS if v in self.env_vars_read),
             "env_var_sources": {k: self.env_var_sources[k] for k in sorted(self.env_var_sources)},
             "version_env": self.version_env,
-            "arch_gate": {c: self.cuda_supported_archs(c) for c in cudas},
+            "arch_gate": {str(c): self.cuda_supported_archs(c) for c in cudas},
             "arch_gate_branches": [{"archs": list(b.archs), "when": b.describe(), "line": b.line}
                                    for b in self.arch_gate],
             "global_ptx_ignored": self.global_ptx_ignored,
@@ -1098,15 +1100,13 @@ def _wheel_limit(root: Path, dockerfile_text: str) -> tuple[int | None, str]:
     return None, "not found"
 
 
-def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTree:
-    """Read a vLLM checkout (or unpacked sdist) and say what its version's build needs."""
+def _source_tree(path: Path | str) -> Path:
+    """``path`` resolved, refused unless it holds a vLLM-shaped source tree."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ForgeError(f"{root} does not exist or is not a directory",
                          "pass the path of a vLLM checkout (invoke clone makes one)")
     root = root.resolve()
-    cmake_text = _read(root / "CMakeLists.txt")
-    is_mini = re.search(r"\bproject\s*\(\s*minivllm\b", cmake_text, re.I) is not None
     missing = [rel for rel in ("setup.py", "CMakeLists.txt") if not (root / rel).is_file()]
     if not (root / "vllm").is_dir():
         missing.append("vllm/")
@@ -1115,54 +1115,80 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
             f"{root} is not a vLLM source tree (no {', '.join(missing)})",
             "point --vllm-src at a vLLM checkout, or run `invoke clone` first",
         )
+    return root
+
+
+def _supported_version(root: Path, is_mini: bool, min_version: str) -> tuple[str | None, str, list[str]]:
+    """The tree's version and where it was read, refusing a release older than ``min_version``; notes."""
     version, version_source = detect_version(root)
     notes: list[str] = []
-    if not is_mini:
-        if version is not None and _version_key(version) and _version_key(version) < _version_key(min_version):
+    if is_mini:
+        return version, version_source, notes
+    if version is not None and _version_key(version) and _version_key(version) < _version_key(min_version):
+        raise ForgeError(
+            f"{root} is vLLM {version} ({version_source}); vllm-forge supports vLLM {min_version} and newer",
+            f"check out v{min_version}.0 or a newer release (--ref v0.11.0)",
+        )
+    if version is None:
+        if not (root / "requirements").is_dir() and (root / "requirements-build.txt").is_file():
             raise ForgeError(
-                f"{root} is vLLM {version} ({version_source}); vllm-forge supports vLLM {min_version} and newer",
-                f"check out v{min_version}.0 or a newer release (--ref v0.11.0)",
+                f"{root} has the pre-0.8 layout (requirements-build.txt at the root, no requirements/)",
+                f"check out v{min_version}.0 or a newer release",
             )
-        if version is None:
-            if not (root / "requirements").is_dir() and (root / "requirements-build.txt").is_file():
-                raise ForgeError(
-                    f"{root} has the pre-0.8 layout (requirements-build.txt at the root, no requirements/)",
-                    f"check out v{min_version}.0 or a newer release",
-                )
-            notes.append("version unknown (no PKG-INFO, git tag or vllm/_version.py): "
-                         "pin one with SETUPTOOLS_SCM_PRETEND_VERSION")
-    uet, takes_prefix = _find_use_existing_torch(root)
-    torch_globs = _use_existing_torch_globs(_read(root / uet)) if uet else ()
-    build_req = _find_build_requirements(root)
+        notes.append("version unknown (no PKG-INFO, git tag or vllm/_version.py): "
+                     "pin one with SETUPTOOLS_SCM_PRETEND_VERSION")
+    return version, version_source, notes
 
+
+def _cmake_files(root: Path, cmake_text: str) -> tuple[list[str], list[str]]:
+    """The external-project files CMakeLists.txt names (in an include() this reader could not resolve: read
+    too, unguarded; files nothing names are never fetched and are left out), and every CMake file."""
     cmake_dir = root / "cmake"
-    # External-project files CMakeLists.txt names (in an include() this reader could not resolve):
-    # read too, unguarded. Files nothing names are never fetched and are left out.
     external = sorted(str(p.relative_to(root)) for p in (cmake_dir / "external_projects").glob("*.cmake")
                       if p.name in cmake_text) if (cmake_dir / "external_projects").is_dir() else []
     cmake_files = ["CMakeLists.txt"] + sorted(
         str(p.relative_to(root)) for p in cmake_dir.rglob("*.cmake")) if cmake_dir.is_dir() else ["CMakeLists.txt"]
+    return external, cmake_files
 
-    commands, scope = walk_cmake(root, scope=CMakeScope(cuda_context(None)), extra_files=external)
-    gate = tuple(
+
+def _arch_gate(commands) -> tuple[GateBranch, ...]:
+    """Each ``set(CUDA_SUPPORTED_ARCHS ...)`` of CMakeLists.txt, with the guard it sits under."""
+    return tuple(
         GateBranch(tuple(a for a in ";".join(x.value for x in gc.command.args[1:]).split(";") if a),
                    gc.guard, gc.command.line)
         for gc in commands
         if gc.file == "CMakeLists.txt" and gc.command.name == "set" and gc.command.args
         and gc.command.args[0].value == "CUDA_SUPPORTED_ARCHS"
     )
+
+
+def _version_env(sources) -> str | None:
+    """The variable that overrides the version this build stamps."""
+    for name in ("VLLM_VERSION_OVERRIDE", "SETUPTOOLS_SCM_PRETEND_VERSION"):
+        if name in sources:
+            return name
+    return None
+
+
+def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTree:
+    """Read a vLLM checkout (or unpacked sdist) and say what its version's build needs."""
+    root = _source_tree(path)
+    cmake_text = _read(root / "CMakeLists.txt")
+    is_mini = re.search(r"\bproject\s*\(\s*minivllm\b", cmake_text, re.I) is not None
+    version, version_source, notes = _supported_version(root, is_mini, min_version)
+    uet, takes_prefix = _find_use_existing_torch(root)
+    torch_globs = _use_existing_torch_globs(_read(root / uet)) if uet else ()
+    build_req = _find_build_requirements(root)
+
+    external, cmake_files = _cmake_files(root, cmake_text)
+    commands, scope = walk_cmake(root, scope=CMakeScope(cuda_context(None)), extra_files=external)
+    gate = _arch_gate(commands)
     if not gate and not is_mini:
         notes.append("no CUDA_SUPPORTED_ARCHS gate found in CMakeLists.txt: archs are not filtered by vLLM")
     git_deps = find_cmake_git_deps(root, commands, scope)
 
     sources = _env_reads(root, cmake_files)
     setup_text = _read(root / "setup.py")
-    if "VLLM_VERSION_OVERRIDE" in sources:
-        version_env = "VLLM_VERSION_OVERRIDE"
-    elif "SETUPTOOLS_SCM_PRETEND_VERSION" in sources:
-        version_env = "SETUPTOOLS_SCM_PRETEND_VERSION"
-    else:
-        version_env = None
     cache_tools = tuple(t for t in ("sccache", "ccache") if re.search(rf"""which\(\s*['"]{t}['"]""", setup_text))
     # CMakeLists turns torch's gencode flags into bare arch numbers for its per-kernel lists
     # (every release examined): a +PTX in TORCH_CUDA_ARCH_LIST never reaches vLLM's kernels.
@@ -1180,7 +1206,7 @@ def inspect_tree(path: Path | str, *, min_version: str = MIN_VERSION) -> VllmTre
         dep_targets=_dep_targets(root, git_deps, commands),
         root=root, version=version, version_source=version_source, kind="minivllm" if is_mini else "vllm",
         use_existing_torch=uet, takes_prefix=takes_prefix, torch_pin_globs=torch_globs, build_requirements=build_req,
-        env_vars_read=set(sources), env_var_sources=sources, version_env=version_env,
+        env_vars_read=set(sources), env_var_sources=sources, version_env=_version_env(sources),
         arch_gate=gate, global_ptx_ignored=ptx_ignored, ptx_warning=ptx_warning,
         wheel_size_limit_mb=limit, wheel_size_source=limit_source,
         dockerfile=dockerfile_rel, dockerfile_args=_dockerfile_args(dockerfile_text), git_deps=git_deps,
@@ -1197,7 +1223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cuda", action="append", help="CUDA version(s) to show the arch gate for")
     args = parser.parse_args(argv)
     tree = inspect_tree(args.path)
-    cudas = args.cuda or ["12.6", "12.8", "12.9", "13.0"]
+    cudas = [CudaRelease.parse(c) for c in args.cuda] if args.cuda else list(compat.VLLM_CUDAS)
     if args.json:
         print(json.dumps(tree.as_dict(cudas), indent=2))
         return 0
