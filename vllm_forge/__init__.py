@@ -18,7 +18,7 @@ A module imports from its own wing and from lower layers only, never upward (not
 wings of one layer may import each other where no cycle results. tests/unit/test_layering.py holds this.
 
 Stdlib-first: the image's build stage runs ``python3 -m vllm_forge.<wing>.<module>`` for what it needs
-(``image.staging`` stages those modules and what they import); rich output belongs to ``tasks.py``.
+(``image.staging`` stages those modules and what they import); rich output belongs to ``cli``.
 """
 
 __version__ = "0.1.0"
