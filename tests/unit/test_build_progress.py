@@ -169,3 +169,115 @@ def test_paths_are_cut_between_components():
 
 def test_durations():
     assert [duration(s) for s in (0, 59.4, 60, 485, 3600, 5000)] == ["0s", "59s", "1m00s", "8m05s", "1h00m", "1h23m"]
+
+
+def fake_proc_with(tmp_path, build_dir, output: str, age: float):
+    """A /proc holding one nvcc in ``build_dir`` compiling ``output`` for ``age`` seconds (uptime 10,000 s)."""
+    import os
+
+    proc = tmp_path / "proc"
+    (proc / "77").mkdir(parents=True)
+    (proc / "uptime").write_text("10000.0 1.0\n")
+    (proc / "77" / "cwd").symlink_to(build_dir)
+    (proc / "77" / "cmdline").write_bytes(b"nvcc\0-o\0" + output.encode() + b"\0")
+    start = int((10_000 - age) * os.sysconf("SC_CLK_TCK"))
+    (proc / "77" / "stat").write_text(f"77 (nvcc) S {' '.join(['1'] + ['0'] * 17)} {start} 0\n")
+    return proc
+
+
+def test_a_silent_build_still_prints_at_growing_intervals_and_names_what_runs(tmp_path):
+    """Session 2's resume: ninja starts, one unit compiles for minutes, no [k/N] line comes. plain_line, asked every
+    5 s by the display's timer, prints after 1 min of nothing, then 2, 4, 8, then every 10."""
+    clock = Clock()
+    build_dir = tmp_path / "vllm" / "build" / "temp.linux-x86_64-cpython-312"
+    build_dir.mkdir(parents=True)
+    (build_dir / "build.ninja").write_text("")
+    obj = "CMakeFiles/_C_stable_libtorch.dir/csrc/libtorch_stable/quantization/w8a8/cutlass/scaled_mm_c2x.cu.o"
+    progress = BuildProgress(tmp_path / "vllm", clock=clock, proc_root=fake_proc_with(tmp_path, build_dir, obj, 3))
+    progress.feed(f"-- Build files have been written to: {build_dir}")
+    printed = {}
+    for second in range(0, 40 * 60, 5):
+        clock.now = 1000.0 + second
+        line = progress.plain_line()
+        if line:
+            printed[second] = line
+    assert list(printed) == [0, 60, 180, 420, 900, 1500, 2100]  # gaps 1, 2, 4, 8, then 10 minutes
+    assert printed[0] == ("compiling, 0s elapsed: ninja starts; running: scaled_mm_c2x.cu (_C_stable_libtorch) 3s")
+    # the unit's age is read from /proc (here frozen at 3 s): the line says what runs and for how long nothing ended
+    assert printed[420] == ("compiling, 7m00s elapsed: ninja starts, nothing finished for 7m00s; running: "
+                            "scaled_mm_c2x.cu (_C_stable_libtorch) 3s")
+
+
+def test_counted_steps_then_a_long_unit_the_line_says_so_and_drops_a_run_down_eta(tmp_path):
+    clock = Clock()
+    progress = progress_at(tmp_path, clock)
+    progress.feed("Using MAX_JOBS=16 as the number of jobs.")
+    printed = []
+    for k in range(1, 78):
+        clock.now += 5
+        progress.feed(f"[{k}/79] Building CUDA object CMakeFiles/_C.dir/k{k}.cu.o")
+        printed.append(progress.plain_line())
+    regular = len([p for p in printed if p])
+    for _ in range(12 * 10):  # 10 minutes of nothing
+        clock.now += 5
+        printed.append(progress.plain_line())
+    quiet = [p for p in printed if p][regular:]
+    # [77/79] came at 6m25s; the last line, [71/79], at 5m55s: a minute later the regular line, its ETA run down;
+    # then lines because nothing happened, 1, 2 and 4 minutes apart, the ETA left out
+    assert quiet == ["compiling [77/79] 97%, 6m55s elapsed, ETA 0s",
+                     "compiling [77/79] 97%, 7m55s elapsed, nothing finished for 1m30s",
+                     "compiling [77/79] 97%, 9m55s elapsed, nothing finished for 3m30s",
+                     "compiling [77/79] 97%, 13m55s elapsed, nothing finished for 7m30s"]
+    clock.now += 5
+    progress.feed("[78/79] Building CUDA object CMakeFiles/_C.dir/k78.cu.o")
+    # a step finished, a minute after the last line: the regular line, then quiet lines from 1 minute again
+    assert progress.plain_line() == "compiling [78/79] 99%, 16m30s elapsed, ETA 13s"
+    clock.now += 55
+    assert progress.plain_line() is None
+    clock.now += 5
+    assert progress.plain_line() == "compiling [78/79] 99%, 17m30s elapsed, nothing finished for 1m00s"
+
+
+def test_the_live_display_names_the_running_units(tmp_path):
+    from rich.console import Console
+
+    from vllm_forge.build import inflight
+    from vllm_forge.build.build_progress import ProgressView
+    from vllm_forge.cli.render import render_build
+
+    running = [inflight.RunningUnit("CMakeFiles/_C.dir/csrc/quantization/w8a8/cutlass/scaled_mm_c2x.cu.o", 252)]
+    console = Console(width=100, record=True, file=open(tmp_path / "out", "w"))
+    for view in (ProgressView("compiling", "ninja starts", 300, running=running),
+                 ProgressView("compiling", "", 300, 77, 79, running=running)):
+        console.print(render_build("build-wheel", view, 100, lambda text: text))
+    shown = console.export_text()
+    assert shown.count("  running:         4m12s  _C  csrc/quantization/w8a8/cutlass/scaled_mm_c2x.cu") == 2
+
+
+def test_without_a_terminal_a_timer_prints_while_the_build_prints_nothing(tmp_path, monkeypatch):
+    """The display asks for a plain line between output lines too: a build whose ninja is silent still shows."""
+    import io
+    import time
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from vllm_forge.build import build_progress
+    from vllm_forge.cli.render import StepDisplay
+
+    monkeypatch.setattr(build_progress, "PLAIN_EVERY_SECONDS", 0.2)  # a "minute" of nothing
+    out = io.StringIO()
+    display = StepDisplay(Console(file=out, width=200))
+    display.TICK_SECONDS = 0.05
+    step = SimpleNamespace(name="build-wheel", title="build-wheel",
+                           plan=SimpleNamespace(request=SimpleNamespace(src=tmp_path / "vllm")))
+    with display:
+        display.start(step)
+        display.feed("-- Build files have been written to: /nowhere/build")
+        deadline = time.monotonic() + 30
+        while "nothing finished for" not in out.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "build-wheel: compiling, 0s elapsed: ninja starts"
+    assert lines[1].startswith("build-wheel: compiling, 0s elapsed: ninja starts, nothing finished for 0s")
+    assert display._ticker is None  # stopped with the display

@@ -4,9 +4,10 @@ build's ``.ninja_log`` and build.ninja), else no estimate.
 
 The model, each part of it said in the printed line:
 
-- every compile unit of a CMake target costs what the record says it cost; a unit the record does not have
-  costs the mean of its target's recorded units, or the mean of all recorded units when the record never
-  reached that target (vLLM 0.26.0's FA3 and FA2);
+- every compile unit of a CMake target costs what the record says it cost. A unit the record never timed (its
+  build was stopped first: vLLM 0.26.0's FA3 and FA2, one unit of ``_C_stable_libtorch`` that ran past every
+  call) is not given a made-up time: it is counted and named, and the figure is a lower bound ("at least");
+  a resume whose every unit left is untimed gets no figure. A mean would say 55 s for a unit seen running 477 s;
 - CPU-seconds scale with the arch codes each object is compiled for, counted as the ``-gencode`` outputs the
   arch list makes (``9.0`` and ``9.0a`` one, ``12.0+PTX`` two: SASS and PTX), this build's over the record's.
   vLLM's arch-gated kernels (built for their own archs whatever is asked) are not modelled;
@@ -45,24 +46,30 @@ class BuildProfile:
     targets: dict[str, TargetRecord]
     this_machine: bool = False  # recorded here (the tree's own .ninja_log), not on another host
 
-    @property
-    def mean_seconds(self) -> float:
-        """The mean compile time of a recorded unit, all targets together."""
-        recorded = sum(t.recorded for t in self.targets.values())
-        return sum(t.cpu_seconds for t in self.targets.values()) / recorded if recorded else 0.0
-
 
 @dataclass(frozen=True)
 class Estimate:
-    wall_seconds: float
+    wall_seconds: float  # of the timed objects only (a lower bound when ``untimed``)
     cpu_seconds: float
-    objects: int
+    objects: int  # objects counted with a recorded time
     source: str  # the record and every assumption, for the printed line
     left: bool = False  # only what an earlier build in the tree did not compile
+    untimed: int = 0  # objects of the targets built that no record has timed: not counted in the figures
 
     def note(self, jobs: int) -> str:
-        return (f"estimate: ~{_minutes(self.wall_seconds)}{' left' if self.left else ''} on {jobs} "
-                f"job{'' if jobs == 1 else 's'} ({self.source})")
+        left = " left" if self.left else ""
+        them = "it" if self.untimed == 1 else "them"
+        if self.untimed and not self.objects:
+            return (f"estimate: none for the {_objects(self.untimed)}{left}: the record has not timed {them} "
+                    f"({self.source})")
+        figure = f"~{_minutes(self.wall_seconds)}{left} on {jobs} job{'' if jobs == 1 else 's'}"
+        if self.untimed:
+            figure = f"at least {figure}, plus {_objects(self.untimed)} the record has not timed"
+        return f"estimate: {figure} ({self.source})"
+
+
+def _objects(count: int) -> str:
+    return f"{count} object{'' if count == 1 else 's'}"
 
 
 def _minutes(seconds: float) -> str:
@@ -147,10 +154,7 @@ def profile_from_build_dir(build_dir: Path, shown: str, arch_list: str | None) -
         targets[name] = TargetRecord(max(counts.get(name, 0), timed.objects if timed else 0),
                                      timed.objects if timed else 0, timed.cpu_seconds if timed else 0.0,
                                      timed.longest_seconds if timed else 0.0)
-    recorded = sum(t.recorded for t in targets.values())
-    total = sum(t.objects for t in targets.values())
-    return BuildProfile(f"from this tree's own {shown}.ninja_log: {recorded} of {total} objects timed on this "
-                        "machine", codes, 0.0, targets, this_machine=True)
+    return BuildProfile(f"from this tree's own {shown}.ninja_log", codes, 0.0, targets, this_machine=True)
 
 
 # --- the estimate -------------------------------------------------------------------------------------------
@@ -161,27 +165,15 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
     """Wall time of the build (or, ``left_only``, of what the record has not compiled yet) for ``targets``
     (empty: all) with ``codes`` arch codes per object, on ``cores`` cores with ``jobs`` x ``nvcc_threads``."""
     wanted = list(targets) or list(profile.targets)
-    mean = profile.mean_seconds
+    unknown = [name for name in wanted if name not in profile.targets]
+    built = {name: profile.targets[name] for name in wanted if name in profile.targets}
+    untimed = {name: r.objects - r.recorded for name, r in built.items() if r.objects > r.recorded}
     cpu = longest = 0.0
     objects = 0
-    guessed: list[str] = []
-    unknown = [name for name in wanted if name not in profile.targets]
-    for name in wanted:
-        record = profile.targets.get(name)
-        if record is None:
-            continue
-        per_unit = record.cpu_seconds / record.recorded if record.recorded else mean
-        missing = record.objects - record.recorded
-        if left_only:
-            cpu += missing * per_unit
-            objects += missing
-        else:
-            cpu += record.cpu_seconds + missing * per_unit
-            objects += record.objects
-        if missing and not record.recorded:
-            guessed.append(name)
-        if not left_only or missing:
-            longest = max(longest, record.longest_seconds if record.recorded else per_unit)
+    if not left_only:  # a resume's record timed exactly what is done: nothing left is timed
+        cpu = sum(r.cpu_seconds for r in built.values())
+        objects = sum(r.recorded for r in built.values())
+        longest = max((r.longest_seconds for r in built.values()), default=0.0)
     recorded_codes = profile.arch_codes or codes
     scale = codes / recorded_codes
     threads = max(1, min(nvcc_threads, codes))
@@ -191,13 +183,25 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
     configure = profile.configure_seconds
     wall = max(cpu / parallel, longest) + configure if objects else configure
     parts = [profile.label]
-    if guessed:
-        count = sum(profile.targets[name].objects for name in guessed)
-        parts.append(f"{', '.join(guessed)} ({count} objects) not in the record: estimated from the mean object "
-                     f"time, {mean:.0f} s")
+    recorded, total = sum(r.recorded for r in built.values()), sum(r.objects for r in built.values())
+    parts.append(f"{recorded} of {total} objects of {'the targets built' if targets else 'every target'} timed"
+                 f"{' on this machine' if profile.this_machine else ''}")
+    if untimed:
+        most_first = sorted(untimed.items(), key=lambda item: (-item[1], item[0]))
+        parts.append("not timed: " + ", ".join(
+            f"{name} ({f'all {count}' if count == built[name].objects else f'{count} of {built[name].objects}'})"
+            for name, count in most_first))
+        if left_only:
+            parts.append("this record times only what an earlier build finished")
     if unknown:
         parts.append(f"{', '.join(unknown)} not in the record: not counted")
-    parts.append(f"{cpu:,.0f} CPU-seconds for {objects} objects{' left' if left_only else ''}")
+    if left_only and not untimed:
+        parts.append("nothing left to compile")
+    if not objects:
+        return Estimate(profile.configure_seconds, 0.0, 0, "; ".join(parts), left=left_only,
+                        untimed=sum(untimed.values()))
+    parts.append(f"{cpu:,.0f} CPU-seconds for the {objects} timed objects" if untimed else
+                 f"{cpu:,.0f} CPU-seconds for {objects} objects")
     if profile.arch_codes is None:
         parts.append(f"arch codes per object taken to be this build's {codes} (the record's were not kept)")
     else:
@@ -208,7 +212,9 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
     parts.append(rule)
     parts.append("this machine's per-core speed as it was then" if profile.this_machine else
                  "the same per-core speed as the recording host")
-    return Estimate(wall, cpu, objects, "; ".join(parts), left=left_only)
+    if untimed:
+        parts.append("a lower bound: an untimed unit may take longer than any timed one")
+    return Estimate(wall, cpu, objects, "; ".join(parts), left=left_only, untimed=sum(untimed.values()))
 
 
 def estimate_note(tree, settings: dict, *, archs: list, cores: int, jobs: int, nvcc_threads: int,

@@ -35,17 +35,25 @@ class NinjaEntry:
 
     @property
     def target(self) -> str:
-        """The CMake target the output belongs to (``_C_stable_libtorch``); "" for links and the like."""
-        match = _TARGET.search(self.output)
-        return match.group(1) if match else ""
+        return target_of(self.output)
 
     @property
     def source(self) -> str:
-        """The compiled file, as the object's path names it (``csrc/.../x.cu``); else the output."""
-        match = _TARGET.search(self.output)
-        if not match:
-            return self.output
-        return re.sub(r"\.(o|obj)$", "", match.group(2))
+        return source_of(self.output)
+
+
+def target_of(output: str) -> str:
+    """The CMake target an output belongs to (``_C_stable_libtorch``); "" for links and the like."""
+    match = _TARGET.search(output)
+    return match.group(1) if match else ""
+
+
+def source_of(output: str) -> str:
+    """The compiled file, as the object's path names it (``csrc/.../x.cu``); else the output."""
+    match = _TARGET.search(output)
+    if not match:
+        return output
+    return re.sub(r"\.(o|obj)$", "", match.group(2))
 
 
 def parse_ninja_log(text: str) -> list[NinjaEntry]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 
 from rich.console import Console
@@ -106,8 +107,12 @@ def print_note(note: str, out: Console | None = None) -> None:
 class StepDisplay:
     """What the terminal shows while a pipeline runs: a spinner with the step's latest output line, or, for
     build-wheel, the build's progress (phase; ninja's objects done/total, a bar, elapsed, ETA; the slowest
-    units so far). Without a terminal (CI, a pipe) a build prints plain lines now and then instead, and
-    nothing else is drawn. Each line still goes to the step's full log as before."""
+    units so far; the units compiling now). Without a terminal (CI, a pipe) a build prints plain lines now and
+    then instead, and nothing else is drawn; a timer asks for one between output lines too, so a build whose
+    ninja prints nothing for minutes (one long unit) still says what runs. Each line still goes to the step's
+    full log as before."""
+
+    TICK_SECONDS = 5.0  # how often the timer asks BuildProgress.plain_line whether a line is due
 
     def __init__(self, out: Console):
         from rich.live import Live
@@ -115,6 +120,8 @@ class StepDisplay:
 
         self.out = out
         self.title, self.last, self.progress = "starting", "", None
+        self._ticker: threading.Thread | None = None
+        self._stop_ticker = threading.Event()
         self.started = time.monotonic()
         self.spinner = Spinner("dots")
         self.live = (Live(console=out, transient=True, refresh_per_second=4, get_renderable=self._render)
@@ -126,15 +133,37 @@ class StepDisplay:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._end_ticker()
         if self.live:
             self.live.stop()  # on Ctrl-C too: the live lines are erased, the terminal left clean
 
     def start(self, step) -> None:
         from vllm_forge.build.build_progress import BuildProgress
 
+        self._end_ticker()
         self.title, self.last = step.title, ""
         plan = step.plan if step.name == "build-wheel" else None
         self.progress = BuildProgress(plan.request.src) if plan is not None else None
+        if self.progress is not None and self.live is None:
+            self._stop_ticker = threading.Event()
+            self._ticker = threading.Thread(target=self._tick, args=(self.progress, self._stop_ticker),
+                                            name="build-progress-lines", daemon=True)
+            self._ticker.start()
+
+    def _tick(self, progress, stop: threading.Event) -> None:
+        while not stop.wait(self.TICK_SECONDS):
+            self._print_plain(progress)
+
+    def _end_ticker(self) -> None:
+        self._stop_ticker.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2 * self.TICK_SECONDS)
+            self._ticker = None
+
+    def _print_plain(self, progress) -> None:
+        plain = progress.plain_line()
+        if plain:
+            self.out.print(f"{escape(self.title)}: {escape(plain)}", soft_wrap=True)
 
     def feed(self, line: str) -> None:
         if self.progress is None:
@@ -142,9 +171,7 @@ class StepDisplay:
             return
         self.progress.feed(line)
         if self.live is None:
-            plain = self.progress.plain_line()
-            if plain:
-                self.out.print(f"{escape(self.title)}: {escape(plain)}", soft_wrap=True)
+            self._print_plain(self.progress)
 
     def _render(self):
         from rich.text import Text
@@ -168,20 +195,30 @@ class StepDisplay:
 
 
 def render_build(title: str, view, width: int, spin):
-    """The live lines of a build: one status line, then the slowest units so far (paths cut between their
-    components to fit the width, never wrapped)."""
+    """The live lines of a build: one status line, then the units compiling now and the slowest so far (paths
+    cut between their components to fit the width, never wrapped)."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
-    from vllm_forge.build.build_progress import duration, eta_text, shorten_path
+    from vllm_forge.build.build_progress import RUNNING_SHOWN, duration, eta_text, shorten_path
 
+    def unit_line(label: str, seconds: str, target: str, source: str, style: str):
+        head = f"{label}{seconds}  {target}  "
+        return Text(head + shorten_path(source, max(12, width - len(head) - 1)), style=style, no_wrap=True,
+                    overflow="ellipsis")
+
+    running = [unit_line("  running:        " if index == 0 else " " * 18, f"{duration(unit.seconds):>6}",
+                         unit.target, unit.source, "")
+               for index, unit in enumerate(view.running[:RUNNING_SHOWN])]
+    if len(view.running) > RUNNING_SHOWN:
+        running.append(Text(" " * 18 + f"and {len(view.running) - RUNNING_SHOWN} more", no_wrap=True))
     if view.phase != "compiling" or not view.total:
         text = Text.assemble(f" {title} ", (view.phase, "bold"), (f" {duration(view.elapsed)} ", "dim"),
                              view.detail.strip())
         text.truncate(width - 3, overflow="ellipsis")
-        return spin(text)
+        return Group(spin(text), *running) if running else spin(text)
     grid = Table.grid(padding=(0, 1))
     for _ in range(4):
         grid.add_column(no_wrap=True)
@@ -190,12 +227,10 @@ def render_build(title: str, view, width: int, spin):
     bar_width = max(10, min(40, width - len(title) - len(figures) - 16))
     grid.add_row(spin(Text(f" {title}")), Text("compiling", style="bold"),
                  ProgressBar(total=view.total, completed=view.done, width=bar_width), Text(figures))
-    lines = [grid]
+    lines = [grid, *running]
     for index, entry in enumerate(view.slowest):
         label = "  slowest so far: " if index == 0 else " " * 18
-        head = f"{label}{entry.seconds:5.0f}s  {entry.target}  "
-        lines.append(Text(head + shorten_path(entry.source, max(12, width - len(head) - 1)), style="dim",
-                          no_wrap=True, overflow="ellipsis"))
+        lines.append(unit_line(label, f"{entry.seconds:5.0f}s", entry.target, entry.source, "dim"))
     return Group(*lines)
 
 
