@@ -50,7 +50,8 @@ def test_the_recorded_settings_16_jobs_one_arch(profile):
     assert (found.objects, found.untimed) == (109, UNTIMED)
     assert found.wall_seconds == pytest.approx(ALL / 16 + CONFIGURE, abs=0.01)  # 492.4 s
     assert found.note(16) == (
-        "estimate: at least ~8 min on 16 jobs, plus 298 objects the record has not timed (from a recorded vLLM "
+        "estimate: at least ~8 min on 16 jobs, plus 298 objects the record has not timed; ~29 min if they take the "
+        "mean of the timed objects (up to 68 s): a guess (from a recorded vLLM "
         "0.26.0 build: 16-core H100 host, sm_90, 2026-12; 109 of 407 objects of every target timed; not timed: "
         "_vllm_fa3_C (all 194), _vllm_fa2_C (all 79), _flashmla_C (20 of 23), _flashmla_extension_C (all 4), "
         "_C_stable_libtorch (1 of 78); 7,449 CPU-seconds for the 109 timed objects; CPU-seconds x 1 for 1 arch "
@@ -82,7 +83,8 @@ def test_targets_limit_the_estimate_and_the_longest_unit_can_bound_it(profile):
     assert stable.wall_seconds == pytest.approx(C_STABLE / 16 + CONFIGURE, abs=0.01)  # 349.4 s > 225 s
     assert (stable.objects, stable.untimed) == (77, 1) and "not in the record" not in stable.source
     # the targets built are what is counted: not the 407 objects of every target
-    assert stable.note(16).startswith("estimate: at least ~6 min on 16 jobs, plus 1 object the record has not timed "
+    assert stable.note(16).startswith("estimate: at least ~6 min on 16 jobs, plus 1 object the record has not timed; "
+                                      "~6 min if it takes the mean of the timed objects (up to 67 s): a guess "
                                       "(from a recorded vLLM 0.26.0 build: 16-core H100 host, sm_90, 2026-12; 77 of "
                                       "78 objects of the targets built timed; not timed: _C_stable_libtorch (1 of "
                                       "78); 5,161 CPU-seconds for the 77 timed objects; ")
@@ -111,7 +113,8 @@ def note(root: Path, vllm_tree=None, inputs=INPUTS, arch="9.0") -> str:
 
 def test_a_first_build_of_0_26_0_uses_the_shipped_profile(tmp_path):
     assert note(tmp_path).startswith("estimate: at least ~8 min on 16 jobs, plus 298 objects the record has not "
-                                     "timed (from a recorded vLLM 0.26.0 build: ")
+                                     "timed; ~29 min if they take the mean of the timed objects (up to 68 s): a guess "
+                                     "(from a recorded vLLM 0.26.0 build: ")
 
 
 def test_no_record_says_so(tmp_path):
@@ -140,8 +143,10 @@ def test_a_resumed_build_estimates_what_is_left_from_the_trees_own_record(tmp_pa
     own_record(tmp_path)
     cbd.record_settings(tmp_path, INPUTS)
     line = note(tmp_path)
-    # 95 of the 407 units timed: the tree's own record timed exactly what is done, so none of the 312 left
-    assert line == ("estimate: none for the 312 objects left: the record has not timed them (from this tree's own "
+    # 95 of the 407 units timed: the tree's own record timed exactly what is done, so none of the 312 left; the
+    # mean of what it timed is said beside, as a guess
+    assert line == ("estimate: none for the 312 objects left: the record has not timed them; ~19 min left if they "
+                    "take the mean of the timed objects (up to 63 s): a guess (from this tree's own "
                     "build/temp.linux-x86_64-cpython-312/.ninja_log; 95 of 407 objects of every target timed on this "
                     "machine; not timed: _vllm_fa3_C (all 194), _vllm_fa2_C (all 79), _flashmla_C (all 23), "
                     "_moe_C_stable_libtorch (9 of 26), _flashmla_extension_C (all 4), _C_stable_libtorch (3 of 78); "

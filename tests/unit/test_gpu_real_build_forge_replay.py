@@ -151,7 +151,8 @@ def test_session2_resume_estimate_names_the_untimed_object_instead_of_a_mean(tmp
                             targets=["_C_stable_libtorch"], earlier=earlier)
     # what the GPU host printed: a mean (55 s) for the one unit that then ran > 477 s, and 134 objects of every target
     assert "77 of 134 objects timed on this machine; 55 CPU-seconds for 1 objects left" in text("session2-resume.txt")
-    assert line == ("estimate: none for the 1 object left: the record has not timed it (from this tree's own "
+    assert line == ("estimate: none for the 1 object left: the record has not timed it; ~55s left if it takes the "
+                    "mean of the timed objects (up to 55 s): a guess (from this tree's own "
                     "build/temp.linux-x86_64-cpython-312/.ninja_log; 77 of 78 objects of the targets built timed on "
                     "this machine; not timed: _C_stable_libtorch (1 of 78); this record times only what an earlier "
                     "build finished)")

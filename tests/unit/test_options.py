@@ -60,5 +60,5 @@ def test_cmake_args_reach_the_bake_build_args():
     request = BakeRequest(src=Path("."), archs=parse_arch_list("12.0"), cmake_args="-DENABLE_MACHETE=OFF")
     values = knob_values(request, parse_arch_list("12.0"), "base", "runtime", "forge", None)
     assert values["CMAKE_ARGS"] == "-DENABLE_MACHETE=OFF"
-    assert "CMAKE_ARGS" not in knob_values(BakeRequest(src=Path("."), archs=parse_arch_list("12.0")), parse_arch_list("12.0"), "base",
-                                           "runtime", "forge", None)
+    plain = BakeRequest(src=Path("."), archs=parse_arch_list("12.0"))
+    assert "CMAKE_ARGS" not in knob_values(plain, parse_arch_list("12.0"), "base", "runtime", "forge", None)

@@ -55,16 +55,27 @@ class Estimate:
     source: str  # the record and every assumption, for the printed line
     left: bool = False  # only what an earlier build in the tree did not compile
     untimed: int = 0  # objects of the targets built that no record has timed: not counted in the figures
+    # The wall time if each untimed object took its target's mean timed object (all targets' mean where its
+    # target has none): said beside the lower bound as what it is, a guess (a unit seen running > 477 s had a
+    # 55 s mean), because "at least" alone cannot tell a 10-minute build from a 40-minute one.
+    if_mean_seconds: float | None = None
+    mean_seconds: float = 0.0
 
     def note(self, jobs: int) -> str:
         left = " left" if self.left else ""
         them = "it" if self.untimed == 1 else "them"
+        on_jobs = f"on {jobs} job{'' if jobs == 1 else 's'}"
+        guess = ""
+        if self.untimed and self.if_mean_seconds is not None:
+            takes = "it takes" if self.untimed == 1 else "they take"
+            guess = (f"; ~{_minutes(self.if_mean_seconds)}{left} if {takes} the mean of the timed objects "
+                     f"(up to {self.mean_seconds:.0f} s): a guess")
         if self.untimed and not self.objects:
-            return (f"estimate: none for the {_objects(self.untimed)}{left}: the record has not timed {them} "
-                    f"({self.source})")
-        figure = f"~{_minutes(self.wall_seconds)}{left} on {jobs} job{'' if jobs == 1 else 's'}"
+            return (f"estimate: none for the {_objects(self.untimed)}{left}: the record has not timed {them}"
+                    f"{guess} ({self.source})")
+        figure = f"~{_minutes(self.wall_seconds)}{left} {on_jobs}"
         if self.untimed:
-            figure = f"at least {figure}, plus {_objects(self.untimed)} the record has not timed"
+            figure = f"at least {figure}, plus {_objects(self.untimed)} the record has not timed{guess}"
         return f"estimate: {figure} ({self.source})"
 
 
@@ -182,6 +193,9 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
     longest = longest * scale / threads
     configure = profile.configure_seconds
     wall = max(cpu / parallel, longest) + configure if objects else configure
+    if_mean, mean = _if_mean(built, untimed, scale)
+    if if_mean is not None:
+        if_mean = max((cpu + if_mean) / parallel, longest, mean * scale / threads) + configure
     parts = [profile.label]
     recorded, total = sum(r.recorded for r in built.values()), sum(r.objects for r in built.values())
     parts.append(f"{recorded} of {total} objects of {'the targets built' if targets else 'every target'} timed"
@@ -199,7 +213,7 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
         parts.append("nothing left to compile")
     if not objects:
         return Estimate(profile.configure_seconds, 0.0, 0, "; ".join(parts), left=left_only,
-                        untimed=sum(untimed.values()))
+                        untimed=sum(untimed.values()), if_mean_seconds=if_mean, mean_seconds=mean * scale)
     parts.append(f"{cpu:,.0f} CPU-seconds for the {objects} timed objects" if untimed else
                  f"{cpu:,.0f} CPU-seconds for {objects} objects")
     if profile.arch_codes is None:
@@ -214,7 +228,21 @@ def estimate(profile: BuildProfile, *, codes: int, cores: int, jobs: int, nvcc_t
                  "the same per-core speed as the recording host")
     if untimed:
         parts.append("a lower bound: an untimed unit may take longer than any timed one")
-    return Estimate(wall, cpu, objects, "; ".join(parts), left=left_only, untimed=sum(untimed.values()))
+    return Estimate(wall, cpu, objects, "; ".join(parts), left=left_only, untimed=sum(untimed.values()),
+                    if_mean_seconds=if_mean, mean_seconds=mean * scale)
+
+
+def _if_mean(built: dict[str, TargetRecord], untimed: dict[str, int], scale: float) -> tuple[float | None, float]:
+    """The CPU-seconds the untimed objects would take at their target's mean timed object (all targets' mean
+    where the target has none), scaled to this build's arch codes, and the mean used (the largest of them); None
+    when nothing is untimed or nothing was timed."""
+    recorded = sum(r.recorded for r in built.values())
+    if not untimed or not recorded:
+        return None, 0.0
+    overall = sum(r.cpu_seconds for r in built.values()) / recorded
+    means = {name: built[name].cpu_seconds / built[name].recorded if built[name].recorded else overall
+             for name in untimed}
+    return sum(count * means[name] for name, count in untimed.items()) * scale, max(means.values())
 
 
 def estimate_note(tree, settings: dict, *, archs: list, cores: int, jobs: int, nvcc_threads: int,
