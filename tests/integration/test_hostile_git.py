@@ -18,6 +18,8 @@ import pytest
 from vllm_forge.build import build_wheel
 from vllm_forge.core import git_safe
 from vllm_forge.core.errors import ForgeError
+from vllm_forge.gpu.archs import parse_arch_list
+from vllm_forge.gpu.cuda_release import CudaRelease
 from vllm_forge.source import checkout, context_git, patches, vllm_tree
 
 pytestmark = pytest.mark.integration
@@ -104,7 +106,7 @@ def test_no_function_that_reads_a_tree_runs_its_programs(hostile, tmp_path):
     facts = checkout.read_checkout(tree, managed=False)
     assert facts.dirty and facts.commit == state.head
     assert build_wheel.has_git_tags(tree)
-    assert build_wheel.variant_version(tree, None, "12.8", "12.0").startswith("0.1.0+")
+    assert build_wheel.variant_version(tree, None, CudaRelease(12, 8), parse_arch_list("12.0")).startswith("0.1.0+")
     assert vllm_tree.detect_version(tree) == ("0.1.0", "git tag v0.1.0")
     patches.applied_patches(tree)
     context_git.sanitize_git_dir(tree, tmp_path / "git-copy")
