@@ -90,7 +90,7 @@ def test_an_interrupted_build_is_resumed_by_the_next_build_wheel_with_progress_w
     assert len(progress) <= 15  # not the build's ~150 lines
     report = lines.index(next(line for line in lines if line.startswith("compile times (build/temp.")))
     assert f"this build compiled {len(second)} objects" in lines[report]
-    assert lines[report].endswith(f"; {len(first)} were kept from an earlier build")
+    assert lines[report].endswith(f"; {len(first)} {'was' if len(first) == 1 else 'were'} kept from an earlier build")
     assert lines[report + 1] == "slowest compile units (of 6):"
     assert "CPU-seconds per CMake target:" in lines[report:]
     # ... and the wheel keeps the summary: every object's time, this build's part, the slowest five

@@ -157,12 +157,13 @@ class CompileTimes:
         where = shown_dir(self.build_dir, self.tree) + ".ninja_log"
         compiled = self.compiled_objects
         if compiled:
-            head = (f"compile times ({where}): this build compiled {len(compiled)} objects, "
-                    f"{self.cpu_seconds(compiled):,.0f} CPU-seconds in {duration(self.wall_seconds)} of ninja")
+            made = f"{len(compiled)} object{'' if len(compiled) == 1 else 's'}"
+            head = (f"compile times ({where}): this build compiled {made}, {self.cpu_seconds(compiled):,.0f} "
+                    f"CPU-seconds in {duration(self.wall_seconds)} of ninja")
         else:
             head = f"compile times ({where}): this build compiled no object"
         if kept:
-            head += f"; {kept} were kept from an earlier build"
+            head += f"; {kept} {'was' if kept == 1 else 'were'} kept from an earlier build"
         out = [head]
         slowest = ninja_log.slowest(objects, count)
         if slowest:
