@@ -104,12 +104,8 @@ def _print_root_cause(cause) -> None:
     """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
     style = _LEVEL_STYLE.get(cause.level, "")
     console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}")
-    if line := cause.bandwidth_line():
-        console.print(f"  [bold]bandwidth[/]: {escape(line)}")
-    for evidence in cause.evidence:
-        console.print(f"  [bold]evidence[/]: {escape(evidence)}")
-    if cause.fix:
-        console.print(f"  [bold]fix[/]: {escape(cause.fix)}")
+    for label, text in cause.detail_rows():
+        console.print(f"  [bold]{label}[/]: {escape(text)}")
 
 
 def doctor(ctx, given) -> None:

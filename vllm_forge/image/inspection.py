@@ -161,23 +161,11 @@ print(json.dumps(out))
 
 
 @dataclass
-class SizeBreakdown:
-    image: str
-    size: int
-    base: str
-    base_size: int | None
-    parts: dict[str, int]  # SIZE_PARTS -> bytes over the base
-    layers: list[LayerInfo]  # largest first
+class SizeBreakdown(ImageSizeReport):
+    """The size report with the size over the base split into its parts."""
+
+    parts: dict[str, int] = field(default_factory=dict)  # SIZE_PARTS -> bytes over the base
     dists: dict[str, int] = field(default_factory=dict)  # name==version -> bytes, new over the base
-    budget_gb: float = 0.0
-
-    @property
-    def over_base(self) -> int | None:
-        return None if self.base_size is None else self.size - self.base_size
-
-    @property
-    def ok(self) -> bool:
-        return not self.budget_gb or self.size <= self.budget_gb * GB
 
     def to_dict(self) -> dict:
         """The `image-size` record and the size figure's input: bytes (SI, as docker reports them)."""
@@ -242,7 +230,8 @@ def image_size_breakdown(docker: str, image: str, *, base: str = "", top: int = 
     base_dists = _dist_sizes(docker, report.base) if report.base and report.base_size is not None else {}
     parts, new = classify_sizes(_dist_sizes(docker, image), base_dists, jit_layer_bytes(docker, image),
                                 report.over_base)
-    return SizeBreakdown(image, report.size, report.base, report.base_size, parts, report.layers, new, budget_gb)
+    return SizeBreakdown(image, report.size, report.base, report.base_size, budget_gb, report.layers, parts=parts,
+                         dists=new)
 
 
 def format_size_breakdown(result: SizeBreakdown) -> list[str]:

@@ -1541,6 +1541,12 @@ class RootCause:
         return (f"measured {self.measured:g} GB/s busbw = {self.share:.0%} of expected {self.expected:g} GB/s "
                 f"({self.expected_how}; source: {self.expected_source})")
 
+    def detail_rows(self) -> list[tuple[str, str]]:
+        """What stands under the headline, (label, text) in order: the plain report and the console both read it."""
+        rows = [("bandwidth", self.bandwidth_line())] if self.bandwidth_line() else []
+        rows += [("evidence", line) for line in self.evidence]
+        return rows + ([("fix", self.fix)] if self.fix else [])
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["share"] = self.share
@@ -1743,14 +1749,8 @@ def find_root_cause(reports: list[FileReport], ctx: Context | None = None) -> Ro
 
 
 def render_root_cause(cause: RootCause) -> list[str]:
-    lines = [f"ROOT CAUSE [{cause.level.upper()}]: {cause.cause}"]
-    if bandwidth := cause.bandwidth_line():
-        lines.append(f"  bandwidth: {bandwidth}")
-    for line in cause.evidence:
-        lines.append(f"  evidence: {line}")
-    if cause.fix:
-        lines.append(f"  fix: {cause.fix}")
-    return lines
+    return [f"ROOT CAUSE [{cause.level.upper()}]: {cause.cause}",
+            *(f"  {label}: {text}" for label, text in cause.detail_rows())]
 
 
 def render_text(reports: list[FileReport], cause: RootCause | None = None) -> str:
