@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from vllm_forge.build.build_wheel import BuildRequest, compiled_digests, plan_build, read_build_info, run_build
+from vllm_forge.build.build_wheel import (
+    BuildPlan,
+    BuildRequest,
+    compiled_digests,
+    plan_build,
+    read_build_info,
+    run_build,
+)
 from vllm_forge.gpu.archs import parse_arch_list
 from vllm_forge.source import checkout, patches
 
@@ -164,3 +171,22 @@ def test_cli_refuses_a_patch_that_does_not_apply_in_one_line(src, tmp_path, nvcc
     assert dry.returncode == 0, dry.stderr
     assert f"git apply --check && git apply {good}" in dry.stdout and "Python only" in dry.stdout
     assert "# kernel reuse (key " in dry.stdout
+
+
+def test_a_resumed_build_after_a_reuse_packages_its_own_kernels(src, tmp_path, nvcc_toolchain, nvcc_log):
+    """12.0 → 9.0;12.0 → 12.0 again (kernels reused from its first wheel) → 9.0;12.0 again in a new dist/: the last
+    build resumes the CMake build dir of the second, and its wheel must carry 9.0;12.0 kernels, not the 12.0-only
+    ones the reuse run extracted into build/lib (newer than ninja's link outputs, so taken as up to date)."""
+    launcher, _log = nvcc_log
+
+    def build_in_place(archs: str, dist: Path) -> BuildPlan:
+        plan = plan_build(BuildRequest(src=src, dist_dir=dist, archs=parse_arch_list(archs), compile_cache="none",
+                                       max_jobs=2, extra_env={"CMAKE_CUDA_COMPILER_LAUNCHER": str(launcher)}))
+        run_build(plan, audit=True, on_line=lambda _line: None)  # audit=True: a wheel without sm_90 is refused
+        return plan
+
+    build_in_place("12.0", tmp_path / "dist-a")
+    build_in_place("9.0;12.0", tmp_path / "dist-b")
+    assert build_in_place("12.0", tmp_path / "dist-a").reuse.source is not None  # the reuse run
+    last = build_in_place("9.0;12.0", tmp_path / "dist-c")
+    assert last.reuse.source is None

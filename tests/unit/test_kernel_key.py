@@ -236,3 +236,23 @@ def test_files_the_checkout_ignores_are_no_kernel_input_in_an_unpacked_sdist(tmp
     assert bw.tree_digest(root) == before
     (root / "csrc" / "moe" / "a.cu").write_text("__global__ void a() { /* edited */ }\n")
     assert bw.tree_digest(root) != before
+
+
+def test_staged_binaries_are_cleared_and_nothing_else(tmp_path):
+    from vllm_forge.build.build_wheel import clear_staged_binaries
+
+    staged = tmp_path / "build" / "lib.linux-x86_64-cpython-312" / "vllm"
+    (staged / "vllm_flash_attn").mkdir(parents=True)
+    for name in ("_C.abi3.so", "vllm_flash_attn/_vllm_fa2_C.abi3.so", "libx.so.1", "__init__.py"):
+        (staged / name).write_text("x")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.so").write_text("x")
+    (staged / "linked").symlink_to(elsewhere)  # a planted link: its target is not ours to clear
+    (tmp_path / "build" / "temp.linux-x86_64-cpython-312").mkdir()
+    (tmp_path / "build" / "temp.linux-x86_64-cpython-312" / "_C.abi3.so").write_text("ninja's")
+    removed = clear_staged_binaries(tmp_path)
+    assert sorted(p.name for p in removed) == ["_C.abi3.so", "_vllm_fa2_C.abi3.so", "libx.so.1"]
+    assert (staged / "__init__.py").exists() and (elsewhere / "keep.so").exists()
+    assert (tmp_path / "build" / "temp.linux-x86_64-cpython-312" / "_C.abi3.so").exists()
+    assert clear_staged_binaries(tmp_path / "no-tree") == []

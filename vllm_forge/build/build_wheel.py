@@ -453,6 +453,7 @@ def _run_locked(plan: BuildPlan, dist_dir: Path, *, on_line=None, audit: bool = 
     if compiles:
         record_settings(src, settings)
     watch = TimingWatch(src, python_suffix(settings), timed=compiles)
+    clear_staged_binaries(src)
     try:
         with client_config(plan.dist if not decision.source else None):
             cache_session.start()  # counters before, so the figures are this build's
@@ -792,6 +793,28 @@ def apply_reuse(plan: BuildPlan, decision: ReuseDecision) -> None:
     plan.command.why = ("rebuild the Python part, kernels from " + decision.source.name if decision.source
                         else "build the wheel (vLLM's own recipe)")
     plan.reuse = decision
+
+
+def clear_staged_binaries(src: Path) -> list[Path]:
+    """Remove the compiled files under the tree's ``build/lib.*`` (setuptools' staging of the package) before
+    setup.py runs; returns them. Every run makes them again: a compiling build links or installs them (vLLM's
+    setup.py points CMake's library output there), a kernel-reuse run extracts them from the wheel it reuses. One a
+    reuse run left there is newer than what ninja linked earlier, so ninja and an install step both take it
+    as up to date, and a resumed build for other archs would package the reused wheel's kernels."""
+    build = Path(src) / "build"
+    if build.is_symlink() or not build.is_dir():
+        return []
+    removed = []
+    for staged in build.glob("lib.*"):
+        if staged.is_symlink() or not staged.is_dir():
+            continue
+        for parent, _dirs, files in os.walk(staged):  # links to directories are not followed
+            for name in files:
+                path = Path(parent) / name
+                if not path.is_symlink() and _is_compiled(name):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _is_compiled(name: str) -> bool:
