@@ -10,6 +10,13 @@
 #   bash scripts/gpu/real_build_on_gpu.sh all      # set up, build, check: one call
 #   bash scripts/gpu/real_build_on_gpu.sh build    # set up and build until FIRST_RUN_SECONDS (then interrupted) ...
 #   bash scripts/gpu/real_build_on_gpu.sh resume   # ... and, as the next back-to-back call, resume it and check
+#   bash scripts/gpu/real_build_on_gpu.sh start    # set up, then build and check in a new process session ...
+#   bash scripts/gpu/real_build_on_gpu.sh wait     # ... and, in back-to-back calls, follow it until it is done
+#
+# start/wait exist because one unit of `_C` for 9.0 (scaled_mm_c2x.cu, 8.9 SASS + PTX) is 72nd of 78 in
+# build.ninja's order, so ninja starts it last, and it runs past a 10-minute call on its own: a build in a
+# new process session (setsid) outlives the call that started it, as long as the next call comes within the
+# machine's idle window. WAIT_SECONDS (default 560) bounds each call.
 #
 # TARGETS (default _C: the library that registers torch.ops._C) sets what is built. OUT (default build/gpu)
 # receives what each phase printed; run from the repo root.
@@ -91,7 +98,35 @@ collect() {
   tar -czf "$OUT/logs.tar.gz" -C "$PWD/build/logs" . 2>/dev/null
 }
 
+follow() {  # print the detached build's progress until it is done or WAIT_SECONDS have passed
+  limit=${WAIT_SECONDS:-560}
+  while [ ! -e "$VB/detached.done" ] && [ $SECONDS -lt "$limit" ]; do
+    sleep 20
+    echo "== $(date -u +%H:%M:%S) $(tail -c 400 "$VB/out/build.txt" 2>/dev/null | tr '\r' '\n' | grep -v '^$' | tail -1)"
+    ps -eo etimes,args | awk '$2 ~ /cicc|ptxas|nvcc/ && $0 ~ /scaled_mm_c2x/ {print "   c2x unit: " $1 " s, " substr($2, 1, 60); exit}'
+  done
+  cp "$VB"/out/* "$OUT"/ 2>/dev/null
+  cp "$VB/detached.out" "$OUT/detached.txt" 2>/dev/null
+  [ -e "$VB/detached.done" ] && echo "detached build done: $(cat "$VB/detached.done")" || echo "still running"
+}
+
 case "${1:-}" in
+start)
+  setup
+  mkdir -p "$VB/out"
+  rm -f "$VB/detached.done"
+  OUT="$VB/out" setsid nohup bash "$0" _detached > "$VB/detached.out" 2>&1 < /dev/null &
+  follow
+  ;;
+wait)
+  follow
+  ;;
+_detached)
+  build "$OUT/build.txt" 1700
+  ls "$VB"/dist/vllm-*.whl >/dev/null 2>&1 && check
+  collect
+  echo "finished $(date -u +%H:%M:%S) after ${SECONDS} s" > "$VB/detached.done"
+  ;;
 all)
   setup
   build "$OUT/build.txt" $((545 - SECONDS))
@@ -110,7 +145,7 @@ resume)
   collect
   ;;
 *)
-  echo "usage: bash scripts/gpu/real_build_on_gpu.sh all|build|resume" >&2
+  echo "usage: bash scripts/gpu/real_build_on_gpu.sh all|build|resume|start|wait" >&2
   exit 2
   ;;
 esac
