@@ -52,6 +52,7 @@ from vllm_forge.audit.fatbin import (
     looks_like_binary,
     scan_stream,
 )
+from vllm_forge.audit.zip_directory import read_members
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu.archs import parse_arch_token
@@ -696,81 +697,10 @@ def _zip_chunks_any(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
             yield block
 
 
-_EOCD = struct.Struct("<4sHHHHIIH")
-_EOCD64 = struct.Struct("<4sQHHIIQQQQ")
-_CDH = struct.Struct("<4sHHHHHHIIIHHHHHII")
-
-
 def _zip_candidates(path: Path) -> list[zipfile.ZipInfo] | None:
-    """The candidate members of a zip, from its central directory, without a ZipInfo per member.
-
-    torch's wheel has 12,000 members and 13 libraries: zipfile decodes every entry (a third of a
-    second); this reads the directory in one piece and decodes only the libraries' entries. None
-    for anything unusual (data before the archive, a disk-spanning or damaged directory): then
-    zipfile's own reader decides.
-    """
-    with open(path, "rb") as fp:
-        size = fp.seek(0, os.SEEK_END)
-        tail_len = min(size, _EOCD.size + 0xFFFF)
-        fp.seek(size - tail_len)
-        tail = fp.read(tail_len)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _EOCD.size > len(tail):
-            return None
-        _sig, disk, cd_disk, _here, count, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, at)
-        if disk or cd_disk:
-            return None
-        if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):  # ZIP64: the locator precedes it
-            locator = at - 20
-            if locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
-                return None
-            eocd64_offset, = struct.unpack_from("<Q", tail, locator + 8)
-            fp.seek(eocd64_offset)
-            record = fp.read(_EOCD64.size)
-            if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
-                return None
-            count, cd_size, cd_offset = _EOCD64.unpack(record)[7:10]
-        if cd_offset + cd_size > size or cd_size > 256 << 20:
-            return None
-        fp.seek(cd_offset)
-        directory = fp.read(cd_size)
-    found, pos, seen = [], 0, 0
-    while pos + _CDH.size <= len(directory):
-        (sig, _made, _need, flags, method, _time, _date, crc, csize, usize, name_len, extra_len, comment_len,
-         _disk, _iattr, _eattr, offset) = _CDH.unpack_from(directory, pos)
-        if sig != b"PK\x01\x02":
-            return None
-        start = pos + _CDH.size
-        raw = directory[start:start + name_len]
-        pos = start + name_len + extra_len + comment_len
-        seen += 1
-        if b".so" not in raw and not raw.endswith(b".fatbin"):
-            continue
-        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
-        if name.endswith("/") or not is_candidate(name):
-            continue
-        if 0xFFFFFFFF in (csize, usize, offset):  # ZIP64 sizes live in the extra field, in this order
-            extra = directory[start + name_len:start + name_len + extra_len]
-            values, i = [], 0
-            while i + 4 <= len(extra):
-                tag, length = struct.unpack_from("<HH", extra, i)
-                if tag == 1:
-                    values = [v for (v,) in struct.iter_unpack("<Q", extra[i + 4:i + 4 + length - length % 8])]
-                    break
-                i += 4 + length
-            if usize == 0xFFFFFFFF:
-                usize = values.pop(0) if values else None
-            if csize == 0xFFFFFFFF:
-                csize = values.pop(0) if values else None
-            if offset == 0xFFFFFFFF:
-                offset = values.pop(0) if values else None
-            if None in (usize, csize, offset):
-                return None
-        info = zipfile.ZipInfo(name)
-        info.flag_bits, info.compress_type, info.CRC = flags, method, crc
-        info.compress_size, info.file_size, info.header_offset = csize, usize, offset
-        found.append(info)
-    return found if seen == count else None
+    """The candidate members of a zip (`is_candidate`), from its central directory: a ZipInfo is made only for
+    them (torch's wheel has 12,000 members and 13 libraries). None for an unusual archive: zipfile decides."""
+    return read_members(path, is_candidate, quick=lambda raw: b".so" in raw or raw.endswith(b".fatbin"))
 
 
 def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
