@@ -15,8 +15,9 @@ printed too, which other users' load does not inflate the way it inflates wall t
   seconds from wait4 (the analysis's child process included). The JSON of every inflater must be
   identical. Its peak memory is sampled in an untimed run: the resident sets of the audit and of the
   child that analyses a vLLM wheel's Python, added up every 5 ms (pages they share counted twice).
-  Python runs with its bytecode cached, written by an untimed run first, as an installed package
-  has it (this machine's PYTHONDONTWRITEBYTECODE would make every run compile vllm_forge anew).
+  Python runs with its bytecode cached in the checkout's __pycache__ folders, written by an untimed run
+  first, as an installed package has it (PYTHONDONTWRITEBYTECODE, set on this project's build machine,
+  would make every run compile vllm_forge anew: about 0.08 s of an audit).
   ``--cache`` says what that analysis finds in its cache (vllm_forge/audit/vllm_extensions.py): ``warm``
   (the default) an entry, written by an untimed audit first; ``cold`` nothing, a new empty
   $VLLM_FORGE_CACHE for every run (a user's first audit of that wheel, and every build-wheel's audit of
@@ -109,12 +110,9 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-BYTECODE: dict[str, str] = {}  # the environment for Python's cached bytecode, set by main
-
-
 def python_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return {**env, **BYTECODE, **extra}
+    """This environment, with Python's bytecode written and read (see the module's docstring)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, **extra}
 
 
 def run_audit(wheel: Path, arch: str, inflater: str, cache: str | None = None,
@@ -237,7 +235,6 @@ def main(argv=None) -> int:
         listed = None
         paired: list[float] = []  # baseline / audit, round by round
         with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
-            BYTECODE["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "bytecode")
             warm = str(Path(tmp) / "cache")
             # untimed: writes the bytecode, fills the cache for --cache warm, and samples the peak memory
             for name in inflaters:

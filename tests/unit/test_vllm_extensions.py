@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -459,3 +460,42 @@ def test_invoke_audit_starts_the_analysis_before_any_thread_of_its_own(tmp_path,
         program.run(["invoke", "audit", str(wheel), "--arch", "9.0", "--no-torch"])
     assert asked and asked[0] == (str(wheel), threads_before)
     assert "_qutlass_C" in capsys.readouterr().out
+
+
+def test_the_scan_leaves_the_analysing_child_its_core(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
+    asked = []
+    real_scan = audit.scan
+    monkeypatch.setattr(audit, "scan", lambda path, budget, held=audit.NOTHING_HELD: asked.append(
+        (held.cores, held.free is ext.CHILDREN_DONE)) or real_scan(path, budget, held))
+    monkeypatch.setattr(ext, "_analyze", lambda *args, real=ext._analyze: time.sleep(0.3) or real(*args))
+    audit.audit_path(wheel, ["9.0"])
+    assert asked == [(1, True)] and ext.CHILDREN_DONE.is_set() and ext.analyses_in_children() == 0
+    audit.audit_path(wheel, ["9.0"], require=["*"])  # no analysis: nothing held
+    assert asked[-1] == (0, False)
+
+
+def test_threads_held_for_a_busy_core_start_once_it_is_free():
+    free = threading.Event()
+    started: list[tuple[str, int]] = []
+
+    def work(item):
+        started.append((threading.current_thread().name, item))
+        if item == 0:
+            time.sleep(0.1)
+            assert all(i == 0 for _, i in started)  # the held thread took nothing while the core was busy
+            free.set()
+            time.sleep(0.1)
+        return item * 10
+
+    results = audit.side_by_side([0, 1, 2, 3], work, 2, audit.Held(1, free))
+    assert results == [0, 10, 20, 30]
+    assert len({name for name, _ in started}) == 2  # the held thread took items once free
+
+
+def test_a_held_thread_ends_when_nothing_is_left_and_errors_reach_the_caller():
+    never = threading.Event()
+    assert audit.side_by_side([1, 2], lambda x: x + 1, 2, audit.Held(1, never)) == [2, 3]  # returns: not held forever
+    with pytest.raises(ZeroDivisionError):
+        audit.side_by_side([1, 0, 2], lambda x: 1 / x, 2)

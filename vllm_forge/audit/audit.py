@@ -35,10 +35,10 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -629,12 +629,25 @@ def _scan_chunks(chunks: Iterator[bytes], size: int, shown: str) -> _Scanned | N
         return _Scanned(shown, None, f"{shown} could not be read: {err}")
 
 
+@dataclass(frozen=True)
+class Held:
+    """Cores another process of ours holds for a while (the forked import analysis): ``cores`` of the inflating
+    threads wait until ``free`` is set (or until nothing is left for them) before they take a member."""
+
+    cores: int = 0
+    free: threading.Event | None = None
+
+
+NOTHING_HELD = Held()
+
+
 # Where build-wheel and bake put what they are still writing (dist/.staging-<host>-<pid>-...), moved out by one
 # rename once whole: an audit of the directory never reads a half-written wheel of a running build.
 STAGING_PREFIX = ".staging-"
 
 
-def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = None) -> list[_Scanned]:
+def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = None,
+                   held: Held = NOTHING_HELD) -> list[_Scanned]:
     found: list[_Scanned] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith(STAGING_PREFIX))
@@ -644,7 +657,7 @@ def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = 
                 continue
             rel = prefix + path.relative_to(root).as_posix()
             if name.endswith(".whl"):
-                found += scan_wheel(path, prefix=rel + "/", budget=budget)
+                found += scan_wheel(path, prefix=rel + "/", budget=budget, held=held)
             elif is_candidate(name):
                 scanned = _scan_file(path, rel)
                 if scanned:
@@ -704,7 +717,7 @@ def _zip_candidates(path: Path) -> list[zipfile.ZipInfo] | None:
 
 
 def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
-               budget: InflateBudget | None = None) -> list[_Scanned]:
+               budget: InflateBudget | None = None, held: Held = NOTHING_HELD) -> list[_Scanned]:
     """Every candidate member of a wheel (a zip), read from the archive without unpacking it."""
     budget = budget if budget is not None else InflateBudget()
     try:
@@ -719,15 +732,53 @@ def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
     def one(info: zipfile.ZipInfo) -> _Scanned | None:
         return _scan_chunks(_zip_chunks_any(path, info), info.file_size, prefix + info.filename)
 
-    # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side.
+    # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side, the biggest first.
     workers = workers or min(4, os.cpu_count() or 1)
     members.sort(key=lambda i: -i.file_size)
     if workers > 1 and len(members) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, members))
+        results = side_by_side(members, one, workers, held)
     else:
         results = [one(i) for i in members]
     return [r for r in results if r]
+
+
+def side_by_side(items: list, work: Callable, workers: int, held: Held = NOTHING_HELD) -> list:
+    """``work(item)`` for every item on ``workers`` threads, each taking the next item when it is done; the
+    results in the items' order, the first error raised. ``held.cores`` of the threads (never all) start only
+    once ``held.free`` is set, or end once nothing is left to take."""
+    results: list = [None] * len(items)
+    todo = iter(enumerate(items))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    left = [len(items)]
+
+    def run(waits: bool) -> None:
+        while waits and not held.free.wait(0.02):
+            with lock:
+                if left[0] == 0:
+                    return
+        while not errors:
+            with lock:
+                taken = next(todo, None)
+                if taken is not None:
+                    left[0] -= 1
+            if taken is None:
+                return
+            index, item = taken
+            try:
+                results[index] = work(item)
+            except BaseException as err:  # noqa: BLE001 - raised below, in the caller's thread
+                errors.append(err)
+
+    waiting = min(held.cores, workers - 1) if held.free is not None else 0
+    threads = [threading.Thread(target=run, args=(k >= workers - waiting,), daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 # ---- images ----------------------------------------------------------------------------------------
@@ -1065,18 +1116,20 @@ def _classify(path: Path) -> str:
                      "name a .so, an executable, a wheel, a directory, a `docker save` tar, or use --image")
 
 
-def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE) -> list[_Scanned]:
+def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE, held: Held = NOTHING_HELD) -> list[_Scanned]:
+    """Every file with device code under ``path``; ``held``: cores another process holds for a while (a wheel's
+    members inflate on the others until they are free)."""
     path = Path(path)
     if not path.exists():
         raise ForgeError(f"{path} does not exist", "check the path")
     budget = InflateBudget(max_inflate)
     if path.is_dir():
-        return scan_directory(path, budget=budget)
+        return scan_directory(path, budget=budget, held=held)
     kind = _classify(path)
     if kind == "binary":
         return [_Scanned(str(path), list_device_code(path), member=False)]
     if kind == "wheel":
-        return scan_wheel(path, budget=budget)
+        return scan_wheel(path, budget=budget, held=held)
     with open(path, "rb") as fp:
         return scan_image_tar(fp, str(path))
 
@@ -1151,11 +1204,14 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
     ``max_inflate`` caps the bytes inflated from wheels; ``torch_cuda`` picks per-CUDA variants.
     """
     resolved = resolve_targets(targets)
+    held = NOTHING_HELD
     if not require:  # which extensions vLLM runs without: its Python is read beside the kernel scan (mark_optional)
         from vllm_forge.audit import vllm_extensions
 
         vllm_extensions.analyze_ahead(path)
-    found = scan(path, parse_size(max_inflate))
+        # each analysing child keeps a core busy: inflating on it as well would only slow that child down
+        held = Held(vllm_extensions.analyses_in_children(), vllm_extensions.CHILDREN_DONE)
+    found = scan(path, parse_size(max_inflate), held)
     report = build_report(str(path), found, resolved, require=require,
                           torch=torch_of_this_python() if torch else None, torch_cuda=torch_cuda)
     return report if require else mark_optional(report, path)

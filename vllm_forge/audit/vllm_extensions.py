@@ -879,6 +879,9 @@ def _analyze(path: Path, cache: bool) -> PackageReport:
 
 _AHEAD: dict[str, tuple[threading.Thread, list]] = {}  # resolved path -> (thread, [report or error])
 _AHEAD_LOCK = threading.Lock()
+_CHILDREN: set[int] = set()  # pids of analysing children not reaped yet
+CHILDREN_DONE = threading.Event()  # set while no analysing child runs (the audit's inflating threads wait on it)
+CHILDREN_DONE.set()
 
 
 def _ahead_key(path: Path) -> str:
@@ -919,6 +922,12 @@ def analyze_ahead(path: Path | str) -> None:
             _AHEAD[key] = (thread, outcome)
 
 
+def analyses_in_children() -> int:
+    """How many analyses started ahead are running in child processes now (each keeps a core busy)."""
+    with _AHEAD_LOCK:
+        return len(_CHILDREN)
+
+
 def may_fork() -> bool:
     """Whether the analysis may run in a forked child: on Linux, with no other thread running (a fork copies
     the locks other threads hold, and Python warns of it)."""
@@ -941,6 +950,9 @@ def _forked(path: Path, outcome: list) -> threading.Thread | None:
     if pid == 0:  # pragma: no cover - the child (its work is measured by the tests of its answer)
         _child(path, read_fd, write_fd)
     os.close(write_fd)
+    with _AHEAD_LOCK:
+        _CHILDREN.add(pid)
+        CHILDREN_DONE.clear()
     return threading.Thread(target=_collect, args=(path, pid, read_fd, outcome), daemon=True,
                             name=f"vllm-extensions {path.name}")
 
@@ -975,6 +987,10 @@ def _collect(path: Path, pid: int, read_fd: int, outcome: list) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:  # reaped already (a SIGCHLD handler of the embedding program)
             pass
+        with _AHEAD_LOCK:
+            _CHILDREN.discard(pid)
+            if not _CHILDREN:
+                CHILDREN_DONE.set()
     try:
         report = pickle.loads(payload) if payload else None
     except Exception:  # noqa: BLE001 - a torn answer: analyse here instead
