@@ -499,3 +499,15 @@ def test_a_held_thread_ends_when_nothing_is_left_and_errors_reach_the_caller():
     assert audit.side_by_side([1, 2], lambda x: x + 1, 2, audit.Held(1, never)) == [2, 3]  # returns: not held forever
     with pytest.raises(ZeroDivisionError):
         audit.side_by_side([1, 0, 2], lambda x: 1 / x, 2)
+
+
+def test_a_wheel_the_cache_answers_for_starts_no_child(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))
+    expected = ext.analyze(wheel).to_dict()  # writes the entry
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
+    forks = []
+    monkeypatch.setattr(ext, "_forked", lambda *args: forks.append(args))
+    ext.analyze_ahead(wheel)
+    assert forks == [] and ext.analyses_in_children() == 0
+    assert ext.analyze(wheel).to_dict() == expected

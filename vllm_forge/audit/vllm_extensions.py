@@ -912,6 +912,8 @@ def analyze_ahead(path: Path | str) -> None:
         with _AHEAD_LOCK:
             if key in _AHEAD or any(key == k for k, _, _ in started):
                 continue
+        if _cached_wheel(target):
+            continue  # `analyze` reads the same entry in a few milliseconds: nothing to start
         outcome: list = []
         thread = (_forked(target, outcome) if fork else None) or threading.Thread(
             target=_analyze_into, args=(target, outcome), daemon=True, name=f"vllm-extensions {target.name}")
@@ -920,6 +922,14 @@ def analyze_ahead(path: Path | str) -> None:
         thread.start()
         with _AHEAD_LOCK:
             _AHEAD[key] = (thread, outcome)
+
+
+def _cached_wheel(path: Path) -> bool:
+    """Whether the cache answers for the wheel at ``path`` (a directory's key stats all its files: not asked)."""
+    try:
+        return path.is_file() and _read_cache(_cache_file(_wheel_key(path)), str(path)) is not None
+    except (OSError, ValueError):
+        return False
 
 
 def analyses_in_children() -> int:
