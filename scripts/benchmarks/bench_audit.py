@@ -11,11 +11,17 @@ printed too, which other users' load does not inflate the way it inflates wall t
 
 - audit: wall time of ``invoke audit WHEEL --arch 12.0 --json`` (a fresh process: invoke's start,
   the torch probe, the scan, and for a vLLM wheel the analysis of which extensions it imports at start),
-  once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with $VLLM_FORGE_INFLATER); its peak
-  RSS from wait4. The JSON of every inflater must be identical. ``--cache`` says what that analysis
-  finds in its cache (vllm_forge/audit/vllm_extensions.py): ``warm`` (the default) an entry, written by an
-  untimed audit first; ``cold`` nothing, a new empty $VLLM_FORGE_CACHE for every run (a user's first
-  audit of that wheel, and every build-wheel's audit of its own output). The report says which.
+  once per inflater (ISA-L, zlib, zlib-ng when installed, chosen with $VLLM_FORGE_INFLATER); its CPU
+  seconds from wait4 (the analysis's child process included). The JSON of every inflater must be
+  identical. Its peak memory is sampled in an untimed run: the resident sets of the audit and of the
+  child that analyses a vLLM wheel's Python, added up every 5 ms (pages they share counted twice).
+  Python runs with its bytecode cached in the checkout's __pycache__ folders, written by an untimed run
+  first, as an installed package has it (PYTHONDONTWRITEBYTECODE, set on this project's build machine,
+  would make every run compile vllm_forge anew: about 0.08 s of an audit).
+  ``--cache`` says what that analysis finds in its cache (vllm_forge/audit/vllm_extensions.py): ``warm``
+  (the default) an entry, written by an untimed audit first; ``cold`` nothing, a new empty
+  $VLLM_FORGE_CACHE for every run (a user's first audit of that wheel, and every build-wheel's audit of
+  its own output). The report says which.
 - invoke start: ``invoke --list`` (Python, invoke and tasks.py starting), the part of the audit's
   wall time that is not the audit.
 - bound: the physical limit of any reader of the wheel: only inflating the members the audit must
@@ -104,17 +110,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_audit(wheel: Path, arch: str, inflater: str, cache: str | None = None) -> tuple[float, int, dict, float]:
-    """(seconds, peak RSS bytes, JSON, CPU seconds) of `invoke audit WHEEL --arch ARCH --json` in a fresh process;
-    ``cache``: the $VLLM_FORGE_CACHE it runs with (None: this environment's)."""
-    env = {**os.environ, "VLLM_FORGE_INFLATER": inflater}
+def python_env(**extra: str) -> dict[str, str]:
+    """This environment, with Python's bytecode written and read (see the module's docstring)."""
+    return {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, **extra}
+
+
+def run_audit(wheel: Path, arch: str, inflater: str, cache: str | None = None,
+              sample: bool = False) -> tuple[float, int, dict, float]:
+    """(seconds, peak memory bytes, JSON, CPU seconds) of `invoke audit WHEEL --arch ARCH --json` in a fresh process;
+    ``cache``: the $VLLM_FORGE_CACHE it runs with (None: this environment's). ``sample``: the peak memory is the
+    largest sum of the resident sets of the process and its children, sampled every 5 ms (which costs CPU: use
+    it in untimed runs); else 0."""
+    env = python_env(VLLM_FORGE_INFLATER=inflater)
     if cache is not None:
         env["VLLM_FORGE_CACHE"] = cache
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "invoke", "audit", str(wheel), "--arch", arch, "--json"],
                                 cwd=REPO, env=env, stdout=out, stderr=err)
-        _pid, status, usage = os.wait4(proc.pid, 0)
+        peak = 0
+        while sample and proc.poll() is None:
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.005)
+        _pid, status, usage = os.wait4(proc.pid, 0) if not sample else (proc.pid, proc.returncode << 8, None)
         seconds = time.perf_counter() - start
         out.seek(0)
         err.seek(0)
@@ -122,7 +140,25 @@ def run_audit(wheel: Path, arch: str, inflater: str, cache: str | None = None) -
         text = out.read().decode()
         if code not in (0, 1):
             raise SystemExit(f"invoke audit failed ({code}): {err.read().decode()[-800:]}")
-    return seconds, usage.ru_maxrss * 1024, json.loads(text), usage.ru_utime + usage.ru_stime
+    return seconds, peak, json.loads(text), (usage.ru_utime + usage.ru_stime) if usage else 0.0
+
+
+def tree_rss(pid: int) -> int:
+    """The resident set of ``pid`` plus those of its children (bytes; 0 for what has gone)."""
+    total = 0
+    try:
+        children = [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                    for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+    except OSError:
+        children = []
+    for one in [pid, *children]:
+        try:
+            status = Path(f"/proc/{one}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        total += int(found.group(1)) * 1024 if found else 0
+    return total
 
 
 def cuobjdump_sets(cuobjdump: Path, path: Path) -> tuple[list[str], list[str]]:
@@ -182,6 +218,7 @@ def main(argv=None) -> int:
         inflaters = asked
     print(f"inflaters: {', '.join(inflaters)} (the audit's default: {audit.INFLATER}); "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print("bytecode: cached, written by an untimed run first (as an installed package has it)")
     print(f"cache: {args.cache} (" + ("an empty $VLLM_FORGE_CACHE for every audit run: a first audit"
                                       if args.cache == "cold" else
                                       "the vLLM import analysis cached by an untimed audit first") + ")")
@@ -199,8 +236,12 @@ def main(argv=None) -> int:
         paired: list[float] = []  # baseline / audit, round by round
         with tempfile.TemporaryDirectory(prefix="bench-audit-") as tmp:
             warm = str(Path(tmp) / "cache")
-            if args.cache == "warm":
-                run_audit(wheel, args.arch, inflaters[0], warm)  # fills the cache, untimed
+            # untimed: writes the bytecode, fills the cache for --cache warm, and samples the peak memory
+            for name in inflaters:
+                cache = warm if args.cache == "warm" else tempfile.mkdtemp(prefix="cache-", dir=tmp)
+                peaks[name] = run_audit(wheel, args.arch, name, cache, sample=True)[1]
+                if cache != warm:
+                    shutil.rmtree(cache)
             for round_ in range(args.repeat):
                 for name in inflaters:
                     start, cpu = time.perf_counter(), cpu_seconds()
@@ -208,16 +249,15 @@ def main(argv=None) -> int:
                     times.setdefault(f"bound/{name}", []).append(time.perf_counter() - start)
                     cpu_times.setdefault(f"bound/{name}", []).append(cpu_seconds() - cpu)
                     cache = warm if args.cache == "warm" else tempfile.mkdtemp(prefix="cache-", dir=tmp)
-                    seconds, peak, data, cpu = run_audit(wheel, args.arch, name, cache)
+                    seconds, _peak, data, cpu = run_audit(wheel, args.arch, name, cache)
                     if cache != warm:
                         shutil.rmtree(cache)
                     times.setdefault(f"audit/{name}", []).append(seconds)
                     cpu_times.setdefault(f"audit/{name}", []).append(cpu)
-                    peaks[name] = max(peaks.get(name, 0), peak)
                     outputs[name] = data
                 start = time.perf_counter()
                 proc = subprocess.Popen([sys.executable, "-m", "invoke", "--list"], cwd=REPO,
-                                        stdout=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, env=python_env())
                 _pid, _status, usage = os.wait4(proc.pid, 0)
                 times.setdefault("invoke start", []).append(time.perf_counter() - start)
                 cpu_times.setdefault("invoke start", []).append(usage.ru_utime + usage.ru_stime)
@@ -257,7 +297,8 @@ def main(argv=None) -> int:
             if name != "zlib" and "bound/zlib" in best:
                 print(f"  inflate {name} vs zlib: {best['bound/zlib'] / best[f'bound/{name}']:.2f}x faster; "
                       f"audit {best['audit/zlib'] / best[f'audit/{name}']:.2f}x faster")
-        print("  peak RSS of the audit: " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in peaks.items()))
+        print("  peak memory of the audit (its resident set and its analysis child's, added up; sampled in an "
+              "untimed run): " + ", ".join(f"{n} {p / 2**20:.0f} MiB" for n, p in peaks.items()))
         print("  JSON identical for every inflater" if identical else "  JSON DIFFERS between inflaters")
         print("  arch sets identical to cuobjdump for every file" if not mismatches
               else f"  MISMATCH with cuobjdump in {', '.join(mismatches)}")

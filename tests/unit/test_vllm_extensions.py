@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import pickle
+import sys
+import threading
+import time
 from pathlib import Path
 from unittest import mock
 
@@ -238,27 +243,88 @@ def test_audit_of_a_plain_library_is_unchanged(tmp_path):
 # ---- the analysis beside the kernel scan ---------------------------------------------------------------
 
 
-def test_an_analysis_started_ahead_is_the_one_analyze_returns(tmp_path, monkeypatch):
+def _count_runs(monkeypatch, tmp_path) -> Path:
+    """A file that gets one line, the pid, per analysis: written by a forked child too, unlike a list."""
+    runs = tmp_path / "runs.txt"
+    real = ext.analyze_sources
+
+    def counted(*args, **kwargs):
+        with open(runs, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ext, "analyze_sources", counted)
+    return runs
+
+
+def _pids(runs: Path) -> list[int]:
+    return [int(line) for line in runs.read_text().split()] if runs.exists() else []
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["child process", "thread"])
+def test_an_analysis_started_ahead_is_the_one_analyze_returns(tmp_path, monkeypatch, fork):
     wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
     expected = ext.analyze(wheel, cache=False).to_dict()
-    runs = []
-    real = ext.analyze_sources
-    monkeypatch.setattr(ext, "analyze_sources", lambda *args, **kwargs: runs.append(args) or real(*args, **kwargs))
+    monkeypatch.setattr(ext, "may_fork", lambda: fork)
+    runs = _count_runs(monkeypatch, tmp_path)
     ext.analyze_ahead(wheel)
     report = ext.analyze(str(wheel))
-    assert len(runs) == 1 and report.to_dict() == {**expected, "source": str(wheel)}
-    ext.analyze(wheel)  # the cache answers now
-    assert len(runs) == 1
+    assert report.to_dict() == {**expected, "source": str(wheel)}
+    [pid] = _pids(runs)
+    assert (pid != os.getpid()) is fork
+    ext.analyze(wheel)  # the cache answers now (the child wrote it)
+    assert len(_pids(runs)) == 1
+    if fork:
+        with pytest.raises(ChildProcessError):  # reaped: none left behind
+            os.waitpid(pid, os.WNOHANG)
 
 
-def test_an_error_ahead_is_raised_by_analyze(tmp_path):
+@pytest.mark.parametrize("fork", [True, False], ids=["child process", "thread"])
+def test_an_error_ahead_is_raised_by_analyze(tmp_path, monkeypatch, fork):
+    monkeypatch.setattr(ext, "may_fork", lambda: fork)
     wheel = write_wheel(tmp_path / "torch-2.0-cp38-abi3-linux_x86_64.whl", {"torch/__init__.py": ""}, {})
     ext.analyze_ahead(wheel)
-    with pytest.raises(ForgeError, match="holds no vllm/ package"):
+    with pytest.raises(ForgeError, match="holds no vllm/ package") as raised:
         ext.analyze(wheel)
+    assert str(raised.value) == str(pytest.raises(ForgeError, ext.analyze, wheel, cache=False).value)
     ext.analyze_ahead(tmp_path / "nothing.whl")  # never raises: analyze says what is wrong
     with pytest.raises(ForgeError, match="does not exist"):
         ext.analyze(tmp_path / "nothing.whl")
+
+
+def test_a_child_that_dies_leaves_the_analysis_to_this_process(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    expected = ext.analyze(wheel, cache=False).to_dict()
+    parent, real = os.getpid(), ext._analyze
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
+    monkeypatch.setattr(ext, "_analyze", lambda *args: os._exit(9) if os.getpid() != parent else real(*args))
+    ext.analyze_ahead(wheel)
+    assert ext.analyze(wheel).to_dict() == {**expected, "source": str(wheel)}
+
+
+def test_a_torn_answer_from_the_child_is_not_taken(tmp_path):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, pickle.dumps(ext.analyze(wheel, cache=False))[:40])  # cut short
+    os.close(write_fd)
+    pid = os.fork()
+    if pid == 0:  # a child that is only there to be reaped
+        os._exit(0)
+    outcome: list = []
+    ext._collect(wheel, pid, read_fd, outcome)
+    assert outcome[0].to_dict() == ext.analyze(wheel, cache=False).to_dict()
+
+
+def test_no_fork_while_another_thread_runs(tmp_path):
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert not ext.may_fork()
+    finally:
+        release.set()
+        other.join()
+    assert ext.may_fork() is (sys.platform.startswith("linux") and threading.active_count() == 1)
 
 
 def test_the_audit_starts_the_analysis_before_it_reads_the_kernels(tmp_path, monkeypatch):
@@ -372,3 +438,76 @@ def test_cache_usage_reports_and_clear_cache_empties_it(tmp_path):
     assert str(usage.path) in usage.describe() and "1 vLLM import analyses" in usage.describe()
     assert ext.clear_cache() == usage.bytes
     assert ext.cache_usage().bytes == 0
+
+
+def test_invoke_audit_starts_the_analysis_before_any_thread_of_its_own(tmp_path, monkeypatch, capsys):
+    """Without --json the audit shows a spinner (a thread); a fork after it would be unsafe, so the analysis
+    would run in a thread and hold the GIL against the scan. The task asks for it first."""
+    import invoke
+
+    import tasks
+
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    threads_before = threading.active_count()
+    asked: list[tuple[str, int]] = []
+    real = ext.analyze_ahead
+    monkeypatch.setattr(ext, "analyze_ahead", lambda path: asked.append((str(path), threading.active_count()))
+                        or real(path))
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    program = invoke.Program(namespace=tasks.ns)
+    with pytest.raises(SystemExit):  # the stand-in wheel carries no kernels for 9.0: exit 1
+        program.run(["invoke", "audit", str(wheel), "--arch", "9.0", "--no-torch"])
+    assert asked and asked[0] == (str(wheel), threads_before)
+    assert "_qutlass_C" in capsys.readouterr().out
+
+
+def test_the_scan_leaves_the_analysing_child_its_core(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
+    asked = []
+    real_scan = audit.scan
+    monkeypatch.setattr(audit, "scan", lambda path, budget, held=audit.NOTHING_HELD: asked.append(
+        (held.cores, held.free is ext.CHILDREN_DONE)) or real_scan(path, budget, held))
+    monkeypatch.setattr(ext, "_analyze", lambda *args, real=ext._analyze: time.sleep(0.3) or real(*args))
+    audit.audit_path(wheel, ["9.0"])
+    assert asked == [(1, True)] and ext.CHILDREN_DONE.is_set() and ext.analyses_in_children() == 0
+    audit.audit_path(wheel, ["9.0"], require=["*"])  # no analysis: nothing held
+    assert asked[-1] == (0, False)
+
+
+def test_threads_held_for_a_busy_core_start_once_it_is_free():
+    free = threading.Event()
+    started: list[tuple[str, int]] = []
+
+    def work(item):
+        started.append((threading.current_thread().name, item))
+        if item == 0:
+            time.sleep(0.1)
+            assert all(i == 0 for _, i in started)  # the held thread took nothing while the core was busy
+            free.set()
+            time.sleep(0.1)
+        return item * 10
+
+    results = audit.side_by_side([0, 1, 2, 3], work, 2, audit.Held(1, free))
+    assert results == [0, 10, 20, 30]
+    assert len({name for name, _ in started}) == 2  # the held thread took items once free
+
+
+def test_a_held_thread_ends_when_nothing_is_left_and_errors_reach_the_caller():
+    never = threading.Event()
+    assert audit.side_by_side([1, 2], lambda x: x + 1, 2, audit.Held(1, never)) == [2, 3]  # returns: not held forever
+    with pytest.raises(ZeroDivisionError):
+        audit.side_by_side([1, 0, 2], lambda x: 1 / x, 2)
+
+
+def test_a_wheel_the_cache_answers_for_starts_no_child(tmp_path, monkeypatch):
+    wheel = write_wheel(tmp_path / "vllm-0.0.1-cp38-abi3-linux_x86_64.whl", PYTHON, EXTENSIONS)
+    monkeypatch.setenv("VLLM_FORGE_CACHE", str(tmp_path / "cache"))
+    expected = ext.analyze(wheel).to_dict()  # writes the entry
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
+    forks = []
+    monkeypatch.setattr(ext, "_forked", lambda *args: forks.append(args))
+    ext.analyze_ahead(wheel)
+    assert forks == [] and ext.analyses_in_children() == 0
+    assert ext.analyze(wheel).to_dict() == expected

@@ -35,10 +35,10 @@ import struct
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -52,6 +52,7 @@ from vllm_forge.audit.fatbin import (
     looks_like_binary,
     scan_stream,
 )
+from vllm_forge.audit.zip_directory import read_members
 from vllm_forge.core.errors import ForgeError, run_main
 from vllm_forge.core.validate import check_image_ref
 from vllm_forge.gpu.archs import parse_arch_token
@@ -628,12 +629,25 @@ def _scan_chunks(chunks: Iterator[bytes], size: int, shown: str) -> _Scanned | N
         return _Scanned(shown, None, f"{shown} could not be read: {err}")
 
 
+@dataclass(frozen=True)
+class Held:
+    """Cores another process of ours holds for a while (the forked import analysis): ``cores`` of the inflating
+    threads wait until ``free`` is set (or until nothing is left for them) before they take a member."""
+
+    cores: int = 0
+    free: threading.Event | None = None
+
+
+NOTHING_HELD = Held()
+
+
 # Where build-wheel and bake put what they are still writing (dist/.staging-<host>-<pid>-...), moved out by one
 # rename once whole: an audit of the directory never reads a half-written wheel of a running build.
 STAGING_PREFIX = ".staging-"
 
 
-def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = None) -> list[_Scanned]:
+def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = None,
+                   held: Held = NOTHING_HELD) -> list[_Scanned]:
     found: list[_Scanned] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(name for name in dirnames if not name.startswith(STAGING_PREFIX))
@@ -643,7 +657,7 @@ def scan_directory(root: Path, prefix: str = "", budget: InflateBudget | None = 
                 continue
             rel = prefix + path.relative_to(root).as_posix()
             if name.endswith(".whl"):
-                found += scan_wheel(path, prefix=rel + "/", budget=budget)
+                found += scan_wheel(path, prefix=rel + "/", budget=budget, held=held)
             elif is_candidate(name):
                 scanned = _scan_file(path, rel)
                 if scanned:
@@ -696,85 +710,14 @@ def _zip_chunks_any(archive: Path, info: zipfile.ZipInfo) -> Iterator[bytes]:
             yield block
 
 
-_EOCD = struct.Struct("<4sHHHHIIH")
-_EOCD64 = struct.Struct("<4sQHHIIQQQQ")
-_CDH = struct.Struct("<4sHHHHHHIIIHHHHHII")
-
-
 def _zip_candidates(path: Path) -> list[zipfile.ZipInfo] | None:
-    """The candidate members of a zip, from its central directory, without a ZipInfo per member.
-
-    torch's wheel has 12,000 members and 13 libraries: zipfile decodes every entry (a third of a
-    second); this reads the directory in one piece and decodes only the libraries' entries. None
-    for anything unusual (data before the archive, a disk-spanning or damaged directory): then
-    zipfile's own reader decides.
-    """
-    with open(path, "rb") as fp:
-        size = fp.seek(0, os.SEEK_END)
-        tail_len = min(size, _EOCD.size + 0xFFFF)
-        fp.seek(size - tail_len)
-        tail = fp.read(tail_len)
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or at + _EOCD.size > len(tail):
-            return None
-        _sig, disk, cd_disk, _here, count, cd_size, cd_offset, _comment = _EOCD.unpack_from(tail, at)
-        if disk or cd_disk:
-            return None
-        if 0xFFFF in (count,) or 0xFFFFFFFF in (cd_size, cd_offset):  # ZIP64: the locator precedes it
-            locator = at - 20
-            if locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
-                return None
-            eocd64_offset, = struct.unpack_from("<Q", tail, locator + 8)
-            fp.seek(eocd64_offset)
-            record = fp.read(_EOCD64.size)
-            if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
-                return None
-            count, cd_size, cd_offset = _EOCD64.unpack(record)[7:10]
-        if cd_offset + cd_size > size or cd_size > 256 << 20:
-            return None
-        fp.seek(cd_offset)
-        directory = fp.read(cd_size)
-    found, pos, seen = [], 0, 0
-    while pos + _CDH.size <= len(directory):
-        (sig, _made, _need, flags, method, _time, _date, crc, csize, usize, name_len, extra_len, comment_len,
-         _disk, _iattr, _eattr, offset) = _CDH.unpack_from(directory, pos)
-        if sig != b"PK\x01\x02":
-            return None
-        start = pos + _CDH.size
-        raw = directory[start:start + name_len]
-        pos = start + name_len + extra_len + comment_len
-        seen += 1
-        if b".so" not in raw and not raw.endswith(b".fatbin"):
-            continue
-        name = raw.decode("utf-8" if flags & 0x800 else "cp437")
-        if name.endswith("/") or not is_candidate(name):
-            continue
-        if 0xFFFFFFFF in (csize, usize, offset):  # ZIP64 sizes live in the extra field, in this order
-            extra = directory[start + name_len:start + name_len + extra_len]
-            values, i = [], 0
-            while i + 4 <= len(extra):
-                tag, length = struct.unpack_from("<HH", extra, i)
-                if tag == 1:
-                    values = [v for (v,) in struct.iter_unpack("<Q", extra[i + 4:i + 4 + length - length % 8])]
-                    break
-                i += 4 + length
-            if usize == 0xFFFFFFFF:
-                usize = values.pop(0) if values else None
-            if csize == 0xFFFFFFFF:
-                csize = values.pop(0) if values else None
-            if offset == 0xFFFFFFFF:
-                offset = values.pop(0) if values else None
-            if None in (usize, csize, offset):
-                return None
-        info = zipfile.ZipInfo(name)
-        info.flag_bits, info.compress_type, info.CRC = flags, method, crc
-        info.compress_size, info.file_size, info.header_offset = csize, usize, offset
-        found.append(info)
-    return found if seen == count else None
+    """The candidate members of a zip (`is_candidate`), from its central directory: a ZipInfo is made only for
+    them (torch's wheel has 12,000 members and 13 libraries). None for an unusual archive: zipfile decides."""
+    return read_members(path, is_candidate, quick=lambda raw: b".so" in raw or raw.endswith(b".fatbin"))
 
 
 def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
-               budget: InflateBudget | None = None) -> list[_Scanned]:
+               budget: InflateBudget | None = None, held: Held = NOTHING_HELD) -> list[_Scanned]:
     """Every candidate member of a wheel (a zip), read from the archive without unpacking it."""
     budget = budget if budget is not None else InflateBudget()
     try:
@@ -789,15 +732,53 @@ def scan_wheel(path: Path, prefix: str = "", workers: int | None = None,
     def one(info: zipfile.ZipInfo) -> _Scanned | None:
         return _scan_chunks(_zip_chunks_any(path, info), info.file_size, prefix + info.filename)
 
-    # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side.
+    # zlib and ISA-L let go of the GIL while they inflate: big members inflate side by side, the biggest first.
     workers = workers or min(4, os.cpu_count() or 1)
     members.sort(key=lambda i: -i.file_size)
     if workers > 1 and len(members) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, members))
+        results = side_by_side(members, one, workers, held)
     else:
         results = [one(i) for i in members]
     return [r for r in results if r]
+
+
+def side_by_side(items: list, work: Callable, workers: int, held: Held = NOTHING_HELD) -> list:
+    """``work(item)`` for every item on ``workers`` threads, each taking the next item when it is done; the
+    results in the items' order, the first error raised. ``held.cores`` of the threads (never all) start only
+    once ``held.free`` is set, or end once nothing is left to take."""
+    results: list = [None] * len(items)
+    todo = iter(enumerate(items))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    left = [len(items)]
+
+    def run(waits: bool) -> None:
+        while waits and not held.free.wait(0.02):
+            with lock:
+                if left[0] == 0:
+                    return
+        while not errors:
+            with lock:
+                taken = next(todo, None)
+                if taken is not None:
+                    left[0] -= 1
+            if taken is None:
+                return
+            index, item = taken
+            try:
+                results[index] = work(item)
+            except BaseException as err:  # noqa: BLE001 - raised below, in the caller's thread
+                errors.append(err)
+
+    waiting = min(held.cores, workers - 1) if held.free is not None else 0
+    threads = [threading.Thread(target=run, args=(k >= workers - waiting,), daemon=True) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 # ---- images ----------------------------------------------------------------------------------------
@@ -1135,18 +1116,20 @@ def _classify(path: Path) -> str:
                      "name a .so, an executable, a wheel, a directory, a `docker save` tar, or use --image")
 
 
-def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE) -> list[_Scanned]:
+def scan(path: Path | str, max_inflate: int = DEFAULT_MAX_INFLATE, held: Held = NOTHING_HELD) -> list[_Scanned]:
+    """Every file with device code under ``path``; ``held``: cores another process holds for a while (a wheel's
+    members inflate on the others until they are free)."""
     path = Path(path)
     if not path.exists():
         raise ForgeError(f"{path} does not exist", "check the path")
     budget = InflateBudget(max_inflate)
     if path.is_dir():
-        return scan_directory(path, budget=budget)
+        return scan_directory(path, budget=budget, held=held)
     kind = _classify(path)
     if kind == "binary":
         return [_Scanned(str(path), list_device_code(path), member=False)]
     if kind == "wheel":
-        return scan_wheel(path, budget=budget)
+        return scan_wheel(path, budget=budget, held=held)
     with open(path, "rb") as fp:
         return scan_image_tar(fp, str(path))
 
@@ -1221,11 +1204,14 @@ def audit_path(path, targets: list[str], *, require: Iterable[str] = (), torch: 
     ``max_inflate`` caps the bytes inflated from wheels; ``torch_cuda`` picks per-CUDA variants.
     """
     resolved = resolve_targets(targets)
+    held = NOTHING_HELD
     if not require:  # which extensions vLLM runs without: its Python is read beside the kernel scan (mark_optional)
         from vllm_forge.audit import vllm_extensions
 
         vllm_extensions.analyze_ahead(path)
-    found = scan(path, parse_size(max_inflate))
+        # each analysing child keeps a core busy: inflating on it as well would only slow that child down
+        held = Held(vllm_extensions.analyses_in_children(), vllm_extensions.CHILDREN_DONE)
+    found = scan(path, parse_size(max_inflate), held)
     report = build_report(str(path), found, resolved, require=require,
                           torch=torch_of_this_python() if torch else None, torch_cuda=torch_cuda)
     return report if require else mark_optional(report, path)

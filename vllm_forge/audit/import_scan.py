@@ -17,6 +17,7 @@ counts as a guard or a lazy import is vllm_forge/audit/vllm_extensions.py's walk
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import unicodedata
 
@@ -51,9 +52,10 @@ def _lower_line(indent: int) -> re.Pattern:
     return _LOWER_LINE[indent]
 
 
-def _prefixes(dotted: str) -> list[str]:
+@functools.lru_cache(maxsize=1 << 14)  # a vLLM names a few thousand modules, each in many import statements
+def _prefixes(dotted: str) -> tuple[str, ...]:
     parts = dotted.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return tuple(".".join(parts[: i + 1]) for i in range(len(parts)))
 
 
 class ImportScan:
@@ -149,9 +151,9 @@ class ImportScan:
         while rest < len(self.data) and self.data[rest] in b" \t":
             rest += 1
         if base not in self._packages:
-            return _prefixes(base)  # `from vllm.x import a, b`: a and b cannot be modules
+            return list(_prefixes(base))  # `from vllm.x import a, b`: a and b cannot be modules
         listed = self._parenthesized(rest) if self.data[rest:rest + 1] == b"(" else self._logical_rest(at + 6)
-        return _prefixes(base) + [f"{base}.{name}" for name in _names(listed)]
+        return [*_prefixes(base), *(f"{base}.{name}" for name in _names(listed))]
 
     def _import_module(self, at: int) -> list[str]:
         """``import_module("x")`` (the walker's: a literal first argument, and a literal package for a

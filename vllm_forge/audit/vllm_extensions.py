@@ -46,6 +46,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import struct
 import sys
@@ -57,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
 from vllm_forge.audit.import_scan import ImportScan, Unsure, resolve
+from vllm_forge.audit.zip_directory import read_members
 from vllm_forge.core.errors import ForgeError, run_main
 
 try:  # ISA-L inflates about twice as fast as zlib (python-isal, in requirements.txt); the in-image audit has zlib
@@ -169,24 +171,41 @@ class _Sources:
         pass
 
 
+_WHEEL_SUFFIXES = (b".py", b".so", b".dist-info/METADATA")  # what the analysis reads or names, nothing else
+_WHEEL_NAME_SUFFIXES = tuple(suffix.decode() for suffix in _WHEEL_SUFFIXES)
+
+
+def _read_from_wheel(name: str) -> bool:
+    return name.endswith(_WHEEL_NAME_SUFFIXES)
+
+
 class _WheelSources(_Sources):
     """A wheel's members, each inflated straight from the archive (one open file, read in archive order)."""
 
     def __init__(self, path: Path):
-        try:
-            self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as err:
-            raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
         self._path = path
-        self._infos = {i.filename: i for i in self._zip.infolist() if not i.is_dir()}
-        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._zip: zipfile.ZipFile | None = None  # zipfile's own reader: an unusual archive, an unusual member
+        try:
+            members = read_members(path, _read_from_wheel, quick=lambda raw: raw.endswith(_WHEEL_SUFFIXES))
+            if members is None:
+                members = [i for i in self._zipfile().infolist() if not i.is_dir() and _read_from_wheel(i.filename)]
+            self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except (zipfile.BadZipFile, OSError, struct.error, UnicodeDecodeError) as err:
+            self.close()
+            raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
+        self._infos = {i.filename: i for i in members}
         super().__init__(list(self._infos), self._member)
+
+    def _zipfile(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self._path)
+        return self._zip
 
     def _member(self, name: str) -> bytes:
         info = self._infos[name]
         try:
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                return self._zip.read(info)  # encrypted or another method: zipfile's own reader (and its errors)
+                return self._zipfile().read(info)  # encrypted or another method: zipfile's reader (and its errors)
             self._file.seek(info.header_offset)
             header = self._file.read(30)
             if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -211,8 +230,9 @@ class _WheelSources(_Sources):
         return ""
 
     def close(self) -> None:
-        self._file.close()
-        self._zip.close()
+        for handle in (getattr(self, "_file", None), self._zip):
+            if handle is not None:
+                handle.close()
 
 
 def _dir_sources(root: Path) -> _Sources:
@@ -491,7 +511,8 @@ class _Package:
         self._imports: dict[str, list[tuple[int, list[str]]] | None] = {}  # module -> its scan (None: unsure)
         self._importers: dict[str, set[str]] = {}  # name -> modules whose imports may load it
         self._ops: dict[str, set[str]] = {}  # "torch.ops.ns." -> modules that name it
-        self._startup: set[str] | None = None
+        self._startup: set[str] = set()
+        self._edge_sets: dict[str, set[str]] = {}
 
     def tree(self, module: str) -> ast.Module | None:
         try:
@@ -508,32 +529,50 @@ class _Package:
         return self._walked[module]
 
     def _index(self) -> None:
-        """Every module's import statements (a superset, `ImportScan`) and ``torch.ops`` needles, one read each."""
+        """Every module's import statements (a superset, `ImportScan`) and ``torch.ops`` needles, one read each:
+        the start-up modules first, breadth first from STARTUP_ROOTS (their edges are taken while their bytes are
+        at hand), then the others in archive order."""
         if self._indexed:
             return
         self._indexed = True
         wanted = set(self.modules) | self.extensions
-        packages = {n.rpartition(".")[0] for n in wanted}
-        namespaces = {ns for ext in self.extensions for ns in _op_namespaces(ext)}
-        memo: dict = {}
+        self._wanted = (wanted, {n.rpartition(".")[0] for n in wanted}, {})  # names, packages, memo
+        self._namespaces = {ns for ext in self.extensions for ns in _op_namespaces(ext)}
         # what `importers` is asked about: the extensions, and the modules in a folder with one (a loader by
         # file name, `sites_of`; the folder's own __init__ included)
         folders = {n.rpartition("/")[0] for n in self.extension_files}
-        asked = self.extensions | {m for m, name in self.modules.items() if name.rpartition("/")[0] in folders}
-        for module, name, data in self.sources.each(self.modules):
-            if b"torch.ops." in data:
-                for namespace in _ops_named(data, namespaces):
-                    self._ops.setdefault(f"torch.ops.{namespace}.", set()).add(module)
-            scan = ImportScan(data, module, name.endswith("__init__.py"))
-            try:
-                loaded = scan.run(wanted, packages, memo)
-            except Unsure:
-                self._imports[module] = None
-                self._unsure.append(module)
-                continue
-            self._imports[module] = scan.found
-            for imported in loaded & asked:
-                self._importers.setdefault(imported, set()).add(module)
+        self._asked = self.extensions | {m for m, name in self.modules.items() if name.rpartition("/")[0] in folders}
+        startup = {m for m in STARTUP_ROOTS if m in self.modules}
+        todo = collections.deque(sorted(startup))
+        while todo:
+            module = todo.popleft()
+            name = self.modules[module]
+            data = self.sources.data(name)
+            self._read(module, name, data)
+            for imported in self._edges(module, self._scan_of(module, name, data)):
+                if imported not in startup:
+                    startup.add(imported)
+                    todo.append(imported)
+        self._startup = startup
+        for module, name, data in self.sources.each({m: n for m, n in self.modules.items() if m not in startup}):
+            self._read(module, name, data)
+
+    def _read(self, module: str, name: str, data: bytes) -> None:
+        """Index one module: the ``torch.ops`` namespaces it names, its import statements, whom it may load."""
+        if b"torch.ops." in data:
+            for namespace in _ops_named(data, self._namespaces):
+                self._ops.setdefault(f"torch.ops.{namespace}.", set()).add(module)
+        wanted, packages, memo = self._wanted
+        scan = ImportScan(data, module, name.endswith("__init__.py"))
+        try:
+            loaded = scan.run(wanted, packages, memo)
+        except Unsure:
+            self._imports[module] = None
+            self._unsure.append(module)
+            return
+        self._imports[module] = scan.found
+        for imported in loaded & self._asked:
+            self._importers.setdefault(imported, set()).add(module)
 
     def importers(self, module: str) -> list[str]:
         """The modules whose import statements may load ``module`` (a superset: the walker decides), sorted;
@@ -544,11 +583,14 @@ class _Package:
     def _scan(self, module: str) -> ImportScan | None:
         """The module's scan (its statements from the index, its bytes read again), None when unsure."""
         self._index()
+        name = self.modules[module]
+        return self._scan_of(module, name, self.sources.data(name)) if self._imports.get(module) is not None else None
+
+    def _scan_of(self, module: str, name: str, data: bytes) -> ImportScan | None:
         found = self._imports.get(module)
         if found is None:
             return None
-        name = self.modules[module]
-        scan = ImportScan(self.sources.data(name), module, name.endswith("__init__.py"))
+        scan = ImportScan(data, module, name.endswith("__init__.py"))
         scan.found = found
         return scan
 
@@ -575,10 +617,18 @@ class _Package:
         return out
 
     def edges(self, module: str) -> set[str]:
+        self._index()
+        return self._edges(module, None if module in self._edge_sets else self._scan(module))
+
+    def _edges(self, module: str, scan: ImportScan | None) -> set[str]:
         """The package modules ``module`` imports unconditionally at module level (the walker's answer): a plain
         top-level import as the scan found it, one provably inside a function never, any other from its
-        statement parsed alone."""
-        scan = self._scan(module)
+        statement parsed alone. Kept: `_index` asks for every start-up module's."""
+        if module not in self._edge_sets:
+            self._edge_sets[module] = self._edges_now(module, scan)
+        return self._edge_sets[module]
+
+    def _edges_now(self, module: str, scan: ImportScan | None) -> set[str]:
         if scan is None:
             names = {n for f in self.walk(module) if not f.guard and not f.lazy for n in f.names}
         else:
@@ -594,16 +644,8 @@ class _Package:
 
     def at_startup(self, module: str) -> bool:
         """Whether a CUDA server loads ``module`` at start: the roots and, transitively, what they import
-        unconditionally at module level."""
-        if self._startup is None:
-            seen = {m for m in STARTUP_ROOTS if m in self.modules}
-            todo = list(seen)
-            while todo:
-                for imported in self.edges(todo.pop()):
-                    if imported not in seen:
-                        seen.add(imported)
-                        todo.append(imported)
-            self._startup = seen
+        unconditionally at module level (found by `_index`)."""
+        self._index()
         return module in self._startup
 
     def sites_of(self, ext_module: str, ext_file: str) -> list[ImportSite]:
@@ -824,12 +866,22 @@ def _analyze(path: Path, cache: bool) -> PackageReport:
 
 
 # ---- an analysis started early ------------------------------------------------------------------------
-# The audit reads a wheel's kernels first (threads that inflate outside the GIL, while its main thread waits)
-# and asks which extensions are optional afterwards. `analyze_ahead` starts the analysis in a thread beside
-# that read; `analyze` waits for it and takes its answer, or its error, as its own.
+# The audit reads a wheel's kernels first (threads that inflate outside the GIL, while its main thread parses
+# the fat binaries) and asks which extensions are optional afterwards. `analyze_ahead` starts the analysis
+# beside that read; `analyze` waits for it and takes its answer, or its error, as its own.
+#
+# Where it can, the analysis runs in a forked child process: it is pure Python, and in a thread it holds the
+# GIL against the kernel scan's own Python, so each waited for the other (a first audit of vLLM 0.34.0 took
+# about its CPU seconds on two cores). The child sends its report back pickled through a pipe; a child that
+# fails for any reason (its error included, so that the error raised is exactly the one an analysis here
+# raises) sends nothing, and the analysis then runs again in this process. A thread reads the pipe and reaps
+# the child, so none outlives the read.
 
 _AHEAD: dict[str, tuple[threading.Thread, list]] = {}  # resolved path -> (thread, [report or error])
 _AHEAD_LOCK = threading.Lock()
+_CHILDREN: set[int] = set()  # pids of analysing children not reaped yet
+CHILDREN_DONE = threading.Event()  # set while no analysing child runs (the audit's inflating threads wait on it)
+CHILDREN_DONE.set()
 
 
 def _ahead_key(path: Path) -> str:
@@ -841,8 +893,8 @@ def _ahead_key(path: Path) -> str:
 
 def analyze_ahead(path: Path | str) -> None:
     """Start `analyze` for the vLLM wheel or install at ``path`` (and each ``vllm-*.whl`` directly in a
-    directory ``path``) in a background thread; a later ``analyze`` of it waits for that one. Never raises:
-    whatever goes wrong is raised by that ``analyze``."""
+    directory ``path``) in the background (a child process, or a thread where forking is unsafe); a later
+    ``analyze`` of it waits for that one. Never raises: whatever goes wrong is raised by that ``analyze``."""
     path = Path(path)
     try:
         if path.is_file():
@@ -853,16 +905,110 @@ def analyze_ahead(path: Path | str) -> None:
             targets = []
     except OSError:
         return
+    fork = may_fork()  # asked once, before this starts any thread of its own
+    started = []
     for target in targets:
         key = _ahead_key(target)
         with _AHEAD_LOCK:
-            if key in _AHEAD:
+            if key in _AHEAD or any(key == k for k, _, _ in started):
                 continue
-            outcome: list = []
-            thread = threading.Thread(target=_analyze_into, args=(target, outcome), daemon=True,
-                                      name=f"vllm-extensions {target.name}")
-            _AHEAD[key] = (thread, outcome)
+        if _cached_wheel(target):
+            continue  # `analyze` reads the same entry in a few milliseconds: nothing to start
+        outcome: list = []
+        thread = (_forked(target, outcome) if fork else None) or threading.Thread(
+            target=_analyze_into, args=(target, outcome), daemon=True, name=f"vllm-extensions {target.name}")
+        started.append((key, thread, outcome))
+    for key, thread, outcome in started:  # after every fork: a fork copies no thread, nor a lock one holds
         thread.start()
+        with _AHEAD_LOCK:
+            _AHEAD[key] = (thread, outcome)
+
+
+def _cached_wheel(path: Path) -> bool:
+    """Whether the cache answers for the wheel at ``path`` (a directory's key stats all its files: not asked)."""
+    try:
+        return path.is_file() and _read_cache(_cache_file(_wheel_key(path)), str(path)) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def analyses_in_children() -> int:
+    """How many analyses started ahead are running in child processes now (each keeps a core busy)."""
+    with _AHEAD_LOCK:
+        return len(_CHILDREN)
+
+
+def may_fork() -> bool:
+    """Whether the analysis may run in a forked child: on Linux, with no other thread running (a fork copies
+    the locks other threads hold, and Python warns of it)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and threading.active_count() == 1
+
+
+def _forked(path: Path, outcome: list) -> threading.Thread | None:
+    """Fork a child that analyses ``path``; the (unstarted) thread that collects its answer into ``outcome``.
+    None where no child could be made."""
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
+    if pid == 0:  # pragma: no cover - the child (its work is measured by the tests of its answer)
+        _child(path, read_fd, write_fd)
+    os.close(write_fd)
+    with _AHEAD_LOCK:
+        _CHILDREN.add(pid)
+        CHILDREN_DONE.clear()
+    return threading.Thread(target=_collect, args=(path, pid, read_fd, outcome), daemon=True,
+                            name=f"vllm-extensions {path.name}")
+
+
+def _child(path: Path, read_fd: int, write_fd: int) -> None:  # pragma: no cover - runs in the child
+    """Analyse, write the pickled report (nothing when it failed), and leave without the parent's exit
+    handlers or its buffered output."""
+    status = 1
+    try:
+        os.close(read_fd)
+        payload = b""
+        try:
+            payload = pickle.dumps(_analyze(path, True))
+        except BaseException:  # the parent analyses again and raises this very error itself
+            payload = b""
+        with open(write_fd, "wb") as pipe:
+            pipe.write(payload)
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _collect(path: Path, pid: int, read_fd: int, outcome: list) -> None:
+    payload = b""
+    try:
+        with open(read_fd, "rb") as pipe:
+            payload = pipe.read()
+    except OSError:
+        payload = b""
+    finally:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already (a SIGCHLD handler of the embedding program)
+            pass
+        with _AHEAD_LOCK:
+            _CHILDREN.discard(pid)
+            if not _CHILDREN:
+                CHILDREN_DONE.set()
+    try:
+        report = pickle.loads(payload) if payload else None
+    except Exception:  # noqa: BLE001 - a torn answer: analyse here instead
+        report = None
+    if isinstance(report, PackageReport):
+        outcome.append(report)
+    else:
+        _analyze_into(path, outcome)
 
 
 def _analyze_into(path: Path, outcome: list) -> None:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
-from vllm_forge.audit import audit as kernel_audit
-from vllm_forge.cli import steps
 from vllm_forge.cli.render import Table, console, escape, print_note, run_streaming
+from vllm_forge.cli.task import lazy
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu.cuda_release import cuda_release
-from vllm_forge.report import figure_data
+
+# Loaded on first use: `audit` starts its analysis of a vLLM wheel's Python before the scan's own modules load.
+kernel_audit = lazy("vllm_forge.audit.audit")
+steps = lazy("vllm_forge.cli.steps")
+figure_data = lazy("vllm_forge.report.figure_data")
 
 
 def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
@@ -39,6 +42,13 @@ def audit(ctx, given) -> None:
     path, image, json, plot = given.path, given.image, given.json, given.plot
     if bool(path) == bool(image):
         raise ForgeError("give either PATH or --image IMAGE", "e.g. invoke audit dist/ --arch 12.0")
+    if path and not given.require:
+        # First, before the scan's modules load and before a spinner thread starts: the analysis of which
+        # extensions vLLM runs without then runs in a child process beside the whole scan (audit_path asks
+        # for it again, and takes this one).
+        from vllm_forge.audit import vllm_extensions
+
+        vllm_extensions.analyze_ahead(path)
     if plot:
         steps.check_plot(plot)
     archs = list(given.arch or []) or [steps.config(ctx).arch]

@@ -7,10 +7,12 @@ import sys
 
 from invoke.exceptions import Exit
 
-from vllm_forge import pipeline as pipelines
 from vllm_forge.cli import _invoke, render
 from vllm_forge.cli.render import console, err_console, escape
+from vllm_forge.cli.task import lazy
 from vllm_forge.core.package import PACKAGE_ROOT
+
+pipelines = lazy("vllm_forge.pipeline")  # loaded on first use: `record` (every audit ends with one) needs none of it
 
 REPO_ROOT = PACKAGE_ROOT  # where tasks.py is: relative project paths (build/, dist/) are anchored here
 
