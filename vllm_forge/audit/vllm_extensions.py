@@ -42,9 +42,11 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import gc
 import hashlib
 import io
 import json
+import mmap
 import os
 import pickle
 import re
@@ -190,7 +192,9 @@ class _WheelSources(_Sources):
             if members is None:
                 members = [i for i in self._zipfile().infolist() if not i.is_dir() and _read_from_wheel(i.filename)]
             self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
-        except (zipfile.BadZipFile, OSError, struct.error, UnicodeDecodeError) as err:
+            # members read as slices of a map of the file: thousands of small reads, no seek and read calls each
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (zipfile.BadZipFile, OSError, ValueError, struct.error, UnicodeDecodeError) as err:
             self.close()
             raise ForgeError(f"{path} is not a readable wheel ({err})", "re-download or rebuild it") from None
         self._infos = {i.filename: i for i in members}
@@ -206,13 +210,14 @@ class _WheelSources(_Sources):
         try:
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 return self._zipfile().read(info)  # encrypted or another method: zipfile's reader (and its errors)
-            self._file.seek(info.header_offset)
-            header = self._file.read(30)
+            at = info.header_offset
+            header = self._map[at:at + 30]
             if len(header) < 30 or header[:4] != b"PK\x03\x04":
                 raise zipfile.BadZipFile(f"no local header for {name}")
-            self._file.seek(info.header_offset + 30 + int.from_bytes(header[26:28], "little")
-                            + int.from_bytes(header[28:30], "little"))
-            raw = self._file.read(info.compress_size)
+            at += 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+            raw = self._map[at:at + info.compress_size]
+            if len(raw) < info.compress_size:
+                raise zipfile.BadZipFile(f"{name} is cut short")
             return raw if info.compress_type == zipfile.ZIP_STORED else _inflate(raw, -15)
         except (zipfile.BadZipFile, zlib.error, _InflateError, OSError, NotImplementedError, RuntimeError) as err:
             raise ForgeError(f"{self._path} is not a readable wheel ({name}: {err})",
@@ -230,7 +235,7 @@ class _WheelSources(_Sources):
         return ""
 
     def close(self) -> None:
-        for handle in (getattr(self, "_file", None), self._zip):
+        for handle in (getattr(self, "_map", None), getattr(self, "_file", None), self._zip):
             if handle is not None:
                 handle.close()
 
@@ -973,6 +978,7 @@ def _child(path: Path, read_fd: int, write_fd: int) -> None:  # pragma: no cover
     status = 1
     try:
         os.close(read_fd)
+        gc.disable()  # a short-lived process: collecting would only copy the parent's pages it shares (COW)
         payload = b""
         try:
             payload = pickle.dumps(_analyze(path, True))
