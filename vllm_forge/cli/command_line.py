@@ -15,12 +15,17 @@ from pathlib import Path
 
 from vllm_forge.cli import _invoke
 from vllm_forge.cli.flags import task_options
-from vllm_forge.cli.render import err_console, print_error
 from vllm_forge.core.errors import ForgeError, quiet_broken_pipe
 
 # A required positional argument's example, for "serve needs MODEL".
 EXAMPLES = {"serve": "invoke serve Qwen/Qwen3-0.6B --image vllm-forge/vllm:TAG",
             "inspect": "invoke inspect vllm-forge/vllm:TAG"}
+
+
+def _render():
+    from vllm_forge.cli import render  # rich loads only when there is an error to print (not for `audit --json`)
+
+    return render
 
 
 def check_project_config(path: Path) -> None:
@@ -34,11 +39,11 @@ def check_project_config(path: Path) -> None:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or "not valid YAML"
-        err_console.print(f"[bold red]error:[/] {path} is not valid YAML{where}: {problem}. "
+        _render().err_console.print(f"[bold red]error:[/] {path} is not valid YAML{where}: {problem}. "
                           "Fix: correct that line, or move the file away.", soft_wrap=True)
         sys.exit(2)
     if data is not None and not isinstance(data, dict) or not isinstance((data or {}).get("forge", {}), dict):
-        err_console.print(f"[bold red]error:[/] {path} must be a mapping with a `forge:` section. "
+        _render().err_console.print(f"[bold red]error:[/] {path} must be a mapping with a `forge:` section. "
                           "Fix: see the README's configuration example.", soft_wrap=True)
         sys.exit(2)
 
@@ -83,7 +88,7 @@ def check_command_line(namespace) -> None:
         _answer_help(namespace, line)
         _refuse_core_dry(line)
         return
-    print_error(_parse_problem(line))
+    _render().print_error(_parse_problem(line))
     sys.exit(2)
 
 
@@ -140,6 +145,7 @@ def _refuse_core_dry(line: _invoke.CommandLine) -> None:
             end = next((i for i in range(at + 1, len(words)) if words[i] in tasks_given), len(words))
             words.insert(end, "--dry-run")
         fix = f"use the task's own flag: invoke {shlex.join(words)}"
-    print_error(str(ForgeError(f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
-                               f"{' '.join(tasks_given) or 'the task'} would really run", fix)))
+    _render().print_error(str(ForgeError(
+        f"invoke's -R/--dry only affects ctx.run, which vllm-forge's tasks do not use, so "
+        f"{' '.join(tasks_given) or 'the task'} would really run", fix)))
     sys.exit(2)

@@ -8,29 +8,29 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
-from vllm_forge.cli.render import Table, console, escape, print_note, run_streaming
 from vllm_forge.cli.task import lazy
 from vllm_forge.core.errors import ForgeError
 from vllm_forge.gpu.cuda_release import cuda_release
 
 # Loaded on first use: `audit` starts its analysis of a vLLM wheel's Python before the scan's own modules load.
 kernel_audit = lazy("vllm_forge.audit.audit")
+render = lazy("vllm_forge.cli.render")  # rich: not for `audit --json`
 steps = lazy("vllm_forge.cli.steps")
 figure_data = lazy("vllm_forge.report.figure_data")
 
 
-def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> Table:
-    table = Table(title=f"device code in {escape(report.source)}")
+def _audit_table(report: kernel_audit.AuditReport, show_all: bool) -> render.Table:
+    table = render.Table(title=f"device code in {render.escape(report.source)}")
     for column in ("file", "SASS", "PTX", *[f"on {t.label}" for t in report.targets]):
         table.add_column(column, overflow="fold")
     body, hidden = kernel_audit.rows(report, show_all)
     colours = {"native": "green", "PTX JIT": "yellow", "PARTIAL": "bold red", "NO KERNEL": "bold red",
                "unreadable": "bold red"}
     for row in body:
-        cells = [escape(c) for c in row[:3]]
+        cells = [render.escape(c) for c in row[:3]]
         for cell in row[3:]:
             colour = next((c for word, c in colours.items() if cell.startswith(word)), "dim")
-            cells.append(f"[{colour}]{escape(cell)}[/]")
+            cells.append(f"[{colour}]{render.escape(cell)}[/]")
         table.add_row(*cells)
     if hidden:
         table.add_row(f"[dim]... {hidden} more files without device code (--all lists them)[/]", "", "",
@@ -54,7 +54,7 @@ def audit(ctx, given) -> None:
     archs = list(given.arch or []) or [steps.config(ctx).arch]
     torch_cuda = cuda_release(given.torch_cuda)
     # --json is read by programs: no spinner thread next to the scan.
-    with contextlib.nullcontext() if json else console.status("reading device code..."):
+    with contextlib.nullcontext() if json else render.console.status("reading device code..."):
         if image:
             report = kernel_audit.audit_image(image, archs, require=given.require or [], docker=given.docker,
                                               via=given.via, torch=not given.no_torch, torch_cuda=torch_cuda)
@@ -65,20 +65,22 @@ def audit(ctx, given) -> None:
     if json:
         print(report.to_json())
     else:
-        console.print(_audit_table(report, given.all))
+        render.console.print(_audit_table(report, given.all))
         torch = report.torch
         if torch:
             if torch.error:
-                console.print(f"torch ({escape(torch.where)}): [dim]{escape(torch.error)}[/]", soft_wrap=True)
+                render.console.print(f"torch ({render.escape(torch.where)}): [dim]{render.escape(torch.error)}[/]",
+                                     soft_wrap=True)
             else:
                 verdicts = ", ".join(f"{report.label(t)}: {v}" for t, v in torch.verdict.items())
                 colour = "green" if _torch_runs_everywhere(torch) else "red"
-                console.print(f"torch {escape(torch.version)} (CUDA {torch.cuda}, {escape(torch.where)}) built for "
-                              f"{' '.join(torch.arch_list)}: [{colour}]{verdicts}[/]", soft_wrap=True)
+                render.console.print(
+                    f"torch {render.escape(torch.version)} (CUDA {torch.cuda}, {render.escape(torch.where)}) built "
+                    f"for {' '.join(torch.arch_list)}: [{colour}]{verdicts}[/]", soft_wrap=True)
         for note in report.notes():
-            print_note(note)
+            render.print_note(note)
         colour = "green" if report.ok else "bold red"
-        console.print(f"[{colour}]{escape(report.summary())}[/]", soft_wrap=True)
+        render.console.print(f"[{colour}]{render.escape(report.summary())}[/]", soft_wrap=True)
     if plot:
         steps.plot(figure_data.audit_figure(report.to_dict()), plot, json=json)
     if not report.ok:
@@ -96,26 +98,26 @@ _LEVEL_STYLE = {"pass": "green", "info": "dim", "warn": "yellow", "fail": "bold 
 
 def _print_findings(title: str, findings) -> None:
     # long fixes and messages fold inside their column at any terminal width instead of ending in "…"
-    table = Table(title=escape(title), show_lines=False)
+    table = render.Table(title=render.escape(title), show_lines=False)
     table.add_column("", no_wrap=True)
     table.add_column("check", overflow="fold")
     table.add_column("finding", overflow="fold", ratio=3)
     table.add_column("fix", overflow="fold", ratio=3)
     for f in findings:
         style = _LEVEL_STYLE.get(f.level, "")
-        fix = escape(f.fix) if f.level in ("warn", "fail") else ""
+        fix = render.escape(f.fix) if f.level in ("warn", "fail") else ""
         if f.source and f.level in ("warn", "fail"):
-            fix += f" [dim](see {escape(f.source)})[/]"
-        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, escape(f.message), fix)
-    console.print(table)
+            fix += f" [dim](see {render.escape(f.source)})[/]"
+        table.add_row(f"[{style}]{f.level.upper()}[/]", f.check, render.escape(f.message), fix)
+    render.console.print(table)
 
 
 def _print_root_cause(cause) -> None:
     """The one headline that goes before the per-file tables: cause, evidence, fix, bandwidth."""
     style = _LEVEL_STYLE.get(cause.level, "")
-    console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {escape(cause.cause)}")
+    render.console.print(f"[{style}]ROOT CAUSE {cause.level.upper()}[/]: {render.escape(cause.cause)}")
     for label, text in cause.detail_rows():
-        console.print(f"  [bold]{label}[/]: {escape(text)}")
+        render.console.print(f"  [bold]{label}[/]: {render.escape(text)}")
 
 
 def doctor(ctx, given) -> None:
@@ -162,30 +164,32 @@ def nccl_test(ctx, given) -> None:
         caps = [c for c in given.gpu_cap.replace(",", " ").split() if c]
         commands = nccl_test_mod.plan_nccl_tests_build(Path(given.build_nccl_tests), home, capabilities=caps or None)
         for command in commands:
-            console.print(f"  [dim]# {escape(command.why)}[/]\n  {escape(command.shell())}", soft_wrap=True)
+            render.console.print(f"  [dim]# {render.escape(command.why)}[/]\n  {render.escape(command.shell())}",
+                                 soft_wrap=True)
         if not dry_run:
             binary = str(nccl_test_mod.build_nccl_tests(commands))
-            console.print(f"[green]built[/] {binary}")
+            render.console.print(f"[green]built[/] {binary}")
     count = given.gpus or nccl_test_mod.count_gpus() or 1
     plan = nccl_test_mod.plan_run(gpus=count, sizes=given.sizes, out_dir=Path(given.out), runner=given.runner,
                                   binary=binary or None, image=image)
     for note in plan.notes:
-        console.print(f"[dim]# {escape(note)}[/]", soft_wrap=True)
-    console.print(f"[bold]{plan.runner}[/]: {escape(plan.command.shell())}", soft_wrap=True)
+        render.console.print(f"[dim]# {render.escape(note)}[/]", soft_wrap=True)
+    render.console.print(f"[bold]{plan.runner}[/]: {render.escape(plan.command.shell())}", soft_wrap=True)
     if dry_run:
         return
-    outcome, seconds = run_streaming(f"all-reduce on {count} GPU(s)", lambda on_line: nccl_test_mod.run_plan(
+    outcome, seconds = render.run_streaming(f"all-reduce on {count} GPU(s)", lambda on_line: nccl_test_mod.run_plan(
         plan, on_line=on_line))
     result = json_mod.loads(json_mod.dumps(outcome.to_dict(), default=str))
     steps.record("nccl", {**result, "overlays": overlays} if overlays else result)
     if json:
         print(json_mod.dumps(result, indent=2))
     else:
-        console.print(escape(plan.output_file.read_text(errors="replace")), soft_wrap=True, highlight=False)
+        render.console.print(render.escape(plan.output_file.read_text(errors="replace")), soft_wrap=True,
+                             highlight=False)
         _print_root_cause(outcome.root_cause)
         for report in outcome.reports:
             _print_findings(f"{report.path} [{report.kind}]", report.findings)
-        console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
+        render.console.print(f"outputs in {plan.out_dir} [dim]({seconds:.1f}s)[/]")
     if plot:
         steps.plot(figure_data.nccl_figure(result, overlays), plot, json=json)
     if nccl_logs.worst_level([f for r in outcome.reports for f in r.findings]) == "fail":

@@ -7,12 +7,13 @@ import sys
 
 from invoke.exceptions import Exit
 
-from vllm_forge.cli import _invoke, render
-from vllm_forge.cli.render import console, err_console, escape
+from vllm_forge.cli import _invoke
 from vllm_forge.cli.task import lazy
 from vllm_forge.core.package import PACKAGE_ROOT
 
-pipelines = lazy("vllm_forge.pipeline")  # loaded on first use: `record` (every audit ends with one) needs none of it
+# loaded on first use: `record` (every audit ends with one) needs neither, and `audit --json` never prints with rich
+pipelines = lazy("vllm_forge.pipeline")
+render = lazy("vllm_forge.cli.render")
 
 REPO_ROOT = PACKAGE_ROOT  # where tasks.py is: relative project paths (build/, dist/) are anchored here
 
@@ -46,7 +47,7 @@ def run(pipeline: pipelines.Pipeline) -> pipelines.RunState:
             raise Exit(code=1)
         return pipelines.RunState()
     current: list[pipelines.Step] = []
-    display = render.StepDisplay(console)
+    display = render.StepDisplay(render.console)
     state = pipelines.RunState()
 
     def on_step(step):
@@ -75,7 +76,7 @@ def record(kind: str, data: dict) -> None:
 
     _path, problem = try_save(kind, data)
     if problem:
-        render.print_note(problem, err_console)
+        render.print_note(problem, render.err_console)
 
 
 def check_plot(path) -> None:
@@ -91,11 +92,11 @@ def plot(data, path, *, json: bool = False) -> None:
     stdout carries JSON."""
     from vllm_forge.report import figures
 
-    (err_console if json else console).print(f"[green]plot[/] {figures.save(data, path)}")
+    (render.err_console if json else render.console).print(f"[green]plot[/] {figures.save(data, path)}")
 
 
 def summary(pipeline: pipelines.Pipeline, state: pipelines.RunState) -> None:
     render.print_rows("summary", pipelines.summary_rows(pipeline, state))
 
 
-__all__ = ["REPO_ROOT", "check_plot", "config", "escape", "layers", "plot", "record", "run", "settings", "summary"]
+__all__ = ["REPO_ROOT", "check_plot", "config", "layers", "plot", "record", "run", "settings", "summary"]

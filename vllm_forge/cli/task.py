@@ -136,15 +136,15 @@ def _debugging() -> bool:
 
 def guarded(body: Callable[[], Any]) -> Any:
     """Run ``body``: a ForgeError is one line with its fix, Ctrl-C exit 130, a closed pipe quiet, a full disk one
-    line; the checkouts the task locked are free again afterwards."""
-    from vllm_forge.cli import render
-
+    line; the checkouts the task locked are free again afterwards (rich loads only to say what went wrong)."""
     previous = _interrupt_on_termination()
     try:
         return body()
     except ForgeError as err:
         if _debugging():
             raise
+        from vllm_forge.cli import render
+
         render.print_error(str(err))
         raise Exit(code=err.exit_code) from None
     except BrokenPipeError:  # `invoke audit X --json | head -1`: the reader has all it wanted
@@ -153,9 +153,13 @@ def guarded(body: Callable[[], Any]) -> Any:
         if _debugging() or err.errno not in DISK_ERRORS:
             raise
         where = f": {err.filename}" if err.filename else ""
+        from vllm_forge.cli import render
+
         render.print_error(f"{err.strerror}{where}. Fix: {DISK_ERRORS[err.errno]}.")
         raise Exit(code=1) from None
     except KeyboardInterrupt:
+        from vllm_forge.cli import render
+
         render.err_console.print("[yellow]interrupted[/]: child processes were stopped; outputs were left as they were")
         raise Exit(code=130) from None
     finally:
