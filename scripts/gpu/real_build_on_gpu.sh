@@ -12,6 +12,8 @@
 #   bash scripts/gpu/real_build_on_gpu.sh resume   # ... and, as the next back-to-back call, resume it and check
 #   bash scripts/gpu/real_build_on_gpu.sh start    # set up, then build and check in a new process session ...
 #   bash scripts/gpu/real_build_on_gpu.sh wait     # ... and, in back-to-back calls, follow it until it is done
+#   bash scripts/gpu/real_build_on_gpu.sh c2x      # set up, configure, then time scaled_mm_c2x.cu.o alone ...
+#   bash scripts/gpu/real_build_on_gpu.sh c2x-wait # ... (in its own session), following it in back-to-back calls
 #
 # start/wait exist because one unit of `_C` for 9.0 (scaled_mm_c2x.cu, 8.9 SASS + PTX) is 72nd of 78 in
 # build.ninja's order, so ninja starts it last, and it runs past a 10-minute call on its own: a build in a
@@ -110,7 +112,48 @@ follow() {  # print the detached build's progress until it is done or WAIT_SECON
   [ -e "$VB/detached.done" ] && echo "detached build done: $(cat "$VB/detached.done")" || echo "still running"
 }
 
+C2X=CMakeFiles/_C_stable_libtorch.dir/csrc/libtorch_stable/quantization/w8a8/cutlass/scaled_mm_c2x.cu.o
+
+c2x_follow() {
+  limit=${WAIT_SECONDS:-560}
+  while [ ! -e "$VB/c2x.done" ] && [ $SECONDS -lt "$limit" ]; do
+    sleep 20
+    ps -eo etimes,args | awk '$0 ~ /scaled_mm_c2x/ && $2 ~ /cicc|ptxas|cc1plus|fatbinary|cudafe/ {print "== " $1 " s in " $2; exit}'
+  done
+  cp "$VB"/out/c2x* "$OUT"/ 2>/dev/null
+  [ -e "$VB/c2x.done" ] && echo "c2x done: $(cat "$VB/c2x.done")" || echo "still running"
+}
+
 case "${1:-}" in
+c2x)
+  setup
+  mkdir -p "$VB/out"
+  rm -f "$VB/c2x.done"
+  {
+    echo "== configure through ${BUILD[*]}, interrupted once ninja runs"
+    "${BUILD[@]}" &
+    pid=$!
+    while kill -0 $pid 2>/dev/null && ! ls "$TREE"/build/temp.*/build.ninja >/dev/null 2>&1; do sleep 1; done
+    sleep 5  # CMake writes build.ninja last: ninja starts right after
+    kill -INT $pid 2>/dev/null; pkill -INT -x ninja 2>/dev/null
+    wait $pid; echo "build_exit: $? after ${SECONDS} s"
+    dir=$(dirname "$(ls -d "$TREE"/build/temp.*/build.ninja | head -1)")
+    echo "build dir: $dir"
+    ninja -C "$dir" -t commands "$C2X" | tail -1
+  } > "$OUT/c2x-configure.txt" 2>&1
+  tail -8 "$OUT/c2x-configure.txt"
+  cp "$OUT/c2x-configure.txt" "$VB/out/"
+  dir=$(dirname "$(ls -d "$TREE"/build/temp.*/build.ninja | head -1)")
+  echo "cores: $(nproc); started $(date -u +%H:%M:%S)" > "$VB/out/c2x-time.txt"
+  # bash's own `time` (GNU time may be missing there); a new session: it outlives this call
+  setsid nohup bash -c "TIMEFORMAT='real %R s, user %U s, sys %S s'; { time ninja -C $dir -j1 $C2X \
+    > $VB/out/c2x-ninja.txt 2>&1; } 2>> $VB/out/c2x-time.txt; echo \"exit at \$(date -u +%H:%M:%S)\" > $VB/c2x.done" \
+    > /dev/null 2>&1 < /dev/null &
+  c2x_follow
+  ;;
+c2x-wait)
+  c2x_follow
+  ;;
 start)
   setup
   mkdir -p "$VB/out"
@@ -145,7 +188,7 @@ resume)
   collect
   ;;
 *)
-  echo "usage: bash scripts/gpu/real_build_on_gpu.sh all|build|resume|start|wait" >&2
+  echo "usage: bash scripts/gpu/real_build_on_gpu.sh all|build|resume|start|wait|c2x|c2x-wait" >&2
   exit 2
   ;;
 esac
