@@ -380,14 +380,23 @@ def test_a_damaged_cache_entry_never_changes_the_answer(tmp_path, damage):
     assert ext.analyze(wheel).to_dict() == expected
 
 
+def _analyze_as(wheel, ahead: bool):
+    """The audit's way (started ahead: a forked child where it may) or a plain in-process analysis."""
+    if ahead:
+        ext.analyze_ahead(wheel)
+    return ext.analyze(wheel).to_dict()
+
+
+@pytest.mark.parametrize("ahead", [False, True], ids=["in process", "in a child"])
 @pytest.mark.parametrize("how", ["a file where the directory goes", "a read-only file system"])
-def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, how):
+def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, monkeypatch, how, ahead):
     wheel = _wheel(tmp_path)
     expected = ext.analyze(wheel, cache=False).to_dict()
+    monkeypatch.setattr(ext, "may_fork", lambda: True)
     if how == "a file where the directory goes":
         (tmp_path / "cache").write_text("not a directory")
         for _ in range(2):
-            assert ext.analyze(wheel).to_dict() == expected
+            assert _analyze_as(wheel, ahead) == {**expected, "source": str(wheel)}
         return
     real_write = Path.write_text
 
@@ -397,7 +406,7 @@ def test_a_cache_that_cannot_be_written_costs_time_only(tmp_path, how):
 
     with mock.patch.object(Path, "write_text", refuse):
         for _ in range(2):
-            assert ext.analyze(wheel).to_dict() == expected
+            assert _analyze_as(wheel, ahead) == {**expected, "source": str(wheel)}
     assert ext.cache_usage() == ext.CacheUsage(tmp_path / "cache" / "vllm-extensions", 0, 0)  # nothing torn left
 
 
