@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +19,12 @@ from hypothesis import settings as _hypothesis_settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# A test run started as a background job of a non-interactive shell (`nox -s tests &` in a script) has SIGINT ignored,
+# and so has every process it starts: the tests that press Ctrl-C on a task would wait for an interrupt that is never
+# delivered. A terminal's job has the default; so have the tasks these tests start (a handled signal resets on exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Property tests draw 300 examples; `nox -s mutants` asks for 20 (VLLM_FORGE_HYPOTHESIS_PROFILE=mutation): every
 # mutant reruns the tests that call its function, and a wrong answer shows in the first few examples or not at all.
