@@ -979,7 +979,6 @@ def _child(path: Path, read_fd: int, write_fd: int) -> None:  # pragma: no cover
     try:
         os.close(read_fd)
         gc.disable()  # a short-lived process: collecting would only copy the parent's pages it shares (COW)
-        payload = b""
         try:
             payload = pickle.dumps(_analyze(path, True))
         except BaseException:  # the parent analyses again and raises this very error itself
@@ -992,7 +991,6 @@ def _child(path: Path, read_fd: int, write_fd: int) -> None:  # pragma: no cover
 
 
 def _collect(path: Path, pid: int, read_fd: int, outcome: list) -> None:
-    payload = b""
     try:
         with open(read_fd, "rb") as pipe:
             payload = pipe.read()

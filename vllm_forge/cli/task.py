@@ -117,6 +117,10 @@ def lazy(name: str):
     return module
 
 
+# rich loads only when a task has something to say with it: not for `audit --json`, nor a task that succeeds quietly
+render = lazy("vllm_forge.cli.render")
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -143,8 +147,6 @@ def guarded(body: Callable[[], Any]) -> Any:
     except ForgeError as err:
         if _debugging():
             raise
-        from vllm_forge.cli import render
-
         render.print_error(str(err))
         raise Exit(code=err.exit_code) from None
     except BrokenPipeError:  # `invoke audit X --json | head -1`: the reader has all it wanted
@@ -153,13 +155,9 @@ def guarded(body: Callable[[], Any]) -> Any:
         if _debugging() or err.errno not in DISK_ERRORS:
             raise
         where = f": {err.filename}" if err.filename else ""
-        from vllm_forge.cli import render
-
         render.print_error(f"{err.strerror}{where}. Fix: {DISK_ERRORS[err.errno]}.")
         raise Exit(code=1) from None
     except KeyboardInterrupt:
-        from vllm_forge.cli import render
-
         render.err_console.print("[yellow]interrupted[/]: child processes were stopped; outputs were left as they were")
         raise Exit(code=130) from None
     finally:
